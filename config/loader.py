@@ -1,0 +1,290 @@
+"""Load and validate `config/<env>.yaml` into an `AppConfig`, or fail with one clear message.
+
+Every message names the file, the pipeline (when there is one), the field, the bad value and what
+is allowed, e.g.::
+
+    config/dev.yaml: pipeline 'sales-daily': trigger.batching.window_seconds: got 900; expected a number <= 300
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from config.model import (
+    BUCKET_NAME_PATTERN,
+    PIPELINE_NAME_PATTERN,
+    RELEASE_LABEL_PATTERN,
+    RESOURCE_NAME_PATTERN,
+    S3_PREFIX_PATTERN,
+    AppConfig,
+    Pipeline,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "config"
+JOBS_DIR = REPO_ROOT / "jobs"
+RESERVED_OUTPUT_PREFIXES = ("_runs", "_manifests")
+
+_PATTERN_MEANINGS = {
+    PIPELINE_NAME_PATTERN: "2-40 characters: lowercase letters, digits and '-', starting with a letter, "
+    "not ending with '-'",
+    RESOURCE_NAME_PATTERN: "2-32 characters: lowercase letters, digits and '-', starting with a letter, "
+    "not ending with '-'",
+    BUCKET_NAME_PATTERN: "a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
+    RELEASE_LABEL_PATTERN: "an EMR release label like 'emr-7.5.0'",
+    r"^\d+ vCPU$": "a size like '4 vCPU'",
+    r"^\d+ GB$": "a size like '16 GB'",
+    r"^\d{12}$": "a 12-digit AWS account id",
+    S3_PREFIX_PATTERN: "an S3 key prefix without a leading '/' or control characters",
+}
+# Union members are tagged in pydantic error locations; these are the union fields and their tags.
+_UNION_FIELDS = {"batching", "runtime", "application"}
+_UNION_TAGS = {"per_object", "window", "marker", "emr-serverless", "name", "inline"}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where and how to fix it."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys (PyYAML would silently keep the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def config_path(env: str) -> Path:
+    """The file for an environment name (`dev` -> `config/dev.yaml`)."""
+    if not env or not all(c.isalnum() or c in "-_" for c in env):
+        raise ConfigError(f"environment name {env!r} is invalid; expected letters, digits, '-' or '_' (e.g. 'dev')")
+    return CONFIG_DIR / f"{env}.yaml"
+
+
+def load_config(env: str = "dev", path: Path | None = None, jobs_dir: Path = JOBS_DIR) -> AppConfig:
+    """Read, validate and cross-check one environment's configuration."""
+    path = path or config_path(env)
+    shown = _display(path)
+    if not path.is_file():
+        available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"{shown}: file not found; available environments: {', '.join(available) or 'none'}")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{shown}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{shown}: not valid YAML: {exc}") from None
+    return validate_config(raw, shown, jobs_dir)
+
+
+def validate_config(raw: Any, source: str = "<config>", jobs_dir: Path = JOBS_DIR) -> AppConfig:
+    """Validate already-parsed YAML; `source` names the file in messages."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        config = AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(source, err) for err in exc.errors(include_url=False)]
+        raise ConfigError("\n".join(lines)) from None
+    _cross_check(config, source, jobs_dir)
+    return config
+
+
+# --------------------------------------------------------------------------- cross checks
+
+
+def _cross_check(config: AppConfig, source: str, jobs_dir: Path) -> None:
+    problems: list[str] = []
+    names = sorted(config.serverless_applications)
+    for name, pipeline in config.pipelines.items():
+        where = f"{source}: pipeline {name!r}"
+        app = pipeline.runtime.application
+        if isinstance(app, str) and app not in config.serverless_applications:
+            allowed = f"one of {', '.join(repr(n) for n in names)}" if names else "an inline application"
+            problems.append(
+                f"{where}: runtime.application: got {app!r}; expected {allowed} "
+                "(names are defined under serverless_applications)"
+            )
+        entry = jobs_dir / pipeline.runtime.entry_point
+        if ".." in Path(pipeline.runtime.entry_point).parts or not entry.is_file():
+            problems.append(
+                f"{where}: runtime.entry_point: got {pipeline.runtime.entry_point!r}; expected a file under "
+                f"{_display(jobs_dir)}/ (found: {', '.join(_job_files(jobs_dir)) or 'none'})"
+            )
+        out = output_prefix(name, pipeline)
+        if out.split("/", 1)[0] in RESERVED_OUTPUT_PREFIXES:
+            problems.append(
+                f"{where}: output_prefix: got {out!r}; expected a prefix not under {', '.join(RESERVED_OUTPUT_PREFIXES)}"
+            )
+
+    items = sorted(config.pipelines.items())
+    for i, (a_name, a) in enumerate(items):
+        for b_name, b in items[i + 1 :]:
+            if a.trigger and b.trigger and a.trigger.overlaps(b.trigger):
+                problems.append(
+                    f"{source}: pipelines {a_name!r} and {b_name!r}: trigger: overlapping triggers "
+                    f"(prefix {a.trigger.prefix!r} suffixes {a.trigger.suffixes or 'any'} vs prefix "
+                    f"{b.trigger.prefix!r} suffixes {b.trigger.suffixes or 'any'}); expected each landing object "
+                    "to match at most one pipeline"
+                )
+            oa, ob = output_prefix(a_name, a).rstrip("/") + "/", output_prefix(b_name, b).rstrip("/") + "/"
+            if oa.startswith(ob) or ob.startswith(oa):
+                problems.append(
+                    f"{source}: pipelines {a_name!r} and {b_name!r}: output_prefix: {oa!r} and {ob!r} overlap; "
+                    "expected separate output prefixes"
+                )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def output_prefix(name: str, pipeline: Pipeline) -> str:
+    """The pipeline's prefix in the outputs bucket, without a trailing slash."""
+    return (pipeline.output_prefix or name).strip("/")
+
+
+def _job_files(jobs_dir: Path) -> list[str]:
+    if not jobs_dir.is_dir():
+        return []
+    return sorted(str(p.relative_to(jobs_dir)) for p in jobs_dir.rglob("*") if p.suffix in {".py", ".jar"})
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- error formatting
+
+
+def _format_error(source: str, err: Any) -> str:
+    loc = [str(part) for part in err["loc"]]
+    loc = [p for i, p in enumerate(loc) if not (p in _UNION_TAGS and i > 0 and loc[i - 1] in _UNION_FIELDS)]
+    if loc and loc[-1] == "[key]":
+        where = ".".join(loc[:-2]) or "(top level)"
+        return f"{source}: {where}: name {err['input']!r} is invalid; expected {_expected(err)}"
+    prefix = source
+    if len(loc) >= 2 and loc[0] == "pipelines":
+        prefix = f"{source}: pipeline {loc[1]!r}"
+        loc = loc[2:]
+    elif len(loc) >= 2 and loc[0] == "serverless_applications":
+        prefix = f"{source}: serverless application {loc[1]!r}"
+        loc = loc[2:]
+    field = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(err["loc"][:-1])
+        return f"{prefix}: {field}: unknown key; expected one of: {', '.join(allowed) or '(no keys)'}"
+    if kind == "missing":
+        return f"{prefix}: {field}: required but missing"
+    if kind == "value_error":
+        message = err["msg"].removeprefix("Value error, ")
+        return f"{prefix}: {'.'.join(loc) + ': ' if loc else ''}{message}"
+    if kind == "union_tag_invalid":
+        key = err["ctx"]["discriminator"].strip("'")
+        return f"{prefix}: {field}.{key}: got {err['ctx']['tag']!r}; expected {_expected(err)}"
+    return f"{prefix}: {field}: got {_short(err.get('input'))}; expected {_expected(err)}"
+
+
+def _expected(err: Any) -> str:
+    kind, ctx = err["type"], err.get("ctx", {})
+    if kind == "literal_error":
+        return f"one of {ctx['expected']}"
+    if kind == "union_tag_invalid":
+        return f"one of {ctx['expected_tags']}"
+    if kind == "union_tag_not_found":
+        return f"a mapping with a '{ctx['discriminator'].strip(chr(39))}' key"
+    if kind == "string_pattern_mismatch":
+        return _PATTERN_MEANINGS.get(ctx["pattern"], f"a string matching {ctx['pattern']}")
+    if kind in {"greater_than_equal", "greater_than"}:
+        return f"a number {'>=' if kind.endswith('equal') else '>'} {ctx.get('ge', ctx.get('gt'))}"
+    if kind in {"less_than_equal", "less_than"}:
+        return f"a number {'<=' if kind.endswith('equal') else '<'} {ctx.get('le', ctx.get('lt'))}"
+    if kind in {"too_short", "too_long"}:
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        return f"{'at least' if kind == 'too_short' else 'at most'} {bound} item(s)/character(s)"
+    simple = {
+        "int_type": "an integer",
+        "string_type": "a string",
+        "bool_type": "true or false",
+        "dict_type": "a mapping",
+        "list_type": "a list",
+        "model_type": "a mapping",
+        "model_attributes_type": "a mapping",
+        "string_too_short": "a longer string",
+        "string_too_long": "a shorter string",
+    }
+    return simple.get(kind, err["msg"])
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model at `loc`, following dicts, lists, optionals and tagged unions."""
+    current: Any = AppConfig
+    for part in loc:
+        current = _step(current, part)
+        if current is None:
+            return []
+    models = [m for m in (_model_of(member) for member in _members(current)) if m is not None]
+    return sorted(models[0].model_fields) if len(models) == 1 else []
+
+
+def _model_of(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    return None
+
+
+def _members(tp: Any) -> list[Any]:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    if origin in {typing.Union, types.UnionType}:
+        out: list[Any] = []
+        for arg in typing.get_args(tp):
+            out.extend(_members(arg))
+        return out
+    return [tp]
+
+
+def _step(tp: Any, part: Any) -> Any:
+    for member in _members(tp):
+        model = _model_of(member)
+        if model is not None:
+            if isinstance(part, str) and part in model.model_fields:
+                return model.model_fields[part].annotation
+            continue
+        origin = typing.get_origin(member)
+        if origin is dict:
+            return typing.get_args(member)[1]
+        if origin is list and isinstance(part, int):
+            return typing.get_args(member)[0]
+    # A union tag (e.g. 'window'): pick the member whose discriminator literal matches.
+    for member in _members(tp):
+        model = _model_of(member)
+        if model is None:
+            continue
+        for field in model.model_fields.values():
+            if typing.get_origin(field.annotation) is typing.Literal and part in typing.get_args(field.annotation):
+                return model
+    return None

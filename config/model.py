@@ -1,0 +1,276 @@
+"""The typed configuration model for an EMR Autopilot deployment (`config/<env>.yaml`).
+
+Every field has a documented default an EMR engineer would pick. Unknown keys are errors, never
+ignored. `config/schema.json` and the README's config reference are generated from this module
+(`make docs`); a test fails when either is stale.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
+
+# Pipeline names end up in state machine names, execution names (80 chars max, together with a
+# 24-character hash), IAM role names and S3 prefixes: keep them short and DNS-like.
+PIPELINE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
+RESOURCE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+BUCKET_NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+RELEASE_LABEL_PATTERN = r"^emr-\d+\.\d+\.\d+$"
+
+PipelineName = Annotated[str, StringConstraints(pattern=PIPELINE_NAME_PATTERN)]
+ResourceName = Annotated[str, StringConstraints(pattern=RESOURCE_NAME_PATTERN)]
+S3_PREFIX_PATTERN = r"^([^/\x00-\x1f][^\x00-\x1f]*)?$"
+S3Prefix = Annotated[str, StringConstraints(pattern=S3_PREFIX_PATTERN, max_length=512)]
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are rejected, values are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class BucketSpec(StrictModel):
+    """One of the deployment's buckets: created by the app (default) or an existing one imported by name."""
+
+    existing_bucket_name: Annotated[str, StringConstraints(pattern=BUCKET_NAME_PATTERN)] | None = Field(
+        default=None,
+        description="Use this existing bucket instead of creating one. The app then cannot change the bucket's "
+        "settings (EventBridge notifications, logging, versioning): the owner must.",
+    )
+    removal_policy: Literal["retain", "destroy"] = Field(
+        default="retain", description="What `cdk destroy` does with a bucket the app created."
+    )
+
+
+class LogsBucketSpec(BucketSpec):
+    """The logs bucket: S3 server access logs of the other buckets, EMR and Spark logs."""
+
+    expiration_days: int = Field(default=365, ge=1, le=3650, description="Objects expire after this many days.")
+    infrequent_access_after_days: int = Field(
+        default=30, ge=30, le=3650, description="Objects move to STANDARD_IA after this many days."
+    )
+
+
+class Storage(StrictModel):
+    """The four buckets. All: public access blocked, SSL enforced, encrypted, access-logged to `logs`."""
+
+    landing: BucketSpec = Field(default_factory=BucketSpec, description="Where data lands; EventBridge notifications on.")
+    outputs: BucketSpec = Field(default_factory=BucketSpec, description="Run outputs and the run ledger (`_runs/`); versioned.")
+    artifacts: BucketSpec = Field(default_factory=BucketSpec, description="Job code (from `jobs/`) and input manifests.")
+    logs: LogsBucketSpec = Field(default_factory=LogsBucketSpec, description="Access logs and job logs; lifecycle managed.")
+
+
+# --------------------------------------------------------------------------- EMR Serverless
+
+
+class WorkerGroup(StrictModel):
+    """Pre-initialized workers of one type (driver or executor) kept warm on an EMR Serverless application."""
+
+    workers: int = Field(default=1, ge=1, le=1000, description="Number of pre-initialized workers.")
+    cpu: Annotated[str, StringConstraints(pattern=r"^\d+ vCPU$")] = Field(default="2 vCPU", description="Per worker.")
+    memory: Annotated[str, StringConstraints(pattern=r"^\d+ GB$")] = Field(default="4 GB", description="Per worker.")
+    disk: Annotated[str, StringConstraints(pattern=r"^\d+ GB$")] = Field(default="20 GB", description="Per worker.")
+
+
+class InitialCapacity(StrictModel):
+    """Warm pool per worker type; empty means cold starts (cheapest, slower first job)."""
+
+    driver: WorkerGroup | None = None
+    executor: WorkerGroup | None = None
+
+
+class MaximumCapacity(StrictModel):
+    """Hard ceiling for all concurrent jobs on the application: the cost guardrail."""
+
+    cpu: Annotated[str, StringConstraints(pattern=r"^\d+ vCPU$")] = "100 vCPU"
+    memory: Annotated[str, StringConstraints(pattern=r"^\d+ GB$")] = "400 GB"
+    disk: Annotated[str, StringConstraints(pattern=r"^\d+ GB$")] = "1000 GB"
+
+
+class NetworkConfig(StrictModel):
+    """VPC placement, only needed when jobs must reach resources inside a VPC."""
+
+    subnet_ids: list[Annotated[str, StringConstraints(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = Field(min_length=1)
+    security_group_ids: list[Annotated[str, StringConstraints(pattern=r"^sg-[0-9a-f]{8,17}$")]] = Field(min_length=1)
+
+
+class ServerlessApplication(StrictModel):
+    """An EMR Serverless Spark application (shared by name, or inline per pipeline)."""
+
+    release_label: Annotated[str, StringConstraints(pattern=RELEASE_LABEL_PATTERN)] = Field(
+        default="emr-7.5.0", description="EMR release, e.g. `emr-7.5.0`."
+    )
+    architecture: Literal["X86_64", "ARM64"] = Field(default="X86_64", description="Worker CPU architecture.")
+    initial_capacity: InitialCapacity = Field(default_factory=InitialCapacity)
+    maximum_capacity: MaximumCapacity = Field(default_factory=MaximumCapacity)
+    auto_start: bool = Field(default=True, description="Start the application when a job is submitted.")
+    auto_stop_idle_minutes: int | None = Field(
+        default=15, ge=1, le=10080, description="Stop after this many idle minutes; null disables auto-stop."
+    )
+    network: NetworkConfig | None = None
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+class PerObjectBatching(StrictModel):
+    """One run per object that lands."""
+
+    mode: Literal["per_object"]
+
+
+class WindowBatching(StrictModel):
+    """One run per pipeline per SQS batch: objects arriving within the window are processed together."""
+
+    mode: Literal["window"]
+    window_seconds: int = Field(default=60, ge=1, le=300, description="SQS batching window (Lambda allows 0-300 s).")
+    max_objects: int = Field(default=1000, ge=1, le=10000, description="Most objects in one run (SQS batch size).")
+
+
+class MarkerBatching(StrictModel):
+    """A marker object (e.g. `_SUCCESS`) starts one run over every object in its folder."""
+
+    mode: Literal["marker"]
+    marker_name: Annotated[str, StringConstraints(pattern=r"^[^/]+$")] = Field(
+        default="_SUCCESS", description="File name of the marker."
+    )
+
+
+Batching = Annotated[PerObjectBatching | WindowBatching | MarkerBatching, Field(discriminator="mode")]
+
+
+class Trigger(StrictModel):
+    """Which landing objects start this pipeline."""
+
+    prefix: S3Prefix = Field(description="Key prefix in the landing bucket, e.g. `sales/`.")
+    suffixes: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+        default_factory=list, description="Only keys ending with one of these (e.g. `.csv`); empty means any."
+    )
+    batching: Batching = Field(default_factory=lambda: PerObjectBatching(mode="per_object"))
+    ignore_zero_byte: bool = Field(default=True, description="Skip empty objects (they are usually placeholders).")
+
+    def overlaps(self, other: Trigger) -> bool:
+        """True when one object key could match both triggers."""
+        if not (self.prefix.startswith(other.prefix) or other.prefix.startswith(self.prefix)):
+            return False
+        if not self.suffixes or not other.suffixes:
+            return True
+        return any(a.endswith(b) or b.endswith(a) for a in self.suffixes for b in other.suffixes)
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+def _application_kind(value: object) -> str:
+    return "inline" if isinstance(value, dict | BaseModel) else "name"
+
+
+ApplicationRef = Annotated[
+    Annotated[ResourceName, Tag("name")] | Annotated[ServerlessApplication, Tag("inline")],
+    Discriminator(_application_kind),
+]
+
+
+class ServerlessRuntime(StrictModel):
+    """Run the pipeline's Spark job on EMR Serverless."""
+
+    type: Literal["emr-serverless"]
+    application: ApplicationRef = Field(
+        description="Name of an entry in `serverless_applications` (shared), or an inline application "
+        "(created for this pipeline alone)."
+    )
+    entry_point: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]+\.(py|jar)$")] = Field(
+        description="Job file, relative to `jobs/` (uploaded to the artifacts bucket), e.g. `sales_etl.py`."
+    )
+    arguments: list[str] = Field(
+        default_factory=list,
+        description="Extra job arguments, after `--manifest`, `--output` and `--run-id` which the workflow adds.",
+    )
+    spark_submit_parameters: str = Field(default="", max_length=10240, description="e.g. `--conf spark.executor.cores=2`.")
+    execution_timeout_minutes: int = Field(
+        default=60, ge=1, le=10080, description="EMR Serverless cancels the job run after this."
+    )
+
+
+Runtime = Annotated[ServerlessRuntime, Field(discriminator="type")]
+
+
+class Pipeline(StrictModel):
+    """One pipeline: what starts it, where its job runs, where its outputs go."""
+
+    description: str = ""
+    trigger: Trigger | None = Field(default=None, description="S3 trigger; null means console/CLI runs only.")
+    runtime: Runtime
+    output_prefix: S3Prefix | None = Field(
+        default=None, description="Prefix in the outputs bucket; defaults to the pipeline name."
+    )
+    run_timeout_minutes: int = Field(
+        default=180, ge=5, le=525600, description="Whole-workflow timeout (state machine TimeoutSeconds)."
+    )
+
+    @model_validator(mode="after")
+    def _run_outlasts_job(self) -> Pipeline:
+        if self.run_timeout_minutes <= self.runtime.execution_timeout_minutes:
+            raise ValueError(
+                f"run_timeout_minutes ({self.run_timeout_minutes}) must be greater than "
+                f"runtime.execution_timeout_minutes ({self.runtime.execution_timeout_minutes}) so the workflow "
+                "can clean up after a job timeout"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+class LambdaSettings(StrictModel):
+    """Settings shared by the app's Lambda functions."""
+
+    powertools_layer_version: int = Field(
+        default=28,
+        ge=1,
+        description="Version of the AWS-managed layer `AWSLambdaPowertoolsPythonV3-python313-x86_64` "
+        "(must carry Powertools 3.37.0; check with `aws lambda get-layer-version-by-arn`).",
+    )
+    memory_mb: int = Field(default=512, ge=128, le=10240)
+    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653] = 30
+
+
+class Notifications(StrictModel):
+    """Where failure notifications go (an SNS topic is always created)."""
+
+    emails: list[Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]] = Field(
+        default_factory=list, description="Subscribed to the notifications topic (each must confirm)."
+    )
+
+
+class AppConfig(StrictModel):
+    """A whole deployment (`config/<env>.yaml`)."""
+
+    project: ResourceName = Field(default="autopilot", description="Prefix of every resource name.")
+    account: Annotated[str, StringConstraints(pattern=r"^\d{12}$")] | None = Field(
+        default=None, description="Target account; default: the CLI's (CDK_DEFAULT_ACCOUNT)."
+    )
+    region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")] | None = Field(
+        default=None, description="Target region; default: the CLI's (CDK_DEFAULT_REGION)."
+    )
+    tags: dict[Annotated[str, StringConstraints(pattern=r"^[\w .:/=+@-]{1,128}$")], str] = Field(
+        default_factory=dict, description="Extra tags on every resource (keys must not start with `aws:`)."
+    )
+    lambdas: LambdaSettings = Field(default_factory=LambdaSettings)
+    storage: Storage = Field(default_factory=Storage)
+    notifications: Notifications = Field(default_factory=Notifications)
+    serverless_applications: dict[ResourceName, ServerlessApplication] = Field(
+        default_factory=dict, description="Shared EMR Serverless applications, referenced by name from pipelines."
+    )
+    pipelines: dict[PipelineName, Pipeline] = Field(min_length=1, description="The pipelines, by name.")
+
+    @model_validator(mode="after")
+    def _no_reserved_tags(self) -> AppConfig:
+        for key in self.tags:
+            if key.lower().startswith(("aws:", "autopilot:")):
+                raise ValueError(f"tags: key {key!r} is reserved; expected a key not starting with 'aws:' or 'autopilot:'")
+        return self
