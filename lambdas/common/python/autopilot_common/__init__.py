@@ -1,0 +1,1 @@
+"""Code shared by the EMR Autopilot Lambda functions (shipped as a Lambda layer from `lambdas/common`)."""

@@ -1,0 +1,90 @@
+"""The input manifest: the list of objects a run processes, stored in S3 so that execution input stays
+small (10,000 objects would be ~2 MB inline; the Step Functions payload limit is 256 KiB)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from autopilot_common.s3uri import s3_uri
+
+MANIFEST_VERSION = 1
+MANIFEST_PREFIX = "manifests"
+
+
+@dataclass(frozen=True, order=True)
+class ManifestObject:
+    """One input object, with the key exactly as stored in S3 (raw, never URL-encoded)."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str = ""
+    version_id: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return s3_uri(self.bucket, self.key)
+
+    def identity(self) -> str:
+        """Stable identity of this version of the object (used for dedupe and execution names)."""
+        return f"{self.bucket}/{self.key}\x00{self.version_id or ''}\x00{self.etag}"
+
+
+@dataclass
+class InputManifest:
+    """Objects of one run, written as JSON to `s3://<artifacts>/manifests/<pipeline>/<run_id>.json`."""
+
+    pipeline: str
+    run_id: str
+    objects: list[ManifestObject]
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def object_count(self) -> int:
+        return len(self.objects)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+    def to_json(self) -> str:
+        body = {
+            "version": MANIFEST_VERSION,
+            "pipeline": self.pipeline,
+            "run_id": self.run_id,
+            "created_at": self.created_at,
+            "object_count": self.object_count,
+            "total_bytes": self.total_bytes,
+            "objects": [asdict(o) for o in self.objects],
+        }
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> InputManifest:
+        body: dict[str, Any] = json.loads(text)
+        if body.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"manifest version: got {body.get('version')!r}; expected {MANIFEST_VERSION}")
+        return cls(
+            pipeline=body["pipeline"],
+            run_id=body["run_id"],
+            created_at=body["created_at"],
+            objects=[ManifestObject(**o) for o in body["objects"]],
+        )
+
+    def write(self, s3: Any, bucket: str) -> str:
+        """Store the manifest in `bucket` and return its URI. Writing the same run twice is harmless."""
+        key = manifest_key(self.pipeline, self.run_id)
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=self.to_json().encode("utf-8"),
+            ContentType="application/json",
+        )
+        return s3_uri(bucket, key)
+
+
+def manifest_key(pipeline: str, run_id: str) -> str:
+    return f"{MANIFEST_PREFIX}/{pipeline}/{run_id}.json"
