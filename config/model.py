@@ -232,7 +232,7 @@ class LambdaSettings(StrictModel):
     powertools_layer_version: int = Field(
         default=28,
         ge=1,
-        description="Version of the AWS-managed layer `AWSLambdaPowertoolsPythonV3-python313-x86_64` "
+        description="Version of the AWS-managed layer `AWSLambdaPowertoolsPythonV3-python314-x86_64` "
         "(must carry Powertools 3.37.0; check with `aws lambda get-layer-version-by-arn`).",
     )
     memory_mb: int = Field(default=512, ge=128, le=10240)

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""EMR Autopilot CDK app: loads `config/<env>.yaml` (`-c env=NAME`, default `dev`) and composes the stack."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks
+
+from config.loader import ConfigError, load_config
+from stacks.app_stack import AutopilotStack
+from stacks.naming import deployment_name
+
+
+def build_app(env_name: str | None = None, app: cdk.App | None = None, *, nag: bool = True) -> cdk.App:
+    """Build the app for one environment; raises ConfigError with a clear message on bad config."""
+    app = app or cdk.App()
+    env_name = env_name or app.node.try_get_context("env") or "dev"
+    config = load_config(env_name)
+    AutopilotStack(
+        app,
+        deployment_name(config.project, env_name),
+        config=config,
+        env_name=env_name,
+        env=cdk.Environment(
+            account=config.account or os.environ.get("CDK_DEFAULT_ACCOUNT"),
+            region=config.region or os.environ.get("CDK_DEFAULT_REGION"),
+        ),
+        description=f"EMR Autopilot ({env_name}): event-driven EMR runs with a run ledger",
+    )
+    if nag:
+        cdk.Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
+    return app
+
+
+def main() -> None:
+    try:
+        app = build_app()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    app.synth()
+
+
+if __name__ == "__main__":
+    main()

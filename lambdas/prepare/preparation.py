@@ -1,0 +1,308 @@
+"""Prepare one run: validate the execution input, resolve its inputs into a manifest, and fill in
+the pipeline's defaults. This is the only Lambda invocation of a run.
+
+Two kinds of execution input reach a workflow:
+
+* from the router (S3 trigger)::
+
+    {"pipeline": "sales-daily", "manifest": "s3://<artifacts>/manifests/...json", "object_count": 3,
+     "trigger": {"type": "s3", ...}}
+
+* from an operator (console / CLI)::
+
+    {"pipeline": "sales-daily", "inputs": ["s3://<landing>/sales/2024-06-01.csv", "s3://<landing>/sales/2024-06/"],
+     "overrides": {"arguments": [...], "spark_submit_parameters": "...", "execution_timeout_minutes": 30}}
+
+Invalid input is not an exception: the result says `valid: false` with an error naming the field,
+and the workflow fails at once without starting anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from autopilot_common.keys import skip_reason
+from autopilot_common.manifest import InputManifest, ManifestObject, manifest_key
+from autopilot_common.s3uri import parse_s3_uri, s3_uri
+
+INVALID_INPUT = "InvalidExecutionInput"
+MAX_CONSOLE_INPUTS = 1000
+MAX_OBJECTS = 100_000
+ROUTER_KEYS = {"pipeline", "manifest", "object_count", "trigger"}
+CONSOLE_KEYS = {"pipeline", "inputs", "overrides", "trigger"}
+OVERRIDE_KEYS = {"arguments", "spark_submit_parameters", "execution_timeout_minutes"}
+MAX_EXECUTION_TIMEOUT_MINUTES = 10080
+# The task waits this much longer than EMR's own job timeout, so EMR's timeout fires first.
+TASK_TIMEOUT_MARGIN_SECONDS = 600
+
+
+class InvalidInput(ValueError):
+    """The execution input is wrong; the message names the field and what is expected."""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Per-pipeline settings, substituted into the state machine definition at synth."""
+
+    pipeline: str
+    runtime: str
+    landing_bucket: str
+    input_prefix: str
+    artifacts_bucket: str
+    outputs_bucket: str
+    output_prefix: str
+    logs_bucket: str
+    entry_point: str
+    arguments: list[str]
+    spark_submit_parameters: str
+    execution_timeout_minutes: int
+    application_id: str
+
+    @classmethod
+    def from_payload(cls, raw: dict[str, Any]) -> PipelineSettings:
+        """Parse the `settings` block of the Prepare payload (all values arrive as strings)."""
+        try:
+            arguments = json.loads(raw["arguments_json"])
+            return cls(
+                pipeline=raw["pipeline"],
+                runtime=raw["runtime"],
+                landing_bucket=raw["landing_bucket"],
+                input_prefix=raw["input_prefix"],
+                artifacts_bucket=raw["artifacts_bucket"],
+                outputs_bucket=raw["outputs_bucket"],
+                output_prefix=raw["output_prefix"].strip("/"),
+                logs_bucket=raw["logs_bucket"],
+                entry_point=raw["entry_point"],
+                arguments=[str(a) for a in arguments],
+                spark_submit_parameters=raw.get("spark_submit_parameters", ""),
+                execution_timeout_minutes=int(raw["execution_timeout_minutes"]),
+                application_id=raw.get("application_id", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            # A deployment defect, not a user error: fail loudly.
+            raise RuntimeError(f"state machine settings are incomplete or malformed: {exc!r}") from exc
+
+
+def prepare_run(payload: dict[str, Any], s3: Any) -> dict[str, Any]:
+    """Validate and expand one execution's input; see the module docstring for the shapes."""
+    settings = PipelineSettings.from_payload(payload["settings"])
+    execution = payload["execution"]
+    try:
+        return _prepare(payload.get("input"), execution, settings, s3)
+    except InvalidInput as exc:
+        return {"valid": False, "error": INVALID_INPUT, "cause": str(exc)}
+
+
+def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"input: got {type(raw).__name__}; expected a JSON object like {_example(settings)}")
+    pipeline = raw.get("pipeline")
+    if pipeline != settings.pipeline:
+        raise InvalidInput(
+            f"pipeline: got {pipeline!r}; expected {settings.pipeline!r} (this state machine runs only that pipeline)"
+        )
+    run_id = execution["name"]
+    if "manifest" in raw:
+        _reject_unknown(raw, ROUTER_KEYS, "input")
+        manifest_uri, object_count = _router_manifest(raw, settings)
+        trigger = raw.get("trigger") or {"type": "s3"}
+    else:
+        _reject_unknown(raw, CONSOLE_KEYS, "input")
+        if "inputs" not in raw:
+            raise InvalidInput(f"inputs: required; expected a list of S3 URIs, e.g. {_example(settings)}")
+        objects = _resolve_inputs(raw["inputs"], settings, s3)
+        manifest = InputManifest(pipeline=settings.pipeline, run_id=run_id, objects=objects)
+        manifest_uri = manifest.write(s3, settings.artifacts_bucket)
+        object_count = manifest.object_count
+        trigger = {"type": "console"} | (raw["trigger"] if isinstance(raw.get("trigger"), dict) else {})
+    overrides = _overrides(raw.get("overrides", {}))
+    return {
+        "valid": True,
+        "run": _run_record(run_id, execution, settings, manifest_uri, object_count, trigger, overrides),
+        "job": {"JobRunId": None},
+    }
+
+
+def _router_manifest(raw: dict[str, Any], settings: PipelineSettings) -> tuple[str, int]:
+    uri = raw["manifest"]
+    try:
+        bucket, key = parse_s3_uri(uri, field="manifest")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    expected_prefix = manifest_key(settings.pipeline, "")
+    if bucket != settings.artifacts_bucket or not key.startswith(expected_prefix):
+        raise InvalidInput(
+            f"manifest: got {uri!r}; expected a manifest under {s3_uri(settings.artifacts_bucket, expected_prefix)}"
+        )
+    count = raw.get("object_count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise InvalidInput(f"object_count: got {count!r}; expected a positive integer")
+    return uri, count
+
+
+def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: Any) -> list[ManifestObject]:
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput(f"inputs: got {inputs!r}; expected a non-empty list of S3 URIs")
+    if len(inputs) > MAX_CONSOLE_INPUTS:
+        raise InvalidInput(
+            f"inputs: got {len(inputs)} entries; expected at most {MAX_CONSOLE_INPUTS} (use a prefix ending in '/')"
+        )
+    allowed = s3_uri(settings.landing_bucket, settings.input_prefix)
+    seen: dict[str, ManifestObject] = {}
+    for index, uri in enumerate(inputs):
+        field = f"inputs[{index}]"
+        try:
+            bucket, key = parse_s3_uri(uri, field=field)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        if bucket != settings.landing_bucket or not key.startswith(settings.input_prefix):
+            raise InvalidInput(
+                f"{field}: got {uri!r}; expected an object or prefix under {allowed} "
+                "(the job may read only its pipeline's input prefix)"
+            )
+        found = _list_prefix(s3, bucket, key) if key.endswith("/") or key == "" else [_head(s3, bucket, key, field)]
+        if not found:
+            raise InvalidInput(f"{field}: no input objects under {uri!r} (hidden, temporary and empty files are skipped)")
+        for obj in found:
+            seen.setdefault(obj.identity(), obj)
+        if len(seen) > MAX_OBJECTS:
+            raise InvalidInput(f"inputs: more than {MAX_OBJECTS} objects; split the run")
+    return sorted(seen.values(), key=lambda o: (o.bucket, o.key))
+
+
+def _head(s3: Any, bucket: str, key: str, field: str) -> ManifestObject:
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except s3.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"404", "NoSuchKey", "NotFound"}:
+            raise InvalidInput(f"{field}: {s3_uri(bucket, key)!r} does not exist") from None
+        raise
+    return ManifestObject(
+        bucket=bucket,
+        key=key,
+        size=int(head["ContentLength"]),
+        etag=str(head.get("ETag", "")).strip('"'),
+        version_id=head.get("VersionId"),
+    )
+
+
+def _list_prefix(s3: Any, bucket: str, prefix: str) -> list[ManifestObject]:
+    objects: list[ManifestObject] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if skip_reason(item["Key"], int(item["Size"])) is None:
+                objects.append(
+                    ManifestObject(bucket=bucket, key=item["Key"], size=int(item["Size"]), etag=item["ETag"].strip('"'))
+                )
+    return objects
+
+
+def _overrides(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"overrides: got {raw!r}; expected an object with keys {sorted(OVERRIDE_KEYS)}")
+    _reject_unknown(raw, OVERRIDE_KEYS, "overrides")
+    out: dict[str, Any] = {}
+    if "arguments" in raw:
+        args = raw["arguments"]
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise InvalidInput(f"overrides.arguments: got {args!r}; expected a list of strings")
+        out["arguments"] = args
+    if "spark_submit_parameters" in raw:
+        params = raw["spark_submit_parameters"]
+        if not isinstance(params, str) or len(params) > 10240:
+            raise InvalidInput(f"overrides.spark_submit_parameters: got {params!r}; expected a string (<= 10240 chars)")
+        out["spark_submit_parameters"] = params
+    if "execution_timeout_minutes" in raw:
+        minutes = raw["execution_timeout_minutes"]
+        if not isinstance(minutes, int) or isinstance(minutes, bool) or not 1 <= minutes <= MAX_EXECUTION_TIMEOUT_MINUTES:
+            raise InvalidInput(
+                f"overrides.execution_timeout_minutes: got {minutes!r}; "
+                f"expected an integer from 1 to {MAX_EXECUTION_TIMEOUT_MINUTES}"
+            )
+        out["execution_timeout_minutes"] = minutes
+    return out
+
+
+def _reject_unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise InvalidInput(f"{where}: unknown key(s) {unknown}; expected only {sorted(allowed)}")
+
+
+def _run_record(
+    run_id: str,
+    execution: dict[str, str],
+    settings: PipelineSettings,
+    manifest_uri: str,
+    object_count: int,
+    trigger: dict[str, Any],
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    started = datetime.fromisoformat(execution["start_time"].replace("Z", "+00:00"))
+    run_prefix = f"{settings.output_prefix}/run_id={run_id}"
+    output_uri = s3_uri(settings.outputs_bucket, run_prefix + "/")
+    log_uri = s3_uri(settings.logs_bucket, f"{settings.runtime}/{settings.pipeline}/{run_id}/")
+    ledger_key = f"_runs/{settings.pipeline}/{started:%Y/%m/%d}/{run_id}.json"
+    timeout = overrides.get("execution_timeout_minutes", settings.execution_timeout_minutes)
+    arguments = [
+        "--manifest",
+        manifest_uri,
+        "--output",
+        output_uri.rstrip("/"),
+        "--run-id",
+        run_id,
+        *settings.arguments,
+        *overrides.get("arguments", []),
+    ]
+    return {
+        "run_id": run_id,
+        "pipeline": settings.pipeline,
+        "runtime": settings.runtime,
+        "manifest_uri": manifest_uri,
+        "object_count": object_count,
+        "output_uri": output_uri,
+        "outputs_bucket": settings.outputs_bucket,
+        "success_key": f"{run_prefix}/_SUCCESS",
+        "metrics_key": f"{run_prefix}/_metrics.json",
+        "ledger_key": ledger_key,
+        "ledger_uri": s3_uri(settings.outputs_bucket, ledger_key),
+        "log_uri": log_uri,
+        "job": {
+            "name": run_id,
+            "entry_point": settings.entry_point,
+            "arguments": arguments,
+            "spark_submit_parameters": overrides.get("spark_submit_parameters", settings.spark_submit_parameters),
+            "execution_timeout_minutes": timeout,
+            "task_timeout_seconds": timeout * 60 + TASK_TIMEOUT_MARGIN_SECONDS,
+        },
+        "ledger": {
+            "schema_version": 1,
+            "run_id": run_id,
+            "pipeline": settings.pipeline,
+            "state": "STARTED",
+            "trigger": trigger,
+            "execution_arn": execution["id"],
+            "input_manifest": manifest_uri,
+            "object_count": object_count,
+            "runtime": settings.runtime,
+            "application_id": settings.application_id,
+            "job_run_id": None,
+            "started_at": execution["start_time"],
+            "ended_at": None,
+            "output_uri": output_uri,
+            "log_uri": log_uri,
+            "overrides": overrides,
+            "metrics": None,
+            "error": None,
+            "cause": None,
+        },
+    }
+
+
+def _example(settings: PipelineSettings) -> str:
+    uri = s3_uri(settings.landing_bucket, settings.input_prefix + "...")
+    return json.dumps({"pipeline": settings.pipeline, "inputs": [uri]})

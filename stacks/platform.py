@@ -1,0 +1,130 @@
+"""Platform: what every pipeline shares — notifications, the router and prepare functions, the
+idempotency table and the trigger dead-letter queue."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subs
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from config.model import AppConfig
+from stacks.functions import FunctionFactory
+from stacks.nag import suppress
+from stacks.naming import MANIFESTS_PREFIX, input_prefix
+from stacks.storage import AutopilotStorage
+
+
+class AutopilotPlatform(Construct):
+    """Shared services.
+
+    - `topic`: SNS topic for run failures (SSE with the AWS-managed key, SSL enforced).
+    - `idempotency_table`: DynamoDB (on-demand, PITR, TTL on `expiration`) used by the router to
+      claim each object version once.
+    - `dead_letters`: SQS DLQ behind every trigger queue (14 days retention).
+    - `prepare`: the first state of every run; `router`: SQS -> StartExecution.
+    """
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: AppConfig, prefix: str, storage: AutopilotStorage
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.topic = sns.Topic(
+            self,
+            "Notifications",
+            topic_name=f"{prefix}-notifications",
+            display_name="EMR Autopilot notifications",
+            master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
+            enforce_ssl=True,
+        )
+        for email in config.notifications.emails:
+            self.topic.add_subscription(subs.EmailSubscription(email))
+
+        self.idempotency_table = dynamodb.TableV2(
+            self,
+            "Idempotency",
+            table_name=f"{prefix}-idempotency",
+            partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
+            billing=dynamodb.Billing.on_demand(),
+            time_to_live_attribute="expiration",
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
+        self.dead_letters = sqs.Queue(
+            self,
+            "TriggerDeadLetters",
+            queue_name=f"{prefix}-trigger-dlq",
+            retention_period=Duration.days(14),
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+        )
+
+        self.functions = FunctionFactory(self, "Functions", settings=config.lambdas, prefix=prefix)
+        self.prepare = self.functions.function(
+            self,
+            "prepare",
+            description="EMR Autopilot: validate a run's input, write its manifest, fill defaults",
+            environment={},
+            timeout=Duration.minutes(5),
+        )
+        prefixes = sorted(
+            {input_prefix(name, p.trigger.prefix if p.trigger else None) for name, p in config.pipelines.items()}
+        )
+        # Console inputs are HEAD-ed or listed only inside the pipelines' input prefixes.
+        self.prepare.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[storage.landing.arn_for_objects(f"{p}*") for p in prefixes]
+            )
+        )
+        self.prepare.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[storage.landing.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
+            )
+        )
+        self.prepare.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject"], resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
+            )
+        )
+        suppress(
+            self.prepare,
+            "AwsSolutions-IAM5",
+            "Object wildcards cover only the pipelines' input prefixes (read) and the manifests prefix (write).",
+            ["regex:/^Resource::.*\\/\\*$/g"],
+        )
+
+        self.router = self.functions.function(
+            self,
+            "router",
+            description="EMR Autopilot: S3 arrivals (via SQS) -> deterministic StartExecution",
+            environment={
+                "MANIFEST_BUCKET": storage.artifacts.bucket_name,
+                "IDEMPOTENCY_TABLE": self.idempotency_table.table_name,
+            },
+            timeout=Duration.minutes(5),
+        )
+        self.idempotency_table.grant_read_write_data(self.router)
+        # Marker mode lists the marker's folder; the router never reads object data.
+        self.router.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.landing.bucket_arn])
+        )
+        self.router.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject"], resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
+            )
+        )
+        suppress(
+            self.router,
+            "AwsSolutions-IAM5",
+            "Writes input manifests under the manifests/ prefix only (one object per run, names known at run time).",
+            ["regex:/^Resource::.*\\/manifests\\/\\*$/g"],
+        )

@@ -1,0 +1,97 @@
+"""Storage: landing, outputs, artifacts and logs buckets (created, or imported by name)."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_deployment as s3deploy
+from constructs import Construct
+
+from config.model import BucketSpec, Storage
+from stacks.nag import suppress
+from stacks.naming import JOBS_DIR, JOBS_PREFIX
+
+
+class AutopilotStorage(Construct):
+    """The deployment's four buckets.
+
+    Created buckets: public access blocked, SSL enforced, SSE-S3 encryption, server access logs to
+    the logs bucket. Outputs is versioned (the ledger and results are records). Logs has a
+    lifecycle (STANDARD_IA after `infrequent_access_after_days`, expiry after `expiration_days`).
+    The landing bucket sends EventBridge notifications. Job code from `jobs/` is uploaded to
+    `s3://<artifacts>/jobs/` on deploy.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, storage: Storage) -> None:
+        super().__init__(scope, construct_id)
+        self.logs = self._logs_bucket(storage)
+        self.landing = self._bucket("Landing", storage.landing, event_bridge=True)
+        self.outputs = self._bucket("Outputs", storage.outputs, versioned=True)
+        self.artifacts = self._bucket("Artifacts", storage.artifacts)
+
+        self.jobs_deployment = s3deploy.BucketDeployment(
+            self,
+            "JobCode",
+            sources=[s3deploy.Source.asset(str(JOBS_DIR), exclude=["sample-data/**", "README.md", "__pycache__/**"])],
+            destination_bucket=self.artifacts,
+            destination_key_prefix=JOBS_PREFIX,
+            prune=True,
+            retain_on_delete=False,
+            memory_limit=256,
+        )
+
+    def _logs_bucket(self, storage: Storage) -> s3.IBucket:
+        spec = storage.logs
+        if spec.existing_bucket_name:
+            return s3.Bucket.from_bucket_name(self, "Logs", spec.existing_bucket_name)
+        bucket = s3.Bucket(
+            self,
+            "Logs",
+            encryption=s3.BucketEncryption.S3_MANAGED,  # server access logging requires SSE-S3 on the target
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+            removal_policy=_removal(spec),
+            auto_delete_objects=spec.removal_policy == "destroy",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="tier-then-expire",
+                    transitions=[
+                        s3.Transition(
+                            storage_class=s3.StorageClass.INFREQUENT_ACCESS,
+                            transition_after=Duration.days(spec.infrequent_access_after_days),
+                        )
+                    ]
+                    if spec.infrequent_access_after_days < spec.expiration_days
+                    else [],
+                    expiration=Duration.days(spec.expiration_days),
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                )
+            ],
+        )
+        suppress(bucket, "AwsSolutions-S1", "This is the access-log target bucket; logging it to itself would loop.")
+        return bucket
+
+    def _bucket(
+        self, construct_id: str, spec: BucketSpec, *, event_bridge: bool = False, versioned: bool = False
+    ) -> s3.IBucket:
+        if spec.existing_bucket_name:
+            return s3.Bucket.from_bucket_name(self, construct_id, spec.existing_bucket_name)
+        return s3.Bucket(
+            self,
+            construct_id,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=versioned,
+            event_bridge_enabled=event_bridge,
+            server_access_logs_bucket=self.logs,
+            server_access_logs_prefix=f"s3-access/{construct_id.lower()}/",
+            removal_policy=_removal(spec),
+            auto_delete_objects=spec.removal_policy == "destroy",
+            lifecycle_rules=[s3.LifecycleRule(abort_incomplete_multipart_upload_after=Duration.days(7))],
+        )
+
+
+def _removal(spec: BucketSpec) -> RemovalPolicy:
+    return RemovalPolicy.DESTROY if spec.removal_policy == "destroy" else RemovalPolicy.RETAIN
