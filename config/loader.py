@@ -29,7 +29,7 @@ from config.model import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
 JOBS_DIR = REPO_ROOT / "jobs"
-RESERVED_OUTPUT_PREFIXES = ("_runs", "_manifests")
+RESERVED_OUTPUT_PREFIXES = ("_runs",)
 
 _PATTERN_MEANINGS = {
     PIPELINE_NAME_PATTERN: "2-40 characters: lowercase letters, digits and '-', starting with a letter, "
@@ -59,7 +59,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
         seen.add(key)
@@ -129,7 +129,8 @@ def _cross_check(config: AppConfig, source: str, jobs_dir: Path) -> None:
         out = output_prefix(name, pipeline)
         if out.split("/", 1)[0] in RESERVED_OUTPUT_PREFIXES:
             problems.append(
-                f"{where}: output_prefix: got {out!r}; expected a prefix not under {', '.join(RESERVED_OUTPUT_PREFIXES)}"
+                f"{where}: output_prefix: got {out!r}; "
+                f"expected a prefix not under {', '.join(RESERVED_OUTPUT_PREFIXES)}"
             )
 
     items = sorted(config.pipelines.items())
@@ -230,7 +231,7 @@ def _expected(err: Any) -> str:
         "string_too_short": "a longer string",
         "string_too_long": "a shorter string",
     }
-    return simple.get(kind, err["msg"])
+    return simple.get(kind, str(err["msg"]))
 
 
 def _short(value: Any) -> str:

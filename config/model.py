@@ -58,10 +58,18 @@ class LogsBucketSpec(BucketSpec):
 class Storage(StrictModel):
     """The four buckets. All: public access blocked, SSL enforced, encrypted, access-logged to `logs`."""
 
-    landing: BucketSpec = Field(default_factory=BucketSpec, description="Where data lands; EventBridge notifications on.")
-    outputs: BucketSpec = Field(default_factory=BucketSpec, description="Run outputs and the run ledger (`_runs/`); versioned.")
-    artifacts: BucketSpec = Field(default_factory=BucketSpec, description="Job code (from `jobs/`) and input manifests.")
-    logs: LogsBucketSpec = Field(default_factory=LogsBucketSpec, description="Access logs and job logs; lifecycle managed.")
+    landing: BucketSpec = Field(
+        default_factory=BucketSpec, description="Where data lands; EventBridge notifications on."
+    )
+    outputs: BucketSpec = Field(
+        default_factory=BucketSpec, description="Run outputs and the run ledger (`_runs/`); versioned."
+    )
+    artifacts: BucketSpec = Field(
+        default_factory=BucketSpec, description="Job code (from `jobs/`) and input manifests."
+    )
+    logs: LogsBucketSpec = Field(
+        default_factory=LogsBucketSpec, description="Access logs and job logs; lifecycle managed."
+    )
 
 
 # --------------------------------------------------------------------------- EMR Serverless
@@ -190,7 +198,9 @@ class ServerlessRuntime(StrictModel):
         default_factory=list,
         description="Extra job arguments, after `--manifest`, `--output` and `--run-id` which the workflow adds.",
     )
-    spark_submit_parameters: str = Field(default="", max_length=10240, description="e.g. `--conf spark.executor.cores=2`.")
+    spark_submit_parameters: str = Field(
+        default="", max_length=10240, description="e.g. `--conf spark.executor.cores=2`."
+    )
     execution_timeout_minutes: int = Field(
         default=60, ge=1, le=10080, description="EMR Serverless cancels the job run after this."
     )
@@ -272,5 +282,7 @@ class AppConfig(StrictModel):
     def _no_reserved_tags(self) -> AppConfig:
         for key in self.tags:
             if key.lower().startswith(("aws:", "autopilot:")):
-                raise ValueError(f"tags: key {key!r} is reserved; expected a key not starting with 'aws:' or 'autopilot:'")
+                raise ValueError(
+                    f"tags: key {key!r} is reserved; expected a key not starting with 'aws:' or 'autopilot:'"
+                )
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk import CfnOutput, Stack, Tags
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 from config.model import AppConfig, ServerlessApplication, ServerlessRuntime
 from stacks.nag import suppress
@@ -103,8 +103,12 @@ class AutopilotStack(Stack):
                 )
 
     @staticmethod
-    def _suppress_cdk_singleton(child: Construct) -> None:
-        suppress(child, "AwsSolutions-IAM4", "CDK BucketDeployment's provider uses AWSLambdaBasicExecutionRole.",
-                 ["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"])
+    def _suppress_cdk_singleton(child: IConstruct) -> None:
+        suppress(
+            child,
+            "AwsSolutions-IAM4",
+            "CDK BucketDeployment's provider uses AWSLambdaBasicExecutionRole.",
+            ["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"],
+        )
         suppress(child, "AwsSolutions-IAM5", "CDK BucketDeployment copies asset objects into the artifacts bucket.")
         suppress(child, "AwsSolutions-L1", "CDK BucketDeployment pins its own provider runtime.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import Aws, Duration, RemovalPolicy
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -47,11 +47,11 @@ class FunctionFactory(Construct):
         super().__init__(scope, construct_id)
         self._settings = settings
         self._prefix = prefix
-        region = Stack.of(self).region
+        # Built with the region/partition pseudo-parameters so one template deploys to any region.
         self.powertools = lambda_.LayerVersion.from_layer_version_arn(
             self,
             "Powertools",
-            f"arn:{Stack.of(self).partition}:lambda:{region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
+            f"arn:{Aws.PARTITION}:lambda:{Aws.REGION}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
             f"{POWERTOOLS_LAYER_NAME}:{settings.powertools_layer_version}",
         )
         self.common = lambda_.LayerVersion(
@@ -69,7 +69,7 @@ class FunctionFactory(Construct):
         *,
         description: str,
         environment: Mapping[str, str],
-        timeout: Duration = Duration.seconds(60),
+        timeout: Duration | None = None,
         reserved_concurrency: int | None = None,
     ) -> lambda_.Function:
         """A function from `lambdas/<name>/handler.py` (`handler.lambda_handler`)."""
@@ -91,7 +91,7 @@ class FunctionFactory(Construct):
             code=lambda_.Code.from_asset(str(LAMBDAS_DIR / name), exclude=["**/__pycache__/**"]),
             layers=[self.powertools, self.common],
             memory_size=self._settings.memory_mb,
-            timeout=timeout,
+            timeout=timeout or Duration.seconds(60),
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
             logging_format=lambda_.LoggingFormat.JSON,
@@ -116,4 +116,3 @@ class FunctionFactory(Construct):
             ["Resource::*"],
         )
         return function
-

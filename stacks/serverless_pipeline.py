@@ -241,9 +241,7 @@ class ServerlessPipeline(Construct):
             iam.PolicyStatement(
                 sid="SyncRule",
                 actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[
-                    stack.format_arn(service="events", resource="rule", resource_name=SERVERLESS_SYNC_RULE)
-                ],
+                resources=[stack.format_arn(service="events", resource="rule", resource_name=SERVERLESS_SYNC_RULE)],
             )
         )
         platform.topic.grant_publish(role)

@@ -1,0 +1,61 @@
+# EMR Autopilot — every command a developer or CI needs. `make test` is the gate.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ENV ?= dev
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The pinned Node.js 22 and the CDK CLI from package.json come first on PATH (the machine's Node 20 is EOL).
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(BIN):$(PATH)
+export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
+export AWS_DEFAULT_REGION ?= us-east-1
+export CDK_DEFAULT_REGION ?= us-east-1
+export CDK_DEFAULT_ACCOUNT ?= 123456789012
+
+.PHONY: help install lint typecheck unit infra e2e test synth docs bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(BIN)/.installed node_modules/.installed ## create .venv and node_modules from the exact pins
+
+lint: install ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install ## mypy (strict on lambdas/, config/, local/)
+	$(BIN)/mypy
+
+unit: install ## unit tests (moto, no network; includes one local Spark run)
+	$(BIN)/pytest tests/unit
+
+infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL validation
+	$(BIN)/pytest tests/infra
+
+e2e: install ## end-to-end tests on the local twin
+	@if ls tests/e2e/test_*.py >/dev/null 2>&1; then $(BIN)/pytest tests/e2e; else echo "no e2e tests yet"; fi
+
+test: lint typecheck ## everything CI runs: lint, types, unit, infra, e2e
+	$(BIN)/pytest tests
+
+synth: install ## write cdk.out/ for ENV (default dev)
+	cdk synth -c env=$(ENV) --quiet --output cdk.out
+
+docs: install ## regenerate config/schema.json and the README config reference
+	$(BIN)/python -m config.docs
+
+bench: install ## print benchmark figures (not a test)
+	$(BIN)/python bench/run.py
+
+clean: ## remove build outputs (keeps .venv and node_modules)
+	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache

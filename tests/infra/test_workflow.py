@@ -1,0 +1,183 @@
+"""The workflow: its definition, its budget, and IAM derived from the ASL."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tests.infra.conftest import Synthesized
+
+ASL_PATH = Path(__file__).resolve().parents[2] / "statemachines" / "emr_serverless_job.asl.json"
+ASL: dict[str, Any] = json.loads(ASL_PATH.read_text(encoding="utf-8"))
+RUN_TASK_PREFIX = "arn:${Partition}:states:::"
+
+# Actions each optimized integration needs (AWS "IAM policies for integrated services" pages).
+INTEGRATION_ACTIONS: dict[str, set[str]] = {
+    "lambda:invoke": {"lambda:InvokeFunction"},
+    "sns:publish": {"sns:Publish"},
+    "emr-serverless:startJobRun": {"emr-serverless:StartJobRun"},
+    "emr-serverless:startJobRun.sync": {
+        "emr-serverless:StartJobRun",
+        "emr-serverless:GetJobRun",
+        "emr-serverless:CancelJobRun",
+        "events:PutTargets",
+        "events:PutRule",
+        "events:DescribeRule",
+    },
+    "emr-serverless:cancelJobRun": {"emr-serverless:CancelJobRun"},
+}
+# Added by CDK for `tracing_enabled` and `logs`: services without resource-level permissions.
+OBSERVABILITY_PREFIXES = ("xray:", "logs:")
+
+
+def _tasks(asl: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: state for name, state in asl["States"].items() if state["Type"] == "Task"}
+
+
+def actions_from_asl(asl: dict[str, Any]) -> set[str]:
+    """Every IAM action the ASL's tasks need, derived from their Resource and Parameters."""
+    needed: set[str] = set()
+    for state in _tasks(asl).values():
+        integration = state["Resource"].removeprefix(RUN_TASK_PREFIX)
+        if integration.startswith("aws-sdk:"):
+            _, service, api = integration.split(":")
+            needed.add(f"{service}:{api[0].upper()}{api[1:]}")
+        else:
+            needed |= INTEGRATION_ACTIONS[integration]
+        params = state.get("Parameters", {})
+        if "ExecutionRoleArn" in params:
+            needed.add("iam:PassRole")
+        if integration.startswith("emr-serverless:") and "Tags" in params:
+            needed.add("emr-serverless:TagResource")
+    return needed
+
+
+def _role_statements(synth: Synthesized, role_fragment: str) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = []
+    for policy in synth.resources("AWS::IAM::Policy").values():
+        roles = json.dumps(policy["Properties"]["Roles"])
+        if role_fragment in roles:
+            statements.extend(policy["Properties"]["PolicyDocument"]["Statement"])
+    assert statements, f"no policy attached to a role matching {role_fragment!r}"
+    return statements
+
+
+def _actions(statements: list[dict[str, Any]]) -> set[str]:
+    out: set[str] = set()
+    for statement in statements:
+        action = statement["Action"]
+        out |= set(action if isinstance(action, list) else [action])
+    return out
+
+
+def test_workflow_role_has_exactly_the_actions_of_its_tasks(synth: Synthesized) -> None:
+    statements = _role_statements(synth, "WorkflowRole")
+    granted = {a for a in _actions(statements) if not a.startswith(OBSERVABILITY_PREFIXES)}
+    assert granted == actions_from_asl(ASL)
+
+
+def test_pass_role_is_scoped_to_the_job_role_and_service(synth: Synthesized) -> None:
+    statements = _role_statements(synth, "WorkflowRole")
+    (pass_role,) = [s for s in statements if s["Action"] == "iam:PassRole"]
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}
+    assert "JobRole" in json.dumps(pass_role["Resource"])
+
+
+def test_sync_rule_permissions_are_on_the_managed_rule_only(synth: Synthesized) -> None:
+    statements = _role_statements(synth, "WorkflowRole")
+    (rule,) = [s for s in statements if "events:PutRule" in s["Action"]]
+    assert "rule/StepFunctionsGetEventsForEMRServerlessJobRule" in json.dumps(rule["Resource"])
+
+
+def test_no_unscoped_star_except_observability(synth: Synthesized) -> None:
+    for statement in _role_statements(synth, "WorkflowRole"):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement["Resource"] == "*":
+            assert all(a.startswith(OBSERVABILITY_PREFIXES) for a in actions), actions
+
+
+def test_job_role_reads_only_its_prefixes_and_writes_only_its_outputs(synth: Synthesized) -> None:
+    statements = _role_statements(synth, "JobRole")
+    text = json.dumps(statements)
+    writes = [s for s in statements if set(_actions([s])) & {"s3:PutObject", "s3:DeleteObject"}]
+    write_targets = json.dumps([s["Resource"] for s in writes])
+    assert "/sales-daily/*" in write_targets
+    assert "/emr-serverless/sales-daily/*" in write_targets
+    assert "Landing" not in write_targets and "Artifacts" not in write_targets
+    assert "/sales/*" in text and "/jobs/*" in text and "/manifests/sales-daily/*" in text
+    assert '"s3:*"' not in text
+
+
+def test_substitutions_match_the_placeholders_exactly(synth: Synthesized) -> None:
+    placeholders = set(re.findall(r"\$\{(\w+)\}", ASL_PATH.read_text(encoding="utf-8")))
+    (machine,) = synth.resources("AWS::StepFunctions::StateMachine").values()
+    props = machine["Properties"]
+    assert set(props["DefinitionSubstitutions"]) == placeholders
+    assert props["StateMachineName"] == "autopilot-dev-sales-daily"
+    assert props["TracingConfiguration"] == {"Enabled": True}
+    assert props["LoggingConfiguration"]["Level"] == "ALL"
+    assert props["LoggingConfiguration"]["IncludeExecutionData"] is False
+    subs = props["DefinitionSubstitutions"]
+    assert subs["JobArgumentsJson"] == '[\\"--date-column\\", \\"order_date\\"]'
+    assert subs["ExecutionTimeoutMinutes"] == "60"
+
+
+def test_one_lambda_invocation_per_run() -> None:
+    lambda_tasks = [s for s in _tasks(ASL).values() if s["Resource"].endswith(":lambda:invoke")]
+    assert len(lambda_tasks) == 1
+
+
+def _graph(asl: dict[str, Any]) -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {}
+    for name, state in asl["States"].items():
+        nxt = {state["Next"]} if "Next" in state else set()
+        nxt |= {c["Next"] for c in state.get("Choices", [])}
+        nxt |= {c["Next"] for c in state.get("Catch", [])}
+        if "Default" in state:
+            nxt.add(state["Default"])
+        edges[name] = nxt
+    return edges
+
+
+def test_workflow_has_no_loops_or_waits_so_transitions_do_not_grow_with_job_length() -> None:
+    edges = _graph(ASL)
+    assert not [s for s in ASL["States"].values() if s["Type"] in {"Wait", "Map", "Parallel"}]
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(node: str) -> None:
+        assert node not in visiting, f"cycle through {node}"
+        if node in done:
+            return
+        visiting.add(node)
+        for nxt in edges[node]:
+            visit(nxt)
+        visiting.discard(node)
+        done.add(node)
+
+    visit(ASL["StartAt"])
+    assert done == set(ASL["States"]), "unreachable states"
+
+
+def test_happy_path_budget() -> None:
+    # Prepare .. RunSucceeded along the success edges (Choice defaults, no catches).
+    path, node = [], ASL["StartAt"]
+    while True:
+        path.append(node)
+        state = ASL["States"][node]
+        if state["Type"] in {"Succeed", "Fail"}:
+            break
+        node = state.get("Default") or state["Next"]
+    assert path[-1] == "RunSucceeded"
+    assert len(path) == 10, path
+
+
+def test_every_task_failure_leads_to_cleanup() -> None:
+    for name, state in _tasks(ASL).items():
+        if name in {"Prepare", "ReadJobMetrics", "CancelJob", "RecordFailed", "NotifyFailure"}:
+            continue
+        catches = {c["Next"] for c in state.get("Catch", []) if "States.ALL" in c["ErrorEquals"]}
+        assert catches == {"CancelJobIfStarted"}, name
+    assert ASL["States"]["RunFailed"]["Type"] == "Fail"
