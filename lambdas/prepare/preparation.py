@@ -31,7 +31,7 @@ from autopilot_common.s3uri import parse_s3_uri, s3_uri
 INVALID_INPUT = "InvalidExecutionInput"
 MAX_CONSOLE_INPUTS = 1000
 MAX_OBJECTS = 100_000
-ROUTER_KEYS = {"pipeline", "manifest", "object_count", "trigger"}
+ROUTER_KEYS = {"pipeline", "manifest", "object_count", "trigger", "overrides"}
 CONSOLE_KEYS = {"pipeline", "inputs", "overrides", "trigger"}
 OVERRIDE_KEYS = {"arguments", "spark_submit_parameters", "execution_timeout_minutes"}
 MAX_EXECUTION_TIMEOUT_MINUTES = 10080
@@ -105,6 +105,7 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
             f"pipeline: got {pipeline!r}; expected {settings.pipeline!r} (this state machine runs only that pipeline)"
         )
     run_id = execution["name"]
+    overrides = _overrides(raw.get("overrides", {}))  # validated before anything is written
     if "manifest" in raw:
         _reject_unknown(raw, ROUTER_KEYS, "input")
         manifest_uri, object_count = _router_manifest(raw, settings)
@@ -118,7 +119,6 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
         manifest_uri = manifest.write(s3, settings.artifacts_bucket)
         object_count = manifest.object_count
         trigger = {"type": "console"} | (raw["trigger"] if isinstance(raw.get("trigger"), dict) else {})
-    overrides = _overrides(raw.get("overrides", {}))
     return {
         "valid": True,
         "run": _run_record(run_id, execution, settings, manifest_uri, object_count, trigger, overrides),
@@ -132,7 +132,7 @@ def _router_manifest(raw: dict[str, Any], settings: PipelineSettings) -> tuple[s
         bucket, key = parse_s3_uri(uri, field="manifest")
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    expected_prefix = manifest_key(settings.pipeline, "")
+    expected_prefix = manifest_key(settings.pipeline, "").removesuffix(".json")
     if bucket != settings.artifacts_bucket or not key.startswith(expected_prefix):
         raise InvalidInput(
             f"manifest: got {uri!r}; expected a manifest under {s3_uri(settings.artifacts_bucket, expected_prefix)}"
@@ -165,7 +165,9 @@ def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: Any) -> list[Ma
             )
         found = _list_prefix(s3, bucket, key) if key.endswith("/") or key == "" else [_head(s3, bucket, key, field)]
         if not found:
-            raise InvalidInput(f"{field}: no input objects under {uri!r} (hidden, temporary and empty files are skipped)")
+            raise InvalidInput(
+                f"{field}: no input objects under {uri!r} (hidden, temporary and empty files are skipped)"
+            )
         for obj in found:
             seen.setdefault(obj.identity(), obj)
         if len(seen) > MAX_OBJECTS:
@@ -218,7 +220,11 @@ def _overrides(raw: Any) -> dict[str, Any]:
         out["spark_submit_parameters"] = params
     if "execution_timeout_minutes" in raw:
         minutes = raw["execution_timeout_minutes"]
-        if not isinstance(minutes, int) or isinstance(minutes, bool) or not 1 <= minutes <= MAX_EXECUTION_TIMEOUT_MINUTES:
+        if (
+            not isinstance(minutes, int)
+            or isinstance(minutes, bool)
+            or not 1 <= minutes <= MAX_EXECUTION_TIMEOUT_MINUTES
+        ):
             raise InvalidInput(
                 f"overrides.execution_timeout_minutes: got {minutes!r}; "
                 f"expected an integer from 1 to {MAX_EXECUTION_TIMEOUT_MINUTES}"

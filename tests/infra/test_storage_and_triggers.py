@@ -60,7 +60,9 @@ def test_job_code_is_uploaded_to_artifacts(synth: Synthesized) -> None:
 
 
 def test_trigger_rule_filters_bucket_prefix_and_suffix(synth: Synthesized) -> None:
-    rule = synth.template.find_resources("AWS::Events::Rule", {"Properties": {"Name": "autopilot-dev-sales-daily-object-created"}})
+    rule = synth.template.find_resources(
+        "AWS::Events::Rule", {"Properties": {"Name": "autopilot-dev-sales-daily-object-created"}}
+    )
     (props,) = [r["Properties"] for r in rule.values()]
     pattern = props["EventPattern"]
     assert pattern["source"] == ["aws.s3"]

@@ -1,0 +1,162 @@
+"""Config validation: every kind of bad input gives one message naming file, pipeline, field, value, allowed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from config import docs
+from config.loader import ConfigError, load_config, validate_config
+
+REPO = Path(__file__).resolve().parents[2]
+BASE: dict[str, Any] = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
+SOURCE = "config/dev.yaml"
+
+
+def _error(mutate: Any) -> str:
+    raw = copy.deepcopy(BASE)
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw, SOURCE)
+    return str(info.value)
+
+
+def _sales(raw: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = raw["pipelines"]["sales-daily"]
+    return result
+
+
+def test_shipped_dev_config_is_valid() -> None:
+    config = load_config("dev")
+    pipeline = config.pipelines["sales-daily"]
+    assert pipeline.trigger is not None and pipeline.trigger.prefix == "sales/"
+    assert pipeline.runtime.application == "shared-spark"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        pytest.param(
+            lambda r: _sales(r)["trigger"].update(colour="red"),
+            "config/dev.yaml: pipeline 'sales-daily': trigger.colour: unknown key; expected one of: "
+            "batching, ignore_zero_byte, prefix, suffixes",
+            id="unknown-key",
+        ),
+        pytest.param(
+            lambda r: _sales(r)["runtime"].update(execution_timeout_minutes="60"),
+            "config/dev.yaml: pipeline 'sales-daily': runtime.execution_timeout_minutes: got '60'; expected an integer",
+            id="wrong-type",
+        ),
+        pytest.param(
+            lambda r: _sales(r)["trigger"]["batching"].update(window_seconds=900),
+            "config/dev.yaml: pipeline 'sales-daily': trigger.batching.window_seconds: got 900; expected a number <= 300",
+            id="out-of-range",
+        ),
+        pytest.param(
+            lambda r: _sales(r)["trigger"]["batching"].update(mode="windowed"),
+            "config/dev.yaml: pipeline 'sales-daily': trigger.batching.mode: got 'windowed'; "
+            "expected one of 'per_object', 'window', 'marker'",
+            id="bad-enum",
+        ),
+        pytest.param(
+            lambda r: r["pipelines"].update({"Sales_Daily": r["pipelines"].pop("sales-daily")}),
+            "config/dev.yaml: pipelines: name 'Sales_Daily' is invalid; expected 2-40 characters",
+            id="bad-name",
+        ),
+        pytest.param(
+            lambda r: _sales(r)["runtime"].update(application="spark-big"),
+            "config/dev.yaml: pipeline 'sales-daily': runtime.application: got 'spark-big'; expected one of "
+            "'shared-spark' (names are defined under serverless_applications)",
+            id="undefined-application",
+        ),
+        pytest.param(
+            lambda r: _sales(r)["runtime"].update(entry_point="nope.py"),
+            "config/dev.yaml: pipeline 'sales-daily': runtime.entry_point: got 'nope.py'; expected a file under jobs/",
+            id="missing-job-file",
+        ),
+        pytest.param(
+            lambda r: r["pipelines"].update(
+                {"eu-sales": {**copy.deepcopy(_sales(r)), "output_prefix": "eu", "trigger": {"prefix": "sales/eu/"}}}
+            ),
+            "config/dev.yaml: pipelines 'eu-sales' and 'sales-daily': trigger: overlapping triggers",
+            id="overlapping-triggers",
+        ),
+        pytest.param(
+            lambda r: r["pipelines"].update(
+                {
+                    "copy": {
+                        **copy.deepcopy(_sales(r)),
+                        "trigger": {"prefix": "other/"},
+                        "output_prefix": "sales-daily/x",
+                    }
+                }
+            ),
+            "config/dev.yaml: pipelines 'copy' and 'sales-daily': output_prefix: 'sales-daily/x/' and 'sales-daily/' "
+            "overlap",
+            id="overlapping-outputs",
+        ),
+        pytest.param(
+            lambda r: _sales(r).update(run_timeout_minutes=30),
+            "config/dev.yaml: pipeline 'sales-daily': run_timeout_minutes (30) must be greater than "
+            "runtime.execution_timeout_minutes (60)",
+            id="timeouts",
+        ),
+        pytest.param(
+            lambda r: _sales(r)["runtime"].pop("entry_point"),
+            "config/dev.yaml: pipeline 'sales-daily': runtime.entry_point: required but missing",
+            id="missing-field",
+        ),
+        pytest.param(
+            lambda r: _sales(r)["runtime"].update(type="emr-ec3"),
+            "config/dev.yaml: pipeline 'sales-daily': runtime.type: got 'emr-ec3'; expected one of 'emr-serverless'",
+            id="unknown-runtime",
+        ),
+        pytest.param(
+            lambda r: r["serverless_applications"]["shared-spark"].update(release_label="7.5"),
+            "config/dev.yaml: serverless application 'shared-spark': release_label: got '7.5'; "
+            "expected an EMR release label like 'emr-7.5.0'",
+            id="bad-release-label",
+        ),
+        pytest.param(
+            lambda r: r["tags"].update({"aws:owner": "x"}),
+            "config/dev.yaml: tags: key 'aws:owner' is reserved",
+            id="reserved-tag",
+        ),
+        pytest.param(
+            lambda r: _sales(r).update(output_prefix="_runs/sales"),
+            "config/dev.yaml: pipeline 'sales-daily': output_prefix: got '_runs/sales'; expected a prefix not under _runs",
+            id="reserved-output",
+        ),
+    ],
+)
+def test_bad_config_gives_one_clear_message(mutate: Any, expected: str) -> None:
+    message = _error(mutate)
+    assert message.startswith(expected), message
+    assert len(message.splitlines()) == 1, message
+
+
+def test_duplicate_yaml_keys_are_rejected(tmp_path: Path) -> None:
+    # PyYAML would silently keep the second value.
+    path = tmp_path / "dup.yaml"
+    path.write_text("project: a1\nproject: b2\npipelines: {}\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'project' at line 2"):
+        load_config(path=path)
+
+
+def test_unknown_environment_lists_available() -> None:
+    with pytest.raises(ConfigError, match=r"config/nosuch.yaml: file not found; available environments: .*dev"):
+        load_config("nosuch")
+
+
+def test_schema_and_readme_reference_are_current() -> None:
+    assert docs.main(["--check"]) == 0, "run `make docs`"
+
+
+def test_readme_reference_documents_every_pipeline_field() -> None:
+    reference = docs.reference_markdown()
+    for field in ("trigger", "runtime", "output_prefix", "run_timeout_minutes", "window_seconds", "marker_name"):
+        assert f"`{field}`" in reference

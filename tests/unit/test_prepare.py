@@ -1,0 +1,213 @@
+"""Prepare: console-input validation, input expansion into a manifest, the run record."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from autopilot_common.manifest import InputManifest
+from preparation import prepare_run
+
+LANDING, ARTIFACTS, OUTPUTS, LOGS = "landing-bkt", "artifacts-bkt", "outputs-bkt", "logs-bkt"
+SETTINGS = {
+    "pipeline": "sales-daily",
+    "runtime": "emr-serverless",
+    "landing_bucket": LANDING,
+    "input_prefix": "sales/",
+    "artifacts_bucket": ARTIFACTS,
+    "outputs_bucket": OUTPUTS,
+    "output_prefix": "sales-daily",
+    "logs_bucket": LOGS,
+    "entry_point": f"s3://{ARTIFACTS}/jobs/sales_etl.py",
+    "arguments_json": '["--date-column", "order_date"]',
+    "spark_submit_parameters": "--conf spark.executor.cores=2",
+    "execution_timeout_minutes": "60",
+    "application_id": "00abc",
+}
+EXECUTION = {
+    "id": "arn:aws:states:us-east-1:123456789012:execution:autopilot-dev-sales-daily:run-1",
+    "name": "run-1",
+    "start_time": "2024-06-02T03:04:05.678Z",
+}
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        for bucket in (LANDING, ARTIFACTS, OUTPUTS):
+            client.create_bucket(Bucket=bucket)
+        yield client
+
+
+def _run(s3: Any, execution_input: Any) -> dict[str, Any]:
+    return prepare_run({"input": execution_input, "execution": EXECUTION, "settings": SETTINGS}, s3)
+
+
+def test_console_run_expands_objects_and_prefixes_into_a_manifest(s3: Any) -> None:
+    # Given two files under a folder, one file elsewhere, and noise that must be skipped
+    for key, body in {
+        "sales/2024-06/a.csv": b"1",
+        "sales/2024-06/b c+d%20ü.csv": b"22",
+        "sales/2024-06/_temporary/x.csv": b"3",
+        "sales/2024-06/.hidden": b"4",
+        "sales/2024-06/empty.csv": b"",
+        "sales/single.csv": b"55555",
+    }.items():
+        s3.put_object(Bucket=LANDING, Key=key, Body=body)
+    # When an operator runs the pipeline on the folder and the single file (listed twice)
+    result = _run(
+        s3,
+        {
+            "pipeline": "sales-daily",
+            "inputs": [
+                f"s3://{LANDING}/sales/2024-06/",
+                f"s3://{LANDING}/sales/single.csv",
+                f"s3://{LANDING}/sales/single.csv",
+            ],
+        },
+    )
+    # Then the manifest lists exactly the three data files, keys byte-exact, once each
+    assert result["valid"] is True
+    run = result["run"]
+    assert run["object_count"] == 3
+    body = s3.get_object(Bucket=ARTIFACTS, Key="manifests/sales-daily/run-1.json")["Body"].read()
+    manifest = InputManifest.from_json(body)
+    assert [o.key for o in manifest.objects] == [
+        "sales/2024-06/a.csv",
+        "sales/2024-06/b c+d%20ü.csv",
+        "sales/single.csv",
+    ]
+    assert [o.size for o in manifest.objects] == [1, 2, 5]
+    assert run["manifest_uri"] == f"s3://{ARTIFACTS}/manifests/sales-daily/run-1.json"
+    assert run["ledger"]["trigger"] == {"type": "console"}
+
+
+def test_run_record_paths_and_job_parameters(s3: Any) -> None:
+    s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
+    run = _run(s3, {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"]})["run"]
+    assert run["output_uri"] == f"s3://{OUTPUTS}/sales-daily/run_id=run-1/"
+    assert run["success_key"] == "sales-daily/run_id=run-1/_SUCCESS"
+    assert run["metrics_key"] == "sales-daily/run_id=run-1/_metrics.json"
+    assert run["ledger_key"] == "_runs/sales-daily/2024/06/02/run-1.json"
+    assert run["log_uri"] == f"s3://{LOGS}/emr-serverless/sales-daily/run-1/"
+    job = run["job"]
+    assert job["arguments"] == [
+        "--manifest", run["manifest_uri"], "--output", f"s3://{OUTPUTS}/sales-daily/run_id=run-1",
+        "--run-id", "run-1", "--date-column", "order_date",
+    ]  # fmt: skip
+    assert job["execution_timeout_minutes"] == 60
+    assert job["task_timeout_seconds"] == 60 * 60 + 600
+    ledger = run["ledger"]
+    assert ledger["state"] == "STARTED"
+    assert ledger["execution_arn"] == EXECUTION["id"]
+    assert ledger["started_at"] == EXECUTION["start_time"]
+    assert set(ledger) >= {"run_id", "pipeline", "trigger", "input_manifest", "object_count", "runtime",
+                           "job_run_id", "ended_at", "output_uri", "log_uri", "error", "cause"}  # fmt: skip
+
+
+def test_router_input_is_passed_through_without_listing(s3: Any) -> None:
+    manifest = f"s3://{ARTIFACTS}/manifests/sales-daily/run-1.json"
+    trigger = {"type": "s3", "mode": "window", "bucket": LANDING, "first_key": "sales/a.csv"}
+    result = _run(s3, {"pipeline": "sales-daily", "manifest": manifest, "object_count": 1000, "trigger": trigger})
+    assert result["valid"] is True
+    assert result["run"]["manifest_uri"] == manifest
+    assert result["run"]["object_count"] == 1000
+    assert result["run"]["ledger"]["trigger"] == trigger
+    assert result["job"] == {"JobRunId": None}
+
+
+def test_overrides_apply(s3: Any) -> None:
+    s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
+    overrides = {"arguments": ["--strict"], "spark_submit_parameters": "--conf a=b", "execution_timeout_minutes": 5}
+    run = _run(s3, {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"], "overrides": overrides})[
+        "run"
+    ]
+    assert run["job"]["arguments"][-1] == "--strict"
+    assert run["job"]["spark_submit_parameters"] == "--conf a=b"
+    assert run["job"]["execution_timeout_minutes"] == 5
+    assert run["ledger"]["overrides"] == overrides
+
+
+@pytest.mark.parametrize(
+    ("execution_input", "cause"),
+    [
+        (["x"], "input: got list; expected a JSON object"),
+        ({"inputs": ["s3://landing-bkt/sales/a.csv"]}, "pipeline: got None; expected 'sales-daily'"),
+        ({"pipeline": "other", "inputs": []}, "pipeline: got 'other'; expected 'sales-daily'"),
+        ({"pipeline": "sales-daily"}, "inputs: required; expected a list of S3 URIs"),
+        ({"pipeline": "sales-daily", "inputs": []}, "inputs: got []; expected a non-empty list"),
+        ({"pipeline": "sales-daily", "inputs": "s3://x/y"}, "inputs: got 's3://x/y'; expected a non-empty list"),
+        ({"pipeline": "sales-daily", "inputs": ["/tmp/a.csv"]}, "inputs[0]: got '/tmp/a.csv'; expected an S3 URI"),
+        (
+            {"pipeline": "sales-daily", "inputs": ["s3://other-bkt/sales/a.csv"]},
+            "inputs[0]: got 's3://other-bkt/sales/a.csv'; expected an object or prefix under s3://landing-bkt/sales/",
+        ),
+        (
+            {"pipeline": "sales-daily", "inputs": ["s3://landing-bkt/sales/missing.csv"]},
+            "inputs[0]: 's3://landing-bkt/sales/missing.csv' does not exist",
+        ),
+        ({"pipeline": "sales-daily", "inputs": ["s3://landing-bkt/sales/empty/"]}, "inputs[0]: no input objects under"),
+        ({"pipeline": "sales-daily", "input": ["s3://landing-bkt/sales/a.csv"]}, "input: unknown key(s) ['input']"),
+        (
+            {"pipeline": "sales-daily", "inputs": ["s3://landing-bkt/sales/a.csv"], "overrides": {"memory": 1}},
+            "overrides: unknown key(s) ['memory']",
+        ),
+        (
+            {
+                "pipeline": "sales-daily",
+                "inputs": ["s3://landing-bkt/sales/a.csv"],
+                "overrides": {"execution_timeout_minutes": 0},
+            },
+            "overrides.execution_timeout_minutes: got 0; expected an integer from 1 to 10080",
+        ),
+        (
+            {"pipeline": "sales-daily", "manifest": "s3://evil/m.json", "object_count": 1},
+            "manifest: got 's3://evil/m.json'",
+        ),
+        (
+            {
+                "pipeline": "sales-daily",
+                "manifest": f"s3://{ARTIFACTS}/manifests/sales-daily/x.json",
+                "object_count": 0,
+            },
+            "object_count: got 0; expected a positive integer",
+        ),
+    ],
+)
+def test_bad_console_input_names_the_field(s3: Any, execution_input: Any, cause: str) -> None:
+    result = _run(s3, execution_input)
+    assert result["valid"] is False
+    assert result["error"] == "InvalidExecutionInput"
+    assert result["cause"].startswith(cause), result["cause"]
+    # Nothing was started: no manifest written.
+    assert s3.list_objects_v2(Bucket=ARTIFACTS).get("KeyCount", 0) == 0
+
+
+def test_execution_input_from_prepare_output_fits_step_functions_limits(s3: Any) -> None:
+    s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
+    result = _run(s3, {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"]})
+    assert len(json.dumps(result).encode()) < 8 * 1024
+
+
+def test_handler_returns_prepare_result(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import load_handler
+    from tests.unit.fakes import lambda_context
+
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "EmrAutopilot")
+    s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
+    handler = load_handler("prepare")
+    event = {"input": {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"]}, "execution": EXECUTION,
+             "settings": SETTINGS}  # fmt: skip
+    result = handler.lambda_handler(event, lambda_context("autopilot-dev-prepare"))
+    assert result["valid"] is True
+    assert result["run"]["object_count"] == 1
