@@ -53,7 +53,8 @@ def test_shipped_dev_config_is_valid() -> None:
         ),
         pytest.param(
             lambda r: _sales(r)["trigger"]["batching"].update(window_seconds=900),
-            "config/dev.yaml: pipeline 'sales-daily': trigger.batching.window_seconds: got 900; expected a number <= 300",
+            "config/dev.yaml: pipeline 'sales-daily': trigger.batching.window_seconds: got 900; "
+            "expected a number <= 300",
             id="out-of-range",
         ),
         pytest.param(
@@ -128,7 +129,8 @@ def test_shipped_dev_config_is_valid() -> None:
         ),
         pytest.param(
             lambda r: _sales(r).update(output_prefix="_runs/sales"),
-            "config/dev.yaml: pipeline 'sales-daily': output_prefix: got '_runs/sales'; expected a prefix not under _runs",
+            "config/dev.yaml: pipeline 'sales-daily': output_prefix: got '_runs/sales'; "
+            "expected a prefix not under _runs",
             id="reserved-output",
         ),
     ],
