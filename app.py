@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
@@ -15,10 +16,14 @@ from stacks.naming import deployment_name
 
 
 def build_app(env_name: str | None = None, app: cdk.App | None = None, *, nag: bool = True) -> cdk.App:
-    """Build the app for one environment; raises ConfigError with a clear message on bad config."""
+    """Build the app for one environment; raises ConfigError with a clear message on bad config.
+
+    `-c env=NAME` selects `config/NAME.yaml`; `-c config_path=FILE` reads another file (benchmarks).
+    """
     app = app or cdk.App()
     env_name = env_name or app.node.try_get_context("env") or "dev"
-    config = load_config(env_name)
+    config_path = app.node.try_get_context("config_path")
+    config = load_config(env_name, Path(config_path) if config_path else None)
     AutopilotStack(
         app,
         deployment_name(config.project, env_name),
