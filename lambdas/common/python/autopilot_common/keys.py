@@ -24,7 +24,7 @@ def skip_reason(
         return "folder placeholder"
     parts = key.split("/")
     name = parts[-1]
-    if any(seg.startswith(TEMP_SEGMENTS) for seg in parts[:-1]):
+    if in_temporary_folder(key):
         return "inside a temporary folder"
     if name.endswith(TEMP_SUFFIXES):
         return "temporary or checksum file"
@@ -37,6 +37,11 @@ def skip_reason(
     if ignore_zero_byte and size == 0:
         return "zero-byte object"
     return None
+
+
+def in_temporary_folder(key: str) -> bool:
+    """True when a folder of `key` (not its file name) is a writer's staging folder such as `_temporary/`."""
+    return any(seg.startswith(TEMP_SEGMENTS) for seg in key.split("/")[:-1])
 
 
 def is_marker(key: str, marker_name: str) -> bool:

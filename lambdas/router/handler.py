@@ -1,0 +1,75 @@
+"""Router Lambda: SQS batches of S3 arrivals -> deterministic Step Functions executions.
+
+Environment: `MANIFEST_BUCKET`, `IDEMPOTENCY_TABLE`, optional `IDEMPOTENCY_TTL_SECONDS` (default 7 days),
+and the usual `POWERTOOLS_*` variables. The event source mapping must enable ReportBatchItemFailures.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from routing import METRICS_NAMESPACE, RETRY_CONFIG, SERVICE, BatchReport, Router, RouterSettings, aws_clients
+
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+
+# Fails the cold start with one message naming the missing variable.
+SETTINGS = RouterSettings.from_env(os.environ)
+# Report (never raise) a batch whose records all failed, so run failures can be added to the response.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+@cache
+def _router() -> Router:
+    """Built on first use, so importing the module needs no AWS credentials or region."""
+    s3, sfn = aws_clients(RETRY_CONFIG)
+    persistence = DynamoDBPersistenceLayer(table_name=SETTINGS.idempotency_table, boto_config=RETRY_CONFIG)
+    return Router(
+        s3=s3,
+        sfn=sfn,
+        persistence=persistence,
+        manifest_bucket=SETTINGS.manifest_bucket,
+        ttl_seconds=SETTINGS.ttl_seconds,
+    )
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    records = event.get("Records") or []
+    metrics.add_metric(name="RecordsReceived", unit=MetricUnit.Count, value=len(records))
+    report = _router().route_batch(event, processor=processor, lambda_context=context)
+    _publish(report)
+    logger.info(
+        "batch routed",
+        extra={
+            "records": len(records),
+            "failed": len(report.failures),
+            "runs_started": report.runs_started,
+            "runs_duplicate": report.runs_duplicate,
+        },
+    )
+    return report.response()
+
+
+def _publish(report: BatchReport) -> None:
+    """One EMF metric per (name, pipeline): dimensions service + pipeline, whatever the batch mixes."""
+    for (name, pipeline), value in sorted(report.counts.items()):
+        with single_metric(
+            name=name,
+            unit=MetricUnit.Count,
+            value=value,
+            namespace=METRICS_NAMESPACE,
+            default_dimensions={"service": SERVICE},
+        ) as metric:
+            metric.add_dimension(name="pipeline", value=pipeline)

@@ -1,0 +1,633 @@
+"""Route S3 arrivals to Step Functions: SQS envelopes in, deterministic `StartExecution` calls out.
+
+Each SQS record body is the envelope the pipeline's EventBridge rule builds::
+
+    {"pipeline": "sales-daily",
+     "state_machine_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:autopilot-dev-sales-daily",
+     "trigger": {"mode": "window", "prefix": "sales/", "suffixes": [".csv"], "marker_name": null,
+                 "ignore_zero_byte": true},
+     "event": {...the EventBridge "Object Created" event from aws.s3, unchanged...}}
+
+Delivery is at-least-once at every hop (S3 -> EventBridge -> SQS -> Lambda), so an object version is
+claimed once per pipeline in DynamoDB (powertools idempotency), and every run's execution name is a
+hash of its inputs, so Step Functions itself rejects a second start of the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from autopilot_common.keys import folder_of, in_temporary_folder, is_marker, skip_reason
+from autopilot_common.manifest import InputManifest, ManifestObject
+from autopilot_common.names import is_legal_execution_name, run_id_for
+
+SERVICE = "autopilot-router"
+METRICS_NAMESPACE = "EmrAutopilot"
+DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60
+MODES = ("per_object", "window", "marker")
+# Stable DynamoDB key prefix, so refactoring this module never invalidates existing claims.
+CLAIM_KEY_PREFIX = "autopilot-router.object-claim"
+# Standard mode backs off on throttling; 5 attempts in all (botocore's `max_attempts` would mean 5 retries).
+RETRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5})
+UNKNOWN_PIPELINE = "unknown"
+WAITING_FOR_MARKER = "waiting for marker"
+
+_STATE_MACHINE_ARN = re.compile(r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:stateMachine:[A-Za-z0-9_-]{1,80}$")
+# A run id is `<pipeline>-<24 hex>`; checking a sample name validates the pipeline once, up front.
+_SAMPLE_DIGEST = "0" * 24
+
+logger = Logger(service=SERVICE, child=True)
+
+
+class Metric(StrEnum):
+    """CloudWatch metric names (namespace `EmrAutopilot`, dimensions service + pipeline)."""
+
+    MALFORMED_RECORDS = "MalformedRecords"
+    OBJECTS_SKIPPED = "ObjectsSkipped"
+    DUPLICATE_OBJECTS = "DuplicateObjects"
+    OBJECTS_IN_PROGRESS = "ObjectsInProgress"
+    OBJECTS_ROUTED = "ObjectsRouted"
+    EMPTY_MARKER_FOLDERS = "EmptyMarkerFolders"
+    RUNS_STARTED = "RunsStarted"
+    RUNS_DUPLICATE = "RunsDuplicate"
+    RUNS_FAILED = "RunsFailed"
+
+
+class MalformedRecord(ValueError):
+    """An SQS record that is not a valid router envelope; the message says which field and why."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """The router's environment: `MANIFEST_BUCKET`, `IDEMPOTENCY_TABLE`, `IDEMPOTENCY_TTL_SECONDS`."""
+
+    manifest_bucket: str
+    idempotency_table: str
+    ttl_seconds: int = DEFAULT_TTL_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RouterSettings:
+        """Read the settings; raise RuntimeError naming the first missing or invalid variable.
+
+        `IDEMPOTENCY_TTL_SECONDS` defaults to 7 days (longer than the queue's 4-day retention, so a claim
+        outlives every redelivery of its message).
+        """
+        required = {
+            "MANIFEST_BUCKET": "the artifacts bucket that receives input manifests",
+            "IDEMPOTENCY_TABLE": "the DynamoDB table that holds object claims",
+        }
+        for name, meaning in required.items():
+            if not env.get(name, "").strip():
+                raise RuntimeError(f"environment variable {name} is not set; expected {meaning}")
+        raw_ttl = env.get("IDEMPOTENCY_TTL_SECONDS", "").strip()
+        ttl = DEFAULT_TTL_SECONDS
+        if raw_ttl:
+            if not raw_ttl.isdigit() or int(raw_ttl) < 1:
+                raise RuntimeError(
+                    f"environment variable IDEMPOTENCY_TTL_SECONDS is {raw_ttl!r}; expected a positive whole "
+                    f"number of seconds (default {DEFAULT_TTL_SECONDS})"
+                )
+            ttl = int(raw_ttl)
+        return cls(
+            manifest_bucket=env["MANIFEST_BUCKET"].strip(),
+            idempotency_table=env["IDEMPOTENCY_TABLE"].strip(),
+            ttl_seconds=ttl,
+        )
+
+
+def aws_clients(config: Config = RETRY_CONFIG) -> tuple[Any, Any]:
+    """(s3, stepfunctions) boto3 clients with standard-mode retries (5 attempts by default)."""
+    import boto3  # deferred: importing this module must not need AWS credentials or a region
+
+    return boto3.client("s3", config=config), boto3.client("stepfunctions", config=config)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """The pipeline's trigger, as carried by the envelope (see `config.model.Trigger`)."""
+
+    mode: str
+    prefix: str
+    suffixes: tuple[str, ...] = ()
+    marker_name: str | None = None
+    ignore_zero_byte: bool = True
+
+    @classmethod
+    def from_envelope(cls, raw: Any) -> TriggerSpec:
+        """Validate the envelope's `trigger` block; raise MalformedRecord naming the bad field."""
+        if not isinstance(raw, dict):
+            raise MalformedRecord(f"trigger: got {_short(raw)}; expected an object")
+        mode = raw.get("mode")
+        if mode not in MODES:
+            raise MalformedRecord(f"trigger.mode: got {_short(mode)}; expected one of {list(MODES)}")
+        prefix = raw.get("prefix", "")
+        if not isinstance(prefix, str):
+            raise MalformedRecord(f"trigger.prefix: got {_short(prefix)}; expected a string")
+        suffixes = raw.get("suffixes") or []
+        if not isinstance(suffixes, list) or not all(isinstance(s, str) and s for s in suffixes):
+            raise MalformedRecord(f"trigger.suffixes: got {_short(suffixes)}; expected a list of non-empty strings")
+        marker_name = raw.get("marker_name")
+        if mode == "marker":
+            if not isinstance(marker_name, str) or not marker_name or "/" in marker_name:
+                raise MalformedRecord(
+                    f"trigger.marker_name: got {_short(marker_name)}; expected a file name like '_SUCCESS'"
+                )
+        else:
+            marker_name = None
+        ignore_zero_byte = raw.get("ignore_zero_byte", True)
+        if not isinstance(ignore_zero_byte, bool):
+            raise MalformedRecord(f"trigger.ignore_zero_byte: got {_short(ignore_zero_byte)}; expected true or false")
+        return cls(mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte)
+
+
+@dataclass(frozen=True)
+class ObjectEvent:
+    """One S3 "Object Created" event for one pipeline, with the key exactly as stored in S3."""
+
+    pipeline: str
+    state_machine_arn: str
+    trigger: TriggerSpec
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None
+    sequencer: str
+    event_time: str
+    reason: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """Identity of this object version: bucket + key + version id + etag + sequencer."""
+        return f"{self.manifest_object().identity()}\x00{self.sequencer}"
+
+    @property
+    def claim_key(self) -> str:
+        """What is claimed in DynamoDB: the identity, scoped to the pipeline (pipelines may share objects)."""
+        return f"{self.pipeline}\x00{self.identity}"
+
+    def manifest_object(self) -> ManifestObject:
+        return ManifestObject(
+            bucket=self.bucket, key=self.key, size=self.size, etag=self.etag, version_id=self.version_id
+        )
+
+
+def raw_object_key(detail_object: Mapping[str, Any]) -> str:
+    """`detail.object.key` of an EventBridge S3 event, byte-exact.
+
+    EventBridge carries the raw key (unlike classic S3 notifications, which URL-encode it), so it is
+    never decoded: powertools' `S3EventBridgeNotificationObject.key` applies `unquote_plus` and turns
+    `a+b` and `a%20b` into `a b`.
+    """
+    key = detail_object.get("key")
+    if not isinstance(key, str) or not key:
+        raise MalformedRecord(f"event.detail.object.key: got {_short(key)}; expected a non-empty string")
+    return key
+
+
+def parse_envelope(body: str) -> ObjectEvent:
+    """Parse one SQS record body (the router envelope); raise MalformedRecord naming the bad field."""
+    try:
+        envelope = json.loads(body)
+    except (TypeError, ValueError) as exc:
+        raise MalformedRecord(f"body: not JSON ({exc})") from None
+    if not isinstance(envelope, dict):
+        raise MalformedRecord(f"body: got {_short(envelope)}; expected a JSON object")
+    pipeline = envelope.get("pipeline")
+    if not isinstance(pipeline, str) or not is_legal_execution_name(f"{pipeline}-{_SAMPLE_DIGEST}"):
+        raise MalformedRecord(f"pipeline: got {_short(pipeline)}; expected a pipeline name like 'sales-daily'")
+    arn = envelope.get("state_machine_arn")
+    if not isinstance(arn, str) or not _STATE_MACHINE_ARN.match(arn):
+        raise MalformedRecord(f"state_machine_arn: got {_short(arn)}; expected a Step Functions state machine ARN")
+    trigger = TriggerSpec.from_envelope(envelope.get("trigger"))
+    event = envelope.get("event")
+    if not isinstance(event, dict):
+        raise MalformedRecord(f"event: got {_short(event)}; expected the EventBridge event object")
+    if event.get("source") != "aws.s3" or event.get("detail-type") != "Object Created":
+        raise MalformedRecord(
+            f"event: source {_short(event.get('source'))}, detail-type {_short(event.get('detail-type'))}; "
+            "expected an 'Object Created' event from 'aws.s3'"
+        )
+    detail = _object_field(event, "detail", "event")
+    bucket = _object_field(detail, "bucket", "event.detail").get("name")
+    if not isinstance(bucket, str) or not bucket:
+        raise MalformedRecord(f"event.detail.bucket.name: got {_short(bucket)}; expected a bucket name")
+    obj = _object_field(detail, "object", "event.detail")
+    key = raw_object_key(obj)
+    size = obj.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise MalformedRecord(f"event.detail.object.size: got {_short(size)}; expected a byte count")
+    # Real events say `etag`; moto's EventBridge twin says `eTag`.
+    etag = obj.get("etag", obj.get("eTag")) or ""
+    version_id = obj.get("version-id")
+    sequencer = obj.get("sequencer") or ""
+    if not isinstance(etag, str) or not isinstance(sequencer, str) or not isinstance(version_id, str | None):
+        raise MalformedRecord("event.detail.object: etag, version-id and sequencer must be strings")
+    reason = detail.get("reason")
+    return ObjectEvent(
+        pipeline=pipeline,
+        state_machine_arn=arn,
+        trigger=trigger,
+        bucket=bucket,
+        key=key,
+        size=size,
+        etag=etag.strip('"'),
+        version_id=version_id or None,
+        sequencer=sequencer,
+        event_time=_event_time(event.get("time")),
+        reason=reason if isinstance(reason, str) else None,
+    )
+
+
+def object_skip_reason(event: ObjectEvent) -> str | None:
+    """Why this arrival starts nothing by itself, or None when it does.
+
+    Marker mode: only the marker (outside temporary folders) counts; anything else is "waiting for marker".
+    Other modes: `keys.skip_reason` with the trigger's suffixes and zero-byte rule.
+    """
+    trigger = event.trigger
+    if trigger.marker_name is not None:
+        if not is_marker(event.key, trigger.marker_name):
+            return WAITING_FOR_MARKER
+        return "marker inside a temporary folder" if in_temporary_folder(event.key) else None
+    return skip_reason(event.key, event.size, suffixes=trigger.suffixes, ignore_zero_byte=trigger.ignore_zero_byte)
+
+
+def _object_field(parent: Mapping[str, Any], name: str, path: str) -> dict[str, Any]:
+    value = parent.get(name)
+    if not isinstance(value, dict):
+        raise MalformedRecord(f"{path}.{name}: got {_short(value)}; expected an object")
+    return value
+
+
+def _event_time(raw: Any) -> str:
+    """The event's `time` as ISO 8601 UTC (`2024-06-01T10:00:00Z`), the format EventBridge uses."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        # moto's EventBridge twin sends epoch seconds.
+        return datetime.fromtimestamp(raw, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(raw, str):
+        try:
+            datetime.fromisoformat(raw)
+        except ValueError:
+            pass
+        else:
+            return raw
+    raise MalformedRecord(f"event.time: got {_short(raw)}; expected an ISO 8601 timestamp")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- claims
+
+
+class ObjectClaims:
+    """Cross-invocation dedupe: the first SQS message to claim an object version owns it.
+
+    A claim is a powertools idempotency record (DynamoDB, key `autopilot-router.object-claim#<sha256>`)
+    whose stored result is the claiming messageId. Another message with the same object is a
+    duplicate; the same message again (an SQS redelivery after a failure) still owns it.
+    """
+
+    def __init__(self, persistence: BasePersistenceLayer, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
+        self.config = IdempotencyConfig(
+            expires_after_seconds=ttl_seconds, raise_on_no_idempotency_key=True, hash_function="sha256"
+        )
+        self._claim: Callable[..., dict[str, str]] = idempotent_function(
+            _record_owner,
+            data_keyword_argument="claim_key",
+            persistence_store=persistence,
+            config=self.config,
+            key_prefix=CLAIM_KEY_PREFIX,
+        )
+
+    def register_lambda_context(self, context: LambdaContext) -> None:
+        """Let a claim left IN_PROGRESS by a crashed invocation expire with that invocation's timeout
+        (without it, the claim would block its object until the TTL)."""
+        self.config.register_lambda_context(context)
+
+    def owner(self, claim_key: str, message_id: str) -> str:
+        """The messageId that owns `claim_key`: `message_id` when this call claims it (or claimed it before).
+
+        Raises IdempotencyAlreadyInProgressError while another invocation is claiming it.
+        """
+        result = self._claim(claim_key=claim_key, message_id=message_id)
+        return str(result["message_id"])
+
+
+def _record_owner(claim_key: str, message_id: str) -> dict[str, str]:
+    """The idempotent function: `claim_key` is what powertools hashes; the stored result names the owner."""
+    return {"message_id": message_id}
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Accepted:
+    """An object arrival this batch owns, and the SQS message that brought it."""
+
+    event: ObjectEvent
+    message_id: str
+
+
+@dataclass
+class RunPlan:
+    """One run to start: its pipeline, state machine, run id and the arrivals that feed it."""
+
+    pipeline: str
+    state_machine_arn: str
+    mode: str
+    run_id: str
+    sources: list[Accepted]
+
+    @property
+    def trigger_event(self) -> ObjectEvent:
+        """The arrival that came first (earliest event time, then key): the run's `trigger` block."""
+        return min((s.event for s in self.sources), key=lambda e: (_sortable_time(e.event_time), e.key))
+
+    @property
+    def message_ids(self) -> list[str]:
+        return list(dict.fromkeys(s.message_id for s in self.sources))
+
+
+def plan_runs(accepted: Sequence[Accepted]) -> list[RunPlan]:
+    """Group owned arrivals into runs: one per object (`per_object`), one per pipeline per batch
+    (`window`), one per marker (`marker`). Run ids are deterministic: `names.run_id_for`."""
+    groups: dict[tuple[str, str, str], list[Accepted]] = {}
+    for item in accepted:
+        event = item.event
+        groups.setdefault((event.pipeline, event.state_machine_arn, event.trigger.mode), []).append(item)
+    plans: list[RunPlan] = []
+    for (pipeline, arn, mode), items in groups.items():
+        batches = [items] if mode == "window" else [[item] for item in items]
+        for sources in batches:
+            run_id = run_id_for(pipeline, [s.event.identity for s in sources])
+            plans.append(RunPlan(pipeline, arn, mode, run_id, sources))
+    return plans
+
+
+def list_marker_folder(s3: Any, marker: ObjectEvent) -> list[ManifestObject]:
+    """Every data object under the marker's folder (ListObjectsV2, paginated, so 10,000+ objects work).
+
+    The trigger's suffixes and zero-byte rule apply; markers, hidden and temporary files are skipped.
+    """
+    trigger = marker.trigger
+    folder = folder_of(marker.key)
+    objects: list[ManifestObject] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=marker.bucket, Prefix=folder):
+        for item in page.get("Contents", []):
+            key, size = item["Key"], int(item["Size"])
+            if not key.startswith(trigger.prefix):
+                continue
+            reason = skip_reason(
+                key,
+                size,
+                suffixes=trigger.suffixes,
+                ignore_zero_byte=trigger.ignore_zero_byte,
+                marker_name=trigger.marker_name,
+            )
+            if reason is None:
+                objects.append(
+                    ManifestObject(bucket=marker.bucket, key=key, size=size, etag=str(item.get("ETag", "")).strip('"'))
+                )
+    return objects
+
+
+def execution_input(plan: RunPlan, manifest_uri: str, object_count: int) -> dict[str, Any]:
+    """The execution input: a pointer to the manifest, never the object list (payload limit 256 KiB)."""
+    first = plan.trigger_event
+    return {
+        "pipeline": plan.pipeline,
+        "manifest": manifest_uri,
+        "object_count": object_count,
+        "trigger": {
+            "type": "s3",
+            "mode": plan.mode,
+            "bucket": first.bucket,
+            "first_key": first.key,
+            "event_time": first.event_time,
+        },
+    }
+
+
+def start_execution(sfn: Any, state_machine_arn: str, run_id: str, payload: Mapping[str, Any]) -> bool:
+    """StartExecution named `run_id`; True when started, False when the name exists (a duplicate run).
+
+    Other errors propagate after the client's own retries.
+    """
+    try:
+        sfn.start_execution(
+            stateMachineArn=state_machine_arn,
+            name=run_id,
+            input=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ExecutionAlreadyExists":
+            return False
+        raise
+    return True
+
+
+def _sortable_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+@dataclass
+class BatchReport:
+    """What one batch did: failed messageIds, metric counts per (metric, pipeline), runs and skips."""
+
+    failures: list[str] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    runs_started: list[str] = field(default_factory=list)
+    runs_duplicate: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def count(self, metric: Metric, pipeline: str, value: int = 1) -> None:
+        self.counts[(metric.value, pipeline)] += value
+
+    def fail(self, message_ids: Iterable[str]) -> None:
+        """Add messageIds to the failures, once each, in order."""
+        known = set(self.failures)
+        for message_id in message_ids:
+            if message_id not in known:
+                known.add(message_id)
+                self.failures.append(message_id)
+
+    def response(self) -> dict[str, list[dict[str, str]]]:
+        """The Lambda partial batch response (`ReportBatchItemFailures`)."""
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in self.failures]}
+
+
+@dataclass
+class _Batch:
+    """State of one batch: the report, owned arrivals by claim key, and claim owners already looked up."""
+
+    report: BatchReport = field(default_factory=BatchReport)
+    accepted: dict[str, Accepted] = field(default_factory=dict)
+    # Copies of one object in a batch collapse here without another DynamoDB round trip.
+    owners: dict[str, str] = field(default_factory=dict)
+
+
+class Router:
+    """Routes SQS batches of envelopes to Step Functions executions.
+
+    `s3` writes manifests (and lists marker folders), `sfn` starts executions, `persistence` stores
+    object claims for `ttl_seconds` (default 7 days).
+    """
+
+    def __init__(
+        self,
+        *,
+        s3: Any,
+        sfn: Any,
+        persistence: BasePersistenceLayer,
+        manifest_bucket: str,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    ) -> None:
+        self.s3 = s3
+        self.sfn = sfn
+        self.manifest_bucket = manifest_bucket
+        self.claims = ObjectClaims(persistence, ttl_seconds)
+
+    def route_batch(
+        self,
+        event: Mapping[str, Any],
+        *,
+        lambda_context: LambdaContext,
+        processor: BatchProcessor | None = None,
+    ) -> BatchReport:
+        """Claim every record's object, then start the runs; return the report (see `BatchReport.response`).
+
+        A malformed record, or one whose claim is in progress elsewhere, fails alone; a run that cannot
+        be started fails every record that fed it. `processor` defaults to a `BatchProcessor(EventType.SQS)`
+        that reports (rather than raises) a batch where every record failed.
+        """
+        processor = processor or BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+        self.claims.register_lambda_context(lambda_context)
+        batch = _Batch()
+
+        def handle(record: SQSRecord) -> str:
+            return self._handle_record(record, batch)
+
+        records = list(event.get("Records") or [])
+        with processor(records=records, handler=handle):
+            processor.process()
+        batch.report.fail(str(item["itemIdentifier"]) for item in processor.response()["batchItemFailures"])
+        for plan in plan_runs(list(batch.accepted.values())):
+            self._run(plan, batch.report)
+        return batch.report
+
+    def _handle_record(self, record: SQSRecord, batch: _Batch) -> str:
+        """Parse, filter and claim one record; return what happened. Raising fails just this record."""
+        message_id, report = record.message_id, batch.report
+        try:
+            event = parse_envelope(record.body)
+        except MalformedRecord as exc:
+            pipeline = _pipeline_hint(record.body)
+            logger.warning("malformed record", message_id=message_id, pipeline=pipeline, reason=str(exc))
+            report.count(Metric.MALFORMED_RECORDS, pipeline)
+            raise
+        log: dict[str, object] = {
+            "pipeline": event.pipeline,
+            "bucket": event.bucket,
+            "key": event.key,
+            "message_id": message_id,
+        }
+        reason = object_skip_reason(event)
+        if reason is not None:
+            logger.info("object skipped", extra={**log, "reason": reason})
+            report.count(Metric.OBJECTS_SKIPPED, event.pipeline)
+            report.skipped.append((event.key, reason))
+            return "skipped"
+        key = event.claim_key
+        owner = batch.owners.get(key)
+        if owner is None:
+            try:
+                owner = self.claims.owner(key, message_id)
+            except IdempotencyAlreadyInProgressError:
+                logger.warning("object claim in progress elsewhere; will retry", extra=log)
+                report.count(Metric.OBJECTS_IN_PROGRESS, event.pipeline)
+                raise
+            batch.owners[key] = owner
+        if owner != message_id or key in batch.accepted:
+            logger.info("duplicate object", extra={**log, "claimed_by": owner})
+            report.count(Metric.DUPLICATE_OBJECTS, event.pipeline)
+            return "duplicate"
+        batch.accepted[key] = Accepted(event, message_id)
+        return "accepted"
+
+    def _run(self, plan: RunPlan, report: BatchReport) -> None:
+        log: dict[str, object] = {"pipeline": plan.pipeline, "run_id": plan.run_id, "mode": plan.mode}
+        first = plan.trigger_event
+        try:
+            if plan.mode == "marker":
+                objects = list_marker_folder(self.s3, first)
+                if not objects:
+                    logger.warning("marker folder holds no data; nothing started", extra={**log, "key": first.key})
+                    report.count(Metric.EMPTY_MARKER_FOLDERS, plan.pipeline)
+                    return
+            else:
+                objects = [s.event.manifest_object() for s in plan.sources]
+            manifest = InputManifest(pipeline=plan.pipeline, run_id=plan.run_id, objects=sorted(objects))
+            manifest_uri = manifest.write(self.s3, self.manifest_bucket)
+            payload = execution_input(plan, manifest_uri, manifest.object_count)
+            started = start_execution(self.sfn, plan.state_machine_arn, plan.run_id, payload)
+        except Exception:
+            # One run's failure must not stop the others; SQS redelivers its records.
+            logger.exception(
+                "run not started; its records return to the queue", extra={**log, "message_ids": plan.message_ids}
+            )
+            report.count(Metric.RUNS_FAILED, plan.pipeline)
+            report.fail(plan.message_ids)
+            return
+        if started:
+            logger.info(
+                "run started",
+                extra={**log, "objects": manifest.object_count, "manifest": manifest_uri, "first_key": first.key},
+            )
+            report.count(Metric.RUNS_STARTED, plan.pipeline)
+            report.count(Metric.OBJECTS_ROUTED, plan.pipeline, manifest.object_count)
+            report.runs_started.append(plan.run_id)
+        else:
+            logger.info("run already exists (duplicate)", extra=log)
+            report.count(Metric.RUNS_DUPLICATE, plan.pipeline)
+            report.runs_duplicate.append(plan.run_id)
+
+
+def _pipeline_hint(body: str) -> str:
+    """The pipeline named by a malformed body, when there is one (for the metric's dimension)."""
+    try:
+        pipeline = json.loads(body).get("pipeline")
+    except (TypeError, ValueError, AttributeError):
+        return UNKNOWN_PIPELINE
+    return pipeline if isinstance(pipeline, str) and is_legal_execution_name(pipeline) else UNKNOWN_PIPELINE

@@ -1,0 +1,728 @@
+"""Router Lambda: SQS envelopes of S3 "Object Created" events -> deterministic Step Functions runs.
+
+Everything AWS is moto (`mock_aws`), region us-east-1, fake credentials; no network.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from autopilot_common.manifest import InputManifest
+from autopilot_common.names import run_id_for
+from routing import (
+    CLAIM_KEY_PREFIX,
+    DEFAULT_TTL_SECONDS,
+    BatchReport,
+    Router,
+    RouterSettings,
+    aws_clients,
+    parse_envelope,
+    raw_object_key,
+)
+from tests.conftest import load_event, load_handler
+from tests.unit.fakes import lambda_context
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+LANDING = "autopilot-dev-landing"
+ARTIFACTS = "autopilot-dev-artifacts"
+TABLE = "autopilot-dev-idempotency"
+PIPELINE = "sales-daily"
+ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/autopilot-dev-sfn"
+DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})
+SPECIAL_KEYS = [
+    "sales/Q1 report+final %20ü.csv",
+    "sales/a+b.csv",
+    "sales/a b.csv",
+    "sales/a%20b.csv",
+    "sales/a%2Bb.csv",
+    "sales/日本語/データ.csv",
+]
+
+
+@dataclass
+class Aws:
+    s3: Any
+    sfn: Any
+    ddb: Any
+    arn: str
+
+    def state_machine(self, name: str) -> str:
+        return str(self.sfn.create_state_machine(name=name, definition=DEFINITION, roleArn=ROLE_ARN)["stateMachineArn"])
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        for bucket in (LANDING, ARTIFACTS):
+            s3.create_bucket(Bucket=bucket)
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        ddb.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        env = Aws(s3=s3, sfn=sfn, ddb=ddb, arn="")
+        env.arn = env.state_machine(f"autopilot-dev-{PIPELINE}")
+        yield env
+
+
+@pytest.fixture
+def router(aws: Aws) -> Router:
+    return Router(
+        s3=aws.s3,
+        sfn=aws.sfn,
+        persistence=DynamoDBPersistenceLayer(table_name=TABLE),
+        manifest_bucket=ARTIFACTS,
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def s3_event(
+    key: str,
+    *,
+    size: int = 100,
+    etag: str | None = None,
+    version_id: str | None = None,
+    sequencer: str | None = None,
+    time_: str = "2024-06-01T10:15:02Z",
+    source: str = "aws.s3",
+) -> dict[str, Any]:
+    """A real-shaped EventBridge "Object Created" event (the fixture file, with these fields changed)."""
+    event = load_event("s3_object_created_eventbridge.json")
+    event["source"] = source
+    event["time"] = time_
+    obj = event["detail"]["object"]
+    digest = hashlib.md5(key.encode()).hexdigest()
+    obj.update(key=key, size=size, etag=etag or digest, sequencer=sequencer or digest[:18].upper())
+    if version_id is None:
+        obj.pop("version-id")
+    else:
+        obj["version-id"] = version_id
+    return event
+
+
+def envelope(
+    event: dict[str, Any],
+    arn: str,
+    *,
+    mode: str = "window",
+    suffixes: Sequence[str] = (".csv",),
+    marker_name: str | None = None,
+    pipeline: str = PIPELINE,
+) -> str:
+    trigger = {
+        "mode": mode,
+        "prefix": "sales/",
+        "suffixes": list(suffixes),
+        "marker_name": marker_name,
+        "ignore_zero_byte": True,
+    }
+    return json.dumps({"pipeline": pipeline, "state_machine_arn": arn, "trigger": trigger, "event": event})
+
+
+def sqs_event(bodies: Sequence[str], ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """An SQS event whose records are copies of the fixture record with these bodies and messageIds."""
+    template = load_event("sqs_router_batch.json")["Records"][0]
+    ids = ids or [f"msg-{i:05d}" for i in range(len(bodies))]
+    records = []
+    for message_id, body in zip(ids, bodies, strict=True):
+        record = copy.deepcopy(template)
+        record.update(messageId=message_id, body=body, md5OfBody=hashlib.md5(body.encode()).hexdigest())
+        records.append(record)
+    return {"Records": records}
+
+
+def executions(aws: Aws, arn: str | None = None) -> list[dict[str, Any]]:
+    pages = aws.sfn.get_paginator("list_executions").paginate(stateMachineArn=arn or aws.arn)
+    return [e for page in pages for e in page["executions"]]
+
+
+def execution_input(aws: Aws, execution: dict[str, Any]) -> str:
+    return str(aws.sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+
+
+def manifest_of(aws: Aws, execution: dict[str, Any]) -> InputManifest:
+    uri = json.loads(execution_input(aws, execution))["manifest"]
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return InputManifest.from_json(aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def context() -> LambdaContext:
+    return cast(LambdaContext, lambda_context("autopilot-dev-router"))
+
+
+def route(router: Router, event: dict[str, Any]) -> BatchReport:
+    return router.route_batch(event, lambda_context=context())
+
+
+def failures(report: BatchReport) -> list[str]:
+    return [item["itemIdentifier"] for item in report.response()["batchItemFailures"]]
+
+
+def count(report: BatchReport, metric: str, pipeline: str = PIPELINE) -> int:
+    return report.counts[(metric, pipeline)]
+
+
+# --------------------------------------------------------------------------- settings and parsing
+
+
+def test_settings_name_the_missing_variable_and_default_the_ttl() -> None:
+    # Given / When / Then
+    with pytest.raises(RuntimeError, match="MANIFEST_BUCKET"):
+        RouterSettings.from_env({"IDEMPOTENCY_TABLE": TABLE})
+    with pytest.raises(RuntimeError, match="IDEMPOTENCY_TABLE"):
+        RouterSettings.from_env({"MANIFEST_BUCKET": ARTIFACTS})
+    with pytest.raises(RuntimeError, match="IDEMPOTENCY_TTL_SECONDS"):
+        RouterSettings.from_env(
+            {"MANIFEST_BUCKET": ARTIFACTS, "IDEMPOTENCY_TABLE": TABLE, "IDEMPOTENCY_TTL_SECONDS": "1h"}
+        )
+    settings = RouterSettings.from_env({"MANIFEST_BUCKET": ARTIFACTS, "IDEMPOTENCY_TABLE": TABLE})
+    assert settings == RouterSettings(ARTIFACTS, TABLE, 604_800)
+    assert DEFAULT_TTL_SECONDS == 7 * 24 * 3600
+
+
+def test_clients_retry_throttling_in_standard_mode(aws: Aws) -> None:
+    s3, sfn = aws_clients()
+    for client in (s3, sfn):
+        assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 5}
+
+
+def test_fixture_events_have_the_real_eventbridge_shape() -> None:
+    event = load_event("s3_object_created_eventbridge.json")
+    assert event["source"] == "aws.s3" and event["detail-type"] == "Object Created"
+    assert set(event["detail"]) == {
+        "version",
+        "bucket",
+        "object",
+        "request-id",
+        "requester",
+        "source-ip-address",
+        "reason",
+    }
+    assert set(event["detail"]["object"]) == {"key", "size", "etag", "version-id", "sequencer"}
+    parsed = parse_envelope(load_event("sqs_router_batch.json")["Records"][0]["body"])
+    assert (parsed.bucket, parsed.key, parsed.size, parsed.version_id) == (
+        LANDING,
+        "sales/2024-06-01/orders.csv",
+        184662,
+        "FOQJmXWtRc1GzBIljXaCR5mNNHJJq0E.",
+    )
+
+
+@pytest.mark.parametrize("key", SPECIAL_KEYS)
+def test_raw_key_is_kept_byte_exact_where_powertools_would_decode_it(key: str) -> None:
+    # Given an EventBridge event: its key is raw, not URL-encoded
+    event = s3_event(key)
+
+    # When
+    ours = raw_object_key(event["detail"]["object"])
+    theirs = S3EventBridgeNotificationEvent(event).detail.object.key
+
+    # Then ours is the key; powertools' unquote_plus corrupts every key with '+' or '%xx'
+    assert ours.encode() == key.encode()
+    if "+" in key or "%" in key:
+        assert theirs != key
+    assert S3EventBridgeNotificationEvent(s3_event("sales/Q1 report+final %20ü.csv")).detail.object.key == (
+        "sales/Q1 report final  ü.csv"
+    )
+
+
+def test_special_character_keys_land_in_the_manifest_byte_exact(aws: Aws, router: Router) -> None:
+    # Given the objects really exist under those keys
+    for key in SPECIAL_KEYS:
+        aws.s3.put_object(Bucket=LANDING, Key=key, Body=b"x" * 10)
+    batch = sqs_event([envelope(s3_event(k, size=10), aws.arn) for k in SPECIAL_KEYS])
+
+    # When
+    report = route(router, batch)
+
+    # Then one run whose manifest names every object exactly as S3 stores it
+    assert failures(report) == []
+    [execution] = executions(aws)
+    manifest = manifest_of(aws, execution)
+    assert sorted(o.key for o in manifest.objects) == sorted(SPECIAL_KEYS)
+    for obj in manifest.objects:
+        assert aws.s3.head_object(Bucket=obj.bucket, Key=obj.key)["ContentLength"] == 10
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+@pytest.mark.parametrize("mode", ["window", "per_object"])
+def test_same_event_delivered_in_three_invocations_starts_one_run(aws: Aws, router: Router, mode: str) -> None:
+    # Given EventBridge delivered the same event three times (three SQS messages)
+    body = envelope(s3_event("sales/2024-06-01/orders.csv", version_id="v1"), aws.arn, mode=mode)
+
+    # When each copy arrives in its own invocation
+    reports = [route(router, sqs_event([body], [f"copy-{n}"])) for n in range(3)]
+
+    # Then exactly one execution; the later copies are duplicates, not failures
+    assert len(executions(aws)) == 1
+    assert [r.runs_started for r in reports][1:] == [[], []]
+    assert [count(r, "DuplicateObjects") for r in reports] == [0, 1, 1]
+    assert all(failures(r) == [] for r in reports)
+
+
+def test_three_copies_in_one_batch_start_one_run_over_one_object(aws: Aws, router: Router) -> None:
+    # Given
+    body = envelope(s3_event("sales/2024-06-01/orders.csv"), aws.arn)
+
+    # When
+    report = route(router, sqs_event([body, body, body], ["a", "b", "c"]))
+
+    # Then
+    [execution] = executions(aws)
+    assert manifest_of(aws, execution).object_count == 1
+    assert count(report, "DuplicateObjects") == 2
+    assert failures(report) == []
+
+
+def test_one_message_delivered_twice_in_a_batch_counts_once(aws: Aws, router: Router) -> None:
+    # Given SQS (at-least-once) hands the same message to one batch twice
+    body = envelope(s3_event("sales/2024-06-01/orders.csv"), aws.arn)
+
+    # When
+    report = route(router, sqs_event([body, body], ["same", "same"]))
+
+    # Then
+    [execution] = executions(aws)
+    assert manifest_of(aws, execution).object_count == 1
+    assert count(report, "DuplicateObjects") == 1
+
+
+def test_redelivered_message_still_owns_its_claim(aws: Aws, router: Router) -> None:
+    # Given a claim made by message m1 whose run was never started (e.g. the invocation crashed afterwards),
+    # and a copy from another message m2 that arrives first in the next batch
+    body = envelope(s3_event("sales/2024-06-01/orders.csv"), aws.arn)
+    router.claims.register_lambda_context(context())
+    assert router.claims.owner(parse_envelope(body).claim_key, "m1") == "m1"
+
+    # When SQS redelivers m1 in the same batch as m2
+    report = route(router, sqs_event([body, body], ["m2", "m1"]))
+
+    # Then m1 starts the run; m2 is the duplicate
+    assert len(report.runs_started) == 1
+    assert len(executions(aws)) == 1
+    assert count(report, "DuplicateObjects") == 1
+
+
+def test_a_claim_in_progress_elsewhere_fails_only_that_record(aws: Aws, router: Router) -> None:
+    # Given another invocation is claiming one object right now
+    busy = envelope(s3_event("sales/busy.csv"), aws.arn)
+    free = envelope(s3_event("sales/free.csv"), aws.arn)
+    digest = hashlib.sha256(json.dumps(parse_envelope(busy).claim_key).encode()).hexdigest()
+    now = int(time.time())
+    aws.ddb.put_item(
+        TableName=TABLE,
+        Item={
+            "id": {"S": f"{CLAIM_KEY_PREFIX}#{digest}"},
+            "status": {"S": "INPROGRESS"},
+            "expiration": {"N": str(now + 3600)},
+            "in_progress_expiration": {"N": str((now + 300) * 1000)},
+        },
+    )
+
+    # When
+    report = route(router, sqs_event([busy, free], ["busy", "free"]))
+
+    # Then the busy record is retried later; the other one runs
+    assert failures(report) == ["busy"]
+    [execution] = executions(aws)
+    assert [o.key for o in manifest_of(aws, execution).objects] == ["sales/free.csv"]
+    assert count(report, "ObjectsInProgress") == 1
+
+
+# --------------------------------------------------------------------------- window mode
+
+
+def test_window_of_1000_objects_starts_one_run_with_a_complete_manifest(aws: Aws, router: Router) -> None:
+    # Given
+    expected = {
+        f"sales/2024-06-01/part-{i:04d}.csv": (1000 + i, hashlib.md5(str(i).encode()).hexdigest()) for i in range(1000)
+    }
+    bodies = [envelope(s3_event(k, size=s, etag=e), aws.arn) for k, (s, e) in expected.items()]
+
+    # When
+    report = route(router, sqs_event(bodies))
+
+    # Then one execution; its manifest lists all 1,000 objects exactly; its input stays tiny
+    assert failures(report) == []
+    [execution] = executions(aws)
+    manifest = manifest_of(aws, execution)
+    assert {o.key: (o.size, o.etag) for o in manifest.objects} == expected
+    assert manifest.object_count == 1000 and manifest.total_bytes == sum(s for s, _ in expected.values())
+    assert len(execution_input(aws, execution).encode()) < 1024
+    assert count(report, "RunsStarted") == 1 and count(report, "ObjectsRouted") == 1000
+
+
+def test_execution_input_has_the_exact_shape(aws: Aws, router: Router) -> None:
+    # Given two arrivals, the later one listed first
+    late = envelope(s3_event("sales/b.csv", time_="2024-06-01T10:15:09Z"), aws.arn)
+    early = envelope(s3_event("sales/z.csv", time_="2024-06-01T10:14:58Z"), aws.arn)
+
+    # When
+    route(router, sqs_event([late, early]))
+
+    # Then
+    [execution] = executions(aws)
+    run_id = execution["name"]
+    assert json.loads(execution_input(aws, execution)) == {
+        "pipeline": PIPELINE,
+        "manifest": f"s3://{ARTIFACTS}/manifests/{PIPELINE}/{run_id}.json",
+        "object_count": 2,
+        "trigger": {
+            "type": "s3",
+            "mode": "window",
+            "bucket": LANDING,
+            "first_key": "sales/z.csv",
+            "event_time": "2024-06-01T10:14:58Z",
+        },
+    }
+    identities = [parse_envelope(b).identity for b in (late, early)]
+    assert run_id == run_id_for(PIPELINE, identities)
+
+
+def test_filtered_keys_start_nothing_and_fail_nothing(aws: Aws, router: Router) -> None:
+    # Given
+    filtered = {
+        "sales/x/": "folder placeholder",
+        "sales/_temporary/0/part-0000.csv": "inside a temporary folder",
+        "sales/part-0000.csv.crc": "temporary or checksum file",
+        "sales/upload.csv.tmp": "temporary or checksum file",
+        "sales/_hidden.csv": "hidden file",
+        "sales/.hidden.csv": "hidden file",
+        "sales/readme.txt": "suffix not in ['.csv']",
+    }
+    events = [s3_event(k, size=0 if k.endswith("/") else 10) for k in filtered]
+    events.append(s3_event("sales/empty.csv", size=0))
+
+    # When
+    report = route(router, sqs_event([envelope(e, aws.arn) for e in events]))
+
+    # Then
+    assert executions(aws) == []
+    assert failures(report) == []
+    assert dict(report.skipped) == filtered | {"sales/empty.csv": "zero-byte object"}
+    assert count(report, "ObjectsSkipped") == 8
+
+
+# --------------------------------------------------------------------------- per-object mode
+
+
+def test_per_object_starts_one_run_per_object_with_deterministic_names(aws: Aws, router: Router) -> None:
+    # Given
+    bodies = [envelope(s3_event(f"sales/{n}.csv"), aws.arn, mode="per_object") for n in ("a", "b", "c")]
+    expected = sorted(run_id_for(PIPELINE, [parse_envelope(b).identity]) for b in bodies)
+
+    # When
+    report = route(router, sqs_event(bodies))
+
+    # Then three executions named by their object
+    assert sorted(report.runs_started) == expected
+    assert sorted(e["name"] for e in executions(aws)) == expected
+
+    # When the same arrivals are routed again from scratch (claims cleared, a second state machine)
+    for item in aws.ddb.scan(TableName=TABLE)["Items"]:
+        aws.ddb.delete_item(TableName=TABLE, Key={"id": item["id"]})
+    other = aws.state_machine("autopilot-dev-sales-daily-again")
+    again = [envelope(s3_event(f"sales/{n}.csv"), other, mode="per_object") for n in ("a", "b", "c")]
+    route(router, sqs_event(again))
+
+    # Then the names are the same
+    assert sorted(e["name"] for e in executions(aws, other)) == expected
+
+
+# --------------------------------------------------------------------------- marker mode
+
+
+def put(aws: Aws, key: str, size: int = 10) -> dict[str, Any]:
+    """Store an object and return its EventBridge event (with its real etag)."""
+    etag = aws.s3.put_object(Bucket=LANDING, Key=key, Body=b"x" * size)["ETag"].strip('"')
+    return s3_event(key, size=size, etag=etag)
+
+
+def test_marker_starts_one_run_over_exactly_the_data_files(aws: Aws, router: Router) -> None:
+    # Given data, noise and finally the marker in one folder (plus data in a sibling folder)
+    data = ["sales/2024-06-01/part-0000.csv", "sales/2024-06-01/part-0001.csv", "sales/2024-06-01/region=eu/p.csv"]
+    noise = [
+        "sales/2024-06-01/_temporary/0/part-0002.csv",
+        "sales/2024-06-01/part-0000.csv.crc",
+        "sales/2024-06-01/.part-0001.csv",
+        "sales/2024-06-01/_hidden.csv",
+        "sales/2024-06-01/notes.txt",
+    ]
+    data_events = [put(aws, k) for k in data + noise]
+    put(aws, "sales/2024-06-01/empty.csv", size=0)
+    put(aws, "sales/2024-06-02/part-0000.csv")
+
+    def marked(event: dict[str, Any]) -> str:
+        return envelope(event, aws.arn, mode="marker", marker_name="_SUCCESS")
+
+    # When only data events arrive
+    waiting = route(router, sqs_event([marked(e) for e in data_events]))
+
+    # Then nothing starts; they wait for the marker
+    assert executions(aws) == [] and failures(waiting) == []
+    assert {reason for _, reason in waiting.skipped} == {"waiting for marker"}
+
+    # When the marker lands
+    marker = put(aws, "sales/2024-06-01/_SUCCESS", size=0)
+    report = route(router, sqs_event([marked(marker)], ["marker"]))
+
+    # Then one run over exactly the folder's data files, named after the marker
+    [execution] = executions(aws)
+    manifest = manifest_of(aws, execution)
+    assert [o.key for o in manifest.objects] == sorted(data)
+    assert all(o.size == 10 and len(o.etag) == 32 for o in manifest.objects)
+    assert execution["name"] == run_id_for(PIPELINE, [parse_envelope(marked(marker)).identity])
+    trigger = json.loads(execution_input(aws, execution))["trigger"]
+    assert (trigger["mode"], trigger["first_key"]) == ("marker", "sales/2024-06-01/_SUCCESS")
+    assert report.runs_started == [execution["name"]]
+
+
+def test_marker_lists_more_than_one_page(aws: Aws, router: Router) -> None:
+    # Given 1,234 data files (ListObjectsV2 returns at most 1,000 per page)
+    keys = [f"sales/big/part-{i:05d}.csv" for i in range(1234)]
+    for key in keys:
+        aws.s3.put_object(Bucket=LANDING, Key=key, Body=b"1")
+    marker = put(aws, "sales/big/_SUCCESS", size=0)
+
+    # When
+    route(router, sqs_event([envelope(marker, aws.arn, mode="marker", marker_name="_SUCCESS")]))
+
+    # Then
+    [execution] = executions(aws)
+    assert [o.key for o in manifest_of(aws, execution).objects] == keys
+
+
+def test_marker_over_an_empty_folder_starts_nothing(aws: Aws, router: Router) -> None:
+    # Given only noise next to the marker
+    put(aws, "sales/empty/part-0000.csv", size=0)
+    marker = put(aws, "sales/empty/_SUCCESS", size=0)
+
+    # When
+    report = route(router, sqs_event([envelope(marker, aws.arn, mode="marker", marker_name="_SUCCESS")]))
+
+    # Then
+    assert executions(aws) == []
+    assert failures(report) == []
+    assert count(report, "EmptyMarkerFolders") == 1
+
+
+# --------------------------------------------------------------------------- malformed records
+
+
+def test_malformed_records_fail_alone(aws: Aws, router: Router) -> None:
+    # Given good records mixed with malformed ones
+    good = [envelope(s3_event(f"sales/good-{n}.csv"), aws.arn) for n in range(2)]
+    no_key = s3_event("sales/x.csv")
+    del no_key["detail"]["object"]["key"]
+    bad = {
+        "bad-json": "{not json",
+        "no-key": envelope(no_key, aws.arn),
+        "wrong-source": envelope(s3_event("sales/y.csv", source="aws.ec2"), aws.arn),
+        "bad-arn": envelope(s3_event("sales/z.csv"), "arn:aws:lambda:us-east-1:123456789012:function:nope"),
+        "bad-mode": envelope(s3_event("sales/w.csv"), aws.arn, mode="hourly"),
+    }
+    bodies = [good[0], *bad.values(), good[1]]
+    ids = ["good-0", *bad, "good-1"]
+
+    # When
+    report = route(router, sqs_event(bodies, ids))
+
+    # Then exactly the malformed records fail; the good ones run
+    assert failures(report) == list(bad)
+    [execution] = executions(aws)
+    assert [o.key for o in manifest_of(aws, execution).objects] == ["sales/good-0.csv", "sales/good-1.csv"]
+    assert count(report, "MalformedRecords") + count(report, "MalformedRecords", "unknown") == 5
+
+
+def test_a_batch_of_only_malformed_records_is_reported_not_raised(aws: Aws, router: Router) -> None:
+    report = route(router, sqs_event(["[]", "null"], ["x", "y"]))
+    assert failures(report) == ["x", "y"]
+
+
+# --------------------------------------------------------------------------- StartExecution outcomes
+
+
+def throttled(**_: Any) -> None:
+    raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "StartExecution")
+
+
+def test_start_execution_failure_returns_the_feeding_records(
+    aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given Step Functions throttles every call (after botocore's own retries)
+    bodies = [envelope(s3_event(f"sales/{n}.csv"), aws.arn) for n in ("a", "b")]
+    bodies.append(envelope(s3_event("sales/skip.txt"), aws.arn))
+    monkeypatch.setattr(router.sfn, "start_execution", throttled)
+
+    # When
+    report = route(router, sqs_event(bodies, ["a", "b", "skip"]))
+
+    # Then the records that fed the run go back to the queue; the skipped one does not
+    assert failures(report) == ["a", "b"]
+    assert count(report, "RunsFailed") == 1 and report.runs_started == []
+
+    # When SQS redelivers them (same messageIds) and Step Functions has recovered
+    monkeypatch.undo()
+    retry = route(router, sqs_event(bodies[:2], ["a", "b"]))
+
+    # Then their claims still belong to them: the run starts, once
+    assert failures(retry) == []
+    [execution] = executions(aws)
+    assert manifest_of(aws, execution).object_count == 2
+
+
+def test_one_failed_run_does_not_fail_the_other_runs(aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given per-object runs where only the run for b.csv is throttled
+    bodies = [envelope(s3_event(f"sales/{n}.csv"), aws.arn, mode="per_object") for n in ("a", "b", "c")]
+    doomed = run_id_for(PIPELINE, [parse_envelope(bodies[1]).identity])
+    real = router.sfn.start_execution
+
+    def flaky(**kwargs: Any) -> Any:
+        return throttled() if kwargs["name"] == doomed else real(**kwargs)
+
+    monkeypatch.setattr(router.sfn, "start_execution", flaky)
+
+    # When
+    report = route(router, sqs_event(bodies, ["a", "b", "c"]))
+
+    # Then
+    assert failures(report) == ["b"]
+    assert len(executions(aws)) == 2
+
+
+def test_moto_rejects_a_reused_execution_name(aws: Aws) -> None:
+    # Given a running execution
+    aws.sfn.start_execution(stateMachineArn=aws.arn, name="run-1", input='{"a": 1}')
+
+    # When / Then the same name with other input is rejected, as in AWS
+    with pytest.raises(ClientError) as exc:
+        aws.sfn.start_execution(stateMachineArn=aws.arn, name="run-1", input='{"a": 2}')
+    assert exc.value.response["Error"]["Code"] == "ExecutionAlreadyExists"
+    # Same name and same input while RUNNING is idempotent (AWS documents this for STANDARD workflows).
+    aws.sfn.start_execution(stateMachineArn=aws.arn, name="run-1", input='{"a": 1}')
+    assert len(executions(aws)) == 1
+
+
+def test_execution_already_exists_counts_as_a_duplicate_not_a_failure(aws: Aws, router: Router) -> None:
+    # Given the run already exists (started by an earlier invocation whose claims have since expired)
+    body = envelope(s3_event("sales/a.csv"), aws.arn)
+    run_id = run_id_for(PIPELINE, [parse_envelope(body).identity])
+    aws.sfn.start_execution(stateMachineArn=aws.arn, name=run_id, input="{}")
+
+    # When
+    report = route(router, sqs_event([body], ["late"]))
+
+    # Then
+    assert failures(report) == []
+    assert report.runs_duplicate == [run_id] and report.runs_started == []
+    assert count(report, "RunsDuplicate") == 1
+    assert len(executions(aws)) == 1
+
+
+# --------------------------------------------------------------------------- the Lambda handler
+
+
+@pytest.fixture
+def handler_env(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Aws:
+    for name, value in {
+        "MANIFEST_BUCKET": ARTIFACTS,
+        "IDEMPOTENCY_TABLE": TABLE,
+        "POWERTOOLS_SERVICE_NAME": "autopilot-router",
+        "POWERTOOLS_METRICS_NAMESPACE": "EmrAutopilot",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": "INFO",
+        "AWS_LAMBDA_FUNCTION_NAME": "autopilot-dev-router",
+    }.items():
+        monkeypatch.setenv(name, value)
+    return aws
+
+
+def test_handler_routes_the_sample_batch_end_to_end(handler_env: Aws, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given the sample SQS batch aimed at our state machine (the fixture's ARN names the same machine)
+    aws = handler_env
+    handler = load_handler("router")
+    event = load_event("sqs_router_batch.json")
+    assert all(aws.arn in r["body"] for r in event["Records"])
+
+    # When
+    response = handler.lambda_handler(event, lambda_context("autopilot-dev-router"))
+
+    # Then one window run over the two data files; the _temporary file is skipped
+    assert response == {"batchItemFailures": []}
+    [execution] = executions(aws)
+    assert [o.key for o in manifest_of(aws, execution).objects] == [
+        "sales/2024-06-01/Q1 report+final %20ü.csv",
+        "sales/2024-06-01/orders.csv",
+    ]
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    metrics = {
+        (m["Name"], doc.get("pipeline")): doc[m["Name"]]
+        for doc in emitted
+        if "_aws" in doc
+        for d in doc["_aws"]["CloudWatchMetrics"]
+        for m in d["Metrics"]
+    }
+    assert metrics[("RunsStarted", PIPELINE)] == [1.0]
+    assert metrics[("ObjectsRouted", PIPELINE)] == [2.0]
+    assert metrics[("ObjectsSkipped", PIPELINE)] == [1.0]
+    assert metrics[("RecordsReceived", None)] == [3.0]
+
+    # When the same batch is delivered again
+    again = handler.lambda_handler(event, lambda_context("autopilot-dev-router"))
+
+    # Then nothing new starts
+    assert again == {"batchItemFailures": []}
+    assert len(executions(aws)) == 1
+
+
+def test_handler_reports_failed_runs_and_malformed_records(handler_env: Aws) -> None:
+    # Given a malformed record next to a record for a state machine that does not exist
+    missing = handler_env.arn.replace("sales-daily", "gone")
+    body = envelope(s3_event("sales/a.csv"), missing)
+    handler = load_handler("router")
+
+    # When
+    response = handler.lambda_handler(
+        sqs_event(["oops", body], ["bad", "orphan"]), lambda_context("autopilot-dev-router")
+    )
+
+    # Then both come back, each for its own reason
+    assert response == {"batchItemFailures": [{"itemIdentifier": "bad"}, {"itemIdentifier": "orphan"}]}
+
+
+def test_handler_cold_start_names_the_missing_variable(handler_env: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IDEMPOTENCY_TABLE")
+    with pytest.raises(RuntimeError, match="IDEMPOTENCY_TABLE"):
+        load_handler("router")
