@@ -69,8 +69,8 @@ def main() -> None:
     common = str(REPO / "lambdas" / "common" / "python")
     print(f"  import boto3              {import_seconds('import boto3', []) * 1000:7.0f} ms")
     for function in sorted(p.name for p in (REPO / "lambdas").iterdir() if (p / "handler.py").exists()):
-        folder = str(REPO / "lambdas" / function)
-        print(f"  lambdas/{function + '/handler.py':<17}{import_seconds('import handler', [folder, common]) * 1000:7.0f} ms")
+        seconds = import_seconds("import handler", [str(REPO / "lambdas" / function), common])
+        print(f"  lambdas/{function + '/handler.py':<17}{seconds * 1000:7.0f} ms")
 
     print("== router burst against moto ==")
     subprocess.run([PYTHON, str(REPO / "bench" / "router_burst.py")], check=True)

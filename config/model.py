@@ -136,7 +136,13 @@ class WindowBatching(StrictModel):
 
     mode: Literal["window"]
     window_seconds: int = Field(default=60, ge=1, le=300, description="SQS batching window (Lambda allows 0-300 s).")
-    max_objects: int = Field(default=1000, ge=1, le=10000, description="Most objects in one run (SQS batch size).")
+    max_objects: int = Field(
+        default=1000,
+        ge=1,
+        le=4000,
+        description="Most objects in one run (the SQS batch size). Lambda's 6 MB invocation payload holds about "
+        "4,000 trigger messages, hence the ceiling; a bigger burst becomes several runs.",
+    )
 
 
 class MarkerBatching(StrictModel):

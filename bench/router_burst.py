@@ -1,0 +1,91 @@
+"""A 10,000-object S3 burst through the router's Lambda handler against moto.
+
+SQS delivers the burst to the router in batches of the pipeline's `max_objects` (the event source
+mapping's batch size), so the burst starts ceil(10,000 / max_objects) window runs. Prints events/s
+and the number of executions started.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO)]
+
+os.environ.update(
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_ACCESS_KEY_ID="bench",
+    AWS_SECRET_ACCESS_KEY="bench",
+    POWERTOOLS_TRACE_DISABLED="true",
+    POWERTOOLS_METRICS_NAMESPACE="EmrAutopilot",
+    POWERTOOLS_LOG_LEVEL="WARNING",
+    MANIFEST_BUCKET="bench-artifacts",
+    IDEMPOTENCY_TABLE="bench-idempotency",
+)
+
+import boto3  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+from config.loader import load_config  # noqa: E402
+from tests.conftest import load_event, load_handler  # noqa: E402
+from tests.unit.fakes import lambda_context  # noqa: E402
+
+BURST = 10_000
+
+
+def main() -> None:
+    trigger = load_config("dev").pipelines["sales-daily"].trigger
+    assert trigger is not None
+    batch_size = getattr(trigger.batching, "max_objects", 10)
+    with mock_aws():
+        s3 = boto3.client("s3")
+        for bucket in ("bench-artifacts", "bench-landing"):
+            s3.create_bucket(Bucket=bucket)
+        boto3.client("dynamodb").create_table(
+            TableName="bench-idempotency",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        sfn = boto3.client("stepfunctions")
+        arn = sfn.create_state_machine(
+            name="bench",
+            definition=json.dumps({"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}),
+            roleArn="arn:aws:iam::123456789012:role/bench",
+        )["stateMachineArn"]
+        handler = load_handler("router")
+        template = load_event("sqs_router_batch.json")["Records"][0]
+        base_event = load_event("s3_object_created_eventbridge.json")
+        routing = {"mode": "window", "prefix": trigger.prefix, "suffixes": trigger.suffixes, "marker_name": None,
+                   "ignore_zero_byte": True}  # fmt: skip
+        records = []
+        for i in range(BURST):
+            event = copy.deepcopy(base_event)
+            key = f"{trigger.prefix}burst/part-{i:05d}.csv"
+            digest = hashlib.md5(key.encode()).hexdigest()
+            event["detail"]["bucket"]["name"] = "bench-landing"
+            event["detail"]["object"].update(key=key, size=1000 + i, etag=digest, sequencer=digest[:18])
+            body = json.dumps({"pipeline": "sales-daily", "state_machine_arn": arn, "trigger": routing, "event": event})
+            record = copy.deepcopy(template)
+            record.update(messageId=f"m-{i:05d}", body=body)
+            records.append(record)
+        failures = 0
+        started = time.perf_counter()
+        for start in range(0, BURST, batch_size):
+            batch = {"Records": records[start : start + batch_size]}
+            response = handler.lambda_handler(batch, lambda_context("autopilot-bench-router"))
+            failures += len(response["batchItemFailures"])
+        elapsed = time.perf_counter() - started
+        runs = len(sfn.list_executions(stateMachineArn=arn)["executions"])
+        print(f"  {BURST} objects in batches of {batch_size}: {elapsed:.1f} s, {BURST / elapsed:,.0f} events/s, "
+              f"{runs} executions started, {failures} failed records")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
