@@ -7,8 +7,10 @@ and the number of executions started.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 import json
 import os
 import sys
@@ -79,7 +81,8 @@ def main() -> None:
         started = time.perf_counter()
         for start in range(0, BURST, batch_size):
             batch = {"Records": records[start : start + batch_size]}
-            response = handler.lambda_handler(batch, lambda_context("autopilot-bench-router"))
+            with contextlib.redirect_stdout(io.StringIO()):  # EMF metric lines
+                response = handler.lambda_handler(batch, lambda_context("autopilot-bench-router"))
             failures += len(response["batchItemFailures"])
         elapsed = time.perf_counter() - started
         runs = len(sfn.list_executions(stateMachineArn=arn)["executions"])
