@@ -156,6 +156,8 @@ def test_serverless_application(synth: Synthesized) -> None:
 def test_everything_is_tagged_with_the_deployment(synth: Synthesized) -> None:
     for kind in ("AWS::S3::Bucket", "AWS::SQS::Queue", "AWS::StepFunctions::StateMachine", "AWS::Lambda::Function"):
         for logical_id, resource in synth.resources(kind).items():
+            if logical_id.startswith("Custom"):
+                continue  # CDK's own provider handlers (raw CfnResource) take no tags from the Tags aspect
             tags = {t["Key"]: t["Value"] for t in resource["Properties"].get("Tags", [])}
             assert tags.get("autopilot:deployment") == "autopilot-dev", logical_id
     (machine,) = synth.resources("AWS::StepFunctions::StateMachine").values()
