@@ -1,0 +1,128 @@
+"""`make demo`: the synthesized app end to end on the twin, with real Spark.
+
+Starts the twin on 127.0.0.1, deploys `cdk.out`, drops the sample CSVs into the landing bucket,
+shows progress (event -> router -> execution -> job -> ledger) and ends with the runs table.
+Exit 0 when every run SUCCEEDED; non-zero with the failed run's error otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from local.ledger import format_table, read_runs
+from local.twin import Twin
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "jobs" / "sample-data"
+
+
+def java_problem() -> str | None:
+    """None when a Java 17+ runtime is on PATH, else what to install."""
+    import subprocess
+
+    java = shutil.which("java")
+    hint = "install a Java 17+ runtime, e.g. `sudo apt-get install -y openjdk-17-jre-headless`"
+    if java is None:
+        return f"Java is missing: Spark needs it; {hint}"
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    digits = out.split('"')[1].split(".")[0] if '"' in out else "0"
+    if not digits.isdigit() or int(digits) < 17:
+        return f"Java {digits} found; Spark 4 needs 17+: {hint}"
+    return None
+
+
+class Progress:
+    """Prints each step of each run once, as the twin sees it happen."""
+
+    def __init__(self, twin: Twin) -> None:
+        self.twin = twin
+        self.seen_events = 0
+        self.seen_invocations = 0
+        self.started = time.monotonic()
+
+    def line(self, text: str) -> None:
+        print(f"  [{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+    def poll(self) -> None:
+        events = self.twin.events[self.seen_events :]
+        self.seen_events += len(events)
+        for event in events:
+            self._event(event)
+        invocations = self.twin.runtime.invocations[self.seen_invocations :]
+        self.seen_invocations += len(invocations)
+        for inv in invocations:
+            status = "ok" if inv.error is None else f"error {inv.error}"
+            self.line(f"λ {inv.function_name}: {status} ({inv.duration * 1000:.0f} ms)")
+
+    def _event(self, event: dict[str, Any]) -> None:
+        detail = event["detail"]
+        kind = event["detail-type"]
+        if kind == "Object Created":
+            self.line(f"event  s3://{detail['bucket']['name']}/{detail['object']['key']} ({detail['reason']})")
+        elif kind == "Step Functions Execution Status Change":
+            self.line(f"run    {detail['name']}: {detail['status']}")
+        elif kind == "EMR Serverless Job Run State Change":
+            self.line(f"job    {detail['jobRunId']}: {detail['state']} {detail.get('stateDetails') or ''}".rstrip())
+
+
+def run_demo(cdk_out: Path, *, spark: bool = True, timeout: float = 170.0) -> int:
+    problem = java_problem() if spark else None
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="autopilot-twin-") as tmp:
+        twin = Twin(workdir=Path(tmp), spark=spark, time_scale=0.1).start()
+        try:
+            print(f"twin listening on {twin.endpoint}")
+            report = twin.deploy(cdk_out)
+            print(report.summary())
+            landing, outputs = report.outputs["LandingBucket"], report.outputs["OutputsBucket"]
+            s3 = twin.client("s3")
+            files = sorted((SAMPLES / "sales").glob("*.csv"))
+            print(f"dropping {len(files)} sample files into s3://{landing}/sales/")
+            for path in files:
+                s3.put_object(Bucket=landing, Key=f"sales/{path.name}", Body=path.read_bytes())
+            progress = Progress(twin)
+            deadline = time.monotonic() + timeout
+            quiet = 0
+            while time.monotonic() < deadline and quiet < 3:
+                time.sleep(0.5)
+                progress.poll()
+                quiet = quiet + 1 if not twin.busy() and read_runs(s3, outputs) else 0
+            progress.poll()
+            runs = read_runs(s3, outputs)
+            print()
+            print(format_table(runs) if runs else "no runs recorded")
+            if quiet < 3:
+                print(f"error: the demo did not finish within {timeout:.0f} s", file=sys.stderr)
+                return 1
+            failed = [r for r in runs if r.state != "SUCCEEDED"]
+            if not runs or failed:
+                for run in failed:
+                    print(f"error: run {run.run_id} {run.state}: {run.error}: {run.cause}", file=sys.stderr)
+                return 1
+            print(f"\n{len(runs)} run(s) SUCCEEDED in {time.monotonic() - progress.started:.1f} s")
+            return 0
+        finally:
+            twin.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local.demo", description=__doc__)
+    parser.add_argument("--cdk-out", type=Path, default=REPO / "cdk.out", help="cloud assembly (default: cdk.out)")
+    parser.add_argument("--no-spark", action="store_true", help="complete job runs without Spark")
+    args = parser.parse_args(argv)
+    if not (args.cdk_out / "manifest.json").is_file():
+        print(f"error: {args.cdk_out} is not a cloud assembly; run `make synth` first", file=sys.stderr)
+        return 2
+    return run_demo(args.cdk_out, spark=not args.no_spark)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

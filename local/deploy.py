@@ -1,0 +1,342 @@
+"""Deploy a CDK cloud assembly (`cdk.out`) into the twin: same templates, same ASL, same handler code.
+
+Resources are created in dependency order through the twin's AWS APIs; every resource type the
+deployer does not model is listed in the report (never skipped silently).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from local.assembly import Resolver, Resource, StackTemplate, read_assembly
+from local.lambda_runtime import LocalFunction
+
+if TYPE_CHECKING:
+    from local.twin import Twin
+
+LOG = logging.getLogger("twin.deploy")
+
+# Types whose effect the twin has no use for (documented; listed separately from "not modelled").
+RECORDED_ONLY = {
+    "AWS::CDK::Metadata": "CDK analytics",
+    "AWS::Lambda::Permission": "resource policies are not enforced by the twin",
+    "AWS::SQS::QueuePolicy": "resource policies are not enforced by the twin",
+    "AWS::SNS::TopicPolicy": "resource policies are not enforced by the twin",
+    "Custom::S3AutoDeleteObjects": "only acts on stack deletion",
+    # moto enforces bucket policies, and the app's deny every non-TLS request; the twin serves plain HTTP.
+    "AWS::S3::BucketPolicy": "not applied: they deny non-TLS access and the twin serves HTTP on loopback",
+}
+
+
+@dataclass
+class DeployReport:
+    """What a deploy created, what it only recorded, and what it does not model."""
+
+    stacks: list[str] = field(default_factory=list)
+    created: dict[str, list[str]] = field(default_factory=dict)
+    recorded: dict[str, list[str]] = field(default_factory=dict)
+    not_modelled: dict[str, list[str]] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"deployed {', '.join(self.stacks)}"]
+        for kind, ids in sorted(self.created.items()):
+            lines.append(f"  created   {len(ids):>3} {kind}")
+        for kind, ids in sorted(self.recorded.items()):
+            lines.append(f"  recorded  {len(ids):>3} {kind} ({RECORDED_ONLY.get(kind, '')})")
+        for kind, ids in sorted(self.not_modelled.items()):
+            lines.append(f"  NOT MODELLED {len(ids):>3} {kind}: {', '.join(ids)}")
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def deploy_assembly(twin: Twin, cdk_out: Path) -> DeployReport:
+    """Deploy every stack of the assembly into the running twin."""
+    report = DeployReport()
+    for stack in read_assembly(cdk_out, account=twin.account, region=twin.region):
+        _Deployer(twin, stack, report).run()
+        report.stacks.append(stack.name)
+    return report
+
+
+class _Deployer:
+    def __init__(self, twin: Twin, stack: StackTemplate, report: DeployReport) -> None:
+        self.twin = twin
+        self.stack = stack
+        self.report = report
+        self.resolver = Resolver(stack, account=twin.account, region=twin.region)
+        self.layers: dict[str, Path] = {}
+        self.handlers: dict[str, Callable[[Resource, dict[str, Any]], None]] = {
+            "AWS::S3::Bucket": self._bucket,
+            "AWS::DynamoDB::GlobalTable": self._table,
+            "AWS::DynamoDB::Table": self._table,
+            "AWS::SQS::Queue": self._queue,
+            "AWS::SNS::Topic": self._topic,
+            "AWS::SNS::Subscription": self._subscription,
+            "AWS::IAM::Role": self._role,
+            "AWS::IAM::Policy": self._policy,
+            "AWS::Logs::LogGroup": self._log_group,
+            "AWS::Lambda::LayerVersion": self._layer,
+            "AWS::Lambda::Function": self._function,
+            "AWS::Lambda::EventSourceMapping": self._event_source_mapping,
+            "AWS::Events::Rule": self._rule,
+            "AWS::StepFunctions::StateMachine": self._state_machine,
+            "AWS::EMRServerless::Application": self._serverless_application,
+            "Custom::S3BucketNotifications": self._bucket_notifications,
+            "Custom::CDKBucketDeployment": self._bucket_deployment,
+        }
+
+    def run(self) -> None:
+        for logical_id in self.stack.deployment_order():
+            resource = self.stack.resources[logical_id]
+            if not self.resolver.is_enabled(resource):
+                continue
+            handler = self.handlers.get(resource.type)
+            if handler is None:
+                self._unhandled(resource)
+                continue
+            handler(resource, self.resolver.resolve_properties(resource))
+            self.report.created.setdefault(resource.type, []).append(logical_id)
+        self.report.outputs.update(self.resolver.resolve_outputs())
+
+    def _unhandled(self, resource: Resource) -> None:
+        bucket = self.report.recorded if resource.type in RECORDED_ONLY else self.report.not_modelled
+        bucket.setdefault(resource.type, []).append(resource.logical_id)
+        # Give it a placeholder id so references to it still resolve.
+        self._set(resource, f"{resource.logical_id}-{uuid.uuid4().hex[:8]}")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _set(self, resource: Resource, ref: str, **attrs: Any) -> None:
+        self.resolver.physical_ids[resource.logical_id] = ref
+        for name, value in attrs.items():
+            self.resolver.attributes[(resource.logical_id, name)] = value
+
+    def _name(self, resource: Resource, given: str | None, max_len: int = 64, lower: bool = False) -> str:
+        if given:
+            return given
+        base = f"{self.stack.name}-{resource.logical_id}"[: max_len - 9]
+        name = f"{base}-{uuid.uuid4().hex[:8]}"
+        return re.sub(r"[^a-z0-9-]", "-", name.lower()) if lower else name
+
+    def _arn(self, service: str, resource: str) -> str:
+        return f"arn:aws:{service}:{self.twin.region}:{self.twin.account}:{resource}"
+
+    # ------------------------------------------------------------------ resource types
+
+    def _bucket(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("BucketName"), 63, lower=True)
+        s3 = self.twin.client("s3")
+        s3.create_bucket(Bucket=name)
+        if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        self._set(resource, name, Arn=f"arn:aws:s3:::{name}", DomainName=f"{name}.s3.amazonaws.com",
+                  RegionalDomainName=f"{name}.s3.{self.twin.region}.amazonaws.com")  # fmt: skip
+
+    def _table(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("TableName"), 255)
+        ddb = self.twin.client("dynamodb")
+        ddb.create_table(
+            TableName=name,
+            KeySchema=props["KeySchema"],
+            AttributeDefinitions=props["AttributeDefinitions"],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+        self._set(resource, name, Arn=self._arn("dynamodb", f"table/{name}"))
+
+    def _queue(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("QueueName"), 80)
+        attributes = {
+            key: str(props[prop])
+            for prop, key in (
+                ("VisibilityTimeout", "VisibilityTimeout"),
+                ("MessageRetentionPeriod", "MessageRetentionPeriod"),
+                ("DelaySeconds", "DelaySeconds"),
+            )
+            if prop in props
+        }
+        if "RedrivePolicy" in props:
+            attributes["RedrivePolicy"] = json.dumps(props["RedrivePolicy"])
+        url = self.twin.client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        self._set(resource, url, Arn=self._arn("sqs", name), QueueName=name, QueueUrl=url)
+
+    def _topic(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("TopicName"), 256)
+        arn = self.twin.client("sns").create_topic(Name=name)["TopicArn"]
+        self._set(resource, arn, TopicArn=arn, TopicName=name)
+
+    def _subscription(self, resource: Resource, props: dict[str, Any]) -> None:
+        arn = self.twin.client("sns").subscribe(
+            TopicArn=props["TopicArn"], Protocol=props["Protocol"], Endpoint=props.get("Endpoint", "")
+        )["SubscriptionArn"]
+        self._set(resource, arn)
+
+    def _role(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("RoleName"), 64)
+        iam = self.twin.client("iam")
+        role = iam.create_role(
+            RoleName=name,
+            AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"]),
+            Description=props.get("Description", ""),
+        )["Role"]
+        for policy in props.get("Policies", []):
+            iam.put_role_policy(
+                RoleName=name, PolicyName=policy["PolicyName"], PolicyDocument=json.dumps(policy["PolicyDocument"])
+            )
+        self._set(resource, name, Arn=role["Arn"], RoleId=role["RoleId"])
+
+    def _policy(self, resource: Resource, props: dict[str, Any]) -> None:
+        iam = self.twin.client("iam")
+        for role in props.get("Roles", []):
+            iam.put_role_policy(
+                RoleName=role, PolicyName=props["PolicyName"], PolicyDocument=json.dumps(props["PolicyDocument"])
+            )
+        self._set(resource, props["PolicyName"])
+
+    def _log_group(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("LogGroupName"), 512)
+        self.twin.client("logs").create_log_group(logGroupName=name)
+        self._set(resource, name, Arn=self._arn("logs", f"log-group:{name}:*"))
+
+    def _layer(self, resource: Resource, props: dict[str, Any]) -> None:
+        asset = self.stack.asset_for_code(resource)
+        name = props.get("LayerName") or resource.logical_id
+        arn = self._arn("lambda", f"layer:{name}:1")
+        self.layers[arn] = asset.path
+        self._set(resource, arn)
+
+    def _function(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("FunctionName"), 64)
+        arn = self._arn("lambda", f"function:{name}")
+        self._set(resource, name, Arn=arn)
+        code = props.get("Code", {})
+        if "ZipFile" in code:
+            self.report.notes.append(f"{resource.logical_id}: inline-code function registered but not runnable")
+            return
+        asset = self.stack.asset_for_code(resource)
+        layer_dirs = []
+        for layer in props.get("Layers", []):
+            if layer in self.layers:
+                layer_dirs.append(self.layers[layer])
+            elif ":017000801446:layer:AWSLambdaPowertoolsPython" in layer:
+                pass  # the AWS-managed Powertools layer: the twin's own environment has the same pinned version
+            else:
+                self.report.notes.append(f"{name}: external layer {layer} is not available in the twin")
+        self.twin.runtime.register(
+            LocalFunction(
+                name=name,
+                arn=arn,
+                handler=props.get("Handler", "index.handler"),
+                code_dir=asset.path,
+                layer_dirs=layer_dirs,
+                environment={k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()},
+                timeout_seconds=int(props.get("Timeout", 3)),
+                memory_mb=int(props.get("MemorySize", 128)),
+            )
+        )
+
+    def _event_source_mapping(self, resource: Resource, props: dict[str, Any]) -> None:
+        from local.twin import EventSourceMapping
+
+        source = props["EventSourceArn"]
+        if source.split(":")[2] != "sqs":
+            self.report.not_modelled.setdefault("AWS::Lambda::EventSourceMapping (non-SQS)", []).append(
+                resource.logical_id
+            )
+            return
+        sqs = self.twin.client("sqs")
+        url = sqs.get_queue_url(QueueName=source.split(":")[5])["QueueUrl"]
+        self.twin.mappings.append(
+            EventSourceMapping(
+                queue_url=url,
+                queue_arn=source,
+                function_name=props["FunctionName"],
+                batch_size=int(props.get("BatchSize", 10)),
+                window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+                report_batch_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+                enabled=props.get("Enabled", True),
+            )
+        )
+        self._set(resource, str(uuid.uuid4()))
+
+    def _rule(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("Name"), 64)
+        events = self.twin.client("events")
+        kwargs: dict[str, Any] = {"Name": name, "State": props.get("State", "ENABLED")}
+        if "EventPattern" in props:
+            kwargs["EventPattern"] = json.dumps(props["EventPattern"])
+        if "ScheduleExpression" in props:
+            kwargs["ScheduleExpression"] = props["ScheduleExpression"]
+        arn = events.put_rule(**kwargs)["RuleArn"]
+        targets = [
+            {k: v for k, v in target.items() if k in {"Id", "Arn", "Input", "InputPath", "InputTransformer", "RoleArn"}}
+            for target in props.get("Targets", [])
+        ]
+        if targets:
+            events.put_targets(Rule=name, Targets=targets)
+        self._set(resource, name, Arn=arn)
+
+    def _state_machine(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("StateMachineName"), 80)
+        definition = self.resolver.state_machine_definition(resource)
+        arn = self.twin.client("stepfunctions").create_state_machine(
+            name=name, definition=definition, roleArn=props["RoleArn"], type=props.get("StateMachineType", "STANDARD")
+        )["stateMachineArn"]
+        self._set(resource, arn, Arn=arn, Name=name)
+
+    def _serverless_application(self, resource: Resource, props: dict[str, Any]) -> None:
+        def camel(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k[0].lower() + k[1:]: camel(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [camel(v) for v in value]
+            return value
+
+        kwargs: dict[str, Any] = {
+            "name": props.get("Name") or resource.logical_id,
+            "releaseLabel": props["ReleaseLabel"],
+            "type": props.get("Type", "Spark").upper(),
+        }
+        for prop in ("AutoStartConfiguration", "AutoStopConfiguration", "MaximumCapacity", "NetworkConfiguration",
+                     "Architecture"):  # fmt: skip
+            if prop in props:
+                kwargs[prop[0].lower() + prop[1:]] = camel(props[prop])
+        if "InitialCapacity" in props:
+            kwargs["initialCapacity"] = {
+                pair["Key"]: camel(pair["Value"]) for pair in props["InitialCapacity"]
+            }
+        app = self.twin.client("emr-serverless").create_application(**kwargs)
+        self._set(resource, app["applicationId"], ApplicationId=app["applicationId"], Arn=app["arn"])
+
+    def _bucket_notifications(self, resource: Resource, props: dict[str, Any]) -> None:
+        config = props.get("NotificationConfiguration", {})
+        self.twin.client("s3").put_bucket_notification_configuration(
+            Bucket=props["BucketName"], NotificationConfiguration=config
+        )
+        self._set(resource, f"{props['BucketName']}-notifications")
+
+    def _bucket_deployment(self, resource: Resource, props: dict[str, Any]) -> None:
+        s3 = self.twin.client("s3")
+        bucket = props["DestinationBucketName"]
+        prefix = props.get("DestinationBucketKeyPrefix", "")
+        copied = 0
+        for asset in self.stack.bucket_deployment_sources(resource):
+            root = asset.path
+            files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+            for path in files:
+                key = prefix + (path.name if root.is_file() else path.relative_to(root).as_posix())
+                s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+                copied += 1
+        self._set(resource, f"{bucket}/{prefix}")
+        LOG.info("bucket deployment: %d files to s3://%s/%s", copied, bucket, prefix)

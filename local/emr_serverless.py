@@ -1,0 +1,228 @@
+"""EMR Serverless job runs that behave like EMR Serverless, on top of moto's emr-serverless backend.
+
+moto stores applications and job runs but never moves a job run through its states, ignores the
+ClientToken (a second StartJobRun with the same token starts a second job), and cancels jobs that
+already finished. The twin adds: idempotent StartJobRun by ClientToken, the state progression
+SUBMITTED -> SCHEDULED -> RUNNING -> SUCCESS / FAILED (or CANCELLING -> CANCELLED), the job
+really running on local Spark (or completing at once in `instant` mode, for fast tests),
+"EMR Serverless Job Run State Change" events, and on-demand job faults (fail / hang).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from moto.emrserverless.models import emrserverless_backends
+
+from local.faults import FaultInjector, TwinClientError
+from local.spark_runner import SparkJob, SparkResult
+
+LOG = logging.getLogger("twin.emr-serverless")
+TERMINAL = {"SUCCESS", "FAILED", "CANCELLED"}
+
+
+class JobRunner(Protocol):
+    def run(self, job: SparkJob, cancel: threading.Event | None = None) -> SparkResult: ...
+
+
+@dataclass
+class TrackedRun:
+    """The twin's view of one job run: moto's object plus what moto lacks."""
+
+    application_id: str
+    job_run_id: str
+    moto_run: Any
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: SparkResult | None = None
+
+
+class EmrServerlessTwin:
+    """Job runs of every EMR Serverless application in the twin."""
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        region: str,
+        runner: JobRunner | None,
+        faults: FaultInjector,
+        emit: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.account = account
+        self.region = region
+        self.runner = runner  # None -> `instant` mode: jobs succeed without Spark
+        self.faults = faults
+        self.emit = emit
+        self.runs: dict[tuple[str, str], TrackedRun] = {}
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> Any:
+        return emrserverless_backends[self.account][self.region]
+
+    # ------------------------------------------------------------------ API
+
+    def start_job_run(self, params: dict[str, Any]) -> dict[str, Any]:
+        """StartJobRun with AWS semantics; returns {ApplicationId, JobRunId, Arn}."""
+        self.faults.check("emr-serverless", "StartJobRun")
+        app_id = params["ApplicationId"]
+        token = params.get("ClientToken") or ""
+        with self._lock:
+            existing = self._tokens.get((app_id, token)) if token else None
+            if existing:
+                run = self.runs[(app_id, existing)].moto_run
+                return {"ApplicationId": app_id, "JobRunId": run.id, "Arn": run.arn}
+            try:
+                app = self.backend.get_application(app_id)
+            except Exception:
+                raise TwinClientError("ResourceNotFoundException", f"Application {app_id} does not exist") from None
+            if app.state in {"CREATED", "STOPPED"} and getattr(app, "auto_start_configuration", {}).get("enabled", True):
+                app.state = "STARTED"  # auto-start on submit, as EMR Serverless does
+            run = self.backend.start_job_run(
+                application_id=app_id,
+                client_token=token,
+                execution_role_arn=params["ExecutionRoleArn"],
+                job_driver=params.get("JobDriver"),
+                configuration_overrides=params.get("ConfigurationOverrides"),
+                tags=params.get("Tags"),
+                execution_timeout_minutes=max(5, int(params.get("ExecutionTimeoutMinutes") or 720)),
+                name=params.get("Name"),
+            )
+            tracked = TrackedRun(app_id, run.id, run)
+            self.runs[(app_id, run.id)] = tracked
+            if token:
+                self._tokens[(app_id, token)] = run.id
+        self._set_state(tracked, "SUBMITTED", "")
+        threading.Thread(target=self._drive, args=(tracked,), name=f"job-{run.id}", daemon=True).start()
+        return {"ApplicationId": app_id, "JobRunId": run.id, "Arn": run.arn}
+
+    def cancel_job_run(self, application_id: str, job_run_id: str) -> dict[str, Any]:
+        """CancelJobRun: a finished job run is rejected with ValidationException, as in AWS."""
+        self.faults.check("emr-serverless", "CancelJobRun")
+        tracked = self._tracked(application_id, job_run_id)
+        state = tracked.moto_run.state
+        if state in TERMINAL:
+            raise TwinClientError(
+                "ValidationException", f"Job run {job_run_id} is in terminal state {state} and cannot be cancelled"
+            )
+        tracked.cancel.set()
+        self._set_state(tracked, "CANCELLING", "Job run cancellation requested")
+        return {"ApplicationId": application_id, "JobRunId": job_run_id}
+
+    def describe(self, application_id: str, job_run_id: str) -> dict[str, Any]:
+        """The GetJobRun `jobRun` shape (PascalCase keys as Step Functions returns them)."""
+        run = self._tracked(application_id, job_run_id).moto_run
+        return {
+            "ApplicationId": application_id,
+            "JobRunId": run.id,
+            "Arn": run.arn,
+            "Name": run.name,
+            "State": run.state,
+            "StateDetails": run.state_details or "",
+            "ReleaseLabel": run.release_label,
+            "ExecutionRole": run.execution_role_arn,
+            "JobDriver": run.job_driver,
+            "Tags": run.tags or {},
+            "TotalExecutionDurationSeconds": run.total_execution_duration_seconds,
+        }
+
+    def wait(self, application_id: str, job_run_id: str, timeout: float | None = None) -> bool:
+        return self._tracked(application_id, job_run_id).done.wait(timeout)
+
+    def running(self) -> list[TrackedRun]:
+        return [r for r in self.runs.values() if r.moto_run.state not in TERMINAL]
+
+    # ------------------------------------------------------------------ progression
+
+    def _tracked(self, application_id: str, job_run_id: str) -> TrackedRun:
+        try:
+            return self.runs[(application_id, job_run_id)]
+        except KeyError:
+            raise TwinClientError("ResourceNotFoundException", f"Job run {job_run_id} does not exist") from None
+
+    def _drive(self, tracked: TrackedRun) -> None:
+        started = time.monotonic()
+        try:
+            for state in ("SCHEDULED", "RUNNING"):
+                if tracked.cancel.is_set():
+                    break
+                self._set_state(tracked, state, "")
+            fault = self.faults.next_job_fault()
+            if tracked.cancel.is_set():
+                final, details = "CANCELLED", "Job run was cancelled"
+            elif fault is not None and fault.kind == "hang":
+                tracked.cancel.wait()  # runs until cancelled (or the workflow's timeout cancels it)
+                final, details = "CANCELLED", "Job run was cancelled"
+            elif fault is not None:
+                final, details = "FAILED", fault.message
+            else:
+                final, details = self._execute(tracked)
+        except Exception as exc:  # a twin defect must still end the job run
+            LOG.exception("job run %s crashed in the twin", tracked.job_run_id)
+            final, details = "FAILED", f"twin error: {exc}"
+        tracked.moto_run.total_execution_duration_seconds = int(time.monotonic() - started)
+        self._set_state(tracked, final, details)
+        tracked.done.set()
+
+    def _execute(self, tracked: TrackedRun) -> tuple[str, str]:
+        if self.runner is None:
+            return "SUCCESS", ""
+        run = tracked.moto_run
+        spark = (run.job_driver or {}).get("sparkSubmit") or (run.job_driver or {}).get("SparkSubmit") or {}
+        monitoring = (run.configuration_overrides or {}).get("monitoringConfiguration") or (
+            run.configuration_overrides or {}
+        ).get("MonitoringConfiguration", {})
+        s3_monitoring = monitoring.get("s3MonitoringConfiguration") or monitoring.get("S3MonitoringConfiguration") or {}
+        job = SparkJob(
+            job_run_id=run.id,
+            entry_point=spark.get("entryPoint") or spark.get("EntryPoint"),
+            arguments=list(spark.get("entryPointArguments") or spark.get("EntryPointArguments") or []),
+            spark_submit_parameters=spark.get("sparkSubmitParameters") or spark.get("SparkSubmitParameters") or "",
+            log_uri=s3_monitoring.get("logUri") or s3_monitoring.get("LogUri"),
+            log_layout="emr-serverless",
+            application_id=tracked.application_id,
+            timeout_seconds=int(run.execution_timeout_minutes) * 60,
+        )
+        result = self.runner.run(job, tracked.cancel)
+        tracked.result = result
+        if tracked.cancel.is_set():
+            return "CANCELLED", "Job run was cancelled"
+        if result.succeeded:
+            return "SUCCESS", ""
+        return "FAILED", f"Job failed, please check complete logs in configured logging destination. {result.error}"
+
+    def _set_state(self, tracked: TrackedRun, state: str, details: str) -> None:
+        run = tracked.moto_run
+        previous = run.state
+        run.state = state
+        run.state_details = details
+        run.updated_at = datetime.now(UTC)
+        LOG.info("job run %s: %s -> %s %s", run.id, previous, state, details)
+        self.emit(
+            {
+                "source": "aws.emr-serverless",
+                "detail-type": "EMR Serverless Job Run State Change",
+                "resources": [run.arn],
+                "detail": {
+                    "jobRunId": run.id,
+                    "jobRunName": run.name,
+                    "applicationId": tracked.application_id,
+                    "arn": run.arn,
+                    "releaseLabel": run.release_label,
+                    "state": state,
+                    "previousState": previous if previous != state else None,
+                    "stateDetails": details,
+                    "createdBy": run.execution_role_arn,
+                    "updatedAt": run.updated_at.isoformat(),
+                    "createdAt": run.created_at.isoformat(),
+                },
+            }
+        )

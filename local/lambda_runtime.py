@@ -1,0 +1,184 @@
+"""Run the app's Lambda functions in-process, from their asset folders, as Lambda would.
+
+Each function gets its own environment variables (from the template), its layers' `python/`
+folders and its code folder on `sys.path`, a Lambda-like context, and AWS clients pointed at the
+twin (`AWS_ENDPOINT_URL`). Invocations are serialised by one lock because `os.environ` and
+`sys.path` are process-wide: the twin trades Lambda's concurrency for exact environments.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+LOG = logging.getLogger("twin.lambda")
+_LOCK = threading.RLock()
+
+
+class FunctionNotFound(LookupError):
+    """No function of that name or ARN is deployed in the twin."""
+
+
+class FunctionError(RuntimeError):
+    """The handler raised: `error_type` and `payload` are what Lambda reports (FunctionError=Unhandled)."""
+
+    def __init__(self, error_type: str, message: str, trace: list[str]) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.payload = {"errorMessage": message, "errorType": error_type, "stackTrace": trace}
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of a Python Lambda context that handlers and powertools read."""
+
+    function_name: str
+    memory_limit_in_mb: int
+    timeout_seconds: int
+    invoked_function_arn: str
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    _deadline: float = field(default=0.0, repr=False)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@dataclass
+class Invocation:
+    """One invocation's record (the twin counts these per run)."""
+
+    function_name: str
+    request_id: str
+    started: float
+    duration: float
+    error: str | None
+
+
+@dataclass
+class LocalFunction:
+    """A deployed function: code folder, layer folders, handler string, environment."""
+
+    name: str
+    arn: str
+    handler: str
+    code_dir: Path
+    layer_dirs: list[Path]
+    environment: dict[str, str]
+    timeout_seconds: int = 60
+    memory_mb: int = 128
+    _module: ModuleType | None = field(default=None, repr=False)
+
+    def paths(self) -> list[str]:
+        layers = [str(d / "python") if (d / "python").is_dir() else str(d) for d in self.layer_dirs]
+        return [str(self.code_dir), *layers]
+
+
+class LambdaRuntime:
+    """Holds the deployed functions and invokes them in-process."""
+
+    def __init__(self, *, endpoint: str, region: str, account: str) -> None:
+        self.endpoint = endpoint
+        self.region = region
+        self.account = account
+        self.functions: dict[str, LocalFunction] = {}
+        self.invocations: list[Invocation] = []
+
+    def register(self, function: LocalFunction) -> None:
+        self.functions[function.name] = function
+
+    def resolve(self, name_or_arn: str) -> LocalFunction:
+        """Accepts a name, a function ARN, or a qualified ARN (`...:function:name:alias`)."""
+        name = name_or_arn
+        if name_or_arn.startswith("arn:"):
+            name = name_or_arn.split(":")[6]
+        elif ":" in name_or_arn:
+            name = name_or_arn.split(":")[0]
+        try:
+            return self.functions[name]
+        except KeyError:
+            raise FunctionNotFound(f"Function not found: {name_or_arn}") from None
+
+    def invoke(self, name_or_arn: str, event: Any) -> Any:
+        """Invoke synchronously; returns the handler's result or raises FunctionError."""
+        function = self.resolve(name_or_arn)
+        context = LambdaContext(
+            function_name=function.name,
+            memory_limit_in_mb=function.memory_mb,
+            timeout_seconds=function.timeout_seconds,
+            invoked_function_arn=function.arn,
+            log_group_name=f"/aws/lambda/{function.name}",
+            log_stream_name=time.strftime("%Y/%m/%d/[$LATEST]") + uuid.uuid4().hex,
+        )
+        # Events cross a JSON boundary in AWS: handlers never see Python objects shared with the caller.
+        payload = json.loads(json.dumps(event))
+        with _LOCK, self._environment(function):
+            started = time.monotonic()
+            context._deadline = started + function.timeout_seconds
+            error: str | None = None
+            try:
+                handler = self._handler(function)
+                result = handler(payload, context)
+                return json.loads(json.dumps(result)) if result is not None else None
+            except Exception as exc:  # the handler's failure is the invocation's result
+                error = type(exc).__name__
+                trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
+                LOG.warning("function %s failed: %s", function.name, exc)
+                raise FunctionError(error, str(exc), trace) from exc
+            finally:
+                self.invocations.append(
+                    Invocation(function.name, context.aws_request_id, started, time.monotonic() - started, error)
+                )
+
+    def _handler(self, function: LocalFunction) -> Any:
+        module_name, _, attr = function.handler.rpartition(".")
+        if function._module is None:
+            path = function.code_dir / (module_name.replace(".", "/") + ".py")
+            spec = importlib.util.spec_from_file_location(f"twin_fn_{function.name.replace('-', '_')}", path)
+            if spec is None or spec.loader is None:
+                raise FunctionNotFound(f"{function.name}: handler file {path} not found")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)  # the cold start, under the function's environment
+            function._module = module
+        return getattr(function._module, attr)
+
+    @contextmanager
+    def _environment(self, function: LocalFunction) -> Iterator[None]:
+        saved_env = dict(os.environ)
+        saved_path = list(sys.path)
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": self.endpoint,
+                "AWS_REGION": self.region,
+                "AWS_DEFAULT_REGION": self.region,
+                "AWS_ACCESS_KEY_ID": "twin",
+                "AWS_SECRET_ACCESS_KEY": "twin",
+                "AWS_LAMBDA_FUNCTION_NAME": function.name,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
+                "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon in the twin
+                **function.environment,
+            }
+        )
+        os.environ.pop("AWS_PROFILE", None)
+        sys.path[:0] = function.paths()
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+            sys.path[:] = saved_path

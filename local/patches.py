@@ -1,0 +1,108 @@
+"""The twin's hooks into moto (each replaces something moto gets wrong or does not do; see local.twin)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from moto.core.responses import BaseResponse
+from moto.events import models as events_models
+from moto.s3 import notifications as s3_notifications
+from moto.stepfunctions.parser.backend import execution as sfn_execution
+
+from local.faults import TwinClientError
+
+if TYPE_CHECKING:
+    from local.twin import Twin
+
+_ORIGINALS: dict[str, Any] = {}
+
+
+def install(twin: Twin) -> None:
+    """Install every hook; reinstalling (a new twin in the same process) rebinds them to `twin`."""
+    _ORIGINALS.setdefault("s3_eb", s3_notifications._send_event_bridge_message)
+    _ORIGINALS.setdefault("put_events", events_models.EventsBackend.put_events)
+    _ORIGINALS.setdefault("terminated", sfn_execution.BaseExecutionWorkerCommunication.terminated)
+    _ORIGINALS.setdefault("start", sfn_execution.Execution.start)
+    _ORIGINALS.setdefault("call_action", BaseResponse.call_action)
+
+    def s3_event_bridge(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
+        twin.s3_object_created(bucket, key, event_name)
+
+    s3_notifications._send_event_bridge_message = s3_event_bridge  # type: ignore[assignment]
+
+    # moto's own rule delivery would deliver a second time (and cannot reach Lambda/Step Functions).
+    events_models.Rule.send_to_targets = lambda self, *a, **k: None  # type: ignore[method-assign]
+
+    def put_events(self: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = _ORIGINALS["put_events"](self, events)
+        for event, entry in zip(events, entries, strict=False):
+            if "EventId" in entry:
+                twin.put_event(
+                    {
+                        "source": event["Source"],
+                        "detail-type": event["DetailType"],
+                        "detail": json.loads(event.get("Detail") or "{}"),
+                        "resources": event.get("Resources", []),
+                    }
+                )
+        return entries
+
+    events_models.EventsBackend.put_events = put_events  # type: ignore[method-assign]
+
+    def terminated(self: Any) -> None:
+        _ORIGINALS["terminated"](self)
+        _emit_execution_status(twin, self.execution)
+
+    sfn_execution.BaseExecutionWorkerCommunication.terminated = terminated  # type: ignore[method-assign]
+
+    def start(self: Any) -> None:
+        _ORIGINALS["start"](self)
+        _emit_execution_status(twin, self)
+
+    sfn_execution.Execution.start = start  # type: ignore[method-assign]
+
+    def call_action(self: Any) -> Any:
+        try:
+            twin.faults.check(self.service_name, self._get_action())
+        except TwinClientError as error:
+            from local.twin import twin_error_response
+
+            return twin_error_response(error)
+        return _ORIGINALS["call_action"](self)
+
+    BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+
+def _millis(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(datetime.fromisoformat(str(value)).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def _emit_execution_status(twin: Twin, execution: Any) -> None:
+    """A "Step Functions Execution Status Change" event, as AWS sends on every status change."""
+    status = execution.exec_status.value if execution.exec_status else "RUNNING"
+    output = getattr(execution, "output", None)
+    twin.put_event(
+        {
+            "source": "aws.states",
+            "detail-type": "Step Functions Execution Status Change",
+            "resources": [execution.exec_arn],
+            "detail": {
+                "executionArn": execution.exec_arn,
+                "stateMachineArn": execution.state_machine_arn,
+                "name": execution.name,
+                "status": status,
+                "startDate": _millis(execution.start_date),
+                "stopDate": _millis(getattr(execution, "stop_date", None)),
+                "input": execution.execution_input if isinstance(execution.execution_input, str) else None,
+                "output": json.dumps(output) if output is not None and not isinstance(output, str) else output,
+                "error": getattr(execution, "error", None),
+                "cause": getattr(execution, "cause", None),
+            },
+        }
+    )

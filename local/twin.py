@@ -1,0 +1,418 @@
+"""The local twin: moto in server mode on 127.0.0.1, plus what this product needs and moto lacks.
+
+What the twin adds to moto 5.2.5 (each item exists because moto does not do it):
+- S3 "Object Created" events in the EventBridge shape with raw keys, a unique sequencer per
+  write, ISO `time` and the real `reason` (moto: constant sequencer, epoch time, reason
+  `ObjectCreated`, and it never applies the rule's input transformer).
+- EventBridge rule matching with AWS semantics (wildcard, anything-but, numeric, exists, ...) and
+  delivery to SQS, Lambda and Step Functions targets through input transformers (moto's bus
+  cannot deliver to Lambda or Step Functions).
+- Lambda functions run in-process from their asset folders (moto needs Docker), and SQS event
+  source mappings with batch size, batching window, partial batch failures and DLQ redrive.
+- Step Functions: moto's ASL interpreter runs the exact definitions; the twin plugs in the
+  EMR Serverless optimized integrations (incl. `.sync`) and in-process Lambda invocation, and
+  emits "Step Functions Execution Status Change" events.
+- EMR Serverless job runs that move through their states and really run on local Spark.
+- Faults on demand (see `local.faults`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from local import eventbridge
+from local.emr_serverless import EmrServerlessTwin
+from local.faults import FaultInjector, TwinClientError
+from local.lambda_runtime import FunctionError, LambdaRuntime
+from local.spark_runner import SparkRunner
+
+LOG = logging.getLogger("twin")
+ACCOUNT = "123456789012"
+CURRENT: Twin | None = None
+
+_S3_REASONS = {
+    "ObjectCreated:Put": "PutObject",
+    "ObjectCreated:Post": "PostObject",
+    "ObjectCreated:Copy": "CopyObject",
+    "ObjectCreated:CompleteMultipartUpload": "CompleteMultipartUpload",
+}
+
+
+@dataclass
+class EventSourceMapping:
+    """An SQS -> Lambda event source mapping as the template declares it."""
+
+    queue_url: str
+    queue_arn: str
+    function_name: str
+    batch_size: int = 10
+    window_seconds: float = 0.0
+    report_batch_item_failures: bool = False
+    enabled: bool = True
+
+
+@dataclass
+class Delivery:
+    """One event delivered to one target (kept for tests and the demo's progress view)."""
+
+    rule: str
+    target_arn: str
+    event_id: str
+    detail_type: str
+    error: str | None = None
+    at: float = field(default_factory=time.monotonic)
+
+
+class Twin:
+    """A running local AWS. `start()`, `deploy(cdk_out)`, use `client(...)`, `stop()`."""
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        region: str = "us-east-1",
+        spark: bool = True,
+        time_scale: float = 1.0,
+        retry_delay_seconds: float = 1.0,
+    ) -> None:
+        self.workdir = workdir
+        self.host = host
+        self.port = port
+        self.region = region
+        self.account = ACCOUNT
+        self.spark = spark
+        self.time_scale = time_scale  # batching windows are multiplied by this (tests run them faster)
+        self.retry_delay_seconds = retry_delay_seconds  # failed SQS records become visible again after this
+        self.faults = FaultInjector()
+        self.deliveries: list[Delivery] = []
+        self.events: list[dict[str, Any]] = []
+        self.mappings: list[EventSourceMapping] = []
+        self.endpoint = ""
+        self._bus: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sequencer = itertools.count(int(time.time() * 1000) << 8)
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self.runtime: LambdaRuntime
+        self.emr_serverless: EmrServerlessTwin
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Twin:
+        global CURRENT
+        from moto.core.config import default_user_config
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+        default_user_config["stepfunctions"] = {"execute_state_machine": True}
+        default_user_config["lambda"] = {"use_docker": False}
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self._server.start()
+        self.port = self._server.get_host_and_port()[1]
+        self.endpoint = f"http://{self.host}:{self.port}"
+        os.environ["MOTO_PORT"] = str(self.port)  # moto's ASL aws-sdk integrations call localhost:MOTO_PORT
+        self.runtime = LambdaRuntime(endpoint=self.endpoint, region=self.region, account=self.account)
+        runner = SparkRunner(self.client("s3"), workdir=self.workdir / "spark") if self.spark else None
+        self.emr_serverless = EmrServerlessTwin(
+            account=self.account, region=self.region, runner=runner, faults=self.faults, emit=self.put_event
+        )
+        CURRENT = self
+        from local import patches, sfn_integrations
+
+        sfn_integrations.install(emr_serverless=self.emr_serverless, runtime=self.runtime)
+        patches.install(self)
+        self._spawn(self._bus_worker, "eventbridge-bus")
+        LOG.info("twin listening on %s", self.endpoint)
+        return self
+
+    def stop(self) -> None:
+        global CURRENT
+        self._stop.set()
+        self._bus.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for run in self.emr_serverless.running():
+            run.cancel.set()
+        self._server.stop()
+        if CURRENT is self:
+            CURRENT = None
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        """A boto3 client for the twin (fake credentials, retries like the SDK's standard mode)."""
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id="twin",
+            aws_secret_access_key="twin",
+            config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
+            **kwargs,
+        )
+
+    def deploy(self, cdk_out: Path) -> Any:
+        """Create what the cloud assembly declares; returns the deploy report."""
+        from local.deploy import deploy_assembly
+
+        report = deploy_assembly(self, cdk_out)
+        for mapping in self.mappings:
+            self._spawn(lambda m=mapping: self._poll(m), f"esm-{mapping.function_name}")
+        return report
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # ------------------------------------------------------------------ events
+
+    def put_event(self, event: dict[str, Any]) -> None:
+        """Put an event on the default bus (fills the envelope fields AWS adds)."""
+        full = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": event["detail-type"],
+            "source": event["source"],
+            "account": event.get("account", self.account),
+            "time": event.get("time") or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": event.get("region", self.region),
+            "resources": event.get("resources", []),
+            "detail": event.get("detail", {}),
+        }
+        with self._busy_lock:
+            self._busy += 1
+        self._bus.put(full)
+
+    def s3_object_created(self, bucket: Any, key: Any, event_name: str) -> None:
+        """Called (via the patch) for every S3 notification moto raises on a bucket with EventBridge on.
+
+        Only object creation is modelled; moto also raises an ACL event on every PutObject (AWS sends
+        "Object ACL Updated" only for PutObjectAcl), so other kinds are ignored rather than mis-sent.
+        """
+        name = event_name.removeprefix("s3:")
+        if not name.startswith("ObjectCreated:"):
+            return
+        detail_object: dict[str, Any] = {
+            "key": key.name,
+            "size": key.size,
+            "etag": key.etag.replace('"', ""),
+            "sequencer": f"{next(self._sequencer):018X}",
+        }
+        if key.version_id and key.version_id != "null":
+            detail_object["version-id"] = key.version_id
+        self.put_event(
+            {
+                "source": "aws.s3",
+                "detail-type": "Object Created",
+                "resources": [f"arn:aws:s3:::{bucket.name}"],
+                "detail": {
+                    "version": "0",
+                    "bucket": {"name": bucket.name},
+                    "object": detail_object,
+                    "request-id": uuid.uuid4().hex[:16].upper(),
+                    "requester": self.account,
+                    "source-ip-address": "127.0.0.1",
+                    "reason": _S3_REASONS.get(name, "PutObject"),
+                },
+            }
+        )
+
+    def _bus_worker(self) -> None:
+        while not self._stop.is_set():
+            event = self._bus.get()
+            if event is None:
+                return
+            try:
+                self.events.append(event)
+                self._dispatch(event)
+            except Exception:
+                LOG.exception("event dispatch failed")
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        from moto.events.models import events_backends
+
+        backend = events_backends[self.account][self.region]
+        for bus in list(backend.event_buses.values()):
+            for rule in list(bus.rules.values()):
+                pattern = rule.event_pattern._pattern
+                if rule.state != "ENABLED" or not pattern or not eventbridge.matches(pattern, event):
+                    continue
+                for target in list(rule.targets):
+                    self._deliver(rule, target, event)
+
+    def _deliver(self, rule: Any, target: dict[str, Any], event: dict[str, Any]) -> None:
+        record = Delivery(rule.name, target["Arn"], event["id"], event["detail-type"])
+        self.deliveries.append(record)
+        try:
+            body = eventbridge.render_target_input(
+                event,
+                input=target.get("Input"),
+                input_path=target.get("InputPath"),
+                input_transformer=target.get("InputTransformer"),
+                rule_arn=rule.arn,
+                rule_name=rule.name,
+            )
+            service = target["Arn"].split(":")[2]
+            if service == "sqs":
+                queue_name = target["Arn"].split(":")[5]
+                sqs = self.client("sqs")
+                sqs.send_message(QueueUrl=sqs.get_queue_url(QueueName=queue_name)["QueueUrl"], MessageBody=body)
+            elif service == "lambda":
+                self._spawn(lambda: self._invoke_async(target["Arn"], json.loads(body)), "lambda-async")
+            elif service == "states":
+                self.client("stepfunctions").start_execution(stateMachineArn=target["Arn"], input=body)
+            else:
+                raise NotImplementedError(f"target service {service} is not modelled by the twin")
+        except Exception as exc:
+            record.error = f"{type(exc).__name__}: {exc}"
+            LOG.warning("delivery of %s to %s failed: %s", event["detail-type"], target["Arn"], exc)
+
+    def _invoke_async(self, arn: str, event: Any) -> None:
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            self.runtime.invoke(arn, event)
+        except FunctionError:
+            pass  # async invocations: Lambda would retry twice then drop / send to a DLQ (not modelled)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+
+    # ------------------------------------------------------------------ SQS -> Lambda
+
+    def _poll(self, mapping: EventSourceMapping) -> None:
+        sqs = self.client("sqs")
+        window = mapping.window_seconds * self.time_scale
+        while not self._stop.is_set():
+            try:
+                messages = self._gather(sqs, mapping, window)
+            except Exception:
+                LOG.exception("polling %s failed", mapping.queue_url)
+                time.sleep(0.5)
+                continue
+            if not messages:
+                time.sleep(0.05)
+                continue
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                self._invoke_batch(sqs, mapping, messages)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def _gather(self, sqs: Any, mapping: EventSourceMapping, window: float) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + window
+        while len(messages) < mapping.batch_size and not self._stop.is_set():
+            response = sqs.receive_message(
+                QueueUrl=mapping.queue_url,
+                MaxNumberOfMessages=min(10, mapping.batch_size - len(messages)),
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            got = response.get("Messages", [])
+            messages.extend(got)
+            if not messages:
+                return messages
+            if window <= 0 and not got:
+                break
+            if time.monotonic() >= deadline:
+                break
+            if not got:
+                time.sleep(0.05)
+        return messages
+
+    def _invoke_batch(self, sqs: Any, mapping: EventSourceMapping, messages: list[dict[str, Any]]) -> None:
+        records = [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": m.get("MessageAttributes", {}),
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": mapping.queue_arn,
+                "awsRegion": self.region,
+            }
+            for m in messages
+        ]
+        failed: set[str] = set()
+        try:
+            response = self.runtime.invoke(mapping.function_name, {"Records": records})
+            if mapping.report_batch_item_failures and isinstance(response, dict):
+                failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+        except FunctionError:
+            failed = {m["MessageId"] for m in messages}
+        for message in messages:
+            if message["MessageId"] in failed:
+                sqs.change_message_visibility(
+                    QueueUrl=mapping.queue_url,
+                    ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=max(0, round(self.retry_delay_seconds)),
+                )
+            else:
+                sqs.delete_message(QueueUrl=mapping.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    # ------------------------------------------------------------------ waiting
+
+    def busy(self) -> bool:
+        """Events, batches, executions or job runs still in flight."""
+        with self._busy_lock:
+            if self._busy:
+                return True
+        sqs = self.client("sqs")
+        for mapping in self.mappings:
+            attrs = sqs.get_queue_attributes(QueueUrl=mapping.queue_url, AttributeNames=["All"])["Attributes"]
+            if int(attrs.get("ApproximateNumberOfMessages", 0)) or int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)):
+                return True
+        return bool(self.running_executions() or self.emr_serverless.running())
+
+    def running_executions(self) -> list[str]:
+        sfn = self.client("stepfunctions")
+        arns = []
+        for machine in sfn.list_state_machines()["stateMachines"]:
+            for page in sfn.get_paginator("list_executions").paginate(
+                stateMachineArn=machine["stateMachineArn"], statusFilter="RUNNING"
+            ):
+                arns.extend(e["executionArn"] for e in page["executions"])
+        return arns
+
+    def wait_idle(self, timeout: float = 120.0, settle: float = 0.3) -> None:
+        """Wait until nothing is in flight (twice in a row, `settle` apart)."""
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while time.monotonic() < deadline:
+            quiet = quiet + 1 if not self.busy() else 0
+            if quiet >= 2:
+                return
+            time.sleep(settle)
+        raise TimeoutError(f"twin still busy after {timeout} s: executions {self.running_executions()}")
+
+
+def twin_error_response(error: TwinClientError) -> tuple[int, dict[str, str], str]:
+    """An AWS JSON-protocol error response."""
+    body = json.dumps({"__type": error.code, "message": error.message, "Message": error.message})
+    return error.status, {"x-amzn-ErrorType": error.code, "Content-Type": "application/x-amz-json-1.0"}, body
