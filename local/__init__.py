@@ -1,0 +1,1 @@
+"""EMR Autopilot local twin: the synthesized CDK app on moto, offline."""
