@@ -23,6 +23,9 @@ from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import StatesErrorNameType
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils, state_task_factory
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import ResourceCondition
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
+    StateTaskServiceAwsSdk,
+)
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
     StateTaskServiceCallback,
 )
@@ -35,6 +38,7 @@ from local.faults import TwinClientError
 from local.lambda_runtime import FunctionError, LambdaRuntime
 
 _ORIGINAL_FACTORY = state_task_factory.state_task_service_for
+_ORIGINALS: dict[str, Any] = {}
 
 
 class _RethrownErrorName(ErrorName):
@@ -160,3 +164,14 @@ def install(*, emr_serverless: EmrServerlessTwin, runtime: LambdaRuntime) -> Non
         return {"StatusCode": 200, "Payload": result, "ExecutedVersion": "$LATEST"}
 
     lambda_eval_utils._invoke_lambda_function = invoke  # type: ignore[assignment]
+
+    # aws-sdk:s3:getObject returns `Body` as a string in Step Functions; moto leaves botocore's stream.
+    original = _ORIGINALS.setdefault("aws_sdk", StateTaskServiceAwsSdk._eval_service_task)
+
+    def eval_aws_sdk(self: Any, env: Environment, *args: Any, **kwargs: Any) -> None:
+        original(self, env, *args, **kwargs)
+        result = env.stack[-1] if env.stack else None
+        if isinstance(result, dict) and hasattr(result.get("Body"), "read"):
+            result["Body"] = result["Body"].read().decode("utf-8")
+
+    StateTaskServiceAwsSdk._eval_service_task = eval_aws_sdk  # type: ignore[method-assign]
