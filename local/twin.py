@@ -303,10 +303,9 @@ class Twin:
 
     def _poll(self, mapping: EventSourceMapping) -> None:
         sqs = self.client("sqs")
-        window = mapping.window_seconds * self.time_scale
         while not self._stop.is_set():
             try:
-                messages = self._gather(sqs, mapping, window)
+                messages = self._gather(sqs, mapping, mapping.window_seconds * self.time_scale)
             except Exception:
                 LOG.exception("polling %s failed", mapping.queue_url)
                 time.sleep(0.5)

@@ -1,0 +1,119 @@
+"""One twin per session with the synthesized app deployed; tests isolate by object keys and run ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("CDK_DEFAULT_ACCOUNT", "123456789012")
+os.environ.setdefault("CDK_DEFAULT_REGION", "us-east-1")
+
+import aws_cdk as cdk  # noqa: E402
+
+from app import build_app  # noqa: E402
+from local.deploy import DeployReport  # noqa: E402
+from local.ledger import RunRecord, read_runs  # noqa: E402
+from local.spark_runner import SparkRunner  # noqa: E402
+from local.twin import Twin  # noqa: E402
+
+
+@dataclass
+class Deployed:
+    """The twin with the app deployed, plus shortcuts the scenarios share."""
+
+    twin: Twin
+    report: DeployReport
+    spark_runner: SparkRunner
+
+    @property
+    def landing(self) -> str:
+        return str(self.report.outputs["LandingBucket"])
+
+    @property
+    def outputs(self) -> str:
+        return str(self.report.outputs["OutputsBucket"])
+
+    @property
+    def state_machine(self) -> str:
+        return str(self.report.outputs["StateMachinesalesdaily"])
+
+    @property
+    def s3(self) -> Any:
+        return self.twin.client("s3")
+
+    @property
+    def sfn(self) -> Any:
+        return self.twin.client("stepfunctions")
+
+    def runs(self) -> list[RunRecord]:
+        return read_runs(self.s3, self.outputs)
+
+    def executions(self) -> list[dict[str, Any]]:
+        pages = self.sfn.get_paginator("list_executions").paginate(stateMachineArn=self.state_machine)
+        return [e for page in pages for e in page["executions"]]
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+    def finished(self, execution_arn: str, timeout: float = 60.0) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            described: dict[str, Any] = self.sfn.describe_execution(executionArn=execution_arn)
+            return described if described["status"] != "RUNNING" else None
+
+        result: dict[str, Any] = self.wait_for(done, timeout, f"execution {execution_arn}")
+        self.twin.wait_idle(timeout=timeout)
+        return result
+
+    def history(self, execution_arn: str) -> list[dict[str, Any]]:
+        pages = self.sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+        return [e for page in pages for e in page["events"]]
+
+    def ledger(self, run_id: str) -> dict[str, Any]:
+        (record,) = [r for r in self.runs() if r.run_id == run_id]
+        return record.raw
+
+    def start_console_run(self, name: str, body: Any) -> str:
+        arn: str = self.sfn.start_execution(stateMachineArn=self.state_machine, name=name, input=json.dumps(body))[
+            "executionArn"
+        ]
+        return arn
+
+
+@pytest.fixture(scope="session")
+def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    build_app("dev", cdk.App(outdir=str(outdir)), nag=False).synth()
+    return outdir
+
+
+@pytest.fixture(scope="session")
+def deployed(cloud_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    workdir = tmp_path_factory.mktemp("twin")
+    twin = Twin(workdir=workdir, spark=False, time_scale=0.05, retry_delay_seconds=0.5).start()
+    report = twin.deploy(cloud_assembly)
+    runner = SparkRunner(twin.client("s3"), workdir=workdir / "spark")
+    yield Deployed(twin=twin, report=report, spark_runner=runner)
+    twin.stop()
+
+
+@pytest.fixture
+def env(deployed: Deployed) -> Iterator[Deployed]:
+    """Per test: no pending faults, instant job runs unless the test asks for Spark, and nothing in flight after."""
+    deployed.twin.faults.clear()
+    deployed.twin.emr_serverless.runner = None
+    yield deployed
+    deployed.twin.wait_idle(timeout=120)
+    assert not deployed.twin.emr_serverless.running(), "a job run was left running"

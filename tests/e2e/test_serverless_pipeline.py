@@ -1,0 +1,190 @@
+"""The EMR Serverless pipeline end to end on the twin: the synthesized templates, ASL and handler code."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Deployed
+
+SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
+# The budget set by the foundation: states entered on the happy path (10 with a job that writes
+# _metrics.json, 11 without: NoJobMetrics) and Lambda invocations per run, whatever the job's length.
+HAPPY_PATH_STATES = 11
+LAMBDA_INVOCATIONS_PER_RUN = 1
+
+
+def _new_runs(env: Deployed, before: set[str]) -> list[dict[str, Any]]:
+    return [e for e in env.executions() if e["executionArn"] not in before]
+
+
+def _land(env: Deployed, keys_and_bodies: dict[str, bytes]) -> set[str]:
+    before = {e["executionArn"] for e in env.executions()}
+    for key, body in keys_and_bodies.items():
+        env.s3.put_object(Bucket=env.landing, Key=key, Body=body)
+    return before
+
+
+def _one_new_run(env: Deployed, before: set[str]) -> dict[str, Any]:
+    env.wait_for(lambda: _new_runs(env, before), what="a run to start")
+    env.twin.wait_idle(timeout=150)
+    (execution,) = _new_runs(env, before)
+    return execution
+
+
+def _entered_states(history: list[dict[str, Any]]) -> list[str]:
+    return [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
+
+
+@pytest.mark.spark
+def test_csvs_land_and_one_real_spark_run_writes_parquet_ledger_then_success(env: Deployed) -> None:
+    # Given the twin runs job runs on local Spark
+    env.twin.emr_serverless.runner = env.spark_runner
+    folder = f"sales/{uuid.uuid4().hex[:8]}"
+    # When the three sample CSVs land (one name has a space and a '+')
+    before = _land(env, {f"{folder}/{p.name}": p.read_bytes() for p in SAMPLES.glob("*.csv")})
+    execution = _one_new_run(env, before)
+    # Then one run succeeded, with Parquet partitions, metrics in the ledger, and _SUCCESS after the ledger
+    described = env.finished(execution["executionArn"], timeout=150)
+    assert described["status"] == "SUCCEEDED", described.get("cause")
+    run_id = execution["name"]
+    ledger = env.ledger(run_id)
+    assert ledger["state"] == "SUCCEEDED"
+    assert ledger["object_count"] == 3
+    assert ledger["metrics"]["rows_in"] == 158 and ledger["metrics"]["rows_out"] == 144
+    prefix = f"sales-daily/run_id={run_id}/"
+    keys = [o["Key"] for o in env.s3.list_objects_v2(Bucket=env.outputs, Prefix=prefix)["Contents"]]
+    assert any(k.startswith(prefix + "order_date=2024-06-02/") and k.endswith(".parquet") for k in keys)
+    assert prefix + "_SUCCESS" in keys
+    assert not [k for k in keys if k.endswith(".crc")]
+    entered = _entered_states(env.history(execution["executionArn"]))
+    assert entered.index("RecordSucceeded") < entered.index("WriteSuccessMarker")
+    # Driver logs landed under the monitoring log URI, in the EMR Serverless layout
+    logs_bucket = env.report.outputs["LogsBucket"]
+    log_keys = [
+        o["Key"]
+        for o in env.s3.list_objects_v2(Bucket=logs_bucket, Prefix=f"emr-serverless/sales-daily/{run_id}/").get(
+            "Contents", []
+        )
+    ]
+    assert any(k.endswith("SPARK_DRIVER/stdout.gz") for k in log_keys), log_keys
+    stdout = env.s3.get_object(Bucket=logs_bucket, Key=next(k for k in log_keys if k.endswith("stdout.gz")))
+    assert gzip.decompress(stdout["Body"].read()) is not None
+
+
+def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
+    before = _land(env, {f"sales/{uuid.uuid4().hex[:8]}/a.csv": b"order_id\n1\n"})
+    invocations_before = len(env.twin.runtime.invocations)
+    execution = _one_new_run(env, before)
+    assert env.finished(execution["executionArn"])["status"] == "SUCCEEDED"
+    history = env.history(execution["executionArn"])
+    entered = _entered_states(history)
+    assert len(entered) == HAPPY_PATH_STATES, entered
+    assert entered == [
+        "Prepare", "CheckInput", "RecordStarted", "StartJob", "RunJob", "ReadJobMetrics", "NoJobMetrics",
+        "BuildSucceededRecord", "RecordSucceeded", "WriteSuccessMarker", "RunSucceeded",
+    ]  # fmt: skip
+    lambda_tasks = [e for e in history if e["type"] == "TaskScheduled" and e["taskScheduledEventDetails"]["resourceType"] == "lambda"]
+    assert len(lambda_tasks) == LAMBDA_INVOCATIONS_PER_RUN
+    prepares = [i for i in env.twin.runtime.invocations[invocations_before:] if i.function_name.endswith("-prepare")]
+    assert len(prepares) == LAMBDA_INVOCATIONS_PER_RUN
+
+
+def test_the_same_event_delivered_twice_starts_one_run(env: Deployed) -> None:
+    # Given an object that landed and started its run
+    key = f"sales/{uuid.uuid4().hex[:8]}/dup.csv"
+    before = _land(env, {key: b"order_id\n1\n"})
+    execution = _one_new_run(env, before)
+    original = next(
+        e for e in reversed(env.twin.events) if e["detail-type"] == "Object Created" and e["detail"]["object"]["key"] == key
+    )
+    # When EventBridge delivers the very same event again (at-least-once delivery)
+    env.twin.put_event({k: original[k] for k in ("source", "detail-type", "resources", "detail")})
+    env.twin.wait_idle()
+    # Then no second run starts
+    assert _new_runs(env, before) == [execution]
+
+
+def test_fifty_objects_in_one_window_make_one_run_listing_fifty(env: Deployed) -> None:
+    # Given a batching window long enough for 50 uploads (the pipeline's 30 s, scaled to 9 s)
+    env.twin.time_scale = 0.3
+    folder = f"sales/{uuid.uuid4().hex[:8]}"
+    try:
+        before = _land(env, {f"{folder}/part-{i:02d}.csv": b"order_id\n1\n" for i in range(50)})
+        execution = _one_new_run(env, before)
+    finally:
+        env.twin.time_scale = 0.05
+    assert env.finished(execution["executionArn"])["status"] == "SUCCEEDED"
+    ledger = env.ledger(execution["name"])
+    assert ledger["object_count"] == 50
+    bucket, _, key = ledger["input_manifest"].removeprefix("s3://").partition("/")
+    manifest = json.loads(env.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert sorted(o["key"] for o in manifest["objects"]) == [f"{folder}/part-{i:02d}.csv" for i in range(50)]
+
+
+def test_console_run_with_valid_input_succeeds(env: Deployed) -> None:
+    key = f"sales/console-{uuid.uuid4().hex[:8]}/x.csv"
+    env.s3.put_object(Bucket=env.landing, Key=key, Body=b"order_id\n1\n")
+    env.twin.wait_idle()
+    name = f"console-{uuid.uuid4().hex[:8]}"
+    arn = env.start_console_run(name, {"pipeline": "sales-daily", "inputs": [f"s3://{env.landing}/{key}"]})
+    assert env.finished(arn)["status"] == "SUCCEEDED"
+    ledger = env.ledger(name)
+    assert ledger["trigger"] == {"type": "console"} and ledger["object_count"] == 1
+
+
+def test_console_run_with_bad_input_fails_at_once_naming_the_field(env: Deployed) -> None:
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    arn = env.start_console_run(name, {"pipeline": "sales-daily", "inputs": ["/tmp/local.csv"]})
+    described = env.finished(arn)
+    assert described["status"] == "FAILED"
+    assert described["error"] == "InvalidExecutionInput"
+    assert described["cause"].startswith("inputs[0]: got '/tmp/local.csv'; expected an S3 URI")
+    entered = _entered_states(env.history(arn))
+    assert entered == ["Prepare", "CheckInput", "InvalidInput"]
+    assert not [r for r in env.runs() if r.run_id == name]
+
+
+def test_failed_job_writes_ledger_failed_notifies_and_leaves_no_success(env: Deployed) -> None:
+    # Given a queue subscribed to the notifications topic, and the next job run fails
+    sqs, sns = env.twin.client("sqs"), env.twin.client("sns")
+    queue_url = sqs.create_queue(QueueName=f"notify-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=env.report.outputs["NotificationTopic"], Protocol="sqs", Endpoint=queue_arn)
+    env.twin.faults.fail_next_job("Job failed: injected executor loss")
+    # When data lands
+    before = _land(env, {f"sales/{uuid.uuid4().hex[:8]}/f.csv": b"order_id\n1\n"})
+    execution = _one_new_run(env, before)
+    described = env.finished(execution["executionArn"])
+    # Then the run fails with the job's error, the ledger says FAILED with the cause, SNS got it, no _SUCCESS
+    assert described["status"] == "FAILED"
+    assert described["error"] == "States.TaskFailed"
+    ledger = env.ledger(execution["name"])
+    assert ledger["state"] == "FAILED"
+    assert "injected executor loss" in ledger["cause"]
+    assert ledger["job_run_id"]
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    notification = json.loads(messages[0]["Body"])
+    assert notification["Subject"] == "EMR Autopilot run FAILED: sales-daily"
+    assert json.loads(notification["Message"])["run_id"] == execution["name"]
+    keys = env.s3.list_objects_v2(Bucket=env.outputs, Prefix=f"sales-daily/run_id={execution['name']}/").get("Contents", [])
+    assert not [o for o in keys if o["Key"].endswith("_SUCCESS")]
+
+
+def test_throttled_start_job_run_is_retried_and_the_run_succeeds(env: Deployed) -> None:
+    env.twin.faults.fail_next("emr-serverless", "StartJobRun", times=2, code="ThrottlingException")
+    before = _land(env, {f"sales/{uuid.uuid4().hex[:8]}/t.csv": b"order_id\n1\n"})
+    execution = _one_new_run(env, before)
+    assert env.finished(execution["executionArn"], timeout=90)["status"] == "SUCCEEDED"
+    failures = [
+        e["taskFailedEventDetails"]
+        for e in env.history(execution["executionArn"])
+        if e["type"] == "TaskFailed" and e["taskFailedEventDetails"]["resource"] == "startJobRun"
+    ]
+    assert [f["error"] for f in failures] == ["EMRServerless.ThrottlingException"] * 2
+    assert env.ledger(execution["name"])["state"] == "SUCCEEDED"
