@@ -12,7 +12,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export CDK_DEFAULT_REGION ?= us-east-1
 export CDK_DEFAULT_ACCOUNT ?= 123456789012
 
-.PHONY: help install lint typecheck unit infra e2e test synth docs bench clean
+.PHONY: help install lint typecheck unit infra e2e test synth demo docs bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,14 +43,17 @@ unit: install ## unit tests (moto, no network; includes one local Spark run)
 infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL validation
 	$(BIN)/pytest tests/infra
 
-e2e: install ## end-to-end tests on the local twin
-	@if ls tests/e2e/test_*.py >/dev/null 2>&1; then $(BIN)/pytest tests/e2e; else echo "no e2e tests yet"; fi
+e2e: install ## end-to-end tests on the local twin (one real Spark run)
+	$(BIN)/pytest tests/e2e
 
 test: lint typecheck ## everything CI runs: lint, types, unit, infra, e2e
 	$(BIN)/pytest tests
 
 synth: install ## write cdk.out/ for ENV (default dev)
 	cdk synth -c env=$(ENV) --quiet --output cdk.out
+
+demo: synth ## the app end to end on the local twin, with real Spark (needs Java 17+)
+	$(BIN)/python -m local.demo --cdk-out cdk.out
 
 docs: install ## regenerate config/schema.json and the README config reference
 	$(BIN)/python -m config.docs

@@ -313,9 +313,7 @@ class _Deployer:
             if prop in props:
                 kwargs[prop[0].lower() + prop[1:]] = camel(props[prop])
         if "InitialCapacity" in props:
-            kwargs["initialCapacity"] = {
-                pair["Key"]: camel(pair["Value"]) for pair in props["InitialCapacity"]
-            }
+            kwargs["initialCapacity"] = {pair["Key"]: camel(pair["Value"]) for pair in props["InitialCapacity"]}
         app = self.twin.client("emr-serverless").create_application(**kwargs)
         self._set(resource, app["applicationId"], ApplicationId=app["applicationId"], Arn=app["arn"])
 

@@ -84,7 +84,9 @@ class EmrServerlessTwin:
                 app = self.backend.get_application(app_id)
             except Exception:
                 raise TwinClientError("ResourceNotFoundException", f"Application {app_id} does not exist") from None
-            if app.state in {"CREATED", "STOPPED"} and getattr(app, "auto_start_configuration", {}).get("enabled", True):
+            if app.state in {"CREATED", "STOPPED"} and getattr(app, "auto_start_configuration", {}).get(
+                "enabled", True
+            ):
                 app.state = "STARTED"  # auto-start on submit, as EMR Serverless does
             run = self.backend.start_job_run(
                 application_id=app_id,
@@ -183,7 +185,7 @@ class EmrServerlessTwin:
         s3_monitoring = monitoring.get("s3MonitoringConfiguration") or monitoring.get("S3MonitoringConfiguration") or {}
         job = SparkJob(
             job_run_id=run.id,
-            entry_point=spark.get("entryPoint") or spark.get("EntryPoint"),
+            entry_point=str(spark.get("entryPoint") or spark.get("EntryPoint") or ""),
             arguments=list(spark.get("entryPointArguments") or spark.get("EntryPointArguments") or []),
             spark_submit_parameters=spark.get("sparkSubmitParameters") or spark.get("SparkSubmitParameters") or "",
             log_uri=s3_monitoring.get("logUri") or s3_monitoring.get("LogUri"),

@@ -30,7 +30,7 @@ def install(twin: Twin) -> None:
     def s3_event_bridge(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
         twin.s3_object_created(bucket, key, event_name)
 
-    s3_notifications._send_event_bridge_message = s3_event_bridge  # type: ignore[assignment]
+    s3_notifications._send_event_bridge_message = s3_event_bridge
 
     # moto's own rule delivery would deliver a second time (and cannot reach Lambda/Step Functions).
     events_models.Rule.send_to_targets = lambda self, *a, **k: None  # type: ignore[method-assign]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
 from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
@@ -31,13 +31,20 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 )
 from moto.stepfunctions.parser.asl.component.state.fail import state_fail
 from moto.stepfunctions.parser.asl.eval.environment import Environment
-from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+from moto.stepfunctions.parser.asl.eval.event import event_detail
 
 from local.emr_serverless import TERMINAL, EmrServerlessTwin
 from local.faults import TwinClientError
 from local.lambda_runtime import FunctionError, LambdaRuntime
 
-_ORIGINAL_FACTORY = state_task_factory.state_task_service_for
+_ORIGINAL_FACTORY: Any = getattr(state_task_factory, "state_task_service_for")  # noqa: B009 - not re-exported
+
+
+def _event_details(**details: Any) -> Any:
+    """moto's EventDetails TypedDict lists every history detail as required; AWS sets one at a time."""
+    return event_detail.EventDetails(**details)  # type: ignore[typeddict-item]
+
+
 _ORIGINALS: dict[str, Any] = {}
 
 
@@ -51,7 +58,7 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
     model: EmrServerlessTwin  # set by install()
 
     def __init__(self) -> None:
-        super().__init__(supported_integration_patterns={ResourceCondition.Sync})
+        super().__init__(supported_integration_patterns={cast(ResourceCondition, ResourceCondition.Sync)})
 
     ACTIONS = {"startJobRun", "cancelJobRun", "startApplication", "stopApplication"}
 
@@ -69,7 +76,7 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
                 env=env,
                 error_name=CustomErrorName(name),
                 event_type=HistoryEventType.TaskFailed,
-                event_details=EventDetails(
+                event_details=_event_details(
                     taskFailedEventDetails=TaskFailedEventDetails(
                         error=name,
                         cause=ex.message,
@@ -78,10 +85,14 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
                     )
                 ),
             )
-        return super()._from_error(env=env, ex=ex)  # type: ignore[no-any-return]
+        return super()._from_error(env=env, ex=ex)
 
     def _eval_service_task(
-        self, env: Environment, resource_runtime_part: Any, normalised_parameters: dict[str, Any], state_credentials: Any
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
     ) -> None:
         action = self.resource.api_action
         params = normalised_parameters
@@ -98,7 +109,11 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
             raise TwinClientError("ValidationException", f"emr-serverless:{action} is not modelled by the twin")
 
     def _eval_integration_pattern(
-        self, env: Environment, resource_runtime_part: Any, normalised_parameters: dict[str, Any], state_credentials: Any
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
     ) -> None:
         # moto's own version dereferences a callback endpoint that only exists for .waitForTaskToken
         # integrations (AttributeError on None for .sync-only services); this is the .sync part alone.
@@ -110,7 +125,11 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
                 return
 
     def _build_sync_resolver(
-        self, env: Environment, resource_runtime_part: Any, normalised_parameters: dict[str, Any], state_credentials: Any
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
     ) -> Callable[[], Any]:
         started = env.stack.pop()
         app_id, run_id = started["ApplicationId"], started["JobRunId"]
@@ -127,7 +146,7 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
                     env=env,
                     error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
                     event_type=HistoryEventType.TaskFailed,
-                    event_details=EventDetails(
+                    event_details=_event_details(
                         taskFailedEventDetails=TaskFailedEventDetails(
                             resource=self._get_sfn_resource(),
                             resourceType=self._get_sfn_resource_type(),
@@ -150,9 +169,9 @@ def install(*, emr_serverless: EmrServerlessTwin, runtime: LambdaRuntime) -> Non
             return TwinEmrServerlessService()
         return _ORIGINAL_FACTORY(service_name=service_name)
 
-    state_task_factory.state_task_service_for = service_for  # type: ignore[assignment]
+    setattr(state_task_factory, "state_task_service_for", service_for)  # noqa: B010 - monkeypatch
     # AWS lets a Fail state re-throw a caught `States.*` error through ErrorPath; moto refuses the name.
-    state_fail.CustomErrorName = _RethrownErrorName  # type: ignore[attr-defined]
+    setattr(state_fail, "CustomErrorName", _RethrownErrorName)  # noqa: B010 - monkeypatch
 
     def invoke(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
         payload = parameters.get("Payload")
@@ -160,10 +179,15 @@ def install(*, emr_serverless: EmrServerlessTwin, runtime: LambdaRuntime) -> Non
         try:
             result = runtime.invoke(parameters["FunctionName"], event)
         except FunctionError as exc:
-            return {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": exc.payload, "ExecutedVersion": "$LATEST"}
+            return {
+                "StatusCode": 200,
+                "FunctionError": "Unhandled",
+                "Payload": exc.payload,
+                "ExecutedVersion": "$LATEST",
+            }
         return {"StatusCode": 200, "Payload": result, "ExecutedVersion": "$LATEST"}
 
-    lambda_eval_utils._invoke_lambda_function = invoke  # type: ignore[assignment]
+    setattr(lambda_eval_utils, "_invoke_lambda_function", invoke)  # noqa: B010 - monkeypatch
 
     # aws-sdk:s3:getObject returns `Body` as a string in Step Functions; moto leaves botocore's stream.
     original = _ORIGINALS.setdefault("aws_sdk", StateTaskServiceAwsSdk._eval_service_task)
@@ -174,4 +198,4 @@ def install(*, emr_serverless: EmrServerlessTwin, runtime: LambdaRuntime) -> Non
         if isinstance(result, dict) and hasattr(result.get("Body"), "read"):
             result["Body"] = result["Body"].read().decode("utf-8")
 
-    StateTaskServiceAwsSdk._eval_service_task = eval_aws_sdk  # type: ignore[method-assign]
+    setattr(StateTaskServiceAwsSdk, "_eval_service_task", eval_aws_sdk)  # noqa: B010 - monkeypatch

@@ -18,6 +18,7 @@ What the twin adds to moto 5.2.5 (each item exists because moto does not do it):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -174,7 +175,7 @@ class Twin:
 
         report = deploy_assembly(self, cdk_out)
         for mapping in self.mappings:
-            self._spawn(lambda m=mapping: self._poll(m), f"esm-{mapping.function_name}")
+            self._spawn(functools.partial(self._poll, mapping), f"esm-{mapping.function_name}")
         return report
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -385,13 +386,15 @@ class Twin:
         sqs = self.client("sqs")
         for mapping in self.mappings:
             attrs = sqs.get_queue_attributes(QueueUrl=mapping.queue_url, AttributeNames=["All"])["Attributes"]
-            if int(attrs.get("ApproximateNumberOfMessages", 0)) or int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)):
+            if int(attrs.get("ApproximateNumberOfMessages", 0)) or int(
+                attrs.get("ApproximateNumberOfMessagesNotVisible", 0)
+            ):
                 return True
         return bool(self.running_executions() or self.emr_serverless.running())
 
     def running_executions(self) -> list[str]:
         sfn = self.client("stepfunctions")
-        arns = []
+        arns: list[str] = []
         for machine in sfn.list_state_machines()["stateMachines"]:
             for page in sfn.get_paginator("list_executions").paginate(
                 stateMachineArn=machine["stateMachineArn"], statusFilter="RUNNING"
