@@ -89,7 +89,11 @@ def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
         "Prepare", "CheckInput", "RecordStarted", "StartJob", "RunJob", "ReadJobMetrics", "NoJobMetrics",
         "BuildSucceededRecord", "RecordSucceeded", "WriteSuccessMarker", "RunSucceeded",
     ]  # fmt: skip
-    lambda_tasks = [e for e in history if e["type"] == "TaskScheduled" and e["taskScheduledEventDetails"]["resourceType"] == "lambda"]
+    lambda_tasks = [
+        e
+        for e in history
+        if e["type"] == "TaskScheduled" and e["taskScheduledEventDetails"]["resourceType"] == "lambda"
+    ]
     assert len(lambda_tasks) == LAMBDA_INVOCATIONS_PER_RUN
     prepares = [i for i in env.twin.runtime.invocations[invocations_before:] if i.function_name.endswith("-prepare")]
     assert len(prepares) == LAMBDA_INVOCATIONS_PER_RUN
@@ -101,7 +105,9 @@ def test_the_same_event_delivered_twice_starts_one_run(env: Deployed) -> None:
     before = _land(env, {key: b"order_id\n1\n"})
     execution = _one_new_run(env, before)
     original = next(
-        e for e in reversed(env.twin.events) if e["detail-type"] == "Object Created" and e["detail"]["object"]["key"] == key
+        e
+        for e in reversed(env.twin.events)
+        if e["detail-type"] == "Object Created" and e["detail"]["object"]["key"] == key
     )
     # When EventBridge delivers the very same event again (at-least-once delivery)
     env.twin.put_event({k: original[k] for k in ("source", "detail-type", "resources", "detail")})
@@ -172,7 +178,9 @@ def test_failed_job_writes_ledger_failed_notifies_and_leaves_no_success(env: Dep
     notification = json.loads(messages[0]["Body"])
     assert notification["Subject"] == "EMR Autopilot run FAILED: sales-daily"
     assert json.loads(notification["Message"])["run_id"] == execution["name"]
-    keys = env.s3.list_objects_v2(Bucket=env.outputs, Prefix=f"sales-daily/run_id={execution['name']}/").get("Contents", [])
+    keys = env.s3.list_objects_v2(Bucket=env.outputs, Prefix=f"sales-daily/run_id={execution['name']}/").get(
+        "Contents", []
+    )
     assert not [o for o in keys if o["Key"].endswith("_SUCCESS")]
 
 
@@ -188,3 +196,24 @@ def test_throttled_start_job_run_is_retried_and_the_run_succeeds(env: Deployed) 
     ]
     assert [f["error"] for f in failures] == ["EMRServerless.ThrottlingException"] * 2
     assert env.ledger(execution["name"])["state"] == "SUCCEEDED"
+
+
+def test_malformed_trigger_message_is_retried_then_redriven_to_the_dlq(env: Deployed) -> None:
+    # Given a message on the pipeline's arrival queue that the router cannot parse
+    sqs = env.twin.client("sqs")
+    arrivals = sqs.get_queue_url(QueueName="autopilot-dev-sales-daily-arrivals")["QueueUrl"]
+    dlq = sqs.get_queue_url(QueueName="autopilot-dev-trigger-dlq")["QueueUrl"]
+    marker = f"not-json-{uuid.uuid4().hex}"
+    invocations_before = len(env.twin.runtime.invocations)
+    # When it arrives
+    sqs.send_message(QueueUrl=arrivals, MessageBody=marker)
+
+    # Then the router reports it as a batch item failure on each of the 5 receives, and SQS moves it to the DLQ
+    def in_dlq() -> list[dict[str, Any]]:
+        messages = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+        return [m for m in messages if m["Body"] == marker]
+
+    (dead,) = env.wait_for(in_dlq, timeout=60, what="the message in the DLQ")
+    sqs.delete_message(QueueUrl=dlq, ReceiptHandle=dead["ReceiptHandle"])
+    router_calls = [i for i in env.twin.runtime.invocations[invocations_before:] if i.function_name.endswith("-router")]
+    assert len(router_calls) == 5  # maxReceiveCount
