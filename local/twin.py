@@ -211,6 +211,8 @@ class Twin:
         name = event_name.removeprefix("s3:")
         if not name.startswith("ObjectCreated:"):
             return
+        if name == "ObjectCreated:Put" and getattr(key, "multipart", None) is not None:
+            return  # moto's CompleteMultipartUpload stores through put_object first; AWS sends one event
         detail_object: dict[str, Any] = {
             "key": key.name,
             "size": key.size,

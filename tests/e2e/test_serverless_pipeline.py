@@ -217,3 +217,27 @@ def test_malformed_trigger_message_is_retried_then_redriven_to_the_dlq(env: Depl
     sqs.delete_message(QueueUrl=dlq, ReceiptHandle=dead["ReceiptHandle"])
     router_calls = [i for i in env.twin.runtime.invocations[invocations_before:] if i.function_name.endswith("-router")]
     assert len(router_calls) == 5  # maxReceiveCount
+
+
+def test_multipart_upload_emits_one_object_created_with_its_reason_and_raw_key(env: Deployed) -> None:
+    key = f"sales/{uuid.uuid4().hex[:8]}/Q1 report+final %20ü.csv"
+    upload = env.s3.create_multipart_upload(Bucket=env.landing, Key=key)
+    part = env.s3.upload_part(
+        Bucket=env.landing, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"order_id\n1\n"
+    )
+    before = {e["executionArn"] for e in env.executions()}
+    env.s3.complete_multipart_upload(
+        Bucket=env.landing,
+        Key=key,
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    execution = _one_new_run(env, before)
+    events = [
+        e for e in env.twin.events if e["detail-type"] == "Object Created" and e["detail"]["object"]["key"] == key
+    ]
+    assert [e["detail"]["reason"] for e in events] == ["CompleteMultipartUpload"]
+    manifest_uri = env.ledger(execution["name"])["input_manifest"] if env.finished(execution["executionArn"]) else ""
+    bucket, _, manifest_key = manifest_uri.removeprefix("s3://").partition("/")
+    manifest = json.loads(env.s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    assert [o["key"] for o in manifest["objects"]] == [key]
