@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from moto.core.responses import BaseResponse
 from moto.events import models as events_models
 from moto.s3 import notifications as s3_notifications
+from moto.stepfunctions.parser import models as sfn_models
 from moto.stepfunctions.parser.backend import execution as sfn_execution
 
 from local.faults import TwinClientError
@@ -26,6 +28,13 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("terminated", sfn_execution.BaseExecutionWorkerCommunication.terminated)
     _ORIGINALS.setdefault("start", sfn_execution.Execution.start)
     _ORIGINALS.setdefault("call_action", BaseResponse.call_action)
+    _ORIGINALS.setdefault("start_execution", sfn_models.StepFunctionsParserBackend.start_execution)
+
+    def start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
+        # AWS names an execution started without a name with a UUID; moto leaves it None.
+        return _ORIGINALS["start_execution"](self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
+
+    sfn_models.StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
 
     def s3_event_bridge(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
         twin.s3_object_created(bucket, key, event_name)

@@ -241,3 +241,45 @@ def test_multipart_upload_emits_one_object_created_with_its_reason_and_raw_key(e
     bucket, _, manifest_key = manifest_uri.removeprefix("s3://").partition("/")
     manifest = json.loads(env.s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     assert [o["key"] for o in manifest["objects"]] == [key]
+
+
+def test_eventbridge_rules_deliver_to_step_functions_and_lambda_targets(env: Deployed) -> None:
+    # Given a rule (as a user might add) that turns a custom event into a console-style run and pings the router
+    key = f"sales/eb-{uuid.uuid4().hex[:8]}/x.csv"
+    env.s3.put_object(Bucket=env.landing, Key=key, Body=b"order_id\n1\n")
+    env.twin.wait_idle()
+    events = env.twin.client("events")
+    source = f"test.autopilot.{uuid.uuid4().hex[:6]}"
+    events.put_rule(
+        Name=f"rule-{source}", EventPattern=json.dumps({"source": [source], "detail": {"n": [{"numeric": [">", 1]}]}})
+    )
+    router_arn = next(f.arn for f in env.twin.runtime.functions.values() if f.name.endswith("-router"))
+    events.put_targets(
+        Rule=f"rule-{source}",
+        Targets=[
+            {
+                "Id": "run",
+                "Arn": env.state_machine,
+                "InputTransformer": {
+                    "InputPathsMap": {"uri": "$.detail.uri"},
+                    "InputTemplate": '{"pipeline": "sales-daily", "inputs": [<uri>]}',
+                },
+            },
+            {"Id": "ping", "Arn": router_arn, "Input": '{"Records": []}'},
+        ],
+    )
+    before = {e["executionArn"] for e in env.executions()}
+    invocations_before = len(env.twin.runtime.invocations)
+    # When a matching event and a non-matching one are put on the bus
+    events.put_events(
+        Entries=[
+            {"Source": source, "DetailType": "t", "Detail": json.dumps({"n": 2, "uri": f"s3://{env.landing}/{key}"})},
+            {"Source": source, "DetailType": "t", "Detail": json.dumps({"n": 1, "uri": "s3://nope/x"})},
+        ]
+    )
+    # Then exactly one run starts from the transformed input, and the router was invoked once
+    execution = _one_new_run(env, before)
+    assert env.finished(execution["executionArn"])["status"] == "SUCCEEDED"
+    assert env.ledger(execution["name"])["object_count"] == 1
+    pings = [i for i in env.twin.runtime.invocations[invocations_before:] if i.function_name.endswith("-router")]
+    assert len(pings) == 1 and pings[0].error is None
