@@ -46,8 +46,10 @@ infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL valida
 e2e: install ## end-to-end tests on the local twin (one real Spark run)
 	$(BIN)/pytest tests/e2e
 
-test: lint typecheck ## everything CI runs: lint, types, unit, infra, e2e
-	$(BIN)/pytest tests
+test: install lint typecheck ## everything CI runs: lint, types, unit, infra, e2e (one pytest process per suite)
+	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/infra
+	$(BIN)/pytest tests/e2e
 
 synth: install ## write cdk.out/ for ENV (default dev)
 	cdk synth -c env=$(ENV) --quiet --output cdk.out

@@ -25,6 +25,7 @@ def install(twin: Twin) -> None:
     """Install every hook; reinstalling (a new twin in the same process) rebinds them to `twin`."""
     _ORIGINALS.setdefault("s3_eb", s3_notifications._send_event_bridge_message)
     _ORIGINALS.setdefault("put_events", events_models.EventsBackend.put_events)
+    _ORIGINALS.setdefault("send_to_targets", events_models.Rule.send_to_targets)
     _ORIGINALS.setdefault("terminated", sfn_execution.BaseExecutionWorkerCommunication.terminated)
     _ORIGINALS.setdefault("start", sfn_execution.Execution.start)
     _ORIGINALS.setdefault("call_action", BaseResponse.call_action)
@@ -82,6 +83,19 @@ def install(twin: Twin) -> None:
         return _ORIGINALS["call_action"](self)
 
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    """Restore moto as it was (tests that use plain moto after a twin ran in the same process)."""
+    if not _ORIGINALS:
+        return
+    s3_notifications._send_event_bridge_message = _ORIGINALS["s3_eb"]
+    events_models.Rule.send_to_targets = _ORIGINALS["send_to_targets"]  # type: ignore[method-assign]
+    events_models.EventsBackend.put_events = _ORIGINALS["put_events"]  # type: ignore[method-assign]
+    sfn_execution.BaseExecutionWorkerCommunication.terminated = _ORIGINALS["terminated"]  # type: ignore[method-assign]
+    sfn_execution.Execution.start = _ORIGINALS["start"]  # type: ignore[method-assign]
+    BaseResponse.call_action = _ORIGINALS["call_action"]  # type: ignore[method-assign]
+    sfn_models.StepFunctionsParserBackend.start_execution = _ORIGINALS["start_execution"]  # type: ignore[method-assign]
 
 
 def _millis(value: Any) -> int | None:

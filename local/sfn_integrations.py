@@ -160,6 +160,16 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
         return resolve
 
 
+def uninstall() -> None:
+    """Put moto's interpreter back as it was."""
+    setattr(state_task_factory, "state_task_service_for", _ORIGINAL_FACTORY)  # noqa: B010 - monkeypatch
+    setattr(state_fail, "CustomErrorName", CustomErrorName)  # noqa: B010 - monkeypatch
+    if "invoke" in _ORIGINALS:
+        setattr(lambda_eval_utils, "_invoke_lambda_function", _ORIGINALS["invoke"])  # noqa: B010 - monkeypatch
+    if "aws_sdk" in _ORIGINALS:
+        setattr(StateTaskServiceAwsSdk, "_eval_service_task", _ORIGINALS["aws_sdk"])  # noqa: B010 - monkeypatch
+
+
 def install(*, emr_serverless: EmrServerlessTwin, runtime: LambdaRuntime) -> None:
     """Plug the twin's integrations into moto's interpreter (idempotent)."""
     TwinEmrServerlessService.model = emr_serverless
@@ -187,6 +197,7 @@ def install(*, emr_serverless: EmrServerlessTwin, runtime: LambdaRuntime) -> Non
             }
         return {"StatusCode": 200, "Payload": result, "ExecutedVersion": "$LATEST"}
 
+    _ORIGINALS.setdefault("invoke", lambda_eval_utils._invoke_lambda_function)
     setattr(lambda_eval_utils, "_invoke_lambda_function", invoke)  # noqa: B010 - monkeypatch
 
     # aws-sdk:s3:getObject returns `Body` as a string in Step Functions; moto leaves botocore's stream.

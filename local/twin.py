@@ -123,6 +123,7 @@ class Twin:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+        self._saved_config = {k: default_user_config.get(k) for k in ("stepfunctions", "lambda")}
         default_user_config["stepfunctions"] = {"execute_state_machine": True}
         default_user_config["lambda"] = {"use_docker": False}
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +155,13 @@ class Twin:
         for run in self.emr_serverless.running():
             run.cancel.set()
         self._server.stop()
+        from moto.core.config import default_user_config
+
+        from local import patches, sfn_integrations
+
+        patches.uninstall()
+        sfn_integrations.uninstall()
+        default_user_config.update(self._saved_config)  # type: ignore[typeddict-item]
         if CURRENT is self:
             CURRENT = None
 

@@ -99,7 +99,7 @@ def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return outdir
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down (moto restored) before other suites run in the same process
 def deployed(cloud_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     workdir = tmp_path_factory.mktemp("twin")
     twin = Twin(workdir=workdir, spark=False, time_scale=0.05, retry_delay_seconds=0.5).start()
