@@ -72,20 +72,20 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
     def _from_error(self, env: Environment, ex: Exception) -> FailureEvent:
         if isinstance(ex, TwinClientError):
             name = f"EMRServerless.{ex.code}"
-            return FailureEvent(
-                env=env,
-                error_name=CustomErrorName(name),
-                event_type=HistoryEventType.TaskFailed,
-                event_details=_event_details(
-                    taskFailedEventDetails=TaskFailedEventDetails(
-                        error=name,
-                        cause=ex.message,
-                        resource=self._get_sfn_resource(),
-                        resourceType=self._get_sfn_resource_type(),
-                    )
-                ),
-            )
+            return self._task_failed(env, CustomErrorName(name), name, ex.message)
         return super()._from_error(env=env, ex=ex)
+
+    def _task_failed(self, env: Environment, error_name: ErrorName, error: str, cause: str) -> FailureEvent:
+        """A TaskFailed history event for this task's resource."""
+        details = TaskFailedEventDetails(
+            error=error, cause=cause, resource=self._get_sfn_resource(), resourceType=self._get_sfn_resource_type()
+        )
+        return FailureEvent(
+            env=env,
+            error_name=error_name,
+            event_type=HistoryEventType.TaskFailed,
+            event_details=_event_details(taskFailedEventDetails=details),
+        )
 
     def _eval_service_task(
         self,
@@ -141,19 +141,10 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
             if job_run["State"] == "SUCCESS":
                 return job_run
             assert job_run["State"] in TERMINAL
+            task_failed = StatesErrorNameType.StatesTaskFailed
             raise FailureEventException(
-                FailureEvent(
-                    env=env,
-                    error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
-                    event_type=HistoryEventType.TaskFailed,
-                    event_details=_event_details(
-                        taskFailedEventDetails=TaskFailedEventDetails(
-                            resource=self._get_sfn_resource(),
-                            resourceType=self._get_sfn_resource_type(),
-                            error=StatesErrorNameType.StatesTaskFailed.to_name(),
-                            cause=json.dumps(job_run, default=str),
-                        )
-                    ),
+                self._task_failed(
+                    env, StatesErrorName(typ=task_failed), task_failed.to_name(), json.dumps(job_run, default=str)
                 )
             )
 
