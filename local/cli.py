@@ -106,7 +106,7 @@ def _outputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _local_up(args: argparse.Namespace) -> int:
-    from local.demo import java_problem
+    from local.spark_runner import java_problem
     from local.twin import Twin
 
     if not (args.cdk_out / "manifest.json").is_file():

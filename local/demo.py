@@ -8,7 +8,6 @@ Exit 0 when every run SUCCEEDED; non-zero with the failed run's error otherwise.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -16,25 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from local.ledger import format_table, read_runs
+from local.spark_runner import java_problem
 from local.twin import Twin
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "jobs" / "sample-data"
-
-
-def java_problem() -> str | None:
-    """None when a Java 17+ runtime is on PATH, else what to install."""
-    import subprocess
-
-    java = shutil.which("java")
-    hint = "install a Java 17+ runtime, e.g. `sudo apt-get install -y openjdk-17-jre-headless`"
-    if java is None:
-        return f"Java is missing: Spark needs it; {hint}"
-    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
-    digits = out.split('"')[1].split(".")[0] if '"' in out else "0"
-    if not digits.isdigit() or int(digits) < 17:
-        return f"Java {digits} found; Spark 4 needs 17+: {hint}"
-    return None
 
 
 class Progress:

@@ -301,6 +301,21 @@ def check_java(env: Mapping[str, str]) -> str:
     return found
 
 
+def java_problem(env: Mapping[str, str] | None = None) -> str | None:
+    """None when spark-submit will find a Java 17+ runtime, else one line saying what to install."""
+    env = os.environ if env is None else env
+    try:
+        java = check_java(env)
+    except SparkRunnerError as exc:
+        return str(exc)
+    banner = subprocess.run([java, "-version"], capture_output=True, text=True, check=False, env=dict(env)).stderr
+    version = banner.split('"')[1] if banner.count('"') >= 2 else ""
+    major = version.split(".")[1] if version.startswith("1.") else version.split(".")[0]
+    if not major.isdigit() or int(major) < 17:
+        return f"{java} is Java {version or 'of an unknown version'}; Spark 4 needs 17 or newer: {JDK_HINT}"
+    return None
+
+
 def pyspark_home() -> Path:
     """The installed pyspark package folder (its bin/spark-submit and jars); SparkRunnerError when missing."""
     spec = importlib.util.find_spec("pyspark")

@@ -646,3 +646,33 @@ def test_sales_etl_missing_object_fails_with_the_jobs_error(s3: Any, spark_runne
     assert "left for the job to report: s3://landing/sales/missing day.csv" in stderr
     assert error in stdout  # PySpark: the Python driver's stderr is merged into the driver's stdout
     print(f"spark failing run: {result.duration_seconds:.1f} s")
+
+
+@pytest.mark.parametrize(
+    ("banner", "problem"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15', None),
+        ('openjdk version "21" 2023-09-19', None),
+        ('openjdk version "11.0.2" 2019-01-15', "is Java 11.0.2; Spark 4 needs 17 or newer"),
+        ('java version "1.8.0_392"', "is Java 1.8.0_392; Spark 4 needs 17 or newer"),
+    ],
+)
+def test_java_problem_names_the_version_and_what_to_install(tmp_path: Path, banner: str, problem: str | None) -> None:
+    from local.spark_runner import java_problem
+
+    fake = tmp_path / "bin" / "java"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho '{banner}' >&2\n")
+    fake.chmod(0o755)
+    result = java_problem({"JAVA_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    if problem is None:
+        assert result is None
+    else:
+        assert result is not None and problem in result and "openjdk-17" in result
+
+
+def test_java_problem_when_java_is_missing(tmp_path: Path) -> None:
+    from local.spark_runner import java_problem
+
+    result = java_problem({"PATH": str(tmp_path)})
+    assert result is not None and result.startswith("java not found")
