@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from config.ec2 import Ec2Runtime, HiveStep, JarStep, SparkStep
 from config.model import (
     BUCKET_NAME_PATTERN,
     PIPELINE_NAME_PATTERN,
@@ -29,6 +30,7 @@ from config.model import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
 JOBS_DIR = REPO_ROOT / "jobs"
+BOOTSTRAP_DIRNAME = "bootstrap"  # next to jobs/: bootstrap scripts of emr-ec2 clusters
 RESERVED_OUTPUT_PREFIXES = ("_runs",)
 
 _PATTERN_MEANINGS = {
@@ -44,8 +46,12 @@ _PATTERN_MEANINGS = {
     S3_PREFIX_PATTERN: "an S3 key prefix without a leading '/' or control characters",
 }
 # Union members are tagged in pydantic error locations; these are the union fields and their tags.
-_UNION_FIELDS = {"batching", "runtime", "application"}
-_UNION_TAGS = {"per_object", "window", "marker", "emr-serverless", "name", "inline"}
+_UNION_FIELDS = {"batching", "runtime", "application", "instances"}
+_LIST_UNION_FIELDS = {"steps"}  # lists of tagged unions: the tag follows the index
+_UNION_TAGS = {
+    "per_object", "window", "marker", "emr-serverless", "emr-ec2", "name", "inline",
+    "fleets", "groups", "spark", "s3distcp", "hive", "jar",
+}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -113,19 +119,18 @@ def _cross_check(config: AppConfig, source: str, jobs_dir: Path) -> None:
     names = sorted(config.serverless_applications)
     for name, pipeline in config.pipelines.items():
         where = f"{source}: pipeline {name!r}"
-        app = pipeline.runtime.application
-        if isinstance(app, str) and app not in config.serverless_applications:
-            allowed = f"one of {', '.join(repr(n) for n in names)}" if names else "an inline application"
-            problems.append(
-                f"{where}: runtime.application: got {app!r}; expected {allowed} "
-                "(names are defined under serverless_applications)"
-            )
-        entry = jobs_dir / pipeline.runtime.entry_point
-        if ".." in Path(pipeline.runtime.entry_point).parts or not entry.is_file():
-            problems.append(
-                f"{where}: runtime.entry_point: got {pipeline.runtime.entry_point!r}; expected a file under "
-                f"{_display(jobs_dir)}/ (found: {', '.join(_job_files(jobs_dir)) or 'none'})"
-            )
+        runtime = pipeline.runtime
+        if isinstance(runtime, Ec2Runtime):
+            problems.extend(_ec2_files(where, runtime, jobs_dir))
+        else:
+            app = runtime.application
+            if isinstance(app, str) and app not in config.serverless_applications:
+                allowed = f"one of {', '.join(repr(n) for n in names)}" if names else "an inline application"
+                problems.append(
+                    f"{where}: runtime.application: got {app!r}; expected {allowed} "
+                    "(names are defined under serverless_applications)"
+                )
+            problems.extend(_missing_file(where, "runtime.entry_point", runtime.entry_point, jobs_dir))
         out = output_prefix(name, pipeline)
         if out.split("/", 1)[0] in RESERVED_OUTPUT_PREFIXES:
             problems.append(
@@ -153,6 +158,31 @@ def _cross_check(config: AppConfig, source: str, jobs_dir: Path) -> None:
         raise ConfigError("\n".join(problems))
 
 
+def _missing_file(where: str, field: str, relative: str, folder: Path) -> list[str]:
+    """A problem line when `relative` is not a file under `folder` (no `..` escapes)."""
+    if ".." not in Path(relative).parts and (folder / relative).is_file():
+        return []
+    found = ", ".join(_job_files(folder)) or "none"
+    return [f"{where}: {field}: got {relative!r}; expected a file under {_display(folder)}/ (found: {found})"]
+
+
+def _ec2_files(where: str, runtime: Ec2Runtime, jobs_dir: Path) -> list[str]:
+    """Every step's job file must exist under jobs/, every bootstrap script under bootstrap/."""
+    problems: list[str] = []
+    for index, step in enumerate(runtime.steps):
+        field = f"runtime.steps[{index}]"
+        if isinstance(step, SparkStep):
+            problems += _missing_file(where, f"{field}.entry_point", step.entry_point, jobs_dir)
+        elif isinstance(step, HiveStep):
+            problems += _missing_file(where, f"{field}.script", step.script, jobs_dir)
+        elif isinstance(step, JarStep) and step.jar != "command-runner.jar":
+            problems += _missing_file(where, f"{field}.jar", step.jar, jobs_dir)
+    bootstrap_dir = jobs_dir.parent / BOOTSTRAP_DIRNAME
+    for index, action in enumerate(runtime.bootstrap_actions):
+        problems += _missing_file(where, f"runtime.bootstrap_actions[{index}].script", action.script, bootstrap_dir)
+    return problems
+
+
 def output_prefix(name: str, pipeline: Pipeline) -> str:
     """The pipeline's prefix in the outputs bucket, without a trailing slash."""
     return (pipeline.output_prefix or name).strip("/")
@@ -161,7 +191,8 @@ def output_prefix(name: str, pipeline: Pipeline) -> str:
 def _job_files(jobs_dir: Path) -> list[str]:
     if not jobs_dir.is_dir():
         return []
-    return sorted(str(p.relative_to(jobs_dir)) for p in jobs_dir.rglob("*") if p.suffix in {".py", ".jar"})
+    suffixes = {".py", ".jar", ".q", ".hql", ".sql", ".sh"}
+    return sorted(str(p.relative_to(jobs_dir)) for p in jobs_dir.rglob("*") if p.suffix in suffixes)
 
 
 def _display(path: Path) -> str:
@@ -176,7 +207,7 @@ def _display(path: Path) -> str:
 
 def _format_error(source: str, err: Any) -> str:
     loc = [str(part) for part in err["loc"]]
-    loc = [p for i, p in enumerate(loc) if not (p in _UNION_TAGS and i > 0 and loc[i - 1] in _UNION_FIELDS)]
+    loc = [p for i, p in enumerate(loc) if not (p in _UNION_TAGS and _after_union(loc, i))]
     if loc and loc[-1] == "[key]":
         where = ".".join(loc[:-2]) or "(top level)"
         return f"{source}: {where}: name {err['input']!r} is invalid; expected {_expected(err)}"
@@ -201,6 +232,13 @@ def _format_error(source: str, err: Any) -> str:
         key = err["ctx"]["discriminator"].strip("'")
         return f"{prefix}: {field}.{key}: got {err['ctx']['tag']!r}; expected {_expected(err)}"
     return f"{prefix}: {field}: got {_short(err.get('input'))}; expected {_expected(err)}"
+
+
+def _after_union(loc: list[str], i: int) -> bool:
+    """True when loc[i] is the tag pydantic inserts after a tagged-union field (or list item)."""
+    if i > 0 and loc[i - 1] in _UNION_FIELDS:
+        return True
+    return i > 1 and loc[i - 1].isdigit() and loc[i - 2] in _LIST_UNION_FIELDS
 
 
 def _expected(err: Any) -> str:

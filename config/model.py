@@ -9,25 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
+from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag, model_validator
+
+from config.base import RELEASE_LABEL_PATTERN, StrictModel
+from config.ec2 import Ec2Runtime
 
 # Pipeline names end up in state machine names, execution names (80 chars max, together with a
 # 24-character hash), IAM role names and S3 prefixes: keep them short and DNS-like.
 PIPELINE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
 RESOURCE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 BUCKET_NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
-RELEASE_LABEL_PATTERN = r"^emr-\d+\.\d+\.\d+$"
 
 PipelineName = Annotated[str, StringConstraints(pattern=PIPELINE_NAME_PATTERN)]
 ResourceName = Annotated[str, StringConstraints(pattern=RESOURCE_NAME_PATTERN)]
 S3_PREFIX_PATTERN = r"^([^/\x00-\x1f][^\x00-\x1f]*)?$"
 S3Prefix = Annotated[str, StringConstraints(pattern=S3_PREFIX_PATTERN, max_length=512)]
-
-
-class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are rejected, values are not coerced."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 # --------------------------------------------------------------------------- storage
@@ -212,7 +208,7 @@ class ServerlessRuntime(StrictModel):
     )
 
 
-Runtime = Annotated[ServerlessRuntime, Field(discriminator="type")]
+Runtime = Annotated[ServerlessRuntime | Ec2Runtime, Field(discriminator="type")]
 
 
 class Pipeline(StrictModel):
