@@ -334,6 +334,10 @@ TRANSIENT_ONLY = (
 )
 
 
+def _default_applications() -> list[EmrApplication]:
+    return ["Hadoop", "Spark"]
+
+
 class Ec2Runtime(StrictModel):
     """Run the pipeline's steps on EMR on EC2: a transient cluster per run, or an existing cluster."""
 
@@ -342,7 +346,7 @@ class Ec2Runtime(StrictModel):
         default=None, description="Submit steps to this long-running cluster instead of creating one per run."
     )
     release_label: Annotated[str, StringConstraints(pattern=RELEASE_LABEL_PATTERN)] = "emr-7.5.0"
-    applications: list[EmrApplication] = Field(default_factory=lambda: ["Hadoop", "Spark"], min_length=1)
+    applications: list[EmrApplication] = Field(default_factory=_default_applications, min_length=1)
     instances: Instances = Field(default_factory=lambda: InstanceFleets(mode="fleets"))
     allow_spot_for_primary_and_core: bool = Field(
         default=False, description="Spot for primary/core risks losing the run and HDFS data: test clusters only."

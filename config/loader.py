@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from config.base import RELEASE_LABEL_PATTERN
 from config.ec2 import Ec2Runtime, HiveStep, JarStep, SparkStep
 from config.model import (
     BUCKET_NAME_PATTERN,
     PIPELINE_NAME_PATTERN,
-    RELEASE_LABEL_PATTERN,
     RESOURCE_NAME_PATTERN,
     S3_PREFIX_PATTERN,
     AppConfig,

@@ -7,13 +7,16 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct, IConstruct
 
-from config.model import AppConfig, ServerlessApplication, ServerlessRuntime
+from config.ec2 import Ec2Runtime
+from config.model import AppConfig, ServerlessApplication
+from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, deployment_name
 from stacks.platform import AutopilotPlatform
 from stacks.serverless_pipeline import ServerlessApplicationConstruct, ServerlessPipeline
 from stacks.storage import AutopilotStorage
 from stacks.triggers import PipelineTrigger
+from stacks.workflow import PipelineWorkflow
 
 
 class AutopilotStack(Stack):
@@ -33,28 +36,40 @@ class AutopilotStack(Stack):
             name: ServerlessApplicationConstruct(self, f"App-{name}", name=f"{prefix}-{name}", spec=spec)
             for name, spec in config.serverless_applications.items()
         }
-        self.pipelines: dict[str, ServerlessPipeline] = {}
+        self.pipelines: dict[str, PipelineWorkflow] = {}
         self.triggers: dict[str, PipelineTrigger] = {}
         for name, pipeline in config.pipelines.items():
             runtime = pipeline.runtime
-            assert isinstance(runtime, ServerlessRuntime)
-            if isinstance(runtime.application, ServerlessApplication):
-                application = ServerlessApplicationConstruct(
-                    self, f"App-{name}", name=f"{prefix}-{name}", spec=runtime.application
+            workflow: PipelineWorkflow
+            if isinstance(runtime, Ec2Runtime):
+                workflow = Ec2Pipeline(
+                    self,
+                    f"Pipeline-{name}",
+                    name=name,
+                    pipeline=pipeline,
+                    prefix=prefix,
+                    storage=self.storage,
+                    platform=self.platform,
+                    extra_tags=dict(config.tags),
                 )
-                Tags.of(application).add(TAG_PIPELINE, name)
             else:
-                application = shared[runtime.application]
-            workflow = ServerlessPipeline(
-                self,
-                f"Pipeline-{name}",
-                name=name,
-                pipeline=pipeline,
-                prefix=prefix,
-                storage=self.storage,
-                platform=self.platform,
-                application=application,
-            )
+                if isinstance(runtime.application, ServerlessApplication):
+                    application = ServerlessApplicationConstruct(
+                        self, f"App-{name}", name=f"{prefix}-{name}", spec=runtime.application
+                    )
+                    Tags.of(application).add(TAG_PIPELINE, name)
+                else:
+                    application = shared[runtime.application]
+                workflow = ServerlessPipeline(
+                    self,
+                    f"Pipeline-{name}",
+                    name=name,
+                    pipeline=pipeline,
+                    prefix=prefix,
+                    storage=self.storage,
+                    platform=self.platform,
+                    application=application,
+                )
             workflow.state_machine.grant_start_execution(self.platform.router)
             Tags.of(workflow).add(TAG_PIPELINE, name)
             self.pipelines[name] = workflow

@@ -9,6 +9,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS_DIR = REPO_ROOT / "lambdas"
 STATEMACHINES_DIR = REPO_ROOT / "statemachines"
 JOBS_DIR = REPO_ROOT / "jobs"
+BOOTSTRAP_DIR = REPO_ROOT / "bootstrap"
 
 TAG_PIPELINE = "autopilot:pipeline"
 TAG_RUN_ID = "autopilot:run-id"
@@ -16,6 +17,7 @@ TAG_EXECUTION = "autopilot:execution"
 TAG_DEPLOYMENT = "autopilot:deployment"
 
 JOBS_PREFIX = "jobs/"
+BOOTSTRAP_PREFIX = "bootstrap/"
 MANIFESTS_PREFIX = "manifests/"
 LEDGER_PREFIX = "_runs/"
 METRICS_NAMESPACE = "EmrAutopilot"

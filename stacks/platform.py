@@ -7,11 +7,13 @@ from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from config.ec2 import Ec2Runtime
 from config.model import AppConfig
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
@@ -27,6 +29,8 @@ class AutopilotPlatform(Construct):
       claim each object version once.
     - `dead_letters`: SQS DLQ behind every trigger queue (14 days retention).
     - `prepare`: the first state of every run; `router`: SQS -> StartExecution.
+    - `finalize` (only with emr-ec2 pipelines): reads a run's cluster, fleets and steps for its ledger
+      entry. Each EMR-on-EC2 pipeline grants it (and prepare) access to its own clusters.
     """
 
     def __init__(
@@ -128,3 +132,13 @@ class AutopilotPlatform(Construct):
             "Writes input manifests under the manifests/ prefix only (one object per run, names known at run time).",
             ["regex:/^Resource::.*\\/manifests\\/\\*$/g"],
         )
+
+        self.finalize: lambda_.Function | None = None
+        if any(isinstance(p.runtime, Ec2Runtime) for p in config.pipelines.values()):
+            self.finalize = self.functions.function(
+                self,
+                "finalize",
+                description="EMR Autopilot: summarize an EMR-on-EC2 run (cluster, fleets, steps) for its ledger entry",
+                environment={},
+                timeout=Duration.minutes(2),
+            )

@@ -9,7 +9,7 @@ from constructs import Construct
 
 from config.model import BucketSpec, Storage
 from stacks.nag import suppress
-from stacks.naming import JOBS_DIR, JOBS_PREFIX
+from stacks.naming import BOOTSTRAP_DIR, BOOTSTRAP_PREFIX, JOBS_DIR, JOBS_PREFIX
 
 
 class AutopilotStorage(Construct):
@@ -19,7 +19,8 @@ class AutopilotStorage(Construct):
     the logs bucket. Outputs is versioned (the ledger and results are records). Logs has a
     lifecycle (STANDARD_IA after `infrequent_access_after_days`, expiry after `expiration_days`).
     The landing bucket sends EventBridge notifications. Job code from `jobs/` is uploaded to
-    `s3://<artifacts>/jobs/` on deploy.
+    `s3://<artifacts>/jobs/` on deploy, and bootstrap scripts from `bootstrap/` to
+    `s3://<artifacts>/bootstrap/`.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, storage: Storage) -> None:
@@ -35,6 +36,17 @@ class AutopilotStorage(Construct):
             sources=[s3deploy.Source.asset(str(JOBS_DIR), exclude=["sample-data/**", "README.md", "__pycache__/**"])],
             destination_bucket=self.artifacts,
             destination_key_prefix=JOBS_PREFIX,
+            prune=True,
+            retain_on_delete=False,
+            memory_limit=256,
+        )
+        # EMR-on-EC2 bootstrap scripts from `bootstrap/` to `s3://<artifacts>/bootstrap/`.
+        self.bootstrap_deployment = s3deploy.BucketDeployment(
+            self,
+            "BootstrapScripts",
+            sources=[s3deploy.Source.asset(str(BOOTSTRAP_DIR), exclude=["README.md"])],
+            destination_bucket=self.artifacts,
+            destination_key_prefix=BOOTSTRAP_PREFIX,
             prune=True,
             retain_on_delete=False,
             memory_limit=256,

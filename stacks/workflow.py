@@ -33,6 +33,8 @@ class PipelineWorkflow(Construct):
     - The role gets exactly the actions of the ASL's tasks (tests derive them from the ASL).
     """
 
+    state_machine: sfn.StateMachine
+
     def __init__(
         self,
         scope: Construct,

@@ -22,11 +22,18 @@ def _s3() -> Any:
     return boto3.client("s3")
 
 
+@cache
+def _emr() -> Any:
+    return boto3.client("emr")
+
+
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    result = prepare_run(event, _s3())
+    # Only pipelines on a long-running cluster call EMR here (to resolve the cluster).
+    emr = _emr() if event["settings"].get("existing_cluster_json") else None
+    result = prepare_run(event, _s3(), emr)
     pipeline = event["settings"]["pipeline"]
     metrics.add_dimension(name="pipeline", value=pipeline)
     if result["valid"]:

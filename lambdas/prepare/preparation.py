@@ -20,6 +20,8 @@ and the workflow fails at once without starting anything.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +31,9 @@ from autopilot_common.manifest import InputManifest, ManifestObject, manifest_ke
 from autopilot_common.s3uri import parse_s3_uri, s3_uri
 
 INVALID_INPUT = "InvalidExecutionInput"
+CLUSTER_UNAVAILABLE = "ClusterNotAvailable"
+USABLE_CLUSTER_STATES = {"WAITING", "RUNNING"}
+_TOKEN = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 MAX_CONSOLE_INPUTS = 1000
 MAX_OBJECTS = 100_000
 ROUTER_KEYS = {"pipeline", "manifest", "object_count", "trigger", "overrides"}
@@ -60,12 +65,20 @@ class PipelineSettings:
     spark_submit_parameters: str
     execution_timeout_minutes: int
     application_id: str
+    steps: list[dict[str, Any]]  # emr-ec2: {name, timeout_seconds, hadoop_jar_step} with `{{tokens}}`
+    cluster_tags: dict[str, str]  # emr-ec2: tags every cluster of the pipeline carries
+    existing_cluster: dict[str, str] | None  # emr-ec2 on a long-running cluster: {cluster_id} or {tag_key, tag_value}
+
+    @property
+    def is_ec2(self) -> bool:
+        return self.runtime == "emr-ec2"
 
     @classmethod
     def from_payload(cls, raw: dict[str, Any]) -> PipelineSettings:
         """Parse the `settings` block of the Prepare payload (all values arrive as strings)."""
         try:
-            arguments = json.loads(raw["arguments_json"])
+            arguments = json.loads(raw.get("arguments_json", "[]"))
+            existing = json.loads(raw["existing_cluster_json"]) if raw.get("existing_cluster_json") else None
             return cls(
                 pipeline=raw["pipeline"],
                 runtime=raw["runtime"],
@@ -75,25 +88,70 @@ class PipelineSettings:
                 outputs_bucket=raw["outputs_bucket"],
                 output_prefix=raw["output_prefix"].strip("/"),
                 logs_bucket=raw["logs_bucket"],
-                entry_point=raw["entry_point"],
+                entry_point=raw.get("entry_point", ""),
                 arguments=[str(a) for a in arguments],
                 spark_submit_parameters=raw.get("spark_submit_parameters", ""),
-                execution_timeout_minutes=int(raw["execution_timeout_minutes"]),
+                execution_timeout_minutes=int(raw.get("execution_timeout_minutes", 0)),
                 application_id=raw.get("application_id", ""),
+                steps=list(json.loads(raw.get("steps_json", "[]"))),
+                cluster_tags=dict(json.loads(raw.get("cluster_tags_json", "{}"))),
+                existing_cluster=existing,
             )
         except (KeyError, TypeError, ValueError) as exc:
             # A deployment defect, not a user error: fail loudly.
             raise RuntimeError(f"state machine settings are incomplete or malformed: {exc!r}") from exc
 
 
-def prepare_run(payload: dict[str, Any], s3: Any) -> dict[str, Any]:
-    """Validate and expand one execution's input; see the module docstring for the shapes."""
+def prepare_run(payload: dict[str, Any], s3: Any, emr: Any = None) -> dict[str, Any]:
+    """Validate and expand one execution's input; see the module docstring for the shapes.
+
+    `emr` (a boto3 EMR client) is needed only by pipelines that run on a long-running cluster.
+    """
     settings = PipelineSettings.from_payload(payload["settings"])
     execution = payload["execution"]
     try:
-        return _prepare(payload.get("input"), execution, settings, s3)
+        result = _prepare(payload.get("input"), execution, settings, s3)
     except InvalidInput as exc:
         return {"valid": False, "error": INVALID_INPUT, "cause": str(exc)}
+    if settings.is_ec2:
+        result["cluster"] = {"ClusterId": None}
+        if settings.existing_cluster is not None:
+            cluster_id, problem = resolve_cluster(emr, settings.existing_cluster)
+            result["cluster"] = {"ClusterId": cluster_id}
+            result["run"]["ledger"]["cluster_id"] = cluster_id
+            if problem is not None:
+                result["cluster_problem"] = {"Error": CLUSTER_UNAVAILABLE, "Cause": problem}
+    return result
+
+
+def resolve_cluster(emr: Any, target: dict[str, str]) -> tuple[str | None, str | None]:
+    """(cluster id, None) for a usable long-running cluster, else (None, why not)."""
+    if "cluster_id" in target:
+        cluster_id = target["cluster_id"]
+        try:
+            state = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+        except emr.exceptions.ClientError as exc:
+            return None, f"cluster {cluster_id}: {exc.response.get('Error', {}).get('Message', exc)}"
+        if state not in USABLE_CLUSTER_STATES:
+            return None, f"cluster {cluster_id} is {state}; expected one of {sorted(USABLE_CLUSTER_STATES)}"
+        return cluster_id, None
+    key, value = target["tag_key"], target["tag_value"]
+    matches: list[tuple[Any, str]] = []
+    for page in emr.get_paginator("list_clusters").paginate(ClusterStates=sorted(USABLE_CLUSTER_STATES)):
+        for summary in page.get("Clusters", []):
+            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            if any(t.get("Key") == key and t.get("Value") == value for t in cluster.get("Tags", [])):
+                created = cluster["Status"].get("Timeline", {}).get("CreationDateTime")
+                matches.append((created, cluster["Id"]))
+    if not matches:
+        return None, (
+            f"no cluster tagged {key}={value} is in state {' or '.join(sorted(USABLE_CLUSTER_STATES))} "
+            "(start the long-running cluster, or fix existing_cluster in config)"
+        )
+    if len(matches) > 1:
+        ids = ", ".join(sorted(cid for _, cid in matches))
+        return None, f"several clusters are tagged {key}={value} ({ids}); expected exactly one"
+    return matches[0][1], None
 
 
 def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3: Any) -> dict[str, Any]:
@@ -106,6 +164,11 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
         )
     run_id = execution["name"]
     overrides = _overrides(raw.get("overrides", {}))  # validated before anything is written
+    if settings.is_ec2 and "execution_timeout_minutes" in overrides:
+        raise InvalidInput(
+            "overrides.execution_timeout_minutes: applies to emr-serverless pipelines; an emr-ec2 pipeline's "
+            "steps have their own timeout_minutes in config"
+        )
     if "manifest" in raw:
         _reject_unknown(raw, ROUTER_KEYS, "input")
         manifest_uri, object_count = _router_manifest(raw, settings)
@@ -264,7 +327,7 @@ def _run_record(
         *settings.arguments,
         *overrides.get("arguments", []),
     ]
-    return {
+    record: dict[str, Any] = {
         "run_id": run_id,
         "pipeline": settings.pipeline,
         "runtime": settings.runtime,
@@ -307,6 +370,75 @@ def _run_record(
             "cause": None,
         },
     }
+    if settings.is_ec2:
+        record |= _ec2_parts(run_id, execution, settings, manifest_uri, output_uri, log_uri, overrides)
+        record["ledger"] |= {"application_id": None, "cluster_id": None, "steps": []}
+    return record
+
+
+def _ec2_parts(
+    run_id: str,
+    execution: dict[str, str],
+    settings: PipelineSettings,
+    manifest_uri: str,
+    output_uri: str,
+    log_uri: str,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's cluster name, log URI and tags, and its steps with every `{{token}}` filled in."""
+    tokens = {
+        "manifest": manifest_uri,
+        "output": output_uri.rstrip("/"),
+        "run_id": run_id,
+        "input": s3_uri(settings.landing_bucket, settings.input_prefix),
+        "logs": log_uri,
+    }
+    steps = []
+    for template in settings.steps:
+        jar_step = dict(template["hadoop_jar_step"])
+        args = [_fill(str(a), tokens) for a in jar_step.get("Args", [])]
+        if args[:1] == ["spark-submit"]:
+            args = _spark_overrides(args, overrides)
+        jar_step["Args"] = args
+        steps.append(
+            {
+                "name": step_name(run_id, template["name"]),
+                "timeout_seconds": int(template["timeout_seconds"]),
+                "hadoop_jar_step": jar_step,
+            }
+        )
+    tags = {**settings.cluster_tags, "autopilot:run-id": run_id, "autopilot:execution": execution["id"]}
+    return {
+        "cluster": {
+            "name": f"autopilot {settings.pipeline} {run_id}"[:256],
+            "log_uri": log_uri,
+            "tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())],
+        },
+        "steps": steps,
+        "step_names": [s["name"] for s in steps],
+    }
+
+
+def step_name(run_id: str, name: str) -> str:
+    """A step's name on the cluster: the run id first, so a shared cluster's step list says whose it is."""
+    return f"{run_id}: {name}"
+
+
+def _fill(text: str, tokens: dict[str, str]) -> str:
+    """Replace each `{{token}}` by its value (values are literal: no regex escapes are interpreted)."""
+
+    def value_of(match: re.Match[str]) -> str:
+        return tokens.get(match.group(1), match.group(0))
+
+    return _TOKEN.sub(value_of, text)
+
+
+def _spark_overrides(args: list[str], overrides: dict[str, Any]) -> list[str]:
+    """Console overrides for a spark-submit step: parameters before the entry point, arguments at the end."""
+    params = shlex.split(overrides.get("spark_submit_parameters", ""))
+    if params:
+        args = [args[0], *params, *args[1:]]
+    return [*args, *overrides.get("arguments", [])]
 
 
 def _example(settings: PipelineSettings) -> str:

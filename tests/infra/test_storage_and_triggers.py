@@ -72,7 +72,9 @@ def test_trigger_rule_filters_bucket_prefix_and_suffix(synth: Synthesized) -> No
 
 
 def test_trigger_envelope_carries_full_event_and_routing(synth: Synthesized) -> None:
-    (rule,) = synth.template.find_resources("AWS::Events::Rule").values()
+    (rule,) = synth.template.find_resources(
+        "AWS::Events::Rule", {"Properties": {"Name": "autopilot-dev-sales-daily-object-created"}}
+    ).values()
     target = rule["Properties"]["Targets"][0]
     template = target["InputTransformer"]["InputTemplate"]
     parts = template["Fn::Join"][1] if isinstance(template, dict) else [template]
@@ -160,6 +162,7 @@ def test_everything_is_tagged_with_the_deployment(synth: Synthesized) -> None:
                 continue  # CDK's own provider handlers (raw CfnResource) take no tags from the Tags aspect
             tags = {t["Key"]: t["Value"] for t in resource["Properties"].get("Tags", [])}
             assert tags.get("autopilot:deployment") == "autopilot-dev", logical_id
-    (machine,) = synth.resources("AWS::StepFunctions::StateMachine").values()
-    tags = {t["Key"]: t["Value"] for t in machine["Properties"]["Tags"]}
-    assert tags["autopilot:pipeline"] == "sales-daily"
+    for machine in synth.resources("AWS::StepFunctions::StateMachine").values():
+        tags = {t["Key"]: t["Value"] for t in machine["Properties"]["Tags"]}
+        name = machine["Properties"]["StateMachineName"]
+        assert name == f"autopilot-dev-{tags['autopilot:pipeline']}"

@@ -7,11 +7,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.infra.conftest import Synthesized
 
-ASL_PATH = Path(__file__).resolve().parents[2] / "statemachines" / "emr_serverless_job.asl.json"
+STATEMACHINES = Path(__file__).resolve().parents[2] / "statemachines"
+ASL_PATH = STATEMACHINES / "emr_serverless_job.asl.json"
 ASL: dict[str, Any] = json.loads(ASL_PATH.read_text(encoding="utf-8"))
 RUN_TASK_PREFIX = "arn:${Partition}:states:::"
+SYNC_RULE_ACTIONS = {"events:PutTargets", "events:PutRule", "events:DescribeRule"}
 
 # Actions each optimized integration needs (AWS "IAM policies for integrated services" pages).
 INTEGRATION_ACTIONS: dict[str, set[str]] = {
@@ -27,13 +31,33 @@ INTEGRATION_ACTIONS: dict[str, set[str]] = {
         "events:DescribeRule",
     },
     "emr-serverless:cancelJobRun": {"emr-serverless:CancelJobRun"},
+    "elasticmapreduce:createCluster": {"elasticmapreduce:RunJobFlow"},
+    "elasticmapreduce:addStep.sync": {
+        "elasticmapreduce:AddJobFlowSteps",
+        "elasticmapreduce:DescribeStep",
+        "elasticmapreduce:CancelSteps",
+        *SYNC_RULE_ACTIONS,
+    },
+    "elasticmapreduce:terminateCluster.sync": {
+        "elasticmapreduce:TerminateJobFlows",
+        "elasticmapreduce:DescribeCluster",
+        *SYNC_RULE_ACTIONS,
+    },
 }
 # Added by CDK for `tracing_enabled` and `logs`: services without resource-level permissions.
 OBSERVABILITY_PREFIXES = ("xray:", "logs:")
 
 
 def _tasks(asl: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: state for name, state in asl["States"].items() if state["Type"] == "Task"}
+    """Every Task state, including those inside Map/Parallel states."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, state in asl["States"].items():
+        if state["Type"] == "Task":
+            found[name] = state
+        for inner in [state.get("ItemProcessor") or state.get("Iterator"), *state.get("Branches", [])]:
+            if inner:
+                found |= _tasks(inner)
+    return found
 
 
 def actions_from_asl(asl: dict[str, Any]) -> set[str]:
@@ -51,6 +75,10 @@ def actions_from_asl(asl: dict[str, Any]) -> set[str]:
             needed.add("iam:PassRole")
         if integration.startswith("emr-serverless:") and "Tags" in params:
             needed.add("emr-serverless:TagResource")
+        if integration.startswith("elasticmapreduce:createCluster"):
+            needed.add("iam:PassRole")  # ServiceRole and JobFlowRole
+            if "Tags" in params or "Tags.$" in params:
+                needed.add("elasticmapreduce:AddTags")  # tag-on-create is authorized as AddTags
     return needed
 
 
@@ -72,27 +100,40 @@ def _actions(statements: list[dict[str, Any]]) -> set[str]:
     return out
 
 
-def test_workflow_role_has_exactly_the_actions_of_its_tasks(synth: Synthesized) -> None:
-    statements = _role_statements(synth, "WorkflowRole")
+def workflow_role(name: str) -> str:
+    """The logical-id fragment of a pipeline's workflow role."""
+    return f"Pipeline{name.replace('-', '')}WorkflowRole"
+
+
+def definition_of(synth: Synthesized, name: str) -> dict[str, Any]:
+    """The ASL a pipeline's state machine runs (EMR-on-EC2 ones are filled in from config at synth)."""
+    pipeline = synth.stack.pipelines[name]
+    return getattr(pipeline, "definition", ASL)
+
+
+@pytest.mark.parametrize("pipeline", ["sales-daily", "sales-cluster", "sales-adhoc"])
+def test_workflow_role_has_exactly_the_actions_of_its_tasks(synth: Synthesized, pipeline: str) -> None:
+    statements = _role_statements(synth, workflow_role(pipeline))
     granted = {a for a in _actions(statements) if not a.startswith(OBSERVABILITY_PREFIXES)}
-    assert granted == actions_from_asl(ASL)
+    assert granted == actions_from_asl(definition_of(synth, pipeline))
 
 
 def test_pass_role_is_scoped_to_the_job_role_and_service(synth: Synthesized) -> None:
-    statements = _role_statements(synth, "WorkflowRole")
+    statements = _role_statements(synth, workflow_role("sales-daily"))
     (pass_role,) = [s for s in statements if s["Action"] == "iam:PassRole"]
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}
     assert "JobRole" in json.dumps(pass_role["Resource"])
 
 
 def test_sync_rule_permissions_are_on_the_managed_rule_only(synth: Synthesized) -> None:
-    statements = _role_statements(synth, "WorkflowRole")
+    statements = _role_statements(synth, workflow_role("sales-daily"))
     (rule,) = [s for s in statements if "events:PutRule" in s["Action"]]
     assert "rule/StepFunctionsGetEventsForEMRServerlessJobRule" in json.dumps(rule["Resource"])
 
 
-def test_no_unscoped_star_except_observability(synth: Synthesized) -> None:
-    for statement in _role_statements(synth, "WorkflowRole"):
+@pytest.mark.parametrize("pipeline", ["sales-daily", "sales-cluster", "sales-adhoc"])
+def test_no_unscoped_star_except_observability(synth: Synthesized, pipeline: str) -> None:
+    for statement in _role_statements(synth, workflow_role(pipeline)):
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         if statement["Resource"] == "*":
             assert all(a.startswith(OBSERVABILITY_PREFIXES) for a in actions), actions
@@ -112,8 +153,7 @@ def test_job_role_reads_only_its_prefixes_and_writes_only_its_outputs(synth: Syn
 
 def test_substitutions_match_the_placeholders_exactly(synth: Synthesized) -> None:
     placeholders = set(re.findall(r"\$\{(\w+)\}", ASL_PATH.read_text(encoding="utf-8")))
-    (machine,) = synth.resources("AWS::StepFunctions::StateMachine").values()
-    props = machine["Properties"]
+    props = state_machine(synth, "autopilot-dev-sales-daily")
     assert set(props["DefinitionSubstitutions"]) == placeholders
     assert props["StateMachineName"] == "autopilot-dev-sales-daily"
     assert props["TracingConfiguration"] == {"Enabled": True}
@@ -127,6 +167,15 @@ def test_substitutions_match_the_placeholders_exactly(synth: Synthesized) -> Non
 def test_one_lambda_invocation_per_run() -> None:
     lambda_tasks = [s for s in _tasks(ASL).values() if s["Resource"].endswith(":lambda:invoke")]
     assert len(lambda_tasks) == 1
+
+
+def state_machine(synth: Synthesized, name: str) -> dict[str, Any]:
+    (machine,) = [
+        m["Properties"]
+        for m in synth.resources("AWS::StepFunctions::StateMachine").values()
+        if m["Properties"]["StateMachineName"] == name
+    ]
+    return machine
 
 
 def _graph(asl: dict[str, Any]) -> dict[str, set[str]]:

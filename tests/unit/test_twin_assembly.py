@@ -105,7 +105,7 @@ def test_stack_is_read_with_template_parameters_and_assets(stack: StackTemplate,
 
 def test_our_functions_resolve_to_their_source_folders(stack: StackTemplate) -> None:
     ours = {r.cdk_path: r for r in of_type(stack, "AWS::Lambda::Function") if "/Platform/" in (r.cdk_path or "")}
-    assert sorted(ours) == [f"{STACK}/Platform/PrepareFunction/Resource", f"{STACK}/Platform/RouterFunction/Resource"]
+    assert sorted(ours) == [f"{STACK}/Platform/{name}Function/Resource" for name in ("Finalize", "Prepare", "Router")]
     for path, function in ours.items():
         name = path.split("/")[2].removesuffix("Function").lower()
         asset = stack.asset_for_code(function)
@@ -123,7 +123,7 @@ def test_every_code_asset_exists_and_the_common_layer_holds_the_package(stack: S
             continue
         assert stack.asset_for_code(resource).path.exists(), resource.logical_id
         checked += 1
-    assert checked == 6  # prepare, router, 2 CDK providers, common layer, AWS CLI layer
+    assert checked == 8  # prepare, router, finalize, 2 CDK providers, common layer, 2 AWS CLI layers
     common = stack.asset_for_code(by_path(stack, "/Platform/Functions/Common/Resource"))
     assert (common.path / "python" / "autopilot_common" / "__init__.py").is_file()
 
@@ -137,11 +137,17 @@ def test_asset_found_by_s3_key_without_metadata(stack: StackTemplate) -> None:
         stack.asset_for_code(missing)
 
 
-def test_jobs_bucket_deployment_source_holds_the_job(stack: StackTemplate) -> None:
-    [deployment] = of_type(stack, "Custom::CDKBucketDeployment")
-    [source] = stack.bucket_deployment_sources(deployment)
+def test_jobs_and_bootstrap_bucket_deployment_sources_hold_their_files(stack: StackTemplate) -> None:
+    deployments = {r.logical_id: r for r in of_type(stack, "Custom::CDKBucketDeployment")}
+    jobs, bootstrap = (
+        next(r for k, r in deployments.items() if k.startswith(f"Storage{n}")) for n in ("JobCode", "Bootstrap")
+    )
+    [source] = stack.bucket_deployment_sources(jobs)
     assert source.packaging == "zip"
     assert (source.path / "sales_etl.py").read_bytes() == (REPO / "jobs" / "sales_etl.py").read_bytes()
+    [scripts] = stack.bucket_deployment_sources(bootstrap)
+    script = "install-python-packages.sh"
+    assert (scripts.path / script).read_bytes() == (REPO / "bootstrap" / script).read_bytes()
     with pytest.raises(AssemblyError, match="not a CDK BucketDeployment"):
         stack.bucket_deployment_sources(by_path(stack, "/Platform/RouterFunction/Resource"))
 

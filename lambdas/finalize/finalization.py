@@ -1,0 +1,267 @@
+"""Finalize an EMR-on-EC2 run: what EMR knows about it, shaped as the run's ledger update.
+
+The workflow calls this once at the end of every run, after the cluster was terminated (transient)
+or the steps ended (long-running cluster). It never decides the run's outcome: the workflow does.
+It adds what only EMR knows: the cluster's final state and reason, the fleets (or groups) with the
+capacity actually provisioned, every step of the run with its state, timings and log file, and an
+instance-hour estimate. On failure it turns the workflow's error into a clear one naming the failed
+step (with its log) or the cluster's state-change reason (e.g. BOOTSTRAP_FAILURE); on a long-running
+cluster it also cancels the run's steps that are still pending or running, so a failed run leaves
+no work behind on a shared cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+ACTIVE_STEP_STATES = ["PENDING", "RUNNING", "CANCEL_PENDING"]
+FAILED_STEP_STATES = {"FAILED", "CANCELLED", "INTERRUPTED"}
+CLUSTER_ERROR_CODES_OK = {"USER_REQUEST", "ALL_STEPS_COMPLETED"}
+
+
+@dataclass(frozen=True)
+class FinalizeRequest:
+    """The workflow's payload (see the `Finalize*` states of statemachines/emr_ec2_*.asl.json)."""
+
+    outcome: str  # SUCCEEDED | FAILED
+    transient: bool
+    run_id: str
+    pipeline: str
+    cluster_id: str | None
+    step_names: list[str]
+    metrics: Any
+    error: dict[str, Any] | None
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> FinalizeRequest:
+        outcome = event.get("outcome")
+        if outcome not in {"SUCCEEDED", "FAILED"}:
+            raise ValueError(f"outcome: got {outcome!r}; expected 'SUCCEEDED' or 'FAILED'")
+        error = event.get("error")
+        return cls(
+            outcome=outcome,
+            transient=str(event.get("transient", "true")).lower() == "true",
+            run_id=str(event["run_id"]),
+            pipeline=str(event["pipeline"]),
+            cluster_id=event.get("cluster_id") or None,
+            step_names=[str(n) for n in event.get("step_names") or []],
+            metrics=event.get("metrics"),
+            error=error if isinstance(error, dict) else None,
+        )
+
+
+def finalize_run(request: FinalizeRequest, emr: Any, now: datetime | None = None) -> dict[str, Any]:
+    """The ledger update for the run (merged by the workflow into the STARTED record)."""
+    now = now or datetime.now(UTC)
+    update: dict[str, Any] = {
+        "state": request.outcome,
+        "ended_at": _iso(now),
+        "cluster_id": request.cluster_id,
+        "cluster": None,
+        "steps": [],
+        "instance_hours_estimate": None,
+    }
+    if request.outcome == "SUCCEEDED":
+        update["metrics"] = request.metrics
+    cancelled: list[str] = []
+    if request.cluster_id is not None:
+        if request.outcome == "FAILED" and not request.transient:
+            cancelled = _cancel_active_steps(emr, request.cluster_id, request.step_names)
+        cluster = emr.describe_cluster(ClusterId=request.cluster_id)["Cluster"]
+        update["cluster"] = _cluster_summary(emr, cluster)
+        update["steps"] = _steps(emr, request.cluster_id, request.step_names)
+        if request.transient:
+            update["instance_hours_estimate"] = _instance_hours(emr, cluster, now)
+    if cancelled:
+        update["cancelled_steps"] = cancelled
+    if request.outcome == "FAILED":
+        error, cause, failed_step = _failure(request, update)
+        update |= {"error": error, "cause": cause, "failed_step": failed_step}
+    return update
+
+
+# ---------------------------------------------------------------------------------------- cluster
+
+
+def _cluster_summary(emr: Any, cluster: dict[str, Any]) -> dict[str, Any]:
+    status = cluster.get("Status", {})
+    reason = status.get("StateChangeReason", {})
+    timeline = status.get("Timeline", {})
+    summary: dict[str, Any] = {
+        "id": cluster["Id"],
+        "name": cluster.get("Name"),
+        "state": status.get("State"),
+        "state_change_reason": {"code": reason.get("Code"), "message": reason.get("Message")},
+        "created_at": _iso(timeline.get("CreationDateTime")),
+        "ready_at": _iso(timeline.get("ReadyDateTime")),
+        "ended_at": _iso(timeline.get("EndDateTime")),
+        "release_label": cluster.get("ReleaseLabel"),
+        "log_uri": cluster.get("LogUri"),
+        "normalized_instance_hours": cluster.get("NormalizedInstanceHours"),
+    }
+    if cluster.get("InstanceCollectionType") == "INSTANCE_GROUP":
+        summary["groups"] = [_group(g) for g in _pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"])]
+    else:
+        summary["fleets"] = [_fleet(f) for f in _pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"])]
+    return summary
+
+
+def _fleet(fleet: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": fleet.get("Name"),
+        "type": fleet.get("InstanceFleetType"),
+        "state": fleet.get("Status", {}).get("State"),
+        "target_on_demand": fleet.get("TargetOnDemandCapacity", 0),
+        "target_spot": fleet.get("TargetSpotCapacity", 0),
+        "provisioned_on_demand": fleet.get("ProvisionedOnDemandCapacity", 0),
+        "provisioned_spot": fleet.get("ProvisionedSpotCapacity", 0),
+        "instance_types": [
+            {"type": spec.get("InstanceType"), "weight": spec.get("WeightedCapacity", 1)}
+            for spec in fleet.get("InstanceTypeSpecifications", [])
+        ],
+    }
+
+
+def _group(group: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": group.get("Name"),
+        "type": group.get("InstanceGroupType"),
+        "market": group.get("Market"),
+        "instance_type": group.get("InstanceType"),
+        "requested": group.get("RequestedInstanceCount", 0),
+        "running": group.get("RunningInstanceCount", 0),
+        "state": group.get("Status", {}).get("State"),
+    }
+
+
+def _instance_hours(emr: Any, cluster: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """Instance-hours from each instance's lifetime; else provisioned units x the cluster's lifetime."""
+    total = 0.0
+    instances = _pages(emr, "list_instances", "Instances", cluster["Id"])
+    for instance in instances:
+        timeline = instance.get("Status", {}).get("Timeline", {})
+        start = timeline.get("ReadyDateTime") or timeline.get("CreationDateTime")
+        if start is not None:
+            total += _hours(start, timeline.get("EndDateTime") or now)
+    if instances and total > 0:
+        return {"instance_hours": round(total, 3), "method": "instance lifetimes", "instances": len(instances)}
+    timeline = cluster.get("Status", {}).get("Timeline", {})
+    start = timeline.get("ReadyDateTime") or timeline.get("CreationDateTime")
+    if start is None:
+        return None
+    units = sum(
+        f.get("ProvisionedOnDemandCapacity", 0) + f.get("ProvisionedSpotCapacity", 0)
+        for f in _pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"])
+    ) if cluster.get("InstanceCollectionType") != "INSTANCE_GROUP" else sum(
+        g.get("RunningInstanceCount", 0) for g in _pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"])
+    )  # fmt: skip
+    hours = _hours(start, timeline.get("EndDateTime") or now)
+    return {"instance_hours": round(units * hours, 3), "method": "provisioned units x cluster lifetime"}
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def _steps(emr: Any, cluster_id: str, names: list[str]) -> list[dict[str, Any]]:
+    wanted = set(names)
+    found = [s for s in _pages(emr, "list_steps", "Steps", cluster_id) if not wanted or s.get("Name") in wanted]
+    found.sort(key=lambda s: _ts(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")))
+    return [_step(s) for s in found]
+
+
+def _step(step: dict[str, Any]) -> dict[str, Any]:
+    status = step.get("Status", {})
+    timeline = status.get("Timeline", {})
+    failure = status.get("FailureDetails") or {}
+    started, ended = timeline.get("StartDateTime"), timeline.get("EndDateTime")
+    return {
+        "id": step.get("Id"),
+        "name": step.get("Name"),
+        "state": status.get("State"),
+        "started_at": _iso(started),
+        "ended_at": _iso(ended),
+        "duration_seconds": round(_hours(started, ended) * 3600, 1) if started and ended else None,
+        "reason": (status.get("StateChangeReason") or {}).get("Message"),
+        "failure": {k.lower(): v for k, v in failure.items()} or None,
+    }
+
+
+def _cancel_active_steps(emr: Any, cluster_id: str, names: list[str]) -> list[str]:
+    wanted = set(names)
+    active = [
+        s["Id"]
+        for s in _pages(emr, "list_steps", "Steps", cluster_id, StepStates=ACTIVE_STEP_STATES)
+        if s.get("Name") in wanted
+    ]
+    if active:
+        emr.cancel_steps(ClusterId=cluster_id, StepIds=active, StepCancellationOption="SEND_INTERRUPT")
+    return active
+
+
+# ---------------------------------------------------------------------------------------- failure
+
+
+def _failure(request: FinalizeRequest, update: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+    """(error, cause, failed step): the failed step first, then the cluster's reason, then the workflow's error."""
+    error = request.error or {}
+    original_error = str(error.get("Error") or "States.Runtime")
+    original_cause = str(error.get("Cause") or "")
+    failed = next((s for s in update["steps"] if s["state"] == "FAILED"), None)
+    if failed is not None:
+        failure = failed["failure"] or {}
+        detail = failure.get("message") or failure.get("reason") or failed["reason"] or "no reason given"
+        log = failure.get("logfile")
+        cause = f"step {failed['name']!r} ({failed['id']}) FAILED: {detail}" + (f"; log: {log}" if log else "")
+        return "StepFailed", cause, failed
+    cluster = update.get("cluster") or {}
+    reason = cluster.get("state_change_reason") or {}
+    if cluster.get("state") == "TERMINATED_WITH_ERRORS" and reason.get("code") not in CLUSTER_ERROR_CODES_OK:
+        cause = f"cluster {cluster['id']} TERMINATED_WITH_ERRORS: {reason.get('code')}: {reason.get('message')}"
+        return "ClusterFailed", cause, None
+    unfinished = next((s for s in update["steps"] if s["state"] in FAILED_STEP_STATES), None)
+    if unfinished is not None and original_error == "States.Timeout":
+        original_cause = f"step {unfinished['name']!r} ({unfinished['id']}) did not finish in time. {original_cause}"
+    return original_error, _short_cause(original_cause), unfinished
+
+
+def _short_cause(cause: str, limit: int = 4000) -> str:
+    """Causes from .sync tasks are whole JSON descriptions: keep the ledger and the SNS message readable."""
+    try:
+        parsed = json.loads(cause)
+    except ValueError:
+        return cause[:limit]
+    return json.dumps(parsed, default=str)[:limit]
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _pages(emr: Any, operation: str, key: str, cluster_id: str, **kwargs: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for page in emr.get_paginator(operation).paginate(ClusterId=cluster_id, **kwargs):
+        items.extend(page.get(key, []))
+    return items
+
+
+def _ts(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def _hours(start: Any, end: Any) -> float:
+    return max(0.0, (_ts(end) - _ts(start)) / 3600)
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    when = value if isinstance(value, datetime) else datetime.fromtimestamp(_ts(value), UTC)
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,382 @@
+"""One pipeline on EMR on EC2: a transient cluster per run (roles, instance profile, security
+configuration, KMS key) or steps on a long-running cluster; and its workflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import Aws, Stack
+from aws_cdk import aws_emr as emr
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from config.ec2 import Ec2Runtime
+from config.model import Pipeline
+from stacks.emr_ec2_spec import cluster_request, managed_tags, step_templates
+from stacks.nag import suppress
+from stacks.naming import BOOTSTRAP_PREFIX, JOBS_PREFIX, STATEMACHINES_DIR, TAG_DEPLOYMENT, TAG_PIPELINE
+from stacks.platform import AutopilotPlatform
+from stacks.storage import AutopilotStorage
+from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements, load_definition
+
+TRANSIENT_ASL = STATEMACHINES_DIR / "emr_ec2_transient.asl.json"
+EXISTING_ASL = STATEMACHINES_DIR / "emr_ec2_existing.asl.json"
+# Managed rules Step Functions creates to learn when a .sync EMR call has finished.
+EMR_SYNC_RULES = {
+    "addStep.sync": "StepFunctionsGetEventForEMRAddJobFlowStepsRule",
+    "terminateCluster.sync": "StepFunctionsGetEventForEMRTerminateJobFlowsRule",
+    "createCluster.sync": "StepFunctionsGetEventForEMRRunJobFlowRule",
+}
+SERVICE_POLICY = "service-role/AmazonEMRServicePolicy_v2"
+# What the finalize function reads for the ledger (and CancelSteps for a failed run on a shared cluster).
+FINALIZE_ACTIONS = [
+    "elasticmapreduce:DescribeCluster",
+    "elasticmapreduce:ListInstanceFleets",
+    "elasticmapreduce:ListInstanceGroups",
+    "elasticmapreduce:ListInstances",
+    "elasticmapreduce:ListSteps",
+    "elasticmapreduce:CancelSteps",
+]
+GLUE_ACTIONS = [
+    "glue:GetDatabase",
+    "glue:GetDatabases",
+    "glue:CreateDatabase",
+    "glue:GetTable",
+    "glue:GetTables",
+    "glue:CreateTable",
+    "glue:UpdateTable",
+    "glue:DeleteTable",
+    "glue:GetPartition",
+    "glue:GetPartitions",
+    "glue:CreatePartition",
+    "glue:UpdatePartition",
+    "glue:DeletePartition",
+    "glue:BatchCreatePartition",
+    "glue:BatchGetPartition",
+    "glue:BatchDeletePartition",
+    "glue:GetUserDefinedFunctions",
+]
+
+
+def cluster_arn(stack: Stack, cluster_id: str = "*") -> str:
+    return stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name=cluster_id)
+
+
+class Ec2Pipeline(PipelineWorkflow):
+    """The workflow of one EMR-on-EC2 pipeline.
+
+    Transient (default): per pipeline an EMR service role (AmazonEMRServicePolicy_v2), an EC2 instance
+    role + profile that reads only the pipeline's inputs, job code, bootstrap scripts and manifests and
+    writes only its outputs and logs (plus the Glue Data Catalog when it is the metastore), a security
+    configuration (encryption at rest with a rotating KMS key; in transit with the given certificates;
+    IMDSv2 only), and `statemachines/emr_ec2_transient.asl.json` whose createCluster parameters are
+    filled from config. Existing cluster: only `statemachines/emr_ec2_existing.asl.json`, allowed to
+    add, describe and cancel steps on that cluster (by id, or any cluster carrying the configured tag).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name: str,
+        pipeline: Pipeline,
+        prefix: str,
+        storage: AutopilotStorage,
+        platform: AutopilotPlatform,
+        extra_tags: dict[str, str],
+    ) -> None:
+        super().__init__(
+            scope, construct_id, name=name, pipeline=pipeline, prefix=prefix, storage=storage, platform=platform
+        )
+        runtime = pipeline.runtime
+        assert isinstance(runtime, Ec2Runtime)
+        assert platform.finalize is not None
+        self.runtime = runtime
+        self.stack = Stack.of(self)
+        tags = {**extra_tags, TAG_DEPLOYMENT: prefix, TAG_PIPELINE: name, **managed_tags()}
+        substitutions = {
+            **self.common_substitutions(),
+            "FinalizeFunctionArn": platform.finalize.function_arn,
+            "Transient": "true" if runtime.transient else "false",
+            "StepsJson": asl_string(json.dumps(step_templates(runtime, storage.artifacts.bucket_name))),
+            "ClusterTagsJson": asl_string(json.dumps(tags)),
+        }
+        if runtime.existing_cluster is None:
+            definition = load_definition(TRANSIENT_ASL)
+            create = definition["States"]["CreateCluster"]["Parameters"]
+            create.update(cluster_request(runtime))
+            substitutions |= self._transient_resources(prefix, name)
+        else:
+            definition = load_definition(EXISTING_ASL)
+            existing = runtime.existing_cluster.model_dump(exclude_none=True)
+            substitutions["ExistingClusterJson"] = asl_string(json.dumps(existing))
+        self.definition = definition
+        self.state_machine = self.build_state_machine(self._definition_body(definition), substitutions)
+        self._grant_workflow(name, definition)
+
+    def _definition_body(self, definition: dict[str, Any]) -> sfn.DefinitionBody:
+        """The filled-in ASL as a file asset (DefinitionS3Location, like the serverless workflow), so templates
+        stay small and linters do not parse an ASL that still holds `${Substitutions}`."""
+        text = json.dumps(definition, indent=2, sort_keys=False) + "\n"
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / "emr-autopilot-asl"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.state_machine_name}-{digest}.asl.json"
+        if not path.exists():
+            path.write_text(text, encoding="utf-8")
+        return sfn.DefinitionBody.from_file(str(path))
+
+    # ------------------------------------------------------------------ transient cluster resources
+
+    def _transient_resources(self, prefix: str, name: str) -> dict[str, str]:
+        runtime = self.runtime
+        self.instance_role = self._instance_role(name)
+        self.instance_profile = iam.CfnInstanceProfile(
+            self,
+            "InstanceProfile",
+            instance_profile_name=f"{prefix}-{name}-ec2",
+            roles=[self.instance_role.role_name],
+        )
+        self.service_role = iam.Role(
+            self,
+            "ServiceRole",
+            assumed_by=iam.ServicePrincipal(
+                "elasticmapreduce.amazonaws.com",
+                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
+            ),
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(SERVICE_POLICY)],
+            description=f"EMR Autopilot: EMR service role of pipeline {name}",
+        )
+        # The managed v2 policy may pass only roles named EMR_EC2_DefaultRole; ours needs its own grant.
+        self.service_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["iam:PassRole"],
+                resources=[self.instance_role.role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            )
+        )
+        suppress(
+            self.service_role,
+            "AwsSolutions-IAM4",
+            "AmazonEMRServicePolicy_v2 is the scoped EMR service policy: it acts only on resources tagged "
+            "for-use-with-amazon-emr-managed-policies=true, which every cluster of this pipeline carries.",
+            [f"Policy::arn:<AWS::Partition>:iam::aws:policy/{SERVICE_POLICY}"],
+        )
+        security = runtime.security
+        if security.existing_configuration_name is not None:
+            configuration_name = security.existing_configuration_name
+        else:
+            configuration_name = f"{prefix}-{name}"
+            emr.CfnSecurityConfiguration(
+                self,
+                "SecurityConfiguration",
+                name=configuration_name,
+                security_configuration=self._security_configuration(),
+            )
+        return {
+            "ServiceRole": self.service_role.role_name,
+            "InstanceProfile": self.instance_profile.ref,
+            "SecurityConfiguration": configuration_name,
+        }
+
+    def _security_configuration(self) -> dict[str, Any]:
+        security = self.runtime.security
+        encryption: dict[str, Any] = {
+            "EnableAtRestEncryption": security.encryption_at_rest,
+            "EnableInTransitEncryption": security.in_transit_certificates_s3_uri is not None,
+        }
+        if security.encryption_at_rest:
+            key = kms.Key(
+                self,
+                "LocalDiskKey",
+                enable_key_rotation=True,
+                description=f"EMR Autopilot: local disk and EBS encryption of pipeline {self.name}'s clusters",
+            )
+            key.grant_encrypt_decrypt(self.instance_role)
+            # EMR attaches encrypted EBS volumes through grants created with its service role.
+            key.grant(self.service_role, "kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant", "kms:DescribeKey")
+            key.grant_encrypt_decrypt(self.service_role)
+            for role in (self.instance_role, self.service_role):
+                suppress(
+                    role,
+                    "AwsSolutions-IAM5",
+                    "CDK's KMS encrypt/decrypt grant (ReEncrypt*/GenerateDataKey*) on this pipeline's own key only.",
+                    ["Action::kms:ReEncrypt*", "Action::kms:GenerateDataKey*"],
+                )
+            encryption["AtRestEncryptionConfiguration"] = {
+                "S3EncryptionConfiguration": {"EncryptionMode": "SSE-S3"},
+                "LocalDiskEncryptionConfiguration": {
+                    "EncryptionKeyProviderType": "AwsKms",
+                    "AwsKmsKey": key.key_arn,
+                    "EnableEbsEncryption": True,
+                },
+            }
+        if security.in_transit_certificates_s3_uri is not None:
+            encryption["InTransitEncryptionConfiguration"] = {
+                "TLSCertificateConfiguration": {
+                    "CertificateProviderType": "PEM",
+                    "S3Object": security.in_transit_certificates_s3_uri,
+                }
+            }
+        return {
+            "EncryptionConfiguration": encryption,
+            "InstanceMetadataServiceConfiguration": {
+                "MinimumInstanceMetadataServiceVersion": 2,
+                "HttpPutResponseHopLimit": 1,
+            },
+        }
+
+    def _instance_role(self, name: str) -> iam.Role:
+        role = iam.Role(
+            self,
+            "InstanceRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description=f"EMR Autopilot: EC2 instance role of pipeline {name}'s clusters",
+        )
+        for statement in job_data_statements(
+            self.storage,
+            name,
+            self.input_prefix,
+            self.output_prefix,
+            f"emr-ec2/{name}/",
+            [JOBS_PREFIX, BOOTSTRAP_PREFIX],
+        ):
+            role.add_to_policy(statement)
+        if self.runtime.glue_catalog:
+            stack = self.stack
+            role.add_to_policy(
+                iam.PolicyStatement(
+                    actions=GLUE_ACTIONS,
+                    resources=[
+                        stack.format_arn(service="glue", resource="catalog"),
+                        stack.format_arn(service="glue", resource="database", resource_name="*"),
+                        stack.format_arn(service="glue", resource="table", resource_name="*/*"),
+                        stack.format_arn(service="glue", resource="userDefinedFunction", resource_name="*/*"),
+                    ],
+                )
+            )
+        suppress(
+            role,
+            "AwsSolutions-IAM5",
+            "Object wildcards are limited to this pipeline's input, output, manifest, log, job-code and bootstrap "
+            "prefixes; Glue Data Catalog databases/tables are created by the jobs at run time.",
+            ["regex:/^Resource::.*\\/\\*$/g", "regex:/^Resource::arn:.*:glue:.*\\*.*$/g"],
+        )
+        return role
+
+    # ------------------------------------------------------------------ workflow role
+
+    def _grant_workflow(self, name: str, definition: dict[str, Any]) -> None:
+        role, stack = self.role, self.stack
+        self.grant_run_bookkeeping()
+        assert self.platform.finalize is not None
+        self.platform.finalize.grant_invoke(role)
+        if self.runtime.existing_cluster is None:
+            own = {"StringEquals": {f"aws:ResourceTag/{TAG_PIPELINE}": name}}
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="CreateTaggedCluster",
+                    actions=["elasticmapreduce:RunJobFlow", "elasticmapreduce:AddTags"],
+                    resources=[cluster_arn(stack)],
+                    conditions={"StringEquals": {f"aws:RequestTag/{TAG_PIPELINE}": name}},
+                )
+            )
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="ManageOwnClusters",
+                    actions=[
+                        "elasticmapreduce:AddJobFlowSteps",
+                        "elasticmapreduce:DescribeStep",
+                        "elasticmapreduce:CancelSteps",
+                        "elasticmapreduce:TerminateJobFlows",
+                        "elasticmapreduce:DescribeCluster",
+                    ],
+                    resources=[cluster_arn(stack)],
+                    conditions=own,
+                )
+            )
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="PassClusterRoles",
+                    actions=["iam:PassRole"],
+                    resources=[self.service_role.role_arn, self.instance_role.role_arn],
+                    conditions={
+                        "StringEquals": {"iam:PassedToService": ["elasticmapreduce.amazonaws.com", "ec2.amazonaws.com"]}
+                    },
+                )
+            )
+        else:
+            resource, conditions = self.existing_cluster_scope()
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="StepsOnExistingCluster",
+                    actions=[
+                        "elasticmapreduce:AddJobFlowSteps",
+                        "elasticmapreduce:DescribeStep",
+                        "elasticmapreduce:CancelSteps",
+                    ],
+                    resources=[resource],
+                    conditions=conditions,
+                )
+            )
+        rules = sorted({rule for api, rule in EMR_SYNC_RULES.items() if api in json.dumps(definition)})
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="SyncRules",
+                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                resources=[stack.format_arn(service="events", resource="rule", resource_name=r) for r in rules],
+            )
+        )
+        self._grant_functions(name)
+        self.suppress_workflow_wildcards(
+            "clusters of this pipeline (ids are unknown until run time; scoped by the autopilot:pipeline tag).",
+            ["regex:/^Resource::arn:<AWS::Partition>:elasticmapreduce:.*:cluster\\/\\*$/g"],
+        )
+
+    def _grant_functions(self, name: str) -> None:
+        """Finalize reads (and on failure cancels steps of) this pipeline's clusters; prepare resolves a target."""
+        finalize, prepare = self.platform.finalize, self.platform.prepare
+        assert finalize is not None
+        if self.runtime.existing_cluster is None:
+            resource = cluster_arn(self.stack)
+            conditions: dict[str, Any] | None = {"StringEquals": {f"aws:ResourceTag/{TAG_PIPELINE}": name}}
+        else:
+            resource, conditions = self.existing_cluster_scope()
+            prepare.add_to_role_policy(iam.PolicyStatement(actions=["elasticmapreduce:ListClusters"], resources=["*"]))
+            prepare.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["elasticmapreduce:DescribeCluster"], resources=[resource], conditions=conditions
+                )
+            )
+            suppress(
+                prepare.role or prepare,
+                "AwsSolutions-IAM5",
+                "ListClusters supports no resource-level permissions (it finds the long-running cluster by tag); "
+                "DescribeCluster is limited to clusters carrying that tag.",
+                ["Resource::*", "regex:/^Resource::arn:<AWS::Partition>:elasticmapreduce:.*:cluster\\/\\*$/g"],
+            )
+        finalize.add_to_role_policy(
+            iam.PolicyStatement(actions=FINALIZE_ACTIONS, resources=[resource], conditions=conditions)
+        )
+        suppress(
+            finalize.role or finalize,
+            "AwsSolutions-IAM5",
+            "Cluster ids are known only at run time: reads are limited to clusters tagged with the pipeline "
+            "(or the long-running target); X-Ray supports no resource-level permissions.",
+            ["Resource::*", "regex:/^Resource::arn:<AWS::Partition>:elasticmapreduce:.*:cluster\\/\\*$/g"],
+        )
+
+    def existing_cluster_scope(self) -> tuple[str, dict[str, Any] | None]:
+        """The long-running cluster's ARN, or every cluster carrying its tag (as an IAM condition)."""
+        target = self.runtime.existing_cluster
+        assert target is not None
+        if target.cluster_id is not None:
+            return cluster_arn(self.stack, target.cluster_id), None
+        return cluster_arn(self.stack), {"StringEquals": {f"aws:ResourceTag/{target.tag_key}": target.tag_value}}
