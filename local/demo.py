@@ -1,7 +1,9 @@
 """`make demo`: the synthesized app end to end on the twin, with real Spark.
 
-Starts the twin on 127.0.0.1, deploys `cdk.out`, drops the sample CSVs into the landing bucket,
-shows progress (event -> router -> execution -> job -> ledger) and ends with the runs table.
+Starts the twin on 127.0.0.1, deploys `cdk.out`, drops the sample CSVs into the landing bucket
+under `sales/` (the EMR Serverless pipeline) and `sales-cluster/` (the transient EMR-on-EC2
+pipeline; `--prefixes` picks others), shows progress (event -> router -> execution -> job or
+cluster and steps -> ledger) and ends with the runs table.
 Exit 0 when every run SUCCEEDED; non-zero with the failed run's error otherwise.
 """
 
@@ -54,9 +56,18 @@ class Progress:
             self.line(f"run    {detail['name']}: {detail['status']}")
         elif kind == "EMR Serverless Job Run State Change":
             self.line(f"job    {detail['jobRunId']}: {detail['state']} {detail.get('stateDetails') or ''}".rstrip())
+        elif kind == "EMR Cluster State Change":
+            self.line(f"cluster {detail['clusterId']}: {detail['state']}")
+        elif kind == "EMR Step Status Change":
+            self.line(f"step   {detail['clusterId']}/{detail['stepId']} {detail.get('name', '')}: {detail['state']}")
 
 
-def run_demo(cdk_out: Path, *, spark: bool = True, timeout: float = 170.0) -> int:
+DEFAULT_PREFIXES = ("sales/", "sales-cluster/")
+
+
+def run_demo(
+    cdk_out: Path, *, spark: bool = True, timeout: float = 240.0, prefixes: tuple[str, ...] = DEFAULT_PREFIXES
+) -> int:
     problem = java_problem() if spark else None
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -70,9 +81,10 @@ def run_demo(cdk_out: Path, *, spark: bool = True, timeout: float = 170.0) -> in
             landing, outputs = report.outputs["LandingBucket"], report.outputs["OutputsBucket"]
             s3 = twin.client("s3")
             files = sorted((SAMPLES / "sales").glob("*.csv"))
-            print(f"dropping {len(files)} sample files into s3://{landing}/sales/")
-            for path in files:
-                s3.put_object(Bucket=landing, Key=f"sales/{path.name}", Body=path.read_bytes())
+            for prefix in prefixes:
+                print(f"dropping {len(files)} sample files into s3://{landing}/{prefix}")
+                for path in files:
+                    s3.put_object(Bucket=landing, Key=f"{prefix}{path.name}", Body=path.read_bytes())
             progress = Progress(twin)
             deadline = time.monotonic() + timeout
             quiet = 0
@@ -102,11 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local.demo", description=__doc__)
     parser.add_argument("--cdk-out", type=Path, default=REPO / "cdk.out", help="cloud assembly (default: cdk.out)")
     parser.add_argument("--no-spark", action="store_true", help="complete job runs without Spark")
+    parser.add_argument(
+        "--prefixes",
+        nargs="+",
+        default=list(DEFAULT_PREFIXES),
+        help="landing prefixes to drop the sample CSVs under (default: sales/ sales-cluster/)",
+    )
     args = parser.parse_args(argv)
     if not (args.cdk_out / "manifest.json").is_file():
         print(f"error: {args.cdk_out} is not a cloud assembly; run `make synth` first", file=sys.stderr)
         return 2
-    return run_demo(args.cdk_out, spark=not args.no_spark)
+    prefixes = tuple(p if p.endswith("/") else p + "/" for p in args.prefixes)
+    return run_demo(args.cdk_out, spark=not args.no_spark, prefixes=prefixes)
 
 
 if __name__ == "__main__":
