@@ -2,7 +2,8 @@
 
 Used by the e2e tests and the reliability suite. API faults apply wherever the twin serves the
 call: moto's HTTP dispatch (calls from Lambda code, the CLI, boto3) and the twin's own Step
-Functions integrations.
+Functions integrations. Job faults apply to EMR Serverless job runs and EMR on EC2 steps alike.
+EMR on EC2 also has cluster faults: a Spot capacity shortage and a failing bootstrap action.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ STATUS = {
     "ServiceUnavailable": 503,
     "AccessDeniedException": 403,
 }
+BOOTSTRAP_FAILURE_MESSAGE = "On the master instance ({instance_id}), bootstrap action 1 returned a non-zero return code"
 
 
 class TwinClientError(Exception):
@@ -55,6 +57,8 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._api: list[ApiFault] = []
         self._jobs: list[JobFault] = []
+        self._spot_shortages = 0
+        self._bootstraps: list[str] = []
         self.fired: list[tuple[str, str, str]] = []
 
     def fail_next(self, service: str, operation: str, *, times: int = 1, code: str = "ThrottlingException",
@@ -71,10 +75,22 @@ class FaultInjector:
         with self._lock:
             self._jobs.append(JobFault("hang", "injected hang"))
 
+    def spot_shortage_next(self, times: int = 1) -> None:
+        """The next `times` EMR clusters that request Spot capacity get none (their TimeoutAction decides)."""
+        with self._lock:
+            self._spot_shortages += times
+
+    def fail_next_bootstrap(self, message: str = BOOTSTRAP_FAILURE_MESSAGE) -> None:
+        """The next EMR cluster to bootstrap fails (BOOTSTRAP_FAILURE); `{instance_id}` names its master."""
+        with self._lock:
+            self._bootstraps.append(message)
+
     def clear(self) -> None:
         with self._lock:
             self._api.clear()
             self._jobs.clear()
+            self._spot_shortages = 0
+            self._bootstraps.clear()
 
     def check(self, service: str, operation: str) -> None:
         """Raise the injected error if one is pending for this call."""
@@ -94,3 +110,20 @@ class FaultInjector:
     def next_job_fault(self) -> JobFault | None:
         with self._lock:
             return self._jobs.pop(0) if self._jobs else None
+
+    def take_spot_shortage(self) -> bool:
+        """Consume one pending Spot shortage (True) if there is one."""
+        with self._lock:
+            if self._spot_shortages <= 0:
+                return False
+            self._spot_shortages -= 1
+            self.fired.append(("emr", "SpotCapacity", "InsufficientCapacity"))
+            return True
+
+    def next_bootstrap_fault(self) -> str | None:
+        """Consume the next bootstrap failure message, if one is pending."""
+        with self._lock:
+            if not self._bootstraps:
+                return None
+            self.fired.append(("emr", "Bootstrap", "BOOTSTRAP_FAILURE"))
+            return self._bootstraps.pop(0)

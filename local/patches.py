@@ -75,7 +75,12 @@ def install(twin: Twin) -> None:
 
     def call_action(self: Any) -> Any:
         try:
-            twin.faults.check(self.service_name, self._get_action())
+            action = self._get_action()
+            twin.faults.check(self.service_name, action)
+            if self.service_name == "emr":  # EMR on EC2 is the twin's own model, not moto's
+                served = _serve_emr(twin, action, self.body)
+                if served is not None:
+                    return served
         except TwinClientError as error:
             from local.twin import twin_error_response
 
@@ -96,6 +101,20 @@ def uninstall() -> None:
     sfn_execution.Execution.start = _ORIGINALS["start"]  # type: ignore[method-assign]
     BaseResponse.call_action = _ORIGINALS["call_action"]  # type: ignore[method-assign]
     sfn_models.StepFunctionsParserBackend.start_execution = _ORIGINALS["start_execution"]  # type: ignore[method-assign]
+
+
+def _serve_emr(twin: Twin, action: str, body: Any) -> tuple[int, dict[str, str], str] | None:
+    """An `emr` JSON 1.1 call served by the twin's EMR-on-EC2 model; None for actions it leaves to moto."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8")
+    try:
+        params = json.loads(body or "{}")
+    except ValueError:
+        raise TwinClientError("ValidationException", "The request body is not valid JSON") from None
+    result = twin.emr_ec2.handle_api(action, params if isinstance(params, dict) else {})
+    if result is None:
+        return None
+    return 200, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps(result)
 
 
 def _millis(value: Any) -> int | None:

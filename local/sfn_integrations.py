@@ -3,11 +3,18 @@
 - `emr-serverless:startJobRun` (request-response and `.sync`), `cancelJobRun`, `startApplication`,
   `stopApplication`: AWS request/response shapes; errors `EMRServerless.<Code>`; a `.sync` job run
   that ends FAILED/CANCELLED fails the task with `States.TaskFailed` and the job run as the cause.
+- `elasticmapreduce:createCluster` / `addStep` / `terminateCluster` (each also `.sync`), `cancelStep`,
+  `setClusterTerminationProtection`, `modifyInstanceFleetByName`, `modifyInstanceGroupByName`, on the
+  twin's EMR-on-EC2 model (`local.emr_ec2`): errors `EMR.<Code>`; `createCluster.sync` fails with
+  `States.TaskFailed` and the DescribeCluster `Cluster` as the cause when the cluster ends before it is
+  ready; `addStep.sync` fails with `{"Step": <DescribeStep Step>}` as the cause when the step does not
+  complete.
 - `lambda:invoke` and Lambda task ARNs: run the function in-process (moto would need Docker).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any, cast
@@ -21,6 +28,8 @@ from moto.stepfunctions.parser.asl.component.common.error_name.failure_event imp
 )
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import StatesErrorNameType
+from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import iteration_worker
+from moto.stepfunctions.parser.asl.component.state.exec.state_parallel import branches_decl
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils, state_task_factory
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import ResourceCondition
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
@@ -33,6 +42,7 @@ from moto.stepfunctions.parser.asl.component.state.fail import state_fail
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.event import event_detail
 
+from local.emr_ec2 import ENDED_CLUSTER_STATES, ENDED_STEP_STATES, EmrEc2Twin
 from local.emr_serverless import TERMINAL, EmrServerlessTwin
 from local.faults import TwinClientError
 from local.lambda_runtime import FunctionError, LambdaRuntime
@@ -49,29 +59,37 @@ _ORIGINALS: dict[str, Any] = {}
 
 
 class _RethrownErrorName(ErrorName):
-    """A Fail state's error name, allowed to be a re-thrown `States.*` name as in AWS."""
+    """An error name re-thrown as is, `States.*` included, as AWS does (moto's CustomErrorName refuses them)."""
 
 
-class TwinEmrServerlessService(StateTaskServiceCallback):
-    """The optimized EMR Serverless integration, backed by the twin's job-run model."""
+# Modules that re-throw an error by name: a Fail state's ErrorPath, and a Map iteration's or Parallel branch's
+# failure surfacing in the parent state (AWS keeps e.g. States.TaskFailed and its cause; moto raises ValueError).
+_RETHROWING_MODULES = (state_fail, iteration_worker, branches_decl)
 
-    model: EmrServerlessTwin  # set by install()
+
+class _TwinService(StateTaskServiceCallback):
+    """An optimized integration backed by a twin model: `<Prefix>.<Code>` service errors, `.sync` waiting."""
+
+    ERROR_PREFIX = ""  # e.g. "EMR": a TwinClientError becomes the task error "EMR.<Code>"
+    ACTIONS: frozenset[str] = frozenset()
+    SYNC_ACTIONS: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         super().__init__(supported_integration_patterns={cast(ResourceCondition, ResourceCondition.Sync)})
 
-    ACTIONS = {"startJobRun", "cancelJobRun", "startApplication", "stopApplication"}
-
     def _validate_service_integration_is_supported(self) -> None:
-        if self.resource.api_action not in self.ACTIONS:
+        action, arn = self.resource.api_action, self.resource.resource_arn
+        if action not in self.ACTIONS:
             raise ValueError(
-                f"The resource provided {self.resource.resource_arn} not recognized: the twin models "
-                f"emr-serverless {sorted(self.ACTIONS)}"
+                f"The resource provided {arn} not recognized: the twin models "
+                f"{self.resource.service_name} {sorted(self.ACTIONS)}"
             )
+        if self.resource.condition is not None and action not in self.SYNC_ACTIONS:
+            raise ValueError(f"The resource provided {arn} not recognized: {action} has no .{self.resource.condition}")
 
     def _from_error(self, env: Environment, ex: Exception) -> FailureEvent:
         if isinstance(ex, TwinClientError):
-            name = f"EMRServerless.{ex.code}"
+            name = f"{self.ERROR_PREFIX}.{ex.code}"
             return self._task_failed(env, CustomErrorName(name), name, ex.message)
         return super()._from_error(env=env, ex=ex)
 
@@ -86,6 +104,46 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
             event_type=HistoryEventType.TaskFailed,
             event_details=_event_details(taskFailedEventDetails=details),
         )
+
+    def _states_task_failed(self, env: Environment, cause: Any) -> FailureEventException:
+        """States.TaskFailed with `cause` as JSON: how a `.sync` task fails when its job ends badly."""
+        task_failed = StatesErrorNameType.StatesTaskFailed
+        error_name, text = StatesErrorName(typ=task_failed), json.dumps(cause, default=str)
+        return FailureEventException(self._task_failed(env, error_name, task_failed.to_name(), text))
+
+    def _build_sync_resolver(
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> Callable[[], Any]:
+        raise NotImplementedError  # each service: a callable returning the .sync result, or None while it waits
+
+    def _eval_integration_pattern(
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> None:
+        # moto's own version dereferences a callback endpoint that only exists for .waitForTaskToken
+        # integrations (AttributeError on None for .sync-only services); this is the .sync part alone.
+        resolve = self._build_sync_resolver(env, resource_runtime_part, normalised_parameters, state_credentials)
+        while env.is_running():  # false once the task's timeout frame ends or the execution stops
+            result = resolve()
+            if result is not None:
+                env.stack.append(result)
+                return
+
+
+class TwinEmrServerlessService(_TwinService):
+    """The optimized EMR Serverless integration, backed by the twin's job-run model."""
+
+    model: EmrServerlessTwin  # set by install()
+    ERROR_PREFIX = "EMRServerless"
+    ACTIONS = frozenset({"startJobRun", "cancelJobRun", "startApplication", "stopApplication"})
+    SYNC_ACTIONS = frozenset({"startJobRun"})
 
     def _eval_service_task(
         self,
@@ -108,22 +166,6 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
         else:
             raise TwinClientError("ValidationException", f"emr-serverless:{action} is not modelled by the twin")
 
-    def _eval_integration_pattern(
-        self,
-        env: Environment,
-        resource_runtime_part: Any,
-        normalised_parameters: dict[str, Any],
-        state_credentials: Any,
-    ) -> None:
-        # moto's own version dereferences a callback endpoint that only exists for .waitForTaskToken
-        # integrations (AttributeError on None for .sync-only services); this is the .sync part alone.
-        resolve = self._build_sync_resolver(env, resource_runtime_part, normalised_parameters, state_credentials)
-        while env.is_running():  # false once the task's timeout frame ends or the execution stops
-            result = resolve()
-            if result is not None:
-                env.stack.append(result)
-                return
-
     def _build_sync_resolver(
         self,
         env: Environment,
@@ -141,38 +183,164 @@ class TwinEmrServerlessService(StateTaskServiceCallback):
             if job_run["State"] == "SUCCESS":
                 return job_run
             assert job_run["State"] in TERMINAL
-            task_failed = StatesErrorNameType.StatesTaskFailed
-            raise FailureEventException(
-                self._task_failed(
-                    env, StatesErrorName(typ=task_failed), task_failed.to_name(), json.dumps(job_run, default=str)
-                )
-            )
+            raise self._states_task_failed(env, job_run)
 
         return resolve
+
+
+class TwinEmrService(_TwinService):
+    """The optimized EMR (on EC2) integration (`elasticmapreduce:*`), backed by the twin's cluster model.
+
+    Each action calls the EMR API operation it stands for (faults under service "emr" and that operation);
+    `.sync` waits for the cluster to be ready (createCluster), the step to end (addStep) or the cluster to
+    be gone (terminateCluster).
+    """
+
+    model: EmrEc2Twin  # set by install()
+    ERROR_PREFIX = "EMR"
+    OPERATIONS = {
+        "createCluster": "RunJobFlow",
+        "addStep": "AddJobFlowSteps",
+        "terminateCluster": "TerminateJobFlows",
+        "cancelStep": "CancelSteps",
+        "setClusterTerminationProtection": "SetTerminationProtection",
+        "modifyInstanceFleetByName": "ModifyInstanceFleet",
+        "modifyInstanceGroupByName": "ModifyInstanceGroups",
+    }
+    ACTIONS = frozenset(OPERATIONS)
+    SYNC_ACTIONS = frozenset({"createCluster", "addStep", "terminateCluster"})
+
+    def _eval_service_task(
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> None:
+        action, params = self.resource.api_action, normalised_parameters
+        if action == "createCluster":
+            _check_create_cluster(params)
+        self.model.faults.check("emr", self.OPERATIONS[action])
+        try:
+            env.stack.append(self._call(action, params))
+        except KeyError as missing:
+            raise TwinClientError("ValidationException", f"The field {missing.args[0]} is required") from None
+
+    def _call(self, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        model, cluster_id = self.model, params["ClusterId"] if action != "createCluster" else ""
+        if action == "createCluster":
+            created = model.run_job_flow(params)
+            return {"ClusterId": created["JobFlowId"], "ClusterArn": created["ClusterArn"]}
+        if action == "addStep":
+            request = {"JobFlowId": cluster_id, "Steps": [params["Step"]]}
+            if params.get("ExecutionRoleArn"):
+                request["ExecutionRoleArn"] = params["ExecutionRoleArn"]
+            return {"StepId": model.add_job_flow_steps(request)["StepIds"][0]}
+        if action == "terminateCluster":
+            return model.terminate_job_flows({"JobFlowIds": [cluster_id]})
+        if action == "cancelStep":
+            request = {"ClusterId": cluster_id, "StepIds": [params["StepId"]]}
+            return model.cancel_steps(request | _only(params, "StepCancellationOption"))
+        if action == "setClusterTerminationProtection":
+            request = {"JobFlowIds": [cluster_id], "TerminationProtected": params["TerminationProtected"]}
+            return model.set_termination_protection(request)
+        if action == "modifyInstanceFleetByName":
+            fleet_id = model.fleet_id_by_name(cluster_id, params["InstanceFleetName"])
+            fleet = {**params.get("InstanceFleet", {}), "InstanceFleetId": fleet_id}
+            return model.modify_instance_fleet({"ClusterId": cluster_id, "InstanceFleet": fleet})
+        group_id = model.group_id_by_name(cluster_id, params["InstanceGroupName"])
+        group = {**params.get("InstanceGroup", {}), "InstanceGroupId": group_id}
+        return model.modify_instance_groups({"ClusterId": cluster_id, "InstanceGroups": [group]})
+
+    def _build_sync_resolver(
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> Callable[[], Any]:
+        started = env.stack.pop()
+        action = self.resource.api_action
+        if action == "addStep":
+            return functools.partial(self._step_ended, env, normalised_parameters["ClusterId"], started["StepId"])
+        if action == "createCluster":
+            return functools.partial(self._cluster_ready, env, started)
+        return functools.partial(self._cluster_gone, normalised_parameters["ClusterId"])
+
+    def _cluster_ready(self, env: Environment, started: dict[str, Any]) -> Any:
+        cluster_id = started["ClusterId"]
+        if not self._wait_cluster(cluster_id, {"RUNNING", "WAITING", *ENDED_CLUSTER_STATES}):
+            return None
+        cluster = self.model.describe_cluster(cluster_id)
+        if cluster["Status"]["State"] in ENDED_CLUSTER_STATES:
+            raise self._states_task_failed(env, cluster)
+        return started
+
+    def _cluster_gone(self, cluster_id: str) -> Any:
+        return {} if self._wait_cluster(cluster_id, ENDED_CLUSTER_STATES) else None
+
+    def _step_ended(self, env: Environment, cluster_id: str, step_id: str) -> Any:
+        def ended() -> bool:
+            return str(self.model.describe_step(cluster_id, step_id)["Status"]["State"]) in ENDED_STEP_STATES
+
+        if not self.model.wait_until(ended, 0.2):
+            return None
+        step = self.model.describe_step(cluster_id, step_id)
+        if step["Status"]["State"] != "COMPLETED":
+            raise self._states_task_failed(env, {"Step": step})
+        return {"Step": step}
+
+    def _wait_cluster(self, cluster_id: str, states: set[str] | frozenset[str]) -> bool:
+        return self.model.wait_until(lambda: self.model.describe_cluster(cluster_id)["Status"]["State"] in states, 0.2)
+
+
+def _check_create_cluster(params: dict[str, Any]) -> None:
+    """What the Step Functions createCluster integration requires beyond RunJobFlow."""
+    if params.get("Steps"):
+        raise TwinClientError(
+            "ValidationException",
+            "The createCluster integration does not accept Steps: add steps with elasticmapreduce:addStep",
+        )
+    if (params.get("Instances") or {}).get("KeepJobFlowAliveWhenNoSteps") is not True:
+        raise TwinClientError(
+            "ValidationException",
+            "The createCluster integration requires Instances.KeepJobFlowAliveWhenNoSteps to be true",
+        )
+
+
+def _only(params: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: params[k] for k in keys if k in params}
 
 
 def uninstall() -> None:
     """Put moto's interpreter back as it was."""
     setattr(state_task_factory, "state_task_service_for", _ORIGINAL_FACTORY)  # noqa: B010 - monkeypatch
-    setattr(state_fail, "CustomErrorName", CustomErrorName)  # noqa: B010 - monkeypatch
+    for module in _RETHROWING_MODULES:
+        setattr(module, "CustomErrorName", CustomErrorName)  # noqa: B010 - monkeypatch
     if "invoke" in _ORIGINALS:
         setattr(lambda_eval_utils, "_invoke_lambda_function", _ORIGINALS["invoke"])  # noqa: B010 - monkeypatch
     if "aws_sdk" in _ORIGINALS:
         setattr(StateTaskServiceAwsSdk, "_eval_service_task", _ORIGINALS["aws_sdk"])  # noqa: B010 - monkeypatch
 
 
-def install(*, emr_serverless: EmrServerlessTwin, runtime: LambdaRuntime) -> None:
+def install(*, emr_serverless: EmrServerlessTwin, runtime: LambdaRuntime, emr_ec2: EmrEc2Twin | None = None) -> None:
     """Plug the twin's integrations into moto's interpreter (idempotent)."""
     TwinEmrServerlessService.model = emr_serverless
+    if emr_ec2 is not None:
+        TwinEmrService.model = emr_ec2
 
     def service_for(service_name: str) -> Any:
         if service_name == "emr-serverless":
             return TwinEmrServerlessService()
+        if service_name == "elasticmapreduce" and emr_ec2 is not None:
+            return TwinEmrService()
         return _ORIGINAL_FACTORY(service_name=service_name)
 
     setattr(state_task_factory, "state_task_service_for", service_for)  # noqa: B010 - monkeypatch
-    # AWS lets a Fail state re-throw a caught `States.*` error through ErrorPath; moto refuses the name.
-    setattr(state_fail, "CustomErrorName", _RethrownErrorName)  # noqa: B010 - monkeypatch
+    # AWS lets a Fail state re-throw a caught `States.*` error through ErrorPath, and a failed Map iteration or
+    # Parallel branch fail its parent with the branch's error (e.g. States.TaskFailed); moto refuses the names.
+    for module in _RETHROWING_MODULES:
+        setattr(module, "CustomErrorName", _RethrownErrorName)  # noqa: B010 - monkeypatch
 
     def invoke(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
         payload = parameters.get("Payload")

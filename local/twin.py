@@ -10,9 +10,11 @@ What the twin adds to moto 5.2.5 (each item exists because moto does not do it):
 - Lambda functions run in-process from their asset folders (moto needs Docker), and SQS event
   source mappings with batch size, batching window, partial batch failures and DLQ redrive.
 - Step Functions: moto's ASL interpreter runs the exact definitions; the twin plugs in the
-  EMR Serverless optimized integrations (incl. `.sync`) and in-process Lambda invocation, and
-  emits "Step Functions Execution Status Change" events.
+  EMR Serverless and EMR (on EC2) optimized integrations (incl. `.sync`) and in-process Lambda
+  invocation, and emits "Step Functions Execution Status Change" events.
 - EMR Serverless job runs that move through their states and really run on local Spark.
+- EMR on EC2 clusters (instance fleets/groups, bootstrap, steps, auto-termination, events) served by
+  the twin's own model for the `emr` API and the Step Functions integrations (`local.emr_ec2`).
 - Faults on demand (see `local.faults`).
 """
 
@@ -37,6 +39,7 @@ import boto3
 from botocore.config import Config
 
 from local import eventbridge
+from local.emr_ec2 import EmrEc2Twin
 from local.emr_serverless import EmrServerlessTwin
 from local.faults import FaultInjector, TwinClientError
 from local.lambda_runtime import FunctionError, LambdaRuntime
@@ -114,6 +117,7 @@ class Twin:
         self._busy_lock = threading.Lock()
         self.runtime: LambdaRuntime
         self.emr_serverless: EmrServerlessTwin
+        self.emr_ec2: EmrEc2Twin
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,10 +141,19 @@ class Twin:
         self.emr_serverless = EmrServerlessTwin(
             account=self.account, region=self.region, runner=runner, faults=self.faults, emit=self.put_event
         )
+        self.emr_ec2 = EmrEc2Twin(
+            account=self.account,
+            region=self.region,
+            runner=runner,
+            faults=self.faults,
+            emit=self.put_event,
+            workdir=self.workdir / "emr-ec2",
+            s3=self.client("s3"),
+        )
         CURRENT = self
         from local import patches, sfn_integrations
 
-        sfn_integrations.install(emr_serverless=self.emr_serverless, runtime=self.runtime)
+        sfn_integrations.install(emr_serverless=self.emr_serverless, runtime=self.runtime, emr_ec2=self.emr_ec2)
         patches.install(self)
         self._spawn(self._bus_worker, "eventbridge-bus")
         LOG.info("twin listening on %s", self.endpoint)
@@ -154,6 +167,7 @@ class Twin:
             thread.join(timeout=5)
         for run in self.emr_serverless.running():
             run.cancel.set()
+        self.emr_ec2.shutdown()
         self._server.stop()
         from moto.core.config import default_user_config
 
@@ -389,7 +403,7 @@ class Twin:
     # ------------------------------------------------------------------ waiting
 
     def busy(self) -> bool:
-        """Events, batches, executions or job runs still in flight."""
+        """Events, batches, executions, job runs, EMR cluster transitions or steps still in flight."""
         with self._busy_lock:
             if self._busy:
                 return True
@@ -400,7 +414,7 @@ class Twin:
                 attrs.get("ApproximateNumberOfMessagesNotVisible", 0)
             ):
                 return True
-        return bool(self.running_executions() or self.emr_serverless.running())
+        return bool(self.emr_ec2.busy() or self.running_executions() or self.emr_serverless.running())
 
     def running_executions(self) -> list[str]:
         sfn = self.client("stepfunctions")
