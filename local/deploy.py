@@ -83,6 +83,7 @@ class _Deployer:
             "AWS::SNS::Subscription": self._subscription,
             "AWS::IAM::Role": self._role,
             "AWS::IAM::Policy": self._policy,
+            "AWS::IAM::InstanceProfile": self._instance_profile,
             "AWS::Logs::LogGroup": self._log_group,
             "AWS::Lambda::LayerVersion": self._layer,
             "AWS::Lambda::Function": self._function,
@@ -90,6 +91,8 @@ class _Deployer:
             "AWS::Events::Rule": self._rule,
             "AWS::StepFunctions::StateMachine": self._state_machine,
             "AWS::EMRServerless::Application": self._serverless_application,
+            "AWS::EMR::SecurityConfiguration": self._security_configuration,
+            "AWS::KMS::Key": self._kms_key,
             "Custom::S3BucketNotifications": self._bucket_notifications,
             "Custom::CDKBucketDeployment": self._bucket_deployment,
         }
@@ -204,6 +207,14 @@ class _Deployer:
             )
         self._set(resource, props["PolicyName"])
 
+    def _instance_profile(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("InstanceProfileName"), 128)
+        iam = self.twin.client("iam")
+        profile = iam.create_instance_profile(InstanceProfileName=name, Path=props.get("Path", "/"))["InstanceProfile"]
+        for role in props.get("Roles", []):
+            iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role)
+        self._set(resource, name, Arn=profile["Arn"])
+
     def _log_group(self, resource: Resource, props: dict[str, Any]) -> None:
         name = self._name(resource, props.get("LogGroupName"), 512)
         self.twin.client("logs").create_log_group(logGroupName=name)
@@ -316,6 +327,27 @@ class _Deployer:
             kwargs["initialCapacity"] = {pair["Key"]: camel(pair["Value"]) for pair in props["InitialCapacity"]}
         app = self.twin.client("emr-serverless").create_application(**kwargs)
         self._set(resource, app["applicationId"], ApplicationId=app["applicationId"], Arn=app["arn"])
+
+    def _kms_key(self, resource: Resource, props: dict[str, Any]) -> None:
+        kwargs: dict[str, Any] = {"Description": props.get("Description", resource.logical_id)}
+        if "KeyPolicy" in props:
+            kwargs["Policy"] = json.dumps(props["KeyPolicy"])
+        for prop in ("KeyUsage", "KeySpec"):
+            if prop in props:
+                kwargs[prop] = props[prop]
+        key = self.twin.client("kms").create_key(**kwargs)["KeyMetadata"]
+        if props.get("EnableKeyRotation"):
+            self.twin.client("kms").enable_key_rotation(KeyId=key["KeyId"])
+        self._set(resource, key["KeyId"], Arn=key["Arn"], KeyId=key["KeyId"])
+
+    def _security_configuration(self, resource: Resource, props: dict[str, Any]) -> None:
+        name = self._name(resource, props.get("Name"), 256)
+        configuration = props["SecurityConfiguration"]
+        self.twin.client("emr").create_security_configuration(
+            Name=name,
+            SecurityConfiguration=configuration if isinstance(configuration, str) else json.dumps(configuration),
+        )
+        self._set(resource, name)
 
     def _bucket_notifications(self, resource: Resource, props: dict[str, Any]) -> None:
         config = props.get("NotificationConfiguration", {})
