@@ -45,6 +45,7 @@ TEMPLATE: dict[str, Any] = {
             "Type": "AWS::EMR::SecurityConfiguration",
             "Properties": {"SecurityConfiguration": {"EncryptionConfiguration": {"EnableInTransitEncryption": False}}},
         },
+        "DiskKey": {"Type": "AWS::KMS::Key", "Properties": {"Description": "local disks", "EnableKeyRotation": True}},
         "Data": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": BUCKET}},
         "Logs": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": LOGS}},
     },
@@ -52,6 +53,7 @@ TEMPLATE: dict[str, Any] = {
         "Profile": {"Value": {"Ref": "Profile"}},
         "ProfileArn": {"Value": {"Fn::GetAtt": ["Profile", "Arn"]}},
         "Security": {"Value": {"Ref": "Security"}},
+        "DiskKeyArn": {"Value": {"Fn::GetAtt": ["DiskKey", "Arn"]}},
     },
 }
 FAKE_SUBMIT = r"""
@@ -235,7 +237,7 @@ def test_dist_cp_options_and_normalization_factors() -> None:
 # ---------------------------------------------------------------------------------------------- deploy
 
 
-def test_deploy_registers_the_security_configuration_and_the_instance_profile(env: Env) -> None:
+def test_deploy_registers_the_security_configuration_instance_profile_and_key(env: Env) -> None:
     name = env.outputs["Security"]
     described = env.emr.describe_security_configuration(Name=name)
     expected = TEMPLATE["Resources"]["Security"]["Properties"]["SecurityConfiguration"]
@@ -246,6 +248,8 @@ def test_deploy_registers_the_security_configuration_and_the_instance_profile(en
     assert [r["RoleName"] for r in profile["Roles"]] == [EC2_ROLE]
     with pytest.raises(ClientError, match="already exists"):
         env.emr.create_security_configuration(Name=name, SecurityConfiguration="{}")
+    key = env.twin.client("kms").describe_key(KeyId=env.outputs["DiskKeyArn"])["KeyMetadata"]
+    assert key["Description"] == "local disks"
 
 
 # ---------------------------------------------------------------------------------------------- clusters
