@@ -1,0 +1,245 @@
+"""EMR-on-EC2 pipelines end to end on the twin: transient clusters (sales-cluster) and steps on a
+long-running cluster (sales-adhoc), with the synthesized templates, ASL and handler code."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Deployed
+
+SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
+TRANSIENT, EXISTING = "sales-cluster", "sales-adhoc"
+# Happy path of a transient run: states entered (the Map's one step counts as RunSteps + RunStep).
+HAPPY_PATH = [
+    "Prepare", "CheckInput", "RecordStarted", "CreateCluster", "RunSteps", "RunStep", "ReadJobMetrics",
+    "TerminateCluster", "FinalizeSucceeded", "RecordSucceeded", "WriteSuccessMarker", "RunSucceeded",
+]  # fmt: skip
+LAMBDA_INVOCATIONS_PER_RUN = 2  # prepare + finalize
+
+
+def _land_and_run(env: Deployed, files: dict[str, bytes]) -> dict[str, Any]:
+    before = {e["executionArn"] for e in env.executions(TRANSIENT)}
+    for key, body in files.items():
+        env.s3.put_object(Bucket=env.landing, Key=key, Body=body)
+    new = env.wait_for(
+        lambda: [e for e in env.executions(TRANSIENT) if e["executionArn"] not in before], what="a run to start"
+    )
+    (execution,) = new
+    return execution
+
+
+def _console_run(env: Deployed, pipeline: str, key: str) -> tuple[str, str]:
+    """A console run over one object that the pipeline's trigger ignores (it only takes .csv)."""
+    env.s3.put_object(Bucket=env.landing, Key=key, Body=b"order_id,order_date\n1,2024-06-01\n")
+    env.twin.wait_idle()
+    name = f"{pipeline}-{uuid.uuid4().hex[:8]}"
+    return name, env.start_console_run(name, {"pipeline": pipeline, "inputs": [f"s3://{env.landing}/{key}"]})
+
+
+def _entered(env: Deployed, arn: str) -> list[str]:
+    return [e["stateEnteredEventDetails"]["name"] for e in env.history(arn) if "stateEnteredEventDetails" in e]
+
+
+def _notifications(env: Deployed) -> tuple[Any, str]:
+    sqs, sns = env.twin.client("sqs"), env.twin.client("sns")
+    queue_url = sqs.create_queue(QueueName=f"notify-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=env.report.outputs["NotificationTopic"], Protocol="sqs", Endpoint=queue_arn)
+    return sqs, queue_url
+
+
+def _cluster_state(env: Deployed, cluster_id: str) -> str:
+    state: str = env.twin.client("emr").describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+    return state
+
+
+@pytest.mark.spark
+def test_csvs_land_and_a_transient_cluster_runs_the_real_spark_step_then_terminates(env: Deployed) -> None:
+    # Given clusters run their Spark steps on local Spark
+    env.twin.emr_ec2.runner = env.spark_runner
+    folder = f"{TRANSIENT}/{uuid.uuid4().hex[:8]}"
+    invocations_before = len(env.twin.runtime.invocations)
+    started = time.monotonic()
+    # When the three sample CSVs land
+    execution = _land_and_run(env, {f"{folder}/{p.name}": p.read_bytes() for p in SAMPLES.glob("*.csv")})
+    described = env.finished(execution["executionArn"], timeout=240)
+    elapsed = time.monotonic() - started
+    # Then the run succeeded: Parquet outputs, metrics, _SUCCESS, and the cluster is gone
+    assert described["status"] == "SUCCEEDED", described.get("cause")
+    run_id = execution["name"]
+    ledger = env.ledger(run_id)
+    assert ledger["state"] == "SUCCEEDED" and ledger["runtime"] == "emr-ec2"
+    assert ledger["metrics"]["rows_in"] == 158 and ledger["metrics"]["rows_out"] == 144
+    cluster = ledger["cluster"]
+    assert cluster["state"] == "TERMINATED" and ledger["cluster_id"] == cluster["id"]
+    fleets = {f["type"]: f for f in cluster["fleets"]}
+    assert fleets["TASK"]["provisioned_spot"] == 4 and fleets["CORE"]["provisioned_on_demand"] == 2
+    (step,) = ledger["steps"]
+    assert step["state"] == "COMPLETED" and step["name"] == f"{run_id}: sales-etl"
+    assert ledger["instance_hours_estimate"]["instance_hours"] > 0
+    prefix = f"{TRANSIENT}/run_id={run_id}/"
+    keys = [o["Key"] for o in env.s3.list_objects_v2(Bucket=env.outputs, Prefix=prefix)["Contents"]]
+    assert any(k.startswith(prefix + "order_date=2024-06-02/") and k.endswith(".parquet") for k in keys)
+    assert prefix + "_SUCCESS" in keys
+    assert _cluster_state(env, cluster["id"]) == "TERMINATED"
+    # Step logs are in EMR's layout under the run's log URI
+    logs_bucket = env.report.outputs["LogsBucket"]
+    log_prefix = f"emr-ec2/{TRANSIENT}/{run_id}/{cluster['id']}/steps/{step['id']}/"
+    log_keys = [o["Key"] for o in env.s3.list_objects_v2(Bucket=logs_bucket, Prefix=log_prefix).get("Contents", [])]
+    assert log_prefix + "stdout.gz" in log_keys, log_keys
+    gzip.decompress(env.s3.get_object(Bucket=logs_bucket, Key=log_prefix + "stdout.gz")["Body"].read())
+    # Budget: states entered and Lambda invocations do not grow with the job's length
+    assert _entered(env, execution["executionArn"]) == HAPPY_PATH
+    finalizes = [
+        i
+        for i in env.twin.runtime.invocations[invocations_before:]
+        if i.function_name.endswith(("-prepare", "-finalize"))
+    ]
+    assert len(finalizes) == LAMBDA_INVOCATIONS_PER_RUN
+    print(f"\ntransient emr-ec2 run with real Spark: {elapsed:.1f} s")
+
+
+def test_failed_step_terminates_the_cluster_records_the_step_and_notifies(env: Deployed) -> None:
+    # Given a subscriber to the notifications topic, and the next step fails
+    sqs, queue_url = _notifications(env)
+    env.twin.faults.fail_next_job("Job failed: injected executor loss")
+    # When an operator runs the pipeline from the console
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/console-{uuid.uuid4().hex[:8]}/a.input")
+    described = env.finished(arn, timeout=90)
+    # Then the run fails naming the step and its log; the cluster is terminated; no _SUCCESS
+    assert described["status"] == "FAILED"
+    assert described["error"] == "StepFailed"
+    assert "'" + f"{run_id}: sales-etl" + "'" in described["cause"] and "steps/" in described["cause"]
+    ledger = env.ledger(run_id)
+    assert ledger["state"] == "FAILED" and ledger["error"] == "StepFailed"
+    assert ledger["failed_step"]["state"] == "FAILED"
+    assert "injected executor loss" in json.dumps(ledger["failed_step"])
+    assert ledger["failed_step"]["failure"]["logfile"].endswith("/stderr.gz")
+    assert _cluster_state(env, ledger["cluster_id"]) == "TERMINATED"
+    entered = _entered(env, arn)
+    assert entered.index("TerminateAfterFailure") < entered.index("RecordFailed") < entered.index("NotifyFailure")
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    notification = json.loads(messages[0]["Body"])
+    assert notification["Subject"] == f"EMR Autopilot run FAILED: {TRANSIENT}"
+    assert json.loads(notification["Message"])["error"] == "StepFailed"
+    keys = env.s3.list_objects_v2(Bucket=env.outputs, Prefix=f"{TRANSIENT}/run_id={run_id}/").get("Contents", [])
+    assert not [o for o in keys if o["Key"].endswith("_SUCCESS")]
+
+
+def test_bootstrap_failure_runs_no_step_and_records_the_cluster_reason(env: Deployed) -> None:
+    env.twin.faults.fail_next_bootstrap()
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/boot-{uuid.uuid4().hex[:8]}/a.input")
+    described = env.finished(arn, timeout=90)
+    assert described["status"] == "FAILED"
+    assert described["error"] == "ClusterFailed" and "BOOTSTRAP_FAILURE" in described["cause"]
+    ledger = env.ledger(run_id)
+    assert ledger["cluster"]["state"] == "TERMINATED_WITH_ERRORS"
+    assert ledger["cluster"]["state_change_reason"]["code"] == "BOOTSTRAP_FAILURE"
+    assert all(s["state"] == "CANCELLED" for s in ledger["steps"]), ledger["steps"]
+    assert not [s for s in ledger["steps"] if s["started_at"]]
+
+
+def test_spot_shortage_falls_back_to_on_demand_and_the_run_succeeds(env: Deployed) -> None:
+    env.twin.faults.spot_shortage_next()
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/spot-{uuid.uuid4().hex[:8]}/a.input")
+    assert env.finished(arn, timeout=90)["status"] == "SUCCEEDED"
+    fleets = {f["type"]: f for f in env.ledger(run_id)["cluster"]["fleets"]}
+    assert fleets["TASK"]["target_spot"] == 4
+    assert (fleets["TASK"]["provisioned_spot"], fleets["TASK"]["provisioned_on_demand"]) == (0, 4)
+
+
+def test_throttled_run_job_flow_is_retried_without_a_second_cluster(env: Deployed) -> None:
+    env.twin.faults.fail_next("emr", "RunJobFlow", times=2, code="ThrottlingException")
+    clusters_before = set(env.twin.emr_ec2.clusters)
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/throttle-{uuid.uuid4().hex[:8]}/a.input")
+    assert env.finished(arn, timeout=90)["status"] == "SUCCEEDED"
+    failures = [
+        e["taskFailedEventDetails"]["error"]
+        for e in env.history(arn)
+        if e["type"] == "TaskFailed" and e["taskFailedEventDetails"]["resource"] == "createCluster"
+    ]
+    assert failures == ["EMR.ThrottlingException"] * 2
+    created = [c for c in env.twin.emr_ec2.clusters if c not in clusters_before]
+    assert len(created) == 1
+
+
+def _default_emr_roles(env: Deployed) -> None:
+    """EMR's default roles, as `aws emr create-default-roles` makes them (once per twin)."""
+    iam = env.twin.client("iam")
+    if any(r["RoleName"] == "EMR_DefaultRole" for r in iam.list_roles()["Roles"]):
+        return
+    for role, service in (("EMR_DefaultRole", "elasticmapreduce"), ("EMR_EC2_DefaultRole", "ec2")):
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": f"{service}.amazonaws.com"}, "Action": "sts:AssumeRole"}
+            ],
+        }
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
+    iam.create_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")
+    iam.add_role_to_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole", RoleName="EMR_EC2_DefaultRole")
+
+
+@pytest.fixture
+def analytics_cluster(env: Deployed) -> Iterator[str]:
+    """A long-running cluster tagged like the sales-adhoc pipeline's target (not made by the app)."""
+    _default_emr_roles(env)
+    emr = env.twin.client("emr")
+    cluster_id: str = emr.run_job_flow(
+        Name="analytics",
+        ReleaseLabel="emr-7.5.0",
+        Applications=[{"Name": "Spark"}],
+        Instances={
+            "InstanceGroups": [
+                {"Name": "primary", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
+                {"Name": "core", "InstanceRole": "CORE", "InstanceType": "m5.xlarge", "InstanceCount": 2},
+            ],
+            "KeepJobFlowAliveWhenNoSteps": True,
+        },
+        ServiceRole="EMR_DefaultRole",
+        JobFlowRole="EMR_EC2_DefaultRole",
+        Tags=[{"Key": "team-cluster", "Value": "analytics"}],
+    )["JobFlowId"]
+    env.wait_for(lambda: _cluster_state(env, cluster_id) == "WAITING", what="the analytics cluster")
+    yield cluster_id
+    emr.terminate_job_flows(JobFlowIds=[cluster_id])
+    env.wait_for(lambda: _cluster_state(env, cluster_id) == "TERMINATED", what="teardown")
+
+
+def test_long_running_cluster_gets_the_steps_and_keeps_running(env: Deployed, analytics_cluster: str) -> None:
+    run_id, arn = _console_run(env, EXISTING, f"{EXISTING}/{uuid.uuid4().hex[:8]}/a.input")
+    assert env.finished(arn, timeout=90)["status"] == "SUCCEEDED"
+    ledger = env.ledger(run_id)
+    assert ledger["cluster_id"] == analytics_cluster and ledger["state"] == "SUCCEEDED"
+    assert [s["state"] for s in ledger["steps"]] == ["COMPLETED"]
+    assert ledger["instance_hours_estimate"] is None
+    assert _cluster_state(env, analytics_cluster) == "WAITING"
+    assert "CreateCluster" not in _entered(env, arn) and "TerminateCluster" not in _entered(env, arn)
+
+
+def test_failed_step_on_a_long_running_cluster_leaves_the_cluster_running(
+    env: Deployed, analytics_cluster: str
+) -> None:
+    env.twin.faults.fail_next_job("Job failed: bad input")
+    run_id, arn = _console_run(env, EXISTING, f"{EXISTING}/{uuid.uuid4().hex[:8]}/b.input")
+    described = env.finished(arn, timeout=90)
+    assert described["status"] == "FAILED" and described["error"] == "StepFailed"
+    assert env.ledger(run_id)["state"] == "FAILED"
+    assert _cluster_state(env, analytics_cluster) == "WAITING"
+
+
+def test_no_long_running_cluster_fails_the_run_with_a_clear_reason(env: Deployed) -> None:
+    run_id, arn = _console_run(env, EXISTING, f"{EXISTING}/{uuid.uuid4().hex[:8]}/c.input")
+    described = env.finished(arn, timeout=60)
+    assert described["status"] == "FAILED"
+    assert described["error"] == "ClusterNotAvailable"
+    assert "no cluster tagged team-cluster=analytics" in described["cause"]
+    assert env.ledger(run_id)["state"] == "FAILED"
