@@ -42,7 +42,10 @@ class Deployed:
 
     @property
     def state_machine(self) -> str:
-        return str(self.report.outputs["StateMachinesalesdaily"])
+        return self.state_machine_of("sales-daily")
+
+    def state_machine_of(self, pipeline: str) -> str:
+        return str(self.report.outputs[f"StateMachine{pipeline.replace('-', '')}"])
 
     @property
     def s3(self) -> Any:
@@ -55,8 +58,8 @@ class Deployed:
     def runs(self) -> list[RunRecord]:
         return read_runs(self.s3, self.outputs)
 
-    def executions(self) -> list[dict[str, Any]]:
-        pages = self.sfn.get_paginator("list_executions").paginate(stateMachineArn=self.state_machine)
+    def executions(self, pipeline: str = "sales-daily") -> list[dict[str, Any]]:
+        pages = self.sfn.get_paginator("list_executions").paginate(stateMachineArn=self.state_machine_of(pipeline))
         return [e for page in pages for e in page["executions"]]
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
@@ -86,10 +89,16 @@ class Deployed:
         return record.raw
 
     def start_console_run(self, name: str, body: Any) -> str:
-        arn: str = self.sfn.start_execution(stateMachineArn=self.state_machine, name=name, input=json.dumps(body))[
-            "executionArn"
-        ]
+        machine = self.state_machine_of(
+            body.get("pipeline", "sales-daily") if isinstance(body, dict) else "sales-daily"
+        )
+        arn: str = self.sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(body))["executionArn"]
         return arn
+
+    def clusters_left_running(self) -> list[str]:
+        """Clusters a run created that are not terminated (long-running clusters a test made are excluded)."""
+        model = self.twin.emr_ec2
+        return [cid for cid in model.active_clusters() if "autopilot:run-id" in model.clusters[cid].tags]
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +123,8 @@ def env(deployed: Deployed) -> Iterator[Deployed]:
     """Per test: no pending faults, instant job runs unless the test asks for Spark, and nothing in flight after."""
     deployed.twin.faults.clear()
     deployed.twin.emr_serverless.runner = None
+    deployed.twin.emr_ec2.runner = None
     yield deployed
     deployed.twin.wait_idle(timeout=120)
     assert not deployed.twin.emr_serverless.running(), "a job run was left running"
+    assert not deployed.clusters_left_running(), "a run left its cluster running"
