@@ -337,7 +337,7 @@ class Ec2Pipeline(PipelineWorkflow):
         self._grant_functions(name)
         self.suppress_workflow_wildcards(
             "clusters of this pipeline (ids are unknown until run time; scoped by the autopilot:pipeline tag).",
-            ["regex:/^Resource::arn:<AWS::Partition>:elasticmapreduce:.*:cluster\\/\\*$/g"],
+            ["regex:/^Resource::arn:(<AWS::Partition>|aws[a-z-]*):elasticmapreduce:.*:cluster\\/\\*$/g"],
         )
 
     def _grant_functions(self, name: str) -> None:
@@ -360,7 +360,7 @@ class Ec2Pipeline(PipelineWorkflow):
                 "AwsSolutions-IAM5",
                 "ListClusters supports no resource-level permissions (it finds the long-running cluster by tag); "
                 "DescribeCluster is limited to clusters carrying that tag.",
-                ["Resource::*", "regex:/^Resource::arn:<AWS::Partition>:elasticmapreduce:.*:cluster\\/\\*$/g"],
+                ["Resource::*", "regex:/^Resource::arn:(<AWS::Partition>|aws[a-z-]*):elasticmapreduce:.*:cluster\\/\\*$/g"],
             )
         finalize.add_to_role_policy(
             iam.PolicyStatement(actions=FINALIZE_ACTIONS, resources=[resource], conditions=conditions)
@@ -370,7 +370,7 @@ class Ec2Pipeline(PipelineWorkflow):
             "AwsSolutions-IAM5",
             "Cluster ids are known only at run time: reads are limited to clusters tagged with the pipeline "
             "(or the long-running target); X-Ray supports no resource-level permissions.",
-            ["Resource::*", "regex:/^Resource::arn:<AWS::Partition>:elasticmapreduce:.*:cluster\\/\\*$/g"],
+            ["Resource::*", "regex:/^Resource::arn:(<AWS::Partition>|aws[a-z-]*):elasticmapreduce:.*:cluster\\/\\*$/g"],
         )
 
     def existing_cluster_scope(self) -> tuple[str, dict[str, Any] | None]:
