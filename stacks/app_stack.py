@@ -41,17 +41,15 @@ class AutopilotStack(Stack):
         for name, pipeline in config.pipelines.items():
             runtime = pipeline.runtime
             workflow: PipelineWorkflow
+            common: dict[str, Any] = {
+                "name": name,
+                "pipeline": pipeline,
+                "prefix": prefix,
+                "storage": self.storage,
+                "platform": self.platform,
+            }
             if isinstance(runtime, Ec2Runtime):
-                workflow = Ec2Pipeline(
-                    self,
-                    f"Pipeline-{name}",
-                    name=name,
-                    pipeline=pipeline,
-                    prefix=prefix,
-                    storage=self.storage,
-                    platform=self.platform,
-                    extra_tags=dict(config.tags),
-                )
+                workflow = Ec2Pipeline(self, f"Pipeline-{name}", **common, extra_tags=dict(config.tags))
             else:
                 if isinstance(runtime.application, ServerlessApplication):
                     application = ServerlessApplicationConstruct(
@@ -60,16 +58,7 @@ class AutopilotStack(Stack):
                     Tags.of(application).add(TAG_PIPELINE, name)
                 else:
                     application = shared[runtime.application]
-                workflow = ServerlessPipeline(
-                    self,
-                    f"Pipeline-{name}",
-                    name=name,
-                    pipeline=pipeline,
-                    prefix=prefix,
-                    storage=self.storage,
-                    platform=self.platform,
-                    application=application,
-                )
+                workflow = ServerlessPipeline(self, f"Pipeline-{name}", **common, application=application)
             workflow.state_machine.grant_start_execution(self.platform.router)
             Tags.of(workflow).add(TAG_PIPELINE, name)
             self.pipelines[name] = workflow

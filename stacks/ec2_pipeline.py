@@ -34,6 +34,8 @@ EMR_SYNC_RULES = {
     "createCluster.sync": "StepFunctionsGetEventForEMRRunJobFlowRule",
 }
 SERVICE_POLICY = "service-role/AmazonEMRServicePolicy_v2"
+# cdk-nag `appliesTo` for `cluster/*` (the partition is a token, or literal when the CLI knows the region).
+ANY_CLUSTER_ARN = "regex:/^Resource::arn:(<AWS::Partition>|aws[a-z-]*):elasticmapreduce:.*:cluster\\/\\*$/g"
 # What the finalize function reads for the ledger (and CancelSteps for a failed run on a shared cluster).
 FINALIZE_ACTIONS = [
     "elasticmapreduce:DescribeCluster",
@@ -337,7 +339,7 @@ class Ec2Pipeline(PipelineWorkflow):
         self._grant_functions(name)
         self.suppress_workflow_wildcards(
             "clusters of this pipeline (ids are unknown until run time; scoped by the autopilot:pipeline tag).",
-            ["regex:/^Resource::arn:(<AWS::Partition>|aws[a-z-]*):elasticmapreduce:.*:cluster\\/\\*$/g"],
+            [ANY_CLUSTER_ARN],
         )
 
     def _grant_functions(self, name: str) -> None:
@@ -360,7 +362,7 @@ class Ec2Pipeline(PipelineWorkflow):
                 "AwsSolutions-IAM5",
                 "ListClusters supports no resource-level permissions (it finds the long-running cluster by tag); "
                 "DescribeCluster is limited to clusters carrying that tag.",
-                ["Resource::*", "regex:/^Resource::arn:(<AWS::Partition>|aws[a-z-]*):elasticmapreduce:.*:cluster\\/\\*$/g"],
+                ["Resource::*", ANY_CLUSTER_ARN],
             )
         finalize.add_to_role_policy(
             iam.PolicyStatement(actions=FINALIZE_ACTIONS, resources=[resource], conditions=conditions)
@@ -370,7 +372,7 @@ class Ec2Pipeline(PipelineWorkflow):
             "AwsSolutions-IAM5",
             "Cluster ids are known only at run time: reads are limited to clusters tagged with the pipeline "
             "(or the long-running target); X-Ray supports no resource-level permissions.",
-            ["Resource::*", "regex:/^Resource::arn:(<AWS::Partition>|aws[a-z-]*):elasticmapreduce:.*:cluster\\/\\*$/g"],
+            ["Resource::*", ANY_CLUSTER_ARN],
         )
 
     def existing_cluster_scope(self) -> tuple[str, dict[str, Any] | None]:
