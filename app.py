@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
@@ -13,6 +15,16 @@ from cdk_nag import AwsSolutionsChecks
 from config.loader import ConfigError, load_config
 from stacks.app_stack import AutopilotStack
 from stacks.naming import deployment_name
+
+
+def cli_context() -> dict[str, Any]:
+    """The context `cdk synth` gives the app: cdk.json's feature flags plus the metadata the CLI turns on.
+
+    Tests build the app with it, so they check the same template the CLI writes (feature flags such as
+    `enablePartitionLiterals` change ARNs, and with them which cdk-nag suppressions match).
+    """
+    context: dict[str, Any] = json.loads((Path(__file__).resolve().parent / "cdk.json").read_text())["context"]
+    return {**context, "aws:cdk:enable-path-metadata": True, "aws:cdk:enable-asset-metadata": True}
 
 
 def build_app(env_name: str | None = None, app: cdk.App | None = None, *, nag: bool = True) -> cdk.App:

@@ -17,7 +17,7 @@ os.environ.setdefault("CDK_DEFAULT_REGION", "us-east-1")
 
 import aws_cdk as cdk  # noqa: E402
 
-from app import build_app  # noqa: E402
+from app import build_app, cli_context  # noqa: E402
 from local.deploy import DeployReport  # noqa: E402
 from local.ledger import RunRecord, read_runs  # noqa: E402
 from local.spark_runner import SparkRunner  # noqa: E402
@@ -104,7 +104,7 @@ class Deployed:
 @pytest.fixture(scope="session")
 def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
     outdir = tmp_path_factory.mktemp("cdk.out")
-    build_app("dev", cdk.App(outdir=str(outdir)), nag=False).synth()
+    build_app("dev", cdk.App(outdir=str(outdir), context=cli_context()), nag=False).synth()
     return outdir
 
 

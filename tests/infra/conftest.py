@@ -15,7 +15,7 @@ os.environ.setdefault("CDK_DEFAULT_REGION", "us-east-1")
 import aws_cdk as cdk  # noqa: E402
 from aws_cdk.assertions import Template  # noqa: E402
 
-from app import build_app  # noqa: E402
+from app import build_app, cli_context  # noqa: E402
 from stacks.app_stack import AutopilotStack  # noqa: E402
 
 
@@ -33,7 +33,7 @@ class Synthesized:
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synthesized]:
     outdir = tmp_path_factory.mktemp("cdk.out")
-    app = build_app("dev", cdk.App(outdir=str(outdir)))
+    app = build_app("dev", cdk.App(outdir=str(outdir), context=cli_context()))
     stack = next(c for c in app.node.children if isinstance(c, AutopilotStack))
     template = Template.from_stack(stack)
     yield Synthesized(app=app, stack=stack, template=template, raw=template.to_json())

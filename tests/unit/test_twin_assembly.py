@@ -11,7 +11,7 @@ from typing import Any
 import aws_cdk as cdk
 import pytest
 
-from app import build_app
+from app import build_app, cli_context
 from local.assembly import (
     AssemblyError,
     Asset,
@@ -28,8 +28,6 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 STACK = "autopilot-dev"
 ASSET_BUCKET = f"cdk-hnb659fds-assets-{ACCOUNT}-{REGION}"
-# What the CDK CLI (`make synth`) adds: aws:cdk:path and aws:asset:* metadata on resources.
-CLI_CONTEXT = {"aws:cdk:enable-path-metadata": True, "aws:cdk:enable-asset-metadata": True}
 
 
 # --- the product's assembly (synthesized once) ------------------------------------------------------------------
@@ -41,7 +39,7 @@ def cdk_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CDK_DEFAULT_ACCOUNT", ACCOUNT)
         env.setenv("CDK_DEFAULT_REGION", REGION)
-        build_app("dev", cdk.App(outdir=str(outdir), context=CLI_CONTEXT), nag=False).synth()
+        build_app("dev", cdk.App(outdir=str(outdir), context=cli_context()), nag=False).synth()
     return outdir
 
 
