@@ -91,6 +91,7 @@ class _Deployer:
             "AWS::Events::Rule": self._rule,
             "AWS::StepFunctions::StateMachine": self._state_machine,
             "AWS::EMRServerless::Application": self._serverless_application,
+            "AWS::EMRContainers::VirtualCluster": self._virtual_cluster,
             "AWS::EMR::SecurityConfiguration": self._security_configuration,
             "AWS::KMS::Key": self._kms_key,
             "Custom::S3BucketNotifications": self._bucket_notifications,
@@ -327,6 +328,12 @@ class _Deployer:
             kwargs["initialCapacity"] = {pair["Key"]: camel(pair["Value"]) for pair in props["InitialCapacity"]}
         app = self.twin.client("emr-serverless").create_application(**kwargs)
         self._set(resource, app["applicationId"], ApplicationId=app["applicationId"], Arn=app["arn"])
+
+    def _virtual_cluster(self, resource: Resource, props: dict[str, Any]) -> None:
+        tags = {t["Key"]: t["Value"] for t in props.get("Tags") or []}
+        request = {"Name": props["Name"], "ContainerProvider": props["ContainerProvider"], "Tags": tags}
+        created = self.twin.emr_containers.create_virtual_cluster(request)
+        self._set(resource, created["id"], Id=created["id"], Arn=created["arn"])
 
     def _kms_key(self, resource: Resource, props: dict[str, Any]) -> None:
         kwargs: dict[str, Any] = {"Description": props.get("Description", resource.logical_id)}

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from moto.core.responses import BaseResponse
+from moto.core.responses import ActionResult, BaseResponse
 from moto.events import models as events_models
 from moto.s3 import notifications as s3_notifications
 from moto.stepfunctions.parser import models as sfn_models
@@ -77,10 +77,9 @@ def install(twin: Twin) -> None:
         try:
             action = self._get_action()
             twin.faults.check(self.service_name, action)
-            if self.service_name == "emr":  # EMR on EC2 is the twin's own model, not moto's
-                served = _serve_emr(twin, action, self.body)
-                if served is not None:
-                    return served
+            served = _serve_twin_model(twin, self, action)
+            if served is not None:
+                return served
         except TwinClientError as error:
             from local.twin import twin_error_response
 
@@ -101,6 +100,17 @@ def uninstall() -> None:
     sfn_execution.Execution.start = _ORIGINALS["start"]  # type: ignore[method-assign]
     BaseResponse.call_action = _ORIGINALS["call_action"]  # type: ignore[method-assign]
     sfn_models.StepFunctionsParserBackend.start_execution = _ORIGINALS["start_execution"]  # type: ignore[method-assign]
+
+
+def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
+    """A call to a service the twin models itself (EMR on EC2, EMR on EKS); None to leave it to moto."""
+    if response.service_name == "emr":  # EMR on EC2: JSON 1.1, parameters in the body
+        return _serve_emr(twin, action, response.body)
+    if response.service_name == "emr-containers":  # EMR on EKS: REST-JSON, ids in the path (parsed by moto)
+        params = {**(response.uri_match or {}), **(getattr(response, "params", None) or {})}
+        result = twin.emr_containers.handle_api(action, params)
+        return None if result is None else response.serialized(ActionResult(result))
+    return None
 
 
 def _serve_emr(twin: Twin, action: str, body: Any) -> tuple[int, dict[str, str], str] | None:

@@ -9,6 +9,10 @@
   `States.TaskFailed` and the DescribeCluster `Cluster` as the cause when the cluster ends before it is
   ready; `addStep.sync` fails with `{"Step": <DescribeStep Step>}` as the cause when the step does not
   complete.
+- `emr-containers:startJobRun` (request-response and `.sync`), `cancelJobRun`, `createVirtualCluster`,
+  `deleteVirtualCluster` (also `.sync`), on the twin's EMR on EKS model (`local.emr_containers`): PascalCase
+  shapes; errors `EMRContainers.<Code>`; a `.sync` job run that ends FAILED/CANCELLED fails the task with
+  `States.TaskFailed` and the job run (PascalCase DescribeJobRun `jobRun`) as the cause.
 - `lambda:invoke` and Lambda task ARNs: run the function in-process (moto would need Docker).
 """
 
@@ -42,6 +46,8 @@ from moto.stepfunctions.parser.asl.component.state.fail import state_fail
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.event import event_detail
 
+from local.emr_containers import TERMINAL as CONTAINERS_TERMINAL
+from local.emr_containers import EmrContainersTwin, pascal
 from local.emr_ec2 import ENDED_CLUSTER_STATES, ENDED_STEP_STATES, EmrEc2Twin
 from local.emr_serverless import TERMINAL, EmrServerlessTwin
 from local.faults import TwinClientError
@@ -188,6 +194,59 @@ class TwinEmrServerlessService(_TwinService):
         return resolve
 
 
+class TwinEmrContainersService(_TwinService):
+    """The optimized EMR on EKS integration (`emr-containers:*`), backed by the twin's job-run model."""
+
+    model: EmrContainersTwin  # set by install()
+    ERROR_PREFIX = "EMRContainers"
+    ACTIONS = frozenset({"startJobRun", "cancelJobRun", "createVirtualCluster", "deleteVirtualCluster"})
+    SYNC_ACTIONS = frozenset({"startJobRun", "deleteVirtualCluster"})
+
+    def _eval_service_task(
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> None:
+        action, params, model = self.resource.api_action, normalised_parameters, self.model
+        try:
+            if action == "startJobRun":
+                result = model.start_job_run(params)
+            elif action == "cancelJobRun":
+                result = model.cancel_job_run(params["VirtualClusterId"], params["Id"])
+            elif action == "createVirtualCluster":
+                result = model.create_virtual_cluster(params)
+            else:
+                result = model.delete_virtual_cluster(params["Id"])
+        except KeyError as missing:
+            raise TwinClientError("ValidationException", f"The field {missing.args[0]} is required") from None
+        env.stack.append(pascal(result))
+
+    def _build_sync_resolver(
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> Callable[[], Any]:
+        started = env.stack.pop()
+        if self.resource.api_action == "deleteVirtualCluster":
+            return lambda: started  # the twin terminates a virtual cluster at once
+        vc_id, run_id = started["VirtualClusterId"], started["Id"]
+
+        def resolve() -> Any:
+            if not self.model.wait(vc_id, run_id, timeout=0.2):
+                return None
+            job_run = pascal(self.model.describe_job_run(vc_id, run_id))
+            if job_run["State"] == "COMPLETED":
+                return job_run
+            assert job_run["State"] in CONTAINERS_TERMINAL
+            raise self._states_task_failed(env, job_run)
+
+        return resolve
+
+
 class TwinEmrService(_TwinService):
     """The optimized EMR (on EC2) integration (`elasticmapreduce:*`), backed by the twin's cluster model.
 
@@ -323,17 +382,27 @@ def uninstall() -> None:
         setattr(StateTaskServiceAwsSdk, "_eval_service_task", _ORIGINALS["aws_sdk"])  # noqa: B010 - monkeypatch
 
 
-def install(*, emr_serverless: EmrServerlessTwin, runtime: LambdaRuntime, emr_ec2: EmrEc2Twin | None = None) -> None:
+def install(
+    *,
+    emr_serverless: EmrServerlessTwin,
+    runtime: LambdaRuntime,
+    emr_ec2: EmrEc2Twin | None = None,
+    emr_containers: EmrContainersTwin | None = None,
+) -> None:
     """Plug the twin's integrations into moto's interpreter (idempotent)."""
     TwinEmrServerlessService.model = emr_serverless
     if emr_ec2 is not None:
         TwinEmrService.model = emr_ec2
+    if emr_containers is not None:
+        TwinEmrContainersService.model = emr_containers
 
     def service_for(service_name: str) -> Any:
         if service_name == "emr-serverless":
             return TwinEmrServerlessService()
         if service_name == "elasticmapreduce" and emr_ec2 is not None:
             return TwinEmrService()
+        if service_name == "emr-containers" and emr_containers is not None:
+            return TwinEmrContainersService()
         return _ORIGINAL_FACTORY(service_name=service_name)
 
     setattr(state_task_factory, "state_task_service_for", service_for)  # noqa: B010 - monkeypatch

@@ -10,11 +10,13 @@ What the twin adds to moto 5.2.5 (each item exists because moto does not do it):
 - Lambda functions run in-process from their asset folders (moto needs Docker), and SQS event
   source mappings with batch size, batching window, partial batch failures and DLQ redrive.
 - Step Functions: moto's ASL interpreter runs the exact definitions; the twin plugs in the
-  EMR Serverless and EMR (on EC2) optimized integrations (incl. `.sync`) and in-process Lambda
+  EMR Serverless, EMR (on EC2) and EMR on EKS optimized integrations (incl. `.sync`) and in-process Lambda
   invocation, and emits "Step Functions Execution Status Change" events.
 - EMR Serverless job runs that move through their states and really run on local Spark.
 - EMR on EC2 clusters (instance fleets/groups, bootstrap, steps, auto-termination, events) served by
   the twin's own model for the `emr` API and the Step Functions integrations (`local.emr_ec2`).
+- EMR on EKS virtual clusters and job runs (`local.emr_containers`) for the `emr-containers` API and
+  the `emr-containers:*` Step Functions integrations.
 - Faults on demand (see `local.faults`).
 """
 
@@ -39,6 +41,7 @@ import boto3
 from botocore.config import Config
 
 from local import eventbridge
+from local.emr_containers import EmrContainersTwin
 from local.emr_ec2 import EmrEc2Twin
 from local.emr_serverless import EmrServerlessTwin
 from local.faults import FaultInjector, TwinClientError
@@ -118,6 +121,7 @@ class Twin:
         self.runtime: LambdaRuntime
         self.emr_serverless: EmrServerlessTwin
         self.emr_ec2: EmrEc2Twin
+        self.emr_containers: EmrContainersTwin
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,6 +145,9 @@ class Twin:
         self.emr_serverless = EmrServerlessTwin(
             account=self.account, region=self.region, runner=runner, faults=self.faults, emit=self.put_event
         )
+        self.emr_containers = EmrContainersTwin(
+            account=self.account, region=self.region, runner=runner, faults=self.faults, emit=self.put_event
+        )
         self.emr_ec2 = EmrEc2Twin(
             account=self.account,
             region=self.region,
@@ -153,7 +160,12 @@ class Twin:
         CURRENT = self
         from local import patches, sfn_integrations
 
-        sfn_integrations.install(emr_serverless=self.emr_serverless, runtime=self.runtime, emr_ec2=self.emr_ec2)
+        sfn_integrations.install(
+            emr_serverless=self.emr_serverless,
+            runtime=self.runtime,
+            emr_ec2=self.emr_ec2,
+            emr_containers=self.emr_containers,
+        )
         patches.install(self)
         self._spawn(self._bus_worker, "eventbridge-bus")
         LOG.info("twin listening on %s", self.endpoint)
@@ -167,6 +179,7 @@ class Twin:
             thread.join(timeout=5)
         for run in self.emr_serverless.running():
             run.cancel.set()
+        self.emr_containers.shutdown()
         self.emr_ec2.shutdown()
         self._server.stop()
         from moto.core.config import default_user_config
@@ -414,7 +427,12 @@ class Twin:
                 attrs.get("ApproximateNumberOfMessagesNotVisible", 0)
             ):
                 return True
-        return bool(self.emr_ec2.busy() or self.running_executions() or self.emr_serverless.running())
+        return bool(
+            self.emr_ec2.busy()
+            or self.running_executions()
+            or self.emr_serverless.running()
+            or self.emr_containers.running()
+        )
 
     def running_executions(self) -> list[str]:
         sfn = self.client("stepfunctions")
