@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from config.base import RELEASE_LABEL_PATTERN
 from config.ec2 import Ec2Runtime, HiveStep, JarStep, SparkStep
+from config.eks import EKS_RELEASE_LABEL_PATTERN, EksRuntime
 from config.model import (
     BUCKET_NAME_PATTERN,
     PIPELINE_NAME_PATTERN,
@@ -40,6 +41,7 @@ _PATTERN_MEANINGS = {
     "not ending with '-'",
     BUCKET_NAME_PATTERN: "a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
     RELEASE_LABEL_PATTERN: "an EMR release label like 'emr-7.5.0'",
+    EKS_RELEASE_LABEL_PATTERN: "an EMR on EKS release label like 'emr-7.5.0-latest'",
     r"^\d+ vCPU$": "a size like '4 vCPU'",
     r"^\d+ GB$": "a size like '16 GB'",
     r"^\d{12}$": "a 12-digit AWS account id",
@@ -49,7 +51,7 @@ _PATTERN_MEANINGS = {
 _UNION_FIELDS = {"batching", "runtime", "application", "instances"}
 _LIST_UNION_FIELDS = {"steps"}  # lists of tagged unions: the tag follows the index
 _UNION_TAGS = {
-    "per_object", "window", "marker", "emr-serverless", "emr-ec2", "name", "inline",
+    "per_object", "window", "marker", "emr-serverless", "emr-ec2", "emr-eks", "name", "inline",
     "fleets", "groups", "spark", "s3distcp", "hive", "jar",
 }  # fmt: skip
 
@@ -122,6 +124,8 @@ def _cross_check(config: AppConfig, source: str, jobs_dir: Path) -> None:
         runtime = pipeline.runtime
         if isinstance(runtime, Ec2Runtime):
             problems.extend(_ec2_files(where, runtime, jobs_dir))
+        elif isinstance(runtime, EksRuntime):
+            problems.extend(_eks_files(where, runtime, jobs_dir))
         else:
             app = runtime.application
             if isinstance(app, str) and app not in config.serverless_applications:
@@ -180,6 +184,16 @@ def _ec2_files(where: str, runtime: Ec2Runtime, jobs_dir: Path) -> list[str]:
     bootstrap_dir = jobs_dir.parent / BOOTSTRAP_DIRNAME
     for index, action in enumerate(runtime.bootstrap_actions):
         problems += _missing_file(where, f"runtime.bootstrap_actions[{index}].script", action.script, bootstrap_dir)
+    return problems
+
+
+def _eks_files(where: str, runtime: EksRuntime, jobs_dir: Path) -> list[str]:
+    """The job file and pod templates must exist under jobs/."""
+    problems = _missing_file(where, "runtime.entry_point", runtime.entry_point, jobs_dir)
+    for field in ("driver_pod_template", "executor_pod_template"):
+        template = getattr(runtime, field)
+        if template is not None:
+            problems += _missing_file(where, f"runtime.{field}", template, jobs_dir)
     return problems
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag, mo
 
 from config.base import RELEASE_LABEL_PATTERN, StrictModel
 from config.ec2 import Ec2Runtime
+from config.eks import EksRuntime
 
 # Pipeline names end up in state machine names, execution names (80 chars max, together with a
 # 24-character hash), IAM role names and S3 prefixes: keep them short and DNS-like.
@@ -208,7 +209,7 @@ class ServerlessRuntime(StrictModel):
     )
 
 
-Runtime = Annotated[ServerlessRuntime | Ec2Runtime, Field(discriminator="type")]
+Runtime = Annotated[ServerlessRuntime | Ec2Runtime | EksRuntime, Field(discriminator="type")]
 
 
 class Pipeline(StrictModel):

@@ -8,8 +8,10 @@ from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct, IConstruct
 
 from config.ec2 import Ec2Runtime
+from config.eks import EksRuntime
 from config.model import AppConfig, ServerlessApplication
 from stacks.ec2_pipeline import Ec2Pipeline
+from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, deployment_name
 from stacks.platform import AutopilotPlatform
@@ -50,6 +52,8 @@ class AutopilotStack(Stack):
             }
             if isinstance(runtime, Ec2Runtime):
                 workflow = Ec2Pipeline(self, f"Pipeline-{name}", **common, extra_tags=dict(config.tags))
+            elif isinstance(runtime, EksRuntime):
+                workflow = EksPipeline(self, f"Pipeline-{name}", **common)
             else:
                 if isinstance(runtime.application, ServerlessApplication):
                     application = ServerlessApplicationConstruct(

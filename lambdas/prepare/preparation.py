@@ -346,7 +346,9 @@ def _run_record(
             "arguments": arguments,
             "spark_submit_parameters": overrides.get("spark_submit_parameters", settings.spark_submit_parameters),
             "execution_timeout_minutes": timeout,
-            "task_timeout_seconds": timeout * 60 + TASK_TIMEOUT_MARGIN_SECONDS,
+            # EMR on EKS has no job timeout of its own: the workflow's task timeout is the job's.
+            "task_timeout_seconds": timeout * 60
+            + (0 if settings.runtime == "emr-eks" else TASK_TIMEOUT_MARGIN_SECONDS),
         },
         "ledger": {
             "schema_version": 1,

@@ -124,7 +124,9 @@ def env(deployed: Deployed) -> Iterator[Deployed]:
     deployed.twin.faults.clear()
     deployed.twin.emr_serverless.runner = None
     deployed.twin.emr_ec2.runner = None
+    deployed.twin.emr_containers.runner = None
     yield deployed
     deployed.twin.wait_idle(timeout=120)
     assert not deployed.twin.emr_serverless.running(), "a job run was left running"
+    assert not deployed.twin.emr_containers.running(), "an EMR on EKS job run was left running"
     assert not deployed.clusters_left_running(), "a run left its cluster running"

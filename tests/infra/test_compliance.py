@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Annotations, Match
-from cfnlint.api import lint_all
+from cfnlint.api import ManualArgs, lint
 
 from tests.infra.conftest import Synthesized
 
@@ -28,7 +28,8 @@ def test_cdk_nag_aws_solutions_has_no_unsuppressed_findings(synth: Synthesized) 
 
 
 def test_cfn_lint_reports_no_errors(synth: Synthesized) -> None:
-    matches = lint_all(json.dumps(synth.raw))
+    # The deployment's own region (an env is one region): EMR on EKS, for one, is not offered everywhere.
+    matches = lint(json.dumps(synth.raw), config=ManualArgs(regions=[synth.stack.region]))
     errors = [f"{m.rule.id} {m.message} ({m.path})" for m in matches if m.rule.id.startswith("E")]
     assert errors == []
 

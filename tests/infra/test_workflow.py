@@ -31,6 +31,13 @@ INTEGRATION_ACTIONS: dict[str, set[str]] = {
         "events:DescribeRule",
     },
     "emr-serverless:cancelJobRun": {"emr-serverless:CancelJobRun"},
+    "emr-containers:startJobRun": {"emr-containers:StartJobRun"},
+    "emr-containers:startJobRun.sync": {
+        "emr-containers:StartJobRun",
+        "emr-containers:DescribeJobRun",
+        "emr-containers:CancelJobRun",
+    },
+    "emr-containers:cancelJobRun": {"emr-containers:CancelJobRun"},
     "elasticmapreduce:createCluster": {"elasticmapreduce:RunJobFlow"},
     "elasticmapreduce:addStep.sync": {
         "elasticmapreduce:AddJobFlowSteps",
@@ -71,8 +78,8 @@ def actions_from_asl(asl: dict[str, Any]) -> set[str]:
         else:
             needed |= INTEGRATION_ACTIONS[integration]
         params = state.get("Parameters", {})
-        if "ExecutionRoleArn" in params:
-            needed.add("iam:PassRole")
+        if "ExecutionRoleArn" in params and not integration.startswith("emr-containers:"):
+            needed.add("iam:PassRole")  # EMR on EKS checks the emr-containers:ExecutionRoleArn condition instead
         if integration.startswith("emr-serverless:") and "Tags" in params:
             needed.add("emr-serverless:TagResource")
         if integration.startswith("elasticmapreduce:createCluster"):
@@ -108,10 +115,12 @@ def workflow_role(name: str) -> str:
 def definition_of(synth: Synthesized, name: str) -> dict[str, Any]:
     """The ASL a pipeline's state machine runs (EMR-on-EC2 ones are filled in from config at synth)."""
     pipeline = synth.stack.pipelines[name]
+    if name == "sales-eks":
+        return json.loads((STATEMACHINES / "emr_eks_job.asl.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
     return getattr(pipeline, "definition", ASL)
 
 
-@pytest.mark.parametrize("pipeline", ["sales-daily", "sales-cluster", "sales-adhoc"])
+@pytest.mark.parametrize("pipeline", ["sales-daily", "sales-cluster", "sales-adhoc", "sales-eks"])
 def test_workflow_role_has_exactly_the_actions_of_its_tasks(synth: Synthesized, pipeline: str) -> None:
     statements = _role_statements(synth, workflow_role(pipeline))
     granted = {a for a in _actions(statements) if not a.startswith(OBSERVABILITY_PREFIXES)}
@@ -131,7 +140,7 @@ def test_sync_rule_permissions_are_on_the_managed_rule_only(synth: Synthesized) 
     assert "rule/StepFunctionsGetEventsForEMRServerlessJobRule" in json.dumps(rule["Resource"])
 
 
-@pytest.mark.parametrize("pipeline", ["sales-daily", "sales-cluster", "sales-adhoc"])
+@pytest.mark.parametrize("pipeline", ["sales-daily", "sales-cluster", "sales-adhoc", "sales-eks"])
 def test_no_unscoped_star_except_observability(synth: Synthesized, pipeline: str) -> None:
     for statement in _role_statements(synth, workflow_role(pipeline)):
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]

@@ -1,4 +1,4 @@
-"""The emr-ec2 runtime: config rules, config -> EMR request shapes, prepare's step rendering and
+"""The emr-ec2 and emr-eks runtimes: config rules, config -> EMR request shapes, prepare's step rendering and
 cluster resolution, and finalize's ledger update (EMR faked with moto-free stubs)."""
 
 from __future__ import annotations
@@ -363,3 +363,48 @@ def test_finalize_success_estimates_instance_hours_from_provisioned_capacity() -
     assert update["state"] == "SUCCEEDED" and update["metrics"] == {"rows_in": 3}
     assert update["instance_hours_estimate"]["instance_hours"] == 3.0
     assert [f["name"] for f in update["cluster"]["fleets"]] == ["core", "task"]
+
+
+# ------------------------------------------------------------------------------------------ emr-eks
+
+
+EKS_RUNTIME = {
+    "type": "emr-eks",
+    "eks_cluster_name": "data-platform",
+    "namespace": "emr-jobs",
+    "job_role": {"oidc_issuer": "oidc.eks.us-east-1.amazonaws.com/id/ABCDEF0123"},
+    "entry_point": "sales_etl.py",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"virtual_cluster_id": "abcdefghij0123456789abcde"}, "either virtual_cluster_id, or eks_cluster_name"),
+        ({"namespace": None}, "eks_cluster_name and namespace go together"),
+        ({"job_role": {}}, "set either existing_role_arn, or oidc_issuer"),
+        ({"release_label": "emr-7.5.0"}, "an EMR on EKS release label like 'emr-7.5.0-latest'"),
+        ({"namespace": "Bad_NS"}, "runtime.namespace"),
+        ({"driver_pod_template": "missing.yaml"}, "runtime.driver_pod_template: got 'missing.yaml'"),
+    ],
+)
+def test_bad_eks_config_gets_one_clear_error(change: dict[str, Any], message: str) -> None:
+    runtime = {k: v for k, v in {**EKS_RUNTIME, **change}.items() if v is not None}
+    with pytest.raises(ConfigError) as err:
+        validate_config({"pipelines": {"pipe": {"runtime": runtime}}})
+    assert message in str(err.value)
+
+
+def test_eks_job_task_timeout_is_the_job_timeout_itself() -> None:
+    settings = {
+        **{k: v for k, v in _ec2_settings().items() if k not in {"steps_json", "cluster_tags_json"}},
+        "runtime": "emr-eks",
+        "entry_point": "s3://art/jobs/x.py",
+        "execution_timeout_minutes": "30",
+        "application_id": "vc123",
+    }
+    result = prepare_run({"input": ROUTER_INPUT, "execution": EXECUTION, "settings": settings}, s3=None)
+    job = result["run"]["job"]
+    assert job["task_timeout_seconds"] == 30 * 60  # EMR on EKS has no job timeout: the task's is the job's
+    assert result["run"]["log_uri"] == "s3://logs/emr-eks/p/run-9/"
+    assert "cluster" not in result

@@ -1,0 +1,149 @@
+"""One pipeline on EMR on EKS: its virtual cluster (or an existing one), job execution role and workflow."""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk import Aws, Stack
+from aws_cdk import aws_emrcontainers as emrc
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from config.eks import EksRuntime
+from config.model import Pipeline
+from stacks.nag import suppress
+from stacks.naming import JOBS_PREFIX, STATEMACHINES_DIR
+from stacks.platform import AutopilotPlatform
+from stacks.storage import AutopilotStorage
+from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements
+
+EKS_ASL = STATEMACHINES_DIR / "emr_eks_job.asl.json"
+BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def base36(text: str) -> str:
+    """EMR on EKS names a job's service accounts with the base36 encoding of the role name's bytes."""
+    number = int.from_bytes(text.encode("utf-8"), "big")
+    digits = ""
+    while number:
+        number, rest = divmod(number, 36)
+        digits = BASE36[rest] + digits
+    return digits or "0"
+
+
+class EksPipeline(PipelineWorkflow):
+    """The workflow of one EMR-on-EKS pipeline.
+
+    - Virtual cluster `<prefix>-<pipeline>` on the configured EKS cluster and namespace (or an existing one).
+    - Job execution role: imported, or created trusting exactly the service accounts EMR on EKS creates for
+      this role in the namespace (IRSA, what `aws emr-containers update-role-trust-policy` writes); reads and
+      writes the same prefixes as the other runtimes' job roles.
+    - State machine from `statemachines/emr_eks_job.asl.json` (see `PipelineWorkflow`).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name: str,
+        pipeline: Pipeline,
+        prefix: str,
+        storage: AutopilotStorage,
+        platform: AutopilotPlatform,
+    ) -> None:
+        super().__init__(
+            scope, construct_id, name=name, pipeline=pipeline, prefix=prefix, storage=storage, platform=platform
+        )
+        runtime = pipeline.runtime
+        assert isinstance(runtime, EksRuntime)
+        self.runtime = runtime
+        stack = Stack.of(self)
+        if runtime.virtual_cluster_id is None:
+            assert runtime.eks_cluster_name is not None and runtime.namespace is not None
+            cluster = emrc.CfnVirtualCluster(
+                self,
+                "VirtualCluster",
+                name=f"{prefix}-{name}",
+                container_provider=emrc.CfnVirtualCluster.ContainerProviderProperty(
+                    id=runtime.eks_cluster_name,
+                    type="EKS",
+                    info=emrc.CfnVirtualCluster.ContainerInfoProperty(
+                        eks_info=emrc.CfnVirtualCluster.EksInfoProperty(namespace=runtime.namespace)
+                    ),
+                ),
+            )
+            self.virtual_cluster_id = cluster.attr_id
+        else:
+            self.virtual_cluster_id = runtime.virtual_cluster_id
+        self.virtual_cluster_arn = stack.format_arn(
+            service="emr-containers", resource="/virtualclusters", resource_name=self.virtual_cluster_id
+        )
+        self.job_role_arn = self._job_role(prefix, name)
+        spark_parameters = runtime.spark_parameters.replace("{artifacts}", storage.artifacts.bucket_name)
+        self.state_machine = self.build_state_machine(
+            sfn.DefinitionBody.from_file(str(EKS_ASL)),
+            {
+                **self.common_substitutions(),
+                "EntryPoint": f"s3://{storage.artifacts.bucket_name}/{JOBS_PREFIX}{runtime.entry_point}",
+                "JobArgumentsJson": asl_string(json.dumps(runtime.arguments)),
+                "SparkSubmitParameters": asl_string(spark_parameters),
+                "ExecutionTimeoutMinutes": str(runtime.execution_timeout_minutes),
+                "VirtualClusterId": self.virtual_cluster_id,
+                "JobRoleArn": self.job_role_arn,
+                "ReleaseLabel": runtime.release_label,
+            },
+        )
+        self._grant_workflow()
+
+    def _job_role(self, prefix: str, name: str) -> str:
+        spec = self.runtime.job_role
+        if spec.existing_role_arn is not None:
+            return spec.existing_role_arn
+        role_name = f"{prefix}-{name}-eks-job"[:64]
+        namespace = self.runtime.namespace or "*"
+        issuer = spec.oidc_issuer
+        provider = f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:oidc-provider/{issuer}"
+        subject = f"system:serviceaccount:{namespace}:emr-containers-sa-*-*-{Aws.ACCOUNT_ID}-{base36(role_name)}"
+        role = iam.Role(
+            self,
+            "JobRole",
+            role_name=role_name,
+            assumed_by=iam.FederatedPrincipal(
+                provider, {"StringLike": {f"{issuer}:sub": subject}}, "sts:AssumeRoleWithWebIdentity"
+            ),
+            description=f"EMR Autopilot job execution role of pipeline {name} (EMR on EKS, IRSA)",
+        )
+        for statement in job_data_statements(
+            self.storage, name, self.input_prefix, self.output_prefix, f"emr-eks/{name}/", [JOBS_PREFIX]
+        ):
+            role.add_to_policy(statement)
+        suppress(
+            role,
+            "AwsSolutions-IAM5",
+            "Object wildcards are limited to this pipeline's own input, output, manifest, log and job-code prefixes.",
+            ["regex:/^Resource::.*\\/\\*$/g"],
+        )
+        return role.role_arn
+
+    def _grant_workflow(self) -> None:
+        role = self.role
+        self.grant_run_bookkeeping()
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="StartJobRun",
+                actions=["emr-containers:StartJobRun"],
+                resources=[self.virtual_cluster_arn],
+                # EMR on EKS authorizes the job role through this condition key instead of iam:PassRole.
+                conditions={"StringEquals": {"emr-containers:ExecutionRoleArn": self.job_role_arn}},
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ManageJobRuns",
+                actions=["emr-containers:DescribeJobRun", "emr-containers:CancelJobRun"],
+                resources=[f"{self.virtual_cluster_arn}/jobruns/*"],
+            )
+        )
+        self.suppress_workflow_wildcards("job runs of its virtual cluster (ids are unknown until run time).", [])
