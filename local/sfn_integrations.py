@@ -117,6 +117,28 @@ class _TwinService(StateTaskServiceCallback):
         error_name, text = StatesErrorName(typ=task_failed), json.dumps(cause, default=str)
         return FailureEventException(self._task_failed(env, error_name, task_failed.to_name(), text))
 
+    def _job_run_resolver(
+        self,
+        env: Environment,
+        wait: Callable[[], bool],
+        describe: Callable[[], dict[str, Any]],
+        *,
+        succeeded: str,
+        terminal: set[str] | frozenset[str],
+    ) -> Callable[[], Any]:
+        """A .sync resolver for a job run: None while it runs, its description once `succeeded`, else TaskFailed."""
+
+        def resolve() -> Any:
+            if not wait():
+                return None
+            job_run = describe()
+            if job_run["State"] == succeeded:
+                return job_run
+            assert job_run["State"] in terminal
+            raise self._states_task_failed(env, job_run)
+
+        return resolve
+
     def _build_sync_resolver(
         self,
         env: Environment,
@@ -181,17 +203,13 @@ class TwinEmrServerlessService(_TwinService):
     ) -> Callable[[], Any]:
         started = env.stack.pop()
         app_id, run_id = started["ApplicationId"], started["JobRunId"]
-
-        def resolve() -> Any:
-            if not self.model.wait(app_id, run_id, timeout=0.2):
-                return None
-            job_run = self.model.describe(app_id, run_id)
-            if job_run["State"] == "SUCCESS":
-                return job_run
-            assert job_run["State"] in TERMINAL
-            raise self._states_task_failed(env, job_run)
-
-        return resolve
+        return self._job_run_resolver(
+            env,
+            lambda: self.model.wait(app_id, run_id, timeout=0.2),
+            lambda: self.model.describe(app_id, run_id),
+            succeeded="SUCCESS",
+            terminal=TERMINAL,
+        )
 
 
 class TwinEmrContainersService(_TwinService):
@@ -234,17 +252,13 @@ class TwinEmrContainersService(_TwinService):
         if self.resource.api_action == "deleteVirtualCluster":
             return lambda: started  # the twin terminates a virtual cluster at once
         vc_id, run_id = started["VirtualClusterId"], started["Id"]
-
-        def resolve() -> Any:
-            if not self.model.wait(vc_id, run_id, timeout=0.2):
-                return None
-            job_run = pascal(self.model.describe_job_run(vc_id, run_id))
-            if job_run["State"] == "COMPLETED":
-                return job_run
-            assert job_run["State"] in CONTAINERS_TERMINAL
-            raise self._states_task_failed(env, job_run)
-
-        return resolve
+        return self._job_run_resolver(
+            env,
+            lambda: self.model.wait(vc_id, run_id, timeout=0.2),
+            lambda: pascal(self.model.describe_job_run(vc_id, run_id)),
+            succeeded="COMPLETED",
+            terminal=CONTAINERS_TERMINAL,
+        )
 
 
 class TwinEmrService(_TwinService):
