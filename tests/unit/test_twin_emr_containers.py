@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,21 +15,12 @@ from botocore.exceptions import ClientError
 from local.emr_containers import EmrContainersTwin, camel, pascal
 from local.faults import FaultInjector, TwinClientError
 from local.twin import Twin
+from tests.unit.twin_helpers import deployed_twin, run_machine, wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/eks-job"
 SFN_ROLE = "arn:aws:iam::123456789012:role/sfn"
 DRIVER = {"sparkSubmitJobDriver": {"entryPoint": "s3://b/app.py", "entryPointArguments": ["--day", "1"]}}
 PROVIDER = {"id": "eks-main", "type": "EKS", "info": {"eksInfo": {"namespace": "emr"}}}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -162,15 +151,6 @@ TEMPLATE: dict[str, Any] = {
 }
 
 
-def _write_assembly(directory: Path) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "eks.template.json").write_text(json.dumps(TEMPLATE))
-    artifact = {"type": "aws:cloudformation:stack", "environment": "aws://unknown-account/unknown-region",
-                "properties": {"templateFile": "eks.template.json"}}  # fmt: skip
-    (directory / "manifest.json").write_text(json.dumps({"version": "55.0.0", "artifacts": {"eks": artifact}}))
-    return directory
-
-
 class Env:
     def __init__(self, twin: Twin, outputs: dict[str, Any]) -> None:
         self.twin = twin
@@ -181,17 +161,7 @@ class Env:
         self.sfn = twin.client("stepfunctions")
 
     def run_machine(self, name: str, definition: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
-        arn = self.sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=SFN_ROLE)[
-            "stateMachineArn"
-        ]
-        execution = self.sfn.start_execution(stateMachineArn=arn, input="{}")["executionArn"]
-
-        def finished() -> bool:
-            return str(self.sfn.describe_execution(executionArn=execution)["status"]) != "RUNNING"
-
-        wait_for(finished, timeout=timeout, what=f"execution of {name}")
-        described: dict[str, Any] = self.sfn.describe_execution(executionArn=execution)
-        return described
+        return run_machine(self.sfn, name, definition, SFN_ROLE, timeout)
 
     def task(self, resource: str, parameters: dict[str, Any]) -> dict[str, Any]:
         """A one-Task state machine definition."""
@@ -216,13 +186,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    workdir = tmp_path_factory.mktemp("emr-eks-twin")
-    twin = Twin(workdir=workdir, spark=False).start()
-    try:
-        report = twin.deploy(_write_assembly(workdir / "cdk.out"))
-        yield Env(twin, report.outputs)
-    finally:
-        twin.stop()
+    with deployed_twin(tmp_path_factory.mktemp("emr-eks-twin"), "eks", TEMPLATE) as (twin, outputs):
+        yield Env(twin, outputs)
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from botocore.exceptions import ClientError
 from local.emr_ec2 import normalization_factor, parse_dist_cp, parse_spark_submit
 from local.spark_runner import SparkRunner
 from local.twin import Twin
+from tests.unit.twin_helpers import deployed_twin, run_machine, wait_for
 
 SERVICE_ROLE = "emr-service-role"
 EC2_ROLE = "emr-ec2-role"
@@ -63,15 +63,6 @@ if "--fail" in sys.argv:
     print("ValueError: boom from the job", file=sys.stderr)
     sys.exit(1)
 """
-
-
-def _write_assembly(directory: Path) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "demo.template.json").write_text(json.dumps(TEMPLATE))
-    artifact = {"type": "aws:cloudformation:stack", "environment": "aws://unknown-account/unknown-region",
-                "properties": {"templateFile": "demo.template.json"}}  # fmt: skip
-    (directory / "manifest.json").write_text(json.dumps({"version": "55.0.0", "artifacts": {"demo": artifact}}))
-    return directory
 
 
 class Env:
@@ -138,17 +129,7 @@ class Env:
         return gzip.decompress(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()).decode()
 
     def run_machine(self, name: str, definition: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
-        arn = self.sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=ROLE_ARN)[
-            "stateMachineArn"
-        ]
-        execution = self.sfn.start_execution(stateMachineArn=arn, input="{}")["executionArn"]
-
-        def finished() -> bool:
-            return str(self.sfn.describe_execution(executionArn=execution)["status"]) != "RUNNING"
-
-        wait_for(finished, timeout=timeout, what=f"execution of {name}")
-        described: dict[str, Any] = self.sfn.describe_execution(executionArn=execution)
-        return described
+        return run_machine(self.sfn, name, definition, ROLE_ARN, timeout)
 
 
 FLEETS: list[dict[str, Any]] = [
@@ -173,16 +154,6 @@ SIX_TYPES: dict[str, Any] = {
 USER_REQUEST = {"Code": "USER_REQUEST", "Message": "Terminated by user request"}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-
-
 def step(name: str, args: list[str] | None = None, action: str = "CONTINUE") -> dict[str, Any]:
     """An AddJobFlowSteps step on command-runner.jar (a spark-submit unless `args` say otherwise)."""
     jar_step = {"Jar": "command-runner.jar", "Args": args or ["spark-submit", "s3://b/app.py"]}
@@ -191,13 +162,8 @@ def step(name: str, args: list[str] | None = None, action: str = "CONTINUE") -> 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    workdir = tmp_path_factory.mktemp("emr-ec2-twin")
-    twin = Twin(workdir=workdir, spark=False).start()
-    try:
-        report = twin.deploy(_write_assembly(workdir / "cdk.out"))
-        yield Env(twin, report.outputs)
-    finally:
-        twin.stop()
+    with deployed_twin(tmp_path_factory.mktemp("emr-ec2-twin"), "demo", TEMPLATE) as (twin, outputs):
+        yield Env(twin, outputs)
 
 
 @pytest.fixture
