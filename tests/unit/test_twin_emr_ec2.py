@@ -403,7 +403,7 @@ def test_steps_run_in_order_up_to_the_concurrency_level(env: Env) -> None:
     assert [i["Status"] for i in infos] == ["SUBMITTED", "SUBMITTED", "FAILED"]
     assert env.model.wait_step(cluster_id, first, {"CANCELLED"}) == "CANCELLED"
     env.model.wait_cluster(cluster_id, {"WAITING"})
-    step_events = env.events("EMR Step Status Change", cluster_id, count=10)
+    step_events = env.events("EMR Step Status Change", cluster_id, count=11)  # a and b: 4 each (to CANCELLED), c: 3
     assert [e["detail"]["state"] for e in step_events if e["detail"]["stepId"] == first] == [
         "PENDING", "RUNNING", "CANCEL_PENDING", "CANCELLED"
     ]  # fmt: skip
