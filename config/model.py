@@ -14,6 +14,7 @@ from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag, mo
 from config.base import RELEASE_LABEL_PATTERN, StrictModel
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
+from config.guardrails import Guardrails, PipelineLimits
 
 # Pipeline names end up in state machine names, execution names (80 chars max, together with a
 # 24-character hash), IAM role names and S3 prefixes: keep them short and DNS-like.
@@ -163,6 +164,23 @@ class Trigger(StrictModel):
     )
     batching: Batching = Field(default_factory=lambda: PerObjectBatching(mode="per_object"))
     ignore_zero_byte: bool = Field(default=True, description="Skip empty objects (they are usually placeholders).")
+    sources: list[Literal["eventbridge", "cloudtrail"]] = Field(
+        default_factory=lambda: ["eventbridge"],
+        min_length=1,
+        description=(
+            "Where arrivals are seen: `eventbridge` (S3 EventBridge notifications of the landing bucket) and/or "
+            "`cloudtrail` (CloudTrail S3 data events, for buckets that cannot send notifications). With both, "
+            "an object reported by both still runs once."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> Trigger:
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(
+                f"sources: {self.sources} lists a source twice; expected each of eventbridge/cloudtrail once"
+            )
+        return self
 
     def overlaps(self, other: Trigger) -> bool:
         """True when one object key could match both triggers."""
@@ -224,6 +242,9 @@ class Pipeline(StrictModel):
     run_timeout_minutes: int = Field(
         default=180, ge=5, le=525600, description="Whole-workflow timeout (state machine TimeoutSeconds)."
     )
+    limits: PipelineLimits = Field(
+        default_factory=PipelineLimits, description="This pipeline's caps (on top of the deployment's)."
+    )
 
     @model_validator(mode="after")
     def _run_outlasts_job(self) -> Pipeline:
@@ -279,6 +300,7 @@ class AppConfig(StrictModel):
     serverless_applications: dict[ResourceName, ServerlessApplication] = Field(
         default_factory=dict, description="Shared EMR Serverless applications, referenced by name from pipelines."
     )
+    guardrails: Guardrails = Field(default_factory=Guardrails)
     pipelines: dict[PipelineName, Pipeline] = Field(min_length=1, description="The pipelines, by name.")
 
     @model_validator(mode="after")
