@@ -43,7 +43,7 @@ def test_shipped_dev_config_is_valid() -> None:
         pytest.param(
             lambda r: _sales(r)["trigger"].update(colour="red"),
             "config/dev.yaml: pipeline 'sales-daily': trigger.colour: unknown key; expected one of: "
-            "batching, ignore_zero_byte, prefix, suffixes",
+            "batching, ignore_zero_byte, prefix, sources, suffixes",
             id="unknown-key",
         ),
         pytest.param(
