@@ -3,17 +3,13 @@ configuration, KMS key) or steps on a long-running cluster; and its workflow."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from aws_cdk import Aws, Stack
 from aws_cdk import aws_emr as emr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from config.ec2 import Ec2Runtime
@@ -119,21 +115,8 @@ class Ec2Pipeline(PipelineWorkflow):
             definition = load_definition(EXISTING_ASL)
             existing = runtime.existing_cluster.model_dump(exclude_none=True)
             substitutions["ExistingClusterJson"] = asl_string(json.dumps(existing))
-        self.definition = definition
-        self.state_machine = self.build_state_machine(self._definition_body(definition), substitutions)
-        self._grant_workflow(name, definition)
-
-    def _definition_body(self, definition: dict[str, Any]) -> sfn.DefinitionBody:
-        """The filled-in ASL as a file asset (DefinitionS3Location, like the serverless workflow), so templates
-        stay small and linters do not parse an ASL that still holds `${Substitutions}`."""
-        text = json.dumps(definition, indent=2, sort_keys=False) + "\n"
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        folder = Path(tempfile.gettempdir()) / "emr-autopilot-asl"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.state_machine_name}-{digest}.asl.json"
-        if not path.exists():
-            path.write_text(text, encoding="utf-8")
-        return sfn.DefinitionBody.from_file(str(path))
+        self.state_machine = self.build_state_machine(self.definition_body(definition), substitutions)
+        self._grant_workflow(name, self.definition)
 
     # ------------------------------------------------------------------ transient cluster resources
 

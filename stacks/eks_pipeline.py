@@ -7,7 +7,6 @@ import json
 from aws_cdk import Aws, Stack
 from aws_cdk import aws_emrcontainers as emrc
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from config.eks import EksRuntime
@@ -16,7 +15,7 @@ from stacks.nag import suppress
 from stacks.naming import JOBS_PREFIX, STATEMACHINES_DIR
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements
+from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements, load_definition
 
 EKS_ASL = STATEMACHINES_DIR / "emr_eks_job.asl.json"
 BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -83,7 +82,7 @@ class EksPipeline(PipelineWorkflow):
         self.job_role_arn = self._job_role(prefix, name)
         spark_parameters = runtime.spark_parameters.replace("{artifacts}", storage.artifacts.bucket_name)
         self.state_machine = self.build_state_machine(
-            sfn.DefinitionBody.from_file(str(EKS_ASL)),
+            self.definition_body(load_definition(EKS_ASL)),
             {
                 **self.common_substitutions(),
                 "EntryPoint": f"s3://{storage.artifacts.bucket_name}/{JOBS_PREFIX}{runtime.entry_point}",

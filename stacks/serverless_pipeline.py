@@ -7,7 +7,6 @@ import json
 from aws_cdk import Aws, Stack
 from aws_cdk import aws_emrserverless as emrs
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from config.model import Pipeline, ServerlessApplication, ServerlessRuntime
@@ -15,7 +14,7 @@ from stacks.nag import suppress
 from stacks.naming import JOBS_PREFIX, STATEMACHINES_DIR
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements
+from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements, load_definition
 
 SERVERLESS_ASL = STATEMACHINES_DIR / "emr_serverless_job.asl.json"
 # The managed rule Step Functions creates in the account to receive EMR Serverless job events (.sync).
@@ -94,7 +93,7 @@ class ServerlessPipeline(PipelineWorkflow):
         self.application = application
         self.job_role = self._job_role(name, storage)
         self.state_machine = self.build_state_machine(
-            sfn.DefinitionBody.from_file(str(SERVERLESS_ASL)),
+            self.definition_body(load_definition(SERVERLESS_ASL)),
             {
                 **self.common_substitutions(),
                 "EntryPoint": f"s3://{storage.artifacts.bucket_name}/{JOBS_PREFIX}{runtime.entry_point}",

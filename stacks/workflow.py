@@ -3,10 +3,13 @@ and role, and the grants for the prepare function, the ledger, `_SUCCESS`, `_met
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import Aws, RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
@@ -29,11 +32,12 @@ class PipelineWorkflow(Construct):
     """Base of the per-runtime pipeline constructs.
 
     - State machine `<prefix>-<pipeline>` (Standard, X-Ray, logs ALL without execution data,
-      timeout `run_timeout_minutes`), its role trusted by Step Functions in this account only.
+      top-level TimeoutSeconds `run_timeout_minutes`), its role trusted by Step Functions in this account only.
     - The role gets exactly the actions of the ASL's tasks (tests derive them from the ASL).
     """
 
     state_machine: sfn.StateMachine
+    definition: dict[str, Any]  # the ASL as deployed (before substitutions)
 
     def __init__(
         self,
@@ -79,6 +83,25 @@ class PipelineWorkflow(Construct):
             "NotificationTopicArn": self.platform.topic.topic_arn,
         }
 
+    def definition_body(self, definition: dict[str, Any]) -> sfn.DefinitionBody:
+        """The filled-in ASL as a file asset (DefinitionS3Location), with the run timeout as its top-level
+        `TimeoutSeconds`.
+
+        CDK's `timeout` prop only reaches definitions CDK renders itself (`FileDefinitionBody.bind` ignores
+        it), so without this a file-based workflow would never time out. A file asset keeps templates small
+        and keeps linters from parsing ASL that still holds `${Substitutions}`.
+        """
+        definition = {**definition, "TimeoutSeconds": self.pipeline.run_timeout_minutes * 60}
+        self.definition = definition
+        text = json.dumps(definition, indent=2, sort_keys=False) + "\n"
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / "emr-autopilot-asl"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.state_machine_name}-{digest}.asl.json"
+        if not path.exists():
+            path.write_text(text, encoding="utf-8")
+        return sfn.DefinitionBody.from_file(str(path))
+
     def build_state_machine(self, body: sfn.DefinitionBody, substitutions: dict[str, str]) -> sfn.StateMachine:
         log_group = logs.LogGroup(
             self,
@@ -95,7 +118,6 @@ class PipelineWorkflow(Construct):
             definition_body=body,
             definition_substitutions=substitutions,
             role=self.role,
-            timeout=Duration.minutes(self.pipeline.run_timeout_minutes),
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
         )

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from config.loader import load_config
 from tests.infra.conftest import Synthesized
 
 STATEMACHINES = Path(__file__).resolve().parents[2] / "statemachines"
@@ -51,6 +52,7 @@ INTEGRATION_ACTIONS: dict[str, set[str]] = {
         *SYNC_RULE_ACTIONS,
     },
 }
+PIPELINES = sorted(load_config("dev").pipelines)
 # Added by CDK for `tracing_enabled` and `logs`: services without resource-level permissions.
 OBSERVABILITY_PREFIXES = ("xray:", "logs:")
 
@@ -114,10 +116,14 @@ def workflow_role(name: str) -> str:
 
 def definition_of(synth: Synthesized, name: str) -> dict[str, Any]:
     """The ASL a pipeline's state machine runs (EMR-on-EC2 ones are filled in from config at synth)."""
-    pipeline = synth.stack.pipelines[name]
-    if name == "sales-eks":
-        return json.loads((STATEMACHINES / "emr_eks_job.asl.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
-    return getattr(pipeline, "definition", ASL)
+    return synth.stack.pipelines[name].definition
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_every_workflow_times_out_after_its_run_timeout(synth: Synthesized, pipeline: str) -> None:
+    # CDK's `timeout` prop never reaches a file-based definition: the ASL itself must carry it.
+    expected = synth.stack.pipelines[pipeline].pipeline.run_timeout_minutes * 60
+    assert definition_of(synth, pipeline)["TimeoutSeconds"] == expected
 
 
 @pytest.mark.parametrize("pipeline", ["sales-daily", "sales-cluster", "sales-adhoc", "sales-eks"])
