@@ -155,6 +155,9 @@ class MarkerBatching(StrictModel):
 Batching = Annotated[PerObjectBatching | WindowBatching | MarkerBatching, Field(discriminator="mode")]
 
 
+TriggerSource = Literal["eventbridge", "cloudtrail"]
+
+
 class Trigger(StrictModel):
     """Which landing objects start this pipeline."""
 
@@ -164,8 +167,8 @@ class Trigger(StrictModel):
     )
     batching: Batching = Field(default_factory=lambda: PerObjectBatching(mode="per_object"))
     ignore_zero_byte: bool = Field(default=True, description="Skip empty objects (they are usually placeholders).")
-    sources: list[Literal["eventbridge", "cloudtrail"]] = Field(
-        default_factory=lambda: ["eventbridge"],
+    sources: list[TriggerSource] = Field(
+        default_factory=lambda: list[TriggerSource](["eventbridge"]),
         min_length=1,
         description=(
             "Where arrivals are seen: `eventbridge` (S3 EventBridge notifications of the landing bucket) and/or "
