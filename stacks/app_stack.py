@@ -12,6 +12,7 @@ from config.eks import EksRuntime
 from config.model import AppConfig, ServerlessApplication
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
+from stacks.guardrails import AutopilotGuardrails
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, deployment_name
 from stacks.platform import AutopilotPlatform
@@ -81,6 +82,15 @@ class AutopilotStack(Stack):
                 Tags.of(trigger).add(TAG_PIPELINE, name)
                 self.triggers[name] = trigger
 
+        self.guardrails = AutopilotGuardrails(
+            self,
+            "Guardrails",
+            config=config,
+            prefix=prefix,
+            storage=self.storage,
+            platform=self.platform,
+            pipelines=self.pipelines,
+        )
         suppress(
             self.platform.dead_letters,
             "AwsSolutions-SQS3",

@@ -1,0 +1,285 @@
+"""Guardrails: the guardrail function and its three rules (execution ended badly, the sweeper's
+schedule, EMR CloudTrail calls), and optionally the CloudTrail trail those rules rely on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from aws_cdk import ArnFormat, Duration, Stack
+from aws_cdk import aws_cloudtrail as cloudtrail
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from config.ec2 import Ec2Runtime
+from config.eks import EksRuntime
+from config.model import AppConfig
+from stacks.eks_pipeline import EksPipeline
+from stacks.nag import suppress
+from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
+from stacks.platform import AutopilotPlatform
+from stacks.serverless_pipeline import ServerlessPipeline
+from stacks.storage import AutopilotStorage
+from stacks.workflow import PipelineWorkflow
+
+ENDED_STATUSES = ["ABORTED", "TIMED_OUT", "FAILED"]
+CLOUDTRAIL_EMR_CALLS = ["RunJobFlow", "TerminateJobFlows", "CancelSteps"]
+# The sweeper's default for a pipeline without `limits.max_cluster_lifetime_minutes`.
+LIFETIME_GRACE_MINUTES = 15
+
+
+class AutopilotGuardrails(Construct):
+    """The guardrail function (`lambdas/guardrail`) and its rules.
+
+    - "Step Functions Execution Status Change" ABORTED / TIMED_OUT / FAILED of this deployment's state
+      machines -> cleanup (terminate / cancel, delete alarms, release the slot, ledger, notify).
+    - `rate(sweeper_interval_minutes)` -> the orphan sweeper.
+    - "AWS API Call via CloudTrail" for EMR RunJobFlow / TerminateJobFlows / CancelSteps without an
+      error -> auto-termination for unmanaged clusters, CANCELLED runs.
+    Every target retries for 2 hours and then lands in the platform's dead-letter queue.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: AppConfig,
+        prefix: str,
+        storage: AutopilotStorage,
+        platform: AutopilotPlatform,
+        pipelines: Mapping[str, PipelineWorkflow],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        guardrails = config.guardrails
+        refs: dict[str, dict[str, object]] = {}
+        for name, workflow in pipelines.items():
+            pipeline = workflow.pipeline
+            runtime = pipeline.runtime
+            ref: dict[str, object] = {
+                "state_machine_arn": workflow.state_machine.state_machine_arn,
+                "runtime": "emr-ec2"
+                if isinstance(runtime, Ec2Runtime)
+                else "emr-eks"
+                if isinstance(runtime, EksRuntime)
+                else "emr-serverless",
+                "transient": not (isinstance(runtime, Ec2Runtime) and not runtime.transient),
+                "max_cluster_lifetime_minutes": pipeline.limits.max_cluster_lifetime_minutes
+                or pipeline.run_timeout_minutes + LIFETIME_GRACE_MINUTES,
+            }
+            if isinstance(workflow, ServerlessPipeline):
+                ref["application_id"] = workflow.application.application_id
+            if isinstance(workflow, EksPipeline):
+                ref["virtual_cluster_id"] = workflow.virtual_cluster_id
+            refs[name] = ref
+
+        self.function = platform.functions.function(
+            self,
+            "guardrail",
+            description="EMR Autopilot: cleanup after aborted/timed-out/failed runs, orphan sweeper, CloudTrail "
+            "reactions",
+            environment={
+                "DEPLOYMENT": prefix,
+                "OUTPUTS_BUCKET": storage.outputs.bucket_name,
+                "TOPIC_ARN": platform.topic.topic_arn,
+                "CLAIMS_TABLE": platform.idempotency_table.table_name,
+                "PIPELINES": stack.to_json_string(refs),
+                "UNMANAGED_CLUSTERS": json.dumps(guardrails.unmanaged_clusters.model_dump()),
+                "SERVERLESS_IDLE_STOP_MINUTES": str(guardrails.serverless_idle_stop_minutes),
+            },
+            timeout=Duration.minutes(5),
+        )
+        function = self.function
+        assert function.role is not None
+        # Calls by these roles are the app's own (the workflows, finalize, this function): never "someone else".
+        own_roles = [w.role.role_arn for w in pipelines.values()] + [function.role.role_arn]
+        if platform.finalize is not None and platform.finalize.role is not None:
+            own_roles.append(platform.finalize.role.role_arn)
+        function.add_environment("APP_ROLE_ARNS", stack.to_json_string(own_roles))
+        self._grant(stack, prefix, storage, platform, pipelines)
+
+        target = targets.LambdaFunction(
+            function,
+            dead_letter_queue=platform.dead_letters,
+            retry_attempts=20,
+            max_event_age=Duration.hours(2),
+        )
+        self.ended_rule = events.Rule(
+            self,
+            "ExecutionEnded",
+            description="EMR Autopilot: a run ended ABORTED/TIMED_OUT/FAILED -> cleanup",
+            event_pattern=events.EventPattern(
+                source=["aws.states"],
+                detail_type=["Step Functions Execution Status Change"],
+                detail={
+                    "status": ENDED_STATUSES,
+                    "stateMachineArn": [w.state_machine.state_machine_arn for w in pipelines.values()],
+                },
+            ),
+            targets=[target],
+        )
+        self.sweeper_rule = events.Rule(
+            self,
+            "Sweeper",
+            description="EMR Autopilot: orphan sweeper tick",
+            schedule=events.Schedule.rate(Duration.minutes(guardrails.sweeper_interval_minutes)),
+            targets=[target],
+        )
+        self.cloudtrail_rule = events.Rule(
+            self,
+            "EmrApiCalls",
+            description="EMR Autopilot: EMR API calls seen by CloudTrail -> unmanaged clusters, cancelled runs",
+            event_pattern=events.EventPattern(
+                source=["aws.elasticmapreduce"],
+                detail_type=["AWS API Call via CloudTrail"],
+                detail={
+                    "eventSource": ["elasticmapreduce.amazonaws.com"],
+                    "eventName": CLOUDTRAIL_EMR_CALLS,
+                    "errorCode": [{"exists": False}],
+                },
+            ),
+            targets=[target],
+        )
+        self.trail: cloudtrail.Trail | None = None
+        if guardrails.trail.create:
+            self.trail = self._trail(prefix, config, storage)
+
+    def _grant(
+        self,
+        stack: Stack,
+        prefix: str,
+        storage: AutopilotStorage,
+        platform: AutopilotPlatform,
+        pipelines: Mapping[str, PipelineWorkflow],
+    ) -> None:
+        function = self.function
+        any_cluster = stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")
+        statements = [
+            # ListClusters supports no resource-level permissions.
+            iam.PolicyStatement(actions=["elasticmapreduce:ListClusters"], resources=["*"]),
+            # Reading any cluster (tags decide whether it is ours) and capping unmanaged ones.
+            iam.PolicyStatement(
+                actions=[
+                    "elasticmapreduce:DescribeCluster",
+                    "elasticmapreduce:DescribeStep",
+                    "elasticmapreduce:GetAutoTerminationPolicy",
+                    "elasticmapreduce:PutAutoTerminationPolicy",
+                ],
+                resources=[any_cluster],
+            ),
+            # Stopping compute only on this deployment's clusters.
+            iam.PolicyStatement(
+                actions=[
+                    "elasticmapreduce:TerminateJobFlows",
+                    "elasticmapreduce:ListSteps",
+                    "elasticmapreduce:CancelSteps",
+                ],
+                resources=[any_cluster],
+                conditions={"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": prefix}},
+            ),
+            iam.PolicyStatement(
+                actions=["states:DescribeExecution"],
+                resources=[
+                    stack.format_arn(
+                        service="states",
+                        resource="execution",
+                        resource_name=f"{w.state_machine_name}:*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                    for w in pipelines.values()
+                ],
+            ),
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[storage.outputs.arn_for_objects(f"{LEDGER_PREFIX}*")],
+            ),
+            # Without ListBucket a missing ledger entry reads as 403 instead of 404.
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[storage.outputs.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{LEDGER_PREFIX}*"]}},
+            ),
+            # DescribeAlarms supports no resource-level permissions; deletion only of scaling alarms.
+            iam.PolicyStatement(actions=["cloudwatch:DescribeAlarms"], resources=["*"]),
+            iam.PolicyStatement(
+                actions=["cloudwatch:DeleteAlarms"],
+                resources=[
+                    stack.format_arn(
+                        service="cloudwatch",
+                        resource="alarm",
+                        resource_name=f"{prefix}-scaling-*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            ),
+        ]
+        for workflow in pipelines.values():
+            if isinstance(workflow, ServerlessPipeline):
+                app_arn = workflow.application.arn
+                statements.append(
+                    iam.PolicyStatement(
+                        actions=[
+                            "emr-serverless:GetApplication",
+                            "emr-serverless:StopApplication",
+                            "emr-serverless:ListJobRuns",
+                            "emr-serverless:GetJobRun",
+                            "emr-serverless:CancelJobRun",
+                        ],
+                        resources=[app_arn, f"{app_arn}/jobruns/*"],
+                    )
+                )
+            if isinstance(workflow, EksPipeline):
+                statements.append(
+                    iam.PolicyStatement(
+                        actions=[
+                            "emr-containers:ListJobRuns",
+                            "emr-containers:DescribeJobRun",
+                            "emr-containers:CancelJobRun",
+                        ],
+                        resources=[workflow.virtual_cluster_arn, f"{workflow.virtual_cluster_arn}/jobruns/*"],
+                    )
+                )
+        for statement in statements:
+            function.add_to_role_policy(statement)
+        platform.topic.grant_publish(function)
+        platform.idempotency_table.grant_read_write_data(function)
+        suppress(
+            function,
+            "AwsSolutions-IAM5",
+            "ListClusters/DescribeAlarms support no resource-level permissions; cluster ARNs are unknown until "
+            "launch (terminate/cancel are conditioned on this deployment's tag); ledger keys and this deployment's "
+            "executions, job runs and scaling alarms are matched by prefix.",
+            [
+                "Resource::*",
+                "regex:/^Resource::arn:[^:]+:elasticmapreduce:.*:cluster\\/\\*$/g",
+                "regex:/^Resource::arn:[^:]+:states:.*:\\*$/g",
+                "regex:/^Resource::arn:[^:]+:cloudwatch:.*-scaling-\\*$/g",
+                "regex:/^Resource::.*\\/_runs\\/\\*$/g",
+                "regex:/^Resource::.*\\/jobruns\\/\\*$/g",
+            ],
+        )
+
+    def _trail(self, prefix: str, config: AppConfig, storage: AutopilotStorage) -> cloudtrail.Trail:
+        """A multi-region trail with management events, plus S3 data events of the landing bucket when a
+        pipeline's trigger listens to CloudTrail. Log files go to the logs bucket under `cloudtrail/`."""
+        trail = cloudtrail.Trail(
+            self,
+            "Trail",
+            trail_name=f"{prefix}-guardrails",
+            bucket=storage.logs,
+            s3_key_prefix="cloudtrail",
+            is_multi_region_trail=True,
+            include_global_service_events=True,
+            enable_file_validation=True,
+            management_events=cloudtrail.ReadWriteType.WRITE_ONLY,
+        )
+        if any(p.trigger is not None and "cloudtrail" in p.trigger.sources for p in config.pipelines.values()):
+            trail.add_s3_event_selector(
+                [cloudtrail.S3EventSelector(bucket=storage.landing)],
+                read_write_type=cloudtrail.ReadWriteType.WRITE_ONLY,
+                include_management_events=False,
+            )
+        return trail
