@@ -6,11 +6,23 @@ Each SQS record body is the envelope the pipeline's EventBridge rule builds::
      "state_machine_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:autopilot-dev-sales-daily",
      "trigger": {"mode": "window", "prefix": "sales/", "suffixes": [".csv"], "marker_name": null,
                  "ignore_zero_byte": true},
-     "event": {...the EventBridge "Object Created" event from aws.s3, unchanged...}}
+     "event": {...the EventBridge event from aws.s3, unchanged...}}
+
+The event is an S3 "Object Created" notification or, for a trigger whose `sources` (absent: only
+`eventbridge`) include `cloudtrail`, a CloudTrail S3 data event ("AWS API Call via CloudTrail":
+PutObject, CopyObject, CompleteMultipartUpload).
 
 Delivery is at-least-once at every hop (S3 -> EventBridge -> SQS -> Lambda), so an object version is
 claimed once per pipeline in DynamoDB (powertools idempotency), and every run's execution name is a
 hash of its inputs, so Step Functions itself rejects a second start of the same run.
+
+What is claimed (the arrival's identity):
+- EventBridge-only pipelines: bucket, key, version id, etag and the S3 `sequencer`, all from the event
+  (no S3 call).
+- Pipelines with `cloudtrail`: CloudTrail reports no sequencer, etag or size, so the router reads the
+  object's current bucket, key, version id, etag and last-modified with HeadObject, whichever source
+  reported it: both reports of one write claim the same identity and start one run. An object gone
+  by then (404) is skipped (metric `ObjectsGone`).
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -48,6 +60,14 @@ CLAIM_KEY_PREFIX = "autopilot-router.object-claim"
 RETRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5})
 UNKNOWN_PIPELINE = "unknown"
 WAITING_FOR_MARKER = "waiting for marker"
+OBJECT_GONE = "object gone before it was read"
+SOURCES = ("eventbridge", "cloudtrail")
+DEFAULT_SOURCES = ("eventbridge",)
+OBJECT_CREATED = "Object Created"
+DATA_EVENT = "AWS API Call via CloudTrail"
+# CloudTrail S3 data events that create an object (the same writes S3 notifies as "Object Created").
+OBJECT_WRITES = ("PutObject", "CopyObject", "CompleteMultipartUpload")
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 
 _STATE_MACHINE_ARN = re.compile(r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:stateMachine:[A-Za-z0-9_-]{1,80}$")
 # A run id is `<pipeline>-<24 hex>`; checking a sample name validates the pipeline once, up front.
@@ -61,6 +81,7 @@ class Metric(StrEnum):
 
     MALFORMED_RECORDS = "MalformedRecords"
     OBJECTS_SKIPPED = "ObjectsSkipped"
+    OBJECTS_GONE = "ObjectsGone"
     DUPLICATE_OBJECTS = "DuplicateObjects"
     OBJECTS_IN_PROGRESS = "ObjectsInProgress"
     OBJECTS_ROUTED = "ObjectsRouted"
@@ -134,6 +155,12 @@ class TriggerSpec:
     suffixes: tuple[str, ...] = ()
     marker_name: str | None = None
     ignore_zero_byte: bool = True
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+
+    @property
+    def reads_objects(self) -> bool:
+        """True when arrivals are identified by HeadObject (the trigger has CloudTrail among its sources)."""
+        return "cloudtrail" in self.sources
 
     @classmethod
     def from_envelope(cls, raw: Any) -> TriggerSpec:
@@ -160,29 +187,75 @@ class TriggerSpec:
         ignore_zero_byte = raw.get("ignore_zero_byte", True)
         if not isinstance(ignore_zero_byte, bool):
             raise MalformedRecord(f"trigger.ignore_zero_byte: got {_short(ignore_zero_byte)}; expected true or false")
-        return cls(mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte)
+        sources = raw.get("sources", list(DEFAULT_SOURCES))
+        if (
+            not isinstance(sources, list)
+            or not sources
+            or not all(s in SOURCES for s in sources)
+            or len(set(sources)) != len(sources)
+        ):
+            raise MalformedRecord(
+                f"trigger.sources: got {_short(sources)}; expected a list of distinct values from {list(SOURCES)}"
+            )
+        return cls(mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte, tuple(sources))
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """What HeadObject says about an object's current version."""
+
+    size: int
+    etag: str
+    version_id: str | None
+    last_modified: str
 
 
 @dataclass(frozen=True)
 class ObjectEvent:
-    """One S3 "Object Created" event for one pipeline, with the key exactly as stored in S3."""
+    """One reported object write for one pipeline, with the key exactly as stored in S3.
+
+    `source` is `eventbridge` (an "Object Created" notification) or `cloudtrail` (a data event, which
+    carries no size, etag or sequencer: `size` is None until `with_version` fills it from HeadObject).
+    """
 
     pipeline: str
     state_machine_arn: str
     trigger: TriggerSpec
     bucket: str
     key: str
-    size: int
+    size: int | None
     etag: str
     version_id: str | None
     sequencer: str
     event_time: str
     reason: str | None = None
+    source: str = "eventbridge"
+    last_modified: str | None = None
+    error_code: str | None = None
 
     @property
     def identity(self) -> str:
-        """Identity of this object version: bucket + key + version id + etag + sequencer."""
+        """Identity of this object version.
+
+        EventBridge-only triggers: bucket + key + version id + etag + sequencer, from the event.
+        Triggers with CloudTrail: bucket + key + version id + etag + last-modified, from HeadObject, so
+        it is the same for whichever source reported the write.
+        """
+        if self.trigger.reads_objects:
+            if self.last_modified is None:
+                raise RuntimeError(f"{self.key!r}: a CloudTrail-triggered arrival is identified after HeadObject")
+            return f"{self.manifest_object().identity()}\x00{self.last_modified}"
         return f"{self.manifest_object().identity()}\x00{self.sequencer}"
+
+    def with_version(self, version: ObjectVersion) -> ObjectEvent:
+        """This arrival, described by the object's current version (as read by HeadObject)."""
+        return replace(
+            self,
+            size=version.size,
+            etag=version.etag,
+            version_id=version.version_id,
+            last_modified=version.last_modified,
+        )
 
     @property
     def claim_key(self) -> str:
@@ -190,6 +263,8 @@ class ObjectEvent:
         return f"{self.pipeline}\x00{self.identity}"
 
     def manifest_object(self) -> ManifestObject:
+        if self.size is None:
+            raise RuntimeError(f"{self.key!r}: size unknown until HeadObject (CloudTrail reports none)")
         return ManifestObject(
             bucket=self.bucket, key=self.key, size=self.size, etag=self.etag, version_id=self.version_id
         )
@@ -205,6 +280,18 @@ def raw_object_key(detail_object: Mapping[str, Any]) -> str:
     key = detail_object.get("key")
     if not isinstance(key, str) or not key:
         raise MalformedRecord(f"event.detail.object.key: got {_short(key)}; expected a non-empty string")
+    return key
+
+
+def data_event_key(request_parameters: Mapping[str, Any]) -> str:
+    """`detail.requestParameters.key` of a CloudTrail S3 data event, byte-exact.
+
+    CloudTrail logs request parameters decoded (the key as stored, like `resources[].ARN`), not
+    URL-encoded as classic S3 notifications do, so it is never decoded here either.
+    """
+    key = request_parameters.get("key")
+    if not isinstance(key, str) or not key:
+        raise MalformedRecord(f"event.detail.requestParameters.key: got {_short(key)}; expected a non-empty string")
     return key
 
 
@@ -226,11 +313,27 @@ def parse_envelope(body: str) -> ObjectEvent:
     event = envelope.get("event")
     if not isinstance(event, dict):
         raise MalformedRecord(f"event: got {_short(event)}; expected the EventBridge event object")
-    if event.get("source") != "aws.s3" or event.get("detail-type") != "Object Created":
+    detail_type = event.get("detail-type")
+    if event.get("source") != "aws.s3" or detail_type not in (OBJECT_CREATED, DATA_EVENT):
         raise MalformedRecord(
-            f"event: source {_short(event.get('source'))}, detail-type {_short(event.get('detail-type'))}; "
-            "expected an 'Object Created' event from 'aws.s3'"
+            f"event: source {_short(event.get('source'))}, detail-type {_short(detail_type)}; "
+            f"expected an {OBJECT_CREATED!r} event or an {DATA_EVENT!r} S3 data event from 'aws.s3'"
         )
+    source = "eventbridge" if detail_type == OBJECT_CREATED else "cloudtrail"
+    if source not in trigger.sources:
+        raise MalformedRecord(
+            f"trigger.sources: got {list(trigger.sources)}; the event is a {detail_type!r} event "
+            f"(source {source!r}), which this trigger does not use"
+        )
+    common: dict[str, Any] = {"pipeline": pipeline, "state_machine_arn": arn, "trigger": trigger}
+    event_time = _event_time(event.get("time"))
+    if source == "cloudtrail":
+        return ObjectEvent(**common, **_data_event_fields(event), event_time=event_time, source=source)
+    return ObjectEvent(**common, **_object_created_fields(event), event_time=event_time)
+
+
+def _object_created_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    """bucket, key, size, etag, version_id, sequencer and reason of an S3 "Object Created" event."""
     detail = _object_field(event, "detail", "event")
     bucket = _object_field(detail, "bucket", "event.detail").get("name")
     if not isinstance(bucket, str) or not bucket:
@@ -247,33 +350,95 @@ def parse_envelope(body: str) -> ObjectEvent:
     if not isinstance(etag, str) or not isinstance(sequencer, str) or not isinstance(version_id, str | None):
         raise MalformedRecord("event.detail.object: etag, version-id and sequencer must be strings")
     reason = detail.get("reason")
-    return ObjectEvent(
-        pipeline=pipeline,
-        state_machine_arn=arn,
-        trigger=trigger,
-        bucket=bucket,
-        key=key,
-        size=size,
-        etag=etag.strip('"'),
-        version_id=version_id or None,
-        sequencer=sequencer,
-        event_time=_event_time(event.get("time")),
-        reason=reason if isinstance(reason, str) else None,
-    )
+    return {
+        "bucket": bucket,
+        "key": key,
+        "size": size,
+        "etag": etag.strip('"'),
+        "version_id": version_id or None,
+        "sequencer": sequencer,
+        "reason": reason if isinstance(reason, str) else None,
+    }
+
+
+def _data_event_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    """bucket, key, version_id (when versioned), reason (the API call) and error_code of a CloudTrail S3
+    data event; size and etag stay unknown (CloudTrail reports neither)."""
+    detail = _object_field(event, "detail", "event")
+    if detail.get("eventSource") != "s3.amazonaws.com":
+        raise MalformedRecord(
+            f"event.detail.eventSource: got {_short(detail.get('eventSource'))}; expected 's3.amazonaws.com'"
+        )
+    name = detail.get("eventName")
+    if name not in OBJECT_WRITES:
+        raise MalformedRecord(f"event.detail.eventName: got {_short(name)}; expected one of {list(OBJECT_WRITES)}")
+    params = _object_field(detail, "requestParameters", "event.detail")
+    bucket = params.get("bucketName")
+    if not isinstance(bucket, str) or not bucket:
+        raise MalformedRecord(
+            f"event.detail.requestParameters.bucketName: got {_short(bucket)}; expected a bucket name"
+        )
+    key = data_event_key(params)
+    response = detail.get("responseElements")
+    version_id = response.get("x-amz-version-id") if isinstance(response, dict) else None
+    error_code = detail.get("errorCode")
+    return {
+        "bucket": bucket,
+        "key": key,
+        "size": None,
+        "etag": "",
+        "version_id": version_id if isinstance(version_id, str) and version_id != "null" else None,
+        "sequencer": "",
+        "reason": name,
+        "error_code": str(error_code) if error_code else None,
+    }
 
 
 def object_skip_reason(event: ObjectEvent) -> str | None:
     """Why this arrival starts nothing by itself, or None when it does.
 
     Marker mode: only the marker (outside temporary folders) counts; anything else is "waiting for marker".
-    Other modes: `keys.skip_reason` with the trigger's suffixes and zero-byte rule.
+    Other modes: `keys.skip_reason` with the trigger's suffixes and zero-byte rule (checked once the size
+    is known: a CloudTrail report gets it from HeadObject). A failed API call wrote nothing.
     """
+    if event.error_code is not None:
+        return f"failed call ({event.error_code})"
     trigger = event.trigger
     if trigger.marker_name is not None:
         if not is_marker(event.key, trigger.marker_name):
             return WAITING_FOR_MARKER
         return "marker inside a temporary folder" if in_temporary_folder(event.key) else None
-    return skip_reason(event.key, event.size, suffixes=trigger.suffixes, ignore_zero_byte=trigger.ignore_zero_byte)
+    return skip_reason(
+        event.key,
+        event.size or 0,
+        suffixes=trigger.suffixes,
+        ignore_zero_byte=trigger.ignore_zero_byte and event.size is not None,
+    )
+
+
+def read_current_version(s3: Any, bucket: str, key: str) -> ObjectVersion | None:
+    """HeadObject of the object's current version; None when there is none (404: deleted or never written).
+
+    Other errors (throttling after the client's retries, AccessDenied, ...) propagate.
+    """
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _NOT_FOUND or status == 404:
+            return None
+        raise
+    modified = head["LastModified"]
+    version_id = head.get("VersionId")
+    return ObjectVersion(
+        size=int(head["ContentLength"]),
+        etag=str(head.get("ETag", "")).strip('"'),
+        version_id=version_id if isinstance(version_id, str) and version_id != "null" else None,
+        last_modified=modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if isinstance(modified, datetime)
+        else str(modified),
+    )
 
 
 def _object_field(parent: Mapping[str, Any], name: str, path: str) -> dict[str, Any]:
@@ -496,6 +661,8 @@ class _Batch:
     accepted: dict[str, Accepted] = field(default_factory=dict)
     # Copies of one object in a batch collapse here without another DynamoDB round trip.
     owners: dict[str, str] = field(default_factory=dict)
+    # HeadObject results by (bucket, key): both sources' reports of one object in a batch read it once.
+    versions: dict[tuple[str, str], ObjectVersion | None] = field(default_factory=dict)
 
 
 class Router:
@@ -564,6 +731,15 @@ class Router:
             "message_id": message_id,
         }
         reason = object_skip_reason(event)
+        if reason is None and event.trigger.reads_objects:
+            resolved = self._current(event, batch, log)
+            if resolved is None:
+                logger.warning("object skipped", extra={**log, "reason": OBJECT_GONE, "source": event.source})
+                report.count(Metric.OBJECTS_GONE, event.pipeline)
+                report.skipped.append((event.key, OBJECT_GONE))
+                return "gone"
+            event = resolved
+            reason = object_skip_reason(event)  # now with the size: the zero-byte rule
         if reason is not None:
             logger.info("object skipped", extra={**log, "reason": reason})
             report.count(Metric.OBJECTS_SKIPPED, event.pipeline)
@@ -585,6 +761,20 @@ class Router:
             return "duplicate"
         batch.accepted[key] = Accepted(event, message_id)
         return "accepted"
+
+    def _current(self, event: ObjectEvent, batch: _Batch, log: Mapping[str, object]) -> ObjectEvent | None:
+        """The arrival described by the object's current version (HeadObject, once per object per batch);
+        None when the object is gone. Other S3 errors fail just this record (SQS redelivers it)."""
+        where = (event.bucket, event.key)
+        if where not in batch.versions:
+            try:
+                batch.versions[where] = read_current_version(self.s3, event.bucket, event.key)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                logger.warning("object not readable; will retry", extra={**log, "error": code})
+                raise
+        version = batch.versions[where]
+        return None if version is None else event.with_version(version)
 
     def _run(self, plan: RunPlan, report: BatchReport) -> None:
         log: dict[str, object] = {"pipeline": plan.pipeline, "run_id": plan.run_id, "mode": plan.mode}

@@ -1,4 +1,5 @@
-"""Router Lambda: SQS envelopes of S3 "Object Created" events -> deterministic Step Functions runs.
+"""Router Lambda: SQS envelopes of S3 "Object Created" events and CloudTrail S3 data events ->
+deterministic Step Functions runs.
 
 Everything AWS is moto (`mock_aws`), region us-east-1, fake credentials; no network.
 """
@@ -27,9 +28,11 @@ from routing import (
     CLAIM_KEY_PREFIX,
     DEFAULT_TTL_SECONDS,
     BatchReport,
+    MalformedRecord,
     Router,
     RouterSettings,
     aws_clients,
+    data_event_key,
     parse_envelope,
     raw_object_key,
 )
@@ -138,14 +141,17 @@ def envelope(
     suffixes: Sequence[str] = (".csv",),
     marker_name: str | None = None,
     pipeline: str = PIPELINE,
+    sources: Sequence[str] | None = None,
 ) -> str:
-    trigger = {
+    trigger: dict[str, Any] = {
         "mode": mode,
         "prefix": "sales/",
         "suffixes": list(suffixes),
         "marker_name": marker_name,
         "ignore_zero_byte": True,
     }
+    if sources is not None:  # the trigger stack adds `sources` only when it is not the default
+        trigger["sources"] = list(sources)
     return json.dumps({"pipeline": pipeline, "state_machine_arn": arn, "trigger": trigger, "event": event})
 
 
@@ -726,3 +732,354 @@ def test_handler_cold_start_names_the_missing_variable(handler_env: Aws, monkeyp
     monkeypatch.delenv("IDEMPOTENCY_TABLE")
     with pytest.raises(RuntimeError, match="IDEMPOTENCY_TABLE"):
         load_handler("router")
+
+
+# --------------------------------------------------------------------------- CloudTrail S3 data events
+
+BOTH = ("eventbridge", "cloudtrail")
+
+
+def data_event(
+    key: str,
+    *,
+    name: str = "PutObject",
+    version_id: str | None = None,
+    error_code: str | None = None,
+    time_: str = "2024-06-01T10:15:03Z",
+) -> dict[str, Any]:
+    """A real-shaped "AWS API Call via CloudTrail" S3 data event (the fixture file, with these fields changed)."""
+    event = load_event("s3_put_object_cloudtrail.json")
+    event["time"] = time_
+    detail = event["detail"]
+    detail.update(eventName=name, eventTime=time_)
+    detail["requestParameters"]["key"] = key
+    detail["resources"][0]["ARN"] = f"arn:aws:s3:::{LANDING}/{key}"
+    if version_id is None:
+        detail["responseElements"].pop("x-amz-version-id")
+    else:
+        detail["responseElements"]["x-amz-version-id"] = version_id
+    if error_code is not None:
+        detail.update(errorCode=error_code, errorMessage="Access Denied", responseElements=None)
+    return event
+
+
+def both_reports(aws: Aws, key: str, body: bytes = b"order_id\n1\n", **kwargs: Any) -> tuple[str, str]:
+    """Write `key` and return the two envelopes that report it: S3's notification and CloudTrail's data event."""
+    put = aws.s3.put_object(Bucket=LANDING, Key=key, Body=body)
+    notified = s3_event(key, size=len(body), etag=put["ETag"].strip('"'), version_id=put.get("VersionId"))
+    return (
+        envelope(notified, aws.arn, sources=BOTH, **kwargs),
+        envelope(data_event(key, version_id=put.get("VersionId")), aws.arn, sources=BOTH, **kwargs),
+    )
+
+
+@pytest.fixture
+def heads(router: Router, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Keys the router HEADs, in order."""
+    calls: list[str] = []
+    real = router.s3.head_object
+
+    def counting(**kwargs: Any) -> Any:
+        calls.append(kwargs["Key"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(router.s3, "head_object", counting)
+    return calls
+
+
+def test_cloudtrail_fixtures_parse_to_the_write_they_report() -> None:
+    # Given the PutObject fixture (same object as the "Object Created" fixture) and a CopyObject fixture
+    put = parse_envelope(
+        envelope(
+            load_event("s3_put_object_cloudtrail.json"),
+            f"arn:aws:states:us-east-1:{ACCOUNT}:stateMachine:x",
+            sources=BOTH,
+        )
+    )
+    copy_ = parse_envelope(
+        envelope(
+            load_event("s3_copy_object_cloudtrail.json"),
+            f"arn:aws:states:us-east-1:{ACCOUNT}:stateMachine:x",
+            sources=BOTH,
+        )
+    )
+
+    # Then bucket/key come from requestParameters; CloudTrail carries no size, etag or sequencer
+    assert (put.source, put.reason, put.bucket, put.key) == (
+        "cloudtrail",
+        "PutObject",
+        LANDING,
+        "sales/2024-06-01/orders.csv",
+    )
+    assert (put.size, put.etag, put.sequencer, put.version_id) == (None, "", "", "FOQJmXWtRc1GzBIljXaCR5mNNHJJq0E.")
+    assert put.event_time == "2024-06-01T10:15:02Z"
+    assert (copy_.reason, copy_.key, copy_.version_id) == ("CopyObject", "sales/2024-06-01/Q1 report+final.csv", None)
+    with pytest.raises(RuntimeError, match="HeadObject"):
+        _ = put.identity  # a CloudTrail report is identified only after reading the object
+
+
+@pytest.mark.parametrize("key", SPECIAL_KEYS)
+def test_cloudtrail_key_is_kept_byte_exact(key: str) -> None:
+    # Given a data event: CloudTrail logs the key as stored (like resources[].ARN), not URL-encoded
+    event = data_event(key)
+
+    # When / Then
+    assert data_event_key(event["detail"]["requestParameters"]).encode() == key.encode()
+    assert (
+        parse_envelope(envelope(event, f"arn:aws:states:us-east-1:{ACCOUNT}:stateMachine:x", sources=BOTH)).key == key
+    )
+
+
+def test_cloudtrail_special_keys_land_in_the_manifest_byte_exact(aws: Aws, router: Router) -> None:
+    # Given objects under awkward keys, reported by CloudTrail only
+    for key in SPECIAL_KEYS:
+        aws.s3.put_object(Bucket=LANDING, Key=key, Body=b"x" * 10)
+    bodies = [envelope(data_event(k), aws.arn, sources=["cloudtrail"]) for k in SPECIAL_KEYS]
+
+    # When
+    report = route(router, sqs_event(bodies))
+
+    # Then one run; its manifest names every object exactly, with the size and etag HeadObject read
+    assert failures(report) == []
+    [execution] = executions(aws)
+    manifest = manifest_of(aws, execution)
+    assert sorted(o.key for o in manifest.objects) == sorted(SPECIAL_KEYS)
+    assert all(o.size == 10 and len(o.etag) == 32 for o in manifest.objects)
+
+
+@pytest.mark.parametrize("order", ["notification first", "data event first"])
+def test_one_write_reported_by_both_sources_in_separate_invocations_runs_once(
+    aws: Aws, router: Router, heads: list[str], order: str
+) -> None:
+    # Given one PutObject, reported by S3's notification and by CloudTrail
+    notified, logged = both_reports(aws, "sales/2024-06-01/both.csv", mode="per_object")
+    first, second = (notified, logged) if order == "notification first" else (logged, notified)
+
+    # When each report arrives in its own invocation
+    one = route(router, sqs_event([first], ["first"]))
+    two = route(router, sqs_event([second], ["second"]))
+
+    # Then both claimed the same identity: one run, the other report is a duplicate
+    [execution] = executions(aws)
+    assert one.runs_started == [execution["name"]] and two.runs_started == []
+    assert count(two, "DuplicateObjects") == 1
+    assert failures(one) == failures(two) == []
+    assert heads == ["sales/2024-06-01/both.csv"] * 2
+    [obj] = manifest_of(aws, execution).objects
+    assert (obj.key, obj.size) == ("sales/2024-06-01/both.csv", 11)
+
+
+def test_both_reports_in_one_batch_make_one_run_with_one_head(aws: Aws, router: Router, heads: list[str]) -> None:
+    # Given three objects, each reported twice, mixed in one window batch
+    pairs = [both_reports(aws, f"sales/w/{n}.csv") for n in ("a", "b", "c")]
+    bodies = [p[0] for p in pairs] + [p[1] for p in reversed(pairs)]
+
+    # When
+    report = route(router, sqs_event(bodies))
+
+    # Then one run over three objects, each read once
+    [execution] = executions(aws)
+    assert [o.key for o in manifest_of(aws, execution).objects] == ["sales/w/a.csv", "sales/w/b.csv", "sales/w/c.csv"]
+    assert count(report, "DuplicateObjects") == 3
+    assert sorted(heads) == ["sales/w/a.csv", "sales/w/b.csv", "sales/w/c.csv"]
+
+
+def test_an_overwrite_with_the_same_bytes_is_a_new_arrival(aws: Aws, router: Router) -> None:
+    # Given an object that ran once
+    notified, logged = both_reports(aws, "sales/again.csv", mode="per_object")
+    route(router, sqs_event([notified, logged], ["n1", "l1"]))
+
+    # When the same bytes are written again a second later (same etag, new last-modified), reported twice again
+    time.sleep(1.05)
+    notified, logged = both_reports(aws, "sales/again.csv", mode="per_object")
+    report = route(router, sqs_event([logged, notified], ["l2", "n2"]))
+
+    # Then a second run starts, and only one
+    assert len(report.runs_started) == 1
+    assert len(executions(aws)) == 2
+
+
+def test_eventbridge_only_pipelines_keep_their_identity_run_ids_and_make_no_s3_call(
+    aws: Aws, router: Router, heads: list[str]
+) -> None:
+    # Given the sample record of an EventBridge-only pipeline (its envelope has no `sources`)
+    body = load_event("sqs_router_batch.json")["Records"][0]["body"]
+    assert '"sources"' not in body
+
+    # When / Then: identity from the event (with the sequencer), run id as before CloudTrail support
+    event = parse_envelope(body)
+    assert event.identity == (
+        f"{LANDING}/sales/2024-06-01/orders.csv\x00FOQJmXWtRc1GzBIljXaCR5mNNHJJq0E.\x00"
+        "4e68adba0abe2dc8653dc3354e14c01d\x00006408CAD69598B05E"
+    )
+    assert run_id_for(PIPELINE, [event.identity]) == "sales-daily-622f9f0f6588e90c7067ec7e"
+    report = route(router, sqs_event([envelope(s3_event("sales/no-head.csv"), aws.arn)]))
+    assert len(report.runs_started) == 1
+    assert heads == []
+
+
+def test_an_object_gone_before_it_is_read_is_skipped_not_failed(aws: Aws, router: Router) -> None:
+    # Given a data event for an object deleted since (HeadObject: 404), next to one that exists
+    aws.s3.put_object(Bucket=LANDING, Key="sales/kept.csv", Body=b"1")
+    bodies = [
+        envelope(data_event("sales/deleted.csv"), aws.arn, sources=BOTH),
+        envelope(data_event("sales/kept.csv"), aws.arn, sources=BOTH),
+    ]
+
+    # When
+    report = route(router, sqs_event(bodies, ["gone", "kept"]))
+
+    # Then the gone object is skipped with its reason and a metric; the other one runs
+    assert failures(report) == []
+    assert report.skipped == [("sales/deleted.csv", "object gone before it was read")]
+    assert count(report, "ObjectsGone") == 1
+    [execution] = executions(aws)
+    assert [o.key for o in manifest_of(aws, execution).objects] == ["sales/kept.csv"]
+
+
+def test_a_head_error_other_than_404_fails_only_that_record(
+    aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given S3 denies reading one object
+    aws.s3.put_object(Bucket=LANDING, Key="sales/denied.csv", Body=b"1")
+    aws.s3.put_object(Bucket=LANDING, Key="sales/fine.csv", Body=b"1")
+    real = router.s3.head_object
+
+    def head(**kwargs: Any) -> Any:
+        if kwargs["Key"] == "sales/denied.csv":
+            raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+        return real(**kwargs)
+
+    monkeypatch.setattr(router.s3, "head_object", head)
+    bodies = [envelope(data_event(k), aws.arn, sources=BOTH) for k in ("sales/denied.csv", "sales/fine.csv")]
+
+    # When
+    report = route(router, sqs_event(bodies, ["denied", "fine"]))
+
+    # Then that record returns to the queue (SQS redelivers it); the other one runs
+    assert failures(report) == ["denied"]
+    [execution] = executions(aws)
+    assert [o.key for o in manifest_of(aws, execution).objects] == ["sales/fine.csv"]
+
+
+def test_cloudtrail_reports_are_filtered_by_key_before_and_by_size_after_reading(
+    aws: Aws, router: Router, heads: list[str]
+) -> None:
+    # Given a hidden file, a temporary file, an empty object and a failed PutObject
+    aws.s3.put_object(Bucket=LANDING, Key="sales/empty.csv", Body=b"")
+    events = [
+        data_event("sales/_hidden.csv"),
+        data_event("sales/_temporary/0/part-0000.csv"),
+        data_event("sales/empty.csv"),
+        data_event("sales/denied.csv", error_code="AccessDenied"),
+    ]
+
+    # When
+    report = route(router, sqs_event([envelope(e, aws.arn, sources=BOTH) for e in events]))
+
+    # Then nothing runs, nothing fails, and only the empty object was read (to learn its size)
+    assert executions(aws) == [] and failures(report) == []
+    assert dict(report.skipped) == {
+        "sales/_hidden.csv": "hidden file",
+        "sales/_temporary/0/part-0000.csv": "inside a temporary folder",
+        "sales/empty.csv": "zero-byte object",
+        "sales/denied.csv": "failed call (AccessDenied)",
+    }
+    assert heads == ["sales/empty.csv"]
+
+
+def test_complete_multipart_upload_and_copy_object_reports_start_runs(aws: Aws, router: Router) -> None:
+    # Given objects written by CompleteMultipartUpload and CopyObject, reported by CloudTrail only
+    for key in ("sales/mpu.csv", "sales/copied.csv"):
+        aws.s3.put_object(Bucket=LANDING, Key=key, Body=b"order_id\n1\n")
+    bodies = [
+        envelope(
+            data_event("sales/mpu.csv", name="CompleteMultipartUpload"),
+            aws.arn,
+            sources=["cloudtrail"],
+            mode="per_object",
+        ),
+        envelope(data_event("sales/copied.csv", name="CopyObject"), aws.arn, sources=["cloudtrail"], mode="per_object"),
+    ]
+
+    # When
+    report = route(router, sqs_event(bodies))
+
+    # Then
+    assert failures(report) == []
+    assert len(executions(aws)) == 2
+
+
+def _without(event: dict[str, Any], *path: str) -> dict[str, Any]:
+    node = event
+    for name in path[:-1]:
+        node = node[name]
+    del node[path[-1]]
+    return event
+
+
+@pytest.mark.parametrize(
+    ("event", "sources", "message"),
+    [
+        (
+            _without(data_event("sales/a.csv"), "detail", "requestParameters", "key"),
+            BOTH,
+            "event.detail.requestParameters.key: got None; expected a non-empty string",
+        ),
+        (
+            _without(data_event("sales/a.csv"), "detail", "requestParameters", "bucketName"),
+            BOTH,
+            "event.detail.requestParameters.bucketName: got None; expected a bucket name",
+        ),
+        (
+            _without(data_event("sales/a.csv"), "detail", "requestParameters"),
+            BOTH,
+            "event.detail.requestParameters: got None; expected an object",
+        ),
+        (
+            data_event("sales/a.csv", name="GetObject"),
+            BOTH,
+            "event.detail.eventName: got 'GetObject'; expected one of ['PutObject', 'CopyObject', "
+            "'CompleteMultipartUpload']",
+        ),
+        (
+            {**data_event("sales/a.csv"), "detail-type": "AWS Service Event via CloudTrail"},
+            BOTH,
+            "event: source 'aws.s3', detail-type 'AWS Service Event via CloudTrail'",
+        ),
+        (
+            data_event("sales/a.csv"),
+            None,
+            "trigger.sources: got ['eventbridge']; the event is a 'AWS API Call via CloudTrail' event",
+        ),
+        (
+            data_event("sales/a.csv"),
+            ["cloudtrail", "cloudtrail"],
+            "trigger.sources: got ['cloudtrail', 'cloudtrail']; expected a list of distinct values",
+        ),
+    ],
+    ids=[
+        "no-key",
+        "no-bucket",
+        "no-request-parameters",
+        "not-a-write",
+        "service-event",
+        "source-not-configured",
+        "sources-twice",
+    ],
+)
+def test_malformed_cloudtrail_record_fails_alone_with_one_clear_error(
+    aws: Aws, router: Router, event: dict[str, Any], sources: Sequence[str] | None, message: str
+) -> None:
+    # Given a malformed data-event record next to a good one
+    aws.s3.put_object(Bucket=LANDING, Key="sales/good.csv", Body=b"1")
+    bad = envelope(event, aws.arn, sources=sources)
+    good = envelope(data_event("sales/good.csv"), aws.arn, sources=BOTH)
+
+    # When / Then the error names the field
+    with pytest.raises(MalformedRecord) as exc:
+        parse_envelope(bad)
+    assert str(exc.value).startswith(message)
+    report = route(router, sqs_event([bad, good], ["bad", "good"]))
+    assert failures(report) == ["bad"]
+    assert len(executions(aws)) == 1
