@@ -3,6 +3,8 @@ idempotency table and the trigger dead-letter queue."""
 
 from __future__ import annotations
 
+import re
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
@@ -15,6 +17,7 @@ from constructs import Construct
 
 from config.ec2 import Ec2Runtime
 from config.model import AppConfig
+from stacks.admission import RunAdmission
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
 from stacks.naming import MANIFESTS_PREFIX, input_prefix
@@ -29,6 +32,8 @@ class AutopilotPlatform(Construct):
       claim each object version once.
     - `dead_letters`: SQS DLQ behind every trigger queue (14 days retention).
     - `prepare`: the first state of every run; `router`: SQS -> StartExecution.
+    - `admission`: concurrency and budget caps (`stacks.admission.RunAdmission`): every run's
+      AcquireRunSlot / ReleaseRunSlot.
     - `finalize` (only with emr-ec2 pipelines): reads a run's cluster, fleets and steps for its ledger
       entry. Each EMR-on-EC2 pipeline grants it (and prepare) access to its own clusters.
     """
@@ -71,6 +76,9 @@ class AutopilotPlatform(Construct):
         )
 
         self.functions = FunctionFactory(self, "Functions", settings=config.lambdas, prefix=prefix)
+        self.admission = RunAdmission(
+            self, "Admission", config=config, prefix=prefix, storage=storage, functions=self.functions
+        )
         self.prepare = self.functions.function(
             self,
             "prepare",
@@ -126,11 +134,26 @@ class AutopilotPlatform(Construct):
                 actions=["s3:PutObject"], resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
             )
         )
+        reads = sorted(
+            {p.trigger.prefix for p in config.pipelines.values() if p.trigger and "cloudtrail" in p.trigger.sources}
+        )
+        if reads:
+            # Pipelines with CloudTrail data events identify each arrival by HeadObject (needs s3:GetObject;
+            # ListBucket above makes a missing object 404, not 403). Only their input prefixes.
+            self.router.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"], resources=[storage.landing.arn_for_objects(f"{p}*") for p in reads]
+                )
+            )
+        head_reason = "; reads object metadata (HeadObject) only under the CloudTrail-triggered input prefixes"
         suppress(
             self.router,
             "AwsSolutions-IAM5",
-            "Writes input manifests under the manifests/ prefix only (one object per run, names known at run time).",
-            ["regex:/^Resource::.*\\/manifests\\/\\*$/g"],
+            "Writes input manifests under the manifests/ prefix only (one object per run, names known at run time)"
+            + (head_reason if reads else "")
+            + ".",
+            ["regex:/^Resource::.*\\/manifests\\/\\*$/g"]
+            + [f"regex:/^Resource::.*\\/{re.escape(p).replace('/', chr(92) + '/')}\\*$/g" for p in reads],
         )
 
         self.finalize: lambda_.Function | None = None

@@ -1,8 +1,14 @@
-"""S3 trigger of one pipeline: EventBridge rule -> SQS queue (+DLQ) -> router Lambda."""
+"""S3 trigger of one pipeline: EventBridge rule(s) -> SQS queue (+DLQ) -> router Lambda.
+
+Sources (`trigger.sources`): `eventbridge` is a rule on the landing bucket's "Object Created" events;
+`cloudtrail` is a rule on CloudTrail S3 data events (PutObject, CopyObject, CompleteMultipartUpload)
+of the same bucket and keys. Both rules send the same envelope to the same queue.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aws_cdk import Duration
 from aws_cdk import aws_events as events
@@ -18,6 +24,9 @@ from stacks.storage import AutopilotStorage
 MAX_RECEIVE_COUNT = 5
 # Lambda needs the queue's visibility timeout >= the function timeout; AWS advises 6x plus the window.
 VISIBILITY_TIMEOUT = Duration.minutes(30)
+DEFAULT_SOURCES = ["eventbridge"]
+# The S3 data events that create an object (UploadPartCopy/UploadPart only add parts).
+OBJECT_WRITES = ["PutObject", "CopyObject", "CompleteMultipartUpload"]
 
 
 def key_filters(trigger: Trigger) -> list[dict[str, str]]:
@@ -30,16 +39,45 @@ def key_filters(trigger: Trigger) -> list[dict[str, str]]:
     return [{"wildcard": f"{prefix}*{suffix.replace('*', chr(92) + '*')}"} for suffix in trigger.suffixes]
 
 
+def object_created_pattern(bucket_name: str, trigger: Trigger) -> events.EventPattern:
+    """S3 EventBridge notifications: "Object Created" in the landing bucket under the trigger's keys."""
+    return events.EventPattern(
+        source=["aws.s3"],
+        detail_type=["Object Created"],
+        detail={"bucket": {"name": [bucket_name]}, "object": {"key": key_filters(trigger)}},
+    )
+
+
+def data_event_pattern(bucket_name: str, trigger: Trigger) -> events.EventPattern:
+    """CloudTrail S3 data events that wrote an object in the landing bucket under the trigger's keys.
+
+    Failed calls (an `errorCode` is present, e.g. AccessDenied) never match: nothing was written.
+    """
+    return events.EventPattern(
+        source=["aws.s3"],
+        detail_type=["AWS API Call via CloudTrail"],
+        detail={
+            "eventSource": ["s3.amazonaws.com"],
+            "eventName": OBJECT_WRITES,
+            "errorCode": [{"exists": False}],
+            "requestParameters": {"bucketName": [bucket_name], "key": key_filters(trigger)},
+        },
+    )
+
+
 def envelope(pipeline: str, state_machine_arn: str, trigger: Trigger) -> str:
     """The SQS message template: routing data plus the full original event (`<aws.events.event.json>`)."""
     batching = trigger.batching
-    routing = {
+    routing: dict[str, Any] = {
         "mode": batching.mode,
         "prefix": trigger.prefix,
         "suffixes": trigger.suffixes,
         "marker_name": batching.marker_name if isinstance(batching, MarkerBatching) else None,
         "ignore_zero_byte": trigger.ignore_zero_byte,
     }
+    if trigger.sources != DEFAULT_SOURCES:
+        # Only then: the router reads each object (HeadObject) to identify it whatever reported it.
+        routing["sources"] = trigger.sources
     head = json.dumps({"pipeline": pipeline, "state_machine_arn": "@ARN@", "trigger": routing})
     before, after = head[:-1].split("@ARN@")
     return before + state_machine_arn + after + ', "event": <aws.events.event.json>}'
@@ -79,26 +117,27 @@ class PipelineTrigger(Construct):
             enforce_ssl=True,
             dead_letter_queue=sqs.DeadLetterQueue(queue=platform.dead_letters, max_receive_count=MAX_RECEIVE_COUNT),
         )
-        self.rule = events.Rule(
-            self,
-            "ObjectCreated",
-            rule_name=f"{prefix}-{name}-object-created",
-            description=f"Landing objects for pipeline {name}",
-            event_pattern=events.EventPattern(
-                source=["aws.s3"],
-                detail_type=["Object Created"],
-                detail={
-                    "bucket": {"name": [storage.landing.bucket_name]},
-                    "object": {"key": key_filters(trigger)},
-                },
-            ),
-        )
-        self.rule.add_target(targets.SqsQueue(self.queue))
-        cfn_rule = self.rule.node.default_child
-        assert isinstance(cfn_rule, events.CfnRule)
-        cfn_rule.add_property_override(
-            "Targets.0.InputTransformer", {"InputTemplate": envelope(name, state_machine_arn, trigger)}
-        )
+        message = envelope(name, state_machine_arn, trigger)
+        bucket_name = storage.landing.bucket_name
+        # `rule` is the Object Created rule (None when the trigger uses CloudTrail only).
+        self.rule: events.Rule | None = None
+        self.data_event_rule: events.Rule | None = None
+        if "eventbridge" in trigger.sources:
+            self.rule = self._rule(
+                "ObjectCreated",
+                rule_name=f"{prefix}-{name}-object-created",
+                description=f"Landing objects for pipeline {name}",
+                pattern=object_created_pattern(bucket_name, trigger),
+                message=message,
+            )
+        if "cloudtrail" in trigger.sources:
+            self.data_event_rule = self._rule(
+                "DataEvent",
+                rule_name=f"{prefix}-{name}-data-event",
+                description=f"Landing objects for pipeline {name}, seen by CloudTrail S3 data events",
+                pattern=data_event_pattern(bucket_name, trigger),
+                message=message,
+            )
         self.event_source = sources.SqsEventSource(
             self.queue,
             batch_size=batching.max_objects if isinstance(batching, WindowBatching) else 10,
@@ -106,3 +145,14 @@ class PipelineTrigger(Construct):
             report_batch_item_failures=True,
         )
         platform.router.add_event_source(self.event_source)
+
+    def _rule(
+        self, construct_id: str, *, rule_name: str, description: str, pattern: events.EventPattern, message: str
+    ) -> events.Rule:
+        """A rule that sends `message` (the envelope around the matched event) to this trigger's queue."""
+        rule = events.Rule(self, construct_id, rule_name=rule_name, description=description, event_pattern=pattern)
+        rule.add_target(targets.SqsQueue(self.queue))
+        cfn_rule = rule.node.default_child
+        assert isinstance(cfn_rule, events.CfnRule)
+        cfn_rule.add_property_override("Targets.0.InputTransformer", {"InputTemplate": message})
+        return rule

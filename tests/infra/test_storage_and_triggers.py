@@ -7,6 +7,9 @@ from typing import Any
 
 from aws_cdk.assertions import Match
 
+from config.loader import load_config
+from local import eventbridge
+from tests.conftest import load_event
 from tests.infra.conftest import Synthesized
 
 
@@ -166,3 +169,142 @@ def test_everything_is_tagged_with_the_deployment(synth: Synthesized) -> None:
         tags = {t["Key"]: t["Value"] for t in machine["Properties"]["Tags"]}
         name = machine["Properties"]["StateMachineName"]
         assert name == f"autopilot-dev-{tags['autopilot:pipeline']}"
+
+
+# --------------------------------------------------------------------------- trigger sources (CloudTrail)
+
+TRAIL_PIPELINE = "sales-trail"
+
+
+def _rules(synth: Synthesized) -> dict[str, dict[str, Any]]:
+    rules = synth.resources("AWS::Events::Rule").values()
+    return {r["Properties"]["Name"]: r["Properties"] for r in rules if "Name" in r["Properties"]}
+
+
+def _routing(rule: dict[str, Any]) -> dict[str, Any]:
+    template = rule["Targets"][0]["InputTransformer"]["InputTemplate"]
+    parts = template["Fn::Join"][1] if isinstance(template, dict) else [template]
+    text = "".join(p if isinstance(p, str) else "ARN" for p in parts)
+    routing: dict[str, Any] = json.loads(text.replace("<aws.events.event.json>", "{}"))
+    return routing
+
+
+def _landing_name(synth: Synthesized) -> str:
+    (logical_id,) = [k for k in synth.resources("AWS::S3::Bucket") if "Landing" in k]
+    return logical_id
+
+
+def test_only_cloudtrail_pipelines_get_a_data_event_rule(synth: Synthesized) -> None:
+    rules = _rules(synth)
+    assert sorted(n for n in rules if n.endswith("-data-event")) == [f"autopilot-dev-{TRAIL_PIPELINE}-data-event"]
+    for name, pipeline in load_config("dev").pipelines.items():
+        if pipeline.trigger is None:
+            continue
+        mine = sorted(n.removeprefix(f"autopilot-dev-{name}-") for n in rules if n.startswith(f"autopilot-dev-{name}-"))
+        expected = {
+            ("eventbridge",): ["object-created"],
+            ("eventbridge", "cloudtrail"): ["data-event", "object-created"],
+        }
+        assert mine == expected[tuple(pipeline.trigger.sources)], name
+        if pipeline.trigger.sources == ["eventbridge"]:
+            # Default pipelines keep today's envelope: no `sources`, so the router makes no S3 call for them
+            assert "sources" not in _routing(rules[f"autopilot-dev-{name}-object-created"])["trigger"], name
+
+
+def test_data_event_rule_matches_successful_object_writes_in_landing_under_the_prefix(synth: Synthesized) -> None:
+    rule = _rules(synth)[f"autopilot-dev-{TRAIL_PIPELINE}-data-event"]
+    pattern = rule["EventPattern"]
+    assert pattern["source"] == ["aws.s3"]
+    assert pattern["detail-type"] == ["AWS API Call via CloudTrail"]
+    detail = pattern["detail"]
+    assert detail["eventSource"] == ["s3.amazonaws.com"]
+    assert detail["eventName"] == ["PutObject", "CopyObject", "CompleteMultipartUpload"]
+    assert detail["errorCode"] == [{"exists": False}]
+    assert detail["requestParameters"]["bucketName"] == [{"Ref": _landing_name(synth)}]
+    # prefix and suffix on one field: EventBridge allows one of prefix/suffix per condition, so a wildcard
+    assert detail["requestParameters"]["key"] == [{"wildcard": "sales-trail/*.csv"}]
+
+
+def test_data_event_rule_pattern_selects_the_right_cloudtrail_events(synth: Synthesized) -> None:
+    # Given the rule's pattern with the bucket name filled in, checked with AWS matching semantics
+    pattern = json.loads(
+        json.dumps(_rules(synth)[f"autopilot-dev-{TRAIL_PIPELINE}-data-event"]["EventPattern"]).replace(
+            json.dumps({"Ref": _landing_name(synth)}), json.dumps("autopilot-dev-landing")
+        )
+    )
+    eventbridge.validate_pattern(pattern)
+
+    def event(key: str = "sales-trail/2024/a b+c.csv", **detail: Any) -> dict[str, Any]:
+        sample = load_event("s3_put_object_cloudtrail.json")
+        sample["detail"]["requestParameters"]["key"] = key
+        sample["detail"].update(detail)
+        return sample
+
+    # Then
+    assert eventbridge.matches(pattern, event())
+    assert eventbridge.matches(pattern, event(eventName="CompleteMultipartUpload"))
+    assert not eventbridge.matches(pattern, event(errorCode="AccessDenied"))
+    assert not eventbridge.matches(pattern, event(eventName="GetObject"))
+    assert not eventbridge.matches(pattern, event("sales-trail/readme.txt"))
+    assert not eventbridge.matches(pattern, event("sales/2024/a.csv"))
+    copied = load_event("s3_copy_object_cloudtrail.json")
+    copied["detail"]["requestParameters"]["key"] = "sales-trail/x.csv"
+    assert eventbridge.matches(pattern, copied)
+
+
+def test_both_rules_of_a_pipeline_send_one_envelope_to_one_queue(synth: Synthesized) -> None:
+    rules = _rules(synth)
+    notified = rules[f"autopilot-dev-{TRAIL_PIPELINE}-object-created"]
+    logged = rules[f"autopilot-dev-{TRAIL_PIPELINE}-data-event"]
+    assert notified["Targets"][0]["Arn"] == logged["Targets"][0]["Arn"]
+    assert notified["Targets"][0]["InputTransformer"] == logged["Targets"][0]["InputTransformer"]
+    assert _routing(logged) == {
+        "pipeline": TRAIL_PIPELINE,
+        "state_machine_arn": "ARN",
+        "trigger": {
+            "mode": "per_object",
+            "prefix": "sales-trail/",
+            "suffixes": [".csv"],
+            "marker_name": None,
+            "ignore_zero_byte": True,
+            "sources": ["eventbridge", "cloudtrail"],
+        },
+        "event": {},
+    }
+    # The queue accepts messages from both rules (one statement per rule, by source ARN)
+    queue_policies = [
+        p["Properties"]["PolicyDocument"]["Statement"]
+        for p in synth.resources("AWS::SQS::QueuePolicy").values()
+        if any(TRAIL_PIPELINE.replace("-", "") in str(q) for q in p["Properties"]["Queues"])
+    ]
+    (statements,) = queue_policies
+    senders = [
+        s["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::GetAtt"][0]
+        for s in statements
+        if "sqs:SendMessage" in s["Action"] and s["Effect"] == "Allow"
+    ]
+    assert sorted(senders) == sorted(
+        k for k in synth.resources("AWS::Events::Rule") if k.startswith("Triggersalestrail")
+    )
+    assert len(senders) == 2
+
+
+def _router_statements(synth: Synthesized) -> list[dict[str, Any]]:
+    (policy,) = [
+        p["Properties"]
+        for k, p in synth.resources("AWS::IAM::Policy").items()
+        if "router" in k.lower() and "ServiceRole" in k
+    ]
+    statements: list[dict[str, Any]] = policy["PolicyDocument"]["Statement"]
+    return statements
+
+
+def test_router_may_head_only_the_cloudtrail_pipelines_input_prefix(synth: Synthesized) -> None:
+    reads = [s for s in _router_statements(synth) if "s3:GetObject" in json.dumps(s["Action"])]
+    assert reads == [
+        {
+            "Action": "s3:GetObject",
+            "Effect": "Allow",
+            "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [_landing_name(synth), "Arn"]}, "/sales-trail/*"]]},
+        }
+    ]
