@@ -262,18 +262,26 @@ def cancel_run_steps(emr: Any, cluster_id: str, run_id: str) -> list[str]:
     return ids
 
 
+def serverless_job_runs(client: Any, application_id: str, states: list[str] | None = None) -> list[dict[str, Any]]:
+    """ListJobRuns of an application (paginated); an application that no longer exists has none."""
+    kwargs: dict[str, Any] = {"applicationId": application_id, **({"states": states} if states else {})}
+    try:
+        return [run for page in client.get_paginator("list_job_runs").paginate(**kwargs) for run in page["jobRuns"]]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return []
+        raise
+
+
 def _cancel_serverless_runs(client: Any, application_id: str, run: RunRef) -> list[str]:
     cancelled = []
-    for page in client.get_paginator("list_job_runs").paginate(
-        applicationId=application_id, states=ACTIVE_SERVERLESS_STATES
-    ):
-        for summary in page.get("jobRuns", []):
-            if summary.get("name") != run.run_id:
-                continue
-            job = client.get_job_run(applicationId=application_id, jobRunId=summary["id"])["jobRun"]
-            if (job.get("tags") or {}).get(TAG_EXECUTION) == run.execution_arn:
-                _ignore_finished(client.cancel_job_run, applicationId=application_id, jobRunId=summary["id"])
-                cancelled.append(summary["id"])
+    for summary in serverless_job_runs(client, application_id, ACTIVE_SERVERLESS_STATES):
+        if summary.get("name") != run.run_id:
+            continue
+        job = client.get_job_run(applicationId=application_id, jobRunId=summary["id"])["jobRun"]
+        if (job.get("tags") or {}).get(TAG_EXECUTION) == run.execution_arn:
+            _ignore_finished(client.cancel_job_run, applicationId=application_id, jobRunId=summary["id"])
+            cancelled.append(summary["id"])
     return cancelled
 
 
@@ -589,43 +597,44 @@ def _sweep_job_runs(
 ) -> None:
     client = clients.emr_serverless if serverless else clients.emr_containers
     if serverless:
-        pages = client.get_paginator("list_job_runs").paginate(
-            applicationId=pipeline.application_id, states=ACTIVE_SERVERLESS_STATES
-        )
+        summaries = serverless_job_runs(client, str(pipeline.application_id), ACTIVE_SERVERLESS_STATES)
     else:
-        pages = client.get_paginator("list_job_runs").paginate(
-            virtualClusterId=pipeline.virtual_cluster_id, states=ACTIVE_EKS_STATES
-        )
-    for page in pages:
-        for summary in page.get("jobRuns", []):
-            if serverless:
-                job = client.get_job_run(applicationId=pipeline.application_id, jobRunId=summary["id"])["jobRun"]
-            else:
-                job = client.describe_job_run(virtualClusterId=pipeline.virtual_cluster_id, id=summary["id"])["jobRun"]
-            tags = job.get("tags") or {}
-            if tags.get(TAG_PIPELINE) != pipeline.name or TAG_EXECUTION not in tags:
-                continue  # a shared application also runs other pipelines' and other people's jobs
-            status, started = execution_status(clients.sfn, tags[TAG_EXECUTION])
-            if status == "RUNNING":
-                continue
-            if serverless:
-                _ignore_finished(client.cancel_job_run, applicationId=pipeline.application_id, jobRunId=summary["id"])
-            else:
-                _ignore_finished(client.cancel_job_run, virtualClusterId=pipeline.virtual_cluster_id, id=summary["id"])
-            finding = {
-                "job_run_id": summary["id"],
-                "execution_arn": tags[TAG_EXECUTION],
-                "reason": f"its execution is {status}",
-            }
-            report.orphan_job_runs.append(finding)
-            created = summary.get("createdAt")
-            run = RunRef(
-                pipeline,
-                tags.get(TAG_RUN_ID, str(summary.get("name", summary["id"]))),
-                tags[TAG_EXECUTION],
-                started or (created if isinstance(created, datetime) else now),
+        summaries = [
+            run
+            for page in client.get_paginator("list_job_runs").paginate(
+                virtualClusterId=pipeline.virtual_cluster_id, states=ACTIVE_EKS_STATES
             )
-            _record_sweep(run, settings, clients, now, status, finding)
+            for run in page["jobRuns"]
+        ]
+    for summary in summaries:
+        if serverless:
+            job = client.get_job_run(applicationId=pipeline.application_id, jobRunId=summary["id"])["jobRun"]
+        else:
+            job = client.describe_job_run(virtualClusterId=pipeline.virtual_cluster_id, id=summary["id"])["jobRun"]
+        tags = job.get("tags") or {}
+        if tags.get(TAG_PIPELINE) != pipeline.name or TAG_EXECUTION not in tags:
+            continue  # a shared application also runs other pipelines' and other people's jobs
+        status, started = execution_status(clients.sfn, tags[TAG_EXECUTION])
+        if status == "RUNNING":
+            continue
+        if serverless:
+            _ignore_finished(client.cancel_job_run, applicationId=pipeline.application_id, jobRunId=summary["id"])
+        else:
+            _ignore_finished(client.cancel_job_run, virtualClusterId=pipeline.virtual_cluster_id, id=summary["id"])
+        finding = {
+            "job_run_id": summary["id"],
+            "execution_arn": tags[TAG_EXECUTION],
+            "reason": f"its execution is {status}",
+        }
+        report.orphan_job_runs.append(finding)
+        created = summary.get("createdAt")
+        run = RunRef(
+            pipeline,
+            tags.get(TAG_RUN_ID, str(summary.get("name", summary["id"]))),
+            tags[TAG_EXECUTION],
+            started or (created if isinstance(created, datetime) else now),
+        )
+        _record_sweep(run, settings, clients, now, status, finding)
 
 
 def _stop_if_idle(client: Any, application_id: str, idle_minutes: int, now: datetime) -> bool:
@@ -634,13 +643,12 @@ def _stop_if_idle(client: Any, application_id: str, idle_minutes: int, now: date
     if application.get("state") != "STARTED":
         return False
     latest = application.get("updatedAt")
-    for page in client.get_paginator("list_job_runs").paginate(applicationId=application_id):
-        for job in page.get("jobRuns", []):
-            if job.get("state") in ACTIVE_SERVERLESS_STATES:
-                return False
-            updated = job.get("updatedAt")
-            if isinstance(updated, datetime) and (not isinstance(latest, datetime) or updated > latest):
-                latest = updated
+    for job in serverless_job_runs(client, application_id):
+        if job.get("state") in ACTIVE_SERVERLESS_STATES:
+            return False
+        updated = job.get("updatedAt")
+        if isinstance(updated, datetime) and (not isinstance(latest, datetime) or updated > latest):
+            latest = updated
     if isinstance(latest, datetime) and now - latest < timedelta(minutes=idle_minutes):
         return False
     client.stop_application(applicationId=application_id)
