@@ -255,6 +255,7 @@ class _Deployer:
                 environment={k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()},
                 timeout_seconds=int(props.get("Timeout", 3)),
                 memory_mb=int(props.get("MemorySize", 128)),
+                role_arn=props.get("Role"),
             )
         )
 

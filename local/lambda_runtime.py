@@ -2,7 +2,9 @@
 
 Each function gets its own environment variables (from the template), its layers' `python/`
 folders and its code folder on `sys.path`, a Lambda-like context, and AWS clients pointed at the
-twin (`AWS_ENDPOINT_URL`). Invocations are serialised by one lock because `os.environ` and
+twin (`AWS_ENDPOINT_URL`) that sign as the function's execution role session
+(`assumed-role/<role name>/<function name>`, via the runtime's `access_key_for`; the twin's CloudTrail
+records them so). Invocations are serialised by one lock because `os.environ` and
 `sys.path` are process-wide: the twin trades Lambda's concurrency for exact environments.
 """
 
@@ -17,7 +19,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,7 @@ class LocalFunction:
     environment: dict[str, str]
     timeout_seconds: int = 60
     memory_mb: int = 128
+    role_arn: str | None = None  # the execution role (its session signs the function's AWS calls)
     _module: ModuleType | None = field(default=None, repr=False)
 
     def paths(self) -> list[str]:
@@ -98,6 +101,14 @@ class LambdaRuntime:
         self.account = account
         self.functions: dict[str, LocalFunction] = {}
         self.invocations: list[Invocation] = []
+        # The access key id a function's clients sign with (the twin maps it to the role session); "twin" if unset.
+        self.access_key_for: Callable[[LocalFunction], str] | None = None
+
+    def session_arn(self, function: LocalFunction) -> str | None:
+        """`arn:aws:sts::<acct>:assumed-role/<role name>/<function name>`: who the function's calls are, in AWS."""
+        if not function.role_arn:
+            return None
+        return f"arn:aws:sts::{self.account}:assumed-role/{function.role_arn.rsplit('/', 1)[-1]}/{function.name}"
 
     def register(self, function: LocalFunction) -> None:
         self.functions[function.name] = function
@@ -159,14 +170,19 @@ class LambdaRuntime:
 
     @contextmanager
     def _environment(self, function: LocalFunction) -> Iterator[None]:
+        import boto3
+
         saved_env = dict(os.environ)
         saved_path = list(sys.path)
+        # boto3's default session caches the first credentials it resolves: a fresh one per invocation, so
+        # clients the function makes sign with its own role session (module-level clients keep theirs).
+        saved_session, boto3.DEFAULT_SESSION = boto3.DEFAULT_SESSION, None
         os.environ.update(
             {
                 "AWS_ENDPOINT_URL": self.endpoint,
                 "AWS_REGION": self.region,
                 "AWS_DEFAULT_REGION": self.region,
-                "AWS_ACCESS_KEY_ID": "twin",
+                "AWS_ACCESS_KEY_ID": self.access_key_for(function) if self.access_key_for else "twin",
                 "AWS_SECRET_ACCESS_KEY": "twin",
                 "AWS_LAMBDA_FUNCTION_NAME": function.name,
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
@@ -182,3 +198,4 @@ class LambdaRuntime:
             os.environ.clear()
             os.environ.update(saved_env)
             sys.path[:] = saved_path
+            boto3.DEFAULT_SESSION = saved_session
