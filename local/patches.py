@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlparse
 
 from moto.core.responses import ActionResult, BaseResponse
 from moto.events import models as events_models
 from moto.s3 import notifications as s3_notifications
+from moto.s3.responses import S3Response
+from moto.stepfunctions import responses as sfn_responses
 from moto.stepfunctions.parser import models as sfn_models
+from moto.stepfunctions.parser.asl.eval.environment import Environment
+from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped, ProgramTimedOut
 from moto.stepfunctions.parser.backend import execution as sfn_execution
 
+from local.cloudtrail import access_key_id_from
 from local.faults import TwinClientError
 
 if TYPE_CHECKING:
     from local.twin import Twin
 
+LOG = logging.getLogger("twin.patches")
 _ORIGINALS: dict[str, Any] = {}
+_TERMINATION_LOCK = threading.Lock()
+# S3 PUT sub-resources that are not object writes (PutObjectAcl, UploadPart, ...): no data event.
+_NOT_OBJECT_WRITES = ("uploadId", "partNumber", "acl", "tagging", "retention", "legal-hold")
 
 
 def install(twin: Twin) -> None:
@@ -30,6 +42,10 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("start", sfn_execution.Execution.start)
     _ORIGINALS.setdefault("call_action", BaseResponse.call_action)
     _ORIGINALS.setdefault("start_execution", sfn_models.StepFunctionsParserBackend.start_execution)
+    _ORIGINALS.setdefault("stop", sfn_execution.Execution.stop)
+    _ORIGINALS.setdefault("set_error", Environment.set_error)
+    _ORIGINALS.setdefault("describe_execution", sfn_responses.StepFunctionResponse.describe_execution)
+    _ORIGINALS.setdefault("key_response", S3Response.key_response)
 
     def start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
         # AWS names an execution started without a name with a UUID; moto leaves it None.
@@ -61,21 +77,15 @@ def install(twin: Twin) -> None:
 
     events_models.EventsBackend.put_events = put_events  # type: ignore[method-assign]
 
-    def terminated(self: Any) -> None:
-        _ORIGINALS["terminated"](self)
-        _emit_execution_status(twin, self.execution)
-
-    sfn_execution.BaseExecutionWorkerCommunication.terminated = terminated  # type: ignore[method-assign]
-
-    def start(self: Any) -> None:
-        _ORIGINALS["start"](self)
-        _emit_execution_status(twin, self)
-
-    sfn_execution.Execution.start = start  # type: ignore[method-assign]
+    _install_executions(twin)
+    _install_s3_data_events(twin)
 
     def call_action(self: Any) -> Any:
         try:
             action = self._get_action()
+            if self.service_name == "emr":
+                served = _serve_emr(twin, self, action)
+                return _ORIGINALS["call_action"](self) if served is None else served
             twin.faults.check(self.service_name, action)
             served = _serve_twin_model(twin, self, action)
             if served is not None:
@@ -89,6 +99,71 @@ def install(twin: Twin) -> None:
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
 
 
+def _install_executions(twin: Twin) -> None:
+    """Execution status changes as AWS has them: one event per end, ABORTED at once, no FAILED after an abort."""
+
+    def terminated(self: Any) -> None:
+        # Once per execution: StopExecution ends it at once (below), its worker reports again when it unwinds.
+        with _TERMINATION_LOCK:
+            if getattr(self.execution, "_twin_terminated", False):
+                return
+            self.execution._twin_terminated = True
+        _ORIGINALS["terminated"](self)
+        _emit_execution_status(twin, self.execution)
+
+    sfn_execution.BaseExecutionWorkerCommunication.terminated = terminated  # type: ignore[method-assign]
+
+    def start(self: Any) -> None:
+        _ORIGINALS["start"](self)
+        _emit_execution_status(twin, self)
+
+    sfn_execution.Execution.start = start  # type: ignore[method-assign]
+
+    def stop(self: Any, stop_date: Any, error: Any, cause: Any) -> None:
+        # AWS: StopExecution makes the execution ABORTED at once; moto waits for the running state to return
+        # (a Lambda task runs to its end in-process), so the status is reflected here, when the stop took.
+        _ORIGINALS["stop"](self, stop_date, error, cause)
+        worker = self.exec_worker
+        env = getattr(worker, "env", None)
+        if env is not None and isinstance(env.program_state(), ProgramStopped):
+            worker._execution_communication.terminated()
+
+    sfn_execution.Execution.stop = stop  # type: ignore[method-assign]
+
+    def set_error(self: Any, error: Any) -> None:
+        # A state still unwinding after an abort or a timeout must not turn the execution FAILED.
+        with self._state_mutex:
+            if isinstance(self._program_state, ProgramStopped | ProgramTimedOut):
+                return
+            _ORIGINALS["set_error"](self, error)
+
+    Environment.set_error = set_error  # type: ignore[method-assign]
+
+    def describe_execution(self: Any) -> Any:
+        result = _ORIGINALS["describe_execution"](self)
+        described = result.result
+        if isinstance(described, dict) and str(described.get("status")) == "TIMED_OUT":  # moto omits its stopDate
+            execution = self.stepfunction_backend.describe_execution(described["executionArn"])
+            described.setdefault("stopDate", execution.stop_date)
+        return result
+
+    sfn_responses.StepFunctionResponse.describe_execution = describe_execution  # type: ignore[method-assign]
+
+
+def _install_s3_data_events(twin: Twin) -> None:
+    """S3 data events for object writes (moto serves S3 outside `call_action`: its key_response is the path)."""
+
+    def key_response(self: Any, request: Any, full_url: str, headers: Any) -> Any:
+        result = _ORIGINALS["key_response"](self, request, full_url, headers)
+        try:
+            _record_s3_write(twin, self, request, full_url, result)
+        except Exception:  # recording must never break the S3 call itself
+            LOG.exception("recording an S3 data event failed")
+        return result
+
+    S3Response.key_response = key_response  # type: ignore[method-assign]
+
+
 def uninstall() -> None:
     """Restore moto as it was (tests that use plain moto after a twin ran in the same process)."""
     if not _ORIGINALS:
@@ -100,12 +175,14 @@ def uninstall() -> None:
     sfn_execution.Execution.start = _ORIGINALS["start"]  # type: ignore[method-assign]
     BaseResponse.call_action = _ORIGINALS["call_action"]  # type: ignore[method-assign]
     sfn_models.StepFunctionsParserBackend.start_execution = _ORIGINALS["start_execution"]  # type: ignore[method-assign]
+    sfn_execution.Execution.stop = _ORIGINALS["stop"]  # type: ignore[method-assign]
+    Environment.set_error = _ORIGINALS["set_error"]  # type: ignore[method-assign]
+    sfn_responses.StepFunctionResponse.describe_execution = _ORIGINALS["describe_execution"]  # type: ignore[method-assign]
+    S3Response.key_response = _ORIGINALS["key_response"]  # type: ignore[method-assign]
 
 
 def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
-    """A call to a service the twin models itself (EMR on EC2, EMR on EKS); None to leave it to moto."""
-    if response.service_name == "emr":  # EMR on EC2: JSON 1.1, parameters in the body
-        return _serve_emr(twin, action, response.body)
+    """A call to a service the twin models itself (EMR on EKS here; EMR on EC2: `_serve_emr`); None: moto's."""
     if response.service_name == "emr-containers":  # EMR on EKS: REST-JSON, ids in the path (parsed by moto)
         params = {**(response.uri_match or {}), **(getattr(response, "params", None) or {})}
         result = twin.emr_containers.handle_api(action, params)
@@ -113,18 +190,75 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
     return None
 
 
-def _serve_emr(twin: Twin, action: str, body: Any) -> tuple[int, dict[str, str], str] | None:
-    """An `emr` JSON 1.1 call served by the twin's EMR-on-EC2 model; None for actions it leaves to moto."""
+def _caller(twin: Twin, response: Any) -> tuple[dict[str, Any], str, str]:
+    """(userIdentity, sourceIPAddress, userAgent) of the HTTP request behind a moto response object."""
+    headers = response.headers or {}
+    key, _ = access_key_id_from(headers)
+    source_ip = getattr(getattr(response, "request", None), "remote_addr", None) or "127.0.0.1"
+    return twin.cloudtrail.caller(key, source_ip, str(headers.get("User-Agent") or ""))
+
+
+def _serve_emr(twin: Twin, response: Any, action: str) -> tuple[int, dict[str, str], str] | None:
+    """An `emr` JSON 1.1 call served by the twin's EMR-on-EC2 model, recorded in CloudTrail; None: moto's.
+
+    Faults and the model's errors are recorded as failed calls (errorCode/errorMessage), as CloudTrail does.
+    """
+    body = response.body
     if isinstance(body, bytes):
         body = body.decode("utf-8")
     try:
         params = json.loads(body or "{}")
     except ValueError:
         raise TwinClientError("ValidationException", "The request body is not valid JSON") from None
-    result = twin.emr_ec2.handle_api(action, params if isinstance(params, dict) else {})
+    params = params if isinstance(params, dict) else {}
+    try:
+        twin.faults.check("emr", action)
+        result = twin.emr_ec2.handle_api(action, params)
+    except TwinClientError as error:
+        twin.cloudtrail.emr_call(action, params, None, caller=_caller(twin, response), error=error)
+        raise
     if result is None:
         return None
+    twin.cloudtrail.emr_call(action, params, result, caller=_caller(twin, response))
     return 200, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps(result)
+
+
+def _record_s3_write(twin: Twin, response: Any, request: Any, full_url: str, result: Any) -> None:
+    """An S3 data event for a successful PutObject / CopyObject / CompleteMultipartUpload (S3 serves no JSON)."""
+    status, response_headers, response_body = result
+    if int(status) != 200:
+        return
+    query = parse_qs(urlparse(full_url).query, keep_blank_values=True)
+    headers = request.headers
+    extra: dict[str, Any] = {}
+    if request.method == "PUT" and not any(name in query for name in _NOT_OBJECT_WRITES):
+        operation = "CopyObject" if "x-amz-copy-source" in headers else "PutObject"
+        if operation == "CopyObject":
+            extra["x-amz-copy-source"] = unquote(str(headers["x-amz-copy-source"])).lstrip("/")
+    elif request.method == "POST" and "uploadId" in query:
+        operation = "CompleteMultipartUpload"
+        extra["uploadId"] = query["uploadId"][0]
+    else:
+        return
+    bucket = response.bucket_name
+    if not bucket or not twin.cloudtrail.logs_data_events(bucket):
+        return
+    key_id, auth_method = access_key_id_from(headers, query)
+    source_ip = getattr(request, "remote_addr", None) or "127.0.0.1"
+    body = response.body if isinstance(response.body, bytes | str) else b""
+    twin.cloudtrail.s3_write(
+        operation,
+        bucket,
+        response.parse_key_name(),
+        caller=twin.cloudtrail.caller(key_id, source_ip, str(headers.get("User-Agent") or "")),
+        host=str(headers.get("Host") or ""),
+        auth_method=auth_method,
+        extra_parameters=extra,
+        response_headers=response_headers,
+        bytes_in=0 if operation == "CopyObject" else len(body),
+        bytes_out=len(response_body or b""),
+        request_id=(response_headers or {}).get("x-amz-request-id"),
+    )
 
 
 def _millis(value: Any) -> int | None:

@@ -14,16 +14,32 @@
   shapes; errors `EMRContainers.<Code>`; a `.sync` job run that ends FAILED/CANCELLED fails the task with
   `States.TaskFailed` and the job run (PascalCase DescribeJobRun `jobRun`) as the cause.
 - `lambda:invoke` and Lambda task ARNs: run the function in-process (moto would need Docker).
+- Identity: the `elasticmapreduce:*` calls are recorded in the twin's CloudTrail (`local.cloudtrail`) as the
+  state machine's role (`assumed-role/<role>/<session>`, invokedBy states.amazonaws.com), failed ones with
+  their errorCode; moto's own integrations (`aws-sdk:*`, `sns:publish`, ...) sign their HTTP calls with that
+  role session's access key, so e.g. an `aws-sdk:s3:putObject` data event names the state machine's role.
+- Abort and timeout: a `.sync` task stops waiting as soon as the execution is no longer running and records
+  no TaskSucceeded; the cluster / job run it waited for is left as it is (Step Functions does not clean up).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
-from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+import boto3
+from botocore.config import Config
+from moto.core.models import botocore_stubber
+from moto.settings import moto_server_port
+from moto.stepfunctions.parser.api import (
+    HistoryEventExecutionDataDetails,
+    HistoryEventType,
+    TaskFailedEventDetails,
+    TaskSubmittedEventDetails,
+)
 from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
 from moto.stepfunctions.parser.asl.component.common.error_name.error_name import ErrorName
 from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
@@ -32,10 +48,12 @@ from moto.stepfunctions.parser.asl.component.common.error_name.failure_event imp
 )
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import StatesErrorNameType
+from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
 from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import iteration_worker
 from moto.stepfunctions.parser.asl.component.state.exec.state_parallel import branches_decl
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils, state_task_factory
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import ResourceCondition
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import StateTaskService
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
     StateTaskServiceAwsSdk,
 )
@@ -45,7 +63,10 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 from moto.stepfunctions.parser.asl.component.state.fail import state_fail
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.event import event_detail
+from moto.stepfunctions.parser.asl.utils import boto_client as moto_boto_client
+from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
 
+from local.cloudtrail import STATES_SERVICE, CloudTrail
 from local.emr_containers import TERMINAL as CONTAINERS_TERMINAL
 from local.emr_containers import EmrContainersTwin, pascal
 from local.emr_ec2 import ENDED_CLUSTER_STATES, ENDED_STEP_STATES, EmrEc2Twin
@@ -54,6 +75,7 @@ from local.faults import TwinClientError
 from local.lambda_runtime import FunctionError, LambdaRuntime
 
 _ORIGINAL_FACTORY: Any = getattr(state_task_factory, "state_task_service_for")  # noqa: B009 - not re-exported
+_ORIGINAL_BOTO_CLIENT_FOR: Any = moto_boto_client.boto_client_for
 
 
 def _event_details(**details: Any) -> Any:
@@ -77,6 +99,7 @@ class _TwinService(StateTaskServiceCallback):
     """An optimized integration backed by a twin model: `<Prefix>.<Code>` service errors, `.sync` waiting."""
 
     ERROR_PREFIX = ""  # e.g. "EMR": a TwinClientError becomes the task error "EMR.<Code>"
+    trail: CloudTrail | None = None  # set by install(): where the calls are recorded
     ACTIONS: frozenset[str] = frozenset()
     SYNC_ACTIONS: frozenset[str] = frozenset()
 
@@ -155,14 +178,56 @@ class _TwinService(StateTaskServiceCallback):
         normalised_parameters: dict[str, Any],
         state_credentials: Any,
     ) -> None:
-        # moto's own version dereferences a callback endpoint that only exists for .waitForTaskToken
-        # integrations (AttributeError on None for .sync-only services); this is the .sync part alone.
+        self._wait_sync(env, resource_runtime_part, normalised_parameters, state_credentials)
+
+    def _wait_sync(
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> bool:
+        """The `.sync` part alone: its result on the stack (True), or False once the execution is over.
+
+        moto's own version dereferences a callback endpoint that only exists for .waitForTaskToken
+        integrations (AttributeError on None for .sync-only services).
+        """
         resolve = self._build_sync_resolver(env, resource_runtime_part, normalised_parameters, state_credentials)
-        while env.is_running():  # false once the task's timeout frame ends or the execution stops
+        while env.is_running():  # false once the task's timeout frame ends or the execution stops / times out
             result = resolve()
             if result is not None:
                 env.stack.append(result)
-                return
+                return True
+        return False
+
+    def _after_eval_execution(
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> None:
+        args = (env, resource_runtime_part, normalised_parameters, state_credentials)
+        if self.resource.condition is None:  # request-response
+            StateTaskService._after_eval_execution(self, *args)  # TaskSucceeded
+            return
+        submitted = env.stack[-1]
+        details = TaskSubmittedEventDetails(
+            resource=self._get_sfn_resource(),
+            resourceType=self._get_sfn_resource_type(),
+            output=to_json_str(submitted),
+            outputDetails=HistoryEventExecutionDataDetails(truncated=False),
+        )
+        env.event_manager.add_event(
+            context=env.event_history_context,
+            event_type=HistoryEventType.TaskSubmitted,
+            event_details=_event_details(taskSubmittedEventDetails=details),
+        )
+        if self._wait_sync(*args):
+            StateTaskService._after_eval_execution(self, *args)  # TaskSucceeded with the .sync result
+        else:
+            # Aborted or timed out while waiting: no TaskSucceeded; the job/cluster is left as it is (as on AWS).
+            env.stack.append(submitted)
 
 
 class TwinEmrServerlessService(_TwinService):
@@ -293,37 +358,72 @@ class TwinEmrService(_TwinService):
         action, params = self.resource.api_action, normalised_parameters
         if action == "createCluster":
             _check_create_cluster(params)
-        self.model.faults.check("emr", self.OPERATIONS[action])
+        operation = self.OPERATIONS[action]
         try:
-            env.stack.append(self._call(action, params))
+            request = self._request(action, params)
         except KeyError as missing:
             raise TwinClientError("ValidationException", f"The field {missing.args[0]} is required") from None
+        try:
+            self.model.faults.check("emr", operation)
+            response = self._call(operation, request)
+        except TwinClientError as error:
+            self._record(env, operation, request, None, error)
+            raise
+        except KeyError as missing:
+            raise TwinClientError("ValidationException", f"The field {missing.args[0]} is required") from None
+        self._record(env, operation, request, response, None)
+        if action == "createCluster":
+            env.stack.append({"ClusterId": response["JobFlowId"], "ClusterArn": response["ClusterArn"]})
+        elif action == "addStep":
+            env.stack.append({"StepId": response["StepIds"][0]})
+        else:
+            env.stack.append(response)
 
-    def _call(self, action: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, env: Environment, operation: str, request: dict[str, Any], response: Any, error: Any) -> None:
+        """The EMR call in CloudTrail, made by the state machine's role."""
+        if self.trail is None:
+            return
+        execution_arn = env.states.context_object.context_object_data["Execution"]["Id"]
+        identity = self.trail.state_machine_identity(env.aws_execution_details.role_arn, execution_arn)
+        caller = (identity, STATES_SERVICE, STATES_SERVICE)
+        self.trail.emr_call(operation, request, response, caller=caller, error=error)
+
+    def _request(self, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The EMR API request the integration `action` makes (KeyError for a missing field)."""
         model, cluster_id = self.model, params["ClusterId"] if action != "createCluster" else ""
         if action == "createCluster":
-            created = model.run_job_flow(params)
-            return {"ClusterId": created["JobFlowId"], "ClusterArn": created["ClusterArn"]}
+            return params
         if action == "addStep":
             request = {"JobFlowId": cluster_id, "Steps": [params["Step"]]}
-            if params.get("ExecutionRoleArn"):
-                request["ExecutionRoleArn"] = params["ExecutionRoleArn"]
-            return {"StepId": model.add_job_flow_steps(request)["StepIds"][0]}
+            role = params.get("ExecutionRoleArn")
+            return request | ({"ExecutionRoleArn": role} if role else {})
         if action == "terminateCluster":
-            return model.terminate_job_flows({"JobFlowIds": [cluster_id]})
+            return {"JobFlowIds": [cluster_id]}
         if action == "cancelStep":
-            request = {"ClusterId": cluster_id, "StepIds": [params["StepId"]]}
-            return model.cancel_steps(request | _only(params, "StepCancellationOption"))
+            return {"ClusterId": cluster_id, "StepIds": [params["StepId"]]} | _only(params, "StepCancellationOption")
         if action == "setClusterTerminationProtection":
-            request = {"JobFlowIds": [cluster_id], "TerminationProtected": params["TerminationProtected"]}
-            return model.set_termination_protection(request)
+            return {"JobFlowIds": [cluster_id], "TerminationProtected": params["TerminationProtected"]}
         if action == "modifyInstanceFleetByName":
             fleet_id = model.fleet_id_by_name(cluster_id, params["InstanceFleetName"])
             fleet = {**params.get("InstanceFleet", {}), "InstanceFleetId": fleet_id}
-            return model.modify_instance_fleet({"ClusterId": cluster_id, "InstanceFleet": fleet})
+            return {"ClusterId": cluster_id, "InstanceFleet": fleet}
         group_id = model.group_id_by_name(cluster_id, params["InstanceGroupName"])
         group = {**params.get("InstanceGroup", {}), "InstanceGroupId": group_id}
-        return model.modify_instance_groups({"ClusterId": cluster_id, "InstanceGroups": [group]})
+        return {"ClusterId": cluster_id, "InstanceGroups": [group]}
+
+    def _call(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The EMR API operation on the twin's model."""
+        model = self.model
+        calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "RunJobFlow": model.run_job_flow,
+            "AddJobFlowSteps": model.add_job_flow_steps,
+            "TerminateJobFlows": model.terminate_job_flows,
+            "CancelSteps": model.cancel_steps,
+            "SetTerminationProtection": model.set_termination_protection,
+            "ModifyInstanceFleet": model.modify_instance_fleet,
+            "ModifyInstanceGroups": model.modify_instance_groups,
+        }
+        return calls[operation](request)
 
     def _build_sync_resolver(
         self,
@@ -394,6 +494,58 @@ def uninstall() -> None:
         setattr(lambda_eval_utils, "_invoke_lambda_function", _ORIGINALS["invoke"])  # noqa: B010 - monkeypatch
     if "aws_sdk" in _ORIGINALS:
         setattr(StateTaskServiceAwsSdk, "_eval_service_task", _ORIGINALS["aws_sdk"])  # noqa: B010 - monkeypatch
+    for module in _boto_client_modules(_twin_boto_client_for):
+        setattr(module, "boto_client_for", _ORIGINAL_BOTO_CLIENT_FOR)  # noqa: B010 - monkeypatch
+    _TwinService.trail = None
+
+
+def _calling_environment() -> Environment | None:
+    """The interpreter Environment of the state evaluating up the call stack (moto passes it as `env`)."""
+    frame = sys._getframe(2)
+    for _ in range(40):
+        if frame is None:
+            return None
+        env = frame.f_locals.get("env")
+        if isinstance(env, Environment):
+            return env
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _twin_boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+    """moto's `boto_client_for`, signing as the execution's state machine role session (moto: a fixed "ak")."""
+    access_key = "ak"
+    env = _calling_environment()
+    if _TwinService.trail is not None and env is not None:
+        execution_arn = env.states.context_object.context_object_data["Execution"]["Id"]
+        access_key = _TwinService.trail.state_machine_access_key(env.aws_execution_details.role_arn, execution_arn)
+    kwargs: dict[str, Any] = {}
+    if not botocore_stubber.enabled:
+        kwargs["endpoint_url"] = f"http://localhost:{moto_server_port()}"
+    return boto3.client(
+        service_name=service,
+        region_name=region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key="sk",
+        config=Config(
+            parameter_validation=False,
+            retries={"max_attempts": 0, "total_max_attempts": 1},
+            connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+            read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+        ),
+        **kwargs,
+    )
+
+
+def _boto_client_modules(current: Any) -> list[Any]:
+    """moto's interpreter modules that imported `boto_client_for` (by name) and still hold `current`."""
+    return [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("moto.stepfunctions.parser.")
+        and name != moto_boto_client.__name__
+        and getattr(module, "boto_client_for", None) is current
+    ]
 
 
 def install(
@@ -402,8 +554,25 @@ def install(
     runtime: LambdaRuntime,
     emr_ec2: EmrEc2Twin | None = None,
     emr_containers: EmrContainersTwin | None = None,
+    trail: CloudTrail | None = None,
 ) -> None:
     """Plug the twin's integrations into moto's interpreter (idempotent)."""
+    _TwinService.trail = trail
+    if trail is not None:  # moto's own integrations sign as the state machine's role session
+        for module in _boto_client_modules(_ORIGINAL_BOTO_CLIENT_FOR):
+            setattr(module, "boto_client_for", _twin_boto_client_for)  # noqa: B010 - monkeypatch
+    _install_services(emr_serverless, emr_ec2, emr_containers)
+    # AWS lets a Fail state re-throw a caught `States.*` error through ErrorPath, and a failed Map iteration or
+    # Parallel branch fail its parent with the branch's error (e.g. States.TaskFailed); moto refuses the names.
+    for module in _RETHROWING_MODULES:
+        setattr(module, "CustomErrorName", _RethrownErrorName)  # noqa: B010 - monkeypatch
+    _install_lambda(runtime)
+    _install_aws_sdk()
+
+
+def _install_services(
+    emr_serverless: EmrServerlessTwin, emr_ec2: EmrEc2Twin | None, emr_containers: EmrContainersTwin | None
+) -> None:
     TwinEmrServerlessService.model = emr_serverless
     if emr_ec2 is not None:
         TwinEmrService.model = emr_ec2
@@ -420,11 +589,9 @@ def install(
         return _ORIGINAL_FACTORY(service_name=service_name)
 
     setattr(state_task_factory, "state_task_service_for", service_for)  # noqa: B010 - monkeypatch
-    # AWS lets a Fail state re-throw a caught `States.*` error through ErrorPath, and a failed Map iteration or
-    # Parallel branch fail its parent with the branch's error (e.g. States.TaskFailed); moto refuses the names.
-    for module in _RETHROWING_MODULES:
-        setattr(module, "CustomErrorName", _RethrownErrorName)  # noqa: B010 - monkeypatch
 
+
+def _install_lambda(runtime: LambdaRuntime) -> None:
     def invoke(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
         payload = parameters.get("Payload")
         event = json.loads(payload) if isinstance(payload, str | bytes) else payload
@@ -442,6 +609,8 @@ def install(
     _ORIGINALS.setdefault("invoke", lambda_eval_utils._invoke_lambda_function)
     setattr(lambda_eval_utils, "_invoke_lambda_function", invoke)  # noqa: B010 - monkeypatch
 
+
+def _install_aws_sdk() -> None:
     # aws-sdk:s3:getObject returns `Body` as a string in Step Functions; moto leaves botocore's stream.
     original = _ORIGINALS.setdefault("aws_sdk", StateTaskServiceAwsSdk._eval_service_task)
 

@@ -17,6 +17,20 @@ What the twin adds to moto 5.2.5 (each item exists because moto does not do it):
   the twin's own model for the `emr` API and the Step Functions integrations (`local.emr_ec2`).
 - EMR on EKS virtual clusters and job runs (`local.emr_containers`) for the `emr-containers` API and
   the `emr-containers:*` Step Functions integrations.
+- CloudTrail (`local.cloudtrail`): "AWS API Call via CloudTrail" events on the bus for the mutating EMR
+  calls (management events, source aws.elasticmapreduce) and, for buckets opted in with
+  `twin.cloudtrail.log_data_events(bucket)`, S3 object writes (data events, source aws.s3), with the
+  caller's identity: `twin.client(service, principal=<IAM user or role session ARN>)` signs as that
+  principal, plain clients as the IAM user `twin-operator`, Lambda functions as
+  `assumed-role/<execution role>/<function>`, Step Functions integrations as the state machine's role
+  (moto records no CloudTrail events and has no notion of who calls).
+- Scheduled rules: `twin.fire_schedule(rule)` delivers one "Scheduled Event" to a schedule rule's targets
+  (moto never fires schedules). Nothing ticks by default, so a test decides when a tick happens;
+  `twin.start_schedules(scale)` runs `rate(...)` rules in the background (e.g. for the demo).
+- Step Functions abort and timeout as AWS has them: StopExecution makes an execution ABORTED at once
+  (moto waited for the running state to return, and a later error could turn it FAILED), a `.sync` task
+  stops waiting (the cluster / job run is left running, as on AWS), TIMED_OUT executions have a stopDate,
+  and each ends with exactly one "Execution Status Change" event.
 - Faults on demand (see `local.faults`).
 """
 
@@ -28,6 +42,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -41,6 +56,7 @@ import boto3
 from botocore.config import Config
 
 from local import eventbridge
+from local.cloudtrail import DEFAULT_ACCESS_KEY, CloudTrail
 from local.emr_containers import EmrContainersTwin
 from local.emr_ec2 import EmrEc2Twin
 from local.emr_serverless import EmrServerlessTwin
@@ -51,6 +67,9 @@ from local.spark_runner import SparkRunner
 LOG = logging.getLogger("twin")
 ACCOUNT = "123456789012"
 CURRENT: Twin | None = None
+
+_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_RATE_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 
 _S3_REASONS = {
     "ObjectCreated:Put": "PutObject",
@@ -112,7 +131,8 @@ class Twin:
         self.events: list[dict[str, Any]] = []
         self.mappings: list[EventSourceMapping] = []
         self.endpoint = ""
-        self._bus: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        # (event, rule): rule None -> matched against every rule's pattern; a rule -> its targets only (schedules)
+        self._bus: queue.Queue[tuple[dict[str, Any], Any] | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sequencer = itertools.count(int(time.time() * 1000) << 8)
@@ -122,6 +142,9 @@ class Twin:
         self.emr_serverless: EmrServerlessTwin
         self.emr_ec2: EmrEc2Twin
         self.emr_containers: EmrContainersTwin
+        self.cloudtrail = CloudTrail(account=self.account, region=self.region, emit=self.put_event)
+        self._schedules = threading.Event()  # set: no background schedule ticking (see start_schedules)
+        self._schedules.set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,6 +164,7 @@ class Twin:
         self.endpoint = f"http://{self.host}:{self.port}"
         os.environ["MOTO_PORT"] = str(self.port)  # moto's ASL aws-sdk integrations call localhost:MOTO_PORT
         self.runtime = LambdaRuntime(endpoint=self.endpoint, region=self.region, account=self.account)
+        self.runtime.access_key_for = self._function_access_key
         runner = SparkRunner(self.client("s3"), workdir=self.workdir / "spark") if self.spark else None
         self.emr_serverless = EmrServerlessTwin(
             account=self.account, region=self.region, runner=runner, faults=self.faults, emit=self.put_event
@@ -165,6 +189,7 @@ class Twin:
             runtime=self.runtime,
             emr_ec2=self.emr_ec2,
             emr_containers=self.emr_containers,
+            trail=self.cloudtrail,
         )
         patches.install(self)
         self._spawn(self._bus_worker, "eventbridge-bus")
@@ -174,6 +199,8 @@ class Twin:
     def stop(self) -> None:
         global CURRENT
         self._stop.set()
+        self.stop_schedules()
+        self.cloudtrail.cancel_pending()
         self._bus.put(None)
         for thread in self._threads:
             thread.join(timeout=5)
@@ -192,13 +219,19 @@ class Twin:
         if CURRENT is self:
             CURRENT = None
 
-    def client(self, service: str, **kwargs: Any) -> Any:
-        """A boto3 client for the twin (fake credentials, retries like the SDK's standard mode)."""
+    def client(self, service: str, principal: str | None = None, **kwargs: Any) -> Any:
+        """A boto3 client for the twin (fake credentials, retries like the SDK's standard mode).
+
+        Its calls are recorded in CloudTrail as `principal` (an IAM user ARN, e.g.
+        `arn:aws:iam::123456789012:user/alice`, or a role session, e.g.
+        `arn:aws:sts::123456789012:assumed-role/SomeRole/session`); without one, as the IAM user `twin-operator`.
+        """
+        access_key = self.cloudtrail.access_key_for(principal) if principal else DEFAULT_ACCESS_KEY
         return boto3.client(
             service,
             endpoint_url=self.endpoint,
             region_name=self.region,
-            aws_access_key_id="twin",
+            aws_access_key_id=access_key,
             aws_secret_access_key="twin",
             config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
             **kwargs,
@@ -222,7 +255,10 @@ class Twin:
 
     def put_event(self, event: dict[str, Any]) -> None:
         """Put an event on the default bus (fills the envelope fields AWS adds)."""
-        full = {
+        self._enqueue(self._envelope(event), None)
+
+    def _envelope(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {
             "version": "0",
             "id": str(uuid.uuid4()),
             "detail-type": event["detail-type"],
@@ -233,9 +269,81 @@ class Twin:
             "resources": event.get("resources", []),
             "detail": event.get("detail", {}),
         }
+
+    def _enqueue(self, event: dict[str, Any], rule: Any) -> None:
         with self._busy_lock:
             self._busy += 1
-        self._bus.put(full)
+        self._bus.put((event, rule))
+
+    # ------------------------------------------------------------------ schedules
+
+    def fire_schedule(self, rule: str) -> dict[str, Any] | None:
+        """One tick of a schedule rule: a "Scheduled Event" delivered to that rule's targets (only).
+
+        `rule` is the rule's name or a substring of exactly one scheduled rule's name (CDK names are long).
+        Returns the event, or None when the rule is DISABLED (a disabled schedule delivers nothing).
+        """
+        found = self.scheduled_rule(rule)
+        if found.state != "ENABLED":
+            return None
+        event = self._envelope(
+            {"source": "aws.events", "detail-type": "Scheduled Event", "resources": [found.arn], "detail": {}}
+        )
+        self._enqueue(event, found)
+        return event
+
+    def scheduled_rule(self, rule: str) -> Any:
+        """The moto rule with a ScheduleExpression named `rule`, or whose name is the only one containing it."""
+        from moto.events.models import events_backends
+
+        backend = events_backends[self.account][self.region]
+        scheduled = [r for bus in list(backend.event_buses.values()) for r in list(bus.rules.values())
+                     if r.scheduled_expression]  # fmt: skip
+        exact = [r for r in scheduled if r.name == rule]
+        matches = exact or [r for r in scheduled if rule in r.name]
+        if len(matches) == 1:
+            return matches[0]
+        names = sorted(r.name for r in (matches or scheduled))
+        if not matches:
+            raise LookupError(f"no scheduled rule named or containing {rule!r}; scheduled rules: {names}")
+        raise LookupError(f"{rule!r} matches several scheduled rules, name one: {names}")
+
+    def start_schedules(self, scale: float = 1.0) -> list[str]:
+        """Fire every enabled `rate(...)` rule in the background, each period multiplied by `scale`.
+
+        Off by default (tests call `fire_schedule` when they want a tick). cron(...) rules are not run
+        (returned names are the rules that are). `stop_schedules()` (or `stop()`) ends the ticking.
+        """
+        self.stop_schedules()
+        ticking = self._schedules = threading.Event()
+        rates: dict[str, float] = {}
+        from moto.events.models import events_backends
+
+        for bus in list(events_backends[self.account][self.region].event_buses.values()):
+            for r in list(bus.rules.values()):
+                match = _RATE.match(r.scheduled_expression or "")
+                if match and r.state == "ENABLED":
+                    rates[r.name] = int(match.group(1)) * _RATE_UNIT_SECONDS[match.group(2).rstrip("s")] * scale
+                elif r.scheduled_expression:
+                    LOG.warning("schedule %s of rule %s is not run by start_schedules", r.scheduled_expression, r.name)
+        due = {name: time.monotonic() + period for name, period in rates.items()}
+
+        def tick() -> None:
+            while due and not ticking.wait(max(0.0, min(due.values()) - time.monotonic())):
+                for name, when in list(due.items()):
+                    if when <= time.monotonic():
+                        due[name] = when + rates[name]
+                        try:
+                            self.fire_schedule(name)
+                        except LookupError:
+                            del due[name]  # the rule is gone
+
+        self._spawn(tick, "schedules")
+        return sorted(rates)
+
+    def stop_schedules(self) -> None:
+        """End what `start_schedules` started (no-op otherwise)."""
+        self._schedules.set()
 
     def s3_object_created(self, bucket: Any, key: Any, event_name: str) -> None:
         """Called (via the patch) for every S3 notification moto raises on a bucket with EventBridge on.
@@ -275,12 +383,17 @@ class Twin:
 
     def _bus_worker(self) -> None:
         while not self._stop.is_set():
-            event = self._bus.get()
-            if event is None:
+            item = self._bus.get()
+            if item is None:
                 return
+            event, rule = item
             try:
                 self.events.append(event)
-                self._dispatch(event)
+                if rule is None:
+                    self._dispatch(event)
+                else:  # a scheduled event goes to its own rule's targets, never through patterns
+                    for target in list(rule.targets):
+                        self._deliver(rule, target, event)
             except Exception:
                 LOG.exception("event dispatch failed")
             finally:
@@ -336,6 +449,11 @@ class Twin:
         finally:
             with self._busy_lock:
                 self._busy -= 1
+
+    def _function_access_key(self, function: Any) -> str:
+        """What a function's clients sign with: its execution role session (the twin's default without a role)."""
+        session = self.runtime.session_arn(function)
+        return self.cloudtrail.access_key_for(session, role_arn=function.role_arn) if session else DEFAULT_ACCESS_KEY
 
     # ------------------------------------------------------------------ SQS -> Lambda
 
@@ -420,6 +538,8 @@ class Twin:
         with self._busy_lock:
             if self._busy:
                 return True
+        if self.cloudtrail.pending():
+            return True
         sqs = self.client("sqs")
         for mapping in self.mappings:
             attrs = sqs.get_queue_attributes(QueueUrl=mapping.queue_url, AttributeNames=["All"])["Attributes"]
