@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from config.base import RELEASE_LABEL_PATTERN
+from config.capacity import cap_problems
 from config.ec2 import Ec2Runtime, HiveStep, JarStep, SparkStep
 from config.eks import EKS_RELEASE_LABEL_PATTERN, EksRuntime
 from config.model import (
@@ -158,6 +159,7 @@ def _cross_check(config: AppConfig, source: str, jobs_dir: Path) -> None:
                     f"{source}: pipelines {a_name!r} and {b_name!r}: output_prefix: {oa!r} and {ob!r} overlap; "
                     "expected separate output prefixes"
                 )
+    problems.extend(cap_problems(config, source))
     if problems:
         raise ConfigError("\n".join(problems))
 
