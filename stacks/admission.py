@@ -1,0 +1,130 @@
+"""Admission control: the table and function behind every workflow's AcquireRunSlot / ReleaseRunSlot."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from config.capacity import queue_timeout_seconds, run_reservation
+from config.guardrails import Limits
+from config.model import AppConfig
+from stacks.functions import FunctionFactory
+from stacks.nag import suppress
+from stacks.naming import LEDGER_PREFIX
+from stacks.storage import AutopilotStorage
+
+# Environment contract of `autopilot_common.admission` (Caps.from_env and the admission handler).
+TABLE_ENV, CAPS_ENV, LEDGER_BUCKET_ENV = "ADMISSION_TABLE", "ADMISSION_CAPS", "LEDGER_BUCKET"
+TABLE_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:Query",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:ConditionCheckItem",
+)
+
+
+def limit_json(limits: Limits) -> dict[str, int | None]:
+    """A scope's caps as `autopilot_common.admission.Limit` reads them."""
+    return {"runs": limits.max_concurrent_runs, "clusters": limits.max_concurrent_clusters, "vcpus": limits.max_vcpus}
+
+
+def caps_json(config: AppConfig) -> str:
+    """`ADMISSION_CAPS`: the deployment's caps and those of every pipeline that has any."""
+    body = {
+        "deployment": limit_json(config.guardrails.limits),
+        "pipelines": {name: limit_json(p.limits) for name, p in sorted(config.pipelines.items()) if p.limits.capped},
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+class RunAdmission(Construct):
+    """Concurrency and budget caps (`limits` per pipeline, `guardrails.limits` per deployment).
+
+    - `table`: DynamoDB `<prefix>-admission` (on-demand, PITR): capacity counters, the FIFO queue of
+      waiting runs with their task tokens, and one item per queued or admitted run.
+    - `function`: `lambdas/admission` (acquire: queue or admit via SendTaskSuccess; release). It writes
+      QUEUED ledger entries, so it may put objects under the ledger prefix.
+    - `settings_json(pipeline)`: what Prepare puts in a run (its reservation and queue timeout), fixed at synth.
+    - `grant_release(function)`: what another function (cleanup) needs to call `admission.release`.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: AppConfig,
+        prefix: str,
+        storage: AutopilotStorage,
+        functions: FunctionFactory,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.caps_json = caps_json(config)
+        self.settings: dict[str, dict[str, Any]] = {
+            name: {
+                "reservation": run_reservation(config, name).as_dict(),
+                "queue_timeout_seconds": queue_timeout_seconds(pipeline),
+            }
+            for name, pipeline in config.pipelines.items()
+        }
+        self.table = dynamodb.TableV2(
+            self,
+            "Table",
+            table_name=f"{prefix}-admission",
+            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
+            billing=dynamodb.Billing.on_demand(),
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.function = functions.function(
+            self,
+            "admission",
+            description="EMR Autopilot: concurrency and budget caps (queue runs in arrival order, admit, release)",
+            environment={LEDGER_BUCKET_ENV: storage.outputs.bucket_name},
+            timeout=Duration.minutes(2),
+        )
+        self.grant_release(self.function)
+        self.function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject"], resources=[storage.outputs.arn_for_objects(f"{LEDGER_PREFIX}*")]
+            )
+        )
+        suppress(
+            self.function,
+            "AwsSolutions-IAM5",
+            "Writes QUEUED ledger entries under the ledger prefix only (keys are per run, known at run time).",
+            ["regex:/^Resource::.*\\/_runs\\/\\*$/g"],
+        )
+
+    def settings_json(self, pipeline: str) -> str:
+        """Prepare's `admission_json`: `{reservation: {runs, clusters, vcpus}, queue_timeout_seconds}`."""
+        return json.dumps(self.settings[pipeline], separators=(",", ":"), sort_keys=True)
+
+    def grant_release(self, function: lambda_.Function) -> None:
+        """Environment and permissions to call `admission.release` (and the dispatch it triggers)."""
+        function.add_environment(TABLE_ENV, self.table.table_name)
+        function.add_environment(CAPS_ENV, self.caps_json)
+        # Transactions are authorized per item action; nothing scans or batches.
+        self.table.grant(function, *TABLE_ACTIONS)
+        # The task token authorizes the call: these actions support no resource-level permissions.
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["states:SendTaskSuccess", "states:SendTaskFailure"], resources=["*"])
+        )
+        suppress(
+            function,
+            "AwsSolutions-IAM5",
+            "states:SendTaskSuccess/SendTaskFailure support no resource-level permissions (the task token "
+            "identifies the waiting run); X-Ray PutTraceSegments/PutTelemetryRecords neither.",
+            ["Resource::*"],
+        )

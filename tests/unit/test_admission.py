@@ -1,0 +1,431 @@
+"""Admission control: caps per pipeline and deployment, FIFO by arrival, idempotent release, races."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from autopilot_common import admission
+from autopilot_common.admission import (
+    AcquireRequest,
+    Caps,
+    Limit,
+    Reservation,
+    acquire,
+    arrival_of,
+    counters,
+    dispatch,
+    queue_sort_key,
+    release,
+    runs,
+)
+from tests.conftest import load_handler
+from tests.unit.fakes import lambda_context
+
+TABLE, LEDGER = "autopilot-test-admission", "outputs-bkt"
+
+
+class AtomicCalls:
+    """A DynamoDB client whose calls are each atomic, as DynamoDB's are (moto's transactions are not
+    thread-safe: they snapshot and restore whole tables). Interleavings between calls stay real."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return method(*args, **kwargs)
+
+        return call
+
+
+@dataclass
+class FakeStepFunctions:
+    """SendTaskSuccess/SendTaskFailure: records answers; tokens in `gone` fail as a timed-out task would."""
+
+    succeeded: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    gone: set[str] = field(default_factory=set)
+    on_success: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send_task_success(self, taskToken: str, output: str) -> dict[str, Any]:  # noqa: N803 - boto3 names
+        self._check(taskToken, "SendTaskSuccess")
+        with self.lock:
+            self.succeeded.append((taskToken, json.loads(output)))
+        if self.on_success:
+            self.on_success(taskToken)
+        return {}
+
+    def send_task_failure(self, taskToken: str, error: str, cause: str) -> dict[str, Any]:  # noqa: N803
+        self._check(taskToken, "SendTaskFailure")
+        with self.lock:
+            self.failed.append((taskToken, error, cause))
+        return {}
+
+    def _check(self, token: str, operation: str) -> None:
+        if token in self.gone:
+            error = {"Error": {"Code": "TaskTimedOut", "Message": "Task Timed Out"}}
+            raise ClientError(error, operation)  # type: ignore[arg-type]
+
+    @property
+    def admitted(self) -> list[str]:
+        return [token.removeprefix("token-") for token, _ in self.succeeded]
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=LEDGER)
+        yield AtomicCalls(ddb), s3
+
+
+@pytest.fixture
+def sfn() -> FakeStepFunctions:
+    return FakeStepFunctions()
+
+
+def _request(run_id: str, pipeline: str = "p", second: int = 0, **reserve: int) -> AcquireRequest:
+    return AcquireRequest(
+        token=f"token-{run_id}",
+        run_id=run_id,
+        pipeline=pipeline,
+        arrival={"at": f"2024-06-01T12:00:{second:02d}.000000Z", "key": f"in/{run_id}.csv"},
+        reservation=Reservation(**reserve),
+        execution_arn=f"arn:aws:states:us-east-1:123456789012:execution:sm:{run_id}",
+        ledger_key=f"_runs/{pipeline}/2024/06/01/{run_id}.json",
+        ledger={"run_id": run_id, "pipeline": pipeline, "state": "STARTED"},
+    )
+
+
+def _acquire(aws: tuple[Any, Any], sfn: FakeStepFunctions, caps: Caps, request: AcquireRequest) -> str:
+    ddb, s3 = aws
+    return acquire(ddb, sfn, s3, TABLE, caps, request, ledger_bucket=LEDGER).state
+
+
+def _table_is_empty(ddb: Any) -> bool:
+    return not runs(ddb, TABLE) and all(v == 0 for c in counters(ddb, TABLE).values() for v in c.values())
+
+
+# --------------------------------------------------------------------------- caps, arrival keys
+
+
+def test_caps_round_trip_through_the_environment() -> None:
+    caps = Caps(deployment=Limit(runs=10, vcpus=512), pipelines={"sales-burst": Limit(runs=2)})
+    assert Caps.from_env({admission.CAPS_ENV: caps.to_json()}) == caps
+    assert Caps.from_env({}) == Caps()
+    with pytest.raises(RuntimeError, match="ADMISSION_CAPS is not valid caps JSON"):
+        Caps.from_env({admission.CAPS_ENV: "{not json"})
+
+
+def test_only_scopes_capping_what_a_run_reserves_apply() -> None:
+    caps = Caps(deployment=Limit(clusters=3), pipelines={"p": Limit(vcpus=8)})
+    serverless = Reservation(vcpus=4)
+    cluster = Reservation(clusters=1, vcpus=0)
+    assert [s.key for s in caps.scopes("p", serverless)] == ["pipeline#p"]
+    assert [s.key for s in caps.scopes("p", cluster)] == ["deployment"]
+    assert caps.scopes("q", serverless) == []
+
+
+def test_arrival_of_s3_runs_is_event_time_and_key_console_runs_start_time() -> None:
+    s3_run = arrival_of({"type": "s3", "event_time": "2024-06-01T10:00:00Z", "first_key": "a/b.csv"}, "x")
+    assert s3_run == {"at": "2024-06-01T10:00:00.000000Z", "key": "a/b.csv"}
+    console = arrival_of({"type": "console"}, "2024-06-01T10:00:01.250Z")
+    assert console == {"at": "2024-06-01T10:00:01.250000Z", "key": ""}
+
+
+def test_queue_order_is_time_then_key_then_run_id() -> None:
+    same_second = "2024-06-01T10:00:00.000000Z"
+    keys = [
+        queue_sort_key({"at": same_second, "key": "a/b.csv"}, "r2"),
+        queue_sort_key({"at": same_second, "key": "a"}, "r9"),
+        queue_sort_key({"at": "2024-06-01T09:59:59.999999Z", "key": "z"}, "r1"),
+        queue_sort_key({"at": same_second, "key": "a/b.csv"}, "r1"),
+    ]
+    assert sorted(keys) == [keys[2], keys[1], keys[3], keys[0]]
+    assert len(queue_sort_key({"at": same_second, "key": "é" * 1000}, "r").encode()) < 1024
+
+
+# --------------------------------------------------------------------------- admission
+
+
+def test_uncapped_runs_are_admitted_at_once_without_touching_the_table(aws: Any, sfn: FakeStepFunctions) -> None:
+    assert _acquire(aws, sfn, Caps(pipelines={"other": Limit(runs=1)}), _request("r1")) == "ADMITTED"
+    (token, output) = sfn.succeeded[0]
+    assert token == "token-r1" and output["queued_seconds"] == 0 and output["waited"] is False
+    assert runs(aws[0], TABLE) == []
+    assert release(aws[0], sfn, TABLE, "r1", Caps()) is False
+
+
+def test_pipeline_cap_queues_in_arrival_order_and_admits_on_release(aws: Any, sfn: FakeStepFunctions) -> None:
+    ddb, s3 = aws
+    caps = Caps(pipelines={"p": Limit(runs=2)})
+    # Given two admitted runs, three more arrive out of order (r5 reaches admission before r3 and r4)
+    assert [_acquire(aws, sfn, caps, _request(r, second=i)) for i, r in enumerate(["r1", "r2"])] == ["ADMITTED"] * 2
+    assert _acquire(aws, sfn, caps, _request("r5", second=5)) == "QUEUED"
+    assert _acquire(aws, sfn, caps, _request("r3", second=3)) == "QUEUED"
+    assert _acquire(aws, sfn, caps, _request("r4", second=4)) == "QUEUED"
+    assert counters(ddb, TABLE)["pipeline#p"] == {"runs": 2, "clusters": 0, "vcpus": 0}
+    # Then each is QUEUED in the ledger with its place among the pipeline's waiting runs
+    queued = json.loads(s3.get_object(Bucket=LEDGER, Key="_runs/p/2024/06/01/r4.json")["Body"].read())
+    assert queued["state"] == "QUEUED" and queued["admission"]["position"] == 2
+    # When slots free up, the waiting runs start by arrival, never more than two at once
+    for released in ["r1", "r2", "r3", "r4", "r5"]:
+        assert release(ddb, sfn, TABLE, released, caps) is True
+        assert counters(ddb, TABLE)["pipeline#p"]["runs"] <= 2
+    assert sfn.admitted == ["r1", "r2", "r3", "r4", "r5"]
+    waited = {token: out["waited"] for token, out in sfn.succeeded}
+    assert waited == {"token-r1": False, "token-r2": False, "token-r3": True, "token-r4": True, "token-r5": True}
+    assert _table_is_empty(ddb)
+
+
+def test_deployment_cap_admits_across_pipelines_in_global_arrival_order(aws: Any, sfn: FakeStepFunctions) -> None:
+    ddb = aws[0]
+    caps = Caps(deployment=Limit(runs=1))
+    for second, (run_id, pipeline) in enumerate([("a1", "a"), ("b1", "b"), ("a2", "a"), ("b2", "b")]):
+        _acquire(aws, sfn, caps, _request(run_id, pipeline, second))
+    assert sfn.admitted == ["a1"]
+    for run_id in ["a1", "b1", "a2"]:
+        release(ddb, sfn, TABLE, run_id, caps)
+    assert sfn.admitted == ["a1", "b1", "a2", "b2"]
+
+
+def test_a_pipeline_at_its_cap_does_not_hold_back_other_pipelines(aws: Any, sfn: FakeStepFunctions) -> None:
+    caps = Caps(deployment=Limit(runs=3), pipelines={"a": Limit(runs=1)})
+    assert _acquire(aws, sfn, caps, _request("a1", "a", 0)) == "ADMITTED"
+    assert _acquire(aws, sfn, caps, _request("a2", "a", 1)) == "QUEUED"
+    assert _acquire(aws, sfn, caps, _request("b1", "b", 2)) == "ADMITTED"
+    assert counters(aws[0], TABLE)["deployment"]["runs"] == 2
+
+
+def test_vcpu_cap_is_fifo_and_ignores_runs_that_reserve_no_vcpus(aws: Any, sfn: FakeStepFunctions) -> None:
+    ddb = aws[0]
+    caps = Caps(deployment=Limit(vcpus=100))
+    states = [
+        _acquire(aws, sfn, caps, _request("big", second=0, vcpus=60)),
+        _acquire(aws, sfn, caps, _request("mid", second=1, vcpus=30)),
+        _acquire(aws, sfn, caps, _request("next", second=2, vcpus=50)),  # 140 > 100: waits
+        _acquire(aws, sfn, caps, _request("small", second=3, vcpus=10)),  # would fit, but waits behind "next"
+        _acquire(aws, sfn, caps, _request("steps", second=4, vcpus=0)),  # reserves no vCPUs: no cap applies
+    ]
+    assert states == ["ADMITTED", "ADMITTED", "QUEUED", "QUEUED", "ADMITTED"]
+    assert counters(ddb, TABLE)["deployment"]["vcpus"] == 90
+    release(ddb, sfn, TABLE, "big", caps)
+    assert sfn.admitted == ["big", "mid", "steps", "next", "small"]
+    assert counters(ddb, TABLE)["deployment"]["vcpus"] == 90
+
+
+def test_cluster_cap_counts_only_runs_that_create_a_cluster(aws: Any, sfn: FakeStepFunctions) -> None:
+    caps = Caps(deployment=Limit(clusters=1))
+    assert _acquire(aws, sfn, caps, _request("c1", "ec2", 0, clusters=1, vcpus=26)) == "ADMITTED"
+    assert _acquire(aws, sfn, caps, _request("c2", "ec2", 1, clusters=1, vcpus=26)) == "QUEUED"
+    assert _acquire(aws, sfn, caps, _request("s1", "serverless", 2, vcpus=64)) == "ADMITTED"
+    release(aws[0], sfn, TABLE, "c1", caps)
+    assert sfn.admitted == ["c1", "s1", "c2"]
+
+
+def test_a_run_bigger_than_a_cap_fails_at_once(aws: Any, sfn: FakeStepFunctions) -> None:
+    caps = Caps(pipelines={"p": Limit(vcpus=16)})
+    assert _acquire(aws, sfn, caps, _request("huge", vcpus=64)) == "REJECTED"
+    (token, error, cause) = sfn.failed[0]
+    assert (token, error) == ("token-huge", "ReservationExceedsCap") and "pipeline#p.vcpus (64 > 16)" in cause
+    assert runs(aws[0], TABLE) == []
+
+
+def test_a_waiting_run_that_no_longer_fits_a_shrunk_cap_fails_instead_of_blocking(
+    aws: Any, sfn: FakeStepFunctions
+) -> None:
+    # Given a run waiting when a deployment lowers the pipeline's vCPU cap below its reservation
+    ddb = aws[0]
+    before, after = Caps(pipelines={"p": Limit(runs=1)}), Caps(pipelines={"p": Limit(runs=1, vcpus=16)})
+    _acquire(aws, sfn, before, _request("r1", second=0, vcpus=8))
+    _acquire(aws, sfn, before, _request("r2", second=1, vcpus=64))
+    _acquire(aws, sfn, before, _request("r3", second=2, vcpus=4))
+    # When a slot frees under the new caps
+    release(ddb, sfn, TABLE, "r1", after)
+    # Then the oversized run fails at once and the next one starts
+    assert [(token, error) for token, error, _ in sfn.failed] == [("token-r2", "ReservationExceedsCap")]
+    assert sfn.admitted == ["r1", "r3"]
+    assert [r["sk"] for r in runs(ddb, TABLE)] == ["r3"]
+
+
+# --------------------------------------------------------------------------- release
+
+
+def test_release_is_idempotent(aws: Any, sfn: FakeStepFunctions) -> None:
+    ddb = aws[0]
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    _acquire(aws, sfn, caps, _request("r1", clusters=1, vcpus=8))
+    assert release(ddb, sfn, TABLE, "r1", caps) is True
+    assert release(ddb, sfn, TABLE, "r1", caps) is False
+    assert release(ddb, sfn, TABLE, "never-seen", caps) is False
+    assert counters(ddb, TABLE)["pipeline#p"] == {"runs": 0, "clusters": 0, "vcpus": 0}
+
+
+def test_releasing_a_queued_run_takes_it_out_of_line(aws: Any, sfn: FakeStepFunctions) -> None:
+    # An execution aborted or timed out while waiting: cleanup releases it before its turn.
+    ddb = aws[0]
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    for second, run_id in enumerate(["r1", "r2", "r3"]):
+        _acquire(aws, sfn, caps, _request(run_id, second=second))
+    assert release(ddb, sfn, TABLE, "r2", caps) is True
+    release(ddb, sfn, TABLE, "r1", caps)
+    assert sfn.admitted == ["r1", "r3"]
+    assert [r["sk"] for r in runs(ddb, TABLE)] == ["r3"]
+
+
+def test_a_run_whose_task_is_gone_gives_its_slot_to_the_next(aws: Any, sfn: FakeStepFunctions) -> None:
+    ddb = aws[0]
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    for second, run_id in enumerate(["r1", "r2", "r3"]):
+        _acquire(aws, sfn, caps, _request(run_id, second=second))
+    sfn.gone.add("token-r2")  # r2's execution timed out while it waited
+    release(ddb, sfn, TABLE, "r1", caps)
+    assert sfn.admitted == ["r1", "r3"]
+    assert counters(ddb, TABLE)["pipeline#p"]["runs"] == 1
+    assert [(r["sk"], r["state"]) for r in runs(ddb, TABLE)] == [("r3", "ADMITTED")]
+
+
+def test_a_retried_acquire_refreshes_the_token_or_answers_at_once(aws: Any, sfn: FakeStepFunctions) -> None:
+    ddb = aws[0]
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    _acquire(aws, sfn, caps, _request("r1", second=0))
+    _acquire(aws, sfn, caps, _request("r2", second=1))
+    retried = AcquireRequest(**{**_request("r2", second=1).__dict__, "token": "token-r2-retry"})
+    assert _acquire(aws, sfn, caps, retried) == "QUEUED"
+    again = AcquireRequest(**{**_request("r1", second=0).__dict__, "token": "token-r1-retry"})
+    assert _acquire(aws, sfn, caps, again) == "ADMITTED"
+    release(ddb, sfn, TABLE, "r1", caps)
+    assert [token for token, _ in sfn.succeeded] == ["token-r1", "token-r1-retry", "token-r2-retry"]
+
+
+def test_queued_ledger_entry_never_overwrites_a_later_one(aws: Any, sfn: FakeStepFunctions) -> None:
+    ddb, s3 = aws
+    key = "_runs/p/2024/06/01/r2.json"
+    s3.put_object(Bucket=LEDGER, Key=key, Body=b'{"state": "STARTED"}')
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    _acquire(aws, sfn, caps, _request("r1"))
+    assert _acquire(aws, sfn, caps, _request("r2", second=1)) == "QUEUED"
+    assert json.loads(s3.get_object(Bucket=LEDGER, Key=key)["Body"].read()) == {"state": "STARTED"}
+
+
+def test_transaction_conflicts_are_retried() -> None:
+    conflict = {
+        "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+        "CancellationReasons": [{"Code": "TransactionConflict"}, {"Code": "None"}],
+    }
+    calls: list[Any] = []
+
+    class Flaky:
+        def transact_write_items(self, TransactItems: Any) -> None:  # noqa: N803 - boto3 names
+            calls.append(TransactItems)
+            if len(calls) < 3:
+                raise ClientError(conflict, "TransactWriteItems")  # type: ignore[arg-type]
+
+    admission._transact(Flaky(), [{"Put": {}}])
+    assert len(calls) == 3
+
+
+# --------------------------------------------------------------------------- races
+
+
+def test_concurrent_arrivals_and_releases_never_exceed_a_cap_and_leave_nothing_held(aws: Any) -> None:
+    # Given caps per pipeline and per deployment (runs and vCPUs), and 60 runs arriving at random moments
+    ddb, s3 = aws
+    caps = Caps(deployment=Limit(runs=3, vcpus=10), pipelines={"a": Limit(runs=2), "b": Limit(runs=2)})
+    rng = random.Random(7)
+    plan = {f"r{i:02d}": (rng.choice(["a", "b", "c"]), rng.choice([0, 2, 4])) for i in range(60)}
+    admitted_events = {run_id: threading.Event() for run_id in plan}
+    active: dict[str, tuple[str, int]] = {}
+    violations: list[str] = []
+    guard = threading.Lock()
+
+    def on_success(token: str) -> None:
+        run_id = token.removeprefix("token-")
+        with guard:
+            active[run_id] = plan[run_id]
+            held = list(active.values())
+            if len(held) > 3 or sum(v for _, v in held) > 10:
+                violations.append(f"deployment over its caps: {sorted(active)}")
+            for pipeline in ("a", "b"):
+                if sum(1 for p, _ in held if p == pipeline) > 2:
+                    violations.append(f"pipeline {pipeline} over its cap: {sorted(active)}")
+        admitted_events[run_id].set()
+
+    sfn = FakeStepFunctions(on_success=on_success)
+    work = list(plan)
+    rng.shuffle(work)
+
+    def worker() -> None:
+        while True:
+            with guard:
+                if not work:
+                    return
+                run_id = work.pop()
+            pipeline, vcpus = plan[run_id]
+            time.sleep(rng.random() * 0.01)
+            request = _request(run_id, pipeline, second=int(run_id[1:]) % 60, vcpus=vcpus)
+            acquire(ddb, sfn, s3, TABLE, caps, request, ledger_bucket=LEDGER)
+            assert admitted_events[run_id].wait(30), f"{run_id} never admitted"
+            time.sleep(rng.random() * 0.005)
+            with guard:
+                del active[run_id]
+            assert release(ddb, sfn, TABLE, run_id, caps) is True
+
+    # When eight workers acquire, run and release them all at once
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # Then no admission ever exceeded a cap, each run was admitted once, and nothing is left held
+    assert violations == []
+    assert sorted(sfn.admitted) == sorted(plan)
+    assert _table_is_empty(ddb)
+    assert dispatch(ddb, sfn, TABLE, caps) == []
+
+
+# --------------------------------------------------------------------------- handler
+
+
+def test_handler_release_and_bad_action(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMISSION_TABLE", TABLE)
+    monkeypatch.setenv("ADMISSION_CAPS", Caps(pipelines={"p": Limit(runs=1)}).to_json())
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    handler = load_handler("admission")
+    context = lambda_context("autopilot-test-admission")
+    assert handler.lambda_handler({"action": "release", "run_id": "r1", "pipeline": "p"}, context) == {
+        "released": False
+    }
+    with pytest.raises(ValueError, match="action: got 'grab'"):
+        handler.lambda_handler({"action": "grab"}, context)
