@@ -74,6 +74,8 @@ class PipelineWorkflow(Construct):
             "Partition": Aws.PARTITION,
             "PipelineName": self.name,
             "PrepareFunctionArn": self.platform.prepare.function_arn,
+            "AdmissionFunctionArn": self.platform.admission.function.function_arn,
+            "AdmissionJson": asl_string(self.platform.admission.settings_json(self.name)),
             "LandingBucket": storage.landing.bucket_name,
             "InputPrefix": asl_string(self.input_prefix),
             "ArtifactsBucket": storage.artifacts.bucket_name,
@@ -125,9 +127,10 @@ class PipelineWorkflow(Construct):
         return machine
 
     def grant_run_bookkeeping(self) -> None:
-        """Prepare, the ledger, `_SUCCESS`, `_metrics.json` and the failure notification."""
+        """Prepare, the run slot (admission), the ledger, `_SUCCESS`, `_metrics.json` and the failure notification."""
         storage, role = self.storage, self.role
         self.platform.prepare.grant_invoke(role)
+        self.platform.admission.function.grant_invoke(role)
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="Ledger",

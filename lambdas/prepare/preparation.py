@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from autopilot_common.admission import arrival_of
 from autopilot_common.keys import skip_reason
 from autopilot_common.manifest import InputManifest, ManifestObject, manifest_key
 from autopilot_common.s3uri import parse_s3_uri, s3_uri
@@ -42,6 +43,8 @@ OVERRIDE_KEYS = {"arguments", "spark_submit_parameters", "execution_timeout_minu
 MAX_EXECUTION_TIMEOUT_MINUTES = 10080
 # The task waits this much longer than EMR's own job timeout, so EMR's timeout fires first.
 TASK_TIMEOUT_MARGIN_SECONDS = 600
+# Without admission settings (a definition from before the caps): reserve one run, wait at most a day.
+DEFAULT_ADMISSION = {"reservation": {"runs": 1, "clusters": 0, "vcpus": 0}, "queue_timeout_seconds": 86400}
 
 
 class InvalidInput(ValueError):
@@ -68,6 +71,7 @@ class PipelineSettings:
     steps: list[dict[str, Any]]  # emr-ec2: {name, timeout_seconds, hadoop_jar_step} with `{{tokens}}`
     cluster_tags: dict[str, str]  # emr-ec2: tags every cluster of the pipeline carries
     existing_cluster: dict[str, str] | None  # emr-ec2 on a long-running cluster: {cluster_id} or {tag_key, tag_value}
+    admission: dict[str, Any]  # {reservation: {runs, clusters, vcpus}, queue_timeout_seconds}: fixed at synth
 
     @property
     def is_ec2(self) -> bool:
@@ -96,6 +100,7 @@ class PipelineSettings:
                 steps=list(json.loads(raw.get("steps_json", "[]"))),
                 cluster_tags=dict(json.loads(raw.get("cluster_tags_json", "{}"))),
                 existing_cluster=existing,
+                admission=dict(json.loads(raw["admission_json"])) if raw.get("admission_json") else DEFAULT_ADMISSION,
             )
         except (KeyError, TypeError, ValueError) as exc:
             # A deployment defect, not a user error: fail loudly.
@@ -331,6 +336,10 @@ def _run_record(
         "run_id": run_id,
         "pipeline": settings.pipeline,
         "runtime": settings.runtime,
+        # Admission (AcquireRunSlot): the run's place in line, what it holds against the caps, how long it may wait.
+        "arrival": arrival_of(trigger, execution["start_time"]),
+        "reservation": settings.admission["reservation"],
+        "queue_timeout_seconds": int(settings.admission["queue_timeout_seconds"]),
         "manifest_uri": manifest_uri,
         "object_count": object_count,
         "output_uri": output_uri,
@@ -370,6 +379,7 @@ def _run_record(
             "metrics": None,
             "error": None,
             "cause": None,
+            "admission": None,  # {queued_at, admitted_at, queued_seconds, waited} once AcquireRunSlot admits the run
         },
     }
     if settings.is_ec2:

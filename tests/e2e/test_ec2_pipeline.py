@@ -19,10 +19,11 @@ SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 TRANSIENT, EXISTING = "sales-cluster", "sales-adhoc"
 # Happy path of a transient run: states entered (the Map's one step counts as RunSteps + RunStep).
 HAPPY_PATH = [
-    "Prepare", "CheckInput", "RecordStarted", "CreateCluster", "RunSteps", "RunStep", "ReadJobMetrics",
-    "TerminateCluster", "FinalizeSucceeded", "RecordSucceeded", "WriteSuccessMarker", "RunSucceeded",
+    "Prepare", "CheckInput", "AcquireRunSlot", "RecordStarted", "CreateCluster", "RunSteps", "RunStep",
+    "ReadJobMetrics", "TerminateCluster", "ReleaseRunSlot", "FinalizeSucceeded", "RecordSucceeded",
+    "WriteSuccessMarker", "RunSucceeded",
 ]  # fmt: skip
-LAMBDA_INVOCATIONS_PER_RUN = 2  # prepare + finalize
+LAMBDA_INVOCATIONS_PER_RUN = 4  # prepare, acquire and release the run slot, finalize
 
 
 def _land_and_run(env: Deployed, files: dict[str, bytes]) -> dict[str, Any]:
@@ -101,7 +102,7 @@ def test_csvs_land_and_a_transient_cluster_runs_the_real_spark_step_then_termina
     finalizes = [
         i
         for i in env.twin.runtime.invocations[invocations_before:]
-        if i.function_name.endswith(("-prepare", "-finalize"))
+        if i.function_name.endswith(("-prepare", "-admission", "-finalize"))
     ]
     assert len(finalizes) == LAMBDA_INVOCATIONS_PER_RUN
     print(f"\ntransient emr-ec2 run with real Spark: {elapsed:.1f} s")

@@ -93,7 +93,7 @@ def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(sy
     for name, state in _tasks(definition).items():
         if name in {"Prepare", "ReadJobMetrics", "RunStep", "FinalizeSucceeded", "FinalizeFailed"}:
             continue
-        if name in {"TerminateAfterFailure", "RecordFailed", "NotifyFailure"}:
+        if name in {"TerminateAfterFailure", "RecordFailed", "NotifyFailure", "ReleaseRunSlot", "ReleaseAfterFailure"}:
             continue
         catches = {c["Next"] for c in state.get("Catch", []) if "States.ALL" in c["ErrorEquals"]}
         assert catches == {"TerminateIfCreated"}, name
@@ -105,7 +105,8 @@ def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(sy
     assert step["TimeoutSecondsPath"] == "$.step.timeout_seconds"
     # The success path also ends with the cluster gone before the ledger says SUCCEEDED.
     edges = _graph(definition)
-    assert edges["NoJobMetrics"] == {"TerminateCluster"} and "FinalizeSucceeded" in edges["TerminateCluster"]
+    assert edges["NoJobMetrics"] == {"TerminateCluster"} and "ReleaseRunSlot" in edges["TerminateCluster"]
+    assert edges["ReleaseRunSlot"] == {"FinalizeSucceeded"}  # the run slot goes back once the cluster is gone
     assert definition["States"]["TerminateCluster"]["Resource"].endswith("elasticmapreduce:terminateCluster.sync")
 
 

@@ -125,6 +125,24 @@ def test_router_input_is_passed_through_without_listing(s3: Any) -> None:
     assert result["job"] == {"JobRunId": None}
 
 
+def test_run_carries_its_place_in_line_and_reservation(s3: Any) -> None:
+    # S3 runs queue by the first object's event time and key; console runs by their start time.
+    manifest = f"s3://{ARTIFACTS}/manifests/sales-daily/run-1.json"
+    trigger = {"type": "s3", "mode": "per_object", "first_key": "sales/a.csv", "event_time": "2024-06-01T10:00:00Z"}
+    settings = {**SETTINGS, "admission_json": '{"reservation": {"runs": 1, "clusters": 0, "vcpus": 64}, '
+                '"queue_timeout_seconds": 3600}'}  # fmt: skip
+    payload = {"pipeline": "sales-daily", "manifest": manifest, "object_count": 1, "trigger": trigger}
+    run = prepare_run({"input": payload, "execution": EXECUTION, "settings": settings}, s3)["run"]
+    assert run["arrival"] == {"at": "2024-06-01T10:00:00.000000Z", "key": "sales/a.csv"}
+    assert run["reservation"] == {"runs": 1, "clusters": 0, "vcpus": 64}
+    assert run["queue_timeout_seconds"] == 3600
+    assert run["ledger"]["admission"] is None  # filled in by AcquireRunSlot
+    s3.put_object(Bucket=LANDING, Key="sales/b.csv", Body=b"1")
+    console = _run(s3, {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/b.csv"]})["run"]
+    assert console["arrival"] == {"at": "2024-06-02T03:04:05.678000Z", "key": ""}
+    assert console["reservation"] == {"runs": 1, "clusters": 0, "vcpus": 0}  # no admission settings: the default
+
+
 def test_overrides_apply(s3: Any) -> None:
     s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
     overrides = {"arguments": ["--strict"], "spark_submit_parameters": "--conf a=b", "execution_timeout_minutes": 5}
