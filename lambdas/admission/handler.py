@@ -21,6 +21,7 @@ from autopilot_common.admission import (
     TABLE_ENV,
     AcquireRequest,
     Caps,
+    Reservation,
     acquire,
     release,
 )
@@ -49,7 +50,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     metrics.add_dimension(name="pipeline", value=str(event.get("pipeline", "unknown")))
     if action == "release":
         run_id = str(event["run_id"])
-        freed = release(_client("dynamodb"), _client("stepfunctions"), TABLE, run_id, CAPS)
+        hints: dict[str, Any] = {}
+        if event.get("pipeline") and event.get("reservation"):
+            hints = {"pipeline": str(event["pipeline"]), "reservation": Reservation.from_json(event["reservation"])}
+        freed = release(_client("dynamodb"), _client("stepfunctions"), TABLE, run_id, CAPS, **hints)
         logger.info("run slot released" if freed else "run held no slot", run_id=run_id)
         return {"released": freed}
     if action != "acquire":

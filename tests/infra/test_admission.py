@@ -72,6 +72,7 @@ def test_every_way_out_releases_the_slot_before_the_ledger(name: str) -> None:
     for state_name in ("ReleaseRunSlot", "ReleaseAfterFailure"):
         state = asl["States"][state_name]
         assert state["Parameters"]["Payload"]["action"] == "release"
+        assert state["Parameters"]["Payload"]["reservation.$"] == "$.run.reservation"  # saves a read
         assert state["Retry"][0]["ErrorEquals"] == ["States.ALL"] and state["Retry"][0]["MaxAttempts"] >= 3
         (catch,) = state["Catch"]
         assert catch["ErrorEquals"] == ["States.ALL"] and catch["Next"] == state["Next"]  # never fails the run

@@ -292,6 +292,23 @@ def test_release_is_idempotent(aws: Any, sfn: FakeStepFunctions) -> None:
     assert counters(ddb, TABLE)["pipeline#p"] == {"runs": 0, "clusters": 0, "vcpus": 0}
 
 
+def test_release_with_the_workflows_hints_needs_no_read_and_falls_back_when_caps_changed(
+    aws: Any, sfn: FakeStepFunctions
+) -> None:
+    ddb = aws[0]
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    for run_id in ("r1", "r2"):
+        _acquire(aws, sfn, caps, _request(run_id, vcpus=4))
+    hints = {"pipeline": "p", "reservation": Reservation(vcpus=4)}
+    assert release(ddb, sfn, TABLE, "r1", caps, **hints) is True  # type: ignore[arg-type]
+    assert counters(ddb, TABLE)["pipeline#p"] == {"runs": 1, "clusters": 0, "vcpus": 4}  # r2 took the slot
+    # Caps changed since r2 was admitted (now also a deployment cap): the hint no longer matches its charge
+    changed = Caps(deployment=Limit(runs=5), pipelines={"p": Limit(runs=1)})
+    assert release(ddb, sfn, TABLE, "r2", changed, **hints) is True  # type: ignore[arg-type]
+    assert release(ddb, sfn, TABLE, "r2", changed, **hints) is False  # type: ignore[arg-type]
+    assert _table_is_empty(ddb)
+
+
 def test_releasing_a_queued_run_takes_it_out_of_line(aws: Any, sfn: FakeStepFunctions) -> None:
     # An execution aborted or timed out while waiting: cleanup releases it before its turn.
     ddb = aws[0]
@@ -400,7 +417,8 @@ def test_concurrent_arrivals_and_releases_never_exceed_a_cap_and_leave_nothing_h
             time.sleep(rng.random() * 0.005)
             with guard:
                 del active[run_id]
-            assert release(ddb, sfn, TABLE, run_id, caps) is True
+            hints: dict[str, Any] = {"pipeline": pipeline, "reservation": Reservation(vcpus=vcpus)} if vcpus else {}
+            assert release(ddb, sfn, TABLE, run_id, caps, **hints) is True
 
     # When eight workers acquire, run and release them all at once
     threads = [threading.Thread(target=worker) for _ in range(8)]

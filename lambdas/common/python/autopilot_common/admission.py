@@ -461,14 +461,27 @@ def _hold(held: dict[str, dict[str, int]], scopes: Sequence[Scope], reservation:
             counts[d] += reservation.amount(d)
 
 
-def release(ddb_client: Any, sfn_client: Any, table: str, run_id: str, caps: Caps) -> bool:
+def release(
+    ddb_client: Any,
+    sfn_client: Any,
+    table: str,
+    run_id: str,
+    caps: Caps,
+    *,
+    pipeline: str | None = None,
+    reservation: Reservation | None = None,
+) -> bool:
     """Give back what `run_id` holds (or take it out of the queue), then admit whoever can start now.
 
     Returns True when it freed a slot or removed a queued run, False when the run held nothing (never
     admitted under a cap, or already released): safe to call any number of times, from the workflow's
-    `ReleaseRunSlot` or from cleanup after an abort or timeout.
+    `ReleaseRunSlot` or from cleanup after an abort or timeout. `pipeline` and `reservation` (the
+    workflow knows them) save a read when the run was admitted under the current caps.
     """
-    freed = _release_run(ddb_client, table, run_id)
+    hint = None
+    if pipeline is not None and reservation is not None:
+        hint = _charge_key(caps.scopes(pipeline, reservation), reservation), reservation
+    freed = _release_run(ddb_client, table, run_id, hint)
     dispatch(ddb_client, sfn_client, table, caps)
     return freed
 
@@ -571,11 +584,19 @@ def _admit(
             "Update": {
                 "TableName": table,
                 "Key": _dump({"pk": "RUN", "sk": entry.run_id}),
-                "UpdateExpression": "SET #state = :admitted, admitted_at = :now, charged = :charged REMOVE queue_sk",
+                "UpdateExpression": (
+                    "SET #state = :admitted, admitted_at = :now, charged = :charged, charge = :charge REMOVE queue_sk"
+                ),
                 "ConditionExpression": "#state = :queued",
                 "ExpressionAttributeNames": {"#state": "state"},
                 "ExpressionAttributeValues": _dump(
-                    {":admitted": ADMITTED, ":queued": QUEUED, ":now": iso(now), ":charged": [s.key for s in scopes]}
+                    {
+                        ":admitted": ADMITTED,
+                        ":queued": QUEUED,
+                        ":now": iso(now),
+                        ":charged": [s.key for s in scopes],
+                        ":charge": _charge_key(scopes, entry.reservation),
+                    }
                 ),
             }
         }
@@ -623,6 +644,11 @@ def _why_not(cancelled: _Cancelled, scopes: Sequence[Scope], reservation: Reserv
     return "PIPELINE_FULL"
 
 
+def _charge_key(scopes: Sequence[Scope], reservation: Reservation) -> str:
+    """`deployment,pipeline#p|1,0,64`: what an admitted run holds, comparable in a condition."""
+    return ",".join(s.key for s in scopes) + "|" + ",".join(str(reservation.amount(d)) for d in DIMENSIONS)
+
+
 def _charge(table: str, scope: Scope, reservation: Reservation) -> dict[str, Any]:
     """Add the reservation to a scope's counter, conditioned on every capped dimension staying within its cap."""
     names = {f"#{d}": d for d in DIMENSIONS}
@@ -658,8 +684,30 @@ def _uncharge(table: str, scope_key: str, reservation: Reservation) -> dict[str,
     }
 
 
-def _release_run(ddb: Any, table: str, run_id: str) -> bool:
-    """Delete the run's RUN item and undo what it holds (counters, or its queue item); False when absent."""
+def _release_run(ddb: Any, table: str, run_id: str, hint: tuple[str, Reservation] | None = None) -> bool:
+    """Delete the run's RUN item and undo what it holds (counters, or its queue item); False when absent.
+
+    With a hint (the charge an admitted run would hold under the current caps), first try the release
+    without reading; any other state falls back to read-then-conditionally-delete.
+    """
+    if hint is not None and hint[0].partition("|")[0]:
+        charge, reservation = hint
+        admitted_as_hinted = {
+            "Delete": {
+                "TableName": table,
+                "Key": _dump({"pk": "RUN", "sk": run_id}),
+                "ConditionExpression": "#state = :admitted AND charge = :charge",
+                "ExpressionAttributeNames": {"#state": "state"},
+                "ExpressionAttributeValues": _dump({":admitted": ADMITTED, ":charge": charge}),
+            }
+        }
+        undo = [_uncharge(table, key, reservation) for key in charge.partition("|")[0].split(",")]
+        try:
+            _transact(ddb, [admitted_as_hinted, *undo])
+        except _Cancelled:
+            pass  # queued, absent, or charged under other caps: read what it holds
+        else:
+            return True
     for _ in range(_TRANSACTION_ATTEMPTS):
         item = _get(ddb, table, "RUN", run_id)
         if item is None:
@@ -724,7 +772,7 @@ def _unadmit(ddb: Any, table: str, entry: _QueueEntry, scopes: Sequence[Scope]) 
             "Update": {
                 "TableName": table,
                 "Key": _dump({"pk": "RUN", "sk": entry.run_id}),
-                "UpdateExpression": "SET #state = :queued, queue_sk = :sk REMOVE admitted_at, charged",
+                "UpdateExpression": "SET #state = :queued, queue_sk = :sk REMOVE admitted_at, charged, charge",
                 "ConditionExpression": "#state = :admitted",
                 "ExpressionAttributeNames": {"#state": "state"},
                 "ExpressionAttributeValues": _dump({":queued": QUEUED, ":admitted": ADMITTED, ":sk": entry.sk}),
