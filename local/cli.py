@@ -3,7 +3,7 @@
     emr-autopilot local up [--cdk-out cdk.out] [--port 4566] [--no-spark]
     emr-autopilot local drop FILE s3://bucket/key
     emr-autopilot start PIPELINE [--input JSON] [--name RUN_ID]
-    emr-autopilot runs [--pipeline NAME] [--json]
+    emr-autopilot runs [--pipeline NAME] [--state STATE] [--json]
 
 `local up` keeps a twin running on 127.0.0.1 and records its endpoint in `.twin/state.json`;
 the other commands use that endpoint (or `--endpoint URL` / `AWS_ENDPOINT_URL`), so they work
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="the run ledger")
     runs.add_argument("--pipeline")
+    runs.add_argument("--state", help="only runs in this state, e.g. QUEUED (waiting for a run slot) or FAILED")
     runs.add_argument("--bucket", help="outputs bucket (default: from the running twin's deployment)")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(func=_runs)
@@ -168,9 +169,10 @@ def _runs(args: argparse.Namespace) -> int:
     bucket = args.bucket or _outputs(args).get("OutputsBucket")
     if not bucket:
         raise CliError("the deployed app has no OutputsBucket output")
-    records = read_runs(_client(args, "s3"), bucket, args.pipeline)
+    records = read_runs(_client(args, "s3"), bucket, args.pipeline, args.state.upper() if args.state else None)
     if args.json:
-        print(json.dumps([asdict(r) | {"duration_seconds": r.duration_seconds} for r in records], indent=2))
+        extra = [{"duration_seconds": r.duration_seconds, "admission": r.admission or None} for r in records]
+        print(json.dumps([asdict(r) | more for r, more in zip(records, extra, strict=True)], indent=2))
     else:
         print(format_table(records) if records else "no runs yet")
     return 0

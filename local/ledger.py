@@ -35,6 +35,22 @@ class RunRecord:
         return (end - start).total_seconds()
 
     @property
+    def admission(self) -> dict[str, Any]:
+        """The run slot: `queued_at` and `position` while QUEUED; `admitted_at`, `queued_seconds` once admitted."""
+        value = self.raw.get("admission")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def waited(self) -> str:
+        """For people: the place in line while QUEUED, else how long the run waited for its slot."""
+        admission = self.admission
+        if self.state == "QUEUED":
+            position = admission.get("position")
+            return f"#{position} in line" if position else "queued"
+        seconds = admission.get("queued_seconds")
+        return f"{seconds:.1f}s" if isinstance(seconds, int | float) else "-"
+
+    @property
     def rows_in(self) -> int | None:
         return (self.metrics or {}).get("rows_in")
 
@@ -43,8 +59,8 @@ class RunRecord:
         return (self.metrics or {}).get("rows_out")
 
 
-def read_runs(s3: Any, outputs_bucket: str, pipeline: str | None = None) -> list[RunRecord]:
-    """Every ledger entry (optionally of one pipeline), oldest first."""
+def read_runs(s3: Any, outputs_bucket: str, pipeline: str | None = None, state: str | None = None) -> list[RunRecord]:
+    """Every ledger entry (optionally of one pipeline, or in one state such as QUEUED), oldest first."""
     prefix = LEDGER_PREFIX + (f"{pipeline}/" if pipeline else "")
     records = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=outputs_bucket, Prefix=prefix):
@@ -65,17 +81,19 @@ def read_runs(s3: Any, outputs_bucket: str, pipeline: str | None = None) -> list
                     raw=body,
                 )
             )
+    records = [r for r in records if state is None or r.state == state]
     return sorted(records, key=lambda r: (r.started_at or "", r.run_id))
 
 
 def format_table(records: list[RunRecord]) -> str:
     """A plain-text table for people."""
-    header = ("RUN ID", "PIPELINE", "STATE", "DURATION", "ROWS IN", "ROWS OUT", "OUTPUT", "LEDGER")
+    header = ("RUN ID", "PIPELINE", "STATE", "WAITED", "DURATION", "ROWS IN", "ROWS OUT", "OUTPUT", "LEDGER")
     rows = [
         (
             r.run_id,
             r.pipeline,
             r.state,
+            r.waited,
             f"{r.duration_seconds:.1f}s" if r.duration_seconds is not None else "-",
             str(r.rows_in) if r.rows_in is not None else "-",
             str(r.rows_out) if r.rows_out is not None else "-",
