@@ -187,6 +187,16 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
         params = {**(response.uri_match or {}), **(getattr(response, "params", None) or {})}
         result = twin.emr_containers.handle_api(action, params)
         return None if result is None else response.serialized(ActionResult(result))
+    if response.service_name == "emr-serverless" and action == "CancelJobRun":
+        # moto would only flip its record's state; the twin's model must stop the run it is driving.
+        result = twin.emr_serverless.cancel_job_run(
+            str(response._get_param("applicationId")), str(response._get_param("jobRunId"))
+        )
+        return (
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"applicationId": result["ApplicationId"], "jobRunId": result["JobRunId"]}),
+        )
     return None
 
 
