@@ -99,6 +99,7 @@ class AutopilotGuardrails(Construct):
         if platform.finalize is not None and platform.finalize.role is not None:
             own_roles.append(platform.finalize.role.role_arn)
         function.add_environment("APP_ROLE_ARNS", stack.to_json_string(own_roles))
+        platform.admission.grant_release(function)
         self._grant(stack, prefix, storage, platform, pipelines)
 
         target = targets.LambdaFunction(

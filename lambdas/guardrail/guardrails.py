@@ -27,6 +27,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from autopilot_common.admission import CAPS_ENV, TABLE_ENV, Caps, release
+
 TAG_PIPELINE = "autopilot:pipeline"
 TAG_RUN_ID = "autopilot:run-id"
 TAG_EXECUTION = "autopilot:execution"
@@ -86,6 +88,8 @@ class GuardrailSettings:
     app_role_arns: frozenset[str]
     unmanaged: UnmanagedPolicy = field(default_factory=UnmanagedPolicy)
     serverless_idle_stop_minutes: int = 60
+    admission_table: str | None = None  # `ADMISSION_TABLE`: run slots to release (see autopilot_common.admission)
+    caps: Caps = field(default_factory=Caps)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GuardrailSettings:
@@ -118,6 +122,8 @@ class GuardrailSettings:
             app_role_arns=frozenset(str(r) for r in roles),
             unmanaged=UnmanagedPolicy(**unmanaged),
             serverless_idle_stop_minutes=int(idle),
+            admission_table=env.get(TABLE_ENV, "").strip() or None,
+            caps=Caps.from_env(env) if env.get(CAPS_ENV) else Caps(),
         )
 
     def pipeline_of_state_machine(self, arn: str) -> PipelineRef | None:
@@ -447,7 +453,7 @@ def clean_up_execution(
     run = RunRef(pipeline, name, arn, _millis_to_datetime(detail.get("startDate"), "startDate"))
     ledger = read_ledger(clients.s3, settings.outputs_bucket, run.ledger_key)
     teardown = teardown_run(run, settings, clients, ledger or {})
-    teardown.slot_released = release_slot(run, clients)
+    teardown.slot_released = release_slot(run, settings, clients)
     cancellation = find_cancellation(clients.dynamodb, settings.claims_table, run.run_id)
     stopped = detail.get("stopDate")
     ended_at = _iso(_millis_to_datetime(stopped, "stopDate")) if stopped is not None else _iso(now)
@@ -505,9 +511,14 @@ def clean_up_execution(
     )
 
 
-def release_slot(run: RunRef, clients: Clients) -> bool:
-    """Give back the run's concurrency slot (or drop it from the queue); False when it held none."""
-    return False
+def release_slot(run: RunRef, settings: GuardrailSettings, clients: Clients) -> bool:
+    """Give back the run's concurrency slot (or drop it from the queue); False when it held none.
+
+    The workflow's ReleaseRunSlot cannot run after an abort or a timeout: this is its stand-in
+    (idempotent, so a FAILED run that already released costs one conditional delete)."""
+    if settings.admission_table is None:
+        return False
+    return release(clients.dynamodb, clients.sfn, settings.admission_table, run.run_id, settings.caps)
 
 
 # --------------------------------------------------------------------------- 2. the sweeper
