@@ -1,0 +1,256 @@
+"""Guardrails end to end on the twin: cleanup after abort and timeout on every runtime, clusters
+launched by someone else, runs cancelled by someone else, and the orphan sweeper."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Deployed
+
+ALICE = "arn:aws:iam::123456789012:user/alice"
+DEPLOYMENT = "autopilot-dev"
+
+
+@pytest.fixture
+def notifications(env: Deployed) -> Iterator[Any]:
+    """Messages published to the notifications topic while the test runs (via an SQS subscription)."""
+    sqs, sns = env.twin.client("sqs"), env.twin.client("sns")
+    queue_url = sqs.create_queue(QueueName=f"notify-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=env.report.outputs["NotificationTopic"], Protocol="sqs", Endpoint=queue_arn)
+
+    def received() -> list[dict[str, Any]]:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(m["Body"]) for m in messages]
+
+    yield received
+
+
+def _console_run(env: Deployed, pipeline: str) -> tuple[str, str]:
+    prefix = {"sales-daily": "sales/", "sales-burst": "burst/"}.get(pipeline, f"{pipeline}/")
+    key = f"{prefix}guardrails/{uuid.uuid4().hex[:8]}.txt"  # not .csv: the trigger ignores it
+    env.s3.put_object(Bucket=env.landing, Key=key, Body=b"order_id,order_date\n1,2024-06-01\n")
+    name = f"{pipeline}-{uuid.uuid4().hex[:8]}"
+    return name, env.start_console_run(name, {"pipeline": pipeline, "inputs": [f"s3://{env.landing}/{key}"]})
+
+
+def _run_cluster(env: Deployed, run_id: str) -> str:
+    def found() -> str | None:
+        model = env.twin.emr_ec2
+        for cluster_id in model.active_clusters():
+            cluster = model.clusters[cluster_id]
+            if cluster.tags.get("autopilot:run-id") == run_id and cluster.state in ("RUNNING", "WAITING"):
+                return cluster_id
+        return None
+
+    cluster_id: str = env.wait_for(found, 30, "the run's cluster to be running")
+    return cluster_id
+
+
+def _cluster_state(env: Deployed, cluster_id: str) -> str:
+    state: str = env.twin.client("emr").describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+    return state
+
+
+def _ledger_state(env: Deployed, run_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        found = [r.raw for r in env.runs() if r.run_id == run_id]
+        return found[0] if found and found[0]["state"] == state else None
+
+    entry: dict[str, Any] = env.wait_for(reached, timeout, f"ledger {state} for {run_id}")
+    return entry
+
+
+def _scaling_alarm(env: Deployed, pipeline: str, cluster_id: str) -> str:
+    """An alarm named like the task-fleet scaler's (issue 5) for this cluster."""
+    name = f"{DEPLOYMENT}-scaling-{pipeline}-{cluster_id}-out"
+    env.twin.client("cloudwatch").put_metric_alarm(
+        AlarmName=name,
+        Namespace="AWS/ElasticMapReduce",
+        MetricName="YARNMemoryAvailablePercentage",
+        Dimensions=[{"Name": "JobFlowId", "Value": cluster_id}],
+        Statistic="Average",
+        Period=300,
+        EvaluationPeriods=1,
+        Threshold=15,
+        ComparisonOperator="LessThanThreshold",
+    )
+    return name
+
+
+def _alarms_of(env: Deployed, cluster_id: str) -> list[str]:
+    alarms = env.twin.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{DEPLOYMENT}-scaling-")["MetricAlarms"]
+    return [a["AlarmName"] for a in alarms if cluster_id in a["AlarmName"]]
+
+
+def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_ledger_aborted(
+    env: Deployed, notifications: Any
+) -> None:
+    # Given a transient-cluster run whose step hangs, and a scaling alarm on its cluster
+    env.twin.faults.hang_next_job()
+    run_id, arn = _console_run(env, "sales-cluster")
+    cluster_id = _run_cluster(env, run_id)
+    alarm = _scaling_alarm(env, "sales-cluster", cluster_id)
+    env.wait_for(lambda: any(s.state == "RUNNING" for s in env.twin.emr_ec2.clusters[cluster_id].steps), 30, "step")
+    # When an operator aborts the execution mid-step
+    stopped = time.monotonic()
+    env.sfn.stop_execution(executionArn=arn)  # moto 5.2.5 drops StopExecution's error/cause
+    entry = _ledger_state(env, run_id, "ABORTED")
+    latency = time.monotonic() - stopped
+    # Then the cluster is terminated, its alarm is gone and the ledger says ABORTED with the reason
+    env.wait_for(lambda: _cluster_state(env, cluster_id).startswith("TERMINAT"), 30, "cluster termination")
+    assert env.sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+    assert entry["error"] == "ExecutionAborted" and "StopExecution" in entry["cause"]
+    assert entry["cleanup"]["clusters_terminated"] == [cluster_id]
+    assert entry["cleanup"]["alarms_deleted"] == [alarm] and _alarms_of(env, cluster_id) == []
+    assert entry["previous_state"] == "STARTED" and entry["ended_at"]
+    messages = env.wait_for(notifications, 10, "a notification")
+    assert any(run_id in m["Message"] and "ABORTED" in m["Subject"] for m in messages)
+    print(f"cleanup latency after abort (stop -> ledger ABORTED, cluster terminating): {latency:.2f} s")
+    # And the cleanup is idempotent: the same event again changes nothing
+    env.twin.wait_idle()
+    assert _ledger_state(env, run_id, "ABORTED")["cleanup"] == entry["cleanup"]
+
+
+@pytest.mark.parametrize(("pipeline", "capped"), [("sales-daily", False), ("sales-eks", False), ("sales-burst", True)])
+def test_abort_cancels_the_serverless_or_eks_job_run_and_frees_its_slot(
+    env: Deployed, pipeline: str, capped: bool
+) -> None:
+    # Given a run whose job hangs
+    env.twin.faults.hang_next_job()
+    run_id, arn = _console_run(env, pipeline)
+    model = env.twin.emr_containers if pipeline == "sales-eks" else env.twin.emr_serverless
+    env.wait_for(lambda: model.running(), 30, "the job run to start")
+    # When the execution is aborted
+    env.sfn.stop_execution(executionArn=arn)
+    entry = _ledger_state(env, run_id, "ABORTED")
+    # Then its job run is cancelled and the ledger names it
+    env.wait_for(lambda: not model.running(), 30, "the job run to be cancelled")
+    if model is env.twin.emr_serverless:  # the API cancel must stop the run the twin drives, not only its record
+        env.wait_for(lambda: all(r.done.is_set() for r in model.runs.values()), 10, "the job run's driver to end")
+    assert len(entry["cleanup"]["job_runs_cancelled"]) == 1
+    assert entry["error"] == "ExecutionAborted"
+    # Only a capped pipeline (sales-burst: max 2 runs) holds a slot, which the cleanup gives back
+    assert entry["cleanup"]["slot_released"] is capped
+
+
+def test_execution_timeout_cancels_the_job_and_writes_ledger_timed_out(env: Deployed) -> None:
+    # Given sales-daily deployed with a 4-second run timeout (the real minimum is 5 minutes)
+    machine = env.state_machine_of("sales-daily")
+    original = env.sfn.describe_state_machine(stateMachineArn=machine)
+    definition = json.loads(original["definition"])
+    env.sfn.update_state_machine(stateMachineArn=machine, definition=json.dumps({**definition, "TimeoutSeconds": 4}))
+    try:
+        env.twin.faults.hang_next_job()
+        run_id, arn = _console_run(env, "sales-daily")
+        # When the run outlives its timeout
+        entry = _ledger_state(env, run_id, "TIMED_OUT", timeout=40)
+    finally:
+        env.sfn.update_state_machine(stateMachineArn=machine, definition=original["definition"])
+    # Then the execution TIMED_OUT, its job run was cancelled, the ledger says why
+    assert env.sfn.describe_execution(executionArn=arn)["status"] == "TIMED_OUT"
+    env.wait_for(lambda: not env.twin.emr_serverless.running(), 30, "the job run to be cancelled")
+    assert entry["error"] == "States.Timeout" and len(entry["cleanup"]["job_runs_cancelled"]) == 1
+
+
+def _launch_by_hand(env: Deployed, tags: dict[str, str], principal: str = ALICE) -> str:
+    emr = env.twin.client("emr", principal=principal)
+    cluster_id: str = emr.run_job_flow(
+        Name=f"adhoc-{uuid.uuid4().hex[:6]}",
+        ReleaseLabel="emr-7.5.0",
+        Applications=[{"Name": "Spark"}],
+        Instances={
+            "InstanceGroups": [
+                {"Name": "primary", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
+                {"Name": "core", "InstanceRole": "CORE", "InstanceType": "m5.xlarge", "InstanceCount": 2},
+            ],
+            "KeepJobFlowAliveWhenNoSteps": True,
+        },
+        JobFlowRole="EMR_EC2_DefaultRole",
+        ServiceRole="EMR_DefaultRole",
+        Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+    )["JobFlowId"]
+    return cluster_id
+
+
+def _auto_termination(env: Deployed, cluster_id: str) -> dict[str, Any] | None:
+    policy: dict[str, Any] | None = (
+        env.twin.client("emr").get_auto_termination_policy(ClusterId=cluster_id).get("AutoTerminationPolicy")
+    )
+    return policy
+
+
+def test_a_cluster_launched_by_hand_without_auto_termination_gets_one_and_the_caller_is_named(
+    env: Deployed, notifications: Any
+) -> None:
+    # Given the EMR model accepts any role names for hand-made clusters
+    env.twin.emr_ec2.check_iam = False
+    try:
+        # When alice launches a cluster with no auto-termination policy, and another tagged long-running
+        capped = _launch_by_hand(env, {"team": "analytics"})
+        exempt = _launch_by_hand(env, {"autopilot:long-running": "true"})
+        env.wait_for(lambda: _auto_termination(env, capped), 30, "an auto-termination policy")
+        env.twin.wait_idle()
+        # Then only the first got the idle policy (60 minutes), and the notification names alice
+        assert _auto_termination(env, capped) == {"IdleTimeout": 3600}
+        assert not _auto_termination(env, exempt)
+        messages = env.wait_for(notifications, 10, "a notification")
+        (message,) = [json.loads(m["Message"]) for m in messages if capped in m["Message"]]
+        assert message["launched_by"] == ALICE and message["idle_timeout_minutes"] == 60
+        assert not any(exempt in m["Message"] for m in messages)
+    finally:
+        env.twin.emr_ec2.check_iam = True
+        env.twin.client("emr").terminate_job_flows(JobFlowIds=[capped, exempt])
+
+
+def test_someone_terminating_a_pipeline_cluster_cancels_the_run_with_their_name(env: Deployed) -> None:
+    # Given a transient-cluster run whose step is running
+    env.twin.faults.hang_next_job()
+    run_id, arn = _console_run(env, "sales-cluster")
+    cluster_id = _run_cluster(env, run_id)
+    # When alice terminates the run's cluster from the console
+    env.twin.client("emr", principal=ALICE).terminate_job_flows(JobFlowIds=[cluster_id])
+    # Then the workflow ends on its own (it sees the cluster gone) and the ledger says CANCELLED by alice
+    described = env.finished(arn, timeout=60)
+    assert described["status"] == "FAILED"
+    entry = _ledger_state(env, run_id, "CANCELLED")
+    assert entry["cancelled_by"] == ALICE and entry["cancel_action"] == f"TerminateJobFlows on {cluster_id}"
+    assert entry["previous_state"] == "FAILED"
+
+
+def test_the_sweeper_terminates_a_cluster_whose_execution_is_unknown_and_then_finds_nothing(env: Deployed) -> None:
+    # Given a cluster tagged as a run of this deployment whose execution Step Functions does not know
+    # (its bookkeeping is gone), created with the app's own tags
+    env.twin.emr_ec2.check_iam = False
+    machine = env.state_machine_of("sales-cluster")
+    ghost = machine.replace(":stateMachine:", ":execution:") + ":sales-cluster-ghost"
+    try:
+        cluster_id = _launch_by_hand(
+            env,
+            {
+                "autopilot:deployment": DEPLOYMENT,
+                "autopilot:pipeline": "sales-cluster",
+                "autopilot:run-id": "sales-cluster-ghost",
+                "autopilot:execution": ghost,
+            },
+        )
+    finally:
+        env.twin.emr_ec2.check_iam = True
+    env.twin.wait_idle()
+    assert _cluster_state(env, cluster_id) in ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
+    # When the sweeper's schedule fires
+    env.twin.fire_schedule("Sweeper")
+    # Then the cluster is terminated and the ledger records why
+    env.wait_for(lambda: _cluster_state(env, cluster_id).startswith("TERMINAT"), 30, "the sweeper")
+    entry = _ledger_state(env, "sales-cluster-ghost", "FAILED")
+    assert entry["swept"]["cluster_id"] == cluster_id and entry["swept"]["reason"] == "its execution is UNKNOWN"
+    # And the next tick finds nothing (steady state)
+    env.twin.wait_idle()
+    tick = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}, "resources": []}
+    assert env.twin.runtime.invoke(f"{DEPLOYMENT}-guardrail", tick) == {"handled": True, "findings": 0}
