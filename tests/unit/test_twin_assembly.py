@@ -24,6 +24,7 @@ from local.assembly import (
 
 REPO = Path(__file__).resolve().parents[2]
 ASL = REPO / "statemachines" / "emr_serverless_job.asl.json"
+LAMBDA_FOLDERS = {p.name for p in (REPO / "lambdas").iterdir() if (p / "handler.py").is_file()}
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 STACK = "autopilot-dev"
@@ -102,10 +103,20 @@ def test_stack_is_read_with_template_parameters_and_assets(stack: StackTemplate,
 
 
 def test_our_functions_resolve_to_their_source_folders(stack: StackTemplate) -> None:
-    ours = {r.cdk_path: r for r in of_type(stack, "AWS::Lambda::Function") if "/Platform/" in (r.cdk_path or "")}
-    assert sorted(ours) == [f"{STACK}/Platform/{name}Function/Resource" for name in ("Finalize", "Prepare", "Router")]
+    ours = {
+        r.cdk_path: r
+        for r in of_type(stack, "AWS::Lambda::Function")
+        if (r.cdk_path or "").split("/")[-2].removesuffix("Function").lower() in LAMBDA_FOLDERS
+    }
+    assert sorted(ours) == [
+        f"{STACK}/Guardrails/GuardrailFunction/Resource",
+        f"{STACK}/Platform/Admission/AdmissionFunction/Resource",
+        f"{STACK}/Platform/FinalizeFunction/Resource",
+        f"{STACK}/Platform/PrepareFunction/Resource",
+        f"{STACK}/Platform/RouterFunction/Resource",
+    ]
     for path, function in ours.items():
-        name = path.split("/")[2].removesuffix("Function").lower()
+        name = path.split("/")[-2].removesuffix("Function").lower()
         asset = stack.asset_for_code(function)
         assert asset.packaging == "zip" and (asset.path / "handler.py").is_file()
         assert (asset.path / "handler.py").read_bytes() == (REPO / "lambdas" / name / "handler.py").read_bytes()
@@ -121,7 +132,8 @@ def test_every_code_asset_exists_and_the_common_layer_holds_the_package(stack: S
             continue
         assert stack.asset_for_code(resource).path.exists(), resource.logical_id
         checked += 1
-    assert checked == 8  # prepare, router, finalize, 2 CDK providers, common layer, 2 AWS CLI layers
+    # prepare, router, finalize, admission, guardrail, 2 CDK providers, common layer, 2 AWS CLI layers
+    assert checked == 10
     common = stack.asset_for_code(by_path(stack, "/Platform/Functions/Common/Resource"))
     assert (common.path / "python" / "autopilot_common" / "__init__.py").is_file()
 
@@ -170,8 +182,9 @@ def test_state_machine_definition_is_the_asl_with_resolved_substitutions(
     stack: StackTemplate, filled: Resolver
 ) -> None:
     machine = by_path(stack, "/Pipeline-sales-daily/Workflow/Resource")
-    # CDK uploads DefinitionBody.from_file as a file asset: the S3 object is the ASL file unchanged.
-    assert stack.asset_for_code(machine).path.read_bytes() == ASL.read_bytes()
+    # The S3 object is the ASL file plus the run timeout as its top-level TimeoutSeconds (120 minutes).
+    uploaded = json.loads(stack.asset_for_code(machine).path.read_text(encoding="utf-8"))
+    assert uploaded == {**json.loads(ASL.read_text(encoding="utf-8")), "TimeoutSeconds": 7200}
     substitutions = filled.resolve(machine.properties["DefinitionSubstitutions"])
     asl = ASL.read_text(encoding="utf-8")
     placeholders = set(re.findall(r"\$\{(\w+)\}", asl))
@@ -183,7 +196,7 @@ def test_state_machine_definition_is_the_asl_with_resolved_substitutions(
     text = filled.state_machine_definition(machine)
 
     assert "${" not in text
-    assert json.loads(text) == json.loads(expected_text)
+    assert json.loads(text) == {**json.loads(expected_text), "TimeoutSeconds": 7200}
     prepare = json.loads(text)["States"]["Prepare"]["Parameters"]
     prepare_function = by_path(stack, "/Platform/PrepareFunction/Resource").logical_id
     assert prepare["FunctionName"] == fake_attribute(prepare_function, "Arn")
