@@ -27,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from autopilot_common.admission import CAPS_ENV, TABLE_ENV, Caps, release
+from autopilot_common.admission import CAPS_ENV, TABLE_ENV, Caps, release, runs
 
 TAG_PIPELINE = "autopilot:pipeline"
 TAG_RUN_ID = "autopilot:run-id"
@@ -531,10 +531,16 @@ class SweepReport:
     orphan_clusters: list[dict[str, str]] = field(default_factory=list)
     orphan_job_runs: list[dict[str, str]] = field(default_factory=list)
     idle_applications_stopped: list[str] = field(default_factory=list)
+    slots_released: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def findings(self) -> int:
-        return len(self.orphan_clusters) + len(self.orphan_job_runs) + len(self.idle_applications_stopped)
+        return (
+            len(self.orphan_clusters)
+            + len(self.orphan_job_runs)
+            + len(self.idle_applications_stopped)
+            + len(self.slots_released)
+        )
 
 
 def execution_status(sfn: Any, execution_arn: str) -> tuple[str, datetime | None]:
@@ -565,7 +571,28 @@ def sweep(settings: GuardrailSettings, clients: Clients, now: datetime) -> Sweep
     for application_id in sorted({p.application_id for p in settings.pipelines.values() if p.application_id}):
         if _stop_if_idle(clients.emr_serverless, application_id, settings.serverless_idle_stop_minutes, now):
             report.idle_applications_stopped.append(application_id)
+    _sweep_run_slots(settings, clients, report)
     return report
+
+
+def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: SweepReport) -> None:
+    """Release slots and queue places still held by executions that ended: the cleanup of their end
+    normally does it, but a cleanup that failed for two hours (then went to the DLQ) would leave the
+    slot held for good and every later run of the pipeline waiting behind it."""
+    if settings.admission_table is None:
+        return
+    for item in runs(clients.dynamodb, settings.admission_table):
+        execution_arn = str(item.get("execution_arn") or "")
+        if not execution_arn:
+            continue  # written by an older workflow version that did not pass its ARN: nothing to check
+        status, _ = execution_status(clients.sfn, execution_arn)
+        if status == "RUNNING":
+            continue
+        run_id = str(item["sk"])
+        if release(clients.dynamodb, clients.sfn, settings.admission_table, run_id, settings.caps):
+            report.slots_released.append(
+                {"run_id": run_id, "execution_arn": execution_arn, "reason": f"its execution is {status}"}
+            )
 
 
 def _sweep_clusters(settings: GuardrailSettings, clients: Clients, now: datetime, report: SweepReport) -> None:

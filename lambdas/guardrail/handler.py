@@ -80,6 +80,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         metrics.add_metric(
             name="IdleApplicationsStopped", unit=MetricUnit.Count, value=len(report.idle_applications_stopped)
         )
+        metrics.add_metric(name="RunSlotsReleased", unit=MetricUnit.Count, value=len(report.slots_released))
         logger.info("sweep done", extra={"findings": report.findings, "report": report.__dict__})
         return {"handled": True, "findings": report.findings}
     if kind == "AWS API Call via CloudTrail":
