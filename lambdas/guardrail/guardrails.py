@@ -20,6 +20,7 @@ Every function takes its AWS clients as parameters (`Clients`), so tests hand in
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,8 @@ ACTIVE_SERVERLESS_STATES = ["SUBMITTED", "PENDING", "SCHEDULED", "RUNNING", "QUE
 ACTIVE_EKS_STATES = ["PENDING", "SUBMITTED", "RUNNING"]
 ENDED_STATUSES = ("ABORTED", "TIMED_OUT", "FAILED")
 TERMINAL_LEDGER_STATES = {"SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED"}
+# Pipeline names are lower case, cluster ids upper case: the id in a scaling alarm's name is unambiguous.
+ALARM_CLUSTER_ID = re.compile(r"-(j-[A-Z0-9]{8,20})-")
 
 
 class GuardrailEventError(ValueError):
@@ -532,6 +535,8 @@ class SweepReport:
     orphan_job_runs: list[dict[str, str]] = field(default_factory=list)
     idle_applications_stopped: list[str] = field(default_factory=list)
     slots_released: list[dict[str, str]] = field(default_factory=list)
+    orphan_alarms: list[str] = field(default_factory=list)
+    active_clusters: int = 0  # this deployment's clusters still up after the tick (a dashboard gauge)
 
     @property
     def findings(self) -> int:
@@ -540,6 +545,7 @@ class SweepReport:
             + len(self.orphan_job_runs)
             + len(self.idle_applications_stopped)
             + len(self.slots_released)
+            + len(self.orphan_alarms)
         )
 
 
@@ -572,7 +578,44 @@ def sweep(settings: GuardrailSettings, clients: Clients, now: datetime) -> Sweep
         if _stop_if_idle(clients.emr_serverless, application_id, settings.serverless_idle_stop_minutes, now):
             report.idle_applications_stopped.append(application_id)
     _sweep_run_slots(settings, clients, report)
+    report.orphan_alarms = _sweep_scaling_alarms(settings, clients)
     return report
+
+
+def _sweep_scaling_alarms(settings: GuardrailSettings, clients: Clients) -> list[str]:
+    """Delete scaling alarms whose cluster has ended. Every teardown path of the workflow deletes them,
+    and so does the cleanup of an abort; this catches a deletion that failed (the workflow never fails a
+    run over it), so no alarm outlives its cluster by more than one sweeper interval."""
+    prefix = f"{settings.deployment}-scaling-"
+    alarms = [
+        alarm["AlarmName"]
+        for page in clients.cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=prefix)
+        for alarm in page.get("MetricAlarms", [])
+    ]
+    ended: dict[str, bool] = {}
+    orphans = []
+    for name in alarms:
+        match = ALARM_CLUSTER_ID.search(name.removeprefix(prefix))
+        if match is None:
+            continue  # not named by this app's convention: leave it alone
+        cluster_id = match.group(1)
+        if cluster_id not in ended:
+            ended[cluster_id] = _cluster_ended(clients.emr, cluster_id)
+        if ended[cluster_id]:
+            orphans.append(name)
+    for start in range(0, len(orphans), 100):  # DeleteAlarms takes up to 100 names
+        clients.cloudwatch.delete_alarms(AlarmNames=orphans[start : start + 100])
+    return orphans
+
+
+def _cluster_ended(emr: Any, cluster_id: str) -> bool:
+    try:
+        _, cluster = cluster_tags(emr, cluster_id)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"InvalidRequestException", "ResourceNotFoundException"}:
+            return True  # EMR forgets clusters some time after they end
+        raise
+    return str(cluster.get("Status", {}).get("State", "")).startswith("TERMINATED")
 
 
 def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: SweepReport) -> None:
@@ -607,6 +650,7 @@ def _sweep_clusters(settings: GuardrailSettings, clients: Clients, now: datetime
         created_at = created if isinstance(created, datetime) else now
         lifetime = timedelta(minutes=pipeline.max_cluster_lifetime_minutes if pipeline else 195)
         if status == "RUNNING" and now - created_at <= lifetime:
+            report.active_clusters += 1
             continue
         reason = (
             f"its execution is {status}"

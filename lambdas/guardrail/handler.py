@@ -81,6 +81,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             name="IdleApplicationsStopped", unit=MetricUnit.Count, value=len(report.idle_applications_stopped)
         )
         metrics.add_metric(name="RunSlotsReleased", unit=MetricUnit.Count, value=len(report.slots_released))
+        metrics.add_metric(name="OrphanAlarmsDeleted", unit=MetricUnit.Count, value=len(report.orphan_alarms))
+        metrics.add_metric(name="ActiveClusters", unit=MetricUnit.Count, value=report.active_clusters)
         logger.info("sweep done", extra={"findings": report.findings, "report": report.__dict__})
         return {"handled": True, "findings": report.findings}
     if kind == "AWS API Call via CloudTrail":

@@ -509,3 +509,52 @@ def test_the_sweeper_frees_a_slot_held_by_an_execution_that_ended_and_admits_the
     assert sweep(world.settings, world.clients, NOW).slots_released[0]["reason"] == "its execution is UNKNOWN"
     assert sweep(world.settings, world.clients, NOW).findings == 0
     assert runs(world.clients.dynamodb, ADMISSION) == []
+
+
+# --------------------------------------------------------------------------- sweeper: alarms left behind
+
+
+def _alarm(world: World, cluster_id: str, rule: str = "out-memory-low") -> str:
+    name = f"{DEPLOYMENT}-scaling-{PIPELINE.name}-{cluster_id}-{rule}"
+    world.clients.cloudwatch.put_metric_alarm(
+        AlarmName=name,
+        Namespace="AWS/ElasticMapReduce",
+        MetricName="YARNMemoryAvailablePercentage",
+        Dimensions=[{"Name": "JobFlowId", "Value": cluster_id}],
+        Statistic="Average",
+        Period=300,
+        EvaluationPeriods=3,
+        Threshold=15,
+        ComparisonOperator="LessThanThreshold",
+    )
+    return name
+
+
+def test_the_sweeper_deletes_scaling_alarms_of_ended_clusters_only_and_counts_clusters_still_up(
+    world: World,
+) -> None:
+    # Given alarms of a running run's cluster, of a terminated cluster, of a cluster EMR forgot, and
+    # another deployment's alarm that merely shares the prefix's first words
+    running = _run_cluster(world, "sales-cluster-" + "1" * 24, "j-RUNNING0001")
+    ended = _run_cluster(world, "sales-cluster-" + "2" * 24, "j-ENDED000001")
+    ended.state = "TERMINATED_WITH_ERRORS"
+    keep = [_alarm(world, running.id), _alarm(world, running.id, "in-memory-idle")]
+    gone = [_alarm(world, ended.id), _alarm(world, "j-FORGOTTEN01")]
+    world.clients.cloudwatch.put_metric_alarm(
+        AlarmName=f"{DEPLOYMENT}-scalingx-j-ENDED000001-out",
+        Namespace="AWS/ElasticMapReduce",
+        MetricName="IsIdle",
+        Statistic="Average",
+        Period=300,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+    )
+    # When the sweeper runs
+    report = sweep(world.settings, world.clients, NOW)
+    # Then only the ended clusters' alarms are gone, and the running cluster is counted
+    assert sorted(report.orphan_alarms) == sorted(gone)
+    left = {a["AlarmName"] for a in world.clients.cloudwatch.describe_alarms()["MetricAlarms"]}
+    assert left == {*keep, f"{DEPLOYMENT}-scalingx-j-ENDED000001-out"}
+    assert report.active_clusters == 1 and report.orphan_clusters == []
+    assert sweep(world.settings, world.clients, NOW).orphan_alarms == []
