@@ -43,13 +43,13 @@ unit: install ## unit tests (moto, no network; includes one local Spark run)
 infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL validation
 	$(BIN)/pytest tests/infra
 
-e2e: install ## end-to-end tests on the local twin (one real Spark run)
+e2e: install ## every end-to-end test on the local twin, the slow ones too (~11 min on 2 cores)
 	$(BIN)/pytest tests/e2e
 
-test: install lint typecheck ## everything CI runs: lint, types, unit, infra, e2e (one pytest process per suite)
+test: install lint typecheck ## everything CI runs: lint, types, unit, infra, e2e without the `slow` ones (one real Spark run)
 	$(BIN)/pytest tests/unit
 	$(BIN)/pytest tests/infra
-	$(BIN)/pytest tests/e2e
+	$(BIN)/pytest tests/e2e -m "not slow"
 
 synth: install ## write cdk.out/ for ENV (default dev)
 	cdk synth -c env=$(ENV) --quiet --output cdk.out

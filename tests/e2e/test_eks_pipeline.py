@@ -58,6 +58,7 @@ def test_job_failure_on_eks_writes_ledger_failed_notifies_and_leaves_no_success(
     assert "_SUCCESS" not in _outputs(env, EKS, run_id)
 
 
+@pytest.mark.slow  # ~65 s: the shortest execution_timeout_minutes is 1, and Step Functions time is not scaled
 def test_a_hung_eks_job_is_cancelled_when_the_run_times_out_its_task(env: Deployed) -> None:
     keys = _upload(env, f"{EKS}/{uuid.uuid4().hex[:8]}/", {"h.csv": b"order_id\n1\n"})
     env.twin.faults.hang_next_job()
@@ -72,6 +73,7 @@ def test_a_hung_eks_job_is_cancelled_when_the_run_times_out_its_task(env: Deploy
 
 
 @pytest.mark.spark
+@pytest.mark.slow  # ~150 s on 2 cores: three real Spark runs
 def test_the_same_inputs_give_the_same_outputs_and_ledger_shape_on_all_three_runtimes(env: Deployed) -> None:
     # Given every runtime runs its jobs on local Spark
     env.twin.emr_serverless.runner = env.spark_runner

@@ -42,6 +42,7 @@ def _entered_states(history: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.mark.spark
+@pytest.mark.slow  # ~55 s: `make test` runs the EC2 real-Spark run; `make e2e` runs this one too
 def test_csvs_land_and_one_real_spark_run_writes_parquet_ledger_then_success(env: Deployed) -> None:
     # Given the twin runs job runs on local Spark
     env.twin.emr_serverless.runner = env.spark_runner
