@@ -4,8 +4,9 @@ A run reserves `runs` 1, `clusters` 1 when it creates a transient EMR cluster (e
 `limits.run_vcpus` when set, else an estimate from the runtime:
 
 * emr-ec2, transient: every fleet/group at full target capacity (or managed scaling's maximum, when
-  higher) times the vCPUs of its instance type. A fleet's units are converted with the instance
-  types' weights, rounding up to whole instances, taking the largest of its types.
+  higher; or, with alarm scaling, the task fleet/group at `max_units` when higher) times the vCPUs of
+  its instance type. A fleet's units are converted with the instance types' weights, rounding up to
+  whole instances, taking the largest of its types.
 * emr-ec2 on an existing cluster: 0 (the cluster's owner pays; runs add no nodes).
 * emr-serverless: the application's maximum cpu (the most one job can ever use).
 * emr-eks: no estimate (pods size themselves): `run_vcpus` is required when a vCPU cap applies.
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 from config.ec2 import Ec2Runtime, FleetInstanceType, InstanceFleets, InstanceGroups
 from config.eks import EksRuntime
 from config.model import AppConfig, Pipeline, ServerlessApplication
+from config.scaling import AlarmScaling, ManagedScaling
 
 # vCPUs per instance size of the current-generation families EMR runs on (general purpose, compute,
 # memory, storage optimized): in these families `<n>xlarge` has 4n vCPUs, `large` 2 and `medium` 1.
@@ -79,7 +81,8 @@ def ec2_cluster_vcpus(runtime: Ec2Runtime) -> int:
     """vCPUs of a transient cluster at full capacity (raises CapacityError for unknown instance types)."""
     inst = runtime.instances
     primary_default = runtime.primary_instance_type()
-    scaling = runtime.managed_scaling.maximum_units if runtime.managed_scaling else 0
+    scaling = runtime.scaling.maximum_units if isinstance(runtime.scaling, ManagedScaling) else 0
+    task_max = runtime.scaling.max_units if isinstance(runtime.scaling, AlarmScaling) else 0  # alarms grow the task
     if isinstance(inst, InstanceFleets):
         primary_types = inst.primary.instance_types or [FleetInstanceType(type=primary_default)]
         primary = _fleet_vcpus(primary_types, 1, "runtime.instances.primary")
@@ -87,9 +90,8 @@ def ec2_cluster_vcpus(runtime: Ec2Runtime) -> int:
             ("runtime.instances.core", inst.core.instance_types, inst.core.on_demand_units + inst.core.spot_units)
         ]
         if inst.task is not None:
-            fleets.append(
-                ("runtime.instances.task", inst.task.instance_types, inst.task.on_demand_units + inst.task.spot_units)
-            )
+            task_units = max(inst.task.on_demand_units + inst.task.spot_units, task_max)
+            fleets.append(("runtime.instances.task", inst.task.instance_types, task_units))
         workers = sum(_fleet_vcpus(types, units, where) for where, types, units in fleets)
         if scaling > sum(units for _, _, units in fleets):  # managed scaling may grow core + task to maximum_units
             workers = max(workers, max(_fleet_vcpus(types, scaling, where) for where, types, _ in fleets))
@@ -98,7 +100,7 @@ def ec2_cluster_vcpus(runtime: Ec2Runtime) -> int:
     primary = _known(inst.primary.instance_type or primary_default, "runtime.instances.primary.instance_type")
     groups = [("runtime.instances.core.instance_type", inst.core.instance_type, inst.core.count)]
     if inst.task is not None:
-        groups.append(("runtime.instances.task.instance_type", inst.task.instance_type, inst.task.count))
+        groups.append(("runtime.instances.task.instance_type", inst.task.instance_type, max(inst.task.count, task_max)))
     workers = sum(count * _known(kind, where) for where, kind, count in groups)
     if scaling > sum(count for _, _, count in groups):
         workers = max(workers, max(scaling * _known(kind, where) for where, kind, _ in groups))

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from config.base import RELEASE_LABEL_PATTERN, StrictModel
+from config.scaling import AlarmScaling, ManagedScaling, NoScaling, Scaling, no_scaling
 
 INSTANCE_TYPE_PATTERN = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
 SUBNET_PATTERN = r"^subnet-[0-9a-f]{8,17}$"
@@ -230,23 +231,6 @@ class Security(StrictModel):
     )
 
 
-class ManagedScaling(StrictModel):
-    """EMR managed scaling limits, in capacity units (fleets) or instances (groups)."""
-
-    minimum_units: int = Field(ge=1, le=10000)
-    maximum_units: int = Field(ge=1, le=10000)
-    maximum_on_demand_units: int | None = Field(default=None, ge=0, le=10000)
-    maximum_core_units: int | None = Field(default=None, ge=1, le=10000)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ManagedScaling:
-        if self.minimum_units > self.maximum_units:
-            raise ValueError(
-                f"minimum_units ({self.minimum_units}) must not exceed maximum_units ({self.maximum_units})"
-            )
-        return self
-
-
 class ExistingCluster(StrictModel):
     """A long-running cluster to submit steps to (never terminated by the app): by id or by tag."""
 
@@ -327,7 +311,7 @@ TRANSIENT_ONLY = (
     "security",
     "auto_termination_idle_minutes",
     "step_concurrency",
-    "managed_scaling",
+    "scaling",
     "applications",
     "release_label",
     "startup_timeout_minutes",
@@ -366,7 +350,11 @@ class Ec2Runtime(StrictModel):
         default=30, ge=1, le=10080, description="Safety net: EMR terminates the cluster after this much idle time."
     )
     step_concurrency: int = Field(default=1, ge=1, le=256, description="Steps the cluster may run at once.")
-    managed_scaling: ManagedScaling | None = None
+    scaling: Scaling = Field(
+        default_factory=no_scaling,
+        description="`none` (default), `managed` (EMR managed scaling) or `alarms` (task-fleet steps from "
+        "CloudWatch alarms).",
+    )
     startup_timeout_minutes: int = Field(
         default=30, ge=5, le=240, description="The first step must start within this (cluster provisioning)."
     )
@@ -395,7 +383,8 @@ class Ec2Runtime(StrictModel):
                         + ", ".join("{{" + t + "}}" for t in STEP_TOKENS)
                     )
         if self.existing_cluster is not None:
-            extra = sorted(set(TRANSIENT_ONLY) & self.model_fields_set)
+            unset = {"scaling"} if isinstance(self.scaling, NoScaling) else set()  # `mode: none` is fine anywhere
+            extra = sorted(set(TRANSIENT_ONLY) & self.model_fields_set - unset)
             if extra:
                 raise ValueError(
                     f"{', '.join(extra)}: apply only to transient clusters; remove them when existing_cluster is set"
@@ -408,7 +397,40 @@ class Ec2Runtime(StrictModel):
             raise ValueError("applications: Spark steps need 'Spark' in applications")
         if "Hive" not in self.applications and any(isinstance(s, HiveStep) for s in self.steps):
             raise ValueError("applications: Hive steps need 'Hive' in applications")
+        if isinstance(self.scaling, AlarmScaling):
+            self._check_alarm_scaling(self.scaling)
         return self
+
+    def task_units(self) -> int | None:
+        """The task fleet's initial capacity (on-demand + spot units) or the task group's count; None without."""
+        task = self.instances.task
+        if task is None:
+            return None
+        if isinstance(task, TaskFleet):
+            return task.on_demand_units + task.spot_units
+        return task.count
+
+    def _check_alarm_scaling(self, scaling: AlarmScaling) -> None:
+        initial = self.task_units()
+        if initial is None:
+            raise ValueError(
+                "scaling: mode alarms resizes the task fleet/group; expected instances.task to be set "
+                "(or use mode managed)"
+            )
+        if not scaling.min_units <= initial <= scaling.max_units:
+            if isinstance(self.instances, InstanceFleets):
+                start = f"fleet starts at {initial} units (instances.task.on_demand_units + spot_units)"
+            else:
+                start = f"group starts at {initial} instances (instances.task.count)"
+            raise ValueError(
+                f"scaling.min_units/max_units: the task {start}; expected it within "
+                f"[min_units {scaling.min_units}, max_units {scaling.max_units}]"
+            )
+        if isinstance(self.instances, InstanceGroups) and "spot_percent" in scaling.model_fields_set:
+            raise ValueError(
+                "scaling.spot_percent: applies to task fleets only; an instance group's market is fixed "
+                "(instances.task.market): remove spot_percent, or use instance fleets"
+            )
 
     def _check_spot(self) -> None:
         spot_roles = [role for role, spot in self._spot_on_primary_or_core().items() if spot]
@@ -432,10 +454,12 @@ class Ec2Runtime(StrictModel):
         return {"primary": inst.primary.market == "spot", "core": inst.core.market == "spot"}
 
     def primary_instance_type(self) -> str:
-        """The seed's sizing: m5.large for fewer than 50 nodes, m5.xlarge from 50 (counting managed scaling)."""
+        """The seed's sizing: m5.large for fewer than 50 nodes, m5.xlarge from 50 (counting what scaling may add)."""
         nodes = self.instances.node_estimate()
-        if self.managed_scaling is not None:
-            nodes = max(nodes, self.managed_scaling.maximum_units + 1)
+        if isinstance(self.scaling, ManagedScaling):
+            nodes = max(nodes, self.scaling.maximum_units + 1)
+        elif isinstance(self.scaling, AlarmScaling):
+            nodes += max(0, self.scaling.max_units - (self.task_units() or 0))
         return "m5.xlarge" if nodes >= LARGE_CLUSTER_NODES else "m5.large"
 
 

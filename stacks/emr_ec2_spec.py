@@ -24,6 +24,7 @@ from config.ec2 import (
     S3DistCpStep,
     SparkStep,
 )
+from config.scaling import ManagedScaling
 from stacks.naming import BOOTSTRAP_PREFIX, JOBS_PREFIX
 
 GLUE_FACTORY = "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory"
@@ -56,8 +57,8 @@ def cluster_request(runtime: Ec2Runtime) -> dict[str, Any]:
         "StepConcurrencyLevel": runtime.step_concurrency,
         "VisibleToAllUsers": True,
     }
-    if runtime.managed_scaling is not None:
-        scaling = runtime.managed_scaling
+    if isinstance(runtime.scaling, ManagedScaling):
+        scaling = runtime.scaling
         limits: dict[str, Any] = {
             "UnitType": "InstanceFleetUnits" if isinstance(runtime.instances, InstanceFleets) else "Instances",
             "MinimumCapacityUnits": scaling.minimum_units,

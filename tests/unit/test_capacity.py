@@ -44,8 +44,9 @@ def test_shipped_pipelines_reserve_what_their_runtime_can_use() -> None:
     config = load_config("dev")
     # Serverless: the shared application's maximum (64 vCPU); no cluster.
     assert run_reservation(config, "sales-daily") == Reservation(runs=1, clusters=0, vcpus=64)
-    # Transient fleets: primary m5.large (2) + core 2 units of xlarge (8) + task 4 units of xlarge (16).
-    assert run_reservation(config, "sales-cluster") == Reservation(runs=1, clusters=1, vcpus=26)
+    # Transient fleets: primary m5.large (2) + core 2 units of xlarge (8) + task up to its alarm scaling's
+    # max_units, 8 units of xlarge (32).
+    assert run_reservation(config, "sales-cluster") == Reservation(runs=1, clusters=1, vcpus=42)
     # Steps on a long-running cluster add no nodes; EMR on EKS without a vCPU cap needs no size.
     assert run_reservation(config, "sales-adhoc") == Reservation(runs=1, clusters=0, vcpus=0)
     assert run_reservation(config, "sales-eks") == Reservation(runs=1, clusters=0, vcpus=0)
@@ -80,16 +81,38 @@ def test_instance_groups_and_managed_scaling_count_the_largest_the_cluster_can_g
             "core": {"instance_type": "r5.2xlarge", "count": 2},
             "task": {"instance_type": "m5.xlarge", "count": 3},
         }
+        runtime["scaling"] = {"mode": "none"}  # the shipped alarm scaling would count the task group at max_units
 
     config = _config(groups)
     assert run_reservation(config, "sales-cluster").vcpus == 2 + 2 * 8 + 3 * 4
 
     def scaling(raw: dict[str, Any]) -> None:
         groups(raw)
-        _pipeline(raw, "sales-cluster")["runtime"]["managed_scaling"] = {"minimum_units": 2, "maximum_units": 10}
+        runtime = _pipeline(raw, "sales-cluster")["runtime"]
+        runtime["scaling"] = {"mode": "managed", "minimum_units": 2, "maximum_units": 10}
 
     # managed scaling may grow core + task to 10 instances of the largest (r5.2xlarge: 8 vCPUs)
     assert run_reservation(_config(scaling), "sales-cluster").vcpus == 2 + 10 * 8
+
+
+def test_alarm_scaling_counts_the_task_fleet_or_group_at_max_units() -> None:
+    def alarms(instances: dict[str, Any], **scaling: Any) -> Any:
+        def mutate(raw: dict[str, Any]) -> None:
+            runtime = _pipeline(raw, "sales-cluster")["runtime"]
+            runtime["instances"] = instances
+            runtime["scaling"] = {"mode": "alarms", **scaling}
+
+        return run_reservation(_config(mutate), "sales-cluster").vcpus
+
+    fleets = {"mode": "fleets", "core": {"on_demand_units": 2}, "task": {"spot_units": 4}}
+    # primary m5.large 2 + core 2 x m5.xlarge 8 + task grown to 12 units of xlarge (largest type) 48
+    assert alarms(fleets, max_units=12) == 2 + 8 + 12 * 4
+    # max_units at or below the initial task fleet adds nothing
+    assert alarms(fleets, max_units=4) == 2 + 8 + 4 * 4
+    weighted = {**fleets, "task": {"spot_units": 4, "instance_types": [{"type": "m5.2xlarge", "weight": 2}]}}
+    assert alarms(weighted, max_units=9) == 2 + 8 + 5 * 8  # 9 units of weight 2: 5 whole instances
+    groups = {"mode": "groups", "core": {"count": 2}, "task": {"instance_type": "c5.4xlarge", "count": 1}}
+    assert alarms(groups, max_units=6) == 2 + 2 * 4 + 6 * 16
 
 
 def test_queue_timeout_is_max_queue_minutes_within_the_run_timeout() -> None:

@@ -49,7 +49,7 @@ def _runtime(**runtime: Any) -> Ec2Runtime:
         ({"bootstrap_actions": [{"name": "x", "script": "nope.sh"}]}, "bootstrap_actions[0].script: got 'nope.sh'"),
         ({"existing_cluster": {"cluster_id": "j-ABCDEFGH1234"}, "step_concurrency": 2}, "apply only to transient"),
         ({"existing_cluster": {"cluster_id": "j-ABCDEFGH1234", "tag_key": "k", "tag_value": "v"}}, "not both"),
-        ({"managed_scaling": {"minimum_units": 5, "maximum_units": 2}}, "must not exceed"),
+        ({"scaling": {"mode": "managed", "minimum_units": 5, "maximum_units": 2}}, "must not exceed"),
         ({"instances": {"mode": "fleets", "task": {"instance_types": [{"type": "M5 XL"}]}}}, "instances.task"),
         ({"steps": [{"type": "pig", "name": "x"}]}, "steps.0.type: got 'pig'"),
     ],
@@ -75,7 +75,7 @@ def test_primary_size_follows_node_count() -> None:
     assert _runtime().primary_instance_type() == "m5.large"
     big = _runtime(instances={"mode": "fleets", "task": {"spot_units": 60}})
     assert big.primary_instance_type() == "m5.xlarge"
-    scaled = _runtime(managed_scaling={"minimum_units": 2, "maximum_units": 80})
+    scaled = _runtime(scaling={"mode": "managed", "minimum_units": 2, "maximum_units": 80})
     assert scaled.primary_instance_type() == "m5.xlarge"
 
 
@@ -93,7 +93,7 @@ def test_groups_request_with_managed_scaling_ami_and_user_configuration_merged_o
     runtime = _runtime(
         instances={"mode": "groups", "task": {"count": 3, "bid_price_usd": "0.10"}},
         subnet_ids=["subnet-0123456789abcdef0"],
-        managed_scaling={"minimum_units": 3, "maximum_units": 10, "maximum_on_demand_units": 3},
+        scaling={"mode": "managed", "minimum_units": 3, "maximum_units": 10, "maximum_on_demand_units": 3},
         custom_ami_id="ami-0123456789abcdef0",
         configurations=[{"classification": "spark-hive-site", "properties": {"x": "1"}}],
         glue_catalog=True,
