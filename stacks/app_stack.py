@@ -16,6 +16,7 @@ from stacks.guardrails import AutopilotGuardrails
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, deployment_name
 from stacks.platform import AutopilotPlatform
+from stacks.scaling import AutopilotScaling
 from stacks.serverless_pipeline import ServerlessApplicationConstruct, ServerlessPipeline
 from stacks.storage import AutopilotStorage
 from stacks.triggers import PipelineTrigger
@@ -90,6 +91,9 @@ class AutopilotStack(Stack):
             storage=self.storage,
             platform=self.platform,
             pipelines=self.pipelines,
+        )
+        self.scaling = AutopilotScaling(
+            self, "Scaling", prefix=prefix, storage=self.storage, platform=self.platform, pipelines=self.pipelines
         )
         suppress(
             self.platform.dead_letters,

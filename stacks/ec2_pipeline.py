@@ -18,6 +18,7 @@ from stacks.emr_ec2_spec import cluster_request, managed_tags, step_templates
 from stacks.nag import suppress
 from stacks.naming import BOOTSTRAP_PREFIX, JOBS_PREFIX, STATEMACHINES_DIR, TAG_DEPLOYMENT, TAG_PIPELINE
 from stacks.platform import AutopilotPlatform
+from stacks.scaling import alarm_prefix, alarm_scaling, alarm_specs, grant_alarm_lifecycle
 from stacks.storage import AutopilotStorage
 from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements, load_definition
 
@@ -32,6 +33,7 @@ EMR_SYNC_RULES = {
 SERVICE_POLICY = "service-role/AmazonEMRServicePolicy_v2"
 # cdk-nag `appliesTo` for `cluster/*` (the partition is a token, or literal when the CLI knows the region).
 ANY_CLUSTER_ARN = "regex:/^Resource::arn:(<AWS::Partition>|aws[a-z-]*):elasticmapreduce:.*:cluster\\/\\*$/g"
+SCALING_ALARMS_ARN = "regex:/^Resource::arn:[^:]+:cloudwatch:.*:alarm:.*-scaling-.*\\*$/g"
 # What the finalize function reads for the ledger (and CancelSteps for a failed run on a shared cluster).
 FINALIZE_ACTIONS = [
     "elasticmapreduce:DescribeCluster",
@@ -110,6 +112,8 @@ class Ec2Pipeline(PipelineWorkflow):
             definition = load_definition(TRANSIENT_ASL)
             create = definition["States"]["CreateCluster"]["Parameters"]
             create.update(cluster_request(runtime))
+            definition["States"]["PlanScalingAlarms"]["Result"] = alarm_specs(name, runtime)
+            substitutions["ScalingAlarmPrefix"] = alarm_prefix(prefix, name)
             substitutions |= self._transient_resources(prefix, name)
         else:
             definition = load_definition(EXISTING_ASL)
@@ -117,6 +121,8 @@ class Ec2Pipeline(PipelineWorkflow):
             substitutions["ExistingClusterJson"] = asl_string(json.dumps(existing))
         self.state_machine = self.build_state_machine(self.definition_body(definition), substitutions)
         self._grant_workflow(name, self.definition)
+        if alarm_scaling(runtime) is not None:
+            grant_alarm_lifecycle(self.role, self.stack, prefix, name)
 
     # ------------------------------------------------------------------ transient cluster resources
 
@@ -321,8 +327,9 @@ class Ec2Pipeline(PipelineWorkflow):
         )
         self._grant_functions(name)
         self.suppress_workflow_wildcards(
-            "clusters of this pipeline (ids are unknown until run time; scoped by the autopilot:pipeline tag).",
-            [ANY_CLUSTER_ARN],
+            "clusters of this pipeline (ids are unknown until run time; scoped by the autopilot:pipeline tag); "
+            "scaling alarms of this pipeline's clusters (named by prefix).",
+            [ANY_CLUSTER_ARN, SCALING_ALARMS_ARN],
         )
 
     def _grant_functions(self, name: str) -> None:

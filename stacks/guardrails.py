@@ -203,10 +203,9 @@ class AutopilotGuardrails(Construct):
                 resources=[storage.outputs.bucket_arn],
                 conditions={"StringLike": {"s3:prefix": [f"{LEDGER_PREFIX}*"]}},
             ),
-            # DescribeAlarms supports no resource-level permissions; deletion only of scaling alarms.
-            iam.PolicyStatement(actions=["cloudwatch:DescribeAlarms"], resources=["*"]),
+            # Finding and deleting only scaling alarms (metric alarms: DescribeAlarms needs `*` only for composites).
             iam.PolicyStatement(
-                actions=["cloudwatch:DeleteAlarms"],
+                actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
                 resources=[
                     stack.format_arn(
                         service="cloudwatch",
@@ -250,7 +249,7 @@ class AutopilotGuardrails(Construct):
         suppress(
             function,
             "AwsSolutions-IAM5",
-            "ListClusters/DescribeAlarms support no resource-level permissions; cluster ARNs are unknown until "
+            "ListClusters supports no resource-level permissions; cluster ARNs are unknown until "
             "launch (terminate/cancel are conditioned on this deployment's tag); ledger keys and this deployment's "
             "executions, job runs and scaling alarms are matched by prefix.",
             [

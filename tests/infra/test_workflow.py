@@ -85,6 +85,8 @@ def actions_from_asl(asl: dict[str, Any]) -> set[str]:
             needed.add("iam:PassRole")  # EMR on EKS checks the emr-containers:ExecutionRoleArn condition instead
         if integration.startswith("emr-serverless:") and "Tags" in params:
             needed.add("emr-serverless:TagResource")
+        if integration == "aws-sdk:cloudwatch:putMetricAlarm" and "Tags" in params:
+            needed.add("cloudwatch:TagResource")  # an alarm created with tags needs TagResource too
         if integration.startswith("elasticmapreduce:createCluster"):
             needed.add("iam:PassRole")  # ServiceRole and JobFlowRole
             if "Tags" in params or "Tags.$" in params:

@@ -1,0 +1,216 @@
+"""Alarm-driven task-fleet scaling: the alarm specs a transient workflow creates per cluster, and the
+scaler function with its "CloudWatch Alarm State Change" rule (only when a pipeline uses `scaling.mode:
+alarms`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aws_cdk import ArnFormat, Duration, Stack
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from config.ec2 import Ec2Runtime, InstanceFleets
+from config.scaling import AlarmScaling, scaling_env_entry
+from stacks.nag import suppress
+from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
+from stacks.platform import AutopilotPlatform
+from stacks.storage import AutopilotStorage
+from stacks.workflow import PipelineWorkflow
+
+EMR_NAMESPACE = "AWS/ElasticMapReduce"
+# The scaler reads a cluster and its task fleet/group, and resizes it; nothing else.
+SCALER_EMR_ACTIONS = [
+    "elasticmapreduce:DescribeCluster",
+    "elasticmapreduce:ListInstanceFleets",
+    "elasticmapreduce:ListInstanceGroups",
+    "elasticmapreduce:ModifyInstanceFleet",
+    "elasticmapreduce:ModifyInstanceGroups",
+]
+
+
+def alarm_prefix(deployment: str, pipeline: str) -> str:
+    """Scaling alarms are named `<deployment>-scaling-<pipeline>-<cluster id>-<out|in>-<rule>`."""
+    return f"{deployment}-scaling-{pipeline}-"
+
+
+def alarm_scaling(runtime: Ec2Runtime) -> AlarmScaling | None:
+    scaling = runtime.scaling
+    return scaling if isinstance(scaling, AlarmScaling) and runtime.transient else None
+
+
+def alarm_specs(pipeline: str, runtime: Ec2Runtime) -> list[dict[str, Any]]:
+    """The workflow's `PlanScalingAlarms` result: one PutMetricAlarm spec per rule (empty without alarms)."""
+    policy = alarm_scaling(runtime)
+    if policy is None:
+        return []
+    unit = "capacity units" if isinstance(runtime.instances, InstanceFleets) else "instances"
+    specs = []
+    for direction, rule in policy.rules():
+        step = policy.step_units if direction == "out" else policy.scale_in_step
+        bound = f"up to {policy.max_units}" if direction == "out" else f"down to {policy.min_units}"
+        specs.append(
+            {
+                "rule": f"{direction}-{rule.name}",
+                "description": f"EMR Autopilot {pipeline}: scale the task {unit} {direction} by {step} ({bound}) "
+                f"when {rule.describe()} for {rule.datapoints} of {rule.evaluation_periods} periods of "
+                f"{rule.period_seconds} s ({rule.statistic})",
+                "metric": rule.metric,
+                "statistic": rule.statistic,
+                "period": rule.period_seconds,
+                "evaluation_periods": rule.evaluation_periods,
+                "datapoints_to_alarm": rule.datapoints,
+                "threshold": rule.threshold,
+                "comparison_operator": rule.comparison_operator(),
+            }
+        )
+    return specs
+
+
+def grant_alarm_lifecycle(role: iam.IRole, stack: Stack, deployment: str, pipeline: str) -> None:
+    """What a transient workflow needs to create, find and delete its clusters' scaling alarms."""
+    alarms = stack.format_arn(
+        service="cloudwatch",
+        resource="alarm",
+        resource_name=f"{alarm_prefix(deployment, pipeline)}*",
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )
+    # DescribeAlarms scoped to alarm ARNs returns metric alarms only (composite ones need `*`): all we make.
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid="ScalingAlarms",
+            actions=[
+                "cloudwatch:PutMetricAlarm",
+                "cloudwatch:TagResource",
+                "cloudwatch:DescribeAlarms",
+                "cloudwatch:DeleteAlarms",
+            ],
+            resources=[alarms],
+        )
+    )
+
+
+class AutopilotScaling(Construct):
+    """The scaler function (`lambdas/scaler`) behind one EventBridge rule: "CloudWatch Alarm State Change"
+    to ALARM of an alarm named `<deployment>-scaling-*`. Targets retry for 10 minutes (a scaling signal
+    older than that is stale: the alarm re-fires while the condition lasts), then the dead-letter queue.
+    `function` is None when no pipeline scales from alarms.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        prefix: str,
+        storage: AutopilotStorage,
+        platform: AutopilotPlatform,
+        pipelines: Mapping[str, PipelineWorkflow],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.function: lambda_.Function | None = None
+        self.rule: events.Rule | None = None
+        scaled = {
+            name: (workflow, policy)
+            for name, workflow in pipelines.items()
+            if isinstance(workflow.pipeline.runtime, Ec2Runtime)
+            and (policy := alarm_scaling(workflow.pipeline.runtime)) is not None
+        }
+        if not scaled:
+            return
+        stack = Stack.of(self)
+        settings = {
+            name: scaling_env_entry(
+                policy,
+                "fleets" if isinstance(workflow.pipeline.runtime.instances, InstanceFleets) else "groups",  # type: ignore[union-attr]
+            )
+            for name, (workflow, policy) in scaled.items()
+        }
+        function = platform.functions.function(
+            self,
+            "scaler",
+            description="EMR Autopilot: one bounded task-fleet step per scaling alarm (cooldown, no resize overlap)",
+            environment={
+                "DEPLOYMENT": prefix,
+                "OUTPUTS_BUCKET": storage.outputs.bucket_name,
+                "STATE_TABLE": platform.idempotency_table.table_name,
+                "SCALING": json.dumps(settings, separators=(",", ":")),
+            },
+            timeout=Duration.seconds(60),
+        )
+        self.function = function
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=SCALER_EMR_ACTIONS,
+                resources=[stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")],
+                conditions={"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": prefix}},
+            )
+        )
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["states:DescribeExecution"],
+                resources=[
+                    stack.format_arn(
+                        service="states",
+                        resource="execution",
+                        resource_name=f"{workflow.state_machine_name}:*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                    for workflow, _ in scaled.values()
+                ],
+            )
+        )
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[storage.outputs.arn_for_objects(f"{LEDGER_PREFIX}{name}/*") for name in scaled],
+            )
+        )
+        # Without ListBucket a missing ledger entry reads as 403 instead of 404.
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[storage.outputs.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{LEDGER_PREFIX}{name}/*" for name in scaled]}},
+            )
+        )
+        platform.idempotency_table.grant_read_write_data(function)
+        suppress(
+            function,
+            "AwsSolutions-IAM5",
+            "Cluster ids are unknown until launch (every EMR action is conditioned on this deployment's tag); "
+            "executions of the scaled pipelines and their ledger keys are matched by prefix; X-Ray "
+            "PutTraceSegments/PutTelemetryRecords support no resource-level permissions.",
+            [
+                "Resource::*",
+                "regex:/^Resource::arn:[^:]+:elasticmapreduce:.*:cluster\\/\\*$/g",
+                "regex:/^Resource::arn:[^:]+:states:.*:\\*$/g",
+                "regex:/^Resource::.*\\/_runs\\/.*\\/\\*$/g",
+            ],
+        )
+        self.rule = events.Rule(
+            self,
+            "ScalingAlarm",
+            description="EMR Autopilot: a scaling alarm went to ALARM -> one task-fleet step",
+            event_pattern=events.EventPattern(
+                source=["aws.cloudwatch"],
+                detail_type=["CloudWatch Alarm State Change"],
+                detail={
+                    "alarmName": [{"prefix": f"{prefix}-scaling-"}],
+                    "state": {"value": ["ALARM"]},
+                },
+            ),
+            targets=[
+                targets.LambdaFunction(
+                    function,
+                    dead_letter_queue=platform.dead_letters,
+                    retry_attempts=8,
+                    max_event_age=Duration.minutes(10),
+                )
+            ],
+        )
