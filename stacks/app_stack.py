@@ -10,6 +10,7 @@ from constructs import Construct, IConstruct
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig, ServerlessApplication
+from stacks.dashboard import OperationsDashboard
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.guardrails import AutopilotGuardrails
@@ -95,6 +96,7 @@ class AutopilotStack(Stack):
         self.scaling = AutopilotScaling(
             self, "Scaling", prefix=prefix, storage=self.storage, platform=self.platform, pipelines=self.pipelines
         )
+        self.dashboard = OperationsDashboard(self, "Operations", prefix=prefix, pipelines=self.pipelines)
         suppress(
             self.platform.dead_letters,
             "AwsSolutions-SQS3",

@@ -179,18 +179,39 @@ class AutopilotScaling(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{LEDGER_PREFIX}{name}/*" for name in scaled]}},
             )
         )
+        # After acting (or a skip that clears by itself) the scaler sets the alarm back to OK, so CloudWatch's
+        # next evaluation fires it again while the condition lasts: one step per period, not per crossing.
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:SetAlarmState"],
+                resources=[
+                    stack.format_arn(
+                        service="cloudwatch",
+                        resource="alarm",
+                        resource_name=f"{alarm_prefix(prefix, name)}*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                    for name in scaled
+                ],
+            )
+        )
         platform.idempotency_table.grant_read_write_data(function)
+        # Finalize copies each cluster's scaling actions into the run's final ledger entry.
+        if platform.finalize is not None:
+            platform.finalize.add_environment("STATE_TABLE", platform.idempotency_table.table_name)
+            platform.idempotency_table.grant(platform.finalize, "dynamodb:GetItem")
         suppress(
             function,
             "AwsSolutions-IAM5",
             "Cluster ids are unknown until launch (every EMR action is conditioned on this deployment's tag); "
-            "executions of the scaled pipelines and their ledger keys are matched by prefix; X-Ray "
-            "PutTraceSegments/PutTelemetryRecords support no resource-level permissions.",
+            "executions of the scaled pipelines, their ledger keys and their scaling alarms are matched by prefix; "
+            "X-Ray PutTraceSegments/PutTelemetryRecords support no resource-level permissions.",
             [
                 "Resource::*",
                 "regex:/^Resource::arn:[^:]+:elasticmapreduce:.*:cluster\\/\\*$/g",
                 "regex:/^Resource::arn:[^:]+:states:.*:\\*$/g",
                 "regex:/^Resource::.*\\/_runs\\/.*\\/\\*$/g",
+                "regex:/^Resource::arn:[^:]+:cloudwatch:.*:alarm:.*-scaling-.*\\*$/g",
             ],
         )
         self.rule = events.Rule(

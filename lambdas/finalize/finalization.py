@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from autopilot_common.scaling import actions as scaling_actions
+
 ACTIVE_STEP_STATES = ["PENDING", "RUNNING", "CANCEL_PENDING"]
 FAILED_STEP_STATES = {"FAILED", "CANCELLED", "INTERRUPTED"}
 CLUSTER_ERROR_CODES_OK = {"USER_REQUEST", "ALL_STEPS_COMPLETED"}
@@ -53,8 +55,21 @@ class FinalizeRequest:
         )
 
 
-def finalize_run(request: FinalizeRequest, emr: Any, now: datetime | None = None) -> dict[str, Any]:
-    """The ledger update for the run (merged by the workflow into the STARTED record)."""
+@dataclass(frozen=True)
+class ScalingState:
+    """Where the scaler stores each cluster's actions (`STATE_TABLE`): the ledger's `scaling.actions`."""
+
+    dynamodb: Any
+    table: str
+
+
+def finalize_run(
+    request: FinalizeRequest, emr: Any, now: datetime | None = None, *, scaling: ScalingState | None = None
+) -> dict[str, Any]:
+    """The ledger update for the run (merged by the workflow into the STARTED record).
+
+    With `scaling`, the update carries `scaling.actions`: every step the scaler took on the run's cluster
+    (the workflow's final write replaces the entry the scaler amended while the run went on)."""
     now = now or datetime.now(UTC)
     update: dict[str, Any] = {
         "state": request.outcome,
@@ -75,6 +90,10 @@ def finalize_run(request: FinalizeRequest, emr: Any, now: datetime | None = None
         update["steps"] = _steps(emr, request.cluster_id, request.step_names)
         if request.transient:
             update["instance_hours_estimate"] = _instance_hours(emr, cluster, now)
+        if scaling is not None:
+            done = scaling_actions(scaling.dynamodb, scaling.table, request.cluster_id)
+            if done:
+                update["scaling"] = {"actions": done}
     if cancelled:
         update["cancelled_steps"] = cancelled
     if request.outcome == "FAILED":

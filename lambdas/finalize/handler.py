@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Any
 
@@ -11,7 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
-from finalization import FinalizeRequest, finalize_run
+from finalization import FinalizeRequest, ScalingState, finalize_run
 
 logger = Logger(service="autopilot-finalize")
 tracer = Tracer(service="autopilot-finalize")
@@ -24,12 +25,19 @@ def _emr() -> Any:
     return boto3.client("emr", config=Config(retries={"mode": "adaptive", "max_attempts": 8}))
 
 
+@cache
+def _scaling() -> ScalingState | None:
+    """Set when a pipeline scales from alarms: the table holding each cluster's scaling actions."""
+    table = os.environ.get("STATE_TABLE", "").strip()
+    return ScalingState(boto3.client("dynamodb"), table) if table else None
+
+
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = FinalizeRequest.from_event(event)
-    update = finalize_run(request, _emr())
+    update = finalize_run(request, _emr(), scaling=_scaling())
     metrics.add_dimension(name="pipeline", value=request.pipeline)
     metrics.add_metric(name=f"Runs{request.outcome.title()}", unit=MetricUnit.Count, value=1)
     logger.info(

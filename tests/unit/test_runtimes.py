@@ -408,3 +408,31 @@ def test_eks_job_task_timeout_is_the_job_timeout_itself() -> None:
     assert job["task_timeout_seconds"] == 30 * 60  # EMR on EKS has no job timeout: the task's is the job's
     assert result["run"]["log_uri"] == "s3://logs/emr-eks/p/run-9/"
     assert "cluster" not in result
+
+
+def test_finalize_copies_the_clusters_scaling_actions_into_the_ledger_update() -> None:
+    from autopilot_common.scaling import CLUSTER_PREFIX
+    from finalization import ScalingState
+
+    class Table:
+        """GetItem of the scaler's cluster item (the shape `claim_action` stores)."""
+
+        def __init__(self, items: dict[str, dict[str, Any]]) -> None:
+            self.items, self.reads = items, 0
+
+        def get_item(self, TableName: str, Key: dict[str, Any], ConsistentRead: bool) -> dict[str, Any]:  # noqa: N803
+            assert TableName == "state" and ConsistentRead
+            self.reads += 1
+            found = self.items.get(Key["id"]["S"])
+            return {"Item": found} if found else {}
+
+    action = {"M": {"direction": {"S": "out"}, "from_units": {"N": "2"}, "to_units": {"N": "4"}}}
+    table = Table({CLUSTER_PREFIX + "j-A": {"id": {"S": CLUSTER_PREFIX + "j-A"}, "actions": {"L": [action]}}})
+    cluster = _cluster("j-A", "TERMINATED", {}, StateChangeReason={"Code": "USER_REQUEST", "Message": "by user"})
+    update = finalize_run(_request("SUCCEEDED"), FakeEmr([cluster], []), scaling=ScalingState(table, "state"))
+    assert update["scaling"] == {"actions": [{"direction": "out", "from_units": 2, "to_units": 4}]}
+    # A cluster the scaler never touched adds nothing, and without a table nothing is read
+    quiet = finalize_run(_request("SUCCEEDED", cluster_id="j-B"), FakeEmr([_cluster("j-B", "TERMINATED", {})], []),
+                         scaling=ScalingState(table, "state"))  # fmt: skip
+    assert "scaling" not in quiet and table.reads == 2
+    assert "scaling" not in finalize_run(_request("SUCCEEDED"), FakeEmr([cluster], []))

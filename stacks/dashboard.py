@@ -1,0 +1,119 @@
+"""The deployment's operations dashboard: runs, scaling, clusters and guardrail findings on one page."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from constructs import Construct
+
+from stacks.naming import METRICS_NAMESPACE
+from stacks.workflow import PipelineWorkflow
+
+PERIOD = Duration.minutes(5)
+
+
+def _app_metric(service: str, name: str, label: str, statistic: str = "Sum", **dimensions: str) -> cloudwatch.Metric:
+    """A metric a handler emits with Powertools (EMF): namespace EmrAutopilot, dimension `service`."""
+    return cloudwatch.Metric(
+        namespace=METRICS_NAMESPACE,
+        metric_name=name,
+        dimensions_map={"service": f"autopilot-{service}", **dimensions},
+        statistic=statistic,
+        period=PERIOD,
+        label=label,
+    )
+
+
+class OperationsDashboard(Construct):
+    """CloudWatch dashboard `<deployment>-operations`.
+
+    - Runs started / succeeded / failed / aborted / timed out per pipeline: Step Functions' own
+      execution metrics (every runtime, including runs that failed before any Lambda ran).
+    - Scaling actions out / in and skipped alarms (the scaler's metrics).
+    - Clusters up (the sweeper's ActiveClusters gauge, once per sweeper interval) and the guardrail's
+      findings: orphan clusters and job runs, leaked run slots, alarms left behind, runs cleaned up
+      after an abort/timeout, runs cancelled by someone else.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, prefix: str, pipelines: Mapping[str, PipelineWorkflow]):
+        super().__init__(scope, construct_id)
+        machines = {name: w.state_machine for name, w in pipelines.items()}
+
+        def per_pipeline(title: str, kind: str) -> cloudwatch.GraphWidget:
+            metric = {
+                "started": lambda m: m.metric_started(period=PERIOD, statistic="Sum"),
+                "succeeded": lambda m: m.metric_succeeded(period=PERIOD, statistic="Sum"),
+                "failed": lambda m: m.metric_failed(period=PERIOD, statistic="Sum"),
+                "aborted": lambda m: m.metric_aborted(period=PERIOD, statistic="Sum"),
+                "timed_out": lambda m: m.metric_timed_out(period=PERIOD, statistic="Sum"),
+            }[kind]
+            return cloudwatch.GraphWidget(
+                title=title,
+                left=[metric(machine).with_(label=name) for name, machine in machines.items()],
+                stacked=True,
+                width=8,
+            )
+
+        self.dashboard = cloudwatch.Dashboard(
+            self,
+            "Dashboard",
+            dashboard_name=f"{prefix}-operations",
+            default_interval=Duration.hours(24),
+            widgets=[
+                [
+                    cloudwatch.TextWidget(
+                        markdown=f"# EMR Autopilot `{prefix}`\nRuns per pipeline (Step Functions executions), "
+                        "task-fleet scaling, clusters up and what the guardrails cleaned up. The run ledger "
+                        "(`_runs/` in the outputs bucket) has each run's details.",
+                        width=24,
+                        height=2,
+                    )
+                ],
+                [
+                    per_pipeline("Runs started", "started"),
+                    per_pipeline("Runs succeeded", "succeeded"),
+                    per_pipeline("Runs failed", "failed"),
+                ],
+                [
+                    per_pipeline("Runs aborted", "aborted"),
+                    per_pipeline("Runs timed out", "timed_out"),
+                    cloudwatch.GraphWidget(
+                        title="Task-fleet scaling",
+                        left=[
+                            _app_metric("scaler", "ScalingActions", "scaled out", direction="out"),
+                            _app_metric("scaler", "ScalingActions", "scaled in", direction="in"),
+                            _app_metric("scaler", "ScalingSkipped", "alarms skipped"),
+                        ],
+                        width=8,
+                    ),
+                ],
+                [
+                    cloudwatch.GraphWidget(
+                        title="Clusters up (sweeper gauge)",
+                        left=[_app_metric("guardrail", "ActiveClusters", "clusters up", statistic="Maximum")],
+                        width=8,
+                    ),
+                    cloudwatch.GraphWidget(
+                        title="Guardrail findings",
+                        left=[
+                            _app_metric("guardrail", "OrphanClusters", "orphan clusters"),
+                            _app_metric("guardrail", "OrphanJobRuns", "orphan job runs"),
+                            _app_metric("guardrail", "RunSlotsReleased", "leaked run slots"),
+                            _app_metric("guardrail", "OrphanAlarmsDeleted", "alarms left behind"),
+                        ],
+                        width=8,
+                    ),
+                    cloudwatch.GraphWidget(
+                        title="Runs ended by others",
+                        left=[
+                            _app_metric("guardrail", "RunsCleanedUp", "cleaned up after abort/timeout/failure"),
+                            _app_metric("guardrail", "RunsCancelledExternally", "cancelled by someone else"),
+                            _app_metric("guardrail", "UnmanagedClustersCapped", "hand-made clusters capped"),
+                        ],
+                        width=8,
+                    ),
+                ],
+            ],
+        )
