@@ -42,19 +42,12 @@ class OperationsDashboard(Construct):
         machines = {name: w.state_machine for name, w in pipelines.items()}
 
         def per_pipeline(title: str, kind: str) -> cloudwatch.GraphWidget:
-            metric = {
-                "started": lambda m: m.metric_started(period=PERIOD, statistic="Sum"),
-                "succeeded": lambda m: m.metric_succeeded(period=PERIOD, statistic="Sum"),
-                "failed": lambda m: m.metric_failed(period=PERIOD, statistic="Sum"),
-                "aborted": lambda m: m.metric_aborted(period=PERIOD, statistic="Sum"),
-                "timed_out": lambda m: m.metric_timed_out(period=PERIOD, statistic="Sum"),
-            }[kind]
-            return cloudwatch.GraphWidget(
-                title=title,
-                left=[metric(machine).with_(label=name) for name, machine in machines.items()],
-                stacked=True,
-                width=8,
-            )
+            """One line per pipeline of a Step Functions execution metric (`metric_<kind>`)."""
+            lines: list[cloudwatch.IMetric] = [
+                getattr(machine, f"metric_{kind}")(period=PERIOD, statistic="Sum", label=name)
+                for name, machine in machines.items()
+            ]
+            return cloudwatch.GraphWidget(title=title, left=lines, stacked=True, width=8)
 
         self.dashboard = cloudwatch.Dashboard(
             self,
