@@ -100,6 +100,13 @@ class Deployed:
         model = self.twin.emr_ec2
         return [cid for cid in model.active_clusters() if "autopilot:run-id" in model.clusters[cid].tags]
 
+    def scaling_alarms(self, cluster_id: str = "") -> list[str]:
+        """Scaling alarms of this deployment (of one cluster, given its id): `<deployment>-scaling-...`."""
+        prefix = f"{self.report.stacks[0]}-scaling-"
+        pages = self.twin.client("cloudwatch").get_paginator("describe_alarms").paginate(AlarmNamePrefix=prefix)
+        names = [a["AlarmName"] for page in pages for a in page["MetricAlarms"]]
+        return [n for n in names if not cluster_id or f"-{cluster_id}-" in n]
+
 
 @pytest.fixture(scope="session")
 def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -130,3 +137,5 @@ def env(deployed: Deployed) -> Iterator[Deployed]:
     assert not deployed.twin.emr_serverless.running(), "a job run was left running"
     assert not deployed.twin.emr_containers.running(), "an EMR on EKS job run was left running"
     assert not deployed.clusters_left_running(), "a run left its cluster running"
+    alarms = [a for a in deployed.scaling_alarms() if not any(c in a for c in deployed.twin.emr_ec2.active_clusters())]
+    assert not alarms, f"scaling alarms outlived their cluster: {alarms}"

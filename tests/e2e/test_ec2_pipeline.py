@@ -19,10 +19,29 @@ SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 TRANSIENT, EXISTING = "sales-cluster", "sales-adhoc"
 # Happy path of a transient run: states entered (the Map's one step counts as RunSteps + RunStep).
 HAPPY_PATH = [
-    "Prepare", "CheckInput", "AcquireRunSlot", "RecordStarted", "CreateCluster", "RunSteps", "RunStep",
-    "ReadJobMetrics", "TerminateCluster", "ReleaseRunSlot", "FinalizeSucceeded", "RecordSucceeded",
-    "WriteSuccessMarker", "RunSucceeded",
-]  # fmt: skip
+    "Prepare",
+    "CheckInput",
+    "AcquireRunSlot",
+    "RecordStarted",
+    "CreateCluster",
+    "PlanScalingAlarms",
+    "CreateScalingAlarms",
+    "PutScalingAlarm",
+    "PutScalingAlarm",
+    "RunSteps",
+    "RunStep",
+    "ReadJobMetrics",
+    "TerminateCluster",
+    "HasScalingAlarms",
+    "FindScalingAlarms",
+    "AnyScalingAlarms",
+    "DeleteScalingAlarms",
+    "ReleaseRunSlot",
+    "FinalizeSucceeded",
+    "RecordSucceeded",
+    "WriteSuccessMarker",
+    "RunSucceeded",
+]  # fmt: skip  (sales-cluster scales from two alarms: one PutScalingAlarm each)
 LAMBDA_INVOCATIONS_PER_RUN = 4  # prepare, acquire and release the run slot, finalize
 
 

@@ -67,23 +67,6 @@ def _ledger_state(env: Deployed, run_id: str, state: str, timeout: float = 30) -
     return entry
 
 
-def _scaling_alarm(env: Deployed, pipeline: str, cluster_id: str) -> str:
-    """An alarm named like the task-fleet scaler's (issue 5) for this cluster."""
-    name = f"{DEPLOYMENT}-scaling-{pipeline}-{cluster_id}-out"
-    env.twin.client("cloudwatch").put_metric_alarm(
-        AlarmName=name,
-        Namespace="AWS/ElasticMapReduce",
-        MetricName="YARNMemoryAvailablePercentage",
-        Dimensions=[{"Name": "JobFlowId", "Value": cluster_id}],
-        Statistic="Average",
-        Period=300,
-        EvaluationPeriods=1,
-        Threshold=15,
-        ComparisonOperator="LessThanThreshold",
-    )
-    return name
-
-
 def _alarms_of(env: Deployed, cluster_id: str) -> list[str]:
     alarms = env.twin.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{DEPLOYMENT}-scaling-")["MetricAlarms"]
     return [a["AlarmName"] for a in alarms if cluster_id in a["AlarmName"]]
@@ -92,12 +75,15 @@ def _alarms_of(env: Deployed, cluster_id: str) -> list[str]:
 def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_ledger_aborted(
     env: Deployed, notifications: Any
 ) -> None:
-    # Given a transient-cluster run whose step hangs, and a scaling alarm on its cluster
+    # Given a transient-cluster run whose step hangs, with the scaling alarms its workflow made for the cluster
     env.twin.faults.hang_next_job()
     run_id, arn = _console_run(env, "sales-cluster")
     cluster_id = _run_cluster(env, run_id)
-    alarm = _scaling_alarm(env, "sales-cluster", cluster_id)
     env.wait_for(lambda: any(s.state == "RUNNING" for s in env.twin.emr_ec2.clusters[cluster_id].steps), 30, "step")
+    alarms = sorted(
+        f"{DEPLOYMENT}-scaling-sales-cluster-{cluster_id}-{rule}" for rule in ("out-memory-low", "in-memory-idle")
+    )
+    assert sorted(_alarms_of(env, cluster_id)) == alarms
     # When an operator aborts the execution mid-step
     stopped = time.monotonic()
     env.sfn.stop_execution(executionArn=arn)  # moto 5.2.5 drops StopExecution's error/cause
@@ -108,7 +94,7 @@ def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_led
     assert env.sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
     assert entry["error"] == "ExecutionAborted" and "StopExecution" in entry["cause"]
     assert entry["cleanup"]["clusters_terminated"] == [cluster_id]
-    assert entry["cleanup"]["alarms_deleted"] == [alarm] and _alarms_of(env, cluster_id) == []
+    assert sorted(entry["cleanup"]["alarms_deleted"]) == alarms and _alarms_of(env, cluster_id) == []
     assert entry["previous_state"] == "STARTED" and entry["ended_at"]
     messages = env.wait_for(notifications, 10, "a notification")
     assert any(run_id in m["Message"] and "ABORTED" in m["Subject"] for m in messages)
