@@ -100,6 +100,20 @@ class Deployed:
         model = self.twin.emr_ec2
         return [cid for cid in model.active_clusters() if "autopilot:run-id" in model.clusters[cid].tags]
 
+    def running_cluster(self, run_id: str, timeout: float = 30) -> str:
+        """The id of the run's cluster, once it is RUNNING or WAITING."""
+
+        def found() -> str | None:
+            model = self.twin.emr_ec2
+            for cluster_id in model.active_clusters():
+                cluster = model.clusters[cluster_id]
+                if cluster.tags.get("autopilot:run-id") == run_id and cluster.state in ("RUNNING", "WAITING"):
+                    return cluster_id
+            return None
+
+        cluster_id: str = self.wait_for(found, timeout, "the run's cluster to be running")
+        return cluster_id
+
     def scaling_alarms(self, cluster_id: str = "") -> list[str]:
         """Scaling alarms of this deployment (of one cluster, given its id): `<deployment>-scaling-...`."""
         prefix = f"{self.report.stacks[0]}-scaling-"

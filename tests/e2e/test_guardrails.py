@@ -40,19 +40,6 @@ def _console_run(env: Deployed, pipeline: str) -> tuple[str, str]:
     return name, env.start_console_run(name, {"pipeline": pipeline, "inputs": [f"s3://{env.landing}/{key}"]})
 
 
-def _run_cluster(env: Deployed, run_id: str) -> str:
-    def found() -> str | None:
-        model = env.twin.emr_ec2
-        for cluster_id in model.active_clusters():
-            cluster = model.clusters[cluster_id]
-            if cluster.tags.get("autopilot:run-id") == run_id and cluster.state in ("RUNNING", "WAITING"):
-                return cluster_id
-        return None
-
-    cluster_id: str = env.wait_for(found, 30, "the run's cluster to be running")
-    return cluster_id
-
-
 def _cluster_state(env: Deployed, cluster_id: str) -> str:
     state: str = env.twin.client("emr").describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
     return state
@@ -78,7 +65,7 @@ def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_led
     # Given a transient-cluster run whose step hangs, with the scaling alarms its workflow made for the cluster
     env.twin.faults.hang_next_job()
     run_id, arn = _console_run(env, "sales-cluster")
-    cluster_id = _run_cluster(env, run_id)
+    cluster_id = env.running_cluster(run_id)
     env.wait_for(lambda: any(s.state == "RUNNING" for s in env.twin.emr_ec2.clusters[cluster_id].steps), 30, "step")
     alarms = sorted(
         f"{DEPLOYMENT}-scaling-sales-cluster-{cluster_id}-{rule}" for rule in ("out-memory-low", "in-memory-idle")
@@ -199,7 +186,7 @@ def test_someone_terminating_a_pipeline_cluster_cancels_the_run_with_their_name(
     # Given a transient-cluster run whose step is running
     env.twin.faults.hang_next_job()
     run_id, arn = _console_run(env, "sales-cluster")
-    cluster_id = _run_cluster(env, run_id)
+    cluster_id = env.running_cluster(run_id)
     # When alice terminates the run's cluster from the console
     env.twin.client("emr", principal=ALICE).terminate_job_flows(JobFlowIds=[cluster_id])
     # Then the workflow ends on its own (it sees the cluster gone) and the ledger says CANCELLED by alice
