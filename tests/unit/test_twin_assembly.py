@@ -114,6 +114,7 @@ def test_our_functions_resolve_to_their_source_folders(stack: StackTemplate) -> 
         f"{STACK}/Platform/FinalizeFunction/Resource",
         f"{STACK}/Platform/PrepareFunction/Resource",
         f"{STACK}/Platform/RouterFunction/Resource",
+        f"{STACK}/Scaling/ScalerFunction/Resource",
     ]
     for path, function in ours.items():
         name = path.split("/")[-2].removesuffix("Function").lower()
@@ -132,8 +133,8 @@ def test_every_code_asset_exists_and_the_common_layer_holds_the_package(stack: S
             continue
         assert stack.asset_for_code(resource).path.exists(), resource.logical_id
         checked += 1
-    # prepare, router, finalize, admission, guardrail, 2 CDK providers, common layer, 2 AWS CLI layers
-    assert checked == 10
+    # prepare, router, finalize, admission, guardrail, scaler, 2 CDK providers, common layer, 2 AWS CLI layers
+    assert checked == 11
     common = stack.asset_for_code(by_path(stack, "/Platform/Functions/Common/Resource"))
     assert (common.path / "python" / "autopilot_common" / "__init__.py").is_file()
 
