@@ -49,11 +49,11 @@ _PATTERN_MEANINGS = {
     S3_PREFIX_PATTERN: "an S3 key prefix without a leading '/' or control characters",
 }
 # Union members are tagged in pydantic error locations; these are the union fields and their tags.
-_UNION_FIELDS = {"batching", "runtime", "application", "instances"}
+_UNION_FIELDS = {"batching", "runtime", "application", "instances", "scaling"}
 _LIST_UNION_FIELDS = {"steps"}  # lists of tagged unions: the tag follows the index
 _UNION_TAGS = {
     "per_object", "window", "marker", "emr-serverless", "emr-ec2", "emr-eks", "name", "inline",
-    "fleets", "groups", "spark", "s3distcp", "hive", "jar",
+    "fleets", "groups", "spark", "s3distcp", "hive", "jar", "none", "managed", "alarms",
 }  # fmt: skip
 
 
