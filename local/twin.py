@@ -24,6 +24,10 @@ What the twin adds to moto 5.2.5 (each item exists because moto does not do it):
   principal, plain clients as the IAM user `twin-operator`, Lambda functions as
   `assumed-role/<execution role>/<function>`, Step Functions integrations as the state machine's role
   (moto records no CloudTrail events and has no notion of who calls).
+- CloudWatch alarms (`local.cloudwatch`): new alarms start INSUFFICIENT_DATA, PutMetricData and PutMetricAlarm
+  evaluate single-metric alarms (M of N periods, TreatMissingData), and every change of state value (also by
+  SetAlarmState) is a "CloudWatch Alarm State Change" event on the bus (`twin.cloudwatch.events`); moto
+  never evaluates an alarm, starts it OK, resets it on update and emits nothing.
 - Scheduled rules: `twin.fire_schedule(rule)` delivers one "Scheduled Event" to a schedule rule's targets
   (moto never fires schedules). Nothing ticks by default, so a test decides when a tick happens;
   `twin.start_schedules(scale)` runs `rate(...)` rules in the background (e.g. for the demo).
@@ -57,6 +61,7 @@ from botocore.config import Config
 
 from local import eventbridge
 from local.cloudtrail import DEFAULT_ACCESS_KEY, CloudTrail
+from local.cloudwatch import CloudWatchAlarms
 from local.emr_containers import EmrContainersTwin
 from local.emr_ec2 import EmrEc2Twin
 from local.emr_serverless import EmrServerlessTwin
@@ -143,6 +148,7 @@ class Twin:
         self.emr_ec2: EmrEc2Twin
         self.emr_containers: EmrContainersTwin
         self.cloudtrail = CloudTrail(account=self.account, region=self.region, emit=self.put_event)
+        self.cloudwatch = CloudWatchAlarms(account=self.account, region=self.region, emit=self.put_event)
         self._schedules = threading.Event()  # set: no background schedule ticking (see start_schedules)
         self._schedules.set()
 
@@ -182,7 +188,7 @@ class Twin:
             s3=self.client("s3"),
         )
         CURRENT = self
-        from local import patches, sfn_integrations
+        from local import cloudwatch, patches, sfn_integrations
 
         sfn_integrations.install(
             emr_serverless=self.emr_serverless,
@@ -192,6 +198,7 @@ class Twin:
             trail=self.cloudtrail,
         )
         patches.install(self)
+        cloudwatch.install(self.cloudwatch)
         self._spawn(self._bus_worker, "eventbridge-bus")
         LOG.info("twin listening on %s", self.endpoint)
         return self
@@ -211,10 +218,11 @@ class Twin:
         self._server.stop()
         from moto.core.config import default_user_config
 
-        from local import patches, sfn_integrations
+        from local import cloudwatch, patches, sfn_integrations
 
         patches.uninstall()
         sfn_integrations.uninstall()
+        cloudwatch.uninstall()
         default_user_config.update(self._saved_config)  # type: ignore[typeddict-item]
         if CURRENT is self:
             CURRENT = None
