@@ -16,6 +16,18 @@ from moto.s3 import notifications as s3_notifications
 from moto.s3.responses import S3Response
 from moto.stepfunctions import responses as sfn_responses
 from moto.stepfunctions.parser import models as sfn_models
+from moto.stepfunctions.parser.api import ExecutionStatus, InvalidToken, TaskDoesNotExist, TaskTimedOut
+from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import EvalTimeoutError
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
+    StateTaskServiceCallback,
+)
+from moto.stepfunctions.parser.asl.eval.callback.callback import (
+    CallbackConsumerTimeout,
+    CallbackNotifyConsumerError,
+    CallbackOutcome,
+    CallbackOutcomeFailure,
+    CallbackOutcomeSuccess,
+)
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped, ProgramTimedOut
 from moto.stepfunctions.parser.backend import execution as sfn_execution
@@ -46,6 +58,9 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("set_error", Environment.set_error)
     _ORIGINALS.setdefault("describe_execution", sfn_responses.StepFunctionResponse.describe_execution)
     _ORIGINALS.setdefault("key_response", S3Response.key_response)
+    _ORIGINALS.setdefault("callback_timeout", StateTaskServiceCallback._evaluate_with_timeout)
+    _ORIGINALS.setdefault("send_task_success", sfn_models.StepFunctionsParserBackend.send_task_success)
+    _ORIGINALS.setdefault("send_task_failure", sfn_models.StepFunctionsParserBackend.send_task_failure)
 
     def start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
         # AWS names an execution started without a name with a UUID; moto leaves it None.
@@ -79,6 +94,9 @@ def install(twin: Twin) -> None:
 
     _install_executions(twin)
     _install_s3_data_events(twin)
+    StateTaskServiceCallback._evaluate_with_timeout = _callback_evaluate_with_timeout  # type: ignore[method-assign]
+    sfn_models.StepFunctionsParserBackend.send_task_success = _send_task_success  # type: ignore[method-assign,assignment]
+    sfn_models.StepFunctionsParserBackend.send_task_failure = _send_task_failure  # type: ignore[method-assign,assignment]
 
     def call_action(self: Any) -> Any:
         try:
@@ -97,6 +115,51 @@ def install(twin: Twin) -> None:
         return _ORIGINALS["call_action"](self)
 
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+
+def _callback_evaluate_with_timeout(self: Any, env: Any) -> None:
+    """A `.waitForTaskToken` attempt that timed out: its token answers TaskTimedOut from then on, and a retry
+    waits on a new token, as in AWS.
+
+    moto never marks the token's callback endpoint, so SendTaskSuccess/Failure for it succeeded (silently
+    dropped) while the execution went on, e.g. in the timeout's Catch path; and a retry reused the token."""
+    try:
+        _ORIGINALS["callback_timeout"](self, env)
+    except EvalTimeoutError:
+        context = env.states.context_object
+        token = (context.context_object_data.get("Task") or {}).get("Token")
+        endpoint = env.callback_pool_manager.get(token) if token else None
+        if endpoint is not None:
+            endpoint.report(CallbackConsumerTimeout())
+            env.callback_pool_manager.add(context.update_task_token())
+        raise
+
+
+def _send_task_success(self: Any, task_token: str, outcome: str) -> dict[str, Any]:
+    _answer_task(self, task_token, CallbackOutcomeSuccess(callback_id=task_token, output=outcome), running=True)
+    return {}
+
+
+def _send_task_failure(self: Any, task_token: str, error: Any = None, cause: Any = None) -> dict[str, Any]:
+    failure = CallbackOutcomeFailure(callback_id=task_token, error=error, cause=cause)
+    _answer_task(self, task_token, failure, running=False)
+    return {}
+
+
+def _answer_task(backend: Any, token: str, outcome: CallbackOutcome, *, running: bool) -> None:
+    """moto's SendTaskSuccess/Failure, with its error mapping fixed: it tested the wrapper exception instead of
+    the consumer error it carries, and built TaskTimedOut/TaskDoesNotExist without their required message
+    (a 500). A token whose task timed out answers TaskTimedOut, as in AWS."""
+    executions = backend._get_executions(ExecutionStatus.RUNNING) if running else backend._get_executions()
+    for execution in executions:
+        try:
+            if execution.exec_worker.env.callback_pool_manager.notify(callback_id=token, outcome=outcome):
+                return
+        except CallbackNotifyConsumerError as refused:
+            if isinstance(refused.callback_consumer_error, CallbackConsumerTimeout):
+                raise TaskTimedOut("Task Timed Out", "TaskTimedOut", 400) from None
+            raise TaskDoesNotExist("Task Does Not Exist", "TaskDoesNotExist", 400) from None
+    raise InvalidToken()  # type: ignore[no-untyped-call]
 
 
 def _install_executions(twin: Twin) -> None:
@@ -179,6 +242,9 @@ def uninstall() -> None:
     Environment.set_error = _ORIGINALS["set_error"]  # type: ignore[method-assign]
     sfn_responses.StepFunctionResponse.describe_execution = _ORIGINALS["describe_execution"]  # type: ignore[method-assign]
     S3Response.key_response = _ORIGINALS["key_response"]  # type: ignore[method-assign]
+    StateTaskServiceCallback._evaluate_with_timeout = _ORIGINALS["callback_timeout"]  # type: ignore[method-assign]
+    sfn_models.StepFunctionsParserBackend.send_task_success = _ORIGINALS["send_task_success"]  # type: ignore[method-assign]
+    sfn_models.StepFunctionsParserBackend.send_task_failure = _ORIGINALS["send_task_failure"]  # type: ignore[method-assign]
 
 
 def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
