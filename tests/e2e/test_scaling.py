@@ -86,16 +86,25 @@ def test_alarms_step_the_task_fleet_within_bounds_once_per_transition_and_leave_
         runner.gate.set()  # a failed scenario still lets its run end, so its cluster and alarms go
 
 
-def _scale_through_a_run(env: Deployed, runner: GatedRunner) -> None:
+def _start_run_with_alarms(env: Deployed) -> tuple[str, str, str]:
+    """A console run of sales-cluster: (run id, execution ARN, cluster id) once the cluster runs with its
+    two scaling alarms."""
     key = f"{PIPELINE}/scaling/{uuid.uuid4().hex[:8]}.txt"  # not .csv: the trigger ignores it
     env.s3.put_object(Bucket=env.landing, Key=key, Body=b"order_id,order_date\n1,2024-06-01\n")
     run_id = f"{PIPELINE}-{uuid.uuid4().hex[:8]}"
     arn = env.start_console_run(run_id, {"pipeline": PIPELINE, "inputs": [f"s3://{env.landing}/{key}"]})
     cluster_id = env.running_cluster(run_id)
+    both = sorted(
+        f"{DEPLOYMENT}-scaling-{PIPELINE}-{cluster_id}-{rule}" for rule in ("out-memory-low", "in-memory-idle")
+    )
+    env.wait_for(lambda: sorted(env.scaling_alarms(cluster_id)) == both, 30, "the workflow's two scaling alarms")
+    return run_id, arn, cluster_id
+
+
+def _scale_through_a_run(env: Deployed, runner: GatedRunner) -> None:
+    run_id, arn, cluster_id = _start_run_with_alarms(env)
     out_alarm = f"{DEPLOYMENT}-scaling-{PIPELINE}-{cluster_id}-out-memory-low"
     in_alarm = f"{DEPLOYMENT}-scaling-{PIPELINE}-{cluster_id}-in-memory-idle"
-    both = sorted([out_alarm, in_alarm])
-    env.wait_for(lambda: sorted(env.scaling_alarms(cluster_id)) == both, 30, "the workflow's two scaling alarms")
     described = env.twin.client("cloudwatch").describe_alarms(AlarmNames=[out_alarm])["MetricAlarms"][0]
     assert described["Dimensions"] == [{"Name": "JobFlowId", "Value": cluster_id}]
     assert (described["Namespace"], described["MetricName"]) == (
@@ -170,6 +179,39 @@ def _scale_through_a_run(env: Deployed, runner: GatedRunner) -> None:
         f"{min(warm) * 1000:.0f}-{max(warm) * 1000:.0f} ms over {len(warm)}; scaler invocation median "
         f"{scaler[len(scaler) // 2] * 1000:.0f} ms over {len(scaler)}"
     )
+
+
+def test_emr_metric_data_under_the_threshold_fires_the_alarm_and_the_fleet_grows(env: Deployed) -> None:
+    # Given a run's cluster with its scaling alarms (scale out on YARN memory < 15 % for 2 of 3 periods)
+    runner = GatedRunner()
+    env.twin.emr_ec2.runner = runner
+    try:
+        run_id, arn, cluster_id = _start_run_with_alarms(env)
+        fleet = _task_fleet(env, cluster_id)
+        env.wait_for(lambda: fleet.state == "RUNNING", 30, "the task fleet to run")
+        # When EMR reports YARN memory available of 40 %, 12 % and 9 % over the last three 5-minute periods
+        now = datetime.now(UTC)
+        env.twin.client("cloudwatch").put_metric_data(
+            Namespace="AWS/ElasticMapReduce",
+            MetricData=[
+                {
+                    "MetricName": "YARNMemoryAvailablePercentage",
+                    "Dimensions": [{"Name": "JobFlowId", "Value": cluster_id}],
+                    "Timestamp": now - timedelta(minutes=minutes_ago),
+                    "Value": value,
+                    "Unit": "Percent",
+                }
+                for minutes_ago, value in ((12, 40.0), (7, 12.0), (2, 9.0))
+            ],
+        )
+        # Then CloudWatch's evaluation puts the alarm in ALARM and the task fleet grows by one step
+        env.wait_for(lambda: fleet.target_spot == 6, 30, "ModifyInstanceFleet to 6 spot units")
+        (action,) = _actions(env, cluster_id)
+        assert action["alarm_reason"]["S"].startswith("Threshold Crossed: 2 out of the last 3 datapoints")
+    finally:
+        runner.gate.set()
+    assert env.finished(arn)["status"] == "SUCCEEDED"
+    assert [a["rule"] for a in env.ledger(run_id)["scaling"]["actions"]] == ["memory-low"]
 
 
 def _alarm_state(env: Deployed, name: str) -> str:
