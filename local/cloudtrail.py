@@ -15,6 +15,9 @@ The twin's guardrails need both: who terminated that cluster, who wrote into tha
 - records EMR-on-EC2 management events (source `aws.elasticmapreduce`) for the mutating EMR calls the
   twin's EMR model serves, over HTTP (`local.patches`) and from the `elasticmapreduce:*` Step Functions
   integrations (`local.sfn_integrations`), failed calls included (with `errorCode`/`errorMessage`);
+- records Step Functions StopExecution calls over HTTP (source `aws.states`, eventSource
+  `states.amazonaws.com`, requestParameters `{executionArn}`, responseElements `{stopDate}`): who ended a
+  run by hand;
 - records S3 data events (source `aws.s3`) for PutObject, CopyObject and CompleteMultipartUpload on
   buckets selected with `log_data_events(bucket)` (off by default: AWS logs data events only for what a
   trail's selectors pick); only successful writes are recorded;
@@ -45,6 +48,8 @@ Verified against real records found with the search tool (AWS docs and published
   {accountId, type AWS::S3::Bucket, ARN}]`, eventCategory Data, managementEvent false.
 
 Assumed (not confirmed by a sample):
+- StopExecution's record: requestParameters hold `executionArn` only (`error` and `cause` are sensitive
+  members of the API, which CloudTrail leaves out), responseElements `{stopDate}` as the API returns it.
 - S3 `key` and the object ARN carry the raw key (not URL-encoded, unlike S3 event notifications); Host
   is the Host header the client sent (127.0.0.1:<port> in the twin); CopyObject adds
   `x-amz-copy-source` (decoded) and CompleteMultipartUpload `uploadId` to requestParameters;
@@ -326,6 +331,32 @@ class CloudTrail:
         record.update({"readOnly": False, "eventType": "AwsApiCall", "managementEvent": True,
                        "recipientAccountId": self.account, "eventCategory": "Management"})  # fmt: skip
         self._publish("aws.elasticmapreduce", record)
+        return record
+
+    def states_call(
+        self,
+        operation: str,
+        request: dict[str, Any],
+        response: dict[str, Any] | None,
+        *,
+        caller: tuple[dict[str, Any], str, str],
+    ) -> dict[str, Any] | None:
+        """Record a successful Step Functions StopExecution (the call that ends a run by hand) as a management
+        event of source `aws.states`. Other Step Functions calls are not recorded (nothing reads them)."""
+        if operation != "StopExecution":
+            return None
+        # `error` and `cause` are sensitive members: CloudTrail omits them (an assumption; see module docstring).
+        record = self._record(
+            "states.amazonaws.com",
+            operation,
+            caller,
+            request_parameters={"executionArn": request.get("executionArn")},
+            response_elements=response or None,
+            request_id=str(uuid.uuid4()),
+        )
+        record.update({"readOnly": False, "eventType": "AwsApiCall", "managementEvent": True,
+                       "recipientAccountId": self.account, "eventCategory": "Management"})  # fmt: skip
+        self._publish("aws.states", record)
         return record
 
     def s3_write(

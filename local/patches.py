@@ -112,7 +112,10 @@ def install(twin: Twin) -> None:
             from local.twin import twin_error_response
 
             return twin_error_response(error)
-        return _ORIGINALS["call_action"](self)
+        result = _ORIGINALS["call_action"](self)
+        if self.service_name == "stepfunctions" and action == "StopExecution":
+            _record_stop_execution(twin, self, result)
+        return result
 
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
 
@@ -264,6 +267,19 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
             json.dumps({"applicationId": result["ApplicationId"], "jobRunId": result["JobRunId"]}),
         )
     return None
+
+
+def _record_stop_execution(twin: Twin, response: Any, result: Any) -> None:
+    """A StopExecution that succeeded, in CloudTrail (with who called it)."""
+    try:
+        status, _, body = result
+        if int(status) != 200:
+            return
+        request = json.loads(response.body or "{}")
+        answer = json.loads(body or "{}")
+        twin.cloudtrail.states_call("StopExecution", request, answer, caller=_caller(twin, response))
+    except Exception:  # recording must never break the call itself
+        LOG.exception("recording a StopExecution CloudTrail event failed")
 
 
 def _caller(twin: Twin, response: Any) -> tuple[dict[str, Any], str, str]:

@@ -1,5 +1,6 @@
-"""Guardrails: the guardrail function and its three rules (execution ended badly, the sweeper's
-schedule, EMR CloudTrail calls), and optionally the CloudTrail trail those rules rely on."""
+"""Guardrails: the guardrail function and its four rules (execution ended badly, the sweeper's
+schedule, EMR and StopExecution CloudTrail calls), and optionally the CloudTrail trail two of them
+rely on."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class AutopilotGuardrails(Construct):
     - `rate(sweeper_interval_minutes)` -> the orphan sweeper.
     - "AWS API Call via CloudTrail" for EMR RunJobFlow / TerminateJobFlows / CancelSteps without an
       error -> auto-termination for unmanaged clusters, CANCELLED runs.
+    - "AWS API Call via CloudTrail" for Step Functions StopExecution -> `aborted_by` in the ABORTED entry.
     Every target retries for 2 hours and then lands in the platform's dead-letter queue.
     """
 
@@ -139,6 +141,21 @@ class AutopilotGuardrails(Construct):
                 detail={
                     "eventSource": ["elasticmapreduce.amazonaws.com"],
                     "eventName": CLOUDTRAIL_EMR_CALLS,
+                    "errorCode": [{"exists": False}],
+                },
+            ),
+            targets=[target],
+        )
+        self.stop_rule = events.Rule(
+            self,
+            "ExecutionStopped",
+            description="EMR Autopilot: StopExecution seen by CloudTrail -> who aborted the run",
+            event_pattern=events.EventPattern(
+                source=["aws.states"],
+                detail_type=["AWS API Call via CloudTrail"],
+                detail={
+                    "eventSource": ["states.amazonaws.com"],
+                    "eventName": ["StopExecution"],
                     "errorCode": [{"exists": False}],
                 },
             ),

@@ -1,6 +1,6 @@
 """Guardrails: no cluster or job run outlives its purpose, whatever ended the run.
 
-Three kinds of event reach the guardrail function (one EventBridge rule each):
+Three kinds of event reach the guardrail function (four EventBridge rules: CloudTrail has two):
 
 - "Step Functions Execution Status Change" (ABORTED, TIMED_OUT, FAILED) of this app's state machines:
   an abort or a timeout cannot be caught inside ASL, so this is where the run's cluster is terminated
@@ -12,7 +12,8 @@ Three kinds of event reach the guardrail function (one EventBridge rule each):
   their pipeline's lifetime, are terminated/cancelled; idle EMR Serverless applications are stopped.
 - "AWS API Call via CloudTrail" from EMR: RunJobFlow by someone else without an auto-termination
   policy gets one; TerminateJobFlows / CancelSteps by someone else on a run of this app marks the run
-  CANCELLED with the principal.
+  CANCELLED with the principal. From Step Functions: StopExecution of a run names who aborted it
+  (`aborted_by` in the ABORTED entry).
 
 Every function takes its AWS clients as parameters (`Clients`), so tests hand in moto or twin clients.
 """
@@ -36,6 +37,7 @@ TAG_EXECUTION = "autopilot:execution"
 TAG_DEPLOYMENT = "autopilot:deployment"
 LEDGER_PREFIX = "_runs/"
 CANCELLATION_KEY_PREFIX = "autopilot-guardrail.cancellation#"
+STOP_KEY_PREFIX = "autopilot-guardrail.stop#"
 CANCELLATION_TTL = timedelta(days=30)
 
 ACTIVE_CLUSTER_STATES = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
@@ -131,6 +133,11 @@ class GuardrailSettings:
 
     def pipeline_of_state_machine(self, arn: str) -> PipelineRef | None:
         return next((p for p in self.pipelines.values() if p.state_machine_arn == arn), None)
+
+    def pipeline_of_execution(self, execution_arn: str) -> PipelineRef | None:
+        """`arn:...:execution:<state machine name>:<name>` -> the pipeline of that state machine."""
+        machine = execution_arn.replace(":execution:", ":stateMachine:", 1).rpartition(":")[0]
+        return self.pipeline_of_state_machine(machine) if ":execution:" in execution_arn else None
 
     def pipeline_of_run_id(self, run_id: str) -> PipelineRef | None:
         """Router run ids are `<pipeline>-<24 hex>`: the longest pipeline name that prefixes the id."""
@@ -394,25 +401,62 @@ class Cancellation:
         }
 
 
-def record_cancellation(dynamodb: Any, table: str, cancellation: Cancellation, now: datetime) -> bool:
-    """Store the cancellation (first report wins); True when this call stored it."""
+@dataclass(frozen=True)
+class Stop:
+    """Someone stopped a run's execution (StopExecution, seen in CloudTrail): the ABORTED entry names them."""
+
+    run_id: str
+    by: str
+    at: str
+
+    def ledger_fields(self) -> dict[str, Any]:
+        return {"aborted_by": self.by, "aborted_at": self.at}
+
+
+def record_stop(dynamodb: Any, table: str, stop: Stop, now: datetime) -> bool:
+    """Store who stopped the run (first report wins); True when this call stored it."""
+    return _put_first(
+        dynamodb,
+        table,
+        {
+            "id": {"S": STOP_KEY_PREFIX + stop.run_id},
+            "by": {"S": stop.by},
+            "at": {"S": stop.at},
+            "expiration": {"N": str(int((now + CANCELLATION_TTL).timestamp()))},
+        },
+    )
+
+
+def find_stop(dynamodb: Any, table: str, run_id: str) -> Stop | None:
+    item = dynamodb.get_item(TableName=table, Key={"id": {"S": STOP_KEY_PREFIX + run_id}}, ConsistentRead=True).get(
+        "Item"
+    )
+    return Stop(run_id=run_id, by=item["by"]["S"], at=item["at"]["S"]) if item else None
+
+
+def _put_first(dynamodb: Any, table: str, item: dict[str, Any]) -> bool:
     try:
-        dynamodb.put_item(
-            TableName=table,
-            Item={
-                "id": {"S": CANCELLATION_KEY_PREFIX + cancellation.run_id},
-                "by": {"S": cancellation.by},
-                "action": {"S": cancellation.action},
-                "at": {"S": cancellation.at},
-                "expiration": {"N": str(int((now + CANCELLATION_TTL).timestamp()))},
-            },
-            ConditionExpression="attribute_not_exists(id)",
-        )
+        dynamodb.put_item(TableName=table, Item=item, ConditionExpression="attribute_not_exists(id)")
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
             return False
         raise
     return True
+
+
+def record_cancellation(dynamodb: Any, table: str, cancellation: Cancellation, now: datetime) -> bool:
+    """Store the cancellation (first report wins); True when this call stored it."""
+    return _put_first(
+        dynamodb,
+        table,
+        {
+            "id": {"S": CANCELLATION_KEY_PREFIX + cancellation.run_id},
+            "by": {"S": cancellation.by},
+            "action": {"S": cancellation.action},
+            "at": {"S": cancellation.at},
+            "expiration": {"N": str(int((now + CANCELLATION_TTL).timestamp()))},
+        },
+    )
 
 
 def find_cancellation(dynamodb: Any, table: str, run_id: str) -> Cancellation | None:
@@ -466,6 +510,7 @@ def clean_up_execution(
     if cancellation is not None:
         update = cancellation.ledger_fields()
     elif status in ("ABORTED", "TIMED_OUT"):
+        stop = find_stop(clients.dynamodb, settings.claims_table, run.run_id) if status == "ABORTED" else None
         update = {
             "state": status,
             "error": detail.get("error") or ("States.Timeout" if status == "TIMED_OUT" else "ExecutionAborted"),
@@ -473,8 +518,9 @@ def clean_up_execution(
             or (
                 "the run exceeded its pipeline's run_timeout_minutes"
                 if status == "TIMED_OUT"
-                else "the execution was stopped (StopExecution)"
+                else "the execution was stopped (StopExecution)" + (f" by {stop.by}" if stop else "")
             ),
+            **(stop.ledger_fields() if stop else {}),
         }
     elif previous not in TERMINAL_LEDGER_STATES:
         # FAILED before the workflow could write its own entry (Prepare rejected the input, or an error
@@ -786,7 +832,7 @@ def principal_of(identity: Mapping[str, Any]) -> tuple[str, str | None]:
 def react_to_cloudtrail(
     detail: Mapping[str, Any], settings: GuardrailSettings, clients: Clients, now: datetime
 ) -> CloudTrailReaction:
-    """Act on one EMR CloudTrail record (RunJobFlow, TerminateJobFlows, CancelSteps)."""
+    """Act on one CloudTrail record: EMR RunJobFlow, TerminateJobFlows, CancelSteps; Step Functions StopExecution."""
     name = detail.get("eventName")
     identity = detail.get("userIdentity")
     if not isinstance(name, str) or not isinstance(identity, dict):
@@ -802,6 +848,8 @@ def react_to_cloudtrail(
     if name == "TerminateJobFlows":
         ids = params.get("jobFlowIds") or []
         return _cancelled_by_someone(name, who, [str(i) for i in ids], None, settings, clients, now)
+    if name == "StopExecution":
+        return _stopped_by_someone(str(params.get("executionArn") or ""), who, settings, clients, now)
     if name == "CancelSteps":
         return _cancelled_by_someone(
             name,
@@ -906,6 +954,31 @@ def _cancelled_by_someone(
             f"EMR Autopilot: run cancelled by {who.rsplit('/', 1)[-1]}",
             {"runs": reaction.run_ids, "cancelled_by": who, "action": name, "clusters": reaction.cluster_ids},
         )
+    return reaction
+
+
+def _stopped_by_someone(
+    execution_arn: str, who: str, settings: GuardrailSettings, clients: Clients, now: datetime
+) -> CloudTrailReaction:
+    """Remember who stopped a run; when the cleanup already wrote ABORTED, name them in the entry now (one of
+    the two always sees the other's write: the stop is stored before the ledger is read)."""
+    pipeline = settings.pipeline_of_execution(execution_arn)
+    if pipeline is None:
+        return CloudTrailReaction("StopExecution", who, "ignored: not an execution of this app")
+    run_id = execution_arn.rsplit(":", 1)[-1]
+    stop = Stop(run_id=run_id, by=who, at=_iso(now))
+    record_stop(clients.dynamodb, settings.claims_table, stop, now)
+    reaction = CloudTrailReaction("StopExecution", who, "run stop recorded", run_ids=[run_id])
+    _, started = execution_status(clients.sfn, execution_arn)
+    if started is None:
+        return reaction
+    run = RunRef(pipeline, run_id, execution_arn, started)
+    entry = read_ledger(clients.s3, settings.outputs_bucket, run.ledger_key)
+    if entry is not None and entry.get("state") == "ABORTED" and not entry.get("aborted_by"):
+        entry |= stop.ledger_fields()
+        if entry.get("cause") == "the execution was stopped (StopExecution)":
+            entry["cause"] = f"the execution was stopped (StopExecution) by {who}"
+        write_ledger(clients.s3, settings.outputs_bucket, run.ledger_key, entry)
     return reaction
 
 

@@ -1,6 +1,6 @@
 """Guardrail Lambda: cleanup when an execution ends badly, the orphan sweeper, CloudTrail reactions.
 
-One function, three EventBridge rules (see `guardrails` for what each does). Environment: see
+One function, four EventBridge rules (see `guardrails` for what each does). Environment: see
 `GuardrailSettings.from_env`.
 """
 
@@ -89,6 +89,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         reaction = react_to_cloudtrail(received.detail, SETTINGS, _clients(), now)
         if reaction.action == "auto-termination applied":
             metrics.add_metric(name="UnmanagedClustersCapped", unit=MetricUnit.Count, value=1)
+        if reaction.action == "run stop recorded":
+            metrics.add_metric(name="RunsStoppedByHand", unit=MetricUnit.Count, value=1)
         if reaction.action == "run cancelled":
             metrics.add_metric(name="RunsCancelledExternally", unit=MetricUnit.Count, value=len(reaction.run_ids))
         logger.info("cloudtrail reaction", extra=reaction.__dict__)

@@ -71,9 +71,10 @@ def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_led
         f"{DEPLOYMENT}-scaling-sales-cluster-{cluster_id}-{rule}" for rule in ("out-memory-low", "in-memory-idle")
     )
     assert sorted(_alarms_of(env, cluster_id)) == alarms
-    # When an operator aborts the execution mid-step
+    # When an operator (alice) aborts the execution mid-step
     stopped = time.monotonic()
-    env.sfn.stop_execution(executionArn=arn)  # moto 5.2.5 drops StopExecution's error/cause
+    alice = env.twin.client("stepfunctions", principal=ALICE)
+    alice.stop_execution(executionArn=arn)  # moto 5.2.5 drops StopExecution's error/cause
     entry = _ledger_state(env, run_id, "ABORTED")
     latency = time.monotonic() - stopped
     # Then the cluster is terminated, its alarm is gone and the ledger says ABORTED with the reason
@@ -83,12 +84,16 @@ def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_led
     assert entry["cleanup"]["clusters_terminated"] == [cluster_id]
     assert sorted(entry["cleanup"]["alarms_deleted"]) == alarms and _alarms_of(env, cluster_id) == []
     assert entry["previous_state"] == "STARTED" and entry["ended_at"]
+    # And names who aborted it (CloudTrail's StopExecution record, whichever of the two arrived first)
+    named = env.wait_for(lambda: _ledger_state(env, run_id, "ABORTED").get("aborted_by"), 10, "aborted_by")
+    assert named == ALICE
     messages = env.wait_for(notifications, 10, "a notification")
     assert any(run_id in m["Message"] and "ABORTED" in m["Subject"] for m in messages)
     print(f"cleanup latency after abort (stop -> ledger ABORTED, cluster terminating): {latency:.2f} s")
     # And the cleanup is idempotent: the same event again changes nothing
     env.twin.wait_idle()
-    assert _ledger_state(env, run_id, "ABORTED")["cleanup"] == entry["cleanup"]
+    again = _ledger_state(env, run_id, "ABORTED")
+    assert again["cleanup"] == entry["cleanup"] and again["aborted_by"] == ALICE
 
 
 @pytest.mark.parametrize(("pipeline", "capped"), [("sales-daily", False), ("sales-eks", False), ("sales-burst", True)])

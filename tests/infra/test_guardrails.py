@@ -1,4 +1,4 @@
-"""Guardrails in the template: the function's three rules and their delivery, what it may stop, and the
+"""Guardrails in the template: the function's four rules and their delivery, what it may stop, and the
 optional CloudTrail trail (a second, nag-free synth of dev.yaml with `guardrails.trail.create: true`)."""
 
 from __future__ import annotations
@@ -35,18 +35,28 @@ def _guardrail_function(synth: Synthesized) -> tuple[str, dict[str, Any]]:
     )
 
 
-def test_three_rules_feed_the_guardrail_with_two_hours_of_retries_and_a_dead_letter_queue(synth: Synthesized) -> None:
+def test_four_rules_feed_the_guardrail_with_two_hours_of_retries_and_a_dead_letter_queue(synth: Synthesized) -> None:
     rules = _rules(synth)
-    patterns = {json.dumps(r.get("EventPattern", {}).get("detail-type")): r for r in rules.values()}
-    ended = patterns['["Step Functions Execution Status Change"]']["EventPattern"]
+    assert len(rules) == 4
+    patterns = {
+        json.dumps([r.get("EventPattern", {}).get("detail-type"), r.get("EventPattern", {}).get("source")]): r
+        for r in rules.values()
+    }
+    ended = patterns['[["Step Functions Execution Status Change"], ["aws.states"]]']["EventPattern"]
     assert ended["source"] == ["aws.states"] and ended["detail"]["status"] == ["ABORTED", "TIMED_OUT", "FAILED"]
     # Only this deployment's state machines, one per pipeline
     machines = synth.resources("AWS::StepFunctions::StateMachine")
     assert len(ended["detail"]["stateMachineArn"]) == len(machines)
     assert {m["Ref"] for m in ended["detail"]["stateMachineArn"]} == set(machines)
-    trail = patterns['["AWS API Call via CloudTrail"]']["EventPattern"]
+    trail = patterns['[["AWS API Call via CloudTrail"], ["aws.elasticmapreduce"]]']["EventPattern"]
     assert trail["detail"]["eventName"] == ["RunJobFlow", "TerminateJobFlows", "CancelSteps"]
     assert trail["detail"]["errorCode"] == [{"exists": False}]
+    stopped = patterns['[["AWS API Call via CloudTrail"], ["aws.states"]]']["EventPattern"]
+    assert stopped["detail"] == {
+        "eventSource": ["states.amazonaws.com"],
+        "eventName": ["StopExecution"],
+        "errorCode": [{"exists": False}],
+    }
     sweeper = next(r for r in rules.values() if "ScheduleExpression" in r)
     assert sweeper["ScheduleExpression"] == "rate(15 minutes)"
     function_id, _ = _guardrail_function(synth)

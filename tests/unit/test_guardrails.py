@@ -558,3 +558,51 @@ def test_the_sweeper_deletes_scaling_alarms_of_ended_clusters_only_and_counts_cl
     assert left == {*keep, f"{DEPLOYMENT}-scalingx-j-ENDED000001-out"}
     assert report.active_clusters == 1 and report.orphan_clusters == []
     assert sweep(world.settings, world.clients, NOW).orphan_alarms == []
+
+
+# --------------------------------------------------------------------------- who aborted a run
+
+
+def _stopped(run_id: str, who: str = ALICE) -> dict[str, Any]:
+    return _trail("StopExecution", who, {"executionArn": _execution_arn(run_id)}, {"stopDate": 1795550000.0})
+
+
+def test_stopped_before_the_cleanup_the_aborted_entry_names_who(world: World) -> None:
+    run_id = "sales-cluster-" + "3" * 24
+    _run_cluster(world, run_id)
+    world.put_ledger(run_id, state="STARTED")
+    # CloudTrail's record of alice's StopExecution arrives first
+    reaction = react_to_cloudtrail(_stopped(run_id), world.settings, world.clients, NOW)
+    assert reaction.action == "run stop recorded" and reaction.run_ids == [run_id]
+    assert "aborted_by" not in world.ledger(run_id)  # nothing ABORTED to amend yet
+    clean_up_execution(_ended(run_id, "ABORTED"), world.settings, world.clients, NOW)
+    entry = world.ledger(run_id)
+    assert (entry["state"], entry["aborted_by"]) == ("ABORTED", ALICE)
+    assert entry["cause"] == f"the execution was stopped (StopExecution) by {ALICE}"
+
+
+def test_stopped_after_the_cleanup_the_reaction_amends_the_entry_once(world: World) -> None:
+    run_id = "sales-cluster-" + "4" * 24
+    _run_cluster(world, run_id)
+    world.put_ledger(run_id, state="STARTED")
+    clean_up_execution(_ended(run_id, "ABORTED"), world.settings, world.clients, NOW)
+    assert "aborted_by" not in world.ledger(run_id)
+    react_to_cloudtrail(_stopped(run_id), world.settings, world.clients, NOW)
+    entry = world.ledger(run_id)
+    assert (entry["aborted_by"], entry["cause"]) == (ALICE, f"the execution was stopped (StopExecution) by {ALICE}")
+    # A second report (another principal, or a redelivery) changes nothing: the first stop is the one
+    react_to_cloudtrail(_stopped(run_id, who=f"arn:aws:sts::{ACCOUNT}:assumed-role/Admin/bob"), world.settings,
+                        world.clients, NOW)  # fmt: skip
+    assert world.ledger(run_id)["aborted_by"] == ALICE
+
+
+def test_stops_of_other_state_machines_and_by_the_app_are_ignored(world: World) -> None:
+    other = _trail("StopExecution", ALICE, {"executionArn": f"arn:aws:states:{REGION}:{ACCOUNT}:execution:other:x"})
+    assert react_to_cloudtrail(other, world.settings, world.clients, NOW).action == (
+        "ignored: not an execution of this app"
+    )
+    own = _stopped(
+        "sales-cluster-" + "5" * 24, who=APP_ROLE.replace(":iam:", ":sts:").replace(":role/", ":assumed-role/")
+    )
+    own["userIdentity"]["sessionContext"]["sessionIssuer"]["arn"] = APP_ROLE
+    assert react_to_cloudtrail(own, world.settings, world.clients, NOW).action == "ignored: made by this app"

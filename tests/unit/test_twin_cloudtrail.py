@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from local.cloudtrail import DETAIL_TYPE
 from local.twin import Twin
 from tests.unit.twin_helpers import wait_for
 
@@ -768,3 +769,24 @@ def test_top_level_timeout_ends_timed_out_and_stops_the_sync_wait(env: Env) -> N
     [step_id] = [s["Id"] for s in env.emr.list_steps(ClusterId=cluster_id)["Steps"]]
     assert env.twin.emr_ec2.describe_step(cluster_id, step_id)["Status"]["State"] == "RUNNING"  # left running
     assert env.twin.emr_ec2.describe_cluster(cluster_id)["Status"]["State"] == "RUNNING"
+
+
+def test_stop_execution_is_recorded_with_who_stopped_it_and_a_failed_stop_is_not(env: Env) -> None:
+    execution = env.start({"StartAt": "Nap", "States": {"Nap": {"Type": "Wait", "Seconds": 30, "End": True}}})
+    alice = env.twin.client("stepfunctions", principal=ALICE)
+    alice.stop_execution(executionArn=execution)
+    record = env.record("StopExecution", lambda r: r["requestParameters"] == {"executionArn": execution})
+    assert (record["eventSource"], record["userIdentity"]["arn"]) == ("states.amazonaws.com", ALICE)
+    assert set(record["responseElements"]) == {"stopDate"} and record["managementEvent"] is True
+    assert _stop_records(env)[-1]["eventID"] == record["eventID"]  # on the bus, as source aws.states
+    # Stopping an execution that does not exist fails and is not recorded
+    before = len(_stop_records(env))
+    with pytest.raises(ClientError):
+        alice.stop_execution(executionArn=execution.rsplit(":", 1)[0] + ":no-such-run")
+    assert len(_stop_records(env)) == before
+
+
+def _stop_records(env: Env) -> list[dict[str, Any]]:
+    return [
+        e["detail"] for e in list(env.twin.events) if e["source"] == "aws.states" and e["detail-type"] == DETAIL_TYPE
+    ]
