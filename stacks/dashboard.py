@@ -103,6 +103,7 @@ class OperationsDashboard(Construct):
                         left=[
                             _app_metric("guardrail", "RunsCleanedUp", "cleaned up after abort/timeout/failure"),
                             _app_metric("guardrail", "RunsCancelledExternally", "cancelled by someone else"),
+                            _app_metric("guardrail", "RunsStoppedByHand", "executions stopped by hand"),
                             _app_metric("guardrail", "UnmanagedClustersCapped", "hand-made clusters capped"),
                         ],
                         width=8,
