@@ -43,7 +43,7 @@ unit: install ## unit tests (moto, no network; includes one local Spark run)
 infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL validation
 	$(BIN)/pytest tests/infra
 
-e2e: install ## every end-to-end test on the local twin, the slow ones too (~11 min on 2 cores)
+e2e: install ## every end-to-end test on the local twin, the slow ones too (~12 min on 2 cores)
 	$(BIN)/pytest tests/e2e
 
 test: install lint typecheck ## everything CI runs: lint, types, unit, infra, e2e without the `slow` ones (one real Spark run)

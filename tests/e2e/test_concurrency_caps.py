@@ -104,7 +104,6 @@ def _admission_counters(env: Deployed) -> dict[str, int]:
     return {k: int(v["N"]) for k, v in item.get("Item", {}).items() if "N" in v}
 
 
-@pytest.mark.slow  # ~90 s on 2 cores: the twin runs one Lambda at a time (250 invocations here)
 def test_fifty_arrivals_at_once_run_two_at_a_time_all_in_order_of_arrival(timed_jobs: Deployed) -> None:
     env = timed_jobs
     folder = f"burst/{uuid.uuid4().hex[:8]}/"
