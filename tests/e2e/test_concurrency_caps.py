@@ -119,12 +119,17 @@ def test_fifty_arrivals_at_once_run_two_at_a_time_all_in_order_of_arrival(timed_
             s3.put_object(Bucket=env.landing, Key=key, Body=CSV)
         # Then runs over the cap wait, QUEUED in the ledger and in `emr-autopilot runs` with their place in line
         env.wait_for(lambda: _burst_runs(env, s3, folder, "QUEUED"), timeout=60, what="a QUEUED ledger entry")
-        queued = [
-            r
-            for r in _cli_json(env, "--state", "queued", "--json")
-            if r["raw"]["trigger"]["first_key"].startswith(folder)
-        ]
-        assert queued and all(r["state"] == "QUEUED" and r["admission"]["position"] >= 1 for r in queued)
+        # (on a loaded machine runs are admitted about as fast as arrivals come in: the CLI may need a few looks)
+        queued = env.wait_for(
+            lambda: [
+                r
+                for r in _cli_json(env, "--state", "queued", "--json")
+                if r["raw"]["trigger"]["first_key"].startswith(folder)
+            ],
+            timeout=90,
+            what="a QUEUED run of the burst in `emr-autopilot runs --state queued`",
+        )
+        assert all(r["state"] == "QUEUED" and r["admission"]["position"] >= 1 for r in queued)
         # And every input is processed
         env.wait_for(
             lambda: _succeeded(sfn, machine) - succeeded_before == BURST, timeout=180, what="50 SUCCEEDED runs"
