@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from aws_cdk import ArnFormat, Duration, Stack
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudtrail as cloudtrail
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -17,6 +17,7 @@ from constructs import Construct
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig
+from stacks.arns import alarms_named, executions_of, ledger_statements
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
 from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
@@ -200,37 +201,13 @@ class AutopilotGuardrails(Construct):
             ),
             iam.PolicyStatement(
                 actions=["states:DescribeExecution"],
-                resources=[
-                    stack.format_arn(
-                        service="states",
-                        resource="execution",
-                        resource_name=f"{w.state_machine_name}:*",
-                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                    for w in pipelines.values()
-                ],
+                resources=executions_of(stack, (w.state_machine_name for w in pipelines.values())),
             ),
-            iam.PolicyStatement(
-                actions=["s3:GetObject", "s3:PutObject"],
-                resources=[storage.outputs.arn_for_objects(f"{LEDGER_PREFIX}*")],
-            ),
-            # Without ListBucket a missing ledger entry reads as 403 instead of 404.
-            iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[storage.outputs.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{LEDGER_PREFIX}*"]}},
-            ),
+            *ledger_statements(storage, [LEDGER_PREFIX]),
             # Finding and deleting only scaling alarms (metric alarms: DescribeAlarms needs `*` only for composites).
             iam.PolicyStatement(
                 actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
-                resources=[
-                    stack.format_arn(
-                        service="cloudwatch",
-                        resource="alarm",
-                        resource_name=f"{prefix}-scaling-*",
-                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                ],
+                resources=[alarms_named(stack, f"{prefix}-scaling-")],
             ),
         ]
         for workflow in pipelines.values():

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from aws_cdk import ArnFormat, Duration, Stack
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -17,6 +17,7 @@ from constructs import Construct
 
 from config.ec2 import Ec2Runtime, InstanceFleets
 from config.scaling import AlarmScaling, scaling_env_entry
+from stacks.arns import alarms_named, executions_of, ledger_statements
 from stacks.nag import suppress
 from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
 from stacks.platform import AutopilotPlatform
@@ -74,12 +75,7 @@ def alarm_specs(pipeline: str, runtime: Ec2Runtime) -> list[dict[str, Any]]:
 
 def grant_alarm_lifecycle(role: iam.IRole, stack: Stack, deployment: str, pipeline: str) -> None:
     """What a transient workflow needs to create, find and delete its clusters' scaling alarms."""
-    alarms = stack.format_arn(
-        service="cloudwatch",
-        resource="alarm",
-        resource_name=f"{alarm_prefix(deployment, pipeline)}*",
-        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-    )
+    alarms = alarms_named(stack, alarm_prefix(deployment, pipeline))
     # DescribeAlarms scoped to alarm ARNs returns metric alarms only (composite ones need `*`): all we make.
     role.add_to_principal_policy(
         iam.PolicyStatement(
@@ -154,45 +150,17 @@ class AutopilotScaling(Construct):
         function.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["states:DescribeExecution"],
-                resources=[
-                    stack.format_arn(
-                        service="states",
-                        resource="execution",
-                        resource_name=f"{workflow.state_machine_name}:*",
-                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                    for workflow, _ in scaled.values()
-                ],
+                resources=executions_of(stack, (workflow.state_machine_name for workflow, _ in scaled.values())),
             )
         )
-        function.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject", "s3:PutObject"],
-                resources=[storage.outputs.arn_for_objects(f"{LEDGER_PREFIX}{name}/*") for name in scaled],
-            )
-        )
-        # Without ListBucket a missing ledger entry reads as 403 instead of 404.
-        function.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[storage.outputs.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{LEDGER_PREFIX}{name}/*" for name in scaled]}},
-            )
-        )
+        for statement in ledger_statements(storage, [f"{LEDGER_PREFIX}{name}/" for name in scaled]):
+            function.add_to_role_policy(statement)
         # After acting (or a skip that clears by itself) the scaler sets the alarm back to OK, so CloudWatch's
         # next evaluation fires it again while the condition lasts: one step per period, not per crossing.
         function.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["cloudwatch:SetAlarmState"],
-                resources=[
-                    stack.format_arn(
-                        service="cloudwatch",
-                        resource="alarm",
-                        resource_name=f"{alarm_prefix(prefix, name)}*",
-                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                    for name in scaled
-                ],
+                resources=[alarms_named(stack, alarm_prefix(prefix, name)) for name in scaled],
             )
         )
         platform.idempotency_table.grant_read_write_data(function)

@@ -6,12 +6,11 @@ import os
 from functools import cache
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 
+from autopilot_common.clients import aws_client
 from finalization import FinalizeRequest, ScalingState, finalize_run
 
 logger = Logger(service="autopilot-finalize")
@@ -21,15 +20,14 @@ metrics = Metrics(namespace="EmrAutopilot", service="autopilot-finalize")
 
 @cache
 def _emr() -> Any:
-    # EMR's control plane throttles bursts of List/Describe calls: adaptive retries smooth them.
-    return boto3.client("emr", config=Config(retries={"mode": "adaptive", "max_attempts": 8}))
+    return aws_client("emr")
 
 
 @cache
 def _scaling() -> ScalingState | None:
     """Set when a pipeline scales from alarms: the table holding each cluster's scaling actions."""
     table = os.environ.get("STATE_TABLE", "").strip()
-    return ScalingState(boto3.client("dynamodb"), table) if table else None
+    return ScalingState(aws_client("dynamodb"), table) if table else None
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -415,26 +415,36 @@ class Stop:
 
 def record_stop(dynamodb: Any, table: str, stop: Stop, now: datetime) -> bool:
     """Store who stopped the run (first report wins); True when this call stored it."""
-    return _put_first(
-        dynamodb,
-        table,
-        {
-            "id": {"S": STOP_KEY_PREFIX + stop.run_id},
-            "by": {"S": stop.by},
-            "at": {"S": stop.at},
-            "expiration": {"N": str(int((now + CANCELLATION_TTL).timestamp()))},
-        },
-    )
+    return _store_first(dynamodb, table, STOP_KEY_PREFIX + stop.run_id, now, by=stop.by, at=stop.at)
 
 
 def find_stop(dynamodb: Any, table: str, run_id: str) -> Stop | None:
-    item = dynamodb.get_item(TableName=table, Key={"id": {"S": STOP_KEY_PREFIX + run_id}}, ConsistentRead=True).get(
-        "Item"
+    found = _stored(dynamodb, table, STOP_KEY_PREFIX + run_id)
+    return Stop(run_id=run_id, by=found["by"], at=found["at"]) if found else None
+
+
+def record_cancellation(dynamodb: Any, table: str, cancellation: Cancellation, now: datetime) -> bool:
+    """Store the cancellation (first report wins); True when this call stored it."""
+    return _store_first(
+        dynamodb,
+        table,
+        CANCELLATION_KEY_PREFIX + cancellation.run_id,
+        now,
+        by=cancellation.by,
+        action=cancellation.action,
+        at=cancellation.at,
     )
-    return Stop(run_id=run_id, by=item["by"]["S"], at=item["at"]["S"]) if item else None
 
 
-def _put_first(dynamodb: Any, table: str, item: dict[str, Any]) -> bool:
+def find_cancellation(dynamodb: Any, table: str, run_id: str) -> Cancellation | None:
+    found = _stored(dynamodb, table, CANCELLATION_KEY_PREFIX + run_id)
+    return Cancellation(run_id=run_id, by=found["by"], action=found["action"], at=found["at"]) if found else None
+
+
+def _store_first(dynamodb: Any, table: str, key: str, now: datetime, **fields: str) -> bool:
+    """Put a report under `key` unless one is there (it expires after CANCELLATION_TTL); True when stored."""
+    item = {"id": {"S": key}, **{name: {"S": value} for name, value in fields.items()}}
+    item["expiration"] = {"N": str(int((now + CANCELLATION_TTL).timestamp()))}
     try:
         dynamodb.put_item(TableName=table, Item=item, ConditionExpression="attribute_not_exists(id)")
     except ClientError as exc:
@@ -444,28 +454,10 @@ def _put_first(dynamodb: Any, table: str, item: dict[str, Any]) -> bool:
     return True
 
 
-def record_cancellation(dynamodb: Any, table: str, cancellation: Cancellation, now: datetime) -> bool:
-    """Store the cancellation (first report wins); True when this call stored it."""
-    return _put_first(
-        dynamodb,
-        table,
-        {
-            "id": {"S": CANCELLATION_KEY_PREFIX + cancellation.run_id},
-            "by": {"S": cancellation.by},
-            "action": {"S": cancellation.action},
-            "at": {"S": cancellation.at},
-            "expiration": {"N": str(int((now + CANCELLATION_TTL).timestamp()))},
-        },
-    )
-
-
-def find_cancellation(dynamodb: Any, table: str, run_id: str) -> Cancellation | None:
-    item = dynamodb.get_item(
-        TableName=table, Key={"id": {"S": CANCELLATION_KEY_PREFIX + run_id}}, ConsistentRead=True
-    ).get("Item")
-    if not item:
-        return None
-    return Cancellation(run_id=run_id, by=item["by"]["S"], action=item["action"]["S"], at=item["at"]["S"])
+def _stored(dynamodb: Any, table: str, key: str) -> dict[str, str] | None:
+    """The string fields of the report under `key` (consistent read), or None."""
+    item = dynamodb.get_item(TableName=table, Key={"id": {"S": key}}, ConsistentRead=True).get("Item")
+    return {name: value["S"] for name, value in item.items() if "S" in value} if item else None
 
 
 # --------------------------------------------------------------------------- 1. execution ended

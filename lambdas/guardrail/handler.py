@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 from guardrails import Clients, GuardrailEventError, GuardrailSettings, clean_up_execution, react_to_cloudtrail, sweep
+
+from autopilot_common.clients import aws_client
 
 logger = Logger(service="autopilot-guardrail")
 tracer = Tracer(service="autopilot-guardrail")
@@ -25,26 +25,21 @@ metrics = Metrics(namespace="EmrAutopilot", service="autopilot-guardrail")
 
 # Fails the cold start with one message naming the bad variable.
 SETTINGS = GuardrailSettings.from_env(os.environ)
-# EMR's control plane throttles bursts of List/Describe calls: adaptive retries smooth them.
-_RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 8})
 
 
 @cache
 def _clients() -> Clients:
     """Built on first use, so importing the module needs no AWS credentials or region."""
 
-    def client(name: str) -> Any:
-        return boto3.client(name, config=_RETRIES)
-
     return Clients(
-        emr=client("emr"),
-        emr_serverless=client("emr-serverless"),
-        emr_containers=client("emr-containers"),
-        s3=client("s3"),
-        sns=client("sns"),
-        sfn=client("stepfunctions"),
-        cloudwatch=client("cloudwatch"),
-        dynamodb=client("dynamodb"),
+        emr=aws_client("emr"),
+        emr_serverless=aws_client("emr-serverless"),
+        emr_containers=aws_client("emr-containers"),
+        s3=aws_client("s3"),
+        sns=aws_client("sns"),
+        sfn=aws_client("stepfunctions"),
+        cloudwatch=aws_client("cloudwatch"),
+        dynamodb=aws_client("dynamodb"),
     )
 
 

@@ -10,12 +10,11 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 
+from autopilot_common.clients import aws_client
 from scaling import Clients, ScalerSettings, alarm_of, scale_on_alarm
 
 logger = Logger(service="autopilot-scaler")
@@ -24,23 +23,18 @@ metrics = Metrics(namespace="EmrAutopilot", service="autopilot-scaler")
 
 # Fails the cold start with one message naming the bad variable.
 SETTINGS = ScalerSettings.from_env(os.environ)
-# EMR's control plane throttles bursts of List/Describe calls: adaptive retries smooth them.
-_RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 8})
 
 
 @cache
 def _clients() -> Clients:
     """Built on first use, so importing the module needs no AWS credentials or region."""
 
-    def client(name: str) -> Any:
-        return boto3.client(name, config=_RETRIES)
-
     return Clients(
-        emr=client("emr"),
-        dynamodb=client("dynamodb"),
-        s3=client("s3"),
-        sfn=client("stepfunctions"),
-        cloudwatch=client("cloudwatch"),
+        emr=aws_client("emr"),
+        dynamodb=aws_client("dynamodb"),
+        s3=aws_client("s3"),
+        sfn=aws_client("stepfunctions"),
+        cloudwatch=aws_client("cloudwatch"),
     )
 
 

@@ -1,0 +1,46 @@
+"""ARNs and grants several constructs build the same way (guardrails, scaler, workflows)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aws_cdk import ArnFormat, Stack
+from aws_cdk import aws_iam as iam
+
+from stacks.storage import AutopilotStorage
+
+
+def executions_of(stack: Stack, state_machine_names: Iterable[str]) -> list[str]:
+    """`arn:...:execution:<state machine>:*` for each state machine."""
+    return [
+        stack.format_arn(
+            service="states", resource="execution", resource_name=f"{name}:*", arn_format=ArnFormat.COLON_RESOURCE_NAME
+        )
+        for name in state_machine_names
+    ]
+
+
+def alarms_named(stack: Stack, name_prefix: str) -> str:
+    """`arn:...:alarm:<name_prefix>*`: the CloudWatch alarms whose names start with `name_prefix`."""
+    return stack.format_arn(
+        service="cloudwatch",
+        resource="alarm",
+        resource_name=f"{name_prefix}*",
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )
+
+
+def ledger_statements(storage: AutopilotStorage, key_prefixes: Iterable[str]) -> list[iam.PolicyStatement]:
+    """Read and write ledger entries under `key_prefixes` (e.g. `_runs/`), and list them: without ListBucket a
+    missing entry reads as 403 instead of 404."""
+    prefixes = [f"{p}*" for p in key_prefixes]
+    return [
+        iam.PolicyStatement(
+            actions=["s3:GetObject", "s3:PutObject"], resources=[storage.outputs.arn_for_objects(p) for p in prefixes]
+        ),
+        iam.PolicyStatement(
+            actions=["s3:ListBucket"],
+            resources=[storage.outputs.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": prefixes}},
+        ),
+    ]
