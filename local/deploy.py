@@ -95,6 +95,12 @@ class _Deployer:
             "AWS::EMR::SecurityConfiguration": self._security_configuration,
             "AWS::KMS::Key": self._kms_key,
             "Custom::S3BucketNotifications": self._bucket_notifications,
+            # Resource-based policies: evaluated by the twin's IAM (local.iam), not handed to moto (which would
+            # apply bucket policies without knowing that the twin's loopback HTTP stands for AWS's TLS).
+            "AWS::S3::BucketPolicy": self._bucket_policy,
+            "AWS::SQS::QueuePolicy": self._queue_policy,
+            "AWS::SNS::TopicPolicy": self._topic_policy,
+            "AWS::Lambda::Permission": self._lambda_permission,
             "Custom::CDKBucketDeployment": self._bucket_deployment,
         }
 
@@ -198,6 +204,8 @@ class _Deployer:
             iam.put_role_policy(
                 RoleName=name, PolicyName=policy["PolicyName"], PolicyDocument=json.dumps(policy["PolicyDocument"])
             )
+        for policy_arn in props.get("ManagedPolicyArns", []):  # AWS managed policies: moto ships their documents
+            iam.attach_role_policy(RoleName=name, PolicyArn=policy_arn)
         self._set(resource, name, Arn=role["Arn"], RoleId=role["RoleId"])
 
     def _policy(self, resource: Resource, props: dict[str, Any]) -> None:
@@ -356,6 +364,48 @@ class _Deployer:
             SecurityConfiguration=configuration if isinstance(configuration, str) else json.dumps(configuration),
         )
         self._set(resource, name)
+
+    def _bucket_policy(self, resource: Resource, props: dict[str, Any]) -> None:
+        bucket = props["Bucket"]
+        self.twin.iam.add_resource_policy(
+            f"arn:aws:s3:::{bucket}", f"bucket policy of {bucket}", props["PolicyDocument"]
+        )
+        self._set(resource, f"{bucket}-policy")
+
+    def _queue_policy(self, resource: Resource, props: dict[str, Any]) -> None:
+        for url in props["Queues"]:
+            name = url.rstrip("/").rsplit("/", 1)[-1]
+            self.twin.iam.add_resource_policy(
+                self._arn("sqs", name), f"queue policy of {name}", props["PolicyDocument"]
+            )
+        self._set(resource, f"{resource.logical_id}-{uuid.uuid4().hex[:8]}")
+
+    def _topic_policy(self, resource: Resource, props: dict[str, Any]) -> None:
+        for topic in props["Topics"]:
+            self.twin.iam.add_resource_policy(topic, f"topic policy of {topic}", props["PolicyDocument"])
+        self._set(resource, f"{resource.logical_id}-{uuid.uuid4().hex[:8]}")
+
+    def _lambda_permission(self, resource: Resource, props: dict[str, Any]) -> None:
+        """A Lambda permission is one statement of the function's resource-based policy."""
+        function = props["FunctionName"]
+        arn = function if function.startswith("arn:") else self._arn("lambda", f"function:{function}")
+        principal = props["Principal"]
+        statement: dict[str, Any] = {
+            "Sid": resource.logical_id,
+            "Effect": "Allow",
+            "Principal": {"Service": principal} if principal.endswith(".amazonaws.com") else {"AWS": principal},
+            "Action": props["Action"],
+            "Resource": arn,
+        }
+        condition: dict[str, Any] = {}
+        if "SourceArn" in props:
+            condition["ArnLike"] = {"AWS:SourceArn": props["SourceArn"]}
+        if "SourceAccount" in props:
+            condition["StringEquals"] = {"AWS:SourceAccount": props["SourceAccount"]}
+        if condition:
+            statement["Condition"] = condition
+        self.twin.iam.add_resource_policy(arn, f"permission {resource.logical_id}", {"Statement": [statement]})
+        self._set(resource, resource.logical_id)
 
     def _bucket_notifications(self, resource: Resource, props: dict[str, Any]) -> None:
         config = props.get("NotificationConfiguration", {})

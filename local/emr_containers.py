@@ -431,6 +431,7 @@ class EmrContainersTwin:
             log_uri=s3_monitoring.get("logUri"),
             log_layout="emr-eks",
             application_id=run.virtual_cluster_id,
+            role_arn=run.execution_role_arn,
         )
         started = time.monotonic()
         result = self.runner.run(job, run.cancel)

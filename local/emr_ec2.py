@@ -338,6 +338,11 @@ class EmrEc2Twin:
         self.workdir = workdir
         self.s3 = s3  # boto3 S3 client of the twin (bootstrap scripts, s3-dist-cp, step logs); None: no S3 access
         self.check_iam = check_iam  # ServiceRole and JobFlowRole (instance profile) must exist in moto's IAM
+        # (role ARN, session) -> an S3 client acting as that role: set by the twin so that what runs on a cluster
+        # (Spark steps, s3-dist-cp, bootstrap downloads, step logs) reads and writes S3 as the cluster's EC2 instance
+        # role, which the twin's IAM then authorizes. None: everything uses `s3`.
+        self.s3_for_role: Callable[[str, str], Any] | None = None
+        self._cluster_clients: dict[str, Any] = {}
         self.phase_seconds = 0.2  # length of STARTING, BOOTSTRAPPING, TERMINATING and of a resize
         self.idle_time_scale = 1.0  # AutoTerminationPolicy.IdleTimeout is multiplied by this
         self.step_timeout_seconds = STEP_TIMEOUT_SECONDS
@@ -1286,11 +1291,11 @@ class EmrEc2Twin:
     def _missing_bootstrap_script(self, c: Cluster, master_id: str) -> str | None:
         for n, action in enumerate(c.request.get("BootstrapActions") or [], start=1):
             path = str(action["ScriptBootstrapAction"]["Path"])
-            if not path.startswith(("s3://", "s3n://")) or self.s3 is None:
+            if not path.startswith(("s3://", "s3n://")) or self._cluster_s3(c) is None:
                 continue  # file: scripts live on the instances (assumed present)
             try:
                 bucket, key = parse_s3_uri(re.sub(r"^s3n://", "s3://", path), "bootstrap action")
-                self.s3.head_object(Bucket=bucket, Key=key)
+                self._cluster_s3(c).head_object(Bucket=bucket, Key=key)
             except Exception:
                 return (
                     f"Master instance ({master_id}) failed attempting to download bootstrap action {n} file from "
@@ -1475,6 +1480,7 @@ class EmrEc2Twin:
             log_layout="emr-ec2",
             application_id=c.id,
             timeout_seconds=self.step_timeout_seconds,
+            role_arn=self.instance_role_arn(c),
         )
         result = self.runner.run(job, s.cancel)
         if s.cancel.is_set():
@@ -1506,14 +1512,14 @@ class EmrEc2Twin:
 
     def _write_step_logs(self, c: Cluster, s: Step, stdout: str, stderr: str) -> None:
         """stdout.gz and stderr.gz in the step's log folder (when the cluster or step has an s3:// LogUri)."""
-        if self.s3 is None:
+        if self._cluster_s3(c) is None:
             return
         texts = {"stdout": stdout, "stderr": stderr}
         try:
             for name, uri in self._step_log_uris(c, s).items():
                 bucket, key = parse_s3_uri(uri, "log_uri")
                 body = gzip.compress(texts[name].encode("utf-8"))
-                self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/gzip")
+                self._cluster_s3(c).put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/gzip")
         except Exception:
             LOG.exception("step %s: cannot upload its logs", s.id)
 
@@ -1552,10 +1558,33 @@ class EmrEc2Twin:
             raise SparkRunnerError(f"s3-dist-cp: {uri} has a '..' segment")
         return self.workdir / "hdfs" / c.id / Path(*parts) if parts else self.workdir / "hdfs" / c.id
 
-    def _s3(self) -> Any:
-        if self.s3 is None:
+    def instance_role_arn(self, c: Cluster) -> str | None:
+        """The role of the cluster's instance profile (JobFlowRole), from the twin's IAM."""
+        from moto.iam.models import iam_backends
+
+        profile = str(c.request.get("JobFlowRole") or "").rsplit("/", 1)[-1]
+        try:
+            roles = iam_backends[self.account]["global"].get_instance_profile(profile).roles
+        except Exception:
+            return None
+        return str(roles[0].arn) if roles else None
+
+    def _cluster_s3(self, c: Cluster) -> Any:
+        """S3 as the cluster's instance role (see `s3_for_role`), else the model's own client."""
+        if self.s3_for_role is None:
+            return self.s3
+        if c.id not in self._cluster_clients:
+            role = self.instance_role_arn(c)
+            master = c.master_instance
+            session = master.id if master is not None else c.id  # EC2 role sessions are named by instance id
+            self._cluster_clients[c.id] = self.s3_for_role(role, session) if role else self.s3
+        return self._cluster_clients[c.id]
+
+    def _s3(self, c: Cluster) -> Any:
+        client = self._cluster_s3(c)
+        if client is None:
             raise SparkRunnerError("s3-dist-cp: the twin model has no S3 client")
-        return self.s3
+        return client
 
     def _list_files(self, c: Cluster, uri: str) -> list[tuple[str, str]]:
         """(path relative to `uri`, full URI) of every file under `uri` (or `uri` itself when it is a file)."""
@@ -1569,12 +1598,12 @@ class EmrEc2Twin:
         bucket, key = parse_s3_uri(_s3_scheme(uri), "s3-dist-cp")
         prefix = key.rstrip("/") + "/" if key else ""
         found: list[tuple[str, str]] = []
-        for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for page in self._s3(c).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             found.extend((o["Key"][len(prefix) :], f"s3://{bucket}/{o['Key']}") for o in page.get("Contents", []))
         found = [(rel, full) for rel, full in found if rel and not rel.endswith("/")]
         if not found and key:
             try:
-                self._s3().head_object(Bucket=bucket, Key=key)
+                self._s3(c).head_object(Bucket=bucket, Key=key)
                 return [(key.rsplit("/", 1)[-1], f"s3://{bucket}/{key}")]
             except Exception:
                 return []
@@ -1584,7 +1613,7 @@ class EmrEc2Twin:
         if not _is_s3(uri):
             return self._hdfs_path(c, uri).read_bytes()
         bucket, key = parse_s3_uri(_s3_scheme(uri), "s3-dist-cp")
-        body: bytes = self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+        body: bytes = self._s3(c).get_object(Bucket=bucket, Key=key)["Body"].read()
         return body
 
     def _write_file(self, c: Cluster, uri: str, data: bytes) -> None:
@@ -1594,14 +1623,14 @@ class EmrEc2Twin:
             path.write_bytes(data)
             return
         bucket, key = parse_s3_uri(_s3_scheme(uri), "s3-dist-cp")
-        self._s3().put_object(Bucket=bucket, Key=key, Body=data)
+        self._s3(c).put_object(Bucket=bucket, Key=key, Body=data)
 
     def _delete_file(self, c: Cluster, uri: str) -> None:
         if not _is_s3(uri):
             self._hdfs_path(c, uri).unlink(missing_ok=True)
             return
         bucket, key = parse_s3_uri(_s3_scheme(uri), "s3-dist-cp")
-        self._s3().delete_object(Bucket=bucket, Key=key)
+        self._s3(c).delete_object(Bucket=bucket, Key=key)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

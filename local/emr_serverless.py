@@ -192,6 +192,7 @@ class EmrServerlessTwin:
             log_layout="emr-serverless",
             application_id=tracked.application_id,
             timeout_seconds=int(run.execution_timeout_minutes) * 60,
+            role_arn=run.execution_role_arn,
         )
         result = self.runner.run(job, tracked.cancel)
         tracked.result = result

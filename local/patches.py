@@ -34,6 +34,7 @@ from moto.stepfunctions.parser.backend import execution as sfn_execution
 
 from local.cloudtrail import access_key_id_from
 from local.faults import TwinClientError
+from local.iam import hooks as iam_hooks
 
 if TYPE_CHECKING:
     from local.twin import Twin
@@ -58,6 +59,7 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("set_error", Environment.set_error)
     _ORIGINALS.setdefault("describe_execution", sfn_responses.StepFunctionResponse.describe_execution)
     _ORIGINALS.setdefault("key_response", S3Response.key_response)
+    _ORIGINALS.setdefault("bucket_response", S3Response.bucket_response)
     _ORIGINALS.setdefault("callback_timeout", StateTaskServiceCallback._evaluate_with_timeout)
     _ORIGINALS.setdefault("send_task_success", sfn_models.StepFunctionsParserBackend.send_task_success)
     _ORIGINALS.setdefault("send_task_failure", sfn_models.StepFunctionsParserBackend.send_task_failure)
@@ -101,6 +103,9 @@ def install(twin: Twin) -> None:
     def call_action(self: Any) -> Any:
         try:
             action = self._get_action()
+            denied = iam_hooks.authorize_http(twin, self, action)
+            if denied is not None:
+                return denied
             if self.service_name == "emr":
                 served = _serve_emr(twin, self, action)
                 return _ORIGINALS["call_action"](self) if served is None else served
@@ -220,6 +225,9 @@ def _install_s3_data_events(twin: Twin) -> None:
     """S3 data events for object writes (moto serves S3 outside `call_action`: its key_response is the path)."""
 
     def key_response(self: Any, request: Any, full_url: str, headers: Any) -> Any:
+        denied = iam_hooks.authorize_s3(twin, request, full_url)
+        if denied is not None:
+            return denied
         result = _ORIGINALS["key_response"](self, request, full_url, headers)
         try:
             _record_s3_write(twin, self, request, full_url, result)
@@ -228,6 +236,12 @@ def _install_s3_data_events(twin: Twin) -> None:
         return result
 
     S3Response.key_response = key_response  # type: ignore[method-assign]
+
+    def bucket_response(self: Any, request: Any, full_url: str, headers: Any) -> Any:
+        denied = iam_hooks.authorize_s3(twin, request, full_url)
+        return denied if denied is not None else _ORIGINALS["bucket_response"](self, request, full_url, headers)
+
+    S3Response.bucket_response = bucket_response  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
@@ -245,6 +259,7 @@ def uninstall() -> None:
     Environment.set_error = _ORIGINALS["set_error"]  # type: ignore[method-assign]
     sfn_responses.StepFunctionResponse.describe_execution = _ORIGINALS["describe_execution"]  # type: ignore[method-assign]
     S3Response.key_response = _ORIGINALS["key_response"]  # type: ignore[method-assign]
+    S3Response.bucket_response = _ORIGINALS["bucket_response"]  # type: ignore[method-assign]
     StateTaskServiceCallback._evaluate_with_timeout = _ORIGINALS["callback_timeout"]  # type: ignore[method-assign]
     sfn_models.StepFunctionsParserBackend.send_task_success = _ORIGINALS["send_task_success"]  # type: ignore[method-assign]
     sfn_models.StepFunctionsParserBackend.send_task_failure = _ORIGINALS["send_task_failure"]  # type: ignore[method-assign]

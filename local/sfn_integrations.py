@@ -27,11 +27,13 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from moto.core.models import botocore_stubber
 from moto.settings import moto_server_port
 from moto.stepfunctions.parser.api import (
@@ -60,6 +62,9 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
     StateTaskServiceCallback,
 )
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_lambda import (
+    StateTaskServiceLambda,
+)
 from moto.stepfunctions.parser.asl.component.state.fail import state_fail
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.event import event_detail
@@ -68,10 +73,14 @@ from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
 
 from local.cloudtrail import STATES_SERVICE, CloudTrail
 from local.emr_containers import TERMINAL as CONTAINERS_TERMINAL
-from local.emr_containers import EmrContainersTwin, pascal
+from local.emr_containers import EmrContainersTwin, camel, pascal
 from local.emr_ec2 import ENDED_CLUSTER_STATES, ENDED_STEP_STATES, EmrEc2Twin
 from local.emr_serverless import TERMINAL, EmrServerlessTwin
 from local.faults import TwinClientError
+from local.iam.enforcer import SDK_SERVICE_NAMES, AccessDenied, IamEnforcer
+from local.iam.hooks import TwinLookups
+from local.iam.operations import Authorization, rule_arn
+from local.iam.policy import Caller
 from local.lambda_runtime import FunctionError, LambdaRuntime
 
 _ORIGINAL_FACTORY: Any = getattr(state_task_factory, "state_task_service_for")  # noqa: B009 - not re-exported
@@ -95,13 +104,88 @@ class _RethrownErrorName(ErrorName):
 _RETHROWING_MODULES = (state_fail, iteration_worker, branches_decl)
 
 
-class _TwinService(StateTaskServiceCallback):
-    """An optimized integration backed by a twin model: `<Prefix>.<Code>` service errors, `.sync` waiting."""
+# The base exception of each service in the SDK behind Step Functions' optimized integrations: an error code the
+# service's model does not declare surfaces under it (e.g. throttling and AccessDenied on EMR raise
+# `EMR.AmazonElasticMapReduceException`, on Lambda `Lambda.AWSLambdaException`, with the code in the cause).
+BASE_EXCEPTIONS = {
+    "EMR": ("emr", "AmazonElasticMapReduceException"),
+    "EMRServerless": ("emr-serverless", "AWSEMRServerlessException"),
+    "EMRContainers": ("emr-containers", "AmazonEMRContainersException"),
+    "Lambda": ("lambda", "AWSLambdaException"),
+}
 
-    ERROR_PREFIX = ""  # e.g. "EMR": a TwinClientError becomes the task error "EMR.<Code>"
+
+@functools.cache
+def _modeled_errors(service: str) -> frozenset[str]:
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model(service)
+    return frozenset(name for name in model.shape_names if model.shape_for(name).metadata.get("exception"))
+
+
+def integration_error_name(prefix: str, code: str) -> str:
+    """The error an optimized integration raises for a service error `code`: `<Prefix>.<Code>` when the service's
+    model declares that exception, else `<Prefix>.<the SDK's base exception>`."""
+    service, base = BASE_EXCEPTIONS[prefix]
+    return f"{prefix}.{code}" if code in _modeled_errors(service) else f"{prefix}.{base}"
+
+
+def denied_error(denied: AccessDenied) -> TwinClientError:
+    """An IAM refusal as the service error the integration reports."""
+    error = TwinClientError(denied.code, denied.message)
+    error.status = denied.status
+    return error
+
+
+def integration_caller(env: Environment) -> Caller | None:
+    """The state machine's role session that an execution's integrations act as (None: no IAM installed)."""
+    trail, iam = _TwinService.trail, _TwinService.iam
+    if trail is None or iam is None:
+        return None
+    role_arn = env.aws_execution_details.role_arn
+    if not iam.is_app_role(role_arn):
+        return None  # a role the twin's IAM does not hold is not an app principal (e.g. a test's made-up role)
+    execution_arn = env.states.context_object.context_object_data["Execution"]["Id"]
+    principal = trail.principal_of(trail.state_machine_access_key(role_arn, execution_arn))
+    return iam.caller_for_session(principal.arn if principal else role_arn, role_arn)
+
+
+class _TwinService(StateTaskServiceCallback):
+    """An optimized integration backed by a twin model: service errors named as the integration names them
+    (`integration_error_name`), calls authorized as the state machine's role, `.sync` waiting."""
+
+    ERROR_PREFIX = ""  # e.g. "EMR": a TwinClientError becomes the task error "EMR.<Code or base exception>"
+    SERVICE = ""  # the botocore service name of the calls (the IAM operation table's key)
+    SYNC_RULES: dict[str, str] = {}  # .sync action -> the managed EventBridge rule Step Functions keeps for it
     trail: CloudTrail | None = None  # set by install(): where the calls are recorded
+    iam: IamEnforcer | None = None  # set by install(): who may do what
+    lookups: TwinLookups | None = None
     ACTIONS: frozenset[str] = frozenset()
     SYNC_ACTIONS: frozenset[str] = frozenset()
+
+    def _authorize(self, env: Environment, operation: str, params: dict[str, Any]) -> None:
+        """Authorize one API call the integration makes, as the state machine's role (AccessDenied -> the error
+        the integration raises, its cause in AWS's wording)."""
+        caller = integration_caller(env)
+        if caller is None or self.iam is None:
+            return
+        try:
+            self.iam.check(caller, self.SERVICE, operation, params, self.lookups)
+        except AccessDenied as denied:
+            raise denied_error(denied) from None
+
+    def _authorize_sync_rule(self, env: Environment) -> None:
+        """A `.sync` task needs its managed rule (events:PutTargets/PutRule/DescribeRule), as the developer
+        guide's policy for each `.sync` integration lists."""
+        rule = self.SYNC_RULES.get(self.resource.api_action)
+        caller = integration_caller(env)
+        if rule is None or caller is None or self.iam is None or self.lookups is None:
+            return
+        for action in ("events:PutTargets", "events:PutRule", "events:DescribeRule"):
+            try:
+                self.iam.authorize(caller, Authorization(action, rule_arn(self.lookups, rule)), service="events")
+            except AccessDenied as denied:
+                raise denied_error(denied) from None
 
     def __init__(self) -> None:
         super().__init__(supported_integration_patterns={cast(ResourceCondition, ResourceCondition.Sync)})
@@ -118,9 +202,17 @@ class _TwinService(StateTaskServiceCallback):
 
     def _from_error(self, env: Environment, ex: Exception) -> FailureEvent:
         if isinstance(ex, TwinClientError):
-            name = f"{self.ERROR_PREFIX}.{ex.code}"
-            return self._task_failed(env, CustomErrorName(name), name, ex.message)
+            name = integration_error_name(self.ERROR_PREFIX, ex.code)
+            return self._task_failed(env, CustomErrorName(name), name, self._cause(ex))
         return super()._from_error(env=env, ex=ex)
+
+    def _cause(self, error: TwinClientError) -> str:
+        """The cause as the integration reports a service error: the message, then the SDK's details."""
+        sdk = SDK_SERVICE_NAMES.get(self.SERVICE, self.SERVICE)
+        return (
+            f"{error.message} (Service: {sdk}; Status Code: {error.status}; Error Code: {error.code}; "
+            f"Request ID: {uuid.uuid4()}; Proxy: null)"
+        )
 
     def _task_failed(self, env: Environment, error_name: ErrorName, error: str, cause: str) -> FailureEvent:
         """A TaskFailed history event for this task's resource."""
@@ -192,6 +284,7 @@ class _TwinService(StateTaskServiceCallback):
         moto's own version dereferences a callback endpoint that only exists for .waitForTaskToken
         integrations (AttributeError on None for .sync-only services).
         """
+        self._authorize_sync_rule(env)
         resolve = self._build_sync_resolver(env, resource_runtime_part, normalised_parameters, state_credentials)
         while env.is_running():  # false once the task's timeout frame ends or the execution stops / times out
             result = resolve()
@@ -235,6 +328,8 @@ class TwinEmrServerlessService(_TwinService):
 
     model: EmrServerlessTwin  # set by install()
     ERROR_PREFIX = "EMRServerless"
+    SERVICE = "emr-serverless"
+    SYNC_RULES = {"startJobRun": "StepFunctionsGetEventsForEMRServerlessJobRule"}
     ACTIONS = frozenset({"startJobRun", "cancelJobRun", "startApplication", "stopApplication"})
     SYNC_ACTIONS = frozenset({"startJobRun"})
 
@@ -247,6 +342,7 @@ class TwinEmrServerlessService(_TwinService):
     ) -> None:
         action = self.resource.api_action
         params = normalised_parameters
+        self._authorize(env, action[0].upper() + action[1:], camel(params))
         if action == "startJobRun":
             env.stack.append(self.model.start_job_run(params))
         elif action == "cancelJobRun":
@@ -268,10 +364,15 @@ class TwinEmrServerlessService(_TwinService):
     ) -> Callable[[], Any]:
         started = env.stack.pop()
         app_id, run_id = started["ApplicationId"], started["JobRunId"]
+
+        def describe() -> dict[str, Any]:  # Step Functions reads the ended job run with GetJobRun, as the role
+            self._authorize(env, "GetJobRun", {"applicationId": app_id, "jobRunId": run_id})
+            return self.model.describe(app_id, run_id)
+
         return self._job_run_resolver(
             env,
             lambda: self.model.wait(app_id, run_id, timeout=0.2),
-            lambda: self.model.describe(app_id, run_id),
+            describe,
             succeeded="SUCCESS",
             terminal=TERMINAL,
         )
@@ -282,6 +383,7 @@ class TwinEmrContainersService(_TwinService):
 
     model: EmrContainersTwin  # set by install()
     ERROR_PREFIX = "EMRContainers"
+    SERVICE = "emr-containers"
     ACTIONS = frozenset({"startJobRun", "cancelJobRun", "createVirtualCluster", "deleteVirtualCluster"})
     SYNC_ACTIONS = frozenset({"startJobRun", "deleteVirtualCluster"})
 
@@ -293,6 +395,10 @@ class TwinEmrContainersService(_TwinService):
         state_credentials: Any,
     ) -> None:
         action, params, model = self.resource.api_action, normalised_parameters, self.model
+        request = camel(params)
+        if action in ("cancelJobRun", "deleteVirtualCluster"):
+            request = {"virtualClusterId": request.get("virtualClusterId"), "id": request.get("id")}
+        self._authorize(env, action[0].upper() + action[1:], request)
         try:
             if action == "startJobRun":
                 result = model.start_job_run(params)
@@ -317,10 +423,16 @@ class TwinEmrContainersService(_TwinService):
         if self.resource.api_action == "deleteVirtualCluster":
             return lambda: started  # the twin terminates a virtual cluster at once
         vc_id, run_id = started["VirtualClusterId"], started["Id"]
+
+        def describe() -> dict[str, Any]:  # Step Functions reads the ended job run with DescribeJobRun, as the role
+            self._authorize(env, "DescribeJobRun", {"virtualClusterId": vc_id, "id": run_id})
+            described: dict[str, Any] = pascal(self.model.describe_job_run(vc_id, run_id))
+            return described
+
         return self._job_run_resolver(
             env,
             lambda: self.model.wait(vc_id, run_id, timeout=0.2),
-            lambda: pascal(self.model.describe_job_run(vc_id, run_id)),
+            describe,
             succeeded="COMPLETED",
             terminal=CONTAINERS_TERMINAL,
         )
@@ -336,6 +448,12 @@ class TwinEmrService(_TwinService):
 
     model: EmrEc2Twin  # set by install()
     ERROR_PREFIX = "EMR"
+    SERVICE = "emr"
+    SYNC_RULES = {
+        "createCluster": "StepFunctionsGetEventForEMRRunJobFlowRule",
+        "addStep": "StepFunctionsGetEventForEMRAddJobFlowStepsRule",
+        "terminateCluster": "StepFunctionsGetEventForEMRTerminateJobFlowsRule",
+    }
     OPERATIONS = {
         "createCluster": "RunJobFlow",
         "addStep": "AddJobFlowSteps",
@@ -364,6 +482,7 @@ class TwinEmrService(_TwinService):
         except KeyError as missing:
             raise TwinClientError("ValidationException", f"The field {missing.args[0]} is required") from None
         try:
+            self._authorize(env, operation, request)
             self.model.faults.check("emr", operation)
             response = self._call(operation, request)
         except TwinClientError as error:
@@ -492,11 +611,14 @@ def uninstall() -> None:
         setattr(module, "CustomErrorName", CustomErrorName)  # noqa: B010 - monkeypatch
     if "invoke" in _ORIGINALS:
         setattr(lambda_eval_utils, "_invoke_lambda_function", _ORIGINALS["invoke"])  # noqa: B010 - monkeypatch
+    if "lambda_cause" in _ORIGINALS:
+        setattr(StateTaskServiceLambda, "_error_cause_from_client_error", staticmethod(_ORIGINALS["lambda_cause"]))  # noqa: B010
     if "aws_sdk" in _ORIGINALS:
         setattr(StateTaskServiceAwsSdk, "_eval_service_task", _ORIGINALS["aws_sdk"])  # noqa: B010 - monkeypatch
     for module in _boto_client_modules(_twin_boto_client_for):
         setattr(module, "boto_client_for", _ORIGINAL_BOTO_CLIENT_FOR)  # noqa: B010 - monkeypatch
     _TwinService.trail = None
+    _TwinService.iam = _TwinService.lookups = None
 
 
 def _calling_environment() -> Environment | None:
@@ -528,7 +650,7 @@ def _twin_boto_client_for(region: str, service: str, state_credentials: Any = No
         aws_access_key_id=access_key,
         aws_secret_access_key="sk",
         config=Config(
-            parameter_validation=False,
+            parameter_validation=True,  # AWS validates an aws-sdk integration's parameters against the API model
             retries={"max_attempts": 0, "total_max_attempts": 1},
             connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
             read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
@@ -555,9 +677,12 @@ def install(
     emr_ec2: EmrEc2Twin | None = None,
     emr_containers: EmrContainersTwin | None = None,
     trail: CloudTrail | None = None,
+    iam: IamEnforcer | None = None,
+    lookups: TwinLookups | None = None,
 ) -> None:
     """Plug the twin's integrations into moto's interpreter (idempotent)."""
     _TwinService.trail = trail
+    _TwinService.iam, _TwinService.lookups = iam, lookups
     if trail is not None:  # moto's own integrations sign as the state machine's role session
         for module in _boto_client_modules(_ORIGINAL_BOTO_CLIENT_FOR):
             setattr(module, "boto_client_for", _twin_boto_client_for)  # noqa: B010 - monkeypatch
@@ -593,6 +718,7 @@ def _install_services(
 
 def _install_lambda(runtime: LambdaRuntime) -> None:
     def invoke(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
+        _authorize_invoke(parameters)
         payload = parameters.get("Payload")
         event = json.loads(payload) if isinstance(payload, str | bytes) else payload
         try:
@@ -608,6 +734,31 @@ def _install_lambda(runtime: LambdaRuntime) -> None:
 
     _ORIGINALS.setdefault("invoke", lambda_eval_utils._invoke_lambda_function)
     setattr(lambda_eval_utils, "_invoke_lambda_function", invoke)  # noqa: B010 - monkeypatch
+    original_cause = _ORIGINALS.setdefault("lambda_cause", StateTaskServiceLambda._error_cause_from_client_error)
+
+    def error_cause(client_error: ClientError) -> tuple[str, str]:
+        # moto names every client error Lambda.<Code>; AWS only the ones Lambda's model declares.
+        error, cause = original_cause(client_error)
+        return integration_error_name("Lambda", client_error.response["Error"]["Code"]), cause
+
+    setattr(StateTaskServiceLambda, "_error_cause_from_client_error", staticmethod(error_cause))  # noqa: B010
+
+
+def _authorize_invoke(parameters: dict[str, Any]) -> None:
+    """lambda:InvokeFunction as the state machine's role; a refusal is the ClientError the SDK would raise."""
+    env = _calling_environment()
+    caller = integration_caller(env) if env is not None else None
+    iam, lookups = _TwinService.iam, _TwinService.lookups
+    if caller is None or iam is None:
+        return
+    try:
+        iam.check(caller, "lambda", "Invoke", parameters, lookups)
+    except AccessDenied as denied:
+        response: Any = {
+            "Error": {"Code": denied.code, "Message": denied.message},
+            "ResponseMetadata": {"HTTPStatusCode": denied.status, "RequestId": denied.request_id},
+        }
+        raise ClientError(response, "Invoke") from None
 
 
 def _install_aws_sdk() -> None:

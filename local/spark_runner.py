@@ -158,6 +158,9 @@ class SparkJob:
     log_layout: str = "emr-serverless"  # a key of LOG_LAYOUTS
     application_id: str = "local"  # EMR Serverless application / EMR cluster id / EKS virtual cluster id
     timeout_seconds: int = 900
+    # The role the job's S3 reads and writes (and its log upload) act as: the job execution role (EMR Serverless,
+    # EMR on EKS) or the cluster's EC2 instance role (EMR on EC2). None: the runner's own client.
+    role_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -418,10 +421,15 @@ class SparkRunner:
         driver_memory: str = "1g",
         cores: int = 2,
         submit_command: Sequence[str] | None = None,
+        s3_for_role: Callable[[str, str], Any] | None = None,
     ) -> None:
         if cores < 1:
             raise ValueError(f"cores: got {cores}; expected at least 1")
         self.s3 = s3
+        # (role ARN, session name) -> an S3 client acting as that role: the twin's IAM then authorizes the job's
+        # S3 calls as AWS authorizes them (the job role must read its inputs and write its outputs and logs).
+        self.s3_for_role = s3_for_role
+        self._current = threading.local()
         self.workdir = Path(workdir).resolve()
         self.driver_memory = driver_memory
         self.cores = cores
@@ -441,6 +449,7 @@ class SparkRunner:
             shutil.rmtree(root)
         root.mkdir(parents=True)
         run = _Run(job, root, started + job.timeout_seconds, cancel)
+        self._current.s3 = self.s3_for_role(job.role_arn, job.job_run_id) if job.role_arn and self.s3_for_role else None
         error: str | None = None
         try:
             error = self._run(run)  # the job's own error line when it failed
@@ -452,6 +461,7 @@ class SparkRunner:
             error = _one_line(f"{type(e).__name__}: {e}")
             run.note(f"error: {error}")
         driver_log = self._upload_logs(run, log_targets)
+        self._current.s3 = None
         self._clean(root)
         return SparkResult(
             succeeded=error is None,
@@ -638,12 +648,16 @@ class SparkRunner:
 
     # ------------------------------------------------------------------------------------------ S3
 
+    def _s3(self) -> Any:
+        """The S3 client of the run on this thread (its role's), else the runner's own."""
+        return getattr(self._current, "s3", None) or self.s3
+
     def _download(self, bucket: str, key: str, target: Path) -> bool:
         """Copy one object to `target`; False when it does not exist. Refuses keys that would leave the folder."""
         if reason := unsafe_key_reason(key):
             raise SparkRunnerError(f"cannot stage s3://{bucket}/{key} (key {key!r}) safely: the key {reason}")
         try:
-            response = self.s3.get_object(Bucket=bucket, Key=key)
+            response = self._s3().get_object(Bucket=bucket, Key=key)
         except Exception as e:
             if _client_error_code(e) in _NOT_FOUND:
                 return False
@@ -658,7 +672,7 @@ class SparkRunner:
         return True
 
     def _list(self, bucket: str, prefix: str) -> Iterator[str]:
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 yield str(item["Key"])
 
@@ -704,7 +718,7 @@ class SparkRunner:
                 continue
             key = f"{prefix}/{relative}" if prefix else relative
             try:
-                self.s3.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type(path)})
+                self._s3().upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type(path)})
             except Exception as e:
                 raise SparkRunnerError(f"publish: cannot upload {path} to s3://{bucket}/{key}: {e}") from None
             written.add(key)
@@ -713,7 +727,7 @@ class SparkRunner:
         stale = [k for k in self._list(bucket, f"{prefix}/") if k not in written] if prefix else []
         for start in range(0, len(stale), 1000):
             batch = [{"Key": k} for k in stale[start : start + 1000]]
-            self.s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            self._s3().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
         run.note(
             f"published {len(written)} objects to s3://{bucket}/{prefix}/"
             + (f"; removed {len(stale)} objects of an earlier run" if stale else "")
@@ -738,7 +752,7 @@ class SparkRunner:
                 with source.open("rb") as src, gzip.open(packed, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1024 * 1024)
                 bucket, key = parse_s3_uri(uri, "log_uri")
-                self.s3.upload_file(str(packed), bucket, key, ExtraArgs={"ContentType": "application/gzip"})
+                self._s3().upload_file(str(packed), bucket, key, ExtraArgs={"ContentType": "application/gzip"})
         except Exception:
             log.exception("job run %s: cannot upload the driver logs to %s", run.job.job_run_id, run.job.log_uri)
             return None

@@ -66,6 +66,7 @@ from local.emr_containers import EmrContainersTwin
 from local.emr_ec2 import EmrEc2Twin
 from local.emr_serverless import EmrServerlessTwin
 from local.faults import FaultInjector, TwinClientError
+from local.iam.enforcer import IamEnforcer
 from local.lambda_runtime import FunctionError, LambdaRuntime
 from local.spark_runner import SparkRunner
 
@@ -122,6 +123,7 @@ class Twin:
         spark: bool = True,
         time_scale: float = 1.0,
         retry_delay_seconds: float = 1.0,
+        iam: bool = True,
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -131,6 +133,7 @@ class Twin:
         self.spark = spark
         self.time_scale = time_scale  # batching windows are multiplied by this (tests run them faster)
         self.retry_delay_seconds = retry_delay_seconds  # failed SQS records become visible again after this
+        self.iam_enforced = iam  # False only for debugging: AWS would refuse what the twin then lets through
         self.faults = FaultInjector()
         self.deliveries: list[Delivery] = []
         self.events: list[dict[str, Any]] = []
@@ -147,6 +150,7 @@ class Twin:
         self.emr_serverless: EmrServerlessTwin
         self.emr_ec2: EmrEc2Twin
         self.emr_containers: EmrContainersTwin
+        self.iam: IamEnforcer
         self.cloudtrail = CloudTrail(account=self.account, region=self.region, emit=self.put_event)
         self.cloudwatch = CloudWatchAlarms(account=self.account, region=self.region, emit=self.put_event)
         self._schedules = threading.Event()  # set: no background schedule ticking (see start_schedules)
@@ -160,9 +164,10 @@ class Twin:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-        self._saved_config = {k: default_user_config.get(k) for k in ("stepfunctions", "lambda")}
+        self._saved_config = {k: default_user_config.get(k) for k in ("stepfunctions", "lambda", "iam")}
         default_user_config["stepfunctions"] = {"execute_state_machine": True}
         default_user_config["lambda"] = {"use_docker": False}
+        default_user_config["iam"] = {"load_aws_managed_policies": True}  # roles attach AWS managed policies
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
@@ -171,7 +176,11 @@ class Twin:
         os.environ["MOTO_PORT"] = str(self.port)  # moto's ASL aws-sdk integrations call localhost:MOTO_PORT
         self.runtime = LambdaRuntime(endpoint=self.endpoint, region=self.region, account=self.account)
         self.runtime.access_key_for = self._function_access_key
-        runner = SparkRunner(self.client("s3"), workdir=self.workdir / "spark") if self.spark else None
+        runner = (
+            SparkRunner(self.client("s3"), workdir=self.workdir / "spark", s3_for_role=self._role_s3)
+            if self.spark
+            else None
+        )
         self.emr_serverless = EmrServerlessTwin(
             account=self.account, region=self.region, runner=runner, faults=self.faults, emit=self.put_event
         )
@@ -187,8 +196,15 @@ class Twin:
             workdir=self.workdir / "emr-ec2",
             s3=self.client("s3"),
         )
+        self.emr_ec2.s3_for_role = self._role_s3
         CURRENT = self
         from local import cloudwatch, patches, sfn_integrations
+        from local.iam.hooks import TwinLookups, make_enforcer
+
+        self.iam = make_enforcer(self, self.iam_enforced)
+        _load_aws_managed_policies(self.account)
+        if not self.iam_enforced:
+            LOG.warning("IAM ENFORCEMENT IS OFF: the twin lets through calls AWS would refuse (debugging only)")
 
         sfn_integrations.install(
             emr_serverless=self.emr_serverless,
@@ -196,6 +212,8 @@ class Twin:
             emr_ec2=self.emr_ec2,
             emr_containers=self.emr_containers,
             trail=self.cloudtrail,
+            iam=self.iam,
+            lookups=TwinLookups(self),
         )
         patches.install(self)
         cloudwatch.install(self.cloudwatch)
@@ -244,6 +262,25 @@ class Twin:
             config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
             **kwargs,
         )
+
+    def client_with_key(self, service: str, access_key: str) -> Any:
+        """A boto3 client for the twin that signs with `access_key` (an app principal's, see `local.cloudtrail`)."""
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key="twin",
+            config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
+        )
+
+    def _role_s3(self, role_arn: str, session: str) -> Any:
+        return self.role_client("s3", role_arn, session)
+
+    def role_client(self, service: str, role_arn: str, session: str) -> Any:
+        """A client acting as a session of `role_arn` (e.g. a Spark job's execution role)."""
+        principal = f"arn:aws:sts::{self.account}:assumed-role/{role_arn.rsplit('/', 1)[-1]}/{session}"
+        return self.client_with_key(service, self.cloudtrail.access_key_for(principal, role_arn=role_arn))
 
     def deploy(self, cdk_out: Path) -> Any:
         """Create what the cloud assembly declares; returns the deploy report."""
@@ -433,6 +470,7 @@ class Twin:
                 rule_name=rule.name,
             )
             service = target["Arn"].split(":")[2]
+            self._authorize_delivery(rule, target, service)
             if service == "sqs":
                 queue_name = target["Arn"].split(":")[5]
                 sqs = self.client("sqs")
@@ -446,6 +484,36 @@ class Twin:
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"
             LOG.warning("delivery of %s to %s failed: %s", event["detail-type"], target["Arn"], exc)
+
+    def _authorize_delivery(self, rule: Any, target: dict[str, Any], service: str) -> None:
+        """EventBridge may deliver only what the target allows: a queue's policy or a function's permissions must
+        allow events.amazonaws.com for this rule (aws:SourceArn); a state machine is started with the target's
+        role, which must allow states:StartExecution. Refused deliveries fail (AWS: FailedInvocations)."""
+        from local.iam.operations import Authorization
+
+        context = {"aws:SourceArn": rule.arn, "aws:SourceAccount": self.account}
+        if service == "sqs":
+            self.iam.authorize(
+                self.iam.service_caller("events.amazonaws.com"),
+                Authorization("sqs:SendMessage", target["Arn"], context),
+                service="sqs",
+            )
+        elif service == "lambda":
+            self.iam.authorize(
+                self.iam.service_caller("events.amazonaws.com"),
+                Authorization("lambda:InvokeFunction", target["Arn"], context),
+                service="lambda",
+            )
+        elif service == "states":
+            role = target.get("RoleArn")
+            if not role:
+                raise PermissionError(f"rule {rule.name}: a Step Functions target needs a RoleArn")
+            session = f"arn:aws:sts::{self.account}:assumed-role/{role.rsplit('/', 1)[-1]}/events"
+            self.iam.authorize(
+                self.iam.caller_for_session(session, role),
+                Authorization("states:StartExecution", target["Arn"]),
+                service="stepfunctions",
+            )
 
     def _invoke_async(self, arn: str, event: Any) -> None:
         with self._busy_lock:
@@ -466,7 +534,10 @@ class Twin:
     # ------------------------------------------------------------------ SQS -> Lambda
 
     def _poll(self, mapping: EventSourceMapping) -> None:
-        sqs = self.client("sqs")
+        # Lambda's poller reads the queue with the function's execution role (it needs sqs:ReceiveMessage,
+        # DeleteMessage, ChangeMessageVisibility, GetQueueAttributes on the queue).
+        function = self.runtime.resolve(mapping.function_name)
+        sqs = self.client_with_key("sqs", self._function_access_key(function))
         while not self._stop.is_set():
             try:
                 messages = self._gather(sqs, mapping, mapping.window_seconds * self.time_scale)
@@ -582,6 +653,16 @@ class Twin:
                 return
             time.sleep(settle)
         raise TimeoutError(f"twin still busy after {timeout} s: executions {self.running_executions()}")
+
+
+def _load_aws_managed_policies(account: str) -> None:
+    """AWS managed policies in the twin's IAM (moto loads them only when configured before its IAM starts)."""
+    from moto.iam.models import iam_backends
+
+    backend = iam_backends[account]["global"]
+    if not backend.aws_managed_policies:
+        backend.aws_managed_policies = backend._init_aws_policies()
+        backend.managed_policies.update({p.arn: p for p in backend.aws_managed_policies})
 
 
 def twin_error_response(error: TwinClientError) -> tuple[int, dict[str, str], str]:

@@ -271,12 +271,23 @@ class Ec2Pipeline(PipelineWorkflow):
         self.platform.finalize.grant_invoke(role)
         if self.runtime.existing_cluster is None:
             own = {"StringEquals": {f"aws:ResourceTag/{TAG_PIPELINE}": name}}
+            created_with_tag = {"StringEquals": {f"aws:RequestTag/{TAG_PIPELINE}": name}}
+            # RunJobFlow has no resource type (Service Authorization Reference): only "*" can allow it; the
+            # request-tag condition still limits the role to clusters tagged with this pipeline.
             role.add_to_principal_policy(
                 iam.PolicyStatement(
                     sid="CreateTaggedCluster",
-                    actions=["elasticmapreduce:RunJobFlow", "elasticmapreduce:AddTags"],
+                    actions=["elasticmapreduce:RunJobFlow"],
+                    resources=["*"],
+                    conditions=created_with_tag,
+                )
+            )
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="TagOwnClusters",
+                    actions=["elasticmapreduce:AddTags"],
                     resources=[cluster_arn(stack)],
-                    conditions={"StringEquals": {f"aws:RequestTag/{TAG_PIPELINE}": name}},
+                    conditions=created_with_tag,
                 )
             )
             role.add_to_principal_policy(
@@ -327,7 +338,9 @@ class Ec2Pipeline(PipelineWorkflow):
         )
         self._grant_functions(name)
         self.suppress_workflow_wildcards(
-            "clusters of this pipeline (ids are unknown until run time; scoped by the autopilot:pipeline tag); "
+            "RunJobFlow, which has no resource type (only '*' can allow it; the request must tag the cluster "
+            "with this pipeline); clusters of this pipeline (ids are unknown until run time; scoped by the "
+            "autopilot:pipeline tag); "
             "scaling alarms of this pipeline's clusters (named by prefix).",
             [ANY_CLUSTER_ARN, SCALING_ALARMS_ARN],
         )

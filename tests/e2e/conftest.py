@@ -134,7 +134,7 @@ def deployed(cloud_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     workdir = tmp_path_factory.mktemp("twin")
     twin = Twin(workdir=workdir, spark=False, time_scale=0.05, retry_delay_seconds=0.5).start()
     report = twin.deploy(cloud_assembly)
-    runner = SparkRunner(twin.client("s3"), workdir=workdir / "spark")
+    runner = SparkRunner(twin.client("s3"), workdir=workdir / "spark", s3_for_role=twin._role_s3)
     yield Deployed(twin=twin, report=report, spark_runner=runner)
     twin.stop()
 

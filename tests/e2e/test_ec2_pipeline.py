@@ -186,7 +186,7 @@ def test_throttled_run_job_flow_is_retried_without_a_second_cluster(env: Deploye
         for e in env.history(arn)
         if e["type"] == "TaskFailed" and e["taskFailedEventDetails"]["resource"] == "createCluster"
     ]
-    assert failures == ["EMR.ThrottlingException"] * 2
+    assert failures == ["EMR.AmazonElasticMapReduceException"] * 2  # ThrottlingException is not in EMR's model
     created = [c for c in env.twin.emr_ec2.clusters if c not in clusters_before]
     assert len(created) == 1
 

@@ -279,7 +279,9 @@ def test_state_machine_sync_job_fails_with_states_task_failed(env: Env) -> None:
 def test_state_machine_throttling_and_missing_cluster_errors(env: Env) -> None:
     env.twin.faults.fail_next("emr-containers", "StartJobRun")
     throttled = env.run_machine("eks-throttled", env.task("startJobRun.sync", env.start_parameters("sfn-th")))
-    assert throttled["status"] == "FAILED" and throttled["error"] == "EMRContainers.ThrottlingException"
+    # ThrottlingException is not in the EMR on EKS model: the integration raises the SDK's base exception
+    assert throttled["status"] == "FAILED" and throttled["error"] == "EMRContainers.AmazonEMRContainersException"
+    assert "Error Code: ThrottlingException" in throttled["cause"]
     assert ("emr-containers", "StartJobRun", "ThrottlingException") in env.twin.faults.fired
     missing = env.run_machine(
         "eks-missing", env.task("startJobRun", {**env.start_parameters("sfn-missing"), "VirtualClusterId": "nope"})

@@ -590,7 +590,7 @@ def _create_cluster_state(env: Env, **overrides: Any) -> dict[str, Any]:
         "Resource": "arn:aws:states:::elasticmapreduce:createCluster.sync",
         "Parameters": parameters,
         "ResultPath": "$.cluster",
-        "Retry": [{"ErrorEquals": ["EMR.ThrottlingException"], "IntervalSeconds": 1, "MaxAttempts": 3}],
+        "Retry": [{"ErrorEquals": ["EMR.AmazonElasticMapReduceException"], "IntervalSeconds": 1, "MaxAttempts": 3}],
         "Next": "AddStep",
     }
 
