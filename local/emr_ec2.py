@@ -345,6 +345,7 @@ class EmrEc2Twin:
         self._cluster_clients: dict[str, Any] = {}
         self.phase_seconds = 0.2  # length of STARTING, BOOTSTRAPPING, TERMINATING and of a resize
         self.idle_time_scale = 1.0  # AutoTerminationPolicy.IdleTimeout is multiplied by this
+        self.time_scale = 1.0  # the twin's clock: injected step durations ("run" faults) are multiplied by this
         self.step_timeout_seconds = STEP_TIMEOUT_SECONDS
         self.clusters: dict[str, Cluster] = {}
         self.security_configurations: dict[str, tuple[str, float]] = {}
@@ -1448,6 +1449,11 @@ class EmrEc2Twin:
         if fault is not None and fault.kind == "hang":
             s.cancel.wait()  # runs until cancelled or the cluster terminates
             return "CANCELLED", None
+        if fault is not None and fault.kind == "run":
+            if s.cancel.wait(fault.seconds * self.time_scale):  # a long step, on the twin's clock
+                return "CANCELLED", None
+            self._write_step_logs(c, s, f"{NOTE_PREFIX} injected run of {fault.seconds} s\n", "")
+            return "COMPLETED", None
         if fault is not None:
             self._write_step_logs(c, s, "", f"{NOTE_PREFIX} injected fault: {fault.message}\n")
             return "FAILED", self._failure(c, s, fault.message, fault.message)

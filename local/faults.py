@@ -46,8 +46,9 @@ class ApiFault:
 
 @dataclass
 class JobFault:
-    kind: str  # "fail" | "hang"
+    kind: str  # "fail" | "hang" | "run"
     message: str
+    seconds: float = 0.0  # "run": how long the job runs, in twin seconds (the model multiplies by its time_scale)
 
 
 class FaultInjector:
@@ -74,6 +75,11 @@ class FaultInjector:
     def hang_next_job(self) -> None:
         with self._lock:
             self._jobs.append(JobFault("hang", "injected hang"))
+
+    def run_next_job_for(self, seconds: float) -> None:
+        """The next job (an EMR-on-EC2 step) runs `seconds` on the twin's clock, then succeeds."""
+        with self._lock:
+            self._jobs.append(JobFault("run", f"injected run of {seconds} s", seconds))
 
     def spot_shortage_next(self, times: int = 1) -> None:
         """The next `times` EMR clusters that request Spot capacity get none (their TimeoutAction decides)."""

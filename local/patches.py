@@ -12,12 +12,22 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from moto.core.responses import ActionResult, BaseResponse
 from moto.events import models as events_models
+from moto.events.exceptions import ValidationException as EventsValidationException
 from moto.s3 import notifications as s3_notifications
 from moto.s3.responses import S3Response
 from moto.stepfunctions import responses as sfn_responses
+from moto.stepfunctions.parser import api as sfn_api
 from moto.stepfunctions.parser import models as sfn_models
-from moto.stepfunctions.parser.api import ExecutionStatus, InvalidToken, TaskDoesNotExist, TaskTimedOut
+from moto.stepfunctions.parser.api import (
+    ExecutionFailedEventDetails,
+    ExecutionStatus,
+    HistoryEventType,
+    InvalidToken,
+    TaskDoesNotExist,
+    TaskTimedOut,
+)
 from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import EvalTimeoutError
+from moto.stepfunctions.parser.asl.component.program.program import Program
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
     StateTaskServiceCallback,
 )
@@ -29,9 +39,12 @@ from moto.stepfunctions.parser.asl.eval.callback.callback import (
     CallbackOutcomeSuccess,
 )
 from moto.stepfunctions.parser.asl.eval.environment import Environment
+from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+from moto.stepfunctions.parser.asl.eval.event.event_manager import EventManager
 from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped, ProgramTimedOut
 from moto.stepfunctions.parser.backend import execution as sfn_execution
 
+from local import validation
 from local.cloudtrail import access_key_id_from
 from local.faults import TwinClientError
 from local.iam import hooks as iam_hooks
@@ -44,6 +57,30 @@ _ORIGINALS: dict[str, Any] = {}
 _TERMINATION_LOCK = threading.Lock()
 # S3 PUT sub-resources that are not object writes (PutObjectAcl, UploadPart, ...): no data event.
 _NOT_OBJECT_WRITES = ("uploadId", "partNumber", "acl", "tagging", "retention", "legal-hold")
+
+
+def _start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
+    # AWS names an execution started without a name with a UUID; moto leaves it None, and checks neither the
+    # name nor the input's size (Step Functions: 1-80 allowed characters, input <= 256 KiB of UTF-8).
+    name = name or str(uuid.uuid4())
+    problem = validation.execution_name_problem(str(name))
+    if problem is not None:
+        raise sfn_api.InvalidName(problem)
+    execution_input = kwargs.get("execution_input", args[0] if args else None)
+    if execution_input is not None and validation.utf8_size(execution_input) > validation.STATES_PAYLOAD_BYTES:
+        raise sfn_api.ValidationException(
+            validation.validation_message(
+                [
+                    f"Value at 'input' failed to satisfy constraint: Member must have length less than or equal to "
+                    f"{validation.STATES_PAYLOAD_BYTES}"
+                ]  # fmt: skip
+            )
+        )
+    return _ORIGINALS["start_execution"](self, state_machine_arn, name, *args, **kwargs)
+
+
+def _event_details(**details: Any) -> Any:
+    return EventDetails(**details)  # type: ignore[typeddict-item]
 
 
 def install(twin: Twin) -> None:
@@ -63,12 +100,10 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("callback_timeout", StateTaskServiceCallback._evaluate_with_timeout)
     _ORIGINALS.setdefault("send_task_success", sfn_models.StepFunctionsParserBackend.send_task_success)
     _ORIGINALS.setdefault("send_task_failure", sfn_models.StepFunctionsParserBackend.send_task_failure)
+    _ORIGINALS.setdefault("add_event", EventManager.add_event)
+    _ORIGINALS.setdefault("program_eval_body", Program._eval_body)
 
-    def start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
-        # AWS names an execution started without a name with a UUID; moto leaves it None.
-        return _ORIGINALS["start_execution"](self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
-
-    sfn_models.StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
+    sfn_models.StepFunctionsParserBackend.start_execution = _start_execution  # type: ignore[method-assign]
 
     def s3_event_bridge(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
         twin.s3_object_created(bucket, key, event_name)
@@ -79,6 +114,8 @@ def install(twin: Twin) -> None:
     events_models.Rule.send_to_targets = lambda self, *a, **k: None  # type: ignore[method-assign]
 
     def put_events(self: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if validation.put_events_size(events) > validation.ASYNC_PAYLOAD_BYTES:  # EventBridge's 1 MB
+            raise EventsValidationException("Total size of the entries in the request is over the limit.")
         entries: list[dict[str, Any]] = _ORIGINALS["put_events"](self, events)
         for event, entry in zip(events, entries, strict=False):
             if "EventId" in entry:
@@ -99,6 +136,8 @@ def install(twin: Twin) -> None:
     StateTaskServiceCallback._evaluate_with_timeout = _callback_evaluate_with_timeout  # type: ignore[method-assign]
     sfn_models.StepFunctionsParserBackend.send_task_success = _send_task_success  # type: ignore[method-assign,assignment]
     sfn_models.StepFunctionsParserBackend.send_task_failure = _send_task_failure  # type: ignore[method-assign,assignment]
+    EventManager.add_event = _add_event_within_history_quota  # type: ignore[method-assign]
+    Program._eval_body = _program_eval_body  # type: ignore[method-assign]
 
     def call_action(self: Any) -> Any:
         try:
@@ -123,6 +162,40 @@ def install(twin: Twin) -> None:
         return result
 
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+
+HISTORY_LIMIT_CAUSE = "The execution reached the maximum number of history events ({limit})."
+history_limit = validation.STATES_HISTORY_EVENTS  # Step Functions' quota; tests may lower it (module attribute)
+
+
+class HistoryQuotaReached(BaseException):
+    """The next history event would be past the quota. A BaseException: no Catch, Retry or state may swallow it
+    (AWS's quota cannot be caught); the program's wrapper below turns it into the execution's failure."""
+
+
+def _add_event_within_history_quota(self: Any, context: Any, event_type: Any, *args: Any, **kwargs: Any) -> int:
+    """Step Functions ends an execution whose history reaches the quota (25,000 events): the last event is
+    ExecutionFailed with States.Runtime and "The execution reached the maximum number of history events (25000).",
+    the one before it the last the workflow made (moto records without end)."""
+    if self._event_id_gen._next_id >= history_limit and event_type != HistoryEventType.ExecutionFailed:
+        raise HistoryQuotaReached(HISTORY_LIMIT_CAUSE.format(limit=history_limit))
+    return int(_ORIGINALS["add_event"](self, context, event_type, *args, **kwargs))
+
+
+def _program_eval_body(self: Any, env: Any) -> None:
+    try:
+        _ORIGINALS["program_eval_body"](self, env)
+    except HistoryQuotaReached as reached:
+        if env.is_frame():
+            raise  # a Map iteration or Parallel branch: the execution's own program ends it
+        env.set_error(ExecutionFailedEventDetails(error="States.Runtime", cause=str(reached)))
+        env.event_manager.add_event(
+            context=env.event_history_context,
+            event_type=HistoryEventType.ExecutionFailed,
+            event_details=_event_details(
+                executionFailedEventDetails=ExecutionFailedEventDetails(error="States.Runtime", cause=str(reached))
+            ),
+        )
 
 
 def _callback_evaluate_with_timeout(self: Any, env: Any) -> None:
@@ -263,10 +336,14 @@ def uninstall() -> None:
     StateTaskServiceCallback._evaluate_with_timeout = _ORIGINALS["callback_timeout"]  # type: ignore[method-assign]
     sfn_models.StepFunctionsParserBackend.send_task_success = _ORIGINALS["send_task_success"]  # type: ignore[method-assign]
     sfn_models.StepFunctionsParserBackend.send_task_failure = _ORIGINALS["send_task_failure"]  # type: ignore[method-assign]
+    EventManager.add_event = _ORIGINALS["add_event"]  # type: ignore[method-assign]
+    Program._eval_body = _ORIGINALS["program_eval_body"]  # type: ignore[method-assign]
 
 
 def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
     """A call to a service the twin models itself (EMR on EKS here; EMR on EC2: `_serve_emr`); None: moto's."""
+    if response.service_name == "awslambda" and action == "AddPermission":
+        return _add_permission(twin, response)
     if response.service_name == "emr-containers":  # EMR on EKS: REST-JSON, ids in the path (parsed by moto)
         params = {**(response.uri_match or {}), **(getattr(response, "params", None) or {})}
         result = twin.emr_containers.handle_api(action, params)
@@ -282,6 +359,33 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
             json.dumps({"applicationId": result["ApplicationId"], "jobRunId": result["JobRunId"]}),
         )
     return None
+
+
+def _add_permission(twin: Twin, response: Any) -> Any:
+    """Lambda AddPermission for a function the twin runs (moto would not find it): one statement of the function's
+    resource-based policy, which the twin's IAM evaluates for EventBridge (and other service) invocations."""
+    params = iam_hooks.request_params(response, "AddPermission")
+    try:
+        function = twin.runtime.resolve(str(params["FunctionName"]))
+    except LookupError:
+        return None  # not one of the twin's functions: moto's own answer
+    principal = str(params["Principal"])
+    statement: dict[str, Any] = {
+        "Sid": params["StatementId"],
+        "Effect": "Allow",
+        "Principal": {"Service": principal} if principal.endswith(".amazonaws.com") else {"AWS": principal},
+        "Action": params["Action"],
+        "Resource": function.arn,
+    }
+    condition: dict[str, Any] = {}
+    if params.get("SourceArn"):
+        condition["ArnLike"] = {"AWS:SourceArn": params["SourceArn"]}
+    if params.get("SourceAccount"):
+        condition["StringEquals"] = {"AWS:SourceAccount": params["SourceAccount"]}
+    if condition:
+        statement["Condition"] = condition
+    twin.iam.add_resource_policy(function.arn, f"permission {params['StatementId']}", {"Statement": [statement]})
+    return 201, {"Content-Type": "application/json"}, json.dumps({"Statement": json.dumps(statement)})
 
 
 def _record_stop_execution(twin: Twin, response: Any, result: Any) -> None:

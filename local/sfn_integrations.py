@@ -27,8 +27,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import boto3
@@ -50,6 +51,7 @@ from moto.stepfunctions.parser.asl.component.common.error_name.failure_event imp
 )
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import StatesErrorNameType
+from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
 from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import iteration_worker
 from moto.stepfunctions.parser.asl.component.state.exec.state_parallel import branches_decl
@@ -82,6 +84,7 @@ from local.iam.hooks import TwinLookups
 from local.iam.operations import Authorization, rule_arn
 from local.iam.policy import Caller
 from local.lambda_runtime import FunctionError, LambdaRuntime
+from local.validation import validation_errors, validation_message
 
 _ORIGINAL_FACTORY: Any = getattr(state_task_factory, "state_task_service_for")  # noqa: B009 - not re-exported
 _ORIGINAL_BOTO_CLIENT_FOR: Any = moto_boto_client.boto_client_for
@@ -165,14 +168,17 @@ class _TwinService(StateTaskServiceCallback):
 
     def _authorize(self, env: Environment, operation: str, params: dict[str, Any]) -> None:
         """Authorize one API call the integration makes, as the state machine's role (AccessDenied -> the error
-        the integration raises, its cause in AWS's wording)."""
+        the integration raises, its cause in AWS's wording), then validate it against the service's model as the
+        service does (ValidationException)."""
         caller = integration_caller(env)
-        if caller is None or self.iam is None:
-            return
-        try:
-            self.iam.check(caller, self.SERVICE, operation, params, self.lookups)
-        except AccessDenied as denied:
-            raise denied_error(denied) from None
+        if caller is not None and self.iam is not None:
+            try:
+                self.iam.check(caller, self.SERVICE, operation, params, self.lookups)
+            except AccessDenied as denied:
+                raise denied_error(denied) from None
+        errors = validation_errors(self.SERVICE, operation, params)
+        if errors:
+            raise TwinClientError("ValidationException", validation_message(errors))
 
     def _authorize_sync_rule(self, env: Environment) -> None:
         """A `.sync` task needs its managed rule (events:PutTargets/PutRule/DescribeRule), as the developer
@@ -447,6 +453,7 @@ class TwinEmrService(_TwinService):
     """
 
     model: EmrEc2Twin  # set by install()
+    time_scale = 1.0  # the twin's clock: AWS's poll intervals are multiplied by this (set by install())
     ERROR_PREFIX = "EMR"
     SERVICE = "emr"
     SYNC_RULES = {
@@ -544,6 +551,28 @@ class TwinEmrService(_TwinService):
         }
         return calls[operation](request)
 
+    def _wait_sync(
+        self,
+        env: Environment,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> bool:
+        """Step Functions learns that an EMR step or cluster changed only when it polls: at `emr_poll_offsets`
+        after the task started, on the twin's clock (`time_scale`), each poll a DescribeStep/DescribeCluster
+        as the state machine's role. The step may have ended long before: the cluster idles until then."""
+        self._authorize_sync_rule(env)
+        poll = self._build_sync_resolver(env, resource_runtime_part, normalised_parameters, state_credentials)
+        started = time.monotonic()
+        for offset in emr_poll_offsets():
+            if not _sleep_while_running(env, started + offset * self.time_scale):
+                return False  # aborted, timed out, or the task's own timeout ended the wait
+            result = poll()
+            if result is not None:
+                env.stack.append(result)
+                return True
+        return False  # pragma: no cover - emr_poll_offsets never ends
+
     def _build_sync_resolver(
         self,
         env: Environment,
@@ -551,39 +580,69 @@ class TwinEmrService(_TwinService):
         normalised_parameters: dict[str, Any],
         state_credentials: Any,
     ) -> Callable[[], Any]:
+        """One poll of the `.sync` task: its result once the awaited state is reached, None before."""
         started = env.stack.pop()
         action = self.resource.api_action
         if action == "addStep":
             return functools.partial(self._step_ended, env, normalised_parameters["ClusterId"], started["StepId"])
         if action == "createCluster":
             return functools.partial(self._cluster_ready, env, started)
-        return functools.partial(self._cluster_gone, normalised_parameters["ClusterId"])
+        return functools.partial(self._cluster_gone, env, normalised_parameters["ClusterId"])
+
+    def _describe_cluster(self, env: Environment, cluster_id: str) -> dict[str, Any]:
+        self._authorize(env, "DescribeCluster", {"ClusterId": cluster_id})
+        return self.model.describe_cluster(cluster_id)
 
     def _cluster_ready(self, env: Environment, started: dict[str, Any]) -> Any:
-        cluster_id = started["ClusterId"]
-        if not self._wait_cluster(cluster_id, {"RUNNING", "WAITING", *ENDED_CLUSTER_STATES}):
-            return None
-        cluster = self.model.describe_cluster(cluster_id)
-        if cluster["Status"]["State"] in ENDED_CLUSTER_STATES:
+        cluster = self._describe_cluster(env, started["ClusterId"])
+        state = cluster["Status"]["State"]
+        if state in ENDED_CLUSTER_STATES:
             raise self._states_task_failed(env, cluster)
-        return started
+        return started if state in ("RUNNING", "WAITING") else None
 
-    def _cluster_gone(self, cluster_id: str) -> Any:
-        return {} if self._wait_cluster(cluster_id, ENDED_CLUSTER_STATES) else None
+    def _cluster_gone(self, env: Environment, cluster_id: str) -> Any:
+        return {} if self._describe_cluster(env, cluster_id)["Status"]["State"] in ENDED_CLUSTER_STATES else None
 
     def _step_ended(self, env: Environment, cluster_id: str, step_id: str) -> Any:
-        def ended() -> bool:
-            return str(self.model.describe_step(cluster_id, step_id)["Status"]["State"]) in ENDED_STEP_STATES
-
-        if not self.model.wait_until(ended, 0.2):
-            return None
+        self._authorize(env, "DescribeStep", {"ClusterId": cluster_id, "StepId": step_id})
         step = self.model.describe_step(cluster_id, step_id)
+        if str(step["Status"]["State"]) not in ENDED_STEP_STATES:
+            return None
         if step["Status"]["State"] != "COMPLETED":
             raise self._states_task_failed(env, {"Step": step})
         return {"Step": step}
 
-    def _wait_cluster(self, cluster_id: str, states: set[str] | frozenset[str]) -> bool:
-        return self.model.wait_until(lambda: self.model.describe_cluster(cluster_id)["Status"]["State"] in states, 0.2)
+
+class _ScaledSleep:
+    """`time` as moto's Retry evaluation sees it: sleeps last `TwinEmrService.time_scale` times as long."""
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds * TwinEmrService.time_scale)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def emr_poll_offsets() -> Iterator[float]:
+    """Seconds after an EMR `.sync` task starts at which Step Functions polls EMR: every 60 s during the task's
+    first 10 minutes, every 300 s after that ("Step Functions has hard-coded a 60 seconds job poll frequency for the
+    first 10 minutes and 300 seconds after that", Step Functions developer guide, connect-emr.html)."""
+    yield from range(60, 601, 60)
+    offset = 600
+    while True:
+        offset += 300
+        yield offset
+
+
+def _sleep_while_running(env: Environment, until: float) -> bool:
+    """Wait until the monotonic instant `until`; False as soon as the execution (or the task's wait) ends."""
+    while env.is_running():
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            return True
+        time.sleep(min(remaining, 0.05))
+    return False
 
 
 def _check_create_cluster(params: dict[str, Any]) -> None:
@@ -619,6 +678,7 @@ def uninstall() -> None:
         setattr(module, "boto_client_for", _ORIGINAL_BOTO_CLIENT_FOR)  # noqa: B010 - monkeypatch
     _TwinService.trail = None
     _TwinService.iam = _TwinService.lookups = None
+    setattr(retrier_decl, "time", time)  # noqa: B010 - monkeypatch
 
 
 def _calling_environment() -> Environment | None:
@@ -679,8 +739,12 @@ def install(
     trail: CloudTrail | None = None,
     iam: IamEnforcer | None = None,
     lookups: TwinLookups | None = None,
+    time_scale: float = 1.0,
 ) -> None:
     """Plug the twin's integrations into moto's interpreter (idempotent)."""
+    TwinEmrService.time_scale = time_scale
+    # A Retry's wait (IntervalSeconds x BackoffRate^n, capped, jittered) runs on the twin's clock too.
+    setattr(retrier_decl, "time", _ScaledSleep())  # noqa: B010 - monkeypatch
     _TwinService.trail = trail
     _TwinService.iam, _TwinService.lookups = iam, lookups
     if trail is not None:  # moto's own integrations sign as the state machine's role session

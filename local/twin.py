@@ -69,6 +69,7 @@ from local.faults import FaultInjector, TwinClientError
 from local.iam.enforcer import IamEnforcer
 from local.lambda_runtime import FunctionError, LambdaRuntime
 from local.spark_runner import SparkRunner
+from local.validation import ASYNC_PAYLOAD_BYTES
 
 LOG = logging.getLogger("twin")
 ACCOUNT = "123456789012"
@@ -131,7 +132,9 @@ class Twin:
         self.region = region
         self.account = ACCOUNT
         self.spark = spark
-        self.time_scale = time_scale  # batching windows are multiplied by this (tests run them faster)
+        # The twin's clock: durations AWS decides (batching windows, Step Functions' EMR .sync poll intervals) are
+        # multiplied by this, so tests and the demo run them faster (1.0: as AWS).
+        self.time_scale = time_scale
         self.retry_delay_seconds = retry_delay_seconds  # failed SQS records become visible again after this
         self.iam_enforced = iam  # False only for debugging: AWS would refuse what the twin then lets through
         self.faults = FaultInjector()
@@ -197,6 +200,7 @@ class Twin:
             s3=self.client("s3"),
         )
         self.emr_ec2.s3_for_role = self._role_s3
+        self.emr_ec2.time_scale = self.time_scale
         CURRENT = self
         from local import cloudwatch, patches, sfn_integrations
         from local.iam.hooks import TwinLookups, make_enforcer
@@ -214,6 +218,7 @@ class Twin:
             trail=self.cloudtrail,
             iam=self.iam,
             lookups=TwinLookups(self),
+            time_scale=self.time_scale,
         )
         patches.install(self)
         cloudwatch.install(self.cloudwatch)
@@ -262,6 +267,15 @@ class Twin:
             config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
             **kwargs,
         )
+
+    def set_time_scale(self, time_scale: float) -> None:
+        """Run the twin's clock at another speed from now on (batching windows, EMR .sync polls, injected step
+        durations are multiplied by `time_scale`; 1.0 is AWS's)."""
+        from local.sfn_integrations import TwinEmrService
+
+        self.time_scale = time_scale
+        self.emr_ec2.time_scale = time_scale
+        TwinEmrService.time_scale = time_scale
 
     def client_with_key(self, service: str, access_key: str) -> Any:
         """A boto3 client for the twin that signs with `access_key` (an app principal's, see `local.cloudtrail`)."""
@@ -476,6 +490,8 @@ class Twin:
                 sqs = self.client("sqs")
                 sqs.send_message(QueueUrl=sqs.get_queue_url(QueueName=queue_name)["QueueUrl"], MessageBody=body)
             elif service == "lambda":
+                if len(body.encode("utf-8")) > ASYNC_PAYLOAD_BYTES:  # Lambda's asynchronous invocation quota
+                    raise ValueError(f"RequestEntityTooLargeException: the event is over {ASYNC_PAYLOAD_BYTES} bytes")
                 self._spawn(lambda: self._invoke_async(target["Arn"], json.loads(body)), "lambda-async")
             elif service == "states":
                 self.client("stepfunctions").start_execution(stateMachineArn=target["Arn"], input=body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -80,9 +81,19 @@ class FunctionFactory(Construct):
             retention=_RETENTION[self._settings.log_retention_days],
             removal_policy=RemovalPolicy.DESTROY,
         )
+        # The function's own role: writing only its log group (AWSLambdaBasicExecutionRole would allow writing
+        # every log group of the account), plus what each construct grants it.
+        role = iam.Role(
+            scope,
+            f"{name.title()}FunctionRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"EMR Autopilot {name} function",
+        )
+        log_group.grant_write(role)
         function = lambda_.Function(
             scope,
             f"{name.title()}Function",
+            role=role,
             function_name=f"{self._prefix}-{name}",
             description=description,
             runtime=RUNTIME,
@@ -102,12 +113,6 @@ class FunctionFactory(Construct):
                 "POWERTOOLS_LOG_LEVEL": "INFO",
                 **environment,
             },
-        )
-        suppress(
-            function,
-            "AwsSolutions-IAM4",
-            "AWSLambdaBasicExecutionRole only allows writing this function's CloudWatch logs.",
-            ["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"],
         )
         suppress(
             function,

@@ -18,10 +18,11 @@ from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig
 from stacks.arns import alarms_named, executions_of, ledger_statements
+from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
 from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
-from stacks.platform import AutopilotPlatform
+from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.serverless_pipeline import ServerlessPipeline
 from stacks.storage import AutopilotStorage
 from stacks.workflow import PipelineWorkflow
@@ -211,6 +212,17 @@ class AutopilotGuardrails(Construct):
             ),
         ]
         for workflow in pipelines.values():
+            if isinstance(workflow, Ec2Pipeline) and workflow.runtime.existing_cluster is not None:
+                # A long-running cluster never carries this deployment's tag: cancelling an aborted run's steps
+                # there needs the cluster's own scope (its id, or its tag), as the pipeline's finalize has it.
+                resource, conditions = workflow.existing_cluster_scope()
+                statements.append(
+                    iam.PolicyStatement(
+                        actions=["elasticmapreduce:ListSteps", "elasticmapreduce:CancelSteps"],
+                        resources=[resource],
+                        conditions=conditions,
+                    )
+                )
             if isinstance(workflow, ServerlessPipeline):
                 app_arn = workflow.application.arn
                 statements.append(
@@ -239,7 +251,7 @@ class AutopilotGuardrails(Construct):
         for statement in statements:
             function.add_to_role_policy(statement)
         platform.topic.grant_publish(function)
-        platform.idempotency_table.grant_read_write_data(function)
+        platform.idempotency_table.grant(function, *IDEMPOTENCY_ACTIONS)
         suppress(
             function,
             "AwsSolutions-IAM5",

@@ -23,6 +23,11 @@ from stacks.nag import suppress
 from stacks.naming import MANIFESTS_PREFIX, input_prefix
 from stacks.storage import AutopilotStorage
 
+# What the functions do on the idempotency table: Powertools' idempotency utility and the claims the guardrail and
+# scaler store there are item reads and writes (CDK's grant_read_write_data would add stream actions, which the
+# Service Authorization Reference allows only on streams, and batch/scan actions nothing calls).
+IDEMPOTENCY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+
 
 class AutopilotPlatform(Construct):
     """Shared services.
@@ -124,7 +129,7 @@ class AutopilotPlatform(Construct):
             },
             timeout=Duration.minutes(5),
         )
-        self.idempotency_table.grant_read_write_data(self.router)
+        self.idempotency_table.grant(self.router, *IDEMPOTENCY_ACTIONS)
         # Marker mode lists the marker's folder; the router never reads object data.
         self.router.add_to_role_policy(
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.landing.bucket_arn])

@@ -20,7 +20,7 @@ from config.scaling import AlarmScaling, scaling_env_entry
 from stacks.arns import alarms_named, executions_of, ledger_statements
 from stacks.nag import suppress
 from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
-from stacks.platform import AutopilotPlatform
+from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.storage import AutopilotStorage
 from stacks.workflow import PipelineWorkflow
 
@@ -163,7 +163,7 @@ class AutopilotScaling(Construct):
                 resources=[alarms_named(stack, alarm_prefix(prefix, name)) for name in scaled],
             )
         )
-        platform.idempotency_table.grant_read_write_data(function)
+        platform.idempotency_table.grant(function, *IDEMPOTENCY_ACTIONS)
         # Finalize copies each cluster's scaling actions into the run's final ledger entry.
         if platform.finalize is not None:
             platform.finalize.add_environment("STATE_TABLE", platform.idempotency_table.table_name)

@@ -13,7 +13,7 @@ no work behind on a shared cluster.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,8 @@ class FinalizeRequest:
     step_names: list[str]
     metrics: Any
     error: dict[str, Any] | None
+    # step name -> when the workflow noticed the step's end (its `.sync` task returned), ISO 8601
+    noticed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> FinalizeRequest:
@@ -52,6 +54,11 @@ class FinalizeRequest:
             step_names=[str(n) for n in event.get("step_names") or []],
             metrics=event.get("metrics"),
             error=error if isinstance(error, dict) else None,
+            noticed={
+                str(n["name"]): str(n["noticed_at"])
+                for n in event.get("step_notices") or []
+                if isinstance(n, dict) and n.get("name") and n.get("noticed_at")
+            },
         )
 
 
@@ -87,7 +94,7 @@ def finalize_run(
             cancelled = _cancel_active_steps(emr, request.cluster_id, request.step_names)
         cluster = emr.describe_cluster(ClusterId=request.cluster_id)["Cluster"]
         update["cluster"] = _cluster_summary(emr, cluster)
-        update["steps"] = _steps(emr, request.cluster_id, request.step_names)
+        update["steps"] = _steps(emr, request.cluster_id, request.step_names, request.noticed)
         if request.transient:
             update["instance_hours_estimate"] = _instance_hours(emr, cluster, now)
         if scaling is not None:
@@ -184,24 +191,29 @@ def _instance_hours(emr: Any, cluster: dict[str, Any], now: datetime) -> dict[st
 # ------------------------------------------------------------------------------------------ steps
 
 
-def _steps(emr: Any, cluster_id: str, names: list[str]) -> list[dict[str, Any]]:
+def _steps(emr: Any, cluster_id: str, names: list[str], noticed: dict[str, str]) -> list[dict[str, Any]]:
     wanted = set(names)
     found = [s for s in _pages(emr, "list_steps", "Steps", cluster_id) if not wanted or s.get("Name") in wanted]
     found.sort(key=lambda s: _ts(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")))
-    return [_step(s) for s in found]
+    return [_step(s, noticed.get(str(s.get("Name")))) for s in found]
 
 
-def _step(step: dict[str, Any]) -> dict[str, Any]:
+def _step(step: dict[str, Any], noticed_at: str | None = None) -> dict[str, Any]:
+    """One step for the ledger. `noticed_at` (when the workflow's `.sync` task saw the step end) sits beside EMR's
+    `ended_at`: `notice_delay_seconds` is how long the cluster waited for the workflow to notice."""
     status = step.get("Status", {})
     timeline = status.get("Timeline", {})
     failure = status.get("FailureDetails") or {}
     started, ended = timeline.get("StartDateTime"), timeline.get("EndDateTime")
+    delay = round(_ts(noticed_at) - _ts(ended), 1) if noticed_at and ended else None
     return {
         "id": step.get("Id"),
         "name": step.get("Name"),
         "state": status.get("State"),
         "started_at": _iso(started),
         "ended_at": _iso(ended),
+        "noticed_at": _iso(noticed_at) if noticed_at else None,
+        "notice_delay_seconds": delay,
         "duration_seconds": round(_hours(started, ended) * 3600, 1) if started and ended else None,
         "reason": (status.get("StateChangeReason") or {}).get("Message"),
         "failure": {k.lower(): v for k, v in failure.items()} or None,

@@ -144,7 +144,14 @@ def resolve_cluster(emr: Any, target: dict[str, str]) -> tuple[str | None, str |
     matches: list[tuple[Any, str]] = []
     for page in emr.get_paginator("list_clusters").paginate(ClusterStates=sorted(USABLE_CLUSTER_STATES)):
         for summary in page.get("Clusters", []):
-            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            try:
+                cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            except emr.exceptions.ClientError as exc:
+                # The role may describe only clusters carrying the target's tag: AWS refuses the others, which
+                # is the answer (not ours). Anything else is a real failure.
+                if exc.response.get("Error", {}).get("Code") in ("AccessDeniedException", "AccessDenied"):
+                    continue
+                raise
             if any(t.get("Key") == key and t.get("Value") == value for t in cluster.get("Tags", [])):
                 created = cluster["Status"].get("Timeline", {}).get("CreationDateTime")
                 matches.append((created, cluster["Id"]))

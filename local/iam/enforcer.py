@@ -123,6 +123,7 @@ class IamEnforcer:
         region: str,
         iam_backend: Callable[[], Any],
         resource_tags: Callable[[str], Mapping[str, str] | None],
+        live_policy: Callable[[str], str | None] | None = None,
         enabled: bool = True,
     ) -> None:
         self.account = account
@@ -131,6 +132,7 @@ class IamEnforcer:
         self.stats = Stats()
         self._iam_backend = iam_backend
         self._resource_tags = resource_tags
+        self._live_policy = live_policy  # a resource's policy as its service holds it now (e.g. a queue's Policy)
         self._identity: dict[str, list[Policy]] = {}
         self._resource_policies: dict[str, list[Policy]] = {}  # resource ARN (or ARN prefix) -> its policies
         self._lock = threading.Lock()
@@ -196,6 +198,9 @@ class IamEnforcer:
             candidates.append(":".join(resource.split(":")[:7]))  # a qualified ARN falls under the function's policy
         with self._lock:
             found = [p for c in candidates for p in self._resource_policies.get(c, [])]
+        live = self._live_policy(resource) if self._live_policy is not None else None
+        if live:
+            found.append(Policy.parse(f"resource:policy of {resource}", live, resource_based=True))
         if not found:
             return None
         if len(found) == 1:

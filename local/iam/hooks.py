@@ -23,6 +23,7 @@ from local.cloudtrail import access_key_id_from
 from local.iam.enforcer import AccessDenied, IamEnforcer
 from local.iam.operations import Authorization, UnmappedOperation
 from local.iam.policy import Caller
+from local.validation import validation_errors, validation_message
 
 if TYPE_CHECKING:
     from local.twin import Twin
@@ -75,8 +76,24 @@ def make_enforcer(twin: Twin, enabled: bool) -> IamEnforcer:
         region=twin.region,
         iam_backend=lambda: iam_backend(twin),
         resource_tags=lambda arn: resource_tags(twin, arn),
+        live_policy=lambda arn: live_policy(twin, arn),
         enabled=enabled,
     )
+
+
+def live_policy(twin: Twin, arn: str) -> str | None:
+    """A resource's policy as its service holds it now: a queue's `Policy` attribute (set at deploy, or later
+    with SetQueueAttributes). Bucket and topic policies and Lambda permissions are registered with the enforcer."""
+    if not arn.startswith("arn:aws:sqs:"):
+        return None
+    from moto.sqs.models import sqs_backends
+
+    try:
+        queue = sqs_backends[twin.account][twin.region].get_queue(arn.rsplit(":", 1)[-1])
+    except Exception:  # no such queue: no policy
+        return None
+    policy = getattr(queue, "policy", None)
+    return str(policy) if policy else None
 
 
 def resource_tags(twin: Twin, arn: str) -> Mapping[str, str] | None:
@@ -175,7 +192,9 @@ def denial_response(response: Any, error: AccessDenied | UnmappedOperation) -> t
 
 
 def authorize_http(twin: Twin, response: Any, action: str) -> tuple[int, dict[str, str], str] | None:
-    """Authorize a moto-served call; None when allowed (or not an app principal), else the error response."""
+    """Authorize and validate a moto-served call of an app principal: None when it may go on (or the caller is not
+    an app principal), else the error response AWS would give (AccessDenied, or ValidationException for a request
+    breaking its model's constraints, which AWS checks on the server and the SDK does not)."""
     key, _ = access_key_id_from(response.headers or {})
     caller = caller_for_key(twin, key)
     service = botocore_name(response)
@@ -183,11 +202,34 @@ def authorize_http(twin: Twin, response: Any, action: str) -> tuple[int, dict[st
         twin.iam.invalidate()  # an IAM write changes what later calls may do
     if caller is None:
         return None
+    params = request_params(response, action)
     try:
-        twin.iam.check(caller, service, action, request_params(response, action), TwinLookups(twin))
+        twin.iam.check(caller, service, action, params, TwinLookups(twin))
     except (AccessDenied, UnmappedOperation) as error:
         return denial_response(response, error)
+    errors = validation_errors(service, action, params)
+    if errors:
+        return invalid_response(response, validation_message(errors))
     return None
+
+
+def invalid_response(response: Any, message: str) -> tuple[int, dict[str, str], str]:
+    """AWS's ValidationException (ValidationError for query-protocol services), in the service's protocol."""
+    from moto.core.exceptions import ServiceException
+    from moto.core.responses import ActionResult
+
+    code = (
+        "ValidationError" if botocore_name(response) in ("sns", "cloudwatch", "iam", "sts") else "ValidationException"
+    )
+    exception = ServiceException(code, message)
+    try:
+        _, headers, body = response.serialized(ActionResult(exception))
+    except Exception:
+        headers = {"Content-Type": "application/x-amz-json-1.1"}
+        body = json.dumps({"__type": code, "message": message})
+    headers["x-amzn-ErrorType"] = code
+    headers.setdefault("x-amzn-RequestId", str(uuid.uuid4()))
+    return 400, headers, body
 
 
 # ------------------------------------------------------------------------------------------------------------- S3

@@ -340,7 +340,13 @@ def cluster_arn(lookups: Lookups, cluster_id: str) -> str:
 
 @operation("emr", "RunJobFlow")
 def _emr_run_job_flow(p: Mapping[str, Any], lookups: Lookups) -> list[Authorization]:
-    out = [Authorization("elasticmapreduce:RunJobFlow", "*", tag_context(p.get("Tags"), "elasticmapreduce"))]
+    tags = tag_context(p.get("Tags"), "elasticmapreduce")
+    out = [Authorization("elasticmapreduce:RunJobFlow", "*", tags)]
+    if p.get("Tags"):
+        # Strict where AWS's rule is unclear: tagging on create may also be authorized as AddTags (on the new
+        # cluster, whose id nobody knows yet: the twin asks it for `cluster/*`). Requiring it can only make the twin
+        # refuse more than AWS, never less.
+        out.append(Authorization("elasticmapreduce:AddTags", cluster_arn(lookups, "*"), tags))
     if p.get("ServiceRole"):
         out.append(pass_role(lookups.role_arn(p["ServiceRole"]), "elasticmapreduce.amazonaws.com"))
     if p.get("JobFlowRole"):

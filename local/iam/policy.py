@@ -81,8 +81,10 @@ def arn_matches(pattern: str, arn: str) -> bool:
     if pattern == "*":
         return True
     pattern_parts, arn_parts = pattern.split(":", 5), arn.split(":", 5)
-    if len(pattern_parts) != 6 or len(arn_parts) != 6:
-        return _wildcard(pattern).fullmatch(arn) is not None  # not an ARN (e.g. the request resource "*")
+    if len(arn_parts) != 6:
+        return pattern == arn  # not an ARN: the request resource "*" of an action without resource types
+    if len(pattern_parts) != 6:
+        return False  # a pattern with fewer segments never matches an ARN
     for index, (p, a) in enumerate(zip(pattern_parts, arn_parts, strict=True)):
         if _wildcard(p, within_segment=index < 5).fullmatch(a) is None:
             return False

@@ -87,6 +87,12 @@ class ResourceType:
     def matches(self, arn: str) -> bool:
         return bool(self.pattern.fullmatch(arn))
 
+    def could_match(self, policy_resource: str) -> bool:
+        """Whether a policy's Resource entry (with `*`/`?`) matches at least one ARN of this type."""
+        return policy_resource == "*" or patterns_intersect(
+            _policy_tokens(policy_resource), _format_tokens(self.arn_format)
+        )
+
 
 @dataclass(frozen=True)
 class Action:
@@ -130,6 +136,78 @@ def _key_matches(pattern: str, key: str) -> bool:
     pieces = _VARIABLE.split(pattern)  # the literal parts around each variable
     regex = re.escape(pieces[0]) + "".join(".+" + re.escape(piece) for piece in pieces[1:])
     return bool(re.fullmatch(regex, key))
+
+
+# Tokens of a pattern: ("c", char) a literal; ("one", cls) any single character of a class; ("run", cls) any run
+# of them, possibly empty. Classes: "any", or "seg" (anything but ':').
+Token = tuple[str, str]
+
+
+def _policy_tokens(resource: str) -> tuple[Token, ...]:
+    """A policy Resource as tokens: wildcards stay within their segment, except in the resource segment (the 6th)."""
+    parts = resource.split(":", 5)
+    tokens: list[Token] = []
+    for index, part in enumerate(parts):
+        if index:
+            tokens.append(("c", ":"))
+        cls = "seg" if index < 5 and len(parts) == 6 else "any"
+        tokens.extend(("run", cls) if ch == "*" else ("one", cls) if ch == "?" else ("c", ch) for ch in part)
+    return tuple(tokens)
+
+
+def _format_tokens(arn_format: str) -> tuple[Token, ...]:
+    """An ARN format as tokens: `${Partition}` -> aws, `${Region}`/`${Account}` -> one segment (maybe empty),
+    any other variable -> one or more characters of any kind."""
+    tokens: list[Token] = []
+    position = 0
+    for match in re.finditer(r"\$\{([^}]+)\}", arn_format):
+        tokens.extend(("c", ch) for ch in arn_format[position : match.start()])
+        name = match.group(1)
+        if name == "Partition":
+            tokens.extend(("c", ch) for ch in "aws")
+        elif name in {"Region", "Account"}:
+            tokens.append(("run", "seg"))
+        else:
+            tokens.extend([("one", "any"), ("run", "any")])
+        position = match.end()
+    tokens.extend(("c", ch) for ch in arn_format[position:])
+    return tuple(tokens)
+
+
+def _compatible(a: Token, b: Token) -> bool:
+    """Whether two single-character tokens (literal or class) can stand for the same character."""
+    if a[0] == "c" and b[0] == "c":
+        return a[1] == b[1]
+    if a[0] == "c":
+        return b[1] == "any" or a[1] != ":"
+    if b[0] == "c":
+        return a[1] == "any" or b[1] != ":"
+    return True  # two classes share every non-colon character
+
+
+def patterns_intersect(a: tuple[Token, ...], b: tuple[Token, ...]) -> bool:
+    """Whether some string matches both token patterns (a search over position pairs)."""
+    seen: set[tuple[int, int]] = set()
+    todo = [(0, 0)]
+    while todo:
+        i, j = todo.pop()
+        if (i, j) in seen:
+            continue
+        seen.add((i, j))
+        if i == len(a) and j == len(b):
+            return True
+        ta, tb = (a[i] if i < len(a) else None), (b[j] if j < len(b) else None)
+        if ta is not None and ta[0] == "run":
+            todo.append((i + 1, j))  # the run matches nothing more
+            if tb is not None and tb[0] != "run" and _compatible(("one", ta[1]), tb):
+                todo.append((i, j + 1))  # the run takes the character b's token stands for
+        if tb is not None and tb[0] == "run":
+            todo.append((i, j + 1))
+            if ta is not None and ta[0] != "run" and _compatible(ta, ("one", tb[1])):
+                todo.append((i + 1, j))
+        if ta is not None and tb is not None and ta[0] != "run" and tb[0] != "run" and _compatible(ta, tb):
+            todo.append((i + 1, j + 1))
+    return False
 
 
 def arn_format_regex(arn_format: str) -> re.Pattern[str]:

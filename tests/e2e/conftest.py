@@ -133,6 +133,7 @@ def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def deployed(cloud_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     workdir = tmp_path_factory.mktemp("twin")
     twin = Twin(workdir=workdir, spark=False, time_scale=0.05, retry_delay_seconds=0.5).start()
+    assert twin.iam.enabled, "every e2e deployment runs with IAM enforcement on"
     report = twin.deploy(cloud_assembly)
     runner = SparkRunner(twin.client("s3"), workdir=workdir / "spark", s3_for_role=twin._role_s3)
     yield Deployed(twin=twin, report=report, spark_runner=runner)
@@ -140,14 +141,21 @@ def deployed(cloud_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture
-def env(deployed: Deployed) -> Iterator[Deployed]:
-    """Per test: no pending faults, instant job runs unless the test asks for Spark, and nothing in flight after."""
+def env(deployed: Deployed, request: pytest.FixtureRequest) -> Iterator[Deployed]:
+    """Per test: no pending faults, instant job runs unless the test asks for Spark, and nothing in flight after;
+    no call the IAM table does not know, and no IAM refusal unless the test is marked `iam_denials`."""
     deployed.twin.faults.clear()
     deployed.twin.emr_serverless.runner = None
     deployed.twin.emr_ec2.runner = None
     deployed.twin.emr_containers.runner = None
+    stats = deployed.twin.iam.stats
+    denials_before, unmapped_before = len(stats.denials), len(stats.unmapped)
     yield deployed
     deployed.twin.wait_idle(timeout=120)
+    assert stats.unmapped[unmapped_before:] == [], "calls the twin's IAM table does not know (add rows)"
+    if request.node.get_closest_marker("iam_denials") is None:
+        refused = [d.message for d in stats.denials[denials_before:]]
+        assert not refused, "AWS would refuse these calls:\n" + "\n".join(refused)
     assert not deployed.twin.emr_serverless.running(), "a job run was left running"
     assert not deployed.twin.emr_containers.running(), "an EMR on EKS job run was left running"
     assert not deployed.clusters_left_running(), "a run left its cluster running"

@@ -227,7 +227,11 @@ def _capture_next_event(env: Deployed, alarm: str) -> dict[str, Any]:
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     pattern = {"source": ["aws.cloudwatch"], "detail": {"alarmName": [alarm], "state": {"value": ["ALARM"]}}}
-    events.put_rule(Name=name, EventPattern=json.dumps(pattern))
+    rule_arn = events.put_rule(Name=name, EventPattern=json.dumps(pattern))["RuleArn"]
+    # EventBridge may send to the queue only what its policy allows (the twin's IAM evaluates it, as AWS does)
+    allow_rule = {"Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"}, "Action": "sqs:SendMessage",
+                  "Resource": queue_arn, "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}}}  # fmt: skip
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps({"Statement": [allow_rule]})})
     events.put_targets(Rule=name, Targets=[{"Id": "q", "Arn": queue_arn}])
     try:
         _alarm(env, alarm, "OK")

@@ -260,16 +260,34 @@ def test_eventbridge_rules_deliver_to_step_functions_and_lambda_targets(env: Dep
     env.twin.wait_idle()
     events = env.twin.client("events")
     source = f"test.autopilot.{uuid.uuid4().hex[:6]}"
-    events.put_rule(
+    rule_arn = events.put_rule(
         Name=f"rule-{source}", EventPattern=json.dumps({"source": [source], "detail": {"n": [{"numeric": [">", 1]}]}})
-    )
+    )["RuleArn"]
     router_arn = next(f.arn for f in env.twin.runtime.functions.values() if f.name.endswith("-router"))
+    # As in AWS: EventBridge starts a state machine with a role the target names, and invokes a function its
+    # resource-based policy allows (the twin's IAM evaluates both)
+    iam = env.twin.client("iam")
+    trust = {"Statement": [{"Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"},
+                            "Action": "sts:AssumeRole"}]}  # fmt: skip
+    role_arn = iam.create_role(RoleName=f"events-{source[-6:]}", AssumeRolePolicyDocument=json.dumps(trust))["Role"][
+        "Arn"
+    ]
+    start = {"Statement": [{"Effect": "Allow", "Action": "states:StartExecution", "Resource": env.state_machine}]}
+    iam.put_role_policy(RoleName=f"events-{source[-6:]}", PolicyName="start", PolicyDocument=json.dumps(start))
+    env.twin.client("lambda").add_permission(
+        FunctionName=router_arn,
+        StatementId=f"events-{source[-6:]}",
+        Action="lambda:InvokeFunction",
+        Principal="events.amazonaws.com",
+        SourceArn=rule_arn,
+    )
     events.put_targets(
         Rule=f"rule-{source}",
         Targets=[
             {
                 "Id": "run",
                 "Arn": env.state_machine,
+                "RoleArn": role_arn,
                 "InputTransformer": {
                     "InputPathsMap": {"uri": "$.detail.uri"},
                     "InputTemplate": '{"pipeline": "sales-daily", "inputs": [<uri>]}',

@@ -130,7 +130,6 @@ def test_admission_function_may_answer_tokens_and_write_only_ledger_entries(synt
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
-        "dynamodb:ConditionCheckItem",
     }
 
 

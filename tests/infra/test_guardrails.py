@@ -92,13 +92,17 @@ def test_the_guardrail_stops_compute_only_on_clusters_tagged_with_this_deploymen
     def actions(s: dict[str, Any]) -> set[str]:
         return set(s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
 
-    stopping = [
-        s for s in statements if actions(s) & {"elasticmapreduce:TerminateJobFlows", "elasticmapreduce:CancelSteps"}
+    deployment_tag = {"StringEquals": {"aws:ResourceTag/autopilot:deployment": synth.stack.stack_name}}
+    terminating = [s for s in statements if "elasticmapreduce:TerminateJobFlows" in actions(s)]
+    assert terminating and all(s["Condition"] == deployment_tag for s in terminating)
+    # Steps are cancelled on this deployment's clusters, and on each long-running target (never tagged with the
+    # deployment) only within that target's own scope: its tag here (sales-adhoc: team-cluster=analytics).
+    cancelling = [s for s in statements if "elasticmapreduce:CancelSteps" in actions(s)]
+    assert [s.get("Condition") for s in cancelling] == [
+        deployment_tag,
+        {"StringEquals": {"aws:ResourceTag/team-cluster": "analytics"}},
     ]
-    assert stopping and all(
-        s["Condition"] == {"StringEquals": {"aws:ResourceTag/autopilot:deployment": synth.stack.stack_name}}
-        for s in stopping
-    )
+    assert not any("elasticmapreduce:TerminateJobFlows" in actions(s) for s in cancelling[1:])
     deleting = next(s for s in statements if "cloudwatch:DeleteAlarms" in actions(s))
     assert "-scaling-*" in json.dumps(deleting["Resource"])
 

@@ -293,7 +293,7 @@ def _router_statements(synth: Synthesized) -> list[dict[str, Any]]:
     (policy,) = [
         p["Properties"]
         for k, p in synth.resources("AWS::IAM::Policy").items()
-        if "router" in k.lower() and "ServiceRole" in k
+        if "router" in k.lower() and "FunctionRole" in k
     ]
     statements: list[dict[str, Any]] = policy["PolicyDocument"]["Statement"]
     return statements

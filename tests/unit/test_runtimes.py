@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from config.ec2 import Ec2Runtime
 from config.loader import ConfigError, validate_config
@@ -277,6 +278,29 @@ def test_resolve_long_running_cluster_by_tag_or_id_with_clear_reasons() -> None:
     assert none is None and "several clusters are tagged team=ml (j-C, j-D)" in str(why)
     none, why = resolve_cluster(emr, {"tag_key": "team", "tag_value": "bi"})
     assert none is None and "no cluster tagged team=bi" in str(why)
+
+
+class TagScopedEmr(FakeEmr):
+    """EMR as the prepare role sees it in AWS: DescribeCluster is allowed only on clusters tagged team=analytics."""
+
+    class exceptions:  # noqa: N801 - mirrors boto3's client.exceptions
+        ClientError = ClientError
+
+    def describe_cluster(self, ClusterId: str) -> dict[str, Any]:  # noqa: N803 - boto3 names
+        tags = {t["Key"]: t["Value"] for t in self.clusters[ClusterId]["Tags"]}
+        if tags.get("team") != "analytics":
+            error = {"Code": "AccessDeniedException", "Message": "not authorized to perform: DescribeCluster"}
+            raise ClientError({"Error": error}, "DescribeCluster")
+        return super().describe_cluster(ClusterId)
+
+
+def test_resolving_by_tag_skips_clusters_the_role_may_not_describe() -> None:
+    # Given another team's cluster running beside ours, which the role may not describe (AWS refuses it)
+    emr = TagScopedEmr(
+        [_cluster("j-OTHER", "RUNNING", {"team": "ml"}), _cluster("j-A", "WAITING", {"team": "analytics"})]
+    )
+    # When the target is resolved by tag, Then the refusal means "not ours", not a failed run
+    assert resolve_cluster(emr, {"tag_key": "team", "tag_value": "analytics"}) == ("j-A", None)
 
 
 def test_prepare_reports_an_unavailable_long_running_cluster_for_the_workflow_to_fail_on() -> None:
