@@ -1,6 +1,6 @@
 """`emr-autopilot`: the operator's door — the local twin, runs, and starting runs.
 
-    emr-autopilot local up [--cdk-out cdk.out] [--port 4566] [--no-spark]
+    emr-autopilot local up [--cdk-out cdk.out] [--port 4566] [--no-spark] [--time-scale 1.0] [--no-iam]
     emr-autopilot local drop FILE s3://bucket/key
     emr-autopilot start PIPELINE [--input JSON] [--name RUN_ID]
     emr-autopilot runs [--pipeline NAME] [--state STATE] [--json]
@@ -60,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--cdk-out", type=Path, default=Path("cdk.out"), help="cloud assembly (default: cdk.out)")
     up.add_argument("--port", type=int, default=4566, help="port on 127.0.0.1 (default: 4566)")
     up.add_argument("--no-spark", action="store_true", help="complete job runs without running Spark")
+    up.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="the twin's clock: AWS's waits (EMR .sync polls every 60 s/300 s, batching windows, retries) are "
+        "multiplied by this (default 1.0, as AWS; 0.1 runs them 10x faster)",
+    )
+    up.add_argument(
+        "--no-iam",
+        action="store_true",
+        help="DEBUGGING ONLY: do not enforce IAM (calls AWS would refuse go through, each logged as a warning)",
+    )
     up.set_defaults(func=_local_up)
     drop = local.add_parser("drop", help="upload a file to the twin's S3 (triggers pipelines like a real upload)")
     drop.add_argument("file", type=Path)
@@ -115,12 +127,18 @@ def _local_up(args: argparse.Namespace) -> int:
     if not args.no_spark and (problem := java_problem()):
         raise CliError(problem)
     workdir = Path(tempfile.mkdtemp(prefix="autopilot-twin-"))
-    twin = Twin(workdir=workdir, port=args.port, spark=not args.no_spark).start()
+    twin = Twin(
+        workdir=workdir, port=args.port, spark=not args.no_spark, time_scale=args.time_scale, iam=not args.no_iam
+    ).start()
     report = twin.deploy(args.cdk_out)
     STATE_FILE.parent.mkdir(exist_ok=True)
     STATE_FILE.write_text(json.dumps({"endpoint": twin.endpoint, "outputs": report.outputs, "pid": os.getpid()}))
     print(report.summary())
     print(f"\ntwin running at {twin.endpoint} (Ctrl-C to stop)")
+    unenforced = "NOT ENFORCED (--no-iam): AWS may refuse what works here"
+    print(f"  IAM: {'enforced as AWS does' if twin.iam.enabled else unenforced}")
+    polls = f"every {60 * args.time_scale:g} s, then {300 * args.time_scale:g} s"
+    print(f"  clock: x{1 / args.time_scale:g} (Step Functions polls EMR {polls})")
     credentials = "AWS_ACCESS_KEY_ID=twin AWS_SECRET_ACCESS_KEY=twin"
     print(f"  export AWS_ENDPOINT_URL={twin.endpoint} {credentials} AWS_REGION={REGION}")
     print(f"  landing bucket: {report.outputs.get('LandingBucket')}")

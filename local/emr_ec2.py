@@ -90,6 +90,8 @@ TERMINATE_ACTIONS = frozenset({"TERMINATE_JOB_FLOW", "TERMINATE_CLUSTER"})
 NODE_TYPES = ("MASTER", "CORE", "TASK")
 IDLE_TIMEOUT_CODE = "ALL_STEPS_COMPLETED"  # EMR's reason codes have no idle-timeout value (see module docstring)
 MAX_ACTIVE_STEPS = 256
+EMR_CLEANUP_ROLE = "AWSServiceRoleForEMRCleanup"
+EMR_CLEANUP_ROLE_PATH = "/aws-service-role/elasticmapreduce.amazonaws.com/"
 MAX_BOOTSTRAP_ACTIONS = 16
 STEP_TIMEOUT_SECONDS = 3600
 _RELEASE_LABEL = re.compile(r"^emr-\d+\.\d+\.\d+$")
@@ -489,8 +491,35 @@ class EmrEc2Twin:
             self._set_cluster(c, "STARTING", {"Message": "Provisioning Amazon EC2 capacity"})
             for config in params.get("Steps") or []:
                 self._add_step(c, config, params.get("StepExecutionRoleArn"))
+        self._ensure_cleanup_role()
         threading.Thread(target=self._drive, args=(c,), name=f"emr-{c.id}", daemon=True).start()
         return {"JobFlowId": c.id, "ClusterArn": c.arn}
+
+    def _ensure_cleanup_role(self) -> None:
+        """EMR creates its service-linked role AWSServiceRoleForEMRCleanup with an account's first cluster (EMR
+        management guide, "Using service-linked roles for Amazon EMR for cleanup"); until then RunJobFlow needs
+        iam:CreateServiceLinkedRole (the twin's IAM table asks for it while the role is missing)."""
+        from moto.iam.models import iam_backends
+
+        iam = iam_backends[self.account]["global"]
+        try:
+            iam.get_role(EMR_CLEANUP_ROLE)
+            return
+        except Exception:  # moto's NoSuchEntity: create it, as EMR does
+            pass
+        emr = {"Service": "elasticmapreduce.amazonaws.com"}
+        assume = {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": emr}
+        trust = {"Version": "2012-10-17", "Statement": [assume]}
+        iam.create_role(
+            EMR_CLEANUP_ROLE,
+            json.dumps(trust),
+            EMR_CLEANUP_ROLE_PATH,
+            None,
+            "Service-linked role EMR uses to clean up EC2 resources",
+            [],
+            None,
+            linked_service="elasticmapreduce.amazonaws.com",
+        )
 
     def describe_cluster(self, cluster_id: str) -> dict[str, Any]:
         """The DescribeCluster `Cluster` shape."""

@@ -16,7 +16,7 @@ from moto.events.exceptions import ValidationException as EventsValidationExcept
 from moto.s3 import notifications as s3_notifications
 from moto.s3.responses import S3Response
 from moto.stepfunctions import responses as sfn_responses
-from moto.stepfunctions.parser import api as sfn_api
+from moto.stepfunctions import exceptions as sfn_exceptions
 from moto.stepfunctions.parser import models as sfn_models
 from moto.stepfunctions.parser.api import (
     ExecutionFailedEventDetails,
@@ -65,10 +65,10 @@ def _start_execution(self: Any, state_machine_arn: str, name: Any = None, *args:
     name = name or str(uuid.uuid4())
     problem = validation.execution_name_problem(str(name))
     if problem is not None:
-        raise sfn_api.InvalidName(problem)
+        raise sfn_exceptions.InvalidName(problem)
     execution_input = kwargs.get("execution_input", args[0] if args else None)
     if execution_input is not None and validation.utf8_size(execution_input) > validation.STATES_PAYLOAD_BYTES:
-        raise sfn_api.ValidationException(
+        raise sfn_exceptions.ValidationException(
             validation.validation_message(
                 [
                     f"Value at 'input' failed to satisfy constraint: Member must have length less than or equal to "

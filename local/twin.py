@@ -35,6 +35,13 @@ What the twin adds to moto 5.2.5 (each item exists because moto does not do it):
   (moto waited for the running state to return, and a later error could turn it FAILED), a `.sync` task
   stops waiting (the cluster / job run is left running, as on AWS), TIMED_OUT executions have a stopDate,
   and each ends with exactly one "Execution Status Change" event.
+- IAM (`local.iam`): every call of the app's principals (function roles, state machine roles, job and instance
+  roles, EventBridge) is authorized with AWS's evaluation logic against the deployed identity and resource policies
+  and AWS's Service Authorization Reference; refusals get AWS's errors. `Twin(iam=False)` only for debugging.
+- Quotas and request validation (`local.validation`): Step Functions names, payloads and history length; the
+  botocore model's constraints on requests, as AWS checks them on the server.
+- The twin's clock (`time_scale`): EMR `.sync` tasks notice a change only at Step Functions' polls (60 s, then 300 s
+  after 10 minutes); poll intervals, batching windows and Retry waits are multiplied by `time_scale`.
 - Faults on demand (see `local.faults`).
 """
 

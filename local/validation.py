@@ -86,7 +86,8 @@ def _check(shape: Any, value: Any, path: str, errors: list[str]) -> None:  # noq
             _fail(errors, value, path or "input", "Member must be a structure")
             return
         for required in shape.required_members:
-            if value.get(required) is None:
+            token = shape.members[required].metadata.get("idempotencyToken")  # the SDK fills it in
+            if value.get(required) is None and not token:
                 _fail(errors, None, _member_path(path, required), "Member must not be null")
         for name, member in shape.members.items():
             if value.get(name) is not None:

@@ -282,6 +282,23 @@ class Ec2Pipeline(PipelineWorkflow):
                     conditions=created_with_tag,
                 )
             )
+            # An account's first cluster makes EMR create its service-linked role AWSServiceRoleForEMRCleanup,
+            # which the caller must be allowed to (EMR management guide, "service-linked roles for cleanup").
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="CreateEmrServiceLinkedRole",
+                    actions=["iam:CreateServiceLinkedRole"],
+                    resources=[
+                        stack.format_arn(
+                            service="iam",
+                            region="",
+                            resource="role",
+                            resource_name="aws-service-role/elasticmapreduce.amazonaws.com*/AWSServiceRoleForEMRCleanup*",
+                        )
+                    ],
+                    conditions={"StringLike": {"iam:AWSServiceName": "elasticmapreduce.amazonaws.com*"}},
+                )
+            )
             role.add_to_principal_policy(
                 iam.PolicyStatement(
                     sid="TagOwnClusters",
@@ -339,10 +356,11 @@ class Ec2Pipeline(PipelineWorkflow):
         self._grant_functions(name)
         self.suppress_workflow_wildcards(
             "RunJobFlow, which has no resource type (only '*' can allow it; the request must tag the cluster "
-            "with this pipeline); clusters of this pipeline (ids are unknown until run time; scoped by the "
+            "with this pipeline); EMR's service-linked cleanup role (its path and name as the EMR guide gives them); "
+            "clusters of this pipeline (ids are unknown until run time; scoped by the "
             "autopilot:pipeline tag); "
             "scaling alarms of this pipeline's clusters (named by prefix).",
-            [ANY_CLUSTER_ARN, SCALING_ALARMS_ARN],
+            [ANY_CLUSTER_ARN, SCALING_ALARMS_ARN, "regex:/^Resource::arn:.*:role\\/aws-service-role\\/.*$/g"],
         )
 
     def _grant_functions(self, name: str) -> None:

@@ -205,7 +205,7 @@ def _step(step: dict[str, Any], noticed_at: str | None = None) -> dict[str, Any]
     timeline = status.get("Timeline", {})
     failure = status.get("FailureDetails") or {}
     started, ended = timeline.get("StartDateTime"), timeline.get("EndDateTime")
-    delay = round(_ts(noticed_at) - _ts(ended), 1) if noticed_at and ended else None
+    delay = round(_ts(noticed_at) - _ts(ended), 3) if noticed_at and ended else None
     return {
         "id": step.get("Id"),
         "name": step.get("Name"),

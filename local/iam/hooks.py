@@ -55,6 +55,13 @@ class TwinLookups:
         except Exception:
             return f"arn:aws:iam::{self.account}:role/{name_or_arn}"
 
+    def role_exists(self, name: str) -> bool:
+        try:
+            self._iam().get_role(name)
+        except Exception:  # moto's NoSuchEntity
+            return False
+        return True
+
     def instance_profile_roles(self, name_or_arn: str) -> list[str]:
         name = name_or_arn.rsplit("/", 1)[-1]
         try:

@@ -59,6 +59,10 @@ class Lookups(Protocol):
         """A role's ARN (its path included) from its name or ARN."""
         ...
 
+    def role_exists(self, name: str) -> bool:
+        """Whether the account has the role (e.g. a service-linked role a service creates on first use)."""
+        ...
+
 
 Row = Callable[[Mapping[str, Any], Lookups], list[Authorization]]
 OPERATIONS: dict[tuple[str, str], Row] = {}
@@ -334,6 +338,9 @@ _no_resource("stepfunctions", "states", "SendTaskSuccess", "SendTaskFailure", "S
 # ------------------------------------------------------------------------------------------------- EMR on EC2
 
 
+EMR_CLEANUP_ROLE = "aws-service-role/elasticmapreduce.amazonaws.com/AWSServiceRoleForEMRCleanup"
+
+
 def cluster_arn(lookups: Lookups, cluster_id: str) -> str:
     return _arn(lookups, "elasticmapreduce", f"cluster/{cluster_id}")
 
@@ -353,6 +360,14 @@ def _emr_run_job_flow(p: Mapping[str, Any], lookups: Lookups) -> list[Authorizat
         out.extend(pass_role(role, "ec2.amazonaws.com") for role in lookups.instance_profile_roles(p["JobFlowRole"]))
     if p.get("AutoScalingRole"):
         out.append(pass_role(lookups.role_arn(p["AutoScalingRole"]), "application-autoscaling.amazonaws.com"))
+    if not lookups.role_exists("AWSServiceRoleForEMRCleanup"):
+        # The account's first cluster makes EMR create its service-linked role, which the caller must be allowed
+        # (EMR management guide, "Using service-linked roles for Amazon EMR for cleanup"; the Step Functions guide
+        # repeats it for createCluster).
+        slr = f"arn:aws:iam::{lookups.account}:role/{EMR_CLEANUP_ROLE}"
+        out.append(
+            Authorization("iam:CreateServiceLinkedRole", slr, {"iam:AWSServiceName": "elasticmapreduce.amazonaws.com"})
+        )
     return out
 
 

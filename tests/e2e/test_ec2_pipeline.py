@@ -30,6 +30,7 @@ HAPPY_PATH = [
     "PutScalingAlarm",
     "RunSteps",
     "RunStep",
+    "StepNoticed",
     "ReadJobMetrics",
     "TerminateCluster",
     "HasScalingAlarms",
@@ -243,6 +244,39 @@ def test_long_running_cluster_gets_the_steps_and_keeps_running(env: Deployed, an
     assert ledger["instance_hours_estimate"] is None
     assert _cluster_state(env, analytics_cluster) == "WAITING"
     assert "CreateCluster" not in _entered(env, arn) and "TerminateCluster" not in _entered(env, arn)
+
+
+@pytest.mark.iam_denials
+def test_another_teams_cluster_beside_the_target_is_skipped_not_fatal(env: Deployed, analytics_cluster: str) -> None:
+    # Given another team's cluster running beside the tagged target: prepare may not describe it (AWS refuses)
+    emr = env.twin.client("emr")
+    other: str = emr.run_job_flow(
+        Name="ml-team",
+        ReleaseLabel="emr-7.5.0",
+        Instances={
+            "InstanceGroups": [
+                {"Name": "primary", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1}
+            ],
+            "KeepJobFlowAliveWhenNoSteps": True,
+        },
+        ServiceRole="EMR_DefaultRole",
+        JobFlowRole="EMR_EC2_DefaultRole",
+        Tags=[{"Key": "team-cluster", "Value": "ml"}],
+    )["JobFlowId"]
+    try:
+        env.wait_for(lambda: _cluster_state(env, other) == "WAITING", what="the other cluster")
+        denials_before = len(env.twin.iam.stats.denials)
+        # When a run resolves its target by tag, Then the refusal means "not ours" and the run succeeds
+        run_id, arn = _console_run(env, EXISTING, f"{EXISTING}/{uuid.uuid4().hex[:8]}/o.input")
+        assert env.finished(arn, timeout=90)["status"] == "SUCCEEDED"
+        assert env.ledger(run_id)["cluster_id"] == analytics_cluster
+        refused = env.twin.iam.stats.denials[denials_before:]
+        assert [(d.action, d.resource.rsplit("/", 1)[-1]) for d in refused] == [
+            ("elasticmapreduce:DescribeCluster", other)
+        ]
+    finally:
+        emr.terminate_job_flows(JobFlowIds=[other])
+        env.wait_for(lambda: _cluster_state(env, other) == "TERMINATED", what="teardown")
 
 
 def test_failed_step_on_a_long_running_cluster_leaves_the_cluster_running(

@@ -272,7 +272,10 @@ def test_eventbridge_rules_deliver_to_step_functions_and_lambda_targets(env: Dep
     role_arn = iam.create_role(RoleName=f"events-{source[-6:]}", AssumeRolePolicyDocument=json.dumps(trust))["Role"][
         "Arn"
     ]
-    start = {"Statement": [{"Effect": "Allow", "Action": "states:StartExecution", "Resource": env.state_machine}]}
+    start = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "states:StartExecution", "Resource": env.state_machine}],
+    }
     iam.put_role_policy(RoleName=f"events-{source[-6:]}", PolicyName="start", PolicyDocument=json.dumps(start))
     env.twin.client("lambda").add_permission(
         FunctionName=router_arn,

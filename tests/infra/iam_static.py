@@ -702,6 +702,9 @@ class SampleLookups:
     def instance_profile_roles(self, name_or_arn: str) -> list[str]:
         return [f"arn:aws:iam::{ACCOUNT}:role/{name_or_arn.rsplit('/', 1)[-1]}-role"]
 
+    def role_exists(self, name: str) -> bool:
+        return False  # a fresh account: no service-linked role exists yet (the strictest case)
+
 
 _SAMPLE_MEMBERS: dict[str, Any] = {
     "Bucket": "bucket", "Key": "key", "Prefix": "prefix/", "TableName": "table",

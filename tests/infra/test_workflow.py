@@ -90,6 +90,7 @@ def actions_from_asl(asl: dict[str, Any]) -> set[str]:
             needed.add("cloudwatch:TagResource")  # an alarm created with tags needs TagResource too
         if integration.startswith("elasticmapreduce:createCluster"):
             needed.add("iam:PassRole")  # ServiceRole and JobFlowRole
+            needed.add("iam:CreateServiceLinkedRole")  # EMR's cleanup role, made with an account's first cluster
             if "Tags" in params or "Tags.$" in params:
                 needed.add("elasticmapreduce:AddTags")  # tag-on-create is authorized as AddTags
     return needed

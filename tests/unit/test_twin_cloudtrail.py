@@ -56,8 +56,30 @@ def _queue(name: str) -> dict[str, Any]:
     return {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": name}}
 
 
-def _role(name: str) -> dict[str, Any]:
-    return {"Type": "AWS::IAM::Role", "Properties": {"RoleName": name, "AssumeRolePolicyDocument": {}}}
+def _role(name: str, *, allow_all: bool = False) -> dict[str, Any]:
+    """A role; `allow_all` for the principals whose identities these tests record (the twin's IAM evaluates their
+    calls, and what they may do is not what is tested here)."""
+    props: dict[str, Any] = {"RoleName": name, "AssumeRolePolicyDocument": {}}
+    if allow_all:
+        statement = {"Effect": "Allow", "Action": "*", "Resource": "*"}
+        document = {"Version": "2012-10-17", "Statement": [statement]}
+        props["Policies"] = [{"PolicyName": "all", "PolicyDocument": document}]
+    return {"Type": "AWS::IAM::Role", "Properties": props}
+
+
+def _events_may_send(queue: str, *rules: str) -> dict[str, Any]:
+    """A queue policy letting EventBridge deliver `rules`' events to `queue`."""
+    statement = {
+        "Effect": "Allow",
+        "Principal": {"Service": "events.amazonaws.com"},
+        "Action": "sqs:SendMessage",
+        "Resource": {"Fn::GetAtt": [queue, "Arn"]},
+        "Condition": {"ArnEquals": {"aws:SourceArn": [{"Fn::GetAtt": [r, "Arn"]} for r in rules]}},
+    }
+    return {
+        "Type": "AWS::SQS::QueuePolicy",
+        "Properties": {"Queues": [{"Ref": queue}], "PolicyDocument": {"Statement": [statement]}},
+    }
 
 
 def _schedule(name: str, expression: str, target: str, state: str = "ENABLED") -> dict[str, Any]:
@@ -76,8 +98,8 @@ TEMPLATE: dict[str, Any] = {
             "Type": "AWS::IAM::InstanceProfile",
             "Properties": {"InstanceProfileName": "trail-emr-profile", "Roles": [{"Ref": "Ec2Role"}]},
         },
-        "SfnRole": _role(SFN_ROLE),
-        "FnRole": _role(FN_ROLE),
+        "SfnRole": _role(SFN_ROLE, allow_all=True),
+        "FnRole": _role(FN_ROLE, allow_all=True),
         "Logged": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": LOGGED}},
         "Quiet": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": QUIET}},
         "Versioned": {
@@ -109,6 +131,18 @@ TEMPLATE: dict[str, Any] = {
                     "detail": {"eventName": ["TerminateJobFlows"]},
                 },
                 "Targets": [{"Id": "q", "Arn": {"Fn::GetAtt": ["Trail", "Arn"]}}],
+            },
+        },
+        # EventBridge may deliver only what the targets allow (the twin's IAM evaluates these, as AWS does).
+        "TicksPolicy": _events_may_send("Ticks", "TickRule", "OffRule"),
+        "TrailPolicy": _events_may_send("Trail", "TrailRule"),
+        "GuardPermission": {
+            "Type": "AWS::Lambda::Permission",
+            "Properties": {
+                "Action": "lambda:InvokeFunction",
+                "FunctionName": {"Fn::GetAtt": ["Guard", "Arn"]},
+                "Principal": "events.amazonaws.com",
+                "SourceArn": {"Fn::GetAtt": ["GuardRule", "Arn"]},
             },
         },
         "App": {
@@ -243,7 +277,7 @@ class Env:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     workdir = tmp_path_factory.mktemp("cloudtrail-twin")
-    twin = Twin(workdir=workdir, spark=False).start()
+    twin = Twin(workdir=workdir, spark=False, time_scale=0.002).start()  # EMR .sync polls every 0.12 s
     try:
         report = twin.deploy(write_assembly(workdir / "cdk.out"))
         twin.emr_ec2.phase_seconds = 0.05

@@ -49,6 +49,23 @@ TEMPLATE: dict[str, Any] = {
                 "Targets": [{"Id": "q", "Arn": {"Fn::GetAtt": ["Events", "Arn"]}}],
             },
         },
+        "EventsPolicy": {  # EventBridge may deliver the rule's events to the queue (the twin's IAM asks)
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [{"Ref": "Events"}],
+                "PolicyDocument": {
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "events.amazonaws.com"},
+                            "Action": "sqs:SendMessage",
+                            "Resource": {"Fn::GetAtt": ["Events", "Arn"]},
+                            "Condition": {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ScalingAlarm", "Arn"]}}},
+                        }
+                    ]
+                },
+            },
+        },
     }
 }
 

@@ -38,7 +38,26 @@ TEMPLATE: dict[str, Any] = {
         },
         "Ec2Role": {
             "Type": "AWS::IAM::Role",
-            "Properties": {"RoleName": EC2_ROLE, "AssumeRolePolicyDocument": {"Version": "2012-10-17"}},
+            "Properties": {
+                "RoleName": EC2_ROLE,
+                "AssumeRolePolicyDocument": {"Version": "2012-10-17"},
+                # What runs on a cluster reads and writes S3 as this role (the twin's IAM evaluates it)
+                "Policies": [
+                    {
+                        "PolicyName": "s3",
+                        "PolicyDocument": {
+                            "Version": "2012-10-17",
+                            "Statement": [
+                                {
+                                    "Effect": "Allow",
+                                    "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"],
+                                    "Resource": [f"arn:aws:s3:::{b}{p}" for b in (BUCKET, LOGS) for p in ("", "/*")],
+                                }
+                            ],
+                        },
+                    }
+                ],
+            },
         },
         "Profile": {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [{"Ref": "Ec2Role"}]}},
         "Security": {
@@ -659,7 +678,7 @@ def test_step_functions_create_cluster_requires_keep_alive(env: Env) -> None:
     machine = _machine(env, ["spark-submit", "s3://b/app.py"])
     machine["States"]["CreateCluster"]["Parameters"]["Instances"]["KeepJobFlowAliveWhenNoSteps"] = False
     described = env.run_machine("emr-no-keepalive", machine)
-    assert (described["status"], described["error"]) == ("FAILED", "EMR.ValidationException")
+    assert (described["status"], described["error"]) == ("FAILED", "EMR.AmazonElasticMapReduceException")
     assert "KeepJobFlowAliveWhenNoSteps" in described["cause"]
 
 

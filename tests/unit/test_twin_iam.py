@@ -334,6 +334,9 @@ class _Lookups:
     def instance_profile_roles(self, name_or_arn: str) -> list[str]:
         return [f"arn:aws:iam::{ACCOUNT}:role/{name_or_arn}-role"]
 
+    def role_exists(self, name: str) -> bool:
+        return name == "AWSServiceRoleForEMRCleanup"  # EMR made its service-linked role with an earlier cluster
+
 
 QUEUE_URL = f"https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/q"
 SAMPLE_PARAMS: dict[tuple[str, str], dict[str, Any]] = {
@@ -445,6 +448,21 @@ def test_rows_that_need_more_than_their_namesake() -> None:
     listing = authorizations("s3", "ListObjectsV2", SAMPLE_PARAMS[("s3", "ListObjectsV2")], lookups)
     assert listing == [Authorization("s3:ListBucket", "arn:aws:s3:::b",
                                      {"s3:prefix": "p/", "s3:delimiter": "/", "s3:max-keys": "10"})]  # fmt: skip
+
+
+def test_the_accounts_first_cluster_also_needs_to_create_emrs_service_linked_role() -> None:
+    class FirstCluster(_Lookups):
+        def role_exists(self, name: str) -> bool:
+            return False
+
+    run = authorizations("emr", "RunJobFlow", {"ServiceRole": "svc"}, FirstCluster())
+    assert (run[-1].action, run[-1].context) == (
+        "iam:CreateServiceLinkedRole",
+        {"iam:AWSServiceName": "elasticmapreduce.amazonaws.com"},
+    )
+    assert run[-1].resource.endswith(
+        ":role/aws-service-role/elasticmapreduce.amazonaws.com/AWSServiceRoleForEMRCleanup"
+    )
 
 
 def test_an_operation_the_table_does_not_know_is_refused_loudly() -> None:

@@ -26,8 +26,15 @@ def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
 def _waiting_machine(twin: Twin, name: str, retries: int) -> tuple[Any, str, str]:
     """A task that sends its token to a queue and waits 1 s for it; a timeout is caught into a 3 s Wait."""
     sfn, sqs = twin.client("stepfunctions"), twin.client("sqs")
-    role = twin.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    iam = twin.client("iam")
+    role = iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    queue_arn = f"arn:aws:sqs:{twin.region}:{twin.account}:{name}"
+    send = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": queue_arn}],
+    }
+    iam.put_role_policy(RoleName=name, PolicyName="send", PolicyDocument=json.dumps(send))  # the twin's IAM asks
     wait = {
         "Type": "Task",
         "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",

@@ -1,0 +1,283 @@
+"""The twin refuses what AWS refuses, on a small hand-made stack: IAM for functions, state machines and EventBridge,
+AWS's errors inside workflows, request validation, Step Functions and EventBridge quotas, EMR's poll schedule."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from local import patches
+from local.sfn_integrations import emr_poll_offsets
+from local.twin import Twin
+from local.validation import execution_name_problem, put_events_size, validation_errors
+from tests.unit.twin_helpers import deployed_twin, run_machine, wait_for
+
+ACCOUNT, REGION = "123456789012", "us-east-1"
+QUEUE, OPEN_QUEUE = "fidelity-closed", "fidelity-open"
+ALLOWED_ROLE, EMPTY_ROLE = "fidelity-sfn", "fidelity-sfn-empty"
+
+
+def _role(name: str, *statements: dict[str, Any]) -> dict[str, Any]:
+    props: dict[str, Any] = {"RoleName": name, "AssumeRolePolicyDocument": {"Version": "2012-10-17"}}
+    if statements:
+        document = {"Version": "2012-10-17", "Statement": list(statements)}
+        props["Policies"] = [{"PolicyName": "p", "PolicyDocument": document}]
+    return {"Type": "AWS::IAM::Role", "Properties": props}
+
+
+def _rule(name: str, source: str, queue: str) -> dict[str, Any]:
+    return {
+        "Type": "AWS::Events::Rule",
+        "Properties": {
+            "Name": name,
+            "EventPattern": {"source": [source]},
+            "Targets": [{"Id": "q", "Arn": {"Fn::GetAtt": [queue, "Arn"]}}],
+        },
+    }
+
+
+TEMPLATE: dict[str, Any] = {
+    "Resources": {
+        "Closed": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": QUEUE}},
+        "Open": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": OPEN_QUEUE}},
+        "OpenPolicy": {
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [{"Ref": "Open"}],
+                "PolicyDocument": {
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "events.amazonaws.com"},
+                            "Action": "sqs:SendMessage",
+                            "Resource": {"Fn::GetAtt": ["Open", "Arn"]},
+                            "Condition": {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ToOpen", "Arn"]}}},
+                        }
+                    ]
+                },
+            },
+        },
+        "ToClosed": _rule("fidelity-to-closed", "fidelity.closed", "Closed"),
+        "ToOpen": _rule("fidelity-to-open", "fidelity.open", "Open"),
+        "Allowed": _role(
+            ALLOWED_ROLE,
+            {
+                "Effect": "Allow",
+                "Action": "sqs:SendMessage",
+                "Resource": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{OPEN_QUEUE}",
+            },
+        ),
+        "Empty": _role(EMPTY_ROLE),
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
+    with deployed_twin(Path(tmp_path_factory.mktemp("fidelity")), "fidelity", TEMPLATE) as (started, _):
+        yield started
+
+
+def _queue_url(twin: Twin, name: str) -> str:
+    return str(twin.client("sqs").get_queue_url(QueueName=name)["QueueUrl"])
+
+
+def _role_arn(name: str) -> str:
+    return f"arn:aws:iam::{ACCOUNT}:role/{name}"
+
+
+_names = itertools.count()
+
+
+def _machine(twin: Twin, role: str, states: dict[str, Any], start: str) -> dict[str, Any]:
+    definition = {"StartAt": start, "States": states}
+    return run_machine(twin.client("stepfunctions"), f"fidelity-{next(_names)}", definition, _role_arn(role))
+
+
+# ---------------------------------------------------------------------------------------------- EventBridge + IAM
+
+
+def test_eventbridge_delivers_only_where_the_queue_policy_allows_the_rule(twin: Twin) -> None:
+    events = twin.client("events")
+    denials = len(twin.iam.stats.denials)
+    events.put_events(Entries=[{"Source": "fidelity.closed", "DetailType": "t", "Detail": "{}"}])
+    events.put_events(Entries=[{"Source": "fidelity.open", "DetailType": "t", "Detail": "{}"}])
+    sqs = twin.client("sqs")
+    wait_for(lambda: sqs.receive_message(QueueUrl=_queue_url(twin, OPEN_QUEUE)).get("Messages"), what="delivery")
+    twin.wait_idle(timeout=10)
+    refused = [d for d in twin.iam.stats.denials[denials:] if d.resource.endswith(QUEUE)]
+    assert refused and refused[0].caller == "events.amazonaws.com"
+    assert "because no resource-based policy allows the sqs:SendMessage action" in refused[0].message
+    failed = [d for d in twin.deliveries if d.target_arn.endswith(QUEUE) and d.error]
+    assert failed and "not authorized" in str(failed[-1].error)
+    assert not sqs.receive_message(QueueUrl=_queue_url(twin, QUEUE)).get("Messages")
+
+
+# --------------------------------------------------------------------------------------------- Step Functions + IAM
+
+
+def test_a_state_machine_role_is_evaluated_with_the_services_error_inside_the_workflow(twin: Twin) -> None:
+    send = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::aws-sdk:sqs:sendMessage",
+        "Parameters": {"QueueUrl": _queue_url(twin, OPEN_QUEUE), "MessageBody": "hi"},
+        "End": True,
+    }
+    assert _machine(twin, ALLOWED_ROLE, {"Send": send}, "Send")["status"] == "SUCCEEDED"
+    refused = _machine(twin, EMPTY_ROLE, {"Send": send}, "Send")
+    # (aws-sdk integrations name errors as moto's interpreter does: `sqs.sqsException` here)
+    assert refused["status"] == "FAILED" and refused["error"].lower().startswith("sqs.")
+    assert "is not authorized to perform: sqs:SendMessage" in refused["cause"]
+
+
+def test_an_optimized_integration_refusal_is_named_as_the_sdk_names_it(twin: Twin) -> None:
+    invoke = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::lambda:invoke",
+        "Parameters": {"FunctionName": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:anything", "Payload": {}},
+        "End": True,
+    }
+    refused = _machine(twin, EMPTY_ROLE, {"Invoke": invoke}, "Invoke")
+    assert refused["status"] == "FAILED" and refused["error"] == "Lambda.AWSLambdaException"
+    assert "not authorized to perform: lambda:InvokeFunction" in refused["cause"]
+    assert "Error Code: AccessDeniedException" in refused["cause"]
+
+
+# ------------------------------------------------------------------------------------------------------- quotas
+
+
+def test_execution_names_as_step_functions_accepts_them() -> None:
+    assert execution_name_problem("run-2024-06-01_a") is None
+    assert execution_name_problem("r" * 80) is None
+    for bad in ("", "r" * 81, "my run", "a/b", "x:y", "{x}", "q?", "tab\there", "ctl\x7f"):
+        assert execution_name_problem(bad) is not None, bad
+
+
+def test_start_execution_refuses_bad_names_and_inputs_over_256_kib(twin: Twin) -> None:
+    sfn = twin.client("stepfunctions")
+    definition = json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}})
+    machine = sfn.create_state_machine(name="fidelity-quota", definition=definition, roleArn=_role_arn(EMPTY_ROLE))
+    arn = machine["stateMachineArn"]
+    for name in ("has space", "r" * 81):
+        with pytest.raises(ClientError) as bad_name:
+            sfn.start_execution(stateMachineArn=arn, name=name, input="{}")
+        assert bad_name.value.response["Error"]["Code"] == "InvalidName"
+    with pytest.raises(ClientError) as too_big:
+        sfn.start_execution(stateMachineArn=arn, name="big", input=json.dumps({"x": "y" * 262_144}))
+    assert too_big.value.response["Error"]["Code"] == "ValidationException"
+    fits = json.dumps({"x": "y" * (262_144 - 20)})
+    assert sfn.start_execution(stateMachineArn=arn, name="fits", input=fits)["executionArn"]
+
+
+def test_the_history_quota_ends_an_endless_loop_with_states_runtime(
+    twin: Twin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(patches, "history_limit", 60)  # AWS's is 25,000: the same cut, sooner
+    loop = {
+        "Spin": {"Type": "Pass", "Next": "Again"},
+        "Again": {
+            "Type": "Choice",
+            "Choices": [{"Variable": "$", "IsPresent": True, "Next": "Spin"}],
+            "Default": "Spin",
+        },
+    }
+    described = _machine(twin, EMPTY_ROLE, loop, "Spin")
+    assert described["status"] == "FAILED" and described["error"] == "States.Runtime"
+    assert described["cause"] == "The execution reached the maximum number of history events (60)."
+    events = twin.client("stepfunctions").get_execution_history(executionArn=described["executionArn"], maxResults=1000)
+    last = events["events"][-1]
+    assert (last["id"], last["type"]) == (60, "ExecutionFailed")
+
+
+def test_put_events_over_1_mb_is_refused_as_eventbridge_refuses_it(twin: Twin) -> None:
+    entry = {"Source": "fidelity.open", "DetailType": "t", "Detail": json.dumps({"x": "y" * 1_049_000})}
+    assert put_events_size([entry]) > 1_048_576
+    with pytest.raises(ClientError) as too_big:
+        twin.client("events").put_events(Entries=[entry])
+    assert too_big.value.response["Error"]["Code"] == "ValidationException"
+    assert "Total size of the entries in the request is over the limit" in too_big.value.response["Error"]["Message"]
+
+
+def test_requests_are_validated_against_the_model_as_aws_validates_them() -> None:
+    ok = {"applicationId": "00fabc123456789", "clientToken": "t", "executionRoleArn": _role_arn("job")}
+    assert validation_errors("emr-serverless", "StartJobRun", ok) == []
+    errors = validation_errors("emr-serverless", "StartJobRun", {**ok, "applicationId": "", "name": "n" * 300})
+    assert any(
+        "at 'applicationId' failed to satisfy constraint: Member must have length greater than" in e for e in errors
+    )
+    assert any(
+        "at 'name' failed to satisfy constraint: Member must have length less than or equal to 256" in e for e in errors
+    )
+    missing = validation_errors("emr", "AddJobFlowSteps", {"Steps": []})
+    assert missing == ["Value null at 'jobFlowId' failed to satisfy constraint: Member must not be null"]
+    assert validation_errors("emr-containers", "CreateVirtualCluster", {"name": "vc", "containerProvider": {
+        "type": "EKS", "id": "eks"}}) == []  # clientToken is an idempotency token: the SDK fills it in  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------------- EMR timing
+
+
+def test_step_functions_polls_emr_every_60_s_for_ten_minutes_then_every_300_s() -> None:
+    offsets = list(itertools.islice(emr_poll_offsets(), 13))
+    assert offsets == [60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 900, 1200, 1500]
+
+
+def test_an_add_step_sync_task_notices_a_step_only_at_a_poll(twin: Twin) -> None:
+    # Given the clock at 1000x (a 60 s poll interval takes 0.06 s) and a cluster whose step runs 150 twin seconds
+    previous = (twin.time_scale, twin.emr_ec2.phase_seconds)
+    twin.set_time_scale(0.001)
+    twin.emr_ec2.phase_seconds = 0.005
+    emr = twin.client("emr")
+    iam = twin.client("iam")
+    iam.create_role(RoleName="fidelity-emr", AssumeRolePolicyDocument="{}")
+    allow = {"Effect": "Allow", "Action": ["elasticmapreduce:*", "events:*"], "Resource": "*"}
+    iam.put_role_policy(
+        RoleName="fidelity-emr",
+        PolicyName="emr",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [allow]}),
+    )
+    iam.create_instance_profile(InstanceProfileName="fidelity-emr")
+    iam.add_role_to_instance_profile(InstanceProfileName="fidelity-emr", RoleName="fidelity-emr")
+    cluster = emr.run_job_flow(
+        Name="fidelity",
+        ReleaseLabel="emr-7.5.0",
+        ServiceRole="fidelity-emr",
+        JobFlowRole="fidelity-emr",
+        Instances={
+            "KeepJobFlowAliveWhenNoSteps": True,
+            "InstanceGroups": [
+                {"Name": "m", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1}
+            ],
+        },
+    )["JobFlowId"]
+    twin.faults.run_next_job_for(150)
+    step = {
+        "Name": "s",
+        "ActionOnFailure": "CONTINUE",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]},
+    }
+    add = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::elasticmapreduce:addStep.sync",
+        "Parameters": {"ClusterId": cluster, "Step": step},
+        "Next": "Noticed",
+    }
+    noticed = {"Type": "Pass", "Parameters": {"at.$": "$$.State.EnteredTime"}, "End": True}
+    started = time.time()
+    try:
+        described = _machine(twin, "fidelity-emr", {"Add": add, "Noticed": noticed}, "Add")
+    finally:
+        emr.terminate_job_flows(JobFlowIds=[cluster])
+        twin.set_time_scale(previous[0])
+        twin.emr_ec2.phase_seconds = previous[1]
+    assert described["status"] == "SUCCEEDED", described.get("cause")
+    # Then the step (ended at ~150 s) is noticed at the 180 s poll, not at once
+    waited = (time.time() - started) / 0.001
+    assert 175 <= waited <= 260, f"noticed after {waited:.0f} twin seconds"
