@@ -15,8 +15,8 @@ from moto.events import models as events_models
 from moto.events.exceptions import ValidationException as EventsValidationException
 from moto.s3 import notifications as s3_notifications
 from moto.s3.responses import S3Response
-from moto.stepfunctions import responses as sfn_responses
 from moto.stepfunctions import exceptions as sfn_exceptions
+from moto.stepfunctions import responses as sfn_responses
 from moto.stepfunctions.parser import models as sfn_models
 from moto.stepfunctions.parser.api import (
     ExecutionFailedEventDetails,
