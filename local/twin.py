@@ -265,15 +265,7 @@ class Twin:
         `arn:aws:sts::123456789012:assumed-role/SomeRole/session`); without one, as the IAM user `twin-operator`.
         """
         access_key = self.cloudtrail.access_key_for(principal) if principal else DEFAULT_ACCESS_KEY
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint,
-            region_name=self.region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key="twin",
-            config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
-            **kwargs,
-        )
+        return self.client_with_key(service, access_key, **kwargs)
 
     def set_time_scale(self, time_scale: float) -> None:
         """Run the twin's clock at another speed from now on (batching windows, EMR .sync polls, injected step
@@ -284,8 +276,9 @@ class Twin:
         self.emr_ec2.time_scale = time_scale
         TwinEmrService.time_scale = time_scale
 
-    def client_with_key(self, service: str, access_key: str) -> Any:
-        """A boto3 client for the twin that signs with `access_key` (an app principal's, see `local.cloudtrail`)."""
+    def client_with_key(self, service: str, access_key: str, **kwargs: Any) -> Any:
+        """A boto3 client for the twin that signs with `access_key` (see `local.cloudtrail`: the key names who
+        calls), with the SDK's standard retries."""
         return boto3.client(
             service,
             endpoint_url=self.endpoint,
@@ -293,6 +286,7 @@ class Twin:
             aws_access_key_id=access_key,
             aws_secret_access_key="twin",
             config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
+            **kwargs,
         )
 
     def _role_s3(self, role_arn: str, session: str) -> Any:
