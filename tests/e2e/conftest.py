@@ -129,6 +129,20 @@ def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return outdir
 
 
+IAM_SUMMARY: dict[str, Any] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What the twin's IAM did over the suite (CI logs show it)."""
+    if IAM_SUMMARY:
+        s = IAM_SUMMARY
+        terminalreporter.write_line(
+            f"twin IAM: {s['calls']} calls of the app's principals authorized ({s['operations']} distinct operations, "
+            f"{s['authorizations']} authorizations, {s['statements_evaluated']} statements evaluated), "
+            f"{s['denials']} refused (by tests that provoke refusals), {len(s['unmapped'])} unmapped"
+        )
+
+
 @pytest.fixture(scope="package")  # torn down (moto restored) before other suites run in the same process
 def deployed(cloud_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     workdir = tmp_path_factory.mktemp("twin")
@@ -137,6 +151,7 @@ def deployed(cloud_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     report = twin.deploy(cloud_assembly)
     runner = SparkRunner(twin.client("s3"), workdir=workdir / "spark", s3_for_role=twin._role_s3)
     yield Deployed(twin=twin, report=report, spark_runner=runner)
+    IAM_SUMMARY.update(twin.iam.stats.snapshot())
     twin.stop()
 
 
