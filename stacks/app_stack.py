@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import aws_iam as iam
 from constructs import Construct, IConstruct
 
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig, ServerlessApplication
+from stacks.arns import executions_of
 from stacks.dashboard import OperationsDashboard
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
@@ -67,6 +69,12 @@ class AutopilotStack(Stack):
                     application = shared[runtime.application]
                 workflow = ServerlessPipeline(self, f"Pipeline-{name}", **common, application=application)
             workflow.state_machine.grant_start_execution(self.platform.router)
+            # Whether a run an arrival rejoins has started (DescribeExecution of its own executions only).
+            self.platform.router.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["states:DescribeExecution"], resources=executions_of(self, [workflow.state_machine_name])
+                )
+            )
             Tags.of(workflow).add(TAG_PIPELINE, name)
             self.pipelines[name] = workflow
             CfnOutput(self, f"StateMachine-{name}", value=workflow.state_machine.state_machine_arn)

@@ -129,14 +129,17 @@ class AutopilotPlatform(Construct):
             },
             timeout=Duration.minutes(5),
         )
-        self.idempotency_table.grant(self.router, *IDEMPOTENCY_ACTIONS)
+        # Object claims: read in batches (which run owns each arrival), written and released conditionally.
+        self.idempotency_table.grant(self.router, "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")
         # Marker mode lists the marker's folder; the router never reads object data.
         self.router.add_to_role_policy(
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.landing.bucket_arn])
         )
+        # Writes each run's manifest, and reads it back to resume a run whose invocation died before starting it.
         self.router.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["s3:PutObject"], resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
+                actions=["s3:PutObject", "s3:GetObject"],
+                resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")],
             )
         )
         reads = sorted(
@@ -154,10 +157,11 @@ class AutopilotPlatform(Construct):
         suppress(
             self.router,
             "AwsSolutions-IAM5",
-            "Writes input manifests under the manifests/ prefix only (one object per run, names known at run time)"
+            "Writes (and reads back) input manifests under the manifests/ prefix only (one object per run, names "
+            "known at run time); DescribeExecution of the pipelines' own executions (run ids known at run time)"
             + (head_reason if reads else "")
             + ".",
-            ["regex:/^Resource::.*\\/manifests\\/\\*$/g"]
+            ["regex:/^Resource::.*\\/manifests\\/\\*$/g", "regex:/^Resource::arn:[^:]+:states:.*:execution:.*:\\*$/g"]
             + [f"regex:/^Resource::.*\\/{re.escape(p).replace('/', chr(92) + '/')}\\*$/g" for p in reads],
         )
 

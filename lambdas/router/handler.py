@@ -13,9 +13,9 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
-from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from claims import ClaimStore
 from routing import METRICS_NAMESPACE, RETRY_CONFIG, SERVICE, BatchReport, Router, RouterSettings, aws_clients
 
 logger = Logger(service=SERVICE)
@@ -31,15 +31,9 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 @cache
 def _router() -> Router:
     """Built on first use, so importing the module needs no AWS credentials or region."""
-    s3, sfn = aws_clients(RETRY_CONFIG)
-    persistence = DynamoDBPersistenceLayer(table_name=SETTINGS.idempotency_table, boto_config=RETRY_CONFIG)
-    return Router(
-        s3=s3,
-        sfn=sfn,
-        persistence=persistence,
-        manifest_bucket=SETTINGS.manifest_bucket,
-        ttl_seconds=SETTINGS.ttl_seconds,
-    )
+    s3, sfn, dynamodb = aws_clients(RETRY_CONFIG)
+    claims = ClaimStore(dynamodb, SETTINGS.idempotency_table, ttl_seconds=SETTINGS.ttl_seconds)
+    return Router(s3=s3, sfn=sfn, claims=claims, manifest_bucket=SETTINGS.manifest_bucket)
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -12,9 +12,21 @@ The event is an S3 "Object Created" notification or, for a trigger whose `source
 `eventbridge`) include `cloudtrail`, a CloudTrail S3 data event ("AWS API Call via CloudTrail":
 PutObject, CopyObject, CompleteMultipartUpload).
 
-Delivery is at-least-once at every hop (S3 -> EventBridge -> SQS -> Lambda), so an object version is
-claimed once per pipeline in DynamoDB (powertools idempotency), and every run's execution name is a
-hash of its inputs, so Step Functions itself rejects a second start of the same run.
+Delivery is at-least-once at every hop (S3 -> EventBridge -> SQS -> Lambda), and a crashed invocation's
+messages come back grouped differently, so each object version is claimed once per pipeline by the run it
+belongs to (`claims.ClaimStore`, DynamoDB), and every run's execution name is a hash of the object versions
+it claims, so Step Functions itself rejects a second start of the same run:
+
+1. A batch's arrivals are looked up in the claims. An arrival whose object a run already claimed rejoins
+   that run: nothing new starts; a run that never started (its invocation crashed between claiming and
+   starting) is started by its name, from its manifest, once all of its objects are claimed by it.
+2. The other arrivals form new runs (per object, per window batch, per marker). Each run writes its
+   manifest (with its claim keys and its trigger), claims every object, and only then starts. If another
+   run claimed one of them meanwhile, the run releases its claims and its messages return to the queue
+   (they rejoin the other run next time).
+
+So a batch partly claimed by an earlier run splits: the claimed objects stay with their run, the rest make a
+new one. No regrouping of redelivered messages can put an object version into two runs.
 
 What is claimed (the arrival's identity):
 - EventBridge-only pipelines: bucket, key, version id, etag and the S3 `sequencer`, all from the event
@@ -30,7 +42,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -39,23 +51,19 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
-from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
-from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from autopilot_common.keys import folder_of, in_temporary_folder, is_marker, skip_reason
-from autopilot_common.manifest import InputManifest, ManifestObject
+from autopilot_common.manifest import InputManifest, ManifestObject, manifest_key
 from autopilot_common.names import is_legal_execution_name, run_id_for
+from claims import EARLIER_RUN, ClaimStore
 
 SERVICE = "autopilot-router"
 METRICS_NAMESPACE = "EmrAutopilot"
 DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60
 MODES = ("per_object", "window", "marker")
-# Stable DynamoDB key prefix, so refactoring this module never invalidates existing claims.
-CLAIM_KEY_PREFIX = "autopilot-router.object-claim"
 # Standard mode backs off on throttling; 5 attempts in all (botocore's `max_attempts` would mean 5 retries).
 RETRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5})
 UNKNOWN_PIPELINE = "unknown"
@@ -83,7 +91,8 @@ class Metric(StrEnum):
     OBJECTS_SKIPPED = "ObjectsSkipped"
     OBJECTS_GONE = "ObjectsGone"
     DUPLICATE_OBJECTS = "DuplicateObjects"
-    OBJECTS_IN_PROGRESS = "ObjectsInProgress"
+    OBJECTS_REJOINED = "ObjectsRejoined"
+    CLAIM_CONFLICTS = "ClaimConflicts"
     OBJECTS_ROUTED = "ObjectsRouted"
     EMPTY_MARKER_FOLDERS = "EmptyMarkerFolders"
     RUNS_STARTED = "RunsStarted"
@@ -136,11 +145,15 @@ class RouterSettings:
         )
 
 
-def aws_clients(config: Config = RETRY_CONFIG) -> tuple[Any, Any]:
-    """(s3, stepfunctions) boto3 clients with standard-mode retries (5 attempts by default)."""
+def aws_clients(config: Config = RETRY_CONFIG) -> tuple[Any, Any, Any]:
+    """(s3, stepfunctions, dynamodb) boto3 clients with standard-mode retries (5 attempts by default)."""
     import boto3  # deferred: importing this module must not need AWS credentials or a region
 
-    return boto3.client("s3", config=config), boto3.client("stepfunctions", config=config)
+    return (
+        boto3.client("s3", config=config),
+        boto3.client("stepfunctions", config=config),
+        boto3.client("dynamodb", config=config),
+    )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -468,48 +481,6 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# --------------------------------------------------------------------------- claims
-
-
-class ObjectClaims:
-    """Cross-invocation dedupe: the first SQS message to claim an object version owns it.
-
-    A claim is a powertools idempotency record (DynamoDB, key `autopilot-router.object-claim#<sha256>`)
-    whose stored result is the claiming messageId. Another message with the same object is a
-    duplicate; the same message again (an SQS redelivery after a failure) still owns it.
-    """
-
-    def __init__(self, persistence: BasePersistenceLayer, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
-        self.config = IdempotencyConfig(
-            expires_after_seconds=ttl_seconds, raise_on_no_idempotency_key=True, hash_function="sha256"
-        )
-        self._claim: Callable[..., dict[str, str]] = idempotent_function(
-            _record_owner,
-            data_keyword_argument="claim_key",
-            persistence_store=persistence,
-            config=self.config,
-            key_prefix=CLAIM_KEY_PREFIX,
-        )
-
-    def register_lambda_context(self, context: LambdaContext) -> None:
-        """Let a claim left IN_PROGRESS by a crashed invocation expire with that invocation's timeout
-        (without it, the claim would block its object until the TTL)."""
-        self.config.register_lambda_context(context)
-
-    def owner(self, claim_key: str, message_id: str) -> str:
-        """The messageId that owns `claim_key`: `message_id` when this call claims it (or claimed it before).
-
-        Raises IdempotencyAlreadyInProgressError while another invocation is claiming it.
-        """
-        result = self._claim(claim_key=claim_key, message_id=message_id)
-        return str(result["message_id"])
-
-
-def _record_owner(claim_key: str, message_id: str) -> dict[str, str]:
-    """The idempotent function: `claim_key` is what powertools hashes; the stored result names the owner."""
-    return {"message_id": message_id}
-
-
 # --------------------------------------------------------------------------- runs
 
 
@@ -584,21 +555,37 @@ def list_marker_folder(s3: Any, marker: ObjectEvent) -> list[ManifestObject]:
     return objects
 
 
-def execution_input(plan: RunPlan, manifest_uri: str, object_count: int) -> dict[str, Any]:
-    """The execution input: a pointer to the manifest, never the object list (payload limit 256 KiB)."""
+def execution_trigger(plan: RunPlan) -> dict[str, Any]:
+    """The run's `trigger` block: the mode and the arrival that came first."""
     first = plan.trigger_event
     return {
-        "pipeline": plan.pipeline,
-        "manifest": manifest_uri,
-        "object_count": object_count,
-        "trigger": {
-            "type": "s3",
-            "mode": plan.mode,
-            "bucket": first.bucket,
-            "first_key": first.key,
-            "event_time": first.event_time,
-        },
+        "type": "s3",
+        "mode": plan.mode,
+        "bucket": first.bucket,
+        "first_key": first.key,
+        "event_time": first.event_time,
     }
+
+
+def execution_input(pipeline: str, manifest_uri: str, object_count: int, trigger: Mapping[str, Any]) -> dict[str, Any]:
+    """The execution input: a pointer to the manifest, never the object list (payload limit 256 KiB)."""
+    return {"pipeline": pipeline, "manifest": manifest_uri, "object_count": object_count, "trigger": dict(trigger)}
+
+
+def execution_arn(state_machine_arn: str, run_id: str) -> str:
+    """The ARN of the execution named `run_id` of a state machine."""
+    return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + f":{run_id}"
+
+
+def execution_exists(sfn: Any, state_machine_arn: str, run_id: str) -> bool:
+    """Whether the run's execution was started (DescribeExecution; ExecutionDoesNotExist: not started)."""
+    try:
+        sfn.describe_execution(executionArn=execution_arn(state_machine_arn, run_id))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
+            return False
+        raise
+    return True
 
 
 def start_execution(sfn: Any, state_machine_arn: str, run_id: str, payload: Mapping[str, Any]) -> bool:
@@ -655,12 +642,10 @@ class BatchReport:
 
 @dataclass
 class _Batch:
-    """State of one batch: the report, owned arrivals by claim key, and claim owners already looked up."""
+    """State of one batch: the report and the arrivals to route (by claim key: copies of one object collapse)."""
 
     report: BatchReport = field(default_factory=BatchReport)
     accepted: dict[str, Accepted] = field(default_factory=dict)
-    # Copies of one object in a batch collapse here without another DynamoDB round trip.
-    owners: dict[str, str] = field(default_factory=dict)
     # HeadObject results by (bucket, key): both sources' reports of one object in a batch read it once.
     versions: dict[tuple[str, str], ObjectVersion | None] = field(default_factory=dict)
 
@@ -668,23 +653,16 @@ class _Batch:
 class Router:
     """Routes SQS batches of envelopes to Step Functions executions.
 
-    `s3` writes manifests (and lists marker folders), `sfn` starts executions, `persistence` stores
-    object claims for `ttl_seconds` (default 7 days).
+    `s3` writes (and on a rejoin reads) manifests and lists marker folders, `sfn` starts executions, `claims`
+    holds which run owns each object version (for `ttl_seconds`, default 7 days, longer than the queue's
+    retention).
     """
 
-    def __init__(
-        self,
-        *,
-        s3: Any,
-        sfn: Any,
-        persistence: BasePersistenceLayer,
-        manifest_bucket: str,
-        ttl_seconds: int = DEFAULT_TTL_SECONDS,
-    ) -> None:
+    def __init__(self, *, s3: Any, sfn: Any, claims: ClaimStore, manifest_bucket: str) -> None:
         self.s3 = s3
         self.sfn = sfn
         self.manifest_bucket = manifest_bucket
-        self.claims = ObjectClaims(persistence, ttl_seconds)
+        self.claims = claims
 
     def route_batch(
         self,
@@ -693,14 +671,14 @@ class Router:
         lambda_context: LambdaContext,
         processor: BatchProcessor | None = None,
     ) -> BatchReport:
-        """Claim every record's object, then start the runs; return the report (see `BatchReport.response`).
+        """Route every record's object to its run (an existing one, or a new one) and start what must start;
+        return the report (see `BatchReport.response`).
 
-        A malformed record, or one whose claim is in progress elsewhere, fails alone; a run that cannot
-        be started fails every record that fed it. `processor` defaults to a `BatchProcessor(EventType.SQS)`
-        that reports (rather than raises) a batch where every record failed.
+        A malformed record fails alone; a run that cannot be started (or loses a claim race) fails every record
+        that fed it. `processor` defaults to a `BatchProcessor(EventType.SQS)` that reports (rather than
+        raises) a batch where every record failed.
         """
         processor = processor or BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-        self.claims.register_lambda_context(lambda_context)
         batch = _Batch()
 
         def handle(record: SQSRecord) -> str:
@@ -710,7 +688,20 @@ class Router:
         with processor(records=records, handler=handle):
             processor.process()
         batch.report.fail(str(item["itemIdentifier"]) for item in processor.response()["batchItemFailures"])
-        for plan in plan_runs(list(batch.accepted.values())):
+        try:
+            owners = self.claims.owners(batch.accepted)
+        except Exception:
+            logger.exception("claims not readable; every routed record returns to the queue")
+            batch.report.fail(a.message_id for a in batch.accepted.values())
+            return batch.report
+        rejoining: dict[str, list[Accepted]] = {}
+        for key, item in batch.accepted.items():
+            if key in owners:
+                rejoining.setdefault(owners[key], []).append(item)
+        for run_id, items in rejoining.items():
+            self._rejoin(run_id, items, batch.report)
+        fresh = [item for key, item in batch.accepted.items() if key not in owners]
+        for plan in plan_runs(fresh):
             self._run(plan, batch.report)
         return batch.report
 
@@ -746,17 +737,8 @@ class Router:
             report.skipped.append((event.key, reason))
             return "skipped"
         key = event.claim_key
-        owner = batch.owners.get(key)
-        if owner is None:
-            try:
-                owner = self.claims.owner(key, message_id)
-            except IdempotencyAlreadyInProgressError:
-                logger.warning("object claim in progress elsewhere; will retry", extra=log)
-                report.count(Metric.OBJECTS_IN_PROGRESS, event.pipeline)
-                raise
-            batch.owners[key] = owner
-        if owner != message_id or key in batch.accepted:
-            logger.info("duplicate object", extra={**log, "claimed_by": owner})
+        if key in batch.accepted:
+            logger.info("duplicate object in the batch", extra={**log, "first": batch.accepted[key].message_id})
             report.count(Metric.DUPLICATE_OBJECTS, event.pipeline)
             return "duplicate"
         batch.accepted[key] = Accepted(event, message_id)
@@ -777,6 +759,7 @@ class Router:
         return None if version is None else event.with_version(version)
 
     def _run(self, plan: RunPlan, report: BatchReport) -> None:
+        """A new run: its manifest (objects, claim keys, trigger), its claims, then StartExecution."""
         log: dict[str, object] = {"pipeline": plan.pipeline, "run_id": plan.run_id, "mode": plan.mode}
         first = plan.trigger_event
         try:
@@ -788,30 +771,126 @@ class Router:
                     return
             else:
                 objects = [s.event.manifest_object() for s in plan.sources]
-            manifest = InputManifest(pipeline=plan.pipeline, run_id=plan.run_id, objects=sorted(objects))
+            trigger = execution_trigger(plan)
+            claim_keys = [s.event.claim_key for s in plan.sources]
+            manifest = InputManifest(
+                pipeline=plan.pipeline, run_id=plan.run_id, objects=sorted(objects), claims=claim_keys, trigger=trigger
+            )
             manifest_uri = manifest.write(self.s3, self.manifest_bucket)
-            payload = execution_input(plan, manifest_uri, manifest.object_count)
+            lost = self._claim_all(plan.run_id, [s.event for s in plan.sources])
+            if lost:
+                logger.warning(
+                    "another run claimed some of the objects first; this run is not started and its records return "
+                    "to the queue (they join that run next time)",
+                    extra={**log, "claimed_by": sorted(set(lost.values()))},
+                )
+                report.count(Metric.CLAIM_CONFLICTS, plan.pipeline, len(lost))
+                report.fail(plan.message_ids)
+                return
+            payload = execution_input(plan.pipeline, manifest_uri, manifest.object_count, trigger)
             started = start_execution(self.sfn, plan.state_machine_arn, plan.run_id, payload)
         except Exception:
-            # One run's failure must not stop the others; SQS redelivers its records.
+            # One run's failure must not stop the others; SQS redelivers its records (which rejoin this run).
             logger.exception(
                 "run not started; its records return to the queue", extra={**log, "message_ids": plan.message_ids}
             )
             report.count(Metric.RUNS_FAILED, plan.pipeline)
             report.fail(plan.message_ids)
             return
+        self._started(
+            plan.pipeline, plan.run_id, started, manifest.object_count, report, {**log, "first_key": first.key}
+        )
+
+    def _claim_all(self, run_id: str, events: Sequence[ObjectEvent]) -> dict[str, str]:
+        """Claim each object for `run_id`; if another run owns any, release the ones claimed and return
+        {claim key: owner} of those lost (empty: the run owns all of its objects)."""
+        lost: dict[str, str] = {}
+        won: list[str] = []
+        for event in events:
+            owner = self.claims.claim(event.claim_key, run_id, label=f"{event.bucket}/{event.key}")
+            if owner == run_id:
+                won.append(event.claim_key)
+            else:
+                lost[event.claim_key] = owner
+        if lost:
+            for key in won:
+                self.claims.release(key, run_id)
+        return lost
+
+    def _rejoin(self, run_id: str, items: list[Accepted], report: BatchReport) -> None:
+        """Arrivals whose objects `run_id` already claimed: nothing new starts. If that run never started (its
+        invocation crashed after claiming), it is started now, by its name and from its own manifest, once every
+        object of it is claimed by it; if it cannot be completed, its claims are released and the records return."""
+        first = min((i.event for i in items), key=lambda e: (_sortable_time(e.event_time), e.key))
+        pipeline, arn = first.pipeline, first.state_machine_arn
+        log: dict[str, object] = {"pipeline": pipeline, "run_id": run_id, "objects": len(items)}
+        report.count(Metric.DUPLICATE_OBJECTS, pipeline, len(items))
+        if run_id == EARLIER_RUN:
+            logger.info("objects already routed by an earlier run", extra=log)
+            return
+        message_ids = list(dict.fromkeys(i.message_id for i in items))
+        try:
+            if execution_exists(self.sfn, arn, run_id):
+                logger.info("objects already routed to a started run", extra=log)
+                report.runs_duplicate.append(run_id)
+                report.count(Metric.RUNS_DUPLICATE, pipeline)
+                return
+            manifest = self._manifest(pipeline, run_id)
+            if manifest is None:  # a claim without its manifest (removed by hand): free the objects
+                for item in items:
+                    self.claims.release(item.event.claim_key, run_id)
+                logger.warning("claimed by a run without a manifest; released, records return", extra=log)
+                report.fail(message_ids)
+                return
+            missing = [k for k in manifest.claims if k not in self.claims.owners(manifest.claims)]
+            lost = {}
+            for key in missing:
+                owner = self.claims.claim(key, run_id, label=key.split("\x00", 2)[1] if "\x00" in key else key)
+                if owner != run_id:
+                    lost[key] = owner
+            if lost:
+                for key in manifest.claims:
+                    self.claims.release(key, run_id)
+                logger.warning(
+                    "an unstarted run lost objects to another run; released", extra={**log, "lost": len(lost)}
+                )
+                report.count(Metric.CLAIM_CONFLICTS, pipeline, len(lost))
+                report.fail(message_ids)
+                return
+            uri = f"s3://{self.manifest_bucket}/{manifest_key(pipeline, run_id)}"
+            trigger = manifest.trigger or {"type": "s3", "mode": first.trigger.mode, "bucket": first.bucket,
+                                           "first_key": first.key, "event_time": first.event_time}  # fmt: skip
+            payload = execution_input(pipeline, uri, manifest.object_count, trigger)
+            started = start_execution(self.sfn, arn, run_id, payload)
+        except Exception:
+            logger.exception("run not resumed; its records return to the queue", extra=log)
+            report.count(Metric.RUNS_FAILED, pipeline)
+            report.fail(message_ids)
+            return
+        report.count(Metric.OBJECTS_REJOINED, pipeline, len(items))
+        self._started(pipeline, run_id, started, manifest.object_count, report, {**log, "resumed": True})
+
+    def _manifest(self, pipeline: str, run_id: str) -> InputManifest | None:
+        try:
+            body = self.s3.get_object(Bucket=self.manifest_bucket, Key=manifest_key(pipeline, run_id))["Body"].read()
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND:
+                return None
+            raise
+        return InputManifest.from_json(body)
+
+    def _started(
+        self, pipeline: str, run_id: str, started: bool, objects: int, report: BatchReport, log: dict[str, object]
+    ) -> None:
         if started:
-            logger.info(
-                "run started",
-                extra={**log, "objects": manifest.object_count, "manifest": manifest_uri, "first_key": first.key},
-            )
-            report.count(Metric.RUNS_STARTED, plan.pipeline)
-            report.count(Metric.OBJECTS_ROUTED, plan.pipeline, manifest.object_count)
-            report.runs_started.append(plan.run_id)
+            logger.info("run started", extra={**log, "objects": objects})
+            report.count(Metric.RUNS_STARTED, pipeline)
+            report.count(Metric.OBJECTS_ROUTED, pipeline, objects)
+            report.runs_started.append(run_id)
         else:
             logger.info("run already exists (duplicate)", extra=log)
-            report.count(Metric.RUNS_DUPLICATE, plan.pipeline)
-            report.runs_duplicate.append(plan.run_id)
+            report.count(Metric.RUNS_DUPLICATE, pipeline)
+            report.runs_duplicate.append(run_id)
 
 
 def _pipeline_hint(body: str) -> str:

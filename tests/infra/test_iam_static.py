@@ -332,10 +332,19 @@ def test_the_call_analysis_follows_helpers_and_only_what_is_reached(tmp_path: Pa
         HandlerCalls("fn", lambdas=tmp_path).operations()
 
 
-def test_powertools_idempotency_counts_as_dynamodb_item_calls() -> None:
-    router = HandlerCalls("router")
-    assert router.uses_idempotency
-    assert {("dynamodb", op) for op in ("GetItem", "PutItem", "UpdateItem", "DeleteItem")} <= router.operations()
+def test_powertools_idempotency_counts_as_dynamodb_item_calls(tmp_path: Path) -> None:
+    # No function of the app uses it today (the router's claims are its own conditional writes); one that would
+    # must be granted the utility's item calls.
+    assert not any(HandlerCalls(fn).uses_idempotency for fn in FUNCTIONS)
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "handler.py").write_text(
+        "from aws_lambda_powertools.utilities.idempotency import idempotent\n"
+        "@idempotent(persistence_store=None)\ndef lambda_handler(event, context):\n    return {}\n"
+    )
+    (tmp_path / "common" / "python" / "autopilot_common").mkdir(parents=True)
+    calls = HandlerCalls("fn", lambdas=tmp_path)
+    assert calls.uses_idempotency
+    assert {("dynamodb", op) for op in ("GetItem", "PutItem", "UpdateItem", "DeleteItem")} <= calls.operations()
 
 
 # ----------------------------------------------------------- 5. workflow roles cover the twin's table per task

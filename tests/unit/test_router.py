@@ -17,15 +17,14 @@ from typing import Any, cast
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent
-from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from autopilot_common.manifest import InputManifest
 from autopilot_common.names import run_id_for
+from claims import ClaimStore, claim_id
 from routing import (
-    CLAIM_KEY_PREFIX,
     DEFAULT_TTL_SECONDS,
     BatchReport,
     MalformedRecord,
@@ -98,12 +97,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
 @pytest.fixture
 def router(aws: Aws) -> Router:
-    return Router(
-        s3=aws.s3,
-        sfn=aws.sfn,
-        persistence=DynamoDBPersistenceLayer(table_name=TABLE),
-        manifest_bucket=ARTIFACTS,
-    )
+    claims = ClaimStore(aws.ddb, TABLE, ttl_seconds=DEFAULT_TTL_SECONDS, sleep=lambda _s: None)
+    return Router(s3=aws.s3, sfn=aws.sfn, claims=claims, manifest_bucket=ARTIFACTS)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -217,8 +212,7 @@ def test_settings_name_the_missing_variable_and_default_the_ttl() -> None:
 
 
 def test_clients_retry_throttling_in_standard_mode(aws: Aws) -> None:
-    s3, sfn = aws_clients()
-    for client in (s3, sfn):
+    for client in aws_clients():
         assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 5}
 
 
@@ -325,46 +319,76 @@ def test_one_message_delivered_twice_in_a_batch_counts_once(aws: Aws, router: Ro
     assert count(report, "DuplicateObjects") == 1
 
 
-def test_redelivered_message_still_owns_its_claim(aws: Aws, router: Router) -> None:
-    # Given a claim made by message m1 whose run was never started (e.g. the invocation crashed afterwards),
-    # and a copy from another message m2 that arrives first in the next batch
-    body = envelope(s3_event("sales/2024-06-01/orders.csv"), aws.arn)
-    router.claims.register_lambda_context(context())
-    assert router.claims.owner(parse_envelope(body).claim_key, "m1") == "m1"
+def test_regrouped_redeliveries_after_a_crash_never_run_an_object_twice(aws: Aws, router: Router) -> None:
+    # Given a window run over [a, b] started, then the invocation died before SQS deleted the messages
+    a, b, c = (envelope(s3_event(f"sales/{n}.csv"), aws.arn) for n in "abc")
+    first = route(router, sqs_event([a, b], ["m-a", "m-b"]))
+    assert len(first.runs_started) == 1
 
-    # When SQS redelivers m1 in the same batch as m2
-    report = route(router, sqs_event([body, body], ["m2", "m1"]))
+    # When SQS redelivers the same messages grouped differently: [a], then [b, c]
+    again = route(router, sqs_event([a], ["m-a"]))
+    later = route(router, sqs_event([b, c], ["m-b", "m-c"]))
 
-    # Then m1 starts the run; m2 is the duplicate
-    assert len(report.runs_started) == 1
-    assert len(executions(aws)) == 1
-    assert count(report, "DuplicateObjects") == 1
+    # Then a and b stay in their run; only c makes a new one (before: three runs [a,b], [a], [b,c])
+    assert again.runs_started == [] and failures(again) == []
+    runs = sorted(sorted(o.key for o in manifest_of(aws, e).objects) for e in executions(aws))
+    assert runs == [["sales/a.csv", "sales/b.csv"], ["sales/c.csv"]]
+    assert count(later, "DuplicateObjects") == 1 and len(later.runs_started) == 1
 
 
-def test_a_claim_in_progress_elsewhere_fails_only_that_record(aws: Aws, router: Router) -> None:
-    # Given another invocation is claiming one object right now
-    busy = envelope(s3_event("sales/busy.csv"), aws.arn)
-    free = envelope(s3_event("sales/free.csv"), aws.arn)
-    digest = hashlib.sha256(json.dumps(parse_envelope(busy).claim_key).encode()).hexdigest()
+def test_a_run_claimed_but_never_started_is_started_by_the_redelivery(
+    aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a window run over [a, b] whose invocation claimed both objects and died before StartExecution
+    a, b = (envelope(s3_event(f"sales/{n}.csv"), aws.arn) for n in "ab")
+    monkeypatch.setattr(router.sfn, "start_execution", throttled)
+    crashed = route(router, sqs_event([a, b], ["m-a", "m-b"]))
+    assert failures(crashed) == ["m-a", "m-b"] and executions(aws) == []
+    monkeypatch.undo()
+
+    # When only b comes back first (a later, in another batch)
+    resumed = route(router, sqs_event([b], ["m-b"]))
+    route(router, sqs_event([a], ["m-a"]))
+
+    # Then the claimed run is started by its own name and manifest, once, over both objects
+    [execution] = executions(aws)
+    assert sorted(o.key for o in manifest_of(aws, execution).objects) == ["sales/a.csv", "sales/b.csv"]
+    assert resumed.runs_started == [execution["name"]] and count(resumed, "ObjectsRejoined") == 1
+
+
+def test_an_object_another_run_claims_first_sends_this_runs_records_back(
+    aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given another router claims a.csv for its run between our look-up and our claim
+    a, b = (envelope(s3_event(f"sales/{n}.csv"), aws.arn) for n in "ab")
+    router.claims.claim(parse_envelope(a).claim_key, "sales-daily-other", label="a")
+    monkeypatch.setattr(router.claims, "owners", lambda keys: {})  # the look-up saw nothing yet
+
+    # When our batch [a, b] plans a run over both
+    report = route(router, sqs_event([a, b], ["m-a", "m-b"]))
+
+    # Then it does not start, releases b, and both records return (a joins the other run next time)
+    assert failures(report) == ["m-a", "m-b"] and executions(aws) == []
+    assert count(report, "ClaimConflicts") == 1
+    monkeypatch.undo()
+    assert router.claims.owners([parse_envelope(b).claim_key]) == {}
+
+
+def test_claims_from_the_earlier_format_count_as_routed(aws: Aws, router: Router) -> None:
+    # Given a claim item in the router's former format (a powertools idempotency record, no run id)
+    body = envelope(s3_event("sales/old.csv"), aws.arn)
     now = int(time.time())
     aws.ddb.put_item(
         TableName=TABLE,
         Item={
-            "id": {"S": f"{CLAIM_KEY_PREFIX}#{digest}"},
-            "status": {"S": "INPROGRESS"},
+            "id": {"S": claim_id(parse_envelope(body).claim_key)},
+            "status": {"S": "COMPLETED"},
             "expiration": {"N": str(now + 3600)},
-            "in_progress_expiration": {"N": str((now + 300) * 1000)},
         },
     )
-
-    # When
-    report = route(router, sqs_event([busy, free], ["busy", "free"]))
-
-    # Then the busy record is retried later; the other one runs
-    assert failures(report) == ["busy"]
-    [execution] = executions(aws)
-    assert [o.key for o in manifest_of(aws, execution).objects] == ["sales/free.csv"]
-    assert count(report, "ObjectsInProgress") == 1
+    # When / Then the object is a duplicate: nothing starts, nothing fails
+    report = route(router, sqs_event([body], ["m"]))
+    assert report.runs_started == [] and failures(report) == [] and count(report, "DuplicateObjects") == 1
 
 
 # --------------------------------------------------------------------------- window mode
@@ -603,7 +627,7 @@ def test_start_execution_failure_returns_the_feeding_records(
     monkeypatch.undo()
     retry = route(router, sqs_event(bodies[:2], ["a", "b"]))
 
-    # Then their claims still belong to them: the run starts, once
+    # Then their objects still belong to that run: it starts, once, by its own name
     assert failures(retry) == []
     [execution] = executions(aws)
     assert manifest_of(aws, execution).object_count == 2

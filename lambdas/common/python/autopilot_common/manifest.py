@@ -41,6 +41,11 @@ class InputManifest:
     run_id: str
     objects: list[ManifestObject]
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # The router's claim keys of the object versions this run owns (jobs ignore them): a rejoining arrival checks
+    # that all of them are claimed by the run before starting it.
+    claims: list[str] = field(default_factory=list)
+    # The execution's `trigger` block, so that a run resumed after a crash starts with its original input.
+    trigger: dict[str, Any] | None = None
 
     @property
     def object_count(self) -> int:
@@ -60,6 +65,10 @@ class InputManifest:
             "total_bytes": self.total_bytes,
             "objects": [asdict(o) for o in self.objects],
         }
+        if self.claims:
+            body["claims"] = self.claims
+        if self.trigger is not None:
+            body["trigger"] = self.trigger
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
@@ -72,6 +81,8 @@ class InputManifest:
             run_id=body["run_id"],
             created_at=body["created_at"],
             objects=[ManifestObject(**o) for o in body["objects"]],
+            claims=[str(c) for c in body.get("claims") or []],
+            trigger=body.get("trigger") if isinstance(body.get("trigger"), dict) else None,
         )
 
     def write(self, s3: Any, bucket: str) -> str:

@@ -1,0 +1,141 @@
+"""Object claims: which run each object version belongs to, so that no redelivery or regrouping of messages can put
+one object version into two runs.
+
+A claim is one DynamoDB item per (pipeline, object version), key `autopilot-router.object-claim#<sha256>`, holding
+the id of the run it belongs to and an `expiration` (the table's TTL attribute). A run claims every object of its
+manifest (written first) before it is started, so a started run always owns all of its objects; a later message
+about one of them finds the claim and rejoins that run (starting it, by the same name, if it never started)
+instead of forming a new one.
+
+Claims are conditional writes: `attribute_not_exists(id) OR run_id = :mine OR expiration < :now` (an expired claim
+may still be in the table until TTL removes it). When two routers race for one object, exactly one run owns it; the
+other releases what it claimed (a conditional delete of its own claims) and lets SQS bring its messages back.
+Items written by the router's earlier claim format (powertools idempotency records, no `run_id`) count as owned by
+an unknown earlier run: the object is a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+# Stable DynamoDB key prefix, so refactoring this module never invalidates existing claims.
+CLAIM_KEY_PREFIX = "autopilot-router.object-claim"
+EARLIER_RUN = "an earlier run"  # owner of a claim in the router's previous (powertools) format
+BATCH_GET_LIMIT = 100  # keys per BatchGetItem (DynamoDB quota)
+_UNPROCESSED_ATTEMPTS = 8
+
+
+def claim_id(claim_key: str) -> str:
+    """The DynamoDB key of an object's claim: the prefix and the sha256 of the claim key."""
+    return f"{CLAIM_KEY_PREFIX}#{hashlib.sha256(claim_key.encode('utf-8')).hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claim item says: the run that owns the object, and for humans which object it is."""
+
+    run_id: str
+    label: str = ""
+
+
+class ClaimStore:
+    """Object claims in the router's DynamoDB table (see the module docstring)."""
+
+    def __init__(
+        self,
+        dynamodb: Any,
+        table: str,
+        *,
+        ttl_seconds: int,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.dynamodb = dynamodb
+        self.table = table
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self.sleep = sleep
+
+    def owners(self, claim_keys: Iterable[str]) -> dict[str, str]:
+        """The run owning each claim key that is claimed (and not expired); unclaimed keys are absent.
+
+        BatchGetItem, 100 keys a call, strongly consistent; unprocessed keys are asked again with a backoff.
+        """
+        by_id = {claim_id(k): k for k in dict.fromkeys(claim_keys)}
+        found: dict[str, str] = {}
+        ids = list(by_id)
+        now = self.clock()
+        for start in range(0, len(ids), BATCH_GET_LIMIT):
+            request: dict[str, Any] = {
+                self.table: {
+                    "Keys": [{"id": {"S": i}} for i in ids[start : start + BATCH_GET_LIMIT]],
+                    "ConsistentRead": True,
+                }
+            }
+            for attempt in range(_UNPROCESSED_ATTEMPTS):
+                response = self.dynamodb.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table, []):
+                    owner = _owner(item, now)
+                    if owner is not None:
+                        found[by_id[item["id"]["S"]]] = owner
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                self.sleep(min(2.0, 0.05 * 2**attempt))
+            else:
+                raise RuntimeError(f"DynamoDB left {len(request[self.table]['Keys'])} claim reads unprocessed")
+        return found
+
+    def claim(self, claim_key: str, run_id: str, *, label: str) -> str:
+        """Claim the object for `run_id`; returns the owner: `run_id`, or the run that already owns it."""
+        now = int(self.clock())
+        try:
+            self.dynamodb.put_item(
+                TableName=self.table,
+                Item={
+                    "id": {"S": claim_id(claim_key)},
+                    "run_id": {"S": run_id},
+                    "object": {"S": label[:1024]},
+                    "claimed_at": {"N": str(now)},
+                    "expiration": {"N": str(now + self.ttl_seconds)},
+                },
+                ConditionExpression="attribute_not_exists(id) OR run_id = :run OR expiration < :now",
+                ExpressionAttributeValues={":run": {"S": run_id}, ":now": {"N": str(now)}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            owner = _owner(exc.response.get("Item") or {}, now)
+            return owner or EARLIER_RUN
+        return run_id
+
+    def release(self, claim_key: str, run_id: str) -> None:
+        """Give up `run_id`'s claim (only its own: a claim another run holds is left alone)."""
+        try:
+            self.dynamodb.delete_item(
+                TableName=self.table,
+                Key={"id": {"S": claim_id(claim_key)}},
+                ConditionExpression="run_id = :run",
+                ExpressionAttributeValues={":run": {"S": run_id}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+
+
+def _owner(item: Mapping[str, Any], now: float) -> str | None:
+    """The run an item names as owner; None when the item is absent or expired."""
+    if not item:
+        return None
+    expiration = item.get("expiration", {}).get("N")
+    if expiration is not None and float(expiration) < now:
+        return None
+    run = item.get("run_id", {}).get("S")
+    return str(run) if run else EARLIER_RUN
