@@ -27,7 +27,10 @@ from config.model import (
     S3_PREFIX_PATTERN,
     AppConfig,
     Pipeline,
+    ServerlessRuntime,
 )
+from config.scaling import AlarmScaling
+from stacks import naming
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
@@ -98,11 +101,12 @@ def load_config(env: str = "dev", path: Path | None = None, jobs_dir: Path = JOB
         raise ConfigError(f"{shown}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{shown}: not valid YAML: {exc}") from None
-    return validate_config(raw, shown, jobs_dir)
+    return validate_config(raw, shown, jobs_dir, env)
 
 
-def validate_config(raw: Any, source: str = "<config>", jobs_dir: Path = JOBS_DIR) -> AppConfig:
-    """Validate already-parsed YAML; `source` names the file in messages."""
+def validate_config(raw: Any, source: str = "<config>", jobs_dir: Path = JOBS_DIR, env: str = "dev") -> AppConfig:
+    """Validate already-parsed YAML; `source` names the file in messages, `env` the environment (its name is part
+    of every physical name the app generates)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
@@ -110,15 +114,15 @@ def validate_config(raw: Any, source: str = "<config>", jobs_dir: Path = JOBS_DI
     except ValidationError as exc:
         lines = [_format_error(source, err) for err in exc.errors(include_url=False)]
         raise ConfigError("\n".join(lines)) from None
-    _cross_check(config, source, jobs_dir)
+    _cross_check(config, source, jobs_dir, env)
     return config
 
 
 # --------------------------------------------------------------------------- cross checks
 
 
-def _cross_check(config: AppConfig, source: str, jobs_dir: Path) -> None:
-    problems: list[str] = []
+def _cross_check(config: AppConfig, source: str, jobs_dir: Path, env: str) -> None:
+    problems: list[str] = _name_problems(config, source, env)
     names = sorted(config.serverless_applications)
     for name, pipeline in config.pipelines.items():
         where = f"{source}: pipeline {name!r}"
@@ -162,6 +166,57 @@ def _cross_check(config: AppConfig, source: str, jobs_dir: Path) -> None:
     problems.extend(cap_problems(config, source))
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _name_problems(config: AppConfig, source: str, env: str) -> list[str]:
+    """Every physical name generated from the project, the environment and each pipeline's (or shared
+    application's) name, checked against its service's limit (stacks.naming.LIMITS)."""
+    deployment = naming.deployment_name(config.project, env)
+    problems = [
+        f"{source}: project {config.project!r} (environment {env!r}): {problem}; expected a shorter project or "
+        "environment name"
+        for kind, name in naming.DeploymentNames(deployment).all()
+        if (problem := naming.name_problems(kind, name))
+    ]
+    for app in sorted(config.serverless_applications):
+        name = naming.serverless_application_name(deployment, app)
+        if problem := naming.name_problems("serverless_application", name):
+            problems.append(f"{source}: serverless application {app!r}: {problem}; expected a shorter name")
+    for pipeline_name, pipeline in config.pipelines.items():
+        for kind, name in pipeline_generated_names(deployment, pipeline_name, pipeline):
+            if problem := naming.name_problems(kind, name):
+                excess = len(name) - naming.LIMITS[kind].max_length
+                problems.append(
+                    f"{source}: pipeline {pipeline_name!r}: name: {problem}; expected a pipeline name at most "
+                    f"{len(pipeline_name) - excess} characters long here"
+                )
+    return problems
+
+
+def pipeline_generated_names(deployment: str, name: str, pipeline: Pipeline) -> list[tuple[str, str]]:
+    names = [
+        ("state_machine", naming.state_machine_name(deployment, name)),
+        ("log_group", naming.state_machine_log_group(deployment, name)),
+        ("execution", f"{name}-{'0' * (naming.RUN_ID_SUFFIX_LENGTH - 1)}"),
+    ]
+    if pipeline.trigger:
+        names.append(("queue", naming.arrivals_queue_name(deployment, name)))
+        names += [("rule", naming.arrival_rule_name(deployment, name, s)) for s in pipeline.trigger.sources]
+    runtime = pipeline.runtime
+    if isinstance(runtime, Ec2Runtime):
+        names.append(("instance_profile", naming.instance_profile_name(deployment, name)))
+        if isinstance(runtime.scaling, AlarmScaling):
+            cluster = "j-" + "X" * (naming.CLUSTER_ID_LENGTH - 2)
+            names += [
+                ("alarm", naming.scaling_alarm_name(deployment, name, cluster, direction, rule.name))
+                for direction, rule in runtime.scaling.rules()
+            ]
+    elif isinstance(runtime, EksRuntime):
+        names.append(("role", naming.eks_job_role_name(deployment, name)))
+        names.append(("virtual_cluster", naming.virtual_cluster_name(deployment, name)))
+    elif isinstance(runtime, ServerlessRuntime) and not isinstance(runtime.application, str):
+        names.append(("serverless_application", naming.serverless_application_name(deployment, name)))
+    return names
 
 
 def _missing_file(where: str, field: str, relative: str, folder: Path) -> list[str]:

@@ -88,6 +88,8 @@ class _Deployer:
             "AWS::Lambda::LayerVersion": self._layer,
             "AWS::Lambda::Function": self._function,
             "AWS::Lambda::EventSourceMapping": self._event_source_mapping,
+            "AWS::Lambda::EventInvokeConfig": self._event_invoke_config,
+            "AWS::CloudWatch::Alarm": self._alarm,
             "AWS::Events::Rule": self._rule,
             "AWS::StepFunctions::StateMachine": self._state_machine,
             "AWS::EMRServerless::Application": self._serverless_application,
@@ -384,6 +386,38 @@ class _Deployer:
         for topic in props["Topics"]:
             self.twin.iam.add_resource_policy(topic, f"topic policy of {topic}", props["PolicyDocument"])
         self._set(resource, f"{resource.logical_id}-{uuid.uuid4().hex[:8]}")
+
+    def _event_invoke_config(self, resource: Resource, props: dict[str, Any]) -> None:
+        """Asynchronous invocation settings: retries, maximum event age, on-failure destination (SQS only: the
+        app's one destination type; on-success destinations are reported as not modelled)."""
+        function = self.twin.runtime.resolve(props["FunctionName"])
+        if "MaximumRetryAttempts" in props:
+            function.async_retries = int(props["MaximumRetryAttempts"])
+        if "MaximumEventAgeInSeconds" in props:
+            function.async_max_age_seconds = int(props["MaximumEventAgeInSeconds"])
+        destinations = props.get("DestinationConfig", {})
+        on_failure = destinations.get("OnFailure", {}).get("Destination")
+        if on_failure and on_failure.split(":")[2] != "sqs":
+            self.report.not_modelled.setdefault("EventInvokeConfig on-failure (non-SQS)", []).append(
+                resource.logical_id
+            )
+        else:
+            function.on_failure_destination = on_failure
+        if destinations.get("OnSuccess"):
+            self.report.not_modelled.setdefault("EventInvokeConfig on-success", []).append(resource.logical_id)
+        self._set(resource, resource.logical_id)
+
+    def _alarm(self, resource: Resource, props: dict[str, Any]) -> None:
+        """A metric alarm, created in moto (local.cloudwatch evaluates it; its SNS actions are not executed)."""
+        name = self._name(resource, props.get("AlarmName"), 255)
+        keys = (
+            "AlarmDescription", "ActionsEnabled", "AlarmActions", "OKActions", "InsufficientDataActions",
+            "MetricName", "Namespace", "Statistic", "ExtendedStatistic", "Dimensions", "Period", "Unit",
+            "EvaluationPeriods", "DatapointsToAlarm", "Threshold", "ComparisonOperator", "TreatMissingData",
+            "Metrics", "ThresholdMetricId",
+        )  # fmt: skip
+        self.twin.client("cloudwatch").put_metric_alarm(AlarmName=name, **{k: props[k] for k in keys if k in props})
+        self._set(resource, name, Arn=self._arn("cloudwatch", f"alarm:{name}"))
 
     def _lambda_permission(self, resource: Resource, props: dict[str, Any]) -> None:
         """A Lambda permission is one statement of the function's resource-based policy."""

@@ -85,6 +85,11 @@ class LocalFunction:
     timeout_seconds: int = 60
     memory_mb: int = 128
     role_arn: str | None = None  # the execution role (its session signs the function's AWS calls)
+    # Asynchronous invocation (AWS::Lambda::EventInvokeConfig; Lambda's defaults without one): retries after
+    # a handler error, the oldest event Lambda still runs, and where a failed event's record goes.
+    async_retries: int = 2
+    async_max_age_seconds: int = 21600
+    on_failure_destination: str | None = None
     _module: ModuleType | None = field(default=None, repr=False)
 
     def paths(self) -> list[str]:

@@ -85,6 +85,9 @@ CURRENT: Twin | None = None
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 _RATE_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 
+# Lambda's waits before the second and third attempt of a failed asynchronous event (about 1 and 2 minutes).
+ASYNC_RETRY_WAITS = (60.0, 120.0)
+
 _S3_REASONS = {
     "ObjectCreated:Put": "PutObject",
     "ObjectCreated:Post": "PostObject",
@@ -118,6 +121,17 @@ class Delivery:
     at: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class AsyncFailure:
+    """An asynchronous event Lambda gave up on (sent to the function's on-failure destination, if it has one)."""
+
+    function_name: str
+    request_id: str
+    condition: str  # RetriesExhausted | EventAgeExceeded
+    attempts: int
+    error_type: str
+
+
 class Twin:
     """A running local AWS. `start()`, `deploy(cdk_out)`, use `client(...)`, `stop()`."""
 
@@ -146,6 +160,7 @@ class Twin:
         self.iam_enforced = iam  # False only for debugging: AWS would refuse what the twin then lets through
         self.faults = FaultInjector()
         self.deliveries: list[Delivery] = []
+        self.async_failures: list[AsyncFailure] = []
         self.events: list[dict[str, Any]] = []
         self.mappings: list[EventSourceMapping] = []
         self.endpoint = ""
@@ -533,15 +548,70 @@ class Twin:
             )
 
     def _invoke_async(self, arn: str, event: Any) -> None:
+        """Lambda's asynchronous invocation: a handler error is retried `async_retries` times (Lambda waits about
+        1 minute before the second attempt and 2 minutes before the third, on the twin's clock); an event that
+        still fails, or outlives `async_max_age_seconds`, goes to the on-failure destination as Lambda's record
+        (sent as the function's execution role, which needs sqs:SendMessage), or is dropped without one.
+        ("Error handling and automatic retries", "Capturing records of Lambda asynchronous invocations",
+        Lambda developer guide.)"""
         with self._busy_lock:
             self._busy += 1
         try:
-            self.runtime.invoke(arn, event)
-        except FunctionError:
-            pass  # async invocations: Lambda would retry twice then drop / send to a DLQ (not modelled)
+            function = self.runtime.resolve(arn)
+            request_id = str(uuid.uuid4())
+            age = 0.0
+            attempts = 0
+            condition = "RetriesExhausted"
+            while True:
+                attempts += 1
+                try:
+                    self.runtime.invoke(arn, event)
+                    return
+                except FunctionError as exc:
+                    error = exc
+                if attempts > function.async_retries:
+                    break
+                wait = ASYNC_RETRY_WAITS[min(attempts, len(ASYNC_RETRY_WAITS)) - 1]
+                if age + wait > function.async_max_age_seconds:
+                    condition = "EventAgeExceeded"
+                    break
+                age += wait
+                if self._stop.wait(wait * self.time_scale):
+                    return
+            if function.on_failure_destination:
+                self._send_async_failure(function, request_id, condition, attempts, event, error)
+            else:
+                LOG.warning(
+                    "asynchronous event for %s dropped after %d attempts: no on-failure destination", arn, attempts
+                )
+            self.async_failures.append(AsyncFailure(function.name, request_id, condition, attempts, error.error_type))
         finally:
             with self._busy_lock:
                 self._busy -= 1
+
+    def _send_async_failure(
+        self, function: Any, request_id: str, condition: str, attempts: int, event: Any, error: FunctionError
+    ) -> None:
+        record = {
+            "version": "1.0",
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "requestContext": {
+                "requestId": request_id,
+                "functionArn": f"{function.arn}:$LATEST",
+                "condition": condition,
+                "approximateInvokeCount": attempts,
+            },
+            "requestPayload": event,
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "responsePayload": error.payload,
+        }
+        destination = function.on_failure_destination
+        try:  # Lambda addresses the queue by ARN: only sqs:SendMessage is asked of the role
+            url = self.client("sqs").get_queue_url(QueueName=destination.split(":")[5])["QueueUrl"]
+            sqs = self.client_with_key("sqs", self._function_access_key(function))
+            sqs.send_message(QueueUrl=url, MessageBody=json.dumps(record))
+        except Exception:  # AWS drops the record too when the destination refuses it (and logs nothing we see)
+            LOG.exception("on-failure record for %s could not be sent to %s", function.name, destination)
 
     def _function_access_key(self, function: Any) -> str:
         """What a function's clients sign with: its execution role session (the twin's default without a role)."""

@@ -16,7 +16,7 @@ from config.guardrails import Limits
 from config.model import AppConfig
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
-from stacks.naming import LEDGER_PREFIX
+from stacks.naming import LEDGER_PREFIX, DeploymentNames
 from stacks.storage import AutopilotStorage
 
 # Environment contract of `autopilot_common.admission` (Caps.from_env and the admission handler).
@@ -77,7 +77,7 @@ class RunAdmission(Construct):
         self.table = dynamodb.TableV2(
             self,
             "Table",
-            table_name=f"{prefix}-admission",
+            table_name=DeploymentNames(prefix).admission_table,
             partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
             billing=dynamodb.Billing.on_demand(),

@@ -17,7 +17,7 @@ from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.guardrails import AutopilotGuardrails
 from stacks.nag import suppress
-from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, deployment_name
+from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, deployment_name, serverless_application_name
 from stacks.platform import AutopilotPlatform
 from stacks.scaling import AutopilotScaling
 from stacks.serverless_pipeline import ServerlessApplicationConstruct, ServerlessPipeline
@@ -40,7 +40,9 @@ class AutopilotStack(Stack):
         self.platform = AutopilotPlatform(self, "Platform", config=config, prefix=prefix, storage=self.storage)
 
         shared = {
-            name: ServerlessApplicationConstruct(self, f"App-{name}", name=f"{prefix}-{name}", spec=spec)
+            name: ServerlessApplicationConstruct(
+                self, f"App-{name}", name=serverless_application_name(prefix, name), spec=spec
+            )
             for name, spec in config.serverless_applications.items()
         }
         self.pipelines: dict[str, PipelineWorkflow] = {}
@@ -62,7 +64,7 @@ class AutopilotStack(Stack):
             else:
                 if isinstance(runtime.application, ServerlessApplication):
                     application = ServerlessApplicationConstruct(
-                        self, f"App-{name}", name=f"{prefix}-{name}", spec=runtime.application
+                        self, f"App-{name}", name=serverless_application_name(prefix, name), spec=runtime.application
                     )
                     Tags.of(application).add(TAG_PIPELINE, name)
                 else:

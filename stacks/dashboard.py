@@ -8,7 +8,7 @@ from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from constructs import Construct
 
-from stacks.naming import METRICS_NAMESPACE
+from stacks.naming import METRICS_NAMESPACE, DeploymentNames
 from stacks.workflow import PipelineWorkflow
 
 PERIOD = Duration.minutes(5)
@@ -52,7 +52,7 @@ class OperationsDashboard(Construct):
         self.dashboard = cloudwatch.Dashboard(
             self,
             "Dashboard",
-            dashboard_name=f"{prefix}-operations",
+            dashboard_name=DeploymentNames(prefix).dashboard,
             default_interval=Duration.hours(24),
             widgets=[
                 [

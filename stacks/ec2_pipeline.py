@@ -16,7 +16,14 @@ from config.ec2 import Ec2Runtime
 from config.model import Pipeline
 from stacks.emr_ec2_spec import cluster_request, managed_tags, step_templates
 from stacks.nag import suppress
-from stacks.naming import BOOTSTRAP_PREFIX, JOBS_PREFIX, STATEMACHINES_DIR, TAG_DEPLOYMENT, TAG_PIPELINE
+from stacks.naming import (
+    BOOTSTRAP_PREFIX,
+    JOBS_PREFIX,
+    STATEMACHINES_DIR,
+    TAG_DEPLOYMENT,
+    TAG_PIPELINE,
+    instance_profile_name,
+)
 from stacks.platform import AutopilotPlatform
 from stacks.scaling import alarm_prefix, alarm_scaling, alarm_specs, grant_alarm_lifecycle
 from stacks.storage import AutopilotStorage
@@ -132,7 +139,7 @@ class Ec2Pipeline(PipelineWorkflow):
         self.instance_profile = iam.CfnInstanceProfile(
             self,
             "InstanceProfile",
-            instance_profile_name=f"{prefix}-{name}-ec2",
+            instance_profile_name=instance_profile_name(prefix, name),
             roles=[self.instance_role.role_name],
         )
         self.service_role = iam.Role(

@@ -12,7 +12,7 @@ from constructs import Construct
 from config.eks import EksRuntime
 from config.model import Pipeline
 from stacks.nag import suppress
-from stacks.naming import JOBS_PREFIX, STATEMACHINES_DIR
+from stacks.naming import JOBS_PREFIX, STATEMACHINES_DIR, eks_job_role_name, virtual_cluster_name
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
 from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements, load_definition
@@ -64,7 +64,7 @@ class EksPipeline(PipelineWorkflow):
             cluster = emrc.CfnVirtualCluster(
                 self,
                 "VirtualCluster",
-                name=f"{prefix}-{name}",
+                name=virtual_cluster_name(prefix, name),
                 container_provider=emrc.CfnVirtualCluster.ContainerProviderProperty(
                     id=runtime.eks_cluster_name,
                     type="EKS",
@@ -100,7 +100,7 @@ class EksPipeline(PipelineWorkflow):
         spec = self.runtime.job_role
         if spec.existing_role_arn is not None:
             return spec.existing_role_arn
-        role_name = f"{prefix}-{name}-eks-job"[:64]
+        role_name = eks_job_role_name(prefix, name)  # config validation keeps it within 64
         namespace = self.runtime.namespace or "*"
         issuer = spec.oidc_issuer
         provider = f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:oidc-provider/{issuer}"

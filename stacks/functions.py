@@ -12,7 +12,7 @@ from constructs import Construct
 
 from config.model import LambdaSettings
 from stacks.nag import suppress
-from stacks.naming import LAMBDAS_DIR, METRICS_NAMESPACE, POWERTOOLS_LAYER_ACCOUNT, POWERTOOLS_LAYER_NAME
+from stacks.naming import LAMBDAS_DIR, METRICS_NAMESPACE, POWERTOOLS_LAYER_ACCOUNT, POWERTOOLS_LAYER_NAME, function_name
 
 RUNTIME = lambda_.Runtime.PYTHON_3_14
 _RETENTION = {
@@ -94,7 +94,7 @@ class FunctionFactory(Construct):
             scope,
             f"{name.title()}Function",
             role=role,
-            function_name=f"{self._prefix}-{name}",
+            function_name=function_name(self._prefix, name),
             description=description,
             runtime=RUNTIME,
             architecture=lambda_.Architecture.X86_64,

@@ -21,7 +21,7 @@ from stacks.arns import alarms_named, executions_of, ledger_statements
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
-from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
+from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT, DeploymentNames
 from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.serverless_pipeline import ServerlessPipeline
 from stacks.storage import AutopilotStorage
@@ -105,6 +105,7 @@ class AutopilotGuardrails(Construct):
         function.add_environment("APP_ROLE_ARNS", stack.to_json_string(own_roles))
         platform.admission.grant_release(function)
         self._grant(stack, prefix, storage, platform, pipelines)
+        platform.fail_async_to_dead_letters(function)
 
         target = targets.LambdaFunction(
             function,
@@ -274,7 +275,7 @@ class AutopilotGuardrails(Construct):
         trail = cloudtrail.Trail(
             self,
             "Trail",
-            trail_name=f"{prefix}-guardrails",
+            trail_name=DeploymentNames(prefix).trail,
             bucket=storage.logs,
             s3_key_prefix="cloudtrail",
             is_multi_region_trail=True,

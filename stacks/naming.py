@@ -3,6 +3,7 @@ twin agree with the infrastructure)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +35,153 @@ def deployment_name(project: str, env: str) -> str:
 def input_prefix(pipeline_name: str, trigger_prefix: str | None) -> str:
     """What a pipeline's job may read in the landing bucket: its trigger prefix, else `<pipeline>/`."""
     return trigger_prefix if trigger_prefix is not None else f"{pipeline_name}/"
+
+
+# --------------------------------------------------------------------------- generated physical names
+#
+# Every physical name the app derives from the project, the environment and a pipeline's name is built here, and
+# config validation (`config.loader`) checks each against its service's limit before CDK sees it: a name that
+# overflows fails `cdk synth` with one line naming the pipeline, the generated name and the limit (issue 13.5).
+
+
+@dataclass(frozen=True)
+class NameLimit:
+    """A service's limit on one kind of name, and where it is stated."""
+
+    what: str
+    max_length: int
+    reference: str
+
+
+# Limits from botocore's service models (min/max of the API member) where the model states them, else the service's
+# quota page; tests/unit/test_names.py checks the model-backed ones against the pinned botocore.
+LIMITS: dict[str, NameLimit] = {
+    "stack": NameLimit("CloudFormation stack name", 128, "CloudFormation CreateStack StackName (quotas page)"),
+    "function": NameLimit("Lambda function name", 64, "Lambda CreateFunction FunctionName: 64 for a bare name"),
+    "queue": NameLimit("SQS queue name", 80, "SQS CreateQueue QueueName (up to 80 characters)"),
+    "rule": NameLimit("EventBridge rule name", 64, "events PutRule Name"),
+    "state_machine": NameLimit("Step Functions state machine name", 80, "states CreateStateMachine name"),
+    "execution": NameLimit("Step Functions execution name (run id)", 80, "states StartExecution name"),
+    "log_group": NameLimit("CloudWatch Logs log group name", 512, "logs CreateLogGroup logGroupName"),
+    "role": NameLimit("IAM role name", 64, "iam CreateRole RoleName"),
+    "instance_profile": NameLimit("IAM instance profile name", 128, "iam CreateInstanceProfile InstanceProfileName"),
+    "alarm": NameLimit("CloudWatch alarm name", 255, "cloudwatch PutMetricAlarm AlarmName"),
+    "serverless_application": NameLimit("EMR Serverless application name", 64, "emr-serverless CreateApplication name"),
+    "virtual_cluster": NameLimit("EMR on EKS virtual cluster name", 64, "emr-containers CreateVirtualCluster name"),
+    "topic": NameLimit("SNS topic name", 256, "SNS CreateTopic Name (quotas page)"),
+    "table": NameLimit("DynamoDB table name", 255, "DynamoDB naming rules (3-255 characters)"),
+    "dashboard": NameLimit("CloudWatch dashboard name", 255, "cloudwatch PutDashboard DashboardName (user guide)"),
+    "trail": NameLimit("CloudTrail trail name", 128, "CloudTrail CreateTrail Name (3-128 characters)"),
+}
+
+# The app's functions (FunctionFactory refuses another name, so this list and the template agree).
+FUNCTION_NAMES = ("router", "prepare", "admission", "finalize", "guardrail", "scaler")
+ARRIVAL_RULE_SUFFIXES = {"eventbridge": "object-created", "cloudtrail": "data-event"}
+# EMR cluster ids are `j-` and 13 characters; run ids end in `-` and 24 hex characters (autopilot_common.names).
+CLUSTER_ID_LENGTH = 15
+RUN_ID_SUFFIX_LENGTH = 25
+
+
+def function_name(deployment: str, function: str) -> str:
+    if function not in FUNCTION_NAMES:
+        raise ValueError(f"function {function!r} is not one of the app's functions {FUNCTION_NAMES}")
+    return f"{deployment}-{function}"
+
+
+def arrivals_queue_name(deployment: str, pipeline: str) -> str:
+    return f"{deployment}-{pipeline}-arrivals"
+
+
+def arrival_rule_name(deployment: str, pipeline: str, source: str) -> str:
+    """The rule that routes a pipeline's landing objects seen by `source` (`eventbridge` or `cloudtrail`)."""
+    return f"{deployment}-{pipeline}-{ARRIVAL_RULE_SUFFIXES[source]}"
+
+
+def state_machine_name(deployment: str, pipeline: str) -> str:
+    return f"{deployment}-{pipeline}"
+
+
+def state_machine_log_group(deployment: str, pipeline: str) -> str:
+    return f"/aws/vendedlogs/states/{state_machine_name(deployment, pipeline)}"
+
+
+def instance_profile_name(deployment: str, pipeline: str) -> str:
+    return f"{deployment}-{pipeline}-ec2"
+
+
+def eks_job_role_name(deployment: str, pipeline: str) -> str:
+    return f"{deployment}-{pipeline}-eks-job"
+
+
+def serverless_application_name(deployment: str, application: str) -> str:
+    """A shared application (by its config name) or a pipeline's inline one (by the pipeline's name)."""
+    return f"{deployment}-{application}"
+
+
+def virtual_cluster_name(deployment: str, pipeline: str) -> str:
+    return f"{deployment}-{pipeline}"
+
+
+def scaling_alarm_name(deployment: str, pipeline: str, cluster_id: str, direction: str, rule: str) -> str:
+    """`<deployment>-scaling-<pipeline>-<cluster id>-<out|in>-<rule>` (the workflow formats it the same way)."""
+    return f"{deployment}-scaling-{pipeline}-{cluster_id}-{direction}-{rule}"
+
+
+@dataclass(frozen=True)
+class DeploymentNames:
+    """The names a deployment (`<project>-<env>`) gives its own resources, one per resource."""
+
+    deployment: str
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.deployment}-trigger-dlq"
+
+    @property
+    def dead_letters_alarm(self) -> str:
+        return f"{self.deployment}-dead-letters"
+
+    @property
+    def topic(self) -> str:
+        return f"{self.deployment}-notifications"
+
+    @property
+    def idempotency_table(self) -> str:
+        return f"{self.deployment}-idempotency"
+
+    @property
+    def admission_table(self) -> str:
+        return f"{self.deployment}-admission"
+
+    @property
+    def dashboard(self) -> str:
+        return f"{self.deployment}-operations"
+
+    @property
+    def trail(self) -> str:
+        return f"{self.deployment}-guardrails"
+
+    def all(self) -> list[tuple[str, str]]:
+        """(kind, name) of every one of them, the stack and the functions included."""
+        return [
+            ("stack", self.deployment),
+            *(("function", function_name(self.deployment, f)) for f in FUNCTION_NAMES),
+            ("queue", self.dead_letters),
+            ("alarm", self.dead_letters_alarm),
+            ("topic", self.topic),
+            ("table", self.idempotency_table),
+            ("table", self.admission_table),
+            ("dashboard", self.dashboard),
+            ("trail", self.trail),
+        ]
+
+
+def name_problems(kind: str, name: str) -> str | None:
+    """Why `name` cannot be a `kind` name, or None."""
+    limit = LIMITS[kind]
+    if len(name) > limit.max_length:
+        return (
+            f"generates the {limit.what} {name!r} ({len(name)} characters); expected at most {limit.max_length} "
+            f"({limit.reference})"
+        )
+    return None

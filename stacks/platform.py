@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_sqs as sqs
@@ -20,7 +23,7 @@ from config.model import AppConfig
 from stacks.admission import RunAdmission
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
-from stacks.naming import MANIFESTS_PREFIX, input_prefix
+from stacks.naming import MANIFESTS_PREFIX, DeploymentNames, input_prefix
 from stacks.storage import AutopilotStorage
 
 # What the functions do on the idempotency table: Powertools' idempotency utility and the claims the guardrail and
@@ -47,10 +50,11 @@ class AutopilotPlatform(Construct):
         self, scope: Construct, construct_id: str, *, config: AppConfig, prefix: str, storage: AutopilotStorage
     ) -> None:
         super().__init__(scope, construct_id)
+        names = DeploymentNames(prefix)
         self.topic = sns.Topic(
             self,
             "Notifications",
-            topic_name=f"{prefix}-notifications",
+            topic_name=names.topic,
             display_name="EMR Autopilot notifications",
             master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
             enforce_ssl=True,
@@ -61,7 +65,7 @@ class AutopilotPlatform(Construct):
         self.idempotency_table = dynamodb.TableV2(
             self,
             "Idempotency",
-            table_name=f"{prefix}-idempotency",
+            table_name=names.idempotency_table,
             partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
             billing=dynamodb.Billing.on_demand(),
             time_to_live_attribute="expiration",
@@ -74,11 +78,30 @@ class AutopilotPlatform(Construct):
         self.dead_letters = sqs.Queue(
             self,
             "TriggerDeadLetters",
-            queue_name=f"{prefix}-trigger-dlq",
+            queue_name=names.dead_letters,
             retention_period=Duration.days(14),
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
         )
+        # Whatever lands here (a trigger message the router gave up on, an event a rule could not deliver, an
+        # asynchronous invocation whose retries failed) is a run or a reaction that did not happen: tell someone.
+        self.dead_letter_alarm = cloudwatch.Alarm(
+            self,
+            "DeadLettersAlarm",
+            alarm_name=names.dead_letters_alarm,
+            alarm_description=(
+                f"Messages in {names.dead_letters}: an arrival, event or asynchronous invocation the app gave up on. "
+                "Read them (each says what failed), fix the cause, then redrive or delete them."
+            ),
+            metric=self.dead_letters.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(1), statistic="Maximum"
+            ),
+            threshold=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.dead_letter_alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.topic))
 
         self.functions = FunctionFactory(self, "Functions", settings=config.lambdas, prefix=prefix)
         self.admission = RunAdmission(
@@ -174,3 +197,10 @@ class AutopilotPlatform(Construct):
                 environment={},
                 timeout=Duration.minutes(2),
             )
+
+    def fail_async_to_dead_letters(self, function: lambda_.IFunction) -> None:
+        """An asynchronously invoked function (EventBridge targets) retries a failed event twice, as Lambda does,
+        then sends it with the error to the dead-letter queue (instead of Lambda dropping it)."""
+        function.configure_async_invoke(
+            on_failure=destinations.SqsDestination(self.dead_letters), retry_attempts=2, max_event_age=Duration.hours(6)
+        )

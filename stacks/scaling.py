@@ -140,6 +140,7 @@ class AutopilotScaling(Construct):
             timeout=Duration.seconds(60),
         )
         self.function = function
+        platform.fail_async_to_dead_letters(function)
         function.add_to_role_policy(
             iam.PolicyStatement(
                 actions=SCALER_EMR_ACTIONS,

@@ -18,6 +18,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from config.model import MarkerBatching, Trigger, WindowBatching
+from stacks.naming import arrival_rule_name, arrivals_queue_name
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
 
@@ -110,7 +111,7 @@ class PipelineTrigger(Construct):
         self.queue = sqs.Queue(
             self,
             "Arrivals",
-            queue_name=f"{prefix}-{name}-arrivals",
+            queue_name=arrivals_queue_name(prefix, name),
             visibility_timeout=VISIBILITY_TIMEOUT.plus(Duration.seconds(window)),
             retention_period=Duration.days(4),
             encryption=sqs.QueueEncryption.SQS_MANAGED,
@@ -125,7 +126,7 @@ class PipelineTrigger(Construct):
         if "eventbridge" in trigger.sources:
             self.rule = self._rule(
                 "ObjectCreated",
-                rule_name=f"{prefix}-{name}-object-created",
+                rule_name=arrival_rule_name(prefix, name, "eventbridge"),
                 description=f"Landing objects for pipeline {name}",
                 pattern=object_created_pattern(bucket_name, trigger),
                 message=message,
@@ -133,7 +134,7 @@ class PipelineTrigger(Construct):
         if "cloudtrail" in trigger.sources:
             self.data_event_rule = self._rule(
                 "DataEvent",
-                rule_name=f"{prefix}-{name}-data-event",
+                rule_name=arrival_rule_name(prefix, name, "cloudtrail"),
                 description=f"Landing objects for pipeline {name}, seen by CloudTrail S3 data events",
                 pattern=data_event_pattern(bucket_name, trigger),
                 message=message,

@@ -18,7 +18,7 @@ from constructs import Construct
 from config.loader import output_prefix
 from config.model import Pipeline
 from stacks.nag import suppress
-from stacks.naming import LEDGER_PREFIX, MANIFESTS_PREFIX, input_prefix
+from stacks.naming import LEDGER_PREFIX, MANIFESTS_PREFIX, input_prefix, state_machine_log_group, state_machine_name
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
 
@@ -57,7 +57,8 @@ class PipelineWorkflow(Construct):
         self.platform = platform
         self.input_prefix = input_prefix(name, pipeline.trigger.prefix if pipeline.trigger else None)
         self.output_prefix = output_prefix(name, pipeline)
-        self.state_machine_name = f"{prefix}-{name}"
+        self.state_machine_name = state_machine_name(prefix, name)
+        self.log_group_name = state_machine_log_group(prefix, name)
         self.role = iam.Role(
             self,
             "WorkflowRole",
@@ -108,7 +109,7 @@ class PipelineWorkflow(Construct):
         log_group = logs.LogGroup(
             self,
             "WorkflowLogs",
-            log_group_name=f"/aws/vendedlogs/states/{self.state_machine_name}",
+            log_group_name=self.log_group_name,
             retention=logs.RetentionDays.THREE_MONTHS,
             removal_policy=RemovalPolicy.DESTROY,
         )

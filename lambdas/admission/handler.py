@@ -1,5 +1,8 @@
 """Admission Lambda: `acquire` (the workflow's AcquireRunSlot, waitForTaskToken) and `release` (ReleaseRunSlot).
 
+A release after a failure (`error`: the workflow's caught error) also answers the failure as the ledger records it
+(`autopilot_common.causes.ledger_cause`: never an empty cause, at most about 1 KB).
+
 Environment: `ADMISSION_TABLE`, `ADMISSION_CAPS` (caps JSON), `LEDGER_BUCKET` (QUEUED ledger entries),
 and the usual `POWERTOOLS_*` variables.
 """
@@ -25,6 +28,7 @@ from autopilot_common.admission import (
     acquire,
     release,
 )
+from autopilot_common.causes import ledger_cause
 
 logger = Logger(service="autopilot-admission")
 tracer = Tracer(service="autopilot-admission")
@@ -55,7 +59,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             hints = {"pipeline": str(event["pipeline"]), "reservation": Reservation.from_json(event["reservation"])}
         freed = release(_client("dynamodb"), _client("stepfunctions"), TABLE, run_id, CAPS, **hints)
         logger.info("run slot released" if freed else "run held no slot", run_id=run_id)
-        return {"released": freed}
+        result: dict[str, Any] = {"released": freed}
+        if isinstance(event.get("error"), dict):  # a failed run: the failure as its ledger entry records it
+            error = str(event["error"].get("Error") or "States.Runtime")
+            result["failure"] = {"error": error, "cause": ledger_cause(error, event["error"].get("Cause"))}
+        return result
     if action != "acquire":
         raise ValueError(f"action: got {action!r}; expected 'acquire' or 'release'")
     request = AcquireRequest.from_event(event)

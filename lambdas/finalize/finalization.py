@@ -12,11 +12,11 @@ no work behind on a shared cluster.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from autopilot_common.causes import ledger_cause
 from autopilot_common.scaling import actions as scaling_actions
 
 ACTIVE_STEP_STATES = ["PENDING", "RUNNING", "CANCEL_PENDING"]
@@ -105,7 +105,7 @@ def finalize_run(
         update["cancelled_steps"] = cancelled
     if request.outcome == "FAILED":
         error, cause, failed_step = _failure(request, update)
-        update |= {"error": error, "cause": cause, "failed_step": failed_step}
+        update |= {"error": error, "cause": ledger_cause(error, cause), "failed_step": failed_step}
     return update
 
 
@@ -255,16 +255,7 @@ def _failure(request: FinalizeRequest, update: dict[str, Any]) -> tuple[str, str
     unfinished = next((s for s in update["steps"] if s["state"] in FAILED_STEP_STATES), None)
     if unfinished is not None and original_error == "States.Timeout":
         original_cause = f"step {unfinished['name']!r} ({unfinished['id']}) did not finish in time. {original_cause}"
-    return original_error, _short_cause(original_cause), unfinished
-
-
-def _short_cause(cause: str, limit: int = 4000) -> str:
-    """Causes from .sync tasks are whole JSON descriptions: keep the ledger and the SNS message readable."""
-    try:
-        parsed = json.loads(cause)
-    except ValueError:
-        return cause[:limit]
-    return json.dumps(parsed, default=str)[:limit]
+    return original_error, original_cause, unfinished
 
 
 # ---------------------------------------------------------------------------------------- helpers

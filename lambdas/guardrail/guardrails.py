@@ -30,6 +30,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from autopilot_common.admission import CAPS_ENV, TABLE_ENV, Caps, release, runs
+from autopilot_common.causes import ledger_cause
 
 TAG_PIPELINE = "autopilot:pipeline"
 TAG_RUN_ID = "autopilot:run-id"
@@ -503,21 +504,29 @@ def clean_up_execution(
         update = cancellation.ledger_fields()
     elif status in ("ABORTED", "TIMED_OUT"):
         stop = find_stop(clients.dynamodb, settings.claims_table, run.run_id) if status == "ABORTED" else None
+        error = detail.get("error") or ("States.Timeout" if status == "TIMED_OUT" else "ExecutionAborted")
         update = {
             "state": status,
-            "error": detail.get("error") or ("States.Timeout" if status == "TIMED_OUT" else "ExecutionAborted"),
-            "cause": detail.get("cause")
-            or (
-                "the run exceeded its pipeline's run_timeout_minutes"
-                if status == "TIMED_OUT"
-                else "the execution was stopped (StopExecution)" + (f" by {stop.by}" if stop else "")
+            "error": error,
+            "cause": ledger_cause(
+                error,
+                detail.get("cause")
+                or (
+                    "the run exceeded its pipeline's run_timeout_minutes"
+                    if status == "TIMED_OUT"
+                    else "the execution was stopped (StopExecution)" + (f" by {stop.by}" if stop else "")
+                ),
             ),
             **(stop.ledger_fields() if stop else {}),
         }
     elif previous not in TERMINAL_LEDGER_STATES:
         # FAILED before the workflow could write its own entry (Prepare rejected the input, or an error
         # escaped every Catch): the entry is written here so every run has one.
-        update = {"state": "FAILED", "error": detail.get("error"), "cause": detail.get("cause")}
+        update = {
+            "state": "FAILED",
+            "error": detail.get("error"),
+            "cause": ledger_cause(detail.get("error"), detail.get("cause")),
+        }
     changed = bool(update) and any(entry.get(k) != v for k, v in update.items())
     if changed or teardown.acted:
         if update:

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from autopilot_common.admission import arrival_of
+from autopilot_common.causes import cap_cause, shown
 from autopilot_common.keys import skip_reason
 from autopilot_common.manifest import InputManifest, ManifestObject, manifest_key
 from autopilot_common.s3uri import parse_s3_uri, s3_uri
@@ -38,7 +39,9 @@ _TOKEN = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 MAX_CONSOLE_INPUTS = 1000
 MAX_OBJECTS = 100_000
 ROUTER_KEYS = {"pipeline", "manifest", "object_count", "trigger", "overrides"}
-CONSOLE_KEYS = {"pipeline", "inputs", "overrides", "trigger"}
+CONSOLE_KEYS = {"pipeline", "inputs", "overrides"}
+# Set by the router only: the arrival's time orders the admission queue and the ledger says what started the run.
+ROUTER_ONLY_KEYS = {"trigger", "object_count"}
 OVERRIDE_KEYS = {"arguments", "spark_submit_parameters", "execution_timeout_minutes"}
 MAX_EXECUTION_TIMEOUT_MINUTES = 10080
 # The task waits this much longer than EMR's own job timeout, so EMR's timeout fires first.
@@ -117,7 +120,7 @@ def prepare_run(payload: dict[str, Any], s3: Any, emr: Any = None) -> dict[str, 
     try:
         result = _prepare(payload.get("input"), execution, settings, s3)
     except InvalidInput as exc:
-        return {"valid": False, "error": INVALID_INPUT, "cause": str(exc)}
+        return {"valid": False, "error": INVALID_INPUT, "cause": cap_cause(str(exc), where="the execution's input")}
     if settings.is_ec2:
         result["cluster"] = {"ClusterId": None}
         if settings.existing_cluster is not None:
@@ -172,7 +175,8 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
     pipeline = raw.get("pipeline")
     if pipeline != settings.pipeline:
         raise InvalidInput(
-            f"pipeline: got {pipeline!r}; expected {settings.pipeline!r} (this state machine runs only that pipeline)"
+            f"pipeline: got {shown(pipeline)}; expected {settings.pipeline!r} "
+            "(this state machine runs only that pipeline)"
         )
     run_id = execution["name"]
     overrides = _overrides(raw.get("overrides", {}))  # validated before anything is written
@@ -183,9 +187,15 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
         )
     if "manifest" in raw:
         _reject_unknown(raw, ROUTER_KEYS, "input")
-        manifest_uri, object_count = _router_manifest(raw, settings)
+        manifest_uri, object_count = _router_manifest(raw, settings, run_id)
         trigger = raw.get("trigger") or {"type": "s3"}
     else:
+        forged = sorted(ROUTER_ONLY_KEYS & set(raw))
+        if forged:
+            raise InvalidInput(
+                f"{', '.join(forged)}: set by the router only; console input may not carry it "
+                f"(expected only {sorted(CONSOLE_KEYS)})"
+            )
         _reject_unknown(raw, CONSOLE_KEYS, "input")
         if "inputs" not in raw:
             raise InvalidInput(f"inputs: required; expected a list of S3 URIs, e.g. {_example(settings)}")
@@ -193,7 +203,7 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
         manifest = InputManifest(pipeline=settings.pipeline, run_id=run_id, objects=objects)
         manifest_uri = manifest.write(s3, settings.artifacts_bucket)
         object_count = manifest.object_count
-        trigger = {"type": "console"} | (raw["trigger"] if isinstance(raw.get("trigger"), dict) else {})
+        trigger = {"type": "console"}
     return {
         "valid": True,
         "run": _run_record(run_id, execution, settings, manifest_uri, object_count, trigger, overrides),
@@ -201,7 +211,9 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
     }
 
 
-def _router_manifest(raw: dict[str, Any], settings: PipelineSettings) -> tuple[str, int]:
+def _router_manifest(raw: dict[str, Any], settings: PipelineSettings, run_id: str) -> tuple[str, int]:
+    """The router names a run's execution after its manifest (`manifests/<pipeline>/<run id>.json`): input that
+    names another run's manifest is not the router's (a replay or a forgery) and is refused."""
     uri = raw["manifest"]
     try:
         bucket, key = parse_s3_uri(uri, field="manifest")
@@ -210,17 +222,24 @@ def _router_manifest(raw: dict[str, Any], settings: PipelineSettings) -> tuple[s
     expected_prefix = manifest_key(settings.pipeline, "").removesuffix(".json")
     if bucket != settings.artifacts_bucket or not key.startswith(expected_prefix):
         raise InvalidInput(
-            f"manifest: got {uri!r}; expected a manifest under {s3_uri(settings.artifacts_bucket, expected_prefix)}"
+            f"manifest: got {shown(uri)}; "
+            f"expected a manifest under {s3_uri(settings.artifacts_bucket, expected_prefix)}"
+        )
+    if key != manifest_key(settings.pipeline, run_id):
+        raise InvalidInput(
+            f"manifest: got {shown(uri)}; expected this run's own manifest "
+            f"{s3_uri(settings.artifacts_bucket, manifest_key(settings.pipeline, run_id))} (the router names each "
+            "execution after its manifest; to run objects again, start a console run with `inputs`)"
         )
     count = raw.get("object_count")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise InvalidInput(f"object_count: got {count!r}; expected a positive integer")
+        raise InvalidInput(f"object_count: got {shown(count)}; expected a positive integer")
     return uri, count
 
 
 def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: Any) -> list[ManifestObject]:
     if not isinstance(inputs, list) or not inputs:
-        raise InvalidInput(f"inputs: got {inputs!r}; expected a non-empty list of S3 URIs")
+        raise InvalidInput(f"inputs: got {shown(inputs)}; expected a non-empty list of S3 URIs")
     if len(inputs) > MAX_CONSOLE_INPUTS:
         raise InvalidInput(
             f"inputs: got {len(inputs)} entries; expected at most {MAX_CONSOLE_INPUTS} (use a prefix ending in '/')"
@@ -235,13 +254,13 @@ def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: Any) -> list[Ma
             raise InvalidInput(str(exc)) from None
         if bucket != settings.landing_bucket or not key.startswith(settings.input_prefix):
             raise InvalidInput(
-                f"{field}: got {uri!r}; expected an object or prefix under {allowed} "
+                f"{field}: got {shown(uri)}; expected an object or prefix under {allowed} "
                 "(the job may read only its pipeline's input prefix)"
             )
         found = _list_prefix(s3, bucket, key) if key.endswith("/") or key == "" else [_head(s3, bucket, key, field)]
         if not found:
             raise InvalidInput(
-                f"{field}: no input objects under {uri!r} (hidden, temporary and empty files are skipped)"
+                f"{field}: no input objects under {shown(uri)} (hidden, temporary and empty files are skipped)"
             )
         for obj in found:
             seen.setdefault(obj.identity(), obj)
@@ -280,18 +299,20 @@ def _list_prefix(s3: Any, bucket: str, prefix: str) -> list[ManifestObject]:
 
 def _overrides(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise InvalidInput(f"overrides: got {raw!r}; expected an object with keys {sorted(OVERRIDE_KEYS)}")
+        raise InvalidInput(f"overrides: got {shown(raw)}; expected an object with keys {sorted(OVERRIDE_KEYS)}")
     _reject_unknown(raw, OVERRIDE_KEYS, "overrides")
     out: dict[str, Any] = {}
     if "arguments" in raw:
         args = raw["arguments"]
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise InvalidInput(f"overrides.arguments: got {args!r}; expected a list of strings")
+            raise InvalidInput(f"overrides.arguments: got {shown(args)}; expected a list of strings")
         out["arguments"] = args
     if "spark_submit_parameters" in raw:
         params = raw["spark_submit_parameters"]
         if not isinstance(params, str) or len(params) > 10240:
-            raise InvalidInput(f"overrides.spark_submit_parameters: got {params!r}; expected a string (<= 10240 chars)")
+            raise InvalidInput(
+                f"overrides.spark_submit_parameters: got {shown(params)}; expected a string (<= 10240 chars)"
+            )
         out["spark_submit_parameters"] = params
     if "execution_timeout_minutes" in raw:
         minutes = raw["execution_timeout_minutes"]
@@ -301,7 +322,7 @@ def _overrides(raw: Any) -> dict[str, Any]:
             or not 1 <= minutes <= MAX_EXECUTION_TIMEOUT_MINUTES
         ):
             raise InvalidInput(
-                f"overrides.execution_timeout_minutes: got {minutes!r}; "
+                f"overrides.execution_timeout_minutes: got {shown(minutes)}; "
                 f"expected an integer from 1 to {MAX_EXECUTION_TIMEOUT_MINUTES}"
             )
         out["execution_timeout_minutes"] = minutes

@@ -187,6 +187,40 @@ def test_a_cluster_launched_by_hand_without_auto_termination_gets_one_and_the_ca
         env.twin.client("emr").terminate_job_flows(JobFlowIds=[capped, exempt])
 
 
+def test_a_guardrail_event_that_keeps_failing_lands_in_the_dead_letter_queue_with_its_error(env: Deployed) -> None:
+    """Issue 13.4: EventBridge invokes the guardrail asynchronously; an event it fails on three times (Lambda's
+    two retries) is recorded in the dead-letter queue (whose depth alarms the topic), not dropped."""
+    sqs = env.twin.client("sqs")
+    dlq = sqs.get_queue_url(QueueName=f"{DEPLOYMENT}-trigger-dlq")["QueueUrl"]
+    # Given EMR refuses the guardrail's PutAutoTerminationPolicy three times in a row
+    env.twin.faults.fail_next("emr", "PutAutoTerminationPolicy", times=3, code="ValidationException", message="nope")
+    env.twin.emr_ec2.check_iam = False
+    try:
+        # When alice launches a cluster without auto-termination
+        cluster_id = _launch_by_hand(env, {"team": "analytics"})
+    finally:
+        env.twin.emr_ec2.check_iam = True
+
+    def recorded() -> list[dict[str, Any]]:
+        messages = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+        return [m for m in messages if cluster_id in m["Body"]]
+
+    try:
+        (message,) = env.wait_for(recorded, 60, "the guardrail's failure record in the dead-letter queue")
+        record = json.loads(message["Body"])
+        # Then the record names the function, the condition, three attempts, the event and the error
+        context = record["requestContext"]
+        assert context["functionArn"].endswith(f":function:{DEPLOYMENT}-guardrail:$LATEST")
+        assert (context["condition"], context["approximateInvokeCount"]) == ("RetriesExhausted", 3)
+        assert record["requestPayload"]["detail"]["responseElements"]["jobFlowId"] == cluster_id
+        assert "nope" in record["responsePayload"]["errorMessage"]
+        sqs.delete_message(QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
+        alarm = env.twin.client("cloudwatch").describe_alarms(AlarmNames=[f"{DEPLOYMENT}-dead-letters"])
+        assert alarm["MetricAlarms"][0]["AlarmActions"] == [env.report.outputs["NotificationTopic"]]
+    finally:
+        env.twin.client("emr").terminate_job_flows(JobFlowIds=[cluster_id])
+
+
 def test_someone_terminating_a_pipeline_cluster_cancels_the_run_with_their_name(env: Deployed) -> None:
     # Given a transient-cluster run whose step is running
     env.twin.faults.hang_next_job()

@@ -311,3 +311,57 @@ def test_router_may_head_only_the_cloudtrail_pipelines_input_prefix(synth: Synth
             "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [_landing_name(synth), "Arn"]}, "/sales-trail/*"]]},
         }
     ]
+
+
+def _ref(value: Any) -> str:
+    """The logical id an intrinsic points at (`Ref` or `Fn::GetAtt`)."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return str(value["Ref"])
+        if "Fn::GetAtt" in value:
+            return str(value["Fn::GetAtt"][0])
+    return str(value)
+
+
+def test_every_asynchronously_invoked_function_fails_into_the_alarmed_dead_letter_queue(synth: Synthesized) -> None:
+    """EventBridge (and S3 / SNS) invoke functions asynchronously: after Lambda's two retries, a failed event goes
+    with its error to the dead-letter queue, whose depth alarms the notification topic. Without an on-failure
+    destination Lambda drops the event (issue 13.4)."""
+    functions = set(synth.resources("AWS::Lambda::Function"))
+    invoked_async = {
+        _ref(target["Arn"])
+        for rule in synth.resources("AWS::Events::Rule").values()
+        for target in rule["Properties"].get("Targets", [])
+        if _ref(target["Arn"]) in functions
+    }
+    invoked_async |= {
+        _ref(sub["Properties"]["Endpoint"])
+        for sub in synth.resources("AWS::SNS::Subscription").values()
+        if sub["Properties"]["Protocol"] == "lambda"
+    }
+    assert len(invoked_async) >= 2  # the guardrail and the scaler at least
+    dead_letters = next(k for k, v in synth.resources("AWS::SQS::Queue").items() if "trigger-dlq" in str(v))
+    configs = {
+        _ref(c["Properties"]["FunctionName"]): c["Properties"]
+        for c in synth.resources("AWS::Lambda::EventInvokeConfig").values()
+    }
+    for function in sorted(invoked_async):
+        config = configs.get(function)
+        assert config, f"{function} is invoked asynchronously and has no on-failure destination"
+        assert _ref(config["DestinationConfig"]["OnFailure"]["Destination"]) == dead_letters
+        assert config["MaximumRetryAttempts"] == 2
+    alarms = [
+        a["Properties"]
+        for a in synth.resources("AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("Namespace") == "AWS/SQS"
+        and any(_ref(d["Value"]) == dead_letters for d in a["Properties"].get("Dimensions", []))
+    ]
+    assert len(alarms) == 1
+    alarm = alarms[0]
+    assert (alarm["MetricName"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "ApproximateNumberOfMessagesVisible",
+        1,
+        "GreaterThanOrEqualToThreshold",
+    )
+    topics = set(synth.resources("AWS::SNS::Topic"))
+    assert [_ref(a) for a in alarm["AlarmActions"]] and all(_ref(a) in topics for a in alarm["AlarmActions"])

@@ -445,5 +445,16 @@ def test_handler_release_and_bad_action(aws: Any, monkeypatch: pytest.MonkeyPatc
     assert handler.lambda_handler({"action": "release", "run_id": "r1", "pipeline": "p"}, context) == {
         "released": False
     }
+    # after a failure, the release also answers the failure as the ledger records it (issue 13.7)
+    timed_out = {
+        "action": "release",
+        "run_id": "r1",
+        "pipeline": "p",
+        "error": {"Error": "States.Timeout", "Cause": ""},
+    }
+    failure = handler.lambda_handler(timed_out, context)["failure"]
+    assert failure["error"] == "States.Timeout" and failure["cause"].startswith("a task or the run did not finish")
+    huge = {**timed_out, "error": {"Error": "EMRServerless.JobFailed", "Cause": "x" * 50_000}}
+    assert len(handler.lambda_handler(huge, context)["failure"]["cause"]) == 1024
     with pytest.raises(ValueError, match="action: got 'grab'"):
         handler.lambda_handler({"action": "grab"}, context)

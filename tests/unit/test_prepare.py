@@ -194,10 +194,27 @@ def test_overrides_apply(s3: Any) -> None:
         (
             {
                 "pipeline": "sales-daily",
-                "manifest": f"s3://{ARTIFACTS}/manifests/sales-daily/x.json",
+                "manifest": f"s3://{ARTIFACTS}/manifests/sales-daily/run-1.json",
                 "object_count": 0,
             },
             "object_count: got 0; expected a positive integer",
+        ),
+        (  # issue 13.7: console input may not set what the router sets (a forged s3 trigger and arrival time)
+            {
+                "pipeline": "sales-daily",
+                "inputs": ["s3://landing-bkt/sales/a.csv"],
+                "trigger": {"type": "s3", "event_time": "2000-01-01T00:00:00Z"},
+            },
+            "trigger: set by the router only; console input may not carry it",
+        ),
+        (  # router-shaped input naming another run's manifest is a replay, not the router
+            {
+                "pipeline": "sales-daily",
+                "manifest": f"s3://{ARTIFACTS}/manifests/sales-daily/x.json",
+                "object_count": 1,
+            },
+            "manifest: got 's3://artifacts-bkt/manifests/sales-daily/x.json'; expected this run's own manifest "
+            "s3://artifacts-bkt/manifests/sales-daily/run-1.json",
         ),
     ],
 )
@@ -208,6 +225,17 @@ def test_bad_console_input_names_the_field(s3: Any, execution_input: Any, cause:
     assert result["cause"].startswith(cause), result["cause"]
     # Nothing was started: no manifest written.
     assert s3.list_objects_v2(Bucket=ARTIFACTS).get("KeyCount", 0) == 0
+
+
+def test_a_huge_rejected_value_is_shown_short_and_the_cause_stays_under_1_kb(s3: Any) -> None:
+    """Issue 13.7: a 100 KB override used to be echoed whole into a 100,077-character cause."""
+    s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
+    overrides = {"spark_submit_parameters": "--conf a=" + "b" * 100_000}
+    result = _run(s3, {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"], "overrides": overrides})
+    assert result["valid"] is False
+    assert result["cause"].startswith("overrides.spark_submit_parameters: got '--conf a=bbb")
+    assert "... (100011 characters); expected a string (<= 10240 chars)" in result["cause"]
+    assert len(result["cause"]) <= 1024
 
 
 def test_execution_input_from_prepare_output_fits_step_functions_limits(s3: Any) -> None:

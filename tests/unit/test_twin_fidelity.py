@@ -17,7 +17,7 @@ from local import patches
 from local.sfn_integrations import emr_poll_offsets
 from local.twin import Twin
 from local.validation import execution_name_problem, put_events_size, validation_errors
-from tests.unit.twin_helpers import deployed_twin, run_machine, wait_for
+from tests.unit.twin_helpers import deployed_twin, run_machine, wait_for, write_assembly
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 QUEUE, OPEN_QUEUE = "fidelity-closed", "fidelity-open"
@@ -118,6 +118,90 @@ def test_eventbridge_delivers_only_where_the_queue_policy_allows_the_rule(twin: 
     failed = [d for d in twin.deliveries if d.target_arn.endswith(QUEUE) and d.error]
     assert failed and "not authorized" in str(failed[-1].error)
     assert not sqs.receive_message(QueueUrl=_queue_url(twin, QUEUE)).get("Messages")
+
+
+def _async_stack(function: str, dead_letters: str, role: str) -> dict[str, Any]:
+    function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}"
+    queue_arn = {"Fn::GetAtt": ["DeadLetters", "Arn"]}
+    return {
+        "Resources": {
+            "DeadLetters": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": dead_letters}},
+            "Role": _role(role, {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": queue_arn}),
+            "Config": {
+                "Type": "AWS::Lambda::EventInvokeConfig",
+                "Properties": {
+                    "FunctionName": function,
+                    "Qualifier": "$LATEST",
+                    "MaximumRetryAttempts": 2,
+                    "DestinationConfig": {"OnFailure": {"Destination": queue_arn}},
+                },
+            },
+            "Rule": {
+                "Type": "AWS::Events::Rule",
+                "Properties": {
+                    "Name": f"{function}-rule",
+                    "EventPattern": {"source": [f"{function}.source"]},
+                    "Targets": [{"Id": "fn", "Arn": function_arn}],
+                },
+            },
+            "Permission": {
+                "Type": "AWS::Lambda::Permission",
+                "Properties": {
+                    "FunctionName": function_arn,
+                    "Action": "lambda:InvokeFunction",
+                    "Principal": "events.amazonaws.com",
+                    "SourceArn": {"Fn::GetAtt": ["Rule", "Arn"]},
+                },
+            },
+        }
+    }
+
+
+@pytest.mark.parametrize("may_send", [True, False], ids=["role-may-send", "role-may-not-send"])
+def test_a_failing_async_event_is_retried_twice_then_recorded_in_the_on_failure_queue(
+    twin: Twin, tmp_path: Path, may_send: bool
+) -> None:
+    """Lambda retries a failed asynchronous event twice, then sends its record (condition, request, error) to the
+    on-failure destination as the function's role; a role that may not send there loses the record."""
+    from local.lambda_runtime import LocalFunction
+
+    function, dead_letters = f"fidelity-failing-{may_send}".lower(), f"fidelity-async-dlq-{may_send}".lower()
+    role = f"{function}-role"
+    (tmp_path / "index.py").write_text(
+        "def handler(event, context):\n    raise RuntimeError('boom ' + event['detail']['n'])\n"
+    )
+    arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}"
+    twin.runtime.register(
+        LocalFunction(
+            function, arn, "index.handler", tmp_path, [], {}, role_arn=_role_arn(role if may_send else EMPTY_ROLE)
+        )
+    )
+    stack = f"fidelity-async-{may_send}".lower()
+    twin.deploy(write_assembly(tmp_path / "cdk.out", stack, _async_stack(function, dead_letters, role)))
+    before = len(twin.runtime.invocations)
+    twin.client("events").put_events(
+        Entries=[{"Source": f"{function}.source", "DetailType": "t", "Detail": '{"n": "7"}'}]
+    )
+    failure = wait_for(lambda: [f for f in twin.async_failures if f.function_name == function], what="async failure")[0]
+    assert (failure.condition, failure.attempts, failure.error_type) == ("RetriesExhausted", 3, "RuntimeError")
+    attempts = [i for i in twin.runtime.invocations[before:] if i.function_name == function]
+    assert len(attempts) == 3
+    # about 1 then 2 minutes between attempts, on the twin's clock (0.002: 0.12 s then 0.24 s)
+    gaps = [b.started - a.started for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] >= 60 * twin.time_scale and gaps[1] >= 120 * twin.time_scale
+    received = twin.client("sqs").receive_message(QueueUrl=_queue_url(twin, dead_letters)).get("Messages", [])
+    if not may_send:
+        assert not received
+        refused = [d for d in twin.iam.stats.denials if d.resource.endswith(dead_letters)]
+        assert refused and refused[-1].action == "sqs:SendMessage"
+        return
+    record = json.loads(received[0]["Body"])
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["requestContext"]["functionArn"] == f"{arn}:$LATEST"
+    assert record["requestPayload"]["detail"] == {"n": "7"}
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    assert record["responsePayload"]["errorMessage"] == "boom 7"
 
 
 # --------------------------------------------------------------------------------------------- Step Functions + IAM
