@@ -44,6 +44,19 @@ class BucketSpec(StrictModel):
     )
 
 
+class LandingBucketSpec(BucketSpec):
+    """The landing bucket: versioned, so that each object version is its own arrival and a run reads the version
+    its manifest pins (an overwrite is a new version with its own run, never a silent change of an old run's
+    input)."""
+
+    noncurrent_version_expiration_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Overwritten (noncurrent) versions expire after this many days (a created bucket only).",
+    )
+
+
 class LogsBucketSpec(BucketSpec):
     """The logs bucket: S3 server access logs of the other buckets, EMR and Spark logs."""
 
@@ -56,8 +69,9 @@ class LogsBucketSpec(BucketSpec):
 class Storage(StrictModel):
     """The four buckets. All: public access blocked, SSL enforced, encrypted, access-logged to `logs`."""
 
-    landing: BucketSpec = Field(
-        default_factory=BucketSpec, description="Where data lands; EventBridge notifications on."
+    landing: LandingBucketSpec = Field(
+        default_factory=LandingBucketSpec,
+        description="Where data lands; EventBridge notifications on; versioned (noncurrent versions expire).",
     )
     outputs: BucketSpec = Field(
         default_factory=BucketSpec, description="Run outputs and the run ledger (`_runs/`); versioned."
@@ -149,6 +163,12 @@ class MarkerBatching(StrictModel):
     mode: Literal["marker"]
     marker_name: Annotated[str, StringConstraints(pattern=r"^[^/]+$")] = Field(
         default="_SUCCESS", description="File name of the marker."
+    )
+    late_objects: Literal["rerun", "notify"] = Field(
+        default="rerun",
+        description="Objects written to a folder after its marker (including every object of a folder whose "
+        "marker came first): `rerun` runs them (one run per folder per batch), `notify` records them as SKIPPED "
+        "in the ledger and notifies. Never silence.",
     )
 
 

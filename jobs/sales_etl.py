@@ -123,6 +123,7 @@ class ManifestObject:
     bucket: str
     key: str
     size: int
+    version_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,10 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
             raise JobError(f"{where}: objects[{i}].key must be a non-empty string, got {key!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise JobError(f"{where}: objects[{i}].size must be a non-negative integer, got {size!r}")
-        objects.setdefault((bucket, key), ManifestObject(bucket, key, size))
+        version_id = o.get("version_id")
+        objects.setdefault(
+            (bucket, key), ManifestObject(bucket, key, size, version_id if isinstance(version_id, str) else None)
+        )
     run_id = body.get("run_id")
     return Manifest(run_id if isinstance(run_id, str) else None, tuple(objects.values()))
 
@@ -366,6 +370,31 @@ def first_missing(spark: SparkSession, paths: Sequence[tuple[ManifestObject, str
     return None
 
 
+def changed_objects(
+    spark: SparkSession, paths: Sequence[tuple[ManifestObject, str]]
+) -> list[tuple[ManifestObject, int]]:
+    """(object, stored size) of every object whose stored size differs from its manifest's: the key was
+    overwritten after its run was routed. A path reads a key's current version (Hadoop has no version ids), so
+    such a run would silently process the newer bytes, which have a run of their own. One listing per folder.
+    Objects not found are left to the read (it names them)."""
+    folders: dict[str, list[tuple[ManifestObject, Any]]] = {}
+    for obj, path in paths:
+        _, hpath = _hadoop_path(spark, path)
+        folders.setdefault(str(hpath.getParent().toString()), []).append((obj, hpath))
+    changed: list[tuple[ManifestObject, int]] = []
+    for items in folders.values():
+        parent = items[0][1].getParent()
+        fs = parent.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        if not fs.exists(parent):
+            continue
+        sizes = {str(st.getPath().toUri().getPath()): int(st.getLen()) for st in fs.listStatus(parent)}
+        for obj, hpath in items:
+            size = sizes.get(str(hpath.toUri().getPath()))
+            if size is not None and size != obj.size:
+                changed.append((obj, size))
+    return changed
+
+
 def read_sales(spark: SparkSession, objects: Sequence[ManifestObject], object_root: str) -> DataFrame:
     """The raw CSV rows of all objects (header line of each file skipped), every column a string."""
     from pyspark.errors import AnalysisException
@@ -376,6 +405,16 @@ def read_sales(spark: SparkSession, objects: Sequence[ManifestObject], object_ro
         if reason := unreadable_reason(o.key):
             raise JobError(f"--manifest: object bucket={o.bucket!r} key={o.key!r} {reason}")
     paths = [(o, object_path(object_root, o.bucket, o.key)) for o in objects]
+    if changed := changed_objects(spark, paths):
+        listed = "; ".join(
+            f"bucket={o.bucket!r} key={o.key!r} (manifest: {o.size} bytes, version {o.version_id or 'unversioned'}; "
+            f"now {size} bytes)"
+            for o, size in changed[:10]
+        )
+        raise JobError(
+            f"--manifest: {len(changed)} input object(s) changed since the run was routed (overwritten; the newer "
+            f"version has a run of its own): {listed}"
+        )
     reader = (
         spark.read.schema(csv_schema())
         .option("header", "true")

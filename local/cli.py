@@ -1,6 +1,7 @@
 """`emr-autopilot`: the operator's door — the local twin, runs, and starting runs.
 
     emr-autopilot local up [--cdk-out cdk.out] [--port 4566] [--no-spark] [--time-scale 1.0] [--no-iam]
+                           [--s3-event-keys raw|url]
     emr-autopilot local drop FILE s3://bucket/key
     emr-autopilot start PIPELINE [--input JSON] [--name RUN_ID]
     emr-autopilot runs [--pipeline NAME] [--state STATE] [--json]
@@ -72,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="DEBUGGING ONLY: do not enforce IAM (calls AWS would refuse go through, each logged as a warning)",
     )
+    up.add_argument(
+        "--s3-event-keys",
+        choices=("raw", "url"),
+        default="raw",
+        help="how S3 events write object keys: raw (as stored, default) or url (URL-encoded); AWS does not document "
+        "which EventBridge uses, and the router resolves either",
+    )
     up.set_defaults(func=_local_up)
     drop = local.add_parser("drop", help="upload a file to the twin's S3 (triggers pipelines like a real upload)")
     drop.add_argument("file", type=Path)
@@ -128,7 +136,12 @@ def _local_up(args: argparse.Namespace) -> int:
         raise CliError(problem)
     workdir = Path(tempfile.mkdtemp(prefix="autopilot-twin-"))
     twin = Twin(
-        workdir=workdir, port=args.port, spark=not args.no_spark, time_scale=args.time_scale, iam=not args.no_iam
+        workdir=workdir,
+        port=args.port,
+        spark=not args.no_spark,
+        time_scale=args.time_scale,
+        iam=not args.no_iam,
+        s3_event_key_encoding=args.s3_event_keys,
     ).start()
     report = twin.deploy(args.cdk_out)
     STATE_FILE.parent.mkdir(exist_ok=True)

@@ -1,9 +1,11 @@
 """The local twin: moto in server mode on 127.0.0.1, plus what this product needs and moto lacks.
 
 What the twin adds to moto 5.2.5 (each item exists because moto does not do it):
-- S3 "Object Created" events in the EventBridge shape with raw keys, a unique sequencer per
-  write, ISO `time` and the real `reason` (moto: constant sequencer, epoch time, reason
-  `ObjectCreated`, and it never applies the rule's input transformer).
+- S3 "Object Created" events in the EventBridge shape, a unique sequencer per write, ISO `time` and the
+  real `reason` (moto: constant sequencer, epoch time, reason `ObjectCreated`, and it never applies the
+  rule's input transformer). `s3_event_key_encoding` says how `detail.object.key` is written: `raw` (the
+  key as stored, the default) or `url` (URL-encoded like classic S3 notifications, `quote_plus` keeping
+  `/`): AWS does not document which EventBridge uses, so the app must work with both.
 - EventBridge rule matching with AWS semantics (wildcard, anything-but, numeric, exists, ...) and
   delivery to SQS, Lambda and Step Functions targets through input transformers (moto's bus
   cannot deliver to Lambda or Step Functions).
@@ -62,6 +64,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 from botocore.config import Config
@@ -146,6 +149,7 @@ class Twin:
         time_scale: float = 1.0,
         retry_delay_seconds: float = 1.0,
         iam: bool = True,
+        s3_event_key_encoding: str = "raw",
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -157,6 +161,9 @@ class Twin:
         # multiplied by this, so tests and the demo run them faster (1.0: as AWS).
         self.time_scale = time_scale
         self.retry_delay_seconds = retry_delay_seconds  # failed SQS records become visible again after this
+        if s3_event_key_encoding not in ("raw", "url"):
+            raise ValueError(f"s3_event_key_encoding: got {s3_event_key_encoding!r}; expected 'raw' or 'url'")
+        self.s3_event_key_encoding = s3_event_key_encoding
         self.iam_enforced = iam  # False only for debugging: AWS would refuse what the twin then lets through
         self.faults = FaultInjector()
         self.deliveries: list[Delivery] = []
@@ -432,7 +439,7 @@ class Twin:
         if name == "ObjectCreated:Put" and getattr(key, "multipart", None) is not None:
             return  # moto's CompleteMultipartUpload stores through put_object first; AWS sends one event
         detail_object: dict[str, Any] = {
-            "key": key.name,
+            "key": key.name if self.s3_event_key_encoding == "raw" else quote_plus(key.name, safe="/"),
             "size": key.size,
             "etag": key.etag.replace('"', ""),
             "sequencer": f"{next(self._sequencer):018X}",

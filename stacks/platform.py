@@ -23,7 +23,7 @@ from config.model import AppConfig
 from stacks.admission import RunAdmission
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
-from stacks.naming import MANIFESTS_PREFIX, DeploymentNames, input_prefix
+from stacks.naming import LEDGER_PREFIX, MANIFESTS_PREFIX, DeploymentNames, input_prefix
 from stacks.storage import AutopilotStorage
 
 # What the functions do on the idempotency table: Powertools' idempotency utility and the claims the guardrail and
@@ -149,6 +149,8 @@ class AutopilotPlatform(Construct):
             environment={
                 "MANIFEST_BUCKET": storage.artifacts.bucket_name,
                 "IDEMPOTENCY_TABLE": self.idempotency_table.table_name,
+                "LEDGER_BUCKET": storage.outputs.bucket_name,
+                "TOPIC_ARN": self.topic.topic_arn,
             },
             timeout=Duration.minutes(5),
         )
@@ -165,27 +167,45 @@ class AutopilotPlatform(Construct):
                 resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")],
             )
         )
-        reads = sorted(
-            {p.trigger.prefix for p in config.pipelines.values() if p.trigger and "cloudtrail" in p.trigger.sources}
-        )
+        reads = sorted({p.trigger.prefix for p in config.pipelines.values() if p.trigger})
         if reads:
-            # Pipelines with CloudTrail data events identify each arrival by HeadObject (needs s3:GetObject;
-            # ListBucket above makes a missing object 404, not 403). Only their input prefixes.
+            # HeadObject (s3:GetObject; with a version id s3:GetObjectVersion; ListBucket above makes a missing
+            # object 404, not 403), only under the triggered input prefixes: pipelines with CloudTrail identify every
+            # arrival so, a key whose URL-decoded form differs is resolved so (the form that exists), and marker mode
+            # reads its marker and the objects written after it.
             self.router.add_to_role_policy(
                 iam.PolicyStatement(
-                    actions=["s3:GetObject"], resources=[storage.landing.arn_for_objects(f"{p}*") for p in reads]
+                    actions=["s3:GetObject", "s3:GetObjectVersion"],
+                    resources=[storage.landing.arn_for_objects(f"{p}*") for p in reads],
                 )
             )
-        head_reason = "; reads object metadata (HeadObject) only under the CloudTrail-triggered input prefixes"
+        triggered = sorted(name for name, p in config.pipelines.items() if p.trigger)
+        if triggered:
+            # SKIPPED ledger entries (an arrival that starts nothing: gone, late with `notify`, an empty marker folder)
+            # for the triggered pipelines only, and the notification about them.
+            self.router.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:PutObject"],
+                    resources=[storage.outputs.arn_for_objects(f"{LEDGER_PREFIX}{name}/*") for name in triggered],
+                )
+            )
+        self.topic.grant_publish(self.router)
+        head_reason = "; reads object metadata (HeadObject) only under the triggered input prefixes"
         suppress(
             self.router,
             "AwsSolutions-IAM5",
             "Writes (and reads back) input manifests under the manifests/ prefix only (one object per run, names "
             "known at run time); DescribeExecution of the pipelines' own executions (run ids known at run time)"
             + (head_reason if reads else "")
+            + (
+                "; writes SKIPPED ledger entries under _runs/<pipeline>/ of the triggered pipelines"
+                if triggered
+                else ""
+            )
             + ".",
             ["regex:/^Resource::.*\\/manifests\\/\\*$/g", "regex:/^Resource::arn:[^:]+:states:.*:execution:.*:\\*$/g"]
-            + [f"regex:/^Resource::.*\\/{re.escape(p).replace('/', chr(92) + '/')}\\*$/g" for p in reads],
+            + [f"regex:/^Resource::.*\\/{re.escape(p).replace('/', chr(92) + '/')}\\*$/g" for p in reads]
+            + [f"regex:/^Resource::.*\\/_runs\\/{re.escape(n)}\\/\\*$/g" for n in triggered],
         )
 
         self.finalize: lambda_.Function | None = None

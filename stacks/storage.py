@@ -16,7 +16,9 @@ class AutopilotStorage(Construct):
     """The deployment's four buckets.
 
     Created buckets: public access blocked, SSL enforced, SSE-S3 encryption, server access logs to
-    the logs bucket. Outputs is versioned (the ledger and results are records). Logs has a
+    the logs bucket. Outputs is versioned (the ledger and results are records). Landing is versioned (each
+    object version is one arrival, pinned by its run's manifest) and expires noncurrent versions after
+    `noncurrent_version_expiration_days`. Logs has a
     lifecycle (STANDARD_IA after `infrequent_access_after_days`, expiry after `expiration_days`).
     The landing bucket sends EventBridge notifications. Job code from `jobs/` is uploaded to
     `s3://<artifacts>/jobs/` on deploy, and bootstrap scripts from `bootstrap/` to
@@ -26,7 +28,13 @@ class AutopilotStorage(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, storage: Storage) -> None:
         super().__init__(scope, construct_id)
         self.logs = self._logs_bucket(storage)
-        self.landing = self._bucket("Landing", storage.landing, event_bridge=True)
+        self.landing = self._bucket(
+            "Landing",
+            storage.landing,
+            event_bridge=True,
+            versioned=True,
+            noncurrent_days=storage.landing.noncurrent_version_expiration_days,
+        )
         self.outputs = self._bucket("Outputs", storage.outputs, versioned=True)
         self.artifacts = self._bucket("Artifacts", storage.artifacts)
 
@@ -85,7 +93,13 @@ class AutopilotStorage(Construct):
         return bucket
 
     def _bucket(
-        self, construct_id: str, spec: BucketSpec, *, event_bridge: bool = False, versioned: bool = False
+        self,
+        construct_id: str,
+        spec: BucketSpec,
+        *,
+        event_bridge: bool = False,
+        versioned: bool = False,
+        noncurrent_days: int | None = None,
     ) -> s3.IBucket:
         if spec.existing_bucket_name:
             return s3.Bucket.from_bucket_name(self, construct_id, spec.existing_bucket_name)
@@ -101,7 +115,12 @@ class AutopilotStorage(Construct):
             server_access_logs_prefix=f"s3-access/{construct_id.lower()}/",
             removal_policy=_removal(spec),
             auto_delete_objects=spec.removal_policy == "destroy",
-            lifecycle_rules=[s3.LifecycleRule(abort_incomplete_multipart_upload_after=Duration.days(7))],
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                    noncurrent_version_expiration=Duration.days(noncurrent_days) if noncurrent_days else None,
+                )
+            ],
         )
 
 

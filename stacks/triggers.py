@@ -76,6 +76,8 @@ def envelope(pipeline: str, state_machine_arn: str, trigger: Trigger) -> str:
         "marker_name": batching.marker_name if isinstance(batching, MarkerBatching) else None,
         "ignore_zero_byte": trigger.ignore_zero_byte,
     }
+    if isinstance(batching, MarkerBatching):
+        routing["late_objects"] = batching.late_objects
     if trigger.sources != DEFAULT_SOURCES:
         # Only then: the router reads each object (HeadObject) to identify it whatever reported it.
         routing["sources"] = trigger.sources

@@ -31,12 +31,14 @@ from botocore.exceptions import ClientError
 
 from autopilot_common.admission import CAPS_ENV, TABLE_ENV, Caps, release, runs
 from autopilot_common.causes import ledger_cause
+from autopilot_common.ledger import ledger_key
+from autopilot_common.ledger import read_entry as read_ledger
+from autopilot_common.ledger import write_entry as write_ledger
 
 TAG_PIPELINE = "autopilot:pipeline"
 TAG_RUN_ID = "autopilot:run-id"
 TAG_EXECUTION = "autopilot:execution"
 TAG_DEPLOYMENT = "autopilot:deployment"
-LEDGER_PREFIX = "_runs/"
 CANCELLATION_KEY_PREFIX = "autopilot-guardrail.cancellation#"
 STOP_KEY_PREFIX = "autopilot-guardrail.stop#"
 CANCELLATION_TTL = timedelta(days=30)
@@ -184,7 +186,7 @@ class RunRef:
 
     @property
     def ledger_key(self) -> str:
-        return f"{LEDGER_PREFIX}{self.pipeline.name}/{self.started_at:%Y/%m/%d}/{self.run_id}.json"
+        return ledger_key(self.pipeline.name, self.started_at, self.run_id)
 
 
 @dataclass
@@ -327,23 +329,6 @@ def _ignore_finished(call: Any, **kwargs: Any) -> None:
 
 
 # --------------------------------------------------------------------------- ledger and notifications
-
-
-def read_ledger(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
-            return None
-        raise
-    entry: dict[str, Any] = json.loads(body)
-    return entry
-
-
-def write_ledger(s3: Any, bucket: str, key: str, entry: Mapping[str, Any]) -> None:
-    s3.put_object(
-        Bucket=bucket, Key=key, ContentType="application/json", Body=json.dumps(entry, ensure_ascii=False).encode()
-    )
 
 
 def base_entry(run: RunRef) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Router Lambda: SQS batches of S3 arrivals -> deterministic Step Functions executions.
 
-Environment: `MANIFEST_BUCKET`, `IDEMPOTENCY_TABLE`, optional `IDEMPOTENCY_TTL_SECONDS` (default 7 days),
+Environment: `MANIFEST_BUCKET`, `IDEMPOTENCY_TABLE`, `LEDGER_BUCKET`, `TOPIC_ARN`, optional
+`IDEMPOTENCY_TTL_SECONDS` (default 7 days),
 and the usual `POWERTOOLS_*` variables. The event source mapping must enable ReportBatchItemFailures.
 """
 
@@ -31,9 +32,17 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 @cache
 def _router() -> Router:
     """Built on first use, so importing the module needs no AWS credentials or region."""
-    s3, sfn, dynamodb = aws_clients(RETRY_CONFIG)
+    s3, sfn, dynamodb, sns = aws_clients(RETRY_CONFIG)
     claims = ClaimStore(dynamodb, SETTINGS.idempotency_table, ttl_seconds=SETTINGS.ttl_seconds)
-    return Router(s3=s3, sfn=sfn, claims=claims, manifest_bucket=SETTINGS.manifest_bucket)
+    return Router(
+        s3=s3,
+        sfn=sfn,
+        claims=claims,
+        manifest_bucket=SETTINGS.manifest_bucket,
+        ledger_bucket=SETTINGS.ledger_bucket,
+        sns=sns,
+        topic_arn=SETTINGS.topic_arn,
+    )
 
 
 @logger.inject_lambda_context(log_event=False)

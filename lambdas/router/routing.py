@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
@@ -56,6 +57,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from autopilot_common.keys import folder_of, in_temporary_folder, is_marker, skip_reason
+from autopilot_common.ledger import ledger_key, skipped_entry, write_entry
 from autopilot_common.manifest import InputManifest, ManifestObject, manifest_key
 from autopilot_common.names import is_legal_execution_name, run_id_for
 from claims import EARLIER_RUN, ClaimStore
@@ -69,6 +71,9 @@ RETRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5})
 UNKNOWN_PIPELINE = "unknown"
 WAITING_FOR_MARKER = "waiting for marker"
 OBJECT_GONE = "object gone before it was read"
+COVERED_BY_MARKER = "written before its folder's marker (the marker's run lists it)"
+LATE_OBJECTS = ("rerun", "notify")
+AS_GIVEN, URL_DECODED = "as-given", "url-decoded"
 SOURCES = ("eventbridge", "cloudtrail")
 DEFAULT_SOURCES = ("eventbridge",)
 OBJECT_CREATED = "Object Created"
@@ -95,6 +100,10 @@ class Metric(StrEnum):
     CLAIM_CONFLICTS = "ClaimConflicts"
     OBJECTS_ROUTED = "ObjectsRouted"
     EMPTY_MARKER_FOLDERS = "EmptyMarkerFolders"
+    LATE_OBJECTS = "LateObjects"
+    KEYS_DECODED = "KeysDecoded"
+    SUPERSEDED_VERSIONS = "SupersededVersions"
+    ARRIVALS_SKIPPED = "ArrivalsSkipped"
     RUNS_STARTED = "RunsStarted"
     RUNS_DUPLICATE = "RunsDuplicate"
     RUNS_FAILED = "RunsFailed"
@@ -109,10 +118,13 @@ class MalformedRecord(ValueError):
 
 @dataclass(frozen=True)
 class RouterSettings:
-    """The router's environment: `MANIFEST_BUCKET`, `IDEMPOTENCY_TABLE`, `IDEMPOTENCY_TTL_SECONDS`."""
+    """The router's environment: `MANIFEST_BUCKET`, `IDEMPOTENCY_TABLE`, `LEDGER_BUCKET`, `TOPIC_ARN`,
+    `IDEMPOTENCY_TTL_SECONDS`."""
 
     manifest_bucket: str
     idempotency_table: str
+    ledger_bucket: str
+    topic_arn: str
     ttl_seconds: int = DEFAULT_TTL_SECONDS
 
     @classmethod
@@ -125,6 +137,8 @@ class RouterSettings:
         required = {
             "MANIFEST_BUCKET": "the artifacts bucket that receives input manifests",
             "IDEMPOTENCY_TABLE": "the DynamoDB table that holds object claims",
+            "LEDGER_BUCKET": "the outputs bucket that holds the run ledger (SKIPPED entries)",
+            "TOPIC_ARN": "the SNS topic told about arrivals that start nothing",
         }
         for name, meaning in required.items():
             if not env.get(name, "").strip():
@@ -141,18 +155,21 @@ class RouterSettings:
         return cls(
             manifest_bucket=env["MANIFEST_BUCKET"].strip(),
             idempotency_table=env["IDEMPOTENCY_TABLE"].strip(),
+            ledger_bucket=env["LEDGER_BUCKET"].strip(),
+            topic_arn=env["TOPIC_ARN"].strip(),
             ttl_seconds=ttl,
         )
 
 
-def aws_clients(config: Config = RETRY_CONFIG) -> tuple[Any, Any, Any]:
-    """(s3, stepfunctions, dynamodb) boto3 clients with standard-mode retries (5 attempts by default)."""
+def aws_clients(config: Config = RETRY_CONFIG) -> tuple[Any, Any, Any, Any]:
+    """(s3, stepfunctions, dynamodb, sns) boto3 clients with standard-mode retries (5 attempts by default)."""
     import boto3  # deferred: importing this module must not need AWS credentials or a region
 
     return (
         boto3.client("s3", config=config),
         boto3.client("stepfunctions", config=config),
         boto3.client("dynamodb", config=config),
+        boto3.client("sns", config=config),
     )
 
 
@@ -169,6 +186,7 @@ class TriggerSpec:
     marker_name: str | None = None
     ignore_zero_byte: bool = True
     sources: tuple[str, ...] = DEFAULT_SOURCES
+    late_objects: str = "rerun"  # marker mode: objects written to a folder after its marker
 
     @property
     def reads_objects(self) -> bool:
@@ -210,7 +228,12 @@ class TriggerSpec:
             raise MalformedRecord(
                 f"trigger.sources: got {_short(sources)}; expected a list of distinct values from {list(SOURCES)}"
             )
-        return cls(mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte, tuple(sources))
+        late_objects = raw.get("late_objects", "rerun")
+        if late_objects not in LATE_OBJECTS:
+            raise MalformedRecord(
+                f"trigger.late_objects: got {_short(late_objects)}; expected one of {list(LATE_OBJECTS)}"
+            )
+        return cls(mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte, tuple(sources), late_objects)
 
 
 @dataclass(frozen=True)
@@ -245,6 +268,10 @@ class ObjectEvent:
     source: str = "eventbridge"
     last_modified: str | None = None
     error_code: str | None = None
+    # Which form of the reported key exists in S3 (`as-given` or `url-decoded`; see `key_forms`).
+    key_form: str = AS_GIVEN
+    # Marker mode: written to its folder after the folder's marker (`late_objects` decides).
+    late: bool = False
 
     @property
     def identity(self) -> str:
@@ -279,7 +306,12 @@ class ObjectEvent:
         if self.size is None:
             raise RuntimeError(f"{self.key!r}: size unknown until HeadObject (CloudTrail reports none)")
         return ManifestObject(
-            bucket=self.bucket, key=self.key, size=self.size, etag=self.etag, version_id=self.version_id
+            bucket=self.bucket,
+            key=self.key,
+            size=self.size,
+            etag=self.etag,
+            version_id=self.version_id,
+            key_form=None if self.key_form == AS_GIVEN else self.key_form,
         )
 
 
@@ -306,6 +338,26 @@ def data_event_key(request_parameters: Mapping[str, Any]) -> str:
     if not isinstance(key, str) or not key:
         raise MalformedRecord(f"event.detail.requestParameters.key: got {_short(key)}; expected a non-empty string")
     return key
+
+
+def key_forms(key: str) -> tuple[str, ...]:
+    """The reported key, then its URL-decoded form (`unquote_plus`) when that differs.
+
+    Whether S3 URL-encodes `detail.object.key` in EventBridge events is not documented (its event reference has
+    no key with a space or `+`); classic S3 notifications do, and two AWS-authored consumers of these events
+    decode it (powertools' `S3EventBridgeNotificationObject.key`, Data Prepper's `getUrlDecodedKey()`). So a
+    key whose decoded form differs is resolved against S3 (`Router._resolve`), never assumed; a key without `%`
+    or `+` reads the same either way and is used as given.
+    """
+    decoded = unquote_plus(key)
+    return (key,) if decoded == key else (key, decoded)
+
+
+def newer_sequencer(a: str, b: str) -> bool:
+    """True when sequencer `a` is later than `b` (same key): S3 says to right-pad the shorter with zeros and
+    compare the strings ("Event message structure", S3 user guide)."""
+    width = max(len(a), len(b))
+    return a.upper().ljust(width, "0") > b.upper().ljust(width, "0")
 
 
 def parse_envelope(body: str) -> ObjectEvent:
@@ -417,30 +469,43 @@ def object_skip_reason(event: ObjectEvent) -> str | None:
     if event.error_code is not None:
         return f"failed call ({event.error_code})"
     trigger = event.trigger
-    if trigger.marker_name is not None:
+    if trigger.marker_name is not None and not event.late:
         if not is_marker(event.key, trigger.marker_name):
             return WAITING_FOR_MARKER
         return "marker inside a temporary folder" if in_temporary_folder(event.key) else None
+    return data_skip_reason(event)
+
+
+def data_skip_reason(event: ObjectEvent) -> str | None:
+    """Why this object is not data for its pipeline (suffixes, zero bytes, temporary, hidden, a marker), or None."""
+    trigger = event.trigger
     return skip_reason(
         event.key,
         event.size or 0,
         suffixes=trigger.suffixes,
         ignore_zero_byte=trigger.ignore_zero_byte and event.size is not None,
+        marker_name=trigger.marker_name,
     )
 
 
-def read_current_version(s3: Any, bucket: str, key: str) -> ObjectVersion | None:
-    """HeadObject of the object's current version; None when there is none (404: deleted or never written).
+def read_current_version(s3: Any, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion | None:
+    """HeadObject of the object's current version (or of `version_id`); None when there is none (404: deleted,
+    never written, or not that version).
 
     Other errors (throttling after the client's retries, AccessDenied, ...) propagate.
     """
     try:
-        head = s3.head_object(Bucket=bucket, Key=key)
+        if version_id:
+            head = s3.head_object(Bucket=bucket, Key=key, VersionId=version_id)
+        else:
+            head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in _NOT_FOUND or status == 404:
+        if code in _NOT_FOUND or code == "NoSuchVersion" or status == 404:
             return None
+        if version_id and (code in ("InvalidArgument", "400") or status == 400):
+            return None  # not a version id of this bucket (e.g. unversioned): a HEAD's 400 has no error code
         raise
     modified = head["LastModified"]
     version_id = head.get("VersionId")
@@ -511,27 +576,69 @@ class RunPlan:
     def message_ids(self) -> list[str]:
         return list(dict.fromkeys(s.message_id for s in self.sources))
 
+    def objects(self) -> tuple[list[ManifestObject], list[dict[str, Any]]]:
+        """(what the run reads, the versions it supersedes): one entry per key, the newest version (by S3's
+        sequencer, else last-modified) when a window holds two writes of one key. Every version stays claimed
+        by this run; the older ones are listed as superseded (with the version that replaced them)."""
+        newest: dict[tuple[str, str], ObjectEvent] = {}
+        for source in self.sources:
+            event = source.event
+            where = (event.bucket, event.key)
+            current = newest.get(where)
+            if current is None or _is_newer(event, current):
+                newest[where] = event
+        superseded = [
+            {
+                "key": s.event.key,
+                "version_id": s.event.version_id,
+                "etag": s.event.etag,
+                "sequencer": s.event.sequencer or None,
+                "superseded_by": {"version_id": winner.version_id, "etag": winner.etag},
+            }
+            for s in self.sources
+            if (winner := newest[(s.event.bucket, s.event.key)]) is not s.event
+        ]
+        return [e.manifest_object() for e in newest.values()], superseded
+
+
+def _is_newer(a: ObjectEvent, b: ObjectEvent) -> bool:
+    if a.sequencer and b.sequencer:
+        return newer_sequencer(a.sequencer, b.sequencer)
+    return (a.last_modified or a.event_time, a.event_time) > (b.last_modified or b.event_time, b.event_time)
+
 
 def plan_runs(accepted: Sequence[Accepted]) -> list[RunPlan]:
     """Group owned arrivals into runs: one per object (`per_object`), one per pipeline per batch
-    (`window`), one per marker (`marker`). Run ids are deterministic: `names.run_id_for`."""
+    (`window`), one per marker (`marker`), one per folder per batch for objects written after their folder's
+    marker (`late`, with `late_objects: rerun`). Run ids are deterministic: `names.run_id_for`."""
     groups: dict[tuple[str, str, str], list[Accepted]] = {}
     for item in accepted:
         event = item.event
-        groups.setdefault((event.pipeline, event.state_machine_arn, event.trigger.mode), []).append(item)
+        mode = "late" if event.late else event.trigger.mode
+        groups.setdefault((event.pipeline, event.state_machine_arn, mode), []).append(item)
     plans: list[RunPlan] = []
     for (pipeline, arn, mode), items in groups.items():
-        batches = [items] if mode == "window" else [[item] for item in items]
+        if mode == "window":
+            batches = [items]
+        elif mode == "late":
+            folders: dict[str, list[Accepted]] = {}
+            for item in items:
+                folders.setdefault(folder_of(item.event.key), []).append(item)
+            batches = list(folders.values())
+        else:
+            batches = [[item] for item in items]
         for sources in batches:
             run_id = run_id_for(pipeline, [s.event.identity for s in sources])
             plans.append(RunPlan(pipeline, arn, mode, run_id, sources))
     return plans
 
 
-def list_marker_folder(s3: Any, marker: ObjectEvent) -> list[ManifestObject]:
+def list_marker_folder(s3: Any, marker: ObjectEvent, written_by: str | None = None) -> list[ManifestObject]:
     """Every data object under the marker's folder (ListObjectsV2, paginated, so 10,000+ objects work).
 
-    The trigger's suffixes and zero-byte rule apply; markers, hidden and temporary files are skipped.
+    The trigger's suffixes and zero-byte rule apply; markers, hidden and temporary files are skipped. With
+    `written_by` (the marker's last-modified, `%Y-%m-%dT%H:%M:%SZ`), objects written after the marker are left
+    out: they are late objects, which `late_objects` handles (so no object is in both runs).
     """
     trigger = marker.trigger
     folder = folder_of(marker.key)
@@ -548,6 +655,8 @@ def list_marker_folder(s3: Any, marker: ObjectEvent) -> list[ManifestObject]:
                 ignore_zero_byte=trigger.ignore_zero_byte,
                 marker_name=trigger.marker_name,
             )
+            if reason is None and written_by is not None and _stamp(item.get("LastModified")) > written_by:
+                continue
             if reason is None:
                 objects.append(
                     ManifestObject(bucket=marker.bucket, key=key, size=size, etag=str(item.get("ETag", "")).strip('"'))
@@ -555,16 +664,27 @@ def list_marker_folder(s3: Any, marker: ObjectEvent) -> list[ManifestObject]:
     return objects
 
 
+def _stamp(value: Any) -> str:
+    """A last-modified time as `%Y-%m-%dT%H:%M:%SZ` (S3 gives whole seconds), comparable as a string."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value or "")
+
+
 def execution_trigger(plan: RunPlan) -> dict[str, Any]:
     """The run's `trigger` block: the mode and the arrival that came first."""
     first = plan.trigger_event
-    return {
+    trigger: dict[str, Any] = {
         "type": "s3",
-        "mode": plan.mode,
+        "mode": "marker" if plan.mode == "late" else plan.mode,
         "bucket": first.bucket,
         "first_key": first.key,
         "event_time": first.event_time,
     }
+    if plan.mode == "late":
+        trigger["late_objects"] = True
+        trigger["marker_key"] = folder_of(first.key) + str(first.trigger.marker_name)
+    return trigger
 
 
 def execution_input(pipeline: str, manifest_uri: str, object_count: int, trigger: Mapping[str, Any]) -> dict[str, Any]:
@@ -647,7 +767,7 @@ class _Batch:
     report: BatchReport = field(default_factory=BatchReport)
     accepted: dict[str, Accepted] = field(default_factory=dict)
     # HeadObject results by (bucket, key): both sources' reports of one object in a batch read it once.
-    versions: dict[tuple[str, str], ObjectVersion | None] = field(default_factory=dict)
+    versions: dict[tuple[str, str, str | None], ObjectVersion | None] = field(default_factory=dict)
 
 
 class Router:
@@ -658,11 +778,24 @@ class Router:
     retention).
     """
 
-    def __init__(self, *, s3: Any, sfn: Any, claims: ClaimStore, manifest_bucket: str) -> None:
+    def __init__(
+        self,
+        *,
+        s3: Any,
+        sfn: Any,
+        claims: ClaimStore,
+        manifest_bucket: str,
+        ledger_bucket: str,
+        sns: Any = None,
+        topic_arn: str | None = None,
+    ) -> None:
         self.s3 = s3
         self.sfn = sfn
         self.manifest_bucket = manifest_bucket
         self.claims = claims
+        self.ledger_bucket = ledger_bucket
+        self.sns = sns
+        self.topic_arn = topic_arn
 
     def route_batch(
         self,
@@ -722,13 +855,15 @@ class Router:
             "message_id": message_id,
         }
         reason = object_skip_reason(event)
-        if reason is None and event.trigger.reads_objects:
-            resolved = self._current(event, batch, log)
+        if reason == WAITING_FOR_MARKER and data_skip_reason(event) is None:
+            reason, event = self._in_marked_folder(event, batch, log)
+            if reason == "late":
+                return "late"
+        elif reason is None and (event.trigger.reads_objects or len(key_forms(event.key)) > 1):
+            resolved = self._resolve(event, batch, log)
             if resolved is None:
-                logger.warning("object skipped", extra={**log, "reason": OBJECT_GONE, "source": event.source})
-                report.count(Metric.OBJECTS_GONE, event.pipeline)
-                report.skipped.append((event.key, OBJECT_GONE))
-                return "gone"
+                self._not_found(event, batch, log)
+                return "not found"
             event = resolved
             reason = object_skip_reason(event)  # now with the size: the zero-byte rule
         if reason is not None:
@@ -744,37 +879,157 @@ class Router:
         batch.accepted[key] = Accepted(event, message_id)
         return "accepted"
 
-    def _current(self, event: ObjectEvent, batch: _Batch, log: Mapping[str, object]) -> ObjectEvent | None:
-        """The arrival described by the object's current version (HeadObject, once per object per batch);
-        None when the object is gone. Other S3 errors fail just this record (SQS redelivers it)."""
-        where = (event.bucket, event.key)
+    def _head(self, batch: _Batch, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion | None:
+        """HeadObject, once per (bucket, key, version) per batch. Errors other than 404 propagate (the record fails
+        and SQS redelivers it)."""
+        where = (bucket, key, version_id)
         if where not in batch.versions:
+            batch.versions[where] = read_current_version(self.s3, bucket, key, version_id)
+        return batch.versions[where]
+
+    def _resolve(self, event: ObjectEvent, batch: _Batch, log: Mapping[str, object]) -> ObjectEvent | None:
+        """The arrival with the key that exists in S3 (`key_forms`: as given, then URL-decoded) and, for pipelines
+        with CloudTrail, described by the object's current version. None when the object exists under neither.
+
+        An EventBridge report keeps its identity from the event: with a version id, HeadObject asks for exactly
+        that version; else the form whose etag is the event's wins, and a form that exists with another etag (the
+        key was overwritten since) is the fallback.
+        """
+        pinned = None if event.trigger.reads_objects else event.version_id
+        fallback: ObjectEvent | None = None
+        for form, key in zip((AS_GIVEN, URL_DECODED), key_forms(event.key), strict=False):
             try:
-                batch.versions[where] = read_current_version(self.s3, event.bucket, event.key)
+                version = self._head(batch, event.bucket, key, pinned)
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
-                logger.warning("object not readable; will retry", extra={**log, "error": code})
+                logger.warning("object not readable; will retry", extra={**log, "key_tried": key, "error": code})
                 raise
-        version = batch.versions[where]
-        return None if version is None else event.with_version(version)
+            if version is None:
+                continue
+            found = replace(event, key=key, key_form=form)
+            if event.trigger.reads_objects:
+                found = found.with_version(version)
+            elif event.etag and version.etag != event.etag:
+                fallback = fallback or found
+                continue
+            return self._resolved(found, batch, log)
+        return self._resolved(fallback, batch, log) if fallback else None
+
+    def _resolved(self, event: ObjectEvent, batch: _Batch, log: Mapping[str, object]) -> ObjectEvent:
+        if event.key_form == URL_DECODED:
+            logger.info("reported key is URL-encoded; the decoded key exists", extra={**log, "resolved_key": event.key})
+            batch.report.count(Metric.KEYS_DECODED, event.pipeline)
+        return event
+
+    def _not_found(self, event: ObjectEvent, batch: _Batch, log: Mapping[str, object]) -> None:
+        """An arrival whose object exists under no form of its key: a SKIPPED ledger entry and a notification (the
+        record then succeeds; if they cannot be written it fails and SQS redelivers it)."""
+        forms = key_forms(event.key)
+        tried = " nor ".join(f"{f!r}" for f in forms)
+        reason = f"{OBJECT_GONE}: no object under {tried}" + (
+            f" (version {event.version_id})" if event.version_id and not event.trigger.reads_objects else ""
+        )
+        logger.warning("object skipped", extra={**log, "reason": reason, "source": event.source})
+        batch.report.count(Metric.OBJECTS_GONE, event.pipeline)
+        batch.report.skipped.append((event.key, OBJECT_GONE))
+        seen = {"bucket": event.bucket, "key": event.key, "version_id": event.version_id, "etag": event.etag or None,
+                "key_forms_tried": list(forms)}  # fmt: skip
+        self._skip(event, reason, [seen], batch.report, identity=f"gone\x00{event.bucket}/{event.key}\x00"
+                   f"{event.version_id}\x00{event.etag}\x00{event.sequencer}\x00{event.event_time}")  # fmt: skip
+
+    def _in_marked_folder(
+        self, event: ObjectEvent, batch: _Batch, log: Mapping[str, object]
+    ) -> tuple[str | None, ObjectEvent]:
+        """A data object in marker mode: waiting for its folder's marker (no marker yet), covered by the marker's
+        run (written no later than the marker), or late (written after it). A late object is routed
+        (`late_objects: rerun`: it joins a run of its folder's late objects) or reported (`notify`: a SKIPPED
+        ledger entry and a notification); the returned reason is None for a routed one and "late" for a reported
+        one."""
+        resolved = self._resolve(event, batch, log) if len(key_forms(event.key)) > 1 else event
+        if resolved is None:
+            return WAITING_FOR_MARKER, event
+        event = resolved
+        marker_key = folder_of(event.key) + str(event.trigger.marker_name)
+        marker = self._head(batch, event.bucket, marker_key)
+        if marker is None:
+            return WAITING_FOR_MARKER, event
+        current = self._head(batch, event.bucket, event.key)
+        if current is None or current.last_modified <= marker.last_modified:
+            return COVERED_BY_MARKER, event
+        late = replace(event, late=True)
+        batch.report.count(Metric.LATE_OBJECTS, event.pipeline)
+        if event.trigger.late_objects == "rerun":
+            logger.info(
+                "object written after its folder's marker; it runs on its own", extra={**log, "marker": marker_key}
+            )
+            return None, late
+        reason = (f"written after its folder's marker {marker_key!r} ({current.last_modified} > "
+                  f"{marker.last_modified}); late_objects is notify, so it is not run")  # fmt: skip
+        logger.warning("late object reported", extra={**log, "reason": reason})
+        seen = {"bucket": event.bucket, "key": event.key, "version_id": event.version_id, "etag": event.etag or None,
+                "size": event.size, "last_modified": current.last_modified}  # fmt: skip
+        self._skip(late, reason, [seen], batch.report, identity=f"late\x00{late.identity}")
+        return "late", late
+
+    def _skip(
+        self, event: ObjectEvent, reason: str, objects: list[dict[str, Any]], report: BatchReport, *, identity: str
+    ) -> None:
+        """A SKIPPED ledger entry (run id derived from `identity`, dated by the event: a redelivery rewrites it)
+        and a notification, for an arrival that starts no run."""
+        run_id = run_id_for(event.pipeline, [identity])
+        at = _sortable_time(event.event_time)
+        trigger = {"type": "s3", "mode": event.trigger.mode, "bucket": event.bucket, "first_key": event.key,
+                   "event_time": event.event_time}  # fmt: skip
+        entry = skipped_entry(pipeline=event.pipeline, run_id=run_id, reason=reason, at=at, trigger=trigger,
+                              objects=objects)  # fmt: skip
+        key = ledger_key(event.pipeline, at, run_id)
+        write_entry(self.s3, self.ledger_bucket, key, entry)
+        if self.sns is not None and self.topic_arn:
+            self.sns.publish(
+                TopicArn=self.topic_arn,
+                Subject=f"EMR Autopilot: {event.pipeline} arrival SKIPPED"[:100],
+                Message=json.dumps({**entry, "ledger": f"s3://{self.ledger_bucket}/{key}"}, ensure_ascii=False),
+                MessageAttributes={
+                    "pipeline": {"DataType": "String", "StringValue": event.pipeline},
+                    "state": {"DataType": "String", "StringValue": "SKIPPED"},
+                },
+            )
+        report.count(Metric.ARRIVALS_SKIPPED, event.pipeline)
 
     def _run(self, plan: RunPlan, report: BatchReport) -> None:
         """A new run: its manifest (objects, claim keys, trigger), its claims, then StartExecution."""
         log: dict[str, object] = {"pipeline": plan.pipeline, "run_id": plan.run_id, "mode": plan.mode}
         first = plan.trigger_event
+        superseded: list[dict[str, Any]] = []
         try:
             if plan.mode == "marker":
-                objects = list_marker_folder(self.s3, first)
+                marker = read_current_version(self.s3, first.bucket, first.key)
+                objects = list_marker_folder(self.s3, first, marker.last_modified if marker else None)
                 if not objects:
+                    folder = folder_of(first.key)
+                    reason = (
+                        f"marker {first.key!r} arrived but its folder {folder!r} holds no data written before it; "
+                        f"objects written there later are late (late_objects: {first.trigger.late_objects})"
+                    )
                     logger.warning("marker folder holds no data; nothing started", extra={**log, "key": first.key})
                     report.count(Metric.EMPTY_MARKER_FOLDERS, plan.pipeline)
+                    self._skip(first, reason, [], report, identity=f"empty\x00{first.identity}")
                     return
             else:
-                objects = [s.event.manifest_object() for s in plan.sources]
+                objects, superseded = plan.objects()
+                if superseded:
+                    logger.info("a window held several versions of a key; the newest runs", extra={**log,
+                                "superseded": len(superseded)})  # fmt: skip
+                    report.count(Metric.SUPERSEDED_VERSIONS, plan.pipeline, len(superseded))
             trigger = execution_trigger(plan)
             claim_keys = [s.event.claim_key for s in plan.sources]
             manifest = InputManifest(
-                pipeline=plan.pipeline, run_id=plan.run_id, objects=sorted(objects), claims=claim_keys, trigger=trigger
+                pipeline=plan.pipeline,
+                run_id=plan.run_id,
+                objects=sorted(objects),
+                claims=claim_keys,
+                trigger=trigger,
+                superseded=superseded,
             )
             manifest_uri = manifest.write(self.s3, self.manifest_bucket)
             lost = self._claim_all(plan.run_id, [s.event for s in plan.sources])

@@ -35,6 +35,7 @@ from aws_lambda_powertools.utilities.data_classes import CloudWatchAlarmEvent
 from aws_lambda_powertools.utilities.data_classes.cloud_watch_alarm_event import CloudWatchAlarmData
 from botocore.exceptions import ClientError
 
+from autopilot_common.ledger import ledger_key
 from autopilot_common.scaling import (
     APPLIED,
     claim_action,
@@ -51,7 +52,6 @@ TAG_PIPELINE = "autopilot:pipeline"
 TAG_RUN_ID = "autopilot:run-id"
 TAG_EXECUTION = "autopilot:execution"
 TAG_DEPLOYMENT = "autopilot:deployment"
-LEDGER_PREFIX = "_runs/"
 ALARM_STATE_CHANGE = "CloudWatch Alarm State Change"
 ACTIVE_CLUSTER_STATES = ("RUNNING", "WAITING")
 STARTING_CLUSTER_STATES = ("STARTING", "BOOTSTRAPPING")
@@ -562,11 +562,6 @@ def resize(emr: Any, cluster_id: str, task: TaskCapacity, decision: Decision) ->
         emr.modify_instance_groups(
             ClusterId=cluster_id, InstanceGroups=[{"InstanceGroupId": task.id, "InstanceCount": decision.to_units}]
         )
-
-
-def ledger_key(pipeline: str, started: datetime, run_id: str) -> str:
-    """`_runs/<pipeline>/<YYYY/MM/DD of the execution's start, UTC>/<run id>.json`."""
-    return f"{LEDGER_PREFIX}{pipeline}/{started.astimezone(UTC):%Y/%m/%d}/{run_id}.json"
 
 
 def record_in_ledger(

@@ -299,18 +299,38 @@ def _router_statements(synth: Synthesized) -> list[dict[str, Any]]:
     return statements
 
 
-def test_router_may_head_only_the_cloudtrail_pipelines_input_prefix(synth: Synthesized) -> None:
+def test_router_may_head_only_the_triggered_pipelines_input_prefixes(synth: Synthesized) -> None:
+    """HeadObject resolves ambiguous keys (issue 13.6), reads markers and late objects (13.3) and CloudTrail
+    arrivals: under the triggered pipelines' input prefixes only, with a version id too; never object data
+    elsewhere."""
     reads = [s for s in _router_statements(synth) if "s3:GetObject" in json.dumps(s["Action"])]
     manifests, *landing = reads  # the router reads back its own manifests (to resume a run), nothing else there
     assert manifests["Action"] == ["s3:GetObject", "s3:PutObject"]
     assert json.dumps(manifests["Resource"]).endswith('/manifests/*"]]}')
+    prefixes = sorted(p.trigger.prefix for p in load_config("dev").pipelines.values() if p.trigger)
     assert landing == [
         {
-            "Action": "s3:GetObject",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
             "Effect": "Allow",
-            "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [_landing_name(synth), "Arn"]}, "/sales-trail/*"]]},
+            "Resource": [
+                {"Fn::Join": ["", [{"Fn::GetAtt": [_landing_name(synth), "Arn"]}, f"/{p}*"]]} for p in prefixes
+            ],
         }
     ]
+
+
+def test_router_writes_skipped_entries_only_in_the_triggered_pipelines_ledgers(synth: Synthesized) -> None:
+    (ledger,) = [s for s in _router_statements(synth) if s["Action"] == "s3:PutObject"]
+    triggered = sorted(n for n, p in load_config("dev").pipelines.items() if p.trigger)
+    assert [json.dumps(r).split("/_runs/")[1].split("/")[0] for r in ledger["Resource"]] == triggered
+
+
+def test_the_landing_bucket_is_versioned_and_expires_noncurrent_versions(synth: Synthesized) -> None:
+    landing = _bucket_by_id(synth, "Landing")
+    assert landing["VersioningConfiguration"] == {"Status": "Enabled"}
+    (rule,) = landing["LifecycleConfiguration"]["Rules"]
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
 
 
 def _ref(value: Any) -> str:

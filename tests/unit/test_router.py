@@ -42,6 +42,8 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 LANDING = "autopilot-dev-landing"
 ARTIFACTS = "autopilot-dev-artifacts"
+OUTPUTS = "autopilot-dev-outputs"
+TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:autopilot-dev-notifications"
 TABLE = "autopilot-dev-idempotency"
 PIPELINE = "sales-daily"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/autopilot-dev-sfn"
@@ -80,7 +82,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         monkeypatch.setenv(name, value)
     with mock_aws():
         s3 = boto3.client("s3", region_name=REGION)
-        for bucket in (LANDING, ARTIFACTS):
+        for bucket in (LANDING, ARTIFACTS, OUTPUTS):
             s3.create_bucket(Bucket=bucket)
         ddb = boto3.client("dynamodb", region_name=REGION)
         ddb.create_table(
@@ -98,7 +100,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 @pytest.fixture
 def router(aws: Aws) -> Router:
     claims = ClaimStore(aws.ddb, TABLE, ttl_seconds=DEFAULT_TTL_SECONDS, sleep=lambda _s: None)
-    return Router(s3=aws.s3, sfn=aws.sfn, claims=claims, manifest_bucket=ARTIFACTS)
+    return Router(s3=aws.s3, sfn=aws.sfn, claims=claims, manifest_bucket=ARTIFACTS, ledger_bucket=OUTPUTS)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -198,16 +200,14 @@ def count(report: BatchReport, metric: str, pipeline: str = PIPELINE) -> int:
 
 def test_settings_name_the_missing_variable_and_default_the_ttl() -> None:
     # Given / When / Then
-    with pytest.raises(RuntimeError, match="MANIFEST_BUCKET"):
-        RouterSettings.from_env({"IDEMPOTENCY_TABLE": TABLE})
-    with pytest.raises(RuntimeError, match="IDEMPOTENCY_TABLE"):
-        RouterSettings.from_env({"MANIFEST_BUCKET": ARTIFACTS})
+    env = {"MANIFEST_BUCKET": ARTIFACTS, "IDEMPOTENCY_TABLE": TABLE, "LEDGER_BUCKET": OUTPUTS, "TOPIC_ARN": TOPIC}
+    for name in env:
+        with pytest.raises(RuntimeError, match=f"environment variable {name} is not set"):
+            RouterSettings.from_env({k: v for k, v in env.items() if k != name})
     with pytest.raises(RuntimeError, match="IDEMPOTENCY_TTL_SECONDS"):
-        RouterSettings.from_env(
-            {"MANIFEST_BUCKET": ARTIFACTS, "IDEMPOTENCY_TABLE": TABLE, "IDEMPOTENCY_TTL_SECONDS": "1h"}
-        )
-    settings = RouterSettings.from_env({"MANIFEST_BUCKET": ARTIFACTS, "IDEMPOTENCY_TABLE": TABLE})
-    assert settings == RouterSettings(ARTIFACTS, TABLE, 604_800)
+        RouterSettings.from_env({**env, "IDEMPOTENCY_TTL_SECONDS": "1h"})
+    settings = RouterSettings.from_env(env)
+    assert settings == RouterSettings(ARTIFACTS, TABLE, OUTPUTS, TOPIC, 604_800)
     assert DEFAULT_TTL_SECONDS == 7 * 24 * 3600
 
 
@@ -689,6 +689,8 @@ def handler_env(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Aws:
     for name, value in {
         "MANIFEST_BUCKET": ARTIFACTS,
         "IDEMPOTENCY_TABLE": TABLE,
+        "LEDGER_BUCKET": OUTPUTS,
+        "TOPIC_ARN": TOPIC,
         "POWERTOOLS_SERVICE_NAME": "autopilot-router",
         "POWERTOOLS_METRICS_NAMESPACE": "EmrAutopilot",
         "POWERTOOLS_TRACE_DISABLED": "true",
@@ -705,6 +707,12 @@ def test_handler_routes_the_sample_batch_end_to_end(handler_env: Aws, capsys: py
     handler = load_handler("router")
     event = load_event("sqs_router_batch.json")
     assert all(aws.arn in r["body"] for r in event["Records"])
+    # whose objects exist (a key with `+` and `%` is resolved against S3; the fixture's bucket is unversioned)
+    for record in event["Records"]:
+        body = json.loads(record["body"])
+        body["event"]["detail"]["object"].pop("version-id", None)
+        record["body"] = json.dumps(body)
+        aws.s3.put_object(Bucket=LANDING, Key=body["event"]["detail"]["object"]["key"], Body=b"x")
 
     # When
     response = handler.lambda_handler(event, lambda_context("autopilot-dev-router"))
@@ -1107,3 +1115,170 @@ def test_malformed_cloudtrail_record_fails_alone_with_one_clear_error(
     report = route(router, sqs_event([bad, good], ["bad", "good"]))
     assert failures(report) == ["bad"]
     assert len(executions(aws)) == 1
+
+
+# --------------------------------------------------------------------------- issue 13: overwrites, late objects, keys
+
+
+def _age(key: str, minutes: int) -> None:
+    """Make the stored object `minutes` older (moto's backend): S3's last-modified has whole seconds."""
+    import datetime
+
+    from moto.s3.models import s3_backends
+
+    stored = s3_backends[ACCOUNT]["aws"].buckets[LANDING].keys[key]
+    stored.last_modified = stored.last_modified - datetime.timedelta(minutes=minutes)
+
+
+def _ledger(aws: Aws) -> list[dict[str, Any]]:
+    listed = aws.s3.list_objects_v2(Bucket=OUTPUTS, Prefix="_runs/").get("Contents", [])
+    return [json.loads(aws.s3.get_object(Bucket=OUTPUTS, Key=o["Key"])["Body"].read()) for o in listed]
+
+
+def test_two_writes_of_one_key_in_a_window_list_the_newest_once_and_record_the_other(aws: Aws, router: Router) -> None:
+    """Issue 13.2: the key was listed twice in one manifest. The events arrive newest first (reverse order)."""
+    old = s3_event("sales/x.csv", etag="a" * 32, version_id="v1", sequencer="0055AED6DCD90281E5")
+    new = s3_event("sales/x.csv", etag="b" * 32, version_id="v2", sequencer="0055AED6DCD90281E6")
+    other = s3_event("sales/y.csv")
+    report = route(router, sqs_event([envelope(e, aws.arn) for e in (new, old, other)]))
+    assert failures(report) == []
+    [execution] = executions(aws)
+    manifest = manifest_of(aws, execution)
+    assert [(o.key, o.version_id, o.etag) for o in manifest.objects] == [
+        ("sales/x.csv", "v2", "b" * 32),
+        ("sales/y.csv", None, other["detail"]["object"]["etag"]),
+    ]
+    assert manifest.superseded == [
+        {"key": "sales/x.csv", "version_id": "v1", "etag": "a" * 32, "sequencer": "0055AED6DCD90281E5",
+         "superseded_by": {"version_id": "v2", "etag": "b" * 32}},
+    ]  # fmt: skip
+    assert len(manifest.claims) == 3  # the superseded version is claimed by this run too: a redelivery rejoins it
+    assert count(report, "SupersededVersions") == 1
+    again = route(router, sqs_event([envelope(old, aws.arn)]))
+    assert failures(again) == [] and len(executions(aws)) == 1
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "newer"),
+    [("0A", "09", True), ("0A", "0A00", False), ("0A01", "0A", True), ("00FF", "0100", False)],
+)
+def test_sequencers_compare_right_padded_with_zeros(a: str, b: str, newer: bool) -> None:
+    from routing import newer_sequencer
+
+    assert newer_sequencer(a, b) is newer
+
+
+def _marked(aws: Aws, event: dict[str, Any], late_objects: str = "rerun") -> str:
+    body = json.loads(envelope(event, aws.arn, mode="marker", marker_name="_SUCCESS"))
+    body["trigger"]["late_objects"] = late_objects
+    return json.dumps(body)
+
+
+def test_a_marker_before_its_data_is_ledgered_skipped_and_the_late_data_runs(aws: Aws, router: Router) -> None:
+    """Issue 13.3: the objects after an early marker were stranded (a router warning and a metric only)."""
+    # Given a marker written to an empty folder
+    marker = put(aws, "sales/2024-07-01/_SUCCESS", size=0)
+    _age("sales/2024-07-01/_SUCCESS", 5)
+    report = route(router, sqs_event([_marked(aws, marker)], ["marker"]))
+    # Then nothing starts, and the ledger says SKIPPED with the reason
+    assert executions(aws) == [] and failures(report) == []
+    [entry] = _ledger(aws)
+    assert entry["state"] == "SKIPPED" and entry["trigger"]["first_key"] == "sales/2024-07-01/_SUCCESS"
+    assert "holds no data written before it" in entry["reason"] and "late_objects: rerun" in entry["reason"]
+    # When the data arrives after it
+    late = [put(aws, f"sales/2024-07-01/part-{i}.csv") for i in range(3)]
+    report = route(router, sqs_event([_marked(aws, e) for e in late]))
+    # Then one run over the folder's late objects
+    [execution] = executions(aws)
+    assert [o.key for o in manifest_of(aws, execution).objects] == [f"sales/2024-07-01/part-{i}.csv" for i in range(3)]
+    trigger = json.loads(execution_input(aws, execution))["trigger"]
+    assert trigger["late_objects"] is True and trigger["marker_key"] == "sales/2024-07-01/_SUCCESS"
+    assert count(report, "LateObjects") == 3
+    # and a redelivery starts nothing more
+    again = route(router, sqs_event([_marked(aws, e) for e in late]))
+    assert failures(again) == [] and len(executions(aws)) == 1
+
+
+def test_late_objects_with_notify_are_ledgered_and_not_run(aws: Aws, router: Router) -> None:
+    put(aws, "sales/2024-07-02/_SUCCESS", size=0)
+    _age("sales/2024-07-02/_SUCCESS", 5)
+    late = put(aws, "sales/2024-07-02/part-0.csv")
+    report = route(router, sqs_event([_marked(aws, late, "notify")]))
+    assert executions(aws) == [] and failures(report) == []
+    [entry] = _ledger(aws)
+    assert entry["state"] == "SKIPPED" and "written after its folder's marker" in entry["reason"]
+    assert entry["objects"][0]["key"] == "sales/2024-07-02/part-0.csv"
+
+
+def test_data_written_before_its_marker_is_covered_by_the_marker_run_only(aws: Aws, router: Router) -> None:
+    """The normal order, with the data events processed after the marker exists: no late run."""
+    data = put(aws, "sales/2024-07-03/part-0.csv")
+    marker = put(aws, "sales/2024-07-03/_SUCCESS", size=0)
+    late = put(aws, "sales/2024-07-03/part-1.csv")
+    _age("sales/2024-07-03/part-0.csv", 3)
+    _age("sales/2024-07-03/_SUCCESS", 2)  # so part-1 was written after the marker (a later second)
+    report = route(router, sqs_event([_marked(aws, e) for e in (data, marker, late)]))
+    assert failures(report) == []
+    runs = {e["name"]: manifest_of(aws, e) for e in executions(aws)}
+    listed = sorted(o.key for m in runs.values() for o in m.objects)
+    assert listed == ["sales/2024-07-03/part-0.csv", "sales/2024-07-03/part-1.csv"]  # each object in one run
+    assert len(runs) == 2
+    assert ("sales/2024-07-03/part-0.csv", COVERED) in [(k, r) for k, r in report.skipped]
+
+
+COVERED = "written before its folder's marker (the marker's run lists it)"
+
+
+def _encoded(key: str) -> str:
+    from urllib.parse import quote_plus
+
+    return quote_plus(key, safe="/")
+
+
+@pytest.mark.parametrize("encoding", ["raw", "url"])
+def test_keys_are_resolved_against_s3_whichever_encoding_the_event_uses(
+    aws: Aws, router: Router, encoding: str
+) -> None:
+    """Issue 13.6: an encoded key used to land in the manifest as is (an object that does not exist)."""
+    etags = {k: aws.s3.put_object(Bucket=LANDING, Key=k, Body=k.encode())["ETag"].strip('"') for k in SPECIAL_KEYS}
+    reported = {k: (k if encoding == "raw" else _encoded(k)) for k in SPECIAL_KEYS}
+    events = [s3_event(reported[k], size=len(k.encode()), etag=etags[k]) for k in SPECIAL_KEYS]
+    report = route(router, sqs_event([envelope(e, aws.arn) for e in events]))
+    assert failures(report) == []
+    [execution] = executions(aws)
+    manifest = manifest_of(aws, execution)
+    assert sorted((o.key, o.etag) for o in manifest.objects) == sorted(etags.items())
+    decoded = {o.key for o in manifest.objects if o.key_form == "url-decoded"}
+    assert decoded == {k for k in SPECIAL_KEYS if reported[k] != k}
+    assert count(report, "KeysDecoded") == len(decoded)
+
+
+def test_both_forms_existing_are_told_apart_by_the_event_s_etag(aws: Aws, router: Router) -> None:
+    """`a+b.csv` (raw) and `a b.csv` (what `a+b.csv` decodes to) both exist: the etag says which was written."""
+    plus = aws.s3.put_object(Bucket=LANDING, Key="sales/a+b.csv", Body=b"plus")["ETag"].strip('"')
+    space = aws.s3.put_object(Bucket=LANDING, Key="sales/a b.csv", Body=b"space")["ETag"].strip('"')
+    route(router, sqs_event([envelope(s3_event("sales/a+b.csv", size=5, etag=space), aws.arn, mode="per_object")]))
+    route(router, sqs_event([envelope(s3_event("sales/a+b.csv", size=4, etag=plus), aws.arn, mode="per_object")]))
+    keys = sorted((o.key, o.key_form) for e in executions(aws) for o in manifest_of(aws, e).objects)
+    assert keys == [("sales/a b.csv", "url-decoded"), ("sales/a+b.csv", None)]
+
+
+def test_an_object_under_neither_form_is_ledgered_and_counted_never_dropped(aws: Aws, router: Router) -> None:
+    report = route(router, sqs_event([envelope(s3_event("sales/gone%20away.csv"), aws.arn)]))
+    assert executions(aws) == [] and failures(report) == []
+    assert count(report, "ObjectsGone") == 1 and count(report, "ArrivalsSkipped") == 1
+    [entry] = _ledger(aws)
+    assert entry["state"] == "SKIPPED"
+    assert entry["objects"][0]["key_forms_tried"] == ["sales/gone%20away.csv", "sales/gone away.csv"]
+    assert "no object under 'sales/gone%20away.csv' nor 'sales/gone away.csv'" in entry["reason"]
+
+
+def test_a_pinned_version_is_read_by_its_version_id(aws: Aws, router: Router) -> None:
+    aws.s3.put_bucket_versioning(Bucket=LANDING, VersioningConfiguration={"Status": "Enabled"})
+    first = aws.s3.put_object(Bucket=LANDING, Key="sales/v 1.csv", Body=b"one")
+    aws.s3.put_object(Bucket=LANDING, Key="sales/v 1.csv", Body=b"two, newer")
+    event = s3_event("sales/v+1.csv", size=3, etag=first["ETag"].strip('"'), version_id=first["VersionId"])
+    report = route(router, sqs_event([envelope(event, aws.arn)]))
+    assert failures(report) == []
+    [obj] = manifest_of(aws, executions(aws)[0]).objects
+    assert (obj.key, obj.version_id, obj.key_form) == ("sales/v 1.csv", first["VersionId"], "url-decoded")

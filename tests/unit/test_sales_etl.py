@@ -414,6 +414,26 @@ def test_missing_object_names_bucket_and_key(spark: Any, tmp_path: Path, capsys:
 
 
 @pytest.mark.spark
+def test_an_object_overwritten_after_routing_fails_the_run_instead_of_reading_the_newer_bytes(
+    spark: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13.2: a path reads a key's current version; the manifest pinned an older one (its size differs)."""
+    run = Run(tmp_path)
+    run.put("sales/a b+c.csv", _rows("1,2024-06-01,C1,Widget,1,1.00,EU"))
+    run.put("sales/ok.csv", _rows("2,2024-06-01,C1,Widget,1,1.00,EU"))
+    (run.stage / "landing" / "sales" / "a b+c.csv").write_text(
+        _rows("1,2024-06-01,C1,Widget,1,1.00,EU", "3,x,y,z,1,1,EU")
+    )
+
+    assert run.main() == 1
+
+    line = _one_error_line(capsys.readouterr().err)
+    assert "1 input object(s) changed since the run was routed" in line
+    assert "key='sales/a b+c.csv' (manifest: 100 bytes, version unversioned; now 115 bytes)" in line
+    assert not (run.output / "_metrics.json").exists()
+
+
+@pytest.mark.spark
 @pytest.mark.parametrize(
     ("manifest_text", "message"),
     [

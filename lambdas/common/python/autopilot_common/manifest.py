@@ -23,6 +23,9 @@ class ManifestObject:
     size: int
     etag: str = ""
     version_id: str | None = None
+    # `url-decoded` when the event reported the key URL-encoded and the decoded key is the one that exists (the
+    # router resolves keys against S3, `routing.key_forms`); None when the key is as reported.
+    key_form: str | None = None
 
     @property
     def uri(self) -> str:
@@ -46,6 +49,9 @@ class InputManifest:
     claims: list[str] = field(default_factory=list)
     # The execution's `trigger` block, so that a run resumed after a crash starts with its original input.
     trigger: dict[str, Any] | None = None
+    # Older versions of a key that a newer one replaced within this run's window (they are claimed by this run and
+    # not read): key, version id, etag, sequencer and the version that superseded them.
+    superseded: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def object_count(self) -> int:
@@ -63,12 +69,14 @@ class InputManifest:
             "created_at": self.created_at,
             "object_count": self.object_count,
             "total_bytes": self.total_bytes,
-            "objects": [asdict(o) for o in self.objects],
+            "objects": [{k: v for k, v in asdict(o).items() if k != "key_form" or v} for o in self.objects],
         }
         if self.claims:
             body["claims"] = self.claims
         if self.trigger is not None:
             body["trigger"] = self.trigger
+        if self.superseded:
+            body["superseded"] = self.superseded
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
@@ -83,6 +91,7 @@ class InputManifest:
             objects=[ManifestObject(**o) for o in body["objects"]],
             claims=[str(c) for c in body.get("claims") or []],
             trigger=body.get("trigger") if isinstance(body.get("trigger"), dict) else None,
+            superseded=list(body.get("superseded") or []),
         )
 
     def write(self, s3: Any, bucket: str) -> str:
