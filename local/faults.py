@@ -1,4 +1,5 @@
-"""Faults on demand: "the next N calls of X fail with error E", "the next job run fails / hangs".
+"""Faults on demand: "the next N calls of X fail with error E", "the next job run fails / hangs", "function F
+crashes right after its next call of X" (the call took effect; the invocation dies before it returns).
 
 Used by the e2e tests and the reliability suite. API faults apply wherever the twin serves the
 call: moto's HTTP dispatch (calls from Lambda code, the CLI, boto3) and the twin's own Step
@@ -23,6 +24,20 @@ STATUS = {
     "AccessDeniedException": 403,
 }
 BOOTSTRAP_FAILURE_MESSAGE = "On the master instance ({instance_id}), bootstrap action 1 returned a non-zero return code"
+
+
+class FunctionCrash(BaseException):  # noqa: N818 - a crash, not an error the handler could catch
+    """Raised inside a Lambda invocation right after an AWS call took effect: the process dies. A BaseException, so
+    the handler's `except Exception` (and powertools' batch processing) cannot swallow it; the twin's runtime
+    reports it as Lambda does a crashed invocation (`Runtime.ExitError`)."""
+
+
+@dataclass
+class CrashFault:
+    function: str  # the function's name suffix, e.g. "router" matches "autopilot-dev-router"
+    service: str  # botocore service name, e.g. "s3", "dynamodb", "stepfunctions"
+    operation: str  # e.g. "PutObject"
+    occurrence: int  # crash after the n-th such call from then on (1: the next one)
 
 
 class TwinClientError(Exception):
@@ -60,7 +75,11 @@ class FaultInjector:
         self._jobs: list[JobFault] = []
         self._spot_shortages = 0
         self._bootstraps: list[str] = []
+        self._crashes: list[CrashFault] = []
         self.fired: list[tuple[str, str, str]] = []
+        # (function, service, operation) of every AWS call a function made while `recording` is on (crash matrix).
+        self.recording = False
+        self.calls: list[tuple[str, str, str]] = []
 
     def fail_next(self, service: str, operation: str, *, times: int = 1, code: str = "ThrottlingException",
                   message: str = "Rate exceeded") -> None:  # fmt: skip
@@ -91,8 +110,33 @@ class FaultInjector:
         with self._lock:
             self._bootstraps.append(message)
 
+    def crash_after(self, function: str, service: str, operation: str, *, occurrence: int = 1) -> None:
+        """The `occurrence`-th next `service:operation` call of the function named `*function` takes effect, then its
+        invocation crashes (the platform redelivers or retries it as it would on AWS)."""
+        with self._lock:
+            self._crashes.append(CrashFault(function, service, operation, occurrence))
+
+    def after_call(self, function: str, service: str, operation: str) -> None:
+        """Called by the Lambda runtime after each AWS call an invocation made: record it, crash if planned."""
+        with self._lock:
+            if self.recording:
+                self.calls.append((function, service, operation))
+            for fault in self._crashes:
+                if function.endswith(fault.function) and (fault.service, fault.operation) == (service, operation):
+                    fault.occurrence -= 1
+                    if fault.occurrence == 0:
+                        self._crashes.remove(fault)
+                        self.fired.append((service, operation, f"crash:{function}"))
+                        raise FunctionCrash(f"{function} crashed right after {service}:{operation} (injected)")
+                    return
+
+    def pending_crashes(self) -> int:
+        with self._lock:
+            return len(self._crashes)
+
     def clear(self) -> None:
         with self._lock:
+            self._crashes.clear()
             self._api.clear()
             self._jobs.clear()
             self._spot_shortages = 0

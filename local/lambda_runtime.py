@@ -26,8 +26,35 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from local.faults import FunctionCrash
+
 LOG = logging.getLogger("twin.lambda")
 _LOCK = threading.RLock()
+
+
+# The function an invocation on this thread runs, and its runtime's after-call hook.
+_INVOKING = threading.local()
+
+
+def _install_after_call_hook() -> None:
+    """Wrap botocore's `_make_api_call` once: after a call made by a function's invocation returns (it took effect),
+    the runtime's hooks see it (fault injection may crash the invocation there). Calls outside invocations (the
+    twin's own clients, tests) are not seen."""
+    from botocore.client import BaseClient
+
+    if getattr(BaseClient._make_api_call, "_twin_after_call", False):
+        return
+    original = BaseClient._make_api_call
+
+    def make_api_call(self: Any, operation_name: str, api_params: Any) -> Any:
+        result = original(self, operation_name, api_params)
+        function, hook = getattr(_INVOKING, "function", None), getattr(_INVOKING, "hook", None)
+        if function is not None and hook is not None:
+            hook(function, self.meta.service_model.service_name, operation_name)
+        return result
+
+    make_api_call._twin_after_call = True  # type: ignore[attr-defined]
+    BaseClient._make_api_call = make_api_call
 
 
 class FunctionNotFound(LookupError):
@@ -108,6 +135,9 @@ class LambdaRuntime:
         self.invocations: list[Invocation] = []
         # The access key id a function's clients sign with (the twin maps it to the role session); "twin" if unset.
         self.access_key_for: Callable[[LocalFunction], str] | None = None
+        # Called after each AWS call an invocation makes: (function, service, operation); it may raise FunctionCrash.
+        self.after_call: Callable[[str, str, str], None] | None = None
+        _install_after_call_hook()
 
     def session_arn(self, function: LocalFunction) -> str | None:
         """`arn:aws:sts::<acct>:assumed-role/<role name>/<function name>`: who the function's calls are, in AWS."""
@@ -147,16 +177,22 @@ class LambdaRuntime:
             started = time.monotonic()
             context._deadline = started + function.timeout_seconds
             error: str | None = None
+            _INVOKING.function, _INVOKING.hook = function.name, self.after_call
             try:
                 handler = self._handler(function)
                 result = handler(payload, context)
                 return json.loads(json.dumps(result)) if result is not None else None
+            except FunctionCrash as crash:  # the process died: Lambda reports Runtime.ExitError, Unhandled
+                error = "Runtime.ExitError"
+                LOG.warning("function %s crashed: %s", function.name, crash)
+                raise FunctionError(error, f"RequestId: {context.aws_request_id} Error: {crash}", []) from None
             except Exception as exc:  # the handler's failure is the invocation's result
                 error = type(exc).__name__
                 trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
                 LOG.warning("function %s failed: %s", function.name, exc)
                 raise FunctionError(error, str(exc), trace) from exc
             finally:
+                _INVOKING.function = _INVOKING.hook = None
                 self.invocations.append(
                     Invocation(function.name, context.aws_request_id, started, time.monotonic() - started, error)
                 )

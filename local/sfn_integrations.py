@@ -780,6 +780,10 @@ def _install_services(
     setattr(state_task_factory, "state_task_service_for", service_for)  # noqa: B010 - monkeypatch
 
 
+# What the Lambda runtime reports for an invocation that did not end in the handler (crash, timeout, out of memory).
+LAMBDA_UNKNOWN_ERRORS = frozenset({"Runtime.ExitError", "Sandbox.Timedout", "Runtime.OutOfMemory"})
+
+
 def _install_lambda(runtime: LambdaRuntime) -> None:
     def invoke(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
         _authorize_invoke(parameters)
@@ -788,10 +792,15 @@ def _install_lambda(runtime: LambdaRuntime) -> None:
         try:
             result = runtime.invoke(parameters["FunctionName"], event)
         except FunctionError as exc:
+            payload = exc.payload
+            if exc.error_type in LAMBDA_UNKNOWN_ERRORS:
+                # "Unhandled errors in Lambda are reported as Lambda.Unknown in the error output. These include
+                # out-of-memory errors and function timeouts." (Step Functions, "Handle Lambda service exceptions")
+                payload = {**payload, "errorType": "Lambda.Unknown"}
             return {
                 "StatusCode": 200,
                 "FunctionError": "Unhandled",
-                "Payload": exc.payload,
+                "Payload": payload,
                 "ExecutedVersion": "$LATEST",
             }
         return {"StatusCode": 200, "Payload": result, "ExecutedVersion": "$LATEST"}

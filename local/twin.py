@@ -208,6 +208,7 @@ class Twin:
         os.environ["MOTO_PORT"] = str(self.port)  # moto's ASL aws-sdk integrations call localhost:MOTO_PORT
         self.runtime = LambdaRuntime(endpoint=self.endpoint, region=self.region, account=self.account)
         self.runtime.access_key_for = self._function_access_key
+        self.runtime.after_call = self.faults.after_call
         runner = (
             SparkRunner(self.client("s3"), workdir=self.workdir / "spark", s3_for_role=self._role_s3)
             if self.spark

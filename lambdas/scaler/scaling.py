@@ -40,6 +40,7 @@ from autopilot_common.scaling import (
     APPLIED,
     claim_action,
     last_action_at,
+    pending_action,
     record_outcome,
     release_claim,
     transition_id,
@@ -372,6 +373,9 @@ def scale_on_alarm(
         return outcome
     transition = transition_id(name, state.timestamp)
     if transition_seen(clients.dynamodb, settings.state_table, transition):
+        pending = pending_action(clients.dynamodb, settings.state_table, ref.cluster_id, transition)
+        if pending is not None:  # claimed by an invocation that died before recording the resize: finish it
+            return _resume(ref, alarm, pending, settings, clients, now, outcome)
         outcome.reason = "this alarm transition was already acted on (duplicate delivery)"
         return outcome
     cluster = _cluster(clients.emr, ref.cluster_id)
@@ -400,6 +404,56 @@ def scale_on_alarm(
         outcome.rearmed = decision.settling and rearm(clients.cloudwatch, name, f"scaler skipped: {decision.reason}")
         return outcome
     return _act(ref, alarm, decision, task, tags, settings, clients, now, outcome)
+
+
+def _resume(
+    ref: AlarmRef,
+    alarm: CloudWatchAlarmData,
+    pending: Mapping[str, Any],
+    settings: ScalerSettings,
+    clients: Clients,
+    now: datetime,
+    outcome: ScalingOutcome,
+) -> ScalingOutcome:
+    """Complete an action its invocation claimed and did not record: resize to the claimed target unless the task
+    fleet/group is already there (the crash came after the EMR call), then record it as `_act` does."""
+    cluster = _cluster(clients.emr, ref.cluster_id)
+    task = task_capacity(clients.emr, ref.cluster_id, _collection(cluster, settings.policies[ref.pipeline])) if (
+        cluster is not None) else None  # fmt: skip
+    if cluster is None or task is None:
+        outcome.reason = (
+            f"a claimed action could not be completed: cluster {ref.cluster_id} or its task capacity is gone"
+        )
+        return outcome
+    decision = Decision(
+        "scale",
+        str(pending.get("reason", "")),
+        int(pending["from_units"]),
+        int(pending["to_units"]),
+        None if pending.get("on_demand") is None else int(pending["on_demand"]),
+        None if pending.get("spot") is None else int(pending["spot"]),
+    )
+    done = (
+        (task.target_on_demand, task.target_spot) == (decision.on_demand, decision.spot)
+        if task.collection == "fleet"
+        else task.requested == decision.to_units
+    )
+    if not done:
+        resize(clients.emr, ref.cluster_id, task, decision)
+    transition = transition_id(ref.name, alarm.state.timestamp)
+    record_outcome(
+        clients.dynamodb, settings.state_table, cluster_id=ref.cluster_id, transition_id=transition, outcome=APPLIED
+    )
+    tags = {t["Key"]: t["Value"] for t in cluster.get("Tags", [])}
+    action = {**pending, "outcome": APPLIED}
+    outcome.run_id = tags.get(TAG_RUN_ID)
+    outcome.from_units, outcome.to_units = decision.from_units, decision.to_units
+    outcome.result, outcome.reason = "scaled", f"completed a claimed action ({decision.reason})"
+    outcome.on_demand, outcome.spot = decision.on_demand, decision.spot
+    outcome.ledger_written = record_in_ledger(clients.s3, clients.sfn, settings.outputs_bucket, ref.pipeline, tags,
+                                              action)  # fmt: skip
+    outcome.rearmed = rearm(clients.cloudwatch, ref.name, f"scaler acted: {decision.reason}")
+    return outcome
 
 
 def _act(

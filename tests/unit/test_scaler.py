@@ -679,6 +679,37 @@ def test_an_unexpected_emr_error_raises_and_the_retry_acts(aws: Aws) -> None:
     assert len(aws.ledger(key)["scaling"]["actions"]) == 1
 
 
+@pytest.mark.parametrize("resized", [False, True], ids=["died-before-resize", "died-after-resize"])
+def test_a_claim_whose_invocation_died_is_completed_by_the_redelivery(aws: Aws, resized: bool) -> None:
+    """Issue 13 crash matrix: the scaler claimed the transition and died (before or after ModifyInstanceFleet);
+    the redelivered event used to be skipped as a duplicate, losing the step when the resize never happened."""
+    cluster_id, _, key = aws.fleet_cluster()
+    event = alarm_event(alarm_name(FLEETS, cluster_id, "out", "memory-low"))
+    transition = state.transition_id(event["detail"]["alarmName"], event["detail"]["state"]["timestamp"])
+    action = {"at": "2026-11-24T10:00:00.000Z", "direction": "out", "rule": "memory-low",
+              "alarm": event["detail"]["alarmName"], "collection": "fleet", "task_id": "if-TASK", "from_units": 4,
+              "to_units": 6, "reason": "scale out 4 -> 6 units", "from_on_demand": 0, "from_spot": 4,
+              "on_demand": 0, "spot": 6}  # fmt: skip
+    claim = state.claim_action(aws.clients.dynamodb, TABLE, cluster_id=cluster_id, transition_id=transition,
+                               cooldown_seconds=300, now=NOW, action=action)  # fmt: skip
+    assert claim.claimed
+    if resized:
+        aws.emr.modify_instance_fleet(
+            ClusterId=cluster_id,
+            InstanceFleet={"InstanceFleetId": "if-TASK", "TargetOnDemandCapacity": 0, "TargetSpotCapacity": 6},
+        )
+    # When the event is delivered again (Lambda's asynchronous retry)
+    outcome = aws.scale(copy.deepcopy(event), now=NOW + timedelta(minutes=1))
+    # Then the claimed step is completed exactly once, recorded as applied, in the ledger once
+    assert outcome.result == "scaled" and outcome.reason.startswith("completed a claimed action")
+    assert len(aws.emr.resizes) == 1 and aws.emr.resizes[0]["TargetSpotCapacity"] == 6
+    assert [a["outcome"] for a in state.actions(aws.clients.dynamodb, TABLE, cluster_id)] == ["applied"]
+    assert len(aws.ledger(key)["scaling"]["actions"]) == 1
+    # and a third delivery is a duplicate
+    again = aws.scale(copy.deepcopy(event), now=NOW + timedelta(minutes=2))
+    assert again.reason == "this alarm transition was already acted on (duplicate delivery)"
+
+
 def test_a_missing_ledger_entry_does_not_stop_scaling(aws: Aws) -> None:
     cluster_id, _, key = aws.fleet_cluster()
     aws.clients.s3.delete_object(Bucket=BUCKET, Key=key)

@@ -9,8 +9,10 @@ Two kinds of items::
 `claim_action` writes both in one TransactWriteItems, so an alarm transition delivered twice acts once and
 two concurrent alarms on one cluster cannot both act within its cooldown: whichever transaction commits
 first wins, the other learns which condition stopped it (`duplicate` or `cooldown`, with the seconds left).
-The scaler claims BEFORE it calls EMR and amends the stored action afterwards (`record_outcome`); the
-workflow's finalize step copies `actions` into the run's ledger entry.
+The scaler claims BEFORE it calls EMR and amends the stored action afterwards (`record_outcome`); an action
+still `claimed` when its transition is delivered again belongs to an invocation that died in between, and the
+redelivery completes it (`pending_action`). The workflow's finalize step copies `actions` into the run's ledger
+entry.
 """
 
 from __future__ import annotations
@@ -217,6 +219,14 @@ def last_action_at(dynamodb: Any, table: str, cluster_id: str) -> datetime | Non
     item = _get(dynamodb, table, CLUSTER_PREFIX + cluster_id) or {}
     last = _number(item.get("last_action_at"))
     return datetime.fromtimestamp(last, UTC) if last is not None else None
+
+
+def pending_action(dynamodb: Any, table: str, cluster_id: str, transition_id: str) -> dict[str, Any] | None:
+    """The stored action of `transition_id` if it is still `claimed`: its invocation claimed it and died before it
+    recorded the EMR call's outcome (the call may or may not have happened). None otherwise."""
+    stored = actions(dynamodb, table, cluster_id)
+    index = _claimed_index(stored, transition_id)
+    return stored[index] if index is not None and stored[index].get("outcome") == CLAIMED else None
 
 
 def transition_seen(dynamodb: Any, table: str, transition_id: str) -> bool:
