@@ -30,7 +30,7 @@ new one. No regrouping of redelivered messages can put an object version into tw
 
 What is claimed (the arrival's identity):
 - EventBridge-only pipelines: bucket, key, version id, etag and the S3 `sequencer`, all from the event
-  (no S3 call).
+  (no S3 call, unless the key's URL-decoded form differs: see `key_forms`).
 - Pipelines with `cloudtrail`: CloudTrail reports no sequencer, etag or size, so the router reads the
   object's current bucket, key, version id, etag and last-modified with HeadObject, whichever source
   reported it: both reports of one write claim the same identity and start one run. An object gone
@@ -316,11 +316,11 @@ class ObjectEvent:
 
 
 def raw_object_key(detail_object: Mapping[str, Any]) -> str:
-    """`detail.object.key` of an EventBridge S3 event, byte-exact.
+    """`detail.object.key` of an EventBridge S3 event, byte-exact as reported.
 
-    EventBridge carries the raw key (unlike classic S3 notifications, which URL-encode it), so it is
-    never decoded: powertools' `S3EventBridgeNotificationObject.key` applies `unquote_plus` and turns
-    `a+b` and `a%20b` into `a b`.
+    It is not decoded here (powertools' `S3EventBridgeNotificationObject.key` applies `unquote_plus` and turns
+    `a+b` and `a%20b` into `a b`, which may name another object): whether the event encodes it is resolved
+    against S3 (`key_forms`, `Router._resolve`).
     """
     key = detail_object.get("key")
     if not isinstance(key, str) or not key:

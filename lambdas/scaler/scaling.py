@@ -418,8 +418,9 @@ def _resume(
     """Complete an action its invocation claimed and did not record: resize to the claimed target unless the task
     fleet/group is already there (the crash came after the EMR call), then record it as `_act` does."""
     cluster = _cluster(clients.emr, ref.cluster_id)
-    task = task_capacity(clients.emr, ref.cluster_id, _collection(cluster, settings.policies[ref.pipeline])) if (
-        cluster is not None) else None  # fmt: skip
+    task = None
+    if cluster is not None:
+        task = task_capacity(clients.emr, ref.cluster_id, _collection(cluster, settings.policies[ref.pipeline]))
     if cluster is None or task is None:
         outcome.reason = (
             f"a claimed action could not be completed: cluster {ref.cluster_id} or its task capacity is gone"

@@ -69,7 +69,7 @@ def _text(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _wildcard(pattern: str, ignore_case: bool = False, within_segment: bool = False) -> re.Pattern[str]:
+def wildcard(pattern: str, ignore_case: bool = False, within_segment: bool = False) -> re.Pattern[str]:
     """`*` -> any run of characters, `?` -> one character (neither crosses `:` when `within_segment`)."""
     run, one = ("[^:]*", "[^:]") if within_segment else (".*", ".")
     body = "".join(run if c == "*" else one if c == "?" else re.escape(c) for c in pattern)
@@ -86,7 +86,7 @@ def arn_matches(pattern: str, arn: str) -> bool:
     if len(pattern_parts) != 6:
         return False  # a pattern with fewer segments never matches an ARN
     for index, (p, a) in enumerate(zip(pattern_parts, arn_parts, strict=True)):
-        if _wildcard(p, within_segment=index < 5).fullmatch(a) is None:
+        if wildcard(p, within_segment=index < 5).fullmatch(a) is None:
             return False
     return True
 
@@ -298,9 +298,9 @@ def _principal_match(principal: Any, caller: Caller) -> str | None:
 
 def _applies(statement: Statement, request: Request) -> bool:
     if statement.not_actions is not None:
-        if any(_wildcard(a, ignore_case=True).fullmatch(request.action) for a in statement.not_actions):
+        if any(wildcard(a, ignore_case=True).fullmatch(request.action) for a in statement.not_actions):
             return False
-    elif not any(_wildcard(a, ignore_case=True).fullmatch(request.action) for a in statement.actions):
+    elif not any(wildcard(a, ignore_case=True).fullmatch(request.action) for a in statement.actions):
         return False
     if statement.not_resources is not None:
         if any(_resource_matches(r, request) for r in statement.not_resources):
@@ -440,7 +440,7 @@ def _arn_like(actual: str, expected: str) -> bool:
 _POSITIVE: dict[str, Callable[[str, str], bool]] = {
     "stringequals": lambda a, e: a == e,
     "stringequalsignorecase": lambda a, e: a.lower() == e.lower(),
-    "stringlike": lambda a, e: _wildcard(e).fullmatch(a) is not None,
+    "stringlike": lambda a, e: wildcard(e).fullmatch(a) is not None,
     "numericequals": _compare(_number, lambda a, e: a == e),
     "numericlessthan": _compare(_number, lambda a, e: a < e),
     "numericlessthanequals": _compare(_number, lambda a, e: a <= e),

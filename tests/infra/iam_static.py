@@ -25,6 +25,7 @@ import botocore.session
 from botocore import xform_name
 
 from local.iam.operations import Authorization, authorizations
+from local.iam.policy import Policy, Statement, wildcard
 from local.iam.reference import Action, UnknownAction, reference
 
 ACCOUNT = "123456789012"
@@ -217,23 +218,8 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-@dataclass(frozen=True)
-class StaticStatement:
-    """One statement with its Resource / NotResource and Condition rendered to plain strings."""
-
-    policy: str
-    index: int
-    sid: str | None
-    effect: str
-    actions: tuple[str, ...]
-    not_actions: tuple[str, ...]
-    resources: tuple[str, ...] | None  # None: the statement has no Resource (NotResource, or a trust policy)
-    condition: Mapping[str, Mapping[str, Any]]
-    principal: Any = None  # resource-based and trust policies
-
-    @property
-    def label(self) -> str:
-        return f"{self.policy} statement {self.sid or self.index}"
+# One statement model for the static check and the twin's evaluator (`local.iam.policy`).
+StaticStatement = Statement
 
 
 @dataclass(frozen=True)
@@ -268,26 +254,21 @@ POLICY_HOLDERS = {
 
 
 def parse_statements(name: str, document: Any, resolver: Resolver) -> tuple[StaticStatement, ...]:
-    """A policy document's statements, their Resource, Condition and Principal rendered by `resolver`."""
-    out = []
-    for index, raw in enumerate(as_list(document["Statement"])):
-        resources = None
-        if "Resource" in raw:
-            resources = tuple(resolver.text(r) for r in as_list(raw["Resource"]))
-        out.append(
-            StaticStatement(
-                policy=name,
-                index=index,
-                sid=raw.get("Sid"),
-                effect=raw["Effect"],
-                actions=tuple(as_list(raw.get("Action"))),
-                not_actions=tuple(as_list(raw.get("NotAction"))),
-                resources=resources,
-                condition=resolver.render(raw.get("Condition", {})),
-                principal=resolver.render(raw.get("Principal")),
-            )
-        )
-    return tuple(out)
+    """A policy document's statements, their Resource / NotResource, Condition and Principal rendered by
+    `resolver`, parsed as the twin's evaluator parses them (a document whose statements name a Principal is a
+    resource-based or trust policy)."""
+    rendered = []
+    for raw in as_list(document["Statement"]):
+        statement = dict(raw)
+        for key in ("Resource", "NotResource"):
+            if key in statement:
+                statement[key] = [resolver.text(r) for r in as_list(statement[key])]
+        for key in ("Condition", "Principal", "NotPrincipal"):
+            if key in statement:
+                statement[key] = resolver.render(statement[key])
+        rendered.append(statement)
+    resource_based = any("Principal" in st or "NotPrincipal" in st for st in rendered)
+    return Policy.parse(name, {"Statement": rendered}, resource_based=resource_based).statements
 
 
 def _role_refs(props: Mapping[str, Any]) -> tuple[str, ...]:
@@ -304,8 +285,11 @@ def _lambda_permission(logical_id: str, props: Mapping[str, Any], resolver: Reso
     function = resolver.text(props["FunctionName"])
     if not function.startswith("arn:"):
         function = _arn("lambda", f"function:{function}")
-    statement = StaticStatement(logical_id, 0, None, "Allow", (props["Action"],), (), (function,), {})
-    return StaticPolicy(logical_id, logical_id, "resource", (), (statement,))
+    principal = props["Principal"]
+    kind = "Service" if principal.endswith(".amazonaws.com") else "AWS"
+    statement = {"Effect": "Allow", "Action": props["Action"], "Resource": function, "Principal": {kind: principal}}
+    document = {"Statement": [statement]}
+    return StaticPolicy(logical_id, logical_id, "resource", (), parse_statements(logical_id, document, resolver))
 
 
 def collect_policies(template: Mapping[str, Any], resolver: Resolver | None = None) -> list[StaticPolicy]:
@@ -364,7 +348,7 @@ def action_violations(policy: StaticPolicy) -> list[str]:
     """Actions the reference does not list, wildcards that match none, and `*` alone outside a Deny."""
     out = []
     for statement in policy.statements:
-        for entry in statement.actions + statement.not_actions:
+        for entry in statement.actions + (statement.not_actions or ()):
             if entry == "*":
                 if statement.effect != "Deny" or statement.not_actions:
                     out.append(f"{statement.label}: Action '*' (every action of every service) outside a Deny")
@@ -394,8 +378,8 @@ def resource_violations(policy: StaticPolicy) -> list[str]:
     """Allow statements naming an action none of their resources can grant (per the reference's ARN formats)."""
     out = []
     for statement in policy.statements:
-        if statement.effect != "Allow" or statement.resources is None:
-            continue
+        if statement.effect != "Allow" or policy.kind == "trust" or statement.not_resources is not None:
+            continue  # no Resource to check
         for entry in statement.actions:
             if entry == "*":
                 continue  # action_violations reports it
@@ -452,20 +436,17 @@ def condition_violations(policy: StaticPolicy) -> list[str]:
 # ----------------------------------------------------------------------------------------- roles and grants
 
 
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(body, re.IGNORECASE)
-
-
 def action_allowed(action: str, statements: Iterable[StaticStatement]) -> bool:
     """By action name only: an Allow statement whose Action (wildcards, any case) names it, or whose NotAction
     does not."""
     for statement in statements:
         if statement.effect != "Allow":
             continue
-        if statement.actions and any(_wildcard(p).fullmatch(action) for p in statement.actions):
+        if statement.actions and any(wildcard(p, ignore_case=True).fullmatch(action) for p in statement.actions):
             return True
-        if statement.not_actions and not any(_wildcard(p).fullmatch(action) for p in statement.not_actions):
+        if statement.not_actions and not any(
+            wildcard(p, ignore_case=True).fullmatch(action) for p in statement.not_actions
+        ):
             return True
     return False
 
