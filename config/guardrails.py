@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
+from autopilot_common.tags import TAG_LONG_RUNNING
 from config.base import StrictModel
 
 TagKey = Annotated[str, StringConstraints(pattern=r"^[\w .:/=+@-]{1,128}$")]
@@ -69,7 +70,7 @@ class UnmanagedClusters(StrictModel):
     )
     idle_timeout_minutes: int = Field(default=60, ge=1, le=10080, description="Idle timeout of the policy applied.")
     exempt_tag_key: TagKey = Field(
-        default="autopilot:long-running",
+        default=TAG_LONG_RUNNING,
         description="Clusters carrying this tag (any value) are long-running by intent and left alone.",
     )
 

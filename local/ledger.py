@@ -1,4 +1,4 @@
-"""Read the run ledger (`s3://<outputs>/_runs/<pipeline>/<yyyy>/<mm>/<dd>/<run_id>.json`)."""
+"""Read the run ledger for people (the entry's model, key layout and states: `autopilot_common.ledger`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-LEDGER_PREFIX = "_runs/"
+from autopilot_common.ledger import QUEUED, ledger_prefix
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class RunRecord:
     def waited(self) -> str:
         """For people: the place in line while QUEUED, else how long the run waited for its slot."""
         admission = self.admission
-        if self.state == "QUEUED":
+        if self.state == QUEUED:
             position = admission.get("position")
             return f"#{position} in line" if position else "queued"
         seconds = admission.get("queued_seconds")
@@ -61,7 +61,7 @@ class RunRecord:
 
 def read_runs(s3: Any, outputs_bucket: str, pipeline: str | None = None, state: str | None = None) -> list[RunRecord]:
     """Every ledger entry (optionally of one pipeline, or in one state such as QUEUED), oldest first."""
-    prefix = LEDGER_PREFIX + (f"{pipeline}/" if pipeline else "")
+    prefix = ledger_prefix(pipeline)
     records = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=outputs_bucket, Prefix=prefix):
         for item in page.get("Contents", []):

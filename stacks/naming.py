@@ -1,10 +1,15 @@
-"""Names, tag keys and constants shared by the constructs (one place, so the handlers and the
-twin agree with the infrastructure)."""
+"""Names and constants shared by the constructs (one place, so the handlers and the twin agree with the
+infrastructure); tag keys, the ledger prefix and the metrics namespace come from the kernel (autopilot_common)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+# The kernel's names, re-exported for the constructs: one home each (autopilot_common).
+from autopilot_common.ledger import LEDGER_PREFIX
+from autopilot_common.observability import METRICS_NAMESPACE
+from autopilot_common.tags import TAG_DEPLOYMENT, TAG_EXECUTION, TAG_LONG_RUNNING, TAG_PIPELINE, TAG_RUN_ID
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS_DIR = REPO_ROOT / "lambdas"
@@ -12,19 +17,23 @@ STATEMACHINES_DIR = REPO_ROOT / "statemachines"
 JOBS_DIR = REPO_ROOT / "jobs"
 BOOTSTRAP_DIR = REPO_ROOT / "bootstrap"
 
-TAG_PIPELINE = "autopilot:pipeline"
-TAG_RUN_ID = "autopilot:run-id"
-TAG_EXECUTION = "autopilot:execution"
-TAG_DEPLOYMENT = "autopilot:deployment"
-
 JOBS_PREFIX = "jobs/"
 BOOTSTRAP_PREFIX = "bootstrap/"
 MANIFESTS_PREFIX = "manifests/"
-LEDGER_PREFIX = "_runs/"
-METRICS_NAMESPACE = "EmrAutopilot"
 
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 POWERTOOLS_LAYER_NAME = "AWSLambdaPowertoolsPythonV3-python314-x86_64"
+
+
+__all__ = [
+    "LEDGER_PREFIX",
+    "METRICS_NAMESPACE",
+    "TAG_DEPLOYMENT",
+    "TAG_EXECUTION",
+    "TAG_LONG_RUNNING",
+    "TAG_PIPELINE",
+    "TAG_RUN_ID",
+]
 
 
 def deployment_name(project: str, env: str) -> str:

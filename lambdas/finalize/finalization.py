@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from autopilot_common.causes import ledger_cause
-from autopilot_common.scaling import actions as scaling_actions
+from autopilot_common.scaling_state import actions as scaling_actions
 
 ACTIVE_STEP_STATES = ["PENDING", "RUNNING", "CANCEL_PENDING"]
 FAILED_STEP_STATES = {"FAILED", "CANCELLED", "INTERRUPTED"}

@@ -1,6 +1,7 @@
 """Guardrail Lambda: cleanup when an execution ends badly, the orphan sweeper, CloudTrail reactions.
 
-One function, four EventBridge rules (see `guardrails` for what each does). Environment: see
+One function, four EventBridge rules: `execution_cleanup`, `orphan_sweeper` and `cloudtrail_reactions` say what
+each does. Environment: see
 `GuardrailSettings.from_env`.
 """
 
@@ -8,50 +9,32 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from guardrails import Clients, GuardrailEventError, GuardrailSettings, clean_up_execution, react_to_cloudtrail, sweep
 
-from autopilot_common.clients import aws_client
+from autopilot_common.clients import Clients
+from autopilot_common.observability import observability
+from cloudtrail_reactions import react_to_cloudtrail
+from execution_cleanup import clean_up_execution
+from guardrail_settings import GuardrailEventError, GuardrailSettings
+from orphan_sweeper import sweep
 
-logger = Logger(service="autopilot-guardrail")
-tracer = Tracer(service="autopilot-guardrail")
-metrics = Metrics(namespace="EmrAutopilot", service="autopilot-guardrail")
-
-# Fails the cold start with one message naming the bad variable.
-SETTINGS = GuardrailSettings.from_env(os.environ)
-
-
-@cache
-def _clients() -> Clients:
-    """Built on first use, so importing the module needs no AWS credentials or region."""
-
-    return Clients(
-        emr=aws_client("emr"),
-        emr_serverless=aws_client("emr-serverless"),
-        emr_containers=aws_client("emr-containers"),
-        s3=aws_client("s3"),
-        sns=aws_client("sns"),
-        sfn=aws_client("stepfunctions"),
-        cloudwatch=aws_client("cloudwatch"),
-        dynamodb=aws_client("dynamodb"),
-    )
+obs = observability("autopilot-guardrail")
+logger, metrics = obs.logger, obs.metrics
+SETTINGS = GuardrailSettings.from_env(os.environ)  # fails the cold start naming the bad variable
+CLIENTS = Clients()
 
 
-@logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler
-@metrics.log_metrics
+@obs.handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     received = EventBridgeEvent(event)
     now = datetime.now(UTC)
     kind = received.detail_type
     if kind == "Step Functions Execution Status Change":
-        result = clean_up_execution(received.detail, SETTINGS, _clients(), now)
+        result = clean_up_execution(received.detail, SETTINGS, CLIENTS, now)
         if result is None:
             logger.info("not a state machine of this deployment", extra={"arn": received.detail.get("stateMachineArn")})
             return {"handled": False}
@@ -69,7 +52,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         )
         return {"handled": True, "ledger_state": result.ledger_state, "teardown": result.teardown.as_dict()}
     if kind == "Scheduled Event":
-        report = sweep(SETTINGS, _clients(), now)
+        report = sweep(SETTINGS, CLIENTS, now)
         metrics.add_metric(name="OrphanClusters", unit=MetricUnit.Count, value=len(report.orphan_clusters))
         metrics.add_metric(name="OrphanJobRuns", unit=MetricUnit.Count, value=len(report.orphan_job_runs))
         metrics.add_metric(
@@ -81,7 +64,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.info("sweep done", extra={"findings": report.findings, "report": report.__dict__})
         return {"handled": True, "findings": report.findings}
     if kind == "AWS API Call via CloudTrail":
-        reaction = react_to_cloudtrail(received.detail, SETTINGS, _clients(), now)
+        reaction = react_to_cloudtrail(received.detail, SETTINGS, CLIENTS, now)
         if reaction.action == "auto-termination applied":
             metrics.add_metric(name="UnmanagedClustersCapped", unit=MetricUnit.Count, value=1)
         if reaction.action == "run stop recorded":

@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from autopilot_common.clients import Clients
+from autopilot_common.observability import observability
 from preparation import prepare_run
 
-logger = Logger(service="autopilot-prepare")
-tracer = Tracer(service="autopilot-prepare")
-metrics = Metrics(namespace="EmrAutopilot", service="autopilot-prepare")
+obs = observability("autopilot-prepare")
+logger, metrics = obs.logger, obs.metrics
+CLIENTS = Clients()
 
 
-@cache
-def _s3() -> Any:
-    return boto3.client("s3")
-
-
-@cache
-def _emr() -> Any:
-    return boto3.client("emr")
-
-
-@logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler
-@metrics.log_metrics
+@obs.handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     # Only pipelines on a long-running cluster call EMR here (to resolve the cluster).
-    emr = _emr() if event["settings"].get("existing_cluster_json") else None
-    result = prepare_run(event, _s3(), emr)
+    emr = CLIENTS.emr if event["settings"].get("existing_cluster_json") else None
+    result = prepare_run(event, CLIENTS.s3, emr)
     pipeline = event["settings"]["pipeline"]
     metrics.add_dimension(name="pipeline", value=pipeline)
     if result["valid"]:

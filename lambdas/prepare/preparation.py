@@ -29,8 +29,10 @@ from typing import Any
 from autopilot_common.admission import arrival_of
 from autopilot_common.causes import cap_cause, shown
 from autopilot_common.keys import skip_reason
+from autopilot_common.ledger import SCHEMA_VERSION, STARTED, RunLedgerEntry, ledger_key
 from autopilot_common.manifest import InputManifest, ManifestObject, manifest_key
 from autopilot_common.s3uri import parse_s3_uri, s3_uri
+from autopilot_common.tags import run_tags
 
 INVALID_INPUT = "InvalidExecutionInput"
 CLUSTER_UNAVAILABLE = "ClusterNotAvailable"
@@ -348,7 +350,7 @@ def _run_record(
     run_prefix = f"{settings.output_prefix}/run_id={run_id}"
     output_uri = s3_uri(settings.outputs_bucket, run_prefix + "/")
     log_uri = s3_uri(settings.logs_bucket, f"{settings.runtime}/{settings.pipeline}/{run_id}/")
-    ledger_key = f"_runs/{settings.pipeline}/{started:%Y/%m/%d}/{run_id}.json"
+    key = ledger_key(settings.pipeline, started, run_id)
     timeout = overrides.get("execution_timeout_minutes", settings.execution_timeout_minutes)
     arguments = [
         "--manifest",
@@ -360,6 +362,28 @@ def _run_record(
         *settings.arguments,
         *overrides.get("arguments", []),
     ]
+    entry: RunLedgerEntry = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "pipeline": settings.pipeline,
+        "state": STARTED,
+        "trigger": trigger,
+        "execution_arn": execution["id"],
+        "input_manifest": manifest_uri,
+        "object_count": object_count,
+        "runtime": settings.runtime,
+        "application_id": settings.application_id,
+        "job_run_id": None,
+        "started_at": execution["start_time"],
+        "ended_at": None,
+        "output_uri": output_uri,
+        "log_uri": log_uri,
+        "overrides": overrides,
+        "metrics": None,
+        "error": None,
+        "cause": None,
+        "admission": None,  # {queued_at, admitted_at, queued_seconds, waited} once AcquireRunSlot admits the run
+    }
     record: dict[str, Any] = {
         "run_id": run_id,
         "pipeline": settings.pipeline,
@@ -374,8 +398,8 @@ def _run_record(
         "outputs_bucket": settings.outputs_bucket,
         "success_key": f"{run_prefix}/_SUCCESS",
         "metrics_key": f"{run_prefix}/_metrics.json",
-        "ledger_key": ledger_key,
-        "ledger_uri": s3_uri(settings.outputs_bucket, ledger_key),
+        "ledger_key": key,
+        "ledger_uri": s3_uri(settings.outputs_bucket, key),
         "log_uri": log_uri,
         "job": {
             "name": run_id,
@@ -387,32 +411,11 @@ def _run_record(
             "task_timeout_seconds": timeout * 60
             + (0 if settings.runtime == "emr-eks" else TASK_TIMEOUT_MARGIN_SECONDS),
         },
-        "ledger": {
-            "schema_version": 1,
-            "run_id": run_id,
-            "pipeline": settings.pipeline,
-            "state": "STARTED",
-            "trigger": trigger,
-            "execution_arn": execution["id"],
-            "input_manifest": manifest_uri,
-            "object_count": object_count,
-            "runtime": settings.runtime,
-            "application_id": settings.application_id,
-            "job_run_id": None,
-            "started_at": execution["start_time"],
-            "ended_at": None,
-            "output_uri": output_uri,
-            "log_uri": log_uri,
-            "overrides": overrides,
-            "metrics": None,
-            "error": None,
-            "cause": None,
-            "admission": None,  # {queued_at, admitted_at, queued_seconds, waited} once AcquireRunSlot admits the run
-        },
+        "ledger": entry,
     }
     if settings.is_ec2:
         record |= _ec2_parts(run_id, execution, settings, manifest_uri, output_uri, log_uri, overrides)
-        record["ledger"] |= {"application_id": None, "cluster_id": None, "steps": []}
+        entry |= {"application_id": None, "cluster_id": None, "steps": []}
     return record
 
 
@@ -447,7 +450,7 @@ def _ec2_parts(
                 "hadoop_jar_step": jar_step,
             }
         )
-    tags = {**settings.cluster_tags, "autopilot:run-id": run_id, "autopilot:execution": execution["id"]}
+    tags = run_tags(settings.cluster_tags, run_id=run_id, execution=execution["id"])
     return {
         "cluster": {
             "name": f"autopilot {settings.pipeline} {run_id}"[:256],

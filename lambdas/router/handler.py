@@ -11,20 +11,20 @@ import os
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
+from aws_lambda_powertools import single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from autopilot_common.clients import Clients
+from autopilot_common.observability import METRICS_NAMESPACE, observability
 from claims import ClaimStore
-from routing import METRICS_NAMESPACE, RETRY_CONFIG, SERVICE, BatchReport, Router, RouterSettings, aws_clients
+from routing import SERVICE, BatchReport, Router, RouterSettings
 
-logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
-metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
-
-# Fails the cold start with one message naming the missing variable.
-SETTINGS = RouterSettings.from_env(os.environ)
+obs = observability(SERVICE)
+logger, metrics = obs.logger, obs.metrics
+SETTINGS = RouterSettings.from_env(os.environ)  # fails the cold start naming the missing variable
+CLIENTS = Clients()
 # Report (never raise) a batch whose records all failed, so run failures can be added to the response.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -32,22 +32,19 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 @cache
 def _router() -> Router:
     """Built on first use, so importing the module needs no AWS credentials or region."""
-    s3, sfn, dynamodb, sns = aws_clients(RETRY_CONFIG)
-    claims = ClaimStore(dynamodb, SETTINGS.idempotency_table, ttl_seconds=SETTINGS.ttl_seconds)
+    claims = ClaimStore(CLIENTS.dynamodb, SETTINGS.idempotency_table, ttl_seconds=SETTINGS.ttl_seconds)
     return Router(
-        s3=s3,
-        sfn=sfn,
+        s3=CLIENTS.s3,
+        sfn=CLIENTS.sfn,
         claims=claims,
         manifest_bucket=SETTINGS.manifest_bucket,
         ledger_bucket=SETTINGS.ledger_bucket,
-        sns=sns,
+        sns=CLIENTS.sns,
         topic_arn=SETTINGS.topic_arn,
     )
 
 
-@logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler
-@metrics.log_metrics
+@obs.handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records") or []
     metrics.add_metric(name="RecordsReceived", unit=MetricUnit.Count, value=len(records))

@@ -53,21 +53,18 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from autopilot_common.keys import folder_of, in_temporary_folder, is_marker, skip_reason
 from autopilot_common.ledger import ledger_key, skipped_entry, write_entry
 from autopilot_common.manifest import InputManifest, ManifestObject, manifest_key
 from autopilot_common.names import is_legal_execution_name, run_id_for
+from autopilot_common.settings import Environment
 from claims import EARLIER_RUN, ClaimStore
 
 SERVICE = "autopilot-router"
-METRICS_NAMESPACE = "EmrAutopilot"
 DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60
 MODES = ("per_object", "window", "marker")
-# Standard mode backs off on throttling; 5 attempts in all (botocore's `max_attempts` would mean 5 retries).
-RETRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5})
 UNKNOWN_PIPELINE = "unknown"
 WAITING_FOR_MARKER = "waiting for marker"
 OBJECT_GONE = "object gone before it was read"
@@ -134,43 +131,16 @@ class RouterSettings:
         `IDEMPOTENCY_TTL_SECONDS` defaults to 7 days (longer than the queue's 4-day retention, so a claim
         outlives every redelivery of its message).
         """
-        required = {
-            "MANIFEST_BUCKET": "the artifacts bucket that receives input manifests",
-            "IDEMPOTENCY_TABLE": "the DynamoDB table that holds object claims",
-            "LEDGER_BUCKET": "the outputs bucket that holds the run ledger (SKIPPED entries)",
-            "TOPIC_ARN": "the SNS topic told about arrivals that start nothing",
-        }
-        for name, meaning in required.items():
-            if not env.get(name, "").strip():
-                raise RuntimeError(f"environment variable {name} is not set; expected {meaning}")
-        raw_ttl = env.get("IDEMPOTENCY_TTL_SECONDS", "").strip()
-        ttl = DEFAULT_TTL_SECONDS
-        if raw_ttl:
-            if not raw_ttl.isdigit() or int(raw_ttl) < 1:
-                raise RuntimeError(
-                    f"environment variable IDEMPOTENCY_TTL_SECONDS is {raw_ttl!r}; expected a positive whole "
-                    f"number of seconds (default {DEFAULT_TTL_SECONDS})"
-                )
-            ttl = int(raw_ttl)
+        read = Environment(env)
         return cls(
-            manifest_bucket=env["MANIFEST_BUCKET"].strip(),
-            idempotency_table=env["IDEMPOTENCY_TABLE"].strip(),
-            ledger_bucket=env["LEDGER_BUCKET"].strip(),
-            topic_arn=env["TOPIC_ARN"].strip(),
-            ttl_seconds=ttl,
+            manifest_bucket=read.required("MANIFEST_BUCKET", "the artifacts bucket that receives input manifests"),
+            idempotency_table=read.required("IDEMPOTENCY_TABLE", "the DynamoDB table that holds object claims"),
+            ledger_bucket=read.required(
+                "LEDGER_BUCKET", "the outputs bucket that holds the run ledger (SKIPPED entries)"
+            ),
+            topic_arn=read.required("TOPIC_ARN", "the SNS topic told about arrivals that start nothing"),
+            ttl_seconds=read.positive_int("IDEMPOTENCY_TTL_SECONDS", DEFAULT_TTL_SECONDS, "seconds"),
         )
-
-
-def aws_clients(config: Config = RETRY_CONFIG) -> tuple[Any, Any, Any, Any]:
-    """(s3, stepfunctions, dynamodb, sns) boto3 clients with standard-mode retries (5 attempts by default)."""
-    import boto3  # deferred: importing this module must not need AWS credentials or a region
-
-    return (
-        boto3.client("s3", config=config),
-        boto3.client("stepfunctions", config=config),
-        boto3.client("dynamodb", config=config),
-        boto3.client("sns", config=config),
-    )
 
 
 # --------------------------------------------------------------------------- parsing

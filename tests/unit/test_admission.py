@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from autopilot_common import admission
+from autopilot_common import admission, dynamo
 from autopilot_common.admission import (
     AcquireRequest,
     Caps,
@@ -369,7 +369,7 @@ def test_transaction_conflicts_are_retried() -> None:
             if len(calls) < 3:
                 raise ClientError(conflict, "TransactWriteItems")  # type: ignore[arg-type]
 
-    admission._transact(Flaky(), [{"Put": {}}])
+    dynamo.transact(Flaky(), [{"Put": {}}])
     assert len(calls) == 3
 
 

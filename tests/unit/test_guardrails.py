@@ -1,4 +1,4 @@
-"""Guardrail domain (`lambdas/guardrail/guardrails.py`): settings, CloudTrail reactions, the CANCELLED race,
+"""Guardrail domain (`lambdas/guardrail/`): settings, CloudTrail reactions, the CANCELLED race,
 cleanup idempotency and the sweeper's release of leaked run slots.
 
 S3, DynamoDB and SNS are moto; EMR and Step Functions are small fakes (moto 5.2.5 has no auto-termination
@@ -17,21 +17,15 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from guardrails import (
-    CANCELLATION_KEY_PREFIX,
-    Clients,
-    GuardrailEventError,
-    GuardrailSettings,
-    PipelineRef,
-    RunRef,
-    UnmanagedPolicy,
-    clean_up_execution,
-    react_to_cloudtrail,
-    sweep,
-)
 from moto import mock_aws
 
 from autopilot_common.admission import AcquireRequest, Caps, Limit, Reservation, acquire, counters, runs
+from autopilot_common.clients import Clients
+from cloudtrail_reactions import CANCELLATION_KEY_PREFIX, react_to_cloudtrail
+from execution_cleanup import clean_up_execution
+from guardrail_settings import GuardrailEventError, GuardrailSettings, PipelineRef, UnmanagedPolicy
+from orphan_sweeper import sweep
+from run_teardown import RunRef
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 DEPLOYMENT, BUCKET, CLAIMS, ADMISSION = "autopilot-test", "outputs-bkt", "claims", "admission"

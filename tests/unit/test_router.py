@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from autopilot_common.clients import Clients
 from autopilot_common.manifest import InputManifest
 from autopilot_common.names import run_id_for
 from claims import ClaimStore, claim_id
@@ -30,7 +31,6 @@ from routing import (
     MalformedRecord,
     Router,
     RouterSettings,
-    aws_clients,
     data_event_key,
     parse_envelope,
     raw_object_key,
@@ -212,7 +212,8 @@ def test_settings_name_the_missing_variable_and_default_the_ttl() -> None:
 
 
 def test_clients_retry_throttling_in_standard_mode(aws: Aws) -> None:
-    for client in aws_clients():
+    clients = Clients()
+    for client in (clients.s3, clients.sfn, clients.dynamodb, clients.sns):
         assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 5}
 
 

@@ -435,7 +435,7 @@ def test_eks_job_task_timeout_is_the_job_timeout_itself() -> None:
 
 
 def test_finalize_copies_the_clusters_scaling_actions_into_the_ledger_update() -> None:
-    from autopilot_common.scaling import CLUSTER_PREFIX
+    from autopilot_common.scaling_state import CLUSTER_PREFIX
     from finalization import ScalingState
 
     class Table:

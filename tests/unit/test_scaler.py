@@ -1,5 +1,5 @@
 """Scaler (`lambdas/scaler/`): the pure scaling decision, alarm names and events, the durable claim in DynamoDB
-(`autopilot_common.scaling`), and the whole flow from an alarm event to a resized task fleet/group and a
+(`autopilot_common.scaling_state`), and the whole flow from an alarm event to a resized task fleet/group and a
 ledger entry.
 
 DynamoDB, S3, Step Functions, CloudWatch and EMR instance groups are moto. moto 5.2.5 has no instance fleets
@@ -22,10 +22,10 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from autopilot_common import scaling as state
+from autopilot_common import scaling_state as state
 from config.loader import load_config
 from config.scaling import AlarmScaling, scaling_env_entry
-from scaling import (
+from fleet_scaling import (
     Clients,
     Decision,
     ScalerEventError,
@@ -808,7 +808,7 @@ def test_handler_scales_skips_and_emits_metrics(
     }.items():
         monkeypatch.setenv(name, value)
     handler = load_handler("scaler")
-    monkeypatch.setattr(handler, "_clients", lambda: aws.clients)
+    monkeypatch.setattr(handler, "CLIENTS", aws.clients)
     cluster_id, _, _ = aws.fleet_cluster()
     event = alarm_event(alarm_name(FLEETS, cluster_id, "out", "memory-low"), at=datetime.now(UTC))
 

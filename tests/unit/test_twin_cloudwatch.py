@@ -21,8 +21,8 @@ from aws_lambda_powertools.utilities.data_classes.cloud_watch_alarm_event import
 from botocore.exceptions import ClientError
 from moto.cloudwatch.models import cloudwatch_backends
 
+from fleet_scaling import alarm_of
 from local.twin import Twin
-from scaling import alarm_of
 from tests.unit.twin_helpers import deployed_twin, wait_for
 
 ACCOUNT, REGION = "123456789012", "us-east-1"

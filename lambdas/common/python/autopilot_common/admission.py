@@ -33,15 +33,16 @@ touching the table: it holds nothing, so releasing it is a no-op.
 from __future__ import annotations
 
 import json
-import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+
+from autopilot_common.dynamo import TransactionCancelled, dump_item, error_code, load_item, transact
+from autopilot_common.ledger import iso, write_entry
+from autopilot_common.settings import Environment
 
 CAPS_ENV = "ADMISSION_CAPS"
 TABLE_ENV = "ADMISSION_TABLE"
@@ -56,18 +57,12 @@ LINE, CAP_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "QUEUE#"
 _SEP = "\x1f"  # sorts below every printable character: `a` before `a/b` in the queue
 _MAX_KEY_BYTES = 512  # DynamoDB sort keys are at most 1024 bytes
 _TRANSACTION_ATTEMPTS = 12
-_SERIALIZER, _DESERIALIZER = TypeSerializer(), TypeDeserializer()
 
 Clock = Callable[[], datetime]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    """`2024-06-01T12:00:00.123Z`: millisecond ISO 8601 UTC, as Step Functions writes times."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------- caps and reservations
@@ -156,6 +151,25 @@ class Caps:
 
     def pipeline(self, name: str) -> Limit:
         return self.pipelines.get(name) or Limit()
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    """The admission function's environment: `ADMISSION_TABLE`, `ADMISSION_CAPS` (caps JSON) and optional
+    `LEDGER_BUCKET` (where QUEUED ledger entries go)."""
+
+    table: str
+    caps: Caps
+    ledger_bucket: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AdmissionSettings:
+        read = Environment(env)
+        return cls(
+            table=read.required(TABLE_ENV, "the DynamoDB table that holds run slots and the queue"),
+            caps=Caps.from_env(env),
+            ledger_bucket=read.optional(LEDGER_BUCKET_ENV),
+        )
 
 
 def pipeline_scope(pipeline: str) -> str:
@@ -270,15 +284,6 @@ class _QueueEntry:
         )
 
 
-class _Cancelled(Exception):
-    """A transaction was cancelled by a condition: `failed` holds the indexes, `items` the old values."""
-
-    def __init__(self, failed: set[int], items: dict[int, dict[str, Any]]) -> None:
-        super().__init__(f"transaction cancelled at items {sorted(failed)}")
-        self.failed = failed
-        self.items = items
-
-
 # --------------------------------------------------------------------------- public API
 
 
@@ -338,22 +343,22 @@ def enqueue(ddb: Any, table: str, request: AcquireRequest, now: datetime) -> str
     run_item = {"pk": "RUN", "sk": request.run_id, "state": QUEUED, "queue_sk": sk, **common}
     queue_item = {"pk": LINE, "sk": sk, "token": request.token, **common}
     try:
-        _transact(
+        transact(
             ddb,
             [
                 {
                     "Put": {
                         "TableName": table,
-                        "Item": _dump(run_item),
+                        "Item": dump_item(run_item),
                         "ConditionExpression": "attribute_not_exists(pk) OR #state = :queued",
                         "ExpressionAttributeNames": {"#state": "state"},
-                        "ExpressionAttributeValues": _dump({":queued": QUEUED}),
+                        "ExpressionAttributeValues": dump_item({":queued": QUEUED}),
                     }
                 },
-                {"Put": {"TableName": table, "Item": _dump(queue_item)}},
+                {"Put": {"TableName": table, "Item": dump_item(queue_item)}},
             ],
         )
-    except _Cancelled:
+    except TransactionCancelled:
         return ADMITTED
     return QUEUED
 
@@ -398,13 +403,13 @@ def _dispatch(
         page = ddb.query(
             TableName=table,
             KeyConditionExpression="pk = :line",
-            ExpressionAttributeValues=_dump({":line": LINE}),
+            ExpressionAttributeValues=dump_item({":line": LINE}),
             ConsistentRead=True,
             Limit=100,
             **kwargs,
         )
         for raw in page.get("Items", []):
-            item = _load(raw)
+            item = load_item(raw)
             if item["sk"].startswith(CAP_PREFIX):
                 held[item["sk"].removeprefix(CAP_PREFIX)] = {d: int(item.get(d, 0)) for d in DIMENSIONS}
                 continue
@@ -496,7 +501,7 @@ def queue_position(ddb: Any, table: str, pipeline: str, sk: str) -> int | None:
             KeyConditionExpression="pk = :line AND sk BETWEEN :first AND :mine",
             FilterExpression="pipeline = :pipeline",
             ProjectionExpression="sk",
-            ExpressionAttributeValues=_dump(
+            ExpressionAttributeValues=dump_item(
                 {":line": LINE, ":first": QUEUE_PREFIX, ":mine": sk, ":pipeline": pipeline}
             ),
             ConsistentRead=True,
@@ -514,19 +519,8 @@ def write_queued_ledger(
 ) -> bool:
     """The QUEUED ledger entry; never overwrites one the workflow already wrote (S3 `If-None-Match: *`)."""
     body = {**ledger, "state": QUEUED, "admission": {"queued_at": iso(queued_at), "position": position}}
-    try:
-        s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
-            ContentType="application/json",
-            IfNoneMatch="*",
-        )
-    except ClientError as exc:
-        if _code(exc) in {"PreconditionFailed", "ConditionalRequestConflict"}:
-            return False  # the run was admitted meanwhile: its STARTED entry stays
-        raise
-    return True
+    # False: the run was admitted meanwhile, and its STARTED entry stays.
+    return write_entry(s3, bucket, key, body, only_if_absent=True)
 
 
 def counters(ddb: Any, table: str) -> dict[str, dict[str, int]]:
@@ -534,12 +528,12 @@ def counters(ddb: Any, table: str) -> dict[str, dict[str, int]]:
     page = ddb.query(
         TableName=table,
         KeyConditionExpression="pk = :line AND begins_with(sk, :cap)",
-        ExpressionAttributeValues=_dump({":line": LINE, ":cap": CAP_PREFIX}),
+        ExpressionAttributeValues=dump_item({":line": LINE, ":cap": CAP_PREFIX}),
         ConsistentRead=True,
     )
     out: dict[str, dict[str, int]] = {}
     for raw in page.get("Items", []):
-        item = _load(raw)
+        item = load_item(raw)
         out[item["sk"].removeprefix(CAP_PREFIX)] = {d: int(item.get(d, 0)) for d in DIMENSIONS}
     return out
 
@@ -553,11 +547,11 @@ def runs(ddb: Any, table: str, state: str | None = None) -> list[dict[str, Any]]
         page = ddb.query(
             TableName=table,
             KeyConditionExpression="pk = :run",
-            ExpressionAttributeValues=_dump({":run": "RUN"}),
+            ExpressionAttributeValues=dump_item({":run": "RUN"}),
             ConsistentRead=True,
             **kwargs,
         )
-        items += [item for item in (_load(raw) for raw in page.get("Items", [])) if state in (None, item["state"])]
+        items += [item for item in (load_item(raw) for raw in page.get("Items", [])) if state in (None, item["state"])]
         start = page.get("LastEvaluatedKey")
         if not start:
             return items
@@ -583,13 +577,13 @@ def _admit(
         {
             "Update": {
                 "TableName": table,
-                "Key": _dump({"pk": "RUN", "sk": entry.run_id}),
+                "Key": dump_item({"pk": "RUN", "sk": entry.run_id}),
                 "UpdateExpression": (
                     "SET #state = :admitted, admitted_at = :now, charged = :charged, charge = :charge REMOVE queue_sk"
                 ),
                 "ConditionExpression": "#state = :queued",
                 "ExpressionAttributeNames": {"#state": "state"},
-                "ExpressionAttributeValues": _dump(
+                "ExpressionAttributeValues": dump_item(
                     {
                         ":admitted": ADMITTED,
                         ":queued": QUEUED,
@@ -605,14 +599,14 @@ def _admit(
         {
             "Delete": {
                 "TableName": table,
-                "Key": _dump({"pk": LINE, "sk": entry.sk}),
+                "Key": dump_item({"pk": LINE, "sk": entry.sk}),
                 "ConditionExpression": "attribute_exists(pk)",
             }
         }
     )
     try:
-        _transact(ddb, items)
-    except _Cancelled as cancelled:
+        transact(ddb, items)
+    except TransactionCancelled as cancelled:
         return _why_not(cancelled, scopes, entry.reservation)
     queued_at = _parse_time(entry.queued_at) or now
     try:
@@ -626,13 +620,15 @@ def _admit(
     return ADMITTED
 
 
-def _why_not(cancelled: _Cancelled, scopes: Sequence[Scope], reservation: Reservation) -> str | frozenset[str]:
+def _why_not(
+    cancelled: TransactionCancelled, scopes: Sequence[Scope], reservation: Reservation
+) -> str | frozenset[str]:
     own = len(scopes)  # items after the counters: the RUN update and the queue delete
     if cancelled.failed & {own, own + 1}:
         return "GONE"
     for index in sorted(cancelled.failed):
         if scopes[index].key == DEPLOYMENT:
-            held = cancelled.items.get(index, {})
+            held = cancelled.old_item(index) or {}
             dims = frozenset(
                 d
                 for d in DIMENSIONS
@@ -661,10 +657,10 @@ def _charge(table: str, scope: Scope, reservation: Reservation) -> dict[str, Any
             conditions.append(f"(attribute_not_exists(#{d}) OR #{d} <= :room_{d})")
     update: dict[str, Any] = {
         "TableName": table,
-        "Key": _dump({"pk": LINE, "sk": CAP_PREFIX + scope.key}),
+        "Key": dump_item({"pk": LINE, "sk": CAP_PREFIX + scope.key}),
         "UpdateExpression": "ADD " + ", ".join(f"#{d} :{d}" for d in DIMENSIONS),
         "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": _dump(values),
+        "ExpressionAttributeValues": dump_item(values),
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }
     if conditions:
@@ -676,10 +672,10 @@ def _uncharge(table: str, scope_key: str, reservation: Reservation) -> dict[str,
     return {
         "Update": {
             "TableName": table,
-            "Key": _dump({"pk": LINE, "sk": CAP_PREFIX + scope_key}),
+            "Key": dump_item({"pk": LINE, "sk": CAP_PREFIX + scope_key}),
             "UpdateExpression": "ADD " + ", ".join(f"#{d} :{d}" for d in DIMENSIONS),
             "ExpressionAttributeNames": {f"#{d}": d for d in DIMENSIONS},
-            "ExpressionAttributeValues": _dump({f":{d}": -reservation.amount(d) for d in DIMENSIONS}),
+            "ExpressionAttributeValues": dump_item({f":{d}": -reservation.amount(d) for d in DIMENSIONS}),
         }
     }
 
@@ -695,16 +691,16 @@ def _release_run(ddb: Any, table: str, run_id: str, hint: tuple[str, Reservation
         admitted_as_hinted = {
             "Delete": {
                 "TableName": table,
-                "Key": _dump({"pk": "RUN", "sk": run_id}),
+                "Key": dump_item({"pk": "RUN", "sk": run_id}),
                 "ConditionExpression": "#state = :admitted AND charge = :charge",
                 "ExpressionAttributeNames": {"#state": "state"},
-                "ExpressionAttributeValues": _dump({":admitted": ADMITTED, ":charge": charge}),
+                "ExpressionAttributeValues": dump_item({":admitted": ADMITTED, ":charge": charge}),
             }
         }
         undo = [_uncharge(table, key, reservation) for key in charge.partition("|")[0].split(",")]
         try:
-            _transact(ddb, [admitted_as_hinted, *undo])
-        except _Cancelled:
+            transact(ddb, [admitted_as_hinted, *undo])
+        except TransactionCancelled:
             pass  # queued, absent, or charged under other caps: read what it holds
         else:
             return True
@@ -716,20 +712,20 @@ def _release_run(ddb: Any, table: str, run_id: str, hint: tuple[str, Reservation
         delete_run = {
             "Delete": {
                 "TableName": table,
-                "Key": _dump({"pk": "RUN", "sk": run_id}),
+                "Key": dump_item({"pk": "RUN", "sk": run_id}),
                 "ConditionExpression": "#state = :state",
                 "ExpressionAttributeNames": {"#state": "state"},
-                "ExpressionAttributeValues": _dump({":state": state}),
+                "ExpressionAttributeValues": dump_item({":state": state}),
             }
         }
         if state == ADMITTED:
             reservation = Reservation.from_json(item.get("reservation"))
             undo = [_uncharge(table, key, reservation) for key in item.get("charged", [])]
         else:
-            undo = [{"Delete": {"TableName": table, "Key": _dump({"pk": LINE, "sk": item["queue_sk"]})}}]
+            undo = [{"Delete": {"TableName": table, "Key": dump_item({"pk": LINE, "sk": item["queue_sk"]})}}]
         try:
-            _transact(ddb, [delete_run, *undo])
-        except _Cancelled:
+            transact(ddb, [delete_run, *undo])
+        except TransactionCancelled:
             continue  # admitted or released meanwhile: look again
         return True
     raise RuntimeError(f"could not release run {run_id}: its admission state kept changing")
@@ -737,20 +733,20 @@ def _release_run(ddb: Any, table: str, run_id: str, hint: tuple[str, Reservation
 
 def _forget_queued(ddb: Any, table: str, entry: _QueueEntry) -> bool:
     try:
-        _transact(
+        transact(
             ddb,
             [
                 {
                     "Delete": {
                         "TableName": table,
-                        "Key": _dump({"pk": LINE, "sk": entry.sk}),
+                        "Key": dump_item({"pk": LINE, "sk": entry.sk}),
                         "ConditionExpression": "attribute_exists(pk)",
                     }
                 },
-                {"Delete": {"TableName": table, "Key": _dump({"pk": "RUN", "sk": entry.run_id})}},
+                {"Delete": {"TableName": table, "Key": dump_item({"pk": "RUN", "sk": entry.run_id})}},
             ],
         )
-    except _Cancelled:
+    except TransactionCancelled:
         return False
     return True
 
@@ -771,18 +767,18 @@ def _unadmit(ddb: Any, table: str, entry: _QueueEntry, scopes: Sequence[Scope]) 
         {
             "Update": {
                 "TableName": table,
-                "Key": _dump({"pk": "RUN", "sk": entry.run_id}),
+                "Key": dump_item({"pk": "RUN", "sk": entry.run_id}),
                 "UpdateExpression": "SET #state = :queued, queue_sk = :sk REMOVE admitted_at, charged, charge",
                 "ConditionExpression": "#state = :admitted",
                 "ExpressionAttributeNames": {"#state": "state"},
-                "ExpressionAttributeValues": _dump({":queued": QUEUED, ":admitted": ADMITTED, ":sk": entry.sk}),
+                "ExpressionAttributeValues": dump_item({":queued": QUEUED, ":admitted": ADMITTED, ":sk": entry.sk}),
             }
         }
     )
-    items.append({"Put": {"TableName": table, "Item": _dump(queue_item)}})
+    items.append({"Put": {"TableName": table, "Item": dump_item(queue_item)}})
     try:
-        _transact(ddb, items)
-    except _Cancelled:
+        transact(ddb, items)
+    except TransactionCancelled:
         pass  # released meanwhile: nothing to undo
 
 
@@ -797,7 +793,7 @@ def _answer(sfn: Any, token: str, *, queued_at: datetime, admitted_at: datetime,
     try:
         sfn.send_task_success(taskToken=token, output=json.dumps(output))
     except ClientError as exc:
-        if _code(exc) in TOKEN_GONE:
+        if error_code(exc) in TOKEN_GONE:
             return False
         raise
     return True
@@ -807,53 +803,10 @@ def _fail_task(sfn: Any, token: str, error: str, cause: str) -> None:
     try:
         sfn.send_task_failure(taskToken=token, error=error, cause=cause[:32768])
     except ClientError as exc:
-        if _code(exc) not in TOKEN_GONE:
+        if error_code(exc) not in TOKEN_GONE:
             raise
 
 
-def _transact(ddb: Any, items: list[dict[str, Any]]) -> None:
-    """TransactWriteItems; raises _Cancelled on a failed condition, retries transaction conflicts."""
-    for attempt in range(_TRANSACTION_ATTEMPTS):
-        try:
-            ddb.transact_write_items(TransactItems=items)
-            return
-        except ClientError as exc:
-            if _code(exc) != "TransactionCanceledException":
-                raise
-            reasons = exc.response.get("CancellationReasons") or []
-            failed = {i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"}
-            if failed:
-                old = {i: _load(r["Item"]) for i, r in enumerate(reasons) if i in failed and r.get("Item")}
-                raise _Cancelled(failed, old) from None
-            if attempt == _TRANSACTION_ATTEMPTS - 1:
-                raise
-            time.sleep(random.uniform(0, 0.02 * 2 ** min(attempt, 5)))  # conflicting transaction: back off
-    raise AssertionError("unreachable")
-
-
 def _get(ddb: Any, table: str, pk: str, sk: str) -> dict[str, Any] | None:
-    raw = ddb.get_item(TableName=table, Key=_dump({"pk": pk, "sk": sk}), ConsistentRead=True).get("Item")
-    return _load(raw) if raw else None
-
-
-def _dump(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _SERIALIZER.serialize(v) for k, v in item.items()}
-
-
-def _load(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _plain(_DESERIALIZER.deserialize(v)) for k, v in raw.items()}
-
-
-def _plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal: ints here (every number in the table is an integer)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | set):
-        return [_plain(v) for v in value]
-    if hasattr(value, "as_integer_ratio") and not isinstance(value, bool | int):
-        return int(value)
-    return value
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+    raw = ddb.get_item(TableName=table, Key=dump_item({"pk": pk, "sk": sk}), ConsistentRead=True).get("Item")
+    return load_item(raw) if raw else None

@@ -1,16 +1,88 @@
-"""boto3 clients for the functions that call EMR's control plane (finalize, guardrail, scaler)."""
+"""The boto3 clients every function uses: one retry policy, built on first use, typed for the type checker.
+
+The policy: botocore's `standard` mode, 5 attempts in all. It retries throttling (EMR's control plane and Step
+Functions throttle bursts of List/Describe and StartExecution calls) and transient errors with exponential
+backoff and jitter (base 1 s doubling, at most 20 s: https://boto3.amazonaws.com/v1/documentation/api/latest/guide/
+retries.html), so the worst case, about 15 s of waiting, stays inside every function's timeout; 8 attempts could
+wait about 70 s, past a 60 s function's end. Beyond that the caller's own retry takes over: SQS redelivers the
+router's messages, Lambda retries asynchronous invocations twice, Step Functions retries the task.
+
+Domain modules take clients as arguments (tests pass moto or fakes); handlers get them from `Clients`, whose
+properties create each client once per execution environment, so importing a handler needs no credentials.
+The types come from the `mypy_boto3_*` stubs, imported only when type checking (never at run time).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore.config import Config
 
-# EMR's control plane throttles bursts of List/Describe calls: adaptive retries smooth them.
-THROTTLE_RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 8})
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch.client import CloudWatchClient
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_emr.client import EMRClient
+    from mypy_boto3_emr_containers.client import EMRContainersClient
+    from mypy_boto3_emr_serverless.client import EMRServerlessClient
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_sns.client import SNSClient
+    from mypy_boto3_stepfunctions.client import SFNClient
+else:
+    CloudWatchClient = DynamoDBClient = EMRClient = EMRContainersClient = EMRServerlessClient = Any
+    S3Client = SFNClient = SNSClient = Any
+
+RETRY_POLICY = Config(retries={"mode": "standard", "total_max_attempts": 5})
 
 
-def aws_client(service: str) -> Any:
-    """A boto3 client for `service` that retries throttling adaptively (up to 8 attempts)."""
-    return boto3.client(service, config=THROTTLE_RETRIES)
+def aws_client(service: str, config: Config = RETRY_POLICY) -> Any:
+    """A boto3 client for `service` with the app's retry policy."""
+    import boto3  # deferred: importing a handler must not need AWS credentials or a region
+
+    return boto3.client(service, config=config)
+
+
+class Clients:
+    """The AWS clients of one execution environment, each created on first use.
+
+    `Clients(emr=..., s3=...)` hands in ready clients instead (tests pass moto, twin or fake ones); a
+    client not handed in is still created on first use.
+    """
+
+    def __init__(self, **given: Any) -> None:
+        unknown = sorted(set(given) - {n for n, v in vars(Clients).items() if isinstance(v, cached_property)})
+        if unknown:
+            raise TypeError(f"Clients: unknown client(s) {unknown}")
+        self.__dict__.update(given)  # cached_property reads the instance dict first
+
+    @cached_property
+    def s3(self) -> S3Client:
+        return aws_client("s3")  # type: ignore[no-any-return]
+
+    @cached_property
+    def sfn(self) -> SFNClient:
+        return aws_client("stepfunctions")  # type: ignore[no-any-return]
+
+    @cached_property
+    def dynamodb(self) -> DynamoDBClient:
+        return aws_client("dynamodb")  # type: ignore[no-any-return]
+
+    @cached_property
+    def sns(self) -> SNSClient:
+        return aws_client("sns")  # type: ignore[no-any-return]
+
+    @cached_property
+    def emr(self) -> EMRClient:
+        return aws_client("emr")  # type: ignore[no-any-return]
+
+    @cached_property
+    def emr_serverless(self) -> EMRServerlessClient:
+        return aws_client("emr-serverless")  # type: ignore[no-any-return]
+
+    @cached_property
+    def emr_containers(self) -> EMRContainersClient:
+        return aws_client("emr-containers")  # type: ignore[no-any-return]
+
+    @cached_property
+    def cloudwatch(self) -> CloudWatchClient:
+        return aws_client("cloudwatch")  # type: ignore[no-any-return]

@@ -1,5 +1,12 @@
 """The run ledger: one JSON entry per run at `s3://<outputs>/_runs/<pipeline>/<YYYY/MM/DD>/<run id>.json`.
 
+The one home of the ledger: its states, the typed entry (`RunLedgerEntry`), the key layout, and reading and
+(conditionally) writing entries. Every writer uses it: prepare (the STARTED entry the workflow writes and
+merges its final update into), admission (QUEUED), finalize (the EC2 run's update), the guardrails (ABORTED,
+TIMED_OUT, CANCELLED, orphans), the scaler (`scaling.actions`) and the router (SKIPPED); the twin's and the
+CLI's reader too. `config/ledger.schema.json` is the JSON Schema of an entry for other readers (generated from
+this model by `make docs`; the e2e suite validates every entry it writes against it).
+
 The date is the run's start (UTC): the execution's start time, or for an arrival the router decided not to run
 (`SKIPPED`) the event time of the arrival, so a redelivered arrival rewrites the same entry.
 
@@ -12,20 +19,132 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, Literal, Required, TypedDict
 
 from botocore.exceptions import ClientError
 
 LEDGER_PREFIX = "_runs/"
-SCHEMA_VERSION = 1
-SKIPPED = "SKIPPED"
+SCHEMA_VERSION: Final = 1
+
+QUEUED: Final = "QUEUED"  # waiting for a run slot (admission)
+STARTED: Final = "STARTED"
+SUCCEEDED: Final = "SUCCEEDED"
+FAILED: Final = "FAILED"
+ABORTED: Final = "ABORTED"  # the execution was stopped (StopExecution)
+TIMED_OUT: Final = "TIMED_OUT"  # the run exceeded run_timeout_minutes
+CANCELLED: Final = "CANCELLED"  # its step or job run was cancelled outside the app
+SKIPPED: Final = "SKIPPED"  # an arrival that started nothing (router)
+RunState = Literal["QUEUED", "STARTED", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED"]
+RUN_STATES: tuple[RunState, ...] = (QUEUED, STARTED, SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED)
+# States no later writer may move a run out of (the guardrails only amend them: cleanup, who stopped it).
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED})
+
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_ALREADY_EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
+
+
+class Admission(TypedDict, total=False):
+    """The run slot: `queued_at` and `position` while QUEUED; `admitted_at`, `queued_seconds`, `waited` once
+    admitted (autopilot_common.admission)."""
+
+    queued_at: str
+    position: int | None
+    admitted_at: str
+    queued_seconds: float
+    waited: bool
+
+
+class StepRecord(TypedDict, total=False):
+    """One EMR step of an EC2 run (finalize): EMR's timeline beside the moment the workflow noticed its end."""
+
+    id: str
+    name: str
+    state: str
+    started_at: str | None
+    ended_at: str | None
+    duration_seconds: float | None
+    noticed_at: str | None
+    notice_delay_seconds: float | None
+    failure: dict[str, Any] | None
+    reason: str | None
+
+
+class Cleanup(TypedDict, total=False):
+    """What the guardrails' cleanup did when the execution ended badly."""
+
+    at: str
+    execution_status: str
+    clusters_terminated: list[str]
+    steps_cancelled: list[str]
+    job_runs_cancelled: list[str]
+    alarms_deleted: list[str]
+    slot_released: bool
+
+
+class RunLedgerEntry(TypedDict, total=False):
+    """One run's entry. Required in every state: `schema_version`, `run_id`, `pipeline`, `state`, `started_at`.
+
+    Nested objects that mirror an AWS response or a user's input (`trigger`, `overrides`, `cluster`, `metrics`,
+    `scaling`) are kept open: their keys follow EMR and the job, not this model.
+    """
+
+    schema_version: Required[Literal[1]]
+    run_id: Required[str]
+    pipeline: Required[str]
+    state: Required[RunState]
+    started_at: Required[str]
+    ended_at: str | None
+    # What started it
+    trigger: dict[str, Any]
+    execution_arn: str | None
+    input_manifest: str | None
+    object_count: int
+    objects: list[dict[str, Any]]  # SKIPPED: the objects that were seen
+    reason: str  # SKIPPED: why nothing started
+    overrides: dict[str, Any]
+    # Where it ran
+    runtime: str
+    application_id: str | None  # EMR Serverless
+    job_run_id: str | None  # EMR Serverless, EMR on EKS
+    virtual_cluster_id: str | None  # EMR on EKS
+    cluster_id: str | None  # EMR on EC2
+    cluster: dict[str, Any]
+    steps: list[StepRecord]
+    cancelled_steps: list[str]
+    failed_step: str | None
+    instance_hours_estimate: dict[str, Any]
+    scaling: dict[str, Any]
+    admission: Admission | None
+    # What it produced, and how it ended
+    output_uri: str
+    log_uri: str
+    metrics: dict[str, Any] | None
+    error: str | None
+    cause: str | None
+    previous_state: str | None
+    cleanup: Cleanup
+    swept: dict[str, Any]
+    aborted_by: str
+    aborted_at: str
+    cancelled_by: str
+    cancelled_at: str
+    cancel_action: str
+
+
+def iso(moment: datetime) -> str:
+    """`2024-06-01T12:00:00.123Z`: millisecond ISO 8601 UTC, as Step Functions writes times (and the ledger)."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def ledger_key(pipeline: str, started: datetime, run_id: str) -> str:
     """`_runs/<pipeline>/<YYYY/MM/DD of the run's start, UTC>/<run id>.json`."""
     day = started.astimezone(UTC) if started.tzinfo else started
     return f"{LEDGER_PREFIX}{pipeline}/{day:%Y/%m/%d}/{run_id}.json"
+
+
+def ledger_prefix(pipeline: str | None = None) -> str:
+    """`_runs/` or `_runs/<pipeline>/`: where a reader lists entries."""
+    return LEDGER_PREFIX + (f"{pipeline}/" if pipeline else "")
 
 
 def read_entry(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
@@ -40,15 +159,28 @@ def read_entry(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
     return entry
 
 
-def write_entry(s3: Any, bucket: str, key: str, entry: Mapping[str, Any]) -> None:
-    s3.put_object(
-        Bucket=bucket, Key=key, ContentType="application/json", Body=json.dumps(entry, ensure_ascii=False).encode()
-    )
+def write_entry(s3: Any, bucket: str, key: str, entry: Mapping[str, Any], *, only_if_absent: bool = False) -> bool:
+    """Write the entry; with `only_if_absent`, only when no entry exists yet (S3 `If-None-Match: *`), False
+    when one did (another writer got there first and its entry stays)."""
+    extra = {"IfNoneMatch": "*"} if only_if_absent else {}
+    try:
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            ContentType="application/json",
+            Body=json.dumps(entry, ensure_ascii=False).encode("utf-8"),
+            **extra,
+        )
+    except ClientError as exc:
+        if only_if_absent and str(exc.response.get("Error", {}).get("Code")) in _ALREADY_EXISTS:
+            return False
+        raise
+    return True
 
 
 def skipped_entry(
     *, pipeline: str, run_id: str, reason: str, at: datetime, trigger: Mapping[str, Any], objects: list[dict[str, Any]]
-) -> dict[str, Any]:
+) -> RunLedgerEntry:
     """The entry of an arrival (or marker) that started no run: what it was, why, and what was seen."""
     stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {

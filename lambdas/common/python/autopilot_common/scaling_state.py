@@ -18,16 +18,14 @@ entry.
 from __future__ import annotations
 
 import math
-import random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, Literal
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+
+from autopilot_common.dynamo import TransactionCancelled, dump_value, load_value, transact
 
 TRANSITION_PREFIX = "autopilot-scaler.transition#"
 CLUSTER_PREFIX = "autopilot-scaler.cluster#"
@@ -35,7 +33,6 @@ TRANSITION_TTL = timedelta(days=7)
 CLUSTER_TTL = timedelta(days=30)
 CLAIMED, APPLIED, FAILED = "claimed", "applied", "failed"
 _ATTEMPTS = 6  # TransactionConflict: another transaction touched the cluster item at the same moment
-_SERIALIZER, _DESERIALIZER = TypeSerializer(), TypeDeserializer()
 
 
 @dataclass(frozen=True)
@@ -98,32 +95,22 @@ def claim_action(
                     ":cutoff": {"N": _seconds(stamp - cooldown_seconds)},
                     ":expiration": {"N": str(int((now + CLUSTER_TTL).timestamp()))},
                     ":none": {"L": []},
-                    ":action": {"L": [_dump(stored)]},
+                    ":action": {"L": [dump_value(stored)]},
                 },
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         },
     ]
-    for attempt in range(_ATTEMPTS):
-        try:
-            dynamodb.transact_write_items(TransactItems=items)
-            return ClaimResult("claimed")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-                raise
-            reasons = exc.response.get("CancellationReasons") or []
-            codes = [str(r.get("Code", "None")) for r in reasons]
-            if codes and codes[0] == "ConditionalCheckFailed":
-                return ClaimResult("duplicate")  # even if the cooldown failed too: this transition already acted
-            if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
-                old = reasons[1].get("Item") or _get(dynamodb, table, CLUSTER_PREFIX + cluster_id) or {}
-                last = _number(old.get("last_action_at"))
-                left = math.ceil(last + cooldown_seconds - stamp) if last is not None else cooldown_seconds
-                return ClaimResult("cooldown", max(1, left))
-            if attempt == _ATTEMPTS - 1:
-                raise
-            time.sleep(random.uniform(0, 0.02 * 2**attempt))  # TransactionConflict: back off and retry
-    raise AssertionError("unreachable")
+    try:
+        transact(dynamodb, items, attempts=_ATTEMPTS)
+    except TransactionCancelled as cancelled:
+        if cancelled.failed_at(0):
+            return ClaimResult("duplicate")  # even if the cooldown failed too: this transition already acted
+        old = cancelled.reasons[1].get("Item") or _get(dynamodb, table, CLUSTER_PREFIX + cluster_id) or {}
+        last = _number(old.get("last_action_at"))
+        left = math.ceil(last + cooldown_seconds - stamp) if last is not None else cooldown_seconds
+        return ClaimResult("cooldown", max(1, left))
+    return ClaimResult("claimed")
 
 
 def record_outcome(
@@ -135,7 +122,7 @@ def record_outcome(
     update is conditioned on the index still holding this transition, so concurrent claims are safe.
     """
     item = _get(dynamodb, table, CLUSTER_PREFIX + cluster_id) or {}
-    stored = [_load(raw) for raw in item.get("actions", {}).get("L", [])]
+    stored = [load_value(raw) for raw in item.get("actions", {}).get("L", [])]
     index = _claimed_index(stored, transition_id)
     if index is None:
         return False
@@ -165,7 +152,7 @@ def release_claim(
     back (a failed attempt is not an action) and, with `forget_transition`, delete the transition marker so
     a redelivery of the same event (the retry after an unexpected error) may act. False when not stored."""
     item = _get(dynamodb, table, CLUSTER_PREFIX + cluster_id) or {}
-    stored = [_load(raw) for raw in item.get("actions", {}).get("L", [])]
+    stored = [load_value(raw) for raw in item.get("actions", {}).get("L", [])]
     index = _claimed_index(stored, transition_id)
     if index is None:
         return False
@@ -211,7 +198,7 @@ def _claimed_index(stored: list[dict[str, Any]], transition_id: str) -> int | No
 def actions(dynamodb: Any, table: str, cluster_id: str) -> list[dict[str, Any]]:
     """Every action stored for the cluster, oldest first (consistent read; [] when none)."""
     item = _get(dynamodb, table, CLUSTER_PREFIX + cluster_id) or {}
-    return [_load(raw) for raw in item.get("actions", {}).get("L", [])]
+    return [load_value(raw) for raw in item.get("actions", {}).get("L", [])]
 
 
 def last_action_at(dynamodb: Any, table: str, cluster_id: str) -> datetime | None:
@@ -249,34 +236,3 @@ def _number(raw: Any) -> float | None:
     if isinstance(raw, Mapping) and "N" in raw:
         return float(raw["N"])
     return None
-
-
-def _dump(value: Mapping[str, Any]) -> dict[str, Any]:
-    return _SERIALIZER.serialize(_decimals(dict(value)))  # type: ignore[no-any-return]
-
-
-def _decimals(value: Any) -> Any:
-    """DynamoDB takes numbers as Decimal, never float."""
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, Mapping):
-        return {k: _decimals(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_decimals(v) for v in value]
-    return value
-
-
-def _load(raw: Mapping[str, Any]) -> dict[str, Any]:
-    loaded = _plain(_DESERIALIZER.deserialize(dict(raw)))
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _plain(value: Any) -> Any:
-    """Decimals back to int (whole) or float; maps and lists recursively."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | set):
-        return [_plain(v) for v in value]
-    return value

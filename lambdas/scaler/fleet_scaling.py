@@ -8,7 +8,7 @@ For an ALARM transition of one of them the scaler:
    (e.g. RESIZING), the target is already at `max_units` (out) or `min_units` (in), or the cooldown of
    the previous action has not passed; else step the target by `step_units` (`scale_in_step_units`),
    clamped to [min_units, max_units], and split a fleet's target into on-demand and spot (`split_target`);
-3. claims the action in DynamoDB (`autopilot_common.scaling.claim_action`: the same transition acts once,
+3. claims the action in DynamoDB (`autopilot_common.scaling_state.claim_action`: the same transition acts once,
    two concurrent alarms cannot both act within the cooldown) BEFORE calling EMR;
 4. calls ModifyInstanceFleet / ModifyInstanceGroups. EMR refusing the change (validation: the fleet just
    started resizing, the cluster is ending) makes the action `failed` and the event a skip; any other
@@ -35,8 +35,9 @@ from aws_lambda_powertools.utilities.data_classes import CloudWatchAlarmEvent
 from aws_lambda_powertools.utilities.data_classes.cloud_watch_alarm_event import CloudWatchAlarmData
 from botocore.exceptions import ClientError
 
+from autopilot_common.clients import Clients
 from autopilot_common.ledger import ledger_key
-from autopilot_common.scaling import (
+from autopilot_common.scaling_state import (
     APPLIED,
     claim_action,
     last_action_at,
@@ -46,13 +47,11 @@ from autopilot_common.scaling import (
     transition_id,
     transition_seen,
 )
+from autopilot_common.settings import Environment, SettingsError
+from autopilot_common.tags import TAG_DEPLOYMENT, TAG_EXECUTION, TAG_PIPELINE, TAG_RUN_ID
 
 Direction = Literal["out", "in"]
 Collection = Literal["fleets", "groups"]
-TAG_PIPELINE = "autopilot:pipeline"
-TAG_RUN_ID = "autopilot:run-id"
-TAG_EXECUTION = "autopilot:execution"
-TAG_DEPLOYMENT = "autopilot:deployment"
 ALARM_STATE_CHANGE = "CloudWatch Alarm State Change"
 ACTIVE_CLUSTER_STATES = ("RUNNING", "WAITING")
 STARTING_CLUSTER_STATES = ("STARTING", "BOOTSTRAPPING")
@@ -143,43 +142,18 @@ class ScalerSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ScalerSettings:
         """Read and validate the environment; RuntimeError names the first bad variable."""
-        plain = {
-            "DEPLOYMENT": "the deployment name that prefixes the alarm names, e.g. autopilot-dev",
-            "OUTPUTS_BUCKET": "the outputs bucket that holds the run ledger",
-            "STATE_TABLE": "the DynamoDB claims table (key id, TTL expiration)",
-        }
-        for name, meaning in plain.items():
-            if not env.get(name, "").strip():
-                raise RuntimeError(f"environment variable {name} is not set; expected {meaning}")
-        try:
-            raw = json.loads(env.get("SCALING", ""))
-        except ValueError:
-            raise RuntimeError(
-                "environment variable SCALING is not valid JSON; expected an object of pipeline name -> policy"
-            ) from None
-        if not isinstance(raw, dict):
-            raise RuntimeError(f"environment variable SCALING is a {type(raw).__name__}; expected an object")
+        read = Environment(env)
+        deployment = read.required(
+            "DEPLOYMENT", "the deployment name that prefixes the alarm names, e.g. autopilot-dev"
+        )
+        outputs_bucket = read.required("OUTPUTS_BUCKET", "the outputs bucket that holds the run ledger")
+        state_table = read.required("STATE_TABLE", "the DynamoDB claims table (key id, TTL expiration)")
+        raw = read.json("SCALING", dict, expected="an object", meaning="an object of pipeline name -> policy")
         try:
             policies = {str(name): ScalingPolicy.from_json(str(name), spec) for name, spec in raw.items()}
         except ValueError as exc:
-            raise RuntimeError(f"environment variable SCALING: {exc}") from None
-        return cls(
-            deployment=env["DEPLOYMENT"].strip(),
-            outputs_bucket=env["OUTPUTS_BUCKET"].strip(),
-            state_table=env["STATE_TABLE"].strip(),
-            policies=policies,
-        )
-
-
-@dataclass
-class Clients:
-    """The AWS clients the scaler uses (boto3 clients; tests pass moto or fake ones)."""
-
-    emr: Any
-    dynamodb: Any
-    s3: Any
-    sfn: Any
-    cloudwatch: Any
+            raise SettingsError(f"environment variable SCALING: {exc}") from None
+        return cls(deployment=deployment, outputs_bucket=outputs_bucket, state_table=state_table, policies=policies)
 
 
 # --------------------------------------------------------------------------- the decision (pure)

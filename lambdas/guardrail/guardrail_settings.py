@@ -1,0 +1,98 @@
+"""The guardrail function's settings (its environment, validated at cold start), its clients, and the error
+for events it cannot act on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from autopilot_common.admission import CAPS_ENV, TABLE_ENV, Caps
+from autopilot_common.settings import Environment, SettingsError
+
+
+class GuardrailEventError(ValueError):
+    """An event the guardrail cannot act on; the message names the field and what was expected."""
+
+
+@dataclass(frozen=True)
+class PipelineRef:
+    """What the guardrail needs to know of one pipeline (from the `PIPELINES` environment variable)."""
+
+    name: str
+    state_machine_arn: str
+    runtime: str  # emr-serverless | emr-ec2 | emr-eks
+    transient: bool = True
+    application_id: str | None = None
+    virtual_cluster_id: str | None = None
+    max_cluster_lifetime_minutes: int = 195
+
+
+@dataclass(frozen=True)
+class UnmanagedPolicy:
+    """What to do with clusters launched by someone other than this app."""
+
+    enforce_auto_termination: bool = True
+    idle_timeout_minutes: int = 60
+    exempt_tag_key: str = "autopilot:long-running"
+
+
+@dataclass(frozen=True)
+class GuardrailSettings:
+    """The function's environment: `DEPLOYMENT`, `OUTPUTS_BUCKET`, `TOPIC_ARN`, `CLAIMS_TABLE`,
+    `PIPELINES` (JSON: name -> PipelineRef fields), `APP_ROLE_ARNS` (JSON list: roles whose calls are
+    this app's own), `UNMANAGED_CLUSTERS` (JSON: UnmanagedPolicy fields), optional
+    `SERVERLESS_IDLE_STOP_MINUTES` (default 60)."""
+
+    deployment: str
+    outputs_bucket: str
+    topic_arn: str
+    claims_table: str
+    pipelines: Mapping[str, PipelineRef]
+    app_role_arns: frozenset[str]
+    unmanaged: UnmanagedPolicy = field(default_factory=UnmanagedPolicy)
+    serverless_idle_stop_minutes: int = 60
+    admission_table: str | None = None  # `ADMISSION_TABLE`: run slots to release (see autopilot_common.admission)
+    caps: Caps = field(default_factory=Caps)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GuardrailSettings:
+        """Read and validate the environment; RuntimeError names the first bad variable."""
+        read = Environment(env)
+        deployment = read.required("DEPLOYMENT", "the deployment name, e.g. autopilot-dev")
+        outputs_bucket = read.required("OUTPUTS_BUCKET", "the outputs bucket that holds the run ledger")
+        topic_arn = read.required("TOPIC_ARN", "the notifications topic ARN")
+        claims_table = read.required("CLAIMS_TABLE", "the DynamoDB table that records cancellations")
+        pipelines_raw = read.json("PIPELINES", dict, expected="a dict")
+        try:
+            pipelines = {name: PipelineRef(name=name, **spec) for name, spec in pipelines_raw.items()}
+        except TypeError as exc:
+            raise SettingsError(f"environment variable PIPELINES: {exc}; expected name -> PipelineRef fields") from None
+        roles = read.json("APP_ROLE_ARNS", list, expected="a list")
+        unmanaged = (
+            read.json("UNMANAGED_CLUSTERS", dict, expected="a dict") if read.optional("UNMANAGED_CLUSTERS") else {}
+        )
+        return cls(
+            deployment=deployment,
+            outputs_bucket=outputs_bucket,
+            topic_arn=topic_arn,
+            claims_table=claims_table,
+            pipelines=pipelines,
+            app_role_arns=frozenset(str(r) for r in roles),
+            unmanaged=UnmanagedPolicy(**unmanaged),
+            serverless_idle_stop_minutes=read.positive_int("SERVERLESS_IDLE_STOP_MINUTES", 60, "minutes"),
+            admission_table=read.optional(TABLE_ENV),
+            caps=Caps.from_env(env) if env.get(CAPS_ENV) else Caps(),
+        )
+
+    def pipeline_of_state_machine(self, arn: str) -> PipelineRef | None:
+        return next((p for p in self.pipelines.values() if p.state_machine_arn == arn), None)
+
+    def pipeline_of_execution(self, execution_arn: str) -> PipelineRef | None:
+        """`arn:...:execution:<state machine name>:<name>` -> the pipeline of that state machine."""
+        machine = execution_arn.replace(":execution:", ":stateMachine:", 1).rpartition(":")[0]
+        return self.pipeline_of_state_machine(machine) if ":execution:" in execution_arn else None
+
+    def pipeline_of_run_id(self, run_id: str) -> PipelineRef | None:
+        """Router run ids are `<pipeline>-<24 hex>`: the longest pipeline name that prefixes the id."""
+        matches = [p for p in self.pipelines.values() if run_id.startswith(f"{p.name}-")]
+        return max(matches, key=lambda p: len(p.name)) if matches else None
