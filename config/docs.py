@@ -1,6 +1,7 @@
-"""Generate `config/schema.json` and the README's configuration reference from the pydantic model.
+"""Generate `config/schema.json`, the run ledger's `config/ledger.schema.json` and the README's configuration
+reference from the pydantic models.
 
-`python -m config.docs` rewrites both; `python -m config.docs --check` exits 1 when either is stale
+`python -m config.docs` rewrites them; `python -m config.docs --check` exits 1 when one is stale
 (the test suite runs the check).
 """
 
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from config.ledger_schema import SCHEMA_PATH as LEDGER_SCHEMA_PATH
+from config.ledger_schema import render as ledger_schema_text
 from config.model import AppConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,11 +115,11 @@ def readme_with_reference(readme: str) -> str:
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale: list[str] = []
-    wanted_schema = schema_text()
-    if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text(encoding="utf-8") != wanted_schema:
-        stale.append(str(SCHEMA_PATH.relative_to(REPO)))
-        if not check:
-            SCHEMA_PATH.write_text(wanted_schema, encoding="utf-8")
+    for path, wanted in ((SCHEMA_PATH, schema_text()), (LEDGER_SCHEMA_PATH, ledger_schema_text())):
+        if not path.exists() or path.read_text(encoding="utf-8") != wanted:
+            stale.append(str(path.relative_to(REPO)))
+            if not check:
+                path.write_text(wanted, encoding="utf-8")
     readme = README_PATH.read_text(encoding="utf-8")
     wanted_readme = readme_with_reference(readme)
     if wanted_readme != readme:

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+from moto.s3.models import S3Backend
 
 os.environ.setdefault("CDK_DEFAULT_ACCOUNT", "123456789012")
 os.environ.setdefault("CDK_DEFAULT_REGION", "us-east-1")
@@ -18,6 +20,8 @@ os.environ.setdefault("CDK_DEFAULT_REGION", "us-east-1")
 import aws_cdk as cdk  # noqa: E402
 
 from app import build_app, cli_context  # noqa: E402
+from autopilot_common.ledger import LEDGER_PREFIX  # noqa: E402
+from config.ledger_schema import ledger_schema  # noqa: E402
 from local.deploy import DeployReport  # noqa: E402
 from local.ledger import RunRecord, read_runs  # noqa: E402
 from local.spark_runner import SparkRunner  # noqa: E402
@@ -130,6 +134,33 @@ def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 IAM_SUMMARY: dict[str, Any] = {}
+# Every ledger entry any writer (workflow, admission, finalize, guardrails, scaler, router) put during the suite.
+LEDGER_WRITES: list[tuple[str, bytes]] = []
+LEDGER_SCHEMA = jsonschema.Draft202012Validator(ledger_schema())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ledger_writes() -> Iterator[list[tuple[str, bytes]]]:
+    """Record each PutObject under `_runs/` as S3 (moto's backend) receives it, whoever wrote it."""
+    original = S3Backend.put_object
+
+    def put_object(self: S3Backend, bucket_name: str, key_name: str, value: bytes, *args: Any, **kwargs: Any) -> Any:
+        if key_name.startswith(LEDGER_PREFIX):
+            LEDGER_WRITES.append((key_name, bytes(value)))
+        return original(self, bucket_name, key_name, value, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(S3Backend, "put_object", put_object)
+        yield LEDGER_WRITES
+
+
+def ledger_problems(writes: list[tuple[str, bytes]]) -> list[str]:
+    """Each way an entry breaks the published ledger schema (config/ledger.schema.json), by key."""
+    return [
+        f"{key}: {'/'.join(map(str, error.absolute_path)) or '(entry)'}: {error.message}"
+        for key, body in writes
+        for error in LEDGER_SCHEMA.iter_errors(json.loads(body))
+    ]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -140,6 +171,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"twin IAM: {s['calls']} calls of the app's principals authorized ({s['operations']} distinct operations, "
             f"{s['authorizations']} authorizations, {s['statements_evaluated']} statements evaluated), "
             f"{s['denials']} refused (by tests that provoke refusals), {len(s['unmapped'])} unmapped"
+        )
+    if LEDGER_WRITES:
+        terminalreporter.write_line(
+            f"run ledger: {len(LEDGER_WRITES)} entries written, {len(ledger_problems(LEDGER_WRITES))} schema problems"
         )
 
 
@@ -158,15 +193,19 @@ def deployed(cloud_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture
 def env(deployed: Deployed, request: pytest.FixtureRequest) -> Iterator[Deployed]:
     """Per test: no pending faults, instant job runs unless the test asks for Spark, and nothing in flight after;
-    no call the IAM table does not know, and no IAM refusal unless the test is marked `iam_denials`."""
+    no call the IAM table does not know, no IAM refusal unless the test is marked `iam_denials`, and every ledger
+    entry written valid against the published schema."""
     deployed.twin.faults.clear()
     deployed.twin.emr_serverless.runner = None
     deployed.twin.emr_ec2.runner = None
     deployed.twin.emr_containers.runner = None
     stats = deployed.twin.iam.stats
     denials_before, unmapped_before = len(stats.denials), len(stats.unmapped)
+    writes_before = len(LEDGER_WRITES)
     yield deployed
     deployed.twin.wait_idle(timeout=120)
+    problems = ledger_problems(LEDGER_WRITES[writes_before:])
+    assert not problems, "ledger entries that break config/ledger.schema.json:\n" + "\n".join(problems)
     assert stats.unmapped[unmapped_before:] == [], "calls the twin's IAM table does not know (add rows)"
     if request.node.get_closest_marker("iam_denials") is None:
         refused = [d.message for d in stats.denials[denials_before:]]

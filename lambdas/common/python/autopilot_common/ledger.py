@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Required, TypedDict
+from typing import Any, Final, Literal
 
 from botocore.exceptions import ClientError
+from typing_extensions import Required, TypedDict  # pydantic (the schema generator) needs these on Python < 3.12
 
 LEDGER_PREFIX = "_runs/"
 SCHEMA_VERSION: Final = 1
@@ -108,11 +109,11 @@ class RunLedgerEntry(TypedDict, total=False):
     job_run_id: str | None  # EMR Serverless, EMR on EKS
     virtual_cluster_id: str | None  # EMR on EKS
     cluster_id: str | None  # EMR on EC2
-    cluster: dict[str, Any]
+    cluster: dict[str, Any] | None
     steps: list[StepRecord]
     cancelled_steps: list[str]
-    failed_step: str | None
-    instance_hours_estimate: dict[str, Any]
+    failed_step: StepRecord | None
+    instance_hours_estimate: dict[str, Any] | None
     scaling: dict[str, Any]
     admission: Admission | None
     # What it produced, and how it ended
@@ -129,6 +130,10 @@ class RunLedgerEntry(TypedDict, total=False):
     cancelled_by: str
     cancelled_at: str
     cancel_action: str
+
+
+# Readers may rely on the top level: a field the model does not name is an error (the schema says so too).
+RunLedgerEntry.__pydantic_config__ = {"extra": "forbid"}  # type: ignore[attr-defined]
 
 
 def iso(moment: datetime) -> str:
