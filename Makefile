@@ -12,7 +12,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export CDK_DEFAULT_REGION ?= us-east-1
 export CDK_DEFAULT_ACCOUNT ?= 123456789012
 
-.PHONY: help install lint typecheck unit infra e2e test synth demo docs bench clean
+.PHONY: help install lint typecheck unit infra e2e test synth demo docs docs-build docs-serve bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,8 +57,14 @@ synth: install ## write cdk.out/ for ENV (default dev)
 demo: synth ## the app end to end on the local twin, with real Spark (needs Java 17+)
 	$(BIN)/python -m local.demo --cdk-out cdk.out
 
-docs: install ## regenerate config/schema.json and the README config reference
+docs: install ## regenerate config/schema.json and the config reference (docs/configuration.md)
 	$(BIN)/python -m config.docs
+
+docs-build: install ## build the documentation site into site/ (mkdocs --strict: broken links fail)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: install ## serve the documentation on http://127.0.0.1:8000 while editing docs/
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 bench: install ## print benchmark figures (not a test)
 	$(BIN)/python bench/run.py

@@ -3,7 +3,7 @@
 Either an existing virtual cluster (by id), or an EKS cluster name + namespace for which the app
 creates the virtual cluster. The EKS side the app cannot do itself (namespace RBAC for EMR, the
 `aws-auth`/access-entry identity mapping, the cluster's IAM OIDC provider) is a documented
-prerequisite (README, "EMR on EKS prerequisites").
+prerequisite (docs/runtimes/emr-on-eks.md, "Prerequisites").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The typed configuration model for an EMR Autopilot deployment (`config/<env>.yaml`).
 
 Every field has a documented default an EMR engineer would pick. Unknown keys are errors, never
-ignored. `config/schema.json` and the README's config reference are generated from this module
+ignored. `config/schema.json` and the configuration reference (docs/configuration.md) are generated from this module
 (`make docs`); a test fails when either is stale.
 """
 

@@ -1,67 +1,6 @@
 """CloudTrail for the twin: "AWS API Call via CloudTrail" events on the twin's EventBridge bus.
 
-moto records no CloudTrail events and knows no caller identities (every request is the same account).
-The twin's guardrails need both: who terminated that cluster, who wrote into that bucket. This module:
-
-- keeps a registry of access key ids -> principals, so a client made with
-  `twin.client(service, principal="arn:aws:iam::123456789012:user/alice")` (or an
-  `arn:aws:sts::<acct>:assumed-role/<Role>/<session>`) is recorded as that principal; the identity of a
-  request comes from the SigV4 `Credential=` of its Authorization header (or `X-Amz-Credential` of a
-  presigned URL). Plain `twin.client(service)` signs with the access key `twin`: the IAM user
-  `twin-operator` (any key the twin did not hand out is recorded as that user too, with its own key id).
-  Lambda functions run in-process sign with their execution role's session
-  (`assumed-role/<role name>/<function name>`), Step Functions integrations act as the state machine's
-  role (see `state_machine_identity`);
-- records EMR-on-EC2 management events (source `aws.elasticmapreduce`) for the mutating EMR calls the
-  twin's EMR model serves, over HTTP (`local.patches`) and from the `elasticmapreduce:*` Step Functions
-  integrations (`local.sfn_integrations`), failed calls included (with `errorCode`/`errorMessage`);
-- records Step Functions StopExecution calls over HTTP (source `aws.states`, eventSource
-  `states.amazonaws.com`, requestParameters `{executionArn}`, responseElements `{stopDate}`): who ended a
-  run by hand;
-- records S3 data events (source `aws.s3`) for PutObject, CopyObject and CompleteMultipartUpload on
-  buckets selected with `log_data_events(bucket)` (off by default: AWS logs data events only for what a
-  trail's selectors pick); only successful writes are recorded;
-- keeps every emitted record in `events` and can hold delivery back by `delay_seconds` (CloudTrail's
-  lag before EventBridge sees an event; 0 by default so tests stay fast).
-
-Verified against real records found with the search tool (AWS docs and published samples):
-- EventBridge source `aws.elasticmapreduce` with eventSource `elasticmapreduce.amazonaws.com` (EMR's
-  "events delivered via CloudTrail" reference); detail-type "AWS API Call via CloudTrail".
-- Record fields and types: eventVersion, userIdentity, eventTime (ISO, seconds, `Z`), eventSource,
-  eventName, awsRegion, sourceIPAddress, userAgent, requestParameters, responseElements (null for an
-  empty response), requestID, eventID, readOnly, eventType `AwsApiCall`, managementEvent,
-  recipientAccountId, eventCategory (CloudTrail user guide sample record).
-- EMR RunJobFlow (EMR management guide sample): requestParameters in lower camel case (`name`,
-  `instances{keepJobFlowAliveWhenNoSteps, ...}`, `tags:[{key, value}]`), responseElements `{jobFlowId}`
-  (the twin adds `clusterArn`, RunJobFlow's second output member). AddJobFlowSteps (SageMaker MCP
-  sample): `{jobFlowId, steps}` -> `{stepIds}`. Members are converted with botocore's EMR model, so map
-  keys (e.g. configuration properties) keep their case.
-- userIdentity: IAMUser `{type, principalId, arn, accountId, accessKeyId, userName}`; AssumedRole with
-  `sessionContext.sessionIssuer {type Role, principalId, arn, accountId, userName}` and `attributes
-  {creationDate, mfaAuthenticated}` (CloudTrail userIdentity reference). Calls made by Step Functions
-  integrations: AssumedRole of the state machine's role with `invokedBy: states.amazonaws.com` and
-  sourceIPAddress/userAgent `states.amazonaws.com` (a published Lambda data event and the Step Functions
-  KMS samples); the session name there is an opaque 32-letter string.
-- S3 data events (CDK's sample PutObject record and a published GetObject record): requestParameters
-  `{bucketName, Host, key}`, additionalEventData `{SignatureVersion, bytesTransferredIn,
-  AuthenticationMethod, x-amz-id-2, bytesTransferredOut}`, resources `[{type AWS::S3::Object, ARN},
-  {accountId, type AWS::S3::Bucket, ARN}]`, eventCategory Data, managementEvent false.
-
-Assumed (not confirmed by a sample):
-- StopExecution's record: requestParameters hold `executionArn` only (`error` and `cause` are sensitive
-  members of the API, which CloudTrail leaves out), responseElements `{stopDate}` as the API returns it.
-- S3 `key` and the object ARN carry the raw key (not URL-encoded, unlike S3 event notifications); Host
-  is the Host header the client sent (127.0.0.1:<port> in the twin); CopyObject adds
-  `x-amz-copy-source` (decoded) and CompleteMultipartUpload `uploadId` to requestParameters;
-  responseElements echo the `x-amz-version-id` / `x-amz-server-side-encryption*` response headers the
-  twin returned (null when there are none); no CipherSuite / tlsDetails (the twin serves plain HTTP).
-- The Step Functions session name is derived from the execution ARN (stable within one execution);
-  Lambda's is the function name (as Lambda does). principalIds are the role ids moto's IAM gave the
-  roles when it has them, otherwise stable fake AIDA/AROA ids; access key ids are stable per principal.
-- eventVersion "1.11"; readOnly calls (Describe/List/Get) are not sent: EventBridge only delivers
-  read-only management events to rules that opt in, which the twin does not model. EMR Serverless and
-  EMR on EKS calls, and writes the twin's own models make (Spark outputs, step logs: signed `twin`),
-  produce no management events / are recorded as `twin-operator`.
+What is recorded, with whose identity, and which AWS samples each field was checked against: docs/twin/cloudtrail.md.
 """
 
 from __future__ import annotations

@@ -1,39 +1,6 @@
 """EventBridge rule matching and target-input rendering with AWS semantics, for the local twin.
 
-Two jobs, both pure functions over plain JSON data (no moto imports):
-
-* :func:`matches` / :func:`validate_pattern` — event-pattern content filtering as EventBridge does it.
-  The reference is AWS's own matcher, the open-source `aws/event-ruler` library (JsonRuleCompiler for
-  what is a valid pattern and the error wording, WildcardParser for wildcard escapes, ACFinder for
-  array-consistent matching), the EventBridge user guide pages "Content filtering in Amazon EventBridge
-  event patterns", "Comparison operators", "Arrays" and "Matching null values", and LocalStack's
-  AWS-validated pattern fixtures (tests/aws/services/events/event_pattern_templates).
-* :func:`render_target_input` — the string a rule target receives: ``Input``, ``InputPath``,
-  ``InputTransformer`` or the whole event. The reference is the user guide page "Amazon EventBridge
-  input transformation" (predefined variables, auto-quoting of string variables, "Common issues") and
-  LocalStack's AWS-recorded snapshots (tests/aws/services/events/test_events_inputs.snapshot.json).
-
-Matching rules implemented (AWS behaviour unless marked *twin choice*):
-
-* A pattern is an object of field -> list of allowed values, or field -> nested object; all fields must
-  match (AND), values in a list are alternatives (OR). ``"$or": [{...}, {...}]`` (two or more objects)
-  is allowed at any object level.
-* A leaf is a non-object value; arrays in the event are flattened, so a field matches when any element
-  matches. A nested pattern over an array of objects must be satisfied by one element (event-ruler's
-  array consistency): ``{"a": {"x": [1], "y": [2]}}`` does not match ``{"a": [{"x": 1}, {"y": 2}]}``.
-* Exact values are type-strict: ``"5"`` never matches ``5``, ``true`` never matches ``1``; numbers
-  compare numerically (``5`` matches ``5.0``); ``null`` matches only ``null``; ``""`` only ``""``.
-* A field absent from the event (or holding an object, or an empty array) has no leaf values: every
-  operator fails on it, including ``anything-but``, except ``{"exists": false}``.
-* ``anything-but`` (value, list, ``prefix``, ``suffix``, ``equals-ignore-case``, ``wildcard``) matches any
-  present leaf that is not excluded, so it matches ``null`` and values of the other JSON type.
-* ``prefix`` / ``suffix`` / ``equals-ignore-case`` / ``wildcard`` / ``cidr`` only match strings;
-  ``numeric`` only matches numbers (never booleans).
-* ``wildcard``: ``*`` matches any run of characters (including none, ``/`` and newlines); ``\\*`` is a
-  literal star, ``\\\\`` a literal backslash; any other backslash escape, or ``**``, is invalid.
-* *Twin choice*: ``{"exists": false}`` under an array of objects is checked per element; event-ruler's
-  answer there depends on field order. Pattern keys containing ``.`` are matched literally (event-ruler
-  also matches them against nested fields, a behaviour its README says not to rely on).
+Pure functions over plain JSON data (no moto imports); the matching rules and their sources: docs/twin/eventbridge.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,6 @@
 """Run one EMR job run's Spark application locally, against the local twin's S3.
 
-The twin's EMR Serverless, EMR on EC2 and EMR on EKS models call `SparkRunner.run` from a worker thread. A run:
-
-1. **Stages** its inputs from (twin) S3 into `<workdir>/<job_run_id>/`: the entry point into `code/`; for
-   `--manifest s3://…` the manifest and every object it lists (into `stage/<bucket>/<key>`, raw keys), passing a
-   `file://` manifest; `--output s3://b/p` becomes `file://<job dir>/out` (published back after a successful run);
-   any other `s3://` argument is downloaded and passed as a local path; `--object-root file://<job dir>/stage/` is
-   added unless the job already has one. Objects a manifest lists but S3 does not have are *not* staged: the job
-   then fails exactly as it would on EMR ("input object not found"), and the driver log says which were missing.
-2. **Runs** pyspark's `spark-submit` with `--master local[<cores>]`, the job's `--conf` settings minus the ones that
-   only size a cluster (see `LOCAL_IRRELEVANT_CONF`), and a few local settings (`FORCED_CONF`). Stdout and stderr go
-   to files; the run honours `timeout_seconds` and a cancel event (the process group is terminated).
-3. **Publishes** (exit code 0 only) every file of the local output folder to the mapped S3 prefix, except `.crc`
-   checksum files, `_SUCCESS` (the workflow writes it, never the job) and a committer's leftover `_temporary/`.
-   Objects under the prefix that the run did not write are then deleted: a rerun of the same run id replaces its
-   output, as the job's overwrite mode does on EMR (otherwise old part files would add duplicate rows).
-4. **Uploads the driver logs** (always, when `log_uri` is set) gzipped, in the layout of the runtime (`log_key`).
-5. Removes the job directory, unless `AUTOPILOT_TWIN_KEEP_WORKDIR=1`.
-
-Lines the runner adds to the driver's stderr log start with `local-twin:`.
+Stage, run, publish, upload the driver logs, clean up: docs/twin/spark.md.
 """
 
 from __future__ import annotations

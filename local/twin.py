@@ -1,50 +1,6 @@
 """The local twin: moto in server mode on 127.0.0.1, plus what this product needs and moto lacks.
 
-What the twin adds to moto 5.2.5 (each item exists because moto does not do it):
-- S3 "Object Created" events in the EventBridge shape, a unique sequencer per write, ISO `time` and the
-  real `reason` (moto: constant sequencer, epoch time, reason `ObjectCreated`, and it never applies the
-  rule's input transformer). `s3_event_key_encoding` says how `detail.object.key` is written: `raw` (the
-  key as stored, the default) or `url` (URL-encoded like classic S3 notifications, `quote_plus` keeping
-  `/`): AWS does not document which EventBridge uses, so the app must work with both.
-- EventBridge rule matching with AWS semantics (wildcard, anything-but, numeric, exists, ...) and
-  delivery to SQS, Lambda and Step Functions targets through input transformers (moto's bus
-  cannot deliver to Lambda or Step Functions).
-- Lambda functions run in-process from their asset folders (moto needs Docker), and SQS event
-  source mappings with batch size, batching window, partial batch failures and DLQ redrive.
-- Step Functions: moto's ASL interpreter runs the exact definitions; the twin plugs in the
-  EMR Serverless, EMR (on EC2) and EMR on EKS optimized integrations (incl. `.sync`) and in-process Lambda
-  invocation, and emits "Step Functions Execution Status Change" events.
-- EMR Serverless job runs that move through their states and really run on local Spark.
-- EMR on EC2 clusters (instance fleets/groups, bootstrap, steps, auto-termination, events) served by
-  the twin's own model for the `emr` API and the Step Functions integrations (`local.emr_ec2`).
-- EMR on EKS virtual clusters and job runs (`local.emr_containers`) for the `emr-containers` API and
-  the `emr-containers:*` Step Functions integrations.
-- CloudTrail (`local.cloudtrail`): "AWS API Call via CloudTrail" events on the bus for the mutating EMR
-  calls (management events, source aws.elasticmapreduce) and, for buckets opted in with
-  `twin.cloudtrail.log_data_events(bucket)`, S3 object writes (data events, source aws.s3), with the
-  caller's identity: `twin.client(service, principal=<IAM user or role session ARN>)` signs as that
-  principal, plain clients as the IAM user `twin-operator`, Lambda functions as
-  `assumed-role/<execution role>/<function>`, Step Functions integrations as the state machine's role
-  (moto records no CloudTrail events and has no notion of who calls).
-- CloudWatch alarms (`local.cloudwatch`): new alarms start INSUFFICIENT_DATA, PutMetricData and PutMetricAlarm
-  evaluate single-metric alarms (M of N periods, TreatMissingData), and every change of state value (also by
-  SetAlarmState) is a "CloudWatch Alarm State Change" event on the bus (`twin.cloudwatch.events`); moto
-  never evaluates an alarm, starts it OK, resets it on update and emits nothing.
-- Scheduled rules: `twin.fire_schedule(rule)` delivers one "Scheduled Event" to a schedule rule's targets
-  (moto never fires schedules). Nothing ticks by default, so a test decides when a tick happens;
-  `twin.start_schedules(scale)` runs `rate(...)` rules in the background (e.g. for the demo).
-- Step Functions abort and timeout as AWS has them: StopExecution makes an execution ABORTED at once
-  (moto waited for the running state to return, and a later error could turn it FAILED), a `.sync` task
-  stops waiting (the cluster / job run is left running, as on AWS), TIMED_OUT executions have a stopDate,
-  and each ends with exactly one "Execution Status Change" event.
-- IAM (`local.iam`): every call of the app's principals (function roles, state machine roles, job and instance
-  roles, EventBridge) is authorized with AWS's evaluation logic against the deployed identity and resource policies
-  and AWS's Service Authorization Reference; refusals get AWS's errors. `Twin(iam=False)` only for debugging.
-- Quotas and request validation (`local.validation`): Step Functions names, payloads and history length; the
-  botocore model's constraints on requests, as AWS checks them on the server.
-- The twin's clock (`time_scale`): EMR `.sync` tasks notice a change only at Step Functions' polls (60 s, then 300 s
-  after 10 minutes); poll intervals, batching windows and Retry waits are multiplied by `time_scale`.
-- Faults on demand (see `local.faults`).
+What it adds to moto, item by item, and why: docs/twin/index.md; its options: docs/twin/flags.md.
 """
 
 from __future__ import annotations

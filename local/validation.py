@@ -7,7 +7,7 @@ is AWS's: `1 validation error detected: Value 'x' at 'member.path' failed to sat
 only checks required members and types before sending; AWS checks the rest). Patterns are Java regular
 expressions; the `regex` package reads their `\\p{...}` classes.
 
-Quotas (each enforced where the twin handles the call; see the README's fidelity table):
+Quotas (each enforced where the twin handles the call; see docs/twin/fidelity.md):
 - Step Functions: execution input, output and every state's input/output <= 256 KiB of UTF-8; execution names
   1-80 characters without whitespace, brackets, wildcards, `"#%\\^|~`$&,;:/` or control characters; at most 25,000
   history events ("Step Functions service quotas").

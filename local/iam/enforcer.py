@@ -1,22 +1,6 @@
 """The twin's IAM: every call an app principal makes is authorized as AWS would, or refused with AWS's error.
 
-App principals are the sessions of the roles the deployed templates create: each Lambda function (its execution
-role session), each state machine's integrations (its role), the Spark jobs (the job execution role or the EMR
-instance role), and the service principals the app's resource policies name (EventBridge delivering to a queue or
-a function). Anyone else (the operator's `twin.client(...)`, the twin's own models) is not an app principal and is
-not evaluated: the twin is the account's administrator.
-
-Per call: the operation table (`local.iam.operations`) says which actions on which resources with which request
-condition keys; the evaluator (`local.iam.policy`) decides each under the role's identity-based policies (inline
-and attached managed policies, read from the twin's IAM) and the resource's policy (bucket, queue and topic
-policies and Lambda permissions, registered at deploy). The request context also holds `aws:PrincipalArn`,
-`aws:PrincipalAccount`, `aws:PrincipalType`, `aws:userid`, `aws:RequestedRegion`, `aws:CurrentTime`,
-`aws:EpochTime`, `aws:SecureTransport` (true: in AWS the SDKs use TLS; the twin's loopback HTTP stands for it) and,
-for service principals, `aws:SourceArn` / `aws:SourceAccount`; `aws:ResourceTag/<k>` is read from the resource's
-tags when a condition asks for it.
-
-`enabled = False` turns enforcement off (for debugging only: `Twin(iam=False)`, `emr-autopilot local up --no-iam`),
-and says so in the log at WARNING on every refusal it lets through.
+Who is evaluated, the request context, `enabled = False`: docs/twin/iam.md ("Who is evaluated").
 """
 
 from __future__ import annotations

@@ -1,24 +1,8 @@
 """The one table of what each AWS API operation the app calls must be allowed: IAM action(s), resource ARN(s) and
 the request's own condition keys.
 
-Keys are (botocore service name, API operation name); the request parameters are the API's (botocore member
-names). An operation the table does not know raises `UnmappedOperation`: the twin fails that call loudly, it never
-lets it through. Every action named here exists in the Service Authorization Reference and every ARN built here
-matches one of the action's resource types (tests/unit/test_twin_iam.py checks both for every row).
-
-Where an operation needs more than its namesake action, the row says which source says so:
-- DynamoDB TransactWriteItems / TransactGetItems / Batch*: no action of their own for the items; each item needs
-  the item action on its table (DynamoDB developer guide, "Using IAM with DynamoDB transactions").
-- S3 HeadObject -> s3:GetObject, ListObjectsV2 -> s3:ListBucket with `s3:prefix`, CopyObject -> s3:PutObject on
-  the target and s3:GetObject on the source, multipart parts -> s3:PutObject, DeleteObjects -> s3:DeleteObject per
-  key (S3 user guide, "Required permissions for Amazon S3 API operations").
-- EMR RunJobFlow: no resource type (only `*` can allow it), tags as `aws:RequestTag/*`, and iam:PassRole for the
-  service role (to elasticmapreduce.amazonaws.com), the instance profile's role (to ec2.amazonaws.com) and an
-  auto-scaling role (Service Authorization Reference; EMR management guide, "Allow users to pass roles").
-- CloudWatch DescribeAlarms without AlarmNames lists the alarms the caller may describe: authorized against
-  `alarm:<AlarmNamePrefix>*`; PutMetricAlarm with Tags also needs cloudwatch:TagResource (CloudWatch API reference).
-- EMR Serverless StartJobRun: iam:PassRole on the execution role to emr-serverless.amazonaws.com (EMR Serverless
-  user guide, "Job runtime roles"); EMR on EKS StartJobRun: the role only as `emr-containers:ExecutionRoleArn`.
+Keys, `UnmappedOperation`, and the sources behind operations that need more than their namesake action:
+docs/twin/iam.md ("What each operation needs").
 """
 
 from __future__ import annotations

@@ -1,26 +1,6 @@
 """IAM policy evaluation as AWS documents it (IAM User Guide, "Policy evaluation logic"), within one account.
 
-What is evaluated:
-- Statements: Effect, Action / NotAction (case-insensitive, `*` and `?`), Resource / NotResource (ARNs matched
-  segment by segment: `*` and `?` never cross a `:` in the first five segments; the resource segment is matched
-  as a whole), Principal / NotPrincipal (resource-based policies), Condition, and policy variables
-  (`${aws:username}`, `${aws:PrincipalTag/x}`, any single-valued context key, `${key, 'default'}`, and the
-  escapes `${*}`, `${?}`, `${$}`) in Resource and in String/ARN condition values.
-- Conditions: every operator of "IAM JSON policy elements: Condition operators": String*, Numeric*, Date*, Bool,
-  BinaryEquals, IpAddress / NotIpAddress, Arn*, Null, each with `...IfExists`, and the set qualifiers
-  `ForAnyValue:` / `ForAllValues:`. Operators of one block and keys under one operator are ANDed; the values of
-  one key are ORed. A key absent from the request context makes a condition false, except: a negated operator
-  (`StringNotEquals`, `ArnNotLike`, `NotIpAddress`, ...) is then true, `ForAllValues:` is true, `...IfExists` is
-  true, and `Null` tests exactly that (IAM User Guide, "Condition operators"; "Single-valued vs. multivalued
-  context keys"). An unknown operator is an error, never ignored.
-- Decision (same account): an explicit Deny in any policy wins; else an Allow in an identity-based policy, or in a
-  resource-based policy whose Principal names the caller (its role, its role session, the service, or `*`),
-  allows; else the implicit deny. A resource-based policy that names only the account (`arn:aws:iam::<acct>:root`
-  or `<acct>`) delegates to the identity-based policies and allows nothing by itself (its Deny still applies).
-  A service principal has no identity-based policies: only a resource-based policy can allow it.
-
-Not modelled (the app uses none): permissions boundaries, session policies, SCPs / RCPs, cross-account access,
-KMS key policies and grants, ACLs.
+What is evaluated, the decision, what is not modelled: docs/twin/iam.md ("Policy evaluation").
 """
 
 from __future__ import annotations

@@ -154,11 +154,11 @@ def test_unknown_environment_lists_available() -> None:
         load_config("nosuch")
 
 
-def test_schema_and_readme_reference_are_current() -> None:
+def test_schema_and_docs_reference_are_current() -> None:
     assert docs.main(["--check"]) == 0, "run `make docs`"
 
 
-def test_readme_reference_documents_every_pipeline_field() -> None:
+def test_docs_reference_documents_every_pipeline_field() -> None:
     reference = docs.reference_markdown()
     for field in ("trigger", "runtime", "output_prefix", "run_timeout_minutes", "window_seconds", "marker_name"):
         assert f"`{field}`" in reference
