@@ -192,6 +192,12 @@ def snapshot_path(workflow: str) -> Path:
     return RENDERED_DIR / f"{workflow}.asl.json"
 
 
+def _shown(path: Path) -> str:
+    return (
+        str(path.relative_to(STATEMACHINES_DIR.parent)) if path.is_relative_to(STATEMACHINES_DIR.parent) else str(path)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stacks.asl", description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group(required=True)
@@ -206,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(STATEMACHINES_DIR.parent)}")
+            print(f"wrote {_shown(path)}")
         else:
-            stale.append(str(path.relative_to(STATEMACHINES_DIR.parent)))
+            stale.append(_shown(path))
     if stale:
         print(f"stale (run `make asl`): {', '.join(stale)}", file=sys.stderr)
         return 1
