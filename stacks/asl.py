@@ -17,7 +17,7 @@ Composition rules (nothing else is special):
   file's `Bindings` (defaults), then the parameters in force where it is included, then the include's own.
 - `{{Name}}` in a key or string is replaced by parameter `Name`; a string that is only `{{Name}}` takes the
   parameter's JSON value; a member keyed only `{{Name}}` (value null) is replaced by the members of the
-  object parameter `Name` (an empty object adds none).
+  object parameter `Name` (an empty object adds none). Values taken this way are filled in turn.
 - A string in a `Retry` list names a rule of `retry_policies.json`.
 - `{"$ref": "#/States/<state>/<member>"}` is a copy of that member of the composed workflow.
 
@@ -62,7 +62,20 @@ def _source(name: str) -> dict[str, Any]:
     path = _source_path(name)
     if not path.is_file():
         raise CompositionError(f"no workflow source {path.relative_to(STATEMACHINES_DIR.parent)}")
-    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return parse_source(path.read_text(encoding="utf-8"), path.name)
+
+
+def parse_source(text: str, name: str) -> dict[str, Any]:
+    """A source's JSON; a key given twice (two includes with one label, say) is an error, not a silent loss."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise CompositionError(f"{name}: {', '.join(repeated)} given twice in one object")
+        return dict(pairs)
+
+    result: dict[str, Any] = json.loads(text, object_pairs_hook=unique)
     return result
 
 
@@ -93,7 +106,7 @@ def _fill(node: Any, params: Params) -> Any:
     if isinstance(node, str):
         whole = WHOLE_PLACEHOLDER.match(node)
         if whole and whole.group(1) in params:
-            return copy.deepcopy(params[whole.group(1)])
+            return _fill(copy.deepcopy(params[whole.group(1)]), params)
         return _fill_text(node, params)
     if isinstance(node, list):
         return [_fill(item, params) for item in node]
@@ -104,7 +117,7 @@ def _fill(node: Any, params: Params) -> Any:
             if whole and isinstance(params.get(whole.group(1)), dict):
                 if value is not None:
                     raise CompositionError(f"member {key} splices an object: its value must be null")
-                result.update(copy.deepcopy(params[whole.group(1)]))
+                result.update(_fill(copy.deepcopy(params[whole.group(1)]), params))
             else:
                 result[_fill_text(key, params)] = _fill(value, params)
         return result

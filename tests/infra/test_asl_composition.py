@@ -39,7 +39,8 @@ def _retry_rules(node: Any) -> list[Any]:
 def test_sources_name_their_retry_policies(source: Path) -> None:
     rules = _retry_rules(json.loads(source.read_text(encoding="utf-8")))
     assert [rule for rule in rules if not isinstance(rule, str)] == []
-    assert set(rules) <= set(asl.retry_policies())
+    # A parameter (`{{CancelRetry}}`) names its policy where the block is included.
+    assert {rule for rule in rules if not asl.WHOLE_PLACEHOLDER.match(rule)} <= set(asl.retry_policies())
 
 
 def test_every_retry_policy_is_used() -> None:
@@ -96,6 +97,11 @@ def test_composition_rejects_broken_sources(
     flow = {"Comment": "c", "StartAt": "A", "States": states, "Blocks": {"a": {"A": {"Type": "Pass", "End": True}}}}
     with pytest.raises(asl.CompositionError, match=message.replace("{", r"\{").replace("}", r"\}")):
         _compose_with(monkeypatch, {"flow": flow})
+
+
+def test_a_label_given_twice_is_rejected() -> None:
+    with pytest.raises(asl.CompositionError, match="@release given twice"):
+        asl.parse_source('{"States": {"@release": {"Include": "a.b"}, "@release": {"Include": "a.c"}}}', "f.json")
 
 
 def test_stale_snapshot_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
