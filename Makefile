@@ -71,3 +71,7 @@ bench: install ## print benchmark figures (not a test)
 
 clean: ## remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: asl
+asl: install ## recompose the workflows into the reviewed snapshots statemachines/rendered/*.asl.json
+	$(BIN)/python -m stacks.asl --write

@@ -14,12 +14,12 @@ from constructs import Construct
 
 from config.ec2 import Ec2Runtime
 from config.model import Pipeline
+from stacks.asl import compose
 from stacks.emr_ec2_spec import cluster_request, managed_tags, step_templates
 from stacks.nag import suppress
 from stacks.naming import (
     BOOTSTRAP_PREFIX,
     JOBS_PREFIX,
-    STATEMACHINES_DIR,
     TAG_DEPLOYMENT,
     TAG_PIPELINE,
     instance_profile_name,
@@ -27,10 +27,8 @@ from stacks.naming import (
 from stacks.platform import AutopilotPlatform
 from stacks.scaling import alarm_prefix, alarm_scaling, alarm_specs, grant_alarm_lifecycle
 from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements, load_definition
+from stacks.workflow import PipelineWorkflow, asl_string
 
-TRANSIENT_ASL = STATEMACHINES_DIR / "emr_ec2_transient.asl.json"
-EXISTING_ASL = STATEMACHINES_DIR / "emr_ec2_existing.asl.json"
 # Managed rules Step Functions creates to learn when a .sync EMR call has finished.
 EMR_SYNC_RULES = {
     "addStep.sync": "StepFunctionsGetEventForEMRAddJobFlowStepsRule",
@@ -82,8 +80,8 @@ class Ec2Pipeline(PipelineWorkflow):
     role + profile that reads only the pipeline's inputs, job code, bootstrap scripts and manifests and
     writes only its outputs and logs (plus the Glue Data Catalog when it is the metastore), a security
     configuration (encryption at rest with a rotating KMS key; in transit with the given certificates;
-    IMDSv2 only), and `statemachines/emr_ec2_transient.asl.json` whose createCluster parameters are
-    filled from config. Existing cluster: only `statemachines/emr_ec2_existing.asl.json`, allowed to
+    IMDSv2 only), and the workflow `emr_ec2_transient` (`statemachines/fragments/`) whose createCluster
+    parameters are filled from config. Existing cluster: only the workflow `emr_ec2_existing`, allowed to
     add, describe and cancel steps on that cluster (by id, or any cluster carrying the configured tag).
     """
 
@@ -107,29 +105,48 @@ class Ec2Pipeline(PipelineWorkflow):
         assert platform.finalize is not None
         self.runtime = runtime
         self.stack = Stack.of(self)
-        tags = {**extra_tags, TAG_DEPLOYMENT: prefix, TAG_PIPELINE: name, **managed_tags()}
+        self.prefix = prefix
+        self.cluster_tags = {**extra_tags, TAG_DEPLOYMENT: prefix, TAG_PIPELINE: name, **managed_tags()}
+        self.cluster_substitutions: dict[str, str] = {}
+        if runtime.existing_cluster is None:
+            self.cluster_substitutions = self._transient_resources(prefix, name)
+        self.build()
+
+    def runtime_definition(self) -> dict[str, Any]:
+        if self.runtime.existing_cluster is not None:
+            return compose("emr_ec2_existing")
+        definition = compose("emr_ec2_transient")
+        definition["States"]["CreateCluster"]["Parameters"].update(cluster_request(self.runtime))
+        definition["States"]["PlanScalingAlarms"]["Result"] = alarm_specs(self.name, self.runtime)
+        return definition
+
+    def runtime_substitutions(self) -> dict[str, str]:
+        runtime = self.runtime
+        assert self.platform.finalize is not None
         substitutions = {
-            **self.common_substitutions(),
-            "FinalizeFunctionArn": platform.finalize.function_arn,
+            "FinalizeFunctionArn": self.platform.finalize.function_arn,
             "Transient": "true" if runtime.transient else "false",
-            "StepsJson": asl_string(json.dumps(step_templates(runtime, storage.artifacts.bucket_name))),
-            "ClusterTagsJson": asl_string(json.dumps(tags)),
+            "StepsJson": asl_string(json.dumps(step_templates(runtime, self.storage.artifacts.bucket_name))),
+            "ClusterTagsJson": asl_string(json.dumps(self.cluster_tags)),
         }
         if runtime.existing_cluster is None:
-            definition = load_definition(TRANSIENT_ASL)
-            create = definition["States"]["CreateCluster"]["Parameters"]
-            create.update(cluster_request(runtime))
-            definition["States"]["PlanScalingAlarms"]["Result"] = alarm_specs(name, runtime)
-            substitutions["ScalingAlarmPrefix"] = alarm_prefix(prefix, name)
-            substitutions |= self._transient_resources(prefix, name)
-        else:
-            definition = load_definition(EXISTING_ASL)
-            existing = runtime.existing_cluster.model_dump(exclude_none=True)
-            substitutions["ExistingClusterJson"] = asl_string(json.dumps(existing))
-        self.state_machine = self.build_state_machine(self.definition_body(definition), substitutions)
-        self._grant_workflow(name, self.definition)
-        if alarm_scaling(runtime) is not None:
-            grant_alarm_lifecycle(self.role, self.stack, prefix, name)
+            return {
+                **substitutions,
+                "ScalingAlarmPrefix": alarm_prefix(self.prefix, self.name),
+                **self.cluster_substitutions,
+            }
+        existing = runtime.existing_cluster.model_dump(exclude_none=True)
+        return {**substitutions, "ExistingClusterJson": asl_string(json.dumps(existing))}
+
+    def runtime_wildcards(self) -> tuple[str, list[str]]:
+        return (
+            "RunJobFlow, which has no resource type (only '*' can allow it; the request must tag the cluster "
+            "with this pipeline); EMR's service-linked cleanup role (its path and name as the EMR guide gives them); "
+            "clusters of this pipeline (ids are unknown until run time; scoped by the "
+            "autopilot:pipeline tag); "
+            "scaling alarms of this pipeline's clusters (named by prefix).",
+            [ANY_CLUSTER_ARN, SCALING_ALARMS_ARN, "regex:/^Resource::arn:.*:role\\/aws-service-role\\/.*$/g"],
+        )
 
     # ------------------------------------------------------------------ transient cluster resources
 
@@ -232,24 +249,10 @@ class Ec2Pipeline(PipelineWorkflow):
         }
 
     def _instance_role(self, name: str) -> iam.Role:
-        role = iam.Role(
-            self,
-            "InstanceRole",
-            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
-            description=f"EMR Autopilot: EC2 instance role of pipeline {name}'s clusters",
-        )
-        for statement in job_data_statements(
-            self.storage,
-            name,
-            self.input_prefix,
-            self.output_prefix,
-            f"emr-ec2/{name}/",
-            [JOBS_PREFIX, BOOTSTRAP_PREFIX],
-        ):
-            role.add_to_policy(statement)
+        glue: list[iam.PolicyStatement] = []
         if self.runtime.glue_catalog:
             stack = self.stack
-            role.add_to_policy(
+            glue.append(
                 iam.PolicyStatement(
                     actions=GLUE_ACTIONS,
                     resources=[
@@ -260,20 +263,24 @@ class Ec2Pipeline(PipelineWorkflow):
                     ],
                 )
             )
-        suppress(
-            role,
-            "AwsSolutions-IAM5",
-            "Object wildcards are limited to this pipeline's input, output, manifest, log, job-code and bootstrap "
-            "prefixes; Glue Data Catalog databases/tables are created by the jobs at run time.",
-            ["regex:/^Resource::.*\\/\\*$/g", "regex:/^Resource::arn:.*:glue:.*\\*.*$/g"],
+        return self.job_data_role(
+            "InstanceRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description=f"EMR Autopilot: EC2 instance role of pipeline {name}'s clusters",
+            logs_prefix=f"emr-ec2/{name}/",
+            code_prefixes=(JOBS_PREFIX, BOOTSTRAP_PREFIX),
+            extra_statements=glue,
+            wildcards=(
+                "Object wildcards are limited to this pipeline's input, output, manifest, log, job-code and bootstrap "
+                "prefixes; Glue Data Catalog databases/tables are created by the jobs at run time.",
+                ["regex:/^Resource::.*\\/\\*$/g", "regex:/^Resource::arn:.*:glue:.*\\*.*$/g"],
+            ),
         )
-        return role
 
     # ------------------------------------------------------------------ workflow role
 
-    def _grant_workflow(self, name: str, definition: dict[str, Any]) -> None:
-        role, stack = self.role, self.stack
-        self.grant_run_bookkeeping()
+    def grant_runtime(self) -> None:
+        role, stack, name = self.role, self.stack, self.name
         assert self.platform.finalize is not None
         self.platform.finalize.grant_invoke(role)
         if self.runtime.existing_cluster is None:
@@ -352,7 +359,7 @@ class Ec2Pipeline(PipelineWorkflow):
                     conditions=conditions,
                 )
             )
-        rules = sorted({rule for api, rule in EMR_SYNC_RULES.items() if api in json.dumps(definition)})
+        rules = sorted({rule for api, rule in EMR_SYNC_RULES.items() if api in json.dumps(self.definition)})
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="SyncRules",
@@ -361,14 +368,8 @@ class Ec2Pipeline(PipelineWorkflow):
             )
         )
         self._grant_functions(name)
-        self.suppress_workflow_wildcards(
-            "RunJobFlow, which has no resource type (only '*' can allow it; the request must tag the cluster "
-            "with this pipeline); EMR's service-linked cleanup role (its path and name as the EMR guide gives them); "
-            "clusters of this pipeline (ids are unknown until run time; scoped by the "
-            "autopilot:pipeline tag); "
-            "scaling alarms of this pipeline's clusters (named by prefix).",
-            [ANY_CLUSTER_ARN, SCALING_ALARMS_ARN, "regex:/^Resource::arn:.*:role\\/aws-service-role\\/.*$/g"],
-        )
+        if alarm_scaling(self.runtime) is not None:
+            grant_alarm_lifecycle(role, stack, self.prefix, name)
 
     def _grant_functions(self, name: str) -> None:
         """Finalize reads (and on failure cancels steps of) this pipeline's clusters; prepare resolves a target."""

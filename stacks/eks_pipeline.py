@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aws_cdk import Aws, Stack
 from aws_cdk import aws_emrcontainers as emrc
@@ -11,13 +12,12 @@ from constructs import Construct
 
 from config.eks import EksRuntime
 from config.model import Pipeline
-from stacks.nag import suppress
-from stacks.naming import JOBS_PREFIX, STATEMACHINES_DIR, eks_job_role_name, virtual_cluster_name
+from stacks.asl import compose
+from stacks.naming import JOBS_PREFIX, eks_job_role_name, virtual_cluster_name
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements, load_definition
+from stacks.workflow import PipelineWorkflow, asl_string
 
-EKS_ASL = STATEMACHINES_DIR / "emr_eks_job.asl.json"
 BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -38,7 +38,7 @@ class EksPipeline(PipelineWorkflow):
     - Job execution role: imported, or created trusting exactly the service accounts EMR on EKS creates for
       this role in the namespace (IRSA, what `aws emr-containers update-role-trust-policy` writes); reads and
       writes the same prefixes as the other runtimes' job roles.
-    - State machine from `statemachines/emr_eks_job.asl.json` (see `PipelineWorkflow`).
+    - State machine composed from `statemachines/fragments/emr_eks_job.json` (see `PipelineWorkflow`).
     """
 
     def __init__(
@@ -80,21 +80,25 @@ class EksPipeline(PipelineWorkflow):
             service="emr-containers", resource="/virtualclusters", resource_name=self.virtual_cluster_id
         )
         self.job_role_arn = self._job_role(prefix, name)
-        spark_parameters = runtime.spark_parameters.replace("{artifacts}", storage.artifacts.bucket_name)
-        self.state_machine = self.build_state_machine(
-            self.definition_body(load_definition(EKS_ASL)),
-            {
-                **self.common_substitutions(),
-                "EntryPoint": f"s3://{storage.artifacts.bucket_name}/{JOBS_PREFIX}{runtime.entry_point}",
-                "JobArgumentsJson": asl_string(json.dumps(runtime.arguments)),
-                "SparkSubmitParameters": asl_string(spark_parameters),
-                "ExecutionTimeoutMinutes": str(runtime.execution_timeout_minutes),
-                "VirtualClusterId": self.virtual_cluster_id,
-                "JobRoleArn": self.job_role_arn,
-                "ReleaseLabel": runtime.release_label,
-            },
-        )
-        self._grant_workflow()
+        self.build()
+
+    def runtime_definition(self) -> dict[str, Any]:
+        return compose("emr_eks_job")
+
+    def runtime_substitutions(self) -> dict[str, str]:
+        runtime, artifacts = self.runtime, self.storage.artifacts.bucket_name
+        return {
+            "EntryPoint": f"s3://{artifacts}/{JOBS_PREFIX}{runtime.entry_point}",
+            "JobArgumentsJson": asl_string(json.dumps(runtime.arguments)),
+            "SparkSubmitParameters": asl_string(runtime.spark_parameters.replace("{artifacts}", artifacts)),
+            "ExecutionTimeoutMinutes": str(runtime.execution_timeout_minutes),
+            "VirtualClusterId": self.virtual_cluster_id,
+            "JobRoleArn": self.job_role_arn,
+            "ReleaseLabel": runtime.release_label,
+        }
+
+    def runtime_wildcards(self) -> tuple[str, list[str]]:
+        return "job runs of its virtual cluster (ids are unknown until run time).", []
 
     def _job_role(self, prefix: str, name: str) -> str:
         spec = self.runtime.job_role
@@ -105,30 +109,19 @@ class EksPipeline(PipelineWorkflow):
         issuer = spec.oidc_issuer
         provider = f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:oidc-provider/{issuer}"
         subject = f"system:serviceaccount:{namespace}:emr-containers-sa-*-*-{Aws.ACCOUNT_ID}-{base36(role_name)}"
-        role = iam.Role(
-            self,
+        role = self.job_data_role(
             "JobRole",
             role_name=role_name,
             assumed_by=iam.FederatedPrincipal(
                 provider, {"StringLike": {f"{issuer}:sub": subject}}, "sts:AssumeRoleWithWebIdentity"
             ),
             description=f"EMR Autopilot job execution role of pipeline {name} (EMR on EKS, IRSA)",
-        )
-        for statement in job_data_statements(
-            self.storage, name, self.input_prefix, self.output_prefix, f"emr-eks/{name}/", [JOBS_PREFIX]
-        ):
-            role.add_to_policy(statement)
-        suppress(
-            role,
-            "AwsSolutions-IAM5",
-            "Object wildcards are limited to this pipeline's own input, output, manifest, log and job-code prefixes.",
-            ["regex:/^Resource::.*\\/\\*$/g"],
+            logs_prefix=f"emr-eks/{name}/",
         )
         return role.role_arn
 
-    def _grant_workflow(self) -> None:
+    def grant_runtime(self) -> None:
         role = self.role
-        self.grant_run_bookkeeping()
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="StartJobRun",
@@ -145,4 +138,3 @@ class EksPipeline(PipelineWorkflow):
                 resources=[f"{self.virtual_cluster_arn}/jobruns/*"],
             )
         )
-        self.suppress_workflow_wildcards("job runs of its virtual cluster (ids are unknown until run time).", [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aws_cdk import Aws, Stack
 from aws_cdk import aws_emrserverless as emrs
@@ -10,13 +11,12 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from config.model import Pipeline, ServerlessApplication, ServerlessRuntime
-from stacks.nag import suppress
-from stacks.naming import JOBS_PREFIX, STATEMACHINES_DIR
+from stacks.asl import compose
+from stacks.naming import JOBS_PREFIX
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow, asl_string, job_data_statements, load_definition
+from stacks.workflow import PipelineWorkflow, asl_string
 
-SERVERLESS_ASL = STATEMACHINES_DIR / "emr_serverless_job.asl.json"
 # The managed rule Step Functions creates in the account to receive EMR Serverless job events (.sync).
 SERVERLESS_SYNC_RULE = "StepFunctionsGetEventsForEMRServerlessJobRule"
 
@@ -70,7 +70,7 @@ class ServerlessPipeline(PipelineWorkflow):
 
     - Job execution role: reads only the pipeline's input prefix, `jobs/` and its own manifests;
       writes only its output prefix and its log prefix.
-    - State machine from `statemachines/emr_serverless_job.asl.json` (see `PipelineWorkflow`).
+    - State machine composed from `statemachines/fragments/emr_serverless_job.json` (see `PipelineWorkflow`).
     """
 
     def __init__(
@@ -90,46 +90,37 @@ class ServerlessPipeline(PipelineWorkflow):
         )
         runtime = pipeline.runtime
         assert isinstance(runtime, ServerlessRuntime)
+        self.runtime = runtime
         self.application = application
-        self.job_role = self._job_role(name, storage)
-        self.state_machine = self.build_state_machine(
-            self.definition_body(load_definition(SERVERLESS_ASL)),
-            {
-                **self.common_substitutions(),
-                "EntryPoint": f"s3://{storage.artifacts.bucket_name}/{JOBS_PREFIX}{runtime.entry_point}",
-                "JobArgumentsJson": asl_string(json.dumps(runtime.arguments)),
-                "SparkSubmitParameters": asl_string(runtime.spark_submit_parameters),
-                "ExecutionTimeoutMinutes": str(runtime.execution_timeout_minutes),
-                "ApplicationId": application.application_id,
-                "JobRoleArn": self.job_role.role_arn,
-            },
-        )
-        self._grant_workflow(Stack.of(self))
-
-    def _job_role(self, name: str, storage: AutopilotStorage) -> iam.Role:
-        role = iam.Role(
-            self,
+        self.job_role = self.job_data_role(
             "JobRole",
             assumed_by=iam.ServicePrincipal(
                 "emr-serverless.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}}
             ),
             description=f"EMR Autopilot job execution role of pipeline {name}",
+            logs_prefix=f"emr-serverless/{name}/",
         )
-        for statement in job_data_statements(
-            storage, name, self.input_prefix, self.output_prefix, f"emr-serverless/{name}/", [JOBS_PREFIX]
-        ):
-            role.add_to_policy(statement)
-        suppress(
-            role,
-            "AwsSolutions-IAM5",
-            "Object wildcards are limited to this pipeline's own input, output, manifest, log and job-code prefixes.",
-            ["regex:/^Resource::.*\\/\\*$/g"],
-        )
-        return role
+        self.build()
 
-    def _grant_workflow(self, stack: Stack) -> None:
-        role = self.role
-        self.grant_run_bookkeeping()
+    def runtime_definition(self) -> dict[str, Any]:
+        return compose("emr_serverless_job")
+
+    def runtime_substitutions(self) -> dict[str, str]:
+        runtime = self.runtime
+        return {
+            "EntryPoint": f"s3://{self.storage.artifacts.bucket_name}/{JOBS_PREFIX}{runtime.entry_point}",
+            "JobArgumentsJson": asl_string(json.dumps(runtime.arguments)),
+            "SparkSubmitParameters": asl_string(runtime.spark_submit_parameters),
+            "ExecutionTimeoutMinutes": str(runtime.execution_timeout_minutes),
+            "ApplicationId": self.application.application_id,
+            "JobRoleArn": self.job_role.role_arn,
+        }
+
+    def runtime_wildcards(self) -> tuple[str, list[str]]:
+        return "job runs of its application (ids are unknown until run time).", []
+
+    def grant_runtime(self) -> None:
+        role, stack = self.role, Stack.of(self)
         app_arn = self.application.arn
         role.add_to_principal_policy(
             iam.PolicyStatement(sid="StartJobRun", actions=["emr-serverless:StartJobRun"], resources=[app_arn])
@@ -156,4 +147,3 @@ class ServerlessPipeline(PipelineWorkflow):
                 resources=[stack.format_arn(service="events", resource="rule", resource_name=SERVERLESS_SYNC_RULE)],
             )
         )
-        self.suppress_workflow_wildcards("job runs of its application (ids are unknown until run time).", [])

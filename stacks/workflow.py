@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from abc import ABCMeta, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,19 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
+from jsii import JSIIMeta
 
 from config.loader import output_prefix
 from config.model import Pipeline
 from stacks.nag import suppress
-from stacks.naming import LEDGER_PREFIX, MANIFESTS_PREFIX, input_prefix, state_machine_log_group, state_machine_name
+from stacks.naming import (
+    JOBS_PREFIX,
+    LEDGER_PREFIX,
+    MANIFESTS_PREFIX,
+    input_prefix,
+    state_machine_log_group,
+    state_machine_name,
+)
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
 
@@ -28,12 +38,25 @@ def asl_string(value: str) -> str:
     return json.dumps(value)[1:-1]
 
 
-class PipelineWorkflow(Construct):
+JOB_ROLE_WILDCARDS = (
+    "Object wildcards are limited to this pipeline's own input, output, manifest, log and job-code prefixes."
+)
+
+
+class _AbstractConstructMeta(JSIIMeta, ABCMeta):
+    """Lets a construct class have abstract methods (Construct's metaclass is jsii's)."""
+
+
+class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
     """Base of the per-runtime pipeline constructs.
 
     - State machine `<prefix>-<pipeline>` (Standard, X-Ray, logs ALL without execution data,
       top-level TimeoutSeconds `run_timeout_minutes`), its role trusted by Step Functions in this account only.
+    - Its ASL is composed from `statemachines/` (`stacks.asl`): the shared skeleton and the runtime's fragment.
     - The role gets exactly the actions of the ASL's tasks (tests derive them from the ASL).
+
+    A subclass creates its runtime's resources, then calls `build()`, which asks it through the abstract
+    hooks for its definition, substitutions, grants and the wildcards its grants need.
     """
 
     state_machine: sfn.StateMachine
@@ -67,6 +90,62 @@ class PipelineWorkflow(Construct):
             ),
             description=f"EMR Autopilot workflow of pipeline {name}",
         )
+
+    # ------------------------------------------------------------------ hooks each runtime implements
+
+    @abstractmethod
+    def runtime_definition(self) -> dict[str, Any]:
+        """The workflow's ASL before substitutions: `stacks.asl.compose(<its workflow>)`, filled from config."""
+
+    @abstractmethod
+    def runtime_substitutions(self) -> dict[str, str]:
+        """The `${Substitutions}` of the runtime's fragment (beyond `common_substitutions`)."""
+
+    @abstractmethod
+    def grant_runtime(self) -> None:
+        """Grant the workflow role the runtime's tasks (the bookkeeping grants are the base's)."""
+
+    @abstractmethod
+    def runtime_wildcards(self) -> tuple[str, list[str]]:
+        """Why the runtime's grants need wildcards, and the cdk-nag `appliesTo` entries they produce."""
+
+    # ------------------------------------------------------------------ the one flow
+
+    def build(self) -> None:
+        """The state machine and its grants; called once by the subclass after its runtime resources exist."""
+        body = self.definition_body(self.runtime_definition())
+        self.state_machine = self.build_state_machine(
+            body, {**self.common_substitutions(), **self.runtime_substitutions()}
+        )
+        self.grant_run_bookkeeping()
+        self.grant_runtime()
+        reason, applies_to = self.runtime_wildcards()
+        self.suppress_workflow_wildcards(reason, applies_to)
+
+    def job_data_role(
+        self,
+        construct_id: str,
+        *,
+        assumed_by: iam.IPrincipal,
+        description: str,
+        logs_prefix: str,
+        code_prefixes: Sequence[str] = (JOBS_PREFIX,),
+        role_name: str | None = None,
+        extra_statements: Sequence[iam.PolicyStatement] = (),
+        wildcards: tuple[str, list[str]] = (JOB_ROLE_WILDCARDS, ["regex:/^Resource::.*\\/\\*$/g"]),
+    ) -> iam.Role:
+        """The role a job's compute runs as: `job_data_statements` (plus `extra_statements`), its wildcards
+        suppressed with `wildcards` (reason, `appliesTo`)."""
+        role = iam.Role(self, construct_id, role_name=role_name, assumed_by=assumed_by, description=description)
+        for statement in job_data_statements(
+            self.storage, self.name, self.input_prefix, self.output_prefix, logs_prefix, list(code_prefixes)
+        ):
+            role.add_to_policy(statement)
+        for statement in extra_statements:
+            role.add_to_policy(statement)
+        reason, applies_to = wildcards
+        suppress(role, "AwsSolutions-IAM5", reason, applies_to)
+        return role
 
     def common_substitutions(self) -> dict[str, str]:
         """Substitutions every workflow's ASL uses."""
@@ -203,8 +282,3 @@ def job_data_statements(
         iam.PolicyStatement(actions=["s3:PutObject"], resources=[storage.logs.arn_for_objects(f"{logs_prefix}*")])
     )
     return statements
-
-
-def load_definition(path: Any) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return result

@@ -26,7 +26,7 @@ CLUSTER_ERROR_CODES_OK = {"USER_REQUEST", "ALL_STEPS_COMPLETED"}
 
 @dataclass(frozen=True)
 class FinalizeRequest:
-    """The workflow's payload (see the `Finalize*` states of statemachines/emr_ec2_*.asl.json)."""
+    """The workflow's payload (see the `Finalize*` states of statemachines/rendered/emr_ec2_*.asl.json)."""
 
     outcome: str  # SUCCEEDED | FAILED
     transient: bool

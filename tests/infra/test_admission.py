@@ -14,7 +14,7 @@ from config.loader import load_config
 from tests.infra.conftest import Synthesized
 from tests.infra.test_workflow import PIPELINES, _graph, _role_statements, definition_of, state_machine, workflow_role
 
-STATEMACHINES = Path(__file__).resolve().parents[2] / "statemachines"
+STATEMACHINES = Path(__file__).resolve().parents[2] / "statemachines" / "rendered"
 CONFIG = load_config("dev")
 # Where each runtime's failure path starts, and the state right after each release.
 FAILURE_ENTRY = {

@@ -13,7 +13,7 @@ from config.loader import load_config
 from local.iam.reference import reference
 from tests.infra.conftest import Synthesized
 
-STATEMACHINES = Path(__file__).resolve().parents[2] / "statemachines"
+STATEMACHINES = Path(__file__).resolve().parents[2] / "statemachines" / "rendered"
 ASL_PATH = STATEMACHINES / "emr_serverless_job.asl.json"
 ASL: dict[str, Any] = json.loads(ASL_PATH.read_text(encoding="utf-8"))
 RUN_TASK_PREFIX = "arn:${Partition}:states:::"

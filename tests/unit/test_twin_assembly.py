@@ -23,7 +23,7 @@ from local.assembly import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-ASL = REPO / "statemachines" / "emr_serverless_job.asl.json"
+ASL = REPO / "statemachines" / "rendered" / "emr_serverless_job.asl.json"
 LAMBDA_FOLDERS = {p.name for p in (REPO / "lambdas").iterdir() if (p / "handler.py").is_file()}
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
