@@ -11,6 +11,7 @@ from constructs import Construct, IConstruct
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig, ServerlessApplication
+from stacks.alarm_scaling import AutopilotScaling
 from stacks.arns import executions_of
 from stacks.dashboard import OperationsDashboard
 from stacks.ec2_pipeline import Ec2Pipeline
@@ -19,7 +20,6 @@ from stacks.guardrails import AutopilotGuardrails
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, deployment_name, serverless_application_name
 from stacks.platform import AutopilotPlatform
-from stacks.scaling import AutopilotScaling
 from stacks.serverless_pipeline import ServerlessApplicationConstruct, ServerlessPipeline
 from stacks.storage import AutopilotStorage
 from stacks.triggers import PipelineTrigger

@@ -14,6 +14,7 @@ from constructs import Construct
 
 from config.ec2 import Ec2Runtime
 from config.model import Pipeline
+from stacks.alarm_scaling import alarm_prefix, alarm_scaling, alarm_specs, grant_alarm_lifecycle
 from stacks.asl import compose
 from stacks.emr_ec2_spec import cluster_request, managed_tags, step_templates
 from stacks.nag import suppress
@@ -25,7 +26,6 @@ from stacks.naming import (
     instance_profile_name,
 )
 from stacks.platform import AutopilotPlatform
-from stacks.scaling import alarm_prefix, alarm_scaling, alarm_specs, grant_alarm_lifecycle
 from stacks.storage import AutopilotStorage
 from stacks.workflow import PipelineWorkflow, asl_string
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from config.ec2 import Ec2Runtime
-from stacks.scaling import alarm_scaling, alarm_specs
+from stacks.alarm_scaling import alarm_scaling, alarm_specs
 from tests.infra.conftest import Synthesized
 from tests.infra.test_workflow import definition_of
 

@@ -41,7 +41,7 @@ TEMPLATE: dict[str, Any] = {
             "Type": "AWS::Events::Rule",
             "Properties": {
                 "Name": RULE,
-                "EventPattern": {  # the scaler's rule (stacks/scaling.py)
+                "EventPattern": {  # the scaler's rule (stacks/alarm_scaling.py)
                     "source": ["aws.cloudwatch"],
                     "detail-type": ["CloudWatch Alarm State Change"],
                     "detail": {"alarmName": [{"prefix": PREFIX}], "state": {"value": ["ALARM"]}},
