@@ -23,7 +23,7 @@ from stacks.platform import AutopilotPlatform
 from stacks.serverless_pipeline import ServerlessApplicationConstruct, ServerlessPipeline
 from stacks.storage import AutopilotStorage
 from stacks.triggers import PipelineTrigger
-from stacks.workflow import PipelineWorkflow
+from stacks.workflow import PipelineProps, PipelineWorkflow
 
 
 class AutopilotStack(Stack):
@@ -50,17 +50,11 @@ class AutopilotStack(Stack):
         for name, pipeline in config.pipelines.items():
             runtime = pipeline.runtime
             workflow: PipelineWorkflow
-            common: dict[str, Any] = {
-                "name": name,
-                "pipeline": pipeline,
-                "prefix": prefix,
-                "storage": self.storage,
-                "platform": self.platform,
-            }
+            props = PipelineProps(name, pipeline, prefix, self.storage, self.platform)
             if isinstance(runtime, Ec2Runtime):
-                workflow = Ec2Pipeline(self, f"Pipeline-{name}", **common, extra_tags=dict(config.tags))
+                workflow = Ec2Pipeline(self, f"Pipeline-{name}", props, extra_tags=dict(config.tags))
             elif isinstance(runtime, EksRuntime):
-                workflow = EksPipeline(self, f"Pipeline-{name}", **common)
+                workflow = EksPipeline(self, f"Pipeline-{name}", props)
             else:
                 if isinstance(runtime.application, ServerlessApplication):
                     application = ServerlessApplicationConstruct(
@@ -69,7 +63,7 @@ class AutopilotStack(Stack):
                     Tags.of(application).add(TAG_PIPELINE, name)
                 else:
                     application = shared[runtime.application]
-                workflow = ServerlessPipeline(self, f"Pipeline-{name}", **common, application=application)
+                workflow = ServerlessPipeline(self, f"Pipeline-{name}", props, application=application)
             workflow.state_machine.grant_start_execution(self.platform.router)
             # Whether a run an arrival rejoins has started (DescribeExecution of its own executions only).
             self.platform.router.add_to_role_policy(

@@ -13,7 +13,6 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from config.ec2 import Ec2Runtime
-from config.model import Pipeline
 from stacks.alarm_scaling import alarm_prefix, alarm_scaling, alarm_specs, grant_alarm_lifecycle
 from stacks.asl import compose
 from stacks.emr_ec2_spec import cluster_request, managed_tags, step_templates
@@ -25,9 +24,7 @@ from stacks.naming import (
     TAG_PIPELINE,
     instance_profile_name,
 )
-from stacks.platform import AutopilotPlatform
-from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow, asl_string
+from stacks.workflow import PipelineProps, PipelineWorkflow, asl_string
 
 # Managed rules Step Functions creates to learn when a .sync EMR call has finished.
 EMR_SYNC_RULES = {
@@ -86,22 +83,11 @@ class Ec2Pipeline(PipelineWorkflow):
     """
 
     def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        name: str,
-        pipeline: Pipeline,
-        prefix: str,
-        storage: AutopilotStorage,
-        platform: AutopilotPlatform,
-        extra_tags: dict[str, str],
+        self, scope: Construct, construct_id: str, props: PipelineProps, *, extra_tags: dict[str, str]
     ) -> None:
-        super().__init__(
-            scope, construct_id, name=name, pipeline=pipeline, prefix=prefix, storage=storage, platform=platform
-        )
-        runtime = pipeline.runtime
-        assert isinstance(runtime, Ec2Runtime)
+        super().__init__(scope, construct_id, props)
+        name, prefix, platform = props.name, props.prefix, props.platform
+        runtime = props.runtime_of(Ec2Runtime)
         assert platform.finalize is not None
         self.runtime = runtime
         self.stack = Stack.of(self)

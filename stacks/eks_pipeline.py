@@ -11,12 +11,9 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from config.eks import EksRuntime
-from config.model import Pipeline
 from stacks.asl import compose
 from stacks.naming import JOBS_PREFIX, eks_job_role_name, virtual_cluster_name
-from stacks.platform import AutopilotPlatform
-from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow, asl_string
+from stacks.workflow import PipelineProps, PipelineWorkflow, asl_string
 
 BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -41,22 +38,10 @@ class EksPipeline(PipelineWorkflow):
     - State machine composed from `statemachines/fragments/emr_eks_job.json` (see `PipelineWorkflow`).
     """
 
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        name: str,
-        pipeline: Pipeline,
-        prefix: str,
-        storage: AutopilotStorage,
-        platform: AutopilotPlatform,
-    ) -> None:
-        super().__init__(
-            scope, construct_id, name=name, pipeline=pipeline, prefix=prefix, storage=storage, platform=platform
-        )
-        runtime = pipeline.runtime
-        assert isinstance(runtime, EksRuntime)
+    def __init__(self, scope: Construct, construct_id: str, props: PipelineProps) -> None:
+        super().__init__(scope, construct_id, props)
+        name, prefix = props.name, props.prefix
+        runtime = props.runtime_of(EksRuntime)
         self.runtime = runtime
         stack = Stack.of(self)
         if runtime.virtual_cluster_id is None:

@@ -10,12 +10,10 @@ from aws_cdk import aws_emrserverless as emrs
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from config.model import Pipeline, ServerlessApplication, ServerlessRuntime
+from config.model import ServerlessApplication, ServerlessRuntime
 from stacks.asl import compose
 from stacks.naming import JOBS_PREFIX
-from stacks.platform import AutopilotPlatform
-from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow, asl_string
+from stacks.workflow import PipelineProps, PipelineWorkflow, asl_string
 
 # The managed rule Step Functions creates in the account to receive EMR Serverless job events (.sync).
 SERVERLESS_SYNC_RULE = "StepFunctionsGetEventsForEMRServerlessJobRule"
@@ -74,22 +72,11 @@ class ServerlessPipeline(PipelineWorkflow):
     """
 
     def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        name: str,
-        pipeline: Pipeline,
-        prefix: str,
-        storage: AutopilotStorage,
-        platform: AutopilotPlatform,
-        application: ServerlessApplicationConstruct,
+        self, scope: Construct, construct_id: str, props: PipelineProps, *, application: ServerlessApplicationConstruct
     ) -> None:
-        super().__init__(
-            scope, construct_id, name=name, pipeline=pipeline, prefix=prefix, storage=storage, platform=platform
-        )
-        runtime = pipeline.runtime
-        assert isinstance(runtime, ServerlessRuntime)
+        super().__init__(scope, construct_id, props)
+        name = props.name
+        runtime = props.runtime_of(ServerlessRuntime)
         self.runtime = runtime
         self.application = application
         self.job_role = self.job_data_role(

@@ -8,8 +8,9 @@ import json
 import tempfile
 from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aws_cdk import Aws, RemovalPolicy
 from aws_cdk import aws_iam as iam
@@ -47,6 +48,28 @@ class _AbstractConstructMeta(JSIIMeta, ABCMeta):
     """Lets a construct class have abstract methods (Construct's metaclass is jsii's)."""
 
 
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class PipelineProps:
+    """What every pipeline construct is built from: the pipeline's name and config, the deployment's prefix,
+    and the storage and platform constructs it writes to and calls."""
+
+    name: str
+    pipeline: Pipeline
+    prefix: str
+    storage: AutopilotStorage
+    platform: AutopilotPlatform
+
+    def runtime_of(self, kind: type[R]) -> R:
+        """The pipeline's runtime, which must be a `kind` (the construct for another runtime is a bug)."""
+        runtime = self.pipeline.runtime
+        if not isinstance(runtime, kind):
+            raise TypeError(f"pipeline {self.name}: runtime is {type(runtime).__name__}; expected {kind.__name__}")
+        return runtime
+
+
 class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
     """Base of the per-runtime pipeline constructs.
 
@@ -62,18 +85,10 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
     state_machine: sfn.StateMachine
     definition: dict[str, Any]  # the ASL as deployed (before substitutions)
 
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        name: str,
-        pipeline: Pipeline,
-        prefix: str,
-        storage: AutopilotStorage,
-        platform: AutopilotPlatform,
-    ) -> None:
+    def __init__(self, scope: Construct, construct_id: str, props: PipelineProps) -> None:
         super().__init__(scope, construct_id)
+        name, pipeline, prefix = props.name, props.pipeline, props.prefix
+        storage, platform = props.storage, props.platform
         self.name = name
         self.pipeline = pipeline
         self.storage = storage
