@@ -21,6 +21,7 @@ from stacks.arns import alarms_named, executions_of, ledger_statements
 from stacks.nag import suppress
 from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
 from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
+from stacks.rules import service_event_rule
 from stacks.storage import AutopilotStorage
 from stacks.workflow import PipelineWorkflow
 
@@ -183,24 +184,17 @@ class AutopilotScaling(Construct):
                 "regex:/^Resource::arn:[^:]+:cloudwatch:.*:alarm:.*-scaling-.*\\*$/g",
             ],
         )
-        self.rule = events.Rule(
+        self.rule = service_event_rule(
             self,
             "ScalingAlarm",
             description="EMR Autopilot: a scaling alarm went to ALARM -> one task-fleet step",
-            event_pattern=events.EventPattern(
-                source=["aws.cloudwatch"],
-                detail_type=["CloudWatch Alarm State Change"],
-                detail={
-                    "alarmName": [{"prefix": f"{prefix}-scaling-"}],
-                    "state": {"value": ["ALARM"]},
-                },
+            source="aws.cloudwatch",
+            detail_type="CloudWatch Alarm State Change",
+            detail={"alarmName": [{"prefix": f"{prefix}-scaling-"}], "state": {"value": ["ALARM"]}},
+            target=targets.LambdaFunction(
+                function,
+                dead_letter_queue=platform.dead_letters,
+                retry_attempts=8,
+                max_event_age=Duration.minutes(10),
             ),
-            targets=[
-                targets.LambdaFunction(
-                    function,
-                    dead_letter_queue=platform.dead_letters,
-                    retry_attempts=8,
-                    max_event_age=Duration.minutes(10),
-                )
-            ],
         )

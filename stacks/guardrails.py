@@ -23,6 +23,7 @@ from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
 from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT, DeploymentNames
 from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
+from stacks.rules import api_call_rule, service_event_rule
 from stacks.serverless_pipeline import ServerlessPipeline
 from stacks.storage import AutopilotStorage
 from stacks.workflow import PipelineWorkflow
@@ -113,19 +114,17 @@ class AutopilotGuardrails(Construct):
             retry_attempts=20,
             max_event_age=Duration.hours(2),
         )
-        self.ended_rule = events.Rule(
+        self.ended_rule = service_event_rule(
             self,
             "ExecutionEnded",
             description="EMR Autopilot: a run ended ABORTED/TIMED_OUT/FAILED -> cleanup",
-            event_pattern=events.EventPattern(
-                source=["aws.states"],
-                detail_type=["Step Functions Execution Status Change"],
-                detail={
-                    "status": ENDED_STATUSES,
-                    "stateMachineArn": [w.state_machine.state_machine_arn for w in pipelines.values()],
-                },
-            ),
-            targets=[target],
+            source="aws.states",
+            detail_type="Step Functions Execution Status Change",
+            detail={
+                "status": ENDED_STATUSES,
+                "stateMachineArn": [w.state_machine.state_machine_arn for w in pipelines.values()],
+            },
+            target=target,
         )
         self.sweeper_rule = events.Rule(
             self,
@@ -134,35 +133,21 @@ class AutopilotGuardrails(Construct):
             schedule=events.Schedule.rate(Duration.minutes(guardrails.sweeper_interval_minutes)),
             targets=[target],
         )
-        self.cloudtrail_rule = events.Rule(
+        self.cloudtrail_rule = api_call_rule(
             self,
             "EmrApiCalls",
             description="EMR Autopilot: EMR API calls seen by CloudTrail -> unmanaged clusters, cancelled runs",
-            event_pattern=events.EventPattern(
-                source=["aws.elasticmapreduce"],
-                detail_type=["AWS API Call via CloudTrail"],
-                detail={
-                    "eventSource": ["elasticmapreduce.amazonaws.com"],
-                    "eventName": CLOUDTRAIL_EMR_CALLS,
-                    "errorCode": [{"exists": False}],
-                },
-            ),
-            targets=[target],
+            service="elasticmapreduce",
+            event_names=CLOUDTRAIL_EMR_CALLS,
+            target=target,
         )
-        self.stop_rule = events.Rule(
+        self.stop_rule = api_call_rule(
             self,
             "ExecutionStopped",
             description="EMR Autopilot: StopExecution seen by CloudTrail -> who aborted the run",
-            event_pattern=events.EventPattern(
-                source=["aws.states"],
-                detail_type=["AWS API Call via CloudTrail"],
-                detail={
-                    "eventSource": ["states.amazonaws.com"],
-                    "eventName": ["StopExecution"],
-                    "errorCode": [{"exists": False}],
-                },
-            ),
-            targets=[target],
+            service="states",
+            event_names=["StopExecution"],
+            target=target,
         )
         self.trail: cloudtrail.Trail | None = None
         if guardrails.trail.create:
