@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy
-from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import Duration
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
@@ -17,7 +16,7 @@ from config.model import AppConfig
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
 from stacks.naming import LEDGER_PREFIX, DeploymentNames
-from stacks.storage import AutopilotStorage
+from stacks.storage import AutopilotStorage, state_table
 
 # Environment contract of `autopilot_common.admission` (Caps.from_env and the admission handler).
 TABLE_ENV, CAPS_ENV, LEDGER_BUCKET_ENV = "ADMISSION_TABLE", "ADMISSION_CAPS", "LEDGER_BUCKET"
@@ -74,17 +73,8 @@ class RunAdmission(Construct):
             }
             for name, pipeline in config.pipelines.items()
         }
-        self.table = dynamodb.TableV2(
-            self,
-            "Table",
-            table_name=DeploymentNames(prefix).admission_table,
-            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
-            sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
-            billing=dynamodb.Billing.on_demand(),
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            removal_policy=RemovalPolicy.DESTROY,
+        self.table = state_table(
+            self, "Table", table_name=DeploymentNames(prefix).admission_table, partition_key="pk", sort_key="sk"
         )
         self.function = functions.function(
             self,

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The kernel's names, re-exported for the constructs: one home each (autopilot_common).
-from autopilot_common.ledger import LEDGER_PREFIX
-from autopilot_common.observability import METRICS_NAMESPACE
-from autopilot_common.tags import TAG_DEPLOYMENT, TAG_EXECUTION, TAG_LONG_RUNNING, TAG_PIPELINE, TAG_RUN_ID
+from autopilot_common.ledger import LEDGER_PREFIX as LEDGER_PREFIX
+from autopilot_common.observability import METRICS_NAMESPACE as METRICS_NAMESPACE
+from autopilot_common.tags import TAG_DEPLOYMENT as TAG_DEPLOYMENT
+from autopilot_common.tags import TAG_PIPELINE as TAG_PIPELINE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS_DIR = REPO_ROOT / "lambdas"
@@ -23,17 +24,6 @@ MANIFESTS_PREFIX = "manifests/"
 
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 POWERTOOLS_LAYER_NAME = "AWSLambdaPowertoolsPythonV3-python314-x86_64"
-
-
-__all__ = [
-    "LEDGER_PREFIX",
-    "METRICS_NAMESPACE",
-    "TAG_DEPLOYMENT",
-    "TAG_EXECUTION",
-    "TAG_LONG_RUNNING",
-    "TAG_PIPELINE",
-    "TAG_RUN_ID",
-]
 
 
 def deployment_name(project: str, env: str) -> str:

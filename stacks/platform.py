@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import re
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
-from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -24,7 +23,7 @@ from stacks.admission import RunAdmission
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
 from stacks.naming import LEDGER_PREFIX, MANIFESTS_PREFIX, DeploymentNames, input_prefix
-from stacks.storage import AutopilotStorage
+from stacks.storage import AutopilotStorage, state_table
 
 # What the functions do on the idempotency table: Powertools' idempotency utility and the claims the guardrail and
 # scaler store there are item reads and writes (CDK's grant_read_write_data would add stream actions, which the
@@ -62,17 +61,8 @@ class AutopilotPlatform(Construct):
         for email in config.notifications.emails:
             self.topic.add_subscription(subs.EmailSubscription(email))
 
-        self.idempotency_table = dynamodb.TableV2(
-            self,
-            "Idempotency",
-            table_name=names.idempotency_table,
-            partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
-            billing=dynamodb.Billing.on_demand(),
-            time_to_live_attribute="expiration",
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            removal_policy=RemovalPolicy.DESTROY,
+        self.idempotency_table = state_table(
+            self, "Idempotency", table_name=names.idempotency_table, partition_key="id", ttl_attribute="expiration"
         )
 
         self.dead_letters = sqs.Queue(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
 from constructs import Construct
@@ -126,3 +127,29 @@ class AutopilotStorage(Construct):
 
 def _removal(spec: BucketSpec) -> RemovalPolicy:
     return RemovalPolicy.DESTROY if spec.removal_policy == "destroy" else RemovalPolicy.RETAIN
+
+
+def state_table(
+    scope: Construct,
+    construct_id: str,
+    *,
+    table_name: str,
+    partition_key: str,
+    sort_key: str | None = None,
+    ttl_attribute: str | None = None,
+) -> dynamodb.TableV2:
+    """A table of the app's own state (claims, run slots): string keys, on-demand, point-in-time recovery,
+    removed with the stack (it holds nothing that outlives the deployment)."""
+    return dynamodb.TableV2(
+        scope,
+        construct_id,
+        table_name=table_name,
+        partition_key=dynamodb.Attribute(name=partition_key, type=dynamodb.AttributeType.STRING),
+        sort_key=dynamodb.Attribute(name=sort_key, type=dynamodb.AttributeType.STRING) if sort_key else None,
+        billing=dynamodb.Billing.on_demand(),
+        time_to_live_attribute=ttl_attribute,
+        point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+            point_in_time_recovery_enabled=True
+        ),
+        removal_policy=RemovalPolicy.DESTROY,
+    )
