@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 
 if TYPE_CHECKING:
-    from mypy_boto3_cloudwatch.client import CloudWatchClient
-    from mypy_boto3_dynamodb.client import DynamoDBClient
-    from mypy_boto3_emr.client import EMRClient
-    from mypy_boto3_emr_containers.client import EMRContainersClient
-    from mypy_boto3_emr_serverless.client import EMRServerlessClient
-    from mypy_boto3_s3.client import S3Client
-    from mypy_boto3_sns.client import SNSClient
-    from mypy_boto3_stepfunctions.client import SFNClient
+    from mypy_boto3_cloudwatch.client import CloudWatchClient as CloudWatchClient
+    from mypy_boto3_dynamodb.client import DynamoDBClient as DynamoDBClient
+    from mypy_boto3_emr.client import EMRClient as EMRClient
+    from mypy_boto3_emr_containers.client import EMRContainersClient as EMRContainersClient
+    from mypy_boto3_emr_serverless.client import EMRServerlessClient as EMRServerlessClient
+    from mypy_boto3_s3.client import S3Client as S3Client
+    from mypy_boto3_sns.client import SNSClient as SNSClient
+    from mypy_boto3_stepfunctions.client import SFNClient as SFNClient
 else:
     CloudWatchClient = DynamoDBClient = EMRClient = EMRContainersClient = EMRServerlessClient = Any
     S3Client = SFNClient = SNSClient = Any
