@@ -14,14 +14,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from autopilot_common.causes import ledger_cause
 from autopilot_common.scaling_state import actions as scaling_actions
 
-ACTIVE_STEP_STATES = ["PENDING", "RUNNING", "CANCEL_PENDING"]
+if TYPE_CHECKING:
+    from mypy_boto3_emr.literals import StepStateType
+    from mypy_boto3_emr.type_defs import ClusterTypeDef
+
+    from autopilot_common.clients import DynamoDBClient, EMRClient
+
+ACTIVE_STEP_STATES: list[StepStateType] = ["PENDING", "RUNNING", "CANCEL_PENDING"]
 FAILED_STEP_STATES = {"FAILED", "CANCELLED", "INTERRUPTED"}
 CLUSTER_ERROR_CODES_OK = {"USER_REQUEST", "ALL_STEPS_COMPLETED"}
+_Listing = Literal["list_instance_fleets", "list_instance_groups", "list_instances", "list_steps"]  # what _pages walks
 
 
 @dataclass(frozen=True)
@@ -66,12 +73,12 @@ class FinalizeRequest:
 class ScalingState:
     """Where the scaler stores each cluster's actions (`STATE_TABLE`): the ledger's `scaling.actions`."""
 
-    dynamodb: Any
+    dynamodb: DynamoDBClient
     table: str
 
 
 def finalize_run(
-    request: FinalizeRequest, emr: Any, now: datetime | None = None, *, scaling: ScalingState | None = None
+    request: FinalizeRequest, emr: EMRClient, now: datetime | None = None, *, scaling: ScalingState | None = None
 ) -> dict[str, Any]:
     """The ledger update for the run (merged by the workflow into the STARTED record).
 
@@ -112,7 +119,7 @@ def finalize_run(
 # ---------------------------------------------------------------------------------------- cluster
 
 
-def _cluster_summary(emr: Any, cluster: dict[str, Any]) -> dict[str, Any]:
+def _cluster_summary(emr: EMRClient, cluster: ClusterTypeDef) -> dict[str, Any]:
     status = cluster.get("Status", {})
     reason = status.get("StateChangeReason", {})
     timeline = status.get("Timeline", {})
@@ -163,7 +170,7 @@ def _group(group: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _instance_hours(emr: Any, cluster: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+def _instance_hours(emr: EMRClient, cluster: ClusterTypeDef, now: datetime) -> dict[str, Any] | None:
     """Instance-hours from each instance's lifetime; else provisioned units x the cluster's lifetime."""
     total = 0.0
     instances = _pages(emr, "list_instances", "Instances", cluster["Id"])
@@ -191,7 +198,7 @@ def _instance_hours(emr: Any, cluster: dict[str, Any], now: datetime) -> dict[st
 # ------------------------------------------------------------------------------------------ steps
 
 
-def _steps(emr: Any, cluster_id: str, names: list[str], noticed: dict[str, str]) -> list[dict[str, Any]]:
+def _steps(emr: EMRClient, cluster_id: str, names: list[str], noticed: dict[str, str]) -> list[dict[str, Any]]:
     wanted = set(names)
     found = [s for s in _pages(emr, "list_steps", "Steps", cluster_id) if not wanted or s.get("Name") in wanted]
     found.sort(key=lambda s: _ts(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")))
@@ -220,7 +227,7 @@ def _step(step: dict[str, Any], noticed_at: str | None = None) -> dict[str, Any]
     }
 
 
-def _cancel_active_steps(emr: Any, cluster_id: str, names: list[str]) -> list[str]:
+def _cancel_active_steps(emr: EMRClient, cluster_id: str, names: list[str]) -> list[str]:
     wanted = set(names)
     active = [
         s["Id"]
@@ -261,7 +268,7 @@ def _failure(request: FinalizeRequest, update: dict[str, Any]) -> tuple[str, str
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _pages(emr: Any, operation: str, key: str, cluster_id: str, **kwargs: Any) -> list[dict[str, Any]]:
+def _pages(emr: EMRClient, operation: _Listing, key: str, cluster_id: str, **kwargs: Any) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for page in emr.get_paginator(operation).paginate(ClusterId=cluster_id, **kwargs):
         items.extend(page.get(key, []))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -22,6 +22,9 @@ from autopilot_common.ledger import write_entry as write_ledger
 from autopilot_common.tags import TAG_DEPLOYMENT, TAG_EXECUTION, TAG_PIPELINE, TAG_RUN_ID
 from guardrail_settings import GuardrailEventError, GuardrailSettings
 from run_teardown import RunRef, cluster_tags, execution_status, notify
+
+if TYPE_CHECKING:
+    from autopilot_common.clients import DynamoDBClient, EMRClient
 
 CANCELLATION_KEY_PREFIX = "autopilot-guardrail.cancellation#"
 STOP_KEY_PREFIX = "autopilot-guardrail.stop#"
@@ -58,17 +61,17 @@ class Stop:
         return {"aborted_by": self.by, "aborted_at": self.at}
 
 
-def record_stop(dynamodb: Any, table: str, stop: Stop, now: datetime) -> bool:
+def record_stop(dynamodb: DynamoDBClient, table: str, stop: Stop, now: datetime) -> bool:
     """Store who stopped the run (first report wins); True when this call stored it."""
     return _store_first(dynamodb, table, STOP_KEY_PREFIX + stop.run_id, now, by=stop.by, at=stop.at)
 
 
-def find_stop(dynamodb: Any, table: str, run_id: str) -> Stop | None:
+def find_stop(dynamodb: DynamoDBClient, table: str, run_id: str) -> Stop | None:
     found = _stored(dynamodb, table, STOP_KEY_PREFIX + run_id)
     return Stop(run_id=run_id, by=found["by"], at=found["at"]) if found else None
 
 
-def record_cancellation(dynamodb: Any, table: str, cancellation: Cancellation, now: datetime) -> bool:
+def record_cancellation(dynamodb: DynamoDBClient, table: str, cancellation: Cancellation, now: datetime) -> bool:
     """Store the cancellation (first report wins); True when this call stored it."""
     return _store_first(
         dynamodb,
@@ -81,12 +84,12 @@ def record_cancellation(dynamodb: Any, table: str, cancellation: Cancellation, n
     )
 
 
-def find_cancellation(dynamodb: Any, table: str, run_id: str) -> Cancellation | None:
+def find_cancellation(dynamodb: DynamoDBClient, table: str, run_id: str) -> Cancellation | None:
     found = _stored(dynamodb, table, CANCELLATION_KEY_PREFIX + run_id)
     return Cancellation(run_id=run_id, by=found["by"], action=found["action"], at=found["at"]) if found else None
 
 
-def _store_first(dynamodb: Any, table: str, key: str, now: datetime, **fields: str) -> bool:
+def _store_first(dynamodb: DynamoDBClient, table: str, key: str, now: datetime, **fields: str) -> bool:
     """Put a report under `key` unless one is there (it expires after CANCELLATION_TTL); True when stored."""
     item = {"id": {"S": key}, **{name: {"S": value} for name, value in fields.items()}}
     item["expiration"] = {"N": str(int((now + CANCELLATION_TTL).timestamp()))}
@@ -99,7 +102,7 @@ def _store_first(dynamodb: Any, table: str, key: str, now: datetime, **fields: s
     return True
 
 
-def _stored(dynamodb: Any, table: str, key: str) -> dict[str, str] | None:
+def _stored(dynamodb: DynamoDBClient, table: str, key: str) -> dict[str, str] | None:
     """The string fields of the report under `key` (consistent read), or None."""
     item = dynamodb.get_item(TableName=table, Key={"id": {"S": key}}, ConsistentRead=True).get("Item")
     return {name: value["S"] for name, value in item.items() if "S" in value} if item else None
@@ -201,7 +204,7 @@ def _unmanaged_cluster(
     return reaction
 
 
-def _has_auto_termination(emr: Any, cluster_id: str) -> bool:
+def _has_auto_termination(emr: EMRClient, cluster_id: str) -> bool:
     try:
         return bool(emr.get_auto_termination_policy(ClusterId=cluster_id).get("AutoTerminationPolicy"))
     except ClientError as exc:

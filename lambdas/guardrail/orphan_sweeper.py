@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -36,6 +36,9 @@ from run_teardown import (
     notify,
     serverless_job_runs,
 )
+
+if TYPE_CHECKING:
+    from autopilot_common.clients import EMRClient, EMRServerlessClient
 
 # Pipeline names are lower case, cluster ids upper case: the id in a scaling alarm's name is unambiguous.
 ALARM_CLUSTER_ID = re.compile(r"-(j-[A-Z0-9]{8,20})-")
@@ -106,7 +109,7 @@ def _sweep_scaling_alarms(settings: GuardrailSettings, clients: Clients) -> list
     return orphans
 
 
-def _cluster_ended(emr: Any, cluster_id: str) -> bool:
+def _cluster_ended(emr: EMRClient, cluster_id: str) -> bool:
     try:
         _, cluster = cluster_tags(emr, cluster_id)
     except ClientError as exc:
@@ -217,7 +220,7 @@ def _sweep_job_runs(
         _record_sweep(run, settings, clients, now, status, finding)
 
 
-def _stop_if_idle(client: Any, application_id: str, idle_minutes: int, now: datetime) -> bool:
+def _stop_if_idle(client: EMRServerlessClient, application_id: str, idle_minutes: int, now: datetime) -> bool:
     """Stop a STARTED application with no active job run and none updated for `idle_minutes`."""
     application = client.get_application(applicationId=application_id)["application"]
     if application.get("state") != "STARTED":

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -16,9 +16,24 @@ from autopilot_common.ledger import iso, ledger_key
 from autopilot_common.tags import TAG_EXECUTION
 from guardrail_settings import GuardrailEventError, GuardrailSettings, PipelineRef
 
-ACTIVE_CLUSTER_STATES = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
-ACTIVE_SERVERLESS_STATES = ["SUBMITTED", "PENDING", "SCHEDULED", "RUNNING", "QUEUED"]
-ACTIVE_EKS_STATES = ["PENDING", "SUBMITTED", "RUNNING"]
+if TYPE_CHECKING:
+    from mypy_boto3_emr.literals import ClusterStateType
+    from mypy_boto3_emr.type_defs import ClusterTypeDef
+    from mypy_boto3_emr_containers.literals import JobRunStateType as EKSJobRunStateType
+    from mypy_boto3_emr_serverless.literals import JobRunStateType
+
+    from autopilot_common.clients import (
+        CloudWatchClient,
+        EMRClient,
+        EMRContainersClient,
+        EMRServerlessClient,
+        SFNClient,
+        SNSClient,
+    )
+
+ACTIVE_CLUSTER_STATES: list[ClusterStateType] = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
+ACTIVE_SERVERLESS_STATES: list[JobRunStateType] = ["SUBMITTED", "PENDING", "SCHEDULED", "RUNNING", "QUEUED"]
+ACTIVE_EKS_STATES: list[EKSJobRunStateType] = ["PENDING", "SUBMITTED", "RUNNING"]
 ENDED_STATUSES = ("ABORTED", "TIMED_OUT", "FAILED")
 
 
@@ -65,15 +80,15 @@ def alarm_prefix(deployment: str, pipeline: str, cluster_id: str) -> str:
     return f"{deployment}-scaling-{pipeline}-{cluster_id}-"
 
 
-def active_clusters(emr: Any) -> Iterable[dict[str, Any]]:
+def active_clusters(emr: EMRClient) -> Iterable[dict[str, Any]]:
     """Every cluster not yet terminating (ListClusters, paginated), as ListClusters summaries."""
     for page in emr.get_paginator("list_clusters").paginate(ClusterStates=ACTIVE_CLUSTER_STATES):
         yield from page.get("Clusters", [])
 
 
-def cluster_tags(emr: Any, cluster_id: str) -> tuple[dict[str, str], dict[str, Any]]:
+def cluster_tags(emr: EMRClient, cluster_id: str) -> tuple[dict[str, str], ClusterTypeDef]:
     """(tags, DescribeCluster's Cluster) of one cluster."""
-    cluster: dict[str, Any] = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     return {t["Key"]: t["Value"] for t in cluster.get("Tags", [])}, cluster
 
 
@@ -104,7 +119,7 @@ def teardown_run(run: RunRef, settings: GuardrailSettings, clients: Clients, led
     return done
 
 
-def delete_alarms(cloudwatch: Any, prefix: str) -> list[str]:
+def delete_alarms(cloudwatch: CloudWatchClient, prefix: str) -> list[str]:
     names = [
         alarm["AlarmName"]
         for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=prefix)
@@ -115,7 +130,7 @@ def delete_alarms(cloudwatch: Any, prefix: str) -> list[str]:
     return names
 
 
-def cancel_run_steps(emr: Any, cluster_id: str, run_id: str) -> list[str]:
+def cancel_run_steps(emr: EMRClient, cluster_id: str, run_id: str) -> list[str]:
     """Cancel the run's unfinished steps (named `<run id>: <step>`) on a shared cluster."""
     ids = [
         step["Id"]
@@ -128,7 +143,9 @@ def cancel_run_steps(emr: Any, cluster_id: str, run_id: str) -> list[str]:
     return ids
 
 
-def serverless_job_runs(client: Any, application_id: str, states: list[str] | None = None) -> list[dict[str, Any]]:
+def serverless_job_runs(
+    client: EMRServerlessClient, application_id: str, states: list[JobRunStateType] | None = None
+) -> list[dict[str, Any]]:
     """ListJobRuns of an application (paginated); an application that no longer exists has none."""
     kwargs: dict[str, Any] = {"applicationId": application_id, **({"states": states} if states else {})}
     try:
@@ -139,7 +156,7 @@ def serverless_job_runs(client: Any, application_id: str, states: list[str] | No
         raise
 
 
-def _cancel_serverless_runs(client: Any, application_id: str, run: RunRef) -> list[str]:
+def _cancel_serverless_runs(client: EMRServerlessClient, application_id: str, run: RunRef) -> list[str]:
     cancelled = []
     for summary in serverless_job_runs(client, application_id, ACTIVE_SERVERLESS_STATES):
         if summary.get("name") != run.run_id:
@@ -151,7 +168,7 @@ def _cancel_serverless_runs(client: Any, application_id: str, run: RunRef) -> li
     return cancelled
 
 
-def _cancel_eks_runs(client: Any, virtual_cluster_id: str, run: RunRef) -> list[str]:
+def _cancel_eks_runs(client: EMRContainersClient, virtual_cluster_id: str, run: RunRef) -> list[str]:
     cancelled = []
     for page in client.get_paginator("list_job_runs").paginate(
         virtualClusterId=virtual_cluster_id, states=ACTIVE_EKS_STATES
@@ -194,7 +211,7 @@ def base_entry(run: RunRef) -> dict[str, Any]:
     }
 
 
-def notify(sns: Any, topic_arn: str, subject: str, message: Mapping[str, Any]) -> None:
+def notify(sns: SNSClient, topic_arn: str, subject: str, message: Mapping[str, Any]) -> None:
     sns.publish(TopicArn=topic_arn, Subject=subject[:100], Message=json.dumps(message, indent=2, default=str))
 
 
@@ -209,7 +226,7 @@ def millis_to_datetime(value: Any, field_name: str) -> datetime:
     raise GuardrailEventError(f"detail.{field_name}: got {value!r}; expected epoch milliseconds")
 
 
-def execution_status(sfn: Any, execution_arn: str) -> tuple[str, datetime | None]:
+def execution_status(sfn: SFNClient, execution_arn: str) -> tuple[str, datetime | None]:
     """(status, start date) of an execution; ("UNKNOWN", None) when Step Functions no longer knows it."""
     try:
         described = sfn.describe_execution(executionArn=execution_arn)

@@ -24,7 +24,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autopilot_common.admission import arrival_of
 from autopilot_common.causes import cap_cause, shown
@@ -34,9 +34,14 @@ from autopilot_common.manifest import InputManifest, ManifestObject, manifest_ke
 from autopilot_common.s3uri import parse_s3_uri, s3_uri
 from autopilot_common.tags import run_tags
 
+if TYPE_CHECKING:
+    from mypy_boto3_emr.literals import ClusterStateType
+
+    from autopilot_common.clients import EMRClient, S3Client
+
 INVALID_INPUT = "InvalidExecutionInput"
 CLUSTER_UNAVAILABLE = "ClusterNotAvailable"
-USABLE_CLUSTER_STATES = {"WAITING", "RUNNING"}
+USABLE_CLUSTER_STATES: set[ClusterStateType] = {"WAITING", "RUNNING"}
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 MAX_CONSOLE_INPUTS = 1000
 MAX_OBJECTS = 100_000
@@ -112,7 +117,7 @@ class PipelineSettings:
             raise RuntimeError(f"state machine settings are incomplete or malformed: {exc!r}") from exc
 
 
-def prepare_run(payload: dict[str, Any], s3: Any, emr: Any = None) -> dict[str, Any]:
+def prepare_run(payload: dict[str, Any], s3: S3Client, emr: EMRClient | None = None) -> dict[str, Any]:
     """Validate and expand one execution's input; see the module docstring for the shapes.
 
     `emr` (a boto3 EMR client) is needed only by pipelines that run on a long-running cluster.
@@ -126,6 +131,8 @@ def prepare_run(payload: dict[str, Any], s3: Any, emr: Any = None) -> dict[str, 
     if settings.is_ec2:
         result["cluster"] = {"ClusterId": None}
         if settings.existing_cluster is not None:
+            if emr is None:
+                raise TypeError("prepare_run: a pipeline on a long-running cluster needs `emr` to resolve it")
             cluster_id, problem = resolve_cluster(emr, settings.existing_cluster)
             result["cluster"] = {"ClusterId": cluster_id}
             result["run"]["ledger"]["cluster_id"] = cluster_id
@@ -134,7 +141,7 @@ def prepare_run(payload: dict[str, Any], s3: Any, emr: Any = None) -> dict[str, 
     return result
 
 
-def resolve_cluster(emr: Any, target: dict[str, str]) -> tuple[str | None, str | None]:
+def resolve_cluster(emr: EMRClient, target: dict[str, str]) -> tuple[str | None, str | None]:
     """(cluster id, None) for a usable long-running cluster, else (None, why not)."""
     if "cluster_id" in target:
         cluster_id = target["cluster_id"]
@@ -171,7 +178,7 @@ def resolve_cluster(emr: Any, target: dict[str, str]) -> tuple[str | None, str |
     return matches[0][1], None
 
 
-def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3: Any) -> dict[str, Any]:
+def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3: S3Client) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidInput(f"input: got {type(raw).__name__}; expected a JSON object like {_example(settings)}")
     pipeline = raw.get("pipeline")
@@ -239,7 +246,7 @@ def _router_manifest(raw: dict[str, Any], settings: PipelineSettings, run_id: st
     return uri, count
 
 
-def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: Any) -> list[ManifestObject]:
+def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: S3Client) -> list[ManifestObject]:
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput(f"inputs: got {shown(inputs)}; expected a non-empty list of S3 URIs")
     if len(inputs) > MAX_CONSOLE_INPUTS:
@@ -271,7 +278,7 @@ def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: Any) -> list[Ma
     return sorted(seen.values(), key=lambda o: (o.bucket, o.key))
 
 
-def _head(s3: Any, bucket: str, key: str, field: str) -> ManifestObject:
+def _head(s3: S3Client, bucket: str, key: str, field: str) -> ManifestObject:
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
     except s3.exceptions.ClientError as exc:
@@ -288,7 +295,7 @@ def _head(s3: Any, bucket: str, key: str, field: str) -> ManifestObject:
     )
 
 
-def _list_prefix(s3: Any, bucket: str, prefix: str) -> list[ManifestObject]:
+def _list_prefix(s3: S3Client, bucket: str, prefix: str) -> list[ManifestObject]:
     objects: list[ManifestObject] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):

@@ -20,9 +20,12 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from autopilot_common.clients import DynamoDBClient
 
 # Stable DynamoDB key prefix, so refactoring this module never invalidates existing claims.
 CLAIM_KEY_PREFIX = "autopilot-router.object-claim"
@@ -49,7 +52,7 @@ class ClaimStore:
 
     def __init__(
         self,
-        dynamodb: Any,
+        dynamodb: DynamoDBClient,
         table: str,
         *,
         ttl_seconds: int,

@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger
@@ -61,6 +61,9 @@ from autopilot_common.manifest import InputManifest, ManifestObject, manifest_ke
 from autopilot_common.names import is_legal_execution_name, run_id_for
 from autopilot_common.settings import Environment
 from claims import EARLIER_RUN, ClaimStore
+
+if TYPE_CHECKING:
+    from autopilot_common.clients import S3Client, SFNClient, SNSClient
 
 SERVICE = "autopilot-router"
 DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60
@@ -458,7 +461,7 @@ def data_skip_reason(event: ObjectEvent) -> str | None:
     )
 
 
-def read_current_version(s3: Any, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion | None:
+def read_current_version(s3: S3Client, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion | None:
     """HeadObject of the object's current version (or of `version_id`); None when there is none (404: deleted,
     never written, or not that version).
 
@@ -603,7 +606,7 @@ def plan_runs(accepted: Sequence[Accepted]) -> list[RunPlan]:
     return plans
 
 
-def list_marker_folder(s3: Any, marker: ObjectEvent, written_by: str | None = None) -> list[ManifestObject]:
+def list_marker_folder(s3: S3Client, marker: ObjectEvent, written_by: str | None = None) -> list[ManifestObject]:
     """Every data object under the marker's folder (ListObjectsV2, paginated, so 10,000+ objects work).
 
     The trigger's suffixes and zero-byte rule apply; markers, hidden and temporary files are skipped. With
@@ -667,7 +670,7 @@ def execution_arn(state_machine_arn: str, run_id: str) -> str:
     return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + f":{run_id}"
 
 
-def execution_exists(sfn: Any, state_machine_arn: str, run_id: str) -> bool:
+def execution_exists(sfn: SFNClient, state_machine_arn: str, run_id: str) -> bool:
     """Whether the run's execution was started (DescribeExecution; ExecutionDoesNotExist: not started)."""
     try:
         sfn.describe_execution(executionArn=execution_arn(state_machine_arn, run_id))
@@ -678,7 +681,7 @@ def execution_exists(sfn: Any, state_machine_arn: str, run_id: str) -> bool:
     return True
 
 
-def start_execution(sfn: Any, state_machine_arn: str, run_id: str, payload: Mapping[str, Any]) -> bool:
+def start_execution(sfn: SFNClient, state_machine_arn: str, run_id: str, payload: Mapping[str, Any]) -> bool:
     """StartExecution named `run_id`; True when started, False when the name exists (a duplicate run).
 
     Other errors propagate after the client's own retries.
@@ -751,12 +754,12 @@ class Router:
     def __init__(
         self,
         *,
-        s3: Any,
-        sfn: Any,
+        s3: S3Client,
+        sfn: SFNClient,
         claims: ClaimStore,
         manifest_bucket: str,
         ledger_bucket: str,
-        sns: Any = None,
+        sns: SNSClient | None = None,
         topic_arn: str | None = None,
     ) -> None:
         self.s3 = s3

@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aws_lambda_powertools.utilities.data_classes import CloudWatchAlarmEvent
 from aws_lambda_powertools.utilities.data_classes.cloud_watch_alarm_event import CloudWatchAlarmData
@@ -49,6 +49,11 @@ from autopilot_common.scaling_state import (
 )
 from autopilot_common.settings import Environment, SettingsError
 from autopilot_common.tags import TAG_DEPLOYMENT, TAG_EXECUTION, TAG_PIPELINE, TAG_RUN_ID
+
+if TYPE_CHECKING:
+    from mypy_boto3_emr.type_defs import ClusterTypeDef
+
+    from autopilot_common.clients import CloudWatchClient, EMRClient, S3Client, SFNClient
 
 Direction = Literal["out", "in"]
 Collection = Literal["fleets", "groups"]
@@ -514,9 +519,9 @@ def _act(
 # --------------------------------------------------------------------------- EMR, ledger, alarm
 
 
-def _cluster(emr: Any, cluster_id: str) -> dict[str, Any] | None:
+def _cluster(emr: EMRClient, cluster_id: str) -> ClusterTypeDef | None:
     try:
-        cluster: dict[str, Any] = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+        cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     except ClientError as exc:
         if _code(exc) in REFUSALS:
             return None
@@ -534,7 +539,7 @@ def _collection(cluster: Mapping[str, Any], policy: ScalingPolicy) -> Collection
     return policy.collection
 
 
-def task_capacity(emr: Any, cluster_id: str, collection: Collection) -> TaskCapacity | None:
+def task_capacity(emr: EMRClient, cluster_id: str, collection: Collection) -> TaskCapacity | None:
     """The cluster's task fleet (ListInstanceFleets) or task group (ListInstanceGroups; the one named `task`
     when there are several), or None."""
     if collection == "fleets":
@@ -576,9 +581,11 @@ def _listed(call: Any, cluster_id: str, key: str) -> list[dict[str, Any]]:
             return found
 
 
-def resize(emr: Any, cluster_id: str, task: TaskCapacity, decision: Decision) -> None:
+def resize(emr: EMRClient, cluster_id: str, task: TaskCapacity, decision: Decision) -> None:
     """ModifyInstanceFleet (both targets) or ModifyInstanceGroups (the count) to the decision's target."""
     if task.collection == "fleet":
+        if decision.on_demand is None or decision.spot is None:
+            raise ValueError(f"a fleet resize needs both targets; got {decision}")
         emr.modify_instance_fleet(
             ClusterId=cluster_id,
             InstanceFleet={
@@ -594,7 +601,7 @@ def resize(emr: Any, cluster_id: str, task: TaskCapacity, decision: Decision) ->
 
 
 def record_in_ledger(
-    s3: Any, sfn: Any, bucket: str, pipeline: str, tags: Mapping[str, str], action: Mapping[str, Any]
+    s3: S3Client, sfn: SFNClient, bucket: str, pipeline: str, tags: Mapping[str, str], action: Mapping[str, Any]
 ) -> bool:
     """Append `action` to `scaling.actions` of the run's ledger entry (read-modify-write with If-Match, so a
     concurrent writer is never overwritten; once per transition). False when there is no entry to amend
@@ -639,7 +646,7 @@ def record_in_ledger(
     return False
 
 
-def rearm(cloudwatch: Any, alarm_name: str, reason: str) -> bool:
+def rearm(cloudwatch: CloudWatchClient, alarm_name: str, reason: str) -> bool:
     """SetAlarmState OK, so CloudWatch's next evaluation fires the alarm again while its condition holds.
     Best effort: False (never an error) when CloudWatch refuses, e.g. the alarm was just deleted."""
     try:

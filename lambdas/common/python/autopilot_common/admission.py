@@ -36,13 +36,16 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from autopilot_common.dynamo import TransactionCancelled, dump_item, error_code, load_item, transact
 from autopilot_common.ledger import iso, write_entry
 from autopilot_common.settings import Environment
+
+if TYPE_CHECKING:
+    from autopilot_common.clients import DynamoDBClient, S3Client, SFNClient
 
 CAPS_ENV = "ADMISSION_CAPS"
 TABLE_ENV = "ADMISSION_TABLE"
@@ -288,9 +291,9 @@ class _QueueEntry:
 
 
 def acquire(
-    ddb: Any,
-    sfn: Any,
-    s3: Any,
+    ddb: DynamoDBClient,
+    sfn: SFNClient,
+    s3: S3Client,
     table: str,
     caps: Caps,
     request: AcquireRequest,
@@ -330,7 +333,7 @@ def acquire(
     return AcquireOutcome(QUEUED, position=position, admitted=tuple(admitted))
 
 
-def enqueue(ddb: Any, table: str, request: AcquireRequest, now: datetime) -> str:
+def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datetime) -> str:
     """Put the run in the queue (QUEUED); returns ADMITTED instead when the run already holds a slot."""
     sk = _queue_sk(request.arrival, request.run_id)
     common = {
@@ -364,8 +367,8 @@ def enqueue(ddb: Any, table: str, request: AcquireRequest, now: datetime) -> str
 
 
 def dispatch(
-    ddb: Any,
-    sfn: Any,
+    ddb: DynamoDBClient,
+    sfn: SFNClient,
     table: str,
     caps: Caps,
     *,
@@ -382,7 +385,7 @@ def dispatch(
 
 
 def _dispatch(
-    ddb: Any, sfn: Any, table: str, caps: Caps, *, clock: Clock, acquiring: str | None
+    ddb: DynamoDBClient, sfn: SFNClient, table: str, caps: Caps, *, clock: Clock, acquiring: str | None
 ) -> tuple[list[str], dict[str, int]]:
     """`dispatch`, also returning the place in line of each run it saw still waiting (per pipeline, 1-based).
 
@@ -467,8 +470,8 @@ def _hold(held: dict[str, dict[str, int]], scopes: Sequence[Scope], reservation:
 
 
 def release(
-    ddb_client: Any,
-    sfn_client: Any,
+    ddb_client: DynamoDBClient,
+    sfn_client: SFNClient,
     table: str,
     run_id: str,
     caps: Caps,
@@ -491,7 +494,7 @@ def release(
     return freed
 
 
-def queue_position(ddb: Any, table: str, pipeline: str, sk: str) -> int | None:
+def queue_position(ddb: DynamoDBClient, table: str, pipeline: str, sk: str) -> int | None:
     """1-based place of the queue item `sk` among its pipeline's waiting runs; None when it is not queued."""
     count, last, start = 0, None, None
     while True:
@@ -515,7 +518,7 @@ def queue_position(ddb: Any, table: str, pipeline: str, sk: str) -> int | None:
 
 
 def write_queued_ledger(
-    s3: Any, bucket: str, key: str, ledger: Mapping[str, Any], queued_at: datetime, position: int | None
+    s3: S3Client, bucket: str, key: str, ledger: Mapping[str, Any], queued_at: datetime, position: int | None
 ) -> bool:
     """The QUEUED ledger entry; never overwrites one the workflow already wrote (S3 `If-None-Match: *`)."""
     body = {**ledger, "state": QUEUED, "admission": {"queued_at": iso(queued_at), "position": position}}
@@ -523,7 +526,7 @@ def write_queued_ledger(
     return write_entry(s3, bucket, key, body, only_if_absent=True)
 
 
-def counters(ddb: Any, table: str) -> dict[str, dict[str, int]]:
+def counters(ddb: DynamoDBClient, table: str) -> dict[str, dict[str, int]]:
     """What admitted runs hold, per scope (`deployment`, `pipeline#<name>`)."""
     page = ddb.query(
         TableName=table,
@@ -538,7 +541,7 @@ def counters(ddb: Any, table: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def runs(ddb: Any, table: str, state: str | None = None) -> list[dict[str, Any]]:
+def runs(ddb: DynamoDBClient, table: str, state: str | None = None) -> list[dict[str, Any]]:
     """The RUN items (queued and admitted runs), e.g. for a sweeper reconciling against executions."""
     items: list[dict[str, Any]] = []
     start = None
@@ -561,7 +564,7 @@ def runs(ddb: Any, table: str, state: str | None = None) -> list[dict[str, Any]]
 
 
 def _admit(
-    ddb: Any, sfn: Any, table: str, caps: Caps, entry: _QueueEntry, clock: Clock, acquiring: str | None
+    ddb: DynamoDBClient, sfn: SFNClient, table: str, caps: Caps, entry: _QueueEntry, clock: Clock, acquiring: str | None
 ) -> str | frozenset[str]:
     """Try to admit one queued run: ADMITTED, GONE (handled elsewhere), PIPELINE_FULL, or the blocked
     deployment dimensions."""
@@ -680,7 +683,7 @@ def _uncharge(table: str, scope_key: str, reservation: Reservation) -> dict[str,
     }
 
 
-def _release_run(ddb: Any, table: str, run_id: str, hint: tuple[str, Reservation] | None = None) -> bool:
+def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, Reservation] | None = None) -> bool:
     """Delete the run's RUN item and undo what it holds (counters, or its queue item); False when absent.
 
     With a hint (the charge an admitted run would hold under the current caps), first try the release
@@ -731,7 +734,7 @@ def _release_run(ddb: Any, table: str, run_id: str, hint: tuple[str, Reservation
     raise RuntimeError(f"could not release run {run_id}: its admission state kept changing")
 
 
-def _forget_queued(ddb: Any, table: str, entry: _QueueEntry) -> bool:
+def _forget_queued(ddb: DynamoDBClient, table: str, entry: _QueueEntry) -> bool:
     try:
         transact(
             ddb,
@@ -751,7 +754,7 @@ def _forget_queued(ddb: Any, table: str, entry: _QueueEntry) -> bool:
     return True
 
 
-def _unadmit(ddb: Any, table: str, entry: _QueueEntry, scopes: Sequence[Scope]) -> None:
+def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequence[Scope]) -> None:
     """Undo an admission whose SendTaskSuccess failed for another reason than a gone task: back in the queue."""
     queue_item = {
         "pk": LINE,
@@ -782,7 +785,7 @@ def _unadmit(ddb: Any, table: str, entry: _QueueEntry, scopes: Sequence[Scope]) 
         pass  # released meanwhile: nothing to undo
 
 
-def _answer(sfn: Any, token: str, *, queued_at: datetime, admitted_at: datetime, waited: bool) -> bool:
+def _answer(sfn: SFNClient, token: str, *, queued_at: datetime, admitted_at: datetime, waited: bool) -> bool:
     """SendTaskSuccess with the admission record; False when the waiting task is gone."""
     output = {
         "queued_at": iso(queued_at),
@@ -799,7 +802,7 @@ def _answer(sfn: Any, token: str, *, queued_at: datetime, admitted_at: datetime,
     return True
 
 
-def _fail_task(sfn: Any, token: str, error: str, cause: str) -> None:
+def _fail_task(sfn: SFNClient, token: str, error: str, cause: str) -> None:
     try:
         sfn.send_task_failure(taskToken=token, error=error, cause=cause[:32768])
     except ClientError as exc:
@@ -807,6 +810,6 @@ def _fail_task(sfn: Any, token: str, error: str, cause: str) -> None:
             raise
 
 
-def _get(ddb: Any, table: str, pk: str, sk: str) -> dict[str, Any] | None:
+def _get(ddb: DynamoDBClient, table: str, pk: str, sk: str) -> dict[str, Any] | None:
     raw = ddb.get_item(TableName=table, Key=dump_item({"pk": pk, "sk": sk}), ConsistentRead=True).get("Item")
     return load_item(raw) if raw else None

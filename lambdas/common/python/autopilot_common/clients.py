@@ -15,19 +15,19 @@ The types come from the `mypy_boto3_*` stubs, imported only when type checking (
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.config import Config
 
 if TYPE_CHECKING:
-    from mypy_boto3_cloudwatch.client import CloudWatchClient
-    from mypy_boto3_dynamodb.client import DynamoDBClient
-    from mypy_boto3_emr.client import EMRClient
-    from mypy_boto3_emr_containers.client import EMRContainersClient
-    from mypy_boto3_emr_serverless.client import EMRServerlessClient
-    from mypy_boto3_s3.client import S3Client
-    from mypy_boto3_sns.client import SNSClient
-    from mypy_boto3_stepfunctions.client import SFNClient
+    from mypy_boto3_cloudwatch.client import CloudWatchClient as CloudWatchClient
+    from mypy_boto3_dynamodb.client import DynamoDBClient as DynamoDBClient
+    from mypy_boto3_emr.client import EMRClient as EMRClient
+    from mypy_boto3_emr_containers.client import EMRContainersClient as EMRContainersClient
+    from mypy_boto3_emr_serverless.client import EMRServerlessClient as EMRServerlessClient
+    from mypy_boto3_s3.client import S3Client as S3Client
+    from mypy_boto3_sns.client import SNSClient as SNSClient
+    from mypy_boto3_stepfunctions.client import SFNClient as SFNClient
 else:
     CloudWatchClient = DynamoDBClient = EMRClient = EMRContainersClient = EMRServerlessClient = Any
     S3Client = SFNClient = SNSClient = Any
@@ -57,32 +57,32 @@ class Clients:
 
     @cached_property
     def s3(self) -> S3Client:
-        return aws_client("s3")  # type: ignore[no-any-return]
+        return cast(S3Client, aws_client("s3"))
 
     @cached_property
     def sfn(self) -> SFNClient:
-        return aws_client("stepfunctions")  # type: ignore[no-any-return]
+        return cast(SFNClient, aws_client("stepfunctions"))
 
     @cached_property
     def dynamodb(self) -> DynamoDBClient:
-        return aws_client("dynamodb")  # type: ignore[no-any-return]
+        return cast(DynamoDBClient, aws_client("dynamodb"))
 
     @cached_property
     def sns(self) -> SNSClient:
-        return aws_client("sns")  # type: ignore[no-any-return]
+        return cast(SNSClient, aws_client("sns"))
 
     @cached_property
     def emr(self) -> EMRClient:
-        return aws_client("emr")  # type: ignore[no-any-return]
+        return cast(EMRClient, aws_client("emr"))
 
     @cached_property
     def emr_serverless(self) -> EMRServerlessClient:
-        return aws_client("emr-serverless")  # type: ignore[no-any-return]
+        return cast(EMRServerlessClient, aws_client("emr-serverless"))
 
     @cached_property
     def emr_containers(self) -> EMRContainersClient:
-        return aws_client("emr-containers")  # type: ignore[no-any-return]
+        return cast(EMRContainersClient, aws_client("emr-containers"))
 
     @cached_property
     def cloudwatch(self) -> CloudWatchClient:
-        return aws_client("cloudwatch")  # type: ignore[no-any-return]
+        return cast(CloudWatchClient, aws_client("cloudwatch"))

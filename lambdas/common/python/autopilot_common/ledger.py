@@ -19,10 +19,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    Required,  # pydantic (the schema generator) needs these on Python < 3.12
+)
 
 from botocore.exceptions import ClientError
-from typing_extensions import Required, TypedDict  # pydantic (the schema generator) needs these on Python < 3.12
+from typing_extensions import TypedDict
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
+
+    from autopilot_common.clients import S3Client
 
 LEDGER_PREFIX = "_runs/"
 SCHEMA_VERSION: Final = 1
@@ -152,7 +163,7 @@ def ledger_prefix(pipeline: str | None = None) -> str:
     return LEDGER_PREFIX + (f"{pipeline}/" if pipeline else "")
 
 
-def read_entry(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+def read_entry(s3: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
     """The entry at `key`, or None when there is none."""
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -164,18 +175,19 @@ def read_entry(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
     return entry
 
 
-def write_entry(s3: Any, bucket: str, key: str, entry: Mapping[str, Any], *, only_if_absent: bool = False) -> bool:
+def write_entry(s3: S3Client, bucket: str, key: str, entry: Mapping[str, Any], *, only_if_absent: bool = False) -> bool:
     """Write the entry; with `only_if_absent`, only when no entry exists yet (S3 `If-None-Match: *`), False
     when one did (another writer got there first and its entry stays)."""
-    extra = {"IfNoneMatch": "*"} if only_if_absent else {}
+    request: PutObjectRequestTypeDef = {
+        "Bucket": bucket,
+        "Key": key,
+        "ContentType": "application/json",
+        "Body": json.dumps(entry, ensure_ascii=False).encode("utf-8"),
+    }
+    if only_if_absent:
+        request["IfNoneMatch"] = "*"
     try:
-        s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            ContentType="application/json",
-            Body=json.dumps(entry, ensure_ascii=False).encode("utf-8"),
-            **extra,
-        )
+        s3.put_object(**request)
     except ClientError as exc:
         if only_if_absent and str(exc.response.get("Error", {}).get("Code")) in _ALREADY_EXISTS:
             return False

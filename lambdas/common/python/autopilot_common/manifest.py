@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autopilot_common.s3uri import s3_uri
+
+if TYPE_CHECKING:
+    from autopilot_common.clients import S3Client
 
 MANIFEST_VERSION = 1
 MANIFEST_PREFIX = "manifests"
@@ -94,7 +97,7 @@ class InputManifest:
             superseded=list(body.get("superseded") or []),
         )
 
-    def write(self, s3: Any, bucket: str) -> str:
+    def write(self, s3: S3Client, bucket: str) -> str:
         """Store the manifest in `bucket` and return its URI. Writing the same run twice is harmless."""
         key = manifest_key(self.pipeline, self.run_id)
         s3.put_object(

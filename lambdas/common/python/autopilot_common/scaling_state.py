@@ -21,11 +21,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
 from autopilot_common.dynamo import TransactionCancelled, dump_value, load_value, transact
+
+if TYPE_CHECKING:
+    from autopilot_common.clients import DynamoDBClient
 
 TRANSITION_PREFIX = "autopilot-scaler.transition#"
 CLUSTER_PREFIX = "autopilot-scaler.cluster#"
@@ -54,7 +57,7 @@ def transition_id(alarm_name: str, state_timestamp: str) -> str:
 
 
 def claim_action(
-    dynamodb: Any,
+    dynamodb: DynamoDBClient,
     table: str,
     *,
     cluster_id: str,
@@ -114,7 +117,7 @@ def claim_action(
 
 
 def record_outcome(
-    dynamodb: Any, table: str, *, cluster_id: str, transition_id: str, outcome: str, error: str | None = None
+    dynamodb: DynamoDBClient, table: str, *, cluster_id: str, transition_id: str, outcome: str, error: str | None = None
 ) -> bool:
     """Amend the stored action of `transition_id` after the EMR call (`applied` or `failed`, with the error).
 
@@ -146,7 +149,7 @@ def record_outcome(
 
 
 def release_claim(
-    dynamodb: Any, table: str, *, cluster_id: str, transition_id: str, error: str, forget_transition: bool
+    dynamodb: DynamoDBClient, table: str, *, cluster_id: str, transition_id: str, error: str, forget_transition: bool
 ) -> bool:
     """Undo a claim whose EMR call did not happen: mark the action `failed` with `error`, give the cooldown
     back (a failed attempt is not an action) and, with `forget_transition`, delete the transition marker so
@@ -195,20 +198,20 @@ def _claimed_index(stored: list[dict[str, Any]], transition_id: str) -> int | No
     return latest[-1] if latest else None
 
 
-def actions(dynamodb: Any, table: str, cluster_id: str) -> list[dict[str, Any]]:
+def actions(dynamodb: DynamoDBClient, table: str, cluster_id: str) -> list[dict[str, Any]]:
     """Every action stored for the cluster, oldest first (consistent read; [] when none)."""
     item = _get(dynamodb, table, CLUSTER_PREFIX + cluster_id) or {}
     return [load_value(raw) for raw in item.get("actions", {}).get("L", [])]
 
 
-def last_action_at(dynamodb: Any, table: str, cluster_id: str) -> datetime | None:
+def last_action_at(dynamodb: DynamoDBClient, table: str, cluster_id: str) -> datetime | None:
     """When the cluster's latest action was claimed (consistent read), or None."""
     item = _get(dynamodb, table, CLUSTER_PREFIX + cluster_id) or {}
     last = _number(item.get("last_action_at"))
     return datetime.fromtimestamp(last, UTC) if last is not None else None
 
 
-def pending_action(dynamodb: Any, table: str, cluster_id: str, transition_id: str) -> dict[str, Any] | None:
+def pending_action(dynamodb: DynamoDBClient, table: str, cluster_id: str, transition_id: str) -> dict[str, Any] | None:
     """The stored action of `transition_id` if it is still `claimed`: its invocation claimed it and died before it
     recorded the EMR call's outcome (the call may or may not have happened). None otherwise."""
     stored = actions(dynamodb, table, cluster_id)
@@ -216,12 +219,12 @@ def pending_action(dynamodb: Any, table: str, cluster_id: str, transition_id: st
     return stored[index] if index is not None and stored[index].get("outcome") == CLAIMED else None
 
 
-def transition_seen(dynamodb: Any, table: str, transition_id: str) -> bool:
+def transition_seen(dynamodb: DynamoDBClient, table: str, transition_id: str) -> bool:
     """True when `transition_id` was already claimed (consistent read)."""
     return _get(dynamodb, table, TRANSITION_PREFIX + transition_id) is not None
 
 
-def _get(dynamodb: Any, table: str, key: str) -> dict[str, Any] | None:
+def _get(dynamodb: DynamoDBClient, table: str, key: str) -> dict[str, Any] | None:
     item: dict[str, Any] | None = dynamodb.get_item(TableName=table, Key={"id": {"S": key}}, ConsistentRead=True).get(
         "Item"
     )
