@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
@@ -23,8 +23,8 @@ from autopilot_common.ledger import write_entry as write_ledger
 from autopilot_common.tags import TAG_DEPLOYMENT, TAG_EXECUTION, TAG_PIPELINE, TAG_RUN_ID
 from guardrail_settings import GuardrailSettings, PipelineRef
 from run_teardown import (
-    ACTIVE_EKS_STATES,
     ACTIVE_SERVERLESS_STATES,
+    JobRuns,
     RunRef,
     active_clusters,
     alarm_prefix,
@@ -32,7 +32,7 @@ from run_teardown import (
     cluster_tags,
     delete_alarms,
     execution_status,
-    ignore_finished,
+    job_runs_of,
     notify,
     serverless_job_runs,
 )
@@ -71,10 +71,8 @@ def sweep(settings: GuardrailSettings, clients: Clients, now: datetime) -> Sweep
     report = SweepReport()
     _sweep_clusters(settings, clients, now, report)
     for pipeline in settings.pipelines.values():
-        if pipeline.runtime == "emr-serverless" and pipeline.application_id:
-            _sweep_job_runs(settings, clients, now, report, pipeline, serverless=True)
-        elif pipeline.runtime == "emr-eks" and pipeline.virtual_cluster_id:
-            _sweep_job_runs(settings, clients, now, report, pipeline, serverless=False)
+        if (job_runs := job_runs_of(pipeline, clients)) is not None:
+            _sweep_job_runs(settings, clients, now, report, pipeline, job_runs)
     for application_id in sorted({p.application_id for p in settings.pipelines.values() if p.application_id}):
         if _stop_if_idle(clients.emr_serverless, application_id, settings.serverless_idle_stop_minutes, now):
             report.idle_applications_stopped.append(application_id)
@@ -175,35 +173,17 @@ def _sweep_job_runs(
     now: datetime,
     report: SweepReport,
     pipeline: PipelineRef,
-    *,
-    serverless: bool,
+    job_runs: JobRuns,
 ) -> None:
-    client: Any = clients.emr_serverless if serverless else clients.emr_containers  # two APIs, one walk
-    if serverless:
-        summaries = serverless_job_runs(client, str(pipeline.application_id), ACTIVE_SERVERLESS_STATES)
-    else:
-        summaries = [
-            run
-            for page in client.get_paginator("list_job_runs").paginate(
-                virtualClusterId=pipeline.virtual_cluster_id, states=ACTIVE_EKS_STATES
-            )
-            for run in page["jobRuns"]
-        ]
-    for summary in summaries:
-        if serverless:
-            job = client.get_job_run(applicationId=pipeline.application_id, jobRunId=summary["id"])["jobRun"]
-        else:
-            job = client.describe_job_run(virtualClusterId=pipeline.virtual_cluster_id, id=summary["id"])["jobRun"]
+    for summary in job_runs.active():
+        job = job_runs.job(summary["id"])
         tags = job.get("tags") or {}
         if tags.get(TAG_PIPELINE) != pipeline.name or TAG_EXECUTION not in tags:
             continue  # a shared application also runs other pipelines' and other people's jobs
         status, started = execution_status(clients.sfn, tags[TAG_EXECUTION])
         if status == "RUNNING":
             continue
-        if serverless:
-            ignore_finished(client.cancel_job_run, applicationId=pipeline.application_id, jobRunId=summary["id"])
-        else:
-            ignore_finished(client.cancel_job_run, virtualClusterId=pipeline.virtual_cluster_id, id=summary["id"])
+        job_runs.cancel(summary["id"])
         finding = {
             "job_run_id": summary["id"],
             "execution_arn": tags[TAG_EXECUTION],

@@ -112,10 +112,8 @@ def teardown_run(run: RunRef, settings: GuardrailSettings, clients: Clients, led
         cluster_id = ledger.get("cluster_id")
         if cluster_id:
             done.steps_cancelled += cancel_run_steps(clients.emr, str(cluster_id), run.run_id)
-    elif pipeline.runtime == "emr-serverless" and pipeline.application_id:
-        done.job_runs_cancelled += _cancel_serverless_runs(clients.emr_serverless, pipeline.application_id, run)
-    elif pipeline.runtime == "emr-eks" and pipeline.virtual_cluster_id:
-        done.job_runs_cancelled += _cancel_eks_runs(clients.emr_containers, pipeline.virtual_cluster_id, run)
+    elif (job_runs := job_runs_of(pipeline, clients)) is not None:
+        done.job_runs_cancelled += _cancel_job_runs(job_runs, run)
     return done
 
 
@@ -156,30 +154,64 @@ def serverless_job_runs(
         raise
 
 
-def _cancel_serverless_runs(client: EMRServerlessClient, application_id: str, run: RunRef) -> list[str]:
+@dataclass(frozen=True)
+class ServerlessJobRuns:
+    """The job runs of one EMR Serverless application."""
+
+    client: EMRServerlessClient
+    application_id: str
+
+    def active(self) -> list[dict[str, Any]]:
+        return serverless_job_runs(self.client, self.application_id, ACTIVE_SERVERLESS_STATES)
+
+    def job(self, job_run_id: str) -> dict[str, Any]:
+        return dict(self.client.get_job_run(applicationId=self.application_id, jobRunId=job_run_id)["jobRun"])
+
+    def cancel(self, job_run_id: str) -> None:
+        ignore_finished(self.client.cancel_job_run, applicationId=self.application_id, jobRunId=job_run_id)
+
+
+@dataclass(frozen=True)
+class EksJobRuns:
+    """The job runs of one EMR on EKS virtual cluster."""
+
+    client: EMRContainersClient
+    virtual_cluster_id: str
+
+    def active(self) -> list[dict[str, Any]]:
+        pages = self.client.get_paginator("list_job_runs").paginate(
+            virtualClusterId=self.virtual_cluster_id, states=ACTIVE_EKS_STATES
+        )
+        return [dict(run) for page in pages for run in page.get("jobRuns", [])]
+
+    def job(self, job_run_id: str) -> dict[str, Any]:
+        return dict(self.client.describe_job_run(virtualClusterId=self.virtual_cluster_id, id=job_run_id)["jobRun"])
+
+    def cancel(self, job_run_id: str) -> None:
+        ignore_finished(self.client.cancel_job_run, virtualClusterId=self.virtual_cluster_id, id=job_run_id)
+
+
+JobRuns = ServerlessJobRuns | EksJobRuns
+
+
+def job_runs_of(pipeline: PipelineRef, clients: Clients) -> JobRuns | None:
+    """Where a pipeline's job runs live (EMR Serverless application, EMR on EKS virtual cluster), if it has one."""
+    if pipeline.runtime == "emr-serverless" and pipeline.application_id:
+        return ServerlessJobRuns(clients.emr_serverless, pipeline.application_id)
+    if pipeline.runtime == "emr-eks" and pipeline.virtual_cluster_id:
+        return EksJobRuns(clients.emr_containers, pipeline.virtual_cluster_id)
+    return None
+
+
+def _cancel_job_runs(job_runs: JobRuns, run: RunRef) -> list[str]:
+    """Cancel the run's active job runs (named by its run id, tagged with its execution)."""
     cancelled = []
-    for summary in serverless_job_runs(client, application_id, ACTIVE_SERVERLESS_STATES):
+    for summary in job_runs.active():
         if summary.get("name") != run.run_id:
             continue
-        job = client.get_job_run(applicationId=application_id, jobRunId=summary["id"])["jobRun"]
-        if (job.get("tags") or {}).get(TAG_EXECUTION) == run.execution_arn:
-            ignore_finished(client.cancel_job_run, applicationId=application_id, jobRunId=summary["id"])
+        if (job_runs.job(summary["id"]).get("tags") or {}).get(TAG_EXECUTION) == run.execution_arn:
+            job_runs.cancel(summary["id"])
             cancelled.append(summary["id"])
-    return cancelled
-
-
-def _cancel_eks_runs(client: EMRContainersClient, virtual_cluster_id: str, run: RunRef) -> list[str]:
-    cancelled = []
-    for page in client.get_paginator("list_job_runs").paginate(
-        virtualClusterId=virtual_cluster_id, states=ACTIVE_EKS_STATES
-    ):
-        for summary in page.get("jobRuns", []):
-            if summary.get("name") != run.run_id:
-                continue
-            job = client.describe_job_run(virtualClusterId=virtual_cluster_id, id=summary["id"])["jobRun"]
-            if (job.get("tags") or {}).get(TAG_EXECUTION) == run.execution_arn:
-                ignore_finished(client.cancel_job_run, virtualClusterId=virtual_cluster_id, id=summary["id"])
-                cancelled.append(summary["id"])
     return cancelled
 
 
