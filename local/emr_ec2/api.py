@@ -526,5 +526,3 @@ class EmrEc2Twin(StepRunner):
                     infos.append({"StepId": step_id, "Status": "FAILED", "Reason": reason})
             self._cond.notify_all()
         return {"CancelStepsInfoList": infos}
-
-    # ------------------------------------------------------------------ validation

@@ -81,6 +81,8 @@ class ClusterLifecycle(EmrServiceModel, ABC):
             raise not_found(f"Step id '{step_id}' is not valid.")
         return s
 
+    # ------------------------------------------------------------------ state changes and events (under the lock)
+
     def _set_cluster(self, c: Cluster, state: str, reason: dict[str, str]) -> None:
         previous, c.state, c.reason = c.state, state, reason
         now = time.time()
@@ -527,7 +529,8 @@ class ClusterLifecycle(EmrServiceModel, ABC):
             gone.state, gone.ended = "TERMINATED", time.time()
             held -= gone.weight
 
-    # ------------------------------------------------------------------ steps (their own threads)
+    # ------------------------------------------------------------------ what the cluster acts as
+
     def instance_role_arn(self, c: Cluster) -> str | None:
         """The role of the cluster's instance profile (JobFlowRole), from the twin's IAM."""
         from moto.iam.models import iam_backends

@@ -72,9 +72,6 @@ def check_resizable(c: Cluster, state: str, node_type: str, what: str) -> None:
         raise invalid(f"The {what} is {state}: it can only be modified while RUNNING.")
 
 
-# ------------------------------------------------------------------ lookups and shapes (under the lock)
-
-
 def legacy_instances(instances: dict[str, Any]) -> dict[str, Any]:
     """MasterInstanceType/SlaveInstanceType/InstanceCount as the instance groups EMR creates from them."""
     if instances.get("InstanceGroups") or instances.get("InstanceFleets") or not instances.get("MasterInstanceType"):
