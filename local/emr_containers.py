@@ -1,37 +1,5 @@
-"""EMR on EKS (`emr-containers`) virtual clusters and job runs that behave like the real service.
-
-moto's emrcontainers backend stores virtual clusters and job runs, but a job run sits in RUNNING forever,
-the ClientToken is ignored and finished jobs can be cancelled. The twin owns the state itself (moto's
-backend is not used) and adds:
-
-- virtual clusters RUNNING -> TERMINATED (ids of 25 lowercase alphanumerics, ARN
-  `arn:aws:emr-containers:<region>:<account>:/virtualclusters/<id>`); one active virtual cluster per EKS
-  namespace, as AWS enforces;
-- StartJobRun idempotent by (virtual cluster, ClientToken); rejected on a missing virtual cluster
-  (ResourceNotFoundException) or a TERMINATED one (ValidationException);
-- the state progression PENDING -> SUBMITTED -> RUNNING -> COMPLETED | FAILED (with `stateDetails` and a
-  `failureReason` of USER_ERROR / INTERNAL_ERROR / CLUSTER_UNAVAILABLE), or CANCEL_PENDING -> CANCELLED;
-  CancelJobRun of a finished job run is a ValidationException, as in AWS;
-- the job running on local Spark (`SparkJob(log_layout="emr-eks", application_id=<virtual cluster id>)`)
-  or completing at once when `runner` is None (`instant` mode, for fast tests);
-- job faults from `FaultInjector.next_job_fault()`: "fail" -> FAILED (USER_ERROR, the fault's message),
-  "hang" -> RUNNING until cancelled. API faults use service "emr-containers" and the API operation
-  (StartJobRun, CancelJobRun, ...): the public methods check them; `handle_api` does not (the HTTP
-  dispatch hook in `local.patches` already did);
-- deleting a virtual cluster ends its unfinished job runs FAILED with CLUSTER_UNAVAILABLE.
-
-Events: EMR on EKS documents three detail-types under source `aws.emr-containers` ("EmrContainers Job Run
-State Change", "EMR Job Run State Change", "EMR Job Run New Driver Attempt"; EventBridge events reference).
-The twin emits one "EMR Job Run State Change" per state change (the type the EMR on EKS guide's examples
-match on), detail {id, name, arn, virtualClusterId, state, previousState, releaseLabel, executionRoleArn,
-failureReason, stateDetails, createdBy, severity}.
-
-Parameters are accepted camelCase (HTTP API) or PascalCase (Step Functions); `describe_job_run` returns
-the API's camelCase `jobRun`, `pascal()` turns it into the Step Functions shape. Timestamps are datetimes
-in the model (serialized by moto for HTTP) and ISO-8601 strings in the Step Functions shape.
-Not modelled: job templates, managed endpoints, security configurations, retry attempts
-(retryPolicyConfiguration is stored and returned only), createdBy identities, pagination tokens.
-"""
+"""EMR on EKS (`emr-containers`) virtual clusters and job runs that behave like the real service, on top of moto's
+emrcontainers backend (docs/twin/emr-on-eks.md)."""
 
 from __future__ import annotations
 
@@ -43,9 +11,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Unpack
 
-from local.faults import FaultInjector, TwinClientError
+from moto.emrcontainers.models import JobRun, VirtualCluster, emrcontainers_backends
+
+from local.emr_service import EmrServiceModel, EmrServiceSettings
+from local.faults import TwinClientError
 from local.spark_runner import SparkJob, SparkResult
 
 LOG = logging.getLogger("twin.emr-containers")
@@ -56,10 +27,6 @@ DETAIL_TYPE = "EMR Job Run State Change"
 CANCELLED_DETAILS = "Job run was cancelled"
 _ALPHABET = string.ascii_lowercase + string.digits
 _OPAQUE = {"tags", "properties"}  # children are user keys: never re-cased
-
-
-class JobRunner(Protocol):
-    def run(self, job: SparkJob, cancel: threading.Event | None = None) -> SparkResult: ...
 
 
 def _random_id(size: int) -> str:
@@ -89,101 +56,94 @@ def pascal(value: Any) -> Any:
     return cased
 
 
-@dataclass
-class VirtualCluster:
-    id: str
-    name: str
-    arn: str
-    container_provider: dict[str, Any]
-    tags: dict[str, str]
-    state: str = "RUNNING"
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+def _namespace(container_provider: dict[str, Any]) -> str:
+    return str(((container_provider.get("info") or {}).get("eksInfo") or {}).get("namespace") or "default")
 
-    @property
-    def namespace(self) -> str:
-        return str(((self.container_provider.get("info") or {}).get("eksInfo") or {}).get("namespace") or "default")
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "arn": self.arn,
-            "state": self.state,
-            "containerProvider": self.container_provider,
-            "createdAt": self.created_at,
-            "tags": self.tags,
-        }
+def _virtual_cluster_shape(cluster: VirtualCluster) -> dict[str, Any]:
+    """The DescribeVirtualCluster `virtualCluster` shape of moto's record."""
+    return {
+        "id": cluster.id,
+        "name": cluster.name,
+        "arn": cluster.arn,
+        "state": cluster.state,
+        "containerProvider": cluster.container_provider,
+        "createdAt": cluster.created_at,
+        "tags": cluster.tags,
+    }
 
 
 @dataclass
 class ContainersJobRun:
-    """One job run: its request, its state, and the events the driver thread waits on."""
+    """The twin's view of one job run: moto's record plus what moto lacks."""
 
-    id: str
-    name: str
-    virtual_cluster_id: str
-    arn: str
-    client_token: str
-    execution_role_arn: str
-    release_label: str
-    job_driver: dict[str, Any]
-    configuration_overrides: dict[str, Any]
-    tags: dict[str, str]
+    moto_run: Any  # moto's JobRun (typed Any: moto annotates jobDriver as str and failureReason as None)
+    # moto's JobRun has no retry policy field: the twin keeps it (stored and returned only)
     retry_policy_configuration: dict[str, Any] | None
-    state: str = "PENDING"
-    state_details: str = ""
-    failure_reason: str | None = None
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    finished_at: datetime | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     result: SparkResult | None = None
 
+    @property
+    def id(self) -> str:
+        return str(self.moto_run.id)
+
+    @property
+    def virtual_cluster_id(self) -> str:
+        return str(self.moto_run.virtual_cluster_id)
+
+    @property
+    def state(self) -> str:
+        return str(self.moto_run.state)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self.moto_run.tags or {})
+
     def describe(self) -> dict[str, Any]:
         """The DescribeJobRun `jobRun` shape (absent values left out, as AWS does)."""
+        run = self.moto_run
         shape: dict[str, Any] = {
-            "id": self.id,
-            "name": self.name,
-            "virtualClusterId": self.virtual_cluster_id,
-            "arn": self.arn,
-            "state": self.state,
-            "clientToken": self.client_token,
-            "executionRoleArn": self.execution_role_arn,
-            "releaseLabel": self.release_label,
-            "configurationOverrides": self.configuration_overrides,
-            "jobDriver": self.job_driver,
-            "createdAt": self.created_at,
-            "createdBy": self.execution_role_arn,
-            "finishedAt": self.finished_at,
-            "stateDetails": self.state_details or None,
-            "failureReason": self.failure_reason,
-            "tags": self.tags,
+            "id": run.id,
+            "name": run.name,
+            "virtualClusterId": run.virtual_cluster_id,
+            "arn": run.arn,
+            "state": run.state,
+            "clientToken": run.client_token,
+            "executionRoleArn": run.execution_role_arn,
+            "releaseLabel": run.release_label,
+            "configurationOverrides": run.configuration_overrides,
+            "jobDriver": run.job_driver,
+            "createdAt": run.created_at,
+            "createdBy": run.execution_role_arn,
+            "finishedAt": run.finished_at,
+            "stateDetails": run.state_details or None,
+            "failureReason": run.failure_reason,
+            "tags": run.tags,
             "retryPolicyConfiguration": self.retry_policy_configuration,
         }
         return {k: v for k, v in shape.items() if v is not None}
 
 
-class EmrContainersTwin:
-    """Virtual clusters and job runs of EMR on EKS in the twin."""
+class EmrContainersTwin(EmrServiceModel):
+    """Virtual clusters and job runs of EMR on EKS in the twin, stored in moto's emrcontainers backend."""
 
-    def __init__(
-        self,
-        *,
-        account: str,
-        region: str,
-        runner: JobRunner | None,
-        faults: FaultInjector,
-        emit: Callable[[dict[str, Any]], None],
-    ) -> None:
-        self.account = account
-        self.region = region
-        self.runner = runner  # None -> `instant` mode: jobs complete without Spark
-        self.faults = faults
-        self.emit = emit
-        self.clusters: dict[str, VirtualCluster] = {}
+    def __init__(self, **settings: Unpack[EmrServiceSettings]) -> None:
+        super().__init__(**settings)
+        self.backend.reset()  # a new model is a new service: no virtual clusters or job runs of an earlier one
         self.runs: dict[str, ContainersJobRun] = {}
         self._tokens: dict[tuple[str, str], str] = {}
         self._lock = threading.RLock()
+
+    @property
+    def backend(self) -> Any:
+        return emrcontainers_backends[self.account][self.region]
+
+    @property
+    def clusters(self) -> dict[str, Any]:
+        """moto's VirtualCluster records by id (typed Any as moto's own: their tags are always a dict here)."""
+        clusters: dict[str, Any] = self.backend.virtual_clusters
+        return clusters
 
     # ------------------------------------------------------------------ virtual clusters
 
@@ -198,7 +158,7 @@ class EmrContainersTwin:
         return self._delete_virtual_cluster(virtual_cluster_id)
 
     def describe_virtual_cluster(self, virtual_cluster_id: str) -> dict[str, Any]:
-        return self._cluster(virtual_cluster_id).describe()
+        return _virtual_cluster_shape(self._cluster(virtual_cluster_id))
 
     def list_virtual_clusters(self, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         params = camel(params or {})
@@ -207,7 +167,7 @@ class EmrContainersTwin:
         with self._lock:
             clusters = sorted(self.clusters.values(), key=lambda c: c.created_at, reverse=True)
         return [
-            c.describe() for c in clusters
+            _virtual_cluster_shape(c) for c in clusters
             if (not states or c.state in states) and (not provider or c.container_provider.get("id") == provider)
         ]  # fmt: skip
 
@@ -219,24 +179,38 @@ class EmrContainersTwin:
         if str(provider.get("type", "EKS")).upper() != "EKS":
             raise TwinClientError("ValidationException", f"Container provider type {provider.get('type')} is not EKS")
         provider = {"type": "EKS", **provider}
-        cluster = VirtualCluster("", name, "", provider, dict(params.get("tags") or {}))
+        namespace = _namespace(provider)
         with self._lock:
             for other in self.clusters.values():
                 if (
                     other.state == "RUNNING"
                     and other.container_provider.get("id") == provider["id"]
-                    and other.namespace == cluster.namespace
+                    and _namespace(other.container_provider) == namespace
                 ):
                     raise TwinClientError(
                         "ValidationException",
-                        f"A virtual cluster already exists in the given namespace {cluster.namespace} "
+                        f"A virtual cluster already exists in the given namespace {namespace} "
                         f"of EKS cluster {provider['id']}",
                     )
-            cluster.id = _random_id(25)
-            cluster.arn = f"arn:aws:emr-containers:{self.region}:{self.account}:/virtualclusters/{cluster.id}"
-            self.clusters[cluster.id] = cluster
-        LOG.info("virtual cluster %s (%s) RUNNING on %s/%s", cluster.id, name, provider["id"], cluster.namespace)
+            cluster = self._new_virtual_cluster(name, provider, namespace, dict(params.get("tags") or {}))
+        LOG.info("virtual cluster %s (%s) RUNNING on %s/%s", cluster.id, name, provider["id"], namespace)
         return {"id": cluster.id, "name": cluster.name, "arn": cluster.arn}
+
+    def _new_virtual_cluster(
+        self, name: str, provider: dict[str, Any], namespace: str, tags: dict[str, str]
+    ) -> VirtualCluster:
+        """A RUNNING virtual cluster in moto's backend. Not through its create_virtual_cluster: that refuses a
+        namespace any virtual cluster ever used (TERMINATED ones included, of any EKS cluster) and needs
+        containerProvider.info, where EMR on EKS refuses only a RUNNING one on the same EKS cluster and
+        namespace and the namespace defaults to "default"."""
+        eks_info = {**provider, "info": {"eksInfo": {"namespace": namespace}}}
+        partition, cluster_id = self.backend.partition, _random_id(25)
+        cluster = VirtualCluster(name, eks_info, "", self.account, self.region, partition, tags, cluster_id)
+        cluster.container_provider = provider  # as requested: describe returns what was asked for
+        cluster.created_at = datetime.now(UTC)  # moto's is the day's midnight: no order among a day's clusters
+        self.backend.virtual_clusters[cluster.id] = cluster
+        self.backend.virtual_cluster_count += 1
+        return cluster
 
     def _delete_virtual_cluster(self, virtual_cluster_id: str) -> dict[str, Any]:
         cluster = self._cluster(virtual_cluster_id)
@@ -244,17 +218,18 @@ class EmrContainersTwin:
             cluster.state = "TERMINATED"
             orphans = [r for r in self.runs.values() if r.virtual_cluster_id == cluster.id and r.state not in TERMINAL]
         for run in orphans:
-            run.failure_reason = "CLUSTER_UNAVAILABLE"
+            run.moto_run.failure_reason = "CLUSTER_UNAVAILABLE"
             run.cancel.set()
         return {"id": cluster.id}
 
     def _cluster(self, virtual_cluster_id: str) -> VirtualCluster:
         try:
-            return self.clusters[virtual_cluster_id]
+            cluster: VirtualCluster = self.clusters[virtual_cluster_id]
         except KeyError:
             raise TwinClientError(
                 "ResourceNotFoundException", f"Virtual cluster {virtual_cluster_id} doesn't exist."
             ) from None
+        return cluster
 
     # ------------------------------------------------------------------ job runs
 
@@ -280,12 +255,12 @@ class EmrContainersTwin:
         after, before = params.get("createdAfter"), params.get("createdBefore")
         with self._lock:
             runs = [r for r in self.runs.values() if r.virtual_cluster_id == virtual_cluster_id]
-        runs.sort(key=lambda r: r.created_at, reverse=True)
+        runs.sort(key=lambda r: r.moto_run.created_at, reverse=True)
         return [
             r.describe() for r in runs
-            if (not states or r.state in states) and (not name or r.name == name)
-            and (after is None or r.created_at >= _as_datetime(after))
-            and (before is None or r.created_at <= _as_datetime(before))
+            if (not states or r.state in states) and (not name or r.moto_run.name == name)
+            and (after is None or r.moto_run.created_at >= _as_datetime(after))
+            and (before is None or r.moto_run.created_at <= _as_datetime(before))
         ]  # fmt: skip
 
     def wait(self, virtual_cluster_id: str, job_run_id: str, timeout: float | None = None) -> bool:
@@ -305,40 +280,54 @@ class EmrContainersTwin:
         for required in ("executionRoleArn", "releaseLabel", "jobDriver"):
             if not params.get(required):
                 raise TwinClientError("ValidationException", f"{required} is required")
-        driver = params["jobDriver"]
-        if not (driver.get("sparkSubmitJobDriver") or {}).get("entryPoint"):
+        if not (params["jobDriver"].get("sparkSubmitJobDriver") or {}).get("entryPoint"):
             raise TwinClientError("ValidationException", "jobDriver.sparkSubmitJobDriver.entryPoint is required")
         token = str(params.get("clientToken") or "")
         with self._lock:
             cluster = self._cluster(vc_id)
             existing = self._tokens.get((vc_id, token)) if token else None
             if existing:
-                run = self.runs[existing]
-                return {"id": run.id, "name": run.name, "arn": run.arn, "virtualClusterId": vc_id}
+                return self._started(self.runs[existing])
             if cluster.state != "RUNNING":
                 raise TwinClientError(
                     "ValidationException", f"Virtual cluster {vc_id} is {cluster.state}: job runs need a RUNNING one"
                 )
-            job_id = _random_id(19)
-            run = ContainersJobRun(
-                id=job_id,
-                name=str(params.get("name") or job_id),
-                virtual_cluster_id=vc_id,
-                arn=f"{cluster.arn}/jobruns/{job_id}",
-                client_token=token,
-                execution_role_arn=params["executionRoleArn"],
-                release_label=params["releaseLabel"],
-                job_driver=driver,
-                configuration_overrides=params.get("configurationOverrides") or {},
-                tags=dict(params.get("tags") or {}),
-                retry_policy_configuration=params.get("retryPolicyConfiguration"),
-            )
-            self.runs[job_id] = run
+            run = ContainersJobRun(self._new_job_run(vc_id, token, params), params.get("retryPolicyConfiguration"))
+            self.runs[run.id] = run
             if token:
-                self._tokens[(vc_id, token)] = job_id
+                self._tokens[(vc_id, token)] = run.id
         self._set_state(run, "PENDING", "")
-        threading.Thread(target=self._drive, args=(run,), name=f"eks-job-{job_id}", daemon=True).start()
-        return {"id": run.id, "name": run.name, "arn": run.arn, "virtualClusterId": vc_id}
+        threading.Thread(target=self._drive, args=(run,), name=f"eks-job-{run.id}", daemon=True).start()
+        return self._started(run)
+
+    def _new_job_run(self, vc_id: str, token: str, params: dict[str, Any]) -> JobRun:
+        """A PENDING job run in moto's backend. Not through its start_job_run: that also refuses release labels
+        the twin accepts (it knows emr-x.y.0-latest|YYYYMMDD only) and starts the run RUNNING."""
+        moto_run = JobRun(
+            str(params.get("name") or ""),
+            vc_id,
+            token,
+            params["executionRoleArn"],
+            params["releaseLabel"],
+            params["jobDriver"],
+            params.get("configurationOverrides") or {},
+            self.account,
+            self.region,
+            self.backend.partition,
+            dict(params.get("tags") or {}),
+        )
+        moto_run.name = moto_run.name or moto_run.id
+        moto_run.state = "PENDING"
+        moto_run.created_at = datetime.now(UTC)  # moto's is the day's midnight: no order among a day's runs
+        self.backend.job_runs[moto_run.id] = moto_run
+        self.backend.job_count += 1
+        return moto_run
+
+    @staticmethod
+    def _started(run: ContainersJobRun) -> dict[str, Any]:
+        """The StartJobRun response."""
+        moto_run = run.moto_run
+        return {"id": run.id, "name": moto_run.name, "arn": moto_run.arn, "virtualClusterId": run.virtual_cluster_id}
 
     def _cancel_job_run(self, virtual_cluster_id: str, job_run_id: str) -> dict[str, Any]:
         run = self._run(virtual_cluster_id, job_run_id)
@@ -406,22 +395,22 @@ class EmrContainersTwin:
         except Exception as exc:  # a twin defect must still end the job run
             LOG.exception("job run %s crashed in the twin", run.id)
             final, details, reason = "FAILED", f"twin error: {exc}", "INTERNAL_ERROR"
-        run.failure_reason = reason
-        run.finished_at = datetime.now(UTC)
+        run.moto_run.failure_reason = reason
+        run.moto_run.finished_at = datetime.now(UTC)
         self._set_state(run, final, details)
         run.done.set()
 
     @staticmethod
     def _cancelled(run: ContainersJobRun) -> tuple[str, str, str | None]:
-        if run.failure_reason == "CLUSTER_UNAVAILABLE":
+        if run.moto_run.failure_reason == "CLUSTER_UNAVAILABLE":
             return "FAILED", f"Virtual cluster {run.virtual_cluster_id} was terminated", "CLUSTER_UNAVAILABLE"
         return "CANCELLED", CANCELLED_DETAILS, None
 
     def _execute(self, run: ContainersJobRun) -> tuple[str, str, str | None]:
         if self.runner is None:
             return "COMPLETED", "", None
-        spark = run.job_driver.get("sparkSubmitJobDriver") or {}
-        monitoring = run.configuration_overrides.get("monitoringConfiguration") or {}
+        spark = run.moto_run.job_driver.get("sparkSubmitJobDriver") or {}
+        monitoring = run.moto_run.configuration_overrides.get("monitoringConfiguration") or {}
         s3_monitoring = monitoring.get("s3MonitoringConfiguration") or {}
         job = SparkJob(
             job_run_id=run.id,
@@ -431,7 +420,7 @@ class EmrContainersTwin:
             log_uri=s3_monitoring.get("logUri"),
             log_layout="emr-eks",
             application_id=run.virtual_cluster_id,
-            role_arn=run.execution_role_arn,
+            role_arn=run.moto_run.execution_role_arn,
         )
         started = time.monotonic()
         result = self.runner.run(job, run.cancel)
@@ -443,7 +432,8 @@ class EmrContainersTwin:
             return "COMPLETED", "", None
         return "FAILED", f"Jobs failed with error: {result.error}", "USER_ERROR"
 
-    def _set_state(self, run: ContainersJobRun, state: str, details: str) -> None:
+    def _set_state(self, tracked: ContainersJobRun, state: str, details: str) -> None:
+        run = tracked.moto_run
         with self._lock:
             previous = run.state
             run.state = state

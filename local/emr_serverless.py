@@ -13,22 +13,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Unpack
 
 from moto.emrserverless.models import emrserverless_backends
 
-from local.faults import FaultInjector, TwinClientError
+from local.emr_service import EmrServiceModel, EmrServiceSettings
+from local.faults import TwinClientError
 from local.spark_runner import SparkJob, SparkResult
 
 LOG = logging.getLogger("twin.emr-serverless")
 TERMINAL = {"SUCCESS", "FAILED", "CANCELLED"}
-
-
-class JobRunner(Protocol):
-    def run(self, job: SparkJob, cancel: threading.Event | None = None) -> SparkResult: ...
 
 
 @dataclass
@@ -43,23 +39,11 @@ class TrackedRun:
     result: SparkResult | None = None
 
 
-class EmrServerlessTwin:
+class EmrServerlessTwin(EmrServiceModel):
     """Job runs of every EMR Serverless application in the twin."""
 
-    def __init__(
-        self,
-        *,
-        account: str,
-        region: str,
-        runner: JobRunner | None,
-        faults: FaultInjector,
-        emit: Callable[[dict[str, Any]], None],
-    ) -> None:
-        self.account = account
-        self.region = region
-        self.runner = runner  # None -> `instant` mode: jobs succeed without Spark
-        self.faults = faults
-        self.emit = emit
+    def __init__(self, **settings: Unpack[EmrServiceSettings]) -> None:
+        super().__init__(**settings)
         self.runs: dict[tuple[str, str], TrackedRun] = {}
         self._tokens: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()

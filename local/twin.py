@@ -249,7 +249,7 @@ class Twin:
     def set_time_scale(self, time_scale: float) -> None:
         """Run the twin's clock at another speed from now on (batching windows, EMR .sync polls, injected step
         durations are multiplied by `time_scale`; 1.0 is AWS's)."""
-        from local.sfn_integrations import TwinEmrService
+        from local.emr_ec2.sfn import TwinEmrService
 
         self.time_scale = time_scale
         self.emr_ec2.time_scale = time_scale

@@ -1,4 +1,4 @@
-"""local/emr_ec2.py: EMR on EC2 in the twin, through the boto3 `emr` API and the Step Functions integrations.
+"""local/emr_ec2/: EMR on EC2 in the twin, through the boto3 `emr` API and the Step Functions integrations.
 
 One twin for the module (no Spark: "instant" steps, or a fake spark-submit for the one runner test), deployed
 from a tiny cloud assembly that declares the EMR roles, the instance profile and a security configuration,

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from local import patches
-from local.sfn_integrations import emr_poll_offsets
+from local.emr_ec2.sfn import emr_poll_offsets
 from local.twin import Twin
 from local.validation import execution_name_problem, put_events_size, validation_errors
 from tests.unit.twin_helpers import deployed_twin, run_machine, wait_for, write_assembly
