@@ -4,7 +4,7 @@ the request's own condition keys.
 Keys are (botocore service name, API operation name); the request parameters are the API's (botocore member
 names). An operation the table does not know raises `UnmappedOperation`: the twin fails that call loudly, it never
 lets it through. Every action named here exists in the Service Authorization Reference and every ARN built here
-matches one of the action's resource types (tests/unit/test_twin_iam.py checks both for every row).
+matches one of the action's resource types (tests/twin/test_iam.py checks both for every row).
 
 Where an operation needs more than its namesake action, the row says which source says so:
 - DynamoDB TransactWriteItems / TransactGetItems / Batch*: no action of their own for the items; each item needs

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 DEPLOYMENT = "autopilot-dev"
 TERMINAL = {"SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED"}

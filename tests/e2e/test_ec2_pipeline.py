@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 TRANSIENT, EXISTING = "sales-cluster", "sales-adhoc"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 DEPLOYMENT = "autopilot-dev"

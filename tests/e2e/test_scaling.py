@@ -18,7 +18,7 @@ from typing import Any
 
 from local.emr_ec2 import InstanceFleet
 from local.spark_runner import SparkJob, SparkResult
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 PIPELINE = "sales-cluster"
 DEPLOYMENT = "autopilot-dev"

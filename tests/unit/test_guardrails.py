@@ -9,7 +9,6 @@ execution it starts from. The twin-backed end-to-end versions are in tests/e2e/t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,9 +28,9 @@ from guardrails import (
     react_to_cloudtrail,
     sweep,
 )
-from moto import mock_aws
 
 from autopilot_common.admission import AcquireRequest, Caps, Limit, Reservation, acquire, counters, runs
+from tests.unit.conftest import create_table
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 DEPLOYMENT, BUCKET, CLAIMS, ADMISSION = "autopilot-test", "outputs-bkt", "claims", "admission"
@@ -173,57 +172,37 @@ class World:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    for name, value in {
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        s3, ddb, sns, sqs = (boto3.client(n, region_name=REGION) for n in ("s3", "dynamodb", "sns", "sqs"))
-        s3.create_bucket(Bucket=BUCKET)
-        ddb.create_table(
-            TableName=CLAIMS,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        ddb.create_table(
-            TableName=ADMISSION,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        topic = sns.create_topic(Name="notes")["TopicArn"]
-        queue = sqs.create_queue(QueueName="notes")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-        emr, sfn = FakeEmr(), FakeStepFunctions()
-        settings = GuardrailSettings(
-            deployment=DEPLOYMENT,
-            outputs_bucket=BUCKET,
-            topic_arn=topic,
-            claims_table=CLAIMS,
-            pipelines={PIPELINE.name: PIPELINE},
-            app_role_arns=frozenset({APP_ROLE}),
-            admission_table=ADMISSION,
-            caps=Caps(pipelines={PIPELINE.name: Limit(runs=1)}),
-        )
-        clients = Clients(
-            emr=emr,
-            emr_serverless=Unused(),
-            emr_containers=Unused(),
-            s3=s3,
-            sns=sns,
-            sfn=sfn,
-            cloudwatch=boto3.client("cloudwatch", region_name=REGION),
-            dynamodb=ddb,
-        )
-        yield World(clients, emr, sfn, [], settings)
+def world(moto: str) -> World:
+    s3, ddb, sns, sqs = (boto3.client(n, region_name=REGION) for n in ("s3", "dynamodb", "sns", "sqs"))
+    s3.create_bucket(Bucket=BUCKET)
+    create_table(ddb, CLAIMS, "id")
+    create_table(ddb, ADMISSION, "pk", "sk")
+    topic = sns.create_topic(Name="notes")["TopicArn"]
+    queue = sqs.create_queue(QueueName="notes")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    emr, sfn = FakeEmr(), FakeStepFunctions()
+    settings = GuardrailSettings(
+        deployment=DEPLOYMENT,
+        outputs_bucket=BUCKET,
+        topic_arn=topic,
+        claims_table=CLAIMS,
+        pipelines={PIPELINE.name: PIPELINE},
+        app_role_arns=frozenset({APP_ROLE}),
+        admission_table=ADMISSION,
+        caps=Caps(pipelines={PIPELINE.name: Limit(runs=1)}),
+    )
+    clients = Clients(
+        emr=emr,
+        emr_serverless=Unused(),
+        emr_containers=Unused(),
+        s3=s3,
+        sns=sns,
+        sfn=sfn,
+        cloudwatch=boto3.client("cloudwatch", region_name=REGION),
+        dynamodb=ddb,
+    )
+    return World(clients, emr, sfn, [], settings)
 
 
 def _run_cluster(world: World, run_id: str, cluster_id: str = "j-RUN0000001") -> FakeCluster:
