@@ -104,6 +104,26 @@ class Deployed:
         cluster_id: str = self.wait_for(found, timeout, "the run's cluster to be running")
         return cluster_id
 
+    def launch_cluster_by_hand(self, name: str, tags: dict[str, str], principal: str | None = None) -> str:
+        """A long-running Spark cluster (one primary and two core m5.xlarge, EMR's default roles) launched outside
+        the app by `principal` (the twin's operator without one); returns its id."""
+        cluster_id: str = self.twin.client("emr", principal=principal).run_job_flow(
+            Name=name,
+            ReleaseLabel="emr-7.5.0",
+            Applications=[{"Name": "Spark"}],
+            Instances={
+                "InstanceGroups": [
+                    {"Name": "primary", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
+                    {"Name": "core", "InstanceRole": "CORE", "InstanceType": "m5.xlarge", "InstanceCount": 2},
+                ],
+                "KeepJobFlowAliveWhenNoSteps": True,
+            },
+            ServiceRole="EMR_DefaultRole",
+            JobFlowRole="EMR_EC2_DefaultRole",
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+        )["JobFlowId"]
+        return cluster_id
+
     def scaling_alarms(self, cluster_id: str = "") -> list[str]:
         """Scaling alarms of this deployment (of one cluster, given its id): `<deployment>-scaling-...`."""
         prefix = f"{self.report.stacks[0]}-scaling-"

@@ -30,7 +30,8 @@ from guardrails import (
 )
 
 from autopilot_common.admission import AcquireRequest, Caps, Limit, Reservation, acquire, counters, runs
-from tests.unit.conftest import create_table
+from tests.conftest import load_event
+from tests.unit.conftest import create_table, put_memory_alarm
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 DEPLOYMENT, BUCKET, CLAIMS, ADMISSION = "autopilot-test", "outputs-bkt", "claims", "admission"
@@ -221,29 +222,36 @@ def _run_cluster(world: World, run_id: str, cluster_id: str = "j-RUN0000001") ->
     return cluster
 
 
+TRAIL_SAMPLES = {
+    "RunJobFlow": "emr_run_job_flow_cloudtrail.json",
+    "TerminateJobFlows": "emr_terminate_job_flows_cloudtrail.json",
+    "StopExecution": "sfn_stop_execution_cloudtrail.json",
+}
+
+
 def _trail(name: str, who: str, params: dict[str, Any], response: dict[str, Any] | None = None) -> dict[str, Any]:
-    identity = {
-        "type": "AssumedRole",
-        "arn": who,
-        "sessionContext": {"sessionIssuer": {"arn": who.replace(":sts:", ":iam:").rsplit("/", 1)[0]}},
-    }
-    return {
-        "eventName": name,
-        "eventTime": "2026-11-24T09:45:00Z",
-        "userIdentity": identity,
-        "requestParameters": params,
-        "responseElements": response,
-    }
+    """The sample CloudTrail record of the call `name` (its EventBridge event's detail), made by `who` (an
+    assumed-role session ARN) with `params`, answered with `response`."""
+    record = load_event(TRAIL_SAMPLES[name])["detail"]
+    record["userIdentity"]["arn"] = who
+    record["userIdentity"]["sessionContext"]["sessionIssuer"]["arn"] = who.replace(":sts:", ":iam:").rsplit("/", 1)[0]
+    record |= {"eventTime": "2026-11-24T09:45:00Z", "requestParameters": params, "responseElements": response}
+    return record
 
 
 def _ended(run_id: str, status: str, **extra: Any) -> dict[str, Any]:
-    return {
+    """The sample "Step Functions Execution Status Change" detail for run `run_id` ending in `status` after 12
+    minutes (no error or cause unless given in `extra`)."""
+    detail = load_event("sfn_execution_status_change.json")["detail"]
+    return detail | {
         "executionArn": _execution_arn(run_id),
         "stateMachineArn": SM_ARN,
         "name": run_id,
         "status": status,
         "startDate": int(STARTED.timestamp() * 1000),
         "stopDate": int((STARTED + timedelta(minutes=12)).timestamp() * 1000),
+        "error": None,
+        "cause": None,
         **extra,
     }
 
@@ -495,17 +503,7 @@ def test_the_sweeper_frees_a_slot_held_by_an_execution_that_ended_and_admits_the
 
 def _alarm(world: World, cluster_id: str, rule: str = "out-memory-low") -> str:
     name = f"{DEPLOYMENT}-scaling-{PIPELINE.name}-{cluster_id}-{rule}"
-    world.clients.cloudwatch.put_metric_alarm(
-        AlarmName=name,
-        Namespace="AWS/ElasticMapReduce",
-        MetricName="YARNMemoryAvailablePercentage",
-        Dimensions=[{"Name": "JobFlowId", "Value": cluster_id}],
-        Statistic="Average",
-        Period=300,
-        EvaluationPeriods=3,
-        Threshold=15,
-        ComparisonOperator="LessThanThreshold",
-    )
+    put_memory_alarm(world.clients.cloudwatch, name, cluster_id)
     return name
 
 

@@ -38,7 +38,7 @@ from scaling import (
     split_target,
 )
 from tests.conftest import load_event, load_handler
-from tests.unit.conftest import create_table
+from tests.unit.conftest import create_table, put_memory_alarm
 from tests.unit.fakes import lambda_context
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
@@ -398,17 +398,7 @@ class Aws:
         return cluster_id, tags, self.write_ledger(GROUPS, tags)
 
     def put_alarm(self, name: str, cluster_id: str) -> None:
-        self.clients.cloudwatch.put_metric_alarm(
-            AlarmName=name,
-            Namespace="AWS/ElasticMapReduce",
-            MetricName="YARNMemoryAvailablePercentage",
-            Dimensions=[{"Name": "JobFlowId", "Value": cluster_id}],
-            Statistic="Average",
-            Period=300,
-            EvaluationPeriods=3,
-            Threshold=15,
-            ComparisonOperator="LessThanThreshold",
-        )
+        put_memory_alarm(self.clients.cloudwatch, name, cluster_id)
         self.clients.cloudwatch.set_alarm_state(AlarmName=name, StateValue="ALARM", StateReason="test")
 
     def alarm_state(self, name: str) -> str:
