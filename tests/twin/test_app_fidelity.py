@@ -187,7 +187,7 @@ def _keys(event: dict[str, Any]) -> tuple[set[str], set[str]]:
 
 
 def test_the_twins_emr_and_execution_events_have_the_keys_of_the_aws_samples(env: Deployed) -> None:
-    # Given a transient-cluster run of the app on the twin, from cluster creation to termination
+    # Given the app deployed on the twin; When a transient-cluster run goes from cluster creation to termination
     name, arn = _console_run(env, TRANSIENT, "sales-cluster/event-shapes/")
     assert env.finished(arn, timeout=120)["status"] == "SUCCEEDED"
     cluster_id = env.ledger(name)["cluster_id"]
