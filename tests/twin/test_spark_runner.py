@@ -36,8 +36,8 @@ from local.spark_runner import (
     log_uris,
     unsafe_key_reason,
 )
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "jobs" / "sales_etl.py"
 SAMPLE = REPO / "jobs" / "sample-data" / "sales"
 SAMPLE_FILES = ("2024-06-01.csv", "2024-06-02.csv", "2024-06-03 late+orders.csv")
