@@ -1,4 +1,4 @@
-"""The synthesized app deployed on one twin per test package (e2e, and the twin's app-level fidelity tests).
+"""The synthesized app deployed on one twin per test package (tests/e2e, tests/twin/app).
 
 Its conftests import `deployed` and `env` so that each package gets its own deployment, torn down (moto restored)
 before other suites run in the same process; tests isolate by object keys and run ids."""
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from moto.core.base_backend import BackendDict
 
 from local.deploy import DeployReport
 from local.ledger import RunRecord, read_runs
@@ -146,6 +147,7 @@ def deployed(cloud_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     yield Deployed(twin=twin, report=report, spark_runner=runner)
     IAM_SUMMARY.update(twin.iam.stats.snapshot())
     twin.stop()
+    BackendDict.reset()  # moto's state outlives the twin: a later twin in this process must not see the app
 
 
 @pytest.fixture

@@ -1,7 +1,5 @@
-"""The twin's tests: its models on moto (`moto`), and its fidelity to AWS with the app deployed on it (`env`, on
-this package's own deployment; modules that deploy a hand-made stack define their own `deployed` and `env`)."""
+"""The twin's tests: its models on moto (`moto`); app-level fidelity lives in tests/twin/app/."""
 
-from tests.deployment import deployed, env
 from tests.unit.conftest import moto
 
-__all__ = ["deployed", "env", "moto"]  # fixtures: imported here, they are scoped to this package
+__all__ = ["moto"]  # a fixture: imported here, it serves this package
