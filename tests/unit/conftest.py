@@ -1,4 +1,5 @@
-"""Fixtures the unit tests share (the twin tests use `moto` too, through tests/twin/conftest.py)."""
+"""What the unit tests share: the `moto` fixture (the twin tests use it too, through tests/twin/conftest.py), table
+and alarm setup, config/dev.yaml, and a one-pipeline emr-ec2 config."""
 
 from __future__ import annotations
 
