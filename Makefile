@@ -12,7 +12,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export CDK_DEFAULT_REGION ?= us-east-1
 export CDK_DEFAULT_ACCOUNT ?= 123456789012
 
-.PHONY: help install lint typecheck unit infra e2e test synth demo docs docs-build docs-serve bench clean
+.PHONY: help install lint typecheck unit twin infra e2e test synth demo docs docs-build docs-serve bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,14 +40,18 @@ typecheck: install ## mypy (strict on lambdas/, config/); each handler.py on its
 unit: install ## unit tests (moto, no network; includes one local Spark run)
 	$(BIN)/pytest tests/unit
 
+twin: install ## the twin's own tests: its models on moto, and its fidelity to AWS with the app deployed on it
+	$(BIN)/pytest tests/twin
+
 infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL validation
 	$(BIN)/pytest tests/infra
 
 e2e: install ## every end-to-end test on the local twin, the slow ones too (~12 min on 2 cores)
 	$(BIN)/pytest tests/e2e
 
-test: install lint typecheck ## everything CI runs: lint, types, unit, infra, e2e without the `slow` ones (one real Spark run)
+test: install lint typecheck ## everything CI runs: lint, types, unit, twin, infra, e2e without the `slow` ones (one real Spark run)
 	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/twin
 	$(BIN)/pytest tests/infra
 	$(BIN)/pytest tests/e2e -m "not slow"
 

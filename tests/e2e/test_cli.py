@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from local.cli import main
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 
 def test_drop_start_and_runs(env: Deployed, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 PIPELINE = "sales-trail"
 DATA_EVENT = "AWS API Call via CloudTrail"

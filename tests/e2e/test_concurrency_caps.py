@@ -18,7 +18,7 @@ import pytest
 from local.emr_serverless import TERMINAL
 from local.ledger import RunRecord, read_runs
 from local.spark_runner import SparkJob, SparkResult
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 PIPELINE, CAP, BURST = "sales-burst", 2, 50
 JOB_SECONDS = 0.25  # long enough for runs to overlap, short enough for 50 of them two at a time

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 DEPLOYMENT = "autopilot-dev"
 TERMINAL = {"SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED"}
@@ -118,23 +118,18 @@ def _scale_out_once(env: Deployed) -> tuple[set[tuple[str, str | None]], str, se
     """A sales-cluster run whose step waits while its scale-out alarm goes to ALARM once: the scaler steps the task
     fleet from 4 to 6 spot units; then the step ends."""
     from tests.e2e.test_scaling import DEPLOYMENT as _D
-    from tests.e2e.test_scaling import GatedRunner, _alarm, _start_run_with_alarms, _task_fleet
+    from tests.e2e.test_scaling import _alarm, gated_run_with_task_fleet
 
     before = {e["executionArn"] for e in env.executions("sales-cluster")}
-    runner = GatedRunner()
-    env.twin.emr_ec2.runner = runner
     try:
-        run_id, _arn, cluster_id = _start_run_with_alarms(env)
-        fleet = _task_fleet(env, cluster_id)
-        env.wait_for(lambda: fleet.state == "RUNNING", 30, "the task fleet to run")
-        _alarm(env, f"{_D}-scaling-sales-cluster-{cluster_id}-out-memory-low", "ALARM")
-        env.wait_for(lambda: fleet.target_spot != 4, 60, "the scaler to act")
-        time.sleep(0.5)
-        # Lambda's asynchronous retries (about 1 and 2 minutes on the twin's clock) count as in-flight work
-        env.wait_for(lambda: env.twin._busy == 0 and fleet.state == "RUNNING", 60, "the scaler and its retries")
-        _SCALED.update(fleet=(fleet.target_on_demand, fleet.target_spot), cluster=cluster_id)
+        with gated_run_with_task_fleet(env) as (_run_id, _arn, cluster_id, fleet):
+            _alarm(env, f"{_D}-scaling-sales-cluster-{cluster_id}-out-memory-low", "ALARM")
+            env.wait_for(lambda: fleet.target_spot != 4, 60, "the scaler to act")
+            time.sleep(0.5)
+            # Lambda's asynchronous retries (about 1 and 2 minutes on the twin's clock) count as in-flight work
+            env.wait_for(lambda: env.twin._busy == 0 and fleet.state == "RUNNING", 60, "the scaler and its retries")
+            _SCALED.update(fleet=(fleet.target_on_demand, fleet.target_spot), cluster=cluster_id)
     finally:
-        runner.gate.set()
         env.twin.emr_ec2.runner = None
     return set(), "", before
 

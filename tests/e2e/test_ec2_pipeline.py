@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 TRANSIENT, EXISTING = "sales-cluster", "sales-adhoc"
@@ -213,25 +213,10 @@ def _default_emr_roles(env: Deployed) -> None:
 def analytics_cluster(env: Deployed) -> Iterator[str]:
     """A long-running cluster tagged like the sales-adhoc pipeline's target (not made by the app)."""
     _default_emr_roles(env)
-    emr = env.twin.client("emr")
-    cluster_id: str = emr.run_job_flow(
-        Name="analytics",
-        ReleaseLabel="emr-7.5.0",
-        Applications=[{"Name": "Spark"}],
-        Instances={
-            "InstanceGroups": [
-                {"Name": "primary", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
-                {"Name": "core", "InstanceRole": "CORE", "InstanceType": "m5.xlarge", "InstanceCount": 2},
-            ],
-            "KeepJobFlowAliveWhenNoSteps": True,
-        },
-        ServiceRole="EMR_DefaultRole",
-        JobFlowRole="EMR_EC2_DefaultRole",
-        Tags=[{"Key": "team-cluster", "Value": "analytics"}],
-    )["JobFlowId"]
+    cluster_id = env.launch_cluster_by_hand("analytics", {"team-cluster": "analytics"})
     env.wait_for(lambda: _cluster_state(env, cluster_id) == "WAITING", what="the analytics cluster")
     yield cluster_id
-    emr.terminate_job_flows(JobFlowIds=[cluster_id])
+    env.twin.client("emr").terminate_job_flows(JobFlowIds=[cluster_id])
     env.wait_for(lambda: _cluster_state(env, cluster_id) == "TERMINATED", what="teardown")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 EKS = "sales-eks"

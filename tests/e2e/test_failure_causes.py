@@ -8,7 +8,7 @@ import json
 import uuid
 from typing import Any
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 
 def _console_run(env: Deployed, pipeline: str, **extra: Any) -> tuple[str, str]:

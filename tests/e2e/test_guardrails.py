@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.conftest import load_event
+from tests.deployment import Deployed
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 DEPLOYMENT = "autopilot-dev"
@@ -138,23 +139,7 @@ def test_execution_timeout_cancels_the_job_and_writes_ledger_timed_out(env: Depl
 
 
 def _launch_by_hand(env: Deployed, tags: dict[str, str], principal: str = ALICE) -> str:
-    emr = env.twin.client("emr", principal=principal)
-    cluster_id: str = emr.run_job_flow(
-        Name=f"adhoc-{uuid.uuid4().hex[:6]}",
-        ReleaseLabel="emr-7.5.0",
-        Applications=[{"Name": "Spark"}],
-        Instances={
-            "InstanceGroups": [
-                {"Name": "primary", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
-                {"Name": "core", "InstanceRole": "CORE", "InstanceType": "m5.xlarge", "InstanceCount": 2},
-            ],
-            "KeepJobFlowAliveWhenNoSteps": True,
-        },
-        JobFlowRole="EMR_EC2_DefaultRole",
-        ServiceRole="EMR_DefaultRole",
-        Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
-    )["JobFlowId"]
-    return cluster_id
+    return env.launch_cluster_by_hand(f"adhoc-{uuid.uuid4().hex[:6]}", tags, principal)
 
 
 def _auto_termination(env: Deployed, cluster_id: str) -> dict[str, Any] | None:
@@ -264,5 +249,5 @@ def test_the_sweeper_terminates_a_cluster_whose_execution_is_unknown_and_then_fi
     assert entry["swept"]["cluster_id"] == cluster_id and entry["swept"]["reason"] == "its execution is UNKNOWN"
     # And the next tick finds nothing (steady state)
     env.twin.wait_idle()
-    tick = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}, "resources": []}
+    tick = load_event("scheduled_event.json")
     assert env.twin.runtime.invoke(f"{DEPLOYMENT}-guardrail", tick) == {"handled": True, "findings": 0}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 ODD_NAMES = ["Q1 report+final %20ü.csv", "a+b.csv", "a b.csv", "a%2Bb.csv", "日本語 データ.csv", "semi;colon=1.csv"]
 

@@ -13,12 +13,14 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from local.emr_ec2 import InstanceFleet
 from local.spark_runner import SparkJob, SparkResult
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 PIPELINE = "sales-cluster"
 DEPLOYMENT = "autopilot-dev"
@@ -84,6 +86,21 @@ def test_alarms_step_the_task_fleet_within_bounds_once_per_transition_and_leave_
         _scale_through_a_run(env, runner)
     finally:
         runner.gate.set()  # a failed scenario still lets its run end, so its cluster and alarms go
+
+
+@contextmanager
+def gated_run_with_task_fleet(env: Deployed) -> Iterator[tuple[str, str, str, Any]]:
+    """A sales-cluster run whose step works until the block ends: (run id, execution ARN, cluster id, the twin's
+    task fleet) once the fleet runs; the step is let go however the block ends."""
+    runner = GatedRunner()
+    env.twin.emr_ec2.runner = runner
+    try:
+        run_id, arn, cluster_id = _start_run_with_alarms(env)
+        fleet = _task_fleet(env, cluster_id)
+        env.wait_for(lambda: fleet.state == "RUNNING", 30, "the task fleet to run")
+        yield run_id, arn, cluster_id, fleet
+    finally:
+        runner.gate.set()
 
 
 def _start_run_with_alarms(env: Deployed) -> tuple[str, str, str]:
@@ -183,12 +200,7 @@ def _scale_through_a_run(env: Deployed, runner: GatedRunner) -> None:
 
 def test_emr_metric_data_under_the_threshold_fires_the_alarm_and_the_fleet_grows(env: Deployed) -> None:
     # Given a run's cluster with its scaling alarms (scale out on YARN memory < 15 % for 2 of 3 periods)
-    runner = GatedRunner()
-    env.twin.emr_ec2.runner = runner
-    try:
-        run_id, arn, cluster_id = _start_run_with_alarms(env)
-        fleet = _task_fleet(env, cluster_id)
-        env.wait_for(lambda: fleet.state == "RUNNING", 30, "the task fleet to run")
+    with gated_run_with_task_fleet(env) as (run_id, arn, cluster_id, fleet):
         # When EMR reports YARN memory available of 40 %, 12 % and 9 % over the last three 5-minute periods
         now = datetime.now(UTC)
         env.twin.client("cloudwatch").put_metric_data(
@@ -208,8 +220,6 @@ def test_emr_metric_data_under_the_threshold_fires_the_alarm_and_the_fleet_grows
         env.wait_for(lambda: fleet.target_spot == 6, 30, "ModifyInstanceFleet to 6 spot units")
         (action,) = _actions(env, cluster_id)
         assert action["alarm_reason"]["S"].startswith("Threshold Crossed: 2 out of the last 3 datapoints")
-    finally:
-        runner.gate.set()
     assert env.finished(arn)["status"] == "SUCCEEDED"
     assert [a["rule"] for a in env.ledger(run_id)["scaling"]["actions"]] == ["memory-low"]
 

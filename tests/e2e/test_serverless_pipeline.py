@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Deployed
+from tests.deployment import Deployed
 
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 # The budget: states entered on the happy path (12 with a job that writes _metrics.json, 13 without:

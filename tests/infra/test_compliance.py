@@ -11,9 +11,9 @@ import pytest
 from aws_cdk.assertions import Annotations, Match
 from cfnlint.api import ManualArgs, lint
 
+from tests.conftest import REPO
 from tests.infra.conftest import Synthesized
 
-REPO = Path(__file__).resolve().parents[2]
 ASL_VALIDATOR = REPO / "node_modules" / ".bin" / "asl-validator"
 
 

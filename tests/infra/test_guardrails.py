@@ -4,7 +4,6 @@ optional CloudTrail trail (a second, nag-free synth of dev.yaml with `guardrails
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
@@ -14,9 +13,8 @@ from aws_cdk.assertions import Match, Template
 
 from app import build_app, cli_context
 from stacks.app_stack import AutopilotStack
+from tests.conftest import REPO
 from tests.infra.conftest import Synthesized
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _rules(synth: Synthesized) -> dict[str, dict[str, Any]]:

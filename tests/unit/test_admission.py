@@ -6,14 +6,12 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from autopilot_common import admission, dynamo
 from autopilot_common.admission import (
@@ -30,6 +28,7 @@ from autopilot_common.admission import (
     runs,
 )
 from tests.conftest import load_handler
+from tests.unit.conftest import create_table
 from tests.unit.fakes import lambda_context
 
 TABLE, LEDGER = "autopilot-test-admission", "outputs-bkt"
@@ -90,24 +89,12 @@ class FakeStepFunctions:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        ddb = boto3.client("dynamodb", region_name="us-east-1")
-        ddb.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=LEDGER)
-        yield AtomicCalls(ddb), s3
+def aws(moto: str) -> tuple[Any, Any]:
+    ddb = boto3.client("dynamodb", region_name=moto)
+    create_table(ddb, TABLE, "pk", "sk")
+    s3 = boto3.client("s3", region_name=moto)
+    s3.create_bucket(Bucket=LEDGER)
+    return AtomicCalls(ddb), s3
 
 
 @pytest.fixture

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from config.capacity import Reservation, instance_vcpus, queue_timeout_seconds, run_reservation
-from config.loader import ConfigError, load_config, validate_config
-
-REPO = Path(__file__).resolve().parents[2]
-BASE: dict[str, Any] = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
-SOURCE = "config/dev.yaml"
-
-
-def _config(mutate: Any) -> Any:
-    raw = copy.deepcopy(BASE)
-    mutate(raw)
-    return validate_config(raw, SOURCE)
+from config.loader import ConfigError, load_config
+from tests.unit.conftest import DEV_SOURCE, dev_config
 
 
 def _error(mutate: Any) -> str:
     with pytest.raises(ConfigError) as info:
-        _config(mutate)
+        dev_config(mutate)
     return str(info.value)
 
 
@@ -53,7 +41,7 @@ def test_shipped_pipelines_reserve_what_their_runtime_can_use() -> None:
 
 
 def test_run_vcpus_overrides_the_estimate() -> None:
-    config = _config(lambda r: _pipeline(r, "sales-cluster").update(limits={"run_vcpus": 12}))
+    config = dev_config(lambda r: _pipeline(r, "sales-cluster").update(limits={"run_vcpus": 12}))
     assert run_reservation(config, "sales-cluster") == Reservation(runs=1, clusters=1, vcpus=12)
 
 
@@ -70,7 +58,7 @@ def test_weighted_fleets_round_up_to_whole_instances_of_the_largest_type() -> No
         }
 
     # primary 4 + core ceil(3/2) x 8 = 16 + task max(2 x 16, 1 x 36) = 36
-    assert run_reservation(_config(weighted), "sales-cluster").vcpus == 4 + 16 + 36
+    assert run_reservation(dev_config(weighted), "sales-cluster").vcpus == 4 + 16 + 36
 
 
 def test_instance_groups_and_managed_scaling_count_the_largest_the_cluster_can_grow() -> None:
@@ -83,7 +71,7 @@ def test_instance_groups_and_managed_scaling_count_the_largest_the_cluster_can_g
         }
         runtime["scaling"] = {"mode": "none"}  # the shipped alarm scaling would count the task group at max_units
 
-    config = _config(groups)
+    config = dev_config(groups)
     assert run_reservation(config, "sales-cluster").vcpus == 2 + 2 * 8 + 3 * 4
 
     def scaling(raw: dict[str, Any]) -> None:
@@ -92,7 +80,7 @@ def test_instance_groups_and_managed_scaling_count_the_largest_the_cluster_can_g
         runtime["scaling"] = {"mode": "managed", "minimum_units": 2, "maximum_units": 10}
 
     # managed scaling may grow core + task to 10 instances of the largest (r5.2xlarge: 8 vCPUs)
-    assert run_reservation(_config(scaling), "sales-cluster").vcpus == 2 + 10 * 8
+    assert run_reservation(dev_config(scaling), "sales-cluster").vcpus == 2 + 10 * 8
 
 
 def test_alarm_scaling_counts_the_task_fleet_or_group_at_max_units() -> None:
@@ -102,7 +90,7 @@ def test_alarm_scaling_counts_the_task_fleet_or_group_at_max_units() -> None:
             runtime["instances"] = instances
             runtime["scaling"] = {"mode": "alarms", **scaling}
 
-        return run_reservation(_config(mutate), "sales-cluster").vcpus
+        return run_reservation(dev_config(mutate), "sales-cluster").vcpus
 
     fleets = {"mode": "fleets", "core": {"on_demand_units": 2}, "task": {"spot_units": 4}}
     # primary m5.large 2 + core 2 x m5.xlarge 8 + task grown to 12 units of xlarge (largest type) 48
@@ -116,7 +104,7 @@ def test_alarm_scaling_counts_the_task_fleet_or_group_at_max_units() -> None:
 
 
 def test_queue_timeout_is_max_queue_minutes_within_the_run_timeout() -> None:
-    config = _config(lambda r: _pipeline(r, "sales-burst").update(limits={"max_queue_minutes": 5}))
+    config = dev_config(lambda r: _pipeline(r, "sales-burst").update(limits={"max_queue_minutes": 5}))
     assert queue_timeout_seconds(config.pipelines["sales-burst"]) == 300
     # The default (a day) is clamped so the run still fails as QueueTimeout before its own timeout.
     shipped = load_config("dev").pipelines["sales-burst"]
@@ -153,11 +141,11 @@ def test_queue_timeout_is_max_queue_minutes_within_the_run_timeout() -> None:
 def test_capacity_problems_give_one_clear_line(mutate: Any, expected: str) -> None:
     message = _error(mutate)
     assert expected in message, message
-    assert all(line.startswith(SOURCE) for line in message.splitlines())
+    assert all(line.startswith(DEV_SOURCE) for line in message.splitlines())
 
 
 def test_an_unknown_instance_type_is_fine_without_a_vcpu_cap() -> None:
-    config = _config(
+    config = dev_config(
         lambda r: _pipeline(r, "sales-cluster")["runtime"]["instances"].update(
             task={"spot_units": 2, "instance_types": [{"type": "x9.huge"}]}
         )

@@ -7,27 +7,34 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from config import docs
-from config.loader import ConfigError, load_config, validate_config
-
-REPO = Path(__file__).resolve().parents[2]
-BASE: dict[str, Any] = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
-SOURCE = "config/dev.yaml"
+from config.loader import ConfigError, load_config
+from tests.unit.conftest import dev_config
 
 
 def _error(mutate: Any) -> str:
-    raw = copy.deepcopy(BASE)
-    mutate(raw)
     with pytest.raises(ConfigError) as info:
-        validate_config(raw, SOURCE)
+        dev_config(mutate)
     return str(info.value)
 
 
 def _sales(raw: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = raw["pipelines"]["sales-daily"]
     return result
+
+
+def _sales_case(case_id: str, section: str, change: dict[str, Any], expected: str) -> Any:
+    """A case that updates the sales-daily pipeline (its `section`, dotted, or its top level for "") with `change`
+    and expects a message about that pipeline starting with `expected` after the pipeline's name."""
+
+    def mutate(raw: dict[str, Any]) -> None:
+        target = _sales(raw)
+        for key in filter(None, section.split(".")):
+            target = target[key]
+        target.update(change)
+
+    return pytest.param(mutate, f"config/dev.yaml: pipeline 'sales-daily': {expected}", id=case_id)
 
 
 def test_shipped_dev_config_is_valid() -> None:
@@ -40,44 +47,47 @@ def test_shipped_dev_config_is_valid() -> None:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        pytest.param(
-            lambda r: _sales(r)["trigger"].update(colour="red"),
-            "config/dev.yaml: pipeline 'sales-daily': trigger.colour: unknown key; expected one of: "
-            "batching, ignore_zero_byte, prefix, sources, suffixes",
-            id="unknown-key",
+        _sales_case(
+            "unknown-key",
+            "trigger",
+            {"colour": "red"},
+            "trigger.colour: unknown key; expected one of: batching, ignore_zero_byte, prefix, sources, suffixes",
         ),
-        pytest.param(
-            lambda r: _sales(r)["runtime"].update(execution_timeout_minutes="60"),
-            "config/dev.yaml: pipeline 'sales-daily': runtime.execution_timeout_minutes: got '60'; expected an integer",
-            id="wrong-type",
+        _sales_case(
+            "wrong-type",
+            "runtime",
+            {"execution_timeout_minutes": "60"},
+            "runtime.execution_timeout_minutes: got '60'; expected an integer",
         ),
-        pytest.param(
-            lambda r: _sales(r)["trigger"]["batching"].update(window_seconds=900),
-            "config/dev.yaml: pipeline 'sales-daily': trigger.batching.window_seconds: got 900; "
-            "expected a number <= 300",
-            id="out-of-range",
+        _sales_case(
+            "out-of-range",
+            "trigger.batching",
+            {"window_seconds": 900},
+            "trigger.batching.window_seconds: got 900; expected a number <= 300",
         ),
-        pytest.param(
-            lambda r: _sales(r)["trigger"]["batching"].update(mode="windowed"),
-            "config/dev.yaml: pipeline 'sales-daily': trigger.batching.mode: got 'windowed'; "
-            "expected one of 'per_object', 'window', 'marker'",
-            id="bad-enum",
+        _sales_case(
+            "bad-enum",
+            "trigger.batching",
+            {"mode": "windowed"},
+            "trigger.batching.mode: got 'windowed'; expected one of 'per_object', 'window', 'marker'",
         ),
         pytest.param(
             lambda r: r["pipelines"].update({"Sales_Daily": r["pipelines"].pop("sales-daily")}),
             "config/dev.yaml: pipelines: name 'Sales_Daily' is invalid; expected 2-40 characters",
             id="bad-name",
         ),
-        pytest.param(
-            lambda r: _sales(r)["runtime"].update(application="spark-big"),
-            "config/dev.yaml: pipeline 'sales-daily': runtime.application: got 'spark-big'; expected one of "
+        _sales_case(
+            "undefined-application",
+            "runtime",
+            {"application": "spark-big"},
+            "runtime.application: got 'spark-big'; expected one of "
             "'shared-spark' (names are defined under serverless_applications)",
-            id="undefined-application",
         ),
-        pytest.param(
-            lambda r: _sales(r)["runtime"].update(entry_point="nope.py"),
-            "config/dev.yaml: pipeline 'sales-daily': runtime.entry_point: got 'nope.py'; expected a file under jobs/",
-            id="missing-job-file",
+        _sales_case(
+            "missing-job-file",
+            "runtime",
+            {"entry_point": "nope.py"},
+            "runtime.entry_point: got 'nope.py'; expected a file under jobs/",
         ),
         pytest.param(
             lambda r: r["pipelines"].update(
@@ -100,21 +110,22 @@ def test_shipped_dev_config_is_valid() -> None:
             "overlap",
             id="overlapping-outputs",
         ),
-        pytest.param(
-            lambda r: _sales(r).update(run_timeout_minutes=30),
-            "config/dev.yaml: pipeline 'sales-daily': run_timeout_minutes (30) must be greater than "
-            "runtime.execution_timeout_minutes (60)",
-            id="timeouts",
+        _sales_case(
+            "timeouts",
+            "",
+            {"run_timeout_minutes": 30},
+            "run_timeout_minutes (30) must be greater than runtime.execution_timeout_minutes (60)",
         ),
         pytest.param(
             lambda r: _sales(r)["runtime"].pop("entry_point"),
             "config/dev.yaml: pipeline 'sales-daily': runtime.entry_point: required but missing",
             id="missing-field",
         ),
-        pytest.param(
-            lambda r: _sales(r)["runtime"].update(type="emr-ec3"),
-            "config/dev.yaml: pipeline 'sales-daily': runtime.type: got 'emr-ec3'; expected one of 'emr-serverless'",
-            id="unknown-runtime",
+        _sales_case(
+            "unknown-runtime",
+            "runtime",
+            {"type": "emr-ec3"},
+            "runtime.type: got 'emr-ec3'; expected one of 'emr-serverless'",
         ),
         pytest.param(
             lambda r: r["serverless_applications"]["shared-spark"].update(release_label="7.5"),
@@ -127,11 +138,11 @@ def test_shipped_dev_config_is_valid() -> None:
             "config/dev.yaml: tags: key 'aws:owner' is reserved",
             id="reserved-tag",
         ),
-        pytest.param(
-            lambda r: _sales(r).update(output_prefix="_runs/sales"),
-            "config/dev.yaml: pipeline 'sales-daily': output_prefix: got '_runs/sales'; "
-            "expected a prefix not under _runs",
-            id="reserved-output",
+        _sales_case(
+            "reserved-output",
+            "",
+            {"output_prefix": "_runs/sales"},
+            "output_prefix: got '_runs/sales'; expected a prefix not under _runs",
         ),
     ],
 )

@@ -9,7 +9,6 @@ execution it starts from. The twin-backed end-to-end versions are in tests/e2e/t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from autopilot_common.admission import AcquireRequest, Caps, Limit, Reservation, acquire, counters, runs
 from autopilot_common.clients import Clients
@@ -26,6 +24,8 @@ from execution_cleanup import clean_up_execution
 from guardrail_settings import GuardrailEventError, GuardrailSettings, PipelineRef, UnmanagedPolicy
 from orphan_sweeper import sweep
 from run_teardown import RunRef
+from tests.conftest import load_event
+from tests.unit.conftest import create_table, put_memory_alarm
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 DEPLOYMENT, BUCKET, CLAIMS, ADMISSION = "autopilot-test", "outputs-bkt", "claims", "admission"
@@ -167,57 +167,37 @@ class World:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    for name, value in {
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        s3, ddb, sns, sqs = (boto3.client(n, region_name=REGION) for n in ("s3", "dynamodb", "sns", "sqs"))
-        s3.create_bucket(Bucket=BUCKET)
-        ddb.create_table(
-            TableName=CLAIMS,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        ddb.create_table(
-            TableName=ADMISSION,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        topic = sns.create_topic(Name="notes")["TopicArn"]
-        queue = sqs.create_queue(QueueName="notes")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-        emr, sfn = FakeEmr(), FakeStepFunctions()
-        settings = GuardrailSettings(
-            deployment=DEPLOYMENT,
-            outputs_bucket=BUCKET,
-            topic_arn=topic,
-            claims_table=CLAIMS,
-            pipelines={PIPELINE.name: PIPELINE},
-            app_role_arns=frozenset({APP_ROLE}),
-            admission_table=ADMISSION,
-            caps=Caps(pipelines={PIPELINE.name: Limit(runs=1)}),
-        )
-        clients = Clients(
-            emr=emr,
-            emr_serverless=Unused(),
-            emr_containers=Unused(),
-            s3=s3,
-            sns=sns,
-            sfn=sfn,
-            cloudwatch=boto3.client("cloudwatch", region_name=REGION),
-            dynamodb=ddb,
-        )
-        yield World(clients, emr, sfn, [], settings)
+def world(moto: str) -> World:
+    s3, ddb, sns, sqs = (boto3.client(n, region_name=REGION) for n in ("s3", "dynamodb", "sns", "sqs"))
+    s3.create_bucket(Bucket=BUCKET)
+    create_table(ddb, CLAIMS, "id")
+    create_table(ddb, ADMISSION, "pk", "sk")
+    topic = sns.create_topic(Name="notes")["TopicArn"]
+    queue = sqs.create_queue(QueueName="notes")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    emr, sfn = FakeEmr(), FakeStepFunctions()
+    settings = GuardrailSettings(
+        deployment=DEPLOYMENT,
+        outputs_bucket=BUCKET,
+        topic_arn=topic,
+        claims_table=CLAIMS,
+        pipelines={PIPELINE.name: PIPELINE},
+        app_role_arns=frozenset({APP_ROLE}),
+        admission_table=ADMISSION,
+        caps=Caps(pipelines={PIPELINE.name: Limit(runs=1)}),
+    )
+    clients = Clients(
+        emr=emr,
+        emr_serverless=Unused(),
+        emr_containers=Unused(),
+        s3=s3,
+        sns=sns,
+        sfn=sfn,
+        cloudwatch=boto3.client("cloudwatch", region_name=REGION),
+        dynamodb=ddb,
+    )
+    return World(clients, emr, sfn, [], settings)
 
 
 def _run_cluster(world: World, run_id: str, cluster_id: str = "j-RUN0000001") -> FakeCluster:
@@ -236,29 +216,36 @@ def _run_cluster(world: World, run_id: str, cluster_id: str = "j-RUN0000001") ->
     return cluster
 
 
+TRAIL_SAMPLES = {
+    "RunJobFlow": "emr_run_job_flow_cloudtrail.json",
+    "TerminateJobFlows": "emr_terminate_job_flows_cloudtrail.json",
+    "StopExecution": "sfn_stop_execution_cloudtrail.json",
+}
+
+
 def _trail(name: str, who: str, params: dict[str, Any], response: dict[str, Any] | None = None) -> dict[str, Any]:
-    identity = {
-        "type": "AssumedRole",
-        "arn": who,
-        "sessionContext": {"sessionIssuer": {"arn": who.replace(":sts:", ":iam:").rsplit("/", 1)[0]}},
-    }
-    return {
-        "eventName": name,
-        "eventTime": "2026-11-24T09:45:00Z",
-        "userIdentity": identity,
-        "requestParameters": params,
-        "responseElements": response,
-    }
+    """The sample CloudTrail record of the call `name` (its EventBridge event's detail), made by `who` (an
+    assumed-role session ARN) with `params`, answered with `response`."""
+    record = load_event(TRAIL_SAMPLES[name])["detail"]
+    record["userIdentity"]["arn"] = who
+    record["userIdentity"]["sessionContext"]["sessionIssuer"]["arn"] = who.replace(":sts:", ":iam:").rsplit("/", 1)[0]
+    record |= {"eventTime": "2026-11-24T09:45:00Z", "requestParameters": params, "responseElements": response}
+    return record
 
 
 def _ended(run_id: str, status: str, **extra: Any) -> dict[str, Any]:
-    return {
+    """The sample "Step Functions Execution Status Change" detail for run `run_id` ending in `status` after 12
+    minutes (no error or cause unless given in `extra`)."""
+    detail = load_event("sfn_execution_status_change.json")["detail"]
+    return detail | {
         "executionArn": _execution_arn(run_id),
         "stateMachineArn": SM_ARN,
         "name": run_id,
         "status": status,
         "startDate": int(STARTED.timestamp() * 1000),
         "stopDate": int((STARTED + timedelta(minutes=12)).timestamp() * 1000),
+        "error": None,
+        "cause": None,
         **extra,
     }
 
@@ -510,17 +497,7 @@ def test_the_sweeper_frees_a_slot_held_by_an_execution_that_ended_and_admits_the
 
 def _alarm(world: World, cluster_id: str, rule: str = "out-memory-low") -> str:
     name = f"{DEPLOYMENT}-scaling-{PIPELINE.name}-{cluster_id}-{rule}"
-    world.clients.cloudwatch.put_metric_alarm(
-        AlarmName=name,
-        Namespace="AWS/ElasticMapReduce",
-        MetricName="YARNMemoryAvailablePercentage",
-        Dimensions=[{"Name": "JobFlowId", "Value": cluster_id}],
-        Statistic="Average",
-        Period=300,
-        EvaluationPeriods=3,
-        Threshold=15,
-        ComparisonOperator="LessThanThreshold",
-    )
+    put_memory_alarm(world.clients.cloudwatch, name, cluster_id)
     return name
 
 

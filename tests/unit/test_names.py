@@ -15,9 +15,9 @@ import yaml
 
 from config.loader import ConfigError, validate_config
 from stacks import naming
+from tests.conftest import REPO
+from tests.unit.conftest import DEV_YAML
 
-REPO = Path(__file__).resolve().parents[2]
-BASE: dict[str, Any] = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
 SOURCE = "config/dev.yaml"
 LONGEST = "p" + "x" * 38 + "z"  # 40 characters: the longest name the pipeline name pattern allows
 
@@ -36,7 +36,7 @@ def _problems(raw: dict[str, Any], env: str = "dev") -> list[str]:
 
 def test_a_40_character_pipeline_name_is_refused_naming_the_rule_and_its_limit() -> None:
     # sales-daily has an S3 trigger: its rule `autopilot-dev-<name>-object-created` would be 69 characters
-    lines = _problems(_renamed(BASE, "sales-daily", LONGEST))
+    lines = _problems(_renamed(DEV_YAML, "sales-daily", LONGEST))
     rule = f"autopilot-dev-{LONGEST}-object-created"
     assert (
         f"{SOURCE}: pipeline {LONGEST!r}: name: generates the EventBridge rule name {rule!r} (69 characters); "
@@ -47,7 +47,7 @@ def test_a_40_character_pipeline_name_is_refused_naming_the_rule_and_its_limit()
 
 
 def test_names_within_every_limit_pass() -> None:
-    assert validate_config(_renamed(BASE, "sales-daily", LONGEST[:35]), SOURCE)
+    assert validate_config(_renamed(DEV_YAML, "sales-daily", LONGEST[:35]), SOURCE)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_names_within_every_limit_pass() -> None:
     ],
 )
 def test_each_runtime_s_names_are_checked(pipeline: str, kind: str) -> None:
-    raw = copy.deepcopy(BASE)
+    raw = copy.deepcopy(DEV_YAML)
     if pipeline not in raw["pipelines"]:
         pytest.skip(f"{pipeline} is not in the shipped config")
     # a long project name pushes every generated name over
@@ -70,7 +70,7 @@ def test_each_runtime_s_names_are_checked(pipeline: str, kind: str) -> None:
 
 def test_a_long_environment_name_is_refused_on_the_deployment_s_own_names() -> None:
     env = "e" * 60  # the stack is fine (128) but `<project>-<env>-admission` is not a function name...
-    lines = _problems(BASE, env=env)
+    lines = _problems(DEV_YAML, env=env)
     assert any(
         f"project 'autopilot' (environment {env!r}): generates the Lambda function name 'autopilot-{env}-admission'"
         in line
@@ -80,7 +80,7 @@ def test_a_long_environment_name_is_refused_on_the_deployment_s_own_names() -> N
 
 def test_cdk_synth_prints_one_clear_error_instead_of_a_jsii_traceback(tmp_path: Path) -> None:
     config = tmp_path / "long.yaml"
-    config.write_text(yaml.safe_dump(_renamed(BASE, "sales-daily", LONGEST)))
+    config.write_text(yaml.safe_dump(_renamed(DEV_YAML, "sales-daily", LONGEST)))
     result = subprocess.run(  # noqa: S603 - the app's own entry point
         [sys.executable, "app.py"],
         cwd=REPO,

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from autopilot_common.manifest import InputManifest
 from preparation import prepare_run
@@ -37,15 +35,11 @@ EXECUTION = {
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        for bucket in (LANDING, ARTIFACTS, OUTPUTS):
-            client.create_bucket(Bucket=bucket)
-        yield client
+def s3(moto: str) -> Any:
+    client = boto3.client("s3", region_name=moto)
+    for bucket in (LANDING, ARTIFACTS, OUTPUTS):
+        client.create_bucket(Bucket=bucket)
+    return client
 
 
 def _run(s3: Any, execution_input: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,7 +19,6 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from autopilot_common.clients import Clients
 from autopilot_common.manifest import InputManifest
@@ -36,6 +35,7 @@ from routing import (
     raw_object_key,
 )
 from tests.conftest import load_event, load_handler
+from tests.unit.conftest import create_table
 from tests.unit.fakes import lambda_context
 
 REGION = "us-east-1"
@@ -70,31 +70,16 @@ class Aws:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        for bucket in (LANDING, ARTIFACTS, OUTPUTS):
-            s3.create_bucket(Bucket=bucket)
-        ddb = boto3.client("dynamodb", region_name=REGION)
-        ddb.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        sfn = boto3.client("stepfunctions", region_name=REGION)
-        env = Aws(s3=s3, sfn=sfn, ddb=ddb, arn="")
-        env.arn = env.state_machine(f"autopilot-dev-{PIPELINE}")
-        yield env
+def aws(moto: str) -> Aws:
+    s3 = boto3.client("s3", region_name=REGION)
+    for bucket in (LANDING, ARTIFACTS, OUTPUTS):
+        s3.create_bucket(Bucket=bucket)
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    create_table(ddb, TABLE, "id")
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    env = Aws(s3=s3, sfn=sfn, ddb=ddb, arn="")
+    env.arn = env.state_machine(f"autopilot-dev-{PIPELINE}")
+    return env
 
 
 @pytest.fixture

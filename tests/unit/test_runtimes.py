@@ -16,21 +16,7 @@ from config.loader import ConfigError, validate_config
 from finalization import FinalizeRequest, finalize_run
 from preparation import prepare_run, resolve_cluster, step_name
 from stacks.emr_ec2_spec import cluster_request, step_templates
-
-SPARK = {"type": "spark", "name": "etl", "entry_point": "sales_etl.py"}
-
-
-def _config(runtime: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "pipelines": {"pipe": {"runtime": {"type": "emr-ec2", "steps": [SPARK], **runtime}, "run_timeout_minutes": 600}}
-    }
-
-
-def _runtime(**runtime: Any) -> Ec2Runtime:
-    result = validate_config(_config(runtime)).pipelines["pipe"].runtime
-    assert isinstance(result, Ec2Runtime)
-    return result
-
+from tests.unit.conftest import SPARK, ec2_config, ec2_runtime
 
 # ------------------------------------------------------------------------------------------ config
 
@@ -57,7 +43,7 @@ def _runtime(**runtime: Any) -> Ec2Runtime:
 )  # fmt: skip
 def test_bad_ec2_config_gets_one_clear_error(runtime: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        validate_config(_config(runtime))
+        validate_config(ec2_config(runtime))
     assert message in str(err.value)
     assert "pipeline 'pipe'" in str(err.value)
 
@@ -65,7 +51,7 @@ def test_bad_ec2_config_gets_one_clear_error(runtime: dict[str, Any], message: s
 def test_spot_for_core_is_allowed_explicitly_with_a_warning() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runtime = _runtime(
+        runtime = ec2_runtime(
             instances={"mode": "fleets", "core": {"spot_units": 2}}, allow_spot_for_primary_and_core=True
         )
     assert runtime.instances.core.spot_units == 2  # type: ignore[union-attr]
@@ -73,25 +59,25 @@ def test_spot_for_core_is_allowed_explicitly_with_a_warning() -> None:
 
 
 def test_primary_size_follows_node_count() -> None:
-    assert _runtime().primary_instance_type() == "m5.large"
-    big = _runtime(instances={"mode": "fleets", "task": {"spot_units": 60}})
+    assert ec2_runtime().primary_instance_type() == "m5.large"
+    big = ec2_runtime(instances={"mode": "fleets", "task": {"spot_units": 60}})
     assert big.primary_instance_type() == "m5.xlarge"
-    scaled = _runtime(scaling={"mode": "managed", "minimum_units": 2, "maximum_units": 80})
+    scaled = ec2_runtime(scaling={"mode": "managed", "minimum_units": 2, "maximum_units": 80})
     assert scaled.primary_instance_type() == "m5.xlarge"
 
 
 def test_execution_timeout_covers_start_up_and_every_step() -> None:
-    runtime = _runtime(startup_timeout_minutes=20, steps=[{**SPARK, "timeout_minutes": 30}, {**SPARK, "name": "b"}])
+    runtime = ec2_runtime(startup_timeout_minutes=20, steps=[{**SPARK, "timeout_minutes": 30}, {**SPARK, "name": "b"}])
     assert runtime.execution_timeout_minutes == 20 + 30 + 60
     with pytest.raises(ConfigError, match="run_timeout_minutes"):
-        validate_config({"pipelines": {"pipe": {**_config({})["pipelines"]["pipe"], "run_timeout_minutes": 80}}})
+        validate_config({"pipelines": {"pipe": {**ec2_config({})["pipelines"]["pipe"], "run_timeout_minutes": 80}}})
 
 
 # -------------------------------------------------------------------------------------- EMR shapes
 
 
 def test_groups_request_with_managed_scaling_ami_and_user_configuration_merged_over_glue() -> None:
-    runtime = _runtime(
+    runtime = ec2_runtime(
         instances={"mode": "groups", "task": {"count": 3, "bid_price_usd": "0.10"}},
         subnet_ids=["subnet-0123456789abcdef0"],
         scaling={"mode": "managed", "minimum_units": 3, "maximum_units": 10, "maximum_on_demand_units": 3},
@@ -122,7 +108,7 @@ def test_step_templates_render_spark_distcp_and_jar(tmp_path: Any) -> None:
     (jobs / "etl.py").write_text("")
     (jobs / "report.q").write_text("")
     (jobs / "tool.jar").write_text("")
-    raw = _config(
+    raw = ec2_config(
         {
             "applications": ["Hadoop", "Spark", "Hive"],
             "steps": [

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from autopilot_common.manifest import InputManifest, ManifestObject
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "jobs" / "sales_etl.py"
 SAMPLE = REPO / "jobs" / "sample-data" / "sales"
 SAMPLE_FILES = ("2024-06-01.csv", "2024-06-02.csv", "2024-06-03 late+orders.csv")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +19,6 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from autopilot_common import scaling_state as state
 from config.loader import load_config
@@ -40,6 +38,7 @@ from fleet_scaling import (
     split_target,
 )
 from tests.conftest import load_event, load_handler
+from tests.unit.conftest import create_table, put_memory_alarm
 from tests.unit.fakes import lambda_context
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
@@ -399,17 +398,7 @@ class Aws:
         return cluster_id, tags, self.write_ledger(GROUPS, tags)
 
     def put_alarm(self, name: str, cluster_id: str) -> None:
-        self.clients.cloudwatch.put_metric_alarm(
-            AlarmName=name,
-            Namespace="AWS/ElasticMapReduce",
-            MetricName="YARNMemoryAvailablePercentage",
-            Dimensions=[{"Name": "JobFlowId", "Value": cluster_id}],
-            Statistic="Average",
-            Period=300,
-            EvaluationPeriods=3,
-            Threshold=15,
-            ComparisonOperator="LessThanThreshold",
-        )
+        put_memory_alarm(self.clients.cloudwatch, name, cluster_id)
         self.clients.cloudwatch.set_alarm_state(AlarmName=name, StateValue="ALARM", StateReason="test")
 
     def alarm_state(self, name: str) -> str:
@@ -434,33 +423,20 @@ def alarm_event(name: str, value: str = "ALARM", at: datetime = NOW) -> dict[str
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    for name, value in {
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        dynamodb = boto3.client("dynamodb", region_name=REGION)
-        dynamodb.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET)
-        sfn = boto3.client("stepfunctions", region_name=REGION)
-        machine = sfn.create_state_machine(
-            name=f"{DEPLOYMENT}-{FLEETS}",
-            definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}),
-            roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn",
-        )["stateMachineArn"]
-        emr = FleetEmr(boto3.client("emr", region_name=REGION))
-        clients = Clients(emr=emr, dynamodb=dynamodb, s3=s3, sfn=sfn, cloudwatch=boto3.client("cloudwatch"))
-        yield Aws(clients=clients, emr=emr, sfn=sfn, state_machine=machine)
+def aws(moto: str) -> Aws:
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    create_table(dynamodb, TABLE, "id")
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET)
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    machine = sfn.create_state_machine(
+        name=f"{DEPLOYMENT}-{FLEETS}",
+        definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}),
+        roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn",
+    )["stateMachineArn"]
+    emr = FleetEmr(boto3.client("emr", region_name=REGION))
+    clients = Clients(emr=emr, dynamodb=dynamodb, s3=s3, sfn=sfn, cloudwatch=boto3.client("cloudwatch"))
+    return Aws(clients=clients, emr=emr, sfn=sfn, state_machine=machine)
 
 
 def _task_group(aws: Aws, cluster_id: str) -> dict[str, Any]:

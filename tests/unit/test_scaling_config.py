@@ -12,21 +12,9 @@ from config.ec2 import Ec2Runtime
 from config.loader import ConfigError, load_config, validate_config
 from config.scaling import AlarmRule, AlarmScaling, ManagedScaling, NoScaling, scaling_env_entry
 from stacks.emr_ec2_spec import cluster_request
+from tests.unit.conftest import ec2_config, ec2_runtime
 
-SPARK = {"type": "spark", "name": "etl", "entry_point": "sales_etl.py"}
 MEMORY = "YARNMemoryAvailablePercentage"
-
-
-def _config(runtime: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "pipelines": {"pipe": {"runtime": {"type": "emr-ec2", "steps": [SPARK], **runtime}, "run_timeout_minutes": 600}}
-    }
-
-
-def _runtime(**runtime: Any) -> Ec2Runtime:
-    result = validate_config(_config(runtime)).pipelines["pipe"].runtime
-    assert isinstance(result, Ec2Runtime)
-    return result
 
 
 def _alarms(**scaling: Any) -> dict[str, Any]:
@@ -41,13 +29,13 @@ def _rule(name: str, metric: str, comparison: str, threshold: float, **extra: An
 
 
 def test_scaling_defaults_to_none() -> None:
-    runtime = _runtime()
+    runtime = ec2_runtime()
     assert runtime.scaling == NoScaling(mode="none")
     assert "ManagedScalingPolicy" not in cluster_request(runtime)
 
 
 def test_alarm_scaling_defaults() -> None:
-    scaling = _runtime(**_alarms()).scaling
+    scaling = ec2_runtime(**_alarms()).scaling
     assert isinstance(scaling, AlarmScaling)
     (out,) = scaling.scale_out
     (idle,) = scaling.scale_in
@@ -93,7 +81,7 @@ def test_dev_sales_cluster_scales_its_task_fleet_from_alarms() -> None:
 
 
 def test_env_entry_is_the_policy_dump_plus_the_collection() -> None:
-    scaling = _runtime(**_alarms(max_units=6, spot_percent=50)).scaling
+    scaling = ec2_runtime(**_alarms(max_units=6, spot_percent=50)).scaling
     assert isinstance(scaling, AlarmScaling)
     entry = scaling_env_entry(scaling, "fleets")
     assert json.loads(json.dumps(entry)) == entry
@@ -193,7 +181,7 @@ def test_env_entry_is_the_policy_dump_plus_the_collection() -> None:
 )  # fmt: skip
 def test_bad_scaling_config_gets_one_clear_error(runtime: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        validate_config(_config(runtime))
+        validate_config(ec2_config(runtime))
     assert message in str(err.value)
     assert str(err.value).startswith("<config>: pipeline 'pipe': runtime")
     assert "\n" not in str(err.value)
@@ -216,14 +204,14 @@ def test_bad_scaling_config_gets_one_clear_error(runtime: dict[str, Any], messag
     ],
 )  # fmt: skip
 def test_sensible_scaling_config_is_accepted(runtime: dict[str, Any]) -> None:
-    assert validate_config(_config(runtime))
+    assert validate_config(ec2_config(runtime))
 
 
 # ------------------------------------------------------------------------------------------ managed mode, sizing
 
 
 def test_managed_mode_passes_the_same_limits_to_run_job_flow() -> None:
-    runtime = _runtime(
+    runtime = ec2_runtime(
         scaling={"mode": "managed", "minimum_units": 2, "maximum_units": 20, "maximum_core_units": 4},
     )
     assert runtime.scaling == ManagedScaling(mode="managed", minimum_units=2, maximum_units=20, maximum_core_units=4)
@@ -238,10 +226,10 @@ def test_managed_mode_passes_the_same_limits_to_run_job_flow() -> None:
 
 
 def test_alarm_mode_adds_no_managed_policy_and_sizes_the_primary_for_the_largest_task_fleet() -> None:
-    small = _runtime(**_alarms(max_units=40))
+    small = ec2_runtime(**_alarms(max_units=40))
     assert "ManagedScalingPolicy" not in cluster_request(small)
     assert small.primary_instance_type() == "m5.large"  # 1 + 2 core + 40 task < 50
-    big = _runtime(**_alarms(max_units=47))
+    big = ec2_runtime(**_alarms(max_units=47))
     assert big.primary_instance_type() == "m5.xlarge"  # 1 + 2 core + 47 task = 50
-    managed = _runtime(scaling={"mode": "managed", "minimum_units": 2, "maximum_units": 49})
+    managed = ec2_runtime(scaling={"mode": "managed", "minimum_units": 2, "maximum_units": 49})
     assert managed.primary_instance_type() == "m5.xlarge"  # as before: maximum_units + 1

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from local.emr_containers import EmrContainersTwin, camel, pascal
 from local.faults import FaultInjector, TwinClientError
 from local.twin import Twin
-from tests.unit.twin_helpers import deployed_twin, run_machine, wait_for
+from tests.twin.twin_helpers import deployed_twin, run_machine, wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/eks-job"
 SFN_ROLE = "arn:aws:iam::123456789012:role/sfn"

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from local.twin import Twin
-from tests.unit.twin_helpers import wait_for
+from tests.twin.twin_helpers import wait_for
 
 
 @pytest.fixture(scope="module")

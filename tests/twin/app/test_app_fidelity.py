@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import Deployed
+from tests.conftest import load_event
+from tests.deployment import Deployed
 
 TRANSIENT = "sales-cluster"
 
@@ -172,3 +173,37 @@ def test_a_twelve_minute_step_is_noticed_at_the_fifteen_minute_poll(env: Deploye
     # ending at ~12-13 min from the task's start is noticed at the 15-minute poll, 2-3 twin minutes late.
     assert 100 <= delay <= 200, f"noticed {delay:.0f} twin seconds after the step ended"
     assert delay == pytest.approx(_seconds(step["noticed_at"], step["ended_at"]) / scale, abs=1)
+
+
+# --------------------------------------------------------------------------------------------------- event shapes
+
+# Keys AWS sends that the twin's "Step Functions Execution Status Change" lacks (local/patches.py builds it); the
+# test fails when the twin drifts further and when it gains one of these, so that this list only ever shrinks.
+EXECUTION_DETAIL_KEYS_NOT_EMITTED = {"inputDetails", "outputDetails"}
+
+
+def _keys(event: dict[str, Any]) -> tuple[set[str], set[str]]:
+    return set(event), set(event["detail"])
+
+
+def test_the_twins_emr_and_execution_events_have_the_keys_of_the_aws_samples(env: Deployed) -> None:
+    # Given the app deployed on the twin; When a transient-cluster run goes from cluster creation to termination
+    name, arn = _console_run(env, TRANSIENT, "sales-cluster/event-shapes/")
+    assert env.finished(arn, timeout=120)["status"] == "SUCCEEDED"
+    cluster_id = env.ledger(name)["cluster_id"]
+    events = list(env.twin.events)
+
+    def emitted(detail_type: str, **detail: str) -> dict[str, Any]:
+        matching = [e for e in events if e["detail-type"] == detail_type and detail.items() <= e["detail"].items()]
+        assert matching, f"the twin emitted no {detail_type!r} with {detail}"
+        return matching[-1]
+
+    # Then each event the twin emitted has the envelope and detail keys of AWS's sample of it
+    step = emitted("EMR Step Status Change", clusterId=cluster_id, state="COMPLETED")
+    assert _keys(step) == _keys(load_event("emr_step_status_change.json"))
+    cluster = emitted("EMR Cluster State Change", clusterId=cluster_id, state="TERMINATED")
+    assert _keys(cluster) == _keys(load_event("emr_cluster_state_change.json"))
+    assert isinstance(json.loads(cluster["detail"]["stateChangeReason"]), dict)  # a JSON string, as AWS sends it
+    ended = emitted("Step Functions Execution Status Change", executionArn=arn, status="SUCCEEDED")
+    envelope, detail = _keys(load_event("sfn_execution_status_change.json"))
+    assert _keys(ended) == (envelope, detail - EXECUTION_DETAIL_KEYS_NOT_EMITTED)

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 from local.emr_ec2 import normalization_factor, parse_dist_cp, parse_spark_submit
 from local.spark_runner import SparkRunner
 from local.twin import Twin
-from tests.unit.twin_helpers import deployed_twin, run_machine, wait_for
+from tests.twin.twin_helpers import deployed_twin, run_machine, wait_for
 
 SERVICE_ROLE = "emr-service-role"
 EC2_ROLE = "emr-ec2-role"

@@ -23,7 +23,7 @@ from moto.cloudwatch.models import cloudwatch_backends
 
 from fleet_scaling import alarm_of
 from local.twin import Twin
-from tests.unit.twin_helpers import deployed_twin, wait_for
+from tests.twin.twin_helpers import deployed_twin, wait_for
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 NAMESPACE, METRIC = "AWS/ElasticMapReduce", "YARNMemoryAvailablePercentage"

@@ -1,4 +1,4 @@
-"""What the twin model tests share: polling, a one-stack cloud assembly, a deployed twin, state machine runs."""
+"""What the twin tests share: polling, a one-stack cloud assembly, a deployed twin, state machine runs."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from typing import Any
 from local.twin import Twin
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """The predicate's first truthy value, polled every 20 ms; TimeoutError naming `what` otherwise."""
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02
+) -> Any:
+    """The predicate's first truthy value, polled every `interval` seconds; TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.02)
+        time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from local.cloudtrail import DETAIL_TYPE
 from local.twin import Twin
-from tests.unit.twin_helpers import wait_for
+from tests.twin.twin_helpers import wait_for
 
 ACCOUNT = "123456789012"
 SFN_ROLE = "autopilot-sfn-role"

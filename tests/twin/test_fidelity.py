@@ -17,7 +17,7 @@ from local import patches
 from local.emr_ec2.sfn import emr_poll_offsets
 from local.twin import Twin
 from local.validation import execution_name_problem, put_events_size, validation_errors
-from tests.unit.twin_helpers import deployed_twin, run_machine, wait_for, write_assembly
+from tests.twin.twin_helpers import deployed_twin, run_machine, wait_for, write_assembly
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 QUEUE, OPEN_QUEUE = "fidelity-closed", "fidelity-open"

@@ -15,14 +15,12 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
-from moto import mock_aws
 
 from autopilot_common.manifest import InputManifest, ManifestObject
 from local.spark_runner import (
@@ -38,8 +36,8 @@ from local.spark_runner import (
     log_uris,
     unsafe_key_reason,
 )
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "jobs" / "sales_etl.py"
 SAMPLE = REPO / "jobs" / "sample-data" / "sales"
 SAMPLE_FILES = ("2024-06-01.csv", "2024-06-02.csv", "2024-06-03 late+orders.csv")
@@ -107,25 +105,17 @@ elif mode == "sleep":
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def s3(moto: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Moto S3 with the four buckets, the sample job in artifacts and the sample CSVs under landing/sales/."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.delenv(KEEP_WORKDIR_ENV, raising=False)
-    with mock_aws():
-        # Path-style: with virtual-hosted addressing, moto routes "logs.s3.amazonaws.com" to CloudWatch Logs.
-        client = boto3.client("s3", region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
-        for bucket in BUCKETS:
-            client.create_bucket(Bucket=bucket)
-        client.put_object(Bucket="artifacts", Key="jobs/sales_etl.py", Body=JOB.read_bytes())
-        for name in SAMPLE_FILES:
-            client.put_object(Bucket="landing", Key=f"sales/{name}", Body=(SAMPLE / name).read_bytes())
-        yield client
+    # Path-style: with virtual-hosted addressing, moto routes "logs.s3.amazonaws.com" to CloudWatch Logs.
+    client = boto3.client("s3", region_name=moto, config=Config(s3={"addressing_style": "path"}))
+    for bucket in BUCKETS:
+        client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket="artifacts", Key="jobs/sales_etl.py", Body=JOB.read_bytes())
+    for name in SAMPLE_FILES:
+        client.put_object(Bucket="landing", Key=f"sales/{name}", Body=(SAMPLE / name).read_bytes())
+    return client
 
 
 def write_manifest(s3: Any, keys: list[str], run_id: str = "r1") -> str:

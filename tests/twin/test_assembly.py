@@ -21,8 +21,8 @@ from local.assembly import (
     UnresolvedReference,
     read_assembly,
 )
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 ASL = REPO / "statemachines" / "rendered" / "emr_serverless_job.asl.json"
 LAMBDA_FOLDERS = {p.name for p in (REPO / "lambdas").iterdir() if (p / "handler.py").is_file()}
 ACCOUNT = "123456789012"
