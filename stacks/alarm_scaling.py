@@ -5,7 +5,6 @@ alarms`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from aws_cdk import Duration, Stack
@@ -20,10 +19,9 @@ from config.scaling import AlarmScaling, scaling_env_entry
 from stacks.arns import alarms_named, executions_of, ledger_statements
 from stacks.nag import suppress
 from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
-from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
+from stacks.platform import IDEMPOTENCY_ACTIONS
 from stacks.rules import service_event_rule
-from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow
+from stacks.workflow import DeploymentProps
 
 EMR_NAMESPACE = "AWS/ElasticMapReduce"
 # The scaler reads a cluster and its task fleet/group, and resizes it; nothing else.
@@ -99,17 +97,9 @@ class AutopilotScaling(Construct):
     `function` is None when no pipeline scales from alarms.
     """
 
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        prefix: str,
-        storage: AutopilotStorage,
-        platform: AutopilotPlatform,
-        pipelines: Mapping[str, PipelineWorkflow],
-    ) -> None:
+    def __init__(self, scope: Construct, construct_id: str, props: DeploymentProps) -> None:
         super().__init__(scope, construct_id)
+        prefix, storage, platform, pipelines = props.prefix, props.storage, props.platform, props.pipelines
         self.function: lambda_.Function | None = None
         self.rule: events.Rule | None = None
         scaled = {

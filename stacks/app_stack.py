@@ -23,7 +23,7 @@ from stacks.platform import AutopilotPlatform
 from stacks.serverless_pipeline import ServerlessApplicationConstruct, ServerlessPipeline
 from stacks.storage import AutopilotStorage
 from stacks.triggers import PipelineTrigger
-from stacks.workflow import PipelineProps, PipelineWorkflow
+from stacks.workflow import DeploymentProps, PipelineProps, PipelineWorkflow
 
 
 class AutopilotStack(Stack):
@@ -88,18 +88,9 @@ class AutopilotStack(Stack):
                 Tags.of(trigger).add(TAG_PIPELINE, name)
                 self.triggers[name] = trigger
 
-        self.guardrails = AutopilotGuardrails(
-            self,
-            "Guardrails",
-            config=config,
-            prefix=prefix,
-            storage=self.storage,
-            platform=self.platform,
-            pipelines=self.pipelines,
-        )
-        self.scaling = AutopilotScaling(
-            self, "Scaling", prefix=prefix, storage=self.storage, platform=self.platform, pipelines=self.pipelines
-        )
+        deployment = DeploymentProps(config, prefix, self.storage, self.platform, self.pipelines)
+        self.guardrails = AutopilotGuardrails(self, "Guardrails", deployment)
+        self.scaling = AutopilotScaling(self, "Scaling", deployment)
         self.dashboard = OperationsDashboard(self, "Operations", prefix=prefix, pipelines=self.pipelines)
         suppress(
             self.platform.dead_letters,

@@ -26,7 +26,7 @@ from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.rules import api_call_rule, service_event_rule
 from stacks.serverless_pipeline import ServerlessPipeline
 from stacks.storage import AutopilotStorage
-from stacks.workflow import PipelineWorkflow
+from stacks.workflow import DeploymentProps, PipelineWorkflow
 
 ENDED_STATUSES = ["ABORTED", "TIMED_OUT", "FAILED"]
 CLOUDTRAIL_EMR_CALLS = ["RunJobFlow", "TerminateJobFlows", "CancelSteps"]
@@ -46,18 +46,10 @@ class AutopilotGuardrails(Construct):
     Every target retries for 2 hours and then lands in the platform's dead-letter queue.
     """
 
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        config: AppConfig,
-        prefix: str,
-        storage: AutopilotStorage,
-        platform: AutopilotPlatform,
-        pipelines: Mapping[str, PipelineWorkflow],
-    ) -> None:
+    def __init__(self, scope: Construct, construct_id: str, props: DeploymentProps) -> None:
         super().__init__(scope, construct_id)
+        config, prefix, storage = props.config, props.prefix, props.storage
+        platform, pipelines = props.platform, props.pipelines
         stack = Stack.of(self)
         guardrails = config.guardrails
         refs: dict[str, dict[str, object]] = {}

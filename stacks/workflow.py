@@ -7,7 +7,7 @@ import hashlib
 import json
 import tempfile
 from abc import ABCMeta, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +20,7 @@ from constructs import Construct
 from jsii import JSIIMeta
 
 from config.loader import output_prefix
-from config.model import Pipeline
+from config.model import AppConfig, Pipeline
 from stacks.nag import suppress
 from stacks.naming import (
     JOBS_PREFIX,
@@ -68,6 +68,18 @@ class PipelineProps:
         if not isinstance(runtime, kind):
             raise TypeError(f"pipeline {self.name}: runtime is {type(runtime).__name__}; expected {kind.__name__}")
         return runtime
+
+
+@dataclass(frozen=True)
+class DeploymentProps:
+    """What the deployment-wide constructs (guardrails, alarm scaling) are built from: the config, the prefix,
+    storage and platform, and every pipeline's workflow by name."""
+
+    config: AppConfig
+    prefix: str
+    storage: AutopilotStorage
+    platform: AutopilotPlatform
+    pipelines: Mapping[str, PipelineWorkflow]
 
 
 class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
