@@ -691,15 +691,9 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
     """
     if hint is not None and hint[0].partition("|")[0]:
         charge, reservation = hint
-        admitted_as_hinted = {
-            "Delete": {
-                "TableName": table,
-                "Key": dump_item({"pk": "RUN", "sk": run_id}),
-                "ConditionExpression": "#state = :admitted AND charge = :charge",
-                "ExpressionAttributeNames": {"#state": "state"},
-                "ExpressionAttributeValues": dump_item({":admitted": ADMITTED, ":charge": charge}),
-            }
-        }
+        admitted_as_hinted = _delete_run_if(
+            table, run_id, "#state = :admitted AND charge = :charge", {":admitted": ADMITTED, ":charge": charge}
+        )
         undo = [_uncharge(table, key, reservation) for key in charge.partition("|")[0].split(",")]
         try:
             transact(ddb, [admitted_as_hinted, *undo])
@@ -712,15 +706,7 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
         if item is None:
             return False
         state = item.get("state")
-        delete_run = {
-            "Delete": {
-                "TableName": table,
-                "Key": dump_item({"pk": "RUN", "sk": run_id}),
-                "ConditionExpression": "#state = :state",
-                "ExpressionAttributeNames": {"#state": "state"},
-                "ExpressionAttributeValues": dump_item({":state": state}),
-            }
-        }
+        delete_run = _delete_run_if(table, run_id, "#state = :state", {":state": state})
         if state == ADMITTED:
             reservation = Reservation.from_json(item.get("reservation"))
             undo = [_uncharge(table, key, reservation) for key in item.get("charged", [])]
@@ -732,6 +718,19 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
             continue  # admitted or released meanwhile: look again
         return True
     raise RuntimeError(f"could not release run {run_id}: its admission state kept changing")
+
+
+def _delete_run_if(table: str, run_id: str, condition: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A transaction item deleting the run's RUN item on `condition` (`#state` names its state attribute)."""
+    return {
+        "Delete": {
+            "TableName": table,
+            "Key": dump_item({"pk": "RUN", "sk": run_id}),
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": {"#state": "state"},
+            "ExpressionAttributeValues": dump_item(values),
+        }
+    }
 
 
 def _forget_queued(ddb: DynamoDBClient, table: str, entry: _QueueEntry) -> bool:
