@@ -10,12 +10,13 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
+from autopilot_common.ledger import ledger_prefix
 from config.capacity import queue_timeout_seconds, run_reservation
 from config.guardrails import Limits
 from config.model import AppConfig
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
-from stacks.naming import LEDGER_PREFIX, DeploymentNames
+from stacks.naming import DeploymentNames
 from stacks.storage import AutopilotStorage, state_table
 
 # Environment contract of `autopilot_common.admission` (Caps.from_env and the admission handler).
@@ -86,7 +87,7 @@ class RunAdmission(Construct):
         self.grant_release(self.function)
         self.function.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["s3:PutObject"], resources=[storage.outputs.arn_for_objects(f"{LEDGER_PREFIX}*")]
+                actions=["s3:PutObject"], resources=[storage.outputs.arn_for_objects(f"{ledger_prefix()}*")]
             )
         )
         suppress(

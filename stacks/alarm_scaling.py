@@ -14,11 +14,12 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
+from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime, InstanceFleets
 from config.scaling import AlarmScaling, scaling_env_entry
 from stacks.arns import alarms_named, executions_of, ledger_statements
 from stacks.nag import suppress
-from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT
+from stacks.naming import TAG_DEPLOYMENT
 from stacks.platform import IDEMPOTENCY_ACTIONS
 from stacks.rules import service_event_rule
 from stacks.workflow import DeploymentProps
@@ -145,7 +146,7 @@ class AutopilotScaling(Construct):
                 resources=executions_of(stack, (workflow.state_machine_name for workflow, _ in scaled.values())),
             )
         )
-        for statement in ledger_statements(storage, [f"{LEDGER_PREFIX}{name}/" for name in scaled]):
+        for statement in ledger_statements(storage, [ledger_prefix(name) for name in scaled]):
             function.add_to_role_policy(statement)
         # After acting (or a skip that clears by itself) the scaler sets the alarm back to OK, so CloudWatch's
         # next evaluation fires it again while the condition lasts: one step per period, not per crossing.

@@ -14,6 +14,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig
@@ -21,7 +22,7 @@ from stacks.arns import alarms_named, executions_of, ledger_statements
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
-from stacks.naming import LEDGER_PREFIX, TAG_DEPLOYMENT, DeploymentNames
+from stacks.naming import TAG_DEPLOYMENT, DeploymentNames
 from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.rules import api_call_rule, service_event_rule
 from stacks.serverless_pipeline import ServerlessPipeline
@@ -182,7 +183,7 @@ class AutopilotGuardrails(Construct):
                 actions=["states:DescribeExecution"],
                 resources=executions_of(stack, (w.state_machine_name for w in pipelines.values())),
             ),
-            *ledger_statements(storage, [LEDGER_PREFIX]),
+            *ledger_statements(storage, [ledger_prefix()]),
             # Finding and deleting only scaling alarms (metric alarms: DescribeAlarms needs `*` only for composites).
             iam.PolicyStatement(
                 actions=["cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],

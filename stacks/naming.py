@@ -1,5 +1,5 @@
 """Names and constants shared by the constructs (one place, so the handlers and the twin agree with the
-infrastructure); tag keys, the ledger prefix and the metrics namespace come from the kernel (autopilot_common)."""
+infrastructure); tag keys, the ledger layout and the metrics namespace come from the kernel (autopilot_common)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The kernel's names, re-exported for the constructs: one home each (autopilot_common).
-from autopilot_common.ledger import LEDGER_PREFIX as LEDGER_PREFIX
 from autopilot_common.observability import METRICS_NAMESPACE as METRICS_NAMESPACE
 from autopilot_common.tags import TAG_DEPLOYMENT as TAG_DEPLOYMENT
 from autopilot_common.tags import TAG_PIPELINE as TAG_PIPELINE

@@ -17,12 +17,13 @@ from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime
 from config.model import AppConfig
 from stacks.admission import RunAdmission
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
-from stacks.naming import LEDGER_PREFIX, MANIFESTS_PREFIX, DeploymentNames, input_prefix
+from stacks.naming import MANIFESTS_PREFIX, DeploymentNames, input_prefix
 from stacks.storage import AutopilotStorage, state_table
 
 # What the functions do on the idempotency table: Powertools' idempotency utility and the claims the guardrail and
@@ -176,7 +177,7 @@ class AutopilotPlatform(Construct):
             self.router.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["s3:PutObject"],
-                    resources=[storage.outputs.arn_for_objects(f"{LEDGER_PREFIX}{name}/*") for name in triggered],
+                    resources=[storage.outputs.arn_for_objects(f"{ledger_prefix(name)}*") for name in triggered],
                 )
             )
         self.topic.grant_publish(self.router)

@@ -19,12 +19,12 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 from jsii import JSIIMeta
 
+from autopilot_common.ledger import ledger_prefix
 from config.loader import output_prefix
 from config.model import AppConfig, Pipeline
 from stacks.nag import suppress
 from stacks.naming import (
     JOBS_PREFIX,
-    LEDGER_PREFIX,
     MANIFESTS_PREFIX,
     input_prefix,
     state_machine_log_group,
@@ -243,7 +243,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
                 sid="Ledger",
                 actions=["s3:PutObject"],
                 resources=[
-                    storage.outputs.arn_for_objects(f"{LEDGER_PREFIX}{self.name}/*"),
+                    storage.outputs.arn_for_objects(f"{ledger_prefix(self.name)}*"),
                     storage.outputs.arn_for_objects(f"{self.output_prefix}/run_id=*/_SUCCESS"),
                 ],
             )
