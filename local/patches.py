@@ -480,10 +480,29 @@ def _millis(value: Any) -> int | None:
     return int(datetime.fromisoformat(str(value)).replace(tzinfo=UTC).timestamp() * 1000)
 
 
+# An event carries the execution's input and output only up to 248 KiB each; larger ones are left out, with
+# `inputDetails`/`outputDetails.included` false (Step Functions developer guide, "Step Functions events":
+# https://docs.aws.amazon.com/step-functions/latest/dg/cw-events.html).
+EVENT_DATA_LIMIT_BYTES = 248 * 1024
+
+
+def _event_data(value: str | None) -> tuple[str | None, dict[str, bool] | None]:
+    """(the value as the event carries it, its `*Details`): None and None when there is no value."""
+    if value is None:
+        return None, None
+    included = len(value.encode("utf-8")) <= EVENT_DATA_LIMIT_BYTES
+    return (value if included else None), {"included": included}
+
+
 def _emit_execution_status(twin: Twin, execution: Any) -> None:
     """A "Step Functions Execution Status Change" event, as AWS sends on every status change."""
     status = execution.exec_status.value if execution.exec_status else "RUNNING"
     output = getattr(execution, "output", None)
+    given = execution.execution_input if isinstance(execution.execution_input, str) else None
+    event_input, input_details = _event_data(given)
+    event_output, output_details = _event_data(
+        json.dumps(output) if output is not None and not isinstance(output, str) else output
+    )
     twin.put_event(
         {
             "source": "aws.states",
@@ -496,8 +515,10 @@ def _emit_execution_status(twin: Twin, execution: Any) -> None:
                 "status": status,
                 "startDate": _millis(execution.start_date),
                 "stopDate": _millis(getattr(execution, "stop_date", None)),
-                "input": execution.execution_input if isinstance(execution.execution_input, str) else None,
-                "output": json.dumps(output) if output is not None and not isinstance(output, str) else output,
+                "input": event_input,
+                "output": event_output,
+                "inputDetails": input_details,
+                "outputDetails": output_details,
                 "error": getattr(execution, "error", None),
                 "cause": getattr(execution, "cause", None),
             },

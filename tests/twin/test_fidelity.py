@@ -365,3 +365,13 @@ def test_an_add_step_sync_task_notices_a_step_only_at_a_poll(twin: Twin) -> None
     # Then the step (ended at ~150 s) is noticed at the 180 s poll, not at once
     waited = (time.time() - started) / 0.001
     assert 175 <= waited <= 260, f"noticed after {waited:.0f} twin seconds"
+
+
+def test_execution_events_leave_out_input_and_output_over_248_kib_as_aws_does() -> None:
+    from local.patches import EVENT_DATA_LIMIT_BYTES, _event_data
+
+    # Given / When / Then: small data is carried and marked included; oversized data is left out, marked so
+    assert _event_data('{"a": 1}') == ('{"a": 1}', {"included": True})
+    assert _event_data("x" * EVENT_DATA_LIMIT_BYTES) == ("x" * EVENT_DATA_LIMIT_BYTES, {"included": True})
+    assert _event_data("x" * (EVENT_DATA_LIMIT_BYTES + 1)) == (None, {"included": False})
+    assert _event_data(None) == (None, None)
