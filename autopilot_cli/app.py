@@ -44,6 +44,8 @@ app = typer.Typer(
     cls=_Group,
     name=PROG,
     help="Operate EMR Autopilot deployments (in AWS or in the local twin): runs, a run's story, starting runs.",
+    epilog="Exit codes: 0 ok; 1 the operation failed (AWS refused, no such run); 2 bad usage. "
+    "Docs: docs/operations/cli.md",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -125,8 +127,10 @@ def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="the run id (the execution's name)")],
     as_json_: JsonFlag = False,
 ) -> None:
-    """One run for people: timeline, inputs, outputs, why it failed, console links. Exits 0 whatever the run's
-    state (a FAILED run is shown, not an error); 1 when no run has this id."""
+    """One run for people: timeline, inputs, outputs, why it failed, console links.
+
+    Exits 0 whatever the run's state (showing a FAILED run succeeds); 1 when no run has this id.
+    """
     deployment = _deployment(ctx)
     record = find_run(deployment.client("s3"), deployment.outputs_bucket, run_id)
     if record is None:

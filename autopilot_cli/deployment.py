@@ -35,17 +35,17 @@ class Target:
     endpoint_url: str | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Deployment:
     """One deployed stack: its outputs, and clients in its account and region."""
 
     stack_name: str
+    session: Any = field(repr=False)  # boto3's, from the standard chain
     region: str
-    partition: str
-    outputs: dict[str, str]
-    pipelines: list[str]
-    session: Any = field(repr=False)
+    partition: str  # aws, aws-cn, aws-us-gov: the console's domain
     endpoint_url: str | None = None
+    outputs: dict[str, str]
+    pipelines: list[str]  # config/<env>.yaml's
 
     def client(self, service: str) -> Any:
         return self.session.client(service, region_name=self.region, endpoint_url=self.endpoint_url)
