@@ -117,7 +117,21 @@ class _Deployer:
                 continue
             handler(resource, self.resolver.resolve_properties(resource))
             self.report.created.setdefault(resource.type, []).append(logical_id)
-        self.report.outputs.update(self.resolver.resolve_outputs())
+        outputs = self.resolver.resolve_outputs()
+        self.report.outputs.update(outputs)
+        self._register_stack(outputs)
+
+    def _register_stack(self, outputs: dict[str, Any]) -> None:
+        """Register the stack in the twin's CloudFormation, so DescribeStacks answers with its outputs as in AWS
+        (the operator CLI finds a deployment that way). The template only carries the outputs, as literal values;
+        its one resource is conditioned off, since CloudFormation wants at least one."""
+        template = {
+            "Description": f"{self.stack.name}, deployed into the local twin (its resources are the twin's)",
+            "Conditions": {"Never": {"Fn::Equals": ["twin", "aws"]}},
+            "Resources": {"Placeholder": {"Type": "AWS::CloudFormation::WaitConditionHandle", "Condition": "Never"}},
+            "Outputs": {key: {"Value": str(value)} for key, value in outputs.items()},
+        }
+        self.twin.client("cloudformation").create_stack(StackName=self.stack.name, TemplateBody=json.dumps(template))
 
     def _unhandled(self, resource: Resource) -> None:
         bucket = self.report.recorded if resource.type in RECORDED_ONLY else self.report.not_modelled

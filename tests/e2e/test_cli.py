@@ -1,4 +1,4 @@
-"""The `emr-autopilot` CLI against the session's twin (via --endpoint)."""
+"""The `emr-autopilot` CLI against the session's twin (via --endpoint; credentials and region from the environment)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from local.cli import main
+from autopilot_cli.app import main
 from tests.deployment import Deployed
+
+
+@pytest.fixture(autouse=True)
+def operator_environment(env: Deployed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's AWS chain: any key signs as the twin's operator; the twin's region."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "operator")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", env.twin.region)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 def test_drop_start_and_runs(env: Deployed, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

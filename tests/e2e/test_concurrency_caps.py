@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -85,8 +86,15 @@ def _burst_runs(env: Deployed, s3: Any, folder: str, state: str | None = None) -
 
 def _cli_json(env: Deployed, *args: str) -> list[dict[str, Any]]:
     """`emr-autopilot runs ... --json` as an operator runs it (own process: the twin's Lambdas log to this stdout)."""
-    command = [sys.executable, "-m", "local.cli", "--endpoint", env.twin.endpoint, "runs", "--bucket", env.outputs]
-    done = subprocess.run([*command, "--pipeline", PIPELINE, *args], capture_output=True, text=True, check=True)
+    command = [sys.executable, "-m", "autopilot_cli", "--endpoint", env.twin.endpoint, "runs", "--bucket", env.outputs]
+    chain = {
+        "AWS_ACCESS_KEY_ID": "operator",
+        "AWS_SECRET_ACCESS_KEY": "operator",
+        "AWS_DEFAULT_REGION": env.twin.region,
+    }
+    done = subprocess.run(
+        [*command, "--pipeline", PIPELINE, *args], capture_output=True, text=True, check=True, env=os.environ | chain
+    )
     result: list[dict[str, Any]] = json.loads(done.stdout)
     return result
 

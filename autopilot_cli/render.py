@@ -1,0 +1,134 @@
+"""Runs laid out for people (Rich) and for scripts (JSON), and AWS console links built from region and partition."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import quote
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from autopilot_cli.ledger import RunRecord, failure_reason
+
+_CONSOLE_DOMAINS = {"aws": "console.aws.amazon.com", "aws-us-gov": "console.amazonaws-us-gov.com",
+                    "aws-cn": "console.amazonaws.cn"}  # fmt: skip
+STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "TIMED_OUT": "red", "ABORTED": "yellow",
+                "CANCELLED": "yellow", "STARTED": "cyan", "QUEUED": "blue", "SKIPPED": "dim"}  # fmt: skip
+
+
+def as_json(record: RunRecord) -> dict[str, Any]:
+    """The entry for scripts: the fields operators look at first, the whole entry as `raw`, and derived values."""
+    derived = {
+        "duration_seconds": record.duration_seconds,
+        "admission": record.admission or None,
+        "failure": failure_reason(record.error, record.cause),
+    }
+    return asdict(record) | derived
+
+
+def _duration(record: RunRecord) -> str:
+    seconds = record.duration_seconds
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    return f"{seconds / 60:.1f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
+
+
+def runs_table(records: list[RunRecord], width: int) -> Table:
+    """One line per run in `width` columns (the terminal's): long run ids and errors wrap instead of widening it."""
+    table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
+    longest_id = max((len(r.run_id) for r in records), default=6)
+    table.add_column("RUN ID", overflow="fold", min_width=min(longest_id, 36, max(12, width - 100)))
+    table.add_column("PIPELINE", overflow="fold")
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("STARTED", no_wrap=True)
+    table.add_column("TOOK", justify="right", no_wrap=True)
+    table.add_column("WAITED", justify="right", no_wrap=True)
+    table.add_column("ROWS", justify="right", no_wrap=True)
+    table.add_column("ERROR", min_width=24)
+    for r in records:
+        rows = f"{r.rows_in if r.rows_in is not None else '-'}/{r.rows_out if r.rows_out is not None else '-'}"
+        started = (r.started_at or "-").replace("T", " ")[:16]
+        reason = failure_reason(r.error, r.cause) or r.raw.get("reason") or ""
+        table.add_row(
+            r.run_id,
+            r.pipeline,
+            Text(r.state, style=STATE_STYLES.get(r.state, "")),
+            started,
+            _duration(r),
+            r.waited,
+            rows,
+            Text(_clip(str(reason), 200), style="red" if r.error else "dim"),
+        )
+    return table
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def console_links(record: RunRecord, region: str, partition: str) -> dict[str, str]:
+    """Console pages of the run: its execution, its cluster or job run, its logs in S3."""
+    base = f"https://{region}.{_CONSOLE_DOMAINS.get(partition, _CONSOLE_DOMAINS['aws'])}"
+    entry = record.raw
+    links: dict[str, str] = {}
+    if arn := entry.get("execution_arn"):
+        links["execution"] = f"{base}/states/home?region={region}#/v2/executions/details/{arn}"
+    if cluster_id := entry.get("cluster_id"):
+        links["cluster"] = f"{base}/emr/home?region={region}#/clusterDetails/{cluster_id}"
+    elif (app := entry.get("application_id")) and (job := entry.get("job_run_id")):
+        links["job run"] = f"{base}/emr/home?region={region}#/serverless-applications/{app}/job-runs/{job}"
+    elif (virtual := entry.get("virtual_cluster_id")) and (job := entry.get("job_run_id")):
+        links["job run"] = f"{base}/emr/home?region={region}#/virtual-clusters/{virtual}/job-runs/{job}"
+    if (log_uri := entry.get("log_uri")) and str(log_uri).startswith("s3://"):
+        bucket, _, prefix = str(log_uri)[5:].partition("/")
+        s3_base = base.replace(f"{region}.", "s3.", 1) if partition == "aws" else base
+        links["logs"] = f"{s3_base}/s3/buckets/{bucket}?region={region}&prefix={quote(prefix.rstrip('/') + '/')}"
+    return links
+
+
+def show_run(console: Console, record: RunRecord, region: str, partition: str) -> None:
+    """The entry laid out for people: what, when, from what, to what, why it failed, where to look."""
+    entry = record.raw
+    console.print(Text.assemble((record.run_id, "bold"), "  ", (record.state, STATE_STYLES.get(record.state, ""))))
+    rows: list[tuple[str, str]] = [("pipeline", record.pipeline), ("runtime", str(entry.get("runtime") or "-"))]
+    trigger = entry.get("trigger") or {}
+    if trigger:
+        rows.append(("trigger", str(trigger.get("source") or trigger.get("type") or trigger)))
+    _section(console, "run", rows)
+    timeline = [(label, str(entry[key])) for key, label in (("started_at", "started"), ("ended_at", "ended"))
+                if entry.get(key)]  # fmt: skip
+    admission = record.admission
+    if admission.get("queued_at"):
+        timeline.insert(0, ("queued", str(admission["queued_at"])))
+    if admission.get("admitted_at"):
+        timeline.insert(1, ("admitted", f"{admission['admitted_at']} (waited {record.waited})"))
+    timeline.append(("took", _duration(record)))
+    _section(console, "timeline", timeline)
+    inputs = [("manifest", str(entry["input_manifest"]))] if entry.get("input_manifest") else []
+    if "object_count" in entry:
+        inputs.append(("objects", str(entry["object_count"])))
+    _section(console, "inputs", inputs)
+    outputs = [("output", record.output_uri or "-"), ("logs", str(entry.get("log_uri") or "-"))]
+    if record.metrics:
+        outputs.append(("metrics", ", ".join(f"{k}={v}" for k, v in sorted(record.metrics.items()))))
+    outputs.append(("ledger", record.ledger_uri))
+    _section(console, "outputs", outputs)
+    if reason := failure_reason(record.error, record.cause) or entry.get("reason"):
+        _section(console, "failure" if record.error else "reason", [("why", str(reason))])
+    _section(console, "console", list(console_links(record, region, partition).items()))
+
+
+def _section(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
+    if not rows:
+        return
+    console.print(Text(title, style="bold underline"))
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, value in rows:
+        grid.add_row(f"  {label}", value)
+    console.print(grid)

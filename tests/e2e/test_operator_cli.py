@@ -1,0 +1,99 @@
+"""The operator CLI (`autopilot_cli`) against the twin, found as in AWS: config/dev.yaml names the stack, the twin's
+CloudFormation (where `local up` and the e2e deployment register it) answers DescribeStacks with its outputs; the
+operator's credentials and region come from the environment, the endpoint from `--endpoint-url`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from autopilot_cli.app import app
+from autopilot_cli.deployment import Target, find_deployment
+from tests.deployment import Deployed
+
+
+@pytest.fixture
+def operator(env: Deployed, monkeypatch: pytest.MonkeyPatch) -> Deployed:
+    """The operator's AWS chain: any key signs as the twin's operator (whose calls the twin's IAM does not judge:
+    it enforces the app's principals), the twin's region, no profile."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "operator")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", env.twin.region)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return env
+
+
+def cli(env: Deployed, *args: str) -> Any:
+    return CliRunner().invoke(app, ["--endpoint-url", env.twin.endpoint, *args], env={"COLUMNS": "200"})
+
+
+def _run(env: Deployed, fail: str | None = None) -> str:
+    """A console run of sales-daily over one uploaded file (.txt: the trigger ignores it); returns its run id once
+    it ended."""
+    folder = f"opcli-{uuid.uuid4().hex[:8]}"
+    env.s3.put_object(Bucket=env.landing, Key=f"sales/{folder}/x.txt", Body=b"order_id,order_date\n1,2024-06-01\n")
+    if fail:
+        env.twin.faults.fail_next_job(fail)
+    run_id = f"opcli-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"pipeline": "sales-daily", "inputs": [f"s3://{env.landing}/sales/{folder}/x.txt"]})
+    started = cli(env, "start", "sales-daily", "--input", body, "--name", run_id)
+    assert started.exit_code == 0, started.output
+    env.finished(started.stdout.strip().splitlines()[-1])
+    return run_id
+
+
+def test_the_twin_answers_describe_stacks_with_the_deployed_outputs(operator: Deployed) -> None:
+    deployment = find_deployment(Target(env="dev", endpoint_url=operator.twin.endpoint))
+    assert deployment.stack_name == operator.report.stacks[0] and deployment.region == operator.twin.region
+    assert deployment.outputs == {k: str(v) for k, v in operator.report.outputs.items()}
+    assert deployment.state_machine("sales-daily") == operator.state_machine_of("sales-daily")
+
+
+def test_start_runs_and_show_a_succeeded_run(operator: Deployed) -> None:
+    env = operator
+    run_id = _run(env)
+    listed = cli(env, "runs", "--pipeline", "sales-daily", "--since", "1h", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [r["state"] for r in json.loads(listed.stdout) if r["run_id"] == run_id] == ["SUCCEEDED"]
+    table = cli(env, "runs", "--state", "succeeded")
+    assert table.exit_code == 0 and "ERROR" in table.stdout.splitlines()[0] and run_id in table.stdout
+    shown = cli(env, "show", run_id)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.stdout.split())
+    assert f"{run_id} SUCCEEDED" in text and "timeline" in text and "console" in text and "failure" not in text
+    links = json.loads(cli(env, "show", run_id, "--json").stdout)["links"]
+    region = env.twin.region
+    assert links["execution"].endswith(f"#/v2/executions/details/{env.ledger(run_id)['execution_arn']}")
+    assert links["execution"].startswith(f"https://{region}.console.aws.amazon.com/states/home?region={region}")
+
+
+def test_show_of_a_failed_run_says_why_in_one_line_and_exits_0(operator: Deployed) -> None:
+    env = operator
+    run_id = _run(env, fail="Job failed: ValueError: bad order_date in row 7")
+    shown = cli(env, "show", run_id)
+    assert shown.exit_code == 0, shown.output
+    assert "ValueError: bad order_date in row 7" in " ".join(shown.stdout.split())
+    (failed,) = [r for r in json.loads(cli(env, "runs", "--state", "FAILED", "--json").stdout) if r["run_id"] == run_id]
+    assert failed["failure"].endswith("Job failed: ValueError: bad order_date in row 7"), failed["failure"]
+    assert "\n" not in failed["failure"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["show", "no-such-run"], 1, "no run 'no-such-run' in the ledger of autopilot-dev"),
+        (["start", "daily"], 2, "pipeline 'daily' not found; pipelines of autopilot-dev: "),
+        (["runs", "--state", "DONE"], 2, "'DONE' is not a run state; one of: QUEUED, STARTED"),
+        (["runs", "--pipeline", "sales-daily", "--state", "SKIPPED", "--since", "1m"], 0, ""),
+    ],
+)
+def test_exit_codes(operator: Deployed, args: list[str], code: int, message: str) -> None:
+    result = cli(operator, *args)
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.stderr.replace("│", " ").split())
+    if code == 0:
+        assert result.stdout.strip() == "no runs match --pipeline sales-daily --state SKIPPED --since 1m"

@@ -1,0 +1,210 @@
+"""The operator CLI (`autopilot_cli`) against a moto-backed "real account": no twin, no `.twin/state.json`; the
+deployment is found as in AWS, from config/dev.yaml and the stack's CloudFormation outputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from typer.testing import CliRunner
+
+from autopilot_cli.app import app
+from autopilot_cli.ledger import RunRecord, failure_reason, parse_since
+from autopilot_cli.render import console_links
+from autopilot_common.ledger import RUN_STATES, iso, ledger_key
+
+REGION = "eu-west-1"  # not the environment's (us-east-1): the CLI must be told, and must not assume
+STACK = "autopilot-dev"
+OUTPUTS = "autopilot-dev-outputs-test"
+JOB_ERROR = (
+    "Job failed, please check complete logs in configured logging destination. ExitCode: 1. "
+    "Last few exceptions: ZeroDivisionError: division by zero"
+)
+CAUSE = json.dumps({"JobRun": {"jobRunId": "00fabc", "state": "FAILED", "StateDetails": JOB_ERROR, "arn": "x" * 900}})
+
+
+def _entry(run_id: str, pipeline: str, state: str, started: datetime, **more: Any) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "pipeline": pipeline,
+        "state": state,
+        "started_at": iso(started),
+    } | more
+
+
+@pytest.fixture
+def account(moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The stack's outputs in CloudFormation, its outputs bucket with three ledger entries, a state machine."""
+    monkeypatch.chdir(tmp_path)  # no .twin/state.json anywhere near
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=OUTPUTS, CreateBucketConfiguration={"LocationConstraint": REGION})
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    machine = sfn.create_state_machine(
+        name=f"{STACK}-sales-daily",
+        definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}),
+        roleArn="arn:aws:iam::123456789012:role/states",
+    )["stateMachineArn"]
+    outputs = {
+        "OutputsBucket": OUTPUTS,
+        "LandingBucket": "landing",
+        "LogsBucket": "logs",
+        "StateMachinesalesdaily": machine,
+    }
+    template = {
+        "Conditions": {"Never": {"Fn::Equals": ["a", "b"]}},
+        "Resources": {"R": {"Type": "AWS::CloudFormation::WaitConditionHandle", "Condition": "Never"}},
+        "Outputs": {k: {"Value": v} for k, v in outputs.items()},
+    }
+    boto3.client("cloudformation", region_name=REGION).create_stack(StackName=STACK, TemplateBody=json.dumps(template))
+    now = datetime.now(UTC)
+    execution = f"arn:aws:states:{REGION}:123456789012:execution:{STACK}-sales-daily:"
+    day_ago, half_hour_ago = now - timedelta(days=3), now - timedelta(minutes=30)
+    entries = [
+        _entry(
+            "old-ok", "sales-daily", "SUCCEEDED", day_ago, ended_at=iso(day_ago + timedelta(seconds=95)),
+            execution_arn=execution + "old-ok", metrics={"rows_in": 10, "rows_out": 10}, output_uri="s3://o/sales/",
+        ),
+        _entry(
+            "new-failed", "sales-daily", "FAILED", half_hour_ago, ended_at=iso(half_hour_ago + timedelta(minutes=1)),
+            execution_arn=execution + "new-failed", error="States.TaskFailed", cause=CAUSE, runtime="emr-serverless",
+            application_id="00app", job_run_id="00fabc", log_uri="s3://logs/serverless/new-failed/",
+            input_manifest="s3://artifacts/manifests/new-failed.json", object_count=2,
+        ),
+        _entry(
+            "waiting", "sales-cluster", "QUEUED", now - timedelta(minutes=5),
+            admission={"queued_at": iso(now), "position": 2},
+        ),
+    ]  # fmt: skip
+    for entry in entries:
+        key = ledger_key(entry["pipeline"], datetime.fromisoformat(entry["started_at"]), entry["run_id"])
+        s3.put_object(Bucket=OUTPUTS, Key=key, Body=json.dumps(entry).encode())
+    yield {"machine": machine, "sfn": sfn}
+
+
+def cli(*args: str) -> Any:
+    result = CliRunner().invoke(app, ["--region", REGION, *args], env={"COLUMNS": "160"})
+    return result
+
+
+def test_runs_is_a_table_with_an_error_column_that_fits_the_terminal(account: dict[str, Any]) -> None:
+    result = CliRunner().invoke(app, ["--region", REGION, "runs"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "ERROR" in lines[0] and max(len(line) for line in lines) <= 100, result.stdout
+    text = " ".join(result.stdout.split())
+    assert "old-ok" in text and "new-failed" in text and "waiting" in text and "#2 in line" in text
+    assert "States.TaskFailed" in text and "ZeroDivisionError: division by zero" in text  # the job's own message,
+    assert '"JobRun"' not in text  # not the cause's JSON
+
+
+def test_runs_filters_by_exact_pipeline_state_and_since(account: dict[str, Any]) -> None:
+    def ids(*args: str) -> list[str]:
+        result = cli("runs", *args, "--json")
+        assert result.exit_code == 0, result.output
+        return [r["run_id"] for r in json.loads(result.stdout)]
+
+    assert ids() == ["old-ok", "new-failed", "waiting"]
+    assert ids("--pipeline", "sales-daily") == ["old-ok", "new-failed"]
+    assert ids("--state", "failed") == ["new-failed"]
+    assert ids("--since", "2h") == ["new-failed", "waiting"]
+    assert ids("--since", (datetime.now(UTC) - timedelta(days=4)).date().isoformat(), "--state", "SUCCEEDED") == [
+        "old-ok"
+    ]
+    (failed,) = json.loads(cli("runs", "--state", "FAILED", "--json").stdout)
+    assert failed["failure"] == f"States.TaskFailed: {JOB_ERROR}"
+
+
+def test_runs_says_when_nothing_matches(account: dict[str, Any]) -> None:
+    result = cli("runs", "--pipeline", "sales-daily", "--state", "SKIPPED")
+    assert result.exit_code == 0 and result.stdout.strip() == "no runs match --pipeline sales-daily --state SKIPPED"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["runs", "--state", "DONE"], "'DONE' is not a run state; one of: " + ", ".join(RUN_STATES)),
+        (["runs", "--since", "yesterday"], "neither a duration"),
+        (["runs", "--pipeline", "daily"], "pipeline 'daily' not found; pipelines of autopilot-dev: "),
+        (["start", "daily"], "pipeline 'daily' not found; pipelines of autopilot-dev: sales-daily"),
+        (["--env", "nope", "runs"], "config/nope.yaml: file not found; available environments: "),
+    ],
+)
+def test_bad_usage_exits_2_with_what_is_allowed(account: dict[str, Any], args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.stderr.replace("│", " ").split()), result.stderr
+
+
+def test_a_stack_that_is_not_there_is_named_with_its_region(account: dict[str, Any]) -> None:
+    result = CliRunner().invoke(app, ["runs"])  # the chain's region (us-east-1): the stack is in eu-west-1
+    assert result.exit_code == 2
+    assert result.stderr.startswith("emr-autopilot: error: stack autopilot-dev (--env dev) not found in us-east-1")
+
+
+def test_show_lays_out_a_failed_run_with_its_reason_and_console_links(account: dict[str, Any]) -> None:
+    result = cli("show", "new-failed")
+    assert result.exit_code == 0, result.output  # showing a failed run succeeds
+    out = result.stdout
+    for part in ("timeline", "started", "inputs", "s3://artifacts/manifests/new-failed.json", "outputs", "failure",
+                 f"States.TaskFailed: {JOB_ERROR}", "console"):  # fmt: skip
+        assert part in " ".join(out.split()), (part, out)
+    shown = json.loads(cli("show", "new-failed", "--json").stdout)
+    links = shown["links"]
+    assert links["execution"].startswith(f"https://{REGION}.console.aws.amazon.com/states/home?region={REGION}#")
+    assert links["job run"].endswith("/serverless-applications/00app/job-runs/00fabc")
+    assert (
+        links["logs"]
+        == f"https://s3.console.aws.amazon.com/s3/buckets/logs?region={REGION}&prefix=serverless/new-failed/"
+    )
+    assert shown["raw"]["cause"] == CAUSE
+
+
+def test_show_of_a_run_that_does_not_exist_exits_1(account: dict[str, Any]) -> None:
+    result = cli("show", "no-such-run")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "emr-autopilot: error: no run 'no-such-run' in the ledger of autopilot-dev"
+
+
+def test_start_starts_the_exact_pipeline_and_prints_the_execution(account: dict[str, Any]) -> None:
+    result = cli("start", "sales-daily", "--name", "by-hand")
+    assert result.exit_code == 0, result.output
+    arn = result.stdout.strip()
+    assert arn.endswith(":by-hand")
+    described = account["sfn"].describe_execution(executionArn=arn)
+    assert described["stateMachineArn"] == account["machine"] and json.loads(described["input"]) == {
+        "pipeline": "sales-daily"
+    }
+
+
+def test_failure_reason_is_one_line_with_the_jobs_own_message() -> None:
+    step = json.dumps(
+        {"Step": {"Status": {"FailureDetails": {"Reason": "Unknown", "Message": "Exception in thread\nmain"}}}}
+    )
+    assert failure_reason("States.TaskFailed", step) == "States.TaskFailed: Exception in thread main"
+    assert failure_reason("States.Timeout", "the job run did not end\nwithin 5 minutes") == (
+        "States.Timeout: the job run did not end within 5 minutes"
+    )
+    assert failure_reason(None, None) is None
+
+
+def test_since_takes_durations_and_iso_dates() -> None:
+    now = datetime(2024, 6, 2, 12, tzinfo=UTC)
+    assert parse_since("2h", now) == datetime(2024, 6, 2, 10, tzinfo=UTC)
+    assert parse_since("3d", now) == datetime(2024, 5, 30, 12, tzinfo=UTC)
+    assert parse_since("2024-06-01", now) == datetime(2024, 6, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="neither a duration"):
+        parse_since("2 hours", now)
+
+
+def test_console_links_follow_the_partition() -> None:
+    entry = {"cluster_id": "j-1", "execution_arn": "arn:aws-cn:states:cn-north-1:1:execution:m:r"}
+    record = RunRecord("r", "p", "FAILED", None, None, None, "s3://b/k", None, None, None, entry)
+    links = console_links(record, "cn-north-1", "aws-cn")
+    assert links["cluster"] == "https://cn-north-1.console.amazonaws.cn/emr/home?region=cn-north-1#/clusterDetails/j-1"
