@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -13,11 +14,20 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from typer.core import TyperGroup
 
-from autopilot_cli.deployment import Deployment, DeploymentError, Target, find_deployment, session_for
+from autopilot_cli.deployment import (
+    Deployment,
+    DeploymentError,
+    Target,
+    execution_arn,
+    find_deployment,
+    session_for,
+)
 from autopilot_cli.errors import OperationFailed, UsageProblem
+from autopilot_cli.inputs import console_input
 from autopilot_cli.ledger import find_run, parse_since, read_runs, started_since
-from autopilot_cli.render import as_json, console_links, runs_table, show_run
-from autopilot_common.ledger import RUN_STATES
+from autopilot_cli.render import as_json, console_links, runs_table, show_cancelled, show_run
+from autopilot_cli.watch import cleaned_up, ended, follow, look
+from autopilot_common.ledger import FINAL_STATES, RUN_STATES
 from local.cli import local_app
 
 PROG = "emr-autopilot"
@@ -149,17 +159,103 @@ def start(
     input_: Annotated[
         str | None, typer.Option("--input", help='execution input JSON (default {"pipeline": PIPELINE})')
     ] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input-file", help="execution input JSON from a file", metavar="FILE")
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--inputs", help="an S3 object or prefix (ending in /) to run over; repeat for more", metavar="URI"
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="execution name = run id (default: generated)")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the run and exit with its outcome")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="with --wait: give up (exit 1) after this many seconds; the run goes on")
+    ] = None,
 ) -> None:
-    """Start a run of a pipeline, as the Step Functions console does; prints the execution ARN."""
-    body = input_ or json.dumps({"pipeline": pipeline})
-    try:
-        json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise UsageProblem(f"--input is not valid JSON: {exc}") from None
+    """Start a run of a pipeline, as the Step Functions console does; prints the execution ARN.
+
+    With --wait, follows the run to its end: exits 0 when it SUCCEEDED (or was SKIPPED), 1 when it FAILED, was
+    ABORTED, TIMED_OUT or CANCELLED (printing why), or when --timeout passed first.
+    """
+    body = console_input(pipeline, input_, input_file, inputs or [])
     deployment = _deployment(ctx)
     request = {"stateMachineArn": deployment.state_machine(pipeline), "input": body} | ({"name": name} if name else {})
-    typer.echo(deployment.client("stepfunctions").start_execution(**request)["executionArn"])
+    arn = deployment.client("stepfunctions").start_execution(**request)["executionArn"]
+    typer.echo(arn)
+    if wait:
+        _wait_for_outcome(deployment, pipeline, arn, timeout)
+
+
+def _wait_for_outcome(deployment: Deployment, pipeline: str, arn: str, timeout: float | None) -> None:
+    sfn, s3, bucket = deployment.client("stepfunctions"), deployment.client("s3"), deployment.outputs_bucket
+    progress = follow(
+        Console(stderr=True),
+        lambda: look(sfn, s3, bucket, pipeline, arn),
+        ended,
+        timeout,
+        f"run {arn.rsplit(':', 1)[-1]} to end",
+    )
+    if progress.ok:
+        typer.echo(progress.state)
+        return
+    reason = progress.reason
+    raise OperationFailed(f"run {progress.state}" + (f": {reason}" if reason else ""))
+
+
+CANCEL_ERROR = "Cancelled"  # the StopExecution error of `cancel`; the ledger's ABORTED entry records it
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="the run id (the execution's name)")],
+    reason: Annotated[
+        str | None, typer.Option(help="why: the StopExecution cause, recorded in the run's ledger entry")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="seconds to wait for the guardrail's cleanup before giving up (exit 1)")
+    ] = 300.0,
+    as_json_: JsonFlag = False,
+) -> None:
+    """Stop a run (StopExecution, error Cancelled, the reason as its cause), wait until the guardrail has
+    cleaned up after it, and show what was stopped. A run that already ended exits 1."""
+    deployment = _deployment(ctx)
+    s3, bucket = deployment.client("s3"), deployment.outputs_bucket
+    record = find_run(s3, bucket, run_id)
+    if record is None:
+        raise OperationFailed(f"no run {run_id!r} in the ledger of {deployment.stack_name}")
+    if record.state in FINAL_STATES:
+        raise OperationFailed(
+            f"run {run_id} already ended {record.state}" + _at(record.ended_at) + "; nothing to cancel"
+        )
+    arn = str(record.raw.get("execution_arn") or "") or execution_arn(deployment.state_machine(record.pipeline), run_id)
+    sfn = deployment.client("stepfunctions")
+    cause = reason or "cancelled by an operator (emr-autopilot cancel)"
+    try:
+        sfn.stop_execution(executionArn=arn, error=CANCEL_ERROR, cause=cause)
+    except sfn.exceptions.ExecutionDoesNotExist:
+        raise OperationFailed(f"run {run_id}: its execution {arn} does not exist") from None
+    console = Console(stderr=True)
+    console.print(f"stopped {arn}", highlight=False)
+    progress = follow(
+        console,
+        lambda: look(sfn, s3, bucket, record.pipeline, arn),
+        cleaned_up,
+        timeout,
+        f"the guardrail to clean up after run {run_id}",
+    )
+    final = progress.record
+    assert final is not None  # cleaned_up() holds only with an entry
+    if as_json_:
+        typer.echo(json.dumps(as_json(final), indent=2))
+    else:
+        show_cancelled(Console(), final)
+
+
+def _at(moment: str | None) -> str:
+    return f" at {moment}" if moment else ""
 
 
 def main(argv: list[str] | None = None) -> int:

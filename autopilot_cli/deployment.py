@@ -78,6 +78,11 @@ class Deployment:
         return machines[pipeline]
 
 
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    """`arn:<partition>:states:<region>:<account>:execution:<state machine>:<name>`."""
+    return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + ":" + name
+
+
 def session_for(target: Target) -> Any:
     """A boto3 session from the standard chain, with `--profile` when given."""
     try:

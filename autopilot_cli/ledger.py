@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from autopilot_common.ledger import QUEUED, ledger_prefix
+from autopilot_common.ledger import QUEUED, ledger_prefix, read_entry
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,16 @@ def read_runs(s3: Any, outputs_bucket: str, pipeline: str | None = None, state: 
 
 
 def _record(s3: Any, outputs_bucket: str, key: str) -> RunRecord:
-    body = json.loads(s3.get_object(Bucket=outputs_bucket, Key=key)["Body"].read())
+    return _from_entry(json.loads(s3.get_object(Bucket=outputs_bucket, Key=key)["Body"].read()), outputs_bucket, key)
+
+
+def run_at(s3: Any, outputs_bucket: str, key: str) -> RunRecord | None:
+    """The entry at `key` (`autopilot_common.ledger.ledger_key`), or None while there is none."""
+    entry = read_entry(s3, outputs_bucket, key)
+    return None if entry is None else _from_entry(entry, outputs_bucket, key)
+
+
+def _from_entry(body: dict[str, Any], outputs_bucket: str, key: str) -> RunRecord:
     return RunRecord(
         run_id=body.get("run_id", ""),
         pipeline=body.get("pipeline", ""),

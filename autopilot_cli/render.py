@@ -132,3 +132,23 @@ def _section(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
     for label, value in rows:
         grid.add_row(f"  {label}", value)
     console.print(grid)
+
+
+_STOPPED = (("clusters_terminated", "clusters terminated"), ("steps_cancelled", "steps cancelled"),
+            ("job_runs_cancelled", "job runs cancelled"), ("alarms_deleted", "alarms deleted"))  # fmt: skip
+
+
+def show_cancelled(console: Console, record: RunRecord) -> None:
+    """A cancelled run: its final state, why, who stopped it, and what the guardrail's cleanup stopped."""
+    entry = record.raw
+    console.print(Text.assemble((record.run_id, "bold"), "  ", (record.state, STATE_STYLES.get(record.state, ""))))
+    rows = [("why", failure_reason(record.error, record.cause) or "-")]
+    if entry.get("aborted_by"):
+        rows.append(("stopped by", str(entry["aborted_by"])))
+    rows.append(("ended", str(entry.get("ended_at") or "-")))
+    _section(console, "run", rows)
+    found = entry.get("cleanup")
+    cleanup: dict[str, Any] = found if isinstance(found, dict) else {}
+    stopped = [(label, ", ".join(map(str, cleanup.get(key) or [])) or "none") for key, label in _STOPPED]
+    stopped.append(("slot released", "yes" if cleanup.get("slot_released") else "no"))
+    _section(console, "cleanup" + (f" at {cleanup['at']}" if cleanup.get("at") else ""), stopped)

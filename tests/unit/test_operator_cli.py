@@ -11,8 +11,11 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.client import BaseClient
+from moto.stepfunctions.models import stepfunctions_backends
 from typer.testing import CliRunner
 
+from autopilot_cli import watch
 from autopilot_cli.app import app
 from autopilot_cli.ledger import RunRecord, failure_reason, parse_since
 from autopilot_cli.render import console_links
@@ -208,3 +211,164 @@ def test_console_links_follow_the_partition() -> None:
     record = RunRecord("r", "p", "FAILED", None, None, None, "s3://b/k", None, None, None, entry)
     links = console_links(record, "cn-north-1", "aws-cn")
     assert links["cluster"] == "https://cn-north-1.console.amazonaws.cn/emr/home?region=cn-north-1#/clusterDetails/j-1"
+
+
+class World:
+    """Steps the "account" forward each time the CLI waits (`autopilot_cli.watch._sleep`): the workflow's and the
+    guardrail's writes, which moto does not make, as a list of steps."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, steps: list[Any]) -> None:
+        self.steps, self.waits = steps, 0
+        monkeypatch.setattr(watch, "_sleep", self.sleep)
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds == watch.POLL_SECONDS
+        self.waits += 1
+        if self.steps:
+            self.steps.pop(0)()
+
+
+def _execution(arn: str) -> Any:
+    return stepfunctions_backends["123456789012"][REGION].describe_execution(arn)
+
+
+def _end(arn: str, status: str) -> None:
+    execution = _execution(arn)
+    execution.status, execution.stop_date = status, iso(datetime.now(UTC))
+
+
+def _write(run_id: str, state: str, **more: Any) -> None:
+    arn = f"arn:aws:states:{REGION}:123456789012:execution:{STACK}-sales-daily:{run_id}"
+    started = _execution(arn).start_date
+    moment = datetime.fromisoformat(started) if isinstance(started, str) else started
+    entry = _entry(run_id, "sales-daily", state, moment, execution_arn=arn) | more
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=OUTPUTS, Key=ledger_key("sales-daily", moment, run_id), Body=json.dumps(entry).encode()
+    )
+
+
+def _arn(run_id: str) -> str:
+    return f"arn:aws:states:{REGION}:123456789012:execution:{STACK}-sales-daily:{run_id}"
+
+
+def test_start_wait_follows_the_run_and_exits_0_when_it_succeeded(
+    account: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arn = _arn("waited-ok")
+    world = World(monkeypatch, [lambda: _write("waited-ok", "STARTED"),
+                                lambda: (_write("waited-ok", "SUCCEEDED"), _end(arn, "SUCCEEDED"))])  # fmt: skip
+    result = cli("start", "sales-daily", "--inputs", "s3://landing/sales/a.csv", "--name", "waited-ok", "--wait")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [arn, "SUCCEEDED"]
+    progress = [line.split("  ", 1)[1] for line in result.stderr.splitlines() if "  execution" in line]
+    assert progress == ["execution RUNNING · ledger no entry yet", "execution RUNNING · ledger STARTED",
+                        "execution SUCCEEDED · ledger SUCCEEDED"], result.stderr  # fmt: skip
+    assert world.waits == 2
+    described = account["sfn"].describe_execution(executionArn=arn)
+    assert json.loads(described["input"]) == {"pipeline": "sales-daily", "inputs": ["s3://landing/sales/a.csv"]}
+
+
+def test_start_wait_exits_1_with_the_failure_in_one_line(
+    account: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    World(monkeypatch, [lambda: (_write("waited-bad", "FAILED", error="States.TaskFailed", cause=CAUSE),
+                                 _end(_arn("waited-bad"), "FAILED"))])  # fmt: skip
+    result = cli("start", "sales-daily", "--inputs", "s3://landing/sales/", "--name", "waited-bad", "--wait")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1] == f"emr-autopilot: error: run FAILED: States.TaskFailed: {JOB_ERROR}"
+
+
+def test_start_wait_gives_up_after_its_timeout(account: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    World(monkeypatch, [])
+    clock = iter(range(0, 1000, 5))
+    monkeypatch.setattr(watch.time, "monotonic", lambda: float(next(clock)))
+    result = cli("start", "sales-daily", "--inputs", "s3://l/k", "--name", "slow", "--wait", "--timeout", "12")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        "emr-autopilot: error: gave up after 12s waiting for run slow to end (execution RUNNING · ledger no entry yet)"
+    )
+
+
+def test_start_input_file_and_inputs(account: dict[str, Any], tmp_path: Path) -> None:
+    body = {"pipeline": "sales-daily", "inputs": ["s3://l/x.csv"], "overrides": {"arguments": ["--dry"]}}
+    (tmp_path / "run.json").write_text(json.dumps(body))
+    result = cli("start", "sales-daily", "--input-file", "run.json", "--name", "from-file")
+    assert result.exit_code == 0, result.output
+    described = account["sfn"].describe_execution(executionArn=result.stdout.strip())
+    assert json.loads(described["input"]) == body
+    result = cli("start", "sales-daily", "--inputs", "s3://l/a.csv", "--inputs", "s3://l/b/", "--name", "two")
+    described = account["sfn"].describe_execution(executionArn=result.stdout.strip())
+    assert json.loads(described["input"])["inputs"] == ["s3://l/a.csv", "s3://l/b/"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--input", "{}", "--inputs", "s3://l/k"],
+            "--input and --inputs: give one of --input, --input-file, --inputs",
+        ),
+        (["--inputs", "/tmp/x.csv"], "--inputs: /tmp/x.csv: expected s3://bucket/key or s3://bucket/prefix/"),
+        (["--input-file", "missing.json"], "--input-file missing.json: No such file or directory"),
+        (["--input", "[1]"], '--input: expected a JSON object such as {"pipeline": "sales-daily"}'),
+        (["--input", '{"pipeline": "sales-cluster"}'], "--input: names pipeline 'sales-cluster', not 'sales-daily'"),
+        (["--input", "{nope"], "--input is not valid JSON"),
+    ],
+)
+def test_start_refuses_bad_input_with_exit_2(account: dict[str, Any], args: list[str], message: str) -> None:
+    result = cli("start", "sales-daily", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr, result.stderr
+
+
+def test_cancel_stops_the_execution_with_the_reason_and_shows_the_cleanup(
+    account: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arn = account["sfn"].start_execution(stateMachineArn=account["machine"], name="to-cancel", input="{}")[
+        "executionArn"
+    ]
+    _write("to-cancel", "STARTED", runtime="emr-serverless")
+    stops: list[dict[str, Any]] = []
+    original = BaseClient._make_api_call
+
+    def spy(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "StopExecution":
+            stops.append(params)
+        return original(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", spy)
+    cleanup = {
+        "at": iso(datetime.now(UTC)),
+        "execution_status": "ABORTED",
+        "clusters_terminated": [],
+        "steps_cancelled": [],
+        "job_runs_cancelled": ["00jobrun"],
+        "alarms_deleted": [],
+        "slot_released": True,
+    }
+    World(monkeypatch, [lambda: _write("to-cancel", "ABORTED", error="Cancelled", cause="bad input data",
+                                       aborted_by="arn:aws:iam::123456789012:user/ops", cleanup=cleanup)])  # fmt: skip
+    result = cli("cancel", "to-cancel", "--reason", "bad input data")
+    assert result.exit_code == 0, result.output
+    assert stops == [{"executionArn": arn, "error": "Cancelled", "cause": "bad input data"}]
+    text = " ".join(result.stdout.split())
+    for part in ("to-cancel ABORTED", "why Cancelled: bad input data", "stopped by arn:aws:iam::123456789012:user/ops",
+                 "job runs cancelled 00jobrun", "clusters terminated none", "slot released yes"):  # fmt: skip
+        assert part in text, (part, result.stdout)
+
+
+def test_cancel_json_and_a_run_that_already_ended(account: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    result = cli("cancel", "old-ok")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "emr-autopilot: error: run old-ok already ended SUCCEEDED at "
+        f"{json.loads(cli('show', 'old-ok', '--json').stdout)['ended_at']}; nothing to cancel"
+    )
+    assert cli("cancel", "no-such-run").exit_code == 1
+    account["sfn"].start_execution(stateMachineArn=account["machine"], name="cancel-json", input="{}")
+    _write("cancel-json", "STARTED")
+    World(monkeypatch, [lambda: _write("cancel-json", "ABORTED", error="Cancelled", cleanup={"slot_released": False})])
+    result = cli("cancel", "cancel-json", "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["state"] == "ABORTED" and shown["raw"]["cleanup"] == {"slot_released": False}
