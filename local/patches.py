@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("twin.patches")
 _ORIGINALS: dict[str, Any] = {}
 _TERMINATION_LOCK = threading.Lock()
+_STOP_REASONS: dict[str, tuple[str | None, str | None]] = {}  # execution ARN -> StopExecution's (error, cause)
 # S3 PUT sub-resources that are not object writes (PutObjectAcl, UploadPart, ...): no data event.
 _NOT_OBJECT_WRITES = ("uploadId", "partNumber", "acl", "tagging", "retention", "legal-hold")
 
@@ -95,6 +96,7 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("stop", sfn_execution.Execution.stop)
     _ORIGINALS.setdefault("set_error", Environment.set_error)
     _ORIGINALS.setdefault("describe_execution", sfn_responses.StepFunctionResponse.describe_execution)
+    _ORIGINALS.setdefault("stop_execution", sfn_responses.StepFunctionResponse.stop_execution)
     _ORIGINALS.setdefault("key_response", S3Response.key_response)
     _ORIGINALS.setdefault("bucket_response", S3Response.bucket_response)
     _ORIGINALS.setdefault("callback_timeout", StateTaskServiceCallback._evaluate_with_timeout)
@@ -263,9 +265,24 @@ def _install_executions(twin: Twin) -> None:
 
     sfn_execution.Execution.start = start  # type: ignore[method-assign]
 
+    def stop_execution(self: Any) -> Any:
+        # moto 5.2.5 drops StopExecution's error and cause; AWS keeps them on the execution (DescribeExecution,
+        # the ABORTED status change event): handed to `stop` below, which moto calls with empty ones.
+        arn = self._get_param("executionArn")
+        _STOP_REASONS[arn] = (self._get_param("error"), self._get_param("cause"))
+        try:
+            return _ORIGINALS["stop_execution"](self)
+        finally:
+            _STOP_REASONS.pop(arn, None)
+
+    sfn_responses.StepFunctionResponse.stop_execution = stop_execution  # type: ignore[method-assign]
+
     def stop(self: Any, stop_date: Any, error: Any, cause: Any) -> None:
         # AWS: StopExecution makes the execution ABORTED at once; moto waits for the running state to return
         # (a Lambda task runs to its end in-process), so the status is reflected here, when the stop took.
+        given_error, given_cause = _STOP_REASONS.get(self.exec_arn, (None, None))
+        error, cause = error or given_error, cause or given_cause
+        self.error, self.cause = error or None, cause or None
         _ORIGINALS["stop"](self, stop_date, error, cause)
         worker = self.exec_worker
         env = getattr(worker, "env", None)
@@ -331,6 +348,7 @@ def uninstall() -> None:
     sfn_execution.Execution.stop = _ORIGINALS["stop"]  # type: ignore[method-assign]
     Environment.set_error = _ORIGINALS["set_error"]  # type: ignore[method-assign]
     sfn_responses.StepFunctionResponse.describe_execution = _ORIGINALS["describe_execution"]  # type: ignore[method-assign]
+    sfn_responses.StepFunctionResponse.stop_execution = _ORIGINALS["stop_execution"]  # type: ignore[method-assign]
     S3Response.key_response = _ORIGINALS["key_response"]  # type: ignore[method-assign]
     S3Response.bucket_response = _ORIGINALS["bucket_response"]  # type: ignore[method-assign]
     StateTaskServiceCallback._evaluate_with_timeout = _ORIGINALS["callback_timeout"]  # type: ignore[method-assign]

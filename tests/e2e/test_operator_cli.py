@@ -97,3 +97,48 @@ def test_exit_codes(operator: Deployed, args: list[str], code: int, message: str
     assert message in " ".join(result.stderr.replace("│", " ").split())
     if code == 0:
         assert result.stdout.strip() == "no runs match --pipeline sales-daily --state SKIPPED --since 1m"
+
+
+def _upload(env: Deployed) -> str:
+    folder = f"opcli-{uuid.uuid4().hex[:8]}"
+    key = f"sales/{folder}/x.txt"
+    env.s3.put_object(Bucket=env.landing, Key=key, Body=b"order_id,order_date\n1,2024-06-01\n")
+    return f"s3://{env.landing}/{key}"
+
+
+def test_start_wait_exits_with_the_runs_outcome(operator: Deployed) -> None:
+    env = operator
+    ok = cli(env, "start", "sales-daily", "--inputs", _upload(env), "--wait", "--timeout", "120")
+    assert ok.exit_code == 0, ok.output
+    lines = ok.stdout.strip().splitlines()  # the in-process twin's function logs print in between
+    arn, outcome = lines[0], lines[-1]
+    assert outcome == "SUCCEEDED" and env.ledger(arn.rsplit(":", 1)[-1])["state"] == "SUCCEEDED"
+    assert "ledger SUCCEEDED" in ok.stderr
+    env.twin.faults.fail_next_job("Job failed: ValueError: bad order_date in row 7")
+    failed = cli(env, "start", "sales-daily", "--inputs", _upload(env), "--wait", "--timeout", "120")
+    assert failed.exit_code == 1, failed.output
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("emr-autopilot: error: run FAILED: ") and last.endswith(
+        "ValueError: bad order_date in row 7"
+    )
+
+
+def test_cancel_stops_a_hanging_run_and_the_reason_reaches_the_ledger(operator: Deployed) -> None:
+    env = operator
+    env.twin.faults.hang_next_job()
+    run_id = f"opcli-{uuid.uuid4().hex[:8]}"
+    started = cli(env, "start", "sales-daily", "--inputs", _upload(env), "--name", run_id)
+    assert started.exit_code == 0, started.output
+    env.wait_for(lambda: env.twin.emr_serverless.running(), 30, "the job run to start")
+    env.wait_for(lambda: env.ledger(run_id).get("state") == "STARTED", 30, "the STARTED entry")
+    cancelled = cli(env, "cancel", run_id, "--reason", "wrong input folder", "--timeout", "60")
+    assert cancelled.exit_code == 0, cancelled.output
+    entry = env.ledger(run_id)
+    assert entry["state"] == "ABORTED" and entry["error"] == "Cancelled" and entry["cause"] == "wrong input folder"
+    (job_run,) = entry["cleanup"]["job_runs_cancelled"]
+    text = " ".join(cancelled.stdout.split())
+    assert f"{run_id} ABORTED" in text and "why Cancelled: wrong input folder" in text
+    assert f"job runs cancelled {job_run}" in text and "clusters terminated none" in text
+    env.wait_for(lambda: not env.twin.emr_serverless.running(), 30, "the job run to be cancelled")
+    again = cli(env, "cancel", run_id)
+    assert again.exit_code == 1 and f"run {run_id} already ended ABORTED at " in again.stderr

@@ -805,6 +805,23 @@ def test_top_level_timeout_ends_timed_out_and_stops_the_sync_wait(env: Env) -> N
     assert env.twin.emr_ec2.describe_cluster(cluster_id)["Status"]["State"] == "RUNNING"
 
 
+def test_stop_execution_keeps_its_error_and_cause_for_describe_and_the_aborted_event(env: Env) -> None:
+    execution = env.start({"StartAt": "Nap", "States": {"Nap": {"Type": "Wait", "Seconds": 30, "End": True}}})
+    stopped_at = time.monotonic()
+    env.sfn.stop_execution(executionArn=execution, error="Cancelled", cause="bad input data")
+    _assert_aborted_once(env, execution, stopped_at)
+    described = env.sfn.describe_execution(executionArn=execution)
+    assert (described["error"], described["cause"]) == ("Cancelled", "bad input data")
+    aborted = env.status_events(execution)[-1]
+    assert (aborted["error"], aborted["cause"]) == ("Cancelled", "bad input data")
+    # without them, as before: none
+    plain = env.start({"StartAt": "Nap", "States": {"Nap": {"Type": "Wait", "Seconds": 30, "End": True}}})
+    env.sfn.stop_execution(executionArn=plain)
+    _assert_aborted_once(env, plain, time.monotonic())
+    assert "error" not in env.sfn.describe_execution(executionArn=plain)
+    assert env.status_events(plain)[-1]["error"] is None
+
+
 def test_stop_execution_is_recorded_with_who_stopped_it_and_a_failed_stop_is_not(env: Env) -> None:
     execution = env.start({"StartAt": "Nap", "States": {"Nap": {"Type": "Wait", "Seconds": 30, "End": True}}})
     alice = env.twin.client("stepfunctions", principal=ALICE)
