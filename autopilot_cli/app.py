@@ -23,7 +23,7 @@ from autopilot_cli.deployment import (
     session_for,
 )
 from autopilot_cli.errors import OperationFailed, UsageProblem
-from autopilot_cli.inputs import console_input
+from autopilot_cli.inputs import console_input, rerun_input
 from autopilot_cli.ledger import find_run, parse_since, read_runs, started_since
 from autopilot_cli.render import as_json, console_links, runs_table, show_cancelled, show_run
 from autopilot_cli.watch import cleaned_up, ended, follow, look
@@ -202,6 +202,31 @@ def _wait_for_outcome(deployment: Deployment, pipeline: str, arn: str, timeout: 
         return
     reason = progress.reason
     raise OperationFailed(f"run {progress.state}" + (f": {reason}" if reason else ""))
+
+
+@app.command()
+def rerun(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="the run id to run again")],
+    name: Annotated[str | None, typer.Option(help="the new run's id (default: generated)")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the new run and exit with its outcome")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="with --wait: give up (exit 1) after this many seconds; the run goes on")
+    ] = None,
+) -> None:
+    """Run a run's input manifest again under a new run id (a console run over the same objects, with the same
+    overrides), recording `rerun_of` in its ledger entry; prints the new execution ARN."""
+    deployment = _deployment(ctx)
+    s3 = deployment.client("s3")
+    record = find_run(s3, deployment.outputs_bucket, run_id)
+    if record is None:
+        raise OperationFailed(f"no run {run_id!r} in the ledger of {deployment.stack_name}")
+    body = json.dumps(rerun_input(s3, record))
+    request = {"stateMachineArn": deployment.state_machine(record.pipeline), "input": body}
+    arn = deployment.client("stepfunctions").start_execution(**request | ({"name": name} if name else {}))
+    typer.echo(arn["executionArn"])
+    if wait:
+        _wait_for_outcome(deployment, record.pipeline, arn["executionArn"], timeout)
 
 
 CANCEL_ERROR = "Cancelled"  # the StopExecution error of `cancel`; the ledger's ABORTED entry records it

@@ -7,7 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autopilot_cli.errors import UsageProblem
+from autopilot_cli.errors import OperationFailed, UsageProblem
+from autopilot_cli.ledger import RunRecord
+from autopilot_common.manifest import InputManifest
+from autopilot_common.s3uri import parse_s3_uri
+
+MAX_CONSOLE_INPUTS = 1000  # lambdas/prepare: what one console input may list
 
 
 def console_input(pipeline: str, text: str | None, file: Path | None, uris: list[str]) -> str:
@@ -46,3 +51,26 @@ def _check(pipeline: str, body: Any, flag: str) -> None:
         raise UsageProblem(f"{flag}: expected a JSON object such as {json.dumps({'pipeline': pipeline})}")
     if "pipeline" in body and body["pipeline"] != pipeline:
         raise UsageProblem(f"{flag}: names pipeline {body['pipeline']!r}, not {pipeline!r}")
+
+
+def rerun_input(s3: Any, record: RunRecord) -> dict[str, Any]:
+    """The console input that runs `record`'s input manifest again: its objects as `inputs`, its overrides, and
+    `rerun_of` (prepare records it in the new run's trigger and ledger entry). OperationFailed when the run has no
+    manifest (a SKIPPED arrival), the manifest is gone, or it lists more objects than a console input takes."""
+    uri = record.raw.get("input_manifest")
+    if not isinstance(uri, str) or not uri:
+        raise OperationFailed(f"run {record.run_id} ({record.state}) has no input manifest to run again")
+    bucket, key = parse_s3_uri(uri, field="input_manifest")
+    try:
+        manifest = InputManifest.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        raise OperationFailed(f"run {record.run_id}: its input manifest {uri} is gone") from None
+    if manifest.object_count > MAX_CONSOLE_INPUTS:
+        raise OperationFailed(
+            f"run {record.run_id} read {manifest.object_count} objects; a console run takes at most "
+            f"{MAX_CONSOLE_INPUTS}: start runs over their prefixes instead (start --inputs s3://bucket/prefix/)"
+        )
+    body: dict[str, Any] = {"pipeline": record.pipeline, "inputs": [o.uri for o in manifest.objects]}
+    if overrides := record.raw.get("overrides"):
+        body["overrides"] = overrides
+    return body | {"rerun_of": record.run_id}

@@ -46,7 +46,9 @@ _TOKEN = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 MAX_CONSOLE_INPUTS = 1000
 MAX_OBJECTS = 100_000
 ROUTER_KEYS = {"pipeline", "manifest", "object_count", "trigger", "overrides"}
-CONSOLE_KEYS = {"pipeline", "inputs", "overrides"}
+CONSOLE_KEYS = {"pipeline", "inputs", "overrides", "rerun_of"}
+# A run id (= an execution name: 1-80 characters, no whitespace, brackets, wildcards or control characters).
+_RUN_ID = re.compile(r"^[A-Za-z0-9_.:=+@-]{1,80}$")
 # Set by the router only: the arrival's time orders the admission queue and the ledger says what started the run.
 ROUTER_ONLY_KEYS = {"trigger", "object_count"}
 OVERRIDE_KEYS = {"arguments", "spark_submit_parameters", "execution_timeout_minutes"}
@@ -212,12 +214,22 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
         manifest = InputManifest(pipeline=settings.pipeline, run_id=run_id, objects=objects)
         manifest_uri = manifest.write(s3, settings.artifacts_bucket)
         object_count = manifest.object_count
-        trigger = {"type": "console"}
+        trigger = {"type": "console"} | _rerun_of(raw)
     return {
         "valid": True,
         "run": _run_record(run_id, execution, settings, manifest_uri, object_count, trigger, overrides),
         "job": {"JobRunId": None},
     }
+
+
+def _rerun_of(raw: dict[str, Any]) -> dict[str, str]:
+    """`rerun_of`: the run id a console run runs again (`emr-autopilot rerun`), kept in the trigger and the ledger."""
+    if "rerun_of" not in raw:
+        return {}
+    value = raw["rerun_of"]
+    if not isinstance(value, str) or not _RUN_ID.match(value):
+        raise InvalidInput(f"rerun_of: got {shown(value)}; expected a run id (an execution name)")
+    return {"rerun_of": value}
 
 
 def _router_manifest(raw: dict[str, Any], settings: PipelineSettings, run_id: str) -> tuple[str, int]:
@@ -391,6 +403,8 @@ def _run_record(
         "cause": None,
         "admission": None,  # {queued_at, admitted_at, queued_seconds, waited} once AcquireRunSlot admits the run
     }
+    if "rerun_of" in trigger:
+        entry["rerun_of"] = str(trigger["rerun_of"])
     record: dict[str, Any] = {
         "run_id": run_id,
         "pipeline": settings.pipeline,

@@ -75,7 +75,7 @@ def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_led
     # When an operator (alice) aborts the execution mid-step
     stopped = time.monotonic()
     alice = env.twin.client("stepfunctions", principal=ALICE)
-    alice.stop_execution(executionArn=arn)  # moto 5.2.5 drops StopExecution's error/cause
+    alice.stop_execution(executionArn=arn)  # no error or cause: the ledger records its own
     entry = _ledger_state(env, run_id, "ABORTED")
     latency = time.monotonic() - stopped
     # Then the cluster is terminated, its alarm is gone and the ledger says ABORTED with the reason

@@ -142,3 +142,22 @@ def test_cancel_stops_a_hanging_run_and_the_reason_reaches_the_ledger(operator: 
     env.wait_for(lambda: not env.twin.emr_serverless.running(), 30, "the job run to be cancelled")
     again = cli(env, "cancel", run_id)
     assert again.exit_code == 1 and f"run {run_id} already ended ABORTED at " in again.stderr
+
+
+def test_rerun_runs_the_same_manifest_under_a_new_id_and_records_rerun_of(operator: Deployed) -> None:
+    env = operator
+    first = _run(env)
+    rerun_id = f"opcli-{uuid.uuid4().hex[:8]}"
+    again = cli(env, "rerun", first, "--name", rerun_id, "--wait", "--timeout", "120")
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip().splitlines()[-1] == "SUCCEEDED"
+    original, rerun = env.ledger(first), env.ledger(rerun_id)
+    assert rerun["rerun_of"] == first and rerun["trigger"] == {"type": "console", "rerun_of": first}
+    assert rerun["input_manifest"] != original["input_manifest"]
+
+    def objects(uri: str) -> list[str]:
+        bucket, _, key = uri[5:].partition("/")
+        body = json.loads(env.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return [f"{o['bucket']}/{o['key']}" for o in body["objects"]]
+
+    assert objects(rerun["input_manifest"]) == objects(original["input_manifest"])

@@ -20,6 +20,7 @@ from autopilot_cli.app import app
 from autopilot_cli.ledger import RunRecord, failure_reason, parse_since
 from autopilot_cli.render import console_links
 from autopilot_common.ledger import RUN_STATES, iso, ledger_key
+from autopilot_common.manifest import InputManifest, ManifestObject
 
 REGION = "eu-west-1"  # not the environment's (us-east-1): the CLI must be told, and must not assume
 STACK = "autopilot-dev"
@@ -372,3 +373,26 @@ def test_cancel_json_and_a_run_that_already_ended(account: dict[str, Any], monke
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["state"] == "ABORTED" and shown["raw"]["cleanup"] == {"slot_released": False}
+
+
+def test_rerun_starts_the_runs_manifest_again_under_a_new_id(account: dict[str, Any]) -> None:
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="artifacts", CreateBucketConfiguration={"LocationConstraint": REGION})
+    objects = [ManifestObject("landing", "sales/a.csv", 10, "e1"), ManifestObject("landing", "sales/b c.csv", 5, "e2")]
+    manifest = InputManifest(pipeline="sales-daily", run_id="new-failed", objects=objects)
+    s3.put_object(Bucket="artifacts", Key="manifests/new-failed.json", Body=manifest.to_json().encode())
+    result = cli("rerun", "new-failed", "--name", "again")
+    assert result.exit_code == 0, result.output
+    described = account["sfn"].describe_execution(executionArn=result.stdout.strip())
+    assert described["name"] == "again" and described["stateMachineArn"] == account["machine"]
+    assert json.loads(described["input"]) == {
+        "pipeline": "sales-daily",
+        "inputs": ["s3://landing/sales/a.csv", "s3://landing/sales/b c.csv"],
+        "rerun_of": "new-failed",
+    }
+    gone = cli("rerun", "waiting")  # QUEUED, no manifest yet
+    assert gone.exit_code == 1 and "run waiting (QUEUED) has no input manifest to run again" in gone.stderr
+    s3.delete_object(Bucket="artifacts", Key="manifests/new-failed.json")
+    missing = cli("rerun", "new-failed")
+    assert missing.exit_code == 1
+    assert "its input manifest s3://artifacts/manifests/new-failed.json is gone" in missing.stderr

@@ -85,6 +85,17 @@ def test_console_run_expands_objects_and_prefixes_into_a_manifest(s3: Any) -> No
     assert run["ledger"]["trigger"] == {"type": "console"}
 
 
+def test_a_rerun_records_the_run_it_runs_again_in_its_trigger_and_ledger_entry(s3: Any) -> None:
+    s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
+    body = {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"], "rerun_of": "run-0"}
+    ledger = _run(s3, body)["run"]["ledger"]
+    assert ledger["trigger"] == {"type": "console", "rerun_of": "run-0"} and ledger["rerun_of"] == "run-0"
+    plain = _run(s3, {k: v for k, v in body.items() if k != "rerun_of"})["run"]["ledger"]
+    assert "rerun_of" not in plain and plain["trigger"] == {"type": "console"}
+    refused = _run(s3, body | {"rerun_of": "a b"})
+    assert refused["valid"] is False and refused["cause"].startswith("rerun_of: got 'a b'; expected a run id")
+
+
 def test_run_record_paths_and_job_parameters(s3: Any) -> None:
     s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
     run = _run(s3, {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"]})["run"]

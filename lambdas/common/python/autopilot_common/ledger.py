@@ -114,6 +114,7 @@ class RunLedgerEntry(TypedDict, total=False):
     objects: list[dict[str, Any]]  # SKIPPED: the objects that were seen
     reason: str  # SKIPPED: why nothing started
     overrides: dict[str, Any]
+    rerun_of: str  # a console run started by `emr-autopilot rerun`: the run it runs again
     # Where it ran
     runtime: str
     application_id: str | None  # EMR Serverless
