@@ -25,7 +25,8 @@ from autopilot_cli.deployment import (
 from autopilot_cli.errors import OperationFailed, UsageProblem
 from autopilot_cli.inputs import console_input, rerun_input
 from autopilot_cli.ledger import find_run, parse_since, read_runs, started_since
-from autopilot_cli.render import as_json, console_links, runs_table, show_cancelled, show_run
+from autopilot_cli.render import as_json, console_links, runs_table, show_cancelled, show_run, show_status
+from autopilot_cli.status import running_now
 from autopilot_cli.watch import cleaned_up, ended, follow, look
 from autopilot_common.ledger import FINAL_STATES, RUN_STATES
 from local.cli import local_app
@@ -281,6 +282,17 @@ def cancel(
 
 def _at(moment: str | None) -> str:
     return f" at {moment}" if moment else ""
+
+
+@app.command()
+def status(ctx: typer.Context, as_json_: JsonFlag = False) -> None:
+    """What is running now: executions (with queued runs' places in line), EMR clusters, job runs."""
+    deployment = _deployment(ctx)
+    now = running_now(deployment)
+    if as_json_:
+        typer.echo(json.dumps(now.as_json(), indent=2))
+    else:
+        show_status(Console(), now)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ class Deployment:
     endpoint_url: str | None = None
     outputs: dict[str, str]
     pipelines: list[str]  # config/<env>.yaml's
+    applications: list[str] = field(default_factory=list)  # its shared EMR Serverless applications (by config name)
 
     def client(self, service: str) -> Any:
         return self.session.client(service, region_name=self.region, endpoint_url=self.endpoint_url)
@@ -122,6 +123,7 @@ def find_deployment(target: Target) -> Deployment:
         partition=str(stack.get("StackId", "arn:aws:")).split(":")[1] or "aws",
         outputs=outputs,
         pipelines=sorted(config.pipelines),
+        applications=sorted(config.serverless_applications),
         session=session,
         endpoint_url=target.endpoint_url,
     )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from autopilot_cli.status import Status
 from rich.table import Table
 from rich.text import Text
 
@@ -152,3 +156,30 @@ def show_cancelled(console: Console, record: RunRecord) -> None:
     stopped = [(label, ", ".join(map(str, cleanup.get(key) or [])) or "none") for key, label in _STOPPED]
     stopped.append(("slot released", "yes" if cleanup.get("slot_released") else "no"))
     _section(console, "cleanup" + (f" at {cleanup['at']}" if cleanup.get("at") else ""), stopped)
+
+
+def show_status(console: Console, status: Status) -> None:
+    """Three tables (executions, clusters, job runs), each saying `none` when empty."""
+    executions = [(e["pipeline"], e["run_id"], e["started_at"].replace("T", " ")[:19], e["ledger_state"] or "-",
+                   f"#{e['position']} in line" if e["position"] else "") for e in status.executions]  # fmt: skip
+    title = f"executions running ({len(executions)})"
+    if status.more_executions:
+        title += f"; more than {len(executions)} for {', '.join(status.more_executions)}"
+    _table(console, title, ("PIPELINE", "RUN ID", "STARTED", "LEDGER", "PLACE"), executions)
+    clusters = [(c["cluster_id"], c["state"], c["pipeline"] or "-", c["run_id"] or "-") for c in status.clusters]
+    _table(console, f"EMR clusters ({len(clusters)})", ("CLUSTER", "STATE", "PIPELINE", "RUN ID"), clusters)
+    jobs = [(j["job_run_id"], j["state"], j["runtime"], j["where"], j["name"] or "-") for j in status.job_runs]
+    _table(console, f"job runs ({len(jobs)})", ("JOB RUN", "STATE", "RUNTIME", "WHERE", "NAME"), jobs)
+
+
+def _table(console: Console, title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    console.print(Text(title, style="bold underline"))
+    if not rows:
+        console.print("  none")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 2, 0, 0))
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(value, style=STATE_STYLES.get(value, "")) for value in row))
+    console.print(table)

@@ -161,3 +161,32 @@ def test_rerun_runs_the_same_manifest_under_a_new_id_and_records_rerun_of(operat
         return [f"{o['bucket']}/{o['key']}" for o in body["objects"]]
 
     assert objects(rerun["input_manifest"]) == objects(original["input_manifest"])
+
+
+def test_status_shows_what_runs_now(operator: Deployed) -> None:
+    env = operator
+    env.twin.faults.hang_next_job()
+    run_id = f"opcli-{uuid.uuid4().hex[:8]}"
+    started = cli(env, "start", "sales-daily", "--inputs", _upload(env), "--name", run_id)
+    assert started.exit_code == 0, started.output
+    env.wait_for(lambda: env.twin.emr_serverless.running(), 30, "the job run to start")
+    env.wait_for(lambda: env.ledger(run_id).get("state") == "STARTED", 30, "the STARTED entry")
+    try:
+        now = cli(env, "status", "--json")
+        assert now.exit_code == 0, now.output
+        shown = json.loads(now.stdout[now.stdout.index("{\n") :])  # after the in-process twin's log lines
+        assert [(e["pipeline"], e["ledger_state"]) for e in shown["executions"] if e["run_id"] == run_id] == [
+            ("sales-daily", "STARTED")
+        ]
+        # the job run is named after the run (the ledger has its id only once it ended)
+        (job,) = [j for j in shown["job_runs"] if j["name"] == run_id]
+        assert (job["runtime"], job["state"], job["where"]) == (
+            "emr-serverless",
+            "RUNNING",
+            "autopilot-dev-shared-spark",
+        )
+        table = cli(env, "status")
+        assert table.exit_code == 0 and run_id in table.stdout and job["job_run_id"] in table.stdout, table.output
+    finally:
+        env.sfn.stop_execution(executionArn=env.ledger(run_id)["execution_arn"])
+        env.wait_for(lambda: env.ledger(run_id).get("cleanup"), 30, "the guardrail's cleanup")

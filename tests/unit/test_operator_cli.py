@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.client import BaseClient
+from moto.emrserverless.models import emrserverless_backends
 from moto.stepfunctions.models import stepfunctions_backends
 from typer.testing import CliRunner
 
@@ -396,3 +397,60 @@ def test_rerun_starts_the_runs_manifest_again_under_a_new_id(account: dict[str, 
     missing = cli("rerun", "new-failed")
     assert missing.exit_code == 1
     assert "its input manifest s3://artifacts/manifests/new-failed.json is gone" in missing.stderr
+
+
+def test_status_shows_running_executions_with_places_clusters_and_job_runs(account: dict[str, Any]) -> None:
+    sfn = account["sfn"]
+    for run_id in ("run-a", "run-b"):
+        sfn.start_execution(stateMachineArn=account["machine"], name=run_id, input="{}")
+    _write("run-a", "STARTED")
+    _write("run-b", "QUEUED", admission={"queued_at": iso(datetime.now(UTC)), "position": 1})
+    emr = boto3.client("emr", region_name=REGION)
+
+    def cluster(name: str, deployment: str) -> str:
+        return str(emr.run_job_flow(
+            Name=name, ReleaseLabel="emr-7.1.0", JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole",
+            Instances={"InstanceCount": 1, "MasterInstanceType": "m5.xlarge", "KeepJobFlowAliveWhenNoSteps": True},
+            Tags=[{"Key": "autopilot:deployment", "Value": deployment}, {"Key": "autopilot:pipeline",
+                  "Value": "sales-cluster"}, {"Key": "autopilot:run-id", "Value": "run-c"}],
+        )["JobFlowId"])  # fmt: skip
+
+    ours = cluster("autopilot sales-cluster run-c", STACK)
+    cluster("autopilot sales-cluster run-d", "autopilot-prod")  # another deployment's
+    cluster("someone else's", STACK)
+    serverless = boto3.client("emr-serverless", region_name=REGION)
+    app = serverless.create_application(name=f"{STACK}-shared-spark", releaseLabel="emr-7.1.0", type="SPARK")
+    other = serverless.create_application(name="not-ours", releaseLabel="emr-7.1.0", type="SPARK")
+    backend = emrserverless_backends["123456789012"][REGION]
+    for application in (app, other):
+        serverless.start_job_run(
+            applicationId=application["applicationId"], executionRoleArn="arn:aws:iam::123456789012:role/job",
+            jobDriver={"sparkSubmit": {"entryPoint": "s3://b/app.py"}}, name="run-e",
+        )  # fmt: skip
+        for job_run in backend.job_runs[application["applicationId"]]:
+            job_run.state = "RUNNING"  # moto's job runs succeed at once
+    result = cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    now = json.loads(result.stdout)
+    assert [(e["run_id"], e["ledger_state"], e["position"]) for e in now["executions"]] == [
+        ("run-b", "QUEUED", 1),
+        ("run-a", "STARTED", None),
+    ]
+    assert [(c["cluster_id"], c["pipeline"], c["run_id"]) for c in now["clusters"]] == [
+        (ours, "sales-cluster", "run-c")
+    ]
+    assert [(j["where"], j["runtime"], j["name"]) for j in now["job_runs"]] == [
+        (f"{STACK}-shared-spark", "emr-serverless", "run-e")
+    ]
+    table = cli("status")
+    assert table.exit_code == 0, table.output
+    text = " ".join(table.stdout.split())
+    for part in ("executions running (2)", "run-b", "#1 in line", "EMR clusters (1) CLUSTER", ours, "job runs (1)"):
+        assert part in text, (part, table.stdout)
+
+
+def test_status_says_none_when_nothing_runs(account: dict[str, Any]) -> None:
+    result = cli("status")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "executions running (0) none EMR clusters (0) none job runs (0) none" == text
