@@ -1,6 +1,7 @@
 """The `emr-autopilot` commands. Exit codes: 0 ok; 1 the operation failed (AWS refused a call, the run does not
-exist); 2 bad usage (unknown option or value, a pipeline, environment or file that does not exist). Errors are one
-line on stderr, `emr-autopilot: error: ...`; usage errors are Typer's."""
+exist, a run followed with --wait failed, a cancel found the run ended); 2 bad usage (unknown option or value, a
+pipeline, environment or file that does not exist). Errors are one line on stderr, `emr-autopilot: error: ...`;
+usage errors are Typer's."""
 
 from __future__ import annotations
 
@@ -54,8 +55,10 @@ def _fail(exc: Exception, code: int) -> NoReturn:
 app = typer.Typer(
     cls=_Group,
     name=PROG,
-    help="Operate EMR Autopilot deployments (in AWS or in the local twin): runs, a run's story, starting runs.",
-    epilog="Exit codes: 0 ok; 1 the operation failed (AWS refused, no such run); 2 bad usage. "
+    help="Operate EMR Autopilot deployments (in AWS or in the local twin): runs, a run's story, starting, "
+    "cancelling and re-running runs, what runs now.",
+    epilog="Exit codes: 0 ok; 1 the operation failed (AWS refused, no such run, a waited-for run failed); "
+    "2 bad usage. "
     "Docs: docs/operations/cli.md",
     no_args_is_help=True,
     add_completion=False,
@@ -84,6 +87,10 @@ def _deployment(ctx: typer.Context) -> Deployment:
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+WaitFlag = Annotated[bool, typer.Option("--wait", help="follow the run and exit with its outcome")]
+WaitTimeout = Annotated[
+    float | None, typer.Option(help="with --wait: give up (exit 1) after this many seconds; the run goes on")
+]
 
 
 @app.command()
@@ -170,10 +177,8 @@ def start(
         ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="execution name = run id (default: generated)")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="follow the run and exit with its outcome")] = False,
-    timeout: Annotated[
-        float | None, typer.Option(help="with --wait: give up (exit 1) after this many seconds; the run goes on")
-    ] = None,
+    wait: WaitFlag = False,
+    timeout: WaitTimeout = None,
 ) -> None:
     """Start a run of a pipeline, as the Step Functions console does; prints the execution ARN.
 
@@ -210,13 +215,14 @@ def rerun(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="the run id to run again")],
     name: Annotated[str | None, typer.Option(help="the new run's id (default: generated)")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="follow the new run and exit with its outcome")] = False,
-    timeout: Annotated[
-        float | None, typer.Option(help="with --wait: give up (exit 1) after this many seconds; the run goes on")
-    ] = None,
+    wait: WaitFlag = False,
+    timeout: WaitTimeout = None,
 ) -> None:
-    """Run a run's input manifest again under a new run id (a console run over the same objects, with the same
-    overrides), recording `rerun_of` in its ledger entry; prints the new execution ARN."""
+    """Run a run's input manifest again under a new run id; prints the new execution ARN.
+
+    A console run over the objects of the run's manifest, with its overrides; the new run's ledger entry records
+    `rerun_of`.
+    """
     deployment = _deployment(ctx)
     s3 = deployment.client("s3")
     record = find_run(s3, deployment.outputs_bucket, run_id)

@@ -6,6 +6,7 @@ clusters (found by name: `<deployment>-<application or pipeline>`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,28 +85,28 @@ def _clusters(deployment: Deployment, status: Status) -> None:
 def _job_runs(deployment: Deployment, status: Status) -> None:
     wanted = {f"{deployment.stack_name}-{name}" for name in (*deployment.pipelines, *deployment.applications)}
     serverless = deployment.client("emr-serverless")
-    for page in serverless.get_paginator("list_applications").paginate():
-        for app in page.get("applications", []):
-            if app.get("name") not in wanted:
-                continue
-            runs = serverless.get_paginator("list_job_runs").paginate(
-                applicationId=app["id"], states=ACTIVE_SERVERLESS_STATES
-            )
-            status.job_runs.extend(
-                {"job_run_id": r["id"], "state": r["state"], "runtime": "emr-serverless", "where": app["name"],
-                 "name": r.get("name")}
-                for p in runs for r in p.get("jobRuns", [])
-            )  # fmt: skip
+    applications = serverless.get_paginator("list_applications").paginate()
+    status.job_runs.extend(
+        _active_runs(serverless, "emr-serverless", applications, "applications", "applicationId", wanted)
+    )
     containers = deployment.client("emr-containers")
-    for page in containers.get_paginator("list_virtual_clusters").paginate(states=["RUNNING"]):
-        for virtual in page.get("virtualClusters", []):
-            if virtual.get("name") not in wanted:
+    virtual_clusters = containers.get_paginator("list_virtual_clusters").paginate(states=["RUNNING"])
+    status.job_runs.extend(
+        _active_runs(containers, "emr-eks", virtual_clusters, "virtualClusters", "virtualClusterId", wanted)
+    )
+
+
+def _active_runs(
+    client: Any, runtime: str, pages: Any, listed: str, id_param: str, wanted: set[str]
+) -> Iterator[dict[str, Any]]:
+    """Active job runs of the listed applications or virtual clusters named in `wanted`."""
+    states = ACTIVE_SERVERLESS_STATES if runtime == "emr-serverless" else ACTIVE_EKS_STATES
+    for page in pages:
+        for where in page.get(listed, []):
+            if where.get("name") not in wanted:
                 continue
-            runs = containers.get_paginator("list_job_runs").paginate(
-                virtualClusterId=virtual["id"], states=ACTIVE_EKS_STATES
-            )
-            status.job_runs.extend(
-                {"job_run_id": r["id"], "state": r["state"], "runtime": "emr-eks", "where": virtual["name"],
-                 "name": r.get("name")}
-                for p in runs for r in p.get("jobRuns", [])
-            )  # fmt: skip
+            runs = client.get_paginator("list_job_runs").paginate(**{id_param: where["id"]}, states=states)
+            for run_page in runs:
+                for run in run_page.get("jobRuns", []):
+                    yield {"job_run_id": run["id"], "state": run["state"], "runtime": runtime,
+                           "where": where["name"], "name": run.get("name")}  # fmt: skip

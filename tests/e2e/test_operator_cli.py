@@ -106,6 +106,17 @@ def _upload(env: Deployed) -> str:
     return f"s3://{env.landing}/{key}"
 
 
+def _hanging_run(env: Deployed) -> str:
+    """A sales-daily run whose job hangs, once its job run is RUNNING and its entry STARTED; returns its run id."""
+    env.twin.faults.hang_next_job()
+    run_id = f"opcli-{uuid.uuid4().hex[:8]}"
+    started = cli(env, "start", "sales-daily", "--inputs", _upload(env), "--name", run_id)
+    assert started.exit_code == 0, started.output
+    env.wait_for(lambda: env.twin.emr_serverless.running(), 30, "the job run to start")
+    env.wait_for(lambda: env.ledger(run_id).get("state") == "STARTED", 30, "the STARTED entry")
+    return run_id
+
+
 def test_start_wait_exits_with_the_runs_outcome(operator: Deployed) -> None:
     env = operator
     ok = cli(env, "start", "sales-daily", "--inputs", _upload(env), "--wait", "--timeout", "120")
@@ -125,12 +136,7 @@ def test_start_wait_exits_with_the_runs_outcome(operator: Deployed) -> None:
 
 def test_cancel_stops_a_hanging_run_and_the_reason_reaches_the_ledger(operator: Deployed) -> None:
     env = operator
-    env.twin.faults.hang_next_job()
-    run_id = f"opcli-{uuid.uuid4().hex[:8]}"
-    started = cli(env, "start", "sales-daily", "--inputs", _upload(env), "--name", run_id)
-    assert started.exit_code == 0, started.output
-    env.wait_for(lambda: env.twin.emr_serverless.running(), 30, "the job run to start")
-    env.wait_for(lambda: env.ledger(run_id).get("state") == "STARTED", 30, "the STARTED entry")
+    run_id = _hanging_run(env)
     cancelled = cli(env, "cancel", run_id, "--reason", "wrong input folder", "--timeout", "60")
     assert cancelled.exit_code == 0, cancelled.output
     entry = env.ledger(run_id)
@@ -165,12 +171,7 @@ def test_rerun_runs_the_same_manifest_under_a_new_id_and_records_rerun_of(operat
 
 def test_status_shows_what_runs_now(operator: Deployed) -> None:
     env = operator
-    env.twin.faults.hang_next_job()
-    run_id = f"opcli-{uuid.uuid4().hex[:8]}"
-    started = cli(env, "start", "sales-daily", "--inputs", _upload(env), "--name", run_id)
-    assert started.exit_code == 0, started.output
-    env.wait_for(lambda: env.twin.emr_serverless.running(), 30, "the job run to start")
-    env.wait_for(lambda: env.ledger(run_id).get("state") == "STARTED", 30, "the STARTED entry")
+    run_id = _hanging_run(env)
     try:
         now = cli(env, "status", "--json")
         assert now.exit_code == 0, now.output
