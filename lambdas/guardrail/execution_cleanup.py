@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from autopilot_common.admission import release
 from autopilot_common.causes import ledger_cause
 from autopilot_common.clients import Clients
@@ -64,13 +66,14 @@ def clean_up_execution(
         update = cancellation.ledger_fields()
     elif status in ("ABORTED", "TIMED_OUT"):
         stop = find_stop(clients.dynamodb, settings.claims_table, run.run_id) if status == "ABORTED" else None
-        error = detail.get("error") or ("States.Timeout" if status == "TIMED_OUT" else "ExecutionAborted")
+        given_error, given_cause = _stop_reason(clients, detail) if status == "ABORTED" else (None, None)
+        error = given_error or ("States.Timeout" if status == "TIMED_OUT" else "ExecutionAborted")
         update = {
             "state": status,
             "error": error,
             "cause": ledger_cause(
                 error,
-                detail.get("cause")
+                given_cause
                 or (
                     "the run exceeded its pipeline's run_timeout_minutes"
                     if status == "TIMED_OUT"
@@ -119,6 +122,18 @@ def clean_up_execution(
     return CleanupResult(
         run.run_id, pipeline.name, status, entry.get("state"), changed or teardown.acted, notified, teardown
     )
+
+
+def _stop_reason(clients: Clients, detail: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The `error` and `cause` given to StopExecution: the event's when it carries them, else DescribeExecution's
+    (the execution keeps them; whether the status-change event repeats them is not documented), else none."""
+    if detail.get("error") or detail.get("cause"):
+        return detail.get("error"), detail.get("cause")
+    try:
+        described = clients.sfn.describe_execution(executionArn=str(detail["executionArn"]))
+    except ClientError:
+        return None, None  # gone or not readable: the ledger says who stopped it, without a reason
+    return described.get("error"), described.get("cause")
 
 
 def release_slot(run: RunRef, settings: GuardrailSettings, clients: Clients) -> bool:

@@ -112,11 +112,14 @@ class FakeStepFunctions:
 
     executions: dict[str, str] = field(default_factory=dict)  # execution ARN -> status
     answered: list[str] = field(default_factory=list)
+    # execution ARN -> the error and cause StopExecution was given
+    stop_reasons: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def describe_execution(self, executionArn: str) -> dict[str, Any]:  # noqa: N803
         if executionArn not in self.executions:
             raise _api_error("ExecutionDoesNotExist", "DescribeExecution")
-        return {"executionArn": executionArn, "status": self.executions[executionArn], "startDate": STARTED}
+        described = {"executionArn": executionArn, "status": self.executions[executionArn], "startDate": STARTED}
+        return described | self.stop_reasons.get(executionArn, {})
 
     def send_task_success(self, taskToken: str, output: str) -> dict[str, Any]:  # noqa: N803
         self.answered.append(taskToken)
@@ -430,6 +433,21 @@ def test_cleanup_of_an_abort_terminates_the_cluster_once_and_notifies_once(world
     assert second is not None and not second.teardown.acted and not second.notified and not second.ledger_written
     assert [name for name, _ in world.emr.calls] == ["TerminateJobFlows"]
     assert world.published() == ["EMR Autopilot: sales-cluster run ABORTED"]
+
+
+def test_an_abort_reason_the_event_lacks_is_read_from_the_execution(world: World) -> None:
+    # Given a run stopped with an error and cause, and a status-change event that does not repeat them
+    run_id = "sales-cluster-dddddddddddddddddddddddd"
+    _run_cluster(world, run_id)
+    world.put_ledger(run_id, state="STARTED", cluster_id="j-RUN0000001")
+    arn = _execution_arn(run_id)
+    world.sfn.executions[arn] = "ABORTED"
+    world.sfn.stop_reasons[arn] = {"error": "Cancelled", "cause": "wrong input folder"}
+    # When the guardrail cleans up
+    clean_up_execution(_ended(run_id, "ABORTED"), world.settings, world.clients, NOW)
+    # Then the ledger records the reason DescribeExecution gives
+    entry = world.ledger(run_id)
+    assert (entry["state"], entry["error"], entry["cause"]) == ("ABORTED", "Cancelled", "wrong input folder")
 
 
 def test_cleanup_writes_an_entry_for_a_run_that_failed_before_writing_one_and_ignores_other_machines(
