@@ -25,7 +25,8 @@ from autopilot_cli.deployment import (
 )
 from autopilot_cli.errors import OperationFailed, UsageProblem
 from autopilot_cli.inputs import console_input, rerun_input
-from autopilot_cli.ledger import find_run, parse_since, read_runs, started_since
+from autopilot_cli.ledger import find_run, parse_since, read_runs, run_at, started_since
+from autopilot_cli.logs import STREAMS, follow_log, tail
 from autopilot_cli.render import as_json, console_links, runs_table, show_cancelled, show_run, show_status
 from autopilot_cli.status import running_now
 from autopilot_cli.watch import cleaned_up, ended, follow, look
@@ -234,6 +235,39 @@ def rerun(
     typer.echo(arn["executionArn"])
     if wait:
         _wait_for_outcome(deployment, record.pipeline, arn["executionArn"], timeout)
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="the run id (the execution's name)")],
+    stderr: Annotated[bool, typer.Option("--stderr", help="the driver's stderr (default: its stdout)")] = False,
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new lines until the run has ended")
+    ] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="how many of the last lines to print")] = 100,
+) -> None:
+    """The run's driver log (EMR on EC2: its step's) from S3 under the run's log URI, decompressed: the last
+    lines of stdout, or of stderr with --stderr.
+
+    Exits 1 when there is no such log (yet), naming where it looked; with --follow, waits for it while the run
+    goes on.
+    """
+    deployment = _deployment(ctx)
+    s3, bucket = deployment.client("s3"), deployment.outputs_bucket
+    record = find_run(s3, bucket, run_id)
+    if record is None:
+        raise OperationFailed(f"no run {run_id!r} in the ledger of {deployment.stack_name}")
+    stream = STREAMS[1] if stderr else STREAMS[0]
+    if follow_:
+        key = record.ledger_uri.removeprefix(f"s3://{bucket}/")
+        for line in follow_log(s3, record, stream, lines, lambda: run_at(s3, bucket, key)):
+            typer.echo(line)
+        return
+    log, last = tail(s3, record, stream, lines)
+    typer.echo(f"==> {log.uri} <==", err=True)
+    for line in last:
+        typer.echo(line)
 
 
 CANCEL_ERROR = "Cancelled"  # the StopExecution error of `cancel`; the ledger's ABORTED entry records it

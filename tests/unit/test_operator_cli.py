@@ -3,6 +3,7 @@ deployment is found as in AWS, from config/dev.yaml and the stack's CloudFormati
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from moto.emrserverless.models import emrserverless_backends
 from moto.stepfunctions.models import stepfunctions_backends
 from typer.testing import CliRunner
 
-from autopilot_cli import watch
+from autopilot_cli import logs, watch
 from autopilot_cli.app import app
 from autopilot_cli.ledger import RunRecord, failure_reason, parse_since
 from autopilot_cli.render import console_links
@@ -454,3 +455,92 @@ def test_status_says_none_when_nothing_runs(account: dict[str, Any]) -> None:
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
     assert "executions running (0) none EMR clusters (0) none job runs (0) none" == text
+
+
+# --- logs: the driver or step log under the run's log URI, as EMR lays it out ---
+
+LOGS = "autopilot-dev-logs-test"  # moto's server answers 404 for a bucket named "logs"
+DRIVER = "serverless/new-failed/applications/00app/jobs/00fabc/SPARK_DRIVER/"
+
+
+def _put_log(key: str, text: str, gz: bool = True) -> None:
+    body = gzip.compress(text.encode()) if gz else text.encode()
+    boto3.client("s3", region_name=REGION).put_object(Bucket=LOGS, Key=key, Body=body)
+
+
+@pytest.fixture
+def logs_bucket(account: dict[str, Any]) -> None:
+    """The logs bucket, and the failed run's ledger entry pointing there (as prepare writes `log_uri`)."""
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=LOGS, CreateBucketConfiguration={"LocationConstraint": REGION})
+    key = next(
+        k["Key"] for k in s3.list_objects_v2(Bucket=OUTPUTS)["Contents"] if k["Key"].endswith("/new-failed.json")
+    )
+    entry = json.loads(s3.get_object(Bucket=OUTPUTS, Key=key)["Body"].read())
+    entry["log_uri"] = f"s3://{LOGS}/serverless/new-failed/"
+    s3.put_object(Bucket=OUTPUTS, Key=key, Body=json.dumps(entry).encode())
+
+
+def test_logs_prints_the_last_lines_of_the_drivers_stdout_decompressed(logs_bucket: None) -> None:
+    _put_log(DRIVER + "stdout.gz", "".join(f"line {i}\n" for i in range(1, 251)))
+    _put_log(DRIVER + "stderr.gz", "INFO starting\nZeroDivisionError: division by zero\n")
+    _put_log("serverless/new-failed/applications/00app/jobs/00fabc/SPARK_EXECUTOR/1/stdout.gz", "executor\n")
+    result = cli("logs", "new-failed")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [f"line {i}" for i in range(151, 251)]  # the last 100 by default
+    assert result.stderr.strip() == f"==> s3://{LOGS}/{DRIVER}stdout.gz <=="
+    assert cli("logs", "new-failed", "--lines", "3").stdout.splitlines() == ["line 248", "line 249", "line 250"]
+    errors = cli("logs", "new-failed", "--stderr", "-n", "1")
+    assert errors.exit_code == 0 and errors.stdout == "ZeroDivisionError: division by zero\n"
+
+
+def test_logs_of_an_emr_step_picks_the_last_written_step(logs_bucket: None) -> None:
+    _put_log("serverless/new-failed/j-1/steps/s-1/stdout.gz", "first step\n")
+    _put_log("serverless/new-failed/j-1/node/i-1/applications/spark/stdout.gz", "a node's log\n")
+    _put_log("serverless/new-failed/j-1/steps/s-2/stdout", "second step, not gzipped\n", gz=False)
+    result = cli("logs", "new-failed")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "second step, not gzipped\n"
+
+
+def test_logs_without_a_log_exits_1_naming_where_it_looked(logs_bucket: None) -> None:
+    result = cli("logs", "new-failed", "--stderr")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip() == (
+        "emr-autopilot: error: no driver or step stderr log for run new-failed (FAILED) under "
+        f"s3://{LOGS}/serverless/new-failed/ yet"
+    )
+    assert cli("logs", "no-such-run").exit_code == 1
+    no_uri = cli("logs", "old-ok")
+    assert no_uri.exit_code == 1 and "has no S3 log location" in no_uri.stderr
+
+
+def test_logs_follow_prints_new_lines_until_the_run_ended(
+    logs_bucket: None, account: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moment = datetime.now(UTC) - timedelta(minutes=2)
+    running = _entry("live", "sales-daily", "RUNNING", moment, log_uri=f"s3://{LOGS}/live/")
+    key = ledger_key("sales-daily", moment, "live")
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=OUTPUTS, Key=key, Body=json.dumps(running).encode())
+    driver = "live/applications/a/jobs/j/SPARK_DRIVER/stdout.gz"
+    steps = [
+        lambda: None,  # no log yet: it waits
+        lambda: _put_log(driver, "one\ntwo\n"),
+        lambda: _put_log(driver, "one\ntwo\nthree\n"),
+        lambda: (
+            _put_log(driver, "one\ntwo\nthree\nfour\n"),
+            s3.put_object(Bucket=OUTPUTS, Key=key, Body=json.dumps(running | {"state": "SUCCEEDED"}).encode()),
+        ),
+    ]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        steps.pop(0)()
+
+    monkeypatch.setattr(logs, "_sleep", sleep)
+    result = cli("logs", "live", "--follow", "--lines", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["two", "three", "four"]  # the last line, then each new line once
+    assert waits == [logs.POLL_SECONDS] * 4 and not steps
