@@ -25,12 +25,12 @@ from autopilot_cli.deployment import (
 )
 from autopilot_cli.errors import OperationFailed, UsageProblem
 from autopilot_cli.inputs import console_input, rerun_input
-from autopilot_cli.ledger import find_run, parse_since, read_runs, run_at, started_since
+from autopilot_cli.ledger import RunRecord, find_run, parse_since, read_runs, run_at, started_since
 from autopilot_cli.logs import STREAMS, follow_log, tail
 from autopilot_cli.render import as_json, console_links, runs_table, show_cancelled, show_run, show_status
 from autopilot_cli.status import running_now
 from autopilot_cli.watch import cleaned_up, ended, follow, look
-from autopilot_common.ledger import FINAL_STATES, RUN_STATES
+from autopilot_common.ledger import FAILED, FINAL_STATES, RUN_STATES, TIMED_OUT
 from local.cli import local_app
 
 PROG = "emr-autopilot"
@@ -154,11 +154,28 @@ def show(
     record = find_run(deployment.client("s3"), deployment.outputs_bucket, run_id)
     if record is None:
         raise OperationFailed(f"no run {run_id!r} in the ledger of {deployment.stack_name}")
+    log = _failed_log(deployment.client("s3"), record)
     if as_json_:
         links = console_links(record, deployment.region, deployment.partition)
-        typer.echo(json.dumps(as_json(record) | {"links": links}, indent=2))
+        extra = {"log_tail": {"log": log[0], "lines": log[1]}} if log else {}
+        typer.echo(json.dumps(as_json(record) | {"links": links} | extra, indent=2))
     else:
-        show_run(Console(), record, deployment.region, deployment.partition)
+        show_run(Console(), record, deployment.region, deployment.partition, log)
+
+
+SHOW_LOG_LINES = 10
+
+
+def _failed_log(s3: Any, record: RunRecord) -> tuple[str, list[str]] | None:
+    """For a run that failed: (where, the last lines of its driver or step stdout, where a Python job's error is),
+    or (why there are none, []); None for other runs. `show` goes on whatever S3 answers."""
+    if record.state not in FAILED_STATES or not record.raw.get("log_uri"):
+        return None
+    try:
+        log, lines = tail(s3, record, STREAMS[0], SHOW_LOG_LINES)
+    except (OperationFailed, ClientError, BotoCoreError) as exc:
+        return str(exc), []
+    return log.uri, lines
 
 
 @app.command()
@@ -270,6 +287,7 @@ def logs(
         typer.echo(line)
 
 
+FAILED_STATES = (FAILED, TIMED_OUT)  # `show` adds the driver log's last lines
 CANCEL_ERROR = "Cancelled"  # the StopExecution error of `cancel`; the ledger's ABORTED entry records it
 
 

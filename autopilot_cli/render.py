@@ -94,7 +94,9 @@ def console_links(record: RunRecord, region: str, partition: str) -> dict[str, s
     return links
 
 
-def show_run(console: Console, record: RunRecord, region: str, partition: str) -> None:
+def show_run(
+    console: Console, record: RunRecord, region: str, partition: str, log: tuple[str, list[str]] | None = None
+) -> None:
     """The entry laid out for people: what, when, from what, to what, why it failed, where to look."""
     entry = record.raw
     console.print(Text.assemble((record.run_id, "bold"), "  ", (record.state, STATE_STYLES.get(record.state, ""))))
@@ -123,6 +125,9 @@ def show_run(console: Console, record: RunRecord, region: str, partition: str) -
     _section(console, "outputs", outputs)
     if reason := failure_reason(record.error, record.cause) or entry.get("reason"):
         _section(console, "failure" if record.error else "reason", [("why", str(reason))])
+    if log is not None:
+        where, lines = log
+        _section(console, "driver log", [("log", where)] + [("", line) for line in lines])
     _section(console, "console", list(console_links(record, region, partition).items()))
 
 

@@ -519,7 +519,7 @@ def test_logs_follow_prints_new_lines_until_the_run_ended(
     logs_bucket: None, account: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     moment = datetime.now(UTC) - timedelta(minutes=2)
-    running = _entry("live", "sales-daily", "RUNNING", moment, log_uri=f"s3://{LOGS}/live/")
+    running = _entry("live", "sales-daily", "STARTED", moment, log_uri=f"s3://{LOGS}/live/")
     key = ledger_key("sales-daily", moment, "live")
     s3 = boto3.client("s3", region_name=REGION)
     s3.put_object(Bucket=OUTPUTS, Key=key, Body=json.dumps(running).encode())
@@ -544,3 +544,22 @@ def test_logs_follow_prints_new_lines_until_the_run_ended(
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["two", "three", "four"]  # the last line, then each new line once
     assert waits == [logs.POLL_SECONDS] * 4 and not steps
+
+
+def test_show_of_a_failed_run_ends_with_the_last_lines_of_its_driver_log(logs_bucket: None) -> None:
+    _put_log(
+        DRIVER + "stdout.gz", "".join(f"line {i}\n" for i in range(1, 31)) + "ZeroDivisionError: division by zero\n"
+    )
+    out = cli("show", "new-failed").stdout
+    assert out.index("driver log") > out.index("failure")
+    assert f"s3://{LOGS}/{DRIVER}stdout.gz" in out and "ZeroDivisionError: division by zero" in out
+    assert "line 22" in out and "line 21\n" not in out  # the last 10 lines
+    shown = json.loads(cli("show", "new-failed", "--json").stdout)["log_tail"]
+    assert shown["log"] == f"s3://{LOGS}/{DRIVER}stdout.gz" and len(shown["lines"]) == 10
+
+
+def test_show_of_a_failed_run_without_a_driver_log_says_where_it_looked(logs_bucket: None) -> None:
+    result = cli("show", "new-failed")
+    assert result.exit_code == 0, result.output
+    assert "no driver or step stdout log for run new-failed" in " ".join(result.stdout.split())
+    assert "driver log" not in cli("show", "old-ok").stdout  # a run that succeeded has none shown
