@@ -4,6 +4,7 @@ operator's credentials and region come from the environment, the endpoint from `
 
 from __future__ import annotations
 
+import gzip
 import json
 import uuid
 from typing import Any
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from autopilot_cli.app import app
 from autopilot_cli.deployment import Target, find_deployment
+from local.spark_runner import log_key
 from tests.deployment import Deployed
 
 
@@ -191,3 +193,23 @@ def test_status_shows_what_runs_now(operator: Deployed) -> None:
     finally:
         env.sfn.stop_execution(executionArn=env.ledger(run_id)["execution_arn"])
         env.wait_for(lambda: env.ledger(run_id).get("cleanup"), 30, "the guardrail's cleanup")
+
+
+def test_logs_of_a_failed_run_reads_the_drivers_log_where_emr_serverless_puts_it(operator: Deployed) -> None:
+    """An injected job fault ends the job run without running Spark, so the twin wrote no driver log: `logs` says
+    where it looked; a driver log written where EMR Serverless (and the twin's Spark runner) puts it is then found
+    from the ledger's log_uri, application and job run alone."""
+    env = operator
+    run_id = _run(env, fail="Job failed: ValueError: bad order_date in row 7")
+    entry = json.loads(cli(env, "show", run_id, "--json").stdout)["raw"]
+    assert entry["runtime"] == "emr-serverless" and entry["log_uri"].startswith("s3://")
+    missing = cli(env, "logs", run_id, "--stderr")
+    assert missing.exit_code == 1
+    assert f"no driver or step stderr log for run {run_id} (FAILED) under {entry['log_uri']}" in missing.stderr
+    bucket, _, prefix = entry["log_uri"][5:].partition("/")
+    key = prefix + log_key("emr-serverless", entry["application_id"], entry["job_run_id"], "stderr.gz")
+    error = "ValueError: bad order_date in row 7"
+    env.s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(f"INFO SparkContext: starting\n{error}\n".encode()))
+    found = cli(env, "logs", run_id, "--stderr", "--lines", "1")
+    assert found.exit_code == 0, found.output
+    assert found.stdout == error + "\n"
