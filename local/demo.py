@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from local.ledger import format_table, read_runs
+from autopilot_cli.ledger import RunRecord, read_runs
 from local.spark_runner import java_problem
 from local.twin import Twin
 
@@ -159,3 +159,25 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def format_table(records: list[RunRecord]) -> str:
+    """A plain-text table for people."""
+    header = ("RUN ID", "PIPELINE", "STATE", "WAITED", "DURATION", "ROWS IN", "ROWS OUT", "OUTPUT", "LEDGER")
+    rows = [
+        (
+            r.run_id,
+            r.pipeline,
+            r.state,
+            r.waited,
+            f"{r.duration_seconds:.1f}s" if r.duration_seconds is not None else "-",
+            str(r.rows_in) if r.rows_in is not None else "-",
+            str(r.rows_out) if r.rows_out is not None else "-",
+            r.output_uri or "-",
+            r.ledger_uri,
+        )
+        for r in records
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+    return "\n".join(lines)

@@ -16,10 +16,10 @@ import pytest
 from moto.core.base_backend import BackendDict
 from moto.s3.models import S3Backend
 
+from autopilot_cli.ledger import RunRecord, read_runs
 from autopilot_common.ledger import LEDGER_PREFIX
 from config.ledger_schema import ledger_schema
 from local.deploy import DeployReport
-from local.ledger import RunRecord, read_runs
 from local.spark_runner import SparkRunner
 from local.twin import Twin
 from tests.twin.twin_helpers import wait_for

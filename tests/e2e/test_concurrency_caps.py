@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from autopilot_cli.ledger import RunRecord, read_runs
 from local.emr_serverless import TERMINAL
-from local.ledger import RunRecord, read_runs
 from local.spark_runner import SparkJob, SparkResult
 from tests.deployment import Deployed
 
