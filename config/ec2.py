@@ -356,14 +356,31 @@ class Ec2Runtime(StrictModel):
         "CloudWatch alarms).",
     )
     startup_timeout_minutes: int = Field(
-        default=30, ge=5, le=240, description="The first step must start within this (cluster provisioning)."
+        default=30,
+        ge=5,
+        le=240,
+        description="Transient clusters: the time the cluster may take to provision and bootstrap. EMR holds the "
+        "first step PENDING until the cluster is ready, so the first step's timeout is this plus its own "
+        "`timeout_minutes`.",
     )
     steps: list[Step] = Field(min_length=1, max_length=256, description="Run in order; a failed step stops the rest.")
 
     @property
     def execution_timeout_minutes(self) -> int:
-        """Longest the cluster's work may take: start-up plus every step."""
-        return self.startup_timeout_minutes + sum(step.timeout_minutes for step in self.steps)
+        """Longest the cluster's work may take: start-up (transient clusters) plus every step."""
+        return self.startup_minutes + sum(step.timeout_minutes for step in self.steps)
+
+    @property
+    def startup_minutes(self) -> int:
+        """What the first step's timeout adds for the cluster to start: `startup_timeout_minutes` for a transient
+        cluster, nothing on an existing one (it is running; `startup_timeout_minutes` may not be set there)."""
+        return self.startup_timeout_minutes if self.transient else 0
+
+    def execution_timeout_fields(self) -> str:
+        """The config fields `execution_timeout_minutes` adds up, for errors that must name fields this runtime has."""
+        steps = " + ".join(f"steps[{i}].timeout_minutes ({s.timeout_minutes})" for i, s in enumerate(self.steps))
+        startup = f"runtime.startup_timeout_minutes ({self.startup_timeout_minutes}) + " if self.transient else ""
+        return f"{startup}{steps.replace('steps[', 'runtime.steps[')} = {self.execution_timeout_minutes}"
 
     @property
     def transient(self) -> bool:

@@ -65,6 +65,10 @@ class EksRuntime(StrictModel):
         default=60, ge=1, le=10080, description="The workflow cancels the job after this."
     )
 
+    def execution_timeout_fields(self) -> str:
+        """The config field behind `execution_timeout_minutes`, for errors."""
+        return f"runtime.execution_timeout_minutes ({self.execution_timeout_minutes})"
+
     @model_validator(mode="after")
     def _virtual_cluster(self) -> EksRuntime:
         create = self.eks_cluster_name is not None or self.namespace is not None

@@ -249,6 +249,10 @@ class ServerlessRuntime(StrictModel):
         default=60, ge=1, le=10080, description="EMR Serverless cancels the job run after this."
     )
 
+    def execution_timeout_fields(self) -> str:
+        """The config field behind `execution_timeout_minutes`, for errors."""
+        return f"runtime.execution_timeout_minutes ({self.execution_timeout_minutes})"
+
 
 Runtime = Annotated[ServerlessRuntime | Ec2Runtime | EksRuntime, Field(discriminator="type")]
 
@@ -273,9 +277,9 @@ class Pipeline(StrictModel):
     def _run_outlasts_job(self) -> Pipeline:
         if self.run_timeout_minutes <= self.runtime.execution_timeout_minutes:
             raise ValueError(
-                f"run_timeout_minutes ({self.run_timeout_minutes}) must be greater than "
-                f"runtime.execution_timeout_minutes ({self.runtime.execution_timeout_minutes}) so the workflow "
-                "can clean up after a job timeout"
+                f"run_timeout_minutes ({self.run_timeout_minutes}) must be greater than the job's time, "
+                f"{self.runtime.execution_timeout_fields()}, so the workflow can clean up after a job timeout; "
+                "raise run_timeout_minutes or lower those"
             )
         return self
 

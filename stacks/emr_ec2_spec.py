@@ -222,13 +222,14 @@ def ebs_configuration(ebs: EbsVolumes) -> dict[str, Any]:
 
 
 def step_templates(runtime: Ec2Runtime, artifacts_bucket: str) -> list[dict[str, Any]]:
-    """Each step as {name, timeout_seconds, hadoop_jar_step}; arguments keep their `{{tokens}}`."""
+    """Each step as {name, timeout_seconds, hadoop_jar_step}; arguments keep their `{{tokens}}`. The first step's
+    timeout also covers the cluster's start-up (`startup_minutes`): its addStep.sync waits while EMR holds it PENDING
+    until the cluster is ready, so the first task timeout is the one that bounds provisioning."""
     jobs = f"s3://{artifacts_bucket}/{JOBS_PREFIX}"
     out = []
-    for step in runtime.steps:
-        out.append(
-            {"name": step.name, "timeout_seconds": step.timeout_minutes * 60, "hadoop_jar_step": _jar_step(step, jobs)}
-        )
+    for index, step in enumerate(runtime.steps):
+        minutes = step.timeout_minutes + (runtime.startup_minutes if index == 0 else 0)
+        out.append({"name": step.name, "timeout_seconds": minutes * 60, "hadoop_jar_step": _jar_step(step, jobs)})
     return out
 
 

@@ -193,8 +193,8 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
     overrides = _overrides(raw.get("overrides", {}))  # validated before anything is written
     if settings.is_ec2 and "execution_timeout_minutes" in overrides:
         raise InvalidInput(
-            "overrides.execution_timeout_minutes: applies to emr-serverless pipelines; an emr-ec2 pipeline's "
-            "steps have their own timeout_minutes in config"
+            "overrides.execution_timeout_minutes: applies to emr-serverless and emr-eks pipelines; an emr-ec2 "
+            "pipeline's time is runtime.startup_timeout_minutes and each step's timeout_minutes in config"
         )
     if "manifest" in raw:
         _reject_unknown(raw, ROUTER_KEYS, "input")

@@ -73,7 +73,7 @@ def test_cluster_tags_carry_deployment_pipeline_and_managed_policy_tag(synth: Sy
     assert step["hadoop_jar_step"]["Jar"] == "command-runner.jar"
     assert args[:3] == ["spark-submit", "--deploy-mode", "cluster"]
     assert {"{{manifest}}", "{{output}}", "{{run_id}}"} <= set(args)
-    assert step["timeout_seconds"] == 3600
+    assert step["timeout_seconds"] == (30 + 60) * 60  # start-up (startup_timeout_minutes) + its own timeout
 
 
 def test_security_configuration_encrypts_at_rest_and_requires_imdsv2(synth: Synthesized) -> None:

@@ -114,7 +114,7 @@ def test_shipped_dev_config_is_valid() -> None:
             "timeouts",
             "",
             {"run_timeout_minutes": 30},
-            "run_timeout_minutes (30) must be greater than runtime.execution_timeout_minutes (60)",
+            "run_timeout_minutes (30) must be greater than the job's time, runtime.execution_timeout_minutes (60)",
         ),
         pytest.param(
             lambda r: _sales(r)["runtime"].pop("entry_point"),

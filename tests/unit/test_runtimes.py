@@ -69,8 +69,32 @@ def test_primary_size_follows_node_count() -> None:
 def test_execution_timeout_covers_start_up_and_every_step() -> None:
     runtime = ec2_runtime(startup_timeout_minutes=20, steps=[{**SPARK, "timeout_minutes": 30}, {**SPARK, "name": "b"}])
     assert runtime.execution_timeout_minutes == 20 + 30 + 60
-    with pytest.raises(ConfigError, match="run_timeout_minutes"):
-        validate_config({"pipelines": {"pipe": {**ec2_config({})["pipelines"]["pipe"], "run_timeout_minutes": 80}}})
+    # The first step waits PENDING while the cluster starts: its task timeout is the one that bounds start-up.
+    assert [t["timeout_seconds"] for t in step_templates(runtime, "art")] == [(20 + 30) * 60, 60 * 60]
+    existing = ec2_runtime(existing_cluster={"cluster_id": "j-ABCDEFGHIJKL"}, steps=[{**SPARK, "timeout_minutes": 30}])
+    assert existing.execution_timeout_minutes == 30  # a running cluster has no start-up to wait for
+    assert [t["timeout_seconds"] for t in step_templates(existing, "art")] == [30 * 60]
+
+
+def test_a_run_timeout_error_names_the_fields_the_pipelines_runtime_has() -> None:
+    pipe = {**ec2_config({})["pipelines"]["pipe"], "run_timeout_minutes": 80}
+    with pytest.raises(ConfigError) as ec2_error:
+        validate_config({"pipelines": {"pipe": pipe}})
+    message = str(ec2_error.value)
+    assert "runtime.startup_timeout_minutes (30) + runtime.steps[0].timeout_minutes (60) = 90" in message
+    assert "execution_timeout_minutes" not in message  # an emr-ec2 pipeline has no such field
+    serverless = {
+        "pipelines": {
+            "pipe": {
+                "runtime": {"type": "emr-serverless", "application": {}, "entry_point": "x.py",
+                            "execution_timeout_minutes": 90},
+                "run_timeout_minutes": 60,
+            }
+        }
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match=r"runtime\.execution_timeout_minutes \(90\)") as serverless_error:
+        validate_config(serverless)
+    assert "startup_timeout_minutes" not in str(serverless_error.value)
 
 
 # -------------------------------------------------------------------------------------- EMR shapes
@@ -199,7 +223,7 @@ def test_prepare_rejects_a_job_timeout_override_for_ec2() -> None:
         "settings": _ec2_settings(),
     }
     result = prepare_run(payload, s3=None)
-    assert result["valid"] is False and "steps have their own timeout_minutes" in result["cause"]
+    assert result["valid"] is False and "each step's timeout_minutes" in result["cause"]
 
 
 class FakeEmr:
