@@ -30,6 +30,8 @@ from typing import (
 from botocore.exceptions import ClientError
 from typing_extensions import TypedDict
 
+from autopilot_common.pricing import Cost
+
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
 
@@ -126,6 +128,7 @@ class RunLedgerEntry(TypedDict, total=False):
     cancelled_steps: list[str]
     failed_step: StepRecord | None
     instance_hours_estimate: dict[str, Any] | None
+    cost: Cost | None  # what the run cost in dollars (autopilot_common.pricing); usd None with the reason
     scaling: dict[str, Any]
     admission: Admission | None
     # What it produced, and how it ended
