@@ -362,6 +362,8 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
     """A call to a service the twin models itself (EMR on EKS here; EMR on EC2: `_serve_emr`); None: moto's."""
     if response.service_name == "awslambda" and action == "AddPermission":
         return _add_permission(twin, response)
+    if response.service_name == "ec2" and action == "DescribeSpotPriceHistory":
+        return response.serialized(ActionResult({"SpotPriceHistory": _spot_price_history(response)}))
     if response.service_name == "emr-containers":  # EMR on EKS: REST-JSON, ids in the path (parsed by moto)
         params = {**(response.uri_match or {}), **(getattr(response, "params", None) or {})}
         result = twin.emr_containers.handle_api(action, params)
@@ -377,6 +379,36 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
             json.dumps({"applicationId": result["ApplicationId"], "jobRunId": result["JobRunId"]}),
         )
     return None
+
+
+SPOT_FRACTION_OF_ON_DEMAND = 0.35  # the twin's spot market: a flat 65% discount on the list price
+
+
+def _spot_price_history(response: Any) -> list[dict[str, Any]]:
+    """The twin's spot prices: moto answers $0.00001 for every type (and a 2006 timestamp), which would price every
+    spot instance at nothing. The twin answers one current price per requested type the shipped price table knows,
+    at `SPOT_FRACTION_OF_ON_DEMAND` of its on-demand price, in the requested zone; other types have no history (as a
+    type not offered in a zone has none in AWS)."""
+    from autopilot_common.pricing import MissingPrice, shipped_prices
+
+    region = response.region
+    zone = response._get_param("AvailabilityZone") or f"{region}a"
+    history = []
+    for instance_type in response._get_param("InstanceTypes", []) or []:
+        try:
+            on_demand = shipped_prices().instance(region, instance_type)["ec2_hour"]
+        except MissingPrice:
+            continue
+        history.append(
+            {
+                "AvailabilityZone": zone,
+                "InstanceType": instance_type,
+                "ProductDescription": "Linux/UNIX",
+                "SpotPrice": f"{on_demand * SPOT_FRACTION_OF_ON_DEMAND:.6f}",
+                "Timestamp": datetime.now(UTC),
+            }
+        )
+    return history
 
 
 def _add_permission(twin: Twin, response: Any) -> Any:

@@ -386,7 +386,8 @@ class Ec2Pipeline(PipelineWorkflow):
             finalize.role or finalize,
             "AwsSolutions-IAM5",
             "Cluster ids are known only at run time: reads are limited to clusters tagged with the pipeline "
-            "(or the long-running target); X-Ray supports no resource-level permissions.",
+            "(or the long-running target); X-Ray and ec2:DescribeSpotPriceHistory support no resource-level "
+            "permissions.",
             ["Resource::*", ANY_CLUSTER_ARN],
         )
 

@@ -204,9 +204,14 @@ class AutopilotPlatform(Construct):
             self.finalize = self.functions.function(
                 self,
                 "finalize",
-                description="EMR Autopilot: summarize an EMR-on-EC2 run (cluster, fleets, steps) for its ledger entry",
+                description="EMR Autopilot: summarize an EMR-on-EC2 run (cluster, fleets, steps, cost) for its ledger",
                 environment={},
                 timeout=Duration.minutes(2),
+            )
+            # The spot price a run's spot instances paid (the Service Authorization Reference lists no resource
+            # types for it: only "*" allows it). Refused, the run's spot instances are priced at on-demand, flagged.
+            self.finalize.add_to_role_policy(
+                iam.PolicyStatement(actions=["ec2:DescribeSpotPriceHistory"], resources=["*"])
             )
 
     def fail_async_to_dead_letters(self, function: lambda_.IFunction) -> None:

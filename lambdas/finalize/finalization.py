@@ -16,14 +16,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from botocore.exceptions import ClientError
+
 from autopilot_common.causes import ledger_cause
+from autopilot_common.pricing import Cost, InstanceUsage, Market, PriceTable, ec2_cost, unpriced
 from autopilot_common.scaling_state import actions as scaling_actions
 
 if TYPE_CHECKING:
     from mypy_boto3_emr.literals import StepStateType
     from mypy_boto3_emr.type_defs import ClusterTypeDef
 
-    from autopilot_common.clients import DynamoDBClient, EMRClient
+    from autopilot_common.clients import DynamoDBClient, EC2Client, EMRClient
 
 ACTIVE_STEP_STATES: list[StepStateType] = ["PENDING", "RUNNING", "CANCEL_PENDING"]
 FAILED_STEP_STATES = {"FAILED", "CANCELLED", "INTERRUPTED"}
@@ -77,13 +80,30 @@ class ScalingState:
     table: str
 
 
+@dataclass(frozen=True)
+class ClusterPricing:
+    """What a transient cluster's cost needs: the price table, the region, and EC2 for spot price history (None,
+    or a call refused: spot instances are priced at on-demand and the cost says so)."""
+
+    table: PriceTable
+    region: str
+    ec2: EC2Client | None = None
+
+
 def finalize_run(
-    request: FinalizeRequest, emr: EMRClient, now: datetime | None = None, *, scaling: ScalingState | None = None
+    request: FinalizeRequest,
+    emr: EMRClient,
+    now: datetime | None = None,
+    *,
+    scaling: ScalingState | None = None,
+    pricing: ClusterPricing | None = None,
 ) -> dict[str, Any]:
     """The ledger update for the run (merged by the workflow into the STARTED record).
 
     With `scaling`, the update carries `scaling.actions`: every step the scaler took on the run's cluster
-    (the workflow's final write replaces the entry the scaler amended while the run went on)."""
+    (the workflow's final write replaces the entry the scaler amended while the run went on). With `pricing`, a
+    transient cluster's run carries `cost`: what its instances cost from launch to the end (a shared cluster's
+    cost is not the run's to carry: `cost` stays null)."""
     now = now or datetime.now(UTC)
     update: dict[str, Any] = {
         "state": request.outcome,
@@ -103,7 +123,10 @@ def finalize_run(
         update["cluster"] = _cluster_summary(emr, cluster)
         update["steps"] = _steps(emr, request.cluster_id, request.step_names, request.noticed)
         if request.transient:
-            update["instance_hours_estimate"] = _instance_hours(emr, cluster, now)
+            instances = _pages(emr, "list_instances", "Instances", request.cluster_id)
+            update["instance_hours_estimate"] = _instance_hours(emr, cluster, instances, now)
+            if pricing is not None:
+                update["cost"] = cluster_cost(pricing, emr, cluster, instances, now)
         if scaling is not None:
             done = scaling_actions(scaling.dynamodb, scaling.table, request.cluster_id)
             if done:
@@ -170,10 +193,11 @@ def _group(group: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _instance_hours(emr: EMRClient, cluster: ClusterTypeDef, now: datetime) -> dict[str, Any] | None:
+def _instance_hours(
+    emr: EMRClient, cluster: ClusterTypeDef, instances: list[dict[str, Any]], now: datetime
+) -> dict[str, Any] | None:
     """Instance-hours from each instance's lifetime; else provisioned units x the cluster's lifetime."""
     total = 0.0
-    instances = _pages(emr, "list_instances", "Instances", cluster["Id"])
     for instance in instances:
         timeline = instance.get("Status", {}).get("Timeline", {})
         start = timeline.get("ReadyDateTime") or timeline.get("CreationDateTime")
@@ -193,6 +217,82 @@ def _instance_hours(emr: EMRClient, cluster: ClusterTypeDef, now: datetime) -> d
     )  # fmt: skip
     hours = _hours(start, timeline.get("EndDateTime") or now)
     return {"instance_hours": round(units * hours, 3), "method": "provisioned units x cluster lifetime"}
+
+
+# ------------------------------------------------------------------------------------------- cost
+
+
+def cluster_cost(
+    pricing: ClusterPricing, emr: EMRClient, cluster: ClusterTypeDef, instances: list[dict[str, Any]], now: datetime
+) -> Cost:
+    """Every instance from launch (CreationDateTime: EC2 bills from launch) to its end, by type and market, with the
+    EBS volumes its fleet or group attached; spot instances at the spot price of their type in the cluster's zone
+    over their lifetime when EC2 answers DescribeSpotPriceHistory, else at on-demand (flagged)."""
+    if not instances:
+        return unpriced(pricing.table, "ListInstances returned no instances for the cluster")
+    volumes = _volumes(emr, cluster)
+    zone = cluster.get("Ec2InstanceAttributes", {}).get("Ec2AvailabilityZone")
+    spot_prices: dict[str, float | None] = {}
+    usage = []
+    for instance in instances:
+        timeline = instance.get("Status", {}).get("Timeline", {})
+        start = timeline.get("CreationDateTime")
+        if start is None:
+            continue  # never launched: nothing billed
+        end = timeline.get("EndDateTime") or now
+        instance_type = str(instance.get("InstanceType"))
+        market: Market = "SPOT" if instance.get("Market") == "SPOT" else "ON_DEMAND"
+        spot = None
+        if market == "SPOT":
+            if instance_type not in spot_prices:
+                spot_prices[instance_type] = _spot_price(pricing.ec2, instance_type, zone, start, end)
+            spot = spot_prices[instance_type]
+        owner = instance.get("InstanceFleetId") or instance.get("InstanceGroupId") or ""
+        ebs = volumes.get((owner, instance_type), ())
+        usage.append(InstanceUsage(instance_type, market, _ts(end) - _ts(start), ebs=ebs, spot_hour=spot))
+    cost = ec2_cost(pricing.table, pricing.region, usage)
+    cost.setdefault("notes", []).append(
+        "root volumes and data transfer are not included; EBS is the volumes EMR attached per the fleet or group"
+    )
+    return cost
+
+
+def _volumes(emr: EMRClient, cluster: ClusterTypeDef) -> dict[tuple[str, str], tuple[tuple[str, float], ...]]:
+    """(fleet or group id, instance type) -> the (volume type, GB) of each EBS volume EMR attaches to such an
+    instance (ListInstanceFleets' InstanceTypeSpecifications / ListInstanceGroups' EbsBlockDevices)."""
+
+    def sizes(devices: Any) -> tuple[tuple[str, float], ...]:
+        specs = [d.get("VolumeSpecification", {}) for d in devices or []]
+        return tuple((str(v.get("VolumeType", "gp2")), float(v.get("SizeInGB", 0))) for v in specs)
+
+    out: dict[tuple[str, str], tuple[tuple[str, float], ...]] = {}
+    if cluster.get("InstanceCollectionType") == "INSTANCE_GROUP":
+        for group in _pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"]):
+            out[(str(group.get("Id")), str(group.get("InstanceType")))] = sizes(group.get("EbsBlockDevices"))
+    else:
+        for fleet in _pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"]):
+            for spec in fleet.get("InstanceTypeSpecifications", []):
+                out[(str(fleet.get("Id")), str(spec.get("InstanceType")))] = sizes(spec.get("EbsBlockDevices"))
+    return out
+
+
+def _spot_price(ec2: EC2Client | None, instance_type: str, zone: str | None, start: Any, end: Any) -> float | None:
+    """The mean Linux spot price of the type in the zone over [start, end] (EC2 returns the price in effect at start
+    and every change after it), or None when EC2 is not asked, refuses, or has no history."""
+    if ec2 is None or not zone:
+        return None
+    try:
+        history = ec2.describe_spot_price_history(
+            InstanceTypes=[instance_type],  # type: ignore[list-item]  # the stubs list known types only
+            ProductDescriptions=["Linux/UNIX"],
+            AvailabilityZone=zone,
+            StartTime=start,
+            EndTime=end,
+        )["SpotPriceHistory"]
+    except ClientError:  # UnauthorizedOperation, throttling after retries: price at on-demand, flagged
+        return None
+    prices = [float(h["SpotPrice"]) for h in history if h.get("SpotPrice")]
+    return round(sum(prices) / len(prices), 6) if prices else None
 
 
 # ------------------------------------------------------------------------------------------ steps

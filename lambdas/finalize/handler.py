@@ -1,4 +1,4 @@
-"""Finalize Lambda: the last state of an EMR-on-EC2 run (cluster, fleets, steps -> ledger update).
+"""Finalize Lambda: the last state of an EMR-on-EC2 run (cluster, fleets, steps, cost -> ledger update).
 
 Environment: optional `STATE_TABLE` (set when a pipeline scales from alarms: each cluster's scaling actions).
 """
@@ -14,8 +14,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from autopilot_common.clients import Clients
 from autopilot_common.observability import observability
+from autopilot_common.pricing import shipped_prices
 from autopilot_common.settings import Environment
-from finalization import FinalizeRequest, ScalingState, finalize_run
+from finalization import ClusterPricing, FinalizeRequest, ScalingState, finalize_run
 
 obs = observability("autopilot-finalize")
 logger, metrics = obs.logger, obs.metrics
@@ -32,7 +33,9 @@ def _scaling() -> ScalingState | None:
 @obs.handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = FinalizeRequest.from_event(event)
-    update = finalize_run(request, CLIENTS.emr, scaling=_scaling())
+    region = Environment(os.environ).required("AWS_REGION", "the function's region (Lambda sets it)")
+    pricing = ClusterPricing(shipped_prices(), region, CLIENTS.ec2)
+    update = finalize_run(request, CLIENTS.emr, scaling=_scaling(), pricing=pricing)
     metrics.add_dimension(name="pipeline", value=request.pipeline)
     metrics.add_metric(name=f"Runs{request.outcome.title()}", unit=MetricUnit.Count, value=1)
     logger.info(

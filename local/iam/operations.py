@@ -412,6 +412,8 @@ def _emr_remove_tags(p: Mapping[str, Any], lookups: Lookups) -> list[Authorizati
 
 
 _no_resource("emr", "elasticmapreduce", "ListClusters", "DescribeSecurityConfiguration", "ListSecurityConfigurations")
+# Finalize prices a transient cluster's spot instances (Service Authorization Reference: no resource types).
+_no_resource("ec2", "ec2", "DescribeSpotPriceHistory")
 
 
 # --------------------------------------------------------------------------------------- EMR Serverless, on EKS

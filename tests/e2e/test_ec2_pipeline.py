@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from autopilot_common.pricing import shipped_prices
 from tests.deployment import Deployed
 
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
@@ -77,6 +78,36 @@ def _notifications(env: Deployed) -> tuple[Any, str]:
     return sqs, queue_url
 
 
+def _assert_cost_is_every_instance_priced(env: Deployed, ledger: dict[str, Any]) -> None:
+    """The run's cost, recomputed from what EMR reports (each instance's launch to end, type and market), the twin's
+    spot price history and the shipped price table."""
+    emr, ec2 = env.twin.client("emr"), env.twin.client("ec2")
+    table = shipped_prices().region(env.twin.region)
+    zone = emr.describe_cluster(ClusterId=ledger["cluster_id"])["Cluster"]["Ec2InstanceAttributes"][
+        "Ec2AvailabilityZone"
+    ]
+    instances = emr.list_instances(ClusterId=ledger["cluster_id"])["Instances"]
+    expected = 0.0
+    for instance in instances:
+        timeline = instance["Status"]["Timeline"]
+        hours = max((timeline["EndDateTime"] - timeline["CreationDateTime"]).total_seconds(), 60) / 3600
+        prices = table["instances"][instance["InstanceType"]]
+        ec2_rate = prices["ec2_hour"]
+        if instance["Market"] == "SPOT":
+            (spot,) = ec2.describe_spot_price_history(
+                InstanceTypes=[instance["InstanceType"]], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX"]
+            )["SpotPriceHistory"]
+            ec2_rate = float(spot["SpotPrice"])
+            assert ec2_rate < prices["ec2_hour"]
+        expected += hours * (ec2_rate + prices["emr_hour"])
+    cost = ledger["cost"]
+    ebs = sum(line["usd"] for line in cost["breakdown"] if line["item"].startswith("EBS "))
+    assert cost["usd"] == pytest.approx(expected + ebs, rel=1e-3), cost
+    assert ebs > 0 and {i["Market"] for i in instances} == {"ON_DEMAND", "SPOT"}
+    assert any(line["item"].endswith(" spot") for line in cost["breakdown"])
+    assert cost["prices_as_of"] == shipped_prices().as_of and "not included" in cost["notes"][-1]
+
+
 def _cluster_state(env: Deployed, cluster_id: str) -> str:
     state: str = env.twin.client("emr").describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
     return state
@@ -106,6 +137,7 @@ def test_csvs_land_and_a_transient_cluster_runs_the_real_spark_step_then_termina
     (step,) = ledger["steps"]
     assert step["state"] == "COMPLETED" and step["name"] == f"{run_id}: sales-etl"
     assert ledger["instance_hours_estimate"]["instance_hours"] > 0
+    _assert_cost_is_every_instance_priced(env, ledger)
     prefix = f"{TRANSIENT}/run_id={run_id}/"
     keys = [o["Key"] for o in env.s3.list_objects_v2(Bucket=env.outputs, Prefix=prefix)["Contents"]]
     assert any(k.startswith(prefix + "order_date=2024-06-02/") and k.endswith(".parquet") for k in keys)
@@ -227,6 +259,7 @@ def test_long_running_cluster_gets_the_steps_and_keeps_running(env: Deployed, an
     assert ledger["cluster_id"] == analytics_cluster and ledger["state"] == "SUCCEEDED"
     assert [s["state"] for s in ledger["steps"]] == ["COMPLETED"]
     assert ledger["instance_hours_estimate"] is None
+    assert ledger.get("cost") is None  # a shared cluster's cost is not one run's
     assert _cluster_state(env, analytics_cluster) == "WAITING"
     assert "CreateCluster" not in _entered(env, arn) and "TerminateCluster" not in _entered(env, arn)
 

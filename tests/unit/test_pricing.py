@@ -68,8 +68,8 @@ def test_a_region_may_share_another_regions_prices() -> None:
 
 def test_ec2_cost_prices_each_instance_from_launch_to_end_with_emr_uplift_and_ebs() -> None:
     instances = [
-        InstanceUsage("m5.xlarge", "ON_DEMAND", 1800, ebs_gb=64, ebs_type="gp2"),  # primary: 30 minutes
-        InstanceUsage("m5.xlarge", "ON_DEMAND", 1800, ebs_gb=64, ebs_type="gp2"),
+        InstanceUsage("m5.xlarge", "ON_DEMAND", 1800, ebs=(("gp2", 64.0),)),  # primary: 30 minutes
+        InstanceUsage("m5.xlarge", "ON_DEMAND", 1800, ebs=(("gp2", 64.0),)),
         InstanceUsage("r5.xlarge", "SPOT", 900, spot_hour=0.08),  # a spot task node with a known spot price
     ]
     cost = ec2_cost(TABLE, "us-east-1", instances)

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from autopilot_common.pricing import shipped_prices
 from config.ec2 import Ec2Runtime
 from config.loader import ConfigError, validate_config
-from finalization import FinalizeRequest, finalize_run
+from finalization import ClusterPricing, FinalizeRequest, finalize_run
 from preparation import prepare_run, resolve_cluster, step_name
 from stacks.emr_ec2_spec import cluster_request, step_templates
 from tests.unit.conftest import SPARK, ec2_config, ec2_runtime
@@ -256,6 +257,8 @@ class FakeEmr:
                     return [{"Steps": [s for s in emr.steps if not states or s["Status"]["State"] in states]}]
                 if operation == "list_instance_fleets":
                     return [{"InstanceFleets": emr.clusters[kwargs["ClusterId"]].get("_fleets", [])}]
+                if operation == "list_instances":
+                    return [{"Instances": emr.clusters[kwargs["ClusterId"]].get("_instances", [])}]
                 return [{operation.removeprefix("list_").title().replace("_", ""): []}]
 
         return Pages()
@@ -397,6 +400,67 @@ def test_finalize_success_estimates_instance_hours_from_provisioned_capacity() -
     assert update["state"] == "SUCCEEDED" and update["metrics"] == {"rows_in": 3}
     assert update["instance_hours_estimate"]["instance_hours"] == 3.0
     assert [f["name"] for f in update["cluster"]["fleets"]] == ["core", "task"]
+
+
+class FakeEc2:
+    """DescribeSpotPriceHistory answering `price`, or refusing as EC2 does without the grant."""
+
+    def __init__(self, price: str | None) -> None:
+        self.price, self.calls = price, []  # type: list[dict[str, Any]]
+
+    def describe_spot_price_history(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        if self.price is None:
+            raise ClientError(
+                {"Error": {"Code": "UnauthorizedOperation", "Message": "denied"}}, "DescribeSpotPriceHistory"
+            )
+        return {"SpotPriceHistory": [{"SpotPrice": self.price, "InstanceType": kwargs["InstanceTypes"][0]}]}
+
+
+def _priced_cluster() -> dict[str, Any]:
+    created = datetime(2024, 6, 2, tzinfo=UTC)
+    cluster = _cluster("j-A", "TERMINATED", {})
+    cluster["Ec2InstanceAttributes"] = {"Ec2AvailabilityZone": "us-east-1b"}
+    gp3 = [{"VolumeSpecification": {"VolumeType": "gp3", "SizeInGB": 32}, "Device": "/dev/sdf"}]
+    cluster["_fleets"] = [
+        {"Id": "if-core", "InstanceTypeSpecifications": [{"InstanceType": "m5.xlarge", "EbsBlockDevices": gp3}]},
+        {"Id": "if-task", "InstanceTypeSpecifications": [{"InstanceType": "r5.xlarge", "EbsBlockDevices": []}]},
+    ]
+
+    def instance(fleet: str, instance_type: str, market: str, minutes: int) -> dict[str, Any]:
+        timeline = {"CreationDateTime": created, "EndDateTime": created + timedelta(minutes=minutes)}
+        return {
+            "InstanceFleetId": fleet,
+            "InstanceType": instance_type,
+            "Market": market,
+            "Status": {"Timeline": timeline},
+        }
+
+    cluster["_instances"] = [
+        instance("if-core", "m5.xlarge", "ON_DEMAND", 30),
+        instance("if-task", "r5.xlarge", "SPOT", 15),
+    ]
+    return cluster
+
+
+@pytest.mark.parametrize("spot_price", ["0.0800", None], ids=["spot-price-known", "spot-price-refused"])
+def test_finalize_prices_a_transient_clusters_instances(spot_price: str | None) -> None:
+    table = shipped_prices()
+    ec2 = FakeEc2(spot_price)
+    pricing = ClusterPricing(table, "us-east-1", ec2)  # type: ignore[arg-type]
+    update = finalize_run(_request("SUCCEEDED"), FakeEmr([_priced_cluster()]), pricing=pricing)
+    m5, r5 = (table.instance("us-east-1", t) for t in ("m5.xlarge", "r5.xlarge"))
+    spot_rate = float(spot_price) if spot_price else r5["ec2_hour"]
+    expected = 0.5 * (m5["ec2_hour"] + m5["emr_hour"]) + 0.25 * (spot_rate + r5["emr_hour"]) + 32 * 0.5 / 730 * 0.08
+    cost = update["cost"]
+    assert cost["usd"] == pytest.approx(expected, abs=1e-5)
+    assert ec2.calls[0]["AvailabilityZone"] == "us-east-1b" and ec2.calls[0]["InstanceTypes"] == ["r5.xlarge"]
+    assert ec2.calls[0]["ProductDescriptions"] == ["Linux/UNIX"]
+    flagged = [n for n in cost["notes"] if "priced at the on-demand price" in n]
+    assert bool(flagged) == (spot_price is None)
+    # A shared (long-running) cluster's cost is not the run's
+    shared = finalize_run(_request("SUCCEEDED", transient=False), FakeEmr([_priced_cluster()]), pricing=pricing)
+    assert "cost" not in shared
 
 
 # ------------------------------------------------------------------------------------------ emr-eks

@@ -22,6 +22,7 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch.client import CloudWatchClient as CloudWatchClient
     from mypy_boto3_dynamodb.client import DynamoDBClient as DynamoDBClient
+    from mypy_boto3_ec2.client import EC2Client as EC2Client
     from mypy_boto3_emr.client import EMRClient as EMRClient
     from mypy_boto3_emr_containers.client import EMRContainersClient as EMRContainersClient
     from mypy_boto3_emr_serverless.client import EMRServerlessClient as EMRServerlessClient
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sns.client import SNSClient as SNSClient
     from mypy_boto3_stepfunctions.client import SFNClient as SFNClient
 else:
-    CloudWatchClient = DynamoDBClient = EMRClient = EMRContainersClient = EMRServerlessClient = Any
+    CloudWatchClient = DynamoDBClient = EC2Client = EMRClient = EMRContainersClient = EMRServerlessClient = Any
     S3Client = SFNClient = SNSClient = Any
 
 RETRY_POLICY = Config(retries={"mode": "standard", "total_max_attempts": 5})
@@ -70,6 +71,10 @@ class Clients:
     @cached_property
     def sns(self) -> SNSClient:
         return cast(SNSClient, aws_client("sns"))
+
+    @cached_property
+    def ec2(self) -> EC2Client:
+        return cast(EC2Client, aws_client("ec2"))
 
     @cached_property
     def emr(self) -> EMRClient:

@@ -192,8 +192,7 @@ class InstanceUsage:
     instance_type: str
     market: Market
     seconds: float
-    ebs_gb: float = 0.0
-    ebs_type: str = "gp2"
+    ebs: tuple[tuple[str, float], ...] = ()  # (volume type, GB) of each EBS volume EMR attached
     spot_hour: float | None = None
 
 
@@ -218,9 +217,9 @@ def ec2_cost(table: PriceTable, region: str, instances: Sequence[InstanceUsage])
             ec2[key] = ec2.get(key, 0.0) + hours
             emr_key = (usage.instance_type, prices["emr_hour"])
             emr[emr_key] = emr.get(emr_key, 0.0) + hours
-            if usage.ebs_gb:
-                ebs_key = (usage.ebs_type, table.ebs_gb_month(region, usage.ebs_type))
-                ebs[ebs_key] = ebs.get(ebs_key, 0.0) + usage.ebs_gb * hours / HOURS_PER_MONTH
+            for volume_type, gb in usage.ebs:
+                ebs_key = (volume_type, table.ebs_gb_month(region, volume_type))
+                ebs[ebs_key] = ebs.get(ebs_key, 0.0) + gb * hours / HOURS_PER_MONTH
     except MissingPrice as exc:
         return unpriced(table, str(exc))
     if spot_at_on_demand:
