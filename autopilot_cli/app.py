@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from typer.core import TyperGroup
 
+from autopilot_cli import function_logs
 from autopilot_cli.deployment import (
     Deployment,
     DeploymentError,
@@ -32,6 +33,7 @@ from autopilot_cli.status import running_now
 from autopilot_cli.watch import cleaned_up, ended, follow, look
 from autopilot_common.ledger import FAILED, FINAL_STATES, RUN_STATES, TIMED_OUT
 from local.cli import local_app
+from stacks.naming import FUNCTION_NAMES
 
 PROG = "emr-autopilot"
 
@@ -257,19 +259,54 @@ def rerun(
 @app.command()
 def logs(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(metavar="RUN", help="the run id (the execution's name)")],
-    stderr: Annotated[bool, typer.Option("--stderr", help="the driver's stderr (default: its stdout)")] = False,
+    run_id: Annotated[
+        str | None, typer.Argument(metavar="[RUN]", help="the run id (the execution's name); or --function")
+    ] = None,
+    function: Annotated[
+        str | None,
+        typer.Option(
+            "--function",
+            metavar="NAME",
+            help=f"a function's CloudWatch Logs instead of a run's driver log: {', '.join(FUNCTION_NAMES)}",
+        ),
+    ] = None,
+    stderr: Annotated[bool, typer.Option("--stderr", help="RUN: the driver's stderr (default: its stdout)")] = False,
     follow_: Annotated[
-        bool, typer.Option("--follow", "-f", help="keep printing new lines until the run has ended")
-    ] = False,
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="keep printing new lines (RUN: until the run has ended; --function: until interrupted)",
+        ),
+    ] = False,  # fmt: skip
     lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="how many of the last lines to print")] = 100,
+    since: Annotated[
+        str | None,
+        typer.Option(help="--function: only events since a duration (30m, 2h, 3d, 1w) or an ISO date/time"),
+    ] = None,
+    filter_: Annotated[
+        str | None,
+        typer.Option("--filter", metavar="PATTERN", help="--function: a CloudWatch Logs filter pattern"),
+    ] = None,
+    as_json_: Annotated[bool, typer.Option("--json", help="--function: each event as a JSON line, as stored")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="--function: each event's message as stored")] = False,
 ) -> None:
-    """The run's driver log (EMR on EC2: its step's) from S3 under the run's log URI, decompressed: the last
-    lines of stdout, or of stderr with --stderr.
+    """A run's driver log (EMR on EC2: its step's) from S3 under the run's log URI, decompressed: the last
+    lines of stdout, or of stderr with --stderr. Or, with --function NAME, a function's log group (CloudWatch
+    Logs): its last events, readable (time, level, message, run_id/pipeline), --json or --raw as stored.
 
     Exits 1 when there is no such log (yet), naming where it looked; with --follow, waits for it while the run
-    goes on.
+    goes on. Exactly one of RUN and --function.
     """
+    if (run_id is None) == (function is None):
+        raise UsageProblem("give exactly one of RUN (a run's driver log) and --function NAME (a function's log group)")
+    if function is not None:
+        _function_logs(ctx, function, follow_, lines, since, filter_, as_json_, raw, stderr)
+        return
+    assert run_id is not None
+    run_only = {"--since": since, "--filter": filter_, "--json": as_json_, "--raw": raw}
+    if given := [flag for flag, value in run_only.items() if value]:
+        raise UsageProblem(f"{', '.join(given)}: only with --function (a run's driver log is read as it is)")
     deployment = _deployment(ctx)
     s3, bucket = deployment.client("s3"), deployment.outputs_bucket
     record = find_run(s3, bucket, run_id)
@@ -285,6 +322,51 @@ def logs(
     typer.echo(f"==> {log.uri} <==", err=True)
     for line in last:
         typer.echo(line)
+
+
+def _function_logs(
+    ctx: typer.Context,
+    function: str,
+    follow_: bool,
+    lines: int,
+    since: str | None,
+    pattern: str | None,
+    as_json_: bool,
+    raw: bool,
+    stderr: bool,
+) -> None:
+    if stderr:
+        raise UsageProblem("--stderr: only with RUN (a function's log group holds both streams)")
+    if as_json_ and raw:
+        raise UsageProblem("--json and --raw: give one of them")
+    try:
+        start_ms = int(parse_since(since).timestamp() * 1000) if since else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+    if function not in FUNCTION_NAMES:  # before finding the deployment: a typo needs no AWS call
+        raise UsageProblem(f"--function {function!r} is not one of the app's functions: {', '.join(FUNCTION_NAMES)}")
+    deployment = _deployment(ctx)
+    _, group = function_logs.log_group_of(deployment.client("lambda"), deployment.stack_name, function)
+    logs_client = deployment.client("logs")
+
+    def show(event: dict[str, Any]) -> None:
+        if as_json_:
+            typer.echo(json.dumps({k: event[k] for k in ("timestamp", "logStreamName", "message") if k in event}))
+        else:
+            typer.echo(str(event.get("message", "")).rstrip("\n") if raw else function_logs.render(event))
+
+    if not (as_json_ or raw):
+        typer.echo(f"==> {group} <==", err=True)
+    if follow_:
+        try:
+            for event in function_logs.follow(logs_client, group, start_ms=start_ms, pattern=pattern, lines=lines):
+                show(event)
+        except KeyboardInterrupt:
+            return
+        return
+    found = function_logs.events(logs_client, group, start_ms=start_ms, pattern=pattern)
+    for event in found[-lines:] if lines > 0 else []:
+        show(event)
 
 
 FAILED_STATES = (FAILED, TIMED_OUT)  # `show` adds the driver log's last lines

@@ -102,6 +102,8 @@ def up(
     region = f"AWS_REGION={twin.region} AWS_DEFAULT_REGION={twin.region}"
     print(f"  export AWS_ENDPOINT_URL={twin.endpoint} {credentials} {region}")
     print(f"  landing bucket: {report.outputs.get('LandingBucket')}")
+    print(f"  functions' logs: emr-autopilot logs --function NAME (CloudWatch Logs); files in {twin.logs_dir}")
+    print(f"  the twin's own log (moto, requests, internal errors): {twin.log.path}")
     print(f"  stacks registered in its CloudFormation: {', '.join(report.stacks)} (then: emr-autopilot runs)")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -20,6 +20,7 @@ from typing import Any
 from autopilot_cli.ledger import RunRecord, read_runs
 from local.spark_runner import java_problem
 from local.twin import Twin
+from stacks.naming import arrivals_queue_name
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "jobs" / "sample-data"
@@ -28,11 +29,14 @@ SAMPLES = REPO / "jobs" / "sample-data"
 class Progress:
     """Prints each step of each run once, as the twin sees it happen."""
 
-    def __init__(self, twin: Twin) -> None:
+    def __init__(self, twin: Twin, stacks: list[str] | None = None) -> None:
         self.twin = twin
+        self.stacks = stacks or []
         self.seen_events = 0
+        self.seen_deliveries = 0
         self.seen_invocations = 0
         self.started = time.monotonic()
+        self.window_until: dict[str, float] = {}  # queue ARN -> when the window announced for it closes
 
     def line(self, text: str) -> None:
         print(f"  [{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
@@ -42,11 +46,38 @@ class Progress:
         self.seen_events += len(events)
         for event in events:
             self._event(event)
+        deliveries = self.twin.deliveries[self.seen_deliveries :]
+        self.seen_deliveries += len(deliveries)
+        for delivery in deliveries:
+            self._batching(delivery.target_arn)
         invocations = self.twin.runtime.invocations[self.seen_invocations :]
         self.seen_invocations += len(invocations)
         for inv in invocations:
             status = "ok" if inv.error is None else f"error {inv.error}"
             self.line(f"λ {inv.function_name}: {status} ({inv.duration * 1000:.0f} ms)")
+
+    def _batching(self, target_arn: str) -> None:
+        """An arrival delivered to a queue whose event source mapping batches by window (its
+        MaximumBatchingWindowInSeconds, as deployed): say the router waits, once per window."""
+        mapping = next((m for m in self.twin.mappings if m.queue_arn == target_arn and m.window_seconds > 0), None)
+        now = time.monotonic()
+        if mapping is None or now < self.window_until.get(target_arn, 0.0):
+            return
+        twin_seconds = mapping.window_seconds * self.twin.time_scale
+        self.window_until[target_arn] = now + twin_seconds
+        self.line(
+            f"waiting for {self._pipeline(target_arn)}'s batching window "
+            f"(up to {twin_seconds:g} s twin time, {mapping.window_seconds:g} s on AWS)"
+        )
+
+    def _pipeline(self, queue_arn: str) -> str:
+        """The pipeline of an arrivals queue (`stacks.naming.arrivals_queue_name`), else the queue's name."""
+        queue = queue_arn.rsplit(":", 1)[-1]
+        for stack in self.stacks:
+            pipeline = queue.removeprefix(f"{stack}-").removesuffix("-arrivals")
+            if arrivals_queue_name(stack, pipeline) == queue:
+                return pipeline
+        return f"queue {queue}"
 
     def _event(self, event: dict[str, Any]) -> None:
         detail = event["detail"]
@@ -130,7 +161,7 @@ def run_demo(
                 print(f"dropping {len(files)} sample files into s3://{landing}/{prefix}")
                 for path in files:
                     s3.put_object(Bucket=landing, Key=f"{prefix}{path.name}", Body=path.read_bytes())
-            progress = Progress(twin)
+            progress = Progress(twin, report.stacks)
             deadline = time.monotonic() + timeout
             quiet = 0
             while time.monotonic() < deadline and quiet < 3:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from local.assembly import Resolver, Resource, StackTemplate, read_assembly
+from local.function_logs import LOG_FORMATS
 from local.lambda_runtime import LocalFunction
 
 if TYPE_CHECKING:
@@ -269,6 +270,10 @@ class _Deployer:
                 pass  # the AWS-managed Powertools layer: the twin's own environment has the same pinned version
             else:
                 self.report.notes.append(f"{name}: external layer {layer} is not available in the twin")
+        logging_config = props.get("LoggingConfig") or {}
+        log_format = logging_config.get("LogFormat", "Text")
+        if log_format not in LOG_FORMATS:  # lambda LoggingConfig.LogFormat: an enum (botocore's lambda model)
+            raise ValueError(f"{name}: LoggingConfig.LogFormat {log_format!r}; expected one of {LOG_FORMATS}")
         self.twin.runtime.register(
             LocalFunction(
                 name=name,
@@ -280,6 +285,8 @@ class _Deployer:
                 timeout_seconds=int(props.get("Timeout", 3)),
                 memory_mb=int(props.get("MemorySize", 128)),
                 role_arn=props.get("Role"),
+                log_group=logging_config.get("LogGroup"),
+                log_format=log_format,
             )
         )
 

@@ -27,6 +27,15 @@ from types import ModuleType
 from typing import Any
 
 from local.faults import FunctionCrash
+from local.function_logs import (
+    Capture,
+    capturing,
+    default_log_group,
+    end_lines,
+    error_record,
+    new_log_stream,
+    start_line,
+)
 
 LOG = logging.getLogger("twin.lambda")
 _LOCK = threading.RLock()
@@ -117,7 +126,15 @@ class LocalFunction:
     async_retries: int = 2
     async_max_age_seconds: int = 21600
     on_failure_destination: str | None = None
+    # LoggingConfig: where Lambda sends what the function writes (None: /aws/lambda/<name>) and how (Text | JSON).
+    log_group: str | None = None
+    log_format: str = "Text"
     _module: ModuleType | None = field(default=None, repr=False)
+    _log_stream: str = field(default="", repr=False)  # the current execution environment's stream
+
+    @property
+    def log_group_name(self) -> str:
+        return self.log_group or default_log_group(self.name)
 
     def paths(self) -> list[str]:
         layers = [str(d / "python") if (d / "python").is_dir() else str(d) for d in self.layer_dirs]
@@ -137,6 +154,9 @@ class LambdaRuntime:
         self.access_key_for: Callable[[LocalFunction], str] | None = None
         # Called after each AWS call an invocation makes: (function, service, operation); it may raise FunctionCrash.
         self.after_call: Callable[[str, str, str], None] | None = None
+        # Receives each invocation's log events (epoch ms, message) for the function's log group and stream, as
+        # Lambda sends them to CloudWatch Logs; None: dropped.
+        self.deliver_logs: Callable[[LocalFunction, list[tuple[int, str]]], None] | None = None
         _install_after_call_hook()
 
     def session_arn(self, function: LocalFunction) -> str | None:
@@ -161,41 +181,78 @@ class LambdaRuntime:
             raise FunctionNotFound(f"Function not found: {name_or_arn}") from None
 
     def invoke(self, name_or_arn: str, event: Any) -> Any:
-        """Invoke synchronously; returns the handler's result or raises FunctionError."""
+        """Invoke synchronously; returns the handler's result or raises FunctionError. What the function writes goes
+        to its log group (`deliver_logs`), never to the twin's console."""
         function = self.resolve(name_or_arn)
+        # Events cross a JSON boundary in AWS: handlers never see Python objects shared with the caller.
+        payload = json.loads(json.dumps(event))
+        capture = Capture()
+        with _LOCK, self._environment(function):
+            try:
+                with capturing(capture):
+                    return self._invoke_captured(function, payload, capture)
+            finally:
+                self._deliver(function, capture)
+
+    def _invoke_captured(self, function: LocalFunction, payload: Any, capture: Capture) -> Any:
+        cold = function._module is None
+        if cold:
+            function._log_stream = new_log_stream()
         context = LambdaContext(
             function_name=function.name,
             memory_limit_in_mb=function.memory_mb,
             timeout_seconds=function.timeout_seconds,
             invoked_function_arn=function.arn,
-            log_group_name=f"/aws/lambda/{function.name}",
-            log_stream_name=time.strftime("%Y/%m/%d/[$LATEST]") + uuid.uuid4().hex,
+            log_group_name=function.log_group_name,
+            log_stream_name=function._log_stream,
         )
-        # Events cross a JSON boundary in AWS: handlers never see Python objects shared with the caller.
-        payload = json.loads(json.dumps(event))
-        with _LOCK, self._environment(function):
-            started = time.monotonic()
-            context._deadline = started + function.timeout_seconds
-            error: str | None = None
-            _INVOKING.function, _INVOKING.hook = function.name, self.after_call
-            try:
-                handler = self._handler(function)
-                result = handler(payload, context)
-                return json.loads(json.dumps(result)) if result is not None else None
-            except FunctionCrash as crash:  # the process died: Lambda reports Runtime.ExitError, Unhandled
-                error = "Runtime.ExitError"
-                LOG.warning("function %s crashed: %s", function.name, crash)
-                raise FunctionError(error, f"RequestId: {context.aws_request_id} Error: {crash}", []) from None
-            except Exception as exc:  # the handler's failure is the invocation's result
-                error = type(exc).__name__
-                trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
-                LOG.warning("function %s failed: %s", function.name, exc)
-                raise FunctionError(error, str(exc), trace) from exc
-            finally:
-                _INVOKING.function = _INVOKING.hook = None
-                self.invocations.append(
-                    Invocation(function.name, context.aws_request_id, started, time.monotonic() - started, error)
-                )
+        started = time.monotonic()
+        context._deadline = started + function.timeout_seconds
+        error: str | None = None
+        init_ms: float | None = None
+        _INVOKING.function, _INVOKING.hook = function.name, self.after_call
+        try:
+            handler = self._handler(function)
+            if cold:
+                init_ms = (time.monotonic() - started) * 1000
+                started = time.monotonic()
+            capture.add(start_line(function.log_format, context.aws_request_id, int(time.time() * 1000)))
+            result = handler(payload, context)
+            return json.loads(json.dumps(result)) if result is not None else None
+        except FunctionCrash as crash:  # the process died: Lambda reports Runtime.ExitError, Unhandled
+            error = "Runtime.ExitError"
+            message = f"RequestId: {context.aws_request_id} Error: {crash}"
+            capture.add(error_record(context.aws_request_id, error, message, []))
+            LOG.info("function %s crashed: %s", function.name, crash)
+            raise FunctionError(error, message, []) from None
+        except Exception as exc:  # the handler's failure is the invocation's result
+            error = type(exc).__name__
+            trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
+            capture.add(error_record(context.aws_request_id, error, str(exc), trace))
+            LOG.info("function %s failed: %s", function.name, exc)
+            raise FunctionError(error, str(exc), trace) from exc
+        finally:
+            _INVOKING.function = _INVOKING.hook = None
+            duration = time.monotonic() - started
+            for line in end_lines(
+                function.log_format,
+                context.aws_request_id,
+                at=int(time.time() * 1000),
+                duration_ms=duration * 1000,
+                memory_mb=function.memory_mb,
+                init_ms=init_ms,
+                ok=error is None,
+            ):
+                capture.add(line)
+            self.invocations.append(Invocation(function.name, context.aws_request_id, started, duration, error))
+
+    def _deliver(self, function: LocalFunction, capture: Capture) -> None:
+        if self.deliver_logs is None or not capture.events:
+            return
+        try:
+            self.deliver_logs(function, capture.events)
+        except Exception:  # a twin bug: the invocation's outcome stands; the twin's log has the traceback
+            LOG.exception("could not deliver %s's log events to %s", function.name, function.log_group_name)
 
     def _handler(self, function: LocalFunction) -> Any:
         module_name, _, attr = function.handler.rpartition(".")

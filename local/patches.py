@@ -364,6 +364,8 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
         return _add_permission(twin, response)
     if response.service_name == "ec2" and action == "DescribeSpotPriceHistory":
         return response.serialized(ActionResult({"SpotPriceHistory": _spot_price_history(response)}))
+    if response.service_name == "awslambda" and action == "GetFunctionConfiguration":
+        return _function_configuration(twin, response)
     if response.service_name == "emr-containers":  # EMR on EKS: REST-JSON, ids in the path (parsed by moto)
         params = {**(response.uri_match or {}), **(getattr(response, "params", None) or {})}
         result = twin.emr_containers.handle_api(action, params)
@@ -409,6 +411,30 @@ def _spot_price_history(response: Any) -> list[dict[str, Any]]:
             }
         )
     return history
+
+
+def _function_configuration(twin: Twin, response: Any) -> Any:
+    """Lambda GetFunctionConfiguration for a function the twin runs (moto does not hold them): the members of
+    botocore's FunctionConfiguration shape the twin knows, LoggingConfig included (where its logs go)."""
+    params = iam_hooks.request_params(response, "GetFunctionConfiguration")
+    try:
+        function = twin.runtime.resolve(str(params["FunctionName"]))
+    except LookupError:
+        return None  # not one of the twin's functions: moto's own answer (ResourceNotFoundException)
+    configuration: dict[str, Any] = {
+        "FunctionName": function.name,
+        "FunctionArn": function.arn,
+        "Handler": function.handler,
+        "Timeout": function.timeout_seconds,
+        "MemorySize": function.memory_mb,
+        "Version": "$LATEST",
+        "State": "Active",
+        "Environment": {"Variables": dict(function.environment)},
+        "LoggingConfig": {"LogFormat": function.log_format, "LogGroup": function.log_group_name},
+    }
+    if function.role_arn:
+        configuration["Role"] = function.role_arn
+    return 200, {"Content-Type": "application/json"}, json.dumps(configuration)
 
 
 def _add_permission(twin: Twin, response: Any) -> Any:

@@ -33,8 +33,9 @@ from local.emr_ec2 import EmrEc2Twin
 from local.emr_serverless import EmrServerlessTwin
 from local.faults import FaultInjector, TwinClientError
 from local.iam.enforcer import IamEnforcer
-from local.lambda_runtime import FunctionError, LambdaRuntime
+from local.lambda_runtime import FunctionError, LambdaRuntime, LocalFunction
 from local.spark_runner import SparkRunner
+from local.twin_log import TwinLog
 from local.validation import ASYNC_PAYLOAD_BYTES
 
 LOG = logging.getLogger("twin")
@@ -151,7 +152,7 @@ class Twin:
         from moto.core.config import default_user_config
         from moto.server import ThreadedMotoServer
 
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+        self.log = TwinLog(self.workdir).install()  # moto's, werkzeug's and the twin's lines: <workdir>/logs/twin.log
         self._saved_config = {k: default_user_config.get(k) for k in ("stepfunctions", "lambda", "iam")}
         default_user_config["stepfunctions"] = {"execute_state_machine": True}
         default_user_config["lambda"] = {"use_docker": False}
@@ -165,6 +166,7 @@ class Twin:
         self.runtime = LambdaRuntime(endpoint=self.endpoint, region=self.region, account=self.account)
         self.runtime.access_key_for = self._function_access_key
         self.runtime.after_call = self.faults.after_call
+        self.runtime.deliver_logs = self._deliver_function_logs
         runner = (
             SparkRunner(self.client("s3"), workdir=self.workdir / "spark", s3_for_role=self._role_s3)
             if self.spark
@@ -233,8 +235,43 @@ class Twin:
         sfn_integrations.uninstall()
         cloudwatch.uninstall()
         default_user_config.update(self._saved_config)  # type: ignore[typeddict-item]
+        self.log.uninstall()
         if CURRENT is self:
             CURRENT = None
+
+    # ------------------------------------------------------------------ function logs
+
+    @property
+    def logs_dir(self) -> Path:
+        """`<workdir>/logs`: twin.log, and one plain file per function (`<function name>.log`)."""
+        return self.workdir / "logs"
+
+    def _deliver_function_logs(self, function: LocalFunction, events: list[tuple[int, str]]) -> None:
+        """An invocation's lines, as Lambda sends them: PutLogEvents to the function's log group and its
+        environment's stream (CreateLogStream on the first), plus a plain copy under `logs_dir`.
+
+        In-process calls to moto's CloudWatch Logs backend: the function's role is not asked (Lambda's service
+        writes them). A log group that does not exist is created, as Lambda does for `/aws/lambda/<name>` when the
+        role allows logs:CreateLogGroup."""
+        from moto.logs.models import logs_backends
+
+        backend = logs_backends[self.account][self.region]
+        group = function.log_group_name
+        if group not in backend.groups:
+            backend.create_log_group(group, {})
+        if function._log_stream not in backend.groups[group].streams:
+            backend.create_log_stream(group, function._log_stream)
+        # PutLogEvents: at most 10,000 events per call, in chronological order (logs PutLogEvents, botocore's
+        # logs model: logEvents min 1, max 10000).
+        ordered = sorted(events, key=lambda event: event[0])
+        for start in range(0, len(ordered), 10000):
+            batch = [{"timestamp": at, "message": message} for at, message in ordered[start : start + 10000]]
+            backend.put_log_events(group, function._log_stream, batch)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with (self.logs_dir / f"{function.name}.log").open("a", encoding="utf-8") as copy:
+            for at, message in ordered:
+                stamp = datetime.fromtimestamp(at / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+                copy.write(f"{stamp} {function._log_stream} {message}\n")
 
     def client(self, service: str, principal: str | None = None, **kwargs: Any) -> Any:
         """A boto3 client for the twin (fake credentials, retries like the SDK's standard mode).

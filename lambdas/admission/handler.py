@@ -28,7 +28,6 @@ CLIENTS = Clients()
 @obs.handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     action = event.get("action")
-    metrics.add_dimension(name="pipeline", value=str(event.get("pipeline", "unknown")))
     if action == "release":
         run_id = str(event["run_id"])
         hints: dict[str, Any] = {}
@@ -53,6 +52,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         request,
         ledger_bucket=SETTINGS.ledger_bucket,
     )
+    # The dimension only beside the metric: Powertools keeps dimensions across invocations when a flush has no
+    # metric (a release publishes none), so adding it on every call warned "Dimension 'pipeline' has already been
+    # added" on the next one.
+    metrics.add_dimension(name="pipeline", value=str(event.get("pipeline", "unknown")))
     metrics.add_metric(name=f"Runs{outcome.state.title()}", unit=MetricUnit.Count, value=1)
     logger.info("run slot requested", run_id=request.run_id, state=outcome.state, position=outcome.position)
     return {"state": outcome.state, "position": outcome.position, "admitted": list(outcome.admitted)}

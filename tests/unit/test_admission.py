@@ -445,3 +445,21 @@ def test_handler_release_and_bad_action(aws: Any, monkeypatch: pytest.MonkeyPatc
     assert len(handler.lambda_handler(huge, context)["failure"]["cause"]) == 1024
     with pytest.raises(ValueError, match="action: got 'grab'"):
         handler.lambda_handler({"action": "grab"}, context)
+
+
+def test_handler_adds_the_pipeline_dimension_only_beside_its_metric(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Releases publish no metric: a dimension added there stayed for the next invocation, and Powertools warned
+    "Dimension 'pipeline' has already been added" when that one added it again."""
+    import warnings
+
+    monkeypatch.setenv("ADMISSION_TABLE", TABLE)
+    monkeypatch.setenv("ADMISSION_CAPS", Caps(pipelines={"p": Limit(runs=1)}).to_json())
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    handler = load_handler("admission")
+    context = lambda_context("autopilot-test-admission")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            handler.lambda_handler({"action": "release", "run_id": "r1", "pipeline": "p"}, context)
+    assert not [w for w in caught if "has already been added" in str(w.message)]
+    assert handler.metrics.dimension_set == {}
