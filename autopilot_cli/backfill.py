@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autopilot_cli.deployment import Deployment, execution_arn
@@ -50,16 +50,7 @@ class Partition:
         return self.action.startswith(REFUSED)
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "partition": self.partition,
-            "prefix": self.prefix,
-            "objects": self.objects,
-            "bytes": self.bytes,
-            "run_id": self.run_id,
-            "action": self.action,
-            "execution_arn": self.execution_arn,
-            "inputs": self.inputs,
-        }
+        return asdict(self)
 
 
 def date_partitions(pipeline: str, config: Pipeline, template: str | None, start: str, end: str) -> list[Wanted]:

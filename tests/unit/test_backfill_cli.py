@@ -45,6 +45,13 @@ def _executions(account: dict[str, Any]) -> list[dict[str, Any]]:
     return [sfn.describe_execution(executionArn=e["executionArn"]) for e in listed]
 
 
+def _actions(*args: str) -> list[str]:
+    """A backfill of sales-daily that exits 0: each partition's action."""
+    result = cli("backfill", "sales-daily", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return [row["action"] for row in json.loads(result.stdout)]
+
+
 def _run_id(day: str) -> str:
     return backfill_run_id("sales-daily", f"sales/dt={day}/", day)
 
@@ -91,13 +98,8 @@ def test_backfill_starts_one_run_per_non_empty_partition_at_the_rate(
     assert "started 2 runs of sales-daily; 0 already started, 1 empty (not started)" in err
     assert "`emr-autopilot status` shows the line" in err
 
-    again = cli("backfill", "sales-daily", "--from", "2024-06-01", "--to", "2024-06-03", "--json")
-    assert again.exit_code == 0, again.output
-    assert [r["action"] for r in json.loads(again.stdout)] == [
-        "already started (RUNNING)",
-        "empty: not started",
-        "already started (RUNNING)",
-    ]
+    again = _actions("--from", "2024-06-01", "--to", "2024-06-03")
+    assert again == ["already started (RUNNING)", "empty: not started", "already started (RUNNING)"]
     assert len(_executions(account)) == 2
 
 
@@ -107,13 +109,8 @@ def test_a_closed_execution_of_the_same_name_is_already_started_not_a_failure(
     assert cli("backfill", "sales-daily", "--from", "2024-06-03", "--to", "2024-06-03").exit_code == 0
     (execution,) = _executions(account)
     account["sfn"].stop_execution(executionArn=execution["executionArn"])
-    result = cli("backfill", "sales-daily", "--from", "2024-06-01", "--to", "2024-06-03", "--json")
-    assert result.exit_code == 0, result.output
-    assert [r["action"] for r in json.loads(result.stdout)] == [
-        "started",
-        "empty: not started",
-        "already started (ABORTED)",
-    ]
+    actions = _actions("--from", "2024-06-01", "--to", "2024-06-03")
+    assert actions == ["started", "empty: not started", "already started (ABORTED)"]
 
 
 def test_a_start_that_aws_refuses_exits_1_naming_the_partition(
@@ -202,4 +199,3 @@ def test_a_pipeline_without_a_template_needs_one(
     with_flag = cli("backfill", "sales-daily", "--from", "2024-06-01", "--to", "2024-06-01", "--template",
                     "sales/dt={ds}/", "--dry-run", "--json")  # fmt: skip
     assert with_flag.exit_code == 0 and json.loads(with_flag.stdout)[0]["objects"] == 2, with_flag.output
-

@@ -51,7 +51,8 @@ def test_shipped_dev_config_is_valid() -> None:
             "unknown-key",
             "trigger",
             {"colour": "red"},
-            "trigger.colour: unknown key; expected one of: batching, ignore_zero_byte, partition_template, prefix, sources, suffixes",
+            "trigger.colour: unknown key; expected one of: batching, ignore_zero_byte, partition_template, prefix, "
+            "sources, suffixes",
         ),
         _sales_case(
             "wrong-type",
