@@ -17,7 +17,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from typer.core import TyperGroup
 
-from autopilot_cli.backfill import DEFAULT_RATE, Partition, date_partitions, plan, prefix_partitions, start_all
+from autopilot_cli.backfill import (
+    ALREADY,
+    DEFAULT_RATE,
+    STARTED,
+    Partition,
+    date_partitions,
+    plan,
+    prefix_partitions,
+    start_all,
+)
 from autopilot_cli.deployment import (
     Deployment,
     DeploymentError,
@@ -395,7 +404,8 @@ def backfill(
         bool, typer.Option("--fail-on-empty", help="exit 1 when a partition holds no input objects")
     ] = False,
     wait: Annotated[
-        bool, typer.Option("--wait", help="follow every started run to its end; exit 1 if one did not succeed")
+        bool,
+        typer.Option("--wait", help="follow the started (and still running) runs to their end; exit 1 if one failed"),
     ] = False,
     timeout: WaitTimeout = None,
     as_json_: JsonFlag = False,
@@ -434,7 +444,8 @@ def backfill(
         show_backfill(Console(), title, planned)
     _backfill_outcome(deployment, pipeline, planned, dry_run, fail_on_empty, err)
     if wait and not dry_run:
-        _wait_for_all(deployment, pipeline, [p for p in planned if p.execution_arn], timeout, err)
+        following = [p for p in planned if p.action in (STARTED, f"{ALREADY} (RUNNING)")]  # not earlier outcomes
+        _wait_for_all(deployment, pipeline, following, timeout, err)
 
 
 def _backfill_outcome(
