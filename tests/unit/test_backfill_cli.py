@@ -9,10 +9,10 @@ from typing import Any
 import boto3
 import pytest
 
-from autopilot_cli import backfill, deployment
+from autopilot_cli import backfill, deployment, watch
 from autopilot_common.names import backfill_run_id
 from config.loader import load_config
-from tests.unit.test_operator_cli import REGION, account, cli
+from tests.unit.test_operator_cli import REGION, _arn, _end, _write, account, cli
 
 __all__ = ["account"]  # the fixture, shared
 
@@ -199,3 +199,21 @@ def test_a_pipeline_without_a_template_needs_one(
     with_flag = cli("backfill", "sales-daily", "--from", "2024-06-01", "--to", "2024-06-01", "--template",
                     "sales/dt={ds}/", "--dry-run", "--json")  # fmt: skip
     assert with_flag.exit_code == 0 and json.loads(with_flag.stdout)[0]["objects"] == 2, with_flag.output
+
+
+def test_wait_follows_the_started_runs_and_exits_1_naming_the_one_that_failed(
+    account: dict[str, Any], landing: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok, bad = _run_id("2024-06-01"), _run_id("2024-06-03")
+
+    def runs_end(seconds: float) -> None:  # the world moves on while the CLI polls
+        for run_id, state in ((ok, "SUCCEEDED"), (bad, "FAILED")):
+            _write(run_id, state, error="States.TaskFailed" if state == "FAILED" else None)
+            _end(_arn(run_id), state)
+
+    monkeypatch.setattr(watch, "_sleep", runs_end)
+    result = cli("backfill", "sales-daily", "--from", "2024-06-01", "--to", "2024-06-03", "--wait")
+    assert result.exit_code == 1, result.output
+    err = " ".join(result.stderr.split())
+    assert f"2024-06-01: {ok} SUCCEEDED" in err and f"2024-06-03: {bad} FAILED" in err
+    assert err.endswith(f"emr-autopilot: error: 1 of 2 runs did not succeed: {bad} FAILED: States.TaskFailed")
