@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,6 +18,16 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from autopilot_cli import function_logs
+from autopilot_cli.backfill import (
+    ALREADY,
+    DEFAULT_RATE,
+    STARTED,
+    Partition,
+    date_partitions,
+    plan,
+    prefix_partitions,
+    start_all,
+)
 from autopilot_cli.deployment import (
     Deployment,
     DeploymentError,
@@ -28,7 +40,15 @@ from autopilot_cli.errors import OperationFailed, UsageProblem
 from autopilot_cli.inputs import console_input, rerun_input
 from autopilot_cli.ledger import RunRecord, find_run, parse_since, read_runs, run_at, started_since
 from autopilot_cli.logs import STREAMS, follow_log, tail
-from autopilot_cli.render import as_json, console_links, runs_table, show_cancelled, show_run, show_status
+from autopilot_cli.render import (
+    as_json,
+    console_links,
+    runs_table,
+    show_backfill,
+    show_cancelled,
+    show_run,
+    show_status,
+)
 from autopilot_cli.status import running_now
 from autopilot_cli.watch import cleaned_up, ended, follow, look
 from autopilot_common.ledger import FAILED, FINAL_STATES, RUN_STATES, TIMED_OUT
@@ -433,6 +453,129 @@ def status(ctx: typer.Context, as_json_: JsonFlag = False) -> None:
         typer.echo(json.dumps(now.as_json(), indent=2))
     else:
         show_status(Console(), now)
+
+
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    pipeline: Annotated[str, typer.Argument(help="the pipeline's exact name")],
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="first logical date: 2024-06-01 (hourly templates: also 2024-06-01T05)"),
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="last logical date, included (hourly: a bare date means its 23h)")
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help="partition template, e.g. 'sales/dt={ds}/' (default: the trigger's partition_template)"),
+    ] = None,
+    prefixes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prefixes",
+            help="instead of dates: a key prefix (or s3:// URI) in the landing bucket; repeat for more",
+            metavar="PREFIX",
+        ),
+    ] = None,
+    rate: Annotated[float, typer.Option(min=0.1, help="starts per minute at most")] = DEFAULT_RATE,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list the partitions and what would start; start nothing")
+    ] = False,
+    fail_on_empty: Annotated[
+        bool, typer.Option("--fail-on-empty", help="exit 1 when a partition holds no input objects")
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="follow the started (and still running) runs to their end; exit 1 if one failed"),
+    ] = False,
+    timeout: WaitTimeout = None,
+    as_json_: JsonFlag = False,
+) -> None:
+    """Start one run per date partition (--from/--to over a partition template) or per prefix (--prefixes) of the
+    landing bucket, at most --rate starts a minute; the caps apply (runs over them wait QUEUED for a slot).
+
+    Objects are filtered as the trigger filters arrivals (suffixes, zero-byte, hidden and temporary files). Run ids
+    are derived from the pipeline and the partition, so a second backfill of the same range starts nothing twice:
+    such partitions are "already started (STATE)". Empty partitions are listed, never started.
+
+    Exits 0 when every non-empty partition started or was already started; 1 when AWS refused a start (named),
+    with --fail-on-empty when a partition is empty, or with --wait when a run did not succeed; 2 bad usage.
+    """
+    if prefixes and (from_ or to or template):
+        given = [flag for flag, value in (("--from", from_), ("--to", to), ("--template", template)) if value]
+        raise UsageProblem(f"--prefixes and {', '.join(given)}: give either --from/--to (dates) or --prefixes")
+    if not prefixes and not (from_ and to):
+        missing = " and ".join(flag for flag, value in (("--from", from_), ("--to", to)) if not value)
+        raise UsageProblem(f"{missing}: required (the logical date range), or give --prefixes instead")
+    deployment = _deployment(ctx)
+    config = deployment.pipeline_config(pipeline)
+    if prefixes:
+        wanted = prefix_partitions(pipeline, config, deployment.output("LandingBucket"), prefixes)
+    else:
+        assert from_ is not None and to is not None
+        wanted = date_partitions(pipeline, config, template, from_, to)
+    planned = plan(deployment, pipeline, wanted)
+    err = Console(stderr=True)
+    if not dry_run:
+        start_all(deployment, pipeline, planned, rate, lambda line: err.print(line, highlight=False))
+    if as_json_:
+        typer.echo(json.dumps([p.as_json() for p in planned], indent=2))
+    else:
+        title = f"backfill of {pipeline}" + (" (dry run: nothing started)" if dry_run else "")
+        show_backfill(Console(), title, planned)
+    _backfill_outcome(deployment, pipeline, planned, dry_run, fail_on_empty, err)
+    if wait and not dry_run:
+        following = [p for p in planned if p.action in (STARTED, f"{ALREADY} (RUNNING)")]  # not earlier outcomes
+        _wait_for_all(deployment, pipeline, following, timeout, err)
+
+
+def _backfill_outcome(
+    deployment: Deployment, pipeline: str, planned: list[Partition], dry_run: bool, fail_on_empty: bool, err: Console
+) -> None:
+    counts = {action: sum(1 for p in planned if p.action.startswith(action)) for action in
+              ("start", "started", "already started", "empty")}  # fmt: skip
+    if dry_run:
+        err.print(
+            f"dry run: {counts['start']} would start, {counts['already started']} already started, "
+            f"{counts['empty']} empty; nothing started",
+            highlight=False,
+        )
+    else:
+        err.print(
+            f"started {counts['started']} runs of {pipeline}; {counts['already started']} already started, "
+            f"{counts['empty']} empty (not started). Runs over the caps wait QUEUED for a slot: "
+            "`emr-autopilot status` shows the line.",
+            highlight=False,
+        )
+    refused = [p for p in planned if p.failed]
+    if refused:
+        raise OperationFailed(
+            f"{len(refused)} partition(s) not started: " + "; ".join(f"{p.partition}: {p.action}" for p in refused)
+        )
+    empty = [p.partition for p in planned if p.action.startswith("empty")]
+    if fail_on_empty and empty:
+        raise OperationFailed(f"--fail-on-empty: {len(empty)} partition(s) hold no input objects: {', '.join(empty)}")
+
+
+def _wait_for_all(
+    deployment: Deployment, pipeline: str, parts: list[Partition], timeout: float | None, err: Console
+) -> None:
+    """Follow each run in turn (one --timeout for all of them); OperationFailed naming the runs that did not
+    succeed."""
+    sfn, s3, bucket = deployment.client("stepfunctions"), deployment.client("s3"), deployment.outputs_bucket
+    deadline = None if timeout is None else time.monotonic() + timeout
+    failed = []
+    for part in parts:
+        arn = part.execution_arn
+        assert arn is not None
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        progress = follow(err, partial(look, sfn, s3, bucket, pipeline, arn), ended, left, f"run {part.run_id} to end")
+        err.print(f"{part.partition}: {part.run_id} {progress.state}", highlight=False)
+        if not progress.ok:
+            failed.append(f"{part.run_id} {progress.state}" + (f": {progress.reason}" if progress.reason else ""))
+    if failed:
+        raise OperationFailed(f"{len(failed)} of {len(parts)} runs did not succeed: " + "; ".join(failed))
 
 
 def main(argv: list[str] | None = None) -> int:

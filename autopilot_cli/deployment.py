@@ -16,6 +16,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from config.loader import ConfigError, load_config
+from config.model import Pipeline
 from stacks.naming import deployment_name
 
 STATE_MACHINE_OUTPUT = "StateMachine"  # + the pipeline's name without '-' (CDK drops it from output ids)
@@ -46,6 +47,7 @@ class Deployment:
     endpoint_url: str | None = None
     outputs: dict[str, str]
     pipelines: list[str]  # config/<env>.yaml's
+    pipeline_configs: dict[str, Pipeline] = field(default_factory=dict)  # config/<env>.yaml's, by name
     applications: list[str] = field(default_factory=list)  # its shared EMR Serverless applications (by config name)
 
     def client(self, service: str) -> Any:
@@ -69,6 +71,11 @@ class Deployment:
         """Pipeline name -> state machine ARN, for the pipelines the stack has a state machine for."""
         keys = {name: STATE_MACHINE_OUTPUT + name.replace("-", "") for name in self.pipelines}
         return {name: self.outputs[key] for name, key in keys.items() if self.outputs.get(key)}
+
+    def pipeline_config(self, pipeline: str) -> Pipeline:
+        """The pipeline's configuration (config/<env>.yaml), else DeploymentError naming the pipelines there are."""
+        self.state_machine(pipeline)  # the same error for a pipeline the stack does not run
+        return self.pipeline_configs[pipeline]
 
     def state_machine(self, pipeline: str) -> str:
         """The pipeline's state machine (exact names only), else DeploymentError naming the pipelines there are."""
@@ -123,6 +130,7 @@ def find_deployment(target: Target) -> Deployment:
         partition=str(stack.get("StackId", "arn:aws:")).split(":")[1] or "aws",
         outputs=outputs,
         pipelines=sorted(config.pipelines),
+        pipeline_configs=dict(config.pipelines),
         applications=sorted(config.serverless_applications),
         session=session,
         endpoint_url=target.endpoint_url,

@@ -188,3 +188,20 @@ def _table(console: Console, title: str, columns: tuple[str, ...], rows: Sequenc
     for row in rows:
         table.add_row(*(Text(value, style=STATE_STYLES.get(value, "")) for value in row))
     console.print(table)
+
+
+def human_bytes(size: int) -> str:
+    """1536 -> `1.5 KiB`."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def show_backfill(console: Console, title: str, partitions: Sequence[Any]) -> None:
+    """One line per partition of a backfill (`autopilot_cli.backfill.Partition`): what it holds, its run id and what
+    happens (or would happen) to it."""
+    rows = [(p.partition, p.prefix, str(p.objects), human_bytes(p.bytes), p.run_id, p.action) for p in partitions]
+    _table(console, title, ("PARTITION", "PREFIX", "OBJECTS", "BYTES", "RUN ID", "ACTION"), rows)

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag, model_validator
 
+from autopilot_common.logical_dates import template_problem
 from config.base import RELEASE_LABEL_PATTERN, StrictModel
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
@@ -197,11 +198,38 @@ class Trigger(StrictModel):
         ),
     )
 
+    partition_template: S3Prefix | None = Field(
+        default=None,
+        description=(
+            "The prefix of one date partition under the landing bucket, e.g. `sales/dt={ds}/`, with placeholders "
+            "`{ds}` (YYYY-MM-DD), `{yyyy}`, `{mm}`, `{dd}`, `{hh}` (`{{`/`}}` are literal braces); must start with "
+            "`prefix`. With `{hh}` a partition is an hour, else a day. `emr-autopilot backfill --from --to` starts "
+            "one run per partition; null: backfill needs `--template` or `--prefixes`. Does not change what "
+            "starts a run on arrival."
+        ),
+    )
+
     @model_validator(mode="after")
     def _unique_sources(self) -> Trigger:
         if len(set(self.sources)) != len(self.sources):
             raise ValueError(
                 f"sources: {self.sources} lists a source twice; expected each of eventbridge/cloudtrail once"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _partition_template_under_prefix(self) -> Trigger:
+        template = self.partition_template
+        if template is None:
+            return self
+        problem = template_problem(template)
+        if problem is not None:
+            raise ValueError(f"partition_template: {problem}")
+        literal_head = template.split("{", 1)[0]  # what every rendered partition starts with
+        if not literal_head.startswith(self.prefix):
+            raise ValueError(
+                f"partition_template: {template!r} does not start with the trigger's prefix {self.prefix!r}; "
+                f"expected a partition under it, e.g. {self.prefix + 'dt={ds}/'!r}"
             )
         return self
 

@@ -51,7 +51,8 @@ def test_shipped_dev_config_is_valid() -> None:
             "unknown-key",
             "trigger",
             {"colour": "red"},
-            "trigger.colour: unknown key; expected one of: batching, ignore_zero_byte, prefix, sources, suffixes",
+            "trigger.colour: unknown key; expected one of: batching, ignore_zero_byte, partition_template, prefix, "
+            "sources, suffixes",
         ),
         _sales_case(
             "wrong-type",
@@ -137,6 +138,25 @@ def test_shipped_dev_config_is_valid() -> None:
             lambda r: r["tags"].update({"aws:owner": "x"}),
             "config/dev.yaml: tags: key 'aws:owner' is reserved",
             id="reserved-tag",
+        ),
+        _sales_case(
+            "partition-template-unknown-placeholder",
+            "trigger",
+            {"partition_template": "sales/dt={date}/"},
+            "trigger: partition_template: 'sales/dt={date}/': unknown placeholder {date}; expected one of {ds}, "
+            "{yyyy}, {mm}, {dd}, {hh}",
+        ),
+        _sales_case(
+            "partition-template-malformed",
+            "trigger",
+            {"partition_template": "sales/dt={ds/"},
+            "trigger: partition_template: 'sales/dt={ds/': malformed braces",
+        ),
+        _sales_case(
+            "partition-template-outside-prefix",
+            "trigger",
+            {"partition_template": "orders/dt={ds}/"},
+            "trigger: partition_template: 'orders/dt={ds}/' does not start with the trigger's prefix 'sales/'",
         ),
         _sales_case(
             "reserved-output",
