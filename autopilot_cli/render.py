@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from rich.console import Console
 
@@ -15,9 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from autopilot_cli.ledger import RunRecord, failure_reason
+from autopilot_common.links import run_links
 
-_CONSOLE_DOMAINS = {"aws": "console.aws.amazon.com", "aws-us-gov": "console.amazonaws-us-gov.com",
-                    "aws-cn": "console.amazonaws.cn"}  # fmt: skip
 STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "TIMED_OUT": "red", "ABORTED": "yellow",
                 "CANCELLED": "yellow", "STARTED": "cyan", "QUEUED": "blue", "SKIPPED": "dim"}  # fmt: skip
 
@@ -76,22 +74,7 @@ def _clip(text: str, limit: int) -> str:
 
 def console_links(record: RunRecord, region: str, partition: str) -> dict[str, str]:
     """Console pages of the run: its execution, its cluster or job run, its logs in S3."""
-    base = f"https://{region}.{_CONSOLE_DOMAINS.get(partition, _CONSOLE_DOMAINS['aws'])}"
-    entry = record.raw
-    links: dict[str, str] = {}
-    if arn := entry.get("execution_arn"):
-        links["execution"] = f"{base}/states/home?region={region}#/v2/executions/details/{arn}"
-    if cluster_id := entry.get("cluster_id"):
-        links["cluster"] = f"{base}/emr/home?region={region}#/clusterDetails/{cluster_id}"
-    elif (app := entry.get("application_id")) and (job := entry.get("job_run_id")):
-        links["job run"] = f"{base}/emr/home?region={region}#/serverless-applications/{app}/job-runs/{job}"
-    elif (virtual := entry.get("virtual_cluster_id")) and (job := entry.get("job_run_id")):
-        links["job run"] = f"{base}/emr/home?region={region}#/virtual-clusters/{virtual}/job-runs/{job}"
-    if (log_uri := entry.get("log_uri")) and str(log_uri).startswith("s3://"):
-        bucket, _, prefix = str(log_uri)[5:].partition("/")
-        s3_base = base.replace(f"{region}.", "s3.", 1) if partition == "aws" else base
-        links["logs"] = f"{s3_base}/s3/buckets/{bucket}?region={region}&prefix={quote(prefix.rstrip('/') + '/')}"
-    return links
+    return run_links(record.raw, region, partition)
 
 
 def show_run(
