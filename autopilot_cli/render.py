@@ -40,11 +40,15 @@ def _duration(record: RunRecord) -> str:
 
 
 def runs_table(records: list[RunRecord], width: int) -> Table:
-    """One line per run in `width` columns (the terminal's): long run ids and errors wrap instead of widening it."""
+    """One row per run in `width` columns (the terminal's): the error wraps in the room left; run ids stay whole
+    while the terminal leaves the error 24 columns, else they fold."""
     table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
     longest_id = max((len(r.run_id) for r in records), default=6)
-    table.add_column("RUN ID", overflow="fold", min_width=min(longest_id, 36, max(12, width - 100)))
-    table.add_column("PIPELINE", overflow="fold")
+    longest_pipeline = max((len(r.pipeline) for r in records), default=8)
+    others = longest_pipeline + len("SUCCEEDED") + 16 + 7 + 7 + 9 + 24 + 2 * 7  # every other column and its gaps
+    whole_ids = width - others >= longest_id
+    table.add_column("RUN ID", no_wrap=whole_ids, overflow="fold", min_width=min(longest_id, max(12, width - others)))
+    table.add_column("PIPELINE", no_wrap=True)
     table.add_column("STATE", no_wrap=True)
     table.add_column("STARTED", no_wrap=True)
     table.add_column("TOOK", justify="right", no_wrap=True)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from autopilot_cli import logs, watch
 from autopilot_cli.app import app
 from autopilot_cli.ledger import RunRecord, failure_reason, parse_since
-from autopilot_cli.render import console_links
+from autopilot_cli.render import console_links, runs_table
 from autopilot_common.ledger import RUN_STATES, iso, ledger_key
 from autopilot_common.manifest import InputManifest, ManifestObject
 
@@ -563,3 +563,17 @@ def test_show_of_a_failed_run_without_a_driver_log_says_where_it_looked(logs_buc
     assert result.exit_code == 0, result.output
     assert "no driver or step stdout log for run new-failed" in " ".join(result.stdout.split())
     assert "driver log" not in cli("show", "old-ok").stdout  # a run that succeeded has none shown
+
+
+def test_a_runs_table_keeps_run_ids_whole_when_the_terminal_has_room() -> None:
+    from rich.console import Console
+
+    run_id = "sales-daily-8f2f8503d11c66f834eeec7d"  # the router's run ids: 36 characters
+    record = RunRecord(run_id, "sales-daily", "FAILED", None, None, None, "s3://b/k", None, "States.TaskFailed",
+                       "x" * 300, {})  # fmt: skip
+    for width, whole in ((140, True), (80, False)):
+        console = Console(width=width, record=True, color_system=None)
+        console.print(runs_table([record], width))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert (run_id in text) == whole, text
