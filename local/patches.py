@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from moto.core.responses import ActionResult, BaseResponse
+from moto.emrserverless import models as serverless_models
 from moto.events import models as events_models
 from moto.events.exceptions import ValidationException as EventsValidationException
 from moto.s3 import notifications as s3_notifications
@@ -104,6 +105,8 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("send_task_failure", sfn_models.StepFunctionsParserBackend.send_task_failure)
     _ORIGINALS.setdefault("add_event", EventManager.add_event)
     _ORIGINALS.setdefault("program_eval_body", Program._eval_body)
+    _ORIGINALS.setdefault("serverless_list_job_runs", serverless_models.EMRServerlessBackend.list_job_runs)
+    serverless_models.EMRServerlessBackend.list_job_runs = _list_job_runs  # type: ignore[method-assign]
 
     sfn_models.StepFunctionsParserBackend.start_execution = _start_execution  # type: ignore[method-assign]
 
@@ -164,6 +167,14 @@ def install(twin: Twin) -> None:
         return result
 
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+
+def _list_job_runs(self: Any, application_id: str, *args: Any, **kwargs: Any) -> Any:
+    """EMR Serverless ListJobRuns: moto refuses an application that has no job run yet (ResourceNotFoundException),
+    AWS lists none; only an application that does not exist is refused (API reference, ListJobRuns: Errors)."""
+    if application_id in self.applications and application_id not in self.job_runs:
+        return []
+    return _ORIGINALS["serverless_list_job_runs"](self, application_id, *args, **kwargs)
 
 
 HISTORY_LIMIT_CAUSE = "The execution reached the maximum number of history events ({limit})."
@@ -356,6 +367,7 @@ def uninstall() -> None:
     sfn_models.StepFunctionsParserBackend.send_task_failure = _ORIGINALS["send_task_failure"]  # type: ignore[method-assign]
     EventManager.add_event = _ORIGINALS["add_event"]  # type: ignore[method-assign]
     Program._eval_body = _ORIGINALS["program_eval_body"]  # type: ignore[method-assign]
+    serverless_models.EMRServerlessBackend.list_job_runs = _ORIGINALS["serverless_list_job_runs"]  # type: ignore[method-assign]
 
 
 def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:

@@ -375,3 +375,12 @@ def test_execution_events_leave_out_input_and_output_over_248_kib_as_aws_does() 
     assert _event_data("x" * EVENT_DATA_LIMIT_BYTES) == ("x" * EVENT_DATA_LIMIT_BYTES, {"included": True})
     assert _event_data("x" * (EVENT_DATA_LIMIT_BYTES + 1)) == (None, {"included": False})
     assert _event_data(None) == (None, None)
+
+
+def test_list_job_runs_of_an_application_without_runs_is_empty_as_aws_answers(twin: Twin) -> None:
+    serverless = twin.client("emr-serverless")
+    app = serverless.create_application(name=f"fidelity-{next(_names)}", releaseLabel="emr-7.5.0", type="SPARK")
+    assert serverless.list_job_runs(applicationId=app["applicationId"])["jobRuns"] == []  # moto: ResourceNotFound
+    with pytest.raises(ClientError) as missing:
+        serverless.list_job_runs(applicationId="00notanapp00")
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
