@@ -691,7 +691,7 @@ def test_ui_of_an_eks_run_names_its_job_run_and_says_when_the_ui_is_not_ready(st
     [
         ("waiting", [], 1, "run waiting is QUEUED: it has no job run or cluster yet (it is waiting for a run slot)"),
         ("nope", [], 1, "no run 'nope' in the ledger of autopilot-dev"),
-        ("old-ok", [], 1, "run old-ok is SUCCEEDED: it has no job run or cluster yet"),
+        ("old-ok", [], 1, "run old-ok is SUCCEEDED: its ledger entry names no job run or cluster, so there is no"),
         ("new-failed", ["--attempt", "0"], 2, "Usage: emr-autopilot ui [OPTIONS] {RUN}"),
     ],
 )
