@@ -80,8 +80,8 @@ def _fail(exc: Exception, code: int) -> NoReturn:
 app = typer.Typer(
     cls=_Group,
     name=PROG,
-    help="Operate EMR Autopilot deployments (in AWS or in the local twin): runs, a run's story, starting, "
-    "cancelling and re-running runs, what runs now.",
+    help="Operate EMR Autopilot deployments (in AWS or in the local twin): runs, a run's story and cost, Spark UI "
+    "links, starting, cancelling and re-running runs, what runs now.",
     epilog="Exit codes: 0 ok; 1 the operation failed (AWS refused, no such run, a waited-for run failed); "
     "2 bad usage. "
     "Docs: docs/operations/cli.md",
