@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import webbrowser
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -49,6 +50,7 @@ from autopilot_cli.render import (
     show_run,
     show_status,
 )
+from autopilot_cli.spark_ui import READY_TIMEOUT_SECONDS, spark_ui_link
 from autopilot_cli.status import running_now
 from autopilot_cli.watch import cleaned_up, ended, follow, look
 from autopilot_common.ledger import FAILED, FINAL_STATES, RUN_STATES, TIMED_OUT
@@ -78,8 +80,8 @@ def _fail(exc: Exception, code: int) -> NoReturn:
 app = typer.Typer(
     cls=_Group,
     name=PROG,
-    help="Operate EMR Autopilot deployments (in AWS or in the local twin): runs, a run's story, starting, "
-    "cancelling and re-running runs, what runs now.",
+    help="Operate EMR Autopilot deployments (in AWS or in the local twin): runs, a run's story and cost, Spark UI "
+    "links, starting, cancelling and re-running runs, what runs now.",
     epilog="Exit codes: 0 ok; 1 the operation failed (AWS refused, no such run, a waited-for run failed); "
     "2 bad usage. "
     "Docs: docs/operations/cli.md",
@@ -183,6 +185,40 @@ def show(
         typer.echo(json.dumps(as_json(record) | {"links": links} | extra, indent=2))
     else:
         show_run(Console(), record, deployment.region, deployment.partition, log)
+
+
+@app.command()
+def ui(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="the run id (the execution's name)")],
+    attempt: Annotated[
+        int | None, typer.Option(min=1, help="EMR Serverless: this attempt of the job run (default: the latest)")
+    ] = None,
+    open_: Annotated[bool, typer.Option("--open", help="also open the link in the default web browser")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="EMR on EC2/EKS: seconds to wait for the persistent UI to be ready")
+    ] = READY_TIMEOUT_SECONDS,
+    as_json_: JsonFlag = False,
+) -> None:
+    """A fresh Spark UI link for a running or finished run: EMR Serverless' dashboard (GetDashboardForJobRun; live
+    while the job runs, the Spark History Server after; valid for one hour), else the persistent Spark History
+    Server of the run's EMR cluster or EMR on EKS job run (a presigned link).
+
+    Prints the link on stdout (how long it is valid on stderr). Exits 1 when the run has no job run or cluster yet
+    (QUEUED, SKIPPED), AWS refused, or the UI was not ready within --timeout.
+    """
+    deployment = _deployment(ctx)
+    record = find_run(deployment.client("s3"), deployment.outputs_bucket, run_id)
+    if record is None:
+        raise OperationFailed(f"no run {run_id!r} in the ledger of {deployment.stack_name}")
+    link = spark_ui_link(deployment, record, attempt, timeout)
+    if as_json_:
+        typer.echo(json.dumps(link.as_json(), indent=2))
+    else:
+        typer.echo(link.url)
+        typer.echo(f"{link.runtime}: {link.note}", err=True)
+    if open_ and not webbrowser.open(link.url):
+        raise OperationFailed(f"no web browser to open {link.url} in (the link is above)")
 
 
 SHOW_LOG_LINES = 10

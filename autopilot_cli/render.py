@@ -26,6 +26,7 @@ def as_json(record: RunRecord) -> dict[str, Any]:
         "duration_seconds": record.duration_seconds,
         "admission": record.admission or None,
         "failure": failure_reason(record.error, record.cause),
+        "cost": record.raw.get("cost"),
     }
     return asdict(record) | derived
 
@@ -41,11 +42,14 @@ def _duration(record: RunRecord) -> str:
 
 def runs_table(records: list[RunRecord], width: int) -> Table:
     """One row per run in `width` columns (the terminal's): the error wraps in the room left; run ids stay whole
-    while the terminal leaves the error 24 columns, else they fold."""
+    while the terminal leaves the error 24 columns, else they fold. COST only when some run recorded one (ledgers of
+    older versions have none: the error keeps the room)."""
     table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
     longest_id = max((len(r.run_id) for r in records), default=6)
     longest_pipeline = max((len(r.pipeline) for r in records), default=8)
+    priced = any(isinstance(r.raw.get("cost"), dict) for r in records)  # no cost recorded anywhere: no column
     others = longest_pipeline + len("SUCCEEDED") + 16 + 7 + 7 + 9 + 24 + 2 * 7  # every other column and its gaps
+    others += 11 if priced else 0  # COST ("$123.4567") and its gap
     whole_ids = width - others >= longest_id
     table.add_column("RUN ID", no_wrap=whole_ids, overflow="fold", min_width=min(longest_id, max(12, width - others)))
     table.add_column("PIPELINE", no_wrap=True)
@@ -54,6 +58,8 @@ def runs_table(records: list[RunRecord], width: int) -> Table:
     table.add_column("TOOK", justify="right", no_wrap=True)
     table.add_column("WAITED", justify="right", no_wrap=True)
     table.add_column("ROWS", justify="right", no_wrap=True)
+    if priced:
+        table.add_column("COST", justify="right", no_wrap=True)
     table.add_column("ERROR", min_width=24)
     for r in records:
         rows = f"{r.rows_in if r.rows_in is not None else '-'}/{r.rows_out if r.rows_out is not None else '-'}"
@@ -67,6 +73,7 @@ def runs_table(records: list[RunRecord], width: int) -> Table:
             _duration(r),
             r.waited,
             rows,
+            *([cost_cell(r.raw.get("cost"))] if priced else []),
             Text(_clip(str(reason), 200), style="red" if r.error else "dim"),
         )
     return table
@@ -77,8 +84,52 @@ def _clip(text: str, limit: int) -> str:
 
 
 def console_links(record: RunRecord, region: str, partition: str) -> dict[str, str]:
-    """Console pages of the run: its execution, its cluster or job run, its logs in S3."""
+    """Console pages of the run: the ledger entry's `links` when it records them, else computed from its ids (its
+    execution, its cluster or job run, its logs in S3)."""
+    recorded = record.raw.get("links")
+    if isinstance(recorded, dict) and recorded:
+        return {str(label): str(url) for label, url in recorded.items()}
     return run_links(record.raw, region, partition)
+
+
+def usd(amount: float) -> str:
+    """`$12.35`; below a dollar four decimals (`$0.0042`), so a small run's cost is not shown as $0.00."""
+    return f"${amount:,.2f}" if abs(amount) >= 1 else f"${amount:.4f}"
+
+
+def cost_cell(cost: Any) -> Text:
+    """The runs table's COST: `$0.0042`, `n/a` (a price is missing: `show` says which), `-` (no cost recorded)."""
+    if not isinstance(cost, dict):
+        return Text("-", style="dim")
+    amount = cost.get("usd")
+    return Text(
+        usd(float(amount)) if isinstance(amount, int | float) else "n/a", style="" if amount is not None else "yellow"
+    )
+
+
+def cost_rows(cost: Any) -> list[tuple[str, str]]:
+    """`show`'s cost section: the total (or why there is none), each priced line, the notes, where prices came from."""
+    if not isinstance(cost, dict):
+        return []
+    amount = cost.get("usd")
+    total = (
+        usd(float(amount)) if isinstance(amount, int | float) else f"unknown: {cost.get('reason') or 'no reason given'}"
+    )
+    rows = [("total", total)]
+    for line in cost.get("breakdown") or []:
+        rows.append(
+            (str(line.get("item", "")), f"{line.get('quantity', 0):g} {line.get('unit', '')} x "
+             f"${line.get('rate_usd', 0):g} = {usd(float(line.get('usd') or 0))}")
+        )  # fmt: skip
+    rows.extend(("note", str(note)) for note in cost.get("notes") or [])
+    if cost.get("price_source"):
+        rows.append(
+            (
+                "prices",
+                f"{cost['price_source']}" + (f", as of {cost['prices_as_of']}" if cost.get("prices_as_of") else ""),
+            )
+        )
+    return rows
 
 
 def show_run(
@@ -112,6 +163,7 @@ def show_run(
     _section(console, "outputs", outputs)
     if reason := failure_reason(record.error, record.cause) or entry.get("reason"):
         _section(console, "failure" if record.error else "reason", [("why", str(reason))])
+    _section(console, "cost", cost_rows(entry.get("cost")))
     if log is not None:
         where, lines = log
         _section(console, "driver log", [("log", where)] + [("", line) for line in lines])

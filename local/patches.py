@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from moto.core.responses import ActionResult, BaseResponse
 from moto.emrserverless import models as serverless_models
+from moto.emrserverless import urls as emrserverless_urls
+from moto.emrserverless.responses import EMRServerlessResponse
 from moto.events import models as events_models
 from moto.events.exceptions import ValidationException as EventsValidationException
 from moto.s3 import notifications as s3_notifications
@@ -46,6 +48,7 @@ from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped, Pro
 from moto.stepfunctions.parser.backend import execution as sfn_execution
 
 from local import validation
+from local.app_ui import APP_UI_ACTIONS
 from local.cloudtrail import access_key_id_from
 from local.faults import TwinClientError
 from local.iam import hooks as iam_hooks
@@ -58,6 +61,7 @@ _ORIGINALS: dict[str, Any] = {}
 _TERMINATION_LOCK = threading.Lock()
 _STOP_REASONS: dict[str, tuple[str | None, str | None]] = {}  # execution ARN -> StopExecution's (error, cause)
 # S3 PUT sub-resources that are not object writes (PutObjectAcl, UploadPart, ...): no data event.
+DASHBOARD_PATH = "{0}/applications/(?P<applicationId>[^/]+)/jobruns/(?P<jobRunId>[^/]+)/dashboard$"
 _NOT_OBJECT_WRITES = ("uploadId", "partNumber", "acl", "tagging", "retention", "legal-hold")
 
 
@@ -109,6 +113,9 @@ def install(twin: Twin) -> None:
     serverless_models.EMRServerlessBackend.list_job_runs = _list_job_runs  # type: ignore[method-assign]
 
     sfn_models.StepFunctionsParserBackend.start_execution = _start_execution  # type: ignore[method-assign]
+    # moto routes no GetDashboardForJobRun (botocore emr-serverless: GET .../jobruns/{jobRunId}/dashboard): the twin's
+    # server must, before it builds its emr-serverless app (on the first request to the service).
+    emrserverless_urls.url_paths.setdefault(DASHBOARD_PATH, EMRServerlessResponse.dispatch)
 
     def s3_event_bridge(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
         twin.s3_object_created(bucket, key, event_name)
@@ -368,6 +375,7 @@ def uninstall() -> None:
     EventManager.add_event = _ORIGINALS["add_event"]  # type: ignore[method-assign]
     Program._eval_body = _ORIGINALS["program_eval_body"]  # type: ignore[method-assign]
     serverless_models.EMRServerlessBackend.list_job_runs = _ORIGINALS["serverless_list_job_runs"]  # type: ignore[method-assign]
+    emrserverless_urls.url_paths.pop(DASHBOARD_PATH, None)
 
 
 def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
@@ -382,6 +390,13 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
         params = {**(response.uri_match or {}), **(getattr(response, "params", None) or {})}
         result = twin.emr_containers.handle_api(action, params)
         return None if result is None else response.serialized(ActionResult(result))
+    if response.service_name == "emr-serverless" and action == "GetDashboardForJobRun":  # moto has no such API
+        dashboard = twin.app_uis.dashboard_for_job_run(
+            str(response._get_param("applicationId")),
+            str(response._get_param("jobRunId")),
+            response._get_param("attempt"),
+        )
+        return 200, {"Content-Type": "application/json"}, json.dumps(dashboard)
     if response.service_name == "emr-serverless" and action == "CancelJobRun":
         # moto would only flip its record's state; the twin's model must stop the run it is driving.
         result = twin.emr_serverless.cancel_job_run(
@@ -512,7 +527,10 @@ def _serve_emr(twin: Twin, response: Any, action: str) -> tuple[int, dict[str, s
     params = params if isinstance(params, dict) else {}
     try:
         twin.faults.check("emr", action)
-        result = twin.emr_ec2.handle_api(action, params)
+        if action in APP_UI_ACTIONS:
+            result: dict[str, Any] | None = twin.app_uis.handle_api(action, params)
+        else:
+            result = twin.emr_ec2.handle_api(action, params)
     except TwinClientError as error:
         twin.cloudtrail.emr_call(action, params, None, caller=_caller(twin, response), error=error)
         raise

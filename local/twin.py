@@ -26,6 +26,7 @@ import boto3
 from botocore.config import Config
 
 from local import eventbridge
+from local.app_ui import AppUis
 from local.cloudtrail import DEFAULT_ACCESS_KEY, CloudTrail
 from local.cloudwatch import CloudWatchAlarms
 from local.emr_containers import EmrContainersTwin
@@ -140,6 +141,7 @@ class Twin:
         self.emr_ec2: EmrEc2Twin
         self.emr_containers: EmrContainersTwin
         self.iam: IamEnforcer
+        self.app_uis: AppUis
         self.cloudtrail = CloudTrail(account=self.account, region=self.region, emit=self.put_event)
         self.cloudwatch = CloudWatchAlarms(account=self.account, region=self.region, emit=self.put_event)
         self._schedules = threading.Event()  # set: no background schedule ticking (see start_schedules)
@@ -194,6 +196,8 @@ class Twin:
         from local.iam.hooks import TwinLookups, make_enforcer
 
         self.iam = make_enforcer(self, self.iam_enforced)
+        self.app_uis = AppUis(self)
+        self.app_uis.server.start()
         _load_aws_managed_policies(self.account)
         if not self.iam_enforced:
             LOG.warning("IAM ENFORCEMENT IS OFF: the twin lets through calls AWS would refuse (debugging only)")
@@ -227,6 +231,7 @@ class Twin:
         self.emr_containers.shutdown()
         self.emr_ec2.shutdown()
         self._server.stop()
+        self.app_uis.server.stop()
         from moto.core.config import default_user_config
 
         from local import cloudwatch, patches, sfn_integrations

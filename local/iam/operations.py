@@ -411,6 +411,32 @@ def _emr_remove_tags(p: Mapping[str, Any], lookups: Lookups) -> list[Authorizati
     return [Authorization("elasticmapreduce:RemoveTags", cluster_arn(lookups, p["ResourceId"]), context)]
 
 
+@operation("emr", "CreatePersistentAppUI")
+def _emr_create_persistent_app_ui(p: Mapping[str, Any], lookups: Lookups) -> list[Authorization]:
+    # Service Authorization Reference: the persistent application UI actions have one (required) resource type,
+    # `cluster`. An EMR on EKS target (a virtual cluster ARN) is no cluster: the twin asks for `cluster/*`, strict
+    # where the reference is silent (it can only refuse more than AWS).
+    target = str(p.get("TargetResourceArn") or "")
+    prefix = cluster_arn(lookups, "")
+    return [Authorization("elasticmapreduce:CreatePersistentAppUI", target if target.startswith(prefix) else
+                          cluster_arn(lookups, "*"))]  # fmt: skip
+
+
+def _persistent_app_ui_row(action: str) -> Row:
+    # Only the UI's id is in the request (its cluster is not): asked for `cluster/*`, as above. ExecutionRoleArn
+    # (GetPersistentAppUIPresignedURL) is that action's condition key elasticmapreduce:ExecutionRoleArn.
+    def row(p: Mapping[str, Any], lookups: Lookups) -> list[Authorization]:
+        role = p.get("ExecutionRoleArn")
+        context: dict[str, ContextValue] = {"elasticmapreduce:ExecutionRoleArn": role} if role else {}
+        return [Authorization(action, cluster_arn(lookups, "*"), context)]
+
+    return row
+
+
+for _name in ("DescribePersistentAppUI", "GetPersistentAppUIPresignedURL"):
+    operation("emr", _name)(_persistent_app_ui_row(f"elasticmapreduce:{_name}"))
+
+
 _no_resource("emr", "elasticmapreduce", "ListClusters", "DescribeSecurityConfiguration", "ListSecurityConfigurations")
 # Finalize prices a transient cluster's spot instances (Service Authorization Reference: no resource types).
 _no_resource("ec2", "ec2", "DescribeSpotPriceHistory")

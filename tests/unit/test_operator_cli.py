@@ -13,12 +13,14 @@ from typing import Any
 import boto3
 import pytest
 from botocore.client import BaseClient
+from botocore.stub import Stubber
 from moto.emrserverless.models import emrserverless_backends
 from moto.stepfunctions.models import stepfunctions_backends
 from typer.testing import CliRunner
 
 from autopilot_cli import logs, watch
 from autopilot_cli.app import app
+from autopilot_cli.deployment import Deployment
 from autopilot_cli.ledger import RunRecord, failure_reason, parse_since
 from autopilot_cli.render import console_links, runs_table
 from autopilot_common.ledger import RUN_STATES, iso, ledger_key
@@ -577,3 +579,145 @@ def test_a_runs_table_keeps_run_ids_whole_when_the_terminal_has_room() -> None:
         text = console.export_text()
         assert max(len(line) for line in text.splitlines()) <= width
         assert (run_id in text) == whole, text
+
+
+# ---------------------------------------------------------------------------------------------- Spark UI, cost
+
+COST = {
+    "usd": 0.01234,
+    "breakdown": [
+        {"item": "vCPU", "quantity": 0.5, "unit": "vCPU-hours", "rate_usd": 0.052624, "usd": 0.026312},
+        {"item": "memory", "quantity": 2.0, "unit": "GB-hours", "rate_usd": 0.0057785, "usd": 0.011557},
+    ],
+    "price_source": "prices.json v1: AWS Price List API",
+    "prices_as_of": "2026-11-01",
+    "notes": ["the first 20 GB of storage are free"],
+}
+
+
+def test_show_and_runs_carry_the_cost_and_a_missing_price_says_why(account: dict[str, Any]) -> None:
+    _write_entry("priced", COST)
+    _write_entry("unpriced", {"usd": None, "reason": "no prices for region xx-east-9", "breakdown": [],
+                              "price_source": "prices.json v1", "prices_as_of": "2026-11-01"})  # fmt: skip
+    shown = " ".join(cli("show", "priced").stdout.split())
+    assert "cost total $0.0123" in shown and "vCPU 0.5 vCPU-hours x $0.052624 = $0.0263" in shown, shown
+    assert "note the first 20 GB of storage are free" in shown and "as of 2026-11-01" in shown
+    assert "unknown: no prices for region xx-east-9" in " ".join(cli("show", "unpriced").stdout.split())
+    assert json.loads(cli("show", "priced", "--json").stdout)["cost"] == COST
+    listed = {r["run_id"]: r["cost"] for r in json.loads(cli("runs", "--json").stdout)}
+    assert listed["priced"] == COST and listed["unpriced"]["usd"] is None and listed["old-ok"] is None
+    table = CliRunner().invoke(app, ["--region", REGION, "runs"], env={"COLUMNS": "100"}).stdout
+    lines = table.splitlines()
+    assert "COST" in lines[0] and max(len(line) for line in lines) <= 100, table
+    cells = {line.split()[0]: line for line in lines[1:] if line.split()}
+    assert "$0.0123" in cells["priced"] and " n/a " in cells["unpriced"] and " - " in cells["old-ok"]
+
+
+def test_show_prefers_the_links_the_ledger_recorded(account: dict[str, Any]) -> None:
+    _write_entry("linked", None, links={"execution": "https://example.test/exec", "logs": "https://example.test/l"})
+    shown = json.loads(cli("show", "linked", "--json").stdout)
+    assert shown["links"] == {"execution": "https://example.test/exec", "logs": "https://example.test/l"}
+    assert "https://example.test/exec" in cli("show", "linked").stdout
+
+
+def _write_entry(run_id: str, cost: dict[str, Any] | None, **more: Any) -> None:
+    started = datetime.now(UTC) - timedelta(minutes=10)
+    entry = _entry(run_id, "sales-daily", "SUCCEEDED", started, ended_at=iso(started + timedelta(minutes=2))) | more
+    if cost is not None:
+        entry["cost"] = cost
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=OUTPUTS, Key=ledger_key("sales-daily", started, run_id), Body=json.dumps(entry).encode()
+    )
+
+
+@pytest.fixture
+def stubbed(account: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Stubber]]:
+    """moto has none of the Spark UI APIs (GetDashboardForJobRun, CreatePersistentAppUI, DescribePersistentAppUI,
+    GetPersistentAppUIPresignedURL): the CLI's emr-serverless, emr and emr-containers clients are botocore Stubbers
+    (which check every request against the service model); S3 and CloudFormation stay moto's."""
+    stubs: dict[str, Stubber] = {}
+    original = Deployment.client
+
+    def client(self: Deployment, service: str) -> Any:
+        if service not in ("emr-serverless", "emr", "emr-containers"):
+            return original(self, service)
+        return _stub(stubs, service).client
+
+    monkeypatch.setattr(Deployment, "client", client)
+    yield stubs
+    for stub in stubs.values():
+        stub.assert_no_pending_responses()
+
+
+def _stub(stubs: dict[str, Stubber], service: str) -> Stubber:
+    if service not in stubs:
+        stubs[service] = Stubber(boto3.client(service, region_name=REGION))
+        stubs[service].activate()
+    return stubs[service]
+
+
+def test_ui_of_a_serverless_run_is_its_dashboard_link(stubbed: dict[str, Stubber]) -> None:
+    _write_entry("sl", None, application_id="00app", job_run_id="00job", runtime="emr-serverless")
+    stub = _stub(stubbed, "emr-serverless")
+    stub.add_response("get_dashboard_for_job_run", {"url": "https://ui.test/a"},
+                      {"applicationId": "00app", "jobRunId": "00job"})  # fmt: skip
+    stub.add_response("get_dashboard_for_job_run", {"url": "https://ui.test/b"},
+                      {"applicationId": "00app", "jobRunId": "00job", "attempt": 2})  # fmt: skip
+    result = cli("ui", "sl")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "https://ui.test/a" and "valid for one hour" in result.stderr
+    shown = json.loads(cli("ui", "sl", "--attempt", "2", "--json").stdout)
+    assert shown["url"] == "https://ui.test/b" and shown["runtime"] == "emr-serverless"
+
+
+def test_ui_of_a_cluster_run_polls_the_persistent_ui_until_ready(stubbed: dict[str, Stubber]) -> None:
+    _write_entry("ec2", None, cluster_id="j-1ABC", runtime="emr-ec2")
+    arn = f"arn:aws:elasticmapreduce:{REGION}:123456789012:cluster/j-1ABC"
+    stub = _stub(stubbed, "emr")
+    stub.add_response("describe_cluster", {"Cluster": {"Id": "j-1ABC", "ClusterArn": arn}}, {"ClusterId": "j-1ABC"})
+    stub.add_response("create_persistent_app_ui", {"PersistentAppUIId": "p-1"}, {"TargetResourceArn": arn})
+    wanted = {"PersistentAppUIId": "p-1", "PersistentAppUIType": "SHS"}
+    stub.add_response("get_persistent_app_ui_presigned_url", {"PresignedURLReady": False}, wanted)
+    stub.add_response("get_persistent_app_ui_presigned_url",
+                      {"PresignedURLReady": True, "PresignedURL": "https://shs.test/p-1"}, wanted)  # fmt: skip
+    result = cli("ui", "ec2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "https://shs.test/p-1" and "cluster j-1ABC" in result.stderr
+
+
+def test_ui_of_an_eks_run_names_its_job_run_and_says_when_the_ui_is_not_ready(stubbed: dict[str, Stubber]) -> None:
+    _write_entry("eks", None, virtual_cluster_id="vc1", job_run_id="jr1", runtime="emr-eks")
+    arn = f"arn:aws:emr-containers:{REGION}:123456789012:/virtualclusters/vc1"
+    stubbed_eks = _stub(stubbed, "emr-containers")
+    stubbed_eks.add_response("describe_virtual_cluster", {"virtualCluster": {"id": "vc1", "arn": arn}}, {"id": "vc1"})
+    stub = _stub(stubbed, "emr")
+    stub.add_response("create_persistent_app_ui", {"PersistentAppUIId": "p-2"},
+                      {"TargetResourceArn": arn, "EMRContainersConfig": {"JobRunId": "jr1"}})  # fmt: skip
+    stub.add_response("get_persistent_app_ui_presigned_url", {"PresignedURLReady": False},
+                      {"PersistentAppUIId": "p-2", "PersistentAppUIType": "SHS"})  # fmt: skip
+    result = cli("ui", "eks", "--timeout", "0")
+    assert result.exit_code == 1, result.output
+    assert "persistent application UI p-2 is not ready after 0s (PresignedURLReady false)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("run_id", "args", "code", "message"),
+    [
+        ("waiting", [], 1, "run waiting is QUEUED: it has no job run or cluster yet (it is waiting for a run slot)"),
+        ("nope", [], 1, "no run 'nope' in the ledger of autopilot-dev"),
+        ("old-ok", [], 1, "run old-ok is SUCCEEDED: its ledger entry names no job run or cluster, so there is no"),
+        ("new-failed", ["--attempt", "0"], 2, "Usage: emr-autopilot ui [OPTIONS] {RUN}"),
+    ],
+)
+def test_ui_without_a_job_run_or_with_bad_usage(
+    stubbed: dict[str, Stubber], run_id: str, args: list[str], code: int, message: str
+) -> None:
+    result = cli("ui", run_id, *args)
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.stderr.replace("│", " ").split())
+
+
+def test_ui_attempt_is_for_serverless_runs_only(stubbed: dict[str, Stubber]) -> None:
+    _write_entry("ec2b", None, cluster_id="j-2", runtime="emr-ec2")
+    result = cli("ui", "ec2b", "--attempt", "1")
+    assert result.exit_code == 2 and "--attempt: only EMR Serverless job runs have attempts" in result.stderr
