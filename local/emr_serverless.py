@@ -5,12 +5,18 @@ ClientToken (a second StartJobRun with the same token starts a second job), and 
 already finished. The twin adds: idempotent StartJobRun by ClientToken, the state progression
 SUBMITTED -> SCHEDULED -> RUNNING -> SUCCESS / FAILED (or CANCELLING -> CANCELLED), the job
 really running on local Spark (or completing at once in `instant` mode, for fast tests),
-"EMR Serverless Job Run State Change" events, and on-demand job faults (fail / hang).
+"EMR Serverless Job Run State Change" events, on-demand job faults (fail / hang), and the usage GetJobRun
+reports at the end (moto reports zeros): `billedResourceUtilization`, `totalResourceUtilization` and
+`totalExecutionDurationSeconds` from the run's real duration x the workers its spark-submit parameters ask for
+(`autopilot_common.spark_resources.serverless_workers`, EMR Serverless' defaults), as EMR Serverless bills them
+(API reference, JobRun.billedResourceUtilization: "a 1-minute minimum usage for workers, plus additional storage
+over 20 GB per worker"), with `startedAt`/`endedAt`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,12 +25,15 @@ from typing import Any, Unpack
 
 from moto.emrserverless.models import emrserverless_backends
 
+from autopilot_common.spark_resources import serverless_workers
 from local.emr_service import EmrServiceModel, EmrServiceSettings
 from local.faults import TwinClientError
 from local.spark_runner import SparkJob, SparkResult
 
 LOG = logging.getLogger("twin.emr-serverless")
 TERMINAL = {"SUCCESS", "FAILED", "CANCELLED"}
+MINIMUM_BILLED_SECONDS = 60  # per worker (API reference, JobRun.billedResourceUtilization)
+FREE_STORAGE_GB = 20  # per worker: only storage beyond it is billed
 
 
 @dataclass
@@ -82,6 +91,7 @@ class EmrServerlessTwin(EmrServiceModel):
                 execution_timeout_minutes=max(5, int(params.get("ExecutionTimeoutMinutes") or 720)),
                 name=params.get("Name"),
             )
+            run.created_at = datetime.now(UTC)  # moto's is the day's midnight; GetJobRun's createdAt is the submission
             tracked = TrackedRun(app_id, run.id, run)
             self.runs[(app_id, run.id)] = tracked
             if token:
@@ -118,6 +128,9 @@ class EmrServerlessTwin(EmrServiceModel):
             "JobDriver": run.job_driver,
             "Tags": run.tags or {},
             "TotalExecutionDurationSeconds": run.total_execution_duration_seconds,
+            "BilledResourceUtilization": run.billed_resource_utilization,
+            "TotalResourceUtilization": getattr(run, "total_resource_utilization", None)
+            or {"vCPUHour": 0.0, "memoryGBHour": 0.0, "storageGBHour": 0.0},
         }
 
     def wait(self, application_id: str, job_run_id: str, timeout: float | None = None) -> bool:
@@ -136,6 +149,8 @@ class EmrServerlessTwin(EmrServiceModel):
 
     def _drive(self, tracked: TrackedRun) -> None:
         started = time.monotonic()
+        tracked.moto_run.started_at = datetime.now(UTC)
+        tracked.moto_run.attempt = 1  # the twin honours no retryPolicy: every run is its first attempt
         try:
             for state in ("SCHEDULED", "RUNNING"):
                 if tracked.cancel.is_set():
@@ -154,9 +169,37 @@ class EmrServerlessTwin(EmrServiceModel):
         except Exception as exc:  # a twin defect must still end the job run
             LOG.exception("job run %s crashed in the twin", tracked.job_run_id)
             final, details = "FAILED", f"twin error: {exc}"
-        tracked.moto_run.total_execution_duration_seconds = int(time.monotonic() - started)
+        self._record_usage(tracked, time.monotonic() - started)
         self._set_state(tracked, final, details)
         tracked.done.set()
+
+    def _record_usage(self, tracked: TrackedRun, seconds: float) -> None:
+        """What EMR Serverless reports at the end: the duration rounded up to the second, and each worker's vCPU,
+        memory and storage over it (total), billed with the one-minute minimum and only storage beyond 20 GB."""
+        run = tracked.moto_run
+        run.ended_at = datetime.now(UTC)
+        duration = math.ceil(seconds)
+        run.total_execution_duration_seconds = duration
+        spark = (run.job_driver or {}).get("sparkSubmit") or (run.job_driver or {}).get("SparkSubmit") or {}
+        try:
+            workers = serverless_workers(spark.get("sparkSubmitParameters") or spark.get("SparkSubmitParameters") or "")
+        except ValueError as exc:  # EMR Serverless would have refused the job; nothing ran, nothing billed
+            LOG.warning("job run %s: no usage: %s", run.id, exc)
+            return
+        billed = max(duration, MINIMUM_BILLED_SECONDS)
+
+        def usage(seconds: float, free_storage: float) -> dict[str, float]:
+            hours = seconds / 3600
+            return {
+                "vCPUHour": round(sum(w.count * w.vcpu for w in workers.workers) * hours, 6),
+                "memoryGBHour": round(sum(w.count * w.memory_gb for w in workers.workers) * hours, 6),
+                "storageGBHour": round(
+                    sum(w.count * max(0.0, w.disk_gb - free_storage) for w in workers.workers) * hours, 6
+                ),
+            }
+
+        run.total_resource_utilization = usage(duration, 0.0)
+        run.billed_resource_utilization = usage(billed, FREE_STORAGE_GB)
 
     def _execute(self, tracked: TrackedRun) -> tuple[str, str]:
         if self.runner is None:
