@@ -15,10 +15,12 @@ over 20 GB per worker"), with `startedAt`/`endedAt`.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Unpack
@@ -26,9 +28,10 @@ from typing import Any, Unpack
 from moto.emrserverless.models import emrserverless_backends
 
 from autopilot_common.spark_resources import serverless_workers
+from local.emr_containers import camel, pascal
 from local.emr_service import EmrServiceModel, EmrServiceSettings
 from local.faults import TwinClientError
-from local.spark_runner import SparkJob, SparkResult
+from local.spark_runner import SparkJob, SparkResult, log_key
 
 LOG = logging.getLogger("twin.emr-serverless")
 TERMINAL = {"SUCCESS", "FAILED", "CANCELLED"}
@@ -54,6 +57,8 @@ class EmrServerlessTwin(EmrServiceModel):
     def __init__(self, **settings: Unpack[EmrServiceSettings]) -> None:
         super().__init__(**settings)
         self.runs: dict[tuple[str, str], TrackedRun] = {}
+        # S3 as a role (twin.py sets it): an injected job failure's driver log is written as the job's role
+        self.s3_for_role: Callable[[str, str], Any] | None = None
         self._tokens: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
@@ -85,8 +90,10 @@ class EmrServerlessTwin(EmrServiceModel):
                 application_id=app_id,
                 client_token=token,
                 execution_role_arn=params["ExecutionRoleArn"],
-                job_driver=params.get("JobDriver"),
-                configuration_overrides=params.get("ConfigurationOverrides"),
+                # Stored as the API has them (camelCase: GetJobRun returns jobDriver.sparkSubmit.entryPoint, ...),
+                # whichever casing the caller used (Step Functions' PascalCase parameters).
+                job_driver=camel(params.get("JobDriver")),
+                configuration_overrides=camel(params.get("ConfigurationOverrides")),
                 tags=params.get("Tags"),
                 execution_timeout_minutes=max(5, int(params.get("ExecutionTimeoutMinutes") or 720)),
                 name=params.get("Name"),
@@ -125,7 +132,7 @@ class EmrServerlessTwin(EmrServiceModel):
             "StateDetails": run.state_details or "",
             "ReleaseLabel": run.release_label,
             "ExecutionRole": run.execution_role_arn,
-            "JobDriver": run.job_driver,
+            "JobDriver": pascal(run.job_driver),
             "Tags": run.tags or {},
             "TotalExecutionDurationSeconds": run.total_execution_duration_seconds,
             "BilledResourceUtilization": run.billed_resource_utilization,
@@ -164,6 +171,7 @@ class EmrServerlessTwin(EmrServiceModel):
                 final, details = "CANCELLED", "Job run was cancelled"
             elif fault is not None:
                 final, details = "FAILED", fault.message
+                self._write_failure_logs(tracked, fault.message)
             else:
                 final, details = self._execute(tracked)
         except Exception as exc:  # a twin defect must still end the job run
@@ -201,21 +209,42 @@ class EmrServerlessTwin(EmrServiceModel):
         run.total_resource_utilization = usage(duration, 0.0)
         run.billed_resource_utilization = usage(billed, FREE_STORAGE_GB)
 
+    def _write_failure_logs(self, tracked: TrackedRun, message: str) -> None:
+        """An injected job failure still leaves a driver log, as a failed EMR Serverless driver does: stderr.gz with
+        the error (and an empty stdout.gz) in the EMR Serverless layout under the job's S3 log URI, written as the
+        job's role (with s3_for_role; without it, or with no s3:// log URI, nothing is written)."""
+        run = tracked.moto_run
+        log_uri = _log_uri(run)
+        if self.s3_for_role is None or not log_uri or not log_uri.startswith("s3://"):
+            return
+        stamp = datetime.now(UTC).strftime("%y/%m/%d %H:%M:%S")
+        texts = {
+            "stdout": "",
+            "stderr": f"{stamp} INFO SparkContext: Running Spark job run {run.id}\n"
+            f"{stamp} ERROR SparkContext: {message}\n"
+            f'Exception in thread "main" org.apache.spark.SparkException: {message}\n',
+        }
+        bucket, _, prefix = log_uri[len("s3://") :].partition("/")
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        try:
+            s3 = self.s3_for_role(run.execution_role_arn, run.id)
+            for name, text in texts.items():
+                key = prefix + log_key("emr-serverless", tracked.application_id, run.id, f"{name}.gz")
+                s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(text.encode("utf-8")))
+        except Exception:  # a log the role may not write is missing in AWS too
+            LOG.exception("job run %s: cannot upload its driver logs", run.id)
+
     def _execute(self, tracked: TrackedRun) -> tuple[str, str]:
         if self.runner is None:
             return "SUCCESS", ""
         run = tracked.moto_run
         spark = (run.job_driver or {}).get("sparkSubmit") or (run.job_driver or {}).get("SparkSubmit") or {}
-        monitoring = (run.configuration_overrides or {}).get("monitoringConfiguration") or (
-            run.configuration_overrides or {}
-        ).get("MonitoringConfiguration", {})
-        s3_monitoring = monitoring.get("s3MonitoringConfiguration") or monitoring.get("S3MonitoringConfiguration") or {}
         job = SparkJob(
             job_run_id=run.id,
             entry_point=str(spark.get("entryPoint") or spark.get("EntryPoint") or ""),
             arguments=list(spark.get("entryPointArguments") or spark.get("EntryPointArguments") or []),
             spark_submit_parameters=spark.get("sparkSubmitParameters") or spark.get("SparkSubmitParameters") or "",
-            log_uri=s3_monitoring.get("logUri") or s3_monitoring.get("LogUri"),
+            log_uri=_log_uri(run),
             log_layout="emr-serverless",
             application_id=tracked.application_id,
             timeout_seconds=int(run.execution_timeout_minutes) * 60,
@@ -256,3 +285,12 @@ class EmrServerlessTwin(EmrServiceModel):
                 },
             }
         )
+
+
+def _log_uri(run: Any) -> str | None:
+    """The job run's `monitoringConfiguration.s3MonitoringConfiguration.logUri` (either casing), if any."""
+    overrides = run.configuration_overrides or {}
+    monitoring = overrides.get("monitoringConfiguration") or overrides.get("MonitoringConfiguration") or {}
+    s3_monitoring = monitoring.get("s3MonitoringConfiguration") or monitoring.get("S3MonitoringConfiguration") or {}
+    uri = s3_monitoring.get("logUri") or s3_monitoring.get("LogUri")
+    return str(uri) if uri else None
