@@ -169,6 +169,9 @@ class EmrServerlessTwin(EmrServiceModel):
             elif fault is not None and fault.kind == "hang":
                 tracked.cancel.wait()  # runs until cancelled (or the workflow's timeout cancels it)
                 final, details = "CANCELLED", "Job run was cancelled"
+            elif fault is not None and fault.kind == "run":  # a job that takes `seconds` (real time), then succeeds
+                cancelled = tracked.cancel.wait(fault.seconds)
+                final, details = ("CANCELLED", "Job run was cancelled") if cancelled else ("SUCCESS", "")
             elif fault is not None:
                 final, details = "FAILED", fault.message
                 self._write_failure_logs(tracked, fault.message)
