@@ -105,17 +105,16 @@ def finalize_run(
     transient cluster's run carries `cost`: what its instances cost from launch to the end (a shared cluster's
     cost is not the run's to carry: `cost` stays null)."""
     now = now or datetime.now(UTC)
-    update: dict[str, Any] = {
-        "state": request.outcome,
-        "ended_at": iso_time(now),
-        "cluster_id": request.cluster_id,
-        "cluster": None,
-        "steps": [],
-        "instance_hours_estimate": None,
-        "cost": None,  # a shared cluster's cost is its owner's (and a run that launched no cluster cost nothing)
-    }
-    if request.outcome == "SUCCEEDED":
-        update["metrics"] = request.metrics
+    update = ledger_update(
+        request.outcome,
+        now,
+        request.metrics,
+        cluster_id=request.cluster_id,
+        cluster=None,
+        steps=[],
+        instance_hours_estimate=None,
+        cost=None,  # a shared cluster's cost is its owner's (and a run that launched no cluster cost nothing)
+    )
     cancelled: list[str] = []
     if request.cluster_id is not None:
         if request.outcome == "FAILED" and not request.transient:
@@ -137,6 +136,15 @@ def finalize_run(
     if request.outcome == "FAILED":
         error, cause, failed_step = _failure(request, update)
         update |= {"error": error, "cause": ledger_cause(error, cause), "failed_step": failed_step}
+    return update
+
+
+def ledger_update(outcome: str, now: datetime, metrics: Any, **fields: Any) -> dict[str, Any]:
+    """What every runtime's final update starts with: the outcome, when it ended, `fields`, and the job's metrics
+    when it succeeded."""
+    update: dict[str, Any] = {"state": outcome, "ended_at": iso_time(now), **fields}
+    if outcome == "SUCCEEDED":
+        update["metrics"] = metrics
     return update
 
 

@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from autopilot_common.pricing import Cost, PriceTable, eks_cost, serverless_cost, unpriced
 from autopilot_common.spark_resources import eks_pods
-from finalization import iso_time, timestamp
+from finalization import iso_time, ledger_update, timestamp
 
 if TYPE_CHECKING:
     from autopilot_common.clients import EMRContainersClient, EMRServerlessClient
@@ -89,16 +89,15 @@ def finalize_job_run(
 ) -> dict[str, Any]:
     """The ledger update for the run (merged by the workflow into the STARTED record)."""
     now = now or datetime.now(UTC)
-    update: dict[str, Any] = {
-        "state": request.outcome,
-        "ended_at": iso_time(now),
-        "job_run_id": request.job_run_id,
-        "job_run": None,
-        "cost": None,  # no job run started: nothing was billed
-    }
-    if request.outcome == "SUCCEEDED":
-        update["metrics"] = request.metrics
-    else:
+    update = ledger_update(
+        request.outcome,
+        now,
+        request.metrics,
+        job_run_id=request.job_run_id,
+        job_run=None,
+        cost=None,  # no job run started: nothing was billed
+    )
+    if request.outcome == "FAILED":
         failure = request.failure or {}
         update |= {"error": failure.get("error"), "cause": failure.get("cause")}
     if request.job_run_id is None:

@@ -255,14 +255,8 @@ def test_happy_path_budget() -> None:
     assert path[-1] == "RunSucceeded"
     # FinalizeSucceeded and NotifySucceeded came with issue 16 (cost, links, the SUCCEEDED notification).
     assert len(path) == 14, path
-    assert path[-6:] == [
-        "FinalizeSucceeded",
-        "SucceededLedgerUpdate",
-        "RecordSucceeded",
-        "WriteSuccessMarker",
-        "NotifySucceeded",
-        "RunSucceeded",
-    ], path
+    assert path[-3:] == ["WriteSuccessMarker", "NotifySucceeded", "RunSucceeded"], path
+    assert path.index("FinalizeSucceeded") + 1 == path.index("SucceededLedgerUpdate") < path.index("RecordSucceeded")
 
 
 def test_every_task_failure_leads_to_cleanup() -> None:
