@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from autopilot_common.causes import failure_reason as failure_reason  # one home: the kernel (notifications use it too)
 from autopilot_common.ledger import QUEUED, ledger_prefix, read_entry
 
 
@@ -132,41 +133,3 @@ def started_since(record: RunRecord, since: datetime) -> bool:
     if not record.started_at:
         return False
     return datetime.fromisoformat(record.started_at.replace("Z", "+00:00")) >= since
-
-
-# Where AWS puts the job's own message in a failure cause (EMR Serverless job run, EMR step, Lambda, EMR on EKS).
-_MESSAGE_KEYS = ("StateDetails", "stateDetails", "Message", "message", "errorMessage", "Reason", "reason")
-
-
-def failure_reason(error: str | None, cause: str | None) -> str | None:
-    """The failure as one readable line: `<error>: <the job's own message>`; the message is pulled out of a JSON
-    cause (e.g. EMR Serverless' `JobRun.StateDetails`, an EMR step's `FailureDetails.Message`) when there is one."""
-    if not error and not cause:
-        return None
-    message = _message_of(cause) if cause else None
-    line = ": ".join(part for part in (error, message) if part)
-    return " ".join(line.split())
-
-
-def _message_of(cause: str) -> str:
-    try:
-        parsed = json.loads(cause)
-    except ValueError:
-        return cause
-    found = _find_message(parsed)
-    return found if found else cause
-
-
-def _find_message(value: Any) -> str | None:
-    if isinstance(value, dict):
-        for key in _MESSAGE_KEYS:
-            if isinstance(value.get(key), str) and value[key].strip():
-                return str(value[key])
-        for child in value.values():
-            if (found := _find_message(child)) is not None:
-                return found
-    if isinstance(value, list):
-        for child in value:
-            if (found := _find_message(child)) is not None:
-                return found
-    return None

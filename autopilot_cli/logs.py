@@ -1,92 +1,32 @@
-"""A run's driver or step log from S3, as EMR writes it under the run's `log_uri` (the ledger entry's):
-
-- EMR Serverless: `<log_uri>applications/<application id>/jobs/<job run id>/SPARK_DRIVER/stdout.gz`
-- EMR on EC2 (a step): `<log_uri><cluster id>/steps/<step id>/stdout.gz`
-- EMR on EKS: `<log_uri><virtual cluster id>/jobs/<job run id>/containers/spark-<id>/spark-<id>-driver/stdout.gz`
-
-(and `stderr.gz` beside each). Executors', nodes' and containers' other logs are not the driver's and are skipped.
-"""
+"""A run's driver or step log from S3 (the layout under the run's `log_uri`: autopilot_common.driver_logs)."""
 
 from __future__ import annotations
 
-import gzip
-import io
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from autopilot_cli.errors import OperationFailed
 from autopilot_cli.ledger import RunRecord
+from autopilot_common.driver_logs import STREAMS as STREAMS
+from autopilot_common.driver_logs import LogObject, find_driver_log, log_location, read_lines
 from autopilot_common.ledger import FINAL_STATES
 
-STREAMS = ("stdout", "stderr")
 POLL_SECONDS = 5.0  # EMR uploads driver logs every few seconds at most; polling faster only costs requests
 _sleep = time.sleep  # the tests step the world forward here
 
 
-@dataclass(frozen=True)
-class LogObject:
-    bucket: str
-    key: str
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-
 def log_prefix(record: RunRecord) -> tuple[str, str]:
     """(bucket, prefix) of the run's logs; OperationFailed when the entry has no s3:// log URI."""
-    log_uri = str(record.raw.get("log_uri") or "")
-    if not log_uri.startswith(("s3://", "s3n://", "s3a://")):
+    location = log_location(record.raw.get("log_uri"))
+    if location is None:
         raise OperationFailed(f"run {record.run_id} has no S3 log location in its ledger entry ({record.ledger_uri})")
-    bucket, _, prefix = log_uri.split("://", 1)[1].partition("/")
-    return bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/"
-
-
-def _is_driver_log(relative: str, stream: str) -> bool:
-    parts = relative.split("/")
-    if parts[-1] not in (f"{stream}.gz", stream):
-        return False
-    folders = parts[:-1]
-    return "SPARK_DRIVER" in folders or any(p.endswith("-driver") for p in folders) or "steps" in folders[:-1]
+    return location
 
 
 def driver_log(s3: Any, record: RunRecord, stream: str = "stdout") -> LogObject | None:
-    """The run's driver (or step) log object for `stream`, the most recently written when there are several (an
-    EMR on EC2 run's last step), or None while there is none."""
-    bucket, prefix = log_prefix(record)
-    found: list[tuple[Any, str]] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            if _is_driver_log(item["Key"][len(prefix) :], stream):
-                found.append((item.get("LastModified"), item["Key"]))
-    if not found:
-        return None
-    return LogObject(bucket, max(found, key=lambda pair: (pair[0] is not None, pair[0] or 0, pair[1]))[1])
-
-
-def read_lines(s3: Any, log: LogObject) -> list[str]:
-    """The log's lines, gunzipped when it is gzip (by its magic bytes: EMR names them .gz), undecodable bytes
-    replaced."""
-    body: bytes = s3.get_object(Bucket=log.bucket, Key=log.key)["Body"].read()
-    if body[:2] == b"\x1f\x8b":
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError):  # an upload in progress: what could be read so far
-            body = _partial_gunzip(body)
-    return body.decode("utf-8", errors="replace").splitlines()
-
-
-def _partial_gunzip(body: bytes) -> bytes:
-    out = bytearray()
-    reader = gzip.GzipFile(fileobj=io.BytesIO(body))
-    try:
-        while chunk := reader.read(65536):
-            out += chunk
-    except (OSError, EOFError):
-        pass
-    return bytes(out)
+    """The run's driver (or step) log object for `stream`, or None while there is none."""
+    return find_driver_log(s3, *log_prefix(record), stream)
 
 
 def no_log(record: RunRecord, stream: str) -> OperationFailed:

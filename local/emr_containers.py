@@ -388,6 +388,9 @@ class EmrContainersTwin(EmrServiceModel):
             elif fault is not None and fault.kind == "hang":
                 run.cancel.wait()  # runs until cancelled (or the workflow's timeout cancels it)
                 final, details, reason = self._cancelled(run)
+            elif fault is not None and fault.kind == "run":  # a job that takes `seconds` (real time), then succeeds
+                cancelled = run.cancel.wait(fault.seconds)
+                final, details, reason = self._cancelled(run) if cancelled else ("COMPLETED", "", None)
             elif fault is not None:
                 final, details, reason = "FAILED", fault.message, "USER_ERROR"
             else:

@@ -5,26 +5,38 @@ ClientToken (a second StartJobRun with the same token starts a second job), and 
 already finished. The twin adds: idempotent StartJobRun by ClientToken, the state progression
 SUBMITTED -> SCHEDULED -> RUNNING -> SUCCESS / FAILED (or CANCELLING -> CANCELLED), the job
 really running on local Spark (or completing at once in `instant` mode, for fast tests),
-"EMR Serverless Job Run State Change" events, and on-demand job faults (fail / hang).
+"EMR Serverless Job Run State Change" events, on-demand job faults (fail / hang), and the usage GetJobRun
+reports at the end (moto reports zeros): `billedResourceUtilization`, `totalResourceUtilization` and
+`totalExecutionDurationSeconds` from the run's real duration x the workers its spark-submit parameters ask for
+(`autopilot_common.spark_resources.serverless_workers`, EMR Serverless' defaults), as EMR Serverless bills them
+(API reference, JobRun.billedResourceUtilization: "a 1-minute minimum usage for workers, plus additional storage
+over 20 GB per worker"), with `startedAt`/`endedAt`.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Unpack
 
 from moto.emrserverless.models import emrserverless_backends
 
+from autopilot_common.spark_resources import serverless_workers
+from local.emr_containers import camel, pascal
 from local.emr_service import EmrServiceModel, EmrServiceSettings
 from local.faults import TwinClientError
-from local.spark_runner import SparkJob, SparkResult
+from local.spark_runner import SparkJob, SparkResult, log_key
 
 LOG = logging.getLogger("twin.emr-serverless")
 TERMINAL = {"SUCCESS", "FAILED", "CANCELLED"}
+MINIMUM_BILLED_SECONDS = 60  # per worker (API reference, JobRun.billedResourceUtilization)
+FREE_STORAGE_GB = 20  # per worker: only storage beyond it is billed
 
 
 @dataclass
@@ -45,6 +57,8 @@ class EmrServerlessTwin(EmrServiceModel):
     def __init__(self, **settings: Unpack[EmrServiceSettings]) -> None:
         super().__init__(**settings)
         self.runs: dict[tuple[str, str], TrackedRun] = {}
+        # S3 as a role (twin.py sets it): an injected job failure's driver log is written as the job's role
+        self.s3_for_role: Callable[[str, str], Any] | None = None
         self._tokens: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
@@ -76,12 +90,15 @@ class EmrServerlessTwin(EmrServiceModel):
                 application_id=app_id,
                 client_token=token,
                 execution_role_arn=params["ExecutionRoleArn"],
-                job_driver=params.get("JobDriver"),
-                configuration_overrides=params.get("ConfigurationOverrides"),
+                # Stored as the API has them (camelCase: GetJobRun returns jobDriver.sparkSubmit.entryPoint, ...),
+                # whichever casing the caller used (Step Functions' PascalCase parameters).
+                job_driver=camel(params.get("JobDriver")),
+                configuration_overrides=camel(params.get("ConfigurationOverrides")),
                 tags=params.get("Tags"),
                 execution_timeout_minutes=max(5, int(params.get("ExecutionTimeoutMinutes") or 720)),
                 name=params.get("Name"),
             )
+            run.created_at = datetime.now(UTC)  # moto's is the day's midnight; GetJobRun's createdAt is the submission
             tracked = TrackedRun(app_id, run.id, run)
             self.runs[(app_id, run.id)] = tracked
             if token:
@@ -115,9 +132,12 @@ class EmrServerlessTwin(EmrServiceModel):
             "StateDetails": run.state_details or "",
             "ReleaseLabel": run.release_label,
             "ExecutionRole": run.execution_role_arn,
-            "JobDriver": run.job_driver,
+            "JobDriver": pascal(run.job_driver),
             "Tags": run.tags or {},
             "TotalExecutionDurationSeconds": run.total_execution_duration_seconds,
+            "BilledResourceUtilization": run.billed_resource_utilization,
+            "TotalResourceUtilization": getattr(run, "total_resource_utilization", None)
+            or {"vCPUHour": 0.0, "memoryGBHour": 0.0, "storageGBHour": 0.0},
         }
 
     def wait(self, application_id: str, job_run_id: str, timeout: float | None = None) -> bool:
@@ -136,6 +156,8 @@ class EmrServerlessTwin(EmrServiceModel):
 
     def _drive(self, tracked: TrackedRun) -> None:
         started = time.monotonic()
+        tracked.moto_run.started_at = datetime.now(UTC)
+        tracked.moto_run.attempt = 1  # the twin honours no retryPolicy: every run is its first attempt
         try:
             for state in ("SCHEDULED", "RUNNING"):
                 if tracked.cancel.is_set():
@@ -147,32 +169,85 @@ class EmrServerlessTwin(EmrServiceModel):
             elif fault is not None and fault.kind == "hang":
                 tracked.cancel.wait()  # runs until cancelled (or the workflow's timeout cancels it)
                 final, details = "CANCELLED", "Job run was cancelled"
+            elif fault is not None and fault.kind == "run":  # a job that takes `seconds` (real time), then succeeds
+                cancelled = tracked.cancel.wait(fault.seconds)
+                final, details = ("CANCELLED", "Job run was cancelled") if cancelled else ("SUCCESS", "")
             elif fault is not None:
                 final, details = "FAILED", fault.message
+                self._write_failure_logs(tracked, fault.message)
             else:
                 final, details = self._execute(tracked)
         except Exception as exc:  # a twin defect must still end the job run
             LOG.exception("job run %s crashed in the twin", tracked.job_run_id)
             final, details = "FAILED", f"twin error: {exc}"
-        tracked.moto_run.total_execution_duration_seconds = int(time.monotonic() - started)
+        self._record_usage(tracked, time.monotonic() - started)
         self._set_state(tracked, final, details)
         tracked.done.set()
+
+    def _record_usage(self, tracked: TrackedRun, seconds: float) -> None:
+        """What EMR Serverless reports at the end: the duration rounded up to the second, and each worker's vCPU,
+        memory and storage over it (total), billed with the one-minute minimum and only storage beyond 20 GB."""
+        run = tracked.moto_run
+        run.ended_at = datetime.now(UTC)
+        duration = math.ceil(seconds)
+        run.total_execution_duration_seconds = duration
+        spark = (run.job_driver or {}).get("sparkSubmit") or (run.job_driver or {}).get("SparkSubmit") or {}
+        try:
+            workers = serverless_workers(spark.get("sparkSubmitParameters") or spark.get("SparkSubmitParameters") or "")
+        except ValueError as exc:  # EMR Serverless would have refused the job; nothing ran, nothing billed
+            LOG.warning("job run %s: no usage: %s", run.id, exc)
+            return
+        billed = max(duration, MINIMUM_BILLED_SECONDS)
+
+        def usage(seconds: float, free_storage: float) -> dict[str, float]:
+            hours = seconds / 3600
+            return {
+                "vCPUHour": round(sum(w.count * w.vcpu for w in workers.workers) * hours, 6),
+                "memoryGBHour": round(sum(w.count * w.memory_gb for w in workers.workers) * hours, 6),
+                "storageGBHour": round(
+                    sum(w.count * max(0.0, w.disk_gb - free_storage) for w in workers.workers) * hours, 6
+                ),
+            }
+
+        run.total_resource_utilization = usage(duration, 0.0)
+        run.billed_resource_utilization = usage(billed, FREE_STORAGE_GB)
+
+    def _write_failure_logs(self, tracked: TrackedRun, message: str) -> None:
+        """An injected job failure still leaves a driver log, as a failed EMR Serverless driver does: stderr.gz with
+        the error (and an empty stdout.gz) in the EMR Serverless layout under the job's S3 log URI, written as the
+        job's role (with s3_for_role; without it, or with no s3:// log URI, nothing is written)."""
+        run = tracked.moto_run
+        log_uri = _log_uri(run)
+        if self.s3_for_role is None or not log_uri or not log_uri.startswith("s3://"):
+            return
+        stamp = datetime.now(UTC).strftime("%y/%m/%d %H:%M:%S")
+        texts = {
+            "stdout": "",
+            "stderr": f"{stamp} INFO SparkContext: Running Spark job run {run.id}\n"
+            f"{stamp} ERROR SparkContext: {message}\n"
+            f'Exception in thread "main" org.apache.spark.SparkException: {message}\n',
+        }
+        bucket, _, prefix = log_uri[len("s3://") :].partition("/")
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        try:
+            s3 = self.s3_for_role(run.execution_role_arn, run.id)
+            for name, text in texts.items():
+                key = prefix + log_key("emr-serverless", tracked.application_id, run.id, f"{name}.gz")
+                s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(text.encode("utf-8")))
+        except Exception:  # a log the role may not write is missing in AWS too
+            LOG.exception("job run %s: cannot upload its driver logs", run.id)
 
     def _execute(self, tracked: TrackedRun) -> tuple[str, str]:
         if self.runner is None:
             return "SUCCESS", ""
         run = tracked.moto_run
         spark = (run.job_driver or {}).get("sparkSubmit") or (run.job_driver or {}).get("SparkSubmit") or {}
-        monitoring = (run.configuration_overrides or {}).get("monitoringConfiguration") or (
-            run.configuration_overrides or {}
-        ).get("MonitoringConfiguration", {})
-        s3_monitoring = monitoring.get("s3MonitoringConfiguration") or monitoring.get("S3MonitoringConfiguration") or {}
         job = SparkJob(
             job_run_id=run.id,
             entry_point=str(spark.get("entryPoint") or spark.get("EntryPoint") or ""),
             arguments=list(spark.get("entryPointArguments") or spark.get("EntryPointArguments") or []),
             spark_submit_parameters=spark.get("sparkSubmitParameters") or spark.get("SparkSubmitParameters") or "",
-            log_uri=s3_monitoring.get("logUri") or s3_monitoring.get("LogUri"),
+            log_uri=_log_uri(run),
             log_layout="emr-serverless",
             application_id=tracked.application_id,
             timeout_seconds=int(run.execution_timeout_minutes) * 60,
@@ -213,3 +288,12 @@ class EmrServerlessTwin(EmrServiceModel):
                 },
             }
         )
+
+
+def _log_uri(run: Any) -> str | None:
+    """The job run's `monitoringConfiguration.s3MonitoringConfiguration.logUri` (either casing), if any."""
+    overrides = run.configuration_overrides or {}
+    monitoring = overrides.get("monitoringConfiguration") or overrides.get("MonitoringConfiguration") or {}
+    s3_monitoring = monitoring.get("s3MonitoringConfiguration") or monitoring.get("S3MonitoringConfiguration") or {}
+    uri = s3_monitoring.get("logUri") or s3_monitoring.get("LogUri")
+    return str(uri) if uri else None

@@ -96,7 +96,8 @@ class FaultInjector:
             self._jobs.append(JobFault("hang", "injected hang"))
 
     def run_next_job_for(self, seconds: float) -> None:
-        """The next job (an EMR-on-EC2 step) runs `seconds` on the twin's clock, then succeeds."""
+        """The next job runs `seconds`, then succeeds: an EMR-on-EC2 step on the twin's clock, an EMR Serverless or
+        EMR on EKS job run in real seconds (keep them short)."""
         with self._lock:
             self._jobs.append(JobFault("run", f"injected run of {seconds} s", seconds))
 

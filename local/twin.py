@@ -177,6 +177,7 @@ class Twin:
         self.emr_serverless = EmrServerlessTwin(
             account=self.account, region=self.region, runner=runner, faults=self.faults, emit=self.put_event
         )
+        self.emr_serverless.s3_for_role = self._role_s3
         self.emr_containers = EmrContainersTwin(
             account=self.account, region=self.region, runner=runner, faults=self.faults, emit=self.put_event
         )

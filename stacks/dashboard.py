@@ -12,16 +12,19 @@ from stacks.naming import METRICS_NAMESPACE, DeploymentNames
 from stacks.workflow import PipelineWorkflow
 
 PERIOD = Duration.minutes(5)
+COST_PERIOD = Duration.days(1)
 
 
-def _app_metric(service: str, name: str, label: str, statistic: str = "Sum", **dimensions: str) -> cloudwatch.Metric:
+def _app_metric(
+    service: str, name: str, label: str, statistic: str = "Sum", period: Duration = PERIOD, **dimensions: str
+) -> cloudwatch.Metric:
     """A metric a handler emits with Powertools (EMF): namespace EmrAutopilot, dimension `service`."""
     return cloudwatch.Metric(
         namespace=METRICS_NAMESPACE,
         metric_name=name,
         dimensions_map={"service": f"autopilot-{service}", **dimensions},
         statistic=statistic,
-        period=PERIOD,
+        period=period,
         label=label,
     )
 
@@ -32,6 +35,8 @@ class OperationsDashboard(Construct):
     - Runs started / succeeded / failed / aborted / timed out per pipeline: Step Functions' own
       execution metrics (every runtime, including runs that failed before any Lambda ran).
     - Scaling actions out / in and skipped alarms (the scaler's metrics).
+    - Cost per pipeline per day: the sum of the finalize function's `RunCostUsd` (each run's `cost.usd`, list
+      prices; runs whose cost is unknown add nothing).
     - Clusters up (the sweeper's ActiveClusters gauge, once per sweeper interval) and the guardrail's
       findings: orphan clusters and job runs, leaked run slots, alarms left behind, runs cleaned up
       after an abort/timeout, runs cancelled by someone else.
@@ -81,6 +86,19 @@ class OperationsDashboard(Construct):
                         ],
                         width=8,
                     ),
+                ],
+                [
+                    cloudwatch.GraphWidget(
+                        title="Run cost per pipeline per day (USD, list prices)",
+                        left=[
+                            _app_metric("finalize", "RunCostUsd", name, period=COST_PERIOD, pipeline=name)
+                            for name in machines
+                        ],
+                        view=cloudwatch.GraphWidgetView.BAR,
+                        stacked=True,
+                        period=COST_PERIOD,
+                        width=24,
+                    )
                 ],
                 [
                     cloudwatch.GraphWidget(

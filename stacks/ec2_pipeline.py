@@ -110,7 +110,6 @@ class Ec2Pipeline(PipelineWorkflow):
         runtime = self.runtime
         assert self.platform.finalize is not None
         substitutions = {
-            "FinalizeFunctionArn": self.platform.finalize.function_arn,
             "Transient": "true" if runtime.transient else "false",
             "StepsJson": asl_string(json.dumps(step_templates(runtime, self.storage.artifacts.bucket_name))),
             "ClusterTagsJson": asl_string(json.dumps(self.cluster_tags)),
@@ -267,8 +266,6 @@ class Ec2Pipeline(PipelineWorkflow):
 
     def grant_runtime(self) -> None:
         role, stack, name = self.role, self.stack, self.name
-        assert self.platform.finalize is not None
-        self.platform.finalize.grant_invoke(role)
         if self.runtime.existing_cluster is None:
             own = {"StringEquals": {f"aws:ResourceTag/{TAG_PIPELINE}": name}}
             created_with_tag = {"StringEquals": {f"aws:RequestTag/{TAG_PIPELINE}": name}}

@@ -123,3 +123,9 @@ class EksPipeline(PipelineWorkflow):
                 resources=[f"{self.virtual_cluster_arn}/jobruns/*"],
             )
         )
+        # The finalize function reads the run's job run: state, timings and the job's requested resources (its cost).
+        self.platform.finalize.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["emr-containers:DescribeJobRun"], resources=[f"{self.virtual_cluster_arn}/jobruns/*"]
+            )
+        )

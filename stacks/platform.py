@@ -42,8 +42,9 @@ class AutopilotPlatform(Construct):
     - `prepare`: the first state of every run; `router`: SQS -> StartExecution.
     - `admission`: concurrency and budget caps (`stacks.admission.RunAdmission`): every run's
       AcquireRunSlot / ReleaseRunSlot.
-    - `finalize` (only with emr-ec2 pipelines): reads a run's cluster, fleets and steps for its ledger
-      entry. Each EMR-on-EC2 pipeline grants it (and prepare) access to its own clusters.
+    - `finalize`: the end of every run: reads its cluster (fleets, steps) or job run for its ledger entry and
+      cost, and its driver log for the notification text. Each pipeline grants it reads of its own clusters or
+      job runs and of its own log prefix.
     """
 
     def __init__(
@@ -199,15 +200,15 @@ class AutopilotPlatform(Construct):
             + [f"regex:/^Resource::.*\\/_runs\\/{re.escape(n)}\\/\\*$/g" for n in triggered],
         )
 
-        self.finalize: lambda_.Function | None = None
+        # Every run ends in it (all runtimes): the ledger update (cost, links), the notification text, RunCostUsd.
+        self.finalize: lambda_.Function = self.functions.function(
+            self,
+            "finalize",
+            description="EMR Autopilot: end of a run (cluster or job run, cost, links, notification text)",
+            environment={},
+            timeout=Duration.minutes(2),
+        )
         if any(isinstance(p.runtime, Ec2Runtime) for p in config.pipelines.values()):
-            self.finalize = self.functions.function(
-                self,
-                "finalize",
-                description="EMR Autopilot: summarize an EMR-on-EC2 run (cluster, fleets, steps, cost) for its ledger",
-                environment={},
-                timeout=Duration.minutes(2),
-            )
             # The spot price a run's spot instances paid (the Service Authorization Reference lists no resource
             # types for it: only "*" allows it). Refused, the run's spot instances are priced at on-demand, flagged.
             self.finalize.add_to_role_policy(

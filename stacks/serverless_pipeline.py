@@ -61,6 +61,7 @@ class ServerlessApplicationConstruct(Construct):
         )
         self.application_id = self.resource.attr_application_id
         self.arn = self.resource.attr_arn
+        self.architecture = spec.architecture
 
 
 class ServerlessPipeline(PipelineWorkflow):
@@ -100,6 +101,9 @@ class ServerlessPipeline(PipelineWorkflow):
             "SparkSubmitParameters": asl_string(runtime.spark_submit_parameters),
             "ExecutionTimeoutMinutes": str(runtime.execution_timeout_minutes),
             "ApplicationId": self.application.application_id,
+            # The application's architecture prices its usage: the app creates the application from this config,
+            # so finalize needs no GetApplication call (nor its grant) to learn it.
+            "Architecture": self.application.architecture,
             "JobRoleArn": self.job_role.role_arn,
         }
 
@@ -118,6 +122,10 @@ class ServerlessPipeline(PipelineWorkflow):
                 actions=["emr-serverless:GetJobRun", "emr-serverless:CancelJobRun", "emr-serverless:TagResource"],
                 resources=[f"{app_arn}/jobruns/*"],
             )
+        )
+        # The finalize function reads the run's job run: state, timings and billedResourceUtilization (its cost).
+        self.platform.finalize.add_to_role_policy(
+            iam.PolicyStatement(actions=["emr-serverless:GetJobRun"], resources=[f"{app_arn}/jobruns/*"])
         )
         role.add_to_principal_policy(
             iam.PolicyStatement(

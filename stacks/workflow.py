@@ -190,6 +190,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
             "OutputPrefix": asl_string(self.output_prefix),
             "LogsBucket": storage.logs.bucket_name,
             "NotificationTopicArn": self.platform.topic.topic_arn,
+            "FinalizeFunctionArn": self.platform.finalize.function_arn,
         }
 
     def definition_body(self, definition: dict[str, Any]) -> sfn.DefinitionBody:
@@ -234,10 +235,31 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         return machine
 
     def grant_run_bookkeeping(self) -> None:
-        """Prepare, the run slot (admission), the ledger, `_SUCCESS`, `_metrics.json` and the failure notification."""
+        """Prepare, the run slot (admission), finalize, the ledger, `_SUCCESS`, `_metrics.json` and the
+        notifications; finalize reads the pipeline's driver logs (a failed run's notification has their tail)."""
         storage, role = self.storage, self.role
         self.platform.prepare.grant_invoke(role)
         self.platform.admission.function.grant_invoke(role)
+        finalize = self.platform.finalize
+        finalize.grant_invoke(role)
+        logs_prefix = f"{self.pipeline.runtime.type}/{self.name}/"  # prepare's log_uri: <runtime>/<pipeline>/<run>/
+        finalize.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[storage.logs.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{logs_prefix}*"]}},
+            )
+        )
+        finalize.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[storage.logs.arn_for_objects(f"{logs_prefix}*")])
+        )
+        suppress(
+            finalize.role or finalize,
+            "AwsSolutions-IAM5",
+            "Finalize reads each pipeline's driver logs under its own log prefix (object names known at run time) "
+            "and its job runs (ids known at run time).",
+            ["regex:/^Resource::.*\\/\\*$/g"],
+        )
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="Ledger",

@@ -6,6 +6,7 @@ before other suites run in the same process; tests isolate by object keys and ru
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,3 +207,35 @@ def env(deployed: Deployed, request: pytest.FixtureRequest) -> Iterator[Deployed
     assert not deployed.clusters_left_running(), "a run left its cluster running"
     alarms = [a for a in deployed.scaling_alarms() if not any(c in a for c in deployed.twin.emr_ec2.active_clusters())]
     assert not alarms, f"scaling alarms outlived their cluster: {alarms}"
+
+
+class Notifications:
+    """A queue subscribed to the deployment's notifications topic (as an operator's subscriber would be)."""
+
+    def __init__(self, env: Deployed) -> None:
+        self.sqs, sns = env.twin.client("sqs"), env.twin.client("sns")
+        self.queue_url = self.sqs.create_queue(QueueName=f"notify-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+        sns.subscribe(
+            TopicArn=env.report.outputs["NotificationTopic"],
+            Protocol="sqs",
+            Endpoint=attributes["Attributes"]["QueueArn"],
+        )
+        self.seen: list[dict[str, Any]] = []
+
+    def received(self) -> list[dict[str, Any]]:
+        """Every SNS envelope received so far (Subject, Message, MessageAttributes)."""
+        while messages := self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages"):
+            self.seen += [json.loads(m["Body"]) for m in messages]
+            for m in messages:
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+        return self.seen
+
+    def of_run(self, run_id: str, state: str) -> dict[str, Any]:
+        """The one notification of `run_id` with message attribute `state`."""
+        (found,) = [
+            n
+            for n in self.received()
+            if n["MessageAttributes"]["state"]["Value"] == state and f"run:       {run_id}\n" in n["Message"]
+        ]
+        return found

@@ -105,16 +105,16 @@ def finalize_run(
     transient cluster's run carries `cost`: what its instances cost from launch to the end (a shared cluster's
     cost is not the run's to carry: `cost` stays null)."""
     now = now or datetime.now(UTC)
-    update: dict[str, Any] = {
-        "state": request.outcome,
-        "ended_at": _iso(now),
-        "cluster_id": request.cluster_id,
-        "cluster": None,
-        "steps": [],
-        "instance_hours_estimate": None,
-    }
-    if request.outcome == "SUCCEEDED":
-        update["metrics"] = request.metrics
+    update = ledger_update(
+        request.outcome,
+        now,
+        request.metrics,
+        cluster_id=request.cluster_id,
+        cluster=None,
+        steps=[],
+        instance_hours_estimate=None,
+        cost=None,  # a shared cluster's cost is its owner's (and a run that launched no cluster cost nothing)
+    )
     cancelled: list[str] = []
     if request.cluster_id is not None:
         if request.outcome == "FAILED" and not request.transient:
@@ -139,6 +139,15 @@ def finalize_run(
     return update
 
 
+def ledger_update(outcome: str, now: datetime, metrics: Any, **fields: Any) -> dict[str, Any]:
+    """What every runtime's final update starts with: the outcome, when it ended, `fields`, and the job's metrics
+    when it succeeded."""
+    update: dict[str, Any] = {"state": outcome, "ended_at": iso_time(now), **fields}
+    if outcome == "SUCCEEDED":
+        update["metrics"] = metrics
+    return update
+
+
 # ---------------------------------------------------------------------------------------- cluster
 
 
@@ -151,9 +160,9 @@ def _cluster_summary(emr: EMRClient, cluster: ClusterTypeDef) -> dict[str, Any]:
         "name": cluster.get("Name"),
         "state": status.get("State"),
         "state_change_reason": {"code": reason.get("Code"), "message": reason.get("Message")},
-        "created_at": _iso(timeline.get("CreationDateTime")),
-        "ready_at": _iso(timeline.get("ReadyDateTime")),
-        "ended_at": _iso(timeline.get("EndDateTime")),
+        "created_at": iso_time(timeline.get("CreationDateTime")),
+        "ready_at": iso_time(timeline.get("ReadyDateTime")),
+        "ended_at": iso_time(timeline.get("EndDateTime")),
         "release_label": cluster.get("ReleaseLabel"),
         "log_uri": cluster.get("LogUri"),
         "normalized_instance_hours": cluster.get("NormalizedInstanceHours"),
@@ -249,7 +258,7 @@ def cluster_cost(
             spot = spot_prices[instance_type]
         owner = instance.get("InstanceFleetId") or instance.get("InstanceGroupId") or ""
         ebs = volumes.get((owner, instance_type), ())
-        usage.append(InstanceUsage(instance_type, market, _ts(end) - _ts(start), ebs=ebs, spot_hour=spot))
+        usage.append(InstanceUsage(instance_type, market, timestamp(end) - timestamp(start), ebs=ebs, spot_hour=spot))
     cost = ec2_cost(pricing.table, pricing.region, usage)
     cost.setdefault("notes", []).append(
         "root volumes and data transfer are not included; EBS is the volumes EMR attached per the fleet or group"
@@ -301,7 +310,7 @@ def _spot_price(ec2: EC2Client | None, instance_type: str, zone: str | None, sta
 def _steps(emr: EMRClient, cluster_id: str, names: list[str], noticed: dict[str, str]) -> list[dict[str, Any]]:
     wanted = set(names)
     found = [s for s in _pages(emr, "list_steps", "Steps", cluster_id) if not wanted or s.get("Name") in wanted]
-    found.sort(key=lambda s: _ts(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")))
+    found.sort(key=lambda s: timestamp(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")))
     return [_step(s, noticed.get(str(s.get("Name")))) for s in found]
 
 
@@ -312,14 +321,14 @@ def _step(step: dict[str, Any], noticed_at: str | None = None) -> dict[str, Any]
     timeline = status.get("Timeline", {})
     failure = status.get("FailureDetails") or {}
     started, ended = timeline.get("StartDateTime"), timeline.get("EndDateTime")
-    delay = round(_ts(noticed_at) - _ts(ended), 3) if noticed_at and ended else None
+    delay = round(timestamp(noticed_at) - timestamp(ended), 3) if noticed_at and ended else None
     return {
         "id": step.get("Id"),
         "name": step.get("Name"),
         "state": status.get("State"),
-        "started_at": _iso(started),
-        "ended_at": _iso(ended),
-        "noticed_at": _iso(noticed_at) if noticed_at else None,
+        "started_at": iso_time(started),
+        "ended_at": iso_time(ended),
+        "noticed_at": iso_time(noticed_at) if noticed_at else None,
         "notice_delay_seconds": delay,
         "duration_seconds": round(_hours(started, ended) * 3600, 1) if started and ended else None,
         "reason": (status.get("StateChangeReason") or {}).get("Message"),
@@ -375,7 +384,7 @@ def _pages(emr: EMRClient, operation: _Listing, key: str, cluster_id: str, **kwa
     return items
 
 
-def _ts(value: Any) -> float:
+def timestamp(value: Any) -> float:
     if value is None:
         return 0.0
     if isinstance(value, datetime):
@@ -386,11 +395,11 @@ def _ts(value: Any) -> float:
 
 
 def _hours(start: Any, end: Any) -> float:
-    return max(0.0, (_ts(end) - _ts(start)) / 3600)
+    return max(0.0, (timestamp(end) - timestamp(start)) / 3600)
 
 
-def _iso(value: Any) -> str | None:
+def iso_time(value: Any) -> str | None:
     if value is None:
         return None
-    when = value if isinstance(value, datetime) else datetime.fromtimestamp(_ts(value), UTC)
+    when = value if isinstance(value, datetime) else datetime.fromtimestamp(timestamp(value), UTC)
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")

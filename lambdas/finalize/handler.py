@@ -1,4 +1,11 @@
-"""Finalize Lambda: the last state of an EMR-on-EC2 run (cluster, fleets, steps, cost -> ledger update).
+"""Finalize Lambda: the last state of every run (all runtimes): the ledger update, and the run's notification.
+
+- EMR on EC2 (`finalization`): cluster, fleets, steps, cost.
+- EMR Serverless and EMR on EKS (`job_runs`): the job run's final state, timings, attempt and cost.
+
+Every runtime's update also carries `links` (the run's console pages, `autopilot_common.links`); the result is
+`{"ledger_update": ..., "notification": {"subject", "message"}}` (`run_notice`; the workflow publishes it), and the
+function emits the run's cost as the EMF metric `RunCostUsd` (dimension `pipeline`) for the dashboard.
 
 Environment: optional `STATE_TABLE` (set when a pipeline scales from alarms: each cluster's scaling actions).
 """
@@ -13,10 +20,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from autopilot_common.clients import Clients
+from autopilot_common.links import partition_of, run_links
 from autopilot_common.observability import observability
 from autopilot_common.pricing import shipped_prices
 from autopilot_common.settings import Environment
 from finalization import ClusterPricing, FinalizeRequest, ScalingState, finalize_run
+from job_runs import JOB_RUNTIMES, JobRunClients, JobRunRequest, finalize_job_run
+from run_notice import log_tail, notice
 
 obs = observability("autopilot-finalize")
 logger, metrics = obs.logger, obs.metrics
@@ -32,17 +42,26 @@ def _scaling() -> ScalingState | None:
 
 @obs.handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    request = FinalizeRequest.from_event(event)
     region = Environment(os.environ).required("AWS_REGION", "the function's region (Lambda sets it)")
-    pricing = ClusterPricing(shipped_prices(), region, CLIENTS.ec2)
-    update = finalize_run(request, CLIENTS.emr, scaling=_scaling(), pricing=pricing)
-    metrics.add_dimension(name="pipeline", value=request.pipeline)
-    metrics.add_metric(name=f"Runs{request.outcome.title()}", unit=MetricUnit.Count, value=1)
-    logger.info(
-        "run finalized",
-        run_id=request.run_id,
-        state=update["state"],
-        cluster_id=request.cluster_id,
-        error=update.get("error"),
-    )
-    return update
+    if event.get("runtime") in JOB_RUNTIMES:
+        job_request = JobRunRequest.from_event(event)
+        pipeline, run_id, outcome = job_request.pipeline, job_request.run_id, job_request.outcome
+        clients = JobRunClients(CLIENTS.emr_serverless, CLIENTS.emr_containers)
+        update = finalize_job_run(job_request, clients, shipped_prices(), region)
+    else:
+        request = FinalizeRequest.from_event(event)
+        pipeline, run_id, outcome = request.pipeline, request.run_id, request.outcome
+        pricing = ClusterPricing(shipped_prices(), region, CLIENTS.ec2)
+        update = finalize_run(request, CLIENTS.emr, scaling=_scaling(), pricing=pricing)
+    entry = {**(event.get("ledger") or {}), **update}
+    update["links"] = run_links(entry, region, partition_of(str(entry.get("execution_arn") or "")))
+    entry["links"] = update["links"]
+    tail = log_tail(CLIENTS.s3, entry.get("log_uri")) if outcome == "FAILED" else None
+    message = notice(entry, event.get("ledger_uri"), tail)
+    metrics.add_dimension(name="pipeline", value=pipeline)
+    metrics.add_metric(name=f"Runs{outcome.title()}", unit=MetricUnit.Count, value=1)
+    usd = (update.get("cost") or {}).get("usd")
+    if usd is not None:
+        metrics.add_metric(name="RunCostUsd", unit=MetricUnit.NoUnit, value=float(usd))
+    logger.info("run finalized", run_id=run_id, state=update["state"], cost_usd=usd, error=update.get("error"))
+    return {"ledger_update": update, "notification": message}

@@ -437,6 +437,8 @@ def _run_record(
     if settings.is_ec2:
         record |= _ec2_parts(run_id, execution, settings, manifest_uri, output_uri, log_uri, overrides)
         entry |= {"application_id": None, "cluster_id": None, "steps": []}
+    elif settings.runtime == "emr-eks":  # its container is a virtual cluster (the ledger's field for it; links use it)
+        entry |= {"application_id": None, "virtual_cluster_id": settings.application_id}
     return record
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from autopilot_common.pricing import shipped_prices
-from tests.deployment import Deployed
+from tests.deployment import Deployed, Notifications
 
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 TRANSIENT, EXISTING = "sales-cluster", "sales-adhoc"
@@ -40,8 +40,10 @@ HAPPY_PATH = [
     "DeleteScalingAlarms",
     "ReleaseRunSlot",
     "FinalizeSucceeded",
+    "SucceededLedgerUpdate",
     "RecordSucceeded",
     "WriteSuccessMarker",
+    "NotifySucceeded",
     "RunSucceeded",
 ]  # fmt: skip  (sales-cluster scales from two alarms: one PutScalingAlarm each)
 LAMBDA_INVOCATIONS_PER_RUN = 4  # prepare, acquire and release the run slot, finalize
@@ -68,14 +70,6 @@ def _console_run(env: Deployed, pipeline: str, key: str) -> tuple[str, str]:
 
 def _entered(env: Deployed, arn: str) -> list[str]:
     return [e["stateEnteredEventDetails"]["name"] for e in env.history(arn) if "stateEnteredEventDetails" in e]
-
-
-def _notifications(env: Deployed) -> tuple[Any, str]:
-    sqs, sns = env.twin.client("sqs"), env.twin.client("sns")
-    queue_url = sqs.create_queue(QueueName=f"notify-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=env.report.outputs["NotificationTopic"], Protocol="sqs", Endpoint=queue_arn)
-    return sqs, queue_url
 
 
 def _assert_cost_is_every_instance_priced(env: Deployed, ledger: dict[str, Any]) -> None:
@@ -162,7 +156,7 @@ def test_csvs_land_and_a_transient_cluster_runs_the_real_spark_step_then_termina
 
 def test_failed_step_terminates_the_cluster_records_the_step_and_notifies(env: Deployed) -> None:
     # Given a subscriber to the notifications topic, and the next step fails
-    sqs, queue_url = _notifications(env)
+    notifications = Notifications(env)
     env.twin.faults.fail_next_job("Job failed: injected executor loss")
     # When an operator runs the pipeline from the console
     run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/console-{uuid.uuid4().hex[:8]}/a.input")
@@ -179,10 +173,15 @@ def test_failed_step_terminates_the_cluster_records_the_step_and_notifies(env: D
     assert _cluster_state(env, ledger["cluster_id"]) == "TERMINATED"
     entered = _entered(env, arn)
     assert entered.index("TerminateAfterFailure") < entered.index("RecordFailed") < entered.index("NotifyFailure")
-    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
-    notification = json.loads(messages[0]["Body"])
-    assert notification["Subject"] == f"EMR Autopilot run FAILED: {TRANSIENT}"
-    assert json.loads(notification["Message"])["error"] == "StepFailed"
+    # The notification: the one-line reason, the cost of the cluster, links, the ledger URI and the step's log tail
+    _assert_cost_is_every_instance_priced(env, ledger)
+    notification = notifications.of_run(run_id, "FAILED")
+    assert notification["Subject"] == f"EMR Autopilot {TRANSIENT}: run FAILED ({run_id})"
+    message = notification["Message"]
+    assert f"reason:    StepFailed: step '{run_id}: sales-etl'" in message and "injected executor loss" in message
+    assert f"cost:      ${ledger['cost']['usd']:.4f}" in message and ledger["links"]["cluster"] in message
+    tail = message.split("lines of s3://", 1)[1]
+    assert f"/{ledger['cluster_id']}/steps/" in tail.split("\n", 1)[0] and "injected fault: Job failed" in tail
     keys = env.s3.list_objects_v2(Bucket=env.outputs, Prefix=f"{TRANSIENT}/run_id={run_id}/").get("Contents", [])
     assert not [o for o in keys if o["Key"].endswith("_SUCCESS")]
 
@@ -207,6 +206,20 @@ def test_spot_shortage_falls_back_to_on_demand_and_the_run_succeeds(env: Deploye
     fleets = {f["type"]: f for f in env.ledger(run_id)["cluster"]["fleets"]}
     assert fleets["TASK"]["target_spot"] == 4
     assert (fleets["TASK"]["provisioned_spot"], fleets["TASK"]["provisioned_on_demand"]) == (0, 4)
+
+
+def test_a_transient_run_records_its_cost_and_links_and_notifies_success(env: Deployed) -> None:
+    notifications = Notifications(env)
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/cost-{uuid.uuid4().hex[:8]}/a.input")
+    assert env.finished(arn, timeout=90)["status"] == "SUCCEEDED"
+    ledger = env.ledger(run_id)
+    _assert_cost_is_every_instance_priced(env, ledger)
+    assert set(ledger["links"]) == {"execution", "cluster", "logs"}
+    assert ledger["links"]["cluster"].endswith(f"#/clusterDetails/{ledger['cluster_id']}")
+    notification = notifications.of_run(run_id, "SUCCEEDED")
+    assert notification["Subject"] == f"EMR Autopilot {TRANSIENT}: run SUCCEEDED ({run_id})"
+    assert f"cost:      ${ledger['cost']['usd']:.4f}" in notification["Message"]
+    assert ledger["links"]["cluster"] in notification["Message"]
 
 
 def test_throttled_run_job_flow_is_retried_without_a_second_cluster(env: Deployed) -> None:
@@ -259,7 +272,8 @@ def test_long_running_cluster_gets_the_steps_and_keeps_running(env: Deployed, an
     assert ledger["cluster_id"] == analytics_cluster and ledger["state"] == "SUCCEEDED"
     assert [s["state"] for s in ledger["steps"]] == ["COMPLETED"]
     assert ledger["instance_hours_estimate"] is None
-    assert ledger.get("cost") is None  # a shared cluster's cost is not one run's
+    assert "cost" in ledger and ledger["cost"] is None  # a shared cluster's cost is not one run's: null, explicitly
+    assert set(ledger["links"]) == {"execution", "cluster", "logs"}
     assert _cluster_state(env, analytics_cluster) == "WAITING"
     assert "CreateCluster" not in _entered(env, arn) and "TerminateCluster" not in _entered(env, arn)
 

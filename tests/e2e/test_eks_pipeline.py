@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.deployment import Deployed
+from autopilot_common.pricing import shipped_prices
+from tests.deployment import Deployed, Notifications
 
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 EKS = "sales-eks"
@@ -41,10 +44,7 @@ def _outputs(env: Deployed, pipeline: str, run_id: str) -> dict[str, bytes]:
 
 
 def test_job_failure_on_eks_writes_ledger_failed_notifies_and_leaves_no_success(env: Deployed) -> None:
-    sqs, sns = env.twin.client("sqs"), env.twin.client("sns")
-    queue_url = sqs.create_queue(QueueName=f"notify-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=env.report.outputs["NotificationTopic"], Protocol="sqs", Endpoint=queue_arn)
+    notifications = Notifications(env)
     keys = _upload(env, f"{EKS}/{uuid.uuid4().hex[:8]}/", {"a.csv": b"order_id,order_date\n1,2024-06-01\n"})
     env.twin.faults.fail_next_job("Job failed: driver pod OOMKilled")
     run_id, arn = _console_run(env, EKS, keys)
@@ -53,9 +53,50 @@ def test_job_failure_on_eks_writes_ledger_failed_notifies_and_leaves_no_success(
     ledger = env.ledger(run_id)
     assert ledger["state"] == "FAILED" and "OOMKilled" in ledger["cause"]
     assert ledger["runtime"] == "emr-eks" and ledger["job_run_id"]
-    notification = json.loads(sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"][0]["Body"])
-    assert notification["Subject"] == f"EMR Autopilot run FAILED: {EKS}"
+    assert ledger["cost"]["usd"] == pytest.approx(_eks_cost(env, ledger), abs=1e-6)
+    notification = notifications.of_run(run_id, "FAILED")
+    assert notification["Subject"] == f"EMR Autopilot {EKS}: run FAILED ({run_id})"
+    assert "reason:    States.TaskFailed: " in notification["Message"] and "OOMKilled" in notification["Message"]
+    assert "(estimate)" in notification["Message"]
     assert "_SUCCESS" not in _outputs(env, EKS, run_id)
+
+
+# The sales-eks job's pods (config/dev.yaml: --conf spark.executor.cores=2 --conf spark.executor.memory=4g; Spark's
+# defaults otherwise: driver 1 core and 1g, 2 executors, memory overhead 10% with a 384 MiB floor):
+EKS_VCPU = 1 + 2 * 2
+EKS_MEMORY_GB = (1024 + 384) / 1024 + 2 * (4096 + 409.6) / 1024
+
+
+def _eks_cost(env: Deployed, ledger: dict[str, Any]) -> float:
+    """The estimate recomputed from the job's requested resources and DescribeJobRun's timestamps."""
+    job = env.twin.client("emr-containers").describe_job_run(
+        id=ledger["job_run_id"], virtualClusterId=ledger["virtual_cluster_id"]
+    )["jobRun"]
+    seconds = math.ceil((job["finishedAt"] - job["createdAt"]).total_seconds())
+    assert ledger["job_run"]["usage_estimate"]["seconds"] == seconds
+    assert ledger["job_run"]["usage_estimate"]["vcpu"] == EKS_VCPU
+    assert ledger["job_run"]["usage_estimate"]["memory_gb"] == pytest.approx(EKS_MEMORY_GB, abs=1e-3)
+    rates = shipped_prices().eks(env.twin.region)
+    return (EKS_VCPU * rates["vcpu_hour"] + EKS_MEMORY_GB * rates["memory_gb_hour"]) * seconds / 3600
+
+
+def test_an_eks_run_records_an_estimated_cost_and_links_and_notifies_success(env: Deployed) -> None:
+    notifications = Notifications(env)
+    keys = _upload(env, f"{EKS}/{uuid.uuid4().hex[:8]}/", {"c.csv": b"order_id,order_date\n1,2024-06-01\n"})
+    env.twin.faults.run_next_job_for(3)  # a job that takes a few seconds, so its duration is not zero
+    run_id, arn = _console_run(env, EKS, keys)
+    assert env.finished(arn)["status"] == "SUCCEEDED"
+    ledger = env.ledger(run_id)
+    assert ledger["cost"]["usd"] == pytest.approx(_eks_cost(env, ledger), abs=1e-6)
+    notes = " ".join(ledger["cost"]["notes"])
+    assert "estimate from the resources the job's pods requested" in notes and "EKS nodes" in notes
+    assert set(ledger["links"]) == {"execution", "job run", "logs"}
+    assert (
+        f"/virtual-clusters/{ledger['virtual_cluster_id']}/job-runs/{ledger['job_run_id']}"
+        in (ledger["links"]["job run"])
+    )
+    notification = notifications.of_run(run_id, "SUCCEEDED")
+    assert f"cost:      ${ledger['cost']['usd']:.4f} (estimate)" in notification["Message"]
 
 
 @pytest.mark.slow  # ~65 s: the shortest execution_timeout_minutes is 1, and Step Functions time is not scaled

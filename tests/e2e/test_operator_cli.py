@@ -196,13 +196,18 @@ def test_status_shows_what_runs_now(operator: Deployed) -> None:
 
 
 def test_logs_of_a_failed_run_reads_the_drivers_log_where_emr_serverless_puts_it(operator: Deployed) -> None:
-    """An injected job fault ends the job run without running Spark, so the twin wrote no driver log: `logs` says
-    where it looked; a driver log written where EMR Serverless (and the twin's Spark runner) puts it is then found
-    from the ledger's log_uri, application and job run alone."""
+    """An injected job fault leaves the driver log a failed EMR Serverless driver leaves (the twin writes it), and
+    `logs` finds it; without a log, `logs` says where it looked; a driver log written where EMR Serverless (and the
+    twin's Spark runner) puts it is then found from the ledger's log_uri, application and job run alone."""
     env = operator
     run_id = _run(env, fail="Job failed: ValueError: bad order_date in row 7")
     entry = json.loads(cli(env, "show", run_id, "--json").stdout)["raw"]
     assert entry["runtime"] == "emr-serverless" and entry["log_uri"].startswith("s3://")
+    injected = cli(env, "logs", run_id, "--stderr", "--lines", "1")
+    assert injected.exit_code == 0 and "bad order_date in row 7" in injected.stdout, injected.output
+    log_bucket, _, log_prefix = entry["log_uri"][5:].partition("/")
+    for item in env.s3.list_objects_v2(Bucket=log_bucket, Prefix=log_prefix).get("Contents", []):
+        env.s3.delete_object(Bucket=log_bucket, Key=item["Key"])
     missing = cli(env, "logs", run_id, "--stderr")
     assert missing.exit_code == 1
     assert f"no driver or step stderr log for run {run_id} (FAILED) under {entry['log_uri']}" in missing.stderr

@@ -10,13 +10,16 @@ from typing import Any
 
 import pytest
 
-from tests.deployment import Deployed
+from autopilot_common.pricing import shipped_prices
+from autopilot_common.spark_resources import serverless_workers
+from config.loader import load_config
+from tests.deployment import Deployed, Notifications
 
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
-# The budget: states entered on the happy path (12 with a job that writes _metrics.json, 13 without:
+# The budget: states entered on the happy path (14 with a job that writes _metrics.json, 15 without:
 # NoJobMetrics) and Lambda invocations per run, whatever the job's length.
-HAPPY_PATH_STATES = 13
-LAMBDA_INVOCATIONS_PER_RUN = 3  # prepare, then acquire and release the run slot
+HAPPY_PATH_STATES = 15
+LAMBDA_INVOCATIONS_PER_RUN = 4  # prepare, acquire and release the run slot, finalize (cost, links, notification)
 
 
 def _new_runs(env: Deployed, before: set[str]) -> list[dict[str, Any]]:
@@ -88,8 +91,8 @@ def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
     assert len(entered) == HAPPY_PATH_STATES, entered
     assert entered == [
         "Prepare", "CheckInput", "AcquireRunSlot", "RecordStarted", "StartJob", "RunJob", "ReleaseRunSlot",
-        "ReadJobMetrics", "NoJobMetrics", "BuildSucceededRecord", "RecordSucceeded", "WriteSuccessMarker",
-        "RunSucceeded",
+        "ReadJobMetrics", "NoJobMetrics", "FinalizeSucceeded", "SucceededLedgerUpdate", "RecordSucceeded",
+        "WriteSuccessMarker", "NotifySucceeded", "RunSucceeded",
     ]  # fmt: skip
     lambda_tasks = [
         e
@@ -100,7 +103,7 @@ def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
     invoked = [
         i
         for i in env.twin.runtime.invocations[invocations_before:]
-        if i.function_name.endswith(("-prepare", "-admission"))
+        if i.function_name.endswith(("-prepare", "-admission", "-finalize"))
     ]
     assert len(invoked) == LAMBDA_INVOCATIONS_PER_RUN
 
@@ -167,10 +170,7 @@ def test_console_run_with_bad_input_fails_at_once_naming_the_field(env: Deployed
 
 def test_failed_job_writes_ledger_failed_notifies_and_leaves_no_success(env: Deployed) -> None:
     # Given a queue subscribed to the notifications topic, and the next job run fails
-    sqs, sns = env.twin.client("sqs"), env.twin.client("sns")
-    queue_url = sqs.create_queue(QueueName=f"notify-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=env.report.outputs["NotificationTopic"], Protocol="sqs", Endpoint=queue_arn)
+    notifications = Notifications(env)
     env.twin.faults.fail_next_job("Job failed: injected executor loss")
     # When data lands
     before = _land(env, {f"sales/{uuid.uuid4().hex[:8]}/f.csv": b"order_id\n1\n"})
@@ -179,18 +179,88 @@ def test_failed_job_writes_ledger_failed_notifies_and_leaves_no_success(env: Dep
     # Then the run fails with the job's error, the ledger says FAILED with the cause, SNS got it, no _SUCCESS
     assert described["status"] == "FAILED"
     assert described["error"] == "States.TaskFailed"
-    ledger = env.ledger(execution["name"])
+    run_id = execution["name"]
+    ledger = env.ledger(run_id)
     assert ledger["state"] == "FAILED"
     assert "injected executor loss" in ledger["cause"]
-    assert ledger["job_run_id"]
-    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
-    notification = json.loads(messages[0]["Body"])
-    assert notification["Subject"] == "EMR Autopilot run FAILED: sales-daily"
-    assert json.loads(notification["Message"])["run_id"] == execution["name"]
+    assert ledger["job_run_id"] and ledger["job_run"]["state"] == "FAILED"
+    # The failed job run was billed too (its one-minute minimum at least): the cost is GetJobRun's usage, priced
+    assert ledger["cost"]["usd"] == pytest.approx(_serverless_cost(env, ledger), abs=1e-6)
+    assert ledger["cost"]["usd"] > 0
+    # The notification is text people read: the one-line reason, cost, links, the ledger URI and the log tail
+    notification = notifications.of_run(run_id, "FAILED")
+    assert notification["Subject"] == f"EMR Autopilot sales-daily: run FAILED ({run_id})"
+    message = notification["Message"]
+    assert "reason:    States.TaskFailed: job run " in message and "Job failed: injected executor loss" in message
+    assert f"cost:      ${ledger['cost']['usd']:.4f}" in message
+    assert ledger["links"]["job run"] in message and ledger["links"]["logs"] in message
+    assert f"ledger entry: s3://{env.outputs}/_runs/sales-daily/" in message and f"/{run_id}.json" in message
+    tail = message.split("lines of s3://", 1)[1]
+    assert tail.split("\n", 1)[0].endswith("/SPARK_DRIVER/stderr.gz:")
+    assert 'Exception in thread "main" org.apache.spark.SparkException: Job failed: injected executor loss' in tail
+    with pytest.raises(ValueError):
+        json.loads(message)  # not a JSON blob any more
     keys = env.s3.list_objects_v2(Bucket=env.outputs, Prefix=f"sales-daily/run_id={execution['name']}/").get(
         "Contents", []
     )
     assert not [o for o in keys if o["Key"].endswith("_SUCCESS")]
+
+
+def _serverless_cost(env: Deployed, ledger: dict[str, Any]) -> float:
+    """The run's cost recomputed from GetJobRun's billedResourceUtilization and the price table's rates for the
+    architecture the pipeline's application has in config."""
+    job = env.twin.client("emr-serverless").get_job_run(
+        applicationId=ledger["application_id"], jobRunId=ledger["job_run_id"]
+    )["jobRun"]
+    billed = job["billedResourceUtilization"]
+    assert billed == ledger["job_run"]["billed_resource_utilization"]
+    config = load_config("dev")
+    application = config.pipelines["sales-daily"].runtime.application  # type: ignore[union-attr]
+    if isinstance(application, str):
+        application = config.serverless_applications[application]
+    rates = shipped_prices().serverless(env.twin.region, application.architecture)
+    return float(
+        billed["vCPUHour"] * rates["vcpu_hour"]
+        + billed["memoryGBHour"] * rates["memory_gb_hour"]
+        + billed["storageGBHour"] * rates["storage_gb_hour"]
+    )
+
+
+def test_a_run_records_its_cost_and_links_and_notifies_success(env: Deployed) -> None:
+    # Given a subscriber to the notifications topic
+    notifications = Notifications(env)
+    # When a run succeeds
+    before = _land(env, {f"sales/{uuid.uuid4().hex[:8]}/c.csv": b"order_id\n1\n"})
+    execution = _one_new_run(env, before)
+    assert env.finished(execution["executionArn"])["status"] == "SUCCEEDED"
+    run_id = execution["name"]
+    ledger = env.ledger(run_id)
+    # Then the ledger's cost is GetJobRun's billed usage at the table's rates
+    assert ledger["cost"]["usd"] == pytest.approx(_serverless_cost(env, ledger), abs=1e-6)
+    # and the twin billed what EMR Serverless would: the workers the job asked for, one minute at least
+    job = env.twin.client("emr-serverless").get_job_run(
+        applicationId=ledger["application_id"], jobRunId=ledger["job_run_id"]
+    )["jobRun"]
+    workers = serverless_workers(job["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"])
+    seconds = max(job["totalExecutionDurationSeconds"], 60)
+    assert job["billedResourceUtilization"]["vCPUHour"] == pytest.approx(workers.vcpu * seconds / 3600, abs=1e-6)
+    assert job["billedResourceUtilization"]["memoryGBHour"] == pytest.approx(
+        workers.memory_gb * seconds / 3600, abs=1e-6
+    )
+    assert ledger["job_run"]["state"] == "SUCCESS" and ledger["job_run"]["attempt"] == 1
+    # the ledger carries the run's console links
+    assert set(ledger["links"]) == {"execution", "job run", "logs"}
+    assert ledger["links"]["execution"].endswith(execution["executionArn"])
+    assert (
+        f"/serverless-applications/{ledger['application_id']}/job-runs/{ledger['job_run_id']}"
+        in (ledger["links"]["job run"])
+    )
+    # and a SUCCEEDED notification says what it cost, with the links
+    notification = notifications.of_run(run_id, "SUCCEEDED")
+    assert notification["Subject"] == f"EMR Autopilot sales-daily: run SUCCEEDED ({run_id})"
+    assert f"cost:      ${ledger['cost']['usd']:.4f}" in notification["Message"]
+    assert ledger["links"]["execution"] in notification["Message"]
+    assert "rows:      not reported" in notification["Message"]
 
 
 def test_throttled_start_job_run_is_retried_and_the_run_succeeds(env: Deployed) -> None:

@@ -96,7 +96,7 @@ def test_the_scaler_resizes_only_this_deployments_clusters_and_rearms_only_scali
     assert emr["Condition"] == {"StringEquals": {"aws:ResourceTag/autopilot:deployment": "autopilot-dev"}}
     rearm = next(s for s in statements if s["Action"] == "cloudwatch:SetAlarmState")
     assert "alarm:autopilot-dev-scaling-sales-cluster-*" in json.dumps(rearm["Resource"])
-    finalize_id, finalize = _function(synth, "summarize an EMR-on-EC2 run")
+    finalize_id, finalize = _function(synth, "end of a run")
     assert finalize["Environment"]["Variables"]["STATE_TABLE"]
     assert any("dynamodb:GetItem" in json.dumps(s["Action"]) for s in _statements(synth, finalize_id))
 

@@ -190,8 +190,16 @@ def test_substitutions_match_the_placeholders_exactly(synth: Synthesized) -> Non
 
 def test_lambda_invocations_per_run_are_prepare_and_the_run_slot() -> None:
     lambda_tasks = {n for n, s in _tasks(ASL).items() if ":lambda:invoke" in s["Resource"]}
-    # Prepare, then acquire and release of the run slot (the failure path releases instead of the success path).
-    assert lambda_tasks == {"Prepare", "AcquireRunSlot", "ReleaseRunSlot", "ReleaseAfterFailure"}
+    # Prepare, then acquire and release of the run slot (the failure path releases instead of the success path),
+    # and finalize at the end of either path (the job run's cost, links and the notification text).
+    assert lambda_tasks == {
+        "Prepare",
+        "AcquireRunSlot",
+        "ReleaseRunSlot",
+        "ReleaseAfterFailure",
+        "FinalizeSucceeded",
+        "FinalizeFailed",
+    }
 
 
 def state_machine(synth: Synthesized, name: str) -> dict[str, Any]:
@@ -245,7 +253,10 @@ def test_happy_path_budget() -> None:
             break
         node = state.get("Default") or state["Next"]
     assert path[-1] == "RunSucceeded"
-    assert len(path) == 12, path
+    # FinalizeSucceeded and NotifySucceeded came with issue 16 (cost, links, the SUCCEEDED notification).
+    assert len(path) == 14, path
+    assert path[-3:] == ["WriteSuccessMarker", "NotifySucceeded", "RunSucceeded"], path
+    assert path.index("FinalizeSucceeded") + 1 == path.index("SucceededLedgerUpdate") < path.index("RecordSucceeded")
 
 
 def test_every_task_failure_leads_to_cleanup() -> None:
@@ -253,6 +264,12 @@ def test_every_task_failure_leads_to_cleanup() -> None:
         if name in {"Prepare", "ReadJobMetrics", "CancelJob", "RecordFailed", "NotifyFailure"}:
             continue
         if name in {"ReleaseRunSlot", "ReleaseAfterFailure"}:  # never fail the run: they continue on error
+            continue
+        if name in {"FinalizeSucceeded", "FinalizeFailed"}:  # the ledger still records the outcome without them
+            assert {c["Next"] for c in state["Catch"]} == {f"{name}Unavailable"}, name
+            continue
+        if name == "NotifySucceeded":  # the run already succeeded (ledger, _SUCCESS): a lost notice is no failure
+            assert {c["Next"] for c in state["Catch"]} == {"RunSucceeded"}, name
             continue
         catches = {c["Next"] for c in state.get("Catch", []) if "States.ALL" in c["ErrorEquals"]}
         assert catches == {"CancelJobIfStarted"}, name

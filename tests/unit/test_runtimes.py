@@ -458,9 +458,10 @@ def test_finalize_prices_a_transient_clusters_instances(spot_price: str | None) 
     assert ec2.calls[0]["ProductDescriptions"] == ["Linux/UNIX"]
     flagged = [n for n in cost["notes"] if "priced at the on-demand price" in n]
     assert bool(flagged) == (spot_price is None)
-    # A shared (long-running) cluster's cost is not the run's
+    # A shared (long-running) cluster's cost is not the run's: null, said explicitly (the final ledger update of
+    # every runtime carries `cost`, issue 16)
     shared = finalize_run(_request("SUCCEEDED", transient=False), FakeEmr([_priced_cluster()]), pricing=pricing)
-    assert "cost" not in shared
+    assert "cost" in shared and shared["cost"] is None
 
 
 # ------------------------------------------------------------------------------------------ emr-eks

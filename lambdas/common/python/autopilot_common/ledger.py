@@ -98,8 +98,8 @@ class Cleanup(TypedDict, total=False):
 class RunLedgerEntry(TypedDict, total=False):
     """One run's entry. Required in every state: `schema_version`, `run_id`, `pipeline`, `state`, `started_at`.
 
-    Nested objects that mirror an AWS response or a user's input (`trigger`, `overrides`, `cluster`, `metrics`,
-    `scaling`) are kept open: their keys follow EMR and the job, not this model.
+    Nested objects that mirror an AWS response or a user's input (`trigger`, `overrides`, `cluster`, `job_run`,
+    `metrics`, `scaling`) are kept open: their keys follow EMR and the job, not this model.
     """
 
     schema_version: Required[Literal[1]]
@@ -122,6 +122,7 @@ class RunLedgerEntry(TypedDict, total=False):
     application_id: str | None  # EMR Serverless
     job_run_id: str | None  # EMR Serverless, EMR on EKS
     virtual_cluster_id: str | None  # EMR on EKS
+    job_run: dict[str, Any] | None  # EMR Serverless, EMR on EKS: the job run's end as the service reported it
     cluster_id: str | None  # EMR on EC2
     cluster: dict[str, Any] | None
     steps: list[StepRecord]
@@ -129,6 +130,7 @@ class RunLedgerEntry(TypedDict, total=False):
     failed_step: StepRecord | None
     instance_hours_estimate: dict[str, Any] | None
     cost: Cost | None  # what the run cost in dollars (autopilot_common.pricing); usd None with the reason
+    links: dict[str, str]  # the run's console pages (autopilot_common.links.run_links): execution, job run, logs
     scaling: dict[str, Any]
     admission: Admission | None
     # What it produced, and how it ended
