@@ -95,6 +95,8 @@ def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(sy
             continue  # (Map iterations: their Map catches)
         if name in {"TerminateAfterFailure", "RecordFailed", "NotifyFailure", "ReleaseRunSlot", "ReleaseAfterFailure"}:
             continue
+        if name in {"RecordSpend", "RecordSpendAfterFailure"}:  # after the ledger entry: never fail the run
+            continue
         if "ScalingAlarms" in name:  # after the cluster is gone: never fails the run (the sweeper deletes leftovers)
             catches = {c["Next"] for c in state["Catch"] if "States.ALL" in c["ErrorEquals"]}
             assert catches == {"ReleaseRunSlot" if name.endswith("ScalingAlarms") else "ReleaseAfterFailure"}, name

@@ -190,8 +190,21 @@ def test_substitutions_match_the_placeholders_exactly(synth: Synthesized) -> Non
 
 def test_lambda_invocations_per_run_are_prepare_and_the_run_slot() -> None:
     lambda_tasks = {n for n, s in _tasks(ASL).items() if ":lambda:invoke" in s["Resource"]}
-    # Prepare, then acquire and release of the run slot (the failure path releases instead of the success path).
-    assert lambda_tasks == {"Prepare", "AcquireRunSlot", "ReleaseRunSlot", "ReleaseAfterFailure"}
+    # Prepare, then acquire and release of the run slot (the failure path releases instead of the success path),
+    # and, only for a run under a daily budget, its spend (a Choice skips it for every other run).
+    assert lambda_tasks == {
+        "Prepare",
+        "AcquireRunSlot",
+        "ReleaseRunSlot",
+        "ReleaseAfterFailure",
+        "RecordSpend",
+        "RecordSpendAfterFailure",
+    }
+    for name, then in (("RecordSpend", "WriteSuccessMarker"), ("RecordSpendAfterFailure", "NotifyFailure")):
+        gate = ASL["States"][f"{name}IfBudgeted"]
+        assert gate["Choices"] == [{"Variable": "$.run.reservation.usd", "IsPresent": True, "Next": name}]
+        assert gate["Default"] == then == ASL["States"][name]["Next"]
+        assert ASL["States"][name]["Parameters"]["Payload"]["update.$"] == "$.ledger_update"
 
 
 def state_machine(synth: Synthesized, name: str) -> dict[str, Any]:
@@ -245,14 +258,15 @@ def test_happy_path_budget() -> None:
             break
         node = state.get("Default") or state["Next"]
     assert path[-1] == "RunSucceeded"
-    assert len(path) == 12, path
+    assert len(path) == 13, path  # 12 + the budget's Choice (RecordSpendIfBudgeted)
 
 
 def test_every_task_failure_leads_to_cleanup() -> None:
     for name, state in _tasks(ASL).items():
         if name in {"Prepare", "ReadJobMetrics", "CancelJob", "RecordFailed", "NotifyFailure"}:
             continue
-        if name in {"ReleaseRunSlot", "ReleaseAfterFailure"}:  # never fail the run: they continue on error
+        if name in {"ReleaseRunSlot", "ReleaseAfterFailure", "RecordSpend", "RecordSpendAfterFailure"}:
+            # never fail the run: they continue on error
             continue
         catches = {c["Next"] for c in state.get("Catch", []) if "States.ALL" in c["ErrorEquals"]}
         assert catches == {"CancelJobIfStarted"}, name

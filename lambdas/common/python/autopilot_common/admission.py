@@ -55,11 +55,12 @@ from autopilot_common.ledger import iso, write_entry
 from autopilot_common.settings import Environment
 
 if TYPE_CHECKING:
-    from autopilot_common.clients import DynamoDBClient, S3Client, SFNClient
+    from autopilot_common.clients import DynamoDBClient, S3Client, SFNClient, SNSClient
 
 CAPS_ENV = "ADMISSION_CAPS"
 TABLE_ENV = "ADMISSION_TABLE"
 LEDGER_BUCKET_ENV = "LEDGER_BUCKET"
+TOPIC_ENV = "TOPIC_ARN"
 DIMENSIONS = ("runs", "clusters", "vcpus")
 DEPLOYMENT = "deployment"
 QUEUED, ADMITTED = "QUEUED", "ADMITTED"
@@ -182,6 +183,11 @@ class Caps:
             or any(s.limit.cap(d) is not None and reservation.amount(d) > 0 for d in DIMENSIONS)
         ]
 
+    @property
+    def any_budget(self) -> bool:
+        """True when any scope has a budget (then runs may wait for a new day: the sweeper's tick dispatches)."""
+        return self.deployment.usd is not None or any(v.usd is not None for v in self.pipelines.values())
+
     def budgeted(self, pipeline: str) -> bool:
         """True when a budget (the pipeline's or the deployment's) applies to the pipeline's runs."""
         return self.deployment.usd is not None or self.pipeline(pipeline).usd is not None
@@ -193,11 +199,12 @@ class Caps:
 @dataclass(frozen=True)
 class AdmissionSettings:
     """The admission function's environment: `ADMISSION_TABLE`, `ADMISSION_CAPS` (caps JSON) and optional
-    `LEDGER_BUCKET` (where QUEUED ledger entries go)."""
+    `LEDGER_BUCKET` (where QUEUED ledger entries go) and `TOPIC_ARN` (where budget holds are notified)."""
 
     table: str
     caps: Caps
     ledger_bucket: str | None
+    topic_arn: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AdmissionSettings:
@@ -206,6 +213,7 @@ class AdmissionSettings:
             table=read.required(TABLE_ENV, "the DynamoDB table that holds run slots and the queue"),
             caps=Caps.from_env(env),
             ledger_bucket=read.optional(LEDGER_BUCKET_ENV),
+            topic_arn=read.optional(TOPIC_ENV),
         )
 
 
@@ -379,8 +387,29 @@ class _Dispatched:
     refused: dict[str, OverBudget] = field(default_factory=dict)
 
 
-# A budget hold or refusal, for a notification: {run_id, pipeline, execution_arn, action, over_budget}.
+# A budget hold, for a notification: {run_id, pipeline, execution_arn, action, over_budget, message}.
 Notify = Callable[[Mapping[str, Any]], None]
+
+
+def budget_notifier(sns: SNSClient, topic_arn: str | None) -> Notify | None:
+    """Publish a budget hold to the notifications topic (attributes `pipeline`, `state` QUEUED, like the run
+    notifications); None without a topic."""
+    if not topic_arn:
+        return None
+
+    def publish(note: Mapping[str, Any]) -> None:
+        pipeline = str(note.get("pipeline", ""))
+        sns.publish(
+            TopicArn=topic_arn,
+            Subject=f"EMR Autopilot run waits for its budget: {pipeline}"[:100],
+            Message=json.dumps(dict(note), indent=2, default=str),
+            MessageAttributes={
+                "pipeline": {"DataType": "String", "StringValue": pipeline or "unknown"},
+                "state": {"DataType": "String", "StringValue": QUEUED},
+            },
+        )
+
+    return publish
 
 
 # --------------------------------------------------------------------------- public API
