@@ -702,6 +702,7 @@ def release(
     *,
     pipeline: str | None = None,
     reservation: Reservation | None = None,
+    clock: Clock = utcnow,
     notify: Notify | None = None,
 ) -> bool:
     """Give back what `run_id` holds (or take it out of the queue), then admit whoever can start now.
@@ -716,7 +717,7 @@ def release(
     if pipeline is not None and reservation is not None:
         hint = _charge_key(caps.scopes(pipeline, reservation), reservation), reservation
     freed = _release_run(ddb_client, table, run_id, hint)
-    dispatch(ddb_client, sfn_client, table, caps, notify=notify)
+    dispatch(ddb_client, sfn_client, table, caps, clock=clock, notify=notify)
     return freed
 
 
