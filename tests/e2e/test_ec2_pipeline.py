@@ -41,6 +41,7 @@ HAPPY_PATH = [
     "ReleaseRunSlot",
     "FinalizeSucceeded",
     "RecordSucceeded",
+    "RecordSpendIfBudgeted",
     "WriteSuccessMarker",
     "RunSucceeded",
 ]  # fmt: skip  (sales-cluster scales from two alarms: one PutScalingAlarm each)

@@ -15,7 +15,7 @@ from tests.deployment import Deployed
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 # The budget: states entered on the happy path (12 with a job that writes _metrics.json, 13 without:
 # NoJobMetrics) and Lambda invocations per run, whatever the job's length.
-HAPPY_PATH_STATES = 13
+HAPPY_PATH_STATES = 14  # with the daily budget's Choice (RecordSpendIfBudgeted), skipped without a budget
 LAMBDA_INVOCATIONS_PER_RUN = 3  # prepare, then acquire and release the run slot
 
 
@@ -88,8 +88,8 @@ def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
     assert len(entered) == HAPPY_PATH_STATES, entered
     assert entered == [
         "Prepare", "CheckInput", "AcquireRunSlot", "RecordStarted", "StartJob", "RunJob", "ReleaseRunSlot",
-        "ReadJobMetrics", "NoJobMetrics", "BuildSucceededRecord", "RecordSucceeded", "WriteSuccessMarker",
-        "RunSucceeded",
+        "ReadJobMetrics", "NoJobMetrics", "BuildSucceededRecord", "RecordSucceeded", "RecordSpendIfBudgeted",
+        "WriteSuccessMarker", "RunSucceeded",
     ]  # fmt: skip
     lambda_tasks = [
         e
