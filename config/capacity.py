@@ -18,7 +18,8 @@ else the most a run can cost at the rates of the price table shipped with the ap
 in the deployment's region:
 
 * emr-ec2, transient: every fleet/group at full capacity (as for vCPUs, the priciest type of a fleet) at the
-  on-demand EC2 price plus the EMR price, for `run_timeout_minutes` (EBS volumes are not included).
+  on-demand EC2 price plus the EMR price, plus the largest EBS volumes configured for any instance, for
+  `run_timeout_minutes` (root volumes are not included, as in the recorded cost).
 * emr-ec2 on an existing cluster: 0 (the cluster's owner pays; runs add no nodes).
 * emr-serverless: the application's maximum cpu, memory and disk for the job's timeout
   (`runtime.execution_timeout_minutes`) at its architecture's rates.
@@ -39,8 +40,8 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from autopilot_common.pricing import MissingPrice, shipped_prices
-from config.ec2 import Ec2Runtime, FleetInstanceType, InstanceFleets, InstanceGroups
+from autopilot_common.pricing import HOURS_PER_MONTH, MissingPrice, PriceTable, shipped_prices
+from config.ec2 import EbsVolumes, Ec2Runtime, FleetInstanceType, InstanceFleets, InstanceGroups
 from config.eks import EksRuntime
 from config.model import AppConfig, Pipeline, ServerlessApplication
 from config.scaling import AlarmScaling, ManagedScaling
@@ -143,6 +144,23 @@ def serverless_max_vcpus(application: ServerlessApplication) -> int:
     return int(application.maximum_capacity.cpu.split()[0])
 
 
+def _ebs_hourly(runtime: Ec2Runtime, table: PriceTable, region: str) -> float:
+    """The most any one instance's configured EBS volumes cost per hour (an upper bound for every instance)."""
+    inst = runtime.instances
+    if isinstance(inst, InstanceFleets):
+        primary = inst.primary.instance_types or [FleetInstanceType(type=runtime.primary_instance_type())]
+        workers = [*inst.core.instance_types, *(inst.task.instance_types if inst.task else [])]
+        volumes = [t.ebs for t in [*primary, *workers]]
+    else:
+        volumes = [g.ebs for g in (inst.primary, inst.core, inst.task) if g is not None]
+    return max((_volumes_hourly(v, table, region) for v in volumes if v is not None), default=0.0)
+
+
+def _volumes_hourly(volumes: EbsVolumes, table: PriceTable, region: str) -> float:
+    gigabytes = volumes.size_gb * volumes.volumes_per_instance
+    return gigabytes * table.ebs_gb_month(region, volumes.volume_type) / HOURS_PER_MONTH
+
+
 def budgeted(config: AppConfig, pipeline: Pipeline) -> bool:
     """True when a daily budget (the pipeline's or the deployment's) applies to this pipeline's runs."""
     return pipeline.limits.max_daily_usd is not None or config.guardrails.limits.max_daily_usd is not None
@@ -168,13 +186,14 @@ def run_estimate_usd(config: AppConfig, name: str, region: str | None) -> float:
     hours = runtime.execution_timeout_minutes / 60
     try:
         if isinstance(runtime, Ec2Runtime):
+            ebs = _ebs_hourly(runtime, table, region)
 
             def hourly(instance_type: str, where: str) -> float:
                 try:
                     prices = table.instance(region, instance_type)
                 except MissingPrice as exc:
                     raise CapacityError(f"{where}: {exc} in the price table; {hint}") from None
-                return float(prices["ec2_hour"]) + float(prices["emr_hour"])
+                return float(prices["ec2_hour"]) + float(prices["emr_hour"]) + ebs
 
             return round(ec2_cluster_total(runtime, hourly) * pipeline.run_timeout_minutes / 60, 6)
         if isinstance(runtime, EksRuntime):

@@ -265,3 +265,21 @@ def test_budget_problems_are_one_line_each_naming_the_field() -> None:
         _config(run_estimate_usd=0.5)
     with pytest.raises(ValueError, match="max_daily_usd"):
         Limits(max_daily_usd=0)
+
+
+def test_the_synth_estimate_of_a_transient_cluster_is_every_instance_with_its_ebs_for_the_run_timeout() -> None:
+    # sales-budget: groups, primary m5.large (the default below 50 nodes), one core m5.xlarge, 64 GB gp3 each
+    config = _config(budget=1000.0, eks_estimate=1.0)
+    table = shipped_prices()
+    per_hour = (
+        sum(
+            table.instance("us-east-1", kind)["ec2_hour"] + table.instance("us-east-1", kind)["emr_hour"]
+            for kind in ("m5.large", "m5.xlarge")
+        )
+        + 2 * 64 * table.ebs_gb_month("us-east-1", "gp3") / 730
+    )
+    expected = per_hour * config.pipelines["sales-budget"].run_timeout_minutes / 60
+    pipeline = config.pipelines["sales-budget"]
+    unset = pipeline.model_copy(update={"limits": pipeline.limits.model_copy(update={"run_estimate_usd": None})})
+    config = config.model_copy(update={"pipelines": {**config.pipelines, "sales-budget": unset}})
+    assert run_estimate_usd(config, "sales-budget", "us-east-1") == pytest.approx(expected, abs=1e-6)
