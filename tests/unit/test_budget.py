@@ -268,8 +268,16 @@ def test_budget_problems_are_one_line_each_naming_the_field() -> None:
 
 
 def test_the_synth_estimate_of_a_transient_cluster_is_every_instance_with_its_ebs_for_the_run_timeout() -> None:
-    # sales-budget: groups, primary m5.large (the default below 50 nodes), one core m5.xlarge, 64 GB gp3 each
-    config = _config(budget=1000.0, eks_estimate=1.0)
+    def groups(raw: dict[str, Any]) -> None:
+        raw["region"] = "us-east-1"
+        raw["guardrails"] = {"limits": {"max_daily_usd": 1000.0}}
+        raw["pipelines"]["sales-eks"]["limits"] = {"run_estimate_usd": 1.0}
+        runtime = raw["pipelines"]["sales-cluster"]["runtime"]
+        runtime.pop("scaling")
+        runtime["instances"] = {"mode": "groups", "core": {"instance_type": "m5.xlarge", "count": 1}, "task": None}
+
+    # primary m5.large (the default below 50 nodes), one core m5.xlarge, 64 GB gp3 each (the default volumes)
+    config = dev_config(groups)
     table = shipped_prices()
     per_hour = (
         sum(
@@ -278,8 +286,5 @@ def test_the_synth_estimate_of_a_transient_cluster_is_every_instance_with_its_eb
         )
         + 2 * 64 * table.ebs_gb_month("us-east-1", "gp3") / 730
     )
-    expected = per_hour * config.pipelines["sales-budget"].run_timeout_minutes / 60
-    pipeline = config.pipelines["sales-budget"]
-    unset = pipeline.model_copy(update={"limits": pipeline.limits.model_copy(update={"run_estimate_usd": None})})
-    config = config.model_copy(update={"pipelines": {**config.pipelines, "sales-budget": unset}})
-    assert run_estimate_usd(config, "sales-budget", "us-east-1") == pytest.approx(expected, abs=1e-6)
+    expected = per_hour * config.pipelines["sales-cluster"].run_timeout_minutes / 60
+    assert run_estimate_usd(config, "sales-cluster", "us-east-1") == pytest.approx(expected, abs=1e-6)
