@@ -22,6 +22,7 @@ from stacks.storage import AutopilotStorage, state_table
 
 # Environment contract of `autopilot_common.admission` (Caps.from_env and the admission handler).
 TABLE_ENV, CAPS_ENV, LEDGER_BUCKET_ENV, TOPIC_ENV = "ADMISSION_TABLE", "ADMISSION_CAPS", "LEDGER_BUCKET", "TOPIC_ARN"
+TTL_ATTRIBUTE = "expires_at"  # autopilot_common.admission.EXPIRES_AT: a budgeted run's SPEND item
 TABLE_ACTIONS = (
     "dynamodb:GetItem",
     "dynamodb:Query",
@@ -86,7 +87,12 @@ class RunAdmission(Construct):
             for name, pipeline in config.pipelines.items()
         }
         self.table = state_table(
-            self, "Table", table_name=DeploymentNames(prefix).admission_table, partition_key="pk", sort_key="sk"
+            self,
+            "Table",
+            table_name=DeploymentNames(prefix).admission_table,
+            partition_key="pk",
+            sort_key="sk",
+            ttl_attribute=TTL_ATTRIBUTE,  # a budgeted run's SPEND item, when its end never settles it (aborted)
         )
         self.function = functions.function(
             self,

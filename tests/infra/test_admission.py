@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from autopilot_common.admission import Caps, Limit
+from autopilot_common.admission import EXPIRES_AT, Caps, Limit
 from config.capacity import queue_timeout_seconds, run_reservation
 from config.loader import load_config
 from tests.infra.conftest import Synthesized
@@ -87,6 +87,8 @@ def test_admission_table_is_on_demand_with_point_in_time_recovery(synth: Synthes
     ]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert [k["AttributeName"] for k in table["KeySchema"]] == ["pk", "sk"]
+    # SPEND items (a budgeted run's reservation) expire when the run's end never settles them
+    assert table["TimeToLiveSpecification"] == {"AttributeName": EXPIRES_AT, "Enabled": True}
     (replica,) = table["Replicas"]
     assert replica["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
 

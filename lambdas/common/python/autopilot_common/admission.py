@@ -74,6 +74,7 @@ USD = "usd"  # the budget dimension (dollars of the day's spend), beside DIMENSI
 WAIT, FAIL = "wait", "fail"  # `limits.over_budget`
 RECENT_COSTS = 10  # recorded costs kept per pipeline: the estimate is the largest of them
 SPEND_TTL = timedelta(days=35)  # a run that never reports its end (aborted) keeps its estimate as spend
+EXPIRES_AT = "expires_at"  # the table's TTL attribute (epoch seconds): only SPEND items carry it
 _SEP = "\x1f"  # sorts below every printable character: `a` before `a/b` in the queue
 _MAX_KEY_BYTES = 512  # DynamoDB sort keys are at most 1024 bytes
 _TRANSACTION_ATTEMPTS = 12
@@ -903,7 +904,7 @@ def _admit(
     budget = _budget_record(scopes, entry.reservation, today)
     if budget is not None:  # what the run's end (`record_spend`) settles
         spend = {"pk": SPEND, "sk": entry.run_id, "pipeline": entry.pipeline, **budget}
-        spend["expires_at"] = int((now + SPEND_TTL).timestamp())
+        spend[EXPIRES_AT] = int((now + SPEND_TTL).timestamp())
         items.append({"Put": {"TableName": table, "Item": dump_item(spend)}})
         run_update = items[len(scopes)]["Update"]
         run_update["UpdateExpression"] = run_update["UpdateExpression"].replace(
