@@ -15,6 +15,7 @@ from autopilot_common.admission import (
     Limit,
     Reservation,
     acquire,
+    budget_notifier,
     dispatch,
     estimate_usd,
     record_spend,
@@ -288,3 +289,21 @@ def test_the_synth_estimate_of_a_transient_cluster_is_every_instance_with_its_eb
     )
     expected = per_hour * config.pipelines["sales-cluster"].run_timeout_minutes / 60
     assert run_estimate_usd(config, "sales-cluster", "us-east-1") == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_budget_hold_is_published_like_the_run_notifications() -> None:
+    published: list[dict[str, Any]] = []
+
+    class Topic:
+        def publish(self, **kwargs: Any) -> dict[str, Any]:
+            published.append(kwargs)
+            return {"MessageId": "m1"}
+
+    assert budget_notifier(Topic(), None) is None  # type: ignore[arg-type]
+    notify = budget_notifier(Topic(), "arn:aws:sns:us-east-1:123456789012:autopilot-dev")  # type: ignore[arg-type]
+    assert notify is not None
+    notify({"run_id": "r1", "pipeline": "sales-budget", "action": "held", "message": "run r1 waits"})
+    (call,) = published
+    assert call["Subject"] == "EMR Autopilot run waits for its budget: sales-budget"
+    assert call["MessageAttributes"]["state"] == {"DataType": "String", "StringValue": "QUEUED"}
+    assert json.loads(call["Message"])["run_id"] == "r1"
