@@ -7,7 +7,7 @@ auto-termination policy on clusters launched by hand) and every cap off (unlimit
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -18,8 +18,8 @@ TagKey = Annotated[str, StringConstraints(pattern=r"^[\w .:/=+@-]{1,128}$")]
 
 
 class Limits(StrictModel):
-    """Caps on what runs at once. Null means unlimited. A run over a cap waits in order of arrival
-    (QUEUED in the ledger and `emr-autopilot runs`) and starts when capacity frees; none is dropped."""
+    """Caps on what runs at once, and a daily budget. Null means unlimited. A run over a cap waits in order of
+    arrival (QUEUED in the ledger and `emr-autopilot runs`) and starts when capacity frees; none is dropped."""
 
     max_concurrent_runs: int | None = Field(default=None, ge=1, le=10000, description="Runs admitted at once.")
     max_concurrent_clusters: int | None = Field(
@@ -28,10 +28,21 @@ class Limits(StrictModel):
     max_vcpus: int | None = Field(
         default=None, ge=1, le=1_000_000, description="Sum of the admitted runs' vCPU reservations (`run_vcpus`)."
     )
+    max_daily_usd: float | None = Field(
+        default=None,
+        gt=0,
+        le=10_000_000,
+        description=(
+            "Budget of one day (00:00 to 24:00 UTC) in US dollars: the recorded costs (`cost.usd`) of runs that "
+            "ended that day plus the estimates of runs admitted and not yet ended. A run whose estimate would take "
+            "the day over it waits or fails (`over_budget`). Null: no budget."
+        ),
+    )
 
     @property
     def capped(self) -> bool:
-        return any(v is not None for v in (self.max_concurrent_runs, self.max_concurrent_clusters, self.max_vcpus))
+        caps = (self.max_concurrent_runs, self.max_concurrent_clusters, self.max_vcpus, self.max_daily_usd)
+        return any(v is not None for v in caps)
 
 
 class PipelineLimits(Limits):
@@ -45,6 +56,25 @@ class PipelineLimits(Limits):
             "vCPUs one run reserves against `max_vcpus`. Default: estimated from the runtime (emr-ec2: "
             "every fleet/group at full capacity; emr-serverless: the application's maximum cpu; emr-eks: "
             "required when a vCPU cap applies)."
+        ),
+    )
+    run_estimate_usd: float | None = Field(
+        default=None,
+        gt=0,
+        le=10_000_000,
+        description=(
+            "US dollars one run reserves against `max_daily_usd` until its pipeline has recorded costs (then the "
+            "largest of its last 10 recorded costs). Default: the most a run can cost at the price table's rates "
+            "(emr-ec2: every instance at full capacity for `run_timeout_minutes`; emr-serverless: the application's "
+            "maximum capacity for the job timeout; emr-eks: `run_vcpus` with 8 GB each for the job timeout)."
+        ),
+    )
+    over_budget: Literal["wait", "fail"] = Field(
+        default="wait",
+        description=(
+            "A run a daily budget (this pipeline's or the deployment's) does not allow: `wait` (QUEUED until a new "
+            "day or cheaper-than-estimated costs make room; `max_queue_minutes` still ends the wait) or `fail` "
+            "(`BudgetExceeded`, nothing launched, notified). Default `wait`, like the other caps: no run is lost."
         ),
     )
     max_queue_minutes: int = Field(

@@ -8,11 +8,12 @@ from typing import Any
 from aws_cdk import Duration
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from autopilot_common.ledger import ledger_prefix
 from config.capacity import queue_timeout_seconds, run_reservation
-from config.guardrails import Limits
+from config.guardrails import Limits, PipelineLimits
 from config.model import AppConfig
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
@@ -20,7 +21,8 @@ from stacks.naming import DeploymentNames
 from stacks.storage import AutopilotStorage, state_table
 
 # Environment contract of `autopilot_common.admission` (Caps.from_env and the admission handler).
-TABLE_ENV, CAPS_ENV, LEDGER_BUCKET_ENV = "ADMISSION_TABLE", "ADMISSION_CAPS", "LEDGER_BUCKET"
+TABLE_ENV, CAPS_ENV, LEDGER_BUCKET_ENV, TOPIC_ENV = "ADMISSION_TABLE", "ADMISSION_CAPS", "LEDGER_BUCKET", "TOPIC_ARN"
+TTL_ATTRIBUTE = "expires_at"  # autopilot_common.admission.EXPIRES_AT: a budgeted run's SPEND item
 TABLE_ACTIONS = (
     "dynamodb:GetItem",
     "dynamodb:Query",
@@ -30,16 +32,25 @@ TABLE_ACTIONS = (
 )
 
 
-def limit_json(limits: Limits) -> dict[str, int | None]:
-    """A scope's caps as `autopilot_common.admission.Limit` reads them."""
-    return {"runs": limits.max_concurrent_runs, "clusters": limits.max_concurrent_clusters, "vcpus": limits.max_vcpus}
+def limit_json(limits: Limits) -> dict[str, int | float | str | None]:
+    """A scope's caps as `autopilot_common.admission.Limit` reads them (a pipeline's also say `over_budget`)."""
+    body: dict[str, int | float | str | None] = {
+        "runs": limits.max_concurrent_runs,
+        "clusters": limits.max_concurrent_clusters,
+        "vcpus": limits.max_vcpus,
+        "usd": limits.max_daily_usd,
+    }
+    if isinstance(limits, PipelineLimits):
+        body["over_budget"] = limits.over_budget
+    return body
 
 
 def caps_json(config: AppConfig) -> str:
-    """`ADMISSION_CAPS`: the deployment's caps and those of every pipeline that has any."""
+    """`ADMISSION_CAPS`: the deployment's caps and those of every pipeline that has any (or fails over budget)."""
+    listed = {name: p for name, p in config.pipelines.items() if p.limits.capped or p.limits.over_budget == "fail"}
     body = {
         "deployment": limit_json(config.guardrails.limits),
-        "pipelines": {name: limit_json(p.limits) for name, p in sorted(config.pipelines.items()) if p.limits.capped},
+        "pipelines": {name: limit_json(p.limits) for name, p in sorted(listed.items())},
     }
     return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
@@ -64,6 +75,7 @@ class RunAdmission(Construct):
         prefix: str,
         storage: AutopilotStorage,
         functions: FunctionFactory,
+        topic: sns.ITopic,
     ) -> None:
         super().__init__(scope, construct_id)
         self.caps_json = caps_json(config)
@@ -75,16 +87,22 @@ class RunAdmission(Construct):
             for name, pipeline in config.pipelines.items()
         }
         self.table = state_table(
-            self, "Table", table_name=DeploymentNames(prefix).admission_table, partition_key="pk", sort_key="sk"
+            self,
+            "Table",
+            table_name=DeploymentNames(prefix).admission_table,
+            partition_key="pk",
+            sort_key="sk",
+            ttl_attribute=TTL_ATTRIBUTE,  # a budgeted run's SPEND item, when its end never settles it (aborted)
         )
         self.function = functions.function(
             self,
             "admission",
             description="EMR Autopilot: concurrency and budget caps (queue runs in arrival order, admit, release)",
-            environment={LEDGER_BUCKET_ENV: storage.outputs.bucket_name},
+            environment={LEDGER_BUCKET_ENV: storage.outputs.bucket_name, TOPIC_ENV: topic.topic_arn},
             timeout=Duration.minutes(2),
         )
         self.grant_release(self.function)
+        topic.grant_publish(self.function)  # a run held for a budget is notified
         self.function.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["s3:PutObject"], resources=[storage.outputs.arn_for_objects(f"{ledger_prefix()}*")]

@@ -97,7 +97,7 @@ class AutopilotPlatform(Construct):
 
         self.functions = FunctionFactory(self, "Functions", settings=config.lambdas, prefix=prefix)
         self.admission = RunAdmission(
-            self, "Admission", config=config, prefix=prefix, storage=storage, functions=self.functions
+            self, "Admission", config=config, prefix=prefix, storage=storage, functions=self.functions, topic=self.topic
         )
         self.prepare = self.functions.function(
             self,

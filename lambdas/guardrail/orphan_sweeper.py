@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from autopilot_common.admission import release, runs
+from autopilot_common.admission import budget_notifier, dispatch, release, runs
 from autopilot_common.clients import Clients
 from autopilot_common.ledger import FINAL_STATES, iso
 from autopilot_common.ledger import read_entry as read_ledger
@@ -135,6 +135,9 @@ def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: Swee
             report.slots_released.append(
                 {"run_id": run_id, "execution_arn": execution_arn, "reason": f"its execution is {status}"}
             )
+    if settings.caps.any_budget:  # runs waiting for a budget start when a new day (UTC) begins: wake them
+        notify = budget_notifier(clients.sns, settings.topic_arn)
+        dispatch(clients.dynamodb, clients.sfn, settings.admission_table, settings.caps, notify=notify)
 
 
 def _sweep_clusters(settings: GuardrailSettings, clients: Clients, now: datetime, report: SweepReport) -> None:

@@ -263,14 +263,14 @@ def _running_jobs(env: Deployed) -> list[Any]:
     ]
 
 
-def _with_queue_timeout(env: Deployed, seconds: int) -> str:
-    """A copy of sales-burst's deployed state machine whose runs may wait `seconds` for a slot."""
-    original = env.sfn.describe_state_machine(stateMachineArn=env.state_machine_of(PIPELINE))
+def _with_queue_timeout(env: Deployed, seconds: int, pipeline: str = PIPELINE) -> str:
+    """A copy of the pipeline's deployed state machine whose runs may wait `seconds` for a slot."""
+    original = env.sfn.describe_state_machine(stateMachineArn=env.state_machine_of(pipeline))
     definition = json.loads(original["definition"])
     settings = definition["States"]["Prepare"]["Parameters"]["Payload"]["settings"]
     admission = json.loads(settings["admission_json"])
     settings["admission_json"] = json.dumps({**admission, "queue_timeout_seconds": seconds})
-    name = f"autopilot-dev-{PIPELINE}-qt-{uuid.uuid4().hex[:6]}"
+    name = f"autopilot-dev-{pipeline}-qt-{uuid.uuid4().hex[:6]}"
     created = env.sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=original["roleArn"])
     arn: str = created["stateMachineArn"]
     return arn

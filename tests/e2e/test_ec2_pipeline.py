@@ -42,6 +42,7 @@ HAPPY_PATH = [
     "FinalizeSucceeded",
     "SucceededLedgerUpdate",
     "RecordSucceeded",
+    "RecordSpendIfBudgeted",
     "WriteSuccessMarker",
     "NotifySucceeded",
     "RunSucceeded",

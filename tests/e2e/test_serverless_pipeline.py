@@ -18,7 +18,7 @@ from tests.deployment import Deployed, Notifications
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 # The budget: states entered on the happy path (14 with a job that writes _metrics.json, 15 without:
 # NoJobMetrics) and Lambda invocations per run, whatever the job's length.
-HAPPY_PATH_STATES = 15
+HAPPY_PATH_STATES = 16  # with the daily budget's Choice (RecordSpendIfBudgeted), skipped without a budget
 LAMBDA_INVOCATIONS_PER_RUN = 4  # prepare, acquire and release the run slot, finalize (cost, links, notification)
 
 
@@ -92,7 +92,7 @@ def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
     assert entered == [
         "Prepare", "CheckInput", "AcquireRunSlot", "RecordStarted", "StartJob", "RunJob", "ReleaseRunSlot",
         "ReadJobMetrics", "NoJobMetrics", "FinalizeSucceeded", "SucceededLedgerUpdate", "RecordSucceeded",
-        "WriteSuccessMarker", "NotifySucceeded", "RunSucceeded",
+        "RecordSpendIfBudgeted", "WriteSuccessMarker", "NotifySucceeded", "RunSucceeded",
     ]  # fmt: skip
     lambda_tasks = [
         e

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from autopilot_common.admission import Caps, Limit
+from autopilot_common.admission import EXPIRES_AT, Caps, Limit
 from config.capacity import queue_timeout_seconds, run_reservation
 from config.loader import load_config
 from tests.infra.conftest import Synthesized
@@ -87,6 +87,8 @@ def test_admission_table_is_on_demand_with_point_in_time_recovery(synth: Synthes
     ]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert [k["AttributeName"] for k in table["KeySchema"]] == ["pk", "sk"]
+    # SPEND items (a budgeted run's reservation) expire when the run's end never settles them
+    assert table["TimeToLiveSpecification"] == {"AttributeName": EXPIRES_AT, "Enabled": True}
     (replica,) = table["Replicas"]
     assert replica["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
 
@@ -105,15 +107,25 @@ def test_admission_function_gets_the_caps_from_config(synth: Synthesized) -> Non
     caps = Caps.from_env(env)
     deployment = CONFIG.guardrails.limits
     assert caps.deployment == Limit(
-        deployment.max_concurrent_runs, deployment.max_concurrent_clusters, deployment.max_vcpus
+        deployment.max_concurrent_runs,
+        deployment.max_concurrent_clusters,
+        deployment.max_vcpus,
+        deployment.max_daily_usd,
     )
     assert caps.pipelines == {
-        name: Limit(p.limits.max_concurrent_runs, p.limits.max_concurrent_clusters, p.limits.max_vcpus)
+        name: Limit(
+            p.limits.max_concurrent_runs,
+            p.limits.max_concurrent_clusters,
+            p.limits.max_vcpus,
+            p.limits.max_daily_usd,
+            p.limits.over_budget,
+        )
         for name, p in CONFIG.pipelines.items()
-        if p.limits.capped
+        if p.limits.capped or p.limits.over_budget == "fail"
     }
     assert "sales-burst" in caps.pipelines and caps.pipelines["sales-burst"].runs == 2
-    assert "ADMISSION_TABLE" in env and "LEDGER_BUCKET" in env
+    assert caps.pipelines["sales-budget"].usd == 0.0006  # a daily budget
+    assert "ADMISSION_TABLE" in env and "LEDGER_BUCKET" in env and "TOPIC_ARN" in env
 
 
 def test_admission_function_may_answer_tokens_and_write_only_ledger_entries(synth: Synthesized) -> None:

@@ -191,7 +191,8 @@ def test_substitutions_match_the_placeholders_exactly(synth: Synthesized) -> Non
 def test_lambda_invocations_per_run_are_prepare_and_the_run_slot() -> None:
     lambda_tasks = {n for n, s in _tasks(ASL).items() if ":lambda:invoke" in s["Resource"]}
     # Prepare, then acquire and release of the run slot (the failure path releases instead of the success path),
-    # and finalize at the end of either path (the job run's cost, links and the notification text).
+    # finalize at the end of either path (the job run's cost, links and the notification text), and, only for a run
+    # under a daily budget, its spend (a Choice skips it for every other run).
     assert lambda_tasks == {
         "Prepare",
         "AcquireRunSlot",
@@ -199,7 +200,14 @@ def test_lambda_invocations_per_run_are_prepare_and_the_run_slot() -> None:
         "ReleaseAfterFailure",
         "FinalizeSucceeded",
         "FinalizeFailed",
+        "RecordSpend",
+        "RecordSpendAfterFailure",
     }
+    for name, then in (("RecordSpend", "WriteSuccessMarker"), ("RecordSpendAfterFailure", "NotifyFailure")):
+        gate = ASL["States"][f"{name}IfBudgeted"]
+        assert gate["Choices"] == [{"Variable": "$.run.reservation.usd", "IsPresent": True, "Next": name}]
+        assert gate["Default"] == then == ASL["States"][name]["Next"]
+        assert ASL["States"][name]["Parameters"]["Payload"]["update.$"] == "$.ledger_update"
 
 
 def state_machine(synth: Synthesized, name: str) -> dict[str, Any]:
@@ -254,7 +262,7 @@ def test_happy_path_budget() -> None:
         node = state.get("Default") or state["Next"]
     assert path[-1] == "RunSucceeded"
     # FinalizeSucceeded and NotifySucceeded came with issue 16 (cost, links, the SUCCEEDED notification).
-    assert len(path) == 14, path
+    assert len(path) == 15, path  # + the budget's Choice (RecordSpendIfBudgeted)
     assert path[-3:] == ["WriteSuccessMarker", "NotifySucceeded", "RunSucceeded"], path
     assert path.index("FinalizeSucceeded") + 1 == path.index("SucceededLedgerUpdate") < path.index("RecordSucceeded")
 
@@ -263,7 +271,8 @@ def test_every_task_failure_leads_to_cleanup() -> None:
     for name, state in _tasks(ASL).items():
         if name in {"Prepare", "ReadJobMetrics", "CancelJob", "RecordFailed", "NotifyFailure"}:
             continue
-        if name in {"ReleaseRunSlot", "ReleaseAfterFailure"}:  # never fail the run: they continue on error
+        if name in {"ReleaseRunSlot", "ReleaseAfterFailure", "RecordSpend", "RecordSpendAfterFailure"}:
+            # never fail the run: they continue on error
             continue
         if name in {"FinalizeSucceeded", "FinalizeFailed"}:  # the ledger still records the outcome without them
             assert {c["Next"] for c in state["Catch"]} == {f"{name}Unavailable"}, name

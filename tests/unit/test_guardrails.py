@@ -9,7 +9,7 @@ execution it starts from. The twin-backed end-to-end versions are in tests/e2e/t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -595,3 +595,34 @@ def test_stops_of_other_state_machines_and_by_the_app_are_ignored(world: World) 
     )
     own["userIdentity"]["sessionContext"]["sessionIssuer"]["arn"] = APP_ROLE
     assert react_to_cloudtrail(own, world.settings, world.clients, NOW).action == "ignored: made by this app"
+
+
+def test_the_sweepers_tick_admits_a_run_waiting_for_its_budget_once_a_new_day_begins(world: World) -> None:
+    # Given a daily budget spent yesterday: one run admitted, the next waiting for the budget (not a slot)
+    settings = replace(world.settings, caps=Caps(pipelines={PIPELINE.name: Limit(usd=1.0)}))
+    first, second = ("sales-cluster-" + c * 24 for c in "ab")
+    world.sfn.executions |= {_execution_arn(first): "RUNNING", _execution_arn(second): "RUNNING"}
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    for second_of_arrival, run_id in enumerate((first, second), start=1):
+        request = AcquireRequest(
+            token=f"token-{run_id}",
+            run_id=run_id,
+            pipeline=PIPELINE.name,
+            arrival={"at": f"2026-11-24T09:30:{second_of_arrival:02d}.000000Z", "key": f"in/{run_id}.csv"},
+            reservation=Reservation(usd=0.8),
+            execution_arn=_execution_arn(run_id),
+        )
+        acquire(
+            world.clients.dynamodb,
+            world.sfn,
+            world.clients.s3,
+            ADMISSION,
+            settings.caps,
+            request,
+            clock=lambda: yesterday,
+        )
+    assert world.sfn.answered == [f"token-{first}"]
+    # When the sweeper ticks today
+    sweep(settings, world.clients, NOW)
+    # Then the waiting run is admitted on today's budget
+    assert world.sfn.answered == [f"token-{first}", f"token-{second}"]

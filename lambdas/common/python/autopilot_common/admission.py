@@ -12,6 +12,16 @@ The table (`<prefix>-admission`, keys `pk`/`sk`, strings) holds three kinds of i
     pk "LINE"  sk "QUEUE#<arrival>\\x1f<key>\\x1f<run_id>" a waiting run: token, pipeline, reservation, queued_at
     pk "RUN"   sk "<run_id>"                               state QUEUED (queue_sk) or ADMITTED (the holder:
                                                            reservation and the counters it charged)
+    pk "SPEND" sk "<run_id>"                               a budgeted run's reservation of the day's spend, from
+                                                           admission until the run ends (`record_spend`)
+    pk "ESTIMATE" sk "<pipeline>"                          the pipeline's recent recorded costs (the estimate)
+
+Budgets (`max_daily_usd`): a CAP item also holds the spend of each UTC day in an attribute `usd@<yyyy-mm-dd>`:
+the recorded costs of runs that ended that day plus the reservations (estimates) of runs admitted that day
+and not yet ended. Admission adds the run's estimate, conditioned on the day's spend staying within the
+budget (or on nothing having been spent that day, so a run whose estimate alone exceeds the budget runs
+once a day rather than never); the run's end (`record_spend`) takes the estimate back and adds the recorded
+cost on the day the run ended, or keeps the estimate as spend when the cost is unknown.
 
 Counters and queue share a partition, so one consistent Query shows a dispatcher both what is held and
 who waits, in arrival order: it attempts only the admissions that fit, and the conditions decide.
@@ -23,40 +33,48 @@ ADMITTED RUN item and subtract what it charged (so releasing twice frees once), 
 
 Caps arrive as JSON in the environment (`ADMISSION_CAPS`, see `Caps.from_env`)::
 
-    {"deployment": {"runs": 10, "clusters": null, "vcpus": 512},
-     "pipelines": {"sales-burst": {"runs": 2, "clusters": null, "vcpus": null}}}
+    {"deployment": {"runs": 10, "clusters": null, "vcpus": 512, "usd": 100.0},
+     "pipelines": {"sales-burst": {"runs": 2, "clusters": null, "vcpus": null, "usd": 5.0, "over_budget": "fail"}}}
 
-A run no cap applies to (none of its scopes caps a dimension it reserves) is admitted at once without
-touching the table: it holds nothing, so releasing it is a no-op.
+A run no cap applies to (none of its scopes caps a dimension it reserves, and no budget) is admitted at once
+without touching the table: it holds nothing, so releasing it is a no-op.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from autopilot_common.dynamo import TransactionCancelled, dump_item, error_code, load_item, transact
+from autopilot_common.dynamo import TransactionCancelled, dump_item, dump_value, error_code, load_item, transact
 from autopilot_common.ledger import iso, write_entry
 from autopilot_common.settings import Environment
 
 if TYPE_CHECKING:
-    from autopilot_common.clients import DynamoDBClient, S3Client, SFNClient
+    from autopilot_common.clients import DynamoDBClient, S3Client, SFNClient, SNSClient
 
 CAPS_ENV = "ADMISSION_CAPS"
 TABLE_ENV = "ADMISSION_TABLE"
 LEDGER_BUCKET_ENV = "LEDGER_BUCKET"
+TOPIC_ENV = "TOPIC_ARN"
 DIMENSIONS = ("runs", "clusters", "vcpus")
 DEPLOYMENT = "deployment"
 QUEUED, ADMITTED = "QUEUED", "ADMITTED"
 # SendTaskSuccess/SendTaskFailure errors meaning the waiting task is gone (timed out, aborted, finished).
 TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 RESERVATION_EXCEEDS_CAP = "ReservationExceedsCap"
+BUDGET_EXCEEDED = "BudgetExceeded"
 LINE, CAP_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "QUEUE#"
+SPEND, ESTIMATE = "SPEND", "ESTIMATE"
+USD = "usd"  # the budget dimension (dollars of the day's spend), beside DIMENSIONS
+WAIT, FAIL = "wait", "fail"  # `limits.over_budget`
+RECENT_COSTS = 10  # recorded costs kept per pipeline: the estimate is the largest of them
+SPEND_TTL = timedelta(days=35)  # a run that never reports its end (aborted) keeps its estimate as spend
+EXPIRES_AT = "expires_at"  # the table's TTL attribute (epoch seconds): only SPEND items carry it
 _SEP = "\x1f"  # sorts below every printable character: `a` before `a/b` in the queue
 _MAX_KEY_BYTES = 512  # DynamoDB sort keys are at most 1024 bytes
 _TRANSACTION_ATTEMPTS = 12
@@ -78,6 +96,8 @@ class Limit:
     runs: int | None = None
     clusters: int | None = None
     vcpus: int | None = None
+    usd: float | None = None  # max_daily_usd: the budget of one UTC day
+    over_budget: str = WAIT  # what a run of this pipeline does when a budget is spent: wait or fail
 
     def cap(self, dimension: str) -> int | None:
         value: int | None = getattr(self, dimension)
@@ -86,7 +106,14 @@ class Limit:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Limit:
         raw = raw or {}
-        return cls(**{d: None if raw.get(d) is None else int(raw[d]) for d in DIMENSIONS})
+        over_budget = str(raw.get("over_budget") or WAIT)
+        if over_budget not in (WAIT, FAIL):
+            raise ValueError(f"over_budget: got {over_budget!r}; expected {WAIT!r} or {FAIL!r}")
+        return cls(
+            **{d: None if raw.get(d) is None else int(raw[d]) for d in DIMENSIONS},
+            usd=None if raw.get(USD) is None else float(raw[USD]),
+            over_budget=over_budget,
+        )
 
 
 @dataclass(frozen=True)
@@ -96,6 +123,7 @@ class Reservation:
     runs: int = 1
     clusters: int = 0
     vcpus: int = 0
+    usd: float = 0.0  # the estimated cost charged to the day's spend under a budget
 
     def amount(self, dimension: str) -> int:
         value: int = getattr(self, dimension)
@@ -104,9 +132,9 @@ class Reservation:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Reservation:
         raw = raw or {}
-        return cls(**{d: int(raw.get(d, 1 if d == "runs" else 0)) for d in DIMENSIONS})
+        return cls(**{d: int(raw.get(d, 1 if d == "runs" else 0)) for d in DIMENSIONS}, usd=dollars(raw.get(USD) or 0))
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
 
@@ -146,11 +174,24 @@ class Caps:
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
     def scopes(self, pipeline: str, reservation: Reservation) -> list[Scope]:
-        """The counters a run of `pipeline` is charged to: those capping a dimension the run reserves."""
+        """The counters a run of `pipeline` is charged to: those capping a dimension the run reserves, and
+        those with a budget (every run's cost counts, whatever its estimate)."""
         candidates = [Scope(DEPLOYMENT, self.deployment), Scope(pipeline_scope(pipeline), self.pipeline(pipeline))]
         return [
-            s for s in candidates if any(s.limit.cap(d) is not None and reservation.amount(d) > 0 for d in DIMENSIONS)
+            s
+            for s in candidates
+            if s.limit.usd is not None
+            or any(s.limit.cap(d) is not None and reservation.amount(d) > 0 for d in DIMENSIONS)
         ]
+
+    @property
+    def any_budget(self) -> bool:
+        """True when any scope has a budget (then runs may wait for a new day: the sweeper's tick dispatches)."""
+        return self.deployment.usd is not None or any(v.usd is not None for v in self.pipelines.values())
+
+    def budgeted(self, pipeline: str) -> bool:
+        """True when a budget (the pipeline's or the deployment's) applies to the pipeline's runs."""
+        return self.deployment.usd is not None or self.pipeline(pipeline).usd is not None
 
     def pipeline(self, name: str) -> Limit:
         return self.pipelines.get(name) or Limit()
@@ -159,11 +200,12 @@ class Caps:
 @dataclass(frozen=True)
 class AdmissionSettings:
     """The admission function's environment: `ADMISSION_TABLE`, `ADMISSION_CAPS` (caps JSON) and optional
-    `LEDGER_BUCKET` (where QUEUED ledger entries go)."""
+    `LEDGER_BUCKET` (where QUEUED ledger entries go) and `TOPIC_ARN` (where budget holds are notified)."""
 
     table: str
     caps: Caps
     ledger_bucket: str | None
+    topic_arn: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AdmissionSettings:
@@ -172,11 +214,56 @@ class AdmissionSettings:
             table=read.required(TABLE_ENV, "the DynamoDB table that holds run slots and the queue"),
             caps=Caps.from_env(env),
             ledger_bucket=read.optional(LEDGER_BUCKET_ENV),
+            topic_arn=read.optional(TOPIC_ENV),
         )
 
 
 def pipeline_scope(pipeline: str) -> str:
     return f"pipeline#{pipeline}"
+
+
+def dollars(value: Any) -> float:
+    """A dollar amount as the tally keeps it: rounded to a millionth (DynamoDB numbers are exact decimals)."""
+    return round(float(value), 6)
+
+
+def spend_attribute(day: date) -> str:
+    """The CAP item's attribute holding a scope's spend on `day` (UTC)."""
+    return f"{USD}@{day.isoformat()}"
+
+
+@dataclass(frozen=True)
+class OverBudget:
+    """Why a run may not start today: `scope`'s spend plus the run's estimate exceeds the scope's budget."""
+
+    scope: str
+    budget: float
+    spent: float
+    estimate: float
+    day: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.scope} has spent ${self.spent:.6f} of its max_daily_usd ${self.budget:.6f} on {self.day} (UTC) "
+            f"and this run's estimate is ${self.estimate:.6f}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "max_daily_usd": self.budget,
+            "spent_usd": self.spent,
+            "estimate_usd": self.estimate,
+            "day": self.day,
+        }
+
+
+def over_budget(scope: Scope, spent: float, estimate: float, day: date) -> OverBudget | None:
+    """The verdict for one scope: None when the estimate fits (or nothing was spent that day yet)."""
+    budget = scope.limit.usd
+    if budget is None or spent <= 0 or dollars(spent + estimate) <= budget:
+        return None
+    return OverBudget(scope.key, budget, dollars(spent), estimate, day.isoformat())
 
 
 def oversized(scopes: Sequence[Scope], reservation: Reservation) -> list[str]:
@@ -264,6 +351,7 @@ class AcquireOutcome:
     state: str
     position: int | None = None
     admitted: tuple[str, ...] = ()  # every run this call's dispatch admitted
+    over_budget: OverBudget | None = None  # QUEUED or REJECTED for a budget rather than a slot
 
 
 @dataclass(frozen=True)
@@ -274,6 +362,7 @@ class _QueueEntry:
     token: str
     reservation: Reservation
     queued_at: str
+    execution_arn: str = ""
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> _QueueEntry:
@@ -284,7 +373,44 @@ class _QueueEntry:
             token=item["token"],
             reservation=Reservation.from_json(item.get("reservation")),
             queued_at=item.get("queued_at", ""),
+            execution_arn=str(item.get("execution_arn", "")),
         )
+
+
+@dataclass
+class _Dispatched:
+    """What one dispatch did: the runs it admitted, each still-waiting run's place in its pipeline's line,
+    the waiting runs a budget holds (not a slot) and the runs it refused for a budget (`over_budget: fail`)."""
+
+    admitted: list[str] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
+    over_budget: dict[str, OverBudget] = field(default_factory=dict)
+    refused: dict[str, OverBudget] = field(default_factory=dict)
+
+
+# A budget hold, for a notification: {run_id, pipeline, execution_arn, action, over_budget, message}.
+Notify = Callable[[Mapping[str, Any]], None]
+
+
+def budget_notifier(sns: SNSClient, topic_arn: str | None) -> Notify | None:
+    """Publish a budget hold to the notifications topic (attributes `pipeline`, `state` QUEUED, like the run
+    notifications); None without a topic."""
+    if not topic_arn:
+        return None
+
+    def publish(note: Mapping[str, Any]) -> None:
+        pipeline = str(note.get("pipeline", ""))
+        sns.publish(
+            TopicArn=topic_arn,
+            Subject=f"EMR Autopilot run waits for its budget: {pipeline}"[:100],
+            Message=json.dumps(dict(note), indent=2, default=str),
+            MessageAttributes={
+                "pipeline": {"DataType": "String", "StringValue": pipeline or "unknown"},
+                "state": {"DataType": "String", "StringValue": QUEUED},
+            },
+        )
+
+    return publish
 
 
 # --------------------------------------------------------------------------- public API
@@ -300,8 +426,12 @@ def acquire(
     *,
     ledger_bucket: str | None = None,
     clock: Clock = utcnow,
+    notify: Notify | None = None,
 ) -> AcquireOutcome:
     """Admit the run now (SendTaskSuccess) or queue it (QUEUED ledger entry); the workflow waits on the token.
+
+    Under a budget the run reserves its estimate (`estimate_usd`); a run over a budget waits (QUEUED, the
+    ledger says it waits for the budget) or, with `over_budget: fail`, fails with `BudgetExceeded`.
 
     Idempotent: a retried acquire of a run that is already queued refreshes its token; of a run already
     admitted, answers the new token at once.
@@ -315,22 +445,28 @@ def acquire(
     if too_big:
         _fail_task(sfn, request.token, RESERVATION_EXCEEDS_CAP, f"one run exceeds {', '.join(too_big)}")
         return AcquireOutcome("REJECTED")
+    if caps.budgeted(request.pipeline):
+        estimate = estimate_usd(ddb, table, request.pipeline, request.reservation.usd)
+        request = replace(request, reservation=replace(request.reservation, usd=estimate))
     if enqueue(ddb, table, request, now) == ADMITTED:
         held = _get(ddb, table, "RUN", request.run_id) or {}
         queued_at = _parse_time(str(held.get("queued_at", ""))) or now
-        _answer(sfn, request.token, queued_at=queued_at, admitted_at=now, waited=False)
+        _answer(sfn, request.token, queued_at=queued_at, admitted_at=now, waited=False, budget=held.get("budget"))
         return AcquireOutcome(ADMITTED)
-    admitted, positions = _dispatch(ddb, sfn, table, caps, clock=clock, acquiring=request.run_id)
-    if request.run_id in admitted:
-        return AcquireOutcome(ADMITTED, admitted=tuple(admitted))
-    position = positions.get(request.run_id)
+    done = _dispatch(ddb, sfn, table, caps, clock=clock, acquiring=request.run_id, notify=notify)
+    if request.run_id in done.admitted:
+        return AcquireOutcome(ADMITTED, admitted=tuple(done.admitted))
+    if request.run_id in done.refused:
+        return AcquireOutcome("REJECTED", admitted=tuple(done.admitted), over_budget=done.refused[request.run_id])
+    position = done.positions.get(request.run_id)
     if position is None:  # beyond what the dispatch read, or admitted meanwhile by a concurrent dispatch
         position = queue_position(ddb, table, request.pipeline, _queue_sk(request.arrival, request.run_id))
         if position is None:
-            return AcquireOutcome(ADMITTED, admitted=tuple(admitted))
+            return AcquireOutcome(ADMITTED, admitted=tuple(done.admitted))
+    verdict = done.over_budget.get(request.run_id)
     if ledger_bucket and request.ledger_key and request.ledger is not None:
-        write_queued_ledger(s3, ledger_bucket, request.ledger_key, request.ledger, now, position)
-    return AcquireOutcome(QUEUED, position=position, admitted=tuple(admitted))
+        write_queued_ledger(s3, ledger_bucket, request.ledger_key, request.ledger, now, position, verdict)
+    return AcquireOutcome(QUEUED, position=position, admitted=tuple(done.admitted), over_budget=verdict)
 
 
 def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datetime) -> str:
@@ -374,30 +510,40 @@ def dispatch(
     *,
     clock: Clock = utcnow,
     acquiring: str | None = None,
+    notify: Notify | None = None,
 ) -> list[str]:
-    """Admit queued runs in arrival order while caps allow; returns the run ids admitted.
+    """Admit queued runs in arrival order while caps and budgets allow; returns the run ids admitted.
 
-    Strict FIFO per pipeline (a pipeline's head over its cap holds back the rest of that pipeline) and, for
-    the deployment's caps, FIFO per dimension (a head waiting for deployment vCPUs holds back every later
-    run that needs vCPUs; one waiting for a run slot holds back everything).
+    Strict FIFO per pipeline (a pipeline's head over its cap or budget holds back the rest of that pipeline)
+    and, for the deployment's caps, FIFO per dimension (a head waiting for deployment vCPUs holds back every
+    later run that needs vCPUs; one waiting for a run slot or the deployment's budget holds back everything
+    under it). Also what wakes runs waiting for a new day's budget (the sweeper's tick calls it).
     """
-    return _dispatch(ddb, sfn, table, caps, clock=clock, acquiring=acquiring)[0]
+    return _dispatch(ddb, sfn, table, caps, clock=clock, acquiring=acquiring, notify=notify).admitted
 
 
 def _dispatch(
-    ddb: DynamoDBClient, sfn: SFNClient, table: str, caps: Caps, *, clock: Clock, acquiring: str | None
-) -> tuple[list[str], dict[str, int]]:
-    """`dispatch`, also returning the place in line of each run it saw still waiting (per pipeline, 1-based).
+    ddb: DynamoDBClient,
+    sfn: SFNClient,
+    table: str,
+    caps: Caps,
+    *,
+    clock: Clock,
+    acquiring: str | None,
+    notify: Notify | None = None,
+) -> _Dispatched:
+    """`dispatch`, also returning the place in line of each run it saw still waiting (per pipeline, 1-based),
+    and the runs a budget holds or refused.
 
     Reads counters and queue in one consistent Query and attempts only the admissions that fit what it read;
     the transaction's conditions still decide (a stale read costs a failed attempt, or leaves the admission
     to a later dispatch, never a cap). Every release dispatches after its own commit, so freed capacity is
     never overlooked.
     """
-    admitted: list[str] = []
-    positions: dict[str, int] = {}
+    done = _Dispatched()
+    today = clock().date()
     waiting: dict[str, int] = {}
-    held: dict[str, dict[str, int]] = {}
+    held: dict[str, dict[str, float]] = {}
     blocked_pipelines: set[str] = set()
     blocked_dimensions: set[str] = set()
     start: dict[str, Any] | None = None
@@ -414,37 +560,72 @@ def _dispatch(
         for raw in page.get("Items", []):
             item = load_item(raw)
             if item["sk"].startswith(CAP_PREFIX):
-                held[item["sk"].removeprefix(CAP_PREFIX)] = {d: int(item.get(d, 0)) for d in DIMENSIONS}
+                held[item["sk"].removeprefix(CAP_PREFIX)] = _held_of(item, today)
                 continue
             entry = _QueueEntry.from_item(item)
-            result = _must_wait(entry, caps, held, blocked_pipelines, blocked_dimensions)
+            result = _must_wait(entry, caps, held, blocked_pipelines, blocked_dimensions, today)
             if result is None:
                 result = _admit(ddb, sfn, table, caps, entry, clock, acquiring)
+            if isinstance(result, OverBudget):
+                result = _over_budget(ddb, sfn, table, caps, entry, result, done, notify)
             if result == ADMITTED:
-                admitted.append(entry.run_id)
+                done.admitted.append(entry.run_id)
                 _hold(held, caps.scopes(entry.pipeline, entry.reservation), entry.reservation)
             elif result != "GONE":
-                waiting[entry.pipeline] = positions[entry.run_id] = waiting.get(entry.pipeline, 0) + 1
+                waiting[entry.pipeline] = done.positions[entry.run_id] = waiting.get(entry.pipeline, 0) + 1
                 if result == "PIPELINE_FULL":
                     blocked_pipelines.add(entry.pipeline)
                 elif isinstance(result, frozenset):
                     blocked_dimensions |= result
         start = page.get("LastEvaluatedKey")
         if not start or "runs" in blocked_dimensions:  # every run needs a run slot: nothing more can start
-            return admitted, positions
+            return done
+
+
+def _over_budget(
+    ddb: DynamoDBClient,
+    sfn: SFNClient,
+    table: str,
+    caps: Caps,
+    entry: _QueueEntry,
+    verdict: OverBudget,
+    done: _Dispatched,
+    notify: Notify | None,
+) -> str | frozenset[str]:
+    """A run the budget does not allow now: refused (`over_budget: fail`, GONE) or held (noted and notified once;
+    it blocks its pipeline, or, for the deployment's budget, every run under it)."""
+    if caps.pipeline(entry.pipeline).over_budget == FAIL:
+        if _forget_queued(ddb, table, entry):  # the workflow's failure path writes the ledger and notifies
+            _fail_task(sfn, entry.token, BUDGET_EXCEEDED, budget_cause(entry.run_id, entry.pipeline, verdict))
+            done.refused[entry.run_id] = verdict
+        return "GONE"
+    done.over_budget[entry.run_id] = verdict
+    _note_over_budget(ddb, table, entry, verdict, notify)
+    return frozenset({USD}) if verdict.scope == DEPLOYMENT else "PIPELINE_FULL"
+
+
+def _held_of(item: Mapping[str, Any], today: date) -> dict[str, float]:
+    """A CAP item's counters, with today's spend as `usd`."""
+    return {d: int(item.get(d, 0)) for d in DIMENSIONS} | {USD: float(item.get(spend_attribute(today), 0))}
 
 
 def _must_wait(
     entry: _QueueEntry,
     caps: Caps,
-    held: Mapping[str, Mapping[str, int]],
+    held: Mapping[str, Mapping[str, float]],
     blocked_pipelines: set[str],
     blocked_dimensions: set[str],
-) -> str | frozenset[str] | None:
-    """Why `entry` keeps waiting, judged from what the dispatch read and did (None: it fits, try it)."""
+    today: date,
+) -> str | frozenset[str] | OverBudget | None:
+    """Why `entry` keeps waiting, judged from what the dispatch read and did (None: it fits, try it).
+
+    A budget is judged only once the run has a slot: a run waiting for a slot is not (yet) over budget.
+    """
     if entry.pipeline in blocked_pipelines:
         return "WAITING"
     needs = frozenset(d for d in DIMENSIONS if entry.reservation.amount(d) > 0)
+    if caps.deployment.usd is not None:
+        needs |= {USD}
     if needs & blocked_dimensions:
         return "WAITING"
     scopes = caps.scopes(entry.pipeline, entry.reservation)
@@ -454,19 +635,63 @@ def _must_wait(
         counts = held.get(scope.key, {})
         over = frozenset(
             d
-            for d in needs
+            for d in needs - {USD}
             if (cap := scope.limit.cap(d)) is not None and counts.get(d, 0) + entry.reservation.amount(d) > cap
         )
         if over:
             return over if scope.key == DEPLOYMENT else "PIPELINE_FULL"
+    for scope in scopes:
+        verdict = over_budget(scope, held.get(scope.key, {}).get(USD, 0.0), entry.reservation.usd, today)
+        if verdict is not None:
+            return verdict
     return None
 
 
-def _hold(held: dict[str, dict[str, int]], scopes: Sequence[Scope], reservation: Reservation) -> None:
+def _hold(held: dict[str, dict[str, float]], scopes: Sequence[Scope], reservation: Reservation) -> None:
     for scope in scopes:
-        counts = held.setdefault(scope.key, dict.fromkeys(DIMENSIONS, 0))
+        counts = held.setdefault(scope.key, dict.fromkeys((*DIMENSIONS, USD), 0.0))
         for d in DIMENSIONS:
             counts[d] += reservation.amount(d)
+        counts[USD] = counts.get(USD, 0.0) + reservation.usd
+
+
+def budget_cause(run_id: str, pipeline: str, verdict: OverBudget) -> str:
+    """The `BudgetExceeded` cause: which scope, its budget, the day's spend and the run's estimate."""
+    return (
+        f"run {run_id} of pipeline {pipeline!r} was not started: {verdict.describe()}, which would take the day "
+        f"over the budget (limits.over_budget: fail). Nothing was launched; the budget frees at 00:00 UTC or when "
+        "running runs record costs below their estimates"
+    )
+
+
+def _note_over_budget(
+    ddb: DynamoDBClient, table: str, entry: _QueueEntry, verdict: OverBudget, notify: Notify | None
+) -> None:
+    """Mark the waiting run as held by a budget, and notify: once per run (a conditional update decides)."""
+    try:
+        ddb.update_item(
+            TableName=table,
+            Key=dump_item({"pk": "RUN", "sk": entry.run_id}),
+            UpdateExpression="SET over_budget = :verdict",
+            ConditionExpression="#state = :queued AND attribute_not_exists(over_budget)",
+            ExpressionAttributeNames={"#state": "state"},
+            ExpressionAttributeValues=dump_item({":queued": QUEUED, ":verdict": verdict.as_dict()}),
+        )
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":  # noted before, or no longer waiting
+            return
+        raise
+    if notify is not None:
+        notify(
+            {
+                "run_id": entry.run_id,
+                "pipeline": entry.pipeline,
+                "execution_arn": entry.execution_arn,
+                "action": "held",
+                "over_budget": verdict.as_dict(),
+                "message": f"run {entry.run_id} waits (QUEUED) for the budget: {verdict.describe()}",
+            }
+        )
 
 
 def release(
@@ -478,20 +703,78 @@ def release(
     *,
     pipeline: str | None = None,
     reservation: Reservation | None = None,
+    clock: Clock = utcnow,
+    notify: Notify | None = None,
 ) -> bool:
     """Give back what `run_id` holds (or take it out of the queue), then admit whoever can start now.
 
     Returns True when it freed a slot or removed a queued run, False when the run held nothing (never
     admitted under a cap, or already released): safe to call any number of times, from the workflow's
     `ReleaseRunSlot` or from cleanup after an abort or timeout. `pipeline` and `reservation` (the
-    workflow knows them) save a read when the run was admitted under the current caps.
+    workflow knows them) save a read when the run was admitted under the current caps. A budgeted run's
+    spend stays reserved until `record_spend`.
     """
     hint = None
     if pipeline is not None and reservation is not None:
         hint = _charge_key(caps.scopes(pipeline, reservation), reservation), reservation
     freed = _release_run(ddb_client, table, run_id, hint)
-    dispatch(ddb_client, sfn_client, table, caps)
+    dispatch(ddb_client, sfn_client, table, caps, clock=clock, notify=notify)
     return freed
+
+
+def record_spend(
+    ddb: DynamoDBClient,
+    sfn: SFNClient,
+    table: str,
+    caps: Caps,
+    run_id: str,
+    cost_usd: float | None,
+    *,
+    clock: Clock = utcnow,
+    notify: Notify | None = None,
+) -> dict[str, Any] | None:
+    """The run ended: its recorded cost replaces its reservation in the day's spend (the day it ended), or,
+    with no cost (`None`: unknown), its estimate stays its spend. Then admit whoever the budget now allows.
+
+    Returns what was recorded (`reserved_usd`, `spent_usd`, `day`, `spend_day`, `cost_known`), or None when the
+    run reserved nothing (no budget applied, it never was admitted, or its spend was already recorded):
+    idempotent.
+    """
+    settled = _settle(ddb, table, run_id, None if cost_usd is None else dollars(cost_usd), clock().date())
+    if settled is None:
+        return None
+    if cost_usd is not None:
+        remember_cost(ddb, table, str(settled["pipeline"]), dollars(cost_usd))
+    _dispatch(ddb, sfn, table, caps, clock=clock, acquiring=None, notify=notify)
+    return settled
+
+
+def estimate_usd(ddb: DynamoDBClient, table: str, pipeline: str, fallback: float) -> float:
+    """What a run of `pipeline` reserves under a budget: the largest of its last `RECENT_COSTS` recorded
+    costs, else `fallback` (the bound fixed at synth: `limits.run_estimate_usd` or config/capacity.py)."""
+    recent = (_get(ddb, table, ESTIMATE, pipeline) or {}).get("recent") or []
+    return dollars(max(recent)) if recent else dollars(fallback)
+
+
+def remember_cost(ddb: DynamoDBClient, table: str, pipeline: str, cost: float) -> None:
+    """Keep `cost` among the pipeline's last `RECENT_COSTS` recorded costs (optimistic, versioned write)."""
+    for _ in range(_TRANSACTION_ATTEMPTS):
+        item = _get(ddb, table, ESTIMATE, pipeline) or {}
+        version = int(item.get("version", 0))
+        recent = [*(item.get("recent") or []), cost][-RECENT_COSTS:]
+        try:
+            ddb.put_item(
+                TableName=table,
+                Item=dump_item({"pk": ESTIMATE, "sk": pipeline, "recent": recent, "version": version + 1}),
+                ConditionExpression="attribute_not_exists(pk) OR version = :version",
+                ExpressionAttributeValues=dump_item({":version": version}),
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            continue  # another run's cost came in meanwhile: read again
+        return
+    raise RuntimeError(f"could not record a cost of pipeline {pipeline}: its estimate item kept changing")
 
 
 def queue_position(ddb: DynamoDBClient, table: str, pipeline: str, sk: str) -> int | None:
@@ -518,10 +801,20 @@ def queue_position(ddb: DynamoDBClient, table: str, pipeline: str, sk: str) -> i
 
 
 def write_queued_ledger(
-    s3: S3Client, bucket: str, key: str, ledger: Mapping[str, Any], queued_at: datetime, position: int | None
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    ledger: Mapping[str, Any],
+    queued_at: datetime,
+    position: int | None,
+    verdict: OverBudget | None = None,
 ) -> bool:
-    """The QUEUED ledger entry; never overwrites one the workflow already wrote (S3 `If-None-Match: *`)."""
-    body = {**ledger, "state": QUEUED, "admission": {"queued_at": iso(queued_at), "position": position}}
+    """The QUEUED ledger entry, saying what the run waits for (a slot, or the budget: which one, spent, estimate);
+    never overwrites one the workflow already wrote (S3 `If-None-Match: *`)."""
+    admission: dict[str, Any] = {"queued_at": iso(queued_at), "position": position, "waiting_for": "slot"}
+    if verdict is not None:
+        admission |= {"waiting_for": "budget", "over_budget": verdict.as_dict()}
+    body = {**ledger, "state": QUEUED, "admission": admission}
     # False: the run was admitted meanwhile, and its STARTED entry stays.
     return write_entry(s3, bucket, key, body, only_if_absent=True)
 
@@ -565,9 +858,9 @@ def runs(ddb: DynamoDBClient, table: str, state: str | None = None) -> list[dict
 
 def _admit(
     ddb: DynamoDBClient, sfn: SFNClient, table: str, caps: Caps, entry: _QueueEntry, clock: Clock, acquiring: str | None
-) -> str | frozenset[str]:
-    """Try to admit one queued run: ADMITTED, GONE (handled elsewhere), PIPELINE_FULL, or the blocked
-    deployment dimensions."""
+) -> str | frozenset[str] | OverBudget:
+    """Try to admit one queued run: ADMITTED, GONE (handled elsewhere), PIPELINE_FULL, the blocked
+    deployment dimensions, or the budget it would exceed (a concurrent admission spent it first)."""
     scopes = caps.scopes(entry.pipeline, entry.reservation)
     too_big = oversized(scopes, entry.reservation)
     if too_big:  # caps changed under a waiting run: it could never start
@@ -575,7 +868,8 @@ def _admit(
             _fail_task(sfn, entry.token, RESERVATION_EXCEEDS_CAP, f"one run exceeds {', '.join(too_big)}")
         return "GONE"
     now = clock()
-    items = [_charge(table, scope, entry.reservation) for scope in scopes]
+    today = now.date()
+    items = [_charge(table, scope, entry.reservation, today) for scope in scopes]
     items.append(
         {
             "Update": {
@@ -607,38 +901,72 @@ def _admit(
             }
         }
     )
+    budget = _budget_record(scopes, entry.reservation, today)
+    if budget is not None:  # what the run's end (`record_spend`) settles
+        spend = {"pk": SPEND, "sk": entry.run_id, "pipeline": entry.pipeline, **budget}
+        spend[EXPIRES_AT] = int((now + SPEND_TTL).timestamp())
+        items.append({"Put": {"TableName": table, "Item": dump_item(spend)}})
+        run_update = items[len(scopes)]["Update"]
+        run_update["UpdateExpression"] = run_update["UpdateExpression"].replace(
+            "charge = :charge", "charge = :charge, budget = :budget"
+        )
+        items[len(scopes)]["Update"]["ExpressionAttributeValues"][":budget"] = dump_value(budget)
     try:
         transact(ddb, items)
     except TransactionCancelled as cancelled:
-        return _why_not(cancelled, scopes, entry.reservation)
+        return _why_not(cancelled, scopes, entry.reservation, today)
     queued_at = _parse_time(entry.queued_at) or now
     try:
-        delivered = _answer(sfn, entry.token, queued_at=queued_at, admitted_at=now, waited=entry.run_id != acquiring)
+        delivered = _answer(
+            sfn, entry.token, queued_at=queued_at, admitted_at=now, waited=entry.run_id != acquiring, budget=budget
+        )
     except ClientError:
-        _unadmit(ddb, table, entry, scopes)  # back in line; the next dispatch tries again
+        _unadmit(ddb, table, entry, scopes, today)  # back in line; the next dispatch tries again
         raise
-    if not delivered:  # the execution stopped waiting (aborted, timed out): give the slot back
+    if not delivered:  # the execution stopped waiting (aborted, timed out): give the slot and the spend back
         _release_run(ddb, table, entry.run_id)
+        _settle(ddb, table, entry.run_id, 0.0, today)
         return "GONE"
     return ADMITTED
 
 
+def _budget_record(scopes: Sequence[Scope], reservation: Reservation, day: date) -> dict[str, Any] | None:
+    """The run's reservation of the day's spend, as the ledger (`admission.budget`) and the SPEND item keep it."""
+    budgeted = [s.key for s in scopes if s.limit.usd is not None]
+    if not budgeted:
+        return None
+    return {
+        "day": day.isoformat(),
+        "reserved_usd": reservation.usd,
+        "scopes": budgeted,
+        "rule": (
+            "reserved_usd counts in the day's spend until the run ends; then cost.usd replaces it (on the day the "
+            "run ended), or, when cost.usd is null (unknown), reserved_usd stays the run's spend"
+        ),
+    }
+
+
 def _why_not(
-    cancelled: TransactionCancelled, scopes: Sequence[Scope], reservation: Reservation
-) -> str | frozenset[str]:
+    cancelled: TransactionCancelled, scopes: Sequence[Scope], reservation: Reservation, today: date
+) -> str | frozenset[str] | OverBudget:
     own = len(scopes)  # items after the counters: the RUN update and the queue delete
     if cancelled.failed & {own, own + 1}:
         return "GONE"
     for index in sorted(cancelled.failed):
-        if scopes[index].key == DEPLOYMENT:
-            held = cancelled.old_item(index) or {}
-            dims = frozenset(
-                d
-                for d in DIMENSIONS
-                if (cap := scopes[index].limit.cap(d)) is not None
-                and reservation.amount(d) > 0
-                and int(held.get(d, 0)) + reservation.amount(d) > cap
-            )
+        scope = scopes[index]
+        held = cancelled.old_item(index) or {}
+        dims = frozenset(
+            d
+            for d in DIMENSIONS
+            if (cap := scope.limit.cap(d)) is not None
+            and reservation.amount(d) > 0
+            and int(held.get(d, 0)) + reservation.amount(d) > cap
+        )
+        if not dims:  # no slot dimension is full: the budget is what failed
+            verdict = over_budget(scope, float(held.get(spend_attribute(today), 0)), reservation.usd, today)
+            if verdict is not None:
+                return verdict
+        if scope.key == DEPLOYMENT:
             return dims or frozenset(d for d in DIMENSIONS if reservation.amount(d) > 0)
     return "PIPELINE_FULL"
 
@@ -648,20 +976,27 @@ def _charge_key(scopes: Sequence[Scope], reservation: Reservation) -> str:
     return ",".join(s.key for s in scopes) + "|" + ",".join(str(reservation.amount(d)) for d in DIMENSIONS)
 
 
-def _charge(table: str, scope: Scope, reservation: Reservation) -> dict[str, Any]:
-    """Add the reservation to a scope's counter, conditioned on every capped dimension staying within its cap."""
+def _charge(table: str, scope: Scope, reservation: Reservation, day: date) -> dict[str, Any]:
+    """Add the reservation to a scope's counter, conditioned on every capped dimension staying within its cap
+    and, under a budget, on the day's spend staying within it (or nothing spent that day yet)."""
     names = {f"#{d}": d for d in DIMENSIONS}
     values: dict[str, Any] = {f":{d}": reservation.amount(d) for d in DIMENSIONS}
+    adds = [f"#{d} :{d}" for d in DIMENSIONS]
     conditions = []
     for d in DIMENSIONS:
         cap = scope.limit.cap(d)
         if cap is not None and reservation.amount(d) > 0:
             values[f":room_{d}"] = cap - reservation.amount(d)
             conditions.append(f"(attribute_not_exists(#{d}) OR #{d} <= :room_{d})")
+    if scope.limit.usd is not None:
+        names["#usd"] = spend_attribute(day)
+        values |= {":usd": reservation.usd, ":room_usd": dollars(scope.limit.usd - reservation.usd), ":nothing": 0}
+        adds.append("#usd :usd")
+        conditions.append("(attribute_not_exists(#usd) OR #usd <= :room_usd OR #usd <= :nothing)")
     update: dict[str, Any] = {
         "TableName": table,
         "Key": dump_item({"pk": LINE, "sk": CAP_PREFIX + scope.key}),
-        "UpdateExpression": "ADD " + ", ".join(f"#{d} :{d}" for d in DIMENSIONS),
+        "UpdateExpression": "ADD " + ", ".join(adds),
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": dump_item(values),
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -753,7 +1088,7 @@ def _forget_queued(ddb: DynamoDBClient, table: str, entry: _QueueEntry) -> bool:
     return True
 
 
-def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequence[Scope]) -> None:
+def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequence[Scope], day: date) -> None:
     """Undo an admission whose SendTaskSuccess failed for another reason than a gone task: back in the queue."""
     queue_item = {
         "pk": LINE,
@@ -781,17 +1116,76 @@ def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequen
     try:
         transact(ddb, items)
     except TransactionCancelled:
-        pass  # released meanwhile: nothing to undo
+        return  # released meanwhile: nothing to undo
+    _settle(ddb, table, entry.run_id, 0.0, day)  # and its reservation of the day's spend
 
 
-def _answer(sfn: SFNClient, token: str, *, queued_at: datetime, admitted_at: datetime, waited: bool) -> bool:
-    """SendTaskSuccess with the admission record; False when the waiting task is gone."""
-    output = {
+def _settle(ddb: DynamoDBClient, table: str, run_id: str, cost: float | None, end_day: date) -> dict[str, Any] | None:
+    """Replace the run's reserved spend by `cost` (on `end_day`); None keeps the estimate. One transaction that
+    also deletes the SPEND item, so a run's spend is settled once. None when there was nothing to settle."""
+    item = _get(ddb, table, SPEND, run_id)
+    if item is None:
+        return None
+    estimate, day = dollars(item["reserved_usd"]), date.fromisoformat(str(item["day"]))
+    changes: dict[str, float] = {}
+    if cost is not None:
+        changes[spend_attribute(day)] = -estimate
+        changes[spend_attribute(end_day)] = dollars(changes.get(spend_attribute(end_day), 0.0) + cost)
+    changes = {k: v for k, v in changes.items() if v != 0}
+    items: list[dict[str, Any]] = [
+        {
+            "Delete": {
+                "TableName": table,
+                "Key": dump_item({"pk": SPEND, "sk": run_id}),
+                "ConditionExpression": "attribute_exists(pk)",
+            }
+        }
+    ]
+    if changes:
+        names = {f"#d{i}": attribute for i, attribute in enumerate(changes)}
+        values = {f":d{i}": amount for i, amount in enumerate(changes.values())}
+        for scope_key in item.get("scopes") or []:
+            update = {
+                "TableName": table,
+                "Key": dump_item({"pk": LINE, "sk": CAP_PREFIX + scope_key}),
+                "UpdateExpression": "ADD " + ", ".join(f"#d{i} :d{i}" for i in range(len(changes))),
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": dump_item(values),
+            }
+            items.append({"Update": update})
+    try:
+        transact(ddb, items)
+    except TransactionCancelled:
+        return None  # settled meanwhile (a retried call)
+    return {
+        "pipeline": item.get("pipeline"),
+        "day": day.isoformat(),
+        "reserved_usd": estimate,
+        "cost_known": cost is not None,
+        "spent_usd": estimate if cost is None else cost,
+        "spend_day": (day if cost is None else end_day).isoformat(),
+        "scopes": item.get("scopes") or [],
+    }
+
+
+def _answer(
+    sfn: SFNClient,
+    token: str,
+    *,
+    queued_at: datetime,
+    admitted_at: datetime,
+    waited: bool,
+    budget: Mapping[str, Any] | None = None,
+) -> bool:
+    """SendTaskSuccess with the admission record (the ledger's `admission`); False when the waiting task is gone."""
+    output: dict[str, Any] = {
         "queued_at": iso(queued_at),
         "admitted_at": iso(admitted_at),
         "queued_seconds": round(max(0.0, (admitted_at - queued_at).total_seconds()), 3),
         "waited": waited,
     }
+    if budget is not None:
+        output["budget"] = dict(budget)
     try:
         sfn.send_task_success(taskToken=token, output=json.dumps(output))
     except ClientError as exc:

@@ -57,15 +57,39 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _ALREADY_EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
 
 
+class BudgetReservation(TypedDict):
+    """What an admitted run reserved of its day's spend under a daily budget (`limits.max_daily_usd`): `rule`
+    says how its end settles it (`cost.usd` replaces `reserved_usd`; a null cost keeps it)."""
+
+    day: str
+    reserved_usd: float
+    scopes: list[str]
+    rule: str
+
+
+class BudgetHold(TypedDict):
+    """Why a run waits for a budget: `scope`'s spend on `day` (UTC) plus the run's estimate exceeds it."""
+
+    scope: str
+    max_daily_usd: float
+    spent_usd: float
+    estimate_usd: float
+    day: str
+
+
 class Admission(TypedDict, total=False):
-    """The run slot: `queued_at` and `position` while QUEUED; `admitted_at`, `queued_seconds`, `waited` once
-    admitted (autopilot_common.admission)."""
+    """The run slot: `queued_at`, `position` and `waiting_for` (`slot` or `budget`, with `over_budget`) while
+    QUEUED; `admitted_at`, `queued_seconds`, `waited` (and `budget` under a daily budget) once admitted
+    (autopilot_common.admission)."""
 
     queued_at: str
     position: int | None
+    waiting_for: Literal["slot", "budget"]
+    over_budget: BudgetHold
     admitted_at: str
     queued_seconds: float
     waited: bool
+    budget: BudgetReservation
 
 
 class StepRecord(TypedDict, total=False):
