@@ -149,27 +149,23 @@ def test_fifty_arrivals_at_once_run_two_at_a_time_all_in_order_of_arrival(timed_
     assert sampler.peak == CAP, f"peak {sampler.peak} over {sampler.samples} samples"
     assert sorted(r.raw["trigger"]["first_key"] for r in runs) == keys
     assert {r.state for r in runs} == {"SUCCEEDED"}
-    # In order of arrival: no run was admitted while an earlier arrival was waiting, and the runs that had
-    # to wait were admitted exactly in arrival order
+    # In order of arrival: no run was admitted while an earlier arrival was waiting in line
     by_arrival = sorted(runs, key=lambda r: (r.raw["trigger"]["event_time"], r.raw["trigger"]["first_key"]))
     admission = [r.admission for r in by_arrival]
     for i, earlier in enumerate(admission):
         for later in admission[i + 1 :]:
             if earlier["queued_at"] < later["admitted_at"]:
                 assert earlier["admitted_at"] <= later["admitted_at"], (earlier, later)
-    waited = [r.raw["trigger"]["first_key"] for r in by_arrival if r.admission["waited"]]
-    admitted_order = [
-        r.raw["trigger"]["first_key"]
-        for r in sorted(runs, key=lambda r: (r.admission["admitted_at"], r.raw["trigger"]["first_key"]))
-        if r.admission["waited"]
-    ]
     # How many had to wait depends on how soon the first runs finish compared with how fast the twin delivers
-    # the arrivals (41 of 50 on a loaded CI machine, 48 on an idle one); that some did is what matters here.
-    assert admitted_order == waited and waited
+    # the arrivals (41 of 50 on a loaded CI machine, 48 on an idle one); that some did is what matters here. Their
+    # admission order is the arrival order only among runs that were in line together (checked above): on a loaded
+    # machine an arrival can reach the line after a later one was already admitted (SQS does not keep order).
+    waited = [r.raw["trigger"]["first_key"] for r in by_arrival if r.admission["waited"]]
+    assert waited
     # Nothing is left held or queued
     assert _admission_counters(env).get("runs") == 0
     # Figures: the runs admitted on arrival (free slots) go in the order they reach admission, which in the
-    # twin (one Lambda at a time) may differ from their S3 arrival order; every run that waited is in order.
+    # twin (one Lambda at a time) may differ from their S3 arrival order; runs that waited together are in order.
     first_admitted = [r.raw["trigger"]["first_key"] for r in sorted(runs, key=lambda r: r.admission["admitted_at"])]
     lambda_seconds = sum(
         i.duration for i in env.twin.runtime.invocations[invocations_before:] if i.function_name.endswith("-admission")
