@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from botocore.exceptions import ClientError
 
 from autopilot_common.causes import failure_reason
 from autopilot_common.driver_logs import find_driver_log, log_location, read_lines
+
+if TYPE_CHECKING:
+    from autopilot_common.clients import S3Client
 
 # SNS Publish (botocore sns model, Subject): "UTF-8 text with no line breaks ..., and less than 100 characters long"
 MAX_SUBJECT_CHARS = 99
@@ -36,7 +39,7 @@ class LogTail(TypedDict):
     note: str | None  # why there are no lines
 
 
-def log_tail(s3: Any, log_uri: str | None, lines: int = LOG_TAIL_LINES) -> LogTail:
+def log_tail(s3: S3Client, log_uri: str | None, lines: int = LOG_TAIL_LINES) -> LogTail:
     """The last `lines` lines of the run's driver (or last step's) stderr, else stdout; never raises (a notification
     must go out even when the logs cannot be read)."""
     location = log_location(log_uri)

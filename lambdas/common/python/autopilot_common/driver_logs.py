@@ -13,7 +13,10 @@ from __future__ import annotations
 import gzip
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autopilot_common.clients import S3Client
 
 STREAMS = ("stdout", "stderr")
 S3_SCHEMES = ("s3://", "s3n://", "s3a://")
@@ -47,7 +50,7 @@ def is_driver_log(relative: str, stream: str) -> bool:
     return "SPARK_DRIVER" in folders or any(p.endswith("-driver") for p in folders) or "steps" in folders[:-1]
 
 
-def find_driver_log(s3: Any, bucket: str, prefix: str, stream: str = "stdout") -> LogObject | None:
+def find_driver_log(s3: S3Client, bucket: str, prefix: str, stream: str = "stdout") -> LogObject | None:
     """The driver (or step) log object for `stream` under the prefix, the most recently written when there are
     several (an EMR on EC2 run's last step), or None while there is none."""
     found: list[tuple[Any, str]] = []
@@ -60,7 +63,7 @@ def find_driver_log(s3: Any, bucket: str, prefix: str, stream: str = "stdout") -
     return LogObject(bucket, max(found, key=lambda pair: (pair[0] is not None, pair[0] or 0, pair[1]))[1])
 
 
-def read_lines(s3: Any, log: LogObject) -> list[str]:
+def read_lines(s3: S3Client, log: LogObject) -> list[str]:
     """The log's lines, gunzipped when it is gzip (by its magic bytes: EMR names them .gz), undecodable bytes
     replaced."""
     body: bytes = s3.get_object(Bucket=log.bucket, Key=log.key)["Body"].read()
