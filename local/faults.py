@@ -4,7 +4,8 @@ crashes right after its next call of X" (the call took effect; the invocation di
 Used by the e2e tests and the reliability suite. API faults apply wherever the twin serves the
 call: moto's HTTP dispatch (calls from Lambda code, the CLI, boto3) and the twin's own Step
 Functions integrations. Job faults apply to EMR Serverless job runs and EMR on EC2 steps alike.
-EMR on EC2 also has cluster faults: a Spot capacity shortage and a failing bootstrap action.
+EMR on EC2 also has cluster faults: a Spot capacity shortage, a failing bootstrap action, and spot instances
+reclaimed by EC2 while a step runs (the step fails).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ STATUS = {
     "AccessDeniedException": 403,
 }
 BOOTSTRAP_FAILURE_MESSAGE = "On the master instance ({instance_id}), bootstrap action 1 returned a non-zero return code"
+# A reclaimed spot instance as EMR's ListInstances shows it: Code INSTANCE_FAILURE (botocore emr model,
+# InstanceStateChangeReasonCode), the message carrying EC2's reason code (EC2 API reference, StateReason).
+SPOT_RECLAIM_REASON = {
+    "Code": "INSTANCE_FAILURE",
+    "Message": "Server.SpotInstanceTermination: the Spot Instance was interrupted by Amazon EC2 (capacity reclaimed)",
+}
 
 
 class FunctionCrash(BaseException):  # noqa: N818 - a crash, not an error the handler could catch
@@ -75,6 +82,7 @@ class FaultInjector:
         self._jobs: list[JobFault] = []
         self._spot_shortages = 0
         self._bootstraps: list[str] = []
+        self._spot_reclaims = 0
         self._crashes: list[CrashFault] = []
         self.fired: list[tuple[str, str, str]] = []
         # (function, service, operation) of every AWS call a function made while `recording` is on (crash matrix).
@@ -111,6 +119,22 @@ class FaultInjector:
         with self._lock:
             self._bootstraps.append(message)
 
+    def reclaim_spot_during_next_step(self, times: int = 1) -> None:
+        """While each of the next `times` EMR-on-EC2 steps runs, EC2 reclaims its cluster's spot task instances
+        (TERMINATED, INSTANCE_FAILURE) and the step FAILS; EMR then replaces the lost capacity to the fleet's or
+        group's target."""
+        with self._lock:
+            self._spot_reclaims += times
+
+    def take_spot_reclaim(self) -> bool:
+        """Consume one pending spot reclaim (True) if there is one."""
+        with self._lock:
+            if self._spot_reclaims <= 0:
+                return False
+            self._spot_reclaims -= 1
+            self.fired.append(("emr", "SpotInterruption", "INSTANCE_FAILURE"))
+            return True
+
     def crash_after(self, function: str, service: str, operation: str, *, occurrence: int = 1) -> None:
         """The `occurrence`-th next `service:operation` call of the function named `*function` takes effect, then its
         invocation crashes (the platform redelivers or retries it as it would on AWS)."""
@@ -141,6 +165,7 @@ class FaultInjector:
             self._api.clear()
             self._jobs.clear()
             self._spot_shortages = 0
+            self._spot_reclaims = 0
             self._bootstraps.clear()
 
     def check(self, service: str, operation: str) -> None:
