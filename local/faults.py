@@ -80,9 +80,9 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._api: list[ApiFault] = []
         self._jobs: list[JobFault] = []
-        self._spot_shortages = 0
+        # Counted EMR-on-EC2 cluster faults: "spot_shortage" (next clusters get no spot), "spot_reclaim" (next steps).
+        self._counted: dict[str, int] = {"spot_shortage": 0, "spot_reclaim": 0}
         self._bootstraps: list[str] = []
-        self._spot_reclaims = 0
         self._crashes: list[CrashFault] = []
         self.fired: list[tuple[str, str, str]] = []
         # (function, service, operation) of every AWS call a function made while `recording` is on (crash matrix).
@@ -112,7 +112,7 @@ class FaultInjector:
     def spot_shortage_next(self, times: int = 1) -> None:
         """The next `times` EMR clusters that request Spot capacity get none (their TimeoutAction decides)."""
         with self._lock:
-            self._spot_shortages += times
+            self._counted["spot_shortage"] += times
 
     def fail_next_bootstrap(self, message: str = BOOTSTRAP_FAILURE_MESSAGE) -> None:
         """The next EMR cluster to bootstrap fails (BOOTSTRAP_FAILURE); `{instance_id}` names its master."""
@@ -124,15 +124,18 @@ class FaultInjector:
         (TERMINATED, INSTANCE_FAILURE) and the step FAILS; EMR then replaces the lost capacity to the fleet's or
         group's target."""
         with self._lock:
-            self._spot_reclaims += times
+            self._counted["spot_reclaim"] += times
 
     def take_spot_reclaim(self) -> bool:
         """Consume one pending spot reclaim (True) if there is one."""
+        return self._take("spot_reclaim", ("emr", "SpotInterruption", "INSTANCE_FAILURE"))
+
+    def _take(self, kind: str, fired: tuple[str, str, str]) -> bool:
         with self._lock:
-            if self._spot_reclaims <= 0:
+            if self._counted[kind] <= 0:
                 return False
-            self._spot_reclaims -= 1
-            self.fired.append(("emr", "SpotInterruption", "INSTANCE_FAILURE"))
+            self._counted[kind] -= 1
+            self.fired.append(fired)
             return True
 
     def crash_after(self, function: str, service: str, operation: str, *, occurrence: int = 1) -> None:
@@ -164,8 +167,7 @@ class FaultInjector:
             self._crashes.clear()
             self._api.clear()
             self._jobs.clear()
-            self._spot_shortages = 0
-            self._spot_reclaims = 0
+            self._counted = dict.fromkeys(self._counted, 0)
             self._bootstraps.clear()
 
     def check(self, service: str, operation: str) -> None:
@@ -189,12 +191,7 @@ class FaultInjector:
 
     def take_spot_shortage(self) -> bool:
         """Consume one pending Spot shortage (True) if there is one."""
-        with self._lock:
-            if self._spot_shortages <= 0:
-                return False
-            self._spot_shortages -= 1
-            self.fired.append(("emr", "SpotCapacity", "InsufficientCapacity"))
-            return True
+        return self._take("spot_shortage", ("emr", "SpotCapacity", "InsufficientCapacity"))
 
     def next_bootstrap_fault(self) -> str | None:
         """Consume the next bootstrap failure message, if one is pending."""
