@@ -132,6 +132,21 @@ def cost_rows(cost: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def step_attempt_rows(steps: Any) -> list[tuple[str, str]]:
+    """EMR-on-EC2 steps that were submitted more than once (runtime.retry): one row per submission, with the class
+    and reason of each failure. Nothing for runs whose steps ran once."""
+    rows: list[tuple[str, str]] = []
+    for step in steps if isinstance(steps, list) else []:
+        attempts = step.get("attempts") or [] if isinstance(step, dict) else []
+        if len(attempts) < 2:
+            continue
+        for a in attempts:
+            cls, reason = a.get("failure_class"), a.get("reason")
+            why = (f" {cls}: {reason}" if reason else f" {cls}") if cls else ""
+            rows.append((f"{step.get('name')} #{a.get('attempt')}", f"{a.get('state')} {a.get('step_id')}{why}"))
+    return rows
+
+
 def show_run(
     console: Console, record: RunRecord, region: str, partition: str, log: tuple[str, list[str]] | None = None
 ) -> None:
@@ -163,6 +178,7 @@ def show_run(
     _section(console, "outputs", outputs)
     if reason := failure_reason(record.error, record.cause) or entry.get("reason"):
         _section(console, "failure" if record.error else "reason", [("why", str(reason))])
+    _section(console, "step attempts", step_attempt_rows(entry.get("steps")))
     _section(console, "cost", cost_rows(entry.get("cost")))
     if log is not None:
         where, lines = log

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
+from autopilot_common.step_failures import StepFailureClass
 from config.base import RELEASE_LABEL_PATTERN, StrictModel
 from config.scaling import AlarmScaling, ManagedScaling, NoScaling, Scaling, no_scaling
 
@@ -250,6 +251,50 @@ class ExistingCluster(StrictModel):
 
 # --------------------------------------------------------------------------- steps
 
+MAX_STEP_ATTEMPTS = 5
+
+
+class Ec2Retry(StrictModel):
+    """Re-submit a failed step (AddSteps again, on the same cluster) when its failure is of a class in `when`, until
+    it has been tried `max_attempts` times. Classes (autopilot_common.step_failures): `spot_interruption` (the step
+    failed while the cluster lost spot instances to EC2), `step_failure` (any failed step, spot interruptions
+    included: opt in only for jobs that are safe to run again). A timed-out or cancelled step, and a step on a
+    cluster that ended, are never re-submitted. Every attempt is in the ledger (`steps[].attempts`)."""
+
+    max_attempts: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_STEP_ATTEMPTS,
+        description="Times a step may run, the first included (1: no retry). The run's execution timeout allows "
+        "every step this many times.",
+    )
+    when: list[StepFailureClass] = Field(
+        default_factory=list,
+        description="Failure classes that are retried: `spot_interruption`, `step_failure`.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        if isinstance(data, dict) and True in data:  # YAML 1.1 reads a bare `on:` key as the boolean true
+            raise ValueError("on: not a field (YAML reads a bare `on` as true); expected `when: [<failure classes>]`")
+        return data
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Ec2Retry:
+        if self.max_attempts > 1 and not self.when:
+            raise ValueError(
+                "when: empty with max_attempts > 1; expected the failure classes to retry "
+                "(spot_interruption, step_failure)"
+            )
+        if self.max_attempts == 1 and self.when:
+            raise ValueError(
+                f"max_attempts: 1 never retries {self.when}; expected 2 to {MAX_STEP_ATTEMPTS}, or remove when"
+            )
+        if len(set(self.when)) != len(self.when):
+            raise ValueError(f"when: {self.when} names a class twice; expected each once")
+        return self
+
 
 class _StepBase(StrictModel):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,99}$")] = Field(
@@ -364,11 +409,16 @@ class Ec2Runtime(StrictModel):
         "`timeout_minutes`.",
     )
     steps: list[Step] = Field(min_length=1, max_length=256, description="Run in order; a failed step stops the rest.")
+    retry: Ec2Retry = Field(
+        default_factory=Ec2Retry,
+        description="Re-submit a failed step on failure classes you name (default: no retry).",
+    )
 
     @property
     def execution_timeout_minutes(self) -> int:
-        """Longest the cluster's work may take: start-up (transient clusters) plus every step."""
-        return self.startup_minutes + sum(step.timeout_minutes for step in self.steps)
+        """Longest the cluster's work may take: start-up (transient clusters) plus every step, each as many times as
+        `retry.max_attempts` allows (so run timeouts, capacity and budget estimates count retries)."""
+        return self.startup_minutes + self.retry.max_attempts * sum(step.timeout_minutes for step in self.steps)
 
     @property
     def startup_minutes(self) -> int:
@@ -379,8 +429,11 @@ class Ec2Runtime(StrictModel):
     def execution_timeout_fields(self) -> str:
         """The config fields `execution_timeout_minutes` adds up, for errors that must name fields this runtime has."""
         steps = " + ".join(f"steps[{i}].timeout_minutes ({s.timeout_minutes})" for i, s in enumerate(self.steps))
+        steps = steps.replace("steps[", "runtime.steps[")
+        if self.retry.max_attempts > 1:
+            steps = f"runtime.retry.max_attempts ({self.retry.max_attempts}) x ({steps})"
         startup = f"runtime.startup_timeout_minutes ({self.startup_timeout_minutes}) + " if self.transient else ""
-        return f"{startup}{steps.replace('steps[', 'runtime.steps[')} = {self.execution_timeout_minutes}"
+        return f"{startup}{steps} = {self.execution_timeout_minutes}"
 
     @property
     def transient(self) -> bool:
@@ -408,6 +461,11 @@ class Ec2Runtime(StrictModel):
                 )
             return self
         self._check_spot()
+        if "spot_interruption" in self.retry.when and not self._may_run_spot():
+            raise ValueError(
+                "retry.when: spot_interruption, but the cluster runs no spot instances; expected spot capacity "
+                "(e.g. instances.task.spot_units > 0) or another failure class"
+            )
         if isinstance(self.instances, InstanceGroups) and len(self.subnet_ids) > 1:
             raise ValueError("subnet_ids: instance groups take one subnet; use instance fleets for several")
         if "Spark" not in self.applications and any(isinstance(s, SparkStep) for s in self.steps):
@@ -463,6 +521,17 @@ class Ec2Runtime(StrictModel):
             UserWarning,
             stacklevel=2,
         )
+
+    def _may_run_spot(self) -> bool:
+        """Whether a transient cluster may hold spot instances: configured, or added by alarm scaling."""
+        task = self.instances.task
+        if isinstance(task, TaskFleet):
+            task_spot = task.spot_units > 0 or (
+                isinstance(self.scaling, AlarmScaling) and self.scaling.spot_percent > 0
+            )
+        else:
+            task_spot = task is not None and task.market == "spot"
+        return task_spot or any(self._spot_on_primary_or_core().values())
 
     def _spot_on_primary_or_core(self) -> dict[str, bool]:
         inst = self.instances

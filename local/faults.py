@@ -4,7 +4,8 @@ crashes right after its next call of X" (the call took effect; the invocation di
 Used by the e2e tests and the reliability suite. API faults apply wherever the twin serves the
 call: moto's HTTP dispatch (calls from Lambda code, the CLI, boto3) and the twin's own Step
 Functions integrations. Job faults apply to EMR Serverless job runs and EMR on EC2 steps alike.
-EMR on EC2 also has cluster faults: a Spot capacity shortage and a failing bootstrap action.
+EMR on EC2 also has cluster faults: a Spot capacity shortage, a failing bootstrap action, and spot instances
+reclaimed by EC2 while a step runs (the step fails).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ STATUS = {
     "AccessDeniedException": 403,
 }
 BOOTSTRAP_FAILURE_MESSAGE = "On the master instance ({instance_id}), bootstrap action 1 returned a non-zero return code"
+# A reclaimed spot instance as EMR's ListInstances shows it: Code INSTANCE_FAILURE (botocore emr model,
+# InstanceStateChangeReasonCode), the message carrying EC2's reason code (EC2 API reference, StateReason).
+SPOT_RECLAIM_REASON = {
+    "Code": "INSTANCE_FAILURE",
+    "Message": "Server.SpotInstanceTermination: the Spot Instance was interrupted by Amazon EC2 (capacity reclaimed)",
+}
 
 
 class FunctionCrash(BaseException):  # noqa: N818 - a crash, not an error the handler could catch
@@ -73,7 +80,8 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._api: list[ApiFault] = []
         self._jobs: list[JobFault] = []
-        self._spot_shortages = 0
+        # Counted EMR-on-EC2 cluster faults: "spot_shortage" (next clusters get no spot), "spot_reclaim" (next steps).
+        self._counted: dict[str, int] = {"spot_shortage": 0, "spot_reclaim": 0}
         self._bootstraps: list[str] = []
         self._crashes: list[CrashFault] = []
         self.fired: list[tuple[str, str, str]] = []
@@ -104,12 +112,31 @@ class FaultInjector:
     def spot_shortage_next(self, times: int = 1) -> None:
         """The next `times` EMR clusters that request Spot capacity get none (their TimeoutAction decides)."""
         with self._lock:
-            self._spot_shortages += times
+            self._counted["spot_shortage"] += times
 
     def fail_next_bootstrap(self, message: str = BOOTSTRAP_FAILURE_MESSAGE) -> None:
         """The next EMR cluster to bootstrap fails (BOOTSTRAP_FAILURE); `{instance_id}` names its master."""
         with self._lock:
             self._bootstraps.append(message)
+
+    def reclaim_spot_during_next_step(self, times: int = 1) -> None:
+        """While each of the next `times` EMR-on-EC2 steps runs, EC2 reclaims its cluster's spot task instances
+        (TERMINATED, INSTANCE_FAILURE) and the step FAILS; EMR then replaces the lost capacity to the fleet's or
+        group's target."""
+        with self._lock:
+            self._counted["spot_reclaim"] += times
+
+    def take_spot_reclaim(self) -> bool:
+        """Consume one pending spot reclaim (True) if there is one."""
+        return self._take("spot_reclaim", ("emr", "SpotInterruption", "INSTANCE_FAILURE"))
+
+    def _take(self, kind: str, fired: tuple[str, str, str]) -> bool:
+        with self._lock:
+            if self._counted[kind] <= 0:
+                return False
+            self._counted[kind] -= 1
+            self.fired.append(fired)
+            return True
 
     def crash_after(self, function: str, service: str, operation: str, *, occurrence: int = 1) -> None:
         """The `occurrence`-th next `service:operation` call of the function named `*function` takes effect, then its
@@ -140,7 +167,7 @@ class FaultInjector:
             self._crashes.clear()
             self._api.clear()
             self._jobs.clear()
-            self._spot_shortages = 0
+            self._counted = dict.fromkeys(self._counted, 0)
             self._bootstraps.clear()
 
     def check(self, service: str, operation: str) -> None:
@@ -164,12 +191,7 @@ class FaultInjector:
 
     def take_spot_shortage(self) -> bool:
         """Consume one pending Spot shortage (True) if there is one."""
-        with self._lock:
-            if self._spot_shortages <= 0:
-                return False
-            self._spot_shortages -= 1
-            self.fired.append(("emr", "SpotCapacity", "InsufficientCapacity"))
-            return True
+        return self._take("spot_shortage", ("emr", "SpotCapacity", "InsufficientCapacity"))
 
     def next_bootstrap_fault(self) -> str | None:
         """Consume the next bootstrap failure message, if one is pending."""

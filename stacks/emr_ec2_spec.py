@@ -222,14 +222,23 @@ def ebs_configuration(ebs: EbsVolumes) -> dict[str, Any]:
 
 
 def step_templates(runtime: Ec2Runtime, artifacts_bucket: str) -> list[dict[str, Any]]:
-    """Each step as {name, timeout_seconds, hadoop_jar_step}; arguments keep their `{{tokens}}`. The first step's
-    timeout also covers the cluster's start-up (`startup_minutes`): its addStep.sync waits while EMR holds it PENDING
-    until the cluster is ready, so the first task timeout is the one that bounds provisioning."""
+    """Each step as {name, timeout_seconds, max_attempts, retry_when, hadoop_jar_step}; arguments keep their
+    `{{tokens}}`. The first step's timeout also covers the cluster's start-up (`startup_minutes`): its addStep.sync
+    waits while EMR holds it PENDING until the cluster is ready, so the first task timeout is the one that bounds
+    provisioning. `max_attempts` and `retry_when` are `runtime.retry` (the workflow's RunSteps re-submits on them)."""
     jobs = f"s3://{artifacts_bucket}/{JOBS_PREFIX}"
     out = []
     for index, step in enumerate(runtime.steps):
         minutes = step.timeout_minutes + (runtime.startup_minutes if index == 0 else 0)
-        out.append({"name": step.name, "timeout_seconds": minutes * 60, "hadoop_jar_step": _jar_step(step, jobs)})
+        out.append(
+            {
+                "name": step.name,
+                "timeout_seconds": minutes * 60,
+                "max_attempts": runtime.retry.max_attempts,
+                "retry_when": list(runtime.retry.when),
+                "hadoop_jar_step": _jar_step(step, jobs),
+            }
+        )
     return out
 
 

@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from autopilot_common.causes import ledger_cause
 from autopilot_common.pricing import Cost, InstanceUsage, Market, PriceTable, ec2_cost, unpriced
 from autopilot_common.scaling_state import actions as scaling_actions
+from autopilot_common.step_failures import classify
 
 if TYPE_CHECKING:
     from mypy_boto3_emr.literals import StepStateType
@@ -121,9 +122,9 @@ def finalize_run(
             cancelled = _cancel_active_steps(emr, request.cluster_id, request.step_names)
         cluster = emr.describe_cluster(ClusterId=request.cluster_id)["Cluster"]
         update["cluster"] = _cluster_summary(emr, cluster)
-        update["steps"] = _steps(emr, request.cluster_id, request.step_names, request.noticed)
-        if request.transient:
-            instances = _pages(emr, "list_instances", "Instances", request.cluster_id)
+        instances = list_pages(emr, "list_instances", "Instances", request.cluster_id) if request.transient else None
+        update["steps"] = _steps(emr, request.cluster_id, request.step_names, request.noticed, instances)
+        if instances is not None:
             update["instance_hours_estimate"] = _instance_hours(emr, cluster, instances, now)
             if pricing is not None:
                 update["cost"] = cluster_cost(pricing, emr, cluster, instances, now)
@@ -168,9 +169,13 @@ def _cluster_summary(emr: EMRClient, cluster: ClusterTypeDef) -> dict[str, Any]:
         "normalized_instance_hours": cluster.get("NormalizedInstanceHours"),
     }
     if cluster.get("InstanceCollectionType") == "INSTANCE_GROUP":
-        summary["groups"] = [_group(g) for g in _pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"])]
+        summary["groups"] = [
+            _group(g) for g in list_pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"])
+        ]
     else:
-        summary["fleets"] = [_fleet(f) for f in _pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"])]
+        summary["fleets"] = [
+            _fleet(f) for f in list_pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"])
+        ]
     return summary
 
 
@@ -220,9 +225,10 @@ def _instance_hours(
         return None
     units = sum(
         f.get("ProvisionedOnDemandCapacity", 0) + f.get("ProvisionedSpotCapacity", 0)
-        for f in _pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"])
+        for f in list_pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"])
     ) if cluster.get("InstanceCollectionType") != "INSTANCE_GROUP" else sum(
-        g.get("RunningInstanceCount", 0) for g in _pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"])
+        g.get("RunningInstanceCount", 0)
+        for g in list_pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"])
     )  # fmt: skip
     hours = _hours(start, timeline.get("EndDateTime") or now)
     return {"instance_hours": round(units * hours, 3), "method": "provisioned units x cluster lifetime"}
@@ -276,10 +282,10 @@ def _volumes(emr: EMRClient, cluster: ClusterTypeDef) -> dict[tuple[str, str], t
 
     out: dict[tuple[str, str], tuple[tuple[str, float], ...]] = {}
     if cluster.get("InstanceCollectionType") == "INSTANCE_GROUP":
-        for group in _pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"]):
+        for group in list_pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"]):
             out[(str(group.get("Id")), str(group.get("InstanceType")))] = sizes(group.get("EbsBlockDevices"))
     else:
-        for fleet in _pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"]):
+        for fleet in list_pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"]):
             for spec in fleet.get("InstanceTypeSpecifications", []):
                 out[(str(fleet.get("Id")), str(spec.get("InstanceType")))] = sizes(spec.get("EbsBlockDevices"))
     return out
@@ -307,11 +313,47 @@ def _spot_price(ec2: EC2Client | None, instance_type: str, zone: str | None, sta
 # ------------------------------------------------------------------------------------------ steps
 
 
-def _steps(emr: EMRClient, cluster_id: str, names: list[str], noticed: dict[str, str]) -> list[dict[str, Any]]:
+def _steps(
+    emr: EMRClient,
+    cluster_id: str,
+    names: list[str],
+    noticed: dict[str, str],
+    instances: list[dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
+    """One record per step of the run, in order: its last submission, with `attempts` listing every submission
+    (runtime.retry re-submits a failed step under the same name), each with the class of its failure (`instances`:
+    the cluster's, read here when None and a submission failed)."""
     wanted = set(names)
-    found = [s for s in _pages(emr, "list_steps", "Steps", cluster_id) if not wanted or s.get("Name") in wanted]
+    found = [s for s in list_pages(emr, "list_steps", "Steps", cluster_id) if not wanted or s.get("Name") in wanted]
     found.sort(key=lambda s: timestamp(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")))
-    return [_step(s, noticed.get(str(s.get("Name")))) for s in found]
+    if instances is None and any(s.get("Status", {}).get("State") == "FAILED" for s in found):
+        instances = list_pages(emr, "list_instances", "Instances", cluster_id)
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for step in found:
+        by_name.setdefault(str(step.get("Name")), []).append(step)
+    records = []
+    for name, submissions in by_name.items():
+        record = _step(submissions[-1], noticed.get(name))
+        record["attempts"] = [_attempt(n, s, instances or []) for n, s in enumerate(submissions, start=1)]
+        records.append(record)
+    return records
+
+
+def _attempt(number: int, step: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """One submission of a step for the ledger: state, times, and why it failed (its class, step_failures)."""
+    status = step.get("Status", {})
+    timeline = status.get("Timeline", {})
+    state = status.get("State")
+    failure = classify(step, None, instances) if state in FAILED_STEP_STATES else None
+    return {
+        "attempt": number,
+        "step_id": step.get("Id"),
+        "state": state,
+        "failure_class": failure.failure_class if failure else None,
+        "reason": failure.reason if failure else None,
+        "started_at": iso_time(timeline.get("StartDateTime")),
+        "ended_at": iso_time(timeline.get("EndDateTime")),
+    }
 
 
 def _step(step: dict[str, Any], noticed_at: str | None = None) -> dict[str, Any]:
@@ -340,7 +382,7 @@ def _cancel_active_steps(emr: EMRClient, cluster_id: str, names: list[str]) -> l
     wanted = set(names)
     active = [
         s["Id"]
-        for s in _pages(emr, "list_steps", "Steps", cluster_id, StepStates=ACTIVE_STEP_STATES)
+        for s in list_pages(emr, "list_steps", "Steps", cluster_id, StepStates=ACTIVE_STEP_STATES)
         if s.get("Name") in wanted
     ]
     if active:
@@ -377,7 +419,7 @@ def _failure(request: FinalizeRequest, update: dict[str, Any]) -> tuple[str, str
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _pages(emr: EMRClient, operation: _Listing, key: str, cluster_id: str, **kwargs: Any) -> list[dict[str, Any]]:
+def list_pages(emr: EMRClient, operation: _Listing, key: str, cluster_id: str, **kwargs: Any) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for page in emr.get_paginator(operation).paginate(ClusterId=cluster_id, **kwargs):
         items.extend(page.get(key, []))

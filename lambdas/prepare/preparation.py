@@ -80,7 +80,7 @@ class PipelineSettings:
     spark_submit_parameters: str
     execution_timeout_minutes: int
     application_id: str
-    steps: list[dict[str, Any]]  # emr-ec2: {name, timeout_seconds, hadoop_jar_step} with `{{tokens}}`
+    steps: list[dict[str, Any]]  # emr-ec2: {name, timeout_seconds, max_attempts, retry_when, hadoop_jar_step}
     cluster_tags: dict[str, str]  # emr-ec2: tags every cluster of the pipeline carries
     existing_cluster: dict[str, str] | None  # emr-ec2 on a long-running cluster: {cluster_id} or {tag_key, tag_value}
     admission: dict[str, Any]  # {reservation: {runs, clusters, vcpus}, queue_timeout_seconds}: fixed at synth
@@ -470,6 +470,8 @@ def _ec2_parts(
             {
                 "name": step_name(run_id, template["name"]),
                 "timeout_seconds": int(template["timeout_seconds"]),
+                "max_attempts": int(template.get("max_attempts", 1)),  # runtime.retry: RunSteps re-submits on these
+                "retry_when": [str(c) for c in template.get("retry_when") or []],
                 "hadoop_jar_step": jar_step,
             }
         )

@@ -33,6 +33,7 @@ from local.emr_ec2.model import (
     owners,
 )
 from local.emr_service import EmrServiceModel, EmrServiceSettings
+from local.faults import SPOT_RECLAIM_REASON
 from local.spark_runner import parse_s3_uri
 
 LOG = logging.getLogger("twin.emr-ec2")
@@ -528,6 +529,26 @@ class ClusterLifecycle(EmrServiceModel, ABC):
             gone = mine.pop()
             gone.state, gone.ended = "TERMINATED", time.time()
             held -= gone.weight
+
+    def reclaim_spot_task_instances(self, c: Cluster) -> list[str]:
+        """(Under the lock) EC2 reclaims every running spot instance of the task fleet or group: TERMINATED with
+        EMR's INSTANCE_FAILURE reason; EMR then launches replacements to the target. The lost EC2 instance ids."""
+        task = {f.id for f in c.fleets if f.fleet_type == "TASK"} | {g.id for g in c.groups if g.group_type == "TASK"}
+        lost = [
+            i for i in c.instances
+            if (i.fleet_id or i.group_id) in task and i.market == "SPOT" and i.state != "TERMINATED"
+        ]  # fmt: skip
+        for i in lost:
+            i.state, i.ended, i.reason = "TERMINATED", time.time(), dict(SPOT_RECLAIM_REASON)
+        for fleet in (f for f in c.fleets if f.id in task):
+            self._sync_fleet_capacity(c, fleet)
+            self._fleet_event(c, fleet, "WARNING", f"Spot capacity reclaimed by Amazon EC2: {len(lost)} instance(s)")
+            self._resize_instances(c, fleet, "SPOT", fleet.target_spot)
+            self._sync_fleet_capacity(c, fleet)
+        for group in (g for g in c.groups if g.id in task and g.market == "SPOT"):
+            self._resize_instances(c, group, "SPOT", group.requested)
+        self._cond.notify_all()
+        return [i.ec2_id for i in lost]
 
     # ------------------------------------------------------------------ what the cluster acts as
 

@@ -87,6 +87,7 @@ class Instance:
     created: float = field(default_factory=time.time)
     ready: float | None = None
     ended: float | None = None
+    reason: dict[str, str] = field(default_factory=dict)  # why it ended (default: with its cluster)
 
 
 @dataclass(kw_only=True)

@@ -208,7 +208,7 @@ def instance_shape(i: Instance) -> dict[str, Any]:
         "PrivateIpAddress": i.private_ip,
         "Status": {
             "State": i.state,
-            "StateChangeReason": {"Code": "CLUSTER_TERMINATED"} if i.state == "TERMINATED" else {},
+            "StateChangeReason": (dict(i.reason) or {"Code": "CLUSTER_TERMINATED"}) if i.state == "TERMINATED" else {},
             "Timeline": timeline(CreationDateTime=i.created, ReadyDateTime=i.ready, EndDateTime=i.ended),
         },
         "Market": i.market,

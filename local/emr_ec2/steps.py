@@ -70,6 +70,8 @@ class StepRunner(ClusterLifecycle):
 
     def _execute(self, c: Cluster, s: Step) -> tuple[str, dict[str, str] | None]:
         """Run one step: an injected job fault, spark-submit on the runner, s3-dist-cp, or "not executed"."""
+        if self.faults.take_spot_reclaim():
+            return self._spot_reclaimed(c, s)
         fault = self.faults.next_job_fault()
         if fault is not None and fault.kind == "hang":
             s.cancel.wait()  # runs until cancelled or the cluster terminates
@@ -121,6 +123,16 @@ class StepRunner(ClusterLifecycle):
         error = result.error or "Unknown Error."
         code = f"spark-submit exited with code {result.exit_code}: " if result.exit_code is not None else ""
         return "FAILED", self._failure(c, s, error, code + error)
+
+    def _spot_reclaimed(self, c: Cluster, s: Step) -> tuple[str, dict[str, str]]:
+        """EC2 reclaims the cluster's spot task instances under the running step, which fails as Spark does when it
+        loses its executors; EMR then launches replacements up to the fleet's or group's target."""
+        with self._cond:
+            lost = self.reclaim_spot_task_instances(c)
+        note = f"{len(lost)} spot task instance(s) reclaimed: {', '.join(lost) or 'none were running'}"
+        message = f"Job aborted: executors lost when Amazon EC2 reclaimed spot capacity ({note})"
+        self._write_step_logs(c, s, "", f"{NOTE_PREFIX} injected spot interruption: {message}\n")
+        return "FAILED", self._failure(c, s, "Unknown Error.", message)
 
     def _failure(self, c: Cluster, s: Step, reason: str, message: str) -> dict[str, str]:
         details = {"Reason": reason, "Message": message}

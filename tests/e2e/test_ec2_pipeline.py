@@ -223,6 +223,73 @@ def test_a_transient_run_records_its_cost_and_links_and_notifies_success(env: De
     assert ledger["links"]["cluster"] in notification["Message"]
 
 
+def test_a_step_failing_on_a_spot_interruption_runs_again_and_the_ledger_has_both_attempts(env: Deployed) -> None:
+    # Given sales-cluster retries spot interruptions (retry: {max_attempts: 2, when: [spot_interruption]}) and EC2
+    # reclaims the task fleet's spot instances while the next step runs
+    env.twin.faults.reclaim_spot_during_next_step()
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/reclaim-{uuid.uuid4().hex[:8]}/a.input")
+    # Then the step is submitted again on the same cluster and the run succeeds
+    assert env.finished(arn, timeout=120)["status"] == "SUCCEEDED"
+    ledger = env.ledger(run_id)
+    (step,) = ledger["steps"]
+    first, second = step["attempts"]
+    assert (first["attempt"], first["state"], first["failure_class"]) == (1, "FAILED", "spot_interruption")
+    assert "Server.SpotInstanceTermination" in first["reason"]
+    assert (second["attempt"], second["state"], second["failure_class"]) == (2, "COMPLETED", None)
+    assert step["id"] == second["step_id"] != first["step_id"] and step["state"] == "COMPLETED"
+    # EMR saw two submissions of the step; the reclaimed instances are spot, ended with INSTANCE_FAILURE, replaced
+    emr = env.twin.client("emr")
+    names = [s["Name"] for s in emr.list_steps(ClusterId=ledger["cluster_id"])["Steps"]]
+    assert names == [f"{run_id}: sales-etl"] * 2
+    instances = emr.list_instances(ClusterId=ledger["cluster_id"])["Instances"]
+    reclaimed = [i for i in instances if i["Status"]["StateChangeReason"].get("Code") == "INSTANCE_FAILURE"]
+    assert reclaimed and {i["Market"] for i in reclaimed} == {"SPOT"}
+    task = {f["type"]: f for f in ledger["cluster"]["fleets"]}["TASK"]
+    spot_launched = [i for i in instances if i.get("InstanceFleetId") and i["Market"] == "SPOT"]
+    assert len(spot_launched) == len(reclaimed) + task["target_spot"]  # each reclaimed one replaced
+    # The failure path ran once; the happy path's Lambda invocations grew by that one classification
+    entered = _entered(env, arn)
+    assert entered.count("RunStep") == 2 and entered.count("ClassifyStepFailure") == 1
+    assert entered.count("NextAttempt") == 1 and "StepFailed" not in entered
+    # The recorded cost covers every instance, the reclaimed ones and their replacements included
+    _assert_cost_is_every_instance_priced(env, ledger)
+
+
+def test_a_step_failure_of_a_class_not_retried_fails_the_run_after_one_attempt(env: Deployed) -> None:
+    # sales-cluster retries spot interruptions only; the job's own failure is a step_failure
+    env.twin.faults.fail_next_job("Job failed: injected bad input")
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/noretry-{uuid.uuid4().hex[:8]}/a.input")
+    described = env.finished(arn, timeout=90)
+    assert described["status"] == "FAILED" and described["error"] == "StepFailed"
+    ledger = env.ledger(run_id)
+    (step,) = ledger["steps"]
+    (attempt,) = step["attempts"]
+    assert (attempt["state"], attempt["failure_class"]) == ("FAILED", "step_failure")
+    assert "injected bad input" in attempt["reason"] and ledger["failed_step"]["id"] == attempt["step_id"]
+    entered = _entered(env, arn)
+    assert entered.count("RunStep") == 1 and entered.count("ClassifyStepFailure") == 1
+    assert "NextAttempt" not in entered and entered.index("StepFailed") < entered.index("TerminateAfterFailure")
+    assert _cluster_state(env, ledger["cluster_id"]) == "TERMINATED"
+
+
+def test_spot_interruptions_beyond_max_attempts_fail_the_run_with_every_attempt_recorded(env: Deployed) -> None:
+    env.twin.faults.reclaim_spot_during_next_step(times=2)
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/reclaim2-{uuid.uuid4().hex[:8]}/a.input")
+    described = env.finished(arn, timeout=120)
+    assert described["status"] == "FAILED" and described["error"] == "StepFailed"
+    ledger = env.ledger(run_id)
+    (step,) = ledger["steps"]
+    assert [(a["attempt"], a["state"], a["failure_class"]) for a in step["attempts"]] == [
+        (1, "FAILED", "spot_interruption"),
+        (2, "FAILED", "spot_interruption"),
+    ]
+    assert ledger["failed_step"]["id"] == step["attempts"][-1]["step_id"]
+    entered = _entered(env, arn)
+    # max_attempts 2: the second failure is not even classified (no attempt left)
+    assert entered.count("RunStep") == 2 and entered.count("ClassifyStepFailure") == 1
+    assert _cluster_state(env, ledger["cluster_id"]) == "TERMINATED"
+
+
 def test_throttled_run_job_flow_is_retried_without_a_second_cluster(env: Deployed) -> None:
     env.twin.faults.fail_next("emr", "RunJobFlow", times=2, code="ThrottlingException")
     clusters_before = set(env.twin.emr_ec2.clusters)

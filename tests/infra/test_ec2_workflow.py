@@ -91,8 +91,10 @@ def test_security_configuration_encrypts_at_rest_and_requires_imdsv2(synth: Synt
 def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(synth: Synthesized) -> None:
     definition = _definition(synth, TRANSIENT)
     for name, state in _tasks(definition).items():
-        if name in {"Prepare", "ReadJobMetrics", "RunStep", "PutScalingAlarm", "FinalizeSucceeded", "FinalizeFailed"}:
-            continue  # (Map iterations: their Map catches)
+        if name in {"Prepare", "ReadJobMetrics", "FinalizeSucceeded", "FinalizeFailed"}:
+            continue
+        if name in {"RunStep", "ClassifyStepFailure", "PutScalingAlarm"}:
+            continue  # (Map iterations: their Map catches; a step's own failure path ends in its Fail state)
         if name in {"TerminateAfterFailure", "RecordFailed", "NotifyFailure", "ReleaseRunSlot", "ReleaseAfterFailure"}:
             continue
         if name in {"NotifySucceeded", "RecordSpend", "RecordSpendAfterFailure"}:  # after the ledger: never fails
@@ -107,6 +109,9 @@ def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(sy
     assert run_steps["MaxConcurrency"] == 1
     assert run_steps["Catch"][0]["Next"] == "TerminateIfCreated"
     step = run_steps["ItemProcessor"]["States"]["RunStep"]
+    classify = run_steps["ItemProcessor"]["States"]["ClassifyStepFailure"]
+    assert {c["Next"] for c in classify["Catch"]} == {"StepFailed"}  # cannot classify: the step fails as before
+    assert run_steps["ItemProcessor"]["States"]["StepFailed"]["Type"] == "Fail"
     assert step["Parameters"]["Step"]["ActionOnFailure"] == "CONTINUE"
     assert step["TimeoutSecondsPath"] == "$.step.timeout_seconds"
     # The success path also ends with the cluster gone before the ledger says SUCCEEDED.
@@ -115,6 +120,33 @@ def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(sy
     assert "ReleaseRunSlot" in edges["HasScalingAlarms"]
     assert edges["ReleaseRunSlot"] == {"FinalizeSucceeded"}  # the run slot goes back once the cluster is gone
     assert definition["States"]["TerminateCluster"]["Resource"].endswith("elasticmapreduce:terminateCluster.sync")
+
+
+def test_a_failed_step_is_resubmitted_only_with_attempts_left_and_never_after_a_timeout(synth: Synthesized) -> None:
+    for name in (TRANSIENT, EXISTING):
+        run_steps = _definition(synth, name)["States"]["RunSteps"]
+        states = run_steps["ItemProcessor"]["States"]
+        assert run_steps["ItemSelector"]["attempt"] == 1
+        timeout, other = states["RunStep"]["Catch"]
+        assert (timeout["ErrorEquals"], timeout["Next"]) == (["States.Timeout"], "StepFailed")
+        assert (other["ErrorEquals"], other["Next"]) == (["States.ALL"], "AttemptsLeft")
+        (left,) = states["AttemptsLeft"]["Choices"]
+        assert left == {"Variable": "$.attempt", "NumericLessThanPath": "$.step.max_attempts",
+                        "Next": "ClassifyStepFailure"}  # fmt: skip
+        assert states["AttemptsLeft"]["Default"] == "StepFailed"
+        assert states["ClassifyStepFailure"]["Parameters"]["Payload"]["action"] == "classify_step_failure"
+        assert (
+            states["RetryStep"]["Choices"][0]["Next"] == "NextAttempt"
+            and states["RetryStep"]["Default"] == "StepFailed"
+        )
+        assert states["NextAttempt"]["Parameters"]["attempt.$"] == "States.MathAdd($.attempt, 1)"
+        # The only way back to RunStep is one attempt later: the loop is bounded by max_attempts.
+        back = {n for n, st in states.items() if st.get("Next") == "RunStep"}
+        assert back == {"NextAttempt"}
+        assert (states["StepFailed"]["ErrorPath"], states["StepFailed"]["CausePath"]) == (
+            "$.error.Error",
+            "$.error.Cause",
+        )
 
 
 def test_existing_cluster_workflow_never_creates_or_terminates_clusters(synth: Synthesized) -> None:

@@ -354,6 +354,26 @@ def test_spot_shortage_switches_to_on_demand(env: Env) -> None:
     assert event["detail"]["severity"] == "WARN"
 
 
+def test_spot_reclaimed_under_a_step_fails_it_and_emr_replaces_the_task_instances(env: Env) -> None:
+    cluster_id = env.ready_cluster(Instances=GROUP_INSTANCES)
+    env.twin.faults.reclaim_spot_during_next_step()
+    failing, following = env.add_steps(cluster_id, step("reclaimed"), step("after"))
+    env.model.wait_step(cluster_id, following, {"COMPLETED"})
+    failed = env.step(cluster_id, failing)["Status"]
+    assert failed["State"] == "FAILED" and "reclaimed spot capacity" in failed["FailureDetails"]["Message"]
+    assert "injected spot interruption" in env.log(failed["FailureDetails"]["LogFile"])
+    task = env.emr.list_instances(ClusterId=cluster_id, InstanceGroupTypes=["TASK"])["Instances"]
+    lost = [i for i in task if i["Status"]["State"] == "TERMINATED"]
+    assert len(lost) == 3 and {i["Market"] for i in task} == {"SPOT"}
+    assert {i["Status"]["StateChangeReason"]["Code"] for i in lost} == {"INSTANCE_FAILURE"}
+    assert all("Server.SpotInstanceTermination" in i["Status"]["StateChangeReason"]["Message"] for i in lost)
+    assert all(i["Status"]["Timeline"]["EndDateTime"] <= failed["Timeline"]["EndDateTime"] for i in lost)
+    assert len([i for i in task if i["Status"]["State"] == "RUNNING"]) == 3  # replaced to the group's count
+    others = env.emr.list_instances(ClusterId=cluster_id, InstanceGroupTypes=["MASTER", "CORE"])["Instances"]
+    assert {i["Status"]["State"] for i in others} == {"RUNNING"}
+    assert env.state(cluster_id)["State"] in {"WAITING", "RUNNING"}  # ActionOnFailure CONTINUE: the cluster stays
+
+
 def test_spot_shortage_with_terminate_cluster_ends_the_cluster(env: Env) -> None:
     env.twin.faults.spot_shortage_next()
     spot = {"TimeoutDurationMinutes": 5, "TimeoutAction": "TERMINATE_CLUSTER"}

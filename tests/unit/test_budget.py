@@ -275,6 +275,7 @@ def test_the_synth_estimate_of_a_transient_cluster_is_every_instance_with_its_eb
         raw["pipelines"]["sales-eks"]["limits"] = {"run_estimate_usd": 1.0}
         runtime = raw["pipelines"]["sales-cluster"]["runtime"]
         runtime.pop("scaling")
+        runtime.pop("retry")  # on spot interruptions: this cluster has no spot instances (and no retry to count)
         runtime["instances"] = {"mode": "groups", "core": {"instance_type": "m5.xlarge", "count": 1}, "task": None}
 
     # primary m5.large (the default below 50 nodes), one core m5.xlarge, 64 GB gp3 each (the default volumes)

@@ -613,6 +613,20 @@ def test_show_and_runs_carry_the_cost_and_a_missing_price_says_why(account: dict
     assert "$0.0123" in cells["priced"] and " n/a " in cells["unpriced"] and " - " in cells["old-ok"]
 
 
+def test_show_lists_every_submission_of_a_retried_step(account: dict[str, Any]) -> None:
+    spot = {"attempt": 1, "step_id": "s-1", "state": "FAILED", "failure_class": "spot_interruption",
+            "reason": "1 spot instance(s) reclaimed while the step ran (i-a)"}  # fmt: skip
+    ok = {"attempt": 2, "step_id": "s-2", "state": "COMPLETED", "failure_class": None, "reason": None}
+    once = {"attempt": 1, "step_id": "s-3", "state": "COMPLETED", "failure_class": None, "reason": None}
+    steps = [{"name": "r: etl", "attempts": [spot, ok]}, {"name": "r: load", "attempts": [once]}]
+    _write_entry("retried", None, runtime="emr-ec2", steps=steps)
+    shown = " ".join(cli("show", "retried").stdout.split())
+    assert "step attempts r: etl #1 FAILED s-1 spot_interruption: 1 spot instance(s) reclaimed" in shown, shown
+    assert "r: etl #2 COMPLETED s-2" in shown and "r: load" not in shown  # a step that ran once is not listed
+    _write_entry("plain", None, runtime="emr-ec2", steps=[{"name": "r: load", "attempts": [once]}])
+    assert "step attempts" not in cli("show", "plain").stdout
+
+
 def test_show_prefers_the_links_the_ledger_recorded(account: dict[str, Any]) -> None:
     _write_entry("linked", None, links={"execution": "https://example.test/exec", "logs": "https://example.test/l"})
     shown = json.loads(cli("show", "linked", "--json").stdout)

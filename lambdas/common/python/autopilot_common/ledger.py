@@ -92,8 +92,22 @@ class Admission(TypedDict, total=False):
     budget: BudgetReservation
 
 
+class StepAttempt(TypedDict):
+    """One submission of an EMR step (runtime.retry re-submits a failed step under the same name): its EMR step id,
+    state, times, and for a failed one the class of its failure (autopilot_common.step_failures) and why."""
+
+    attempt: int
+    step_id: str
+    state: str
+    failure_class: str | None
+    reason: str | None
+    started_at: str | None
+    ended_at: str | None
+
+
 class StepRecord(TypedDict, total=False):
-    """One EMR step of an EC2 run (finalize): EMR's timeline beside the moment the workflow noticed its end."""
+    """One EMR step of an EC2 run (finalize): its last submission, EMR's timeline beside the moment the workflow
+    noticed its end, and every submission in `attempts`."""
 
     id: str
     name: str
@@ -105,6 +119,7 @@ class StepRecord(TypedDict, total=False):
     notice_delay_seconds: float | None
     failure: dict[str, Any] | None
     reason: str | None
+    attempts: list[StepAttempt]
 
 
 class Cleanup(TypedDict, total=False):
