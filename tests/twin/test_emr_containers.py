@@ -309,3 +309,27 @@ def test_twin_busy_while_a_job_runs(env: Env) -> None:
     threading.Timer(0.1, env.model.cancel_job_run, (env.vc_id, job_id)).start()
     env.twin.wait_idle(timeout=10, settle=0.05)
     assert env.model.describe_job_run(env.vc_id, job_id)["state"] == "CANCELLED"
+
+
+def test_a_retry_policy_restarts_a_failed_driver_and_counts_the_attempts(model: EmrContainersTwin) -> None:
+    # Given a job run allowed 2 driver attempts whose first driver fails
+    vc_id = _vc(model)
+    model.faults.fail_next_job("Job failed: driver lost")
+    job_id = _start(model, vc_id, retryPolicyConfiguration={"maxAttempts": 2})["id"]
+    assert model.wait(vc_id, job_id, 5)
+    # Then it completed on its second attempt, never showing FAILED
+    run = model.describe_job_run(vc_id, job_id)
+    assert run["state"] == "COMPLETED" and run["retryPolicyExecution"] == {"currentAttemptCount": 2}
+    events = model.events  # type: ignore[attr-defined]
+    assert [e["detail"]["state"] for e in events] == ["PENDING", "SUBMITTED", "RUNNING", "COMPLETED"]
+    # and a driver failing every attempt fails the job run after its last one
+    model.faults.fail_next_job("one")
+    model.faults.fail_next_job("two")
+    failed = _start(model, vc_id, retryPolicyConfiguration={"maxAttempts": 2})["id"]
+    assert model.wait(vc_id, failed, 5)
+    run = model.describe_job_run(vc_id, failed)
+    assert (run["state"], run["stateDetails"], run["retryPolicyExecution"]) == (
+        "FAILED", "two", {"currentAttemptCount": 2}
+    )  # fmt: skip
+    # without a policy DescribeJobRun has no retryPolicyExecution (as AWS leaves absent values out)
+    assert "retryPolicyExecution" not in model.describe_job_run(vc_id, _start(model, vc_id)["id"])
