@@ -1,6 +1,8 @@
-"""Retry policies of the job-run runtimes end to end on the twin (pipelines sales-retry and sales-eks-retry,
-`runtime.retry.max_attempts: 2`): the service retries within the one job run, the workflow waits through every
-attempt, and the ledger records each attempt; the cost covers them all."""
+"""EMR Serverless retry policies end to end on the twin (pipeline sales-retry, `runtime.retry.max_attempts: 2`): the
+service retries within the one job run, the workflow waits through every attempt, and the ledger records each
+attempt; the cost covers them all. EMR on EKS: tests/twin/test_emr_containers.py (the .sync task through a retried
+driver) and tests/unit/test_run_end.py (its ledger attempts); a second EKS pipeline in config/dev.yaml would change
+the shipped config's single virtual cluster that other tests rely on."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from autopilot_common.pricing import shipped_prices
 from config.loader import load_config
 from tests.deployment import Deployed
 
-SERVERLESS, EKS = "sales-retry", "sales-eks-retry"
+SERVERLESS = "sales-retry"
 
 
 def _console_run(env: Deployed, pipeline: str) -> tuple[str, str]:
@@ -85,16 +87,3 @@ def test_a_serverless_job_failing_every_attempt_ends_failed_with_both_attempts(e
         (2, "FAILED", "Job failed: second"),
     ]
     assert ledger["cost"]["usd"] == pytest.approx(_attempts_cost(env, ledger), abs=1e-6)
-
-
-def test_an_eks_job_failing_once_under_two_attempts_succeeds_with_its_attempt_count(env: Deployed) -> None:
-    described, ledger = _run_failing(env, EKS, "Job failed: driver pod OOMKilled")
-    assert described["status"] == "SUCCEEDED", described.get("cause")
-    assert [(a["attempt"], a["state"]) for a in ledger["attempts"]] == [(1, "FAILED"), (2, "COMPLETED")]
-    assert ledger["job_run"]["attempt"] == 2
-    job = env.twin.client("emr-containers").describe_job_run(
-        id=ledger["job_run_id"], virtualClusterId=ledger["virtual_cluster_id"]
-    )["jobRun"]
-    assert job["retryPolicyConfiguration"] == {"maxAttempts": 2}
-    assert job["retryPolicyExecution"] == {"currentAttemptCount": 2}
-    assert any("2 driver attempts" in note for note in ledger["cost"]["notes"])

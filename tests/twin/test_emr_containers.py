@@ -333,3 +333,17 @@ def test_a_retry_policy_restarts_a_failed_driver_and_counts_the_attempts(model: 
     )  # fmt: skip
     # without a policy DescribeJobRun has no retryPolicyExecution (as AWS leaves absent values out)
     assert "retryPolicyExecution" not in model.describe_job_run(vc_id, _start(model, vc_id)["id"])
+
+
+def test_state_machine_sync_job_waits_through_a_retried_driver(env: Env) -> None:
+    # Given the workflow's StartJobRun with a retry policy (validated against botocore's model) and a first driver
+    # attempt that fails
+    env.twin.faults.fail_next_job("Job failed: driver pod OOMKilled")
+    parameters = {**env.start_parameters("sfn-retry"), "RetryPolicyConfiguration": {"MaxAttempts": 2}}
+    # When the .sync task runs, then it waits through both attempts and succeeds with the second
+    described = env.run_machine("eks-sync-retry", env.task("startJobRun.sync", parameters))
+    assert described["status"] == "SUCCEEDED", described
+    output = json.loads(described["output"])
+    assert output["State"] == "COMPLETED"
+    assert output["RetryPolicyConfiguration"] == {"MaxAttempts": 2}
+    assert output["RetryPolicyExecution"] == {"CurrentAttemptCount": 2}
