@@ -183,7 +183,7 @@ def run_estimate_usd(config: AppConfig, name: str, region: str | None) -> float:
     if region is None:
         raise CapacityError(f"limits.run_estimate_usd: required under a budget when the region is not known; {hint}")
     table = shipped_prices()
-    hours = runtime.execution_timeout_minutes / 60
+    hours = pipeline.job_minutes / 60  # the worst case: every attempt of a retried job run at its timeout
     try:
         if isinstance(runtime, Ec2Runtime):
             ebs = _ebs_hourly(runtime, table, region)
@@ -270,7 +270,7 @@ def _slot_reservation(config: AppConfig, name: str) -> Reservation:
 def queue_timeout_seconds(pipeline: Pipeline) -> int:
     """How long a run may wait for a slot: `limits.max_queue_minutes`, clamped so that the wait ends (QueueTimeout,
     ledger FAILED, notified) before the whole-run timeout would abort the execution with the job not yet run."""
-    room = pipeline.run_timeout_minutes - pipeline.runtime.execution_timeout_minutes
+    room = pipeline.run_timeout_minutes - pipeline.job_minutes  # every attempt of a retried job run
     return max(1, min(pipeline.limits.max_queue_minutes, room)) * 60
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from config.base import StrictModel
+from config.job_retry import EKS_RETRY_RELEASE, JobRunRetry, retry_release_problem
 
 EKS_RELEASE_LABEL_PATTERN = r"^emr-\d+\.\d+\.\d+-(latest|\d{8})$"
 NAMESPACE_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -64,10 +65,15 @@ class EksRuntime(StrictModel):
     execution_timeout_minutes: int = Field(
         default=60, ge=1, le=10080, description="The workflow cancels the job after this."
     )
+    retry: JobRunRetry = Field(
+        default_factory=JobRunRetry,
+        description="EMR on EKS restarts a failed job driver (`retryPolicyConfiguration`); "
+        "`execution_timeout_minutes` applies per attempt.",
+    )
 
     def execution_timeout_fields(self) -> str:
         """The config field behind `execution_timeout_minutes`, for errors."""
-        return f"runtime.execution_timeout_minutes ({self.execution_timeout_minutes})"
+        return self.retry.timeout_fields(self.execution_timeout_minutes)
 
     @model_validator(mode="after")
     def _virtual_cluster(self) -> EksRuntime:
@@ -76,6 +82,13 @@ class EksRuntime(StrictModel):
             raise ValueError("set either virtual_cluster_id, or eks_cluster_name with namespace (not both)")
         if create and (self.eks_cluster_name is None or self.namespace is None):
             raise ValueError("eks_cluster_name and namespace go together")
+        return self
+
+    @model_validator(mode="after")
+    def _retry_release(self) -> EksRuntime:
+        problem = retry_release_problem(self.retry, self.release_label, EKS_RETRY_RELEASE, "EMR on EKS")
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

@@ -16,6 +16,7 @@ from config.base import RELEASE_LABEL_PATTERN, StrictModel
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.guardrails import Guardrails, PipelineLimits
+from config.job_retry import SERVERLESS_RETRY_RELEASE, JobRunRetry, retry_release_problem
 
 # Pipeline names end up in state machine names, execution names (80 chars max, together with a
 # 24-character hash), IAM role names and S3 prefixes: keep them short and DNS-like.
@@ -276,10 +277,15 @@ class ServerlessRuntime(StrictModel):
     execution_timeout_minutes: int = Field(
         default=60, ge=1, le=10080, description="EMR Serverless cancels the job run after this."
     )
+    retry: JobRunRetry = Field(
+        default_factory=JobRunRetry,
+        description="EMR Serverless re-runs a failed batch job run (`retryPolicy`); the workflow waits "
+        "`execution_timeout_minutes` per attempt.",
+    )
 
     def execution_timeout_fields(self) -> str:
         """The config field behind `execution_timeout_minutes`, for errors."""
-        return f"runtime.execution_timeout_minutes ({self.execution_timeout_minutes})"
+        return self.retry.timeout_fields(self.execution_timeout_minutes)
 
 
 Runtime = Annotated[ServerlessRuntime | Ec2Runtime | EksRuntime, Field(discriminator="type")]
@@ -301,9 +307,16 @@ class Pipeline(StrictModel):
         default_factory=PipelineLimits, description="This pipeline's caps (on top of the deployment's)."
     )
 
+    @property
+    def job_minutes(self) -> int:
+        """The longest the job may take: `execution_timeout_minutes`, times `retry.max_attempts` for the job-run
+        runtimes (the service retries within the one job run the workflow waits on)."""
+        attempts = 1 if isinstance(self.runtime, Ec2Runtime) else self.runtime.retry.max_attempts
+        return self.runtime.execution_timeout_minutes * attempts
+
     @model_validator(mode="after")
     def _run_outlasts_job(self) -> Pipeline:
-        if self.run_timeout_minutes <= self.runtime.execution_timeout_minutes:
+        if self.run_timeout_minutes <= self.job_minutes:
             raise ValueError(
                 f"run_timeout_minutes ({self.run_timeout_minutes}) must be greater than the job's time, "
                 f"{self.runtime.execution_timeout_fields()}, so the workflow can clean up after a job timeout; "
@@ -365,4 +378,22 @@ class AppConfig(StrictModel):
                 raise ValueError(
                     f"tags: key {key!r} is reserved; expected a key not starting with 'aws:' or 'autopilot:'"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _serverless_retry_release(self) -> AppConfig:
+        for name, pipeline in self.pipelines.items():
+            runtime = pipeline.runtime
+            if not isinstance(runtime, ServerlessRuntime):
+                continue
+            application = runtime.application
+            if isinstance(application, str):
+                if application not in self.serverless_applications:
+                    continue  # reported by the reference check
+                application = self.serverless_applications[application]
+            problem = retry_release_problem(
+                runtime.retry, application.release_label, SERVERLESS_RETRY_RELEASE, "EMR Serverless"
+            )
+            if problem:
+                raise ValueError(f"pipeline {name!r}: runtime.{problem} (its application's release)")
         return self

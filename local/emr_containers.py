@@ -1,5 +1,11 @@
 """EMR on EKS (`emr-containers`) virtual clusters and job runs that behave like the real service, on top of moto's
-emrcontainers backend (docs/twin/emr-on-eks.md)."""
+emrcontainers backend (docs/twin/emr-on-eks.md).
+
+Retry policies (`retryPolicyConfiguration.maxAttempts`, EMR on EKS Development Guide, "Using job retry policies"):
+a failed driver with attempts left is restarted (a new attempt of the same job run, which stays RUNNING: the
+driver pod is restarted under it); DescribeJobRun's `retryPolicyExecution.currentAttemptCount` counts the attempts.
+EMR on EKS waits 10 s, 20 s, 40 s ... (at most 6 min) between attempts; the twin restarts at once.
+"""
 
 from __future__ import annotations
 
@@ -83,6 +89,11 @@ class ContainersJobRun:
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     result: SparkResult | None = None
+    attempts: int = 0  # driver attempts started (retryPolicyExecution.currentAttemptCount)
+
+    @property
+    def max_attempts(self) -> int:
+        return int((self.retry_policy_configuration or {}).get("maxAttempts") or 1)
 
     @property
     def id(self) -> str:
@@ -121,6 +132,7 @@ class ContainersJobRun:
             "failureReason": run.failure_reason,
             "tags": run.tags,
             "retryPolicyConfiguration": self.retry_policy_configuration,
+            "retryPolicyExecution": {"currentAttemptCount": self.attempts} if self.retry_policy_configuration else None,
         }
         return {k: v for k, v in shape.items() if v is not None}
 
@@ -377,11 +389,24 @@ class EmrContainersTwin(EmrServiceModel):
     # ------------------------------------------------------------------ progression
 
     def _drive(self, run: ContainersJobRun) -> None:
+        for state in ("SUBMITTED", "RUNNING"):
+            if run.cancel.is_set():
+                break
+            self._set_state(run, state, "")
+        while True:
+            run.attempts += 1
+            final, details, reason = self._attempt(run)
+            if final != "FAILED" or run.cancel.is_set() or run.attempts >= run.max_attempts:
+                break
+            LOG.info("job run %s: driver attempt %d failed (%s); restarting it", run.id, run.attempts, details)
+        run.moto_run.failure_reason = reason
+        run.moto_run.finished_at = datetime.now(UTC)
+        self._set_state(run, final, details)
+        run.done.set()
+
+    def _attempt(self, run: ContainersJobRun) -> tuple[str, str, str | None]:
+        """One driver attempt: its outcome (state, details, failure reason)."""
         try:
-            for state in ("SUBMITTED", "RUNNING"):
-                if run.cancel.is_set():
-                    break
-                self._set_state(run, state, "")
             fault = self.faults.next_job_fault()
             if run.cancel.is_set():
                 final, details, reason = self._cancelled(run)
@@ -398,10 +423,7 @@ class EmrContainersTwin(EmrServiceModel):
         except Exception as exc:  # a twin defect must still end the job run
             LOG.exception("job run %s crashed in the twin", run.id)
             final, details, reason = "FAILED", f"twin error: {exc}", "INTERNAL_ERROR"
-        run.moto_run.failure_reason = reason
-        run.moto_run.finished_at = datetime.now(UTC)
-        self._set_state(run, final, details)
-        run.done.set()
+        return final, details, reason
 
     @staticmethod
     def _cancelled(run: ContainersJobRun) -> tuple[str, str, str | None]:

@@ -11,10 +11,19 @@ reports at the end (moto reports zeros): `billedResourceUtilization`, `totalReso
 (`autopilot_common.spark_resources.serverless_workers`, EMR Serverless' defaults), as EMR Serverless bills them
 (API reference, JobRun.billedResourceUtilization: "a 1-minute minimum usage for workers, plus additional storage
 over 20 GB per worker"), with `startedAt`/`endedAt`.
+
+Retry policies (`retryPolicy.maxAttempts`, BATCH mode; EMR Serverless User Guide, "Job resiliency": releases 7.1.0+,
+1 to 10 attempts): a failed attempt with attempts left starts the next one in the same job run, from the beginning.
+AWS documents no job run state between attempts; the twin's choice: the failed attempt's FAILED is the attempt's
+state only (GetJobRun(attempt=n), ListJobRunAttempts), and the job run goes PENDING -> SCHEDULED -> RUNNING again for
+the next attempt (with its events), so it ends FAILED only after its last attempt. Each attempt has its own
+`attempt`, `attemptCreatedAt`/`attemptUpdatedAt`, `startedAt`/`endedAt` and usage (each attempt is billed); GetJobRun
+without `attempt` answers the latest attempt ("defaults to the attempt of the latest job", GetJobRunRequest.attempt).
 """
 
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
 import math
@@ -37,6 +46,10 @@ LOG = logging.getLogger("twin.emr-serverless")
 TERMINAL = {"SUCCESS", "FAILED", "CANCELLED"}
 MINIMUM_BILLED_SECONDS = 60  # per worker (API reference, JobRun.billedResourceUtilization)
 FREE_STORAGE_GB = 20  # per worker: only storage beyond it is billed
+MAX_ATTEMPTS_LIMIT = (
+    10  # retryPolicy.maxAttempts: "Acceptable values are 1 to 10 inclusive" (User Guide, job resiliency)
+)
+RETRY_RELEASE = (7, 1, 0)  # job resiliency: "EMR Serverless releases 7.1.0 and higher"
 
 
 @dataclass
@@ -49,6 +62,22 @@ class TrackedRun:
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     result: SparkResult | None = None
+    max_attempts: int = 1
+    # the job run as each ended attempt left it (moto's record copied): GetJobRun(attempt=n), ListJobRunAttempts
+    ended_attempts: list[Any] = field(default_factory=list)
+
+    def attempt_record(self, attempt: int | None) -> Any:
+        """The job run as GetJobRun(attempt) shows it: the latest attempt when None."""
+        latest = int(getattr(self.moto_run, "attempt", None) or 1)
+        if attempt is None or int(attempt) == latest:
+            return self.moto_run
+        if 1 <= int(attempt) <= len(self.ended_attempts):
+            return self.ended_attempts[int(attempt) - 1]
+        raise TwinClientError("ResourceNotFoundException", f"Job run {self.job_run_id} has no attempt {attempt}")
+
+    def attempts(self) -> list[Any]:
+        """Every attempt so far, the first first (the last one is the job run's current record)."""
+        return [*self.ended_attempts, self.moto_run]
 
 
 class EmrServerlessTwin(EmrServiceModel):
@@ -82,6 +111,7 @@ class EmrServerlessTwin(EmrServiceModel):
                 app = self.backend.get_application(app_id)
             except Exception:
                 raise TwinClientError("ResourceNotFoundException", f"Application {app_id} does not exist") from None
+            max_attempts = _max_attempts(params, app.release_label)
             if app.state in {"CREATED", "STOPPED"} and getattr(app, "auto_start_configuration", {}).get(
                 "enabled", True
             ):
@@ -99,7 +129,10 @@ class EmrServerlessTwin(EmrServiceModel):
                 name=params.get("Name"),
             )
             run.created_at = datetime.now(UTC)  # moto's is the day's midnight; GetJobRun's createdAt is the submission
-            tracked = TrackedRun(app_id, run.id, run)
+            run.mode = str(params.get("Mode") or "BATCH")
+            if "RetryPolicy" in params or "retryPolicy" in params:
+                run.retry_policy = camel(params.get("RetryPolicy") or params.get("retryPolicy"))
+            tracked = TrackedRun(app_id, run.id, run, max_attempts=max_attempts)
             self.runs[(app_id, run.id)] = tracked
             if token:
                 self._tokens[(app_id, token)] = run.id
@@ -134,6 +167,7 @@ class EmrServerlessTwin(EmrServiceModel):
             "ExecutionRole": run.execution_role_arn,
             "JobDriver": pascal(run.job_driver),
             "Tags": run.tags or {},
+            "Attempt": getattr(run, "attempt", None) or 1,
             "TotalExecutionDurationSeconds": run.total_execution_duration_seconds,
             "BilledResourceUtilization": run.billed_resource_utilization,
             "TotalResourceUtilization": getattr(run, "total_resource_utilization", None)
@@ -154,10 +188,34 @@ class EmrServerlessTwin(EmrServiceModel):
         except KeyError:
             raise TwinClientError("ResourceNotFoundException", f"Job run {job_run_id} does not exist") from None
 
+    def list_job_run_attempts(self, application_id: str, job_run_id: str) -> list[Any]:
+        """ListJobRunAttempts: the job run's record of each attempt (JobRunAttemptSummary's fields), first first."""
+        return self._tracked(application_id, job_run_id).attempts()
+
     def _drive(self, tracked: TrackedRun) -> None:
+        run, attempt = tracked.moto_run, 1
+        while True:
+            run.attempt = attempt
+            run.attempt_created_at = run.attempt_updated_at = datetime.now(UTC)
+            final, details = self._attempt(tracked)
+            if final != "FAILED" or tracked.cancel.is_set() or attempt >= tracked.max_attempts:
+                break
+            # attempts left: the next attempt of the same job run, from the beginning (the failed one is kept)
+            LOG.info("job run %s: attempt %d failed (%s); attempt %d of %d", run.id, attempt, details, attempt + 1,
+                     tracked.max_attempts)  # fmt: skip
+            ended = copy.copy(run)  # the failed attempt as GetJobRun(attempt) shows it from now on
+            ended.state, ended.state_details, ended.attempt_updated_at = final, details, datetime.now(UTC)
+            tracked.ended_attempts.append(ended)
+            run.ended_at = run.billed_resource_utilization = run.total_resource_utilization = None
+            attempt += 1
+            self._set_state(tracked, "PENDING", "")
+        self._set_state(tracked, final, details)
+        tracked.done.set()
+
+    def _attempt(self, tracked: TrackedRun) -> tuple[str, str]:
+        """One attempt: SCHEDULED -> RUNNING -> its outcome (the final state is left to the caller), usage recorded."""
         started = time.monotonic()
         tracked.moto_run.started_at = datetime.now(UTC)
-        tracked.moto_run.attempt = 1  # the twin honours no retryPolicy: every run is its first attempt
         try:
             for state in ("SCHEDULED", "RUNNING"):
                 if tracked.cancel.is_set():
@@ -181,8 +239,7 @@ class EmrServerlessTwin(EmrServiceModel):
             LOG.exception("job run %s crashed in the twin", tracked.job_run_id)
             final, details = "FAILED", f"twin error: {exc}"
         self._record_usage(tracked, time.monotonic() - started)
-        self._set_state(tracked, final, details)
-        tracked.done.set()
+        return final, details
 
     def _record_usage(self, tracked: TrackedRun, seconds: float) -> None:
         """What EMR Serverless reports at the end: the duration rounded up to the second, and each worker's vCPU,
@@ -266,7 +323,7 @@ class EmrServerlessTwin(EmrServiceModel):
         previous = run.state
         run.state = state
         run.state_details = details
-        run.updated_at = datetime.now(UTC)
+        run.updated_at = run.attempt_updated_at = datetime.now(UTC)
         LOG.info("job run %s: %s -> %s %s", run.id, previous, state, details)
         self.emit(
             {
@@ -288,6 +345,29 @@ class EmrServerlessTwin(EmrServiceModel):
                 },
             }
         )
+
+
+def _max_attempts(params: dict[str, Any], release_label: str) -> int:
+    """The attempts a StartJobRun request allows, refused as EMR Serverless refuses them (botocore's model gives
+    only `AttemptNumber` min 1; the rest is the User Guide's "Job resiliency")."""
+    policy = camel(params.get("RetryPolicy") or params.get("retryPolicy") or {})
+    mode = str(params.get("Mode") or params.get("mode") or "BATCH")
+    if "maxAttempts" not in policy:
+        return 1
+    if mode != "BATCH":
+        raise TwinClientError("ValidationException", "retryPolicy.maxAttempts is only applicable for BATCH mode")
+    attempts = int(policy["maxAttempts"])
+    if not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
+        raise TwinClientError(
+            "ValidationException", f"retryPolicy.maxAttempts must be between 1 and {MAX_ATTEMPTS_LIMIT}; got {attempts}"
+        )
+    version = tuple(int(part) for part in release_label.removeprefix("emr-").split(".")[:3])
+    if attempts > 1 and version < RETRY_RELEASE:
+        raise TwinClientError(
+            "ValidationException",
+            f"Job retry policies need release emr-7.1.0 or later; the application has {release_label}",
+        )
+    return attempts
 
 
 def _log_uri(run: Any) -> str | None:

@@ -62,6 +62,7 @@ _TERMINATION_LOCK = threading.Lock()
 _STOP_REASONS: dict[str, tuple[str | None, str | None]] = {}  # execution ARN -> StopExecution's (error, cause)
 # S3 PUT sub-resources that are not object writes (PutObjectAcl, UploadPart, ...): no data event.
 DASHBOARD_PATH = "{0}/applications/(?P<applicationId>[^/]+)/jobruns/(?P<jobRunId>[^/]+)/dashboard$"
+ATTEMPTS_PATH = "{0}/applications/(?P<applicationId>[^/]+)/jobruns/(?P<jobRunId>[^/]+)/attempts$"
 _NOT_OBJECT_WRITES = ("uploadId", "partNumber", "acl", "tagging", "retention", "legal-hold")
 
 
@@ -116,6 +117,8 @@ def install(twin: Twin) -> None:
     # moto routes no GetDashboardForJobRun (botocore emr-serverless: GET .../jobruns/{jobRunId}/dashboard): the twin's
     # server must, before it builds its emr-serverless app (on the first request to the service).
     emrserverless_urls.url_paths.setdefault(DASHBOARD_PATH, EMRServerlessResponse.dispatch)
+    # ... nor ListJobRunAttempts (GET .../jobruns/{jobRunId}/attempts).
+    emrserverless_urls.url_paths.setdefault(ATTEMPTS_PATH, EMRServerlessResponse.dispatch)
 
     def s3_event_bridge(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
         twin.s3_object_created(bucket, key, event_name)
@@ -376,6 +379,7 @@ def uninstall() -> None:
     Program._eval_body = _ORIGINALS["program_eval_body"]  # type: ignore[method-assign]
     serverless_models.EMRServerlessBackend.list_job_runs = _ORIGINALS["serverless_list_job_runs"]  # type: ignore[method-assign]
     emrserverless_urls.url_paths.pop(DASHBOARD_PATH, None)
+    emrserverless_urls.url_paths.pop(ATTEMPTS_PATH, None)
 
 
 def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
@@ -397,6 +401,8 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
             response._get_param("attempt"),
         )
         return 200, {"Content-Type": "application/json"}, json.dumps(dashboard)
+    if response.service_name == "emr-serverless" and action in {"GetJobRun", "ListJobRunAttempts"}:
+        return _serverless_attempts(twin, response, action)
     if response.service_name == "emr-serverless" and action == "CancelJobRun":
         # moto would only flip its record's state; the twin's model must stop the run it is driving.
         result = twin.emr_serverless.cancel_job_run(
@@ -408,6 +414,49 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
             json.dumps({"applicationId": result["ApplicationId"], "jobRunId": result["JobRunId"]}),
         )
     return None
+
+
+def _serverless_attempts(twin: Twin, response: Any, action: str) -> Any:
+    """GetJobRun (of one attempt: moto ignores `attempt`) and ListJobRunAttempts (moto has none), from the twin's
+    job runs; a job run the twin does not track is moto's to answer (GetJobRun) or unknown."""
+    application_id, job_run_id = str(response._get_param("applicationId")), str(response._get_param("jobRunId"))
+    tracked = twin.emr_serverless.runs.get((application_id, job_run_id))
+    if tracked is None:
+        if action == "GetJobRun":
+            return None
+        raise TwinClientError("ResourceNotFoundException", f"Job run {job_run_id} does not exist")
+    if action == "GetJobRun":
+        attempt = response._get_param("attempt")
+        return response.serialized(ActionResult({"jobRun": tracked.attempt_record(attempt)}))
+    attempts = list(reversed(tracked.attempts()))  # newest first, as ListJobRuns lists job runs
+    start = int(response._get_param("nextToken") or 0)
+    size = int(response._get_param("maxResults") or 50)  # botocore: ListJobRunAttemptsRequestMaxResultsInteger 1-50
+    page = [_attempt_summary(application_id, run) for run in attempts[start : start + size]]
+    result: dict[str, Any] = {"jobRunAttempts": page}
+    if start + size < len(attempts):
+        result["nextToken"] = str(start + size)
+    return response.serialized(ActionResult(result))
+
+
+def _attempt_summary(application_id: str, run: Any) -> dict[str, Any]:
+    """botocore emr-serverless JobRunAttemptSummary of one attempt's record."""
+    return {
+        "applicationId": application_id,
+        "id": run.id,
+        "name": run.name,
+        "mode": getattr(run, "mode", None) or "BATCH",
+        "arn": run.arn,
+        "createdBy": run.execution_role_arn,
+        "jobCreatedAt": run.created_at,
+        "createdAt": getattr(run, "attempt_created_at", None) or run.created_at,
+        "updatedAt": getattr(run, "attempt_updated_at", None) or run.updated_at,
+        "executionRole": run.execution_role_arn,
+        "state": run.state,
+        "stateDetails": run.state_details or "",
+        "releaseLabel": run.release_label,
+        "type": "Spark",
+        "attempt": getattr(run, "attempt", None) or 1,
+    }
 
 
 SPOT_FRACTION_OF_ON_DEMAND = 0.35  # the twin's spot market: a flat 65% discount on the list price

@@ -186,11 +186,14 @@ def _resolve_refs(node: Any, document: dict[str, Any]) -> Any:
     return {key: _resolve_refs(value, document) for key, value in node.items()}
 
 
-def compose(workflow: str) -> dict[str, Any]:
-    """The ASL of `workflow` (one of WORKFLOWS), with its `${Substitutions}` still in place."""
+def compose(workflow: str, params: Params | None = None) -> dict[str, Any]:
+    """The ASL of `workflow` (one of WORKFLOWS), with its `${Substitutions}` still in place.
+
+    `params` override the fragment's `Bindings` (a pipeline's JSON-typed values that a `${Substitution}`, always a
+    string, cannot carry, e.g. an integer in a request); the reviewed snapshot is the workflow without them."""
     fragment = _source(workflow)
     states: dict[str, Any] = {}
-    _states(fragment["States"], dict(fragment.get("Bindings", {})), states)
+    _states(fragment["States"], {**fragment.get("Bindings", {}), **(params or {})}, states)
     document = {"Comment": fragment["Comment"], "StartAt": fragment["StartAt"], "States": states}
     result: dict[str, Any] = _expand_retries(_resolve_refs(document, document))
     return result

@@ -68,7 +68,11 @@ class EksPipeline(PipelineWorkflow):
         self.build()
 
     def runtime_definition(self) -> dict[str, Any]:
-        return compose("emr_eks_job")
+        # StartJobRun retryPolicyConfiguration (botocore emr-containers): not sent at max_attempts 1, the
+        # service's default, so a pipeline without retries deploys the reviewed snapshot unchanged.
+        retry = self.runtime.retry
+        policy = {"RetryPolicyConfiguration": {"MaxAttempts": retry.max_attempts}}
+        return compose("emr_eks_job", {"JobRunRetry": policy} if retry.retries else None)
 
     def runtime_substitutions(self) -> dict[str, str]:
         runtime, artifacts = self.runtime, self.storage.artifacts.bucket_name
@@ -77,6 +81,7 @@ class EksPipeline(PipelineWorkflow):
             "JobArgumentsJson": asl_string(json.dumps(runtime.arguments)),
             "SparkSubmitParameters": asl_string(runtime.spark_parameters.replace("{artifacts}", artifacts)),
             "ExecutionTimeoutMinutes": str(runtime.execution_timeout_minutes),
+            "MaxAttempts": str(runtime.retry.max_attempts),
             "VirtualClusterId": self.virtual_cluster_id,
             "JobRoleArn": self.job_role_arn,
             "ReleaseLabel": runtime.release_label,

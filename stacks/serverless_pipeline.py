@@ -91,7 +91,11 @@ class ServerlessPipeline(PipelineWorkflow):
         self.build()
 
     def runtime_definition(self) -> dict[str, Any]:
-        return compose("emr_serverless_job")
+        # StartJobRun retryPolicy (botocore emr-serverless; BATCH, the default mode): not sent at 1, the
+        # service's default, so a pipeline without retries deploys the reviewed snapshot unchanged.
+        retry = self.runtime.retry
+        policy = {"RetryPolicy": {"MaxAttempts": retry.max_attempts}}
+        return compose("emr_serverless_job", {"JobRunRetry": policy} if retry.retries else None)
 
     def runtime_substitutions(self) -> dict[str, str]:
         runtime = self.runtime
@@ -100,6 +104,7 @@ class ServerlessPipeline(PipelineWorkflow):
             "JobArgumentsJson": asl_string(json.dumps(runtime.arguments)),
             "SparkSubmitParameters": asl_string(runtime.spark_submit_parameters),
             "ExecutionTimeoutMinutes": str(runtime.execution_timeout_minutes),
+            "MaxAttempts": str(runtime.retry.max_attempts),
             "ApplicationId": self.application.application_id,
             # The application's architecture prices its usage: the app creates the application from this config,
             # so finalize needs no GetApplication call (nor its grant) to learn it.

@@ -84,6 +84,7 @@ class PipelineSettings:
     cluster_tags: dict[str, str]  # emr-ec2: tags every cluster of the pipeline carries
     existing_cluster: dict[str, str] | None  # emr-ec2 on a long-running cluster: {cluster_id} or {tag_key, tag_value}
     admission: dict[str, Any]  # {reservation: {runs, clusters, vcpus}, queue_timeout_seconds}: fixed at synth
+    max_attempts: int = 1  # job-run runtimes: runtime.retry.max_attempts (the service retries within one job run)
 
     @property
     def is_ec2(self) -> bool:
@@ -113,6 +114,7 @@ class PipelineSettings:
                 cluster_tags=dict(json.loads(raw.get("cluster_tags_json", "{}"))),
                 existing_cluster=existing,
                 admission=dict(json.loads(raw["admission_json"])) if raw.get("admission_json") else DEFAULT_ADMISSION,
+                max_attempts=int(raw.get("max_attempts", 1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             # A deployment defect, not a user error: fail loudly.
@@ -428,8 +430,9 @@ def _run_record(
             "arguments": arguments,
             "spark_submit_parameters": overrides.get("spark_submit_parameters", settings.spark_submit_parameters),
             "execution_timeout_minutes": timeout,
-            # EMR on EKS has no job timeout of its own: the workflow's task timeout is the job's.
-            "task_timeout_seconds": timeout * 60
+            # EMR on EKS has no job timeout of its own: the workflow's task timeout is the job's. The timeout is per
+            # attempt: the workflow waits on the one job run through every attempt of its retry policy.
+            "task_timeout_seconds": timeout * 60 * settings.max_attempts
             + (0 if settings.runtime == "emr-eks" else TASK_TIMEOUT_MARGIN_SECONDS),
         },
         "ledger": entry,

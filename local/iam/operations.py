@@ -477,7 +477,7 @@ def _serverless_app_row(action: str) -> Row:
     return row
 
 
-for _name in ("GetJobRun", "CancelJobRun", "GetDashboardForJobRun"):
+for _name in ("GetJobRun", "CancelJobRun", "GetDashboardForJobRun", "ListJobRunAttempts"):
     operation("emr-serverless", _name)(_serverless_job_row(f"emr-serverless:{_name}"))
 for _name in ("ListJobRuns", "GetApplication", "StartApplication", "StopApplication"):
     operation("emr-serverless", _name)(_serverless_app_row(f"emr-serverless:{_name}"))

@@ -109,3 +109,17 @@ def test_stale_snapshot_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert asl.main(["--check"]) == 1
     assert asl.main(["--write"]) == 0
     assert asl.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("workflow", "member"),
+    [("emr_serverless_job", "RetryPolicy"), ("emr_eks_job", "RetryPolicyConfiguration")],
+)
+def test_a_pipelines_retry_policy_goes_into_both_start_job_run_requests(workflow: str, member: str) -> None:
+    # Given the binding a pipeline with runtime.retry.max_attempts 3 composes its workflow with
+    composed = asl.compose(workflow, {"JobRunRetry": {member: {"MaxAttempts": 3}}})
+    # Then the request-response start and the .sync wait send the same policy (one job run, same ClientToken)
+    for state in ("StartJob", "RunJob"):
+        assert composed["States"][state]["Parameters"][member] == {"MaxAttempts": 3}
+    # and the reviewed snapshot (max_attempts 1, the service's default) sends none
+    assert member not in asl.compose(workflow)["States"]["StartJob"]["Parameters"]

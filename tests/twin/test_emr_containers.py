@@ -309,3 +309,41 @@ def test_twin_busy_while_a_job_runs(env: Env) -> None:
     threading.Timer(0.1, env.model.cancel_job_run, (env.vc_id, job_id)).start()
     env.twin.wait_idle(timeout=10, settle=0.05)
     assert env.model.describe_job_run(env.vc_id, job_id)["state"] == "CANCELLED"
+
+
+def test_a_retry_policy_restarts_a_failed_driver_and_counts_the_attempts(model: EmrContainersTwin) -> None:
+    # Given a job run allowed 2 driver attempts whose first driver fails
+    vc_id = _vc(model)
+    model.faults.fail_next_job("Job failed: driver lost")
+    job_id = _start(model, vc_id, retryPolicyConfiguration={"maxAttempts": 2})["id"]
+    assert model.wait(vc_id, job_id, 5)
+    # Then it completed on its second attempt, never showing FAILED
+    run = model.describe_job_run(vc_id, job_id)
+    assert run["state"] == "COMPLETED" and run["retryPolicyExecution"] == {"currentAttemptCount": 2}
+    events = model.events  # type: ignore[attr-defined]
+    assert [e["detail"]["state"] for e in events] == ["PENDING", "SUBMITTED", "RUNNING", "COMPLETED"]
+    # and a driver failing every attempt fails the job run after its last one
+    model.faults.fail_next_job("one")
+    model.faults.fail_next_job("two")
+    failed = _start(model, vc_id, retryPolicyConfiguration={"maxAttempts": 2})["id"]
+    assert model.wait(vc_id, failed, 5)
+    run = model.describe_job_run(vc_id, failed)
+    assert (run["state"], run["stateDetails"], run["retryPolicyExecution"]) == (
+        "FAILED", "two", {"currentAttemptCount": 2}
+    )  # fmt: skip
+    # without a policy DescribeJobRun has no retryPolicyExecution (as AWS leaves absent values out)
+    assert "retryPolicyExecution" not in model.describe_job_run(vc_id, _start(model, vc_id)["id"])
+
+
+def test_state_machine_sync_job_waits_through_a_retried_driver(env: Env) -> None:
+    # Given the workflow's StartJobRun with a retry policy (validated against botocore's model) and a first driver
+    # attempt that fails
+    env.twin.faults.fail_next_job("Job failed: driver pod OOMKilled")
+    parameters = {**env.start_parameters("sfn-retry"), "RetryPolicyConfiguration": {"MaxAttempts": 2}}
+    # When the .sync task runs, then it waits through both attempts and succeeds with the second
+    described = env.run_machine("eks-sync-retry", env.task("startJobRun.sync", parameters))
+    assert described["status"] == "SUCCEEDED", described
+    output = json.loads(described["output"])
+    assert output["State"] == "COMPLETED"
+    assert output["RetryPolicyConfiguration"] == {"MaxAttempts": 2}
+    assert output["RetryPolicyExecution"] == {"CurrentAttemptCount": 2}

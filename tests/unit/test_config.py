@@ -193,3 +193,65 @@ def test_docs_reference_documents_every_pipeline_field() -> None:
     reference = docs.reference_markdown()
     for field in ("trigger", "runtime", "output_prefix", "run_timeout_minutes", "window_seconds", "marker_name"):
         assert f"`{field}`" in reference
+
+
+def _eks(raw: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = raw["pipelines"]["sales-eks"]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        pytest.param(
+            lambda r: _sales(r)["runtime"].update(retry={"max_attempts": 11}),
+            "pipeline 'sales-daily': runtime.retry.max_attempts: got 11; expected a number <= 10",
+            id="above-aws-maximum",
+        ),
+        pytest.param(
+            lambda r: _sales(r)["runtime"].update(retry={"max_attempts": 0}),
+            "pipeline 'sales-daily': runtime.retry.max_attempts: got 0; expected a number >= 1",
+            id="no-attempt",
+        ),
+        pytest.param(
+            lambda r: _sales(r)["runtime"].update(retry={"max_attempts": 2}),
+            "pipeline 'sales-daily': run_timeout_minutes (120) must be greater than the job's time, "
+            "runtime.execution_timeout_minutes (60) x runtime.retry.max_attempts (2) = 120",
+            id="run-timeout-below-every-attempt",
+        ),
+        pytest.param(
+            lambda r: (
+                _sales(r).update(run_timeout_minutes=121),
+                _sales(r)["runtime"].update(retry={"max_attempts": 2}),
+                r["serverless_applications"]["shared-spark"].update(release_label="emr-7.0.0"),
+            ),
+            "pipeline 'sales-daily': runtime.retry.max_attempts (2) needs EMR Serverless release 7.1.0 or later; "
+            "got emr-7.0.0",
+            id="serverless-release-without-job-resiliency",
+        ),
+        pytest.param(
+            lambda r: _eks(r)["runtime"].update(retry={"max_attempts": 2}, release_label="emr-6.8.0-latest"),
+            "pipeline 'sales-eks': runtime: retry.max_attempts (2) needs EMR on EKS release 6.9.0 or later; "
+            "got emr-6.8.0-latest",
+            id="eks-release-without-retry-policies",
+        ),
+    ],
+)
+def test_bad_retry_gives_one_clear_message(mutate: Any, expected: str) -> None:
+    message = _error(mutate)
+    assert message.startswith(f"config/dev.yaml: {expected}"), message
+    assert len(message.splitlines()) == 1, message
+
+
+def test_retry_defaults_to_one_attempt_and_fits_within_the_run_timeout() -> None:
+    assert load_config("dev").pipelines["sales-daily"].runtime.retry.max_attempts == 1
+
+    def retried(raw: dict[str, Any]) -> None:
+        _sales(raw).update(run_timeout_minutes=121)
+        _sales(raw)["runtime"].update(retry={"max_attempts": 2})
+        _eks(raw).update(run_timeout_minutes=121)
+        _eks(raw)["runtime"].update(retry={"max_attempts": 2})
+
+    config = dev_config(retried)
+    assert config.pipelines["sales-daily"].runtime.retry.retries
+    assert config.pipelines["sales-eks"].runtime.retry.max_attempts == 2

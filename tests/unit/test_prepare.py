@@ -262,3 +262,17 @@ def test_handler_returns_prepare_result(s3: Any, monkeypatch: pytest.MonkeyPatch
     result = handler.lambda_handler(event, lambda_context("autopilot-dev-prepare"))
     assert result["valid"] is True
     assert result["run"]["object_count"] == 1
+
+
+@pytest.mark.parametrize(("runtime", "margin"), [("emr-serverless", 600), ("emr-eks", 0)])
+def test_the_workflow_waits_on_the_job_run_through_every_attempt_of_its_retry_policy(
+    s3: Any, runtime: str, margin: int
+) -> None:
+    # Given a pipeline whose job runs may take 3 attempts of up to 60 minutes each (runtime.retry.max_attempts)
+    settings = {**SETTINGS, "runtime": runtime, "max_attempts": "3"}
+    payload = {"input": {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"]}}
+    s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
+    job = prepare_run({**payload, "execution": EXECUTION, "settings": settings}, s3)["run"]["job"]
+    # Then the service still gets the per-attempt timeout, and the workflow's wait covers all three attempts
+    assert job["execution_timeout_minutes"] == 60
+    assert job["task_timeout_seconds"] == 3 * 60 * 60 + margin

@@ -271,3 +271,81 @@ def test_log_tail_reads_the_drivers_stderr_else_stdout_and_says_when_there_is_no
     assert tail["lines"][0] == "line 11" and len(tail["lines"]) == 20 and tail["lines"][-1].endswith("x...")
     assert log_tail(s3, None)["note"] == "the run has no S3 log location"
     assert log_tail(s3, "s3://missing-bucket/p/")["note"] == "the logs could not be read (NoSuchBucket)"
+
+
+class FakeServerlessAttempts(FakeServerless):
+    """GetJobRun of a retried job run: each attempt's own record; the latest without `attempt`."""
+
+    def __init__(self, attempts: list[dict[str, Any]]) -> None:
+        super().__init__(attempts[-1])
+        self.attempts = attempts
+
+    def get_job_run(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        return {"jobRun": self.attempts[int(kwargs.get("attempt", len(self.attempts))) - 1]}
+
+
+def test_a_retried_serverless_job_run_records_every_attempt_and_costs_them_all() -> None:
+    # Given a job run whose first attempt failed after 2 minutes and whose second succeeded
+    first_billed = {"vCPUHour": 0.2, "memoryGBHour": 0.8, "storageGBHour": 0.0}
+    second_billed = {"vCPUHour": 0.5, "memoryGBHour": 2.0, "storageGBHour": 1.0}
+    first = {
+        "state": "FAILED",
+        "stateDetails": "Job failed: executor lost",
+        "attempt": 1,
+        "startedAt": T0,
+        "endedAt": T0 + timedelta(minutes=2),
+        "totalExecutionDurationSeconds": 120,
+        "billedResourceUtilization": first_billed,
+    }
+    second = {
+        "state": "SUCCESS",
+        "attempt": 2,
+        "startedAt": T0 + timedelta(minutes=3),
+        "endedAt": T0 + timedelta(minutes=6),
+        "totalExecutionDurationSeconds": 180,
+        "billedResourceUtilization": second_billed,
+    }
+    client = FakeServerlessAttempts([first, second])
+    # When the run is finalized
+    update = _finalize(_event("emr-serverless"), serverless=client)
+    # Then each earlier attempt was read by number, and both attempts are in the ledger with the first's reason
+    assert client.calls == [
+        {"applicationId": "app-1", "jobRunId": "job-1"},
+        {"applicationId": "app-1", "jobRunId": "job-1", "attempt": 1},
+    ]
+    assert [(a["attempt"], a["state"], a["state_details"]) for a in update["attempts"]] == [
+        (1, "FAILED", "Job failed: executor lost"),
+        (2, "SUCCESS", None),
+    ]
+    assert update["attempts"][0]["ended_at"] == "2026-12-01T10:02:00Z"
+    assert update["attempts"][1]["billed_resource_utilization"] == second_billed
+    # and the cost is that of both attempts' usage
+    total = {k: first_billed[k] + second_billed[k] for k in first_billed}
+    assert update["cost"]["usd"] == pytest.approx(serverless_cost(TABLE, REGION, "X86_64", total)["usd"], abs=1e-6)
+    assert update["cost"]["usd"] > serverless_cost(TABLE, REGION, "X86_64", second_billed)["usd"]
+    assert any("2 attempts" in note for note in update["cost"]["notes"])
+    assert update["job_run"]["total_execution_duration_seconds"] == 300
+    assert update["job_run"]["attempt"] == 2
+
+
+def test_a_job_run_without_retries_has_one_attempt() -> None:
+    run = {"state": "FAILED", "stateDetails": "boom", "attempt": 1, "billedResourceUtilization": {"vCPUHour": 0.1}}
+    update = _finalize(_event("emr-serverless", "FAILED"), serverless=FakeServerless(run))
+    assert [(a["attempt"], a["state"], a["state_details"]) for a in update["attempts"]] == [(1, "FAILED", "boom")]
+    assert "notes" not in update["cost"]
+
+
+def test_a_retried_eks_job_run_records_its_attempt_count() -> None:
+    run = {
+        "state": "COMPLETED",
+        "createdAt": T0,
+        "finishedAt": T0 + timedelta(seconds=600),
+        "retryPolicyConfiguration": {"maxAttempts": 3},
+        "retryPolicyExecution": {"currentAttemptCount": 2},
+    }
+    update = _finalize(_event("emr-eks"), containers=FakeContainers(run))
+    assert [(a["attempt"], a["state"]) for a in update["attempts"]] == [(1, "FAILED"), (2, "COMPLETED")]
+    assert update["attempts"][1]["ended_at"] == "2026-12-01T10:10:00Z"
+    assert update["job_run"]["attempt"] == 2
+    assert any("2 driver attempts" in note for note in update["cost"]["notes"])

@@ -122,6 +122,20 @@ class StepRecord(TypedDict, total=False):
     attempts: list[StepAttempt]
 
 
+class JobRunAttempt(TypedDict, total=False):
+    """One attempt of an EMR Serverless or EMR on EKS job run under its retry policy (`runtime.retry`), the first
+    first. EMR Serverless reports each attempt (GetJobRun with `attempt`); EMR on EKS reports only the attempt count
+    (`retryPolicyExecution.currentAttemptCount`), so its earlier attempts are FAILED with nothing more known."""
+
+    attempt: int
+    state: str
+    state_details: str | None  # the service's reason (EMR Serverless stateDetails, EMR on EKS stateDetails)
+    reason: str | None  # EMR on EKS failureReason (USER_ERROR, ...) of the last attempt
+    started_at: str | None
+    ended_at: str | None
+    billed_resource_utilization: dict[str, float] | None  # EMR Serverless: what this attempt was billed
+
+
 class Cleanup(TypedDict, total=False):
     """What the guardrails' cleanup did when the execution ended badly."""
 
@@ -162,6 +176,7 @@ class RunLedgerEntry(TypedDict, total=False):
     job_run_id: str | None  # EMR Serverless, EMR on EKS
     virtual_cluster_id: str | None  # EMR on EKS
     job_run: dict[str, Any] | None  # EMR Serverless, EMR on EKS: the job run's end as the service reported it
+    attempts: list[JobRunAttempt]  # EMR Serverless, EMR on EKS: every attempt of the job run (runtime.retry)
     cluster_id: str | None  # EMR on EC2
     cluster: dict[str, Any] | None
     steps: list[StepRecord]
