@@ -137,6 +137,26 @@ def _notice_report(s3: Any, outputs: str, runs: list[Any]) -> str:
     return "EMR steps (the cluster idles until Step Functions' next poll):\n" + "\n".join(lines)
 
 
+def _cost_report(runs: list[RunRecord]) -> str:
+    """What each run cost (its ledger's `cost`: usage x the shipped price table) and how it was computed."""
+    lines = []
+    for run in runs:
+        cost = run.raw.get("cost")
+        if not isinstance(cost, dict):
+            lines.append(f"  {run.run_id}: no cost recorded")
+            continue
+        if cost.get("usd") is None:
+            lines.append(f"  {run.run_id}: unknown ({cost.get('reason')})")
+            continue
+        lines.append(f"  {run.run_id}: ${cost['usd']:.6f} (list prices as of {cost.get('prices_as_of')})")
+        lines += [
+            f"    {line['item']}: {line['quantity']:g} {line['unit']} x ${line['rate_usd']:g} = ${line['usd']:.6f}"
+            for line in cost.get("breakdown") or []
+        ]
+        lines += [f"    note: {note}" for note in cost.get("notes") or []]
+    return "What each run cost:\n" + "\n".join(lines)
+
+
 def run_demo(
     cdk_out: Path, *, spark: bool = True, timeout: float = 240.0, prefixes: tuple[str, ...] = DEFAULT_PREFIXES
 ) -> int:
@@ -182,6 +202,7 @@ def run_demo(
                 return 1
             print(f"\n{len(runs)} run(s) SUCCEEDED in {time.monotonic() - progress.started:.1f} s")
             print(_notice_report(s3, outputs, runs))
+            print(_cost_report(runs))
             stats = twin.iam.stats.snapshot()
             print(
                 f"IAM: {stats['calls']} calls of the app's principals authorized ({stats['operations']} operations, "

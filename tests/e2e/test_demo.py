@@ -23,3 +23,6 @@ def test_demo_prints_only_human_lines_and_a_runs_table(cloud_assembly: Path) -> 
     assert any("waiting for sales-daily's batching window" in line for line in printed), printed
     header = next(i for i, line in enumerate(printed) if line.startswith("RUN ID "))
     assert [line.split()[2] for line in printed[header + 1 : header + 3]] == ["SUCCEEDED", "SUCCEEDED"]
+    # And it says what each run cost, line by line from the ledger's breakdown
+    report = printed.index("What each run cost:")
+    assert [line for line in printed[report + 1 :] if line.startswith("  sales-") and ": $" in line], printed[report:]
