@@ -12,7 +12,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export CDK_DEFAULT_REGION ?= us-east-1
 export CDK_DEFAULT_ACCOUNT ?= 123456789012
 
-.PHONY: help install lint typecheck unit twin infra e2e test synth demo docs docs-build docs-serve bench clean
+.PHONY: help install lint typecheck unit twin infra e2e test synth demo docs docs-build docs-serve bench prices clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ docs-serve: install ## serve the documentation on http://127.0.0.1:8000 while ed
 
 bench: install ## print benchmark figures (not a test)
 	$(BIN)/python bench/run.py
+
+prices: install ## refresh the price table from the AWS Price List API (AWS_PROFILE with pricing:GetProducts; REGIONS=, TYPES=, DRY_RUN=1)
+	$(BIN)/python -m config.prices $(if $(REGIONS),--regions $(REGIONS)) $(if $(TYPES),--types $(TYPES)) $(if $(DRY_RUN),--dry-run)
 
 clean: ## remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -48,6 +48,12 @@ SERVERLESS_METER_UNITS = {
 # EMR on EKS: productFamily "EMR Containers", operation StartJobRun, by meterunit; the EC2 compute provider's rates
 # (Fargate has its own products; the app's cost model has one rate pair, the one for pods on EC2 nodes).
 EKS_METER_UNITS = {"vcpu_hour": "CPUHours", "memory_gb_hour": "GBHours"}
+EKS_JOB_RUN = {"productFamily": "EMR Containers", "operation": "StartJobRun", "computeprovider": "EC2"}
+# EC2: the plain on-demand Linux price of a shared-tenancy instance (capacitystatus=Used: a running instance, not
+# an unused capacity reservation), as AWS's Price List examples filter it.
+EC2_LINUX_SHARED = {"operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used"}
+# EMR's per-instance price on top of EC2's (softwareType EMR; the same products list other software types).
+EMR_INSTANCE = {"productFamily": "Elastic Map Reduce Instance", "softwareType": "EMR"}
 
 SOURCE = (
     "AWS Price List API (pricing:GetProducts, on-demand USD, TERM_MATCH filters): EC2 = AmazonEC2 instanceType, "
@@ -129,13 +135,7 @@ def _serverless(region: str, architecture: str, rate: str) -> Query:
 
 
 def _eks(region: str, rate: str) -> Query:
-    filters = {
-        "regionCode": region,
-        "productFamily": "EMR Containers",
-        "operation": "StartJobRun",
-        "computeprovider": "EC2",
-        "meterunit": EKS_METER_UNITS[rate],
-    }
+    filters = {"regionCode": region, **EKS_JOB_RUN, "meterunit": EKS_METER_UNITS[rate]}
     return Query(f"EMR on EKS {rate}", "ElasticMapReduce", filters)
 
 
@@ -145,25 +145,13 @@ def _ebs(region: str, volume_type: str) -> Query:
 
 
 def _ec2(region: str, instance_type: str) -> Query:
-    filters = {
-        "regionCode": region,
-        "instanceType": instance_type,
-        "operatingSystem": "Linux",
-        "tenancy": "Shared",
-        "preInstalledSw": "NA",
-        "capacitystatus": "Used",
-        "licenseModel": "No License required",
-    }
+    filters = {"regionCode": region, "instanceType": instance_type, **EC2_LINUX_SHARED}
+    filters["licenseModel"] = "No License required"  # no BYOL or bundled-licence products
     return Query(f"EC2 {instance_type} on-demand", "AmazonEC2", filters)
 
 
 def _emr(region: str, instance_type: str) -> Query:
-    filters = {
-        "regionCode": region,
-        "instanceType": instance_type,
-        "productFamily": "Elastic Map Reduce Instance",
-        "softwareType": "EMR",
-    }
+    filters = {"regionCode": region, "instanceType": instance_type, **EMR_INSTANCE}
     return Query(f"Amazon EMR {instance_type}", "ElasticMapReduce", filters)
 
 

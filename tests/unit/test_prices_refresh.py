@@ -112,15 +112,8 @@ class Catalog:
         self.expect("AmazonEC2", filters, [_product("AmazonEC2", "Storage", attributes, usd, f"EB{volume}")])
 
     def ec2(self, instance_type: str, *usd: str | None) -> None:
-        filters = {
-            "regionCode": REGION,
-            "instanceType": instance_type,
-            "operatingSystem": "Linux",
-            "tenancy": "Shared",
-            "preInstalledSw": "NA",
-            "capacitystatus": "Used",
-            "licenseModel": "No License required",
-        }
+        linux = {"operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used"}
+        filters = {"regionCode": REGION, "instanceType": instance_type, **linux, "licenseModel": "No License required"}
         attributes = {
             **{k: v for k, v in filters.items() if k != "regionCode"},
             "usagetype": f"BoxUsage:{instance_type}",
