@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import boto3
 from botocore.exceptions import NoCredentialsError
 
 from autopilot_common.pricing import PRICES_FILE
-from config.ec2 import CoreFleet, CoreGroup, Ec2Runtime, InstanceFleets, TaskFleet, TaskGroup
+from config.ec2 import INSTANCE_TYPE_PATTERN, CoreFleet, CoreGroup, Ec2Runtime, InstanceFleets, TaskFleet, TaskGroup
 from config.loader import CONFIG_DIR, ConfigError, load_config
 
 # The Price List API is served from these regions only (botocore data/endpoints.json: partition `aws`, service
@@ -345,6 +346,9 @@ def main(argv: Sequence[str] | None = None, client: Any = None, today: dt.date |
         print(f"error: --table {args.table}: cannot read a price table: {exc}", file=sys.stderr)
         return 2
     if args.check:
+        if args.max_age_days < 0:
+            print(f"error: --max-age-days: expected a number of days >= 0, got {args.max_age_days}", file=sys.stderr)
+            return 2
         fresh, line = check_age(old, args.max_age_days, today)
         print(line)
         return 0 if fresh else 1
@@ -352,6 +356,9 @@ def main(argv: Sequence[str] | None = None, client: Any = None, today: dt.date |
         regions = _csv(args.regions, "--regions") if args.regions else list(old["regions"])
         if args.types:
             types = set(_csv(args.types, "--types"))
+            bad = sorted(t for t in types if not re.match(INSTANCE_TYPE_PATTERN, t))
+            if bad:
+                raise PricesError(f"--types: {', '.join(bad)} is not an instance type; expected e.g. m5.xlarge")
         else:
             types = config_instance_types(sorted(CONFIG_DIR.glob("*.yaml"))) | _listed_types(old)
         new, problems = refresh(client or _pricing_client(args.endpoint_region), old, regions, types, today)

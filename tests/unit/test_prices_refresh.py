@@ -305,6 +305,10 @@ def test_check_says_how_old_the_table_is_and_fails_past_the_limit(tmp_path: Path
 def test_bad_flags_give_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--regions", " , ", "--dry-run"], client=object(), today=TODAY) == 2
     assert "--regions: expected a comma-separated list" in capsys.readouterr().err
+    assert main(["--types", "m5.xlarge,M5 XL", "--dry-run"], client=object(), today=TODAY) == 2
+    assert "--types: M5 XL is not an instance type" in capsys.readouterr().err
+    assert main(["--check", "--max-age-days", "-1"], today=TODAY) == 2
+    assert "--max-age-days: expected a number of days >= 0" in capsys.readouterr().err
     assert main(["--table", str(tmp_path / "absent.json")], today=TODAY) == 2
     assert "--table" in capsys.readouterr().err
 
