@@ -147,6 +147,24 @@ def step_attempt_rows(steps: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def job_attempt_rows(attempts: Any) -> list[tuple[str, str]]:
+    """EMR Serverless / EMR on EKS job runs that took more than one attempt (runtime.retry): one row per attempt
+    with its state and the service's reason. Nothing for runs that took one."""
+    if not isinstance(attempts, list) or len(attempts) < 2:
+        return []
+    rows = []
+    for a in attempts:
+        why = a.get("state_details") or a.get("reason")
+        times = " ".join(str(a[k]) for k in ("started_at", "ended_at") if a.get(k))
+        rows.append(
+            (
+                f"#{a.get('attempt')}",
+                f"{a.get('state')}" + (f": {why}" if why else "") + (f" ({times})" if times else ""),
+            )
+        )
+    return rows
+
+
 def show_run(
     console: Console, record: RunRecord, region: str, partition: str, log: tuple[str, list[str]] | None = None
 ) -> None:
@@ -179,6 +197,7 @@ def show_run(
     if reason := failure_reason(record.error, record.cause) or entry.get("reason"):
         _section(console, "failure" if record.error else "reason", [("why", str(reason))])
     _section(console, "step attempts", step_attempt_rows(entry.get("steps")))
+    _section(console, "job run attempts", job_attempt_rows(entry.get("attempts")))
     _section(console, "cost", cost_rows(entry.get("cost")))
     if log is not None:
         where, lines = log

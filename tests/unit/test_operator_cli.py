@@ -627,6 +627,18 @@ def test_show_lists_every_submission_of_a_retried_step(account: dict[str, Any]) 
     assert "step attempts" not in cli("show", "plain").stdout
 
 
+def test_show_lists_every_attempt_of_a_retried_job_run(account: dict[str, Any]) -> None:
+    failed = {"attempt": 1, "state": "FAILED", "state_details": "Job failed: executor lost",
+              "started_at": "2026-12-07T01:00:00Z", "ended_at": "2026-12-07T01:02:00Z"}  # fmt: skip
+    ok = {"attempt": 2, "state": "SUCCESS", "state_details": None, "started_at": "2026-12-07T01:02:05Z"}
+    _write_entry("retried-job", None, runtime="emr-serverless", attempts=[failed, ok])
+    shown = " ".join(cli("show", "retried-job").stdout.split())
+    assert "job run attempts #1 FAILED: Job failed: executor lost (2026-12-07T01:00:00Z 2026-12-07T01:02:00Z)" in shown
+    assert "#2 SUCCESS (2026-12-07T01:02:05Z)" in shown, shown
+    _write_entry("once", None, runtime="emr-serverless", attempts=[ok])
+    assert "job run attempts" not in cli("show", "once").stdout
+
+
 def test_show_prefers_the_links_the_ledger_recorded(account: dict[str, Any]) -> None:
     _write_entry("linked", None, links={"execution": "https://example.test/exec", "logs": "https://example.test/l"})
     shown = json.loads(cli("show", "linked", "--json").stdout)
