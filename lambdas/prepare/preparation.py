@@ -51,6 +51,12 @@ CONSOLE_KEYS = {"pipeline", "inputs", "overrides", "rerun_of"}
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.:=+@-]{1,80}$")
 # Set by the router only: the arrival's time orders the admission queue and the ledger says what started the run.
 ROUTER_ONLY_KEYS = {"trigger", "object_count"}
+# The Spark conf that names the run in its Spark application (Spark UI, event logs). It also keeps the job's
+# sparkSubmitParameters non-blank: EMR Serverless and EMR on EKS both refuse an empty or blank value (botocore
+# models emr-serverless / emr-containers, SparkSubmitParameters: min length 1, pattern `.*\S.*`), so a pipeline
+# without `spark_submit_parameters` would have every StartJobRun refused.
+RUN_ID_CONF = "spark.emr-autopilot.run-id"
+
 OVERRIDE_KEYS = {"arguments", "spark_submit_parameters", "execution_timeout_minutes"}
 MAX_EXECUTION_TIMEOUT_MINUTES = 10080
 # The task waits this much longer than EMR's own job timeout, so EMR's timeout fires first.
@@ -428,7 +434,9 @@ def _run_record(
             "name": run_id,
             "entry_point": settings.entry_point,
             "arguments": arguments,
-            "spark_submit_parameters": overrides.get("spark_submit_parameters", settings.spark_submit_parameters),
+            "spark_submit_parameters": job_spark_parameters(
+                overrides.get("spark_submit_parameters", settings.spark_submit_parameters), run_id
+            ),
             "execution_timeout_minutes": timeout,
             # EMR on EKS has no job timeout of its own: the workflow's task timeout is the job's. The timeout is per
             # attempt: the workflow waits on the one job run through every attempt of its retry policy.
@@ -443,6 +451,11 @@ def _run_record(
     elif settings.runtime == "emr-eks":  # its container is a virtual cluster (the ledger's field for it; links use it)
         entry |= {"application_id": None, "virtual_cluster_id": settings.application_id}
     return record
+
+
+def job_spark_parameters(configured: str, run_id: str) -> str:
+    """The job run's sparkSubmitParameters: the configured (or overridden) ones, then the run id's conf."""
+    return f"{configured.strip()} --conf {RUN_ID_CONF}={run_id}".strip()
 
 
 def _ec2_parts(

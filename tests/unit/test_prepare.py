@@ -155,7 +155,7 @@ def test_overrides_apply(s3: Any) -> None:
         "run"
     ]
     assert run["job"]["arguments"][-1] == "--strict"
-    assert run["job"]["spark_submit_parameters"] == "--conf a=b"
+    assert run["job"]["spark_submit_parameters"] == "--conf a=b --conf spark.emr-autopilot.run-id=run-1"
     assert run["job"]["execution_timeout_minutes"] == 5
     assert run["ledger"]["overrides"] == overrides
 
@@ -276,3 +276,16 @@ def test_the_workflow_waits_on_the_job_run_through_every_attempt_of_its_retry_po
     # Then the service still gets the per-attempt timeout, and the workflow's wait covers all three attempts
     assert job["execution_timeout_minutes"] == 60
     assert job["task_timeout_seconds"] == 3 * 60 * 60 + margin
+
+
+def test_a_job_without_spark_parameters_still_sends_non_blank_ones_naming_the_run() -> None:
+    # EMR Serverless and EMR on EKS refuse a blank sparkSubmitParameters (min length 1, pattern .*\S.*)
+    import botocore.session
+
+    from preparation import job_spark_parameters
+
+    for service, shape in (("emr-serverless", "SparkSubmit"), ("emr-containers", "SparkSubmitJobDriver")):
+        member = botocore.session.get_session().get_service_model(service).shape_for(shape).members
+        assert member["sparkSubmitParameters"].metadata["min"] == 1
+    assert job_spark_parameters("", "r-1") == "--conf spark.emr-autopilot.run-id=r-1"
+    assert job_spark_parameters(" --conf a=b ", "r-1") == "--conf a=b --conf spark.emr-autopilot.run-id=r-1"
