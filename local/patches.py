@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from moto.core.responses import ActionResult, BaseResponse
+from moto.core.responses import ActionResult, BaseResponse, EmptyResult
 from moto.emrserverless import models as serverless_models
 from moto.emrserverless import urls as emrserverless_urls
 from moto.emrserverless.responses import EMRServerlessResponse
@@ -54,6 +54,7 @@ from local.faults import TwinClientError
 from local.iam import hooks as iam_hooks
 
 if TYPE_CHECKING:
+    from local.lambda_runtime import LocalFunction
     from local.twin import Twin
 
 LOG = logging.getLogger("twin.patches")
@@ -103,6 +104,7 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("set_error", Environment.set_error)
     _ORIGINALS.setdefault("describe_execution", sfn_responses.StepFunctionResponse.describe_execution)
     _ORIGINALS.setdefault("stop_execution", sfn_responses.StepFunctionResponse.stop_execution)
+    _ORIGINALS.setdefault("send_task_failure_response", sfn_responses.StepFunctionResponse.send_task_failure)
     _ORIGINALS.setdefault("key_response", S3Response.key_response)
     _ORIGINALS.setdefault("bucket_response", S3Response.bucket_response)
     _ORIGINALS.setdefault("callback_timeout", StateTaskServiceCallback._evaluate_with_timeout)
@@ -298,6 +300,15 @@ def _install_executions(twin: Twin) -> None:
 
     sfn_responses.StepFunctionResponse.stop_execution = stop_execution  # type: ignore[method-assign]
 
+    def send_task_failure_response(self: Any) -> Any:
+        # moto 5.2.5 drops SendTaskFailure's cause; AWS hands it to the task's Catch (`Cause`) and the execution.
+        self.stepfunction_backend.send_task_failure(
+            self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
+        )
+        return EmptyResult()
+
+    sfn_responses.StepFunctionResponse.send_task_failure = send_task_failure_response  # type: ignore[method-assign]
+
     def stop(self: Any, stop_date: Any, error: Any, cause: Any) -> None:
         # AWS: StopExecution makes the execution ABORTED at once; moto waits for the running state to return
         # (a Lambda task runs to its end in-process), so the status is reflected here, when the stop took.
@@ -370,6 +381,7 @@ def uninstall() -> None:
     Environment.set_error = _ORIGINALS["set_error"]  # type: ignore[method-assign]
     sfn_responses.StepFunctionResponse.describe_execution = _ORIGINALS["describe_execution"]  # type: ignore[method-assign]
     sfn_responses.StepFunctionResponse.stop_execution = _ORIGINALS["stop_execution"]  # type: ignore[method-assign]
+    sfn_responses.StepFunctionResponse.send_task_failure = _ORIGINALS["send_task_failure_response"]  # type: ignore[method-assign]
     S3Response.key_response = _ORIGINALS["key_response"]  # type: ignore[method-assign]
     S3Response.bucket_response = _ORIGINALS["bucket_response"]  # type: ignore[method-assign]
     StateTaskServiceCallback._evaluate_with_timeout = _ORIGINALS["callback_timeout"]  # type: ignore[method-assign]
@@ -390,6 +402,8 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
         return response.serialized(ActionResult({"SpotPriceHistory": _spot_price_history(response)}))
     if response.service_name == "awslambda" and action == "GetFunctionConfiguration":
         return _function_configuration(twin, response)
+    if response.service_name == "awslambda" and action == "UpdateFunctionConfiguration":
+        return _update_function_configuration(twin, response)
     if response.service_name == "emr-containers":  # EMR on EKS: REST-JSON, ids in the path (parsed by moto)
         params = {**(response.uri_match or {}), **(getattr(response, "params", None) or {})}
         result = twin.emr_containers.handle_api(action, params)
@@ -489,6 +503,35 @@ def _spot_price_history(response: Any) -> list[dict[str, Any]]:
     return history
 
 
+# What UpdateFunctionConfiguration may change on a function the twin runs (the rest of the API's members are not
+# modelled: refused by name rather than ignored).
+UPDATABLE_FUNCTION_MEMBERS = {"FunctionName", "Environment", "Timeout", "MemorySize"}
+
+
+def _update_function_configuration(twin: Twin, response: Any) -> Any:
+    """Lambda UpdateFunctionConfiguration of a function the twin runs: its environment variables (replaced whole, as
+    the API does), timeout and memory. Lambda starts new execution environments with the new configuration, so the
+    next invocation is a cold start (its module is imported again under the new environment)."""
+    params = iam_hooks.request_params(response, "UpdateFunctionConfiguration")
+    try:
+        function = twin.runtime.resolve(str(params["FunctionName"]))
+    except LookupError:
+        return None  # not one of the twin's functions: moto's own answer
+    unknown = sorted(set(params) - UPDATABLE_FUNCTION_MEMBERS)
+    if unknown:
+        message = f"local-twin: UpdateFunctionConfiguration models {sorted(UPDATABLE_FUNCTION_MEMBERS)}, not {unknown}"
+        body = json.dumps({"Type": "User", "message": message})
+        return 400, {"Content-Type": "application/json", "x-amzn-ErrorType": "InvalidParameterValueException"}, body
+    if "Environment" in params:
+        function.environment = {str(k): str(v) for k, v in (params["Environment"].get("Variables") or {}).items()}
+    if "Timeout" in params:
+        function.timeout_seconds = int(params["Timeout"])
+    if "MemorySize" in params:
+        function.memory_mb = int(params["MemorySize"])
+    function._module = None  # new execution environments: the next invocation is a cold start
+    return _configuration_response(function)
+
+
 def _function_configuration(twin: Twin, response: Any) -> Any:
     """Lambda GetFunctionConfiguration for a function the twin runs (moto does not hold them): the members of
     botocore's FunctionConfiguration shape the twin knows, LoggingConfig included (where its logs go)."""
@@ -497,6 +540,10 @@ def _function_configuration(twin: Twin, response: Any) -> Any:
         function = twin.runtime.resolve(str(params["FunctionName"]))
     except LookupError:
         return None  # not one of the twin's functions: moto's own answer (ResourceNotFoundException)
+    return _configuration_response(function)
+
+
+def _configuration_response(function: LocalFunction) -> Any:
     configuration: dict[str, Any] = {
         "FunctionName": function.name,
         "FunctionArn": function.arn,

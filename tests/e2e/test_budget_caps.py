@@ -2,18 +2,21 @@
 `run_estimate_usd: 0.0005`, `over_budget: wait`): its first run of the day spends what it cost (or, while the
 runtime records no cost, keeps its estimate as its spend), so the next one, which reserves that much, waits for
 the budget (not a slot), says so in the ledger, and ends with QueueTimeout having launched nothing. Whether the
-runtime records a cost or not, two runs do not fit: the test holds either way (it reads which from the ledger)."""
+runtime records a cost or not, two runs do not fit: the test holds either way (it reads which from the ledger).
+With `over_budget: fail` (the admission function redeployed with it), a run over budget fails with BudgetExceeded."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from tests.deployment import LEDGER_WRITES, Deployed
+from tests.deployment import LEDGER_WRITES, Deployed, Notifications
 from tests.e2e.test_concurrency_caps import _with_queue_timeout
 
 PIPELINE, BUDGET, FIRST_ESTIMATE = "sales-budget", 0.0006, 0.0005
@@ -77,3 +80,54 @@ def test_a_run_over_the_daily_budget_waits_for_it_and_the_ledger_shows_reservati
     entered = _entered(env, arn)
     assert "StartJob" not in entered and "RecordSpendAfterFailure" in entered
     assert _spend_today(env) == pytest.approx(spent, abs=1e-6)  # it reserved nothing: the spend is the first's
+
+
+@contextmanager
+def _caps(env: Deployed, pipeline_caps: dict[str, Any]) -> Iterator[None]:
+    """Every function that reads ADMISSION_CAPS (admission, its sweeper) with `pipeline_caps` for PIPELINE, as a
+    deployment of the config with those limits would have them (UpdateFunctionConfiguration: the next invocation is
+    a cold start under the new environment); the deployed caps are restored after."""
+    lam = env.twin.client("lambda")
+    names = [n for n, f in env.twin.runtime.functions.items() if "ADMISSION_CAPS" in f.environment]
+    before = {n: lam.get_function_configuration(FunctionName=n)["Environment"]["Variables"] for n in names}
+    for name, variables in before.items():
+        caps = json.loads(variables["ADMISSION_CAPS"])
+        caps["pipelines"][PIPELINE] = {**caps["pipelines"][PIPELINE], **pipeline_caps}
+        changed = {**variables, "ADMISSION_CAPS": json.dumps(caps)}
+        lam.update_function_configuration(FunctionName=name, Environment={"Variables": changed})
+    try:
+        yield
+    finally:
+        for name, variables in before.items():
+            lam.update_function_configuration(FunctionName=name, Environment={"Variables": variables})
+
+
+def test_a_run_over_the_daily_budget_fails_with_budget_exceeded_when_configured_to(env: Deployed) -> None:
+    notifications = Notifications(env)
+    folder = f"budget/fail-{uuid.uuid4().hex[:8]}/"
+    keys = [f"{folder}first.txt", f"{folder}second.txt"]
+    for key in keys:
+        env.s3.put_object(Bucket=env.landing, Key=key, Body=CSV)
+    env.twin.wait_idle()
+    if not _spend_today(env):  # the day's first run is never over budget: spend something first
+        first = f"budget-fail-first-{uuid.uuid4().hex[:8]}"
+        arn = env.start_console_run(first, {"pipeline": PIPELINE, "inputs": [f"s3://{env.landing}/{keys[0]}"]})
+        assert env.finished(arn, timeout=120)["status"] == "SUCCEEDED"
+    spent = _spend_today(env)
+    assert spent > 0
+    # Given the pipeline's budget is what it already spent today, and over_budget: fail
+    with _caps(env, {"usd": spent, "over_budget": "fail"}):
+        run_id = f"budget-fail-{uuid.uuid4().hex[:8]}"
+        arn = env.start_console_run(run_id, {"pipeline": PIPELINE, "inputs": [f"s3://{env.landing}/{keys[1]}"]})
+        described = env.finished(arn, timeout=60)
+    # Then the run fails at once with BudgetExceeded naming the budget, having launched nothing and spent nothing
+    assert described["status"] == "FAILED" and described["error"] == "BudgetExceeded"
+    assert f"pipeline#{PIPELINE}" in described["cause"] and f"${spent:.6f}" in described["cause"]
+    ledger = env.ledger(run_id)
+    assert (ledger["state"], ledger["error"]) == ("FAILED", "BudgetExceeded")
+    assert not [w for w in _writes(run_id) if w["state"] == "QUEUED"]  # refused, never waited
+    entered = _entered(env, arn)
+    assert "StartJob" not in entered and "ReleaseAfterFailure" in entered
+    assert _spend_today(env) == pytest.approx(spent, abs=1e-9)
+    notice = notifications.of_run(run_id, "FAILED")
+    assert "BudgetExceeded" in notice["Message"] and f"pipeline#{PIPELINE}" in notice["Message"]

@@ -91,3 +91,18 @@ def test_a_retry_waits_on_a_new_token_and_succeeds_when_answered(twin: Twin) -> 
 def _timed_out(sfn: Any, execution: str) -> bool:
     events = sfn.get_execution_history(executionArn=execution)["events"]
     return any(e["type"] == "TaskTimedOut" for e in events)
+
+
+def test_a_task_failure_carries_its_error_and_cause_to_the_execution(twin: Twin) -> None:
+    # SendTaskFailure's cause is what the task fails with (AWS API reference: "cause: a more detailed explanation of
+    # the cause of the failure"); moto 5.2.5 dropped it, so a BudgetExceeded run failed with a null cause.
+    sfn = twin.client("stepfunctions")
+    sqs, url, execution = _waiting_machine(twin, "failed-with-cause", retries=0)
+    sfn.send_task_failure(taskToken=_next_token(sqs, url), error="BudgetExceeded", cause="pipeline#p is over budget")
+    wait_for(lambda: sfn.describe_execution(executionArn=execution)["status"] != "RUNNING", 10, "the execution")
+    described = sfn.describe_execution(executionArn=execution)
+    assert (described["status"], described["error"], described["cause"]) == (
+        "FAILED",
+        "BudgetExceeded",
+        "pipeline#p is over budget",
+    )
