@@ -46,12 +46,15 @@ def _outputs(env: Deployed, pipeline: str, run_id: str) -> dict[str, bytes]:
 def test_job_failure_on_eks_writes_ledger_failed_notifies_and_leaves_no_success(env: Deployed) -> None:
     notifications = Notifications(env)
     keys = _upload(env, f"{EKS}/{uuid.uuid4().hex[:8]}/", {"a.csv": b"order_id,order_date\n1,2024-06-01\n"})
+    # sales-eks retries its job once (retry.max_attempts 2): both attempts fail
+    env.twin.faults.fail_next_job("Job failed: driver pod OOMKilled")
     env.twin.faults.fail_next_job("Job failed: driver pod OOMKilled")
     run_id, arn = _console_run(env, EKS, keys)
     described = env.finished(arn)
     assert described["status"] == "FAILED" and described["error"] == "States.TaskFailed"
     ledger = env.ledger(run_id)
     assert ledger["state"] == "FAILED" and "OOMKilled" in ledger["cause"]
+    assert [a["state"] for a in ledger["attempts"]] == ["FAILED", "FAILED"]
     assert ledger["runtime"] == "emr-eks" and ledger["job_run_id"]
     assert ledger["cost"]["usd"] == pytest.approx(_eks_cost(env, ledger), abs=1e-6)
     notification = notifications.of_run(run_id, "FAILED")
@@ -99,14 +102,34 @@ def test_an_eks_run_records_an_estimated_cost_and_links_and_notifies_success(env
     assert f"cost:      ${ledger['cost']['usd']:.4f} (estimate)" in notification["Message"]
 
 
-@pytest.mark.slow  # ~65 s: the shortest execution_timeout_minutes is 1, and Step Functions time is not scaled
+def test_an_eks_job_failing_once_under_two_attempts_succeeds_with_both_attempts_in_the_ledger(env: Deployed) -> None:
+    # Given sales-eks's retry policy (retryPolicyConfiguration maxAttempts 2) and a driver that fails once
+    keys = _upload(env, f"{EKS}/{uuid.uuid4().hex[:8]}/", {"r.csv": b"order_id,order_date\n1,2024-06-01\n"})
+    env.twin.faults.fail_next_job("Job failed: driver pod evicted")
+    run_id, arn = _console_run(env, EKS, keys)
+    # Then EMR on EKS runs the driver again within the one job run, and the run succeeds
+    assert env.finished(arn)["status"] == "SUCCEEDED"
+    ledger = env.ledger(run_id)
+    first, second = ledger["attempts"]
+    assert (first["attempt"], first["state"], second["attempt"], second["state"]) == (1, "FAILED", 2, "COMPLETED")
+    job = env.twin.client("emr-containers").describe_job_run(
+        id=ledger["job_run_id"], virtualClusterId=ledger["virtual_cluster_id"]
+    )["jobRun"]
+    assert job["retryPolicyConfiguration"] == {"maxAttempts": 2}
+    assert job["retryPolicyExecution"]["currentAttemptCount"] == 2
+    # and the cost estimate covers the job run through both attempts
+    assert ledger["cost"]["usd"] == pytest.approx(_eks_cost(env, ledger), abs=1e-6)
+    assert "_SUCCESS" in _outputs(env, EKS, run_id)
+
+
+@pytest.mark.slow  # ~125 s: the shortest execution_timeout_minutes is 1, x 2 attempts; Step Functions time is unscaled
 def test_a_hung_eks_job_is_cancelled_when_the_run_times_out_its_task(env: Deployed) -> None:
     keys = _upload(env, f"{EKS}/{uuid.uuid4().hex[:8]}/", {"h.csv": b"order_id\n1\n"})
     env.twin.faults.hang_next_job()
     name = f"{EKS}-{uuid.uuid4().hex[:8]}"
     body = {"pipeline": EKS, "inputs": [f"s3://{env.landing}/{keys[0]}"], "overrides": {"execution_timeout_minutes": 1}}
     arn = env.start_console_run(name, body)
-    described = env.finished(arn, timeout=120)
+    described = env.finished(arn, timeout=200)
     assert described["status"] == "FAILED" and described["error"] == "States.Timeout"
     ledger = env.ledger(name)
     assert ledger["state"] == "FAILED"

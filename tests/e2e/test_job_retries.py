@@ -1,8 +1,6 @@
 """EMR Serverless retry policies end to end on the twin (pipeline sales-retry, `runtime.retry.max_attempts: 2`): the
 service retries within the one job run, the workflow waits through every attempt, and the ledger records each
-attempt; the cost covers them all. EMR on EKS: tests/twin/test_emr_containers.py (the .sync task through a retried
-driver) and tests/unit/test_run_end.py (its ledger attempts); a second EKS pipeline in config/dev.yaml would change
-the shipped config's single virtual cluster that other tests rely on."""
+attempt; the cost covers them all. EMR on EKS (sales-eks, `max_attempts: 2`): tests/e2e/test_eks_pipeline.py."""
 
 from __future__ import annotations
 
