@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from autopilot_common.step_failures import StepFailureClass
+from autopilot_common.step_failures import CLUSTER_FAILURE_CLASSES, RetryClass
 from config.base import RELEASE_LABEL_PATTERN, StrictModel
 from config.scaling import AlarmScaling, ManagedScaling, NoScaling, Scaling, no_scaling
 
@@ -255,11 +255,20 @@ MAX_STEP_ATTEMPTS = 5
 
 
 class Ec2Retry(StrictModel):
-    """Re-submit a failed step (AddSteps again, on the same cluster) when its failure is of a class in `when`, until
-    it has been tried `max_attempts` times. Classes (autopilot_common.step_failures): `spot_interruption` (the step
-    failed while the cluster lost spot instances to EC2), `step_failure` (any failed step, spot interruptions
-    included: opt in only for jobs that are safe to run again). A timed-out or cancelled step, and a step on a
-    cluster that ended, are never re-submitted. Every attempt is in the ledger (`steps[].attempts`)."""
+    """Try a failed run again when its failure is of a class in `when` (autopilot_common.step_failures):
+
+    - step classes re-submit the failed step (AddSteps again, on the same cluster), each step at most `max_attempts`
+      times on one cluster: `spot_interruption` (the step failed while the cluster lost spot instances to EC2),
+      `step_failure` (any failed step, spot interruptions included: opt in only for jobs that are safe to run again);
+    - cluster classes launch a new cluster (transient clusters only), at most `max_attempts` clusters per run, which
+      resumes at the first step that did not complete (completed steps are not run again): `bootstrap_failure` (the
+      cluster ended with BOOTSTRAP_FAILURE), `capacity` (EC2 could not provide the instances: a fleet's provisioning
+      timeout, or insufficient capacity). With several `subnet_ids` (instance fleets) EMR picks the subnet again on
+      every launch.
+
+    A timed-out or cancelled step is never tried again. Every attempt is in the ledger (`steps[].attempts`, and
+    `cluster_attempts` for every cluster the run launched), and the run's timeout, capacity and budget estimates count
+    them."""
 
     max_attempts: int = Field(
         default=1,
@@ -268,9 +277,10 @@ class Ec2Retry(StrictModel):
         description="Times a step may run, the first included (1: no retry). The run's execution timeout allows "
         "every step this many times.",
     )
-    when: list[StepFailureClass] = Field(
+    when: list[RetryClass] = Field(
         default_factory=list,
-        description="Failure classes that are retried: `spot_interruption`, `step_failure`.",
+        description="Failure classes that are retried: `spot_interruption`, `step_failure` (the step again) and "
+        "`bootstrap_failure`, `capacity` (a new cluster).",
     )
 
     @model_validator(mode="before")
@@ -285,7 +295,7 @@ class Ec2Retry(StrictModel):
         if self.max_attempts > 1 and not self.when:
             raise ValueError(
                 "when: empty with max_attempts > 1; expected the failure classes to retry "
-                "(spot_interruption, step_failure)"
+                "(spot_interruption, step_failure, bootstrap_failure, capacity)"
             )
         if self.max_attempts == 1 and self.when:
             raise ValueError(
@@ -294,6 +304,11 @@ class Ec2Retry(StrictModel):
         if len(set(self.when)) != len(self.when):
             raise ValueError(f"when: {self.when} names a class twice; expected each once")
         return self
+
+    @property
+    def cluster_attempts(self) -> int:
+        """Clusters a run may launch: `max_attempts` when a cluster class is in `when`, else 1."""
+        return self.max_attempts if set(self.when) & set(CLUSTER_FAILURE_CLASSES) else 1
 
 
 class _StepBase(StrictModel):
@@ -417,8 +432,10 @@ class Ec2Runtime(StrictModel):
     @property
     def execution_timeout_minutes(self) -> int:
         """Longest the cluster's work may take: start-up (transient clusters) plus every step, each as many times as
-        `retry.max_attempts` allows (so run timeouts, capacity and budget estimates count retries)."""
-        return self.startup_minutes + self.retry.max_attempts * sum(step.timeout_minutes for step in self.steps)
+        `retry.max_attempts` allows, on as many clusters as `retry.cluster_attempts` allows (so run timeouts, capacity
+        and budget estimates count retries)."""
+        steps = self.retry.max_attempts * sum(step.timeout_minutes for step in self.steps)
+        return self.retry.cluster_attempts * (self.startup_minutes + steps)
 
     @property
     def startup_minutes(self) -> int:
@@ -433,6 +450,11 @@ class Ec2Runtime(StrictModel):
         if self.retry.max_attempts > 1:
             steps = f"runtime.retry.max_attempts ({self.retry.max_attempts}) x ({steps})"
         startup = f"runtime.startup_timeout_minutes ({self.startup_timeout_minutes}) + " if self.transient else ""
+        if self.retry.cluster_attempts > 1:
+            return (
+                f"runtime.retry.max_attempts ({self.retry.cluster_attempts}) clusters x ({startup}{steps}) "
+                f"= {self.execution_timeout_minutes}"
+            )
         return f"{startup}{steps} = {self.execution_timeout_minutes}"
 
     @property
@@ -453,6 +475,7 @@ class Ec2Runtime(StrictModel):
                         + ", ".join("{{" + t + "}}" for t in STEP_TOKENS)
                     )
         if self.existing_cluster is not None:
+            self._check_existing_retry()
             unset = {"scaling"} if isinstance(self.scaling, NoScaling) else set()  # `mode: none` is fine anywhere
             extra = sorted(set(TRANSIENT_ONLY) & self.model_fields_set - unset)
             if extra:
@@ -505,6 +528,14 @@ class Ec2Runtime(StrictModel):
             raise ValueError(
                 "scaling.spot_percent: applies to task fleets only; an instance group's market is fixed "
                 "(instances.task.market): remove spot_percent, or use instance fleets"
+            )
+
+    def _check_existing_retry(self) -> None:
+        relaunch = sorted(set(self.retry.when) & set(CLUSTER_FAILURE_CLASSES))
+        if relaunch:
+            raise ValueError(
+                f"retry.when: {relaunch} launch a new cluster, which a run on an existing cluster never does; "
+                "expected spot_interruption or step_failure"
             )
 
     def _check_spot(self) -> None:

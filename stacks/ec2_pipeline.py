@@ -15,7 +15,7 @@ from constructs import Construct
 from config.ec2 import Ec2Runtime
 from stacks.alarm_scaling import alarm_prefix, alarm_scaling, alarm_specs, grant_alarm_lifecycle
 from stacks.asl import compose
-from stacks.emr_ec2_spec import cluster_request, managed_tags, step_templates
+from stacks.emr_ec2_spec import cluster_request, launch_settings, managed_tags, step_templates
 from stacks.nag import suppress
 from stacks.naming import (
     BOOTSTRAP_PREFIX,
@@ -113,6 +113,7 @@ class Ec2Pipeline(PipelineWorkflow):
             "Transient": "true" if runtime.transient else "false",
             "StepsJson": asl_string(json.dumps(step_templates(runtime, self.storage.artifacts.bucket_name))),
             "ClusterTagsJson": asl_string(json.dumps(self.cluster_tags)),
+            "LaunchJson": asl_string(json.dumps(launch_settings(runtime))),
         }
         if runtime.existing_cluster is None:
             return {

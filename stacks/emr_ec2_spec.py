@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from autopilot_common.step_failures import CLUSTER_FAILURE_CLASSES
 from config.ec2 import (
     EbsVolumes,
     Ec2Runtime,
@@ -223,23 +224,35 @@ def ebs_configuration(ebs: EbsVolumes) -> dict[str, Any]:
 
 def step_templates(runtime: Ec2Runtime, artifacts_bucket: str) -> list[dict[str, Any]]:
     """Each step as {name, timeout_seconds, max_attempts, retry_when, hadoop_jar_step}; arguments keep their
-    `{{tokens}}`. The first step's timeout also covers the cluster's start-up (`startup_minutes`): its addStep.sync
-    waits while EMR holds it PENDING until the cluster is ready, so the first task timeout is the one that bounds
-    provisioning. `max_attempts` and `retry_when` are `runtime.retry` (the workflow's RunSteps re-submits on them)."""
+    `{{tokens}}`. `timeout_seconds` is the step's own: the first step run on a cluster also waits for the cluster to
+    start (`launch_settings`' `startup_seconds`, added by RunSteps). `max_attempts` and `retry_when` are
+    `runtime.retry` (the workflow's RunSteps re-submits on them)."""
     jobs = f"s3://{artifacts_bucket}/{JOBS_PREFIX}"
-    out = []
-    for index, step in enumerate(runtime.steps):
-        minutes = step.timeout_minutes + (runtime.startup_minutes if index == 0 else 0)
-        out.append(
-            {
-                "name": step.name,
-                "timeout_seconds": minutes * 60,
-                "max_attempts": runtime.retry.max_attempts,
-                "retry_when": list(runtime.retry.when),
-                "hadoop_jar_step": _jar_step(step, jobs),
-            }
-        )
-    return out
+    return [
+        {
+            "name": step.name,
+            "timeout_seconds": step.timeout_minutes * 60,
+            "max_attempts": runtime.retry.max_attempts,
+            "retry_when": list(runtime.retry.when),
+            "hadoop_jar_step": _jar_step(step, jobs),
+        }
+        for step in runtime.steps
+    ]
+
+
+def launch_settings(runtime: Ec2Runtime) -> dict[str, Any]:
+    """The run's first cluster launch (Prepare's `run.launch`; ClassifyClusterFailure returns the next):
+    `startup_seconds` is what the first step run on a cluster adds to its timeout (EMR holds it PENDING until the
+    cluster is ready: `runtime.startup_timeout_minutes`, 0 on an existing cluster); `max_attempts` the clusters a
+    run may launch (`runtime.retry` with a cluster class, else 1); `retry_when` the classes that relaunch."""
+    return {
+        "attempt": 1,
+        "max_attempts": runtime.retry.cluster_attempts,
+        "resume_from": 0,
+        "startup_seconds": runtime.startup_minutes * 60,
+        "retry_when": [c for c in runtime.retry.when if c in CLUSTER_FAILURE_CLASSES],
+        "earlier": [],
+    }
 
 
 def _jar_step(step: SparkStep | S3DistCpStep | HiveStep | JarStep, jobs: str) -> dict[str, Any]:

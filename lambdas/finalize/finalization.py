@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 from autopilot_common.causes import ledger_cause
 from autopilot_common.pricing import Cost, InstanceUsage, Market, PriceTable, ec2_cost, unpriced
 from autopilot_common.scaling_state import actions as scaling_actions
-from autopilot_common.step_failures import classify
+from autopilot_common.step_failures import classify, cluster_failure_of
 
 if TYPE_CHECKING:
     from mypy_boto3_emr.literals import StepStateType
@@ -49,6 +49,8 @@ class FinalizeRequest:
     error: dict[str, Any] | None
     # step name -> when the workflow noticed the step's end (its `.sync` task returned), ISO 8601
     noticed: dict[str, str] = field(default_factory=dict)
+    # clusters the run launched before `cluster_id` and replaced (runtime.retry): {cluster_id, failure_class, reason}
+    earlier: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> FinalizeRequest:
@@ -70,6 +72,7 @@ class FinalizeRequest:
                 for n in event.get("step_notices") or []
                 if isinstance(n, dict) and n.get("name") and n.get("noticed_at")
             },
+            earlier=[dict(e) for e in (event.get("launch") or {}).get("earlier") or [] if isinstance(e, dict)],
         )
 
 
@@ -122,14 +125,22 @@ def finalize_run(
             cancelled = _cancel_active_steps(emr, request.cluster_id, request.step_names)
         cluster = emr.describe_cluster(ClusterId=request.cluster_id)["Cluster"]
         update["cluster"] = _cluster_summary(emr, cluster)
-        instances = list_pages(emr, "list_instances", "Instances", request.cluster_id) if request.transient else None
-        update["steps"] = _steps(emr, request.cluster_id, request.step_names, request.noticed, instances)
+        earlier = [emr.describe_cluster(ClusterId=str(e["cluster_id"]))["Cluster"] for e in request.earlier]
+        launched = [*earlier, cluster]
+        instances = (
+            {c["Id"]: list_pages(emr, "list_instances", "Instances", c["Id"]) for c in launched}
+            if request.transient
+            else None
+        )
+        update["steps"] = _steps(emr, [c["Id"] for c in launched], request.step_names, request.noticed, instances)
         if instances is not None:
-            update["instance_hours_estimate"] = _instance_hours(emr, cluster, instances, now)
+            update["cluster_attempts"] = _cluster_attempts(request, launched)
+            every = [i for c in launched for i in instances[c["Id"]]]
+            update["instance_hours_estimate"] = _instance_hours(emr, cluster, every, now)
             if pricing is not None:
-                update["cost"] = cluster_cost(pricing, emr, cluster, instances, now)
+                update["cost"] = cluster_cost(pricing, emr, [(c, instances[c["Id"]]) for c in launched], now)
         if scaling is not None:
-            done = scaling_actions(scaling.dynamodb, scaling.table, request.cluster_id)
+            done = [a for c in launched for a in scaling_actions(scaling.dynamodb, scaling.table, c["Id"])]
             if done:
                 update["scaling"] = {"actions": done}
     if cancelled:
@@ -150,6 +161,35 @@ def ledger_update(outcome: str, now: datetime, metrics: Any, **fields: Any) -> d
 
 
 # ---------------------------------------------------------------------------------------- cluster
+
+
+def _cluster_attempts(request: FinalizeRequest, launched: list[ClusterTypeDef]) -> list[dict[str, Any]]:
+    """Every cluster the run launched, in order: the ones runtime.retry replaced with the class of their failure
+    (as ClassifyClusterFailure found it), then the last one (its class when it failed)."""
+    out = []
+    for number, cluster in enumerate(launched, start=1):
+        status = cluster.get("Status", {})
+        reason = status.get("StateChangeReason", {})
+        timeline = status.get("Timeline", {})
+        if number <= len(request.earlier):
+            failure_class = request.earlier[number - 1].get("failure_class")
+        elif request.outcome == "FAILED" and status.get("State") == "TERMINATED_WITH_ERRORS":
+            failure_class = cluster_failure_of(dict(status)).failure_class
+        else:
+            failure_class = None
+        out.append(
+            {
+                "attempt": number,
+                "cluster_id": cluster["Id"],
+                "state": status.get("State"),
+                "reason_code": reason.get("Code"),
+                "reason": reason.get("Message"),
+                "failure_class": failure_class,
+                "created_at": iso_time(timeline.get("CreationDateTime")),
+                "ended_at": iso_time(timeline.get("EndDateTime")),
+            }
+        )
+    return out
 
 
 def _cluster_summary(emr: EMRClient, cluster: ClusterTypeDef) -> dict[str, Any]:
@@ -238,37 +278,47 @@ def _instance_hours(
 
 
 def cluster_cost(
-    pricing: ClusterPricing, emr: EMRClient, cluster: ClusterTypeDef, instances: list[dict[str, Any]], now: datetime
+    pricing: ClusterPricing,
+    emr: EMRClient,
+    launched: list[tuple[ClusterTypeDef, list[dict[str, Any]]]],
+    now: datetime,
 ) -> Cost:
-    """Every instance from launch (CreationDateTime: EC2 bills from launch) to its end, by type and market, with the
-    EBS volumes its fleet or group attached; spot instances at the spot price of their type in the cluster's zone
-    over their lifetime when EC2 answers DescribeSpotPriceHistory, else at on-demand (flagged)."""
-    if not instances:
-        return unpriced(pricing.table, "ListInstances returned no instances for the cluster")
-    volumes = _volumes(emr, cluster)
-    zone = cluster.get("Ec2InstanceAttributes", {}).get("Ec2AvailabilityZone")
-    spot_prices: dict[str, float | None] = {}
+    """Every instance of every cluster the run launched (runtime.retry may replace a failed one), from launch
+    (CreationDateTime: EC2 bills from launch) to its end, by type and market, with the EBS volumes its fleet or group
+    attached; spot instances at the spot price of their type in the cluster's zone over their lifetime when EC2
+    answers DescribeSpotPriceHistory, else at on-demand (flagged)."""
+    if not any(instances for _, instances in launched):
+        return unpriced(pricing.table, "ListInstances returned no instances for the run's cluster")
     usage = []
-    for instance in instances:
-        timeline = instance.get("Status", {}).get("Timeline", {})
-        start = timeline.get("CreationDateTime")
-        if start is None:
-            continue  # never launched: nothing billed
-        end = timeline.get("EndDateTime") or now
-        instance_type = str(instance.get("InstanceType"))
-        market: Market = "SPOT" if instance.get("Market") == "SPOT" else "ON_DEMAND"
-        spot = None
-        if market == "SPOT":
-            if instance_type not in spot_prices:
-                spot_prices[instance_type] = _spot_price(pricing.ec2, instance_type, zone, start, end)
-            spot = spot_prices[instance_type]
-        owner = instance.get("InstanceFleetId") or instance.get("InstanceGroupId") or ""
-        ebs = volumes.get((owner, instance_type), ())
-        usage.append(InstanceUsage(instance_type, market, timestamp(end) - timestamp(start), ebs=ebs, spot_hour=spot))
+    for cluster, instances in launched:
+        volumes = _volumes(emr, cluster)
+        zone = cluster.get("Ec2InstanceAttributes", {}).get("Ec2AvailabilityZone")
+        spot_prices: dict[str, float | None] = {}
+        for instance in instances:
+            timeline = instance.get("Status", {}).get("Timeline", {})
+            start = timeline.get("CreationDateTime")
+            if start is None:
+                continue  # never launched: nothing billed
+            end = timeline.get("EndDateTime") or now
+            instance_type = str(instance.get("InstanceType"))
+            market: Market = "SPOT" if instance.get("Market") == "SPOT" else "ON_DEMAND"
+            spot = None
+            if market == "SPOT":
+                if instance_type not in spot_prices:
+                    spot_prices[instance_type] = _spot_price(pricing.ec2, instance_type, zone, start, end)
+                spot = spot_prices[instance_type]
+            owner = instance.get("InstanceFleetId") or instance.get("InstanceGroupId") or ""
+            ebs = volumes.get((owner, instance_type), ())
+            seconds = timestamp(end) - timestamp(start)
+            usage.append(InstanceUsage(instance_type, market, seconds, ebs=ebs, spot_hour=spot))
     cost = ec2_cost(pricing.table, pricing.region, usage)
-    cost.setdefault("notes", []).append(
+    notes = cost.setdefault("notes", [])
+    notes.append(
         "root volumes and data transfer are not included; EBS is the volumes EMR attached per the fleet or group"
     )
+    if len(launched) > 1:
+        replaced = len(launched) - 1
+        notes.append(f"{len(launched)} clusters: runtime.retry replaced {replaced} that failed; all are counted")
     return cost
 
 
@@ -315,32 +365,39 @@ def _spot_price(ec2: EC2Client | None, instance_type: str, zone: str | None, sta
 
 def _steps(
     emr: EMRClient,
-    cluster_id: str,
+    cluster_ids: list[str],
     names: list[str],
     noticed: dict[str, str],
-    instances: list[dict[str, Any]] | None,
+    instances: dict[str, list[dict[str, Any]]] | None,
 ) -> list[dict[str, Any]]:
     """One record per step of the run, in order: its last submission, with `attempts` listing every submission
-    (runtime.retry re-submits a failed step under the same name), each with the class of its failure (`instances`:
-    the cluster's, read here when None and a submission failed)."""
+    (runtime.retry re-submits a failed step under the same name, and a replaced cluster's steps run again on the
+    next), each with its cluster and the class of its failure (`instances`: each cluster's, read here when None and
+    a submission failed)."""
     wanted = set(names)
-    found = [s for s in list_pages(emr, "list_steps", "Steps", cluster_id) if not wanted or s.get("Name") in wanted]
-    found.sort(key=lambda s: timestamp(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")))
-    if instances is None and any(s.get("Status", {}).get("State") == "FAILED" for s in found):
-        instances = list_pages(emr, "list_instances", "Instances", cluster_id)
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for step in found:
-        by_name.setdefault(str(step.get("Name")), []).append(step)
+    found: list[tuple[str, dict[str, Any]]] = []
+    for cluster_id in cluster_ids:
+        steps = [s for s in list_pages(emr, "list_steps", "Steps", cluster_id) if not wanted or s.get("Name") in wanted]
+        steps.sort(key=lambda s: timestamp(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")))
+        if instances is None and any(s.get("Status", {}).get("State") == "FAILED" for s in steps):
+            instances = {cluster_id: list_pages(emr, "list_instances", "Instances", cluster_id)}
+        found.extend((cluster_id, s) for s in steps)
+    by_name: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for cluster_id, step in found:
+        by_name.setdefault(str(step.get("Name")), []).append((cluster_id, step))
     records = []
     for name, submissions in by_name.items():
-        record = _step(submissions[-1], noticed.get(name))
-        record["attempts"] = [_attempt(n, s, instances or []) for n, s in enumerate(submissions, start=1)]
+        record = _step(submissions[-1][1], noticed.get(name))
+        record["attempts"] = [
+            _attempt(n, s, (instances or {}).get(cid, []), cid) for n, (cid, s) in enumerate(submissions, start=1)
+        ]
         records.append(record)
     return records
 
 
-def _attempt(number: int, step: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any]:
-    """One submission of a step for the ledger: state, times, and why it failed (its class, step_failures)."""
+def _attempt(number: int, step: dict[str, Any], instances: list[dict[str, Any]], cluster_id: str) -> dict[str, Any]:
+    """One submission of a step for the ledger: its cluster, state, times, and why it failed (its class,
+    step_failures)."""
     status = step.get("Status", {})
     timeline = status.get("Timeline", {})
     state = status.get("State")
@@ -348,6 +405,7 @@ def _attempt(number: int, step: dict[str, Any], instances: list[dict[str, Any]])
     return {
         "attempt": number,
         "step_id": step.get("Id"),
+        "cluster_id": cluster_id,
         "state": state,
         "failure_class": failure.failure_class if failure else None,
         "reason": failure.reason if failure else None,

@@ -2,7 +2,8 @@
 
 - EMR on EC2 (`finalization`): cluster, fleets, steps, cost.
 - EMR Serverless and EMR on EKS (`job_runs`): the job run's final state, timings, attempt and cost.
-- EMR on EC2, mid-run (`step_retry`, `action: classify_step_failure`): whether a failed step is submitted again.
+- EMR on EC2, mid-run (`step_retry`, `action: classify_step_failure` / `classify_cluster_failure`): whether a failed
+  step is submitted again, whether a failed cluster is replaced by a new one.
 
 Every runtime's update also carries `links` (the run's console pages, `autopilot_common.links`); the result is
 `{"ledger_update": ..., "notification": {"subject", "message"}}` (`run_notice`; the workflow publishes it), and the
@@ -19,7 +20,14 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from step_retry import CLASSIFY_ACTION, RetryQuestion, classify_failed_step
+from step_retry import (
+    CLASSIFY_ACTION,
+    CLUSTER_ACTION,
+    RelaunchQuestion,
+    RetryQuestion,
+    classify_failed_cluster,
+    classify_failed_step,
+)
 
 from autopilot_common.clients import Clients
 from autopilot_common.links import partition_of, run_links
@@ -47,6 +55,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if event.get("action") == CLASSIFY_ACTION:  # an EMR-on-EC2 step failed with attempts left: retry it?
         answer = classify_failed_step(RetryQuestion.from_event(event), CLIENTS.emr)
         logger.info("step failure classified", **answer)
+        return answer
+    if event.get("action") == CLUSTER_ACTION:  # a transient run's cluster failed and it may launch another: does it?
+        answer = classify_failed_cluster(RelaunchQuestion.from_event(event), CLIENTS.emr)
+        logger.info("cluster failure classified", **{k: v for k, v in answer.items() if k != "launch"})
         return answer
     region = Environment(os.environ).required("AWS_REGION", "the function's region (Lambda sets it)")
     if event.get("runtime") in JOB_RUNTIMES:

@@ -89,6 +89,7 @@ class PipelineSettings:
     steps: list[dict[str, Any]]  # emr-ec2: {name, timeout_seconds, max_attempts, retry_when, hadoop_jar_step}
     cluster_tags: dict[str, str]  # emr-ec2: tags every cluster of the pipeline carries
     existing_cluster: dict[str, str] | None  # emr-ec2 on a long-running cluster: {cluster_id} or {tag_key, tag_value}
+    launch: dict[str, Any]  # emr-ec2: the first cluster launch (stacks.emr_ec2_spec.launch_settings)
     admission: dict[str, Any]  # {reservation: {runs, clusters, vcpus}, queue_timeout_seconds}: fixed at synth
     max_attempts: int = 1  # job-run runtimes: runtime.retry.max_attempts (the service retries within one job run)
 
@@ -119,6 +120,7 @@ class PipelineSettings:
                 steps=list(json.loads(raw.get("steps_json", "[]"))),
                 cluster_tags=dict(json.loads(raw.get("cluster_tags_json", "{}"))),
                 existing_cluster=existing,
+                launch=dict(json.loads(raw["launch_json"])) if raw["runtime"] == "emr-ec2" else {},
                 admission=dict(json.loads(raw["admission_json"])) if raw.get("admission_json") else DEFAULT_ADMISSION,
                 max_attempts=int(raw.get("max_attempts", 1)),
             )
@@ -500,6 +502,9 @@ def _ec2_parts(
         },
         "steps": steps,
         "step_names": [s["name"] for s in steps],
+        # RunSteps skips steps before resume_from and gives the first step on a cluster startup_seconds more;
+        # ClassifyClusterFailure replaces it when a failed cluster is relaunched (runtime.retry).
+        "launch": settings.launch,
     }
 
 

@@ -30,6 +30,8 @@ HAPPY_PATH = [
     "PutScalingAlarm",
     "PutScalingAlarm",
     "RunSteps",
+    "StepPlan",
+    "AllowStartup",
     "RunStep",
     "StepNoticed",
     "ReadJobMetrics",
@@ -73,17 +75,14 @@ def _entered(env: Deployed, arn: str) -> list[str]:
     return [e["stateEnteredEventDetails"]["name"] for e in env.history(arn) if "stateEnteredEventDetails" in e]
 
 
-def _assert_cost_is_every_instance_priced(env: Deployed, ledger: dict[str, Any]) -> None:
-    """The run's cost, recomputed from what EMR reports (each instance's launch to end, type and market), the twin's
-    spot price history and the shipped price table."""
+def _instances_cost(env: Deployed, cluster_id: str) -> float:
+    """What a cluster's instances cost, recomputed from what EMR reports (each instance's launch to end, type and
+    market), the twin's spot price history and the shipped price table (EBS not included)."""
     emr, ec2 = env.twin.client("emr"), env.twin.client("ec2")
     table = shipped_prices().region(env.twin.region)
-    zone = emr.describe_cluster(ClusterId=ledger["cluster_id"])["Cluster"]["Ec2InstanceAttributes"][
-        "Ec2AvailabilityZone"
-    ]
-    instances = emr.list_instances(ClusterId=ledger["cluster_id"])["Instances"]
+    zone = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Ec2InstanceAttributes"]["Ec2AvailabilityZone"]
     expected = 0.0
-    for instance in instances:
+    for instance in emr.list_instances(ClusterId=cluster_id)["Instances"]:
         timeline = instance["Status"]["Timeline"]
         hours = max((timeline["EndDateTime"] - timeline["CreationDateTime"]).total_seconds(), 60) / 3600
         prices = table["instances"][instance["InstanceType"]]
@@ -95,9 +94,19 @@ def _assert_cost_is_every_instance_priced(env: Deployed, ledger: dict[str, Any])
             ec2_rate = float(spot["SpotPrice"])
             assert ec2_rate < prices["ec2_hour"]
         expected += hours * (ec2_rate + prices["emr_hour"])
+    return expected
+
+
+def _ebs_usd(cost: dict[str, Any]) -> float:
+    return float(sum(line["usd"] for line in cost["breakdown"] if line["item"].startswith("EBS ")))
+
+
+def _assert_cost_is_every_instance_priced(env: Deployed, ledger: dict[str, Any]) -> None:
+    """The run's cost is every instance of its cluster priced (`_instances_cost`) plus the EBS volumes."""
+    instances = env.twin.client("emr").list_instances(ClusterId=ledger["cluster_id"])["Instances"]
     cost = ledger["cost"]
-    ebs = sum(line["usd"] for line in cost["breakdown"] if line["item"].startswith("EBS "))
-    assert cost["usd"] == pytest.approx(expected + ebs, rel=1e-3), cost
+    ebs = _ebs_usd(cost)
+    assert cost["usd"] == pytest.approx(_instances_cost(env, ledger["cluster_id"]) + ebs, rel=1e-3), cost
     assert ebs > 0 and {i["Market"] for i in instances} == {"ON_DEMAND", "SPOT"}
     assert any(line["item"].endswith(" spot") for line in cost["breakdown"])
     assert cost["prices_as_of"] == shipped_prices().as_of and "not included" in cost["notes"][-1]
@@ -187,17 +196,57 @@ def test_failed_step_terminates_the_cluster_records_the_step_and_notifies(env: D
     assert not [o for o in keys if o["Key"].endswith("_SUCCESS")]
 
 
-def test_bootstrap_failure_runs_no_step_and_records_the_cluster_reason(env: Deployed) -> None:
+def test_a_cluster_failing_to_bootstrap_is_replaced_and_the_new_one_runs_the_step(env: Deployed) -> None:
+    # Given sales-cluster relaunches on bootstrap failures (retry.when: [..., bootstrap_failure], max_attempts 2)
     env.twin.faults.fail_next_bootstrap()
-    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/boot-{uuid.uuid4().hex[:8]}/a.input")
-    described = env.finished(arn, timeout=90)
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/boot1-{uuid.uuid4().hex[:8]}/a.input")
+    # Then the failed cluster is terminated, a new one is created and runs the step, and the run succeeds
+    assert env.finished(arn, timeout=120)["status"] == "SUCCEEDED"
+    ledger = env.ledger(run_id)
+    first, second = ledger["cluster_attempts"]
+    assert (first["attempt"], first["state"], first["reason_code"], first["failure_class"]) == (
+        1, "TERMINATED_WITH_ERRORS", "BOOTSTRAP_FAILURE", "bootstrap_failure")  # fmt: skip
+    assert (second["attempt"], second["state"], second["failure_class"]) == (2, "TERMINATED", None)
+    assert ledger["cluster_id"] == second["cluster_id"] != first["cluster_id"]
+    (step,) = ledger["steps"]
+    assert [(a["cluster_id"], a["state"]) for a in step["attempts"]] == [
+        (first["cluster_id"], "CANCELLED"),
+        (second["cluster_id"], "COMPLETED"),
+    ]
+    # Both clusters are gone and both are paid for
+    assert _cluster_state(env, first["cluster_id"]) == "TERMINATED_WITH_ERRORS"
+    assert _cluster_state(env, second["cluster_id"]) == "TERMINATED"
+    both = _instances_cost(env, first["cluster_id"]) + _instances_cost(env, second["cluster_id"])
+    assert ledger["cost"]["usd"] == pytest.approx(both + _ebs_usd(ledger["cost"]), rel=1e-3)
+    assert any("2 clusters" in note for note in ledger["cost"]["notes"])
+    # A fixed number of extra states, once per replaced cluster
+    entered = _entered(env, arn)
+    assert entered.count("CreateCluster") == 2 and entered.count("ClassifyClusterFailure") == 1
+    assert entered.count("TerminateBeforeRelaunch") == 1 and entered.count("NextCluster") == 1
+    assert "TerminateAfterFailure" not in entered and entered.count("RunStep") == 2
+
+
+def test_a_bootstrap_failure_on_the_last_cluster_allowed_fails_the_run_with_every_cluster_recorded(
+    env: Deployed,
+) -> None:
+    env.twin.faults.fail_next_bootstrap()
+    env.twin.faults.fail_next_bootstrap()
+    run_id, arn = _console_run(env, TRANSIENT, f"{TRANSIENT}/boot2-{uuid.uuid4().hex[:8]}/a.input")
+    described = env.finished(arn, timeout=120)
     assert described["status"] == "FAILED"
     assert described["error"] == "ClusterFailed" and "BOOTSTRAP_FAILURE" in described["cause"]
     ledger = env.ledger(run_id)
-    assert ledger["cluster"]["state"] == "TERMINATED_WITH_ERRORS"
+    assert [(c["attempt"], c["failure_class"]) for c in ledger["cluster_attempts"]] == [
+        (1, "bootstrap_failure"),
+        (2, "bootstrap_failure"),
+    ]
     assert ledger["cluster"]["state_change_reason"]["code"] == "BOOTSTRAP_FAILURE"
     assert all(s["state"] == "CANCELLED" for s in ledger["steps"]), ledger["steps"]
-    assert not [s for s in ledger["steps"] if s["started_at"]]
+    assert not [a for s in ledger["steps"] for a in s["attempts"] if a["started_at"]]
+    entered = _entered(env, arn)
+    # the second failure is not classified: no launch left (launch.attempt == launch.max_attempts)
+    assert entered.count("CreateCluster") == 2 and entered.count("ClassifyClusterFailure") == 1
+    assert entered.index("ClusterAttemptsLeft") < entered.index("TerminateAfterFailure")
 
 
 def test_spot_shortage_falls_back_to_on_demand_and_the_run_succeeds(env: Deployed) -> None:

@@ -73,7 +73,10 @@ def test_cluster_tags_carry_deployment_pipeline_and_managed_policy_tag(synth: Sy
     assert step["hadoop_jar_step"]["Jar"] == "command-runner.jar"
     assert args[:3] == ["spark-submit", "--deploy-mode", "cluster"]
     assert {"{{manifest}}", "{{output}}", "{{run_id}}"} <= set(args)
-    assert step["timeout_seconds"] == (30 + 60) * 60  # start-up (startup_timeout_minutes) + its own timeout
+    assert step["timeout_seconds"] == 60 * 60  # its own; RunSteps adds the launch's start-up to a cluster's first step
+    launch = json.loads(_text(subs["LaunchJson"]))
+    assert launch == {"attempt": 1, "max_attempts": 2, "resume_from": 0, "startup_seconds": 30 * 60,
+                      "retry_when": ["bootstrap_failure"], "earlier": []}  # fmt: skip
 
 
 def test_security_configuration_encrypts_at_rest_and_requires_imdsv2(synth: Synthesized) -> None:
@@ -101,19 +104,21 @@ def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(sy
             continue
         if "ScalingAlarms" in name:  # after the cluster is gone: never fails the run (the sweeper deletes leftovers)
             catches = {c["Next"] for c in state["Catch"] if "States.ALL" in c["ErrorEquals"]}
-            assert catches == {"ReleaseRunSlot" if name.endswith("ScalingAlarms") else "ReleaseAfterFailure"}, name
+            after = {"ScalingAlarms": "ReleaseRunSlot", "AfterFailure": "ReleaseAfterFailure"}
+            after["BeforeRelaunch"] = "NextCluster"
+            assert catches == {next(v for k, v in after.items() if name.endswith(k))}, name
             continue
         catches = {c["Next"] for c in state.get("Catch", []) if "States.ALL" in c["ErrorEquals"]}
         assert catches == {"TerminateIfCreated"}, name
     run_steps = definition["States"]["RunSteps"]
     assert run_steps["MaxConcurrency"] == 1
-    assert run_steps["Catch"][0]["Next"] == "TerminateIfCreated"
+    assert run_steps["Catch"][0]["Next"] == "ClusterAttemptsLeft"  # then TerminateIfCreated, or a new cluster
     step = run_steps["ItemProcessor"]["States"]["RunStep"]
     classify = run_steps["ItemProcessor"]["States"]["ClassifyStepFailure"]
     assert {c["Next"] for c in classify["Catch"]} == {"StepFailed"}  # cannot classify: the step fails as before
     assert run_steps["ItemProcessor"]["States"]["StepFailed"]["Type"] == "Fail"
     assert step["Parameters"]["Step"]["ActionOnFailure"] == "CONTINUE"
-    assert step["TimeoutSecondsPath"] == "$.step.timeout_seconds"
+    assert step["TimeoutSecondsPath"] == "$.timeout_seconds"
     # The success path also ends with the cluster gone before the ledger says SUCCEEDED.
     edges = _graph(definition)
     assert edges["NoJobMetrics"] == {"TerminateCluster"} and edges["TerminateCluster"] >= {"HasScalingAlarms"}
@@ -142,11 +147,35 @@ def test_a_failed_step_is_resubmitted_only_with_attempts_left_and_never_after_a_
         assert states["NextAttempt"]["Parameters"]["attempt.$"] == "States.MathAdd($.attempt, 1)"
         # The only way back to RunStep is one attempt later: the loop is bounded by max_attempts.
         back = {n for n, st in states.items() if st.get("Next") == "RunStep"}
-        assert back == {"NextAttempt"}
+        assert back == {"NextAttempt", "AllowStartup"}  # AllowStartup: only from StepPlan, before the first attempt
+        assert {n for n, st in states.items() if st.get("Next") == "AllowStartup"} == set()
         assert (states["StepFailed"]["ErrorPath"], states["StepFailed"]["CausePath"]) == (
             "$.error.Error",
             "$.error.Cause",
         )
+
+
+def test_a_failed_cluster_is_replaced_only_with_launches_left_and_resumes_where_it_stopped(synth: Synthesized) -> None:
+    states = _definition(synth, TRANSIENT)["States"]
+    (left,) = states["ClusterAttemptsLeft"]["Choices"]
+    assert left == {"Variable": "$.run.launch.attempt", "NumericLessThanPath": "$.run.launch.max_attempts",
+                    "Next": "ClassifyClusterFailure"}  # fmt: skip
+    assert states["ClusterAttemptsLeft"]["Default"] == "TerminateIfCreated"
+    assert states["ClassifyClusterFailure"]["Parameters"]["Payload"]["action"] == "classify_cluster_failure"
+    assert states["RelaunchCluster"]["Default"] == "TerminateIfCreated"
+    # the failed cluster is gone (terminateCluster.sync) before the next is created: a run never holds two
+    assert states["TerminateBeforeRelaunch"]["Resource"].endswith("elasticmapreduce:terminateCluster.sync")
+    next_cluster = states["NextCluster"]
+    assert (next_cluster["InputPath"], next_cluster["ResultPath"], next_cluster["Next"]) == (
+        "$.relaunch.launch", "$.run.launch", "CreateCluster")  # fmt: skip
+    # The only way back to CreateCluster is one launch later: bounded by launch.max_attempts.
+    assert {n for n, st in states.items() if st.get("Next") == "CreateCluster"} == {"RecordStarted", "NextCluster"}
+    run_steps = states["RunSteps"]
+    assert run_steps["ItemSelector"]["launch.$"] == "$.run.launch"
+    plan = run_steps["ItemProcessor"]["States"]["StepPlan"]
+    assert [(c["NumericLessThanPath" if "NumericLessThanPath" in c else "NumericEqualsPath"], c["Next"])
+            for c in plan["Choices"]] == [("$.launch.resume_from", "CompletedEarlier"),
+                                          ("$.launch.resume_from", "AllowStartup")]  # fmt: skip
 
 
 def test_existing_cluster_workflow_never_creates_or_terminates_clusters(synth: Synthesized) -> None:

@@ -16,7 +16,7 @@ from config.ec2 import Ec2Runtime
 from config.loader import ConfigError, validate_config
 from finalization import ClusterPricing, FinalizeRequest, finalize_run
 from preparation import prepare_run, resolve_cluster, step_name
-from stacks.emr_ec2_spec import cluster_request, step_templates
+from stacks.emr_ec2_spec import cluster_request, launch_settings, step_templates
 from tests.unit.conftest import SPARK, ec2_config, ec2_runtime
 
 # ------------------------------------------------------------------------------------------ config
@@ -70,11 +70,21 @@ def test_primary_size_follows_node_count() -> None:
 def test_execution_timeout_covers_start_up_and_every_step() -> None:
     runtime = ec2_runtime(startup_timeout_minutes=20, steps=[{**SPARK, "timeout_minutes": 30}, {**SPARK, "name": "b"}])
     assert runtime.execution_timeout_minutes == 20 + 30 + 60
-    # The first step waits PENDING while the cluster starts: its task timeout is the one that bounds start-up.
-    assert [t["timeout_seconds"] for t in step_templates(runtime, "art")] == [(20 + 30) * 60, 60 * 60]
+    # Each step's own timeout; the first step run on a cluster waits PENDING while it starts, so RunSteps adds the
+    # launch's startup_seconds to that step's task timeout: it is the one that bounds start-up.
+    assert [t["timeout_seconds"] for t in step_templates(runtime, "art")] == [30 * 60, 60 * 60]
+    assert launch_settings(runtime)["startup_seconds"] == 20 * 60
     existing = ec2_runtime(existing_cluster={"cluster_id": "j-ABCDEFGHIJKL"}, steps=[{**SPARK, "timeout_minutes": 30}])
     assert existing.execution_timeout_minutes == 30  # a running cluster has no start-up to wait for
     assert [t["timeout_seconds"] for t in step_templates(existing, "art")] == [30 * 60]
+    assert launch_settings(existing) == {
+        "attempt": 1,
+        "max_attempts": 1,
+        "resume_from": 0,
+        "startup_seconds": 0,
+        "retry_when": [],
+        "earlier": [],
+    }
 
 
 def test_a_run_timeout_error_names_the_fields_the_pipelines_runtime_has() -> None:
@@ -182,6 +192,16 @@ def _ec2_settings(**extra: str) -> dict[str, str]:
         "logs_bucket": "logs",
         "steps_json": json.dumps(steps),
         "cluster_tags_json": json.dumps({"autopilot:pipeline": "p"}),
+        "launch_json": json.dumps(
+            {
+                "attempt": 1,
+                "max_attempts": 1,
+                "resume_from": 0,
+                "startup_seconds": 1200,
+                "retry_when": [],
+                "earlier": [],
+            }  # fmt: skip
+        ),
         **extra,
     }
 
@@ -252,9 +272,10 @@ class FakeEmr:
                 if operation == "list_clusters":
                     wanted = set(kwargs["ClusterStates"])
                     return [{"Clusters": [c for c in emr.clusters.values() if c["Status"]["State"] in wanted]}]
-                if operation == "list_steps":
+                if operation == "list_steps":  # a cluster's own `_steps`, else every step given
                     states = set(kwargs.get("StepStates") or [])
-                    return [{"Steps": [s for s in emr.steps if not states or s["Status"]["State"] in states]}]
+                    steps = emr.clusters.get(kwargs.get("ClusterId", ""), {}).get("_steps", emr.steps)
+                    return [{"Steps": [s for s in steps if not states or s["Status"]["State"] in states]}]
                 if operation == "list_instance_fleets":
                     return [{"InstanceFleets": emr.clusters[kwargs["ClusterId"]].get("_fleets", [])}]
                 if operation == "list_instances":
@@ -496,7 +517,7 @@ def test_bad_eks_config_gets_one_clear_error(change: dict[str, Any], message: st
 
 def test_eks_job_task_timeout_is_the_job_timeout_itself() -> None:
     settings = {
-        **{k: v for k, v in _ec2_settings().items() if k not in {"steps_json", "cluster_tags_json"}},
+        **{k: v for k, v in _ec2_settings().items() if k not in {"steps_json", "cluster_tags_json", "launch_json"}},
         "runtime": "emr-eks",
         "entry_point": "s3://art/jobs/x.py",
         "execution_timeout_minutes": "30",

@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from step_retry import RetryQuestion, classify_failed_step
+from step_retry import RelaunchQuestion, RetryQuestion, classify_failed_cluster, classify_failed_step
 
-from autopilot_common.step_failures import classify
+from autopilot_common.pricing import shipped_prices
+from autopilot_common.step_failures import classify, cluster_failure_of
 from config.loader import ConfigError
-from finalization import FinalizeRequest, finalize_run
-from stacks.emr_ec2_spec import step_templates
+from finalization import ClusterPricing, FinalizeRequest, finalize_run
+from stacks.emr_ec2_spec import launch_settings, step_templates
 from tests.unit.conftest import SPARK, ec2_runtime
 from tests.unit.test_runtimes import FakeEmr, _cluster
 
@@ -70,7 +71,10 @@ def test_retry_defaults_to_one_attempt_and_counts_every_attempt_in_the_execution
         ({"max_attempts": 2}, "when: empty with max_attempts > 1"),
         ({"max_attempts": 1, "when": ["step_failure"]}, "max_attempts: 1 never retries"),
         ({"max_attempts": 6, "when": ["step_failure"]}, "max_attempts: got 6; expected a number <= 5"),
-        ({"max_attempts": 2, "when": ["capacity"]}, "'spot_interruption' or 'step_failure'"),
+        (
+            {"max_attempts": 2, "when": ["oom"]},
+            "'spot_interruption', 'step_failure', 'bootstrap_failure' or 'capacity'",
+        ),
         ({"max_attempts": 2, "when": ["step_failure", "step_failure"]}, "names a class twice"),
         ({"max_attempts": 2, True: ["step_failure"]}, "YAML reads a bare `on` as true"),
     ],
@@ -220,3 +224,142 @@ def test_a_failed_run_names_the_last_submission() -> None:
     update = finalize_run(request, FakeEmr([cluster], steps))
     assert update["failed_step"]["id"] == "s-2" and "second" in update["cause"]
     assert [a["failure_class"] for a in update["steps"][0]["attempts"]] == ["step_failure", "step_failure"]
+
+
+# ------------------------------------------------------------------------------ a new cluster (relaunch)
+
+BOOTSTRAP = {"Code": "BOOTSTRAP_FAILURE", "Message": "On the master instance (i-1), bootstrap action 1 returned 1"}
+
+
+def test_cluster_classes_relaunch_and_count_every_cluster_in_the_timeout() -> None:
+    runtime = ec2_runtime(
+        startup_timeout_minutes=20,
+        steps=[{**SPARK, "timeout_minutes": 30}],
+        retry={"max_attempts": 2, "when": ["bootstrap_failure", "capacity"]},
+    )
+    assert runtime.retry.cluster_attempts == 2
+    assert runtime.execution_timeout_minutes == 2 * (20 + 2 * 30)  # each cluster: start-up and every step attempt
+    assert "runtime.retry.max_attempts (2) clusters x (" in runtime.execution_timeout_fields()
+    launch = launch_settings(runtime)
+    assert (launch["max_attempts"], launch["retry_when"], launch["startup_seconds"]) == (
+        2, ["bootstrap_failure", "capacity"], 1200)  # fmt: skip
+    steps_only = ec2_runtime(retry={"max_attempts": 3, "when": ["step_failure"]})
+    assert (steps_only.retry.cluster_attempts, launch_settings(steps_only)["max_attempts"]) == (1, 1)
+    with pytest.raises(ConfigError, match=r"retry.when: \['capacity'\] launch a new cluster"):
+        ec2_runtime(existing_cluster={"cluster_id": "j-ABCDEFGHIJKL"}, retry={"max_attempts": 2, "when": ["capacity"]})
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({"State": "TERMINATED_WITH_ERRORS", "StateChangeReason": BOOTSTRAP}, "bootstrap_failure"),
+        (
+            {"State": "TERMINATED_WITH_ERRORS", "StateChangeReason": {"Code": "VALIDATION_ERROR", "Message": "x"},
+             "ErrorDetails": [{"ErrorCode": "BOOTSTRAP_FAILURE_PRIMARY_WITH_NON_ZERO_CODE"}]},
+            "bootstrap_failure",
+        ),
+        ({"State": "TERMINATING", "StateChangeReason": {"Code": "INSTANCE_FLEET_TIMEOUT", "Message": "no spot"}},
+         "capacity"),
+        (
+            {"State": "TERMINATED_WITH_ERRORS", "StateChangeReason": {"Code": "INTERNAL_ERROR", "Message": "x"},
+             "ErrorDetails": [{"ErrorCode": "INTERNAL_ERROR_EC2_INSUFFICIENT_CAPACITY_AZ"}]},
+            "capacity",
+        ),
+        (
+            {"State": "TERMINATED_WITH_ERRORS", "StateChangeReason": {
+                "Code": "INSTANCE_FAILURE", "Message": "Amazon EC2 has insufficient Spot capacity"}},
+            "capacity",
+        ),
+        ({"State": "TERMINATED_WITH_ERRORS", "StateChangeReason": {"Code": "INTERNAL_ERROR", "Message": "x"}},
+         "cluster_failure"),
+        ({"State": "WAITING", "StateChangeReason": BOOTSTRAP}, "cluster_failure"),  # not ended: nothing to relaunch
+    ],
+)  # fmt: skip
+def test_why_a_cluster_ended_is_classed_from_its_status(status: dict[str, Any], expected: str) -> None:
+    failure = cluster_failure_of(status)
+    assert failure.failure_class == expected
+    assert failure.relaunchable(["bootstrap_failure", "capacity"]) is (expected != "cluster_failure")
+    assert not failure.relaunchable(["spot_interruption", "step_failure"])
+
+
+def _launch(attempt: int = 1, resume_from: int = 0, max_attempts: int = 3) -> dict[str, Any]:
+    return {"attempt": attempt, "max_attempts": max_attempts, "resume_from": resume_from, "startup_seconds": 600,
+            "retry_when": ["bootstrap_failure"], "earlier": []}  # fmt: skip
+
+
+def _relaunch_question(launch: dict[str, Any]) -> RelaunchQuestion:
+    names = ["run-9: a", "run-9: b", "run-9: c"]
+    return RelaunchQuestion.from_event({"cluster_id": "j-A", "step_names": names, "launch": launch})
+
+
+def test_a_failed_cluster_is_relaunched_resuming_at_the_first_step_it_did_not_complete() -> None:
+    cluster = _cluster("j-A", "TERMINATED_WITH_ERRORS", {}, StateChangeReason=BOOTSTRAP)
+    cluster["_steps"] = [{**_step("s-1", "COMPLETED"), "Name": "run-9: a"}, {**_step("s-2", "CANCELLED"),
+                         "Name": "run-9: b"}]  # fmt: skip
+    emr = FakeEmr([cluster])
+    answer = classify_failed_cluster(_relaunch_question(_launch()), emr)
+    assert (answer["relaunch"], answer["failure_class"]) == (True, "bootstrap_failure")
+    assert answer["launch"] == {
+        **_launch(),
+        "attempt": 2,
+        "resume_from": 1,
+        "earlier": [{"cluster_id": "j-A", "failure_class": "bootstrap_failure", "reason": answer["reason"]}],
+    }
+    assert "BOOTSTRAP_FAILURE" in answer["reason"]
+    # the last launch allowed, or a class not named: no relaunch, the launch unchanged
+    last = classify_failed_cluster(_relaunch_question(_launch(attempt=3)), emr)
+    assert (last["relaunch"], last["launch"]) == (False, _launch(attempt=3))
+    cluster["Status"]["StateChangeReason"] = {"Code": "INSTANCE_FLEET_TIMEOUT", "Message": "no capacity"}
+    assert classify_failed_cluster(_relaunch_question(_launch()), emr)["relaunch"] is False  # capacity not named
+    with pytest.raises(ValueError, match="missing \\['earlier'\\]"):
+        RelaunchQuestion.from_event(
+            {"cluster_id": "j-A", "step_names": [], "launch": {k: v for k, v in _launch().items() if k != "earlier"}}
+        )
+
+
+def test_a_relaunched_run_lists_every_cluster_and_prices_them_all() -> None:
+    first = _cluster("j-A", "TERMINATED_WITH_ERRORS", {}, StateChangeReason=BOOTSTRAP)
+    first["_instances"] = [_od_instance("a", minutes=6)]
+    first["_steps"] = [_step("s-1", "CANCELLED")]
+    second = _cluster("j-B", "TERMINATED", {}, StateChangeReason={"Code": "USER_REQUEST", "Message": "done"})
+    second["_instances"] = [_od_instance("b", minutes=30), _od_instance("c", minutes=30)]
+    second["_steps"] = [_step("s-9", "COMPLETED", 600)]
+    reason = "cluster TERMINATED_WITH_ERRORS: BOOTSTRAP_FAILURE: bootstrap action 1 returned 1"
+    request = FinalizeRequest.from_event(
+        {
+            "outcome": "SUCCEEDED",
+            "transient": "true",
+            "run_id": "run-9",
+            "pipeline": "p",
+            "cluster_id": "j-B",
+            "step_names": ["run-9: etl"],
+            "launch": {
+                **_launch(attempt=2),
+                "earlier": [{"cluster_id": "j-A", "failure_class": "bootstrap_failure", "reason": reason}],
+            },
+        }  # fmt: skip
+    )
+    pricing = ClusterPricing(shipped_prices(), "us-east-1")
+    update = finalize_run(request, FakeEmr([first, second]), T0 + timedelta(hours=1), pricing=pricing)
+    assert [(c["attempt"], c["cluster_id"], c["failure_class"]) for c in update["cluster_attempts"]] == [
+        (1, "j-A", "bootstrap_failure"),
+        (2, "j-B", None),
+    ]
+    assert update["cluster_id"] == "j-B" and update["cluster"]["id"] == "j-B"
+    (etl,) = update["steps"]
+    assert [(a["cluster_id"], a["step_id"], a["state"]) for a in etl["attempts"]] == [
+        ("j-A", "s-1", "CANCELLED"),
+        ("j-B", "s-9", "COMPLETED"),
+    ]
+    # every instance of both clusters is billed: 6 + 30 + 30 minutes of m5.xlarge, EC2 and the EMR uplift
+    rates = shipped_prices().instance("us-east-1", "m5.xlarge")
+    hours = (6 + 30 + 30) / 60
+    assert update["cost"]["usd"] == pytest.approx(hours * (rates["ec2_hour"] + rates["emr_hour"]), abs=1e-4)
+    assert any("2 clusters" in note for note in update["cost"]["notes"])
+    assert update["instance_hours_estimate"]["instances"] == 3
+
+
+def _od_instance(iid: str, minutes: float) -> dict[str, Any]:
+    timeline = {"CreationDateTime": T0, "EndDateTime": T0 + timedelta(minutes=minutes)}
+    return {"Id": iid, "Ec2InstanceId": f"i-{iid}", "Market": "ON_DEMAND", "InstanceType": "m5.xlarge",
+            "Status": {"State": "TERMINATED", "Timeline": timeline}}  # fmt: skip

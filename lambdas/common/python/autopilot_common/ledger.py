@@ -24,6 +24,7 @@ from typing import (
     Any,
     Final,
     Literal,
+    NotRequired,
     Required,  # pydantic (the schema generator) needs these on Python < 3.12
 )
 
@@ -98,10 +99,26 @@ class StepAttempt(TypedDict):
 
     attempt: int
     step_id: str
+    cluster_id: NotRequired[str]  # the cluster it ran on (a run's clusters differ when runtime.retry replaced one)
     state: str
     failure_class: str | None
     reason: str | None
     started_at: str | None
+    ended_at: str | None
+
+
+class ClusterAttempt(TypedDict):
+    """One cluster a transient EMR-on-EC2 run launched, in order: runtime.retry replaces a cluster that ended with
+    bootstrap_failure or capacity (autopilot_common.step_failures) by a new one that resumes at the step that did not
+    complete. `reason_code`/`reason` are EMR's StateChangeReason; `failure_class` is set for a cluster that failed."""
+
+    attempt: int
+    cluster_id: str
+    state: str | None
+    reason_code: str | None
+    reason: str | None
+    failure_class: str | None
+    created_at: str | None
     ended_at: str | None
 
 
@@ -179,6 +196,7 @@ class RunLedgerEntry(TypedDict, total=False):
     attempts: list[JobRunAttempt]  # EMR Serverless, EMR on EKS: every attempt of the job run (runtime.retry)
     cluster_id: str | None  # EMR on EC2
     cluster: dict[str, Any] | None
+    cluster_attempts: list[ClusterAttempt]  # EMR on EC2, transient: every cluster the run launched (runtime.retry)
     steps: list[StepRecord]
     cancelled_steps: list[str]
     failed_step: StepRecord | None

@@ -1,4 +1,5 @@
-"""Why an EMR-on-EC2 step failed, in the classes `runtime.retry.on` names (the one home of those names).
+"""Why an EMR-on-EC2 step or cluster failed, in the classes `runtime.retry.when` names (the one home of those
+names).
 
 EMR reports a step's failure (DescribeStep/ListSteps `Status.FailureDetails`: Reason, Message, LogFile) but not
 whether the cluster lost capacity under it; that is on the instances: ListInstances gives each instance's `Market`,
@@ -11,10 +12,24 @@ spot instance is an INSTANCE_FAILURE, and EC2's own reason codes for it are `Ser
   message naming a spot interruption) while the step ran (from its start to a little after its end: EMR marks the
   instance TERMINATED once EC2 reports it, which may trail the step's failure).
 - `step_failure`: any other FAILED step (the job's own error, or one the app cannot attribute).
-- `cluster_failure`: the cluster itself ended (TERMINATING/TERMINATED*): nothing can be re-submitted to it.
 - `not_failed`: the step ended CANCELLED or INTERRUPTED (cancelled by the app, by a timeout, or by the cluster).
 
-`step_failure` in `retry.on` opts into re-submitting every FAILED step, a spot interruption included.
+When the cluster itself ended (TERMINATING/TERMINATED*), nothing can be re-submitted to it; its class comes from the
+cluster's `Status` (DescribeCluster): `StateChangeReason.Code` is one of botocore's `ClusterStateChangeReasonCode`
+(INTERNAL_ERROR, VALIDATION_ERROR, INSTANCE_FAILURE, INSTANCE_FLEET_TIMEOUT, BOOTSTRAP_FAILURE, USER_REQUEST,
+STEP_FAILURE, ALL_STEPS_COMPLETED) and `ErrorDetails[].ErrorCode` refines it (EMR Management Guide, "Error codes with
+ErrorDetail information": e.g. INTERNAL_ERROR_EC2_INSUFFICIENT_CAPACITY_AZ, INTERNAL_ERROR_SPOT_NO_CAPACITY_PRIMARY,
+BOOTSTRAP_FAILURE_PRIMARY_WITH_NON_ZERO_CODE). So:
+
+- `bootstrap_failure`: the cluster ended with BOOTSTRAP_FAILURE (a bootstrap action failed on an instance).
+- `capacity`: EC2 could not provide the instances: INSTANCE_FLEET_TIMEOUT (a fleet's spot or on-demand target was not
+  provisioned in its timeout), an ErrorDetail code naming INSUFFICIENT_CAPACITY or NO_CAPACITY, or a reason whose
+  message says EC2 has insufficient capacity.
+- `cluster_failure`: any other end of the cluster.
+
+A run whose cluster ended with `bootstrap_failure` or `capacity`, with those classes in `retry.when` and launches left,
+gets a new cluster that resumes at the step that did not complete (`finalize.cluster_retry`). `step_failure` in
+`retry.when` opts into re-submitting every FAILED step, a spot interruption included; it never relaunches a cluster.
 """
 
 from __future__ import annotations
@@ -23,9 +38,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-StepFailureClass = Literal["spot_interruption", "step_failure"]  # what `runtime.retry.on` may name
+StepFailureClass = Literal["spot_interruption", "step_failure"]  # retried by re-submitting the step
+ClusterFailureClass = Literal["bootstrap_failure", "capacity"]  # retried on a new cluster
+RetryClass = Literal["spot_interruption", "step_failure", "bootstrap_failure", "capacity"]  # `runtime.retry.when`
 STEP_FAILURE_CLASSES: tuple[str, ...] = get_args(StepFailureClass)
-FailureClass = Literal["spot_interruption", "step_failure", "cluster_failure", "not_failed"]
+CLUSTER_FAILURE_CLASSES: tuple[str, ...] = get_args(ClusterFailureClass)
+RETRY_CLASSES: tuple[str, ...] = get_args(RetryClass)
+FailureClass = Literal[
+    "spot_interruption", "step_failure", "bootstrap_failure", "capacity", "cluster_failure", "not_failed"
+]
 
 # How long after a step's end an instance's end still counts as "while the step ran".
 SPOT_END_GRACE_SECONDS = 300.0
@@ -41,16 +62,22 @@ class StepFailure:
     reason: str
 
     def retryable(self, on: list[str]) -> bool:
-        """True when `runtime.retry.on` covers this failure (`step_failure` covers every FAILED step)."""
+        """True when `runtime.retry.when` covers this step failure by re-submitting the step (`step_failure` covers
+        every FAILED step)."""
         if self.failure_class == "spot_interruption":
             return bool({"spot_interruption", "step_failure"} & set(on))
         return self.failure_class == "step_failure" and "step_failure" in on
+
+    def relaunchable(self, on: list[str]) -> bool:
+        """True when `runtime.retry.when` covers this cluster failure with a new cluster."""
+        return self.failure_class in CLUSTER_FAILURE_CLASSES and self.failure_class in on
 
 
 def classify(step: dict[str, Any], cluster_state: str | None, instances: list[dict[str, Any]]) -> StepFailure:
     """The class of one ended step (a ListSteps/DescribeStep `Step`) on a cluster in `cluster_state` (None: the
     cluster's state is not considered, e.g. for an earlier attempt once the run is over), given the cluster's
-    instances (ListInstances)."""
+    instances (ListInstances). A step on an ended cluster is a `cluster_failure`: `cluster_failure_of` tells why the
+    cluster ended."""
     status = step.get("Status") or {}
     state = str(status.get("State"))
     if cluster_state in ENDED_CLUSTER_STATES:
@@ -71,6 +98,32 @@ def classify(step: dict[str, Any], cluster_state: str | None, instances: list[di
     failure = status.get("FailureDetails") or {}
     detail = failure.get("Message") or failure.get("Reason") or "no reason given"
     return StepFailure("step_failure", f"step FAILED: {detail}")
+
+
+_CAPACITY_CODES = ("INSUFFICIENT_CAPACITY", "NO_CAPACITY")
+_CAPACITY_WORDS = ("insufficient capacity", "insufficient spot capacity", "insufficient instance capacity")
+
+
+def cluster_failure_of(cluster_status: dict[str, Any]) -> StepFailure:
+    """Why a cluster ended, from DescribeCluster's `Cluster.Status`: `bootstrap_failure`, `capacity` or
+    `cluster_failure` (also for a cluster still running: then nothing about it is retryable as a cluster)."""
+    state = str(cluster_status.get("State"))
+    reason = cluster_status.get("StateChangeReason") or {}
+    code, message = str(reason.get("Code") or ""), str(reason.get("Message") or "")
+    details = [str(d.get("ErrorCode") or "") for d in cluster_status.get("ErrorDetails") or []]
+    said = f"cluster {state}: {code or 'no code'}: {message or 'no message'}"
+    if state not in ENDED_CLUSTER_STATES:
+        return StepFailure("cluster_failure", f"cluster {state}")
+    if code == "BOOTSTRAP_FAILURE" or any(d.startswith("BOOTSTRAP_FAILURE") for d in details):
+        return StepFailure("bootstrap_failure", said)
+    lowered = message.lower()
+    if (
+        code == "INSTANCE_FLEET_TIMEOUT"
+        or any(word in d for d in details for word in _CAPACITY_CODES)
+        or any(word in lowered for word in _CAPACITY_WORDS)
+    ):
+        return StepFailure("capacity", said)
+    return StepFailure("cluster_failure", said)
 
 
 def _reclaimed_spot(instance: dict[str, Any]) -> bool:
