@@ -70,6 +70,7 @@ class AutopilotGuardrails(Construct):
             }
             if isinstance(workflow, ServerlessPipeline):
                 ref["application_id"] = workflow.application.application_id
+                ref["architecture"] = workflow.application.architecture
             if isinstance(workflow, EksPipeline):
                 ref["virtual_cluster_id"] = workflow.virtual_cluster_id
             refs[name] = ref
@@ -169,16 +170,22 @@ class AutopilotGuardrails(Construct):
                 ],
                 resources=[any_cluster],
             ),
-            # Stopping compute only on this deployment's clusters.
+            # Stopping compute only on this deployment's clusters, and pricing what an aborted run's cluster used.
             iam.PolicyStatement(
                 actions=[
                     "elasticmapreduce:TerminateJobFlows",
                     "elasticmapreduce:ListSteps",
                     "elasticmapreduce:CancelSteps",
+                    "elasticmapreduce:ListInstances",
+                    "elasticmapreduce:ListInstanceFleets",
+                    "elasticmapreduce:ListInstanceGroups",
                 ],
                 resources=[any_cluster],
                 conditions={"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": prefix}},
             ),
+            # Spot prices of an aborted run's instances: the Service Authorization Reference lists no resource type
+            # for DescribeSpotPriceHistory, so only `*` can allow it (as for the finalize function).
+            iam.PolicyStatement(actions=["ec2:DescribeSpotPriceHistory"], resources=["*"]),
             iam.PolicyStatement(
                 actions=["states:DescribeExecution"],
                 resources=executions_of(stack, (w.state_machine_name for w in pipelines.values())),

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
-
-from botocore.exceptions import ClientError
+from typing import TYPE_CHECKING, Any
 
 from autopilot_common.causes import ledger_cause
-from autopilot_common.pricing import Cost, InstanceUsage, Market, PriceTable, ec2_cost, unpriced
+from autopilot_common.run_costs import ClusterPricing, cluster_cost, hours_between, iso_time, list_pages, timestamp
 from autopilot_common.scaling_state import actions as scaling_actions
 from autopilot_common.step_failures import classify, cluster_failure_of
 
@@ -27,12 +25,11 @@ if TYPE_CHECKING:
     from mypy_boto3_emr.literals import StepStateType
     from mypy_boto3_emr.type_defs import ClusterTypeDef
 
-    from autopilot_common.clients import DynamoDBClient, EC2Client, EMRClient
+    from autopilot_common.clients import DynamoDBClient, EMRClient
 
 ACTIVE_STEP_STATES: list[StepStateType] = ["PENDING", "RUNNING", "CANCEL_PENDING"]
 FAILED_STEP_STATES = {"FAILED", "CANCELLED", "INTERRUPTED"}
 CLUSTER_ERROR_CODES_OK = {"USER_REQUEST", "ALL_STEPS_COMPLETED"}
-_Listing = Literal["list_instance_fleets", "list_instance_groups", "list_instances", "list_steps"]  # what _pages walks
 
 
 @dataclass(frozen=True)
@@ -84,16 +81,6 @@ class ScalingState:
     table: str
 
 
-@dataclass(frozen=True)
-class ClusterPricing:
-    """What a transient cluster's cost needs: the price table, the region, and EC2 for spot price history (None,
-    or a call refused: spot instances are priced at on-demand and the cost says so)."""
-
-    table: PriceTable
-    region: str
-    ec2: EC2Client | None = None
-
-
 def finalize_run(
     request: FinalizeRequest,
     emr: EMRClient,
@@ -136,7 +123,7 @@ def finalize_run(
         if instances is not None:
             update["cluster_attempts"] = _cluster_attempts(request, launched)
             every = [i for c in launched for i in instances[c["Id"]]]
-            update["instance_hours_estimate"] = _instance_hours(emr, cluster, every, now)
+            update["instance_hours_estimate"] = _instancehours_between(emr, cluster, every, now)
             if pricing is not None:
                 update["cost"] = cluster_cost(pricing, emr, [(c, instances[c["Id"]]) for c in launched], now)
         if scaling is not None:
@@ -247,7 +234,7 @@ def _group(group: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _instance_hours(
+def _instancehours_between(
     emr: EMRClient, cluster: ClusterTypeDef, instances: list[dict[str, Any]], now: datetime
 ) -> dict[str, Any] | None:
     """Instance-hours from each instance's lifetime; else provisioned units x the cluster's lifetime."""
@@ -256,7 +243,7 @@ def _instance_hours(
         timeline = instance.get("Status", {}).get("Timeline", {})
         start = timeline.get("ReadyDateTime") or timeline.get("CreationDateTime")
         if start is not None:
-            total += _hours(start, timeline.get("EndDateTime") or now)
+            total += hours_between(start, timeline.get("EndDateTime") or now)
     if instances and total > 0:
         return {"instance_hours": round(total, 3), "method": "instance lifetimes", "instances": len(instances)}
     timeline = cluster.get("Status", {}).get("Timeline", {})
@@ -270,94 +257,8 @@ def _instance_hours(
         g.get("RunningInstanceCount", 0)
         for g in list_pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"])
     )  # fmt: skip
-    hours = _hours(start, timeline.get("EndDateTime") or now)
+    hours = hours_between(start, timeline.get("EndDateTime") or now)
     return {"instance_hours": round(units * hours, 3), "method": "provisioned units x cluster lifetime"}
-
-
-# ------------------------------------------------------------------------------------------- cost
-
-
-def cluster_cost(
-    pricing: ClusterPricing,
-    emr: EMRClient,
-    launched: list[tuple[ClusterTypeDef, list[dict[str, Any]]]],
-    now: datetime,
-) -> Cost:
-    """Every instance of every cluster the run launched (runtime.retry may replace a failed one), from launch
-    (CreationDateTime: EC2 bills from launch) to its end, by type and market, with the EBS volumes its fleet or group
-    attached; spot instances at the spot price of their type in the cluster's zone over their lifetime when EC2
-    answers DescribeSpotPriceHistory, else at on-demand (flagged)."""
-    if not any(instances for _, instances in launched):
-        return unpriced(pricing.table, "ListInstances returned no instances for the run's cluster")
-    usage = []
-    for cluster, instances in launched:
-        volumes = _volumes(emr, cluster)
-        zone = cluster.get("Ec2InstanceAttributes", {}).get("Ec2AvailabilityZone")
-        spot_prices: dict[str, float | None] = {}
-        for instance in instances:
-            timeline = instance.get("Status", {}).get("Timeline", {})
-            start = timeline.get("CreationDateTime")
-            if start is None:
-                continue  # never launched: nothing billed
-            end = timeline.get("EndDateTime") or now
-            instance_type = str(instance.get("InstanceType"))
-            market: Market = "SPOT" if instance.get("Market") == "SPOT" else "ON_DEMAND"
-            spot = None
-            if market == "SPOT":
-                if instance_type not in spot_prices:
-                    spot_prices[instance_type] = _spot_price(pricing.ec2, instance_type, zone, start, end)
-                spot = spot_prices[instance_type]
-            owner = instance.get("InstanceFleetId") or instance.get("InstanceGroupId") or ""
-            ebs = volumes.get((owner, instance_type), ())
-            seconds = timestamp(end) - timestamp(start)
-            usage.append(InstanceUsage(instance_type, market, seconds, ebs=ebs, spot_hour=spot))
-    cost = ec2_cost(pricing.table, pricing.region, usage)
-    notes = cost.setdefault("notes", [])
-    notes.append(
-        "root volumes and data transfer are not included; EBS is the volumes EMR attached per the fleet or group"
-    )
-    if len(launched) > 1:
-        replaced = len(launched) - 1
-        notes.append(f"{len(launched)} clusters: runtime.retry replaced {replaced} that failed; all are counted")
-    return cost
-
-
-def _volumes(emr: EMRClient, cluster: ClusterTypeDef) -> dict[tuple[str, str], tuple[tuple[str, float], ...]]:
-    """(fleet or group id, instance type) -> the (volume type, GB) of each EBS volume EMR attaches to such an
-    instance (ListInstanceFleets' InstanceTypeSpecifications / ListInstanceGroups' EbsBlockDevices)."""
-
-    def sizes(devices: Any) -> tuple[tuple[str, float], ...]:
-        specs = [d.get("VolumeSpecification", {}) for d in devices or []]
-        return tuple((str(v.get("VolumeType", "gp2")), float(v.get("SizeInGB", 0))) for v in specs)
-
-    out: dict[tuple[str, str], tuple[tuple[str, float], ...]] = {}
-    if cluster.get("InstanceCollectionType") == "INSTANCE_GROUP":
-        for group in list_pages(emr, "list_instance_groups", "InstanceGroups", cluster["Id"]):
-            out[(str(group.get("Id")), str(group.get("InstanceType")))] = sizes(group.get("EbsBlockDevices"))
-    else:
-        for fleet in list_pages(emr, "list_instance_fleets", "InstanceFleets", cluster["Id"]):
-            for spec in fleet.get("InstanceTypeSpecifications", []):
-                out[(str(fleet.get("Id")), str(spec.get("InstanceType")))] = sizes(spec.get("EbsBlockDevices"))
-    return out
-
-
-def _spot_price(ec2: EC2Client | None, instance_type: str, zone: str | None, start: Any, end: Any) -> float | None:
-    """The mean Linux spot price of the type in the zone over [start, end] (EC2 returns the price in effect at start
-    and every change after it), or None when EC2 is not asked, refuses, or has no history."""
-    if ec2 is None or not zone:
-        return None
-    try:
-        history = ec2.describe_spot_price_history(
-            InstanceTypes=[instance_type],  # type: ignore[list-item]  # the stubs list known types only
-            ProductDescriptions=["Linux/UNIX"],
-            AvailabilityZone=zone,
-            StartTime=start,
-            EndTime=end,
-        )["SpotPriceHistory"]
-    except ClientError:  # UnauthorizedOperation, throttling after retries: price at on-demand, flagged
-        return None
-    prices = [float(h["SpotPrice"]) for h in history if h.get("SpotPrice")]
-    return round(sum(prices) / len(prices), 6) if prices else None
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -430,7 +331,7 @@ def _step(step: dict[str, Any], noticed_at: str | None = None) -> dict[str, Any]
         "ended_at": iso_time(ended),
         "noticed_at": iso_time(noticed_at) if noticed_at else None,
         "notice_delay_seconds": delay,
-        "duration_seconds": round(_hours(started, ended) * 3600, 1) if started and ended else None,
+        "duration_seconds": round(hours_between(started, ended) * 3600, 1) if started and ended else None,
         "reason": (status.get("StateChangeReason") or {}).get("Message"),
         "failure": {k.lower(): v for k, v in failure.items()} or None,
     }
@@ -477,29 +378,4 @@ def _failure(request: FinalizeRequest, update: dict[str, Any]) -> tuple[str, str
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def list_pages(emr: EMRClient, operation: _Listing, key: str, cluster_id: str, **kwargs: Any) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    for page in emr.get_paginator(operation).paginate(ClusterId=cluster_id, **kwargs):
-        items.extend(page.get(key, []))
-    return items
-
-
-def timestamp(value: Any) -> float:
-    if value is None:
-        return 0.0
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, int | float):
-        return float(value)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
-def _hours(start: Any, end: Any) -> float:
-    return max(0.0, (timestamp(end) - timestamp(start)) / 3600)
-
-
-def iso_time(value: Any) -> str | None:
-    if value is None:
-        return None
-    when = value if isinstance(value, datetime) else datetime.fromtimestamp(timestamp(value), UTC)
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+__all__ = ["ClusterPricing", "FinalizeRequest", "finalize_run", "iso_time", "list_pages", "timestamp"]

@@ -21,6 +21,16 @@ from autopilot_common.clients import Clients
 from autopilot_common.ledger import FINAL_STATES, iso
 from autopilot_common.ledger import read_entry as read_ledger
 from autopilot_common.ledger import write_entry as write_ledger
+from autopilot_common.pricing import shipped_prices, unpriced
+from autopilot_common.run_costs import (
+    ClusterPricing,
+    JobRunClients,
+    JobRunRef,
+    JobRuntime,
+    cluster_cost,
+    job_run_record,
+    launched_clusters,
+)
 from cloudtrail_reactions import find_cancellation, find_stop
 from guardrail_settings import GuardrailEventError, GuardrailSettings
 from run_teardown import ENDED_STATUSES, RunRef, Teardown, base_entry, millis_to_datetime, notify, teardown_run
@@ -90,6 +100,8 @@ def clean_up_execution(
             "error": detail.get("error"),
             "cause": ledger_cause(detail.get("error"), detail.get("cause")),
         }
+    if update.get("state") in PRICED_HERE and "cost" not in entry:
+        update |= ended_run_cost(run, entry, teardown, settings, clients, now)
     changed = bool(update) and any(entry.get(k) != v for k, v in update.items())
     if changed or teardown.acted:
         if update:
@@ -122,6 +134,63 @@ def clean_up_execution(
     return CleanupResult(
         run.run_id, pipeline.name, status, entry.get("state"), changed or teardown.acted, notified, teardown
     )
+
+
+# Final states only this function writes: the run never reached finalize, so its compute is priced here.
+PRICED_HERE = {"ABORTED", "TIMED_OUT", "CANCELLED"}
+TERMINATED_STATES = {"TERMINATED", "TERMINATED_WITH_ERRORS"}
+
+
+def ended_run_cost(
+    run: RunRef,
+    entry: Mapping[str, Any],
+    teardown: Teardown,
+    settings: GuardrailSettings,
+    clients: Clients,
+    now: datetime,
+) -> dict[str, Any]:
+    """What a run that never reached finalize cost, as finalize would have priced it (autopilot_common.run_costs):
+    its transient cluster(s), found by the teardown or named by the ledger, with their instances priced up to their
+    end (or now: a cluster the teardown just terminated is still shutting down, and its last seconds are missing);
+    or its job run. A run on a long-running cluster, or one that launched nothing, has no cost (null). Never raises:
+    a cost that cannot be read says why."""
+    pipeline = run.pipeline
+    if settings.region is None:
+        return {"cost": unpriced(shipped_prices(), "AWS_REGION is not set: the run's region is unknown")}
+    table = shipped_prices()
+    try:
+        if pipeline.runtime == "emr-ec2":
+            if not pipeline.transient:
+                return {"cost": None}  # a shared cluster's cost is its owner's
+            ids = list(dict.fromkeys([*([entry["cluster_id"]] if entry.get("cluster_id") else []),
+                                      *teardown.clusters_terminated]))  # fmt: skip
+            if not ids:
+                return {"cost": None}  # no cluster was launched: nothing was billed
+            launched = launched_clusters(clients.emr, ids)
+            pricing = ClusterPricing(table, settings.region, clients.ec2)
+            cost = cluster_cost(pricing, clients.emr, launched, now)
+            if any(c.get("Status", {}).get("State") not in TERMINATED_STATES for c, _ in launched):
+                cost.setdefault("notes", []).append(
+                    "priced up to the cleanup: the cluster was still terminating, its last seconds are not counted"
+                )
+            return {"cluster_id": ids[-1], "cost": cost}
+        job_run_id = entry.get("job_run_id") or next(iter(teardown.job_runs_cancelled), None)
+        container = pipeline.application_id or pipeline.virtual_cluster_id
+        if not job_run_id or not container:
+            return {"cost": None}  # no job run was started: nothing was billed
+        runtime: JobRuntime = "emr-serverless" if pipeline.runtime == "emr-serverless" else "emr-eks"
+        ref = JobRunRef(runtime, str(job_run_id), container, pipeline.architecture)
+        clients_of = JobRunClients(clients.emr_serverless, clients.emr_containers)
+        job_run, attempts, cost = job_run_record(ref, clients_of, table, settings.region, now)
+        fields: dict[str, Any] = {"job_run_id": job_run_id, "cost": cost}
+        if job_run is not None:
+            fields |= {"job_run": job_run, "attempts": attempts}
+        return fields
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        return {
+            "cost": unpriced(table, f"reading the run's compute failed: {error.get('Code')}: {error.get('Message')}")
+        }
 
 
 def _stop_reason(clients: Clients, detail: Mapping[str, Any]) -> tuple[str | None, str | None]:

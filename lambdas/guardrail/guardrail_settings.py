@@ -24,6 +24,7 @@ class PipelineRef:
     transient: bool = True
     application_id: str | None = None
     virtual_cluster_id: str | None = None
+    architecture: str = "X86_64"  # EMR Serverless: the application's (X86_64 | ARM64), which prices its usage
     max_cluster_lifetime_minutes: int = 195
 
 
@@ -53,6 +54,7 @@ class GuardrailSettings:
     serverless_idle_stop_minutes: int = 60
     admission_table: str | None = None  # `ADMISSION_TABLE`: run slots to release (see autopilot_common.admission)
     caps: Caps = field(default_factory=Caps)
+    region: str | None = None  # `AWS_REGION` (Lambda sets it): prices an aborted run's compute
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GuardrailSettings:
@@ -82,6 +84,7 @@ class GuardrailSettings:
             serverless_idle_stop_minutes=read.positive_int("SERVERLESS_IDLE_STOP_MINUTES", 60, "minutes"),
             admission_table=read.optional(TABLE_ENV),
             caps=Caps.from_env(env) if env.get(CAPS_ENV) else Caps(),
+            region=read.optional("AWS_REGION"),
         )
 
     def pipeline_of_state_machine(self, arn: str) -> PipelineRef | None:

@@ -85,6 +85,9 @@ def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_led
     assert entry["cleanup"]["clusters_terminated"] == [cluster_id]
     assert sorted(entry["cleanup"]["alarms_deleted"]) == alarms and _alarms_of(env, cluster_id) == []
     assert entry["previous_state"] == "STARTED" and entry["ended_at"]
+    # And records what the cluster cost up to the cleanup (the run never reached finalize)
+    assert entry["cluster_id"] == cluster_id and entry["cost"]["usd"] > 0
+    assert entry["cost"]["price_source"] and entry["cost"]["breakdown"]
     # And names who aborted it (CloudTrail's StopExecution record, whichever of the two arrived first)
     named = env.wait_for(lambda: _ledger_state(env, run_id, "ABORTED").get("aborted_by"), 10, "aborted_by")
     assert named == ALICE
@@ -115,6 +118,15 @@ def test_abort_cancels_the_serverless_or_eks_job_run_and_frees_its_slot(
         env.wait_for(lambda: all(r.done.is_set() for r in model.runs.values()), 10, "the job run's driver to end")
     assert len(entry["cleanup"]["job_runs_cancelled"]) == 1
     assert entry["error"] == "ExecutionAborted"
+    # and records the job run and its cost as the service reports them at the cleanup: an EMR on EKS estimate up to
+    # now; EMR Serverless bills a job run once it ended, so a run still CANCELLING has no usage yet (null, and why)
+    assert entry["job_run_id"] == entry["cleanup"]["job_runs_cancelled"][0] and entry["job_run"]["state"]
+    if pipeline == "sales-eks":
+        assert entry["cost"]["usd"] > 0 and "estimate" in " ".join(entry["cost"]["notes"])
+    elif entry["job_run"]["state"] == "CANCELLED":
+        assert entry["cost"]["usd"] is not None
+    else:
+        assert entry["cost"]["usd"] is None and "billedResourceUtilization" in entry["cost"]["reason"]
     # Only a capped pipeline (sales-burst: max 2 runs) holds a slot, which the cleanup gives back
     assert entry["cleanup"]["slot_released"] is capped
 

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from autopilot_common.admission import AcquireRequest, Caps, Limit, Reservation, acquire, counters, runs
 from autopilot_common.clients import Clients
+from autopilot_common.pricing import shipped_prices
 from cloudtrail_reactions import CANCELLATION_KEY_PREFIX, react_to_cloudtrail
 from execution_cleanup import clean_up_execution
 from guardrail_settings import GuardrailEventError, GuardrailSettings, PipelineRef, UnmanagedPolicy
@@ -56,6 +57,7 @@ class FakeCluster:
     state: str = "RUNNING"
     auto_termination: dict[str, Any] | None = None
     steps: dict[str, str] = field(default_factory=dict)  # step id -> name
+    instances: list[dict[str, Any]] = field(default_factory=list)  # ListInstances' Instances
 
 
 class _Pages:
@@ -73,7 +75,17 @@ class FakeEmr:
         self.clusters = {c.id: c for c in clusters}
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def get_paginator(self, name: str) -> _Pages:
+    def get_paginator(self, name: str) -> Any:
+        if name in {"list_instances", "list_instance_fleets"}:  # an aborted run's cluster, priced
+            emr = self
+
+            class ByCluster:
+                def paginate(self, ClusterId: str, **_: Any) -> list[dict[str, Any]]:  # noqa: N803
+                    if name == "list_instance_fleets":
+                        return [{"InstanceFleets": []}]
+                    return [{"Instances": emr.clusters[ClusterId].instances}]
+
+            return ByCluster()
         assert name == "list_clusters", name
         active = [c for c in self.clusters.values() if c.state in {"STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"}]
         return _Pages([{"Clusters": [{"Id": c.id, "Name": c.name} for c in active]}])
@@ -433,6 +445,35 @@ def test_cleanup_of_an_abort_terminates_the_cluster_once_and_notifies_once(world
     assert second is not None and not second.teardown.acted and not second.notified and not second.ledger_written
     assert [name for name, _ in world.emr.calls] == ["TerminateJobFlows"]
     assert world.published() == ["EMR Autopilot: sales-cluster run ABORTED"]
+
+
+def test_an_aborted_run_records_what_its_cluster_cost_up_to_the_cleanup(world: World) -> None:
+    # Given a transient-cluster run with two on-demand m5.xlarge instances launched 30 minutes before the abort
+    run_id = "sales-cluster-eeeeeeeeeeeeeeeeeeeeeeee"
+    cluster = _run_cluster(world, run_id)
+    launched = NOW - timedelta(minutes=30)
+    cluster.instances = [
+        {"Id": f"ci-{n}", "InstanceType": "m5.xlarge", "Market": "ON_DEMAND",
+         "Status": {"State": "RUNNING", "Timeline": {"CreationDateTime": launched}}}
+        for n in (1, 2)
+    ]  # fmt: skip
+    world.put_ledger(run_id, state="STARTED")
+    settings = replace(world.settings, region=REGION)
+    # When the cleanup of its abort runs (the run never reached finalize)
+    clean_up_execution(_ended(run_id, "ABORTED"), settings, world.clients, NOW)
+    # Then the ledger has the cluster's cost, priced to the cleanup (the cluster is still terminating)
+    entry = world.ledger(run_id)
+    rates = shipped_prices().instance(REGION, "m5.xlarge")
+    assert entry["cluster_id"] == "j-RUN0000001"
+    assert entry["cost"]["usd"] == pytest.approx(2 * 0.5 * (rates["ec2_hour"] + rates["emr_hour"]), abs=1e-4)
+    assert any("still terminating" in note for note in entry["cost"]["notes"])
+    # and without a region (AWS_REGION unset) the cost says why it is unknown rather than guess
+    other = "sales-cluster-ffffffffffffffffffffffff"
+    _run_cluster(world, other, "j-RUN0000002")
+    world.put_ledger(other, state="STARTED")
+    clean_up_execution(_ended(other, "ABORTED"), world.settings, world.clients, NOW)
+    unknown = world.ledger(other)["cost"]
+    assert unknown["usd"] is None and "AWS_REGION" in unknown["reason"]
 
 
 def test_an_abort_reason_the_event_lacks_is_read_from_the_execution(world: World) -> None:
