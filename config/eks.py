@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from config.base import StrictModel
-from config.job_retry import EKS_RETRY_RELEASE, JobRunRetry, retry_release_problem
+from config.job_retry import EKS_RETRY_RELEASE, JobRunRetry, RetriedJobRunTimeouts, retry_release_problem
 
 EKS_RELEASE_LABEL_PATTERN = r"^emr-\d+\.\d+\.\d+-(latest|\d{8})$"
 NAMESPACE_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -38,7 +38,7 @@ class JobRole(StrictModel):
         return self
 
 
-class EksRuntime(StrictModel):
+class EksRuntime(RetriedJobRunTimeouts, StrictModel):
     """Run the pipeline's Spark job on EMR on EKS (an EMR virtual cluster on an existing EKS cluster)."""
 
     type: Literal["emr-eks"]
@@ -70,10 +70,6 @@ class EksRuntime(StrictModel):
         description="EMR on EKS restarts a failed job driver (`retryPolicyConfiguration`); "
         "`execution_timeout_minutes` applies per attempt.",
     )
-
-    def execution_timeout_fields(self) -> str:
-        """The config field behind `execution_timeout_minutes`, for errors."""
-        return self.retry.timeout_fields(self.execution_timeout_minutes)
 
     @model_validator(mode="after")
     def _virtual_cluster(self) -> EksRuntime:

@@ -14,6 +14,7 @@ Limits (AWS documentation; botocore's models give only a minimum):
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from pydantic import Field
 
@@ -48,6 +49,20 @@ class JobRunRetry(StrictModel):
             return fields
         total = execution_timeout_minutes * self.max_attempts
         return f"{fields} x runtime.retry.max_attempts ({self.max_attempts}) = {total}"
+
+
+class _RetriedJobRun(Protocol):
+    execution_timeout_minutes: int
+    retry: JobRunRetry
+
+
+class RetriedJobRunTimeouts:
+    """For the job-run runtimes (EMR Serverless, EMR on EKS): the config fields behind `execution_timeout_minutes`
+    with every attempt `retry` allows, for errors that must name fields the runtime has. (No annotations here: the
+    runtimes declare the fields, in their own order and with their own descriptions.)"""
+
+    def execution_timeout_fields(self: _RetriedJobRun) -> str:
+        return self.retry.timeout_fields(self.execution_timeout_minutes)
 
 
 def release_version(label: str) -> tuple[int, int, int]:

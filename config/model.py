@@ -16,7 +16,7 @@ from config.base import RELEASE_LABEL_PATTERN, StrictModel
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.guardrails import Guardrails, PipelineLimits
-from config.job_retry import SERVERLESS_RETRY_RELEASE, JobRunRetry, retry_release_problem
+from config.job_retry import SERVERLESS_RETRY_RELEASE, JobRunRetry, RetriedJobRunTimeouts, retry_release_problem
 
 # Pipeline names end up in state machine names, execution names (80 chars max, together with a
 # 24-character hash), IAM role names and S3 prefixes: keep them short and DNS-like.
@@ -256,7 +256,7 @@ ApplicationRef = Annotated[
 ]
 
 
-class ServerlessRuntime(StrictModel):
+class ServerlessRuntime(RetriedJobRunTimeouts, StrictModel):
     """Run the pipeline's Spark job on EMR Serverless."""
 
     type: Literal["emr-serverless"]
@@ -282,10 +282,6 @@ class ServerlessRuntime(StrictModel):
         description="EMR Serverless re-runs a failed batch job run (`retryPolicy`); the workflow waits "
         "`execution_timeout_minutes` per attempt.",
     )
-
-    def execution_timeout_fields(self) -> str:
-        """The config field behind `execution_timeout_minutes`, for errors."""
-        return self.retry.timeout_fields(self.execution_timeout_minutes)
 
 
 Runtime = Annotated[ServerlessRuntime | Ec2Runtime | EksRuntime, Field(discriminator="type")]
