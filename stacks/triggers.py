@@ -78,6 +78,9 @@ def envelope(pipeline: str, state_machine_arn: str, trigger: Trigger) -> str:
     }
     if isinstance(batching, MarkerBatching):
         routing["late_objects"] = batching.late_objects
+    if trigger.partition_template is not None:
+        # Only then: an arrival run claims the logical dates of its partitions (what arrival deadlines look for).
+        routing["partition_template"] = trigger.partition_template
     if trigger.sources != DEFAULT_SOURCES:
         # Only then: the router reads each object (HeadObject) to identify it whatever reported it.
         routing["sources"] = trigger.sources
