@@ -2,9 +2,9 @@
 rate under deterministic execution names, so running the same backfill again starts nothing twice.
 
 Which objects a partition holds is decided as the router decides for arrivals and scheduled firings
-(`autopilot_common.manifest.list_partition`: `keys.skip_reason` with the trigger's suffixes, zero-byte rule and marker); the run gets the partition's prefix when prepare would read
-exactly those objects from it, else the objects themselves (prepare reads every non-hidden, non-empty object under a
-prefix, whatever its suffix)."""
+(`autopilot_common.manifest.list_partition`: `keys.skip_reason` with the trigger's suffixes, zero-byte rule and
+marker); the run gets the partition's prefix when prepare would read exactly those objects from it, else the objects
+themselves (prepare reads every non-hidden, non-empty object under a prefix, whatever its suffix)."""
 
 from __future__ import annotations
 

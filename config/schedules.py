@@ -96,7 +96,10 @@ def expression_problem(expression: str) -> str | None:
         if value < 1 or singular not in _RATE_UNITS:
             return f"{expression!r}: a rate is a positive number and minute(s), hour(s) or day(s); {example}"
         if (value == 1) != (unit == singular):
-            return f"{expression!r}: the unit is singular for 1 and plural above, e.g. 'rate(1 {singular})', 'rate(2 {singular}s)'"
+            return (
+                f"{expression!r}: the unit is singular for 1 and plural above, e.g. 'rate(1 {singular})', "
+                f"'rate(2 {singular}s)'"
+            )
         return None
     if not (expression.startswith("cron(") and expression.endswith(")")):
         return f"{expression!r}: {example} (one-time at(...) schedules are not pipeline schedules)"
@@ -182,4 +185,3 @@ class Expectation(StrictModel):
         assert match is not None  # validated
         hour = match.group("hour")
         return f"cron({int(match.group('minute'))} {int(hour) if hour else '*'} * * ? *)"
-

@@ -6,9 +6,9 @@ The schedule's target input (Scheduler fills `<aws.scheduler.scheduled-time>` at
     {"kind": "scheduled",            # or "deadline"
      "pipeline": "sales-daily",
      "state_machine_arn": "arn:aws:states:...:stateMachine:autopilot-dev-sales-daily",
-     "trigger": {...the arrivals envelope's trigger block...},
+     "trigger": {...the arrivals envelope's trigger block, with "partition_template": "sales/dt={ds}/"...},
      "bucket": "<landing bucket>",
-     "partition_template": "sales/dt={ds}/", "timezone": "Europe/Berlin",
+     "timezone": "Europe/Berlin",
      "on_empty": "skip",             # scheduled only
      "by": "06:00",                  # deadline only
      "scheduled_time": "2024-06-03T00:00:00Z"}
@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from autopilot_common.ledger import FAILED, MISSED, SKIPPED, NotStartedState, ledger_key, not_started_entry, write_entry
-from autopilot_common.logical_dates import TemplateError, check_template, every_of, interval_start, label, render
+from autopilot_common.logical_dates import TemplateError, every_of, interval_start, label, render
 from autopilot_common.logical_dates import time_zone as check_time_zone
 from autopilot_common.manifest import InputManifest, list_partition
 from autopilot_common.names import backfill_run_id, run_id_for
@@ -133,12 +133,14 @@ def parse_firing(body: str) -> Firing:
     bucket = raw.get("bucket")
     if not isinstance(bucket, str) or not bucket:
         raise MalformedRecord(f"bucket: got {_short(bucket)}; expected the landing bucket's name")
-    template, zone = raw.get("partition_template"), raw.get("timezone", "UTC")
+    trigger = TriggerSpec.from_envelope(raw.get("trigger"))  # validates its partition_template
+    template, zone = trigger.partition_template, raw.get("timezone", "UTC")
+    if template is None:
+        raise MalformedRecord("trigger.partition_template: missing; a firing runs or checks the partition of its date")
     try:
-        check_template(template if isinstance(template, str) else "")
         check_time_zone(zone if isinstance(zone, str) else "")
     except TemplateError as exc:
-        raise MalformedRecord(f"partition_template/timezone: {exc}") from None
+        raise MalformedRecord(f"timezone: {exc}") from None
     on_empty, by = raw.get("on_empty", "skip"), raw.get("by", "")
     if kind == SCHEDULED and on_empty not in ON_EMPTY:
         raise MalformedRecord(f"on_empty: got {_short(on_empty)}; expected one of {list(ON_EMPTY)}")
@@ -148,9 +150,9 @@ def parse_firing(body: str) -> Firing:
         kind=kind,
         pipeline=pipeline,
         state_machine_arn=arn,
-        trigger=TriggerSpec.from_envelope(raw.get("trigger")),
+        trigger=trigger,
         bucket=bucket,
-        partition_template=str(template),
+        partition_template=template,
         timezone=str(zone),
         scheduled_time=_scheduled_time(raw.get("scheduled_time")),
         on_empty=str(on_empty),

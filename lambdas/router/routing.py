@@ -219,9 +219,7 @@ class TriggerSpec:
         if template is not None and (not isinstance(template, str) or template_problem(template)):
             problem = template_problem(template) if isinstance(template, str) else "expected a string"
             raise MalformedRecord(f"trigger.partition_template: got {_short(template)}; {problem}")
-        return cls(
-            mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte, tuple(sources), late_objects, template
-        )
+        return cls(mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte, tuple(sources), late_objects, template)
 
 
 @dataclass(frozen=True)

@@ -55,9 +55,7 @@ TIMED_OUT: Final = "TIMED_OUT"  # the run exceeded run_timeout_minutes
 CANCELLED: Final = "CANCELLED"  # its step or job run was cancelled outside the app
 SKIPPED: Final = "SKIPPED"  # an arrival or a schedule firing that started nothing (router)
 MISSED: Final = "MISSED"  # an arrival deadline passed without a run for its logical date (router)
-RunState = Literal[
-    "QUEUED", "STARTED", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED", "MISSED"
-]
+RunState = Literal["QUEUED", "STARTED", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED", "MISSED"]
 RUN_STATES: tuple[RunState, ...] = (
     QUEUED, STARTED, SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED, MISSED
 )  # fmt: skip

@@ -208,7 +208,8 @@ def partition_of(template: str, key: str) -> datetime | None:
     try:
         if "ds" in found:
             moment = datetime.strptime(found["ds"], "%Y-%m-%d")
-            if any(found.get(k) not in (None, v) for k, v in zip(("yyyy", "mm", "dd"), found["ds"].split("-"))):
+            parts = zip(("yyyy", "mm", "dd"), found["ds"].split("-"), strict=True)
+            if any(found.get(k) not in (None, v) for k, v in parts):
                 return None  # `{ds}` and `{yyyy}/{mm}/{dd}` disagree
         elif {"yyyy", "mm", "dd"} <= set(found):
             moment = datetime(int(found["yyyy"]), int(found["mm"]), int(found["dd"]))
