@@ -28,10 +28,9 @@ it, on the pipeline's clock), never of when the message is read: a retried or re
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autopilot_common.ledger import FAILED, MISSED, SKIPPED, NotStartedState, ledger_key, not_started_entry, write_entry
 from autopilot_common.logical_dates import TemplateError, every_of, interval_start, label, render
@@ -39,9 +38,8 @@ from autopilot_common.logical_dates import time_zone as check_time_zone
 from autopilot_common.manifest import InputManifest, list_partition
 from autopilot_common.names import backfill_run_id, run_id_for
 from autopilot_common.s3uri import s3_uri
-from claims import ClaimStore, date_claim_key
+from claims import date_claim_key
 from routing import (
-    _STATE_MACHINE_ARN,
     DEADLINE,
     FIRING_KINDS,
     SCHEDULED,
@@ -54,11 +52,9 @@ from routing import (
     execution_exists,
     execution_input,
     logger,
+    message_head,
     start_execution,
 )
-
-if TYPE_CHECKING:
-    from autopilot_common.clients import S3Client, SFNClient, SNSClient
 
 ON_EMPTY = ("skip", "fail")
 
@@ -116,20 +112,10 @@ class Firing:
 
 def parse_firing(body: str) -> Firing:
     """A Scheduler message's firing; MalformedRecord naming the bad field."""
-    try:
-        raw = json.loads(body)
-    except (TypeError, ValueError) as exc:
-        raise MalformedRecord(f"body: not JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise MalformedRecord(f"body: got {_short(raw)}; expected a JSON object")
+    raw, pipeline, arn = message_head(body)
     kind = raw.get("kind")
     if kind not in FIRING_KINDS:
         raise MalformedRecord(f"kind: got {_short(kind)}; expected one of {list(FIRING_KINDS)}")
-    pipeline, arn = raw.get("pipeline"), raw.get("state_machine_arn")
-    if not isinstance(pipeline, str) or not pipeline:
-        raise MalformedRecord(f"pipeline: got {_short(pipeline)}; expected a pipeline name like 'sales-daily'")
-    if not isinstance(arn, str) or not _STATE_MACHINE_ARN.match(arn):
-        raise MalformedRecord(f"state_machine_arn: got {_short(arn)}; expected a Step Functions state machine ARN")
     bucket = raw.get("bucket")
     if not isinstance(bucket, str) or not bucket:
         raise MalformedRecord(f"bucket: got {_short(bucket)}; expected the landing bucket's name")
@@ -175,35 +161,10 @@ def _scheduled_time(raw: Any) -> datetime:
 
 
 class Clock:
-    """Handles schedule firings and arrival deadlines with the router's clients and settings."""
+    """Handles schedule firings and arrival deadlines with its router's clients and settings."""
 
-    def __init__(
-        self,
-        *,
-        s3: S3Client,
-        sfn: SFNClient,
-        claims: ClaimStore,
-        manifest_bucket: str,
-        ledger_bucket: str,
-        sns: SNSClient | None = None,
-        topic_arn: str | None = None,
-    ) -> None:
-        self.s3, self.sfn, self.claims = s3, sfn, claims
-        self.manifest_bucket, self.ledger_bucket = manifest_bucket, ledger_bucket
-        self.sns, self.topic_arn = sns, topic_arn
-
-    @classmethod
-    def serving(cls, router: Router) -> Clock:
-        """The clock of a router: its clients, buckets, claims and topic."""
-        return cls(
-            s3=router.s3,
-            sfn=router.sfn,
-            claims=router.claims,
-            manifest_bucket=router.manifest_bucket,
-            ledger_bucket=router.ledger_bucket,
-            sns=router.sns,
-            topic_arn=router.topic_arn,
-        )
+    def __init__(self, router: Router) -> None:
+        self.router = router  # its clients (s3, sfn, sns), buckets, claims and topic
 
     def handle(self, body: str, report: BatchReport) -> str:
         """Act on one Scheduler message; return what happened (`started`, `duplicate`, `empty`, `on time`,
@@ -217,14 +178,14 @@ class Clock:
         pipeline, run_id = firing.pipeline, firing.run_id
         log = {"pipeline": pipeline, "run_id": run_id, "logical_date": firing.logical_date, "prefix": firing.prefix}
         report.count(Metric.SCHEDULE_FIRINGS, pipeline)
-        if execution_exists(self.sfn, firing.state_machine_arn, run_id):
+        if execution_exists(self.router.sfn, firing.state_machine_arn, run_id):
             logger.info("the logical date's run exists (a redelivered firing or a backfill)", extra=log)
             report.count(Metric.RUNS_DUPLICATE, pipeline)
             report.runs_duplicate.append(run_id)
             return "duplicate"
         trigger = firing.trigger
         listing = list_partition(
-            self.s3,
+            self.router.s3,
             firing.bucket,
             firing.prefix,
             suffixes=trigger.suffixes,
@@ -243,9 +204,9 @@ class Clock:
             return "empty"
         block = firing.trigger_block()
         manifest = InputManifest(pipeline=pipeline, run_id=run_id, objects=sorted(listing.objects), trigger=block)
-        uri = manifest.write(self.s3, self.manifest_bucket)
+        uri = manifest.write(self.router.s3, self.router.manifest_bucket)
         payload = execution_input(pipeline, uri, manifest.object_count, block)
-        if start_execution(self.sfn, firing.state_machine_arn, run_id, payload):
+        if start_execution(self.router.sfn, firing.state_machine_arn, run_id, payload):
             logger.info("scheduled run started", extra={**log, "objects": manifest.object_count})
             report.count(Metric.RUNS_STARTED, pipeline)
             report.count(Metric.OBJECTS_ROUTED, pipeline, manifest.object_count)
@@ -258,14 +219,14 @@ class Clock:
     def _deadline(self, firing: Firing, report: BatchReport) -> str:
         pipeline, day = firing.pipeline, firing.logical_date
         log = {"pipeline": pipeline, "logical_date": day, "by": firing.by, "prefix": firing.prefix}
-        if self.claims.owners([date_claim_key(pipeline, day)]) or execution_exists(
-            self.sfn, firing.state_machine_arn, firing.run_id
+        if self.router.claims.owners([date_claim_key(pipeline, day)]) or execution_exists(
+            self.router.sfn, firing.state_machine_arn, firing.run_id
         ):
             logger.info("a run started for the logical date before its deadline", extra=log)
             return "on time"
         where = s3_uri(firing.bucket, firing.prefix)
         seen = list_partition(
-            self.s3,
+            self.router.s3,
             firing.bucket,
             firing.prefix,
             suffixes=firing.trigger.suffixes,
@@ -298,14 +259,6 @@ class Clock:
             logical_date=firing.logical_date,
         )
         key = ledger_key(firing.pipeline, firing.scheduled_time, run_id)
-        write_entry(self.s3, self.ledger_bucket, key, entry)
-        if notify and self.sns is not None and self.topic_arn:
-            self.sns.publish(
-                TopicArn=self.topic_arn,
-                Subject=f"EMR Autopilot: {firing.pipeline} {firing.logical_date} {state}"[:100],
-                Message=json.dumps({**entry, "ledger": f"s3://{self.ledger_bucket}/{key}"}, ensure_ascii=False),
-                MessageAttributes={
-                    "pipeline": {"DataType": "String", "StringValue": firing.pipeline},
-                    "state": {"DataType": "String", "StringValue": state},
-                },
-            )
+        write_entry(self.router.s3, self.router.ledger_bucket, key, entry)
+        if notify:
+            self.router.notify_entry(entry, key, subject=f"{firing.pipeline} {firing.logical_date} {state}")

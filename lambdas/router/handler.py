@@ -43,7 +43,7 @@ def _router() -> Router:
         sns=CLIENTS.sns,
         topic_arn=SETTINGS.topic_arn,
     )
-    router.clock = Clock.serving(router)
+    router.clock = Clock(router)
     return router
 
 

@@ -346,20 +346,27 @@ def newer_sequencer(a: str, b: str) -> bool:
     return a.upper().ljust(width, "0") > b.upper().ljust(width, "0")
 
 
-def parse_envelope(body: str) -> ObjectEvent:
-    """Parse one SQS record body (the router envelope); raise MalformedRecord naming the bad field."""
+def message_head(body: str) -> tuple[dict[str, Any], str, str]:
+    """(the message as JSON, its `pipeline`, its `state_machine_arn`): what every message on a pipeline's queue
+    starts with (an arrival envelope, a Scheduler firing); MalformedRecord naming the bad field."""
     try:
-        envelope = json.loads(body)
+        message = json.loads(body)
     except (TypeError, ValueError) as exc:
         raise MalformedRecord(f"body: not JSON ({exc})") from None
-    if not isinstance(envelope, dict):
-        raise MalformedRecord(f"body: got {_short(envelope)}; expected a JSON object")
-    pipeline = envelope.get("pipeline")
+    if not isinstance(message, dict):
+        raise MalformedRecord(f"body: got {_short(message)}; expected a JSON object")
+    pipeline = message.get("pipeline")
     if not isinstance(pipeline, str) or not is_legal_execution_name(f"{pipeline}-{_SAMPLE_DIGEST}"):
         raise MalformedRecord(f"pipeline: got {_short(pipeline)}; expected a pipeline name like 'sales-daily'")
-    arn = envelope.get("state_machine_arn")
+    arn = message.get("state_machine_arn")
     if not isinstance(arn, str) or not _STATE_MACHINE_ARN.match(arn):
         raise MalformedRecord(f"state_machine_arn: got {_short(arn)}; expected a Step Functions state machine ARN")
+    return message, pipeline, arn
+
+
+def parse_envelope(body: str) -> ObjectEvent:
+    """Parse one SQS record body (the router envelope); raise MalformedRecord naming the bad field."""
+    envelope, pipeline, arn = message_head(body)
     trigger = TriggerSpec.from_envelope(envelope.get("trigger"))
     event = envelope.get("event")
     if not isinstance(event, dict):
@@ -1012,17 +1019,23 @@ class Router:
                               objects=objects)  # fmt: skip
         key = ledger_key(event.pipeline, at, run_id)
         write_entry(self.s3, self.ledger_bucket, key, entry)
-        if self.sns is not None and self.topic_arn:
-            self.sns.publish(
-                TopicArn=self.topic_arn,
-                Subject=f"EMR Autopilot: {event.pipeline} arrival SKIPPED"[:100],
-                Message=json.dumps({**entry, "ledger": f"s3://{self.ledger_bucket}/{key}"}, ensure_ascii=False),
-                MessageAttributes={
-                    "pipeline": {"DataType": "String", "StringValue": event.pipeline},
-                    "state": {"DataType": "String", "StringValue": "SKIPPED"},
-                },
-            )
+        self.notify_entry(entry, key, subject=f"{event.pipeline} arrival SKIPPED")
         report.count(Metric.ARRIVALS_SKIPPED, event.pipeline)
+
+    def notify_entry(self, entry: Mapping[str, Any], key: str, *, subject: str) -> None:
+        """Publish a ledger entry of something that started no run (SKIPPED, MISSED, FAILED before starting) to the
+        notifications topic: the entry and where it is, attributes `pipeline` and `state` (no topic: nothing)."""
+        if self.sns is None or not self.topic_arn:
+            return
+        self.sns.publish(
+            TopicArn=self.topic_arn,
+            Subject=f"EMR Autopilot: {subject}"[:100],
+            Message=json.dumps({**entry, "ledger": f"s3://{self.ledger_bucket}/{key}"}, ensure_ascii=False),
+            MessageAttributes={
+                "pipeline": {"DataType": "String", "StringValue": str(entry["pipeline"])},
+                "state": {"DataType": "String", "StringValue": str(entry["state"])},
+            },
+        )
 
     def _run(self, plan: RunPlan, report: BatchReport) -> None:
         """A new run: its manifest (objects, claim keys, trigger), its claims, then StartExecution."""

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from autopilot_cli.backfill import date_partitions
 from autopilot_common.ledger import ledger_prefix
 from autopilot_common.names import backfill_run_id
 from claims import ClaimStore
+from config.loader import load_config
 from config.model import Trigger
 from firings import Clock, parse_firing
 from routing import DEFAULT_TTL_SECONDS, MalformedRecord, Router
@@ -74,7 +76,7 @@ def clocked(aws: Aws, notices: Notices) -> Router:
         sns=notices,  # type: ignore[arg-type]
         topic_arn=TOPIC,
     )
-    router.clock = Clock.serving(router)
+    router.clock = Clock(router)
     return router
 
 
@@ -252,3 +254,23 @@ def _with_template(body: str) -> str:
     raw = json.loads(body)
     raw["trigger"]["partition_template"] = TEMPLATE
     return json.dumps(raw)
+
+
+@pytest.mark.parametrize(
+    ("template", "at", "first", "last"),
+    [
+        ("sales/dt={ds}/", "2024-06-03T00:00:00Z", "2024-06-02", "2024-06-02"),
+        ("sales/{yyyy}/{mm}/{dd}/{hh}/", "2024-06-03T01:05:00Z", "2024-06-03T02", "2024-06-03T02"),
+    ],
+)
+def test_a_backfill_of_a_date_is_the_same_run_as_its_firing(
+    aws: Aws, template: str, at: str, first: str, last: str
+) -> None:
+    """`emr-autopilot backfill` and a schedule firing name a date's run alike, daily and hourly."""
+    trigger = Trigger.model_validate(
+        {"prefix": "sales/", "partition_template": template, "schedule": {"expression": "rate(1 hour)"}}
+    )
+    pipeline = load_config("dev").pipelines["sales-nightly"].model_copy(update={"trigger": trigger})
+    ((day, prefix, run_id),) = date_partitions(PIPELINE, pipeline, None, first, last)
+    fired = parse_firing(firing(aws, at, template=template))
+    assert (fired.logical_date, fired.prefix, fired.run_id) == (day, prefix, run_id)
