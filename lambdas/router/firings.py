@@ -238,7 +238,8 @@ class Clock:
             if not seen
             else f"{where} holds {len(seen)} object(s) but no run started (a marker not yet written?)"
         )
-        reason = f"no run started for {day} by {firing.by} {firing.timezone}: {what}"
+        deadline = firing.scheduled_time.astimezone(check_time_zone(firing.timezone)).strftime("%H:%M")
+        reason = f"no run started for {day} by {deadline} {firing.timezone}: {what}"
         logger.warning("arrival deadline missed", extra=log)
         report.count(Metric.DEADLINES_MISSED, pipeline)
         self._not_started(firing, MISSED, reason, f"missed\x00{firing.prefix}", notify=True)

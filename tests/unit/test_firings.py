@@ -249,6 +249,22 @@ def test_a_deadline_names_objects_that_started_no_run(aws: Aws, clocked: Router)
     assert "holds 1 object(s) but no run started" in entry["reason"]
 
 
+def test_an_hourly_deadline_checks_the_hour_before(aws: Aws, clocked: Router) -> None:
+    template = "sales/{yyyy}/{mm}/{dd}/{hh}/"
+    put(aws, "sales/2024/06/03/09/a.csv")  # 09h (UTC) landed; nothing started it
+    hourly = {"by": ":45", "every": "hour", "timezone": "UTC"}
+    # At 10:45 the 09h partition is checked, at 11:45 the 10h one
+    route(clocked, sqs_event([firing(aws, "2024-06-03T10:45:00Z", kind="deadline", template=template, **hourly)]))
+    route(clocked, sqs_event([firing(aws, "2024-06-03T11:45:00Z", kind="deadline", template=template, **hourly)]))
+    reasons = sorted((e["logical_date"], e["reason"]) for e in ledger(aws))
+    assert reasons == [
+        ("2024-06-03T09", "no run started for 2024-06-03T09 by 10:45 UTC: "
+         f"s3://{LANDING}/sales/2024/06/03/09/ holds 1 object(s) but no run started (a marker not yet written?)"),
+        ("2024-06-03T10", "no run started for 2024-06-03T10 by 11:45 UTC: "
+         f"s3://{LANDING}/sales/2024/06/03/10/ stayed empty"),
+    ]  # fmt: skip
+
+
 def _with_template(body: str) -> str:
     """An arrival envelope of a trigger with a partition_template (the stack adds it to the trigger block)."""
     raw = json.loads(body)
