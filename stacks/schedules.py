@@ -27,7 +27,8 @@ from stacks.triggers import routing_block
 # when the queue or the role is broken: an hour of retries is enough to ride out a deployment.
 MAXIMUM_RETRY_ATTEMPTS = 10
 MAXIMUM_EVENT_AGE_SECONDS = 3600
-# Filled in by Scheduler at each firing ("Adding context attributes", Scheduler user guide).
+# Filled in by Scheduler at each firing: "The time you specified for the schedule to invoke its target" ("Adding
+# context attributes", Scheduler user guide), so a flexible window or a retry never moves a firing's logical date.
 SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
 
 
