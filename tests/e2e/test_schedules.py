@@ -10,14 +10,18 @@ own dates: the deployment is shared.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from autopilot_cli.app import main
 from autopilot_common.manifest import InputManifest
 from autopilot_common.names import backfill_run_id
+from local.cli import STATE_FILE, serve_fire_requests
 from local.scheduler import Firing
 from tests.deployment import Deployed, Notifications
 
@@ -121,3 +125,34 @@ def test_a_missed_deadline_is_recorded_and_notified_and_a_later_arrival_still_ru
     # So the next check of that date finds its run: no second MISSED
     _fire(env, "sales-daily-deadline", datetime(2031, 3, 4, 5, 0, tzinfo=UTC))
     assert sorted(e["state"] for e in _entries(env, "sales-daily", "2031-03-03")) == ["MISSED", "SUCCEEDED"]
+
+
+def test_local_fire_asks_the_running_twin_to_fire_a_schedule(
+    env: Deployed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a running twin (`local up`'s state file, and its loop serving fire requests)
+    monkeypatch.chdir(tmp_path)
+    STATE_FILE.parent.mkdir()
+    STATE_FILE.write_text(json.dumps({"endpoint": env.twin.endpoint, "region": env.twin.region}))
+    stop = threading.Event()
+
+    def serve() -> None:  # what `local up` does between its waits
+        while not stop.wait(0.1):
+            serve_fire_requests(env.twin)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        # When the operator fires the nightly schedule for 02:00 Berlin on 2031-02-03
+        code = main(["local", "fire", "sales-nightly-schedule", "--at", "2031-02-03T01:00:00Z"])
+        bad = main(["local", "fire", "sales-nightly-schedule", "--at", "2031-02-03T01:00"])
+    finally:
+        stop.set()
+        server.join()
+    out, err = capsys.readouterr()
+    # Then the firing reached the router (an empty day: SKIPPED), and a time without a zone is refused
+    assert code == 0, err
+    assert "autopilot-dev-sales-nightly-schedule fired for 2031-02-03T01:00:00Z" in out
+    env.twin.wait_idle()
+    env.wait_for(lambda: _entries(env, NIGHTLY, "2031-02-02"), what="the SKIPPED entry")
+    assert bad == 2 and "--at: got '2031-02-03T01:00'; expected a time with a zone" in err
