@@ -1,10 +1,10 @@
 """Backfill: one console run per date partition (or per given prefix) of the landing bucket, started at a bounded
 rate under deterministic execution names, so running the same backfill again starts nothing twice.
 
-Which objects a partition holds is decided as the router decides for arrivals (`autopilot_common.keys.skip_reason`
-with the trigger's suffixes, zero-byte rule and marker); the run gets the partition's prefix when prepare would read
-exactly those objects from it, else the objects themselves (prepare reads every non-hidden, non-empty object under a
-prefix, whatever its suffix)."""
+Which objects a partition holds is decided as the router decides for arrivals and scheduled firings
+(`autopilot_common.manifest.list_partition`: `keys.skip_reason` with the trigger's suffixes, zero-byte rule and
+marker); the run gets the partition's prefix when prepare would read exactly those objects from it, else the objects
+themselves (prepare reads every non-hidden, non-empty object under a prefix, whatever its suffix)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import Any
 from autopilot_cli.deployment import Deployment, execution_arn
 from autopilot_cli.errors import UsageProblem
 from autopilot_cli.inputs import MAX_CONSOLE_INPUTS
-from autopilot_common.keys import skip_reason
 from autopilot_common.logical_dates import TemplateError, label, parse_logical_date, partitions
 from autopilot_common.logical_dates import every_of as template_every
+from autopilot_common.manifest import list_partition
 from autopilot_common.names import backfill_run_id
 from autopilot_common.s3uri import parse_s3_uri, s3_uri
 from config.model import MarkerBatching, Pipeline
@@ -137,25 +137,17 @@ def plan(deployment: Deployment, pipeline: str, wanted: list[Wanted]) -> list[Pa
 def _list(s3: Any, landing: str, config: Pipeline, part: Partition) -> None:
     trigger = config.trigger
     marker = trigger.batching.marker_name if trigger and isinstance(trigger.batching, MarkerBatching) else None
-    matched: list[str] = []
-    read_by_prepare: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=landing, Prefix=part.prefix):
-        for item in page.get("Contents", []):
-            key, size = item["Key"], int(item["Size"])
-            reason = skip_reason(
-                key,
-                size,
-                suffixes=trigger.suffixes if trigger else (),
-                ignore_zero_byte=trigger.ignore_zero_byte if trigger else True,
-                marker_name=marker,
-            )
-            if reason is None:
-                matched.append(key)
-                part.bytes += size
-            if skip_reason(key, size) is None:  # what prepare's listing of the prefix keeps
-                read_by_prepare.append(key)
-    part.objects = len(matched)
-    if part.prefix.endswith("/") and matched == read_by_prepare:
+    listing = list_partition(
+        s3,
+        landing,
+        part.prefix,
+        suffixes=trigger.suffixes if trigger else (),
+        ignore_zero_byte=trigger.ignore_zero_byte if trigger else True,
+        marker_name=marker,
+    )
+    matched = [o.key for o in listing.objects]
+    part.objects, part.bytes = len(matched), listing.total_bytes
+    if part.prefix.endswith("/") and matched == listing.read_by_prepare:
         part.inputs = [s3_uri(landing, part.prefix)]
     elif len(matched) <= MAX_CONSOLE_INPUTS:
         part.inputs = [s3_uri(landing, key) for key in matched]
@@ -164,6 +156,11 @@ def _list(s3: Any, landing: str, config: Pipeline, part: Partition) -> None:
             f"{REFUSED}: {len(matched)} objects match the trigger but the prefix holds others a run would read, and "
             f"a run lists at most {MAX_CONSOLE_INPUTS} objects: give narrower --prefixes"
         )
+
+
+def _logical_date(part: Partition) -> dict[str, str]:
+    """A date partition's logical date for the run's ledger (`--prefixes` partitions are named by their prefix)."""
+    return {"logical_date": part.partition} if part.partition != part.prefix else {}
 
 
 def execution_state(sfn: Any, arn: str) -> str | None:
@@ -188,7 +185,7 @@ def start_all(
     for index, part in enumerate(todo, start=1):
         if index > 1:
             _sleep(60.0 / rate)
-        body = json.dumps({"pipeline": pipeline, "inputs": part.inputs})
+        body = json.dumps({"pipeline": pipeline, "inputs": part.inputs} | _logical_date(part))
         try:
             response = sfn.start_execution(stateMachineArn=machine, name=part.run_id, input=body)
         except sfn.exceptions.ExecutionAlreadyExists:

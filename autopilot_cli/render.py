@@ -17,7 +17,8 @@ from autopilot_cli.ledger import RunRecord, failure_reason
 from autopilot_common.links import run_links
 
 STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "TIMED_OUT": "red", "ABORTED": "yellow",
-                "CANCELLED": "yellow", "STARTED": "cyan", "QUEUED": "blue", "SKIPPED": "dim"}  # fmt: skip
+                "CANCELLED": "yellow", "STARTED": "cyan", "QUEUED": "blue", "SKIPPED": "dim",
+                "MISSED": "red"}  # fmt: skip
 
 
 def as_json(record: RunRecord) -> dict[str, Any]:
@@ -175,6 +176,10 @@ def show_run(
     trigger = entry.get("trigger") or {}
     if trigger:
         rows.append(("trigger", str(trigger.get("source") or trigger.get("type") or trigger)))
+    if entry.get("logical_date"):  # the partition it covers: scheduled runs, backfills, arrivals in one partition
+        rows.append(("logical date", str(entry["logical_date"])))
+    if trigger.get("scheduled_time"):
+        rows.append(("scheduled", f"{trigger['scheduled_time']} ({trigger.get('timezone', 'UTC')} clock)"))
     _section(console, "run", rows)
     timeline = [(label, str(entry[key])) for key, label in (("started_at", "started"), ("ended_at", "ended"))
                 if entry.get(key)]  # fmt: skip

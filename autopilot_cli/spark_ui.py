@@ -24,7 +24,7 @@ from autopilot_cli.deployment import Deployment
 from autopilot_cli.errors import OperationFailed, UsageProblem
 from autopilot_cli.ledger import RunRecord
 from autopilot_cli.status import ACTIVE_CLUSTER_STATES, ACTIVE_EKS_STATES, ACTIVE_SERVERLESS_STATES
-from autopilot_common.ledger import FINAL_STATES, QUEUED, SKIPPED
+from autopilot_common.ledger import FINAL_STATES, MISSED, QUEUED, SKIPPED
 from autopilot_common.tags import TAG_DEPLOYMENT, TAG_RUN_ID
 
 READY_TIMEOUT_SECONDS = 60.0  # how long `ui` polls PresignedURLReady before saying the UI is not ready yet
@@ -59,7 +59,8 @@ def spark_ui_link(
     not ready within `timeout`), UsageProblem for --attempt on a runtime without attempts."""
     runtime, where, job_run_id = _job_of(deployment, record)
     if where is None or (runtime != "emr-ec2" and job_run_id is None):
-        why = {QUEUED: " (it is waiting for a run slot)", SKIPPED: " (it was skipped)"}.get(record.state, "")
+        why = {QUEUED: " (it is waiting for a run slot)", SKIPPED: " (it was skipped)",
+               MISSED: " (its deadline passed without a run)"}.get(record.state, "")  # fmt: skip
         has = (
             "its ledger entry names no job run or cluster"
             if record.state in FINAL_STATES
@@ -101,7 +102,7 @@ def _job_of(deployment: Deployment, record: RunRecord) -> tuple[str, str | None,
         runtime = (
             "emr-ec2" if entry.get("cluster_id") else "emr-eks" if entry.get("virtual_cluster_id") else "emr-serverless"
         )
-    if record.state in (QUEUED, SKIPPED):
+    if record.state in (QUEUED, SKIPPED, MISSED):
         return runtime, None, None
     if runtime == "emr-ec2":
         return runtime, entry.get("cluster_id") or _live_cluster(deployment, record), None

@@ -201,7 +201,11 @@ def pipeline_generated_names(deployment: str, name: str, pipeline: Pipeline) -> 
     ]
     if pipeline.trigger:
         names.append(("queue", naming.arrivals_queue_name(deployment, name)))
-        names += [("rule", naming.arrival_rule_name(deployment, name, s)) for s in pipeline.trigger.sources]
+        trigger = pipeline.trigger
+        if trigger.schedule is None:
+            names += [("rule", naming.arrival_rule_name(deployment, name, s)) for s in trigger.sources]
+        clocks = [("scheduled", trigger.schedule), ("deadline", trigger.expect)]
+        names += [("schedule", naming.schedule_name(deployment, name, kind)) for kind, on in clocks if on is not None]
     runtime = pipeline.runtime
     if isinstance(runtime, Ec2Runtime):
         names.append(("instance_profile", naming.instance_profile_name(deployment, name)))

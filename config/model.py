@@ -11,12 +11,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag, model_validator
 
-from autopilot_common.logical_dates import template_problem
+from autopilot_common.logical_dates import every_of, template_problem
 from config.base import RELEASE_LABEL_PATTERN, StrictModel
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.guardrails import Guardrails, PipelineLimits
 from config.job_retry import SERVERLESS_RETRY_RELEASE, JobRunRetry, RetriedJobRunTimeouts, retry_release_problem
+from config.schedules import Expectation, Schedule
 
 # Pipeline names end up in state machine names, execution names (80 chars max, together with a
 # 24-character hash), IAM role names and S3 prefixes: keep them short and DNS-like.
@@ -205,8 +206,25 @@ class Trigger(StrictModel):
             "The prefix of one date partition under the landing bucket, e.g. `sales/dt={ds}/`, with placeholders "
             "`{ds}` (YYYY-MM-DD), `{yyyy}`, `{mm}`, `{dd}`, `{hh}` (`{{`/`}}` are literal braces); must start with "
             "`prefix`. With `{hh}` a partition is an hour, else a day. `emr-autopilot backfill --from --to` starts "
-            "one run per partition; null: backfill needs `--template` or `--prefixes`. Does not change what "
-            "starts a run on arrival."
+            "one run per partition; null: backfill needs `--template` or `--prefixes`. Required by `schedule` and "
+            "`expect`; an arrival run whose key lies in a partition records its logical date."
+        ),
+    )
+    schedule: Schedule | None = Field(
+        default=None,
+        description=(
+            "Run by the clock instead of on arrivals (no arrival rule is deployed): each firing starts one run over "
+            "the `partition_template` partition of its logical date, the partition that ended last before the "
+            "firing on the schedule's clock (a daily firing at 02:00 on 06-03 runs 06-02). The run id is the one "
+            "`emr-autopilot backfill` gives that date, so a redelivered firing, a second firing for the date and a "
+            "backfill of it are one run."
+        ),
+    )
+    expect: Expectation | None = Field(
+        default=None,
+        description=(
+            "Arrival deadline of an arrival-triggered pipeline: when no run has started for a logical date by the "
+            "deadline, a MISSED ledger entry and a notification name the date and the prefix that stayed empty."
         ),
     )
 
@@ -232,6 +250,28 @@ class Trigger(StrictModel):
                 f"partition_template: {template!r} does not start with the trigger's prefix {self.prefix!r}; "
                 f"expected a partition under it, e.g. {self.prefix + 'dt={ds}/'!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _clock_needs_partitions(self) -> Trigger:
+        for field, value in (("schedule", self.schedule), ("expect", self.expect)):
+            if value is not None and self.partition_template is None:
+                raise ValueError(
+                    f"{field}: needs partition_template (the partition of each logical date), e.g. "
+                    f"{self.prefix + 'dt={ds}/'!r}"
+                )
+        if self.schedule is not None and self.expect is not None:
+            raise ValueError(
+                "expect: is for pipelines that start on arrivals; a scheduled pipeline starts by the clock (its empty "
+                "partitions follow schedule.on_empty): remove expect or schedule"
+            )
+        if self.expect is not None and self.partition_template is not None:
+            every = every_of(self.partition_template)
+            if self.expect.every != every:
+                raise ValueError(
+                    f"expect.every: got {self.expect.every!r}, but partition_template {self.partition_template!r} "
+                    f"is {'daily' if every == 'day' else 'hourly'}; expected every: {every}"
+                )
         return self
 
     def overlaps(self, other: Trigger) -> bool:

@@ -92,6 +92,7 @@ class _Deployer:
             "AWS::Lambda::EventInvokeConfig": self._event_invoke_config,
             "AWS::CloudWatch::Alarm": self._alarm,
             "AWS::Events::Rule": self._rule,
+            "AWS::Scheduler::Schedule": self._schedule,
             "AWS::StepFunctions::StateMachine": self._state_machine,
             "AWS::EMRServerless::Application": self._serverless_application,
             "AWS::EMRContainers::VirtualCluster": self._virtual_cluster,
@@ -330,6 +331,21 @@ class _Deployer:
         if targets:
             events.put_targets(Rule=name, Targets=targets)
         self._set(resource, name, Arn=arn)
+
+    def _schedule(self, resource: Resource, props: dict[str, Any]) -> None:
+        """An EventBridge Scheduler schedule (moto's `scheduler`); `twin.scheduler.fire` fires it on demand."""
+        name = self._name(resource, props.get("Name"), 64)
+        optional = ("Description", "ScheduleExpressionTimezone", "StartDate", "EndDate", "KmsKeyArn")
+        arn = self.twin.client("scheduler").create_schedule(
+            Name=name,
+            GroupName=props.get("GroupName", "default"),
+            ScheduleExpression=props["ScheduleExpression"],
+            FlexibleTimeWindow=props["FlexibleTimeWindow"],
+            Target=props["Target"],
+            State=props.get("State", "ENABLED"),
+            **{key: props[key] for key in optional if key in props},
+        )["ScheduleArn"]
+        self._set(resource, arn, Arn=arn)
 
     def _state_machine(self, resource: Resource, props: dict[str, Any]) -> None:
         name = self._name(resource, props.get("StateMachineName"), 80)

@@ -35,6 +35,7 @@ from local.emr_serverless import EmrServerlessTwin
 from local.faults import FaultInjector, TwinClientError
 from local.iam.enforcer import IamEnforcer
 from local.lambda_runtime import FunctionError, LambdaRuntime, LocalFunction
+from local.scheduler import SchedulerTwin
 from local.spark_runner import SparkRunner
 from local.twin_log import TwinLog
 from local.validation import ASYNC_PAYLOAD_BYTES
@@ -144,6 +145,7 @@ class Twin:
         self.app_uis: AppUis
         self.cloudtrail = CloudTrail(account=self.account, region=self.region, emit=self.put_event)
         self.cloudwatch = CloudWatchAlarms(account=self.account, region=self.region, emit=self.put_event)
+        self.scheduler = SchedulerTwin(self)  # EventBridge Scheduler schedules, fired on demand for a given instant
         self._schedules = threading.Event()  # set: no background schedule ticking (see start_schedules)
         self._schedules.set()
 

@@ -20,6 +20,7 @@ from stacks.guardrails import AutopilotGuardrails
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, deployment_name, serverless_application_name
 from stacks.platform import AutopilotPlatform
+from stacks.schedules import PipelineClock
 from stacks.serverless_pipeline import ServerlessApplicationConstruct, ServerlessPipeline
 from stacks.storage import AutopilotStorage
 from stacks.triggers import PipelineTrigger
@@ -47,6 +48,7 @@ class AutopilotStack(Stack):
         }
         self.pipelines: dict[str, PipelineWorkflow] = {}
         self.triggers: dict[str, PipelineTrigger] = {}
+        self.clocks: dict[str, PipelineClock] = {}
         for name, pipeline in config.pipelines.items():
             runtime = pipeline.runtime
             workflow: PipelineWorkflow
@@ -87,6 +89,20 @@ class AutopilotStack(Stack):
                 )
                 Tags.of(trigger).add(TAG_PIPELINE, name)
                 self.triggers[name] = trigger
+                if pipeline.trigger.schedule is not None or pipeline.trigger.expect is not None:
+                    clock = PipelineClock(
+                        self,
+                        f"Clock-{name}",
+                        name=name,
+                        prefix=prefix,
+                        trigger=pipeline.trigger,
+                        state_machine_arn=workflow.state_machine.state_machine_arn,
+                        queue=trigger.queue,
+                        landing_bucket=self.storage.landing.bucket_name,
+                        platform=self.platform,
+                    )
+                    Tags.of(clock).add(TAG_PIPELINE, name)
+                    self.clocks[name] = clock
 
         deployment = DeploymentProps(config, prefix, self.storage, self.platform, self.pipelines)
         self.guardrails = AutopilotGuardrails(self, "Guardrails", deployment)

@@ -70,11 +70,14 @@ LIMITS: dict[str, NameLimit] = {
     "table": NameLimit("DynamoDB table name", 255, "DynamoDB naming rules (3-255 characters)"),
     "dashboard": NameLimit("CloudWatch dashboard name", 255, "cloudwatch PutDashboard DashboardName (user guide)"),
     "trail": NameLimit("CloudTrail trail name", 128, "CloudTrail CreateTrail Name (3-128 characters)"),
+    "schedule": NameLimit("EventBridge Scheduler schedule name", 64, "scheduler CreateSchedule Name"),
 }
 
 # The app's functions (FunctionFactory refuses another name, so this list and the template agree).
 FUNCTION_NAMES = ("router", "prepare", "admission", "finalize", "guardrail", "scaler")
 ARRIVAL_RULE_SUFFIXES = {"eventbridge": "object-created", "cloudtrail": "data-event"}
+# A pipeline's EventBridge Scheduler schedules: `trigger.schedule` and `trigger.expect`.
+SCHEDULE_SUFFIXES = {"scheduled": "schedule", "deadline": "deadline"}
 # EMR cluster ids are `j-` and 13 characters; run ids end in `-` and 24 hex characters (autopilot_common.names).
 CLUSTER_ID_LENGTH = 15
 RUN_ID_SUFFIX_LENGTH = 25
@@ -93,6 +96,11 @@ def arrivals_queue_name(deployment: str, pipeline: str) -> str:
 def arrival_rule_name(deployment: str, pipeline: str, source: str) -> str:
     """The rule that routes a pipeline's landing objects seen by `source` (`eventbridge` or `cloudtrail`)."""
     return f"{deployment}-{pipeline}-{ARRIVAL_RULE_SUFFIXES[source]}"
+
+
+def schedule_name(deployment: str, pipeline: str, kind: str) -> str:
+    """The Scheduler schedule of a pipeline's `kind` of firing (`scheduled` runs or arrival `deadline`s)."""
+    return f"{deployment}-{pipeline}-{SCHEDULE_SUFFIXES[kind]}"
 
 
 def state_machine_name(deployment: str, pipeline: str) -> str:

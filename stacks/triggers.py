@@ -1,4 +1,5 @@
-"""S3 trigger of one pipeline: EventBridge rule(s) -> SQS queue (+DLQ) -> router Lambda.
+"""S3 trigger of one pipeline: EventBridge rule(s) -> SQS queue (+DLQ) -> router Lambda (a scheduled pipeline's queue
+takes its Scheduler firings instead: `stacks.schedules`).
 
 Sources (`trigger.sources`): `eventbridge` is a rule on the landing bucket's "Object Created" events;
 `cloudtrail` is a rule on CloudTrail S3 data events (PutObject, CopyObject, CompleteMultipartUpload)
@@ -66,8 +67,9 @@ def data_event_pattern(bucket_name: str, trigger: Trigger) -> events.EventPatter
     )
 
 
-def envelope(pipeline: str, state_machine_arn: str, trigger: Trigger) -> str:
-    """The SQS message template: routing data plus the full original event (`<aws.events.event.json>`)."""
+def routing_block(trigger: Trigger) -> dict[str, Any]:
+    """The `trigger` block of every message on a pipeline's queue: what the router needs to filter and group objects
+    (`routing.TriggerSpec`)."""
     batching = trigger.batching
     routing: dict[str, Any] = {
         "mode": batching.mode,
@@ -78,10 +80,18 @@ def envelope(pipeline: str, state_machine_arn: str, trigger: Trigger) -> str:
     }
     if isinstance(batching, MarkerBatching):
         routing["late_objects"] = batching.late_objects
+    if trigger.partition_template is not None:
+        # Only then: an arrival run claims the logical dates of its partitions (what arrival deadlines look for).
+        routing["partition_template"] = trigger.partition_template
     if trigger.sources != DEFAULT_SOURCES:
         # Only then: the router reads each object (HeadObject) to identify it whatever reported it.
         routing["sources"] = trigger.sources
-    head = json.dumps({"pipeline": pipeline, "state_machine_arn": "@ARN@", "trigger": routing})
+    return routing
+
+
+def envelope(pipeline: str, state_machine_arn: str, trigger: Trigger) -> str:
+    """The SQS message template: routing data plus the full original event (`<aws.events.event.json>`)."""
+    head = json.dumps({"pipeline": pipeline, "state_machine_arn": "@ARN@", "trigger": routing_block(trigger)})
     before, after = head[:-1].split("@ARN@")
     return before + state_machine_arn + after + ', "event": <aws.events.event.json>}'
 
@@ -125,7 +135,9 @@ class PipelineTrigger(Construct):
         # `rule` is the Object Created rule (None when the trigger uses CloudTrail only).
         self.rule: events.Rule | None = None
         self.data_event_rule: events.Rule | None = None
-        if "eventbridge" in trigger.sources:
+        # A scheduled pipeline runs by the clock only (`stacks.schedules`): its queue takes Scheduler's firings.
+        arrivals = trigger.sources if trigger.schedule is None else []
+        if "eventbridge" in arrivals:
             self.rule = self._rule(
                 "ObjectCreated",
                 rule_name=arrival_rule_name(prefix, name, "eventbridge"),
@@ -133,7 +145,7 @@ class PipelineTrigger(Construct):
                 pattern=object_created_pattern(bucket_name, trigger),
                 message=message,
             )
-        if "cloudtrail" in trigger.sources:
+        if "cloudtrail" in arrivals:
             self.data_event_rule = self._rule(
                 "DataEvent",
                 rule_name=arrival_rule_name(prefix, name, "cloudtrail"),

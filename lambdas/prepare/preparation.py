@@ -46,9 +46,11 @@ _TOKEN = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 MAX_CONSOLE_INPUTS = 1000
 MAX_OBJECTS = 100_000
 ROUTER_KEYS = {"pipeline", "manifest", "object_count", "trigger", "overrides"}
-CONSOLE_KEYS = {"pipeline", "inputs", "overrides", "rerun_of"}
+CONSOLE_KEYS = {"pipeline", "inputs", "overrides", "rerun_of", "logical_date"}
 # A run id (= an execution name: 1-80 characters, no whitespace, brackets, wildcards or control characters).
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.:=+@-]{1,80}$")
+# A partition's logical date as `autopilot_common.logical_dates.label` writes it: a date, or a date-hour.
+_LOGICAL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2})?$")
 # Set by the router only: the arrival's time orders the admission queue and the ledger says what started the run.
 ROUTER_ONLY_KEYS = {"trigger", "object_count"}
 # The Spark conf that names the run in its Spark application (Spark UI, event logs). It also keeps the job's
@@ -224,7 +226,7 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
         manifest = InputManifest(pipeline=settings.pipeline, run_id=run_id, objects=objects)
         manifest_uri = manifest.write(s3, settings.artifacts_bucket)
         object_count = manifest.object_count
-        trigger = {"type": "console"} | _rerun_of(raw)
+        trigger = {"type": "console"} | _rerun_of(raw) | _logical_date(raw)
     return {
         "valid": True,
         "run": _run_record(run_id, execution, settings, manifest_uri, object_count, trigger, overrides),
@@ -240,6 +242,19 @@ def _rerun_of(raw: dict[str, Any]) -> dict[str, str]:
     if not isinstance(value, str) or not _RUN_ID.match(value):
         raise InvalidInput(f"rerun_of: got {shown(value)}; expected a run id (an execution name)")
     return {"rerun_of": value}
+
+
+def _logical_date(raw: dict[str, Any]) -> dict[str, str]:
+    """`logical_date`: the partition a console run covers (`emr-autopilot backfill` sets it), kept in the trigger and
+    the ledger."""
+    if "logical_date" not in raw:
+        return {}
+    value = raw["logical_date"]
+    if not isinstance(value, str) or not _LOGICAL_DATE.match(value):
+        raise InvalidInput(
+            f"logical_date: got {shown(value)}; expected a date such as 2024-06-01 or a date-hour such as 2024-06-01T05"
+        )
+    return {"logical_date": value}
 
 
 def _router_manifest(raw: dict[str, Any], settings: PipelineSettings, run_id: str) -> tuple[str, int]:
@@ -415,6 +430,8 @@ def _run_record(
     }
     if "rerun_of" in trigger:
         entry["rerun_of"] = str(trigger["rerun_of"])
+    if isinstance(trigger.get("logical_date"), str):  # scheduled runs, backfills, arrivals in one partition
+        entry["logical_date"] = trigger["logical_date"]
     record: dict[str, Any] = {
         "run_id": run_id,
         "pipeline": settings.pipeline,

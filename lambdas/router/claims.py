@@ -39,6 +39,13 @@ def claim_id(claim_key: str) -> str:
     return f"{CLAIM_KEY_PREFIX}#{hashlib.sha256(claim_key.encode('utf-8')).hexdigest()}"
 
 
+def date_claim_key(pipeline: str, logical_date: str) -> str:
+    """The claim that some run started for a pipeline's logical date (an arrival run whose objects lie in a
+    `partition_template` partition): what an arrival deadline reads (one item, not a scan of the ledger). `@` keeps it
+    apart from object claims, whose identity starts with a bucket name (which cannot hold `@`)."""
+    return f"{pipeline}\x00@logical-date\x00{logical_date}"
+
+
 @dataclass(frozen=True)
 class Claim:
     """What a claim item says: the run that owns the object, and for humans which object it is."""

@@ -1,4 +1,4 @@
-"""Router Lambda: SQS batches of S3 arrivals -> deterministic Step Functions executions.
+"""Router Lambda: SQS batches of S3 arrivals (and of Scheduler firings) -> deterministic Step Functions executions.
 
 Environment: `MANIFEST_BUCKET`, `IDEMPOTENCY_TABLE`, `LEDGER_BUCKET`, `TOPIC_ARN`, optional
 `IDEMPOTENCY_TTL_SECONDS` (default 7 days),
@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from autopilot_common.clients import Clients
 from autopilot_common.observability import METRICS_NAMESPACE, observability
 from claims import ClaimStore
+from firings import Clock
 from routing import SERVICE, BatchReport, Router, RouterSettings
 
 obs = observability(SERVICE)
@@ -33,7 +34,7 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 def _router() -> Router:
     """Built on first use, so importing the module needs no AWS credentials or region."""
     claims = ClaimStore(CLIENTS.dynamodb, SETTINGS.idempotency_table, ttl_seconds=SETTINGS.ttl_seconds)
-    return Router(
+    router = Router(
         s3=CLIENTS.s3,
         sfn=CLIENTS.sfn,
         claims=claims,
@@ -42,6 +43,8 @@ def _router() -> Router:
         sns=CLIENTS.sns,
         topic_arn=SETTINGS.topic_arn,
     )
+    router.clock = Clock(router)
+    return router
 
 
 @obs.handler

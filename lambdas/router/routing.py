@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger
@@ -57,10 +57,11 @@ from botocore.exceptions import ClientError
 
 from autopilot_common.keys import folder_of, in_temporary_folder, is_marker, skip_reason
 from autopilot_common.ledger import ledger_key, skipped_entry, write_entry
+from autopilot_common.logical_dates import every_of, label, partition_of, template_problem
 from autopilot_common.manifest import InputManifest, ManifestObject, manifest_key
 from autopilot_common.names import is_legal_execution_name, run_id_for
 from autopilot_common.settings import Environment
-from claims import EARLIER_RUN, ClaimStore
+from claims import EARLIER_RUN, ClaimStore, date_claim_key
 
 if TYPE_CHECKING:
     from autopilot_common.clients import S3Client, SFNClient, SNSClient
@@ -81,6 +82,9 @@ DATA_EVENT = "AWS API Call via CloudTrail"
 # CloudTrail S3 data events that create an object (the same writes S3 notifies as "Object Created").
 OBJECT_WRITES = ("PutObject", "CopyObject", "CompleteMultipartUpload")
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+# Messages EventBridge Scheduler puts on a pipeline's queue (`firings`): a schedule firing, an arrival deadline.
+SCHEDULED, DEADLINE = "scheduled", "deadline"
+FIRING_KINDS = (SCHEDULED, DEADLINE)
 
 _STATE_MACHINE_ARN = re.compile(r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:stateMachine:[A-Za-z0-9_-]{1,80}$")
 # A run id is `<pipeline>-<24 hex>`; checking a sample name validates the pipeline once, up front.
@@ -107,6 +111,9 @@ class Metric(StrEnum):
     RUNS_STARTED = "RunsStarted"
     RUNS_DUPLICATE = "RunsDuplicate"
     RUNS_FAILED = "RunsFailed"
+    SCHEDULE_FIRINGS = "ScheduleFirings"
+    EMPTY_PARTITIONS = "EmptyPartitions"
+    DEADLINES_MISSED = "DeadlinesMissed"
 
 
 class MalformedRecord(ValueError):
@@ -160,6 +167,8 @@ class TriggerSpec:
     ignore_zero_byte: bool = True
     sources: tuple[str, ...] = DEFAULT_SOURCES
     late_objects: str = "rerun"  # marker mode: objects written to a folder after its marker
+    # `trigger.partition_template`: an arrival run whose objects lie in partitions claims their logical dates.
+    partition_template: str | None = None
 
     @property
     def reads_objects(self) -> bool:
@@ -206,7 +215,11 @@ class TriggerSpec:
             raise MalformedRecord(
                 f"trigger.late_objects: got {_short(late_objects)}; expected one of {list(LATE_OBJECTS)}"
             )
-        return cls(mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte, tuple(sources), late_objects)
+        template = raw.get("partition_template")
+        if template is not None and (not isinstance(template, str) or template_problem(template)):
+            problem = template_problem(template) if isinstance(template, str) else "expected a string"
+            raise MalformedRecord(f"trigger.partition_template: got {_short(template)}; {problem}")
+        return cls(mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte, tuple(sources), late_objects, template)
 
 
 @dataclass(frozen=True)
@@ -333,20 +346,27 @@ def newer_sequencer(a: str, b: str) -> bool:
     return a.upper().ljust(width, "0") > b.upper().ljust(width, "0")
 
 
-def parse_envelope(body: str) -> ObjectEvent:
-    """Parse one SQS record body (the router envelope); raise MalformedRecord naming the bad field."""
+def message_head(body: str) -> tuple[dict[str, Any], str, str]:
+    """(the message as JSON, its `pipeline`, its `state_machine_arn`): what every message on a pipeline's queue
+    starts with (an arrival envelope, a Scheduler firing); MalformedRecord naming the bad field."""
     try:
-        envelope = json.loads(body)
+        message = json.loads(body)
     except (TypeError, ValueError) as exc:
         raise MalformedRecord(f"body: not JSON ({exc})") from None
-    if not isinstance(envelope, dict):
-        raise MalformedRecord(f"body: got {_short(envelope)}; expected a JSON object")
-    pipeline = envelope.get("pipeline")
+    if not isinstance(message, dict):
+        raise MalformedRecord(f"body: got {_short(message)}; expected a JSON object")
+    pipeline = message.get("pipeline")
     if not isinstance(pipeline, str) or not is_legal_execution_name(f"{pipeline}-{_SAMPLE_DIGEST}"):
         raise MalformedRecord(f"pipeline: got {_short(pipeline)}; expected a pipeline name like 'sales-daily'")
-    arn = envelope.get("state_machine_arn")
+    arn = message.get("state_machine_arn")
     if not isinstance(arn, str) or not _STATE_MACHINE_ARN.match(arn):
         raise MalformedRecord(f"state_machine_arn: got {_short(arn)}; expected a Step Functions state machine ARN")
+    return message, pipeline, arn
+
+
+def parse_envelope(body: str) -> ObjectEvent:
+    """Parse one SQS record body (the router envelope); raise MalformedRecord naming the bad field."""
+    envelope, pipeline, arn = message_head(body)
     trigger = TriggerSpec.from_envelope(envelope.get("trigger"))
     event = envelope.get("event")
     if not isinstance(event, dict):
@@ -660,6 +680,16 @@ def execution_trigger(plan: RunPlan) -> dict[str, Any]:
     return trigger
 
 
+def partition_dates(template: str | None, keys: Iterable[str]) -> list[str]:
+    """The logical dates (`logical_dates.label`) of the `partition_template` partitions the keys lie in, sorted; empty
+    without a template or when no key lies in a partition."""
+    if template is None:
+        return []
+    every = every_of(template)
+    found = {partition_of(template, key) for key in keys}
+    return sorted(label(moment, every) for moment in found if moment is not None)
+
+
 def execution_input(pipeline: str, manifest_uri: str, object_count: int, trigger: Mapping[str, Any]) -> dict[str, Any]:
     """The execution input: a pointer to the manifest, never the object list (payload limit 256 KiB)."""
     return {"pipeline": pipeline, "manifest": manifest_uri, "object_count": object_count, "trigger": dict(trigger)}
@@ -743,6 +773,21 @@ class _Batch:
     versions: dict[tuple[str, str, str | None], ObjectVersion | None] = field(default_factory=dict)
 
 
+class FiringHandler(Protocol):
+    """What handles the Scheduler's messages on the queues (`firings.Clock`)."""
+
+    def handle(self, body: str, report: BatchReport) -> str: ...
+
+
+def firing_kind(body: str) -> str | None:
+    """`scheduled` or `deadline` for a Scheduler message (its `kind`), None for an arrival envelope."""
+    try:
+        kind = json.loads(body).get("kind")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
 class Router:
     """Routes SQS batches of envelopes to Step Functions executions.
 
@@ -761,6 +806,7 @@ class Router:
         ledger_bucket: str,
         sns: SNSClient | None = None,
         topic_arn: str | None = None,
+        clock: FiringHandler | None = None,
     ) -> None:
         self.s3 = s3
         self.sfn = sfn
@@ -769,6 +815,7 @@ class Router:
         self.ledger_bucket = ledger_bucket
         self.sns = sns
         self.topic_arn = topic_arn
+        self.clock = clock  # schedule firings and arrival deadlines; None: such a message is malformed here
 
     def route_batch(
         self,
@@ -814,6 +861,8 @@ class Router:
     def _handle_record(self, record: SQSRecord, batch: _Batch) -> str:
         """Parse, filter and claim one record; return what happened. Raising fails just this record."""
         message_id, report = record.message_id, batch.report
+        if firing_kind(record.body) is not None:
+            return self._fire(record, batch)
         try:
             event = parse_envelope(record.body)
         except MalformedRecord as exc:
@@ -851,6 +900,19 @@ class Router:
             return "duplicate"
         batch.accepted[key] = Accepted(event, message_id)
         return "accepted"
+
+    def _fire(self, record: SQSRecord, batch: _Batch) -> str:
+        """A Scheduler message: handled on its own, at once (it is one run or one check, never grouped with
+        arrivals); raising fails just this record."""
+        if self.clock is None:
+            raise MalformedRecord("kind: a Scheduler message reached a router without a clock")
+        try:
+            return self.clock.handle(record.body, batch.report)
+        except MalformedRecord as exc:
+            pipeline = _pipeline_hint(record.body)
+            logger.warning("malformed firing", message_id=record.message_id, pipeline=pipeline, reason=str(exc))
+            batch.report.count(Metric.MALFORMED_RECORDS, pipeline)
+            raise
 
     def _head(self, batch: _Batch, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion | None:
         """HeadObject, once per (bucket, key, version) per batch. Errors other than 404 propagate (the record fails
@@ -957,17 +1019,23 @@ class Router:
                               objects=objects)  # fmt: skip
         key = ledger_key(event.pipeline, at, run_id)
         write_entry(self.s3, self.ledger_bucket, key, entry)
-        if self.sns is not None and self.topic_arn:
-            self.sns.publish(
-                TopicArn=self.topic_arn,
-                Subject=f"EMR Autopilot: {event.pipeline} arrival SKIPPED"[:100],
-                Message=json.dumps({**entry, "ledger": f"s3://{self.ledger_bucket}/{key}"}, ensure_ascii=False),
-                MessageAttributes={
-                    "pipeline": {"DataType": "String", "StringValue": event.pipeline},
-                    "state": {"DataType": "String", "StringValue": "SKIPPED"},
-                },
-            )
+        self.notify_entry(entry, key, subject=f"{event.pipeline} arrival SKIPPED")
         report.count(Metric.ARRIVALS_SKIPPED, event.pipeline)
+
+    def notify_entry(self, entry: Mapping[str, Any], key: str, *, subject: str) -> None:
+        """Publish a ledger entry of something that started no run (SKIPPED, MISSED, FAILED before starting) to the
+        notifications topic: the entry and where it is, attributes `pipeline` and `state` (no topic: nothing)."""
+        if self.sns is None or not self.topic_arn:
+            return
+        self.sns.publish(
+            TopicArn=self.topic_arn,
+            Subject=f"EMR Autopilot: {subject}"[:100],
+            Message=json.dumps({**entry, "ledger": f"s3://{self.ledger_bucket}/{key}"}, ensure_ascii=False),
+            MessageAttributes={
+                "pipeline": {"DataType": "String", "StringValue": str(entry["pipeline"])},
+                "state": {"DataType": "String", "StringValue": str(entry["state"])},
+            },
+        )
 
     def _run(self, plan: RunPlan, report: BatchReport) -> None:
         """A new run: its manifest (objects, claim keys, trigger), its claims, then StartExecution."""
@@ -995,6 +1063,9 @@ class Router:
                                 "superseded": len(superseded)})  # fmt: skip
                     report.count(Metric.SUPERSEDED_VERSIONS, plan.pipeline, len(superseded))
             trigger = execution_trigger(plan)
+            dates = partition_dates(first.trigger.partition_template, [o.key for o in objects])
+            if len(dates) == 1:
+                trigger["logical_date"] = dates[0]
             claim_keys = [s.event.claim_key for s in plan.sources]
             manifest = InputManifest(
                 pipeline=plan.pipeline,
@@ -1015,6 +1086,8 @@ class Router:
                 report.count(Metric.CLAIM_CONFLICTS, plan.pipeline, len(lost))
                 report.fail(plan.message_ids)
                 return
+            for day in dates:  # what an arrival deadline looks for (`firings`): a run started for the date
+                self.claims.claim(date_claim_key(plan.pipeline, day), plan.run_id, label=f"{plan.pipeline} {day}")
             payload = execution_input(plan.pipeline, manifest_uri, manifest.object_count, trigger)
             started = start_execution(self.sfn, plan.state_machine_arn, plan.run_id, payload)
         except Exception:

@@ -47,10 +47,10 @@ def test_backfilled_runs_succeed_and_a_second_backfill_starts_nothing(operator: 
     started = [p for p in _rows(ran.stdout) if p["action"] == "started"]
     run_ids = [backfill_run_id("sales-daily", f"{folder}/dt={day}/", day) for day in ("2024-06-01", "2024-06-03")]
     assert [p["run_id"] for p in started] == run_ids
-    for run_id in run_ids:
+    for run_id, day in zip(run_ids, ("2024-06-01", "2024-06-03"), strict=True):
         entry = env.ledger(run_id)
-        assert entry["state"] == "SUCCEEDED" and entry["trigger"] == {"type": "console"}, entry
-        assert entry["object_count"] == 1
+        assert entry["state"] == "SUCCEEDED" and entry["trigger"] == {"type": "console", "logical_date": day}, entry
+        assert entry["object_count"] == 1 and entry["logical_date"] == day
     assert f"2024-06-03: {run_ids[1]} SUCCEEDED" in " ".join(ran.stderr.split())
 
     again = cli(env, *args, "--json")

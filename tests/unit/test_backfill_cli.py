@@ -87,8 +87,13 @@ def test_backfill_starts_one_run_per_non_empty_partition_at_the_rate(
         _run_id("2024-06-01"): {
             "pipeline": "sales-daily",
             "inputs": [f"s3://{LANDING}/sales/dt=2024-06-01/a.csv", f"s3://{LANDING}/sales/dt=2024-06-01/b.csv"],
+            "logical_date": "2024-06-01",
         },
-        _run_id("2024-06-03"): {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/dt=2024-06-03/"]},
+        _run_id("2024-06-03"): {
+            "pipeline": "sales-daily",
+            "inputs": [f"s3://{LANDING}/sales/dt=2024-06-03/"],
+            "logical_date": "2024-06-03",
+        },
     }
     assert landing == [5.0]  # 12 a minute: one pause between the two starts
     actions = [r["action"] for r in json.loads(result.stdout)]

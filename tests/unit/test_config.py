@@ -51,8 +51,8 @@ def test_shipped_dev_config_is_valid() -> None:
             "unknown-key",
             "trigger",
             {"colour": "red"},
-            "trigger.colour: unknown key; expected one of: batching, ignore_zero_byte, partition_template, prefix, "
-            "sources, suffixes",
+            "trigger.colour: unknown key; expected one of: batching, expect, ignore_zero_byte, partition_template, "
+            "prefix, schedule, sources, suffixes",
         ),
         _sales_case(
             "wrong-type",
@@ -157,6 +157,68 @@ def test_shipped_dev_config_is_valid() -> None:
             "trigger",
             {"partition_template": "orders/dt={ds}/"},
             "trigger: partition_template: 'orders/dt={ds}/' does not start with the trigger's prefix 'sales/'",
+        ),
+        _sales_case(
+            "schedule-expression",
+            "trigger",
+            {"schedule": {"expression": "cron(0 2 * * * *)"}},
+            "trigger.schedule.expression: 'cron(0 2 * * * *)': exactly one of day-of-month and day-of-week must be '?'",
+        ),
+        _sales_case(
+            "schedule-cron-field",
+            "trigger",
+            {"schedule": {"expression": "cron(0 24 * * ? *)"}},
+            "trigger.schedule.expression: 'cron(0 24 * * ? *)': hours: '24' is not a value, range (a-b), list (a,b) "
+            "or step (*/n, a/n) of 0-23",
+        ),
+        _sales_case(
+            "schedule-at",
+            "trigger",
+            {"schedule": {"expression": "at(2024-06-03T02:00:00)"}},
+            "trigger.schedule.expression: 'at(2024-06-03T02:00:00)': expected cron(minutes hours day-of-month month "
+            "day-of-week year)",
+        ),
+        _sales_case(
+            "schedule-rate-unit",
+            "trigger",
+            {"schedule": {"expression": "rate(1 days)"}},
+            "trigger.schedule.expression: 'rate(1 days)': the unit is singular for 1 and plural above",
+        ),
+        _sales_case(
+            "schedule-timezone",
+            "trigger",
+            {"schedule": {"expression": "rate(1 day)", "timezone": "Europe/Berlinn"}},
+            "trigger.schedule.timezone: time zone 'Europe/Berlinn' is not an IANA time zone name; expected e.g. 'UTC'",
+        ),
+        _sales_case(
+            "schedule-needs-template",
+            "trigger",
+            {"schedule": {"expression": "rate(1 day)"}, "partition_template": None},
+            "trigger: schedule: needs partition_template (the partition of each logical date), e.g. 'sales/dt={ds}/'",
+        ),
+        _sales_case(
+            "schedule-on-empty",
+            "trigger",
+            {"schedule": {"expression": "rate(1 day)", "on_empty": "ignore"}},
+            "trigger.schedule.on_empty: got 'ignore'; expected one of 'skip' or 'fail'",
+        ),
+        _sales_case(
+            "expect-by",
+            "trigger",
+            {"expect": {"by": "6:00"}},
+            "trigger.expect: by: got '6:00'; with every: day expected 'HH:MM', e.g. '06:00'",
+        ),
+        _sales_case(
+            "expect-every-vs-template",
+            "trigger",
+            {"expect": {"by": ":45", "every": "hour"}},
+            "trigger: expect.every: got 'hour', but partition_template 'sales/dt={ds}/' is daily; expected every: day",
+        ),
+        _sales_case(
+            "expect-with-schedule",
+            "trigger",
+            {"expect": {"by": "06:00"}, "schedule": {"expression": "rate(1 day)"}},
+            "trigger: expect: is for pipelines that start on arrivals",
         ),
         _sales_case(
             "reserved-output",

@@ -101,6 +101,7 @@ def test_cdk_synth_prints_one_clear_error_instead_of_a_jsii_traceback(tmp_path: 
 
 MODEL_BACKED = {
     "rule": ("events", "PutRule", "Name"),
+    "schedule": ("scheduler", "CreateSchedule", "Name"),
     "state_machine": ("stepfunctions", "CreateStateMachine", "name"),
     "execution": ("stepfunctions", "StartExecution", "name"),
     "log_group": ("logs", "CreateLogGroup", "logGroupName"),

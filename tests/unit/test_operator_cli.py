@@ -639,6 +639,17 @@ def test_show_lists_every_attempt_of_a_retried_job_run(account: dict[str, Any]) 
     assert "job run attempts" not in cli("show", "once").stdout
 
 
+def test_show_prints_the_logical_date_and_the_scheduled_time(account: dict[str, Any]) -> None:
+    trigger = {"type": "schedule", "scheduled_time": "2024-06-03T00:00:00Z", "timezone": "Europe/Berlin",
+               "logical_date": "2024-06-02"}  # fmt: skip
+    _write_entry("nightly-run", None, runtime="emr-serverless", trigger=trigger, logical_date="2024-06-02")
+    shown = " ".join(cli("show", "nightly-run").stdout.split())
+    assert "trigger schedule logical date 2024-06-02 scheduled 2024-06-03T00:00:00Z (Europe/Berlin clock)" in shown
+    assert json.loads(cli("show", "nightly-run", "--json").stdout)["raw"]["logical_date"] == "2024-06-02"
+    _write_entry("console-run", None, runtime="emr-serverless", trigger={"type": "console"})
+    assert "logical date" not in cli("show", "console-run").stdout
+
+
 def test_show_prefers_the_links_the_ledger_recorded(account: dict[str, Any]) -> None:
     _write_entry("linked", None, links={"execution": "https://example.test/exec", "logs": "https://example.test/l"})
     shown = json.loads(cli("show", "linked", "--json").stdout)

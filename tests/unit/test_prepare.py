@@ -96,6 +96,18 @@ def test_a_rerun_records_the_run_it_runs_again_in_its_trigger_and_ledger_entry(s
     assert refused["valid"] is False and refused["cause"].startswith("rerun_of: got 'a b'; expected a run id")
 
 
+def test_a_backfill_records_its_logical_date_in_its_trigger_and_ledger_entry(s3: Any) -> None:
+    s3.put_object(Bucket=LANDING, Key="sales/dt=2024-06-01/a.csv", Body=b"x")
+    body = {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/dt=2024-06-01/"], "logical_date": "2024-06-01"}
+    ledger = _run(s3, body)["run"]["ledger"]
+    assert ledger["trigger"] == {"type": "console", "logical_date": "2024-06-01"}
+    assert ledger["logical_date"] == "2024-06-01"
+    assert _run(s3, body | {"logical_date": "2024-06-01T05"})["run"]["ledger"]["logical_date"] == "2024-06-01T05"
+    refused = _run(s3, body | {"logical_date": "June 1st"})
+    assert refused["valid"] is False
+    assert refused["cause"].startswith("logical_date: got 'June 1st'; expected a date such as 2024-06-01")
+
+
 def test_run_record_paths_and_job_parameters(s3: Any) -> None:
     s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
     run = _run(s3, {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"]})["run"]

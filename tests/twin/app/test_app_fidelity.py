@@ -207,3 +207,71 @@ def test_the_twins_emr_and_execution_events_have_the_keys_of_the_aws_samples(env
     ended = emitted("Step Functions Execution Status Change", executionArn=arn, status="SUCCEEDED")
     envelope, detail = _keys(load_event("sfn_execution_status_change.json"))
     assert _keys(ended) == (envelope, detail - EXECUTION_DETAIL_KEYS_NOT_EMITTED)
+
+
+# ------------------------------------------------------------------------------------------------------ Scheduler
+
+
+def _schedule_role(env: Deployed, schedule: str) -> tuple[dict[str, Any], str]:
+    found = env.twin.scheduler.schedule(schedule)
+    return found, str(found["Target"]["RoleArn"]).rsplit("/", 1)[-1]
+
+
+def _dead_letters(env: Deployed, schedule_arn: str) -> list[dict[str, Any]]:
+    """The dead-letter events of one schedule, taken off the trigger DLQ (so its alarm stays quiet afterwards)."""
+    sqs = env.twin.client("sqs")
+    url = sqs.get_queue_url(QueueName="autopilot-dev-trigger-dlq")["QueueUrl"]
+    found = []
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
+        "Messages"
+    ):
+        for message in messages:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            attributes = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
+            if attributes.get("SCHEDULE_ARN") == schedule_arn:
+                found.append({"body": message["Body"], **attributes})
+    return found
+
+
+@pytest.mark.iam_denials
+def test_a_schedule_whose_role_may_not_send_retries_then_dead_letters(env: Deployed) -> None:
+    # Given the nightly schedule's role may send to the DLQ but no longer to the pipeline's queue
+    schedule, role = _schedule_role(env, "sales-nightly-schedule")
+    queue_arn = schedule["Target"]["Arn"]
+
+    def strip(statement: dict[str, Any]) -> dict[str, Any]:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        return {**statement, "Resource": [r for r in resources if r != queue_arn]}
+
+    with edited_policy(env, role, strip):
+        firing = env.twin.scheduler.fire("sales-nightly-schedule", at=datetime.fromisoformat("2031-05-06T00:00:00Z"))
+    # Then every attempt of the retry policy was refused, and the firing went to the DLQ with why
+    assert firing is not None and not firing.delivered and firing.dead_lettered
+    retries = schedule["Target"]["RetryPolicy"]["MaximumRetryAttempts"]
+    assert firing.attempts == retries + 1 and len(firing.errors) == retries + 1
+    assert "not authorized to perform: sqs:SendMessage" in firing.errors[-1]
+    (dead,) = _dead_letters(env, schedule["Arn"])
+    assert json.loads(dead["body"])["scheduled_time"] == "2031-05-06T00:00:00Z"
+    assert dead["TARGET_ARN"] == queue_arn and dead["RETRY_ATTEMPTS"] == str(retries)
+    assert env.twin.iam.stats.denials[-1].action == "sqs:SendMessage"
+
+
+def test_a_schedule_role_scheduler_may_not_assume_delivers_nothing(env: Deployed) -> None:
+    # Given a schedule whose role trusts EventBridge, not Scheduler
+    schedule, _ = _schedule_role(env, "sales-nightly-schedule")
+    iam, client = env.twin.client("iam"), env.twin.client("scheduler")
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                      "Principal": {"Service": "events.amazonaws.com"}}]}  # fmt: skip
+    name = f"wrong-trust-{uuid.uuid4().hex[:8]}"
+    role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    target = {**schedule["Target"], "RoleArn": role["Arn"]}
+    target.pop("DeadLetterConfig")
+    client.create_schedule(Name=name, ScheduleExpression="rate(1 day)", FlexibleTimeWindow={"Mode": "OFF"},
+                           Target={**target, "RetryPolicy": {"MaximumRetryAttempts": 1}})  # fmt: skip
+    try:
+        firing = env.twin.scheduler.fire(name, at=datetime.fromisoformat("2031-05-07T00:00:00Z"))
+    finally:
+        client.delete_schedule(Name=name)
+    # Then nothing is delivered: each attempt fails on the trust policy
+    assert firing is not None and not firing.delivered and firing.attempts == 2
+    assert "scheduler.amazonaws.com may not assume" in firing.errors[0]

@@ -10,8 +10,14 @@ this model by `make docs`; the e2e suite validates every entry it writes against
 The date is the run's start (UTC): the execution's start time, or for an arrival the router decided not to run
 (`SKIPPED`) the event time of the arrival, so a redelivered arrival rewrites the same entry.
 
-States: QUEUED, STARTED, SUCCEEDED, FAILED (workflows), ABORTED, TIMED_OUT, CANCELLED (guardrails) and SKIPPED
-(the router: an arrival or a marker that started nothing, with the reason; no execution exists for it).
+States: QUEUED, STARTED, SUCCEEDED, FAILED (workflows), ABORTED, TIMED_OUT, CANCELLED (guardrails), SKIPPED
+(the router: an arrival or a marker that started nothing, or a schedule firing over an empty partition with
+`on_empty: skip`, with the reason; no execution exists for it) and MISSED (the router: an arrival deadline passed with
+no run started for its logical date). A schedule firing over an empty partition with `on_empty: fail` is FAILED
+without an execution.
+
+`logical_date` is the date (or date-hour, `2024-06-01T05`) of the partition a run covers: scheduled runs, backfills,
+arrival runs whose objects lie in one `partition_template` partition, MISSED entries.
 """
 
 from __future__ import annotations
@@ -48,11 +54,15 @@ FAILED: Final = "FAILED"
 ABORTED: Final = "ABORTED"  # the execution was stopped (StopExecution)
 TIMED_OUT: Final = "TIMED_OUT"  # the run exceeded run_timeout_minutes
 CANCELLED: Final = "CANCELLED"  # its step or job run was cancelled outside the app
-SKIPPED: Final = "SKIPPED"  # an arrival that started nothing (router)
-RunState = Literal["QUEUED", "STARTED", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED"]
-RUN_STATES: tuple[RunState, ...] = (QUEUED, STARTED, SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED)
+SKIPPED: Final = "SKIPPED"  # an arrival or a schedule firing that started nothing (router)
+MISSED: Final = "MISSED"  # an arrival deadline passed without a run for its logical date (router)
+RunState = Literal["QUEUED", "STARTED", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED", "MISSED"]
+RUN_STATES: tuple[RunState, ...] = (
+    QUEUED, STARTED, SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED, MISSED
+)  # fmt: skip
 # States no later writer may move a run out of (the guardrails only amend them: cleanup, who stopped it).
-FINAL_STATES = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED})
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED, MISSED})
+NotStartedState = Literal["SKIPPED", "FAILED", "MISSED"]
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _ALREADY_EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
@@ -184,7 +194,8 @@ class RunLedgerEntry(TypedDict, total=False):
     input_manifest: str | None
     object_count: int
     objects: list[dict[str, Any]]  # SKIPPED: the objects that were seen
-    reason: str  # SKIPPED: why nothing started
+    reason: str  # SKIPPED, MISSED, FAILED without an execution: why nothing started
+    logical_date: str  # the partition's date (2024-06-01) or date-hour (2024-06-01T05) the run covers
     overrides: dict[str, Any]
     rerun_of: str  # a console run started by `emr-autopilot rerun`: the run it runs again
     # Where it ran
@@ -277,12 +288,30 @@ def skipped_entry(
     *, pipeline: str, run_id: str, reason: str, at: datetime, trigger: Mapping[str, Any], objects: list[dict[str, Any]]
 ) -> RunLedgerEntry:
     """The entry of an arrival (or marker) that started no run: what it was, why, and what was seen."""
+    return not_started_entry(
+        state=SKIPPED, pipeline=pipeline, run_id=run_id, reason=reason, at=at, trigger=trigger, objects=objects
+    )
+
+
+def not_started_entry(
+    *,
+    state: NotStartedState,
+    pipeline: str,
+    run_id: str,
+    reason: str,
+    at: datetime,
+    trigger: Mapping[str, Any],
+    objects: list[dict[str, Any]],
+    logical_date: str | None = None,
+) -> RunLedgerEntry:
+    """The entry of something that started no execution (SKIPPED, MISSED, FAILED before starting): what it was,
+    why, what was seen and, for a partition, its logical date."""
     stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
+    entry: RunLedgerEntry = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "pipeline": pipeline,
-        "state": SKIPPED,
+        "state": state,
         "reason": reason,
         "trigger": dict(trigger),
         "objects": objects,
@@ -290,3 +319,9 @@ def skipped_entry(
         "started_at": stamp,
         "ended_at": stamp,
     }
+    if state == FAILED:
+        entry["error"] = "NotStarted"
+        entry["cause"] = reason
+    if logical_date is not None:
+        entry["logical_date"] = logical_date
+    return entry

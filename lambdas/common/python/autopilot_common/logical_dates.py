@@ -14,14 +14,18 @@ placeholder  is                  for 2024-06-01 05h
 ==========  ==================  =================
 
 `{{` and `}}` are a literal `{` and `}`. A template with `{hh}` is hourly (one partition per hour), else daily.
-Logical dates are UTC and naive (no time zone): a partition's date is a label, not an instant.
+Logical dates are naive (no time zone): a partition's date is a label, not an instant. A backfill's dates are the
+labels the operator gives; a scheduled firing's (and an arrival deadline's) is `interval_start`: the partition that
+ended last before the firing, on the pipeline's clock (its IANA time zone, UTC by default).
 """
 
 from __future__ import annotations
 
+import re
 import string
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 Every = Literal["day", "hour"]
 EVERY: tuple[Every, ...] = ("day", "hour")
@@ -34,6 +38,8 @@ PLACEHOLDERS: dict[str, str] = {
 }
 MAX_PARTITIONS = 1000  # one backfill starts at most this many runs: a bigger range is split by the operator
 _STEP = {"day": timedelta(days=1), "hour": timedelta(hours=1)}
+# What each placeholder matches in an object key (`partition_of`).
+_KEY_PATTERNS = {"ds": r"\d{4}-\d{2}-\d{2}", "yyyy": r"\d{4}", "mm": r"\d{2}", "dd": r"\d{2}", "hh": r"\d{2}"}
 _VALID = ", ".join("{" + name + "}" for name in PLACEHOLDERS)
 
 
@@ -150,3 +156,65 @@ def partitions(template: str, start: datetime, end: datetime) -> list[tuple[date
         seen[prefix] = moment
         out.append((moment, prefix))
     return out
+
+
+def time_zone(name: str) -> ZoneInfo:
+    """The IANA time zone `name` (e.g. `Europe/Berlin`, `UTC`); TemplateError naming it otherwise."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise TemplateError(
+            f"time zone {name!r} is not an IANA time zone name; expected e.g. 'UTC' or 'Europe/Berlin'"
+        ) from None
+
+
+def interval_start(fired_at: datetime, every: Every, zone: str = "UTC") -> datetime:
+    """The logical date of a schedule firing (or an arrival deadline) at the instant `fired_at`: the start of the
+    partition (day or hour) that ended last before it, on the clock of `zone`.
+
+    Daily: the local calendar day before the firing's (a daily firing at 02:00 on 2024-06-03 is 2024-06-02, Airflow's
+    convention; whatever the hour of the firing, DST days included). Hourly: the local hour before the one the
+    firing falls in, stepped back one real hour, so the repeated hour of a fall-back gives the same label twice
+    (both firings are the same run) and the hour skipped by a spring-forward never is a logical date."""
+    if fired_at.tzinfo is None:
+        raise TemplateError(f"fired at {fired_at.isoformat()}: an instant needs a time zone (expected UTC)")
+    clock = time_zone(zone)
+    local = fired_at.astimezone(clock)
+    if every == "day":
+        day = local.date() - timedelta(days=1)
+        return datetime(day.year, day.month, day.day)
+    if every != "hour":
+        raise TemplateError(f"every: got {every!r}; expected one of {', '.join(EVERY)}")
+    hour = local.replace(minute=0, second=0, microsecond=0)  # keeps the fold: which of a repeated hour
+    return (hour.astimezone(UTC) - _STEP["hour"]).astimezone(clock).replace(tzinfo=None)
+
+
+def partition_of(template: str, key: str) -> datetime | None:
+    """The logical date of the partition an object key lies in (the key starts with the template rendered for that
+    date), or None when it lies in none (another prefix, digits that are no date, a template that does not name the
+    day). Daily partitions get hour 0."""
+    pattern: list[str] = []
+    named: set[str] = set()
+    for literal, name, _, _ in string.Formatter().parse(check_template(template)):
+        pattern.append(re.escape(literal))
+        if name is None:
+            continue
+        pattern.append(f"(?P={name})" if name in named else f"(?P<{name}>{_KEY_PATTERNS[name]})")
+        named.add(name)
+    match = re.match("".join(pattern), key)
+    if match is None:
+        return None
+    found = match.groupdict()
+    try:
+        if "ds" in found:
+            moment = datetime.strptime(found["ds"], "%Y-%m-%d")
+            parts = zip(("yyyy", "mm", "dd"), found["ds"].split("-"), strict=True)
+            if any(found.get(k) not in (None, v) for k, v in parts):
+                return None  # `{ds}` and `{yyyy}/{mm}/{dd}` disagree
+        elif {"yyyy", "mm", "dd"} <= set(found):
+            moment = datetime(int(found["yyyy"]), int(found["mm"]), int(found["dd"]))
+        else:
+            return None
+        return moment.replace(hour=int(found["hh"])) if "hh" in found else moment
+    except ValueError:
+        return None

@@ -4,10 +4,12 @@ small (10,000 objects would be ~2 MB inline; the Step Functions payload limit is
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from autopilot_common.keys import skip_reason
 from autopilot_common.s3uri import s3_uri
 
 if TYPE_CHECKING:
@@ -111,3 +113,43 @@ class InputManifest:
 
 def manifest_key(pipeline: str, run_id: str) -> str:
     return f"{MANIFEST_PREFIX}/{pipeline}/{run_id}.json"
+
+
+@dataclass
+class PartitionListing:
+    """What a partition (a key prefix) holds: the objects its trigger accepts (as the router decides for arrivals:
+    `keys.skip_reason` with the trigger's suffixes, zero-byte rule and marker) and every key prepare would read from
+    the prefix (it keeps every non-hidden, non-empty object, whatever its suffix)."""
+
+    objects: list[ManifestObject] = field(default_factory=list)
+    read_by_prepare: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+def list_partition(
+    s3: S3Client,
+    bucket: str,
+    prefix: str,
+    *,
+    suffixes: Sequence[str] = (),
+    ignore_zero_byte: bool = True,
+    marker_name: str | None = None,
+) -> PartitionListing:
+    """Every object under `prefix` (ListObjectsV2, paginated), sorted into what the trigger accepts and what prepare
+    would read: `emr-autopilot backfill` and scheduled firings list a partition with it."""
+    listing = PartitionListing()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            key, size = item["Key"], int(item["Size"])
+            reason = skip_reason(
+                key, size, suffixes=suffixes, ignore_zero_byte=ignore_zero_byte, marker_name=marker_name
+            )
+            if reason is None:
+                etag = str(item.get("ETag", "")).strip('"')
+                listing.objects.append(ManifestObject(bucket=bucket, key=key, size=size, etag=etag))
+            if skip_reason(key, size) is None:
+                listing.read_by_prepare.append(key)
+    return listing
