@@ -22,6 +22,7 @@ from jsii import JSIIMeta
 from autopilot_common.ledger import ledger_prefix
 from config.loader import output_prefix
 from config.model import AppConfig, Pipeline
+from stacks.arns import default_event_bus_arn
 from stacks.nag import suppress
 from stacks.naming import (
     JOBS_PREFIX,
@@ -102,6 +103,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         name, pipeline, prefix = props.name, props.pipeline, props.prefix
         storage, platform = props.storage, props.platform
         self.name = name
+        self.deployment = prefix
         self.pipeline = pipeline
         self.storage = storage
         self.platform = platform
@@ -180,6 +182,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         return {
             "Partition": Aws.PARTITION,
             "PipelineName": self.name,
+            "Deployment": self.deployment,
             "PrepareFunctionArn": self.platform.prepare.function_arn,
             "AdmissionFunctionArn": self.platform.admission.function.function_arn,
             "AdmissionJson": asl_string(self.platform.admission.settings_json(self.name)),
@@ -278,6 +281,11 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
             )
         )
         self.platform.topic.grant_publish(role)
+        # The run's event (PublishRunSucceeded / PublishRunFailed): PutEvents on the default bus only, its resource
+        # type `event-bus` (Service Authorization Reference, Amazon EventBridge: PutEvents, resource event-bus*).
+        role.add_to_principal_policy(
+            iam.PolicyStatement(sid="RunEvents", actions=["events:PutEvents"], resources=[default_event_bus_arn(self)])
+        )
 
     def suppress_workflow_wildcards(self, extra_reason: str, extra: list[str]) -> None:
         suppress(

@@ -10,8 +10,10 @@ this model by `make docs`; the e2e suite validates every entry it writes against
 The date is the run's start (UTC): the execution's start time, or for an arrival the router decided not to run
 (`SKIPPED`) the event time of the arrival, so a redelivered arrival rewrites the same entry.
 
-States: QUEUED, STARTED, SUCCEEDED, FAILED (workflows), ABORTED, TIMED_OUT, CANCELLED (guardrails) and SKIPPED
-(the router: an arrival or a marker that started nothing, with the reason; no execution exists for it).
+States: QUEUED, STARTED, SUCCEEDED, FAILED (workflows), ABORTED, TIMED_OUT, CANCELLED (guardrails), SKIPPED
+(the router: an arrival or a marker that started nothing, with the reason; no execution exists for it) and
+UPSTREAM_FAILED (the router: a run of a pipeline with `trigger.after` that an upstream's failed run did not start;
+`failed_upstream` names that run, no execution exists for it).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from botocore.exceptions import ClientError
 from typing_extensions import TypedDict
 
 from autopilot_common.pricing import Cost
+from autopilot_common.run_events import UpstreamRun
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
@@ -48,10 +51,15 @@ ABORTED: Final = "ABORTED"  # the execution was stopped (StopExecution)
 TIMED_OUT: Final = "TIMED_OUT"  # the run exceeded run_timeout_minutes
 CANCELLED: Final = "CANCELLED"  # its step or job run was cancelled outside the app
 SKIPPED: Final = "SKIPPED"  # an arrival that started nothing (router)
-RunState = Literal["QUEUED", "STARTED", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED"]
-RUN_STATES: tuple[RunState, ...] = (QUEUED, STARTED, SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED)
+UPSTREAM_FAILED: Final = "UPSTREAM_FAILED"  # a downstream run an upstream's failed run did not start (router)
+RunState = Literal[
+    "QUEUED", "STARTED", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED", "UPSTREAM_FAILED"
+]
+RUN_STATES: tuple[RunState, ...] = (
+    QUEUED, STARTED, SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED, UPSTREAM_FAILED
+)  # fmt: skip
 # States no later writer may move a run out of (the guardrails only amend them: cleanup, who stopped it).
-FINAL_STATES = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED})
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED, UPSTREAM_FAILED})
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _ALREADY_EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
@@ -167,9 +175,13 @@ class RunLedgerEntry(TypedDict, total=False):
     input_manifest: str | None
     object_count: int
     objects: list[dict[str, Any]]  # SKIPPED: the objects that were seen
-    reason: str  # SKIPPED: why nothing started
+    reason: str  # SKIPPED, UPSTREAM_FAILED: why nothing started
     overrides: dict[str, Any]
     rerun_of: str  # a console run started by `emr-autopilot rerun`: the run it runs again
+    # `trigger.after`: the upstream runs whose outputs this run reads (lineage), and for UPSTREAM_FAILED the one
+    # that failed
+    upstream_runs: list[UpstreamRun]
+    failed_upstream: UpstreamRun
     # Where it ran
     runtime: str
     application_id: str | None  # EMR Serverless
