@@ -159,7 +159,7 @@ class AutopilotPlatform(Construct):
                 resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")],
             )
         )
-        reads = sorted({p.trigger.prefix for p in config.pipelines.values() if p.trigger})
+        reads = sorted({p.arrivals.landing_prefix for p in config.pipelines.values() if p.arrivals})
         if reads:
             # HeadObject (s3:GetObject; with a version id s3:GetObjectVersion; ListBucket above makes a missing
             # object 404, not 403), only under the triggered input prefixes: pipelines with CloudTrail identify every

@@ -32,11 +32,11 @@ OBJECT_WRITES = ["PutObject", "CopyObject", "CompleteMultipartUpload"]
 
 def key_filters(trigger: Trigger) -> list[dict[str, str]]:
     """EventBridge content filters on `detail.object.key` for this trigger (OR-ed)."""
-    prefix = trigger.prefix.replace("\\", "\\\\").replace("*", "\\*")
+    prefix = trigger.landing_prefix.replace("\\", "\\\\").replace("*", "\\*")
     if isinstance(trigger.batching, MarkerBatching):
         return [{"wildcard": f"{prefix}*{trigger.batching.marker_name}"}]
     if not trigger.suffixes:
-        return [{"prefix": trigger.prefix}]
+        return [{"prefix": trigger.landing_prefix}]
     return [{"wildcard": f"{prefix}*{suffix.replace('*', chr(92) + '*')}"} for suffix in trigger.suffixes]
 
 

@@ -284,3 +284,30 @@ def skipped_entry(
         "started_at": stamp,
         "ended_at": stamp,
     }
+
+
+def upstream_failed_entry(
+    *,
+    pipeline: str,
+    run_id: str,
+    failed: UpstreamRun,
+    reason: str,
+    at: datetime,
+    trigger: Mapping[str, Any],
+    upstream_runs: list[UpstreamRun],
+) -> RunLedgerEntry:
+    """The entry of a downstream run (`trigger.after`) that an upstream's failed run did not start: which run failed,
+    why nothing started, and the upstream runs that had succeeded for it so far."""
+    stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "pipeline": pipeline,
+        "state": UPSTREAM_FAILED,
+        "reason": reason,
+        "trigger": dict(trigger),
+        "failed_upstream": failed,
+        "upstream_runs": upstream_runs,
+        "started_at": stamp,
+        "ended_at": stamp,
+    }
