@@ -19,6 +19,7 @@ from constructs import Construct
 
 from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime
+from config.loader import output_prefix
 from config.model import AppConfig
 from stacks.admission import RunAdmission
 from stacks.functions import FunctionFactory
@@ -181,6 +182,20 @@ class AutopilotPlatform(Construct):
                     resources=[storage.outputs.arn_for_objects(f"{ledger_prefix(name)}*") for name in triggered],
                 )
             )
+        upstream_outputs = sorted(
+            {output_prefix(u, config.pipelines[u]) for p in config.pipelines.values() for u in p.upstreams}
+        )
+        if upstream_outputs:
+            # Pipelines run `after` others: the fan-in state (read, then conditional puts in a transaction) and the
+            # listing of the upstream runs' output folders (the downstream run's manifest; objects are never read).
+            self.idempotency_table.grant(self.router, "dynamodb:GetItem")
+            self.router.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:ListBucket"],
+                    resources=[storage.outputs.bucket_arn],
+                    conditions={"StringLike": {"s3:prefix": [f"{p}/run_id=*" for p in upstream_outputs]}},
+                )
+            )
         self.topic.grant_publish(self.router)
         head_reason = "; reads object metadata (HeadObject) only under the triggered input prefixes"
         suppress(
@@ -190,7 +205,7 @@ class AutopilotPlatform(Construct):
             "known at run time); DescribeExecution of the pipelines' own executions (run ids known at run time)"
             + (head_reason if reads else "")
             + (
-                "; writes SKIPPED ledger entries under _runs/<pipeline>/ of the triggered pipelines"
+                "; writes SKIPPED and UPSTREAM_FAILED ledger entries under _runs/<pipeline>/ of triggered pipelines"
                 if triggered
                 else ""
             )
