@@ -122,21 +122,15 @@ def downstream_run_id(downstream: str, runs: Sequence[UpstreamRunEnd]) -> str:
     return run_id_for(downstream, [f"upstream\x00{r.pipeline}\x00{r.run_id}" for r in runs])
 
 
+@dataclass
 class FanInStore:
-    """Fan-in groups and run markers in the router's table (see the module docstring)."""
+    """Fan-in groups and run markers in the router's `table` (see the module docstring); markers and date groups
+    expire after `ttl_seconds` (the claims' TTL)."""
 
-    def __init__(
-        self,
-        dynamodb: DynamoDBClient,
-        table: str,
-        *,
-        ttl_seconds: int,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.dynamodb = dynamodb
-        self.table = table
-        self.ttl_seconds = ttl_seconds
-        self.clock = clock
+    dynamodb: DynamoDBClient
+    table: str
+    ttl_seconds: int
+    clock: Callable[[], float] = time.time
 
     def record_success(self, downstream: str, after: Sequence[str], run: UpstreamRunEnd) -> Recorded:
         """Record a SUCCEEDED upstream run for `downstream` (which runs after `after`); see `Recorded`."""

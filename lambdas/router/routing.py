@@ -347,8 +347,9 @@ def newer_sequencer(a: str, b: str) -> bool:
     return a.upper().ljust(width, "0") > b.upper().ljust(width, "0")
 
 
-def parse_envelope(body: str) -> ObjectEvent:
-    """Parse one SQS record body (the router envelope); raise MalformedRecord naming the bad field."""
+def envelope_head(body: str) -> tuple[dict[str, Any], str, str]:
+    """(the envelope, its pipeline, its state machine ARN) of an SQS record body, whatever the envelope's kind (S3
+    arrivals, upstream run events); MalformedRecord naming the bad field."""
     try:
         envelope = json.loads(body)
     except (TypeError, ValueError) as exc:
@@ -361,6 +362,12 @@ def parse_envelope(body: str) -> ObjectEvent:
     arn = envelope.get("state_machine_arn")
     if not isinstance(arn, str) or not _STATE_MACHINE_ARN.match(arn):
         raise MalformedRecord(f"state_machine_arn: got {short(arn)}; expected a Step Functions state machine ARN")
+    return envelope, pipeline, arn
+
+
+def parse_envelope(body: str) -> ObjectEvent:
+    """Parse one SQS record body (the router envelope); raise MalformedRecord naming the bad field."""
+    envelope, pipeline, arn = envelope_head(body)
     trigger = TriggerSpec.from_envelope(envelope.get("trigger"))
     event = envelope.get("event")
     if not isinstance(event, dict):
@@ -711,6 +718,33 @@ def start_execution(sfn: SFNClient, state_machine_arn: str, run_id: str, payload
     return True
 
 
+def record_unstarted(
+    s3: S3Client,
+    bucket: str,
+    sns: SNSClient | None,
+    topic_arn: str | None,
+    entry: Mapping[str, Any],
+    subject: str,
+) -> str:
+    """Write the ledger entry of a run that did not start (SKIPPED, UPSTREAM_FAILED; dated by its `started_at`, so a
+    redelivery rewrites it) and tell the topic, if any (`subject` after the pipeline; message attribute `state`).
+    Returns the entry's key."""
+    pipeline, state = str(entry["pipeline"]), str(entry["state"])
+    key = ledger_key(pipeline, _sortable_time(str(entry["started_at"])), str(entry["run_id"]))
+    write_entry(s3, bucket, key, entry)
+    if sns is not None and topic_arn:
+        sns.publish(
+            TopicArn=topic_arn,
+            Subject=f"EMR Autopilot: {pipeline} {subject}"[:100],
+            Message=json.dumps({**entry, "ledger": f"s3://{bucket}/{key}"}, ensure_ascii=False),
+            MessageAttributes={
+                "pipeline": {"DataType": "String", "StringValue": pipeline},
+                "state": {"DataType": "String", "StringValue": state},
+            },
+        )
+    return key
+
+
 def _sortable_time(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -971,18 +1005,7 @@ class Router:
                    "event_time": event.event_time}  # fmt: skip
         entry = skipped_entry(pipeline=event.pipeline, run_id=run_id, reason=reason, at=at, trigger=trigger,
                               objects=objects)  # fmt: skip
-        key = ledger_key(event.pipeline, at, run_id)
-        write_entry(self.s3, self.ledger_bucket, key, entry)
-        if self.sns is not None and self.topic_arn:
-            self.sns.publish(
-                TopicArn=self.topic_arn,
-                Subject=f"EMR Autopilot: {event.pipeline} arrival SKIPPED"[:100],
-                Message=json.dumps({**entry, "ledger": f"s3://{self.ledger_bucket}/{key}"}, ensure_ascii=False),
-                MessageAttributes={
-                    "pipeline": {"DataType": "String", "StringValue": event.pipeline},
-                    "state": {"DataType": "String", "StringValue": "SKIPPED"},
-                },
-            )
+        record_unstarted(self.s3, self.ledger_bucket, self.sns, self.topic_arn, entry, "arrival SKIPPED")
         report.count(Metric.ARRIVALS_SKIPPED, event.pipeline)
 
     def _run(self, plan: RunPlan, report: BatchReport) -> None:

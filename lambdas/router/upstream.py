@@ -24,7 +24,6 @@ a forged or misrouted event cannot point a downstream run at other data.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger
 
 from autopilot_common.keys import skip_reason
-from autopilot_common.ledger import ledger_key, skipped_entry, upstream_failed_entry, write_entry
+from autopilot_common.ledger import skipped_entry, upstream_failed_entry
 from autopilot_common.manifest import InputManifest, ManifestObject
-from autopilot_common.names import is_legal_execution_name, run_id_for
+from autopilot_common.names import run_id_for
 from autopilot_common.run_events import DETAIL_TYPES, SOURCE
 from autopilot_common.s3uri import parse_s3_uri, s3_uri
 from fan_in import DownstreamStart, FanInStore, UpstreamRunEnd
@@ -44,9 +43,11 @@ from routing import (
     BatchReport,
     MalformedRecord,
     Metric,
+    envelope_head,
     execution_exists,
     execution_input,
     iso_event_time,
+    record_unstarted,
     short,
     start_execution,
 )
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 
 UPSTREAM_KEY = "upstream"
 SUCCESS_MARKER = "_SUCCESS"  # the workflow's WriteSuccessMarker (and Spark's committer) name
-_STATE_MACHINE_ARN = re.compile(r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:stateMachine:[A-Za-z0-9_-]{1,80}$")
 _STATE_OF = {detail_type: state for state, detail_type in DETAIL_TYPES.items()}
 
 logger = Logger(service=SERVICE, child=True)
@@ -120,18 +120,7 @@ class UpstreamEnvelope:
 def parse_upstream_envelope(body: str, outputs_bucket: str) -> UpstreamEnvelope:
     """Parse one upstream envelope; MalformedRecord naming the bad field. `outputs_bucket` holds every run's outputs:
     the event's output folder must be its upstream's, `s3://<outputs>/<output prefix>/run_id=<run id>/`."""
-    try:
-        envelope = json.loads(body)
-    except (TypeError, ValueError) as exc:
-        raise MalformedRecord(f"body: not JSON ({exc})") from None
-    if not isinstance(envelope, dict):
-        raise MalformedRecord(f"body: got {short(envelope)}; expected a JSON object")
-    pipeline = envelope.get("pipeline")
-    if not isinstance(pipeline, str) or not is_legal_execution_name(f"{pipeline}-{'0' * 24}"):
-        raise MalformedRecord(f"pipeline: got {short(pipeline)}; expected a pipeline name like 'sales-report'")
-    arn = envelope.get("state_machine_arn")
-    if not isinstance(arn, str) or not _STATE_MACHINE_ARN.match(arn):
-        raise MalformedRecord(f"state_machine_arn: got {short(arn)}; expected a Step Functions state machine ARN")
+    envelope, pipeline, arn = envelope_head(body)
     spec = UpstreamSpec.from_envelope(envelope.get(UPSTREAM_KEY))
     event = envelope.get("event")
     if not isinstance(event, dict):
@@ -201,27 +190,19 @@ def list_upstream_outputs(s3: S3Client, runs: list[UpstreamRunEnd], spec: Upstre
     return sorted(objects)
 
 
+@dataclass(kw_only=True)
 class UpstreamRouter:
-    """Handles upstream envelopes (see the module docstring): `handle` is called for each record that is one."""
+    """Handles upstream envelopes (see the module docstring): `handle` is called for each record that is one. `s3`
+    lists upstream outputs and writes manifests and ledger entries (in `outputs_bucket`), `sfn` starts runs, `sns`
+    (optional) tells the topic about runs that did not start."""
 
-    def __init__(
-        self,
-        *,
-        s3: S3Client,
-        sfn: SFNClient,
-        fan_in: FanInStore,
-        manifest_bucket: str,
-        outputs_bucket: str,
-        sns: SNSClient | None = None,
-        topic_arn: str | None = None,
-    ) -> None:
-        self.s3 = s3
-        self.sfn = sfn
-        self.fan_in = fan_in
-        self.manifest_bucket = manifest_bucket
-        self.outputs_bucket = outputs_bucket
-        self.sns = sns
-        self.topic_arn = topic_arn
+    s3: S3Client
+    sfn: SFNClient
+    fan_in: FanInStore
+    manifest_bucket: str
+    outputs_bucket: str
+    sns: SNSClient | None = None
+    topic_arn: str | None = None
 
     def accepts(self, body: str) -> bool:
         return is_upstream_envelope(body)
@@ -274,7 +255,7 @@ class UpstreamRouter:
             logger.warning("upstream runs wrote nothing; nothing started", extra=log)
             entry = skipped_entry(pipeline=pipeline, run_id=start.run_id, reason=reason,
                                   at=_moment(envelope.event_time), trigger=trigger, objects=[])  # fmt: skip
-            self._record(pipeline, entry, "SKIPPED")
+            record_unstarted(self.s3, self.outputs_bucket, self.sns, self.topic_arn, entry, "run SKIPPED")
             report.count(Metric.ARRIVALS_SKIPPED, pipeline)
             return
         manifest = InputManifest(pipeline=pipeline, run_id=start.run_id, objects=objects, trigger=trigger)
@@ -319,23 +300,8 @@ class UpstreamRouter:
             upstream_runs=[r.lineage() for r in waiting],
         )
         logger.warning("upstream run failed; nothing started", extra={**log, "run_id": entry["run_id"]})
-        self._record(pipeline, dict(entry), "UPSTREAM_FAILED")
+        record_unstarted(self.s3, self.outputs_bucket, self.sns, self.topic_arn, entry, "run UPSTREAM_FAILED")
         return "upstream failed"
-
-    def _record(self, pipeline: str, entry: Mapping[str, Any], state: str) -> None:
-        """A ledger entry of a run that did not start (dated by the event: a redelivery rewrites it) and its notice."""
-        key = ledger_key(pipeline, _moment(str(entry["started_at"])), str(entry["run_id"]))
-        write_entry(self.s3, self.outputs_bucket, key, entry)
-        if self.sns is not None and self.topic_arn:
-            self.sns.publish(
-                TopicArn=self.topic_arn,
-                Subject=f"EMR Autopilot: {pipeline} run {state}"[:100],
-                Message=json.dumps({**entry, "ledger": s3_uri(self.outputs_bucket, key)}, ensure_ascii=False),
-                MessageAttributes={
-                    "pipeline": {"DataType": "String", "StringValue": pipeline},
-                    "state": {"DataType": "String", "StringValue": state},
-                },
-            )
 
 
 def _moment(iso: str) -> datetime:

@@ -271,19 +271,10 @@ def skipped_entry(
     *, pipeline: str, run_id: str, reason: str, at: datetime, trigger: Mapping[str, Any], objects: list[dict[str, Any]]
 ) -> RunLedgerEntry:
     """The entry of an arrival (or marker) that started no run: what it was, why, and what was seen."""
-    stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "pipeline": pipeline,
-        "state": SKIPPED,
-        "reason": reason,
-        "trigger": dict(trigger),
-        "objects": objects,
-        "object_count": len(objects),
-        "started_at": stamp,
-        "ended_at": stamp,
-    }
+    entry = _unstarted_entry(SKIPPED, pipeline=pipeline, run_id=run_id, reason=reason, at=at, trigger=trigger)
+    entry["objects"] = objects
+    entry["object_count"] = len(objects)
+    return entry
 
 
 def upstream_failed_entry(
@@ -298,16 +289,24 @@ def upstream_failed_entry(
 ) -> RunLedgerEntry:
     """The entry of a downstream run (`trigger.after`) that an upstream's failed run did not start: which run failed,
     why nothing started, and the upstream runs that had succeeded for it so far."""
+    entry = _unstarted_entry(UPSTREAM_FAILED, pipeline=pipeline, run_id=run_id, reason=reason, at=at, trigger=trigger)
+    entry["failed_upstream"] = failed
+    entry["upstream_runs"] = upstream_runs
+    return entry
+
+
+def _unstarted_entry(
+    state: RunState, *, pipeline: str, run_id: str, reason: str, at: datetime, trigger: Mapping[str, Any]
+) -> RunLedgerEntry:
+    """What every entry of a run that never started has: started and ended at `at` (whole seconds, UTC), why."""
     stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "pipeline": pipeline,
-        "state": UPSTREAM_FAILED,
+        "state": state,
         "reason": reason,
         "trigger": dict(trigger),
-        "failed_upstream": failed,
-        "upstream_runs": upstream_runs,
         "started_at": stamp,
         "ended_at": stamp,
     }
