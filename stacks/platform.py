@@ -110,6 +110,10 @@ class AutopilotPlatform(Construct):
         prefixes = sorted(
             {input_prefix(name, p.trigger.prefix if p.trigger else None) for name, p in config.pipelines.items()}
         )
+        # Pipelines run `after` others: console runs and reruns may name their upstreams' run outputs.
+        upstream_outputs = sorted(
+            {output_prefix(u, config.pipelines[u]) for p in config.pipelines.values() for u in p.upstreams}
+        )
         # Console inputs are HEAD-ed or listed only inside the pipelines' input prefixes.
         self.prepare.add_to_role_policy(
             iam.PolicyStatement(
@@ -123,6 +127,20 @@ class AutopilotPlatform(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
             )
         )
+        if upstream_outputs:
+            self.prepare.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"],
+                    resources=[storage.outputs.arn_for_objects(f"{p}/*") for p in upstream_outputs],
+                )
+            )
+            self.prepare.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:ListBucket"],
+                    resources=[storage.outputs.bucket_arn],
+                    conditions={"StringLike": {"s3:prefix": [f"{p}/*" for p in upstream_outputs]}},
+                )
+            )
         self.prepare.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["s3:PutObject"], resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
@@ -131,7 +149,8 @@ class AutopilotPlatform(Construct):
         suppress(
             self.prepare,
             "AwsSolutions-IAM5",
-            "Object wildcards cover only the pipelines' input prefixes (read) and the manifests prefix (write).",
+            "Object wildcards cover only the pipelines' input prefixes and their upstreams' output prefixes (read) and "
+            "the manifests prefix (write).",
             ["regex:/^Resource::.*\\/\\*$/g"],
         )
 
@@ -182,9 +201,6 @@ class AutopilotPlatform(Construct):
                     resources=[storage.outputs.arn_for_objects(f"{ledger_prefix(name)}*") for name in triggered],
                 )
             )
-        upstream_outputs = sorted(
-            {output_prefix(u, config.pipelines[u]) for p in config.pipelines.values() for u in p.upstreams}
-        )
         if upstream_outputs:
             # Pipelines run `after` others: the fan-in state (read, then conditional puts in a transaction) and the
             # listing of the upstream runs' output folders (the downstream run's manifest; objects are never read).

@@ -192,6 +192,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
             "Partition": Aws.PARTITION,
             "PipelineName": self.name,
             "Deployment": self.deployment,
+            "UpstreamOutputsJson": asl_string(json.dumps(list(self.upstream_outputs))),
             "PrepareFunctionArn": self.platform.prepare.function_arn,
             "AdmissionFunctionArn": self.platform.admission.function.function_arn,
             "AdmissionJson": asl_string(self.platform.admission.settings_json(self.name)),

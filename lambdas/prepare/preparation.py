@@ -97,6 +97,16 @@ class PipelineSettings:
     admission: dict[str, Any]  # {reservation: {runs, clusters, vcpus}, queue_timeout_seconds}: fixed at synth
     max_attempts: int = 1  # job-run runtimes: runtime.retry.max_attempts (the service retries within one job run)
     deployment: str = ""  # `<project>-<env>`: named in the run's event
+    # `trigger.after`: its upstreams' output prefixes in the outputs bucket, which console runs (and reruns) may read
+    upstream_outputs: tuple[str, ...] = ()
+
+    @property
+    def input_locations(self) -> list[tuple[str, str]]:
+        """(bucket, key prefix) where console inputs may be: the landing input prefix, and for a pipeline run after
+        others its upstreams' output folders (a rerun of a downstream run reads them again)."""
+        return [(self.landing_bucket, self.input_prefix)] + [
+            (self.outputs_bucket, f"{p}/") for p in self.upstream_outputs
+        ]
 
     @property
     def is_ec2(self) -> bool:
@@ -128,6 +138,7 @@ class PipelineSettings:
                 admission=dict(json.loads(raw["admission_json"])) if raw.get("admission_json") else DEFAULT_ADMISSION,
                 max_attempts=int(raw.get("max_attempts", 1)),
                 deployment=raw.get("deployment", ""),
+                upstream_outputs=tuple(str(p) for p in json.loads(raw.get("upstream_outputs_json") or "[]")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             # A deployment defect, not a user error: fail loudly.
@@ -302,7 +313,8 @@ def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: S3Client) -> li
         raise InvalidInput(
             f"inputs: got {len(inputs)} entries; expected at most {MAX_CONSOLE_INPUTS} (use a prefix ending in '/')"
         )
-    allowed = s3_uri(settings.landing_bucket, settings.input_prefix)
+    locations = settings.input_locations
+    allowed = " or ".join(s3_uri(b, k) for b, k in locations)
     seen: dict[str, ManifestObject] = {}
     for index, uri in enumerate(inputs):
         field = f"inputs[{index}]"
@@ -310,10 +322,10 @@ def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: S3Client) -> li
             bucket, key = parse_s3_uri(uri, field=field)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        if bucket != settings.landing_bucket or not key.startswith(settings.input_prefix):
+        if not any(bucket == b and key.startswith(k) for b, k in locations):
             raise InvalidInput(
                 f"{field}: got {shown(uri)}; expected an object or prefix under {allowed} "
-                "(the job may read only its pipeline's input prefix)"
+                "(the job may read only its pipeline's inputs)"
             )
         found = _list_prefix(s3, bucket, key) if key.endswith("/") or key == "" else [_head(s3, bucket, key, field)]
         if not found:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from autopilot_cli.inputs import rerun_input
 from autopilot_common.manifest import InputManifest
 from tests.deployment import Deployed
 
@@ -85,6 +86,12 @@ def test_a_succeeded_run_starts_its_downstream_over_exactly_its_outputs(env: Dep
     (event,) = [e for e in env.twin.events if e["detail"].get("run_id") == execution["name"]]
     assert event["detail-type"] == "Autopilot Run Succeeded"
     assert event["detail"]["upstream_runs"] == entry["upstream_runs"]
+    # And an operator can run it again over the same upstream outputs (`emr-autopilot rerun`)
+    (record,) = [r for r in env.runs() if r.run_id == execution["name"]]
+    again = f"{EAST_REPORT}-rerun-{uuid.uuid4().hex[:8]}"
+    env.start_console_run(again, rerun_input(env.s3, record))
+    assert _finished(env, EAST_REPORT, again)["status"] == "SUCCEEDED"
+    assert env.ledger(again)["object_count"] == len(data) and env.ledger(again)["rerun_of"] == execution["name"]
 
 
 def test_two_upstreams_start_one_downstream_run_after_both_succeeded(env: Deployed) -> None:

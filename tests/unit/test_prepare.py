@@ -163,6 +163,29 @@ def test_a_run_started_after_its_upstreams_records_them_once_in_its_entry_and_it
     assert run["event"]["upstream_runs"] == UPSTREAM_RUNS and run["event"]["logical_date"] == "2024-06-01"
 
 
+def test_a_pipeline_run_after_others_may_run_by_hand_over_its_upstreams_outputs_only(s3: Any) -> None:
+    # Given sales-daily runs after orders, whose run left data, its metrics and _SUCCESS; and another pipeline's data
+    settings = SETTINGS | {"upstream_outputs_json": '["orders"]'}
+    for key in ("orders/run_id=o-1/part-0.parquet", "orders/run_id=o-1/_metrics.json", "orders/run_id=o-1/_SUCCESS",
+                "secrets/run_id=x/part-0.parquet"):  # fmt: skip
+        s3.put_object(Bucket=OUTPUTS, Key=key, Body=b"x")
+
+    def run(inputs: list[str]) -> dict[str, Any]:
+        body = {"pipeline": "sales-daily", "inputs": inputs}
+        return prepare_run({"input": body, "execution": EXECUTION, "settings": settings}, s3)
+
+    # When an operator reruns it over the upstream run's folder: its data only
+    result = run([f"s3://{OUTPUTS}/orders/run_id=o-1/"])
+    assert result["valid"] is True and result["run"]["object_count"] == 1
+    # Then outputs of a pipeline it does not run after are refused, naming where inputs may be
+    refused = run([f"s3://{OUTPUTS}/secrets/run_id=x/part-0.parquet"])
+    assert refused["valid"] is False
+    assert refused["cause"].startswith(
+        f"inputs[0]: got 's3://{OUTPUTS}/secrets/run_id=x/part-0.parquet'; expected an object or prefix under "
+        f"s3://{LANDING}/sales/ or s3://{OUTPUTS}/orders/"
+    ), refused["cause"]
+
+
 @pytest.mark.parametrize("runs", [None, [], [{"pipeline": "orders"}], [{**UPSTREAM_RUNS[0], "extra": "x"}]])
 def test_malformed_upstream_runs_are_refused_naming_the_field(s3: Any, runs: Any) -> None:
     manifest = f"s3://{ARTIFACTS}/manifests/sales-daily/run-1.json"
