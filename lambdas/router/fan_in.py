@@ -102,7 +102,6 @@ class Recorded:
     start: DownstreamStart | None = None
     missing: list[str] = field(default_factory=list)
     start_run_id: str | None = None
-    waiting_runs: list[UpstreamRunEnd] = field(default_factory=list)
 
     @property
     def start_run(self) -> str:
@@ -153,8 +152,7 @@ class FanInStore:
                 runs[run.pipeline] = run
                 missing = [p for p in after if p not in runs]
                 if missing:
-                    waiting = [runs[p] for p in after if p in runs]
-                    outcome = Recorded("waiting", group, missing=missing, waiting_runs=waiting)
+                    outcome = Recorded("waiting", group, missing=missing)
                     new_group = GroupState(runs)
                 else:
                     ordered = [runs[p] for p in after]
