@@ -104,7 +104,7 @@ def prefix_partitions(pipeline: str, config: Pipeline, landing: str, given: Sequ
 
 
 def _prefix_of(config: Pipeline) -> str:
-    return config.trigger.prefix if config.trigger else ""
+    return config.arrivals.landing_prefix if config.arrivals else ""
 
 
 def _check_under_trigger(config: Pipeline, prefix: str, what: str) -> None:

@@ -18,7 +18,7 @@ from autopilot_common.links import run_links
 
 STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "TIMED_OUT": "red", "ABORTED": "yellow",
                 "CANCELLED": "yellow", "STARTED": "cyan", "QUEUED": "blue", "SKIPPED": "dim",
-                "MISSED": "red"}  # fmt: skip
+                "MISSED": "red", "UPSTREAM_FAILED": "yellow"}  # fmt: skip
 
 
 def as_json(record: RunRecord) -> dict[str, Any]:
@@ -133,6 +133,18 @@ def cost_rows(cost: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def lineage_rows(entry: dict[str, Any]) -> list[tuple[str, str]]:
+    """A run of a pipeline run `after` others: each upstream run it read (pipeline, run id, ledger entry), and for an
+    UPSTREAM_FAILED entry the upstream run that failed. Nothing for other runs."""
+    rows = []
+    for upstream in entry.get("upstream_runs") or []:
+        rows.append(("upstream", f"{upstream.get('pipeline')} {upstream.get('run_id')}  {upstream.get('ledger_uri')}"))
+    failed = entry.get("failed_upstream")
+    if isinstance(failed, dict):
+        rows.append(("failed", f"{failed.get('pipeline')} {failed.get('run_id')}  {failed.get('ledger_uri')}"))
+    return rows
+
+
 def step_attempt_rows(steps: Any) -> list[tuple[str, str]]:
     """EMR-on-EC2 steps that were submitted more than once (runtime.retry): one row per submission, with the class
     and reason of each failure. Nothing for runs whose steps ran once."""
@@ -194,6 +206,7 @@ def show_run(
     if "object_count" in entry:
         inputs.append(("objects", str(entry["object_count"])))
     _section(console, "inputs", inputs)
+    _section(console, "lineage", lineage_rows(entry))
     outputs = [("output", record.output_uri or "-"), ("logs", str(entry.get("log_uri") or "-"))]
     if record.metrics:
         outputs.append(("metrics", ", ".join(f"{k}={v}" for k, v in sorted(record.metrics.items()))))

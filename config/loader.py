@@ -163,9 +163,56 @@ def _cross_check(config: AppConfig, source: str, jobs_dir: Path, env: str) -> No
                     f"{source}: pipelines {a_name!r} and {b_name!r}: output_prefix: {oa!r} and {ob!r} overlap; "
                     "expected separate output prefixes"
                 )
+    problems.extend(dependency_problems(config, source))
     problems.extend(cap_problems(config, source))
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def dependency_problems(config: AppConfig, source: str) -> list[str]:
+    """`trigger.after`: every upstream is another pipeline of this config, and no pipeline runs after itself,
+    directly or through others (a cycle would never start, or start forever)."""
+    problems: list[str] = []
+    names = sorted(config.pipelines)
+    for name, pipeline in config.pipelines.items():
+        where = f"{source}: pipeline {name!r}: trigger.after"
+        for upstream in pipeline.upstreams:
+            if upstream == name:
+                problems.append(f"{where}: names the pipeline itself; expected other pipelines")
+            elif upstream not in config.pipelines:
+                others = ", ".join(repr(n) for n in names if n != name) or "none"
+                problems.append(f"{where}: got {upstream!r}; expected a pipeline of this config (one of {others})")
+    if problems:
+        return problems
+    reported: set[frozenset[str]] = set()
+    for start in names:
+        cycle = _cycle_from(config, start)
+        if cycle and frozenset(cycle) not in reported:
+            reported.add(frozenset(cycle))
+            path = " -> ".join(cycle + [cycle[0]])
+            problems.append(
+                f"{source}: pipeline {cycle[0]!r}: trigger.after: a cycle ({path}, each running after the next); "
+                "expected dependencies without a loop"
+            )
+    return problems
+
+
+def _cycle_from(config: AppConfig, start: str) -> list[str] | None:
+    """A cycle of `after` edges through `start` (as the pipelines in order), or None."""
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        if name in path:
+            return path[path.index(name) :] if name == start else None
+        path.append(name)
+        for upstream in config.pipelines[name].upstreams:
+            found = visit(upstream)
+            if found:
+                return found
+        path.pop()
+        return None
+
+    return visit(start)
 
 
 def _name_problems(config: AppConfig, source: str, env: str) -> list[str]:
@@ -202,8 +249,10 @@ def pipeline_generated_names(deployment: str, name: str, pipeline: Pipeline) -> 
     if pipeline.trigger:
         names.append(("queue", naming.arrivals_queue_name(deployment, name)))
         trigger = pipeline.trigger
-        if trigger.schedule is None:
+        if pipeline.arrivals is not None and trigger.schedule is None:
             names += [("rule", naming.arrival_rule_name(deployment, name, s)) for s in trigger.sources]
+        elif pipeline.upstreams:
+            names.append(("rule", naming.arrival_rule_name(deployment, name, "upstream")))
         clocks = [("scheduled", trigger.schedule), ("deadline", trigger.expect)]
         names += [("schedule", naming.schedule_name(deployment, name, kind)) for kind, on in clocks if on is not None]
     runtime = pipeline.runtime

@@ -181,10 +181,32 @@ Batching = Annotated[PerObjectBatching | WindowBatching | MarkerBatching, Field(
 TriggerSource = Literal["eventbridge", "cloudtrail"]
 
 
-class Trigger(StrictModel):
-    """Which landing objects start this pipeline."""
+# Fields of an arrival trigger that a pipeline run `after` others cannot have: it has no arrival trigger.
+ARRIVAL_ONLY_FIELDS = ("prefix", "batching", "sources", "partition_template", "schedule", "expect")
+MAX_UPSTREAMS = 10
 
-    prefix: S3Prefix = Field(description="Key prefix in the landing bucket, e.g. `sales/`.")
+
+class Trigger(StrictModel):
+    """What starts this pipeline: landing objects under `prefix` (an arrival trigger), or its upstream pipelines'
+    runs (`after`)."""
+
+    prefix: S3Prefix | None = Field(
+        default=None,
+        description="Key prefix in the landing bucket, e.g. `sales/`. Required, unless `after` names upstream "
+        "pipelines: such a pipeline has no arrival trigger and takes no prefix.",
+    )
+    after: list[PipelineName] = Field(
+        default_factory=list,
+        max_length=MAX_UPSTREAMS,
+        description="Upstream pipelines: when a run of each has SUCCEEDED, this pipeline runs once over their "
+        "outputs (every object under each upstream run's output folder, `_SUCCESS`, `_metrics.json` and other "
+        "hidden, temporary and checksum files excluded; `suffixes` and `ignore_zero_byte` apply). Fan-in: with "
+        "several upstreams, upstream runs that carry a logical date are grouped by it (one run per date); others "
+        "form one open group that holds the newest SUCCEEDED run of each upstream not consumed yet, and the run "
+        "starts when the group is complete. A FAILED upstream run starts nothing and writes an UPSTREAM_FAILED "
+        "ledger entry naming it. A pipeline with `after` has no arrival trigger: `prefix`, `batching`, `sources` "
+        "and `partition_template` do not apply. Empty: an arrival trigger.",
+    )
     suffixes: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
         default_factory=list, description="Only keys ending with one of these (e.g. `.csv`); empty means any."
     )
@@ -228,6 +250,38 @@ class Trigger(StrictModel):
         ),
     )
 
+    @property
+    def watches_landing(self) -> bool:
+        """True for an arrival trigger (landing objects under `prefix`), False for a pipeline run `after` others."""
+        return not self.after
+
+    @property
+    def landing_prefix(self) -> str:
+        """The arrival trigger's prefix (`""`, the whole bucket, is a valid one); ValueError for an `after` trigger."""
+        if self.prefix is None:
+            raise ValueError("a trigger with `after` watches no landing prefix")
+        return self.prefix
+
+    @model_validator(mode="after")
+    def _arrivals_or_upstreams(self) -> Trigger:
+        if not self.after:
+            if self.prefix is None:
+                raise ValueError(
+                    "prefix: required; expected a key prefix in the landing bucket such as 'sales/' (or `after`: "
+                    "upstream pipelines whose runs start this one)"
+                )
+            return self
+        given = [name for name in ARRIVAL_ONLY_FIELDS if name in self.model_fields_set]
+        if given:
+            raise ValueError(
+                f"{given[0]}: a pipeline with `after` ({', '.join(self.after)}) has no arrival trigger, so it takes no "
+                f"{', '.join(given)}; remove {'it' if len(given) == 1 else 'them'} (its inputs are its upstreams' "
+                "outputs)"
+            )
+        if len(set(self.after)) != len(self.after):
+            raise ValueError(f"after: {self.after} names a pipeline twice; expected each upstream once")
+        return self
+
     @model_validator(mode="after")
     def _unique_sources(self) -> Trigger:
         if len(set(self.sources)) != len(self.sources):
@@ -245,7 +299,7 @@ class Trigger(StrictModel):
         if problem is not None:
             raise ValueError(f"partition_template: {problem}")
         literal_head = template.split("{", 1)[0]  # what every rendered partition starts with
-        if not literal_head.startswith(self.prefix):
+        if self.prefix is not None and not literal_head.startswith(self.prefix):
             raise ValueError(
                 f"partition_template: {template!r} does not start with the trigger's prefix {self.prefix!r}; "
                 f"expected a partition under it, e.g. {self.prefix + 'dt={ds}/'!r}"
@@ -258,7 +312,7 @@ class Trigger(StrictModel):
             if value is not None and self.partition_template is None:
                 raise ValueError(
                     f"{field}: needs partition_template (the partition of each logical date), e.g. "
-                    f"{self.prefix + 'dt={ds}/'!r}"
+                    f"{(self.prefix or '') + 'dt={ds}/'!r}"
                 )
         if self.schedule is not None and self.expect is not None:
             raise ValueError(
@@ -275,7 +329,9 @@ class Trigger(StrictModel):
         return self
 
     def overlaps(self, other: Trigger) -> bool:
-        """True when one object key could match both triggers."""
+        """True when one landing object key could match both triggers (never for an `after` trigger)."""
+        if self.prefix is None or other.prefix is None:
+            return False
         if not (self.prefix.startswith(other.prefix) or other.prefix.startswith(self.prefix)):
             return False
         if not self.suffixes or not other.suffixes:
@@ -331,7 +387,11 @@ class Pipeline(StrictModel):
     """One pipeline: what starts it, where its job runs, where its outputs go."""
 
     description: str = ""
-    trigger: Trigger | None = Field(default=None, description="S3 trigger; null means console/CLI runs only.")
+    trigger: Trigger | None = Field(
+        default=None,
+        description="What starts runs: landing objects (S3 arrivals) or upstream pipelines (`after`); null means "
+        "console/CLI runs only.",
+    )
     runtime: Runtime
     output_prefix: S3Prefix | None = Field(
         default=None, description="Prefix in the outputs bucket; defaults to the pipeline name."
@@ -342,6 +402,17 @@ class Pipeline(StrictModel):
     limits: PipelineLimits = Field(
         default_factory=PipelineLimits, description="This pipeline's caps (on top of the deployment's)."
     )
+
+    @property
+    def arrivals(self) -> Trigger | None:
+        """The pipeline's arrival trigger (S3 objects under a landing prefix), or None (console runs only, or runs
+        `after` upstream pipelines)."""
+        return self.trigger if self.trigger is not None and self.trigger.watches_landing else None
+
+    @property
+    def upstreams(self) -> list[str]:
+        """The pipelines this one runs after (`trigger.after`), or none."""
+        return list(self.trigger.after) if self.trigger is not None else []
 
     @property
     def job_minutes(self) -> int:

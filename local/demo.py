@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autopilot_cli.ledger import RunRecord, read_runs
+from autopilot_common.run_events import SOURCE as RUN_EVENT_SOURCE
 from local.spark_runner import java_problem
 from local.twin import Twin
 from stacks.naming import arrivals_queue_name
@@ -92,6 +93,8 @@ class Progress:
             self.line(f"cluster {detail['clusterId']}: {detail['state']}")
         elif kind == "EMR Step Status Change":
             self.line(f"step   {detail['clusterId']}/{detail['stepId']} {detail.get('name', '')}: {detail['state']}")
+        elif event.get("source") == RUN_EVENT_SOURCE:  # the run's own event (what `trigger.after` rules react to)
+            self.line(f"event  {kind}: {detail['pipeline']} {detail['run_id']}")
 
 
 def format_table(records: list[RunRecord]) -> str:

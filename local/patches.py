@@ -133,7 +133,16 @@ def install(twin: Twin) -> None:
     def put_events(self: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if validation.put_events_size(events) > validation.ASYNC_PAYLOAD_BYTES:  # EventBridge's 1 MB
             raise EventsValidationException("Total size of the entries in the request is over the limit.")
-        entries: list[dict[str, Any]] = _ORIGINALS["put_events"](self, events)
+        # Sources starting with `aws.` are AWS services': PutEvents refuses the entry (PutEventsRequestEntry "Source"),
+        # moto accepts it.
+        refused = {i for i, event in enumerate(events) if str(event.get("Source") or "").startswith("aws.")}
+        accepted = iter(_ORIGINALS["put_events"](self, [e for i, e in enumerate(events) if i not in refused]))
+        entries: list[dict[str, Any]] = [
+            {"ErrorCode": "NotAuthorizedForSourceException", "ErrorMessage": "Not authorized for the source."}
+            if i in refused
+            else next(accepted)
+            for i in range(len(events))
+        ]
         for event, entry in zip(events, entries, strict=False):
             if "EventId" in entry:
                 twin.put_event(

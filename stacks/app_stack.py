@@ -10,6 +10,7 @@ from constructs import Construct, IConstruct
 
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
+from config.loader import output_prefix
 from config.model import AppConfig, ServerlessApplication
 from stacks.alarm_scaling import AutopilotScaling
 from stacks.arns import executions_of
@@ -52,7 +53,8 @@ class AutopilotStack(Stack):
         for name, pipeline in config.pipelines.items():
             runtime = pipeline.runtime
             workflow: PipelineWorkflow
-            props = PipelineProps(name, pipeline, prefix, self.storage, self.platform)
+            upstream_outputs = {u: output_prefix(u, config.pipelines[u]) for u in pipeline.upstreams}
+            props = PipelineProps(name, pipeline, prefix, self.storage, self.platform, tuple(upstream_outputs.values()))
             if isinstance(runtime, Ec2Runtime):
                 workflow = Ec2Pipeline(self, f"Pipeline-{name}", props, extra_tags=dict(config.tags))
             elif isinstance(runtime, EksRuntime):
@@ -86,6 +88,7 @@ class AutopilotStack(Stack):
                     state_machine_arn=workflow.state_machine.state_machine_arn,
                     storage=self.storage,
                     platform=self.platform,
+                    upstream_output_prefixes=upstream_outputs,
                 )
                 Tags.of(trigger).add(TAG_PIPELINE, name)
                 self.triggers[name] = trigger

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
+from constructs import Construct
 
 from stacks.storage import AutopilotStorage
 
@@ -18,6 +19,12 @@ def executions_of(stack: Stack, state_machine_names: Iterable[str]) -> list[str]
         )
         for name in state_machine_names
     ]
+
+
+def default_event_bus_arn(scope: Construct) -> str:
+    """`arn:<partition>:events:<region>:<account>:event-bus/default`: the account's default bus, where every run
+    publishes its event (autopilot_common.run_events)."""
+    return Stack.of(scope).format_arn(service="events", resource="event-bus", resource_name="default")
 
 
 def alarms_named(stack: Stack, name_prefix: str) -> str:

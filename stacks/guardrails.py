@@ -268,7 +268,7 @@ class AutopilotGuardrails(Construct):
             enable_file_validation=True,
             management_events=cloudtrail.ReadWriteType.WRITE_ONLY,
         )
-        if any(p.trigger is not None and "cloudtrail" in p.trigger.sources for p in config.pipelines.values()):
+        if any(p.arrivals is not None and "cloudtrail" in p.arrivals.sources for p in config.pipelines.values()):
             trail.add_s3_event_selector(
                 [cloudtrail.S3EventSelector(bucket=storage.landing)],
                 read_write_type=cloudtrail.ReadWriteType.WRITE_ONLY,

@@ -75,7 +75,8 @@ LIMITS: dict[str, NameLimit] = {
 
 # The app's functions (FunctionFactory refuses another name, so this list and the template agree).
 FUNCTION_NAMES = ("router", "prepare", "admission", "finalize", "guardrail", "scaler")
-ARRIVAL_RULE_SUFFIXES = {"eventbridge": "object-created", "cloudtrail": "data-event"}
+# `upstream`: the rule on the run events of a pipeline's upstreams (`trigger.after`).
+ARRIVAL_RULE_SUFFIXES = {"eventbridge": "object-created", "cloudtrail": "data-event", "upstream": "upstream-runs"}
 # A pipeline's EventBridge Scheduler schedules: `trigger.schedule` and `trigger.expect`.
 SCHEDULE_SUFFIXES = {"scheduled": "schedule", "deadline": "deadline"}
 # EMR cluster ids are `j-` and 13 characters; run ids end in `-` and 24 hex characters (autopilot_common.names).
@@ -94,7 +95,8 @@ def arrivals_queue_name(deployment: str, pipeline: str) -> str:
 
 
 def arrival_rule_name(deployment: str, pipeline: str, source: str) -> str:
-    """The rule that routes a pipeline's landing objects seen by `source` (`eventbridge` or `cloudtrail`)."""
+    """The rule that routes a pipeline's landing objects seen by `source` (`eventbridge` or `cloudtrail`), or its
+    upstreams' run events (`upstream`)."""
     return f"{deployment}-{pipeline}-{ARRIVAL_RULE_SUFFIXES[source]}"
 
 

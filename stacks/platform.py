@@ -19,6 +19,7 @@ from constructs import Construct
 
 from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime
+from config.loader import output_prefix
 from config.model import AppConfig
 from stacks.admission import RunAdmission
 from stacks.functions import FunctionFactory
@@ -109,6 +110,10 @@ class AutopilotPlatform(Construct):
         prefixes = sorted(
             {input_prefix(name, p.trigger.prefix if p.trigger else None) for name, p in config.pipelines.items()}
         )
+        # Pipelines run `after` others: console runs and reruns may name their upstreams' run outputs.
+        upstream_outputs = sorted(
+            {output_prefix(u, config.pipelines[u]) for p in config.pipelines.values() for u in p.upstreams}
+        )
         # Console inputs are HEAD-ed or listed only inside the pipelines' input prefixes.
         self.prepare.add_to_role_policy(
             iam.PolicyStatement(
@@ -122,6 +127,20 @@ class AutopilotPlatform(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
             )
         )
+        if upstream_outputs:
+            self.prepare.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"],
+                    resources=[storage.outputs.arn_for_objects(f"{p}/*") for p in upstream_outputs],
+                )
+            )
+            self.prepare.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:ListBucket"],
+                    resources=[storage.outputs.bucket_arn],
+                    conditions={"StringLike": {"s3:prefix": [f"{p}/*" for p in upstream_outputs]}},
+                )
+            )
         self.prepare.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["s3:PutObject"], resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
@@ -130,7 +149,8 @@ class AutopilotPlatform(Construct):
         suppress(
             self.prepare,
             "AwsSolutions-IAM5",
-            "Object wildcards cover only the pipelines' input prefixes (read) and the manifests prefix (write).",
+            "Object wildcards cover only the pipelines' input prefixes and their upstreams' output prefixes (read) and "
+            "the manifests prefix (write).",
             ["regex:/^Resource::.*\\/\\*$/g"],
         )
 
@@ -159,7 +179,7 @@ class AutopilotPlatform(Construct):
                 resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")],
             )
         )
-        reads = sorted({p.trigger.prefix for p in config.pipelines.values() if p.trigger})
+        reads = sorted({p.arrivals.landing_prefix for p in config.pipelines.values() if p.arrivals})
         if reads:
             # HeadObject (s3:GetObject; with a version id s3:GetObjectVersion; ListBucket above makes a missing
             # object 404, not 403), only under the triggered input prefixes: pipelines with CloudTrail identify every
@@ -181,6 +201,17 @@ class AutopilotPlatform(Construct):
                     resources=[storage.outputs.arn_for_objects(f"{ledger_prefix(name)}*") for name in triggered],
                 )
             )
+        if upstream_outputs:
+            # Pipelines run `after` others: the fan-in state (read, then conditional puts in a transaction) and the
+            # listing of the upstream runs' output folders (the downstream run's manifest; objects are never read).
+            self.idempotency_table.grant(self.router, "dynamodb:GetItem")
+            self.router.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:ListBucket"],
+                    resources=[storage.outputs.bucket_arn],
+                    conditions={"StringLike": {"s3:prefix": [f"{p}/run_id=*" for p in upstream_outputs]}},
+                )
+            )
         self.topic.grant_publish(self.router)
         head_reason = "; reads object metadata (HeadObject) only under the triggered input prefixes"
         suppress(
@@ -190,7 +221,7 @@ class AutopilotPlatform(Construct):
             "known at run time); DescribeExecution of the pipelines' own executions (run ids known at run time)"
             + (head_reason if reads else "")
             + (
-                "; writes SKIPPED ledger entries under _runs/<pipeline>/ of the triggered pipelines"
+                "; writes SKIPPED and UPSTREAM_FAILED ledger entries under _runs/<pipeline>/ of triggered pipelines"
                 if triggered
                 else ""
             )

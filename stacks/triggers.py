@@ -1,9 +1,13 @@
-"""S3 trigger of one pipeline: EventBridge rule(s) -> SQS queue (+DLQ) -> router Lambda (a scheduled pipeline's queue
-takes its Scheduler firings instead: `stacks.schedules`).
+"""The trigger of one pipeline: EventBridge rule(s) -> SQS queue (+DLQ) -> router Lambda (a scheduled pipeline's
+queue takes its Scheduler firings instead: `stacks.schedules`).
 
-Sources (`trigger.sources`): `eventbridge` is a rule on the landing bucket's "Object Created" events;
-`cloudtrail` is a rule on CloudTrail S3 data events (PutObject, CopyObject, CompleteMultipartUpload)
+Arrival triggers (`trigger.prefix`), by `trigger.sources`: `eventbridge` is a rule on the landing bucket's "Object
+Created" events; `cloudtrail` is a rule on CloudTrail S3 data events (PutObject, CopyObject, CompleteMultipartUpload)
 of the same bucket and keys. Both rules send the same envelope to the same queue.
+
+A pipeline run `after` others has one rule instead: on its upstreams' run events ("Autopilot Run Succeeded" and
+"Autopilot Run Failed" of this deployment, `autopilot_common.run_events`) on the default bus, sending the upstream
+envelope (`lambdas/router/upstream.py`) to the same kind of queue.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from autopilot_common.run_events import DETAIL_TYPES, SOURCE
 from config.model import MarkerBatching, Trigger, WindowBatching
 from stacks.naming import arrival_rule_name, arrivals_queue_name
 from stacks.platform import AutopilotPlatform
@@ -33,11 +38,11 @@ OBJECT_WRITES = ["PutObject", "CopyObject", "CompleteMultipartUpload"]
 
 def key_filters(trigger: Trigger) -> list[dict[str, str]]:
     """EventBridge content filters on `detail.object.key` for this trigger (OR-ed)."""
-    prefix = trigger.prefix.replace("\\", "\\\\").replace("*", "\\*")
+    prefix = trigger.landing_prefix.replace("\\", "\\\\").replace("*", "\\*")
     if isinstance(trigger.batching, MarkerBatching):
         return [{"wildcard": f"{prefix}*{trigger.batching.marker_name}"}]
     if not trigger.suffixes:
-        return [{"prefix": trigger.prefix}]
+        return [{"prefix": trigger.landing_prefix}]
     return [{"wildcard": f"{prefix}*{suffix.replace('*', chr(92) + '*')}"} for suffix in trigger.suffixes]
 
 
@@ -67,6 +72,33 @@ def data_event_pattern(bucket_name: str, trigger: Trigger) -> events.EventPatter
     )
 
 
+def upstream_pattern(deployment: str, trigger: Trigger) -> events.EventPattern:
+    """The run events (SUCCEEDED and FAILED) of the pipeline's upstreams in this deployment."""
+    return events.EventPattern(
+        source=[SOURCE],
+        detail_type=sorted(DETAIL_TYPES.values()),
+        detail={"deployment": [deployment], "pipeline": list(trigger.after)},
+    )
+
+
+def upstream_envelope(pipeline: str, state_machine_arn: str, trigger: Trigger, output_prefixes: dict[str, str]) -> str:
+    """The SQS message template of an upstream run event: the upstreams (and where each writes its outputs, which the
+    router checks the event against), the downstream's object filters, and the full event."""
+    routing = {
+        "after": trigger.after,
+        "output_prefixes": {name: output_prefixes[name] for name in trigger.after},
+        "suffixes": trigger.suffixes,
+        "ignore_zero_byte": trigger.ignore_zero_byte,
+    }
+    return _with_event({"pipeline": pipeline, "state_machine_arn": "@ARN@", "upstream": routing}, state_machine_arn)
+
+
+def _with_event(head: dict[str, Any], state_machine_arn: str) -> str:
+    """`head` as JSON with the state machine's ARN (a token) in place of `@ARN@`, then the matched event."""
+    before, after = json.dumps(head)[:-1].split("@ARN@")
+    return before + state_machine_arn + after + ', "event": <aws.events.event.json>}'
+
+
 def routing_block(trigger: Trigger) -> dict[str, Any]:
     """The `trigger` block of every message on a pipeline's queue: what the router needs to filter and group objects
     (`routing.TriggerSpec`)."""
@@ -91,18 +123,18 @@ def routing_block(trigger: Trigger) -> dict[str, Any]:
 
 def envelope(pipeline: str, state_machine_arn: str, trigger: Trigger) -> str:
     """The SQS message template: routing data plus the full original event (`<aws.events.event.json>`)."""
-    head = json.dumps({"pipeline": pipeline, "state_machine_arn": "@ARN@", "trigger": routing_block(trigger)})
-    before, after = head[:-1].split("@ARN@")
-    return before + state_machine_arn + after + ', "event": <aws.events.event.json>}'
+    head = {"pipeline": pipeline, "state_machine_arn": "@ARN@", "trigger": routing_block(trigger)}
+    return _with_event(head, state_machine_arn)
 
 
 class PipelineTrigger(Construct):
-    """Landing-bucket arrivals for one pipeline, buffered in its own queue.
+    """Landing-bucket arrivals, or its upstreams' run events (`trigger.after`), for one pipeline, buffered in its own
+    queue.
 
     The queue's event source mapping sets the batching: `window` mode uses batch size
-    `max_objects` and batching window `window_seconds` (one run per batch); the other modes use
-    batches of 10 without a window. Failed records return to the queue and, after
-    5 receives, go to the shared dead-letter queue.
+    `max_objects` and batching window `window_seconds` (one run per batch); the other modes and upstream run events
+    use batches of 10 without a window. Failed records return to the queue and, after
+    5 receives, go to the shared dead-letter queue (which has an alarm).
     """
 
     def __init__(
@@ -116,6 +148,7 @@ class PipelineTrigger(Construct):
         state_machine_arn: str,
         storage: AutopilotStorage,
         platform: AutopilotPlatform,
+        upstream_output_prefixes: dict[str, str] | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         batching = trigger.batching
@@ -130,14 +163,23 @@ class PipelineTrigger(Construct):
             enforce_ssl=True,
             dead_letter_queue=sqs.DeadLetterQueue(queue=platform.dead_letters, max_receive_count=MAX_RECEIVE_COUNT),
         )
-        message = envelope(name, state_machine_arn, trigger)
         bucket_name = storage.landing.bucket_name
-        # `rule` is the Object Created rule (None when the trigger uses CloudTrail only).
+        # `rule` is the Object Created rule (None when the trigger uses CloudTrail only, or runs `after` others).
         self.rule: events.Rule | None = None
         self.data_event_rule: events.Rule | None = None
+        self.upstream_rule: events.Rule | None = None
+        if not trigger.watches_landing:
+            self.upstream_rule = self._rule(
+                "UpstreamRuns",
+                rule_name=arrival_rule_name(prefix, name, "upstream"),
+                description=f"Run events of the pipelines {name} runs after: {', '.join(trigger.after)}",
+                pattern=upstream_pattern(prefix, trigger),
+                message=upstream_envelope(name, state_machine_arn, trigger, upstream_output_prefixes or {}),
+            )
         # A scheduled pipeline runs by the clock only (`stacks.schedules`): its queue takes Scheduler's firings.
-        arrivals = trigger.sources if trigger.schedule is None else []
-        if "eventbridge" in arrivals:
+        arrival_sources = trigger.sources if trigger.watches_landing and trigger.schedule is None else []
+        message = envelope(name, state_machine_arn, trigger)
+        if "eventbridge" in arrival_sources:
             self.rule = self._rule(
                 "ObjectCreated",
                 rule_name=arrival_rule_name(prefix, name, "eventbridge"),
@@ -145,7 +187,7 @@ class PipelineTrigger(Construct):
                 pattern=object_created_pattern(bucket_name, trigger),
                 message=message,
             )
-        if "cloudtrail" in arrivals:
+        if "cloudtrail" in arrival_sources:
             self.data_event_rule = self._rule(
                 "DataEvent",
                 rule_name=arrival_rule_name(prefix, name, "cloudtrail"),

@@ -22,6 +22,7 @@ from jsii import JSIIMeta
 from autopilot_common.ledger import ledger_prefix
 from config.loader import output_prefix
 from config.model import AppConfig, Pipeline
+from stacks.arns import default_event_bus_arn
 from stacks.nag import suppress
 from stacks.naming import (
     JOBS_PREFIX,
@@ -40,7 +41,8 @@ def asl_string(value: str) -> str:
 
 
 JOB_ROLE_WILDCARDS = (
-    "Object wildcards are limited to this pipeline's own input, output, manifest, log and job-code prefixes."
+    "Object wildcards are limited to this pipeline's own input, output, manifest, log and job-code prefixes (and, for "
+    "a pipeline run after others, its upstreams' output prefixes, which it reads)."
 )
 
 
@@ -61,6 +63,7 @@ class PipelineProps:
     prefix: str
     storage: AutopilotStorage
     platform: AutopilotPlatform
+    upstream_outputs: tuple[str, ...] = ()  # `trigger.after`: the output prefixes of its upstreams (its job reads them)
 
     def runtime_of(self, kind: type[R]) -> R:
         """The pipeline's runtime, which must be a `kind` (the construct for another runtime is a bug)."""
@@ -102,6 +105,8 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         name, pipeline, prefix = props.name, props.pipeline, props.prefix
         storage, platform = props.storage, props.platform
         self.name = name
+        self.deployment = prefix
+        self.upstream_outputs = props.upstream_outputs
         self.pipeline = pipeline
         self.storage = storage
         self.platform = platform
@@ -165,7 +170,13 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         suppressed with `wildcards` (reason, `appliesTo`)."""
         role = iam.Role(self, construct_id, role_name=role_name, assumed_by=assumed_by, description=description)
         for statement in job_data_statements(
-            self.storage, self.name, self.input_prefix, self.output_prefix, logs_prefix, list(code_prefixes)
+            self.storage,
+            self.name,
+            self.input_prefix,
+            self.output_prefix,
+            logs_prefix,
+            list(code_prefixes),
+            upstream_outputs=self.upstream_outputs,
         ):
             role.add_to_policy(statement)
         for statement in extra_statements:
@@ -180,6 +191,8 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         return {
             "Partition": Aws.PARTITION,
             "PipelineName": self.name,
+            "Deployment": self.deployment,
+            "UpstreamOutputsJson": asl_string(json.dumps(list(self.upstream_outputs))),
             "PrepareFunctionArn": self.platform.prepare.function_arn,
             "AdmissionFunctionArn": self.platform.admission.function.function_arn,
             "AdmissionJson": asl_string(self.platform.admission.settings_json(self.name)),
@@ -278,6 +291,11 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
             )
         )
         self.platform.topic.grant_publish(role)
+        # The run's event (PublishRunSucceeded / PublishRunFailed): PutEvents on the default bus only, its resource
+        # type `event-bus` (Service Authorization Reference, Amazon EventBridge: PutEvents, resource event-bus*).
+        role.add_to_principal_policy(
+            iam.PolicyStatement(sid="RunEvents", actions=["events:PutEvents"], resources=[default_event_bus_arn(self)])
+        )
 
     def suppress_workflow_wildcards(self, extra_reason: str, extra: list[str]) -> None:
         suppress(
@@ -302,12 +320,16 @@ def job_data_statements(
     output_prefix: str,
     logs_prefix: str,
     jobs_prefixes: list[str],
+    *,
+    upstream_outputs: Sequence[str] = (),
 ) -> list[iam.PolicyStatement]:
-    """What a job's compute role may touch: read its inputs, code and manifests; write its outputs and logs."""
+    """What a job's compute role may touch: read its inputs (a pipeline run `after` others: its upstreams' run
+    outputs), code and manifests; write its outputs and logs."""
     read = [
         storage.landing.arn_for_objects(f"{input_prefix}*"),
         *[storage.artifacts.arn_for_objects(f"{p}*") for p in jobs_prefixes],
         storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}{name}/*"),
+        *[storage.outputs.arn_for_objects(f"{p}/*") for p in upstream_outputs],
     ]
     statements = [iam.PolicyStatement(actions=["s3:GetObject"], resources=read)]
     for bucket, prefixes in (

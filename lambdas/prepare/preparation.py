@@ -8,6 +8,10 @@ Two kinds of execution input reach a workflow:
     {"pipeline": "sales-daily", "manifest": "s3://<artifacts>/manifests/...json", "object_count": 3,
      "trigger": {"type": "s3", ...}}
 
+* from the router for a pipeline with `trigger.after` (its upstreams' runs succeeded): the same, with
+  `trigger: {"type": "upstream", "after": [...], "upstream_runs": [{pipeline, run_id, ledger_uri}, ...]}`; the
+  upstream runs become the ledger's `upstream_runs` (lineage) and the run event's.
+
 * from an operator (console / CLI)::
 
     {"pipeline": "sales-daily", "inputs": ["s3://<landing>/sales/2024-06-01.csv", "s3://<landing>/sales/2024-06/"],
@@ -31,6 +35,7 @@ from autopilot_common.causes import cap_cause, shown
 from autopilot_common.keys import skip_reason
 from autopilot_common.ledger import SCHEMA_VERSION, STARTED, RunLedgerEntry, ledger_key
 from autopilot_common.manifest import InputManifest, ManifestObject, manifest_key
+from autopilot_common.run_events import UpstreamRun, run_event
 from autopilot_common.s3uri import parse_s3_uri, s3_uri
 from autopilot_common.tags import run_tags
 
@@ -94,6 +99,17 @@ class PipelineSettings:
     launch: dict[str, Any]  # emr-ec2: the first cluster launch (stacks.emr_ec2_spec.launch_settings)
     admission: dict[str, Any]  # {reservation: {runs, clusters, vcpus}, queue_timeout_seconds}: fixed at synth
     max_attempts: int = 1  # job-run runtimes: runtime.retry.max_attempts (the service retries within one job run)
+    deployment: str = ""  # `<project>-<env>`: named in the run's event
+    # `trigger.after`: its upstreams' output prefixes in the outputs bucket, which console runs (and reruns) may read
+    upstream_outputs: tuple[str, ...] = ()
+
+    @property
+    def input_locations(self) -> list[tuple[str, str]]:
+        """(bucket, key prefix) where console inputs may be: the landing input prefix, and for a pipeline run after
+        others its upstreams' output folders (a rerun of a downstream run reads them again)."""
+        return [(self.landing_bucket, self.input_prefix)] + [
+            (self.outputs_bucket, f"{p}/") for p in self.upstream_outputs
+        ]
 
     @property
     def is_ec2(self) -> bool:
@@ -125,6 +141,8 @@ class PipelineSettings:
                 launch=dict(json.loads(raw["launch_json"])) if raw["runtime"] == "emr-ec2" else {},
                 admission=dict(json.loads(raw["admission_json"])) if raw.get("admission_json") else DEFAULT_ADMISSION,
                 max_attempts=int(raw.get("max_attempts", 1)),
+                deployment=raw.get("deployment", ""),
+                upstream_outputs=tuple(str(p) for p in json.loads(raw.get("upstream_outputs_json") or "[]")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             # A deployment defect, not a user error: fail loudly.
@@ -212,6 +230,7 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
         _reject_unknown(raw, ROUTER_KEYS, "input")
         manifest_uri, object_count = _router_manifest(raw, settings, run_id)
         trigger = raw.get("trigger") or {"type": "s3"}
+        trigger, upstream_runs = _lineage(trigger)
     else:
         forged = sorted(ROUTER_ONLY_KEYS & set(raw))
         if forged:
@@ -226,12 +245,33 @@ def _prepare(raw: Any, execution: dict[str, str], settings: PipelineSettings, s3
         manifest = InputManifest(pipeline=settings.pipeline, run_id=run_id, objects=objects)
         manifest_uri = manifest.write(s3, settings.artifacts_bucket)
         object_count = manifest.object_count
-        trigger = {"type": "console"} | _rerun_of(raw) | _logical_date(raw)
+        trigger, upstream_runs = {"type": "console"} | _rerun_of(raw) | _logical_date(raw), []
     return {
         "valid": True,
-        "run": _run_record(run_id, execution, settings, manifest_uri, object_count, trigger, overrides),
+        "run": _run_record(run_id, execution, settings, manifest_uri, object_count, trigger, overrides, upstream_runs),
         "job": {"JobRunId": None},
     }
+
+
+def _lineage(trigger: Any) -> tuple[dict[str, Any], list[UpstreamRun]]:
+    """(the trigger without `upstream_runs`, the upstream runs): a run the router started after its upstreams
+    (`type: upstream`) keeps its lineage once, at the top of its ledger entry."""
+    if not isinstance(trigger, dict):
+        raise InvalidInput(f"trigger: got {shown(trigger)}; expected an object")
+    if trigger.get("type") != "upstream":
+        return trigger, []
+    runs = trigger.get("upstream_runs")
+    fields = set(UpstreamRun.__annotations__)
+
+    def well_formed(run: Any) -> bool:
+        return isinstance(run, dict) and set(run) == fields and all(isinstance(v, str) for v in run.values())
+
+    if not isinstance(runs, list) or not runs or not all(well_formed(r) for r in runs):
+        raise InvalidInput(
+            f"trigger.upstream_runs: got {shown(runs)}; expected a non-empty list of {{{', '.join(sorted(fields))}}}"
+        )
+    upstream = [UpstreamRun(pipeline=r["pipeline"], run_id=r["run_id"], ledger_uri=r["ledger_uri"]) for r in runs]
+    return {k: v for k, v in trigger.items() if k != "upstream_runs"}, upstream
 
 
 def _rerun_of(raw: dict[str, Any]) -> dict[str, str]:
@@ -290,7 +330,8 @@ def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: S3Client) -> li
         raise InvalidInput(
             f"inputs: got {len(inputs)} entries; expected at most {MAX_CONSOLE_INPUTS} (use a prefix ending in '/')"
         )
-    allowed = s3_uri(settings.landing_bucket, settings.input_prefix)
+    locations = settings.input_locations
+    allowed = " or ".join(s3_uri(b, k) for b, k in locations)
     seen: dict[str, ManifestObject] = {}
     for index, uri in enumerate(inputs):
         field = f"inputs[{index}]"
@@ -298,10 +339,10 @@ def _resolve_inputs(inputs: Any, settings: PipelineSettings, s3: S3Client) -> li
             bucket, key = parse_s3_uri(uri, field=field)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        if bucket != settings.landing_bucket or not key.startswith(settings.input_prefix):
+        if not any(bucket == b and key.startswith(k) for b, k in locations):
             raise InvalidInput(
                 f"{field}: got {shown(uri)}; expected an object or prefix under {allowed} "
-                "(the job may read only its pipeline's input prefix)"
+                "(the job may read only its pipeline's inputs)"
             )
         found = _list_prefix(s3, bucket, key) if key.endswith("/") or key == "" else [_head(s3, bucket, key, field)]
         if not found:
@@ -389,6 +430,7 @@ def _run_record(
     object_count: int,
     trigger: dict[str, Any],
     overrides: dict[str, Any],
+    upstream_runs: list[UpstreamRun],
 ) -> dict[str, Any]:
     started = datetime.fromisoformat(execution["start_time"].replace("Z", "+00:00"))
     run_prefix = f"{settings.output_prefix}/run_id={run_id}"
@@ -432,6 +474,8 @@ def _run_record(
         entry["rerun_of"] = str(trigger["rerun_of"])
     if isinstance(trigger.get("logical_date"), str):  # scheduled runs, backfills, arrivals in one partition
         entry["logical_date"] = trigger["logical_date"]
+    if upstream_runs:
+        entry["upstream_runs"] = upstream_runs
     record: dict[str, Any] = {
         "run_id": run_id,
         "pipeline": settings.pipeline,
@@ -469,6 +513,10 @@ def _run_record(
         entry |= {"application_id": None, "cluster_id": None, "steps": []}
     elif settings.runtime == "emr-eks":  # its container is a virtual cluster (the ledger's field for it; links use it)
         entry |= {"application_id": None, "virtual_cluster_id": settings.application_id}
+    # What the run's event says of its start; the workflow's last states add its end and publish it (run_events).
+    record["event"] = run_event(
+        deployment=settings.deployment, entry=entry, execution_arn=execution["id"], ledger_uri=record["ledger_uri"]
+    )
     return record
 
 

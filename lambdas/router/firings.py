@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot_common.ledger import FAILED, MISSED, SKIPPED, NotStartedState, ledger_key, not_started_entry, write_entry
+from autopilot_common.ledger import FAILED, MISSED, SKIPPED, NotStartedState, not_started_entry
 from autopilot_common.logical_dates import TemplateError, every_of, interval_start, label, render
 from autopilot_common.logical_dates import time_zone as check_time_zone
 from autopilot_common.manifest import InputManifest, list_partition
@@ -48,11 +48,12 @@ from routing import (
     Metric,
     Router,
     TriggerSpec,
-    _short,
+    envelope_head,
     execution_exists,
     execution_input,
     logger,
-    message_head,
+    record_unstarted,
+    short,
     start_execution,
 )
 
@@ -112,13 +113,13 @@ class Firing:
 
 def parse_firing(body: str) -> Firing:
     """A Scheduler message's firing; MalformedRecord naming the bad field."""
-    raw, pipeline, arn = message_head(body)
+    raw, pipeline, arn = envelope_head(body)
     kind = raw.get("kind")
     if kind not in FIRING_KINDS:
-        raise MalformedRecord(f"kind: got {_short(kind)}; expected one of {list(FIRING_KINDS)}")
+        raise MalformedRecord(f"kind: got {short(kind)}; expected one of {list(FIRING_KINDS)}")
     bucket = raw.get("bucket")
     if not isinstance(bucket, str) or not bucket:
-        raise MalformedRecord(f"bucket: got {_short(bucket)}; expected the landing bucket's name")
+        raise MalformedRecord(f"bucket: got {short(bucket)}; expected the landing bucket's name")
     trigger = TriggerSpec.from_envelope(raw.get("trigger"))  # validates its partition_template
     template, zone = trigger.partition_template, raw.get("timezone", "UTC")
     if template is None:
@@ -129,9 +130,9 @@ def parse_firing(body: str) -> Firing:
         raise MalformedRecord(f"timezone: {exc}") from None
     on_empty, by = raw.get("on_empty", "skip"), raw.get("by", "")
     if kind == SCHEDULED and on_empty not in ON_EMPTY:
-        raise MalformedRecord(f"on_empty: got {_short(on_empty)}; expected one of {list(ON_EMPTY)}")
+        raise MalformedRecord(f"on_empty: got {short(on_empty)}; expected one of {list(ON_EMPTY)}")
     if kind == DEADLINE and (not isinstance(by, str) or not by):
-        raise MalformedRecord(f"by: got {_short(by)}; expected the deadline, e.g. '06:00'")
+        raise MalformedRecord(f"by: got {short(by)}; expected the deadline, e.g. '06:00'")
     return Firing(
         kind=kind,
         pipeline=pipeline,
@@ -154,7 +155,7 @@ def _scheduled_time(raw: Any) -> datetime:
         moment = None
     if moment is None or moment.tzinfo is None:
         raise MalformedRecord(
-            f"scheduled_time: got {_short(raw)}; expected an ISO 8601 UTC time such as '2024-06-03T00:00:00Z' "
+            f"scheduled_time: got {short(raw)}; expected an ISO 8601 UTC time such as '2024-06-03T00:00:00Z' "
             "(the schedule's input must carry <aws.scheduler.scheduled-time>)"
         )
     return moment.astimezone(UTC)
@@ -259,7 +260,6 @@ class Clock:
             objects=[],
             logical_date=firing.logical_date,
         )
-        key = ledger_key(firing.pipeline, firing.scheduled_time, run_id)
-        write_entry(self.router.s3, self.router.ledger_bucket, key, entry)
-        if notify:
-            self.router.notify_entry(entry, key, subject=f"{firing.pipeline} {firing.logical_date} {state}")
+        router = self.router
+        subject = f"{firing.logical_date} {state}"
+        record_unstarted(router.s3, router.ledger_bucket, router.sns, router.topic_arn, entry, subject, notify=notify)

@@ -1,4 +1,5 @@
-"""Router Lambda: SQS batches of S3 arrivals (and of Scheduler firings) -> deterministic Step Functions executions.
+"""Router Lambda: SQS batches of S3 arrivals, of Scheduler firings and of upstream run events (pipelines run
+`after` others) -> deterministic Step Functions executions.
 
 Environment: `MANIFEST_BUCKET`, `IDEMPOTENCY_TABLE`, `LEDGER_BUCKET`, `TOPIC_ARN`, optional
 `IDEMPOTENCY_TTL_SECONDS` (default 7 days),
@@ -19,8 +20,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from autopilot_common.clients import Clients
 from autopilot_common.observability import METRICS_NAMESPACE, observability
 from claims import ClaimStore
+from fan_in import FanInStore
 from firings import Clock
 from routing import SERVICE, BatchReport, Router, RouterSettings
+from upstream import UpstreamRouter
 
 obs = observability(SERVICE)
 logger, metrics = obs.logger, obs.metrics
@@ -34,6 +37,15 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 def _router() -> Router:
     """Built on first use, so importing the module needs no AWS credentials or region."""
     claims = ClaimStore(CLIENTS.dynamodb, SETTINGS.idempotency_table, ttl_seconds=SETTINGS.ttl_seconds)
+    upstream = UpstreamRouter(
+        s3=CLIENTS.s3,
+        sfn=CLIENTS.sfn,
+        fan_in=FanInStore(CLIENTS.dynamodb, SETTINGS.idempotency_table, ttl_seconds=SETTINGS.ttl_seconds),
+        manifest_bucket=SETTINGS.manifest_bucket,
+        outputs_bucket=SETTINGS.ledger_bucket,
+        sns=CLIENTS.sns,
+        topic_arn=SETTINGS.topic_arn,
+    )
     router = Router(
         s3=CLIENTS.s3,
         sfn=CLIENTS.sfn,
@@ -42,6 +54,7 @@ def _router() -> Router:
         ledger_bucket=SETTINGS.ledger_bucket,
         sns=CLIENTS.sns,
         topic_arn=SETTINGS.topic_arn,
+        upstream=upstream,
     )
     router.clock = Clock(router)
     return router

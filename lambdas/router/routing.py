@@ -114,10 +114,24 @@ class Metric(StrEnum):
     SCHEDULE_FIRINGS = "ScheduleFirings"
     EMPTY_PARTITIONS = "EmptyPartitions"
     DEADLINES_MISSED = "DeadlinesMissed"
+    UPSTREAM_RUNS = "UpstreamRunsRecorded"  # SUCCEEDED upstream runs of a pipeline with `trigger.after`
+    UPSTREAM_FAILURES = "UpstreamFailures"  # FAILED upstream runs (an UPSTREAM_FAILED entry each, when expected)
 
 
 class MalformedRecord(ValueError):
     """An SQS record that is not a valid router envelope; the message says which field and why."""
+
+
+class UpstreamRouting(Protocol):
+    """Routes the envelopes of upstream run events (pipelines run `after` others: `upstream.UpstreamRouter`)."""
+
+    def accepts(self, body: str) -> bool:
+        """Whether the record body is such an envelope."""
+        ...
+
+    def handle(self, body: str, report: BatchReport) -> str:
+        """Route it; raising fails the record (MalformedRecord: malformed, named)."""
+        ...
 
 
 # --------------------------------------------------------------------------- settings
@@ -179,27 +193,27 @@ class TriggerSpec:
     def from_envelope(cls, raw: Any) -> TriggerSpec:
         """Validate the envelope's `trigger` block; raise MalformedRecord naming the bad field."""
         if not isinstance(raw, dict):
-            raise MalformedRecord(f"trigger: got {_short(raw)}; expected an object")
+            raise MalformedRecord(f"trigger: got {short(raw)}; expected an object")
         mode = raw.get("mode")
         if mode not in MODES:
-            raise MalformedRecord(f"trigger.mode: got {_short(mode)}; expected one of {list(MODES)}")
+            raise MalformedRecord(f"trigger.mode: got {short(mode)}; expected one of {list(MODES)}")
         prefix = raw.get("prefix", "")
         if not isinstance(prefix, str):
-            raise MalformedRecord(f"trigger.prefix: got {_short(prefix)}; expected a string")
+            raise MalformedRecord(f"trigger.prefix: got {short(prefix)}; expected a string")
         suffixes = raw.get("suffixes") or []
         if not isinstance(suffixes, list) or not all(isinstance(s, str) and s for s in suffixes):
-            raise MalformedRecord(f"trigger.suffixes: got {_short(suffixes)}; expected a list of non-empty strings")
+            raise MalformedRecord(f"trigger.suffixes: got {short(suffixes)}; expected a list of non-empty strings")
         marker_name = raw.get("marker_name")
         if mode == "marker":
             if not isinstance(marker_name, str) or not marker_name or "/" in marker_name:
                 raise MalformedRecord(
-                    f"trigger.marker_name: got {_short(marker_name)}; expected a file name like '_SUCCESS'"
+                    f"trigger.marker_name: got {short(marker_name)}; expected a file name like '_SUCCESS'"
                 )
         else:
             marker_name = None
         ignore_zero_byte = raw.get("ignore_zero_byte", True)
         if not isinstance(ignore_zero_byte, bool):
-            raise MalformedRecord(f"trigger.ignore_zero_byte: got {_short(ignore_zero_byte)}; expected true or false")
+            raise MalformedRecord(f"trigger.ignore_zero_byte: got {short(ignore_zero_byte)}; expected true or false")
         sources = raw.get("sources", list(DEFAULT_SOURCES))
         if (
             not isinstance(sources, list)
@@ -208,17 +222,17 @@ class TriggerSpec:
             or len(set(sources)) != len(sources)
         ):
             raise MalformedRecord(
-                f"trigger.sources: got {_short(sources)}; expected a list of distinct values from {list(SOURCES)}"
+                f"trigger.sources: got {short(sources)}; expected a list of distinct values from {list(SOURCES)}"
             )
         late_objects = raw.get("late_objects", "rerun")
         if late_objects not in LATE_OBJECTS:
             raise MalformedRecord(
-                f"trigger.late_objects: got {_short(late_objects)}; expected one of {list(LATE_OBJECTS)}"
+                f"trigger.late_objects: got {short(late_objects)}; expected one of {list(LATE_OBJECTS)}"
             )
         template = raw.get("partition_template")
         if template is not None and (not isinstance(template, str) or template_problem(template)):
             problem = template_problem(template) if isinstance(template, str) else "expected a string"
-            raise MalformedRecord(f"trigger.partition_template: got {_short(template)}; {problem}")
+            raise MalformedRecord(f"trigger.partition_template: got {short(template)}; {problem}")
         return cls(mode, prefix, tuple(suffixes), marker_name, ignore_zero_byte, tuple(sources), late_objects, template)
 
 
@@ -310,7 +324,7 @@ def raw_object_key(detail_object: Mapping[str, Any]) -> str:
     """
     key = detail_object.get("key")
     if not isinstance(key, str) or not key:
-        raise MalformedRecord(f"event.detail.object.key: got {_short(key)}; expected a non-empty string")
+        raise MalformedRecord(f"event.detail.object.key: got {short(key)}; expected a non-empty string")
     return key
 
 
@@ -322,7 +336,7 @@ def data_event_key(request_parameters: Mapping[str, Any]) -> str:
     """
     key = request_parameters.get("key")
     if not isinstance(key, str) or not key:
-        raise MalformedRecord(f"event.detail.requestParameters.key: got {_short(key)}; expected a non-empty string")
+        raise MalformedRecord(f"event.detail.requestParameters.key: got {short(key)}; expected a non-empty string")
     return key
 
 
@@ -346,35 +360,36 @@ def newer_sequencer(a: str, b: str) -> bool:
     return a.upper().ljust(width, "0") > b.upper().ljust(width, "0")
 
 
-def message_head(body: str) -> tuple[dict[str, Any], str, str]:
-    """(the message as JSON, its `pipeline`, its `state_machine_arn`): what every message on a pipeline's queue
-    starts with (an arrival envelope, a Scheduler firing); MalformedRecord naming the bad field."""
+def envelope_head(body: str) -> tuple[dict[str, Any], str, str]:
+    """(the message as JSON, its `pipeline`, its `state_machine_arn`) of an SQS record body: what every message on a
+    pipeline's queue starts with, whatever its kind (S3 arrivals, Scheduler firings, upstream run events);
+    MalformedRecord naming the bad field."""
     try:
         message = json.loads(body)
     except (TypeError, ValueError) as exc:
         raise MalformedRecord(f"body: not JSON ({exc})") from None
     if not isinstance(message, dict):
-        raise MalformedRecord(f"body: got {_short(message)}; expected a JSON object")
+        raise MalformedRecord(f"body: got {short(message)}; expected a JSON object")
     pipeline = message.get("pipeline")
     if not isinstance(pipeline, str) or not is_legal_execution_name(f"{pipeline}-{_SAMPLE_DIGEST}"):
-        raise MalformedRecord(f"pipeline: got {_short(pipeline)}; expected a pipeline name like 'sales-daily'")
+        raise MalformedRecord(f"pipeline: got {short(pipeline)}; expected a pipeline name like 'sales-daily'")
     arn = message.get("state_machine_arn")
     if not isinstance(arn, str) or not _STATE_MACHINE_ARN.match(arn):
-        raise MalformedRecord(f"state_machine_arn: got {_short(arn)}; expected a Step Functions state machine ARN")
+        raise MalformedRecord(f"state_machine_arn: got {short(arn)}; expected a Step Functions state machine ARN")
     return message, pipeline, arn
 
 
 def parse_envelope(body: str) -> ObjectEvent:
     """Parse one SQS record body (the router envelope); raise MalformedRecord naming the bad field."""
-    envelope, pipeline, arn = message_head(body)
+    envelope, pipeline, arn = envelope_head(body)
     trigger = TriggerSpec.from_envelope(envelope.get("trigger"))
     event = envelope.get("event")
     if not isinstance(event, dict):
-        raise MalformedRecord(f"event: got {_short(event)}; expected the EventBridge event object")
+        raise MalformedRecord(f"event: got {short(event)}; expected the EventBridge event object")
     detail_type = event.get("detail-type")
     if event.get("source") != "aws.s3" or detail_type not in (OBJECT_CREATED, DATA_EVENT):
         raise MalformedRecord(
-            f"event: source {_short(event.get('source'))}, detail-type {_short(detail_type)}; "
+            f"event: source {short(event.get('source'))}, detail-type {short(detail_type)}; "
             f"expected an {OBJECT_CREATED!r} event or an {DATA_EVENT!r} S3 data event from 'aws.s3'"
         )
     source = "eventbridge" if detail_type == OBJECT_CREATED else "cloudtrail"
@@ -384,7 +399,7 @@ def parse_envelope(body: str) -> ObjectEvent:
             f"(source {source!r}), which this trigger does not use"
         )
     common: dict[str, Any] = {"pipeline": pipeline, "state_machine_arn": arn, "trigger": trigger}
-    event_time = _event_time(event.get("time"))
+    event_time = iso_event_time(event.get("time"))
     if source == "cloudtrail":
         return ObjectEvent(**common, **_data_event_fields(event), event_time=event_time, source=source)
     return ObjectEvent(**common, **_object_created_fields(event), event_time=event_time)
@@ -395,12 +410,12 @@ def _object_created_fields(event: Mapping[str, Any]) -> dict[str, Any]:
     detail = _object_field(event, "detail", "event")
     bucket = _object_field(detail, "bucket", "event.detail").get("name")
     if not isinstance(bucket, str) or not bucket:
-        raise MalformedRecord(f"event.detail.bucket.name: got {_short(bucket)}; expected a bucket name")
+        raise MalformedRecord(f"event.detail.bucket.name: got {short(bucket)}; expected a bucket name")
     obj = _object_field(detail, "object", "event.detail")
     key = raw_object_key(obj)
     size = obj.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise MalformedRecord(f"event.detail.object.size: got {_short(size)}; expected a byte count")
+        raise MalformedRecord(f"event.detail.object.size: got {short(size)}; expected a byte count")
     # Real events say `etag`; moto's EventBridge twin says `eTag`.
     etag = obj.get("etag", obj.get("eTag")) or ""
     version_id = obj.get("version-id")
@@ -425,17 +440,15 @@ def _data_event_fields(event: Mapping[str, Any]) -> dict[str, Any]:
     detail = _object_field(event, "detail", "event")
     if detail.get("eventSource") != "s3.amazonaws.com":
         raise MalformedRecord(
-            f"event.detail.eventSource: got {_short(detail.get('eventSource'))}; expected 's3.amazonaws.com'"
+            f"event.detail.eventSource: got {short(detail.get('eventSource'))}; expected 's3.amazonaws.com'"
         )
     name = detail.get("eventName")
     if name not in OBJECT_WRITES:
-        raise MalformedRecord(f"event.detail.eventName: got {_short(name)}; expected one of {list(OBJECT_WRITES)}")
+        raise MalformedRecord(f"event.detail.eventName: got {short(name)}; expected one of {list(OBJECT_WRITES)}")
     params = _object_field(detail, "requestParameters", "event.detail")
     bucket = params.get("bucketName")
     if not isinstance(bucket, str) or not bucket:
-        raise MalformedRecord(
-            f"event.detail.requestParameters.bucketName: got {_short(bucket)}; expected a bucket name"
-        )
+        raise MalformedRecord(f"event.detail.requestParameters.bucketName: got {short(bucket)}; expected a bucket name")
     key = data_event_key(params)
     response = detail.get("responseElements")
     version_id = response.get("x-amz-version-id") if isinstance(response, dict) else None
@@ -515,11 +528,11 @@ def read_current_version(s3: S3Client, bucket: str, key: str, version_id: str | 
 def _object_field(parent: Mapping[str, Any], name: str, path: str) -> dict[str, Any]:
     value = parent.get(name)
     if not isinstance(value, dict):
-        raise MalformedRecord(f"{path}.{name}: got {_short(value)}; expected an object")
+        raise MalformedRecord(f"{path}.{name}: got {short(value)}; expected an object")
     return value
 
 
-def _event_time(raw: Any) -> str:
+def iso_event_time(raw: Any) -> str:
     """The event's `time` as ISO 8601 UTC (`2024-06-01T10:00:00Z`), the format EventBridge uses."""
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         # moto's EventBridge twin sends epoch seconds.
@@ -531,10 +544,10 @@ def _event_time(raw: Any) -> str:
             pass
         else:
             return raw
-    raise MalformedRecord(f"event.time: got {_short(raw)}; expected an ISO 8601 timestamp")
+    raise MalformedRecord(f"event.time: got {short(raw)}; expected an ISO 8601 timestamp")
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -729,6 +742,35 @@ def start_execution(sfn: SFNClient, state_machine_arn: str, run_id: str, payload
     return True
 
 
+def record_unstarted(
+    s3: S3Client,
+    bucket: str,
+    sns: SNSClient | None,
+    topic_arn: str | None,
+    entry: Mapping[str, Any],
+    subject: str,
+    *,
+    notify: bool = True,
+) -> str:
+    """Write the ledger entry of a run that did not start (SKIPPED, MISSED, UPSTREAM_FAILED, FAILED before starting;
+    dated by its `started_at`, so a redelivery rewrites it) and, when `notify`, tell the topic, if any (`subject`
+    after the pipeline; message attributes `pipeline` and `state`). Returns the entry's key."""
+    pipeline, state = str(entry["pipeline"]), str(entry["state"])
+    key = ledger_key(pipeline, _sortable_time(str(entry["started_at"])), str(entry["run_id"]))
+    write_entry(s3, bucket, key, entry)
+    if notify and sns is not None and topic_arn:
+        sns.publish(
+            TopicArn=topic_arn,
+            Subject=f"EMR Autopilot: {pipeline} {subject}"[:100],
+            Message=json.dumps({**entry, "ledger": f"s3://{bucket}/{key}"}, ensure_ascii=False),
+            MessageAttributes={
+                "pipeline": {"DataType": "String", "StringValue": pipeline},
+                "state": {"DataType": "String", "StringValue": state},
+            },
+        )
+    return key
+
+
 def _sortable_time(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -807,9 +849,11 @@ class Router:
         sns: SNSClient | None = None,
         topic_arn: str | None = None,
         clock: FiringHandler | None = None,
+        upstream: UpstreamRouting | None = None,
     ) -> None:
         self.s3 = s3
         self.sfn = sfn
+        self.upstream = upstream
         self.manifest_bucket = manifest_bucket
         self.claims = claims
         self.ledger_bucket = ledger_bucket
@@ -864,6 +908,8 @@ class Router:
         if firing_kind(record.body) is not None:
             return self._fire(record, batch)
         try:
+            if self.upstream is not None and self.upstream.accepts(record.body):
+                return self.upstream.handle(record.body, report)
             event = parse_envelope(record.body)
         except MalformedRecord as exc:
             pipeline = _pipeline_hint(record.body)
@@ -1017,25 +1063,8 @@ class Router:
                    "event_time": event.event_time}  # fmt: skip
         entry = skipped_entry(pipeline=event.pipeline, run_id=run_id, reason=reason, at=at, trigger=trigger,
                               objects=objects)  # fmt: skip
-        key = ledger_key(event.pipeline, at, run_id)
-        write_entry(self.s3, self.ledger_bucket, key, entry)
-        self.notify_entry(entry, key, subject=f"{event.pipeline} arrival SKIPPED")
+        record_unstarted(self.s3, self.ledger_bucket, self.sns, self.topic_arn, entry, "arrival SKIPPED")
         report.count(Metric.ARRIVALS_SKIPPED, event.pipeline)
-
-    def notify_entry(self, entry: Mapping[str, Any], key: str, *, subject: str) -> None:
-        """Publish a ledger entry of something that started no run (SKIPPED, MISSED, FAILED before starting) to the
-        notifications topic: the entry and where it is, attributes `pipeline` and `state` (no topic: nothing)."""
-        if self.sns is None or not self.topic_arn:
-            return
-        self.sns.publish(
-            TopicArn=self.topic_arn,
-            Subject=f"EMR Autopilot: {subject}"[:100],
-            Message=json.dumps({**entry, "ledger": f"s3://{self.ledger_bucket}/{key}"}, ensure_ascii=False),
-            MessageAttributes={
-                "pipeline": {"DataType": "String", "StringValue": str(entry["pipeline"])},
-                "state": {"DataType": "String", "StringValue": str(entry["state"])},
-            },
-        )
 
     def _run(self, plan: RunPlan, report: BatchReport) -> None:
         """A new run: its manifest (objects, claim keys, trigger), its claims, then StartExecution."""

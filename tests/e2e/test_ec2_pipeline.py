@@ -47,6 +47,8 @@ HAPPY_PATH = [
     "RecordSpendIfBudgeted",
     "WriteSuccessMarker",
     "NotifySucceeded",
+    "RunSucceededEvent",
+    "PublishRunSucceeded",
     "RunSucceeded",
 ]  # fmt: skip  (sales-cluster scales from two alarms: one PutScalingAlarm each)
 LAMBDA_INVOCATIONS_PER_RUN = 4  # prepare, acquire and release the run slot, finalize

@@ -18,7 +18,7 @@ from tests.deployment import Deployed, Notifications
 SAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "sample-data" / "sales"
 # The budget: states entered on the happy path (14 with a job that writes _metrics.json, 15 without:
 # NoJobMetrics) and Lambda invocations per run, whatever the job's length.
-HAPPY_PATH_STATES = 16  # with the daily budget's Choice (RecordSpendIfBudgeted), skipped without a budget
+HAPPY_PATH_STATES = 18  # with the daily budget's Choice (RecordSpendIfBudgeted), skipped without a budget
 LAMBDA_INVOCATIONS_PER_RUN = 4  # prepare, acquire and release the run slot, finalize (cost, links, notification)
 
 
@@ -92,7 +92,8 @@ def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
     assert entered == [
         "Prepare", "CheckInput", "AcquireRunSlot", "RecordStarted", "StartJob", "RunJob", "ReleaseRunSlot",
         "ReadJobMetrics", "NoJobMetrics", "FinalizeSucceeded", "SucceededLedgerUpdate", "RecordSucceeded",
-        "RecordSpendIfBudgeted", "WriteSuccessMarker", "NotifySucceeded", "RunSucceeded",
+        "RecordSpendIfBudgeted", "WriteSuccessMarker", "NotifySucceeded", "RunSucceededEvent", "PublishRunSucceeded",
+        "RunSucceeded",
     ]  # fmt: skip
     lambda_tasks = [
         e
@@ -100,6 +101,18 @@ def test_run_budget_transitions_and_lambda_invocations(env: Deployed) -> None:
         if e["type"] == "TaskScheduled" and e["taskScheduledEventDetails"]["resourceType"] == "lambda"
     ]
     assert len(lambda_tasks) == LAMBDA_INVOCATIONS_PER_RUN
+    # The run's event reached the default bus (PublishRunSucceeded catches every error: check it really did)
+    (published,) = [
+        e
+        for e in env.twin.events
+        if e["detail-type"] == "Autopilot Run Succeeded" and e["detail"]["execution_arn"] == execution["executionArn"]
+    ]
+    detail = published["detail"]
+    assert published["source"] == "emr-autopilot" and detail["state"] == "SUCCEEDED"
+    assert detail["outputs"]["success_marker"].endswith(f"/run_id={execution['name']}/_SUCCESS")
+    assert detail["ledger_uri"].endswith(f"/{execution['name']}.json") and detail["deployment"] == "autopilot-dev"
+    assert set(detail) == {"schema_version", "deployment", "pipeline", "run_id", "state", "execution_arn",
+                           "ledger_uri", "outputs", "started_at", "ended_at"}  # fmt: skip
     invoked = [
         i
         for i in env.twin.runtime.invocations[invocations_before:]

@@ -731,6 +731,7 @@ def needed_actions(service: str, operation: str, params: Mapping[str, Any]) -> l
 OPTIMIZED_INTEGRATIONS = {
     "lambda:invoke": ("lambda", "Invoke"),
     "sns:publish": ("sns", "Publish"),
+    "events:putEvents": ("events", "PutEvents"),
     "emr-serverless:startJobRun": ("emr-serverless", "StartJobRun"),
     "emr-serverless:cancelJobRun": ("emr-serverless", "CancelJobRun"),
     "emr-serverless:startApplication": ("emr-serverless", "StartApplication"),

@@ -203,6 +203,9 @@ def test_only_cloudtrail_pipelines_get_a_data_event_rule(synth: Synthesized) -> 
         if pipeline.trigger is None:
             continue
         mine = sorted(n.removeprefix(f"autopilot-dev-{name}-") for n in rules if n.startswith(f"autopilot-dev-{name}-"))
+        if pipeline.arrivals is None:  # runs `after` others: one rule, on their run events
+            assert mine == ["upstream-runs"], name
+            continue
         if pipeline.trigger.schedule is not None:
             assert mine == [], f"{name} runs by the clock: no arrival rule"
             continue
@@ -312,7 +315,7 @@ def test_router_may_head_only_the_triggered_pipelines_input_prefixes(synth: Synt
     manifests, *landing = reads  # the router reads back its own manifests (to resume a run), nothing else there
     assert manifests["Action"] == ["s3:GetObject", "s3:PutObject"]
     assert json.dumps(manifests["Resource"]).endswith('/manifests/*"]]}')
-    prefixes = sorted(p.trigger.prefix for p in load_config("dev").pipelines.values() if p.trigger)
+    prefixes = sorted(p.arrivals.landing_prefix for p in load_config("dev").pipelines.values() if p.arrivals)
     assert landing == [
         {
             "Action": ["s3:GetObject", "s3:GetObjectVersion"],
@@ -390,3 +393,90 @@ def test_every_asynchronously_invoked_function_fails_into_the_alarmed_dead_lette
     )
     topics = set(synth.resources("AWS::SNS::Topic"))
     assert [_ref(a) for a in alarm["AlarmActions"]] and all(_ref(a) in topics for a in alarm["AlarmActions"])
+
+
+# ------------------------------------------------------------------------------------- trigger.after (dependencies)
+
+SUMMARY = "sales-summary"  # dev.yaml: runs after sales-east and sales-west
+
+
+def _upstream_pattern(synth: Synthesized, pipeline: str = SUMMARY) -> dict[str, Any]:
+    pattern: dict[str, Any] = _rules(synth)[f"autopilot-dev-{pipeline}-upstream-runs"]["EventPattern"]
+    return pattern
+
+
+def test_the_upstream_rule_matches_only_its_upstreams_run_events_in_this_deployment(synth: Synthesized) -> None:
+    pattern = _upstream_pattern(synth)
+    assert pattern == {
+        "source": ["emr-autopilot"],
+        "detail-type": ["Autopilot Run Failed", "Autopilot Run Succeeded"],
+        "detail": {"deployment": ["autopilot-dev"], "pipeline": ["sales-east", "sales-west"]},
+    }
+    eventbridge.validate_pattern(pattern)
+
+    def event(**detail: Any) -> dict[str, Any]:
+        sample = load_event("autopilot_run_succeeded.json")
+        sample["detail"].update({"pipeline": "sales-east", **detail})
+        return sample
+
+    assert eventbridge.matches(pattern, event())
+    assert eventbridge.matches(pattern, event(pipeline="sales-west") | {"detail-type": "Autopilot Run Failed"})
+    assert not eventbridge.matches(pattern, event(pipeline="sales-daily"))  # not an upstream
+    assert not eventbridge.matches(pattern, event(deployment="autopilot-prod"))  # another deployment's run
+    assert not eventbridge.matches(pattern, event() | {"source": "someone.else"})
+
+
+def test_the_upstream_envelope_is_what_the_router_parses(synth: Synthesized) -> None:
+    from upstream import parse_upstream_envelope  # the router's module (lambdas/router on the path: tests/conftest)
+
+    rule = _rules(synth)[f"autopilot-dev-{SUMMARY}-upstream-runs"]
+    routing = _routing(rule)
+    assert routing["upstream"] == {
+        "after": ["sales-east", "sales-west"],
+        "output_prefixes": {"sales-east": "sales-east", "sales-west": "sales-west"},
+        "suffixes": [".parquet"],
+        "ignore_zero_byte": True,
+    }
+    # The transformer's template with the matched event in place, as EventBridge delivers it to the queue
+    event = load_event("autopilot_run_succeeded.json")
+    run_id = event["detail"]["run_id"]
+    event["detail"].update(pipeline="sales-east", outputs={"prefix": f"s3://outputs/sales-east/run_id={run_id}/"})
+    body = json.dumps({**routing, "state_machine_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:x"})
+    parsed = parse_upstream_envelope(body.replace('"event": {}', f'"event": {json.dumps(event)}'), "outputs")
+    assert (parsed.pipeline, parsed.state, parsed.run.pipeline, parsed.run.run_id) == (
+        SUMMARY, "SUCCEEDED", "sales-east", run_id
+    )  # fmt: skip
+
+
+def test_a_pipeline_run_after_others_has_no_arrival_rule_and_batches_of_ten(synth: Synthesized) -> None:
+    rules = _rules(synth)
+    assert not [n for n in rules if n.startswith(f"autopilot-dev-{SUMMARY}-") and not n.endswith("-upstream-runs")]
+    synth.template.has_resource_properties(
+        "AWS::SQS::Queue",
+        {"QueueName": f"autopilot-dev-{SUMMARY}-arrivals", "RedrivePolicy": {"maxReceiveCount": 5,
+                                                                             "deadLetterTargetArn": Match.any_value()}},
+    )  # fmt: skip
+
+
+def test_the_router_lists_only_the_upstreams_run_output_folders(synth: Synthesized) -> None:
+    statements = _router_statements(synth)
+    (listing,) = [s for s in statements if s["Action"] == "s3:ListBucket" and "Condition" in s]
+    assert listing["Condition"] == {
+        "StringLike": {"s3:prefix": ["sales-east/run_id=*", "sales-west/run_id=*"]}
+    }  # fmt: skip
+    assert "Outputs" in json.dumps(listing["Resource"])
+    (table,) = [s for s in statements if "dynamodb:GetItem" in s["Action"]]  # the fan-in state: read, then put
+    assert table["Action"] == ["dynamodb:BatchGetItem", "dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem"]
+    assert "PlatformIdempotency" in json.dumps(table["Resource"])
+
+
+def test_a_downstream_job_reads_its_upstreams_run_outputs_and_nothing_else_there(synth: Synthesized) -> None:
+    def reads(role_fragment: str) -> str:
+        policies = [p["Properties"] for k, p in synth.resources("AWS::IAM::Policy").items() if role_fragment in k]
+        return json.dumps(
+            [s for p in policies for s in p["PolicyDocument"]["Statement"] if s["Action"] == "s3:GetObject"]
+        )
+
+    summary = reads("PipelinesalessummaryJobRole")
+    assert '/sales-east/*"' in summary and '/sales-west/*"' in summary
+    assert "Outputs" not in reads("PipelinesalesdailyJobRole")  # a pipeline without upstreams reads no outputs

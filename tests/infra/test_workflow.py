@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from autopilot_common import run_events
 from config.loader import load_config
 from local.iam.reference import reference
 from tests.infra.conftest import Synthesized
@@ -24,6 +25,7 @@ INTEGRATION_ACTIONS: dict[str, set[str]] = {
     "lambda:invoke": {"lambda:InvokeFunction"},
     "lambda:invoke.waitForTaskToken": {"lambda:InvokeFunction"},
     "sns:publish": {"sns:Publish"},
+    "events:putEvents": {"events:PutEvents"},
     "emr-serverless:startJobRun": {"emr-serverless:StartJobRun"},
     "emr-serverless:startJobRun.sync": {
         "emr-serverless:StartJobRun",
@@ -163,6 +165,27 @@ def test_star_only_where_the_action_allows_nothing_narrower(synth: Synthesized, 
             assert all(statement.get("Condition") for _ in narrower), "a '*' grant keeps a condition (request tag)"
 
 
+@pytest.mark.parametrize("pipeline", ["sales-daily", "sales-cluster", "sales-adhoc", "sales-eks"])
+def test_run_events_are_put_on_the_default_bus_only(synth: Synthesized, pipeline: str) -> None:
+    (grant,) = [s for s in _role_statements(synth, workflow_role(pipeline)) if "events:PutEvents" in _actions([s])]
+    assert _actions([grant]) == {"events:PutEvents"}
+    assert grant["Resource"] == "arn:aws:events:us-east-1:123456789012:event-bus/default"
+
+
+def test_every_workflow_end_publishes_its_run_event_with_the_documented_source_and_detail_types() -> None:
+    for outcome, state in (("Succeeded", "SUCCEEDED"), ("Failed", "FAILED")):
+        publish = ASL["States"][f"PublishRun{outcome}"]
+        (entry,) = publish["Parameters"]["Entries"]
+        assert entry["Source"] == run_events.SOURCE and not entry["Source"].startswith("aws.")
+        assert entry["DetailType"] == run_events.DETAIL_TYPES[state]
+        assert "EventBusName" not in entry  # the default bus, the one the grant names
+        assert entry["Detail.$"] == "States.JsonMerge($.run.event, $.run_end, false)"
+        assert ASL["States"][f"Run{outcome}Event"]["Parameters"]["state"] == state
+        # a lost event never fails a run: every error continues to the run's end
+        assert {c["Next"] for c in publish["Catch"]} == {publish["Next"]} == {f"Run{outcome}"}
+        assert publish["Catch"][0]["ErrorEquals"] == ["States.ALL"]
+
+
 def test_job_role_reads_only_its_prefixes_and_writes_only_its_outputs(synth: Synthesized) -> None:
     statements = _role_statements(synth, "JobRole")
     text = json.dumps(statements)
@@ -261,15 +284,18 @@ def test_happy_path_budget() -> None:
             break
         node = state.get("Default") or state["Next"]
     assert path[-1] == "RunSucceeded"
-    # FinalizeSucceeded and NotifySucceeded came with issue 16 (cost, links, the SUCCEEDED notification).
-    assert len(path) == 15, path  # + the budget's Choice (RecordSpendIfBudgeted)
-    assert path[-3:] == ["WriteSuccessMarker", "NotifySucceeded", "RunSucceeded"], path
+    # FinalizeSucceeded and NotifySucceeded came with issue 16 (cost, links, the SUCCEEDED notification), the run
+    # event's two states (RunSucceededEvent, PublishRunSucceeded) with issue 17.
+    assert len(path) == 17, path  # + the budget's Choice (RecordSpendIfBudgeted)
+    assert path[-5:] == [
+        "WriteSuccessMarker", "NotifySucceeded", "RunSucceededEvent", "PublishRunSucceeded", "RunSucceeded"
+    ], path  # fmt: skip
     assert path.index("FinalizeSucceeded") + 1 == path.index("SucceededLedgerUpdate") < path.index("RecordSucceeded")
 
 
 def test_every_task_failure_leads_to_cleanup() -> None:
     for name, state in _tasks(ASL).items():
-        if name in {"Prepare", "ReadJobMetrics", "CancelJob", "RecordFailed", "NotifyFailure"}:
+        if name in {"Prepare", "ReadJobMetrics", "CancelJob", "RecordFailed", "NotifyFailure", "PublishRunFailed"}:
             continue
         if name in {"ReleaseRunSlot", "ReleaseAfterFailure", "RecordSpend", "RecordSpendAfterFailure"}:
             # never fail the run: they continue on error
@@ -278,6 +304,9 @@ def test_every_task_failure_leads_to_cleanup() -> None:
             assert {c["Next"] for c in state["Catch"]} == {f"{name}Unavailable"}, name
             continue
         if name == "NotifySucceeded":  # the run already succeeded (ledger, _SUCCESS): a lost notice is no failure
+            assert {c["Next"] for c in state["Catch"]} == {"RunSucceededEvent"}, name
+            continue
+        if name == "PublishRunSucceeded":  # nor is a lost run event
             assert {c["Next"] for c in state["Catch"]} == {"RunSucceeded"}, name
             continue
         catches = {c["Next"] for c in state.get("Catch", []) if "States.ALL" in c["ErrorEquals"]}

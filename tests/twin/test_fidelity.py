@@ -72,6 +72,11 @@ TEMPLATE: dict[str, Any] = {
                 "Action": "sqs:SendMessage",
                 "Resource": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{OPEN_QUEUE}",
             },
+            {
+                "Effect": "Allow",
+                "Action": "events:PutEvents",
+                "Resource": f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/default",
+            },
         ),
         "Empty": _role(EMPTY_ROLE),
     }
@@ -277,6 +282,39 @@ def test_the_history_quota_ends_an_endless_loop_with_states_runtime(
     events = twin.client("stepfunctions").get_execution_history(executionArn=described["executionArn"], maxResults=1000)
     last = events["events"][-1]
     assert (last["id"], last["type"]) == (60, "ExecutionFailed")
+
+
+def test_put_events_refuses_a_source_of_aws_services_entry_by_entry(twin: Twin) -> None:
+    response = twin.client("events").put_events(
+        Entries=[
+            {"Source": "aws.s3", "DetailType": "Object Created", "Detail": "{}"},
+            {"Source": "fidelity.nowhere", "DetailType": "t", "Detail": "{}"},
+        ]
+    )
+    assert response["FailedEntryCount"] == 1
+    refused, accepted = response["Entries"]
+    assert refused == {"ErrorCode": "NotAuthorizedForSourceException", "ErrorMessage": "Not authorized for the source."}
+    assert "EventId" in accepted
+
+
+def test_the_put_events_integration_is_authorized_as_the_role_and_its_custom_event_reaches_rules(twin: Twin) -> None:
+    publish = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::events:putEvents",
+        "Parameters": {"Entries": [{"Source": "fidelity.open", "DetailType": "Run", "Detail": {"run_id": "r-1"}}]},
+        "End": True,
+    }
+    sqs = twin.client("sqs")
+    assert _machine(twin, ALLOWED_ROLE, {"Publish": publish}, "Publish")["status"] == "SUCCEEDED"
+    messages = wait_for(
+        lambda: sqs.receive_message(QueueUrl=_queue_url(twin, OPEN_QUEUE), MaxNumberOfMessages=10).get("Messages"),
+        what="the run event at the rule's queue",
+    )
+    delivered = [json.loads(m["Body"]) for m in messages]
+    assert any(e["detail-type"] == "Run" and e["detail"] == {"run_id": "r-1"} for e in delivered), delivered
+    refused = _machine(twin, EMPTY_ROLE, {"Publish": publish}, "Publish")
+    assert refused["status"] == "FAILED"
+    assert "not authorized to perform: events:PutEvents" in refused["cause"], refused["cause"]
 
 
 def test_put_events_over_1_mb_is_refused_as_eventbridge_refuses_it(twin: Twin) -> None:

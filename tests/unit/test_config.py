@@ -51,8 +51,8 @@ def test_shipped_dev_config_is_valid() -> None:
             "unknown-key",
             "trigger",
             {"colour": "red"},
-            "trigger.colour: unknown key; expected one of: batching, expect, ignore_zero_byte, partition_template, "
-            "prefix, schedule, sources, suffixes",
+            "trigger.colour: unknown key; expected one of: after, batching, expect, ignore_zero_byte, "
+            "partition_template, prefix, schedule, sources, suffixes",
         ),
         _sales_case(
             "wrong-type",
@@ -317,3 +317,85 @@ def test_retry_defaults_to_one_attempt_and_fits_within_the_run_timeout() -> None
     config = dev_config(retried)
     assert config.pipelines["sales-daily"].runtime.retry.retries
     assert config.pipelines["sales-eks"].runtime.retry.max_attempts == 2
+
+
+# ------------------------------------------------------------------------------------- trigger.after (dependencies)
+
+
+def _downstream(after: list[str], **trigger: Any) -> Any:
+    """A mutation adding pipeline `report` (console-less, runs after `after`) next to the dev pipelines."""
+
+    def mutate(raw: dict[str, Any]) -> None:
+        report = copy.deepcopy(_sales(raw))
+        report["trigger"] = {"after": after, **trigger}
+        report.pop("output_prefix", None)
+        raw["pipelines"]["report"] = report
+
+    return mutate
+
+
+def test_a_pipeline_after_others_has_no_arrival_trigger_and_needs_no_prefix() -> None:
+    config = dev_config(_downstream(["sales-daily", "sales-eks"], suffixes=[".parquet"]))
+    report = config.pipelines["report"]
+    assert report.upstreams == ["sales-daily", "sales-eks"]
+    assert report.arrivals is None and report.trigger is not None and report.trigger.prefix is None
+    assert config.pipelines["sales-daily"].arrivals is config.pipelines["sales-daily"].trigger
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        pytest.param(
+            _downstream(["sales-daly"]),
+            "config/dev.yaml: pipeline 'report': trigger.after: got 'sales-daly'; expected a pipeline of this config "
+            "(one of 'sales-adhoc', ",
+            id="unknown-upstream",
+        ),
+        pytest.param(
+            _downstream(["report"]),
+            "config/dev.yaml: pipeline 'report': trigger.after: names the pipeline itself; expected other pipelines",
+            id="itself",
+        ),
+        pytest.param(
+            _downstream(["sales-daily", "sales-daily"]),
+            "config/dev.yaml: pipeline 'report': trigger: after: ['sales-daily', 'sales-daily'] names a pipeline "
+            "twice; expected each upstream once",
+            id="twice",
+        ),
+        pytest.param(
+            _downstream(["sales-daily"], prefix="sales/"),
+            "config/dev.yaml: pipeline 'report': trigger: prefix: a pipeline with `after` (sales-daily) has no "
+            "arrival trigger, so it takes no prefix; remove it (its inputs are its upstreams' outputs)",
+            id="prefix-with-after",
+        ),
+        pytest.param(
+            _downstream(["sales-daily"], batching={"mode": "per_object"}, sources=["cloudtrail"]),
+            "config/dev.yaml: pipeline 'report': trigger: batching: a pipeline with `after` (sales-daily) has no "
+            "arrival trigger, so it takes no batching, sources; remove them",
+            id="arrival-fields-with-after",
+        ),
+        pytest.param(
+            lambda raw: _sales(raw)["trigger"].pop("prefix"),
+            "config/dev.yaml: pipeline 'sales-daily': trigger: prefix: required; expected a key prefix in the landing "
+            "bucket such as 'sales/' (or `after`: upstream pipelines whose runs start this one)",
+            id="no-prefix-no-after",
+        ),
+    ],
+)
+def test_bad_dependencies_give_one_clear_message(mutate: Any, expected: str) -> None:
+    message = _error(mutate)
+    assert message.startswith(expected), message
+    assert len(message.splitlines()) == 1, message
+
+
+def test_a_dependency_cycle_is_named_once_with_its_path() -> None:
+    def mutate(raw: dict[str, Any]) -> None:
+        _downstream(["report"])(raw)
+        raw["pipelines"]["summary"] = raw["pipelines"].pop("report")  # summary runs after report
+        _downstream(["summary"])(raw)  # and report after summary
+
+    message = _error(mutate)
+    assert message == (
+        "config/dev.yaml: pipeline 'report': trigger.after: a cycle (report -> summary -> report, each running after "
+        "the next); expected dependencies without a loop"
+    ), message

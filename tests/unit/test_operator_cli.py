@@ -758,3 +758,16 @@ def test_ui_attempt_is_for_serverless_runs_only(stubbed: dict[str, Stubber]) -> 
     _write_entry("ec2b", None, cluster_id="j-2", runtime="emr-ec2")
     result = cli("ui", "ec2b", "--attempt", "1")
     assert result.exit_code == 2 and "--attempt: only EMR Serverless job runs have attempts" in result.stderr
+
+
+def test_show_names_the_upstream_runs_a_downstream_run_read_and_the_one_that_failed(account: dict[str, Any]) -> None:
+    east = {"pipeline": "sales-east", "run_id": "e-1", "ledger_uri": "s3://o/_runs/sales-east/2026/12/07/e-1.json"}
+    west = {"pipeline": "sales-west", "run_id": "w-1", "ledger_uri": "s3://o/_runs/sales-west/2026/12/07/w-1.json"}
+    _write_entry("summary-1", None, upstream_runs=[east, west])
+    shown = " ".join(cli("show", "summary-1").stdout.split())
+    assert f"lineage upstream sales-east e-1 {east['ledger_uri']} upstream sales-west w-1 {west['ledger_uri']}" in shown
+    _write_entry("summary-2", None, state="UPSTREAM_FAILED", upstream_runs=[west], failed_upstream=east,
+                 reason="upstream sales-east run e-1 FAILED")  # fmt: skip
+    shown = " ".join(cli("show", "summary-2").stdout.split())
+    assert "summary-2 UPSTREAM_FAILED" in shown and f"failed sales-east e-1 {east['ledger_uri']}" in shown, shown
+    assert "lineage" not in cli("show", "old-ok").stdout  # a run no upstream started has none

@@ -142,6 +142,72 @@ def test_router_input_is_passed_through_without_listing(s3: Any) -> None:
     assert result["job"] == {"JobRunId": None}
 
 
+UPSTREAM_RUNS = [
+    {"pipeline": "orders", "run_id": "orders-1", "ledger_uri": f"s3://{OUTPUTS}/_runs/orders/2024/06/02/orders-1.json"},
+    {"pipeline": "stock", "run_id": "stock-1", "ledger_uri": f"s3://{OUTPUTS}/_runs/stock/2024/06/02/stock-1.json"},
+]
+
+
+def test_the_run_event_starts_with_what_the_run_is_and_no_object_list(s3: Any) -> None:
+    s3.put_object(Bucket=LANDING, Key="sales/a.csv", Body=b"x")
+    settings = SETTINGS | {"deployment": "autopilot-dev"}
+    body = {"pipeline": "sales-daily", "inputs": [f"s3://{LANDING}/sales/a.csv"]}
+    run = prepare_run({"input": body, "execution": EXECUTION, "settings": settings}, s3)["run"]
+    assert run["event"] == {
+        "schema_version": 1,
+        "deployment": "autopilot-dev",
+        "pipeline": "sales-daily",
+        "run_id": "run-1",
+        "execution_arn": EXECUTION["id"],
+        "ledger_uri": f"s3://{OUTPUTS}/_runs/sales-daily/2024/06/02/run-1.json",
+        "started_at": EXECUTION["start_time"],
+    }  # no logical_date nor upstream_runs: the run has neither
+
+
+def test_a_run_started_after_its_upstreams_records_them_once_in_its_entry_and_its_event(s3: Any) -> None:
+    manifest = f"s3://{ARTIFACTS}/manifests/sales-daily/run-1.json"
+    trigger = {"type": "upstream", "after": ["orders", "stock"], "upstream_runs": UPSTREAM_RUNS,
+               "logical_date": "2024-06-01"}  # fmt: skip
+    run = _run(s3, {"pipeline": "sales-daily", "manifest": manifest, "object_count": 2, "trigger": trigger})["run"]
+    ledger = run["ledger"]
+    assert ledger["upstream_runs"] == UPSTREAM_RUNS
+    assert ledger["trigger"] == {"type": "upstream", "after": ["orders", "stock"], "logical_date": "2024-06-01"}
+    assert run["event"]["upstream_runs"] == UPSTREAM_RUNS and run["event"]["logical_date"] == "2024-06-01"
+
+
+def test_a_pipeline_run_after_others_may_run_by_hand_over_its_upstreams_outputs_only(s3: Any) -> None:
+    # Given sales-daily runs after orders, whose run left data, its metrics and _SUCCESS; and another pipeline's data
+    settings = SETTINGS | {"upstream_outputs_json": '["orders"]'}
+    for key in ("orders/run_id=o-1/part-0.parquet", "orders/run_id=o-1/_metrics.json", "orders/run_id=o-1/_SUCCESS",
+                "secrets/run_id=x/part-0.parquet"):  # fmt: skip
+        s3.put_object(Bucket=OUTPUTS, Key=key, Body=b"x")
+
+    def run(inputs: list[str]) -> dict[str, Any]:
+        body = {"pipeline": "sales-daily", "inputs": inputs}
+        return prepare_run({"input": body, "execution": EXECUTION, "settings": settings}, s3)
+
+    # When an operator reruns it over the upstream run's folder: its data only
+    result = run([f"s3://{OUTPUTS}/orders/run_id=o-1/"])
+    assert result["valid"] is True and result["run"]["object_count"] == 1
+    # Then outputs of a pipeline it does not run after are refused, naming where inputs may be
+    refused = run([f"s3://{OUTPUTS}/secrets/run_id=x/part-0.parquet"])
+    assert refused["valid"] is False
+    assert refused["cause"].startswith(
+        f"inputs[0]: got 's3://{OUTPUTS}/secrets/run_id=x/part-0.parquet'; expected an object or prefix under "
+        f"s3://{LANDING}/sales/ or s3://{OUTPUTS}/orders/"
+    ), refused["cause"]
+
+
+@pytest.mark.parametrize("runs", [None, [], [{"pipeline": "orders"}], [{**UPSTREAM_RUNS[0], "extra": "x"}]])
+def test_malformed_upstream_runs_are_refused_naming_the_field(s3: Any, runs: Any) -> None:
+    manifest = f"s3://{ARTIFACTS}/manifests/sales-daily/run-1.json"
+    trigger = {"type": "upstream", "after": ["orders"], "upstream_runs": runs}
+    result = _run(s3, {"pipeline": "sales-daily", "manifest": manifest, "object_count": 1, "trigger": trigger})
+    assert result["valid"] is False
+    assert result["cause"].startswith("trigger.upstream_runs: got "), result["cause"]
+    assert "expected a non-empty list of {ledger_uri, pipeline, run_id}" in result["cause"]
+
+
 def test_run_carries_its_place_in_line_and_reservation(s3: Any) -> None:
     # S3 runs queue by the first object's event time and key; console runs by their start time.
     manifest = f"s3://{ARTIFACTS}/manifests/sales-daily/run-1.json"

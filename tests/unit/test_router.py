@@ -71,6 +71,11 @@ class Aws:
 
 @pytest.fixture
 def aws(moto: str) -> Aws:
+    return router_aws()
+
+
+def router_aws() -> Aws:
+    """The router's buckets, claims table and the sales-daily state machine, on moto (inside `mock_aws`)."""
     s3 = boto3.client("s3", region_name=REGION)
     for bucket in (LANDING, ARTIFACTS, OUTPUTS):
         s3.create_bucket(Bucket=bucket)

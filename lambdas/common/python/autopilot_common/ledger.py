@@ -12,9 +12,10 @@ The date is the run's start (UTC): the execution's start time, or for an arrival
 
 States: QUEUED, STARTED, SUCCEEDED, FAILED (workflows), ABORTED, TIMED_OUT, CANCELLED (guardrails), SKIPPED
 (the router: an arrival or a marker that started nothing, or a schedule firing over an empty partition with
-`on_empty: skip`, with the reason; no execution exists for it) and MISSED (the router: an arrival deadline passed with
-no run started for its logical date). A schedule firing over an empty partition with `on_empty: fail` is FAILED
-without an execution.
+`on_empty: skip`, with the reason; no execution exists for it), MISSED (the router: an arrival deadline passed with
+no run started for its logical date) and UPSTREAM_FAILED (the router: a run of a pipeline with `trigger.after` that
+an upstream's failed run did not start; `failed_upstream` names that run, no execution exists for it). A schedule
+firing over an empty partition with `on_empty: fail` is FAILED without an execution.
 
 `logical_date` is the date (or date-hour, `2024-06-01T05`) of the partition a run covers: scheduled runs, backfills,
 arrival runs whose objects lie in one `partition_template` partition, MISSED entries.
@@ -38,6 +39,7 @@ from botocore.exceptions import ClientError
 from typing_extensions import TypedDict
 
 from autopilot_common.pricing import Cost
+from autopilot_common.run_events import UpstreamRun
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
@@ -56,13 +58,17 @@ TIMED_OUT: Final = "TIMED_OUT"  # the run exceeded run_timeout_minutes
 CANCELLED: Final = "CANCELLED"  # its step or job run was cancelled outside the app
 SKIPPED: Final = "SKIPPED"  # an arrival or a schedule firing that started nothing (router)
 MISSED: Final = "MISSED"  # an arrival deadline passed without a run for its logical date (router)
-RunState = Literal["QUEUED", "STARTED", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED", "MISSED"]
+UPSTREAM_FAILED: Final = "UPSTREAM_FAILED"  # a downstream run an upstream's failed run did not start (router)
+RunState = Literal[
+    "QUEUED", "STARTED", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED", "SKIPPED", "MISSED",
+    "UPSTREAM_FAILED",
+]  # fmt: skip
 RUN_STATES: tuple[RunState, ...] = (
-    QUEUED, STARTED, SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED, MISSED
+    QUEUED, STARTED, SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED, MISSED, UPSTREAM_FAILED
 )  # fmt: skip
 # States no later writer may move a run out of (the guardrails only amend them: cleanup, who stopped it).
-FINAL_STATES = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED, MISSED})
-NotStartedState = Literal["SKIPPED", "FAILED", "MISSED"]
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, CANCELLED, SKIPPED, MISSED, UPSTREAM_FAILED})
+NotStartedState = Literal["SKIPPED", "FAILED", "MISSED", "UPSTREAM_FAILED"]
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _ALREADY_EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
@@ -194,10 +200,14 @@ class RunLedgerEntry(TypedDict, total=False):
     input_manifest: str | None
     object_count: int
     objects: list[dict[str, Any]]  # SKIPPED: the objects that were seen
-    reason: str  # SKIPPED, MISSED, FAILED without an execution: why nothing started
+    reason: str  # SKIPPED, MISSED, UPSTREAM_FAILED, FAILED without an execution: why nothing started
     logical_date: str  # the partition's date (2024-06-01) or date-hour (2024-06-01T05) the run covers
     overrides: dict[str, Any]
     rerun_of: str  # a console run started by `emr-autopilot rerun`: the run it runs again
+    # `trigger.after`: the upstream runs whose outputs this run reads (lineage), and for UPSTREAM_FAILED the one
+    # that failed
+    upstream_runs: list[UpstreamRun]
+    failed_upstream: UpstreamRun
     # Where it ran
     runtime: str
     application_id: str | None  # EMR Serverless
@@ -293,6 +303,26 @@ def skipped_entry(
     )
 
 
+def upstream_failed_entry(
+    *,
+    pipeline: str,
+    run_id: str,
+    failed: UpstreamRun,
+    reason: str,
+    at: datetime,
+    trigger: Mapping[str, Any],
+    upstream_runs: list[UpstreamRun],
+) -> RunLedgerEntry:
+    """The entry of a downstream run (`trigger.after`) that an upstream's failed run did not start: which run failed,
+    why nothing started, and the upstream runs that had succeeded for it so far."""
+    entry = not_started_entry(
+        state=UPSTREAM_FAILED, pipeline=pipeline, run_id=run_id, reason=reason, at=at, trigger=trigger, objects=None
+    )
+    entry["failed_upstream"] = failed
+    entry["upstream_runs"] = upstream_runs
+    return entry
+
+
 def not_started_entry(
     *,
     state: NotStartedState,
@@ -301,11 +331,12 @@ def not_started_entry(
     reason: str,
     at: datetime,
     trigger: Mapping[str, Any],
-    objects: list[dict[str, Any]],
+    objects: list[dict[str, Any]] | None,
     logical_date: str | None = None,
 ) -> RunLedgerEntry:
-    """The entry of something that started no execution (SKIPPED, MISSED, FAILED before starting): what it was,
-    why, what was seen and, for a partition, its logical date."""
+    """The entry of something that started no execution (SKIPPED, MISSED, UPSTREAM_FAILED, FAILED before starting):
+    started and ended at `at` (whole seconds, UTC), what it was, why, what was seen (`objects`, when any were) and,
+    for a partition, its logical date."""
     stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     entry: RunLedgerEntry = {
         "schema_version": SCHEMA_VERSION,
@@ -314,11 +345,12 @@ def not_started_entry(
         "state": state,
         "reason": reason,
         "trigger": dict(trigger),
-        "objects": objects,
-        "object_count": len(objects),
         "started_at": stamp,
         "ended_at": stamp,
     }
+    if objects is not None:
+        entry["objects"] = objects
+        entry["object_count"] = len(objects)
     if state == FAILED:
         entry["error"] = "NotStarted"
         entry["cause"] = reason
