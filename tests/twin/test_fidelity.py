@@ -305,6 +305,7 @@ def test_the_put_events_integration_is_authorized_as_the_role_and_its_custom_eve
         "End": True,
     }
     sqs = twin.client("sqs")
+    sqs.purge_queue(QueueUrl=_queue_url(twin, OPEN_QUEUE))  # earlier tests of the module deliver there too
     assert _machine(twin, ALLOWED_ROLE, {"Publish": publish}, "Publish")["status"] == "SUCCEEDED"
     messages = wait_for(
         lambda: sqs.receive_message(QueueUrl=_queue_url(twin, OPEN_QUEUE), MaxNumberOfMessages=10).get("Messages"),
