@@ -18,7 +18,7 @@ from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig
-from stacks.arns import alarms_named, executions_of, ledger_statements
+from stacks.arns import alarms_named, default_event_bus_arn, executions_of, ledger_statements
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
@@ -186,6 +186,9 @@ class AutopilotGuardrails(Construct):
             # Spot prices of an aborted run's instances: the Service Authorization Reference lists no resource type
             # for DescribeSpotPriceHistory, so only `*` can allow it (as for the finalize function).
             iam.PolicyStatement(actions=["ec2:DescribeSpotPriceHistory"], resources=["*"]),
+            # The run event of a run the cleanup ended (its workflow never published one): the default bus only
+            # (Service Authorization Reference, Amazon EventBridge: PutEvents, resource type event-bus).
+            iam.PolicyStatement(actions=["events:PutEvents"], resources=[default_event_bus_arn(stack)]),
             iam.PolicyStatement(
                 actions=["states:DescribeExecution"],
                 resources=executions_of(stack, (w.state_machine_name for w in pipelines.values())),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from autopilot_common.admission import release
@@ -31,9 +32,12 @@ from autopilot_common.run_costs import (
     job_run_record,
     launched_clusters,
 )
-from cloudtrail_reactions import find_cancellation, find_stop
+from autopilot_common.run_events import stopped_run_event
+from cloudtrail_reactions import Cancellation, find_cancellation, find_stop
 from guardrail_settings import GuardrailEventError, GuardrailSettings
 from run_teardown import ENDED_STATUSES, RunRef, Teardown, base_entry, millis_to_datetime, notify, teardown_run
+
+logger = Logger(service="autopilot-guardrail", child=True)
 
 
 @dataclass
@@ -71,35 +75,7 @@ def clean_up_execution(
     ended_at = iso(millis_to_datetime(stopped, "stopDate")) if stopped is not None else iso(now)
     entry = dict(ledger) if ledger else base_entry(run)
     previous = entry.get("state")
-    update: dict[str, Any] = {}
-    if cancellation is not None:
-        update = cancellation.ledger_fields()
-    elif status in ("ABORTED", "TIMED_OUT"):
-        stop = find_stop(clients.dynamodb, settings.claims_table, run.run_id) if status == "ABORTED" else None
-        given_error, given_cause = _stop_reason(clients, detail) if status == "ABORTED" else (None, None)
-        error = given_error or ("States.Timeout" if status == "TIMED_OUT" else "ExecutionAborted")
-        update = {
-            "state": status,
-            "error": error,
-            "cause": ledger_cause(
-                error,
-                given_cause
-                or (
-                    "the run exceeded its pipeline's run_timeout_minutes"
-                    if status == "TIMED_OUT"
-                    else "the execution was stopped (StopExecution)" + (f" by {stop.by}" if stop else "")
-                ),
-            ),
-            **(stop.ledger_fields() if stop else {}),
-        }
-    elif previous not in FINAL_STATES:
-        # FAILED before the workflow could write its own entry (Prepare rejected the input, or an error
-        # escaped every Catch): the entry is written here so every run has one.
-        update = {
-            "state": "FAILED",
-            "error": detail.get("error"),
-            "cause": ledger_cause(detail.get("error"), detail.get("cause")),
-        }
+    update = _ending(run, status, detail, previous, cancellation, clients, settings)
     if update.get("state") in PRICED_HERE and "cost" not in entry:
         update |= ended_run_cost(run, entry, teardown, settings, clients, now)
     changed = bool(update) and any(entry.get(k) != v for k, v in update.items())
@@ -111,6 +87,9 @@ def clean_up_execution(
         entry["ended_at"] = entry.get("ended_at") or ended_at
         entry["cleanup"] = {"at": iso(now), "execution_status": status, **teardown.as_dict()}
         write_ledger(clients.s3, settings.outputs_bucket, run.ledger_key, entry)
+        if changed and (status in ("ABORTED", "TIMED_OUT") or previous not in FINAL_STATES):
+            # The workflow never reached its own run event: pipelines run `after` this one learn it from this one.
+            publish_stopped_run(run, entry, settings, clients)
     notified = False
     if changed:
         notify(
@@ -191,6 +170,65 @@ def ended_run_cost(
         return {
             "cost": unpriced(table, f"reading the run's compute failed: {error.get('Code')}: {error.get('Message')}")
         }
+
+
+def _ending(
+    run: RunRef,
+    status: str,
+    detail: Mapping[str, Any],
+    previous: Any,
+    cancellation: Cancellation | None,
+    clients: Clients,
+    settings: GuardrailSettings,
+) -> dict[str, Any]:
+    """The ledger fields of how the run ended, as far as the cleanup writes them (empty: the workflow's stand)."""
+    if cancellation is not None:
+        return cancellation.ledger_fields()
+    elif status in ("ABORTED", "TIMED_OUT"):
+        stop = find_stop(clients.dynamodb, settings.claims_table, run.run_id) if status == "ABORTED" else None
+        given_error, given_cause = _stop_reason(clients, detail) if status == "ABORTED" else (None, None)
+        error = given_error or ("States.Timeout" if status == "TIMED_OUT" else "ExecutionAborted")
+        return {
+            "state": status,
+            "error": error,
+            "cause": ledger_cause(
+                error,
+                given_cause
+                or (
+                    "the run exceeded its pipeline's run_timeout_minutes"
+                    if status == "TIMED_OUT"
+                    else "the execution was stopped (StopExecution)" + (f" by {stop.by}" if stop else "")
+                ),
+            ),
+            **(stop.ledger_fields() if stop else {}),
+        }
+    elif previous not in FINAL_STATES:
+        # FAILED before the workflow could write its own entry (Prepare rejected the input, or an error
+        # escaped every Catch): the entry is written here so every run has one.
+        return {
+            "state": "FAILED",
+            "error": detail.get("error"),
+            "cause": ledger_cause(detail.get("error"), detail.get("cause")),
+        }
+    return {}
+
+
+def publish_stopped_run(run: RunRef, entry: Mapping[str, Any], settings: GuardrailSettings, clients: Clients) -> None:
+    """The "Autopilot Run Failed" event of a run the cleanup ended (autopilot_common.run_events); a failure to publish
+    is logged, never raised (the ledger entry is written; EventBridge's own retries are the SDK's)."""
+    event = stopped_run_event(
+        deployment=settings.deployment,
+        entry=entry,
+        execution_arn=run.execution_arn,
+        ledger_uri=f"s3://{settings.outputs_bucket}/{run.ledger_key}",
+    )
+    try:
+        failed = clients.events.put_events(Entries=[event])  # type: ignore[list-item]
+    except ClientError as exc:
+        logger.warning("run event not published", run_id=run.run_id, error=str(exc))
+        return
+    if failed.get("FailedEntryCount"):
+        logger.warning("run event refused", run_id=run.run_id, entries=failed.get("Entries"))
 
 
 def _stop_reason(clients: Clients, detail: Mapping[str, Any]) -> tuple[str | None, str | None]:

@@ -37,9 +37,12 @@ def _start_upstream(env: Deployed, pipeline: str, outputs: dict[str, bytes] | No
     return run_id
 
 
+def _execution_arn(env: Deployed, pipeline: str, run_id: str) -> str:
+    return env.state_machine_of(pipeline).replace(":stateMachine:", ":execution:") + f":{run_id}"
+
+
 def _finished(env: Deployed, pipeline: str, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    arn = env.state_machine_of(pipeline).replace(":stateMachine:", ":execution:") + f":{run_id}"
-    return env.finished(arn, timeout=timeout)
+    return env.finished(_execution_arn(env, pipeline, run_id), timeout=timeout)
 
 
 def _runs_of(env: Deployed, pipeline: str, before: set[str]) -> list[dict[str, Any]]:
@@ -142,6 +145,27 @@ def test_a_failed_upstream_run_starts_nothing_and_the_downstream_ledger_names_it
     assert failed["pipeline"] == EAST_REPORT and failed["state"] == "UPSTREAM_FAILED"
     assert failed["failed_upstream"] == _lineage(env, EAST, upstream)
     assert failed["reason"].startswith(f"upstream {EAST} run {upstream} FAILED")
+
+
+def test_an_aborted_upstream_run_tells_its_downstream_through_the_cleanup(env: Deployed) -> None:
+    before = _arns(env, EAST_REPORT)
+    # When a sales-east run is stopped mid-job (its workflow never reaches its own run event)
+    env.twin.faults.hang_next_job()
+    upstream = _start_upstream(env, EAST)
+    env.wait_for(lambda: env.twin.emr_serverless.running(), 30, "the upstream's job run")
+    env.sfn.stop_execution(executionArn=_execution_arn(env, EAST, upstream), error="Operator", cause="wrong day")
+
+    # Then the guardrail's cleanup publishes its "Autopilot Run Failed" (state ABORTED): no downstream run starts and
+    # the downstream's ledger names the aborted run
+    def entry() -> dict[str, Any] | None:
+        found = [r.raw for r in env.runs() if r.raw.get("failed_upstream", {}).get("run_id") == upstream]
+        return found[0] if found else None
+
+    failed = env.wait_for(entry, 60, "the downstream's UPSTREAM_FAILED entry")
+    assert failed["pipeline"] == EAST_REPORT and failed["state"] == "UPSTREAM_FAILED"
+    assert env.ledger(upstream)["state"] == "ABORTED"
+    env.twin.wait_idle(timeout=60)
+    assert _runs_of(env, EAST_REPORT, before) == []
 
 
 @pytest.mark.spark

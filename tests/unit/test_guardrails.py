@@ -476,6 +476,43 @@ def test_an_aborted_run_records_what_its_cluster_cost_up_to_the_cleanup(world: W
     assert unknown["usd"] is None and "AWS_REGION" in unknown["reason"]
 
 
+class RecordingEvents:
+    """EventBridge PutEvents, recorded."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803 - boto3 names
+        self.entries += Entries
+        return {"FailedEntryCount": 0, "Entries": [{"EventId": "e"} for _ in Entries]}
+
+
+def test_a_run_the_cleanup_ends_publishes_its_failed_run_event_once(world: World) -> None:
+    # Given a run aborted mid-way (its workflow never reaches its own run event)
+    run_id = "sales-cluster-abababababababababababab"
+    _run_cluster(world, run_id)
+    world.put_ledger(run_id, state="STARTED", output_uri=f"s3://{BUCKET}/sales-cluster/run_id={run_id}/")
+    events = RecordingEvents()
+    clients = replace_clients(world.clients, events=events)
+    event = _ended(run_id, "ABORTED")
+    clean_up_execution(event, world.settings, clients, NOW)
+    # Then pipelines run after it hear "Autopilot Run Failed" with the ledger's state
+    (published,) = events.entries
+    detail = json.loads(published["Detail"])
+    assert (published["Source"], published["DetailType"]) == ("emr-autopilot", "Autopilot Run Failed")
+    assert (detail["run_id"], detail["state"], detail["pipeline"]) == (run_id, "ABORTED", PIPELINE.name)
+    assert detail["outputs"] == {"prefix": f"s3://{BUCKET}/sales-cluster/run_id={run_id}/"}
+    assert detail["ledger_uri"].endswith(f"/{run_id}.json") and detail["ended_at"]
+    # and a redelivered status change publishes nothing more
+    clean_up_execution(event, world.settings, clients, NOW)
+    assert len(events.entries) == 1
+
+
+def replace_clients(clients: Clients, **given: Any) -> Clients:
+    """`clients` with some of them replaced."""
+    return Clients(**{**vars(clients), **given})
+
+
 def test_an_abort_reason_the_event_lacks_is_read_from_the_execution(world: World) -> None:
     # Given a run stopped with an error and cause, and a status-change event that does not repeat them
     run_id = "sales-cluster-dddddddddddddddddddddddd"

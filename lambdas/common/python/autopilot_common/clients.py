@@ -26,12 +26,13 @@ if TYPE_CHECKING:
     from mypy_boto3_emr.client import EMRClient as EMRClient
     from mypy_boto3_emr_containers.client import EMRContainersClient as EMRContainersClient
     from mypy_boto3_emr_serverless.client import EMRServerlessClient as EMRServerlessClient
+    from mypy_boto3_events.client import EventBridgeClient as EventBridgeClient
     from mypy_boto3_s3.client import S3Client as S3Client
     from mypy_boto3_sns.client import SNSClient as SNSClient
     from mypy_boto3_stepfunctions.client import SFNClient as SFNClient
 else:
     CloudWatchClient = DynamoDBClient = EC2Client = EMRClient = EMRContainersClient = EMRServerlessClient = Any
-    S3Client = SFNClient = SNSClient = Any
+    S3Client = SFNClient = SNSClient = EventBridgeClient = Any
 
 RETRY_POLICY = Config(retries={"mode": "standard", "total_max_attempts": 5})
 
@@ -71,6 +72,10 @@ class Clients:
     @cached_property
     def sns(self) -> SNSClient:
         return cast(SNSClient, aws_client("sns"))
+
+    @cached_property
+    def events(self) -> EventBridgeClient:
+        return cast(EventBridgeClient, aws_client("events"))
 
     @cached_property
     def ec2(self) -> EC2Client:

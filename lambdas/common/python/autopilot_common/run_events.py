@@ -15,6 +15,10 @@ the stack (the rules of pipelines that run `after` others) and for readers (the 
                   "logical_date": "2024-06-01",                    # when the run has one
                   "upstream_runs": [{"pipeline": ..., "run_id": ..., "ledger_uri": ...}]}   # when upstreams started it
 
+A run its workflow never ended (ABORTED, TIMED_OUT: the execution was stopped; FAILED before its workflow wrote an
+entry) gets its "Autopilot Run Failed" event from the guardrail's cleanup (`stopped_run_event`), with `state` the
+ledger's (ABORTED, TIMED_OUT, CANCELLED or FAILED), so a pipeline run `after` it learns that it will not succeed.
+
 `outputs.success_marker` is only in a SUCCEEDED event. The detail never holds the manifest or the object list (an
 event entry is at most 256 KiB): a reader lists `outputs.prefix`. The source must not start with `aws.` (PutEvents
 refuses it: "Amazon EventBridge API Reference", PutEventsRequestEntry).
@@ -22,6 +26,7 @@ refuses it: "Amazon EventBridge API Reference", PutEventsRequestEntry).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NotRequired
 
@@ -56,7 +61,7 @@ class RunEventDetail(TypedDict, total=False):
     deployment: str
     pipeline: str
     run_id: str
-    state: Literal["SUCCEEDED", "FAILED"]
+    state: Literal["SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "CANCELLED"]
     execution_arn: str
     ledger_uri: str
     outputs: RunOutputs
@@ -93,3 +98,19 @@ def run_event(
     if upstream:
         detail["upstream_runs"] = [dict(u) for u in upstream]
     return detail
+
+
+def stopped_run_event(
+    *, deployment: str, entry: Mapping[str, Any], execution_arn: str, ledger_uri: str
+) -> dict[str, Any]:
+    """The PutEvents entry of a run that ended without its workflow's own event (see the module docstring): an
+    "Autopilot Run Failed" event whose `state` is the ledger's."""
+    detail = run_event(deployment=deployment, entry=entry, execution_arn=execution_arn, ledger_uri=ledger_uri)
+    detail |= {"state": str(entry["state"]), "ended_at": entry.get("ended_at")}
+    if entry.get("output_uri"):
+        detail["outputs"] = {"prefix": str(entry["output_uri"])}
+    return {
+        "Source": SOURCE,
+        "DetailType": FAILED_DETAIL_TYPE,
+        "Detail": json.dumps(detail, ensure_ascii=False),
+    }
