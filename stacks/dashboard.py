@@ -37,6 +37,9 @@ class OperationsDashboard(Construct):
     - Scaling actions out / in and skipped alarms (the scaler's metrics).
     - Cost per pipeline per day: the sum of the finalize function's `RunCostUsd` (each run's `cost.usd`, list
       prices; runs whose cost is unknown add nothing).
+    - Schedules, deadlines and dependencies: the router's ScheduleFirings and EmptyPartitions (scheduled
+      pipelines), DeadlinesMissed (pipelines with `trigger.expect`), UpstreamRunsRecorded and UpstreamFailures
+      (pipelines run `after` others).
     - Clusters up (the sweeper's ActiveClusters gauge, once per sweeper interval) and the guardrail's
       findings: orphan clusters and job runs, leaked run slots, alarms left behind, runs cleaned up
       after an abort/timeout, runs cancelled by someone else.
@@ -45,6 +48,13 @@ class OperationsDashboard(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, prefix: str, pipelines: Mapping[str, PipelineWorkflow]):
         super().__init__(scope, construct_id)
         machines = {name: w.state_machine for name, w in pipelines.items()}
+        clocked = [n for n, w in pipelines.items() if w.pipeline.trigger and w.pipeline.trigger.schedule]
+        expecting = [n for n, w in pipelines.items() if w.pipeline.trigger and w.pipeline.trigger.expect]
+        downstream = [n for n, w in pipelines.items() if w.pipeline.upstreams]
+
+        def router(name: str, label: str, of: list[str]) -> list[cloudwatch.IMetric]:
+            """The router's `name` (dimensions service + pipeline) for each pipeline of `of`."""
+            return [_app_metric("router", name, f"{p}: {label}", pipeline=p) for p in of]
 
         def per_pipeline(title: str, kind: str) -> cloudwatch.GraphWidget:
             """One line per pipeline of a Step Functions execution metric (`metric_<kind>`)."""
@@ -99,6 +109,24 @@ class OperationsDashboard(Construct):
                         period=COST_PERIOD,
                         width=24,
                     )
+                ],
+                [
+                    cloudwatch.GraphWidget(
+                        title="Schedule firings / empty partitions",
+                        left=router("ScheduleFirings", "fired", clocked) + router("EmptyPartitions", "empty", clocked),
+                        width=8,
+                    ),
+                    cloudwatch.GraphWidget(
+                        title="Arrival deadlines missed",
+                        left=router("DeadlinesMissed", "MISSED", expecting),
+                        width=8,
+                    ),
+                    cloudwatch.GraphWidget(
+                        title="Upstream runs (pipelines run after others)",
+                        left=router("UpstreamRunsRecorded", "succeeded", downstream)
+                        + router("UpstreamFailures", "failed", downstream),
+                        width=8,
+                    ),
                 ],
                 [
                     cloudwatch.GraphWidget(
