@@ -13,7 +13,7 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from config.ec2 import Ec2Runtime
-from stacks.alarm_scaling import alarm_prefix, alarm_scaling, alarm_specs, grant_alarm_lifecycle
+from stacks.alarm_scaling import alarm_prefix, alarm_specs, grant_alarm_lifecycle
 from stacks.asl import compose
 from stacks.emr_ec2_spec import cluster_request, launch_settings, managed_tags, step_templates
 from stacks.nag import suppress
@@ -341,7 +341,9 @@ class Ec2Pipeline(PipelineWorkflow):
                 )
             )
         self._grant_functions(name)
-        if alarm_scaling(self.runtime) is not None:
+        if self.runtime.existing_cluster is None:
+            # Every transient workflow has the scaling-alarm states (CreateScalingAlarms maps over the planned alarms,
+            # every teardown path looks for leftovers): without alarm scaling they find none, under this prefix.
             grant_alarm_lifecycle(role, stack, self.prefix, name)
 
     def _grant_functions(self, name: str) -> None:

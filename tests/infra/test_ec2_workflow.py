@@ -80,15 +80,17 @@ def test_cluster_tags_carry_deployment_pipeline_and_managed_policy_tag(synth: Sy
 
 
 def test_security_configuration_encrypts_at_rest_and_requires_imdsv2(synth: Synthesized) -> None:
-    (config,) = synth.resources("AWS::EMR::SecurityConfiguration").values()
+    configs = synth.resources("AWS::EMR::SecurityConfiguration").values()
+    assert len(configs) == 2  # one per transient pipeline (sales-cluster, sales-chain)
+    (config,) = [c for c in configs if c["Properties"]["Name"].endswith(f"-{TRANSIENT}")]
     body = config["Properties"]["SecurityConfiguration"]
     encryption = body["EncryptionConfiguration"]
     assert encryption["EnableAtRestEncryption"] is True
     local = encryption["AtRestEncryptionConfiguration"]["LocalDiskEncryptionConfiguration"]
     assert local["EncryptionKeyProviderType"] == "AwsKms" and local["EnableEbsEncryption"] is True
     assert body["InstanceMetadataServiceConfiguration"]["MinimumInstanceMetadataServiceVersion"] == 2
-    (key,) = synth.resources("AWS::KMS::Key").values()
-    assert key["Properties"]["EnableKeyRotation"] is True
+    keys = synth.resources("AWS::KMS::Key").values()
+    assert keys and all(key["Properties"]["EnableKeyRotation"] is True for key in keys)
 
 
 def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(synth: Synthesized) -> None:
@@ -226,7 +228,8 @@ def test_instance_role_reads_its_prefixes_and_writes_only_its_outputs_and_logs(s
         for r in synth.resources("AWS::IAM::Role").values()
         if "elasticmapreduce.amazonaws.com" in json.dumps(r["Properties"]["AssumeRolePolicyDocument"])
     ]
-    (service_role,) = service
+    assert len(service) == 2  # one per transient pipeline
+    (service_role,) = [r for r in service if TRANSIENT in r["Properties"].get("Description", "")]
     assert "AmazonEMRServicePolicy_v2" in json.dumps(service_role["Properties"]["ManagedPolicyArns"])
 
 

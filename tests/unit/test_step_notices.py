@@ -10,7 +10,6 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from finalization import idle_windows
 
 from autopilot_common.step_notices import (
     NoticeStore,
@@ -20,6 +19,7 @@ from autopilot_common.step_notices import (
     submit_step,
     sweep_step_notices,
 )
+from finalization import idle_windows
 from tests.unit.conftest import create_table
 
 TABLE = "autopilot-dev-idempotency"
