@@ -20,6 +20,7 @@ from autopilot_common.step_notices import (
     sweep_step_notices,
 )
 from finalization import idle_windows
+from tests.conftest import load_event
 from tests.unit.conftest import create_table
 
 TABLE = "autopilot-dev-idempotency"
@@ -110,6 +111,18 @@ def test_a_failed_step_fails_the_task_with_the_step_as_its_cause(store: NoticeSt
     ((kind, _, fields),) = sfn.answers
     assert kind == "failure" and fields["error"] == "EMR.StepFailed"
     assert fields["cause"]["Step"]["Status"]["FailureDetails"]["Reason"] == "boom"
+
+
+def test_a_real_step_status_change_event_answers_the_token_of_its_step(store: NoticeStore) -> None:
+    # Given a token stored for the step the sample event (EMR's own shape) reports COMPLETED
+    detail = load_event("emr_step_status_change.json")["detail"]
+    store.put(detail["clusterId"], detail["stepId"], "t-sample", 600)
+    sfn = FakeSfn()
+    # When the event arrives
+    noticed = notice_step_event(detail, FakeEmr(), sfn, store)  # type: ignore[arg-type]
+    # Then the token is answered with the step's id and state
+    assert noticed == "answered"
+    assert sfn.answers == [("success", "t-sample", {"output": {"StepId": detail["stepId"], "State": "COMPLETED"}})]
 
 
 def test_events_of_other_steps_and_unended_states_are_ignored(store: NoticeStore) -> None:
