@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -60,13 +59,9 @@ def _waiting_tokens(env: Deployed, cluster_id: str) -> list[str]:
     return [i["id"]["S"] for i in items if i["id"]["S"].startswith(f"step-notice#{cluster_id}#")]
 
 
-def _ledger_state(env: Deployed, run_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        found = [r.raw for r in env.runs() if r.run_id == run_id]
-        return found[0] if found and found[0]["state"] == state else None
-
-    entry: dict[str, Any] = env.wait_for(reached, timeout, f"ledger {state} for {run_id}")
-    return entry
+def _wait_for_step(env: Deployed, cluster_id: str, name: str, state: str) -> None:
+    steps = env.twin.emr_ec2.clusters[cluster_id].steps
+    env.wait_for(lambda: any(s.name == name and s.state == state for s in steps), 60, f"step {name} {state}")
 
 
 def test_three_steps_follow_each_other_and_the_cluster_ends_within_seconds_of_the_last(slow_clock: Deployed) -> None:
@@ -139,16 +134,11 @@ def test_an_abort_mid_step_terminates_the_cluster_and_lets_the_token_go(slow_clo
     env.twin.faults.hang_next_job()
     run_id, arn = _console_run(env)
     cluster_id = env.running_cluster(run_id)
-    second = f"{run_id}: transform"
-    env.wait_for(
-        lambda: any(s.name == second and s.state == "RUNNING" for s in env.twin.emr_ec2.clusters[cluster_id].steps),
-        60,
-        "the second step running",
-    )
+    _wait_for_step(env, cluster_id, f"{run_id}: transform", "RUNNING")
     assert len(_waiting_tokens(env, cluster_id)) == 1
     # When an operator aborts the execution mid-step
     env.sfn.stop_execution(executionArn=arn)
-    entry = _ledger_state(env, run_id, "ABORTED")
+    entry = env.ledger_when(run_id, "ABORTED")
     # Then the guardrail terminated the cluster, the ledger says ABORTED, and the step's token was let go when the
     # step's end (cancelled, or interrupted by the termination) came in
     env.wait_for(lambda: _cluster_state(env, cluster_id).startswith("TERMINATED"), 60, "cluster terminated")
@@ -167,11 +157,7 @@ def test_a_lost_completion_event_is_recovered_at_the_next_sweep(slow_clock: Depl
     run_id, arn = _console_run(env)
     cluster_id = env.running_cluster(run_id)
     first = f"{run_id}: stage"
-    env.wait_for(
-        lambda: any(s.name == first and s.state == "COMPLETED" for s in env.twin.emr_ec2.clusters[cluster_id].steps),
-        60,
-        "the first step completed",
-    )
+    _wait_for_step(env, cluster_id, first, "COMPLETED")
     # Then the run waits (no poll, no event): the second step is not added
     time.sleep(2)
     assert [s.name for s in env.twin.emr_ec2.clusters[cluster_id].steps] == [first]
