@@ -40,8 +40,15 @@ class FakeEmr:
         self.steps[step_id] = {"Id": step_id, "Name": Steps[0]["Name"], "Status": {"State": "PENDING"}}
         return {"StepIds": [step_id]}
 
-    def list_steps(self, ClusterId: str, StepStates: list[str]) -> dict[str, Any]:  # noqa: N803
-        return {"Steps": [s for s in reversed(self.steps.values()) if s["Status"]["State"] in StepStates]}
+    def get_paginator(self, operation: str) -> Any:
+        assert operation == "list_steps"
+        steps = self
+
+        class Pages:
+            def paginate(self, ClusterId: str) -> list[dict[str, Any]]:  # noqa: N803
+                return [{"Steps": list(reversed(steps.steps.values()))}]  # newest first, as ListSteps answers
+
+        return Pages()
 
     def describe_step(self, ClusterId: str, StepId: str) -> dict[str, Any]:  # noqa: N803
         if StepId not in self.steps:
@@ -79,8 +86,9 @@ def store(moto: str) -> NoticeStore:
     return NoticeStore(dynamodb, TABLE)
 
 
-def _submit(emr: FakeEmr, sfn: FakeSfn, store: NoticeStore, token: str = "t-1") -> str:
-    event = {"token": token, "cluster_id": "j-1", "step": STEP, "timeout_seconds": 600}
+def _submit(emr: FakeEmr, sfn: FakeSfn, store: NoticeStore, token: str = "t-1", name: str = "run-1: etl") -> str:
+    """RunStep's submission (step names carry the run id: two runs never share one)."""
+    event = {"token": token, "cluster_id": "j-1", "step": {**STEP, "Name": name}, "timeout_seconds": 600}
     return str(submit_step(StepSubmission.from_event(event), emr, sfn, store)["step_id"])  # type: ignore[arg-type]
 
 
@@ -138,7 +146,7 @@ def test_a_lost_event_is_recovered_by_the_sweep_and_a_running_step_is_left_waiti
     emr, sfn = FakeEmr(), FakeSfn()
     ended = _submit(emr, sfn, store, "t-ended")
     emr.end(ended, "COMPLETED")
-    running = _submit(emr, sfn, store, "t-running")
+    running = _submit(emr, sfn, store, "t-running", name="run-2: etl")
     # When the sweeper ticks
     recovered = sweep_step_notices(emr, sfn, store)  # type: ignore[arg-type]
     # Then only the ended step's token is answered
@@ -162,11 +170,16 @@ def test_a_retried_submission_waits_on_the_step_already_added_and_a_step_already
     first = _submit(emr, sfn, store, "t-1")
     again = _submit(emr, sfn, store, "t-2")  # Lambda retried the invocation after it had added the step
     assert again == first and emr.added == 1 and store.token("j-1", first) == "t-2"
+    emr.end(first, "FAILED")  # a new attempt (runtime.retry) adds the step again
+    retried = _submit(emr, sfn, store, "t-3")
+    assert retried != first and emr.added == 2
 
-    emr.end(first, "COMPLETED")  # a new attempt whose step ends before its token is stored
+    emr.end(retried, "CANCELLED")  # a new attempt whose step ends before its token is stored
     emr.add_job_flow_steps = _adds_ended_step(emr)  # type: ignore[method-assign]
-    quick = _submit(emr, sfn, store, "t-3")
-    assert ("success", "t-3") in [(k, t) for k, t, _ in sfn.answers] and store.token("j-1", quick) is None
+    quick = _submit(emr, sfn, store, "t-4")
+    assert ("success", "t-4") in [(k, t) for k, t, _ in sfn.answers] and store.token("j-1", quick) is None
+    assert _submit(emr, sfn, store, "t-5") == quick  # retried once more: its step COMPLETED, answered at once
+    assert ("success", "t-5") in [(k, t) for k, t, _ in sfn.answers] and emr.added == 3
 
 
 def _adds_ended_step(emr: FakeEmr) -> Any:

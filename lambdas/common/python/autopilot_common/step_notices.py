@@ -16,8 +16,9 @@ poll (60 s for a task's first 10 minutes, then 300 s: Step Functions developer g
 A token is removed only after it was answered, so an answer that failed (throttled) is given again by the event's retry
 or the next sweep; answering twice is harmless: a token whose task already ended (answered, timed out, aborted)
 answers TaskTimedOut / TaskDoesNotExist / InvalidToken, and nothing is left to do. AddJobFlowSteps has no idempotency
-token, so a submission that finds the step already PENDING or RUNNING under its name (an invocation retried after
-it added the step) waits on that step instead of adding it twice.
+token, so a submission that finds the newest step of its name PENDING, RUNNING or COMPLETED on the cluster (an
+invocation retried after it added the step) waits on that step, or answers at once, instead of adding it twice; a
+newest step that FAILED (or was cancelled, interrupted) is a new attempt's cue to add it again.
 """
 
 from __future__ import annotations
@@ -125,10 +126,10 @@ def pending_key(cluster_id: str, step_id: str) -> str:
 def submit_step(submission: StepSubmission, emr: EMRClient, sfn: SFNClient, store: NoticeStore) -> dict[str, Any]:
     """Add the step (ActionOnFailure as given: the workflow decides), store its token, and answer at once when the
     step already ended. Returns {step_id, state}."""
-    cluster_id, name = submission.cluster_id, submission.step["Name"]
-    active = emr.list_steps(ClusterId=cluster_id, StepStates=["PENDING", "RUNNING"]).get("Steps") or []
-    added = next((s["Id"] for s in active if s.get("Name") == name), None)  # newest first: ListSteps' order
-    step_id = added or emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[submission.step])["StepIds"][0]  # type: ignore[list-item]
+    cluster_id = submission.cluster_id
+    step_id = _submitted_already(emr, cluster_id, submission.step["Name"])
+    if step_id is None:
+        step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[submission.step])["StepIds"][0]  # type: ignore[list-item]
     store.put(submission.cluster_id, step_id, submission.token, submission.timeout_seconds)
     state = _step_state(emr, submission.cluster_id, step_id)["Status"]["State"]
     if state in ENDED_STEP_STATES:
@@ -185,6 +186,17 @@ def notice_step_end(
         outcome = "task ended"
     store.remove(cluster_id, step_id)
     return outcome
+
+
+def _submitted_already(emr: EMRClient, cluster_id: str, name: str) -> str | None:
+    """The newest step of that name on the cluster when it is not a failed one (an invocation retried after it added
+    the step: wait on that one); None when there is none or it failed (a new attempt: add the step again)."""
+    for page in emr.get_paginator("list_steps").paginate(ClusterId=cluster_id):  # newest first
+        for step in page.get("Steps", []):
+            if step.get("Name") == name:
+                state = step.get("Status", {}).get("State")
+                return str(step["Id"]) if state in ("PENDING", "RUNNING", "COMPLETED") else None
+    return None
 
 
 def _step_state(emr: EMRClient, cluster_id: str, step_id: str) -> dict[str, Any]:
