@@ -152,6 +152,11 @@ def test_a_lost_event_is_recovered_by_the_sweep_and_a_running_step_is_left_waiti
     # Then only the ended step's token is answered
     assert recovered == [f"j-1#{ended}"] and [a[1] for a in sfn.answers] == ["t-ended"]
     assert store.pending() == [("j-1", running)]
+    # And a step whose token expired (TTL) is dropped from the index once it ended, answering nothing
+    store.dynamodb.delete_item(TableName=TABLE, Key={"id": {"S": f"step-notice#j-1#{running}"}})
+    emr.end(running, "COMPLETED")
+    assert sweep_step_notices(emr, sfn, store) == [] and store.pending() == []  # type: ignore[arg-type]
+    assert len(sfn.answers) == 1
 
 
 def test_a_token_whose_task_ended_is_let_go(store: NoticeStore) -> None:

@@ -7,8 +7,9 @@ poll (60 s for a task's first 10 minutes, then 300 s: Step Functions developer g
   expiring a day after the step's timeout) and the step joins the pending index (one item, a string set). A step that
   ended before its token was stored (a very short one) is answered at once.
 - `notice_step_event` (the guardrail function, rule on "EMR Step Status Change" COMPLETED/FAILED/CANCELLED/INTERRUPTED):
-  the step's token is taken and answered: SendTaskSuccess for COMPLETED, SendTaskFailure `EMR.Step<State>` with the
-  step (DescribeStep) as the cause otherwise, as `addStep.sync` fails with the step's description.
+  the step's token is read and answered, then removed: SendTaskSuccess for COMPLETED, SendTaskFailure
+  `EMR.Step<State>` with the step (DescribeStep) as the cause otherwise, as `addStep.sync` fails with the step's
+  description.
 - `sweep_step_notices` (the guardrail's sweeper tick): EMR events are delivered on a best-effort basis (EMR management
   guide, "Monitor Amazon EMR events with EventBridge"), so every pending step is looked up (DescribeStep) and the
   ended ones answered: a lost event delays a notice by at most one sweeper interval.
@@ -156,8 +157,13 @@ def sweep_step_notices(emr: EMRClient, sfn: SFNClient, store: NoticeStore) -> li
                 raise
             store.remove(cluster_id, step_id)
             continue
-        if state in ENDED_STEP_STATES and notice_step_end(cluster_id, step_id, state, emr, sfn, store) == "answered":
+        if state not in ENDED_STEP_STATES:
+            continue
+        noticed = notice_step_end(cluster_id, step_id, state, emr, sfn, store)
+        if noticed == "answered":
             answered.append(pending_key(cluster_id, step_id))
+        elif noticed == "no token":  # its token expired (DynamoDB TTL) unanswered: drop it from the index
+            store.remove(cluster_id, step_id)
     return answered
 
 
