@@ -367,8 +367,8 @@ def idle_windows(
 
     Between steps: from a submission's end to the next submission's start on the same cluster (the workflow noticing
     the end, then adding the next step). After the last step: from the end of the last submission on the run's last
-    cluster to the moment the workflow asked EMR to terminate it (None when it did not: a long-running cluster, or a
-    run that failed before)."""
+    cluster to the moment the workflow asked EMR to terminate it, after success or failure (None when it did not: a
+    long-running cluster)."""
     by_cluster: dict[str, list[tuple[float, float]]] = {}
     for step in steps:
         for attempt in step.get("attempts") or []:

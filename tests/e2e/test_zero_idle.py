@@ -125,6 +125,9 @@ def test_a_failing_middle_step_stops_the_rest_terminates_the_cluster_and_names_t
     assert entered.count("RunStep") == 2
     assert entered.index("TerminateAfterFailure") < entered.index("RecordFailed")
     assert _waiting_tokens(env, cluster_id) == []  # the FAILED event answered the token
+    # And the cluster was asked to terminate within seconds of the failing step's end
+    assert ledger["idle"]["after_last_step_seconds"] is not None
+    assert ledger["idle_cluster_seconds"] <= TARGET_IDLE_SECONDS, ledger["idle"]
 
 
 def test_an_abort_mid_step_terminates_the_cluster_and_lets_the_token_go(slow_clock: Deployed) -> None:

@@ -159,7 +159,7 @@ class IdleCluster(TypedDict, total=False):
     owner's (instance_seconds and usd null)."""
 
     between_steps_seconds: float  # each step's end to the next step's start on the same cluster
-    after_last_step_seconds: float | None  # the last step's end to the request to terminate (transient, succeeded)
+    after_last_step_seconds: float | None  # the last step's end to the request to terminate (transient)
     instance_seconds: float | None  # the cluster's instances x those windows
     usd: float | None  # what they cost (EC2 + EMR per second, spot at its price; EBS not included)
 
