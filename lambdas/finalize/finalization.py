@@ -394,7 +394,9 @@ def idle_windows(
 
 
 def _termination_requested(cluster: Any) -> str | None:
-    """TerminateCluster's `requested_at` (its ResultSelector: `$$.State.EnteredTime`) under the workflow's cluster."""
+    """TerminateCluster's (or TerminateAfterFailure's) `requested_at` under the workflow's cluster: its ResultSelector
+    reads `$$.State.EnteredTime` (JSONPath states may read the Context object from ResultSelector: Step Functions
+    developer guide, "Accessing execution data from the Context object")."""
     termination = cluster.get("termination") if isinstance(cluster, dict) else None
     requested = termination.get("requested_at") if isinstance(termination, dict) else None
     return str(requested) if requested else None
