@@ -1,5 +1,7 @@
 """`make bench`: prints figures, asserts nothing.
 
+- idle cluster time of a 3-step EMR-on-EC2 pipeline on the twin, steps noticed by `.sync` polling vs their events
+  (`bench/zero_idle.py`);
 - `cdk synth` wall time (the real CLI) for the app with 1 and with 25 pipelines (generated configs);
 - the router's events/s through its handler against moto for a 10,000-object burst, and how many
   executions that burst starts;
@@ -65,6 +67,8 @@ def import_seconds(statement: str, path: list[str]) -> float:
 
 
 def main() -> None:
+    subprocess.run([PYTHON, str(REPO / "bench" / "zero_idle.py")], check=True)  # first: its own synth and twin
+
     print("== cdk synth (real CLI, wall time) ==")
     for count in (1, 25):
         seconds, resources = synth_seconds(count)

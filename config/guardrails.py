@@ -122,7 +122,11 @@ class Guardrails(StrictModel):
 
     limits: Limits = Field(default_factory=Limits, description="Caps across all pipelines of the deployment.")
     sweeper_interval_minutes: int = Field(
-        default=15, ge=1, le=1440, description="How often the orphan sweeper runs (EventBridge schedule)."
+        default=15,
+        ge=1,
+        le=1440,
+        description="How often the orphan sweeper runs (EventBridge schedule). It also answers EMR-on-EC2 steps whose "
+        "end event was lost: the longest a cluster can idle for a lost event.",
     )
     serverless_idle_stop_minutes: int = Field(
         default=60,

@@ -4,8 +4,9 @@ crashes right after its next call of X" (the call took effect; the invocation di
 Used by the e2e tests and the reliability suite. API faults apply wherever the twin serves the
 call: moto's HTTP dispatch (calls from Lambda code, the CLI, boto3) and the twin's own Step
 Functions integrations. Job faults apply to EMR Serverless job runs and EMR on EC2 steps alike.
-EMR on EC2 also has cluster faults: a Spot capacity shortage, a failing bootstrap action, and spot instances
-reclaimed by EC2 while a step runs (the step fails).
+EMR on EC2 also has cluster faults: a Spot capacity shortage, a failing bootstrap action, spot instances
+reclaimed by EC2 while a step runs (the step fails), and a lost EMR event (EventBridge delivers EMR's events on a
+best-effort basis: the next matching one is never put on the bus).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class FaultInjector:
         # Counted EMR-on-EC2 cluster faults: "spot_shortage" (next clusters get no spot), "spot_reclaim" (next steps).
         self._counted: dict[str, int] = {"spot_shortage": 0, "spot_reclaim": 0}
         self._bootstraps: list[str] = []
+        self._dropped_events: list[tuple[str, str | None]] = []  # (detail-type, detail.state or None: any)
         self._crashes: list[CrashFault] = []
         self.fired: list[tuple[str, str, str]] = []
         # (function, service, operation) of every AWS call a function made while `recording` is on (crash matrix).
@@ -125,6 +127,22 @@ class FaultInjector:
         group's target."""
         with self._lock:
             self._counted["spot_reclaim"] += times
+
+    def drop_next_emr_event(self, detail_type: str, state: str | None = None) -> None:
+        """The next EMR event of `detail_type` (e.g. "EMR Step Status Change") whose detail.state is `state` (any
+        when None) is lost: EMR changes state, but nothing reaches EventBridge."""
+        with self._lock:
+            self._dropped_events.append((detail_type, state))
+
+    def take_dropped_event(self, detail_type: str, state: str | None) -> bool:
+        """True (and the fault consumed) when this EMR event is to be lost."""
+        with self._lock:
+            for planned in self._dropped_events:
+                if planned[0] == detail_type and planned[1] in (None, state):
+                    self._dropped_events.remove(planned)
+                    self.fired.append(("emr", "EventLost", f"{detail_type}:{state}"))
+                    return True
+            return False
 
     def take_spot_reclaim(self) -> bool:
         """Consume one pending spot reclaim (True) if there is one."""
@@ -169,6 +187,7 @@ class FaultInjector:
             self._jobs.clear()
             self._counted = dict.fromkeys(self._counted, 0)
             self._bootstraps.clear()
+            self._dropped_events.clear()
 
     def check(self, service: str, operation: str) -> None:
         """Raise the injected error if one is pending for this call."""

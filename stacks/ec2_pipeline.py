@@ -13,7 +13,7 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from config.ec2 import Ec2Runtime
-from stacks.alarm_scaling import alarm_prefix, alarm_scaling, alarm_specs, grant_alarm_lifecycle
+from stacks.alarm_scaling import alarm_prefix, alarm_specs, grant_alarm_lifecycle
 from stacks.asl import compose
 from stacks.emr_ec2_spec import cluster_request, launch_settings, managed_tags, step_templates
 from stacks.nag import suppress
@@ -26,7 +26,8 @@ from stacks.naming import (
 )
 from stacks.workflow import PipelineProps, PipelineWorkflow, asl_string
 
-# Managed rules Step Functions creates to learn when a .sync EMR call has finished.
+# Managed rules Step Functions creates to learn when a .sync EMR call has finished (steps are noticed from their
+# own events instead: autopilot_common.step_notices).
 EMR_SYNC_RULES = {
     "addStep.sync": "StepFunctionsGetEventForEMRAddJobFlowStepsRule",
     "terminateCluster.sync": "StepFunctionsGetEventForEMRTerminateJobFlowsRule",
@@ -45,6 +46,9 @@ FINALIZE_ACTIONS = [
     "elasticmapreduce:ListSteps",
     "elasticmapreduce:CancelSteps",
 ]
+# RunStep's submission (autopilot_common.step_notices.submit_step): a step already added under its name is reused
+# (ListSteps, above), else added; DescribeStep tells whether it ended before its token was stored.
+SUBMIT_STEP_ACTIONS = ["elasticmapreduce:AddJobFlowSteps", "elasticmapreduce:DescribeStep"]
 GLUE_ACTIONS = [
     "glue:GetDatabase",
     "glue:GetDatabases",
@@ -78,8 +82,9 @@ class Ec2Pipeline(PipelineWorkflow):
     writes only its outputs and logs (plus the Glue Data Catalog when it is the metastore), a security
     configuration (encryption at rest with a rotating KMS key; in transit with the given certificates;
     IMDSv2 only), and the workflow `emr_ec2_transient` (`statemachines/fragments/`) whose createCluster
-    parameters are filled from config. Existing cluster: only the workflow `emr_ec2_existing`, allowed to
-    add, describe and cancel steps on that cluster (by id, or any cluster carrying the configured tag).
+    parameters are filled from config. Existing cluster: only the workflow `emr_ec2_existing`. Either way the
+    finalize function adds the steps (RunStep) and reads, or cancels, the steps of this pipeline's clusters (by id,
+    or any cluster carrying the configured tag): the workflow itself never touches a long-running cluster.
     """
 
     def __init__(
@@ -308,13 +313,9 @@ class Ec2Pipeline(PipelineWorkflow):
             role.add_to_principal_policy(
                 iam.PolicyStatement(
                     sid="ManageOwnClusters",
-                    actions=[
-                        "elasticmapreduce:AddJobFlowSteps",
-                        "elasticmapreduce:DescribeStep",
-                        "elasticmapreduce:CancelSteps",
-                        "elasticmapreduce:TerminateJobFlows",
-                        "elasticmapreduce:DescribeCluster",
-                    ],
+                    # terminateCluster(.sync): TerminateJobFlows, then DescribeCluster until it is gone (steps are
+                    # added by the finalize function: RunStep).
+                    actions=["elasticmapreduce:TerminateJobFlows", "elasticmapreduce:DescribeCluster"],
                     resources=[cluster_arn(stack)],
                     conditions=own,
                 )
@@ -329,30 +330,20 @@ class Ec2Pipeline(PipelineWorkflow):
                     },
                 )
             )
-        else:
-            resource, conditions = self.existing_cluster_scope()
+        asl = json.dumps(self.definition)
+        rules = sorted({rule for api, rule in EMR_SYNC_RULES.items() if f"states:::elasticmapreduce:{api}" in asl})
+        if rules:
             role.add_to_principal_policy(
                 iam.PolicyStatement(
-                    sid="StepsOnExistingCluster",
-                    actions=[
-                        "elasticmapreduce:AddJobFlowSteps",
-                        "elasticmapreduce:DescribeStep",
-                        "elasticmapreduce:CancelSteps",
-                    ],
-                    resources=[resource],
-                    conditions=conditions,
+                    sid="SyncRules",
+                    actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                    resources=[stack.format_arn(service="events", resource="rule", resource_name=r) for r in rules],
                 )
             )
-        rules = sorted({rule for api, rule in EMR_SYNC_RULES.items() if api in json.dumps(self.definition)})
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="SyncRules",
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[stack.format_arn(service="events", resource="rule", resource_name=r) for r in rules],
-            )
-        )
         self._grant_functions(name)
-        if alarm_scaling(self.runtime) is not None:
+        if self.runtime.existing_cluster is None:
+            # Every transient workflow has the scaling-alarm states (CreateScalingAlarms maps over the planned alarms,
+            # every teardown path looks for leftovers): without alarm scaling they find none, under this prefix.
             grant_alarm_lifecycle(role, stack, self.prefix, name)
 
     def _grant_functions(self, name: str) -> None:
@@ -378,7 +369,9 @@ class Ec2Pipeline(PipelineWorkflow):
                 ["Resource::*", ANY_CLUSTER_ARN],
             )
         finalize.add_to_role_policy(
-            iam.PolicyStatement(actions=FINALIZE_ACTIONS, resources=[resource], conditions=conditions)
+            iam.PolicyStatement(
+                actions=FINALIZE_ACTIONS + SUBMIT_STEP_ACTIONS, resources=[resource], conditions=conditions
+            )
         )
         suppress(
             finalize.role or finalize,

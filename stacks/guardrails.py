@@ -30,6 +30,8 @@ from stacks.storage import AutopilotStorage
 from stacks.workflow import DeploymentProps, PipelineWorkflow
 
 ENDED_STATUSES = ["ABORTED", "TIMED_OUT", "FAILED"]
+# A step's end answers the task token its RunStep waits on (autopilot_common.step_notices).
+ENDED_STEP_STATES = ["COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED"]
 CLOUDTRAIL_EMR_CALLS = ["RunJobFlow", "TerminateJobFlows", "CancelSteps"]
 # The sweeper's default for a pipeline without `limits.max_cluster_lifetime_minutes`.
 LIFETIME_GRACE_MINUTES = 15
@@ -44,6 +46,8 @@ class AutopilotGuardrails(Construct):
     - "AWS API Call via CloudTrail" for EMR RunJobFlow / TerminateJobFlows / CancelSteps without an
       error -> auto-termination for unmanaged clusters, CANCELLED runs.
     - "AWS API Call via CloudTrail" for Step Functions StopExecution -> `aborted_by` in the ABORTED entry.
+    - "EMR Step Status Change" COMPLETED / FAILED / CANCELLED / INTERRUPTED (when a pipeline runs on EMR on EC2)
+      -> the task token of the run's RunStep is answered (the sweeper answers those whose event was lost).
     Every target retries for 2 hours and then lands in the platform's dead-letter queue.
     """
 
@@ -143,6 +147,18 @@ class AutopilotGuardrails(Construct):
             event_names=["StopExecution"],
             target=target,
         )
+        self.step_rule: events.Rule | None = None
+        if any(isinstance(w, Ec2Pipeline) for w in pipelines.values()):
+            # EventBridge cannot match the cluster's tags: steps of other clusters find no token and are ignored.
+            self.step_rule = service_event_rule(
+                self,
+                "StepEnded",
+                description="EMR Autopilot: an EMR step ended -> answer the task token its run waits on",
+                source="aws.emr",
+                detail_type="EMR Step Status Change",
+                detail={"state": ENDED_STEP_STATES},
+                target=target,
+            )
         self.trail: cloudtrail.Trail | None = None
         if guardrails.trail.create:
             self.trail = self._trail(prefix, config, storage)
@@ -189,6 +205,10 @@ class AutopilotGuardrails(Construct):
             # The run event of a run the cleanup ended (its workflow never published one): the default bus only
             # (Service Authorization Reference, Amazon EventBridge: PutEvents, resource type event-bus).
             iam.PolicyStatement(actions=["events:PutEvents"], resources=[default_event_bus_arn(stack)]),
+            # Answering a RunStep's task token when its step ended (autopilot_common.step_notices): the Service
+            # Authorization Reference lists no resource type for SendTaskSuccess/SendTaskFailure (the token names
+            # the task), so only `*` can allow them.
+            iam.PolicyStatement(actions=["states:SendTaskSuccess", "states:SendTaskFailure"], resources=["*"]),
             iam.PolicyStatement(
                 actions=["states:DescribeExecution"],
                 resources=executions_of(stack, (w.state_machine_name for w in pipelines.values())),

@@ -240,6 +240,14 @@ class AutopilotPlatform(Construct):
             timeout=Duration.minutes(2),
         )
         if any(isinstance(p.runtime, Ec2Runtime) for p in config.pipelines.values()):
+            # RunStep's task tokens wait in the idempotency table (autopilot_common.step_notices): stored on submit,
+            # answered (SendTaskSuccess/SendTaskFailure, which support no resource-level permissions: the token
+            # names the task) when the step ended before its token was stored.
+            self.finalize.add_environment("STEP_NOTICES_TABLE", self.idempotency_table.table_name)
+            self.idempotency_table.grant(self.finalize, *IDEMPOTENCY_ACTIONS)
+            self.finalize.add_to_role_policy(
+                iam.PolicyStatement(actions=["states:SendTaskSuccess", "states:SendTaskFailure"], resources=["*"])
+            )
             # The spot price a run's spot instances paid (the Service Authorization Reference lists no resource
             # types for it: only "*" allows it). Refused, the run's spot instances are priced at on-demand, flagged.
             self.finalize.add_to_role_policy(

@@ -84,6 +84,16 @@ class Deployed:
         (record,) = [r for r in self.runs() if r.run_id == run_id]
         return record.raw
 
+    def ledger_when(self, run_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+        """The run's ledger entry once it is in `state` (a guardrail amends it after the execution ended)."""
+
+        def reached() -> dict[str, Any] | None:
+            found = [r.raw for r in self.runs() if r.run_id == run_id]
+            return found[0] if found and found[0]["state"] == state else None
+
+        entry: dict[str, Any] = self.wait_for(reached, timeout, f"ledger {state} for {run_id}")
+        return entry
+
     def start_console_run(self, name: str, body: Any) -> str:
         machine = self.state_machine_of(
             body.get("pipeline", "sales-daily") if isinstance(body, dict) else "sales-daily"

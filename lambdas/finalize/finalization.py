@@ -17,7 +17,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from autopilot_common.causes import ledger_cause
-from autopilot_common.run_costs import ClusterPricing, cluster_cost, hours_between, iso_time, list_pages, timestamp
+from autopilot_common.run_costs import (
+    ClusterPricing,
+    IdleWindows,
+    cluster_cost,
+    hours_between,
+    idle_usage,
+    iso_time,
+    list_pages,
+    timestamp,
+)
 from autopilot_common.scaling_state import actions as scaling_actions
 from autopilot_common.step_failures import classify, cluster_failure_of
 
@@ -48,6 +57,8 @@ class FinalizeRequest:
     noticed: dict[str, str] = field(default_factory=dict)
     # clusters the run launched before `cluster_id` and replaced (runtime.retry): {cluster_id, failure_class, reason}
     earlier: list[dict[str, Any]] = field(default_factory=list)
+    # when the workflow asked EMR to terminate the run's cluster (TerminateCluster entered), ISO 8601
+    terminate_requested_at: str | None = None
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> FinalizeRequest:
@@ -70,6 +81,7 @@ class FinalizeRequest:
                 if isinstance(n, dict) and n.get("name") and n.get("noticed_at")
             },
             earlier=[dict(e) for e in (event.get("launch") or {}).get("earlier") or [] if isinstance(e, dict)],
+            terminate_requested_at=_termination_requested(event.get("cluster")),
         )
 
 
@@ -120,12 +132,23 @@ def finalize_run(
             else None
         )
         update["steps"] = _steps(emr, [c["Id"] for c in launched], request.step_names, request.noticed, instances)
+        windows, between, after = idle_windows(update["steps"], cluster["Id"], request.terminate_requested_at)
+        update["idle_cluster_seconds"] = round(between + (after or 0.0), 3)
+        update["idle"] = {
+            "between_steps_seconds": round(between, 3),
+            "after_last_step_seconds": after,
+            "instance_seconds": None,
+            "usd": None,
+        }
         if instances is not None:
             update["cluster_attempts"] = _cluster_attempts(request, launched)
             every = [i for c in launched for i in instances[c["Id"]]]
             update["instance_hours_estimate"] = _instancehours_between(emr, cluster, every, now)
+            billed = [(c, instances[c["Id"]]) for c in launched]
             if pricing is not None:
-                update["cost"] = cluster_cost(pricing, emr, [(c, instances[c["Id"]]) for c in launched], now)
+                update["cost"] = cluster_cost(pricing, emr, billed, now)
+            instance_seconds, usd = idle_usage(pricing, billed, windows, now)
+            update["idle"] |= {"instance_seconds": instance_seconds, "usd": usd}
         if scaling is not None:
             done = [a for c in launched for a in scaling_actions(scaling.dynamodb, scaling.table, c["Id"])]
             if done:
@@ -335,6 +358,48 @@ def _step(step: dict[str, Any], noticed_at: str | None = None) -> dict[str, Any]
         "reason": (status.get("StateChangeReason") or {}).get("Message"),
         "failure": {k.lower(): v for k, v in failure.items()} or None,
     }
+
+
+def idle_windows(
+    steps: list[dict[str, Any]], last_cluster_id: str, terminate_requested_at: str | None
+) -> tuple[IdleWindows, float, float | None]:
+    """(each cluster's windows with no step of the run running, seconds between steps, seconds after the last step).
+
+    Between steps: from a submission's end to the next submission's start on the same cluster (the workflow noticing
+    the end, then adding the next step). After the last step: from the end of the last submission on the run's last
+    cluster to the moment the workflow asked EMR to terminate it, after success or failure (None when it did not: a
+    long-running cluster)."""
+    by_cluster: dict[str, list[tuple[float, float]]] = {}
+    for step in steps:
+        for attempt in step.get("attempts") or []:
+            started, ended = attempt.get("started_at"), attempt.get("ended_at")
+            if started and ended:
+                by_cluster.setdefault(str(attempt["cluster_id"]), []).append((timestamp(started), timestamp(ended)))
+    windows: dict[str, list[tuple[float, float]]] = {}
+    between = 0.0
+    for cluster_id, spans in by_cluster.items():
+        spans.sort()
+        for (_, ended), (started, _) in zip(spans, spans[1:], strict=False):
+            if started > ended:
+                windows.setdefault(cluster_id, []).append((ended, started))
+                between += started - ended
+    after = None
+    last = by_cluster.get(last_cluster_id)
+    if last and terminate_requested_at:
+        last_end, requested = max(end for _, end in last), timestamp(terminate_requested_at)
+        after = round(max(0.0, requested - last_end), 3)
+        if requested > last_end:
+            windows.setdefault(last_cluster_id, []).append((last_end, requested))
+    return windows, between, after
+
+
+def _termination_requested(cluster: Any) -> str | None:
+    """TerminateCluster's (or TerminateAfterFailure's) `requested_at` under the workflow's cluster: its ResultSelector
+    reads `$$.State.EnteredTime` (JSONPath states may read the Context object from ResultSelector: Step Functions
+    developer guide, "Accessing execution data from the Context object")."""
+    termination = cluster.get("termination") if isinstance(cluster, dict) else None
+    requested = termination.get("requested_at") if isinstance(termination, dict) else None
+    return str(requested) if requested else None
 
 
 def _cancel_active_steps(emr: EMRClient, cluster_id: str, names: list[str]) -> list[str]:

@@ -4,12 +4,15 @@
 - EMR Serverless and EMR on EKS (`job_runs`): the job run's final state, timings, attempt and cost.
 - EMR on EC2, mid-run (`step_retry`, `action: classify_step_failure` / `classify_cluster_failure`): whether a failed
   step is submitted again, whether a failed cluster is replaced by a new one.
+- EMR on EC2, each step (`autopilot_common.step_notices`, `action: submit_step`): RunStep's AddJobFlowSteps, with its
+  task token stored for the step's "EMR Step Status Change" event (the guardrail function answers it).
 
 Every runtime's update also carries `links` (the run's console pages, `autopilot_common.links`); the result is
 `{"ledger_update": ..., "notification": {"subject", "message"}}` (`run_notice`; the workflow publishes it), and the
 function emits the run's cost as the EMF metric `RunCostUsd` (dimension `pipeline`) for the dashboard.
 
-Environment: optional `STATE_TABLE` (set when a pipeline scales from alarms: each cluster's scaling actions).
+Environment: optional `STATE_TABLE` (set when a pipeline scales from alarms: each cluster's scaling actions), optional
+`STEP_NOTICES_TABLE` (set when a pipeline runs on EMR on EC2: where RunStep's task tokens wait).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from autopilot_common.links import partition_of, run_links
 from autopilot_common.observability import observability
 from autopilot_common.pricing import shipped_prices
 from autopilot_common.settings import Environment
+from autopilot_common.step_notices import SUBMIT_ACTION, NoticeStore, StepSubmission, submit_step
 from finalization import ClusterPricing, FinalizeRequest, ScalingState, finalize_run
 from job_runs import JOB_RUNTIMES, JobRunClients, JobRunRequest, finalize_job_run
 from run_notice import log_tail, notice
@@ -41,6 +45,7 @@ from run_notice import log_tail, notice
 obs = observability("autopilot-finalize")
 logger, metrics = obs.logger, obs.metrics
 STATE_TABLE = Environment(os.environ).optional("STATE_TABLE")
+STEP_NOTICES_TABLE = Environment(os.environ).optional("STEP_NOTICES_TABLE")
 CLIENTS = Clients()
 
 
@@ -52,6 +57,13 @@ def _scaling() -> ScalingState | None:
 
 @obs.handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if event.get("action") == SUBMIT_ACTION:  # RunStep: add the step; its end answers the task token
+        if STEP_NOTICES_TABLE is None:
+            raise ValueError("STEP_NOTICES_TABLE: not set; expected the table where RunStep's task tokens wait")
+        store = NoticeStore(CLIENTS.dynamodb, STEP_NOTICES_TABLE)
+        submitted = submit_step(StepSubmission.from_event(event), CLIENTS.emr, CLIENTS.sfn, store)
+        logger.info("step submitted", cluster_id=event.get("cluster_id"), **submitted)
+        return submitted
     if event.get("action") == CLASSIFY_ACTION:  # an EMR-on-EC2 step failed with attempts left: retry it?
         answer = classify_failed_step(RetryQuestion.from_event(event), CLIENTS.emr)
         logger.info("step failure classified", **answer)

@@ -1,8 +1,8 @@
 """Guardrail Lambda: cleanup when an execution ends badly, the orphan sweeper, CloudTrail reactions.
 
-One function, four EventBridge rules: `execution_cleanup`, `orphan_sweeper` and `cloudtrail_reactions` say what
-each does. Environment: see
-`GuardrailSettings.from_env`.
+One function, five EventBridge rules: `execution_cleanup`, `orphan_sweeper` and `cloudtrail_reactions` say what
+each does; "EMR Step Status Change" answers the task token a workflow's RunStep waits on
+(`autopilot_common.step_notices`). Environment: see `GuardrailSettings.from_env`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from autopilot_common.clients import Clients
 from autopilot_common.observability import observability
+from autopilot_common.step_notices import NoticeStore, notice_step_event
 from cloudtrail_reactions import react_to_cloudtrail
 from execution_cleanup import clean_up_execution
 from guardrail_settings import GuardrailEventError, GuardrailSettings
@@ -51,6 +52,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             },
         )
         return {"handled": True, "ledger_state": result.ledger_state, "teardown": result.teardown.as_dict()}
+    if kind == "EMR Step Status Change":
+        store = NoticeStore(CLIENTS.dynamodb, SETTINGS.claims_table)
+        noticed = notice_step_event(received.detail, CLIENTS.emr, CLIENTS.sfn, store)
+        if noticed == "answered":
+            metrics.add_metric(name="StepEndsNoticed", unit=MetricUnit.Count, value=1)
+        logger.info("step status change", extra={"detail": received.detail, "notice": noticed})
+        return {"handled": True, "notice": noticed}
     if kind == "Scheduled Event":
         report = sweep(SETTINGS, CLIENTS, now)
         metrics.add_metric(name="OrphanClusters", unit=MetricUnit.Count, value=len(report.orphan_clusters))
@@ -61,6 +69,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         metrics.add_metric(name="RunSlotsReleased", unit=MetricUnit.Count, value=len(report.slots_released))
         metrics.add_metric(name="OrphanAlarmsDeleted", unit=MetricUnit.Count, value=len(report.orphan_alarms))
         metrics.add_metric(name="ActiveClusters", unit=MetricUnit.Count, value=report.active_clusters)
+        metrics.add_metric(name="StepNoticesRecovered", unit=MetricUnit.Count, value=len(report.step_notices_recovered))
         logger.info("sweep done", extra={"findings": report.findings, "report": report.__dict__})
         return {"handled": True, "findings": report.findings}
     if kind == "AWS API Call via CloudTrail":
@@ -74,6 +83,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.info("cloudtrail reaction", extra=reaction.__dict__)
         return {"handled": True, "action": reaction.action}
     raise GuardrailEventError(
-        f"detail-type: got {kind!r}; expected 'Step Functions Execution Status Change', 'Scheduled Event' or "
-        "'AWS API Call via CloudTrail'"
+        f"detail-type: got {kind!r}; expected 'Step Functions Execution Status Change', 'Scheduled Event', "
+        "'AWS API Call via CloudTrail' or 'EMR Step Status Change'"
     )

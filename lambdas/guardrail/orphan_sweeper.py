@@ -2,7 +2,9 @@
 
 Clusters and job runs tagged by this deployment whose execution is not RUNNING (or is unknown), or that are
 older than their pipeline's lifetime, are terminated or cancelled; idle EMR Serverless applications are
-stopped; run slots and scaling alarms nothing holds any more are released.
+stopped; run slots and scaling alarms nothing holds any more are released. First of all, EMR-on-EC2 steps that
+ended while their "EMR Step Status Change" event was lost get their workflow's task token answered
+(`autopilot_common.step_notices`): a lost event costs at most one sweeper interval of idle cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from autopilot_common.clients import Clients
 from autopilot_common.ledger import FINAL_STATES, iso
 from autopilot_common.ledger import read_entry as read_ledger
 from autopilot_common.ledger import write_entry as write_ledger
+from autopilot_common.step_notices import NoticeStore, sweep_step_notices
 from autopilot_common.tags import TAG_DEPLOYMENT, TAG_EXECUTION, TAG_PIPELINE, TAG_RUN_ID
 from guardrail_settings import GuardrailSettings, PipelineRef
 from run_teardown import (
@@ -53,6 +56,7 @@ class SweepReport:
     idle_applications_stopped: list[str] = field(default_factory=list)
     slots_released: list[dict[str, str]] = field(default_factory=list)
     orphan_alarms: list[str] = field(default_factory=list)
+    step_notices_recovered: list[str] = field(default_factory=list)  # <cluster>#<step> answered for a lost event
     active_clusters: int = 0  # this deployment's clusters still up after the tick (a dashboard gauge)
 
     @property
@@ -63,12 +67,15 @@ class SweepReport:
             + len(self.idle_applications_stopped)
             + len(self.slots_released)
             + len(self.orphan_alarms)
+            + len(self.step_notices_recovered)
         )
 
 
 def sweep(settings: GuardrailSettings, clients: Clients, now: datetime) -> SweepReport:
     """One tick of the orphan sweeper (see the module docstring)."""
     report = SweepReport()
+    store = NoticeStore(clients.dynamodb, settings.claims_table)
+    report.step_notices_recovered = sweep_step_notices(clients.emr, clients.sfn, store)
     _sweep_clusters(settings, clients, now, report)
     for pipeline in settings.pipelines.values():
         if (job_runs := job_runs_of(pipeline, clients)) is not None:

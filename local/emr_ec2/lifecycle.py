@@ -201,6 +201,9 @@ class ClusterLifecycle(EmrServiceModel, ABC):
         )
 
     def _emit(self, detail_type: str, detail: dict[str, Any]) -> None:
+        if self.faults.take_dropped_event(detail_type, detail.get("state")):
+            LOG.info("%s %s of %s lost (injected)", detail_type, detail.get("state"), detail.get("clusterId"))
+            return  # EMR events reach EventBridge on a best-effort basis
         self.emit({"source": "aws.emr", "detail-type": detail_type, "resources": [], "detail": detail})
 
     def _add_step(self, c: Cluster, config: dict[str, Any], role: str | None) -> Step:

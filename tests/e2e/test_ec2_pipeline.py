@@ -34,13 +34,13 @@ HAPPY_PATH = [
     "AllowStartup",
     "RunStep",
     "StepNoticed",
-    "ReadJobMetrics",
     "TerminateCluster",
     "HasScalingAlarms",
     "FindScalingAlarms",
     "AnyScalingAlarms",
     "DeleteScalingAlarms",
     "ReleaseRunSlot",
+    "ReadJobMetrics",
     "FinalizeSucceeded",
     "SucceededLedgerUpdate",
     "RecordSucceeded",
@@ -51,7 +51,8 @@ HAPPY_PATH = [
     "PublishRunSucceeded",
     "RunSucceeded",
 ]  # fmt: skip  (sales-cluster scales from two alarms: one PutScalingAlarm each)
-LAMBDA_INVOCATIONS_PER_RUN = 4  # prepare, acquire and release the run slot, finalize
+# prepare, acquire and release the run slot, finalize, and per step its submission (RunStep: the finalize function)
+LAMBDA_INVOCATIONS_PER_RUN = 5
 
 
 def _land_and_run(env: Deployed, files: dict[str, bytes]) -> dict[str, Any]:

@@ -46,15 +46,6 @@ def _cluster_state(env: Deployed, cluster_id: str) -> str:
     return state
 
 
-def _ledger_state(env: Deployed, run_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        found = [r.raw for r in env.runs() if r.run_id == run_id]
-        return found[0] if found and found[0]["state"] == state else None
-
-    entry: dict[str, Any] = env.wait_for(reached, timeout, f"ledger {state} for {run_id}")
-    return entry
-
-
 def _alarms_of(env: Deployed, cluster_id: str) -> list[str]:
     alarms = env.twin.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{DEPLOYMENT}-scaling-")["MetricAlarms"]
     return [a["AlarmName"] for a in alarms if cluster_id in a["AlarmName"]]
@@ -76,7 +67,7 @@ def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_led
     stopped = time.monotonic()
     alice = env.twin.client("stepfunctions", principal=ALICE)
     alice.stop_execution(executionArn=arn)  # no error or cause: the ledger records its own
-    entry = _ledger_state(env, run_id, "ABORTED")
+    entry = env.ledger_when(run_id, "ABORTED")
     latency = time.monotonic() - stopped
     # Then the cluster is terminated, its alarm is gone and the ledger says ABORTED with the reason
     env.wait_for(lambda: _cluster_state(env, cluster_id).startswith("TERMINAT"), 30, "cluster termination")
@@ -89,14 +80,14 @@ def test_abort_mid_step_terminates_the_cluster_deletes_its_alarms_and_writes_led
     assert entry["cluster_id"] == cluster_id and entry["cost"]["usd"] > 0
     assert entry["cost"]["price_source"] and entry["cost"]["breakdown"]
     # And names who aborted it (CloudTrail's StopExecution record, whichever of the two arrived first)
-    named = env.wait_for(lambda: _ledger_state(env, run_id, "ABORTED").get("aborted_by"), 10, "aborted_by")
+    named = env.wait_for(lambda: env.ledger_when(run_id, "ABORTED").get("aborted_by"), 10, "aborted_by")
     assert named == ALICE
     messages = env.wait_for(notifications, 10, "a notification")
     assert any(run_id in m["Message"] and "ABORTED" in m["Subject"] for m in messages)
     print(f"cleanup latency after abort (stop -> ledger ABORTED, cluster terminating): {latency:.2f} s")
     # And the cleanup is idempotent: the same event again changes nothing
     env.twin.wait_idle()
-    again = _ledger_state(env, run_id, "ABORTED")
+    again = env.ledger_when(run_id, "ABORTED")
     assert again["cleanup"] == entry["cleanup"] and again["aborted_by"] == ALICE
 
 
@@ -111,7 +102,7 @@ def test_abort_cancels_the_serverless_or_eks_job_run_and_frees_its_slot(
     env.wait_for(lambda: model.running(), 30, "the job run to start")
     # When the execution is aborted
     env.sfn.stop_execution(executionArn=arn)
-    entry = _ledger_state(env, run_id, "ABORTED")
+    entry = env.ledger_when(run_id, "ABORTED")
     # Then its job run is cancelled and the ledger names it
     env.wait_for(lambda: not model.running(), 30, "the job run to be cancelled")
     if model is env.twin.emr_serverless:  # the API cancel must stop the run the twin drives, not only its record
@@ -141,7 +132,7 @@ def test_execution_timeout_cancels_the_job_and_writes_ledger_timed_out(env: Depl
         env.twin.faults.hang_next_job()
         run_id, arn = _console_run(env, "sales-daily")
         # When the run outlives its timeout
-        entry = _ledger_state(env, run_id, "TIMED_OUT", timeout=40)
+        entry = env.ledger_when(run_id, "TIMED_OUT", timeout=40)
     finally:
         env.sfn.update_state_machine(stateMachineArn=machine, definition=original["definition"])
     # Then the execution TIMED_OUT, its job run was cancelled, the ledger says why
@@ -228,7 +219,7 @@ def test_someone_terminating_a_pipeline_cluster_cancels_the_run_with_their_name(
     # Then the workflow ends on its own (it sees the cluster gone) and the ledger says CANCELLED by alice
     described = env.finished(arn, timeout=60)
     assert described["status"] == "FAILED"
-    entry = _ledger_state(env, run_id, "CANCELLED")
+    entry = env.ledger_when(run_id, "CANCELLED")
     assert entry["cancelled_by"] == ALICE and entry["cancel_action"] == f"TerminateJobFlows on {cluster_id}"
     assert entry["previous_state"] == "FAILED"
 
@@ -257,7 +248,7 @@ def test_the_sweeper_terminates_a_cluster_whose_execution_is_unknown_and_then_fi
     env.twin.fire_schedule("Sweeper")
     # Then the cluster is terminated and the ledger records why
     env.wait_for(lambda: _cluster_state(env, cluster_id).startswith("TERMINAT"), 30, "the sweeper")
-    entry = _ledger_state(env, "sales-cluster-ghost", "FAILED")
+    entry = env.ledger_when("sales-cluster-ghost", "FAILED")
     assert entry["swept"]["cluster_id"] == cluster_id and entry["swept"]["reason"] == "its execution is UNKNOWN"
     # And the next tick finds nothing (steady state)
     env.twin.wait_idle()

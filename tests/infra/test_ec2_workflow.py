@@ -80,15 +80,17 @@ def test_cluster_tags_carry_deployment_pipeline_and_managed_policy_tag(synth: Sy
 
 
 def test_security_configuration_encrypts_at_rest_and_requires_imdsv2(synth: Synthesized) -> None:
-    (config,) = synth.resources("AWS::EMR::SecurityConfiguration").values()
+    configs = synth.resources("AWS::EMR::SecurityConfiguration").values()
+    assert len(configs) == 2  # one per transient pipeline (sales-cluster, sales-chain)
+    (config,) = [c for c in configs if c["Properties"]["Name"].endswith(f"-{TRANSIENT}")]
     body = config["Properties"]["SecurityConfiguration"]
     encryption = body["EncryptionConfiguration"]
     assert encryption["EnableAtRestEncryption"] is True
     local = encryption["AtRestEncryptionConfiguration"]["LocalDiskEncryptionConfiguration"]
     assert local["EncryptionKeyProviderType"] == "AwsKms" and local["EnableEbsEncryption"] is True
     assert body["InstanceMetadataServiceConfiguration"]["MinimumInstanceMetadataServiceVersion"] == 2
-    (key,) = synth.resources("AWS::KMS::Key").values()
-    assert key["Properties"]["EnableKeyRotation"] is True
+    keys = synth.resources("AWS::KMS::Key").values()
+    assert keys and all(key["Properties"]["EnableKeyRotation"] is True for key in keys)
 
 
 def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(synth: Synthesized) -> None:
@@ -119,13 +121,16 @@ def test_every_failure_in_the_transient_workflow_terminates_the_cluster_first(sy
     classify = run_steps["ItemProcessor"]["States"]["ClassifyStepFailure"]
     assert {c["Next"] for c in classify["Catch"]} == {"StepFailed"}  # cannot classify: the step fails as before
     assert run_steps["ItemProcessor"]["States"]["StepFailed"]["Type"] == "Fail"
-    assert step["Parameters"]["Step"]["ActionOnFailure"] == "CONTINUE"
+    assert step["Resource"].endswith(":::lambda:invoke.waitForTaskToken")  # its EMR event answers it
+    assert step["Parameters"]["Payload"]["action"] == "submit_step"
+    assert step["Parameters"]["Payload"]["step"]["ActionOnFailure"] == "CONTINUE"
     assert step["TimeoutSecondsPath"] == "$.timeout_seconds"
-    # The success path also ends with the cluster gone before the ledger says SUCCEEDED.
+    # The success path also ends with the cluster gone before the ledger says SUCCEEDED, terminated as soon as the
+    # last step's end is noticed (nothing in between: an idle cluster is billed).
     edges = _graph(definition)
-    assert edges["NoJobMetrics"] == {"TerminateCluster"} and edges["TerminateCluster"] >= {"HasScalingAlarms"}
+    assert edges["RunSteps"] >= {"TerminateCluster"} and edges["TerminateCluster"] >= {"HasScalingAlarms"}
     assert "ReleaseRunSlot" in edges["HasScalingAlarms"]
-    assert edges["ReleaseRunSlot"] == {"FinalizeSucceeded"}  # the run slot goes back once the cluster is gone
+    assert edges["ReleaseRunSlot"] == {"ReadJobMetrics"}  # the run slot goes back once the cluster is gone
     assert definition["States"]["TerminateCluster"]["Resource"].endswith("elasticmapreduce:terminateCluster.sync")
 
 
@@ -187,7 +192,11 @@ def test_existing_cluster_workflow_never_creates_or_terminates_clusters(synth: S
     statements = _role_statements(synth, "PipelinesalesadhocWorkflowRole")
     text = json.dumps(statements)
     assert "RunJobFlow" not in text and "TerminateJobFlows" not in text and "iam:PassRole" not in text
-    (steps,) = [s for s in statements if s.get("Sid") == "StepsOnExistingCluster"]
+    # The workflow never touches the shared cluster: the finalize function adds the run's steps there, and only there.
+    assert "elasticmapreduce:" not in text
+    finalize = _role_statements(synth, "FinalizeFunctionRole")
+    (steps,) = [s for s in finalize if "elasticmapreduce:AddJobFlowSteps" in s["Action"] and "Condition" in s
+                and "team-cluster" in json.dumps(s["Condition"])]  # fmt: skip
     assert steps["Condition"] == {"StringEquals": {"aws:ResourceTag/team-cluster": "analytics"}}
 
 
@@ -203,7 +212,7 @@ def test_transient_workflow_may_only_touch_clusters_of_its_pipeline(synth: Synth
     pass_role = by_sid["PassClusterRoles"]
     assert len(pass_role["Resource"]) == 2
     rules = json.dumps(by_sid["SyncRules"]["Resource"])
-    assert "StepFunctionsGetEventForEMRAddJobFlowStepsRule" in rules
+    assert "StepFunctionsGetEventForEMRAddJobFlowStepsRule" not in rules  # steps are noticed from their own events
     assert "StepFunctionsGetEventForEMRTerminateJobFlowsRule" in rules
     assert "RunJobFlowRule" not in rules  # createCluster is request-response
 
@@ -221,7 +230,8 @@ def test_instance_role_reads_its_prefixes_and_writes_only_its_outputs_and_logs(s
         for r in synth.resources("AWS::IAM::Role").values()
         if "elasticmapreduce.amazonaws.com" in json.dumps(r["Properties"]["AssumeRolePolicyDocument"])
     ]
-    (service_role,) = service
+    assert len(service) == 2  # one per transient pipeline
+    (service_role,) = [r for r in service if TRANSIENT in r["Properties"].get("Description", "")]
     assert "AmazonEMRServicePolicy_v2" in json.dumps(service_role["Properties"]["ManagedPolicyArns"])
 
 

@@ -33,9 +33,9 @@ def _guardrail_function(synth: Synthesized) -> tuple[str, dict[str, Any]]:
     )
 
 
-def test_four_rules_feed_the_guardrail_with_two_hours_of_retries_and_a_dead_letter_queue(synth: Synthesized) -> None:
+def test_five_rules_feed_the_guardrail_with_two_hours_of_retries_and_a_dead_letter_queue(synth: Synthesized) -> None:
     rules = _rules(synth)
-    assert len(rules) == 4
+    assert len(rules) == 5
     patterns = {
         json.dumps([r.get("EventPattern", {}).get("detail-type"), r.get("EventPattern", {}).get("source")]): r
         for r in rules.values()
@@ -55,6 +55,8 @@ def test_four_rules_feed_the_guardrail_with_two_hours_of_retries_and_a_dead_lett
         "eventName": ["StopExecution"],
         "errorCode": [{"exists": False}],
     }
+    step_ended = patterns['[["EMR Step Status Change"], ["aws.emr"]]']["EventPattern"]
+    assert step_ended["detail"] == {"state": ["COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED"]}
     sweeper = next(r for r in rules.values() if "ScheduleExpression" in r)
     assert sweeper["ScheduleExpression"] == "rate(15 minutes)"
     function_id, _ = _guardrail_function(synth)

@@ -109,14 +109,18 @@ def test_the_workflow_may_manage_only_its_own_pipelines_alarms(synth: Synthesize
         for s in p["Properties"]["PolicyDocument"]["Statement"]
         if s.get("Sid") == "ScalingAlarms"
     ]
-    (alarms,) = role_statements
-    assert set(alarms["Action"]) == {
-        "cloudwatch:PutMetricAlarm",
-        "cloudwatch:TagResource",
-        "cloudwatch:DescribeAlarms",
-        "cloudwatch:DeleteAlarms",
-    }
-    assert "alarm:autopilot-dev-scaling-sales-cluster-*" in json.dumps(alarms["Resource"])
+    # One per transient workflow (its ASL has the alarm states, whether or not the pipeline scales from alarms)
+    assert len(role_statements) == 2
+    for alarms in role_statements:
+        assert set(alarms["Action"]) == {
+            "cloudwatch:PutMetricAlarm",
+            "cloudwatch:TagResource",
+            "cloudwatch:DescribeAlarms",
+            "cloudwatch:DeleteAlarms",
+        }
+    resources = sorted(json.dumps(alarms["Resource"]) for alarms in role_statements)
+    assert "alarm:autopilot-dev-scaling-sales-chain-*" in resources[0]
+    assert "alarm:autopilot-dev-scaling-sales-cluster-*" in resources[1]
 
 
 def test_the_operations_dashboard_shows_runs_of_every_pipeline_scaling_and_guardrails(synth: Synthesized) -> None:

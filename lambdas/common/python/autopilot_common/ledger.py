@@ -169,6 +169,17 @@ class JobRunAttempt(TypedDict, total=False):
     billed_resource_utilization: dict[str, float] | None  # EMR Serverless: what this attempt was billed
 
 
+class IdleCluster(TypedDict, total=False):
+    """EMR on EC2: the run's cluster time with no step of the run running (finalize; `idle_cluster_seconds` is the
+    sum). On a long-running cluster only the gaps between the run's steps count, and the cluster's cost is its
+    owner's (instance_seconds and usd null)."""
+
+    between_steps_seconds: float  # each step's end to the next step's start on the same cluster
+    after_last_step_seconds: float | None  # the last step's end to the request to terminate (transient)
+    instance_seconds: float | None  # the cluster's instances x those windows
+    usd: float | None  # what they cost (EC2 + EMR per second, spot at its price; EBS not included)
+
+
 class Cleanup(TypedDict, total=False):
     """What the guardrails' cleanup did when the execution ended badly."""
 
@@ -222,6 +233,8 @@ class RunLedgerEntry(TypedDict, total=False):
     cancelled_steps: list[str]
     failed_step: StepRecord | None
     instance_hours_estimate: dict[str, Any] | None
+    idle_cluster_seconds: float | None  # EMR on EC2: cluster time with no step of the run running (see `idle`)
+    idle: IdleCluster | None
     cost: Cost | None  # what the run cost in dollars (autopilot_common.pricing); usd None with the reason
     links: dict[str, str]  # the run's console pages (autopilot_common.links.run_links): execution, job run, logs
     scaling: dict[str, Any]

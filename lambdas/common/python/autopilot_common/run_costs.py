@@ -30,6 +30,7 @@ from autopilot_common.pricing import (
     Cost,
     InstanceUsage,
     Market,
+    MissingPrice,
     PriceTable,
     ec2_cost,
     eks_cost,
@@ -148,6 +149,52 @@ def cluster_cost(
         replaced = len(launched) - 1
         notes.append(f"{len(launched)} clusters: runtime.retry replaced {replaced} that failed; all are counted")
     return cost
+
+
+IdleWindows = Mapping[str, list[tuple[float, float]]]  # cluster id -> [(start, end)] epoch seconds with no step running
+
+
+def idle_usage(
+    pricing: ClusterPricing | None,
+    launched: list[tuple[ClusterTypeDef, list[dict[str, Any]]]],
+    windows: IdleWindows,
+    now: datetime,
+) -> tuple[float, float | None]:
+    """(instance-seconds, dollars) the clusters' instances spent inside the idle `windows`: each instance's lifetime
+    (launch to end) overlapping each window of its cluster, at its EC2 (spot price as `cluster_cost` finds it) + EMR
+    hourly rate, per second with no per-instance minimum (the windows are part of a billed lifetime; EBS not
+    included). Dollars are None without `pricing` or when a type has no price."""
+    instance_seconds, usd = 0.0, 0.0
+    priced = pricing is not None
+    for cluster, instances in launched:
+        cluster_windows = windows.get(cluster["Id"]) or []
+        zone = cluster.get("Ec2InstanceAttributes", {}).get("Ec2AvailabilityZone")
+        for instance in instances:
+            timeline = instance.get("Status", {}).get("Timeline", {})
+            if timeline.get("CreationDateTime") is None:
+                continue  # never launched
+            alive = (timestamp(timeline["CreationDateTime"]), timestamp(timeline.get("EndDateTime") or now))
+            seconds = sum(max(0.0, min(end, alive[1]) - max(start, alive[0])) for start, end in cluster_windows)
+            if seconds <= 0:
+                continue
+            instance_seconds += seconds
+            if pricing is None:
+                continue
+            instance_type = str(instance.get("InstanceType"))
+            try:
+                prices = pricing.table.instance(pricing.region, instance_type)
+            except MissingPrice:
+                priced = False
+                continue
+            spot = None
+            if instance.get("Market") == "SPOT":
+                spot = _spot_price(pricing.ec2, instance_type, zone, *_as_datetimes(alive))
+            usd += seconds / 3600 * ((spot if spot is not None else prices["ec2_hour"]) + prices["emr_hour"])
+    return round(instance_seconds, 3), (round(usd, 6) if priced else None)
+
+
+def _as_datetimes(span: tuple[float, float]) -> tuple[datetime, datetime]:
+    return datetime.fromtimestamp(span[0], UTC), datetime.fromtimestamp(span[1], UTC)
 
 
 def _volumes(emr: EMRClient, cluster: ClusterTypeDef) -> dict[tuple[str, str], tuple[tuple[str, float], ...]]:
