@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import statistics
@@ -18,16 +17,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CDK = REPO / "node_modules" / ".bin" / "cdk"
+sys.path[:0] = [str(REPO)]
 
 
 def generated_config(pipelines: int) -> dict[str, object]:
-    base = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
+    base: dict[str, Any] = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
     template = base["pipelines"]["sales-daily"]
     base["pipelines"] = {}
     for i in range(pipelines):
@@ -55,48 +56,17 @@ def synth_seconds(pipelines: int) -> tuple[float, int]:
 
 
 def handler_environments() -> dict[str, dict[str, str]]:
-    """Each handler's environment as its stack gives it (`lambdas/<name>` -> variables), read from a synthesized
-    `dev` assembly: tokens (Ref, GetAtt, Join) become placeholder strings, as the import needs only their presence."""
+    """Each handler's environment as its stack gives it, from a synthesized `dev` assembly."""
     os.environ.setdefault("CDK_DEFAULT_ACCOUNT", "123456789012")
     os.environ.setdefault("CDK_DEFAULT_REGION", "us-east-1")
-    sys.path[:0] = [str(REPO)]
     import aws_cdk as cdk
 
     from app import build_app, cli_context
+    from tests.function_environments import function_environments
 
-    handlers = {p.parent.name: p.read_bytes() for p in (REPO / "lambdas").glob("*/handler.py")}
-    environments: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory() as out:
         build_app("dev", cdk.App(outdir=out, context=cli_context()), nag=False).synth()
-        for template in Path(out).glob("*.template.json"):
-            for resource in json.loads(template.read_text())["Resources"].values():
-                asset = resource.get("Metadata", {}).get("aws:asset:path")
-                if resource["Type"] != "AWS::Lambda::Function" or not asset:
-                    continue
-                handler = Path(out, asset, "handler.py")
-                name = next((n for n, code in handlers.items() if handler.exists() and handler.read_bytes() == code), None)
-                if name is None:
-                    continue
-                variables = resource["Properties"].get("Environment", {}).get("Variables", {})
-                environments[name] = {k: _placeholder(k, v) for k, v in variables.items()}
-    missing = sorted(set(handlers) - set(environments))
-    if missing:
-        raise SystemExit(f"bench: no function in the synthesized app runs lambdas/{missing[0]}/handler.py")
-    return environments
-
-
-def _placeholder(name: str, token: object) -> str:
-    """A string standing for a CloudFormation token: `Fn::Join` joined, `Ref`/`Fn::GetAtt` as `bench-<logical id>`
-    (an ARN for `*_ARN` variables), so JSON-valued variables stay valid JSON."""
-    if isinstance(token, str):
-        return token
-    if isinstance(token, dict) and "Fn::Join" in token:
-        separator, parts = token["Fn::Join"]
-        return str(separator).join(_placeholder(name, part) for part in parts)
-    if name.endswith("_ARN"):
-        return "arn:aws:sns:us-east-1:123456789012:bench"
-    target = token.get("Ref") or token.get("Fn::GetAtt", ["x"])[0] if isinstance(token, dict) else "x"
-    return f"bench-{target}"
+        return function_environments(Path(out))
 
 
 def import_ratios(function_env: dict[str, str], path: list[str], pairs: int = 7) -> tuple[float, float, float]:
