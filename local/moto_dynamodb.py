@@ -1,0 +1,103 @@
+"""moto's DynamoDB at DynamoDB's cost: transactions that back up only the items they touch, and condition
+expressions parsed once.
+
+moto backs a transaction up by deep-copying each touched table once per item of the transaction, so one
+100-item transaction on a 10,000-item table copies a million items: the twin's router claims and admission line
+slowed down with the table's size, a cost DynamoDB does not have. This keeps moto's own evaluation (conditions,
+cancellation reasons, ALL_OLD items, validation errors) and replaces only the backup: the touched items are
+copied before, and put back if the transaction is cancelled or refused.
+
+moto also parses a condition expression on every write (twice per transaction item): about 1 ms each. The parsed
+form depends only on the expression, its names and its values, so it is kept (a bounded cache).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import OrderedDict
+from typing import Any
+
+import moto.dynamodb.models as dynamodb_models
+import moto.dynamodb.models.table as table_models
+from moto.dynamodb import comparisons
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.table import Table
+
+_ORIGINAL = DynamoDBBackend.transact_write_items
+_DEEPCOPY = copy.deepcopy
+_PARSE = comparisons.get_filter_expression
+_PARSED: OrderedDict[str, Any] = OrderedDict()
+_PARSED_LIMIT = 4096
+
+
+def _parsed_expression(
+    expr: str | None, names: dict[str, str] | None = None, values: dict[str, Any] | None = None
+) -> Any:
+    """moto's `get_filter_expression`, remembered by (expression, names, values)."""
+    key = json.dumps([expr, names, values], sort_keys=True, default=str)
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        parsed = _PARSED[key] = _PARSE(expr, names, values)
+        if len(_PARSED) > _PARSED_LIMIT:
+            _PARSED.popitem(last=False)
+    return parsed
+
+
+class _TablesNotCopied:
+    """Stands for the `copy` module inside moto's DynamoDB backend: a Table is not copied (our own backup of the
+    touched items replaces it), anything else (update_item copies the item it updates) is."""
+
+    @staticmethod
+    def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        return value if isinstance(value, Table) else _DEEPCOPY(value, memo)
+
+
+def _touched(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> list[tuple[Table, Any, Any, Any]]:
+    """(table, hash key, range key, a copy of the item or None) for each item the transaction names."""
+    touched = []
+    for entry in transact_items:
+        for op in entry.values():
+            table = backend.tables.get(op.get("TableName"))
+            if table is None:
+                continue
+            key = op.get("Key") or {
+                a: op.get("Item", {}).get(a) for a in (table.hash_key_attr, table.range_key_attr) if a
+            }
+            try:
+                hash_key, range_key = backend.get_keys_value(table, key)
+                current = table.get_item(hash_key, range_key)
+            except Exception:  # a malformed key: moto refuses the transaction before writing anything
+                continue
+            touched.append((table, hash_key, range_key, _DEEPCOPY(current)))
+    return touched
+
+
+def _restore(touched: list[tuple[Table, Any, Any, Any]]) -> None:
+    for table, hash_key, range_key, item in reversed(touched):
+        if range_key is not None:
+            if item is None:
+                table.items.get(hash_key, {}).pop(range_key, None)
+            else:
+                table.items[hash_key][range_key] = item
+        elif item is None:
+            table.items.pop(hash_key, None)
+        else:
+            table.items[hash_key] = item
+
+
+def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    touched = _touched(self, transact_items)
+    try:
+        _ORIGINAL(self, transact_items)
+    except Exception:
+        _restore(touched)
+        raise
+
+
+def install() -> None:
+    """Patch moto's DynamoDB backend (idempotent; every backend instance, so call it before or after mock_aws)."""
+    dynamodb_models.copy = _TablesNotCopied  # type: ignore[assignment]
+    dynamodb_models.get_filter_expression = _parsed_expression  # type: ignore[assignment]
+    table_models.get_filter_expression = _parsed_expression  # type: ignore[assignment]
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
