@@ -1,9 +1,13 @@
-"""`make bench`: prints figures, asserts nothing.
+"""`make bench`: prints figures, asserts nothing. `python bench/run.py [section ...]` runs some sections only.
 
-- `cdk synth` wall time (the real CLI) for the app with 1 and with 25 pipelines (generated configs);
-- the router's events/s through its handler against moto for a 10,000-object burst, and how many
-  executions that burst starts;
-- the cold import time of each handler module next to a bare `import boto3`, in the same run.
+- synth: `cdk synth` wall time (the real CLI) for the app with 1 and with 25 pipelines (generated configs);
+- imports: each handler's cold import next to a bare `import boto3` (paired fresh interpreters, medians, ratio),
+  with the environment its synthesized stack gives it;
+- router: the router's events/s through its handler against moto for a 10,000-object burst, window and
+  per_object (bench/router_burst.py);
+- twin: the app on the twin: a 2,500-object window burst (routed / finished after the last put), and 100- and
+  1,000-object per-object bursts under a cap of 5 (wall time, admission items read per admitted run, peak memory)
+  (bench/twin_burst.py).
 """
 
 from __future__ import annotations
@@ -115,8 +119,14 @@ def router_section() -> None:
     subprocess.run([PYTHON, str(REPO / "bench" / "router_burst.py")], check=True)
 
 
+def twin_section() -> None:
+    print("== the app on the twin (IAM on, instant job runs), each burst in a fresh process ==")
+    for scenario, objects in (("window", 2500), ("capped", 100), ("capped", 1000)):
+        subprocess.run([PYTHON, str(REPO / "bench" / "twin_burst.py"), scenario, str(objects)], check=True)
+
+
 def main() -> None:
-    sections = {"synth": synth_section, "imports": cold_import_section, "router": router_section}
+    sections = {"synth": synth_section, "imports": cold_import_section, "router": router_section, "twin": twin_section}
     chosen = sys.argv[1:] or list(sections)
     unknown = sorted(set(chosen) - set(sections))
     if unknown:
