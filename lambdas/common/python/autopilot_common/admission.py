@@ -26,7 +26,7 @@ cost on the day the run ended, or keeps the estimate as spend when the cost is u
 
 Counters and queue share a partition. A dispatcher reads the counters (CAP and COUNT items: one small Query,
 bounded by the number of pipelines, never by the queue's length), then the queue from its head in arrival order,
-a few items a page, and stops as soon as every pipeline that still has waiting runs is blocked by a full cap
+in pages of 1, 2, 4.. items, and stops as soon as every pipeline that still has waiting runs is blocked by a full cap
 (known from the counters, often before reading any queue item). So a decision reads a bounded number of items
 whatever the queue's length (`make bench` prints items read per admitted run). It attempts only the admissions
 that fit, and the conditions decide. The COUNT items change in the same transactions as the queue items (enqueue,
@@ -79,7 +79,7 @@ RESERVATION_EXCEEDS_CAP = "ReservationExceedsCap"
 BUDGET_EXCEEDED = "BudgetExceeded"
 LINE, CAP_PREFIX, COUNT_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "COUNT#", "QUEUE#"  # CAP# < COUNT# < QUEUE#
 QUEUED_COUNT = "queued"  # the COUNT item's attribute
-_FIRST_PAGE, _LAST_PAGE = 2, 100  # queue items read per Query: doubling from the head while runs may start
+_FIRST_PAGE, _LAST_PAGE = 1, 100  # queue items read per Query: doubling from the head while runs may start
 SPEND, ESTIMATE = "SPEND", "ESTIMATE"
 USD = "usd"  # the budget dimension (dollars of the day's spend), beside DIMENSIONS
 WAIT, FAIL = "wait", "fail"  # `limits.over_budget`
