@@ -7,8 +7,9 @@ slowed down with the table's size, a cost DynamoDB does not have. This keeps mot
 cancellation reasons, ALL_OLD items, validation errors) and replaces only the backup: the touched items are
 copied before, and put back if the transaction is cancelled or refused.
 
-moto also parses a condition expression on every write (twice per transaction item): about 1 ms each. The parsed
-form depends only on the expression, its names and its values, so it is kept (a bounded cache).
+moto also parses a condition expression on every write (three times per transaction item: to validate the
+request, to evaluate it, to write): about 1 ms each. The parsed form depends only on the expression, its names and
+its values, so it is kept (bounded caches).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import moto.dynamodb.models as dynamodb_models
 import moto.dynamodb.models.table as table_models
+import moto.dynamodb.responses as dynamodb_responses
 from moto.dynamodb import comparisons
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
@@ -51,6 +53,37 @@ class _TablesNotCopied:
     @staticmethod
     def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
         return value if isinstance(value, Table) else _DEEPCOPY(value, memo)
+
+
+class _ParsedCondition:
+    """What TransactWriteItems' request validation needs of a parsed condition: `parse()` and the names it uses."""
+
+    def __init__(self, names_found: list[str]) -> None:
+        self.expr_attr_names_found = list(names_found)  # a copy: moto extends it
+
+    def parse(self) -> None:
+        return None
+
+
+_VALIDATED: OrderedDict[str, list[str]] = OrderedDict()
+
+
+def _validated_condition(
+    expr: str | None, names: dict[str, str] | None = None, values: dict[str, Any] | None = None
+) -> Any:
+    """moto's `create_condition_expression_parser` for request validation, parsed once per (expression, names,
+    values); a malformed expression still raises at `parse()` (it is never remembered)."""
+    key = json.dumps([expr, names, values], sort_keys=True, default=str)
+    if key not in _VALIDATED:
+        parser = comparisons.create_condition_expression_parser(expr, names, values)
+        try:
+            parser.parse()
+        except Exception:
+            return parser  # moto's own parser raises again where moto expects it (at `parse()`)
+        _VALIDATED[key] = list(parser.expr_attr_names_found)
+        if len(_VALIDATED) > _PARSED_LIMIT:
+            _VALIDATED.popitem(last=False)
+    return _ParsedCondition(_VALIDATED[key])
 
 
 def _touched(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> list[tuple[Table, Any, Any, Any]]:
@@ -97,7 +130,8 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
 
 def install() -> None:
     """Patch moto's DynamoDB backend (idempotent; every backend instance, so call it before or after mock_aws)."""
-    dynamodb_models.copy = _TablesNotCopied  # type: ignore[assignment]
-    dynamodb_models.get_filter_expression = _parsed_expression  # type: ignore[assignment]
-    table_models.get_filter_expression = _parsed_expression  # type: ignore[assignment]
+    setattr(dynamodb_models, "copy", _TablesNotCopied)  # noqa: B010 - the name moto's module looks up
+    setattr(dynamodb_models, "get_filter_expression", _parsed_expression)  # noqa: B010
+    setattr(table_models, "get_filter_expression", _parsed_expression)  # noqa: B010
+    setattr(dynamodb_responses, "create_condition_expression_parser", _validated_condition)  # noqa: B010
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
