@@ -56,16 +56,17 @@ class _TablesNotCopied:
 
 
 class _ParsedCondition:
-    """What TransactWriteItems' request validation needs of a parsed condition: `parse()` and the names it uses."""
+    """What moto's request validation needs of a parsed condition: `parse()` and the names and values it uses."""
 
-    def __init__(self, names_found: list[str]) -> None:
-        self.expr_attr_names_found = list(names_found)  # a copy: moto extends it
+    def __init__(self, found: tuple[list[str], list[str]]) -> None:
+        self.expr_attr_names_found = list(found[0])  # copies: moto extends them
+        self.expr_attr_values_found = list(found[1])
 
     def parse(self) -> None:
         return None
 
 
-_VALIDATED: OrderedDict[str, list[str]] = OrderedDict()
+_VALIDATED: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
 
 
 def _validated_condition(
@@ -80,7 +81,7 @@ def _validated_condition(
             parser.parse()
         except Exception:
             return parser  # moto's own parser raises again where moto expects it (at `parse()`)
-        _VALIDATED[key] = list(parser.expr_attr_names_found)
+        _VALIDATED[key] = (list(parser.expr_attr_names_found), list(parser.expr_attr_values_found))
         if len(_VALIDATED) > _PARSED_LIMIT:
             _VALIDATED.popitem(last=False)
     return _ParsedCondition(_VALIDATED[key])

@@ -52,7 +52,7 @@ without touching the table: it holds nothing, so releasing it is a no-op.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -569,19 +569,10 @@ def _dispatch(
     blocked_dimensions: set[str] = set()
     for pipeline in left:
         _block_if_full(caps, pipeline, held, blocked_pipelines, blocked_dimensions)
-    start: dict[str, Any] | None = None
-    limit = _FIRST_PAGE
-    while left and not _all_blocked(caps, left, blocked_pipelines, blocked_dimensions):
-        kwargs: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
-        page = ddb.query(
-            TableName=table,
-            KeyConditionExpression="pk = :line AND begins_with(sk, :queue)",
-            ExpressionAttributeValues=dump_item({":line": LINE, ":queue": QUEUE_PREFIX}),
-            ConsistentRead=True,
-            Limit=limit,
-            **kwargs,
-        )
-        limit = min(_LAST_PAGE, limit * 2)
+    if not left or _all_blocked(caps, left, blocked_pipelines, blocked_dimensions):
+        return done
+    queue = _line_pages(ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, growing=True)
+    for page in queue:  # each page is read only when asked for: the loop's break saves the next Query
         for raw in page.get("Items", []):
             entry = _QueueEntry.from_item(load_item(raw))
             if entry.pipeline in left:
@@ -589,8 +580,7 @@ def _dispatch(
             result = _must_wait(entry, caps, held, blocked_pipelines, blocked_dimensions, today)
             if result is None:
                 result = _admit(ddb, sfn, table, caps, entry, clock, acquiring)
-            if isinstance(result, OverBudget):
-                result = _over_budget(ddb, sfn, table, caps, entry, result, done, notify)
+            result = _over_budget(ddb, sfn, table, caps, entry, result, done, notify)
             if result == ADMITTED:
                 done.admitted.append(entry.run_id)
                 _hold(held, caps.scopes(entry.pipeline, entry.reservation), entry.reservation)
@@ -601,10 +591,34 @@ def _dispatch(
                     blocked_pipelines.add(entry.pipeline)
                 elif isinstance(result, frozenset):
                     blocked_dimensions |= result
-        start = page.get("LastEvaluatedKey")
-        if not start:
+        if _all_blocked(caps, left, blocked_pipelines, blocked_dimensions):
             break
     return done
+
+
+def _line_pages(
+    ddb: DynamoDBClient, table: str, condition: str, values: dict[str, Any], *, growing: bool = False, **extra: Any
+) -> Iterator[dict[str, Any]]:
+    """Consistent Query pages of the LINE partition where `condition` holds on `sk`, each read when asked for;
+    `growing`: pages of 1, 2, 4.. up to 100 items (a dispatch mostly needs the head only)."""
+    start: dict[str, Any] | None = None
+    limit = _FIRST_PAGE
+    while True:
+        kwargs: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
+        if growing:
+            kwargs["Limit"], limit = limit, min(_LAST_PAGE, limit * 2)
+        page: dict[str, Any] = ddb.query(  # type: ignore[assignment]
+            TableName=table,
+            KeyConditionExpression=f"pk = :line AND {condition}",
+            ExpressionAttributeValues=dump_item({":line": LINE, **values}),
+            ConsistentRead=True,
+            **extra,
+            **kwargs,
+        )
+        yield page
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return
 
 
 def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
@@ -612,16 +626,7 @@ def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, d
     Query of the items that sort before the queue. Prunes CAP items' spend of days older than `SPEND_TTL`."""
     held: dict[str, dict[str, float]] = {}
     waiting: dict[str, int] = {}
-    start: dict[str, Any] | None = None
-    while True:
-        kwargs: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
-        page = ddb.query(
-            TableName=table,
-            KeyConditionExpression="pk = :line AND sk < :queue",
-            ExpressionAttributeValues=dump_item({":line": LINE, ":queue": QUEUE_PREFIX}),
-            ConsistentRead=True,
-            **kwargs,
-        )
+    for page in _line_pages(ddb, table, "sk < :queue", {":queue": QUEUE_PREFIX}):
         for raw in page.get("Items", []):
             item = load_item(raw)
             if item["sk"].startswith(CAP_PREFIX):
@@ -629,9 +634,7 @@ def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, d
                 _prune_spend(ddb, table, item, today)
             elif item["sk"].startswith(COUNT_PREFIX):
                 waiting[item["sk"].removeprefix(COUNT_PREFIX)] = int(item.get(QUEUED_COUNT, 0))
-        start = page.get("LastEvaluatedKey")
-        if not start:
-            return held, waiting
+    return held, waiting
 
 
 def _prune_spend(ddb: DynamoDBClient, table: str, item: Mapping[str, Any], today: date) -> None:
@@ -680,12 +683,14 @@ def _over_budget(
     table: str,
     caps: Caps,
     entry: _QueueEntry,
-    verdict: OverBudget,
+    verdict: str | frozenset[str] | OverBudget,
     done: _Dispatched,
     notify: Notify | None,
 ) -> str | frozenset[str]:
     """A run the budget does not allow now: refused (`over_budget: fail`, GONE) or held (noted and notified once;
-    it blocks its pipeline, or, for the deployment's budget, every run under it)."""
+    it blocks its pipeline, or, for the deployment's budget, every run under it). Any other verdict, unchanged."""
+    if not isinstance(verdict, OverBudget):
+        return verdict
     if caps.pipeline(entry.pipeline).over_budget == FAIL:
         if _forget_queued(ddb, table, entry):  # the workflow's failure path writes the ledger and notifies
             _fail_task(sfn, entry.token, BUDGET_EXCEEDED, budget_cause(entry.run_id, entry.pipeline, verdict))
@@ -872,22 +877,9 @@ def remember_cost(ddb: DynamoDBClient, table: str, pipeline: str, cost: float) -
 def _later_in_line(ddb: DynamoDBClient, table: str, pipeline: str, sk: str) -> int:
     """How many of the pipeline's waiting runs queue behind `sk`: the queue items after it (queue items sort last in
     the partition). Runs mostly queue in arrival order, so this reads few items whatever the queue's length."""
-    count, start = 0, None
-    while True:
-        kwargs: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
-        page = ddb.query(
-            TableName=table,
-            KeyConditionExpression="pk = :line AND sk > :mine",
-            FilterExpression="pipeline = :pipeline",
-            ProjectionExpression="sk",
-            ExpressionAttributeValues=dump_item({":line": LINE, ":mine": sk, ":pipeline": pipeline}),
-            ConsistentRead=True,
-            **kwargs,
-        )
-        count += len(page.get("Items", []))
-        start = page.get("LastEvaluatedKey")
-        if not start:
-            return count
+    pages = _line_pages(ddb, table, "sk > :mine", {":mine": sk, ":pipeline": pipeline},
+                        FilterExpression="pipeline = :pipeline", ProjectionExpression="sk")  # fmt: skip
+    return sum(len(page.get("Items", [])) for page in pages)
 
 
 def write_queued_ledger(
