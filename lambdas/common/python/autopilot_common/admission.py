@@ -367,6 +367,8 @@ class AcquireOutcome:
 
 @dataclass(frozen=True)
 class _QueueEntry:
+    """A waiting run as its queue item holds it."""
+
     sk: str
     run_id: str
     pipeline: str

@@ -29,6 +29,8 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class Observability:
+    """A function's Logger and Metrics (and Tracer when tracing is on), and its handler decorator."""
+
     service: str
     logger: Logger
     metrics: Metrics
