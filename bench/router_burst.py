@@ -29,23 +29,28 @@ os.environ.update(
     POWERTOOLS_LOG_LEVEL="WARNING",
     MANIFEST_BUCKET="bench-artifacts",
     IDEMPOTENCY_TABLE="bench-idempotency",
+    LEDGER_BUCKET="bench-artifacts",
+    TOPIC_ARN="arn:aws:sns:us-east-1:123456789012:bench-topic",
 )
 
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from config.loader import load_config  # noqa: E402
+from local import moto_dynamodb  # noqa: E402
 from tests.conftest import load_event, load_handler  # noqa: E402
 from tests.unit.fakes import lambda_context  # noqa: E402
 
-BURST = 10_000
+BURST = int(os.environ.get("BENCH_BURST", "10000"))
 
 
-def main() -> None:
+def main(mode: str) -> None:
     trigger = load_config("dev").pipelines["sales-daily"].trigger
     assert trigger is not None
     batch_size = getattr(trigger.batching, "max_objects", 10)
+    moto_dynamodb.install()  # as the twin runs DynamoDB transactions
     with mock_aws():
+        boto3.client("sns").create_topic(Name="bench-topic")
         s3 = boto3.client("s3")
         for bucket in ("bench-artifacts", "bench-landing"):
             s3.create_bucket(Bucket=bucket)
@@ -64,7 +69,7 @@ def main() -> None:
         handler = load_handler("router")
         template = load_event("sqs_router_batch.json")["Records"][0]
         base_event = load_event("s3_object_created_eventbridge.json")
-        routing = {"mode": "window", "prefix": trigger.prefix, "suffixes": trigger.suffixes, "marker_name": None,
+        routing = {"mode": mode, "prefix": trigger.prefix, "suffixes": trigger.suffixes, "marker_name": None,
                    "ignore_zero_byte": True}  # fmt: skip
         records = []
         for i in range(BURST):
@@ -85,10 +90,12 @@ def main() -> None:
                 response = handler.lambda_handler(batch, lambda_context("autopilot-bench-router"))
             failures += len(response["batchItemFailures"])
         elapsed = time.perf_counter() - started
-        runs = len(sfn.list_executions(stateMachineArn=arn)["executions"])
-        print(f"  {BURST} objects in batches of {batch_size}: {elapsed:.1f} s, {BURST / elapsed:,.0f} events/s, "
-              f"{runs} executions started, {failures} failed records")  # fmt: skip
+        pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=arn)
+        runs = sum(len(page["executions"]) for page in pages)
+        print(f"  {mode:<10} {BURST} objects in batches of {batch_size}: {elapsed:.1f} s, "
+              f"{BURST / elapsed:,.0f} events/s, {runs} executions started, {failures} failed records")  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    for routing_mode in sys.argv[1:] or ["window", "per_object"]:
+        main(routing_mode)

@@ -1,11 +1,15 @@
-"""`make bench`: prints figures, asserts nothing.
+"""`make bench`: prints figures, asserts nothing. `python bench/run.py [section ...]` runs some sections only.
 
-- idle cluster time of a 3-step EMR-on-EC2 pipeline on the twin, steps noticed by `.sync` polling vs their events
-  (`bench/zero_idle.py`);
-- `cdk synth` wall time (the real CLI) for the app with 1 and with 25 pipelines (generated configs);
-- the router's events/s through its handler against moto for a 10,000-object burst, and how many
-  executions that burst starts;
-- the cold import time of each handler module next to a bare `import boto3`, in the same run.
+- idle: idle cluster time of a 3-step EMR-on-EC2 pipeline on the twin, steps noticed by `.sync` polling vs their
+  events (`bench/zero_idle.py`);
+- synth: `cdk synth` wall time (the real CLI) for the app with 1 and with 25 pipelines (generated configs);
+- imports: each handler's cold import next to a bare `import boto3` (paired fresh interpreters, medians, ratio),
+  with the environment its synthesized stack gives it;
+- router: the router's events/s through its handler against moto for a 10,000-object burst, window and
+  per_object (bench/router_burst.py);
+- twin: the app on the twin: a 2,500-object window burst (routed / finished after the last put), and 100- and
+  1,000-object per-object bursts under a cap of 5 (wall time, admission items read per admitted run, peak memory)
+  (bench/twin_burst.py).
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CDK = REPO / "node_modules" / ".bin" / "cdk"
+sys.path[:0] = [str(REPO)]
 
 
 def generated_config(pipelines: int) -> dict[str, object]:
-    base = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
+    base: dict[str, Any] = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
     template = base["pipelines"]["sales-daily"]
     base["pipelines"] = {}
     for i in range(pipelines):
@@ -55,34 +61,90 @@ def synth_seconds(pipelines: int) -> tuple[float, int]:
         return elapsed, len(json.loads(template.read_text())["Resources"])
 
 
-def import_seconds(statement: str, path: list[str]) -> float:
-    code = f"import sys,time; sys.path[:0]={path!r}; t=time.perf_counter(); {statement}; print(time.perf_counter()-t)"
-    env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1",
-           "MANIFEST_BUCKET": "b", "IDEMPOTENCY_TABLE": "t"}  # fmt: skip
-    samples = []
-    for _ in range(5):
-        out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True, env=env)
-        samples.append(float(out.stdout.strip()))
-    return statistics.median(samples)
+def handler_environments() -> dict[str, dict[str, str]]:
+    """Each handler's environment as its stack gives it, from a synthesized `dev` assembly."""
+    os.environ.setdefault("CDK_DEFAULT_ACCOUNT", "123456789012")
+    os.environ.setdefault("CDK_DEFAULT_REGION", "us-east-1")
+    import aws_cdk as cdk
+
+    from app import build_app, cli_context
+    from tests.function_environments import function_environments
+
+    with tempfile.TemporaryDirectory() as out:
+        build_app("dev", cdk.App(outdir=out, context=cli_context()), nag=False).synth()
+        return function_environments(Path(out))
 
 
-def main() -> None:
-    subprocess.run([PYTHON, str(REPO / "bench" / "zero_idle.py")], check=True)  # first: its own synth and twin
+def import_ratios(function_env: dict[str, str], path: list[str], pairs: int = 7) -> tuple[float, float, float]:
+    """Median seconds of a fresh interpreter importing `handler` and of one importing only boto3, run in pairs
+    (alternating, so machine load hits both alike), and the median of the per-pair ratios."""
+    base = {**os.environ, **function_env, "POWERTOOLS_TRACE_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1", "PYTHONPATH": os.pathsep.join(path)}  # fmt: skip
+    base.pop("PYTHONDONTWRITEBYTECODE", None)
 
+    def once(statement: str) -> float:
+        code = f"import time; t=time.perf_counter(); {statement}; print(time.perf_counter()-t)"
+        out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=base, cwd=path[0])
+        if out.returncode:
+            raise SystemExit(f"bench: `{statement}` in {path[0]} failed:\n{out.stderr.strip()}")
+        return float(out.stdout.strip())
+
+    once("import handler")  # warm the bytecode cache, as a deployed package ships it
+    handler_s, boto3_s, ratios = [], [], []
+    for _ in range(pairs):
+        h, b = once("import handler"), once("import boto3")
+        handler_s.append(h)
+        boto3_s.append(b)
+        ratios.append(h / b)
+    return statistics.median(handler_s), statistics.median(boto3_s), statistics.median(ratios)
+
+
+def cold_import_section() -> None:
+    print("== cold import: each handler next to `import boto3` (paired fresh interpreters, medians, tracing off) ==")
+    common = str(REPO / "lambdas" / "common" / "python")
+    for function, env in sorted(handler_environments().items()):
+        handler_s, boto3_s, ratio = import_ratios(env, [str(REPO / "lambdas" / function), common])
+        flag = "" if ratio <= 1.5 else "   (target <= 1.5x)"
+        print(f"  lambdas/{function + '/handler.py':<22}{handler_s * 1000:6.0f} ms vs boto3 {boto3_s * 1000:4.0f} ms"
+              f" = {ratio:4.2f}x{flag}")  # fmt: skip
+
+
+def synth_section() -> None:
     print("== cdk synth (real CLI, wall time) ==")
     for count in (1, 25):
         seconds, resources = synth_seconds(count)
         print(f"  {count:>2} pipeline(s): {seconds:6.1f} s ({resources} resources; CloudFormation allows 500)")
 
-    print("== cold import (median of 5 fresh interpreters) ==")
-    common = str(REPO / "lambdas" / "common" / "python")
-    print(f"  import boto3              {import_seconds('import boto3', []) * 1000:7.0f} ms")
-    for function in sorted(p.name for p in (REPO / "lambdas").iterdir() if (p / "handler.py").exists()):
-        seconds = import_seconds("import handler", [str(REPO / "lambdas" / function), common])
-        print(f"  lambdas/{function + '/handler.py':<17}{seconds * 1000:7.0f} ms")
 
-    print("== router burst against moto ==")
+def router_section() -> None:
+    print("== router in-process against moto, 10,000 objects ==")
     subprocess.run([PYTHON, str(REPO / "bench" / "router_burst.py")], check=True)
+
+
+def twin_section() -> None:
+    print("== the app on the twin (IAM on, instant job runs), each burst in a fresh process ==")
+    for scenario, objects in (("window", 2500), ("capped", 100), ("capped", 1000)):
+        subprocess.run([PYTHON, str(REPO / "bench" / "twin_burst.py"), scenario, str(objects)], check=True)
+
+
+def idle_section() -> None:
+    subprocess.run([PYTHON, str(REPO / "bench" / "zero_idle.py")], check=True)  # its own synth and twin
+
+
+def main() -> None:
+    sections = {
+        "idle": idle_section,
+        "synth": synth_section,
+        "imports": cold_import_section,
+        "router": router_section,
+        "twin": twin_section,
+    }
+    chosen = sys.argv[1:] or list(sections)
+    unknown = sorted(set(chosen) - set(sections))
+    if unknown:
+        raise SystemExit(f"bench: unknown section(s) {unknown}; choose from {sorted(sections)}")
+    for name in chosen:
+        sections[name]()
 
 
 if __name__ == "__main__":

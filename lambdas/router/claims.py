@@ -10,6 +10,10 @@ instead of forming a new one.
 Claims are conditional writes: `attribute_not_exists(id) OR run_id = :mine OR expiration < :now` (an expired claim
 may still be in the table until TTL removes it). When two routers race for one object, exactly one run owns it; the
 other releases what it claimed (a conditional delete of its own claims) and lets SQS bring its messages back.
+A run's claims go in TransactWriteItems of up to 100 (DynamoDB's limit per transaction:
+https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html), one call per 100
+objects instead of one PutItem each; IAM authorizes each Put of a transaction as dynamodb:PutItem
+(https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis-iam.html).
 Items written by the router's earlier claim format (powertools idempotency records, no `run_id`) count as owned by
 an unknown earlier run: the object is a duplicate.
 """
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
+
+from autopilot_common.dynamo import TransactionCancelled, transact
 
 if TYPE_CHECKING:
     from autopilot_common.clients import DynamoDBClient
@@ -31,6 +37,8 @@ if TYPE_CHECKING:
 CLAIM_KEY_PREFIX = "autopilot-router.object-claim"
 EARLIER_RUN = "an earlier run"  # owner of a claim in the router's previous (powertools) format
 BATCH_GET_LIMIT = 100  # keys per BatchGetItem (DynamoDB quota)
+TRANSACT_LIMIT = 100  # actions per TransactWriteItems (DynamoDB quota)
+_CLAIMED = "attribute_not_exists(id) OR run_id = :run OR expiration < :now"
 _UNPROCESSED_ATTEMPTS = 8
 
 
@@ -108,14 +116,8 @@ class ClaimStore:
         try:
             self.dynamodb.put_item(
                 TableName=self.table,
-                Item={
-                    "id": {"S": claim_id(claim_key)},
-                    "run_id": {"S": run_id},
-                    "object": {"S": label[:1024]},
-                    "claimed_at": {"N": str(now)},
-                    "expiration": {"N": str(now + self.ttl_seconds)},
-                },
-                ConditionExpression="attribute_not_exists(id) OR run_id = :run OR expiration < :now",
+                Item=self._item(claim_key, run_id, label, now),
+                ConditionExpression=_CLAIMED,
                 ExpressionAttributeValues={":run": {"S": run_id}, ":now": {"N": str(now)}},
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -125,6 +127,44 @@ class ClaimStore:
             owner = _owner(exc.response.get("Item") or {}, now)
             return owner or EARLIER_RUN
         return run_id
+
+    def claim_all(self, labelled: Sequence[tuple[str, str]], run_id: str) -> dict[str, str]:
+        """Claim every `(claim key, label)` for `run_id`, 100 a transaction. Returns `{claim key: owner}` of the
+        objects another run owns (empty: `run_id` owns them all). A transaction is all or nothing, so on the first
+        one that loses, the claims of the earlier ones are released and the later ones are not tried: the lost map
+        names that transaction's losses only (enough to report a conflict; the run does not start)."""
+        now = int(self.clock())
+        pending = list(dict.fromkeys(key for key, _ in labelled))  # one action per item in a transaction
+        labels = dict(labelled)
+        won: list[str] = []
+        values = {":run": {"S": run_id}, ":now": {"N": str(now)}}
+        for start in range(0, len(pending), TRANSACT_LIMIT):
+            chunk = pending[start : start + TRANSACT_LIMIT]
+            puts = [
+                {"Put": {"TableName": self.table, "Item": self._item(key, run_id, labels[key], now),
+                         "ConditionExpression": _CLAIMED, "ExpressionAttributeValues": values,
+                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
+                for key in chunk
+            ]  # fmt: skip
+            try:
+                transact(self.dynamodb, puts)
+            except TransactionCancelled as cancelled:
+                lost = {chunk[i]: _owner(cancelled.reasons[i].get("Item") or {}, now) or EARLIER_RUN
+                        for i in sorted(cancelled.failed)}  # fmt: skip
+                for key in won:
+                    self.release(key, run_id)
+                return lost
+            won.extend(chunk)
+        return {}
+
+    def _item(self, claim_key: str, run_id: str, label: str, now: int) -> dict[str, Any]:
+        return {
+            "id": {"S": claim_id(claim_key)},
+            "run_id": {"S": run_id},
+            "object": {"S": label[:1024]},
+            "claimed_at": {"N": str(now)},
+            "expiration": {"N": str(now + self.ttl_seconds)},
+        }
 
     def release(self, claim_key: str, run_id: str) -> None:
         """Give up `run_id`'s claim (only its own: a claim another run holds is left alone)."""

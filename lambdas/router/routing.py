@@ -1132,20 +1132,9 @@ class Router:
         )
 
     def _claim_all(self, run_id: str, events: Sequence[ObjectEvent]) -> dict[str, str]:
-        """Claim each object for `run_id`; if another run owns any, release the ones claimed and return
-        {claim key: owner} of those lost (empty: the run owns all of its objects)."""
-        lost: dict[str, str] = {}
-        won: list[str] = []
-        for event in events:
-            owner = self.claims.claim(event.claim_key, run_id, label=f"{event.bucket}/{event.key}")
-            if owner == run_id:
-                won.append(event.claim_key)
-            else:
-                lost[event.claim_key] = owner
-        if lost:
-            for key in won:
-                self.claims.release(key, run_id)
-        return lost
+        """Claim each object for `run_id` (`ClaimStore.claim_all`); {claim key: owner} of those lost (empty: the run
+        owns all of its objects; else it holds none of them)."""
+        return self.claims.claim_all([(e.claim_key, f"{e.bucket}/{e.key}") for e in events], run_id)
 
     def _rejoin(self, run_id: str, items: list[Accepted], report: BatchReport) -> None:
         """Arrivals whose objects `run_id` already claimed: nothing new starts. If that run never started (its

@@ -14,7 +14,10 @@ from moto import mock_aws
 from config.ec2 import Ec2Runtime
 from config.loader import validate_config
 from config.model import AppConfig
+from local import moto_dynamodb
 from tests.conftest import REPO
+
+moto_dynamodb.install()  # transactions back up the items they touch, not whole tables (as the twin runs them)
 
 MOTO_REGION = "us-east-1"
 DEV_SOURCE = "config/dev.yaml"

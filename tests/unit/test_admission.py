@@ -6,7 +6,8 @@ import json
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -32,6 +33,7 @@ from tests.unit.conftest import create_table
 from tests.unit.fakes import lambda_context
 
 TABLE, LEDGER = "autopilot-test-admission", "outputs-bkt"
+NOW = datetime(2024, 6, 1, 12, tzinfo=UTC)
 
 
 class AtomicCalls:
@@ -230,6 +232,68 @@ def test_vcpu_cap_is_fifo_and_ignores_runs_that_reserve_no_vcpus(aws: Any, sfn: 
     release(ddb, sfn, TABLE, "big", caps)
     assert sfn.admitted == ["big", "mid", "steps", "next", "small"]
     assert counters(ddb, TABLE)["deployment"]["vcpus"] == 90
+
+
+class CountingReads:
+    """A DynamoDB client that counts the items each read consumed (a Query's ScannedCount: what DynamoDB charges
+    before a filter; a GetItem's one item; a BatchGetItem's items)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.items_read = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def query(self, **kwargs: Any) -> Any:
+        page = self._client.query(**kwargs)
+        self.items_read += int(page.get("ScannedCount", len(page.get("Items", []))))
+        return page
+
+    def get_item(self, **kwargs: Any) -> Any:
+        response = self._client.get_item(**kwargs)
+        self.items_read += 1 if "Item" in response else 0
+        return response
+
+    def batch_get_item(self, **kwargs: Any) -> Any:
+        response = self._client.batch_get_item(**kwargs)
+        self.items_read += sum(len(items) for items in response.get("Responses", {}).values())
+        return response
+
+
+@pytest.mark.parametrize("queued", [20, 150])
+def test_each_admission_reads_a_bounded_number_of_items_whatever_the_queue_length(
+    aws: Any, sfn: FakeStepFunctions, queued: int
+) -> None:
+    # Given a pipeline capped at 5 runs and a per-object burst arriving in order (plus an uncapped neighbour)
+    ddb, s3 = CountingReads(aws[0]), aws[1]
+    caps = Caps(pipelines={"p": Limit(runs=5)})
+    burst = [f"r{i:04d}" for i in range(queued)]
+    for i, run_id in enumerate(burst):
+        request = replace(_request(run_id), arrival={"at": f"2024-06-01T12:00:00.{i:06d}Z", "key": f"in/{run_id}"})
+        acquire(ddb, sfn, s3, TABLE, caps, request, ledger_bucket=LEDGER)
+    # When every run ends in the order it was admitted
+    released = 0
+    while released < len(sfn.admitted):
+        assert release(ddb, sfn, TABLE, sfn.admitted[released], caps) is True
+        released += 1
+    # Then all ran in arrival order, at most 5 at once, and each admission read at most 10 items
+    assert sfn.admitted == burst
+    assert ddb.items_read / queued <= 10, f"{ddb.items_read} items read for {queued} admissions"
+    assert _table_is_empty(ddb)
+    count = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}})["Item"]
+    assert count["queued"] == {"N": "0"}
+
+
+def test_a_dispatch_prunes_spend_of_days_older_than_the_spend_ttl(aws: Any, sfn: FakeStepFunctions) -> None:
+    ddb = aws[0]
+    key = {"pk": {"S": "LINE"}, "sk": {"S": "CAP#pipeline#p"}}
+    ddb.put_item(TableName=TABLE, Item={**key, "runs": {"N": "0"}, "usd@2024-01-01": {"N": "3"},
+                                        "usd@2024-05-20": {"N": "2"}, "usd@2024-06-01": {"N": "1"}})  # fmt: skip
+    ddb.put_item(TableName=TABLE, Item={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}, "queued": {"N": "0"}})
+    dispatch(ddb, sfn, TABLE, Caps(pipelines={"p": Limit(runs=1, usd=5.0)}), clock=lambda: NOW)
+    item = ddb.get_item(TableName=TABLE, Key=key, ConsistentRead=True)["Item"]
+    assert sorted(k for k in item if k.startswith("usd@")) == ["usd@2024-05-20", "usd@2024-06-01"]
 
 
 def test_cluster_cap_counts_only_runs_that_create_a_cluster(aws: Any, sfn: FakeStepFunctions) -> None:

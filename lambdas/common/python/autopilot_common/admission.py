@@ -9,6 +9,7 @@ DynamoDB transaction, never list-then-act.
 The table (`<prefix>-admission`, keys `pk`/`sk`, strings) holds three kinds of items::
 
     pk "LINE"  sk "CAP#deployment" | "CAP#pipeline#<name>"  runs, clusters, vcpus held by admitted runs
+    pk "LINE"  sk "COUNT#<pipeline>"                       queued: how many of the pipeline's runs wait
     pk "LINE"  sk "QUEUE#<arrival>\\x1f<key>\\x1f<run_id>" a waiting run: token, pipeline, reservation, queued_at
     pk "RUN"   sk "<run_id>"                               state QUEUED (queue_sk) or ADMITTED (the holder:
                                                            reservation and the counters it charged)
@@ -23,8 +24,16 @@ budget (or on nothing having been spent that day, so a run whose estimate alone 
 once a day rather than never); the run's end (`record_spend`) takes the estimate back and adds the recorded
 cost on the day the run ended, or keeps the estimate as spend when the cost is unknown.
 
-Counters and queue share a partition, so one consistent Query shows a dispatcher both what is held and
-who waits, in arrival order: it attempts only the admissions that fit, and the conditions decide.
+Counters and queue share a partition. A dispatcher reads the counters (CAP and COUNT items: one small Query,
+bounded by the number of pipelines, never by the queue's length), then the queue from its head in arrival order,
+in pages of 1, 2, 4.. items, and stops as soon as every pipeline that still has waiting runs is blocked by a full cap
+(known from the counters, often before reading any queue item). So a decision reads a bounded number of items
+whatever the queue's length (`make bench` prints items read per admitted run). It attempts only the admissions
+that fit, and the conditions decide. The COUNT items change in the same transactions as the queue items (enqueue,
+admission, refusal, release of a queued run, an undone admission), so they never drift.
+
+A CAP item's `usd@<day>` attributes older than `SPEND_TTL` are removed when a dispatch reads them, so CAP items
+(read by every decision) stay small.
 
 Admission of a queued run is one transaction: add its reservation to every counter whose cap applies,
 each conditioned on staying within the cap; turn its RUN item from QUEUED to ADMITTED; delete its queue
@@ -43,7 +52,7 @@ without touching the table: it holds nothing, so releasing it is a no-op.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -68,7 +77,9 @@ QUEUED, ADMITTED = "QUEUED", "ADMITTED"
 TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 RESERVATION_EXCEEDS_CAP = "ReservationExceedsCap"
 BUDGET_EXCEEDED = "BudgetExceeded"
-LINE, CAP_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "QUEUE#"
+LINE, CAP_PREFIX, COUNT_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "COUNT#", "QUEUE#"  # CAP# < COUNT# < QUEUE#
+QUEUED_COUNT = "queued"  # the COUNT item's attribute
+_FIRST_PAGE, _LAST_PAGE = 1, 100  # queue items read per Query: doubling from the head while runs may start
 SPEND, ESTIMATE = "SPEND", "ESTIMATE"
 USD = "usd"  # the budget dimension (dollars of the day's spend), beside DIMENSIONS
 WAIT, FAIL = "wait", "fail"  # `limits.over_budget`
@@ -356,6 +367,8 @@ class AcquireOutcome:
 
 @dataclass(frozen=True)
 class _QueueEntry:
+    """A waiting run as its queue item holds it."""
+
     sk: str
     run_id: str
     pipeline: str
@@ -386,6 +399,7 @@ class _Dispatched:
     positions: dict[str, int] = field(default_factory=dict)
     over_budget: dict[str, OverBudget] = field(default_factory=dict)
     refused: dict[str, OverBudget] = field(default_factory=dict)
+    waiting: dict[str, int] = field(default_factory=dict)  # each pipeline's count of waiting runs, as read
 
 
 # A budget hold, for a notification: {run_id, pipeline, execution_arn, action, over_budget, message}.
@@ -459,10 +473,9 @@ def acquire(
     if request.run_id in done.refused:
         return AcquireOutcome("REJECTED", admitted=tuple(done.admitted), over_budget=done.refused[request.run_id])
     position = done.positions.get(request.run_id)
-    if position is None:  # beyond what the dispatch read, or admitted meanwhile by a concurrent dispatch
-        position = queue_position(ddb, table, request.pipeline, _queue_sk(request.arrival, request.run_id))
-        if position is None:
-            return AcquireOutcome(ADMITTED, admitted=tuple(done.admitted))
+    if position is None:  # beyond what the dispatch read
+        sk = _queue_sk(request.arrival, request.run_id)
+        position = max(1, done.waiting.get(request.pipeline, 1) - _later_in_line(ddb, table, request.pipeline, sk))
     verdict = done.over_budget.get(request.run_id)
     if ledger_bucket and request.ledger_key and request.ledger is not None:
         write_queued_ledger(s3, ledger_bucket, request.ledger_key, request.ledger, now, position, verdict)
@@ -481,25 +494,34 @@ def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datet
     }
     run_item = {"pk": "RUN", "sk": request.run_id, "state": QUEUED, "queue_sk": sk, **common}
     queue_item = {"pk": LINE, "sk": sk, "token": request.token, **common}
-    try:
-        transact(
-            ddb,
-            [
-                {
-                    "Put": {
-                        "TableName": table,
-                        "Item": dump_item(run_item),
-                        "ConditionExpression": "attribute_not_exists(pk) OR #state = :queued",
-                        "ExpressionAttributeNames": {"#state": "state"},
-                        "ExpressionAttributeValues": dump_item({":queued": QUEUED}),
-                    }
-                },
-                {"Put": {"TableName": table, "Item": dump_item(queue_item)}},
-            ],
-        )
+    put_run: dict[str, Any] = {"TableName": table, "Item": dump_item(run_item)}
+    put_queue = {"Put": {"TableName": table, "Item": dump_item(queue_item)}}
+    try:  # a new run: it joins the line and its pipeline's count
+        new = {**put_run, "ConditionExpression": "attribute_not_exists(pk)"}
+        transact(ddb, [{"Put": new}, put_queue, _count(table, request.pipeline, 1)])
+        return QUEUED
+    except TransactionCancelled:
+        pass
+    try:  # a retried acquire of a queued run: a fresh token, the same place and count
+        again = {**put_run, "ConditionExpression": "#state = :queued", "ExpressionAttributeNames": {"#state": "state"},
+                 "ExpressionAttributeValues": dump_item({":queued": QUEUED})}  # fmt: skip
+        transact(ddb, [{"Put": again}, put_queue])
     except TransactionCancelled:
         return ADMITTED
     return QUEUED
+
+
+def _count(table: str, pipeline: str, delta: int) -> dict[str, Any]:
+    """A transaction item adding `delta` to the pipeline's count of waiting runs."""
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
+            "UpdateExpression": "ADD #queued :delta",
+            "ExpressionAttributeNames": {"#queued": QUEUED_COUNT},
+            "ExpressionAttributeValues": dump_item({":delta": delta}),
+        }
+    }
 
 
 def dispatch(
@@ -543,43 +565,118 @@ def _dispatch(
     done = _Dispatched()
     today = clock().date()
     waiting: dict[str, int] = {}
-    held: dict[str, dict[str, float]] = {}
+    held, done.waiting = _counters(ddb, table, today)
+    left = {pipeline: count for pipeline, count in done.waiting.items() if count > 0}  # waiting runs not yet read
     blocked_pipelines: set[str] = set()
     blocked_dimensions: set[str] = set()
-    start: dict[str, Any] | None = None
-    while True:
-        kwargs: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
-        page = ddb.query(
-            TableName=table,
-            KeyConditionExpression="pk = :line",
-            ExpressionAttributeValues=dump_item({":line": LINE}),
-            ConsistentRead=True,
-            Limit=100,
-            **kwargs,
-        )
+    for pipeline in left:
+        _block_if_full(caps, pipeline, held, blocked_pipelines, blocked_dimensions)
+    if not left or _all_blocked(caps, left, blocked_pipelines, blocked_dimensions):
+        return done
+    queue = _line_pages(ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, growing=True)
+    for page in queue:  # each page is read only when asked for: the loop's break saves the next Query
         for raw in page.get("Items", []):
-            item = load_item(raw)
-            if item["sk"].startswith(CAP_PREFIX):
-                held[item["sk"].removeprefix(CAP_PREFIX)] = _held_of(item, today)
-                continue
-            entry = _QueueEntry.from_item(item)
+            entry = _QueueEntry.from_item(load_item(raw))
+            if entry.pipeline in left:
+                left[entry.pipeline] -= 1
             result = _must_wait(entry, caps, held, blocked_pipelines, blocked_dimensions, today)
             if result is None:
                 result = _admit(ddb, sfn, table, caps, entry, clock, acquiring)
-            if isinstance(result, OverBudget):
-                result = _over_budget(ddb, sfn, table, caps, entry, result, done, notify)
+            result = _over_budget(ddb, sfn, table, caps, entry, result, done, notify)
             if result == ADMITTED:
                 done.admitted.append(entry.run_id)
                 _hold(held, caps.scopes(entry.pipeline, entry.reservation), entry.reservation)
+                _block_if_full(caps, entry.pipeline, held, blocked_pipelines, blocked_dimensions)
             elif result != "GONE":
                 waiting[entry.pipeline] = done.positions[entry.run_id] = waiting.get(entry.pipeline, 0) + 1
                 if result == "PIPELINE_FULL":
                     blocked_pipelines.add(entry.pipeline)
                 elif isinstance(result, frozenset):
                     blocked_dimensions |= result
+        if _all_blocked(caps, left, blocked_pipelines, blocked_dimensions):
+            break
+    return done
+
+
+def _line_pages(
+    ddb: DynamoDBClient, table: str, condition: str, values: dict[str, Any], *, growing: bool = False, **extra: Any
+) -> Iterator[dict[str, Any]]:
+    """Consistent Query pages of the LINE partition where `condition` holds on `sk`, each read when asked for;
+    `growing`: pages of 1, 2, 4.. up to 100 items (a dispatch mostly needs the head only)."""
+    start: dict[str, Any] | None = None
+    limit = _FIRST_PAGE
+    while True:
+        kwargs: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
+        if growing:
+            kwargs["Limit"], limit = limit, min(_LAST_PAGE, limit * 2)
+        page: dict[str, Any] = ddb.query(  # type: ignore[assignment]
+            TableName=table,
+            KeyConditionExpression=f"pk = :line AND {condition}",
+            ExpressionAttributeValues=dump_item({":line": LINE, **values}),
+            ConsistentRead=True,
+            **extra,
+            **kwargs,
+        )
+        yield page
         start = page.get("LastEvaluatedKey")
-        if not start or "runs" in blocked_dimensions:  # every run needs a run slot: nothing more can start
-            return done
+        if not start:
+            return
+
+
+def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """What admitted runs hold per scope (CAP items) and how many runs wait per pipeline (COUNT items): one
+    Query of the items that sort before the queue. Prunes CAP items' spend of days older than `SPEND_TTL`."""
+    held: dict[str, dict[str, float]] = {}
+    waiting: dict[str, int] = {}
+    for page in _line_pages(ddb, table, "sk < :queue", {":queue": QUEUE_PREFIX}):
+        for raw in page.get("Items", []):
+            item = load_item(raw)
+            if item["sk"].startswith(CAP_PREFIX):
+                held[item["sk"].removeprefix(CAP_PREFIX)] = _held_of(item, today)
+                _prune_spend(ddb, table, item, today)
+            elif item["sk"].startswith(COUNT_PREFIX):
+                waiting[item["sk"].removeprefix(COUNT_PREFIX)] = int(item.get(QUEUED_COUNT, 0))
+    return held, waiting
+
+
+def _prune_spend(ddb: DynamoDBClient, table: str, item: Mapping[str, Any], today: date) -> None:
+    """Remove a CAP item's `usd@<day>` attributes older than `SPEND_TTL` (no run settles that far back)."""
+    oldest = spend_attribute(today - SPEND_TTL)
+    stale = sorted(k for k in item if k.startswith(USD + "@") and k < oldest)
+    if stale:
+        ddb.update_item(
+            TableName=table,
+            Key=dump_item({"pk": LINE, "sk": item["sk"]}),
+            UpdateExpression="REMOVE " + ", ".join(f"#s{i}" for i in range(len(stale))),
+            ExpressionAttributeNames={f"#s{i}": name for i, name in enumerate(stale)},
+        )
+
+
+def _block_if_full(
+    caps: Caps,
+    pipeline: str,
+    held: Mapping[str, Mapping[str, float]],
+    blocked_pipelines: set[str],
+    blocked_dimensions: set[str],
+) -> None:
+    """Mark what no further run can pass: every run reserves one run slot, so a scope whose run slots are all
+    held blocks its pipeline (or, the deployment's, every pipeline) without reading the queue."""
+    for scope in caps.scopes(pipeline, Reservation()):
+        cap = scope.limit.cap("runs")
+        if cap is not None and held.get(scope.key, {}).get("runs", 0) >= cap:
+            if scope.key == DEPLOYMENT:
+                blocked_dimensions.add("runs")
+            else:
+                blocked_pipelines.add(pipeline)
+
+
+def _all_blocked(
+    caps: Caps, left: Mapping[str, int], blocked_pipelines: set[str], blocked_dimensions: set[str]
+) -> bool:
+    """True when no waiting run not yet read can start: each pipeline with some is blocked (or none is left)."""
+    if "runs" in blocked_dimensions or (caps.deployment.usd is not None and USD in blocked_dimensions):
+        return True
+    return all(p in blocked_pipelines for p, count in left.items() if count > 0)
 
 
 def _over_budget(
@@ -588,12 +685,14 @@ def _over_budget(
     table: str,
     caps: Caps,
     entry: _QueueEntry,
-    verdict: OverBudget,
+    verdict: str | frozenset[str] | OverBudget,
     done: _Dispatched,
     notify: Notify | None,
 ) -> str | frozenset[str]:
     """A run the budget does not allow now: refused (`over_budget: fail`, GONE) or held (noted and notified once;
-    it blocks its pipeline, or, for the deployment's budget, every run under it)."""
+    it blocks its pipeline, or, for the deployment's budget, every run under it). Any other verdict, unchanged."""
+    if not isinstance(verdict, OverBudget):
+        return verdict
     if caps.pipeline(entry.pipeline).over_budget == FAIL:
         if _forget_queued(ddb, table, entry):  # the workflow's failure path writes the ledger and notifies
             _fail_task(sfn, entry.token, BUDGET_EXCEEDED, budget_cause(entry.run_id, entry.pipeline, verdict))
@@ -777,27 +876,12 @@ def remember_cost(ddb: DynamoDBClient, table: str, pipeline: str, cost: float) -
     raise RuntimeError(f"could not record a cost of pipeline {pipeline}: its estimate item kept changing")
 
 
-def queue_position(ddb: DynamoDBClient, table: str, pipeline: str, sk: str) -> int | None:
-    """1-based place of the queue item `sk` among its pipeline's waiting runs; None when it is not queued."""
-    count, last, start = 0, None, None
-    while True:
-        kwargs: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
-        page = ddb.query(
-            TableName=table,
-            KeyConditionExpression="pk = :line AND sk BETWEEN :first AND :mine",
-            FilterExpression="pipeline = :pipeline",
-            ProjectionExpression="sk",
-            ExpressionAttributeValues=dump_item(
-                {":line": LINE, ":first": QUEUE_PREFIX, ":mine": sk, ":pipeline": pipeline}
-            ),
-            ConsistentRead=True,
-            **kwargs,
-        )
-        keys = [item["sk"]["S"] for item in page.get("Items", [])]
-        count, last = count + len(keys), keys[-1] if keys else last
-        start = page.get("LastEvaluatedKey")
-        if not start:
-            return count if last == sk else None
+def _later_in_line(ddb: DynamoDBClient, table: str, pipeline: str, sk: str) -> int:
+    """How many of the pipeline's waiting runs queue behind `sk`: the queue items after it (queue items sort last in
+    the partition). Runs mostly queue in arrival order, so this reads few items whatever the queue's length."""
+    pages = _line_pages(ddb, table, "sk > :mine", {":mine": sk, ":pipeline": pipeline},
+                        FilterExpression="pipeline = :pipeline", ProjectionExpression="sk")  # fmt: skip
+    return sum(len(page.get("Items", [])) for page in pages)
 
 
 def write_queued_ledger(
@@ -901,6 +985,7 @@ def _admit(
             }
         }
     )
+    items.append(_count(table, entry.pipeline, -1))  # after the RUN update and queue delete (see `_why_not`)
     budget = _budget_record(scopes, entry.reservation, today)
     if budget is not None:  # what the run's end (`record_spend`) settles
         spend = {"pk": SPEND, "sk": entry.run_id, "pipeline": entry.pipeline, **budget}
@@ -1046,7 +1131,10 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
             reservation = Reservation.from_json(item.get("reservation"))
             undo = [_uncharge(table, key, reservation) for key in item.get("charged", [])]
         else:
-            undo = [{"Delete": {"TableName": table, "Key": dump_item({"pk": LINE, "sk": item["queue_sk"]})}}]
+            undo = [
+                {"Delete": {"TableName": table, "Key": dump_item({"pk": LINE, "sk": item["queue_sk"]})}},
+                _count(table, str(item["pipeline"]), -1),
+            ]
         try:
             transact(ddb, [delete_run, *undo])
         except TransactionCancelled:
@@ -1081,6 +1169,7 @@ def _forget_queued(ddb: DynamoDBClient, table: str, entry: _QueueEntry) -> bool:
                     }
                 },
                 {"Delete": {"TableName": table, "Key": dump_item({"pk": "RUN", "sk": entry.run_id})}},
+                _count(table, entry.pipeline, -1),
             ],
         )
     except TransactionCancelled:
@@ -1113,6 +1202,7 @@ def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequen
         }
     )
     items.append({"Put": {"TableName": table, "Item": dump_item(queue_item)}})
+    items.append(_count(table, entry.pipeline, 1))
     try:
         transact(ddb, items)
     except TransactionCancelled:

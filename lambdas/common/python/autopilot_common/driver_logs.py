@@ -24,6 +24,8 @@ S3_SCHEMES = ("s3://", "s3n://", "s3a://")
 
 @dataclass(frozen=True)
 class LogObject:
+    """One log object of a run's driver."""
+
     bucket: str
     key: str
 

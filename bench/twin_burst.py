@@ -1,0 +1,132 @@
+"""A burst through the app deployed on the twin (IAM on, instant job runs), in this process: one scenario per run.
+
+    python bench/twin_burst.py window 2500      # sales-daily (window batches): seconds from the last put until
+                                                # every object is routed, and until every run finished
+    python bench/twin_burst.py capped 1000      # sales-burst (one run per object) under max_concurrent_runs: 5:
+                                                # wall time, DynamoDB items the admission table served per admitted
+                                                # run, the process's peak memory (the twin runs in this process)
+
+Prints one line. The config is config/dev.yaml with sales-burst's cap set to 5.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO)]
+
+CAP = 5
+CSV = b"order_id,order_date,customer_id,amount\n1,2024-06-01,c1,9.5\n"
+ADMISSION_TABLE = "autopilot-dev-admission"
+
+
+class ItemsRead:
+    """Counts the items moto's DynamoDB serves from one table (Query: items examined; GetItem: 1 when found)."""
+
+    def __init__(self, table: str) -> None:
+        from moto.dynamodb.models import DynamoDBBackend
+
+        self.items = 0
+        query, get_item = DynamoDBBackend.query, DynamoDBBackend.get_item
+        counter = self
+
+        def counted_query(backend: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
+            result = query(backend, table_name, *args, **kwargs)
+            if table_name == table:
+                counter.items += int(result[1])  # (items, scanned count, last key)
+            return result
+
+        def counted_get(backend: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
+            item = get_item(backend, table_name, *args, **kwargs)
+            if table_name == table and item is not None:
+                counter.items += 1
+            return item
+
+        DynamoDBBackend.query = counted_query  # type: ignore[method-assign,assignment]
+        DynamoDBBackend.get_item = counted_get  # type: ignore[method-assign,assignment]
+
+
+def synthesized(out: Path) -> Path:
+    import aws_cdk as cdk
+
+    from app import build_app, cli_context
+
+    config: dict[str, Any] = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
+    config["pipelines"]["sales-burst"]["limits"] = {"max_concurrent_runs": CAP}
+    path = out / "dev.yaml"
+    path.write_text(yaml.safe_dump(config))
+    build_app("dev", cdk.App(outdir=str(out / "cdk.out"), context={**cli_context(), "config_path": str(path)}),
+              nag=False).synth()  # fmt: skip
+    return out / "cdk.out"
+
+
+def succeeded(sfn: Any, machine: str) -> int:
+    pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=machine, statusFilter="SUCCEEDED")
+    return sum(len(page["executions"]) for page in pages)
+
+
+def router_queues_empty(twin: Any, sqs: Any) -> bool:
+    """No message waits for or is being handled by the router (its queues' visible and in-flight counts are 0)."""
+    for mapping in twin.mappings:
+        if "router" not in mapping.function_name:
+            continue
+        attributes = sqs.get_queue_attributes(QueueUrl=mapping.queue_url, AttributeNames=["All"])["Attributes"]
+        if int(attributes["ApproximateNumberOfMessages"]) or int(attributes["ApproximateNumberOfMessagesNotVisible"]):
+            return False
+    return True
+
+
+def main(scenario: str, objects: int) -> None:
+    from local.twin import Twin
+
+    with tempfile.TemporaryDirectory() as tmp:
+        assembly = synthesized(Path(tmp))
+        reads = ItemsRead(ADMISSION_TABLE)
+        twin = Twin(workdir=Path(tmp) / "twin", spark=False, time_scale=0.05, retry_delay_seconds=0.5).start()
+        try:
+            report = twin.deploy(assembly)
+            s3, sfn = twin.client("s3"), twin.client("stepfunctions")
+            landing = str(report.outputs["LandingBucket"])
+            pipeline, prefix = ("sales-daily", "sales/") if scenario == "window" else ("sales-burst", "burst/")
+            machine = str(report.outputs[f"StateMachine{pipeline.replace('-', '')}"])
+            sqs = twin.client("sqs")
+            reads.items = 0
+            started = time.monotonic()
+            for i in range(objects):
+                s3.put_object(Bucket=landing, Key=f"{prefix}bench/part-{i:05d}.csv", Body=CSV)
+            last_put = time.monotonic()
+            routed_at = None
+            while True:
+                done = succeeded(sfn, machine)
+                if routed_at is None and router_queues_empty(twin, sqs):
+                    routed_at = time.monotonic()
+                if scenario == "window" and routed_at is not None and not twin.busy():
+                    break
+                if scenario == "capped" and done >= objects:
+                    break
+                time.sleep(0.5)
+            finished = time.monotonic()
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            assert routed_at is not None
+            if scenario == "window":
+                print(f"  twin, {objects} objects (window): routed {routed_at - last_put:.1f} s after the last put, "
+                      f"runs finished {finished - last_put:.1f} s after it ({done} runs); puts took "
+                      f"{last_put - started:.1f} s")  # fmt: skip
+            else:
+                print(f"  twin, {objects} objects (per_object, cap {CAP}): {finished - started:.1f} s wall, "
+                      f"{reads.items / max(1, done):.1f} admission items read per admitted run, "
+                      f"peak memory {peak_mb:.0f} MB")  # fmt: skip
+        finally:
+            twin.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
