@@ -51,3 +51,42 @@ def ledger_statements(storage: AutopilotStorage, key_prefixes: Iterable[str]) ->
             conditions={"StringLike": {"s3:prefix": prefixes}},
         ),
     ]
+
+
+# The platform stack reaches the pipeline stacks' resources by name only (never by a reference, which would make
+# the platform depend on them): state machines, executions, workflow roles and arrival queues are named
+# `<deployment>-<pipeline>[-...]` (stacks.naming), so one pattern covers every pipeline, present and future.
+
+
+def state_machine_arn(stack: Stack, name: str) -> str:
+    """`arn:...:stateMachine:<name>`."""
+    return stack.format_arn(
+        service="states", resource="stateMachine", resource_name=name, arn_format=ArnFormat.COLON_RESOURCE_NAME
+    )
+
+
+def deployment_state_machines(stack: Stack, deployment: str) -> str:
+    """`arn:...:stateMachine:<deployment>-*`: every pipeline's state machine (stacks.naming.state_machine_name)."""
+    return state_machine_arn(stack, f"{deployment}-*")
+
+
+def deployment_executions(stack: Stack, deployment: str) -> list[str]:
+    """`arn:...:execution:<deployment>-*:*`: every execution of the deployment's state machines."""
+    return executions_of(stack, [f"{deployment}-*"])
+
+
+def role_arn(stack: Stack, name: str) -> str:
+    """`arn:...:iam::<account>:role/<name>` (IAM ARNs have no region)."""
+    return stack.format_arn(service="iam", region="", resource="role", resource_name=name)
+
+
+def deployment_arrival_queues(stack: Stack, deployment: str) -> str:
+    """`arn:...:sqs:...:<deployment>-*-arrivals`: every pipeline's arrivals queue (stacks.naming.arrivals_queue_name)."""
+    return stack.format_arn(
+        service="sqs", resource=f"{deployment}-*-arrivals", arn_format=ArnFormat.NO_RESOURCE_NAME
+    )
+
+
+def virtual_cluster_arn(stack: Stack, virtual_cluster_id: str) -> str:
+    """`arn:...:emr-containers:<region>:<account>:/virtualclusters/<id>`."""
+    return stack.format_arn(service="emr-containers", resource="/virtualclusters", resource_name=virtual_cluster_id)

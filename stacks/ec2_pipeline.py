@@ -389,10 +389,12 @@ class Ec2Pipeline(PipelineWorkflow):
             ["Resource::*", ANY_CLUSTER_ARN],
         )
 
-    def existing_cluster_scope(self) -> tuple[str, dict[str, Any] | None]:
-        """The long-running cluster's ARN, or every cluster carrying its tag (as an IAM condition)."""
+    def existing_cluster_scope(self, stack: Stack | None = None) -> tuple[str, dict[str, Any] | None]:
+        """The long-running cluster's ARN, or every cluster carrying its tag (as an IAM condition); ARNs formatted
+        by `stack` (default: this pipeline's), so another stack's policy does not refer to this one."""
         target = self.runtime.existing_cluster
         assert target is not None
+        stack = stack or self.stack
         if target.cluster_id is not None:
-            return cluster_arn(self.stack, target.cluster_id), None
-        return cluster_arn(self.stack), {"StringEquals": {f"aws:ResourceTag/{target.tag_key}": target.tag_value}}
+            return cluster_arn(stack, target.cluster_id), None
+        return cluster_arn(stack), {"StringEquals": {f"aws:ResourceTag/{target.tag_key}": target.tag_value}}

@@ -18,11 +18,11 @@ from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig
-from stacks.arns import alarms_named, executions_of, ledger_statements
+from stacks.arns import alarms_named, deployment_executions, ledger_statements, role_arn, state_machine_arn, virtual_cluster_arn
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
-from stacks.naming import TAG_DEPLOYMENT, DeploymentNames
+from stacks.naming import TAG_DEPLOYMENT, DeploymentNames, workflow_role_name
 from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.rules import api_call_rule, service_event_rule
 from stacks.serverless_pipeline import ServerlessPipeline
@@ -58,7 +58,7 @@ class AutopilotGuardrails(Construct):
             pipeline = workflow.pipeline
             runtime = pipeline.runtime
             ref: dict[str, object] = {
-                "state_machine_arn": workflow.state_machine.state_machine_arn,
+                "state_machine_arn": state_machine_arn(stack, workflow.state_machine_name),
                 "runtime": "emr-ec2"
                 if isinstance(runtime, Ec2Runtime)
                 else "emr-eks"
@@ -94,7 +94,8 @@ class AutopilotGuardrails(Construct):
         function = self.function
         assert function.role is not None
         # Calls by these roles are the app's own (the workflows, finalize, this function): never "someone else".
-        own_roles = [w.role.role_arn for w in pipelines.values()] + [function.role.role_arn]
+        # By name (stacks.naming.workflow_role_name): the workflows' roles live in the pipeline stacks.
+        own_roles = [role_arn(stack, workflow_role_name(prefix, n)) for n in pipelines] + [function.role.role_arn]
         if platform.finalize is not None and platform.finalize.role is not None:
             own_roles.append(platform.finalize.role.role_arn)
         function.add_environment("APP_ROLE_ARNS", stack.to_json_string(own_roles))
@@ -116,7 +117,8 @@ class AutopilotGuardrails(Construct):
             detail_type="Step Functions Execution Status Change",
             detail={
                 "status": ENDED_STATUSES,
-                "stateMachineArn": [w.state_machine.state_machine_arn for w in pipelines.values()],
+                # Every state machine of the deployment, by name prefix: one pattern for any number of pipelines.
+                "stateMachineArn": [{"prefix": state_machine_arn(stack, f"{prefix}-")}],
             },
             target=target,
         )
@@ -188,7 +190,7 @@ class AutopilotGuardrails(Construct):
             iam.PolicyStatement(actions=["ec2:DescribeSpotPriceHistory"], resources=["*"]),
             iam.PolicyStatement(
                 actions=["states:DescribeExecution"],
-                resources=executions_of(stack, (w.state_machine_name for w in pipelines.values())),
+                resources=deployment_executions(stack, prefix),
             ),
             *ledger_statements(storage, [ledger_prefix()]),
             # Finding and deleting only scaling alarms (metric alarms: DescribeAlarms needs `*` only for composites).
@@ -201,7 +203,7 @@ class AutopilotGuardrails(Construct):
             if isinstance(workflow, Ec2Pipeline) and workflow.runtime.existing_cluster is not None:
                 # A long-running cluster never carries this deployment's tag: cancelling an aborted run's steps
                 # there needs the cluster's own scope (its id, or its tag), as the pipeline's finalize has it.
-                resource, conditions = workflow.existing_cluster_scope()
+                resource, conditions = workflow.existing_cluster_scope(stack)
                 statements.append(
                     iam.PolicyStatement(
                         actions=["elasticmapreduce:ListSteps", "elasticmapreduce:CancelSteps"],
@@ -224,6 +226,7 @@ class AutopilotGuardrails(Construct):
                     )
                 )
             if isinstance(workflow, EksPipeline):
+                cluster = virtual_cluster_arn(stack, workflow.virtual_cluster_id)
                 statements.append(
                     iam.PolicyStatement(
                         actions=[
@@ -231,7 +234,7 @@ class AutopilotGuardrails(Construct):
                             "emr-containers:DescribeJobRun",
                             "emr-containers:CancelJobRun",
                         ],
-                        resources=[workflow.virtual_cluster_arn, f"{workflow.virtual_cluster_arn}/jobruns/*"],
+                        resources=[cluster, f"{cluster}/jobruns/*"],
                     )
                 )
         for statement in statements:

@@ -30,6 +30,7 @@ from stacks.naming import (
     input_prefix,
     state_machine_log_group,
     state_machine_name,
+    workflow_role_name,
 )
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
@@ -120,6 +121,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
             assumed_by=iam.ServicePrincipal(
                 "states.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}}
             ),
+            role_name=workflow_role_name(prefix, name),  # named: the platform stack's guardrail knows its ARN
             description=f"EMR Autopilot workflow of pipeline {name}",
         )
 
