@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from stacks.storage import AutopilotStorage
+
+
+# A deployment-wide role (router, prepare) lists each pipeline's object prefix while there are at most this many;
+# beyond, one grant on the area they share (this deployment's own landing bucket, its ledger `_runs/`), so the role's
+# policy does not grow with the pipelines (IAM: 10,240 characters of inline policy per role, 10 managed policies).
+SHARED_ROLE_MAX_PREFIXES = 10
+
+
+def bounded_prefixes(prefixes: Sequence[str], area: str = "") -> list[str]:
+    """`prefixes` (sorted, deduplicated), or `[area]` when there are more than SHARED_ROLE_MAX_PREFIXES."""
+    unique = sorted(set(prefixes))
+    return unique if len(unique) <= SHARED_ROLE_MAX_PREFIXES else [area]
 
 
 def executions_of(stack: Stack, state_machine_names: Iterable[str]) -> list[str]:

@@ -360,8 +360,10 @@ class Ec2Pipeline(PipelineWorkflow):
         finalize, prepare = self.platform.finalize, self.platform.prepare
         assert finalize is not None
         if self.runtime.existing_cluster is None:
+            # The deployment's tag (every transient cluster carries it): one statement for every transient pipeline,
+            # so the shared finalize role does not grow per pipeline.
             resource = cluster_arn(self.stack)
-            conditions: dict[str, Any] | None = {"StringEquals": {f"aws:ResourceTag/{TAG_PIPELINE}": name}}
+            conditions: dict[str, Any] | None = {"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": self.prefix}}
         else:
             resource, conditions = self.existing_cluster_scope()
             prepare.add_to_role_policy(iam.PolicyStatement(actions=["elasticmapreduce:ListClusters"], resources=["*"]))
@@ -383,7 +385,7 @@ class Ec2Pipeline(PipelineWorkflow):
         suppress(
             finalize.role or finalize,
             "AwsSolutions-IAM5",
-            "Cluster ids are known only at run time: reads are limited to clusters tagged with the pipeline "
+            "Cluster ids are known only at run time: reads are limited to clusters tagged with the deployment "
             "(or the long-running target); X-Ray and ec2:DescribeSpotPriceHistory support no resource-level "
             "permissions.",
             ["Resource::*", ANY_CLUSTER_ARN],

@@ -22,7 +22,7 @@ from config.ec2 import Ec2Runtime
 from config.loader import output_prefix
 from config.model import AppConfig
 from stacks.admission import RunAdmission
-from stacks.arns import deployment_arrival_queues, deployment_executions, deployment_state_machines
+from stacks.arns import bounded_prefixes, deployment_arrival_queues, deployment_executions, deployment_state_machines
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
 from stacks.naming import MANIFESTS_PREFIX, DeploymentNames, input_prefix
@@ -108,12 +108,12 @@ class AutopilotPlatform(Construct):
             environment={},
             timeout=Duration.minutes(5),
         )
-        prefixes = sorted(
-            {input_prefix(name, p.trigger.prefix if p.trigger else None) for name, p in config.pipelines.items()}
+        prefixes = bounded_prefixes(
+            [input_prefix(name, p.trigger.prefix if p.trigger else None) for name, p in config.pipelines.items()]
         )
         # Pipelines run `after` others: console runs and reruns may name their upstreams' run outputs.
-        upstream_outputs = sorted(
-            {output_prefix(u, config.pipelines[u]) for p in config.pipelines.values() for u in p.upstreams}
+        upstream_outputs = bounded_prefixes(
+            [output_prefix(u, config.pipelines[u]) for p in config.pipelines.values() for u in p.upstreams], "*"
         )
         # Console inputs are HEAD-ed or listed only inside the pipelines' input prefixes.
         self.prepare.add_to_role_policy(
@@ -206,7 +206,7 @@ class AutopilotPlatform(Construct):
                 resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")],
             )
         )
-        reads = sorted({p.arrivals.landing_prefix for p in config.pipelines.values() if p.arrivals})
+        reads = bounded_prefixes([p.arrivals.landing_prefix for p in config.pipelines.values() if p.arrivals])
         if reads:
             # HeadObject (s3:GetObject; with a version id s3:GetObjectVersion; ListBucket above makes a missing
             # object 404, not 403), only under the triggered input prefixes: pipelines with CloudTrail identify every
@@ -225,7 +225,10 @@ class AutopilotPlatform(Construct):
             self.router.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["s3:PutObject"],
-                    resources=[storage.outputs.arn_for_objects(f"{ledger_prefix(name)}*") for name in triggered],
+                    resources=[
+                        storage.outputs.arn_for_objects(f"{p}*")
+                        for p in bounded_prefixes([ledger_prefix(name) for name in triggered], ledger_prefix())
+                    ],
                 )
             )
         if upstream_outputs:
@@ -262,7 +265,9 @@ class AutopilotPlatform(Construct):
                 "regex:/^Resource::arn:[^:]+:sqs:.*-\\*-arrivals$/g",
             ]
             + [f"regex:/^Resource::.*\\/{re.escape(p).replace('/', chr(92) + '/')}\\*$/g" for p in reads]
-            + [f"regex:/^Resource::.*\\/_runs\\/{re.escape(n)}\\/\\*$/g" for n in triggered],
+            + [f"regex:/^Resource::.*\\/_runs\\/{re.escape(n)}\\/\\*$/g" for n in triggered]
+            # Past SHARED_ROLE_MAX_PREFIXES pipelines: the landing bucket's objects and the ledger as a whole.
+            + ["regex:/^Resource::.*\\/_runs\\/\\*$/g", "regex:/^Resource::<StorageLanding[0-9A-F]+\\.Arn>\\/\\*$/g"],
         )
 
         # Every run ends in it (all runtimes): the ledger update (cost, links), the notification text, RunCostUsd.

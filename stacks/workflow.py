@@ -257,7 +257,9 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         self.platform.admission.function.grant_invoke(role)
         finalize = self.platform.finalize
         finalize.grant_invoke(role)
-        logs_prefix = f"{self.pipeline.runtime.type}/{self.name}/"  # prepare's log_uri: <runtime>/<pipeline>/<run>/
+        # prepare's log_uri is <runtime>/<pipeline>/<run>/: the shared finalize role reads <runtime>/, one grant per
+        # runtime whatever the number of pipelines (identical statements merge), so it does not grow per pipeline.
+        logs_prefix = f"{self.pipeline.runtime.type}/"
         finalize.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["s3:ListBucket"],
@@ -271,7 +273,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         suppress(
             finalize.role or finalize,
             "AwsSolutions-IAM5",
-            "Finalize reads each pipeline's driver logs under its own log prefix (object names known at run time) "
+            "Finalize reads the pipelines' driver logs under their runtime's log prefix (object names known at run time) "
             "and its job runs (ids known at run time).",
             ["regex:/^Resource::.*\\/\\*$/g"],
         )
