@@ -8,10 +8,9 @@ is allowed, e.g.::
 
 from __future__ import annotations
 
-from collections import Counter
-
 import types
 import typing
+from collections import Counter
 from pathlib import Path
 from typing import Any
 

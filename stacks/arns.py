@@ -10,7 +10,6 @@ from constructs import Construct
 
 from stacks.storage import AutopilotStorage
 
-
 # A deployment-wide role (router, prepare) lists each pipeline's object prefix while there are at most this many;
 # beyond, one grant on the area they share (this deployment's own landing bucket, its ledger `_runs/`), so the role's
 # policy does not grow with the pipelines (IAM: 10,240 characters of inline policy per role, 10 managed policies).
@@ -93,10 +92,8 @@ def role_arn(stack: Stack, name: str) -> str:
 
 
 def deployment_arrival_queues(stack: Stack, deployment: str) -> str:
-    """`arn:...:sqs:...:<deployment>-*-arrivals`: every pipeline's arrivals queue (stacks.naming.arrivals_queue_name)."""
-    return stack.format_arn(
-        service="sqs", resource=f"{deployment}-*-arrivals", arn_format=ArnFormat.NO_RESOURCE_NAME
-    )
+    """`arn:...:sqs:...:<deployment>-*-arrivals`: every pipeline's arrivals queue (naming.arrivals_queue_name)."""
+    return stack.format_arn(service="sqs", resource=f"{deployment}-*-arrivals", arn_format=ArnFormat.NO_RESOURCE_NAME)
 
 
 def virtual_cluster_arn(stack: Stack, virtual_cluster_id: str) -> str:

@@ -50,7 +50,7 @@ class OperationsDashboard(Construct):
         def per_pipeline(title: str, metric: str) -> cloudwatch.GraphWidget:
             """One line per pipeline of a Step Functions execution metric (AWS/States, by StateMachineArn)."""
             search = cloudwatch.MathExpression(
-                expression=f"SEARCH('{{AWS/States,StateMachineArn}} MetricName=\"{metric}\" "
+                expression=f'SEARCH(\'{{AWS/States,StateMachineArn}} MetricName="{metric}" '
                 f"StateMachineArn=\"{machines_arn}\"', 'Sum', 300)",
                 label="",
                 period=PERIOD,
@@ -95,7 +95,7 @@ class OperationsDashboard(Construct):
                         title="Run cost per pipeline per day (USD, list prices)",
                         left=[
                             cloudwatch.MathExpression(
-                                expression=f"SEARCH('{{{METRICS_NAMESPACE},pipeline,service}} MetricName=\"RunCostUsd\" "
+                                expression=f'SEARCH(\'{{{METRICS_NAMESPACE},pipeline,service}} MetricName="RunCostUsd" '
                                 "service=\"autopilot-finalize\"', 'Sum', 86400)",
                                 label="",
                                 period=COST_PERIOD,

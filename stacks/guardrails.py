@@ -18,7 +18,14 @@ from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig
-from stacks.arns import alarms_named, deployment_executions, ledger_statements, role_arn, state_machine_arn, virtual_cluster_arn
+from stacks.arns import (
+    alarms_named,
+    deployment_executions,
+    ledger_statements,
+    role_arn,
+    state_machine_arn,
+    virtual_cluster_arn,
+)
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress

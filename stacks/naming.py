@@ -35,7 +35,8 @@ def deployment_name(project: str, env: str) -> str:
     return f"{project}-{env}"
 
 
-# Pipeline stacks: `<deployment>-pipelines-<n>`, n in 1..`pipeline_stacks` (config), each a bounded share of the pipelines.
+# Pipeline stacks: `<deployment>-pipelines-<n>`, n in 1..`pipeline_stacks` (config), each a bounded share of the
+# pipelines.
 PIPELINE_STACK_INFIX = "pipelines"
 # Measured (tests/infra/test_stack_limits.py): a pipeline adds at most ~28 KB of template and ~14 resources; 25 per
 # stack keeps the largest pipeline stack under 80 % of CloudFormation's 1 MB template and 500 resources.

@@ -173,9 +173,7 @@ class AutopilotPlatform(Construct):
         # SSE, so consuming them needs no KMS grant; the actions are those SqsEventSource grants (Lambda's SQS
         # event source mapping: https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html#events-sqs-permissions).
         self.router.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["states:StartExecution"], resources=[deployment_state_machines(stack, prefix)]
-            )
+            iam.PolicyStatement(actions=["states:StartExecution"], resources=[deployment_state_machines(stack, prefix)])
         )
         # Whether a run an arrival rejoins has started (DescribeExecution of the deployment's executions only).
         self.router.add_to_role_policy(
@@ -248,7 +246,8 @@ class AutopilotPlatform(Construct):
             self.router,
             "AwsSolutions-IAM5",
             "Writes (and reads back) input manifests under the manifests/ prefix only (one object per run, names "
-            "known at run time); StartExecution and DescribeExecution of the deployment's own state machines and executions, and "
+            "known at run time); StartExecution and DescribeExecution of the deployment's own state machines and "
+            "executions, and "
             "consuming its arrivals queues, by their name pattern `<deployment>-*` (one statement for any number of "
             "pipelines)"
             + (head_reason if reads else "")

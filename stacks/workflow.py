@@ -273,7 +273,8 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         suppress(
             finalize.role or finalize,
             "AwsSolutions-IAM5",
-            "Finalize reads the pipelines' driver logs under their runtime's log prefix (object names known at run time) "
+            "Finalize reads the pipelines' driver logs under their runtime's log prefix (object names known at run "
+            "time) "
             "and its job runs (ids known at run time).",
             ["regex:/^Resource::.*\\/\\*$/g"],
         )

@@ -57,9 +57,7 @@ def merged_templates(stacks: list[cdk.Stack]) -> dict[str, Any]:
             merged[section].update(body)
         for section in ("Conditions", "Parameters", "Mappings", "Rules"):
             merged.setdefault(section, {}).update(template.get(section, {}))
-    exports = {
-        output["Export"]["Name"]: output["Value"] for output in merged["Outputs"].values() if "Export" in output
-    }
+    exports = {output["Export"]["Name"]: output["Value"] for output in merged["Outputs"].values() if "Export" in output}
 
     def link(value: Any) -> Any:
         if isinstance(value, list):
@@ -72,4 +70,3 @@ def merged_templates(stacks: list[cdk.Stack]) -> dict[str, Any]:
 
     linked: dict[str, Any] = link(merged)
     return linked
-

@@ -4,9 +4,9 @@ cluster, the scaler's rule and permissions, finalize's read of the actions, and 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aws_cdk import Stack
-from typing import Any
 
 from config.ec2 import Ec2Runtime
 from stacks.alarm_scaling import alarm_scaling, alarm_specs
