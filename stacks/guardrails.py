@@ -19,6 +19,7 @@ from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig
 from stacks.arns import (
+    SHARED_ROLE_MAX_PREFIXES,
     alarms_named,
     deployment_executions,
     ledger_statements,
@@ -29,7 +30,7 @@ from stacks.arns import (
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
-from stacks.naming import TAG_DEPLOYMENT, DeploymentNames, workflow_role_name
+from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, DeploymentNames, workflow_role_name
 from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.rules import api_call_rule, service_event_rule
 from stacks.serverless_pipeline import ServerlessPipeline
@@ -232,18 +233,7 @@ class AutopilotGuardrails(Construct):
                         resources=[app_arn, f"{app_arn}/jobruns/*"],
                     )
                 )
-            if isinstance(workflow, EksPipeline):
-                cluster = virtual_cluster_arn(stack, workflow.virtual_cluster_id)
-                statements.append(
-                    iam.PolicyStatement(
-                        actions=[
-                            "emr-containers:ListJobRuns",
-                            "emr-containers:DescribeJobRun",
-                            "emr-containers:CancelJobRun",
-                        ],
-                        resources=[cluster, f"{cluster}/jobruns/*"],
-                    )
-                )
+        statements.extend(self._job_run_statements(stack, prefix, pipelines))
         for statement in statements:
             function.add_to_role_policy(statement)
         platform.topic.grant_publish(function)
@@ -263,6 +253,34 @@ class AutopilotGuardrails(Construct):
                 "regex:/^Resource::.*\\/jobruns\\/\\*$/g",
             ],
         )
+
+    @staticmethod
+    def _job_run_statements(
+        stack: Stack, prefix: str, pipelines: Mapping[str, PipelineWorkflow]
+    ) -> list[iam.PolicyStatement]:
+        """Listing and cancelling the EMR-on-EKS pipelines' job runs: each virtual cluster by its ARN while there are
+        at most SHARED_ROLE_MAX_PREFIXES; beyond, by tag (the virtual clusters carry the deployment's tag, the job
+        runs the pipeline's), so this role's policy does not grow with the pipelines. The Service Authorization
+        Reference lists aws:ResourceTag for the virtualCluster and jobRun resource types of these actions."""
+        actions = ["emr-containers:ListJobRuns", "emr-containers:DescribeJobRun", "emr-containers:CancelJobRun"]
+        clusters = sorted({w.virtual_cluster_id for w in pipelines.values() if isinstance(w, EksPipeline)}, key=str)
+        if len(clusters) <= SHARED_ROLE_MAX_PREFIXES:
+            return [
+                iam.PolicyStatement(actions=actions, resources=[arn, f"{arn}/jobruns/*"])
+                for arn in (virtual_cluster_arn(stack, c) for c in clusters)
+            ]
+        return [
+            iam.PolicyStatement(
+                actions=["emr-containers:ListJobRuns"],
+                resources=[virtual_cluster_arn(stack, "*")],
+                conditions={"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": prefix}},
+            ),
+            iam.PolicyStatement(
+                actions=["emr-containers:DescribeJobRun", "emr-containers:CancelJobRun"],
+                resources=[f"{virtual_cluster_arn(stack, '*')}/jobruns/*"],
+                conditions={"StringLike": {f"aws:ResourceTag/{TAG_PIPELINE}": "*"}},
+            ),
+        ]
 
     def _trail(self, prefix: str, config: AppConfig, storage: AutopilotStorage) -> cloudtrail.Trail:
         """A multi-region trail with management events, plus S3 data events of the landing bucket when a
