@@ -243,7 +243,8 @@ class AutopilotGuardrails(Construct):
             "AwsSolutions-IAM5",
             "ListClusters supports no resource-level permissions; cluster ARNs are unknown until "
             "launch (terminate/cancel are conditioned on this deployment's tag); ledger keys and this deployment's "
-            "executions, job runs and scaling alarms are matched by prefix.",
+            "executions, job runs and scaling alarms are matched by prefix; past 10 EMR-on-EKS virtual clusters, "
+            "they are matched by the deployment's tag.",
             [
                 "Resource::*",
                 "regex:/^Resource::arn:[^:]+:elasticmapreduce:.*:cluster\\/\\*$/g",
@@ -251,6 +252,7 @@ class AutopilotGuardrails(Construct):
                 "regex:/^Resource::arn:[^:]+:cloudwatch:.*-scaling-\\*$/g",
                 "regex:/^Resource::.*\\/_runs\\/\\*$/g",
                 "regex:/^Resource::.*\\/jobruns\\/\\*$/g",
+                "regex:/^Resource::arn:[^:]+:emr-containers:.*:\\/virtualclusters\\/\\*$/g",
             ],
         )
 
