@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""EMR Autopilot CDK app: loads `config/<env>.yaml` (`-c env=NAME`, default `dev`) and composes the stack."""
+"""EMR Autopilot CDK app: loads `config/<env>.yaml` (`-c env=NAME`, default `dev`) and composes the platform stack
+`<project>-<env>` and the pipeline stacks `<project>-<env>-pipelines-<n>`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
 from config.loader import ConfigError, load_config
-from stacks.app_stack import AutopilotStack
-from stacks.naming import deployment_name
+from stacks.app_stack import AutopilotStack, PipelinesStack
+from stacks.naming import deployment_name, pipeline_stack_name, pipeline_stacks
+from stacks.workflow import PipelineWorkflow
 
 
 def cli_context() -> dict[str, Any]:
@@ -36,17 +38,33 @@ def build_app(env_name: str | None = None, app: cdk.App | None = None, *, nag: b
     env_name = env_name or app.node.try_get_context("env") or "dev"
     config_path = app.node.try_get_context("config_path")
     config = load_config(env_name, Path(config_path) if config_path else None)
-    AutopilotStack(
+    prefix = deployment_name(config.project, env_name)
+    environment = cdk.Environment(
+        account=config.account or os.environ.get("CDK_DEFAULT_ACCOUNT"),
+        region=config.region or os.environ.get("CDK_DEFAULT_REGION"),
+    )
+    platform = AutopilotStack(
         app,
-        deployment_name(config.project, env_name),
+        prefix,
         config=config,
         env_name=env_name,
-        env=cdk.Environment(
-            account=config.account or os.environ.get("CDK_DEFAULT_ACCOUNT"),
-            region=config.region or os.environ.get("CDK_DEFAULT_REGION"),
-        ),
-        description=f"EMR Autopilot ({env_name}): event-driven EMR runs with a run ledger",
+        env=environment,
+        description=f"EMR Autopilot ({env_name}): storage, shared functions, guardrails (the platform stack)",
     )
+    pipelines: dict[str, PipelineWorkflow] = {}
+    for index, names in sorted(pipeline_stacks(config).items()):
+        stack = PipelinesStack(
+            app,
+            pipeline_stack_name(prefix, index),
+            config=config,
+            prefix=prefix,
+            platform_stack=platform,
+            pipelines=names,
+            env=environment,
+            description=f"EMR Autopilot ({env_name}): pipelines {', '.join(names)}"[:1024],
+        )
+        pipelines.update(stack.pipelines)
+    platform.add_deployment_wide(config, {name: pipelines[name] for name in config.pipelines})
     if nag:
         cdk.Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
     return app

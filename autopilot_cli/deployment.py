@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from config.loader import ConfigError, load_config
 from config.model import Pipeline
-from stacks.naming import deployment_name
+from stacks.naming import deployment_name, pipeline_stack_name, pipeline_stacks
 
 STATE_MACHINE_OUTPUT = "StateMachine"  # + the pipeline's name without '-' (CDK drops it from output ids)
 
@@ -99,8 +99,24 @@ def session_for(target: Target) -> Any:
         raise DeploymentError(str(exc)) from None
 
 
+def _described(cloudformation: Any, stack_name: str) -> dict[str, Any] | None:
+    """DescribeStacks of one stack, None when it does not exist."""
+    try:
+        (stack,) = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as exc:
+        if "does not exist" in str(exc):
+            return None
+        raise
+    return dict(stack)
+
+
+def _outputs(stack: dict[str, Any]) -> dict[str, str]:
+    return {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
+
+
 def find_deployment(target: Target) -> Deployment:
-    """Read `config/<env>.yaml`, then DescribeStacks of the deployment's stack."""
+    """Read `config/<env>.yaml`, then DescribeStacks of the deployment's platform stack (buckets, topic) and of its
+    pipeline stacks (the pipelines' state machines): one place that finds a deployment, on AWS or the twin."""
     try:
         config = load_config(target.env)
     except (ConfigError, FileNotFoundError) as exc:
@@ -114,16 +130,18 @@ def find_deployment(target: Target) -> Deployment:
         )
     stack_name = deployment_name(config.project, target.env)
     cloudformation = session.client("cloudformation", region_name=region, endpoint_url=target.endpoint_url)
-    try:
-        (stack,) = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
-    except ClientError as exc:
-        if "does not exist" in str(exc):
-            raise DeploymentError(
-                f"stack {stack_name} (--env {target.env}) not found in {region}; deploy it (`make deploy`) or "
-                "start a twin (`emr-autopilot local up`, then export the endpoint it prints)"
-            ) from None
-        raise
-    outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
+    stack = _described(cloudformation, stack_name)
+    if stack is None:
+        raise DeploymentError(
+            f"stack {stack_name} (--env {target.env}) not found in {region}; deploy it (`make deploy`) or "
+            "start a twin (`emr-autopilot local up`, then export the endpoint it prints)"
+        )
+    outputs = _outputs(stack)
+    # The pipelines' state machines are the outputs of their pipeline stacks (one not deployed yet adds none).
+    for index in sorted(pipeline_stacks(config)):
+        pipelines_stack = _described(cloudformation, pipeline_stack_name(stack_name, index))
+        if pipelines_stack is not None:
+            outputs.update(_outputs(pipelines_stack))
     return Deployment(
         stack_name=stack_name,
         region=region,

@@ -2,7 +2,9 @@
 
 - idle: idle cluster time of a 3-step EMR-on-EC2 pipeline on the twin, steps noticed by `.sync` polling vs their
   events (`bench/zero_idle.py`);
-- synth: `cdk synth` wall time (the real CLI) for the app with 1 and with 25 pipelines (generated configs);
+- synth: `cdk synth` wall time (the real CLI) for 1, 25, 100 and 300 generated mixed pipelines (bench/pipelines.py),
+  with each stack's resources, template bytes, outputs and managed policies per role, and the largest stack's share
+  of each limit; synth(300)/synth(1);
 - imports: each handler's cold import next to a bare `import boto3` (paired fresh interpreters, medians, ratio),
   with the environment its synthesized stack gives it;
 - router: the router's events/s through its handler against moto for a 10,000-object burst, window and
@@ -14,7 +16,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import statistics
@@ -23,9 +24,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.pipelines import mixed_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -33,21 +36,37 @@ CDK = REPO / "node_modules" / ".bin" / "cdk"
 sys.path[:0] = [str(REPO)]
 
 
-def generated_config(pipelines: int) -> dict[str, object]:
-    base: dict[str, Any] = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
-    template = base["pipelines"]["sales-daily"]
-    base["pipelines"] = {}
-    for i in range(pipelines):
-        pipeline = copy.deepcopy(template)
-        pipeline["trigger"]["prefix"] = f"feed{i:02d}/"
-        base["pipelines"][f"feed-{i:02d}"] = pipeline
-    return base
+# CloudFormation's quotas per stack, and IAM's managed policies per role (tests/infra/test_stack_limits.py).
+STACK_LIMITS = {"resources": 500, "template_bytes": 1_000_000, "outputs": 200, "managed_policies_per_role": 10}
+SYNTH_PIPELINES = (1, 25, 100, 300)
 
 
-def synth_seconds(pipelines: int) -> tuple[float, int]:
+def stack_figures(template_path: Path) -> dict[str, int]:
+    """Resources, template bytes, outputs and the most managed policies one role of the stack has."""
+    template = json.loads(template_path.read_text())
+    per_role: dict[str, int] = {}
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::IAM::Role":
+            per_role[logical_id] = per_role.get(logical_id, 0) + len(
+                resource["Properties"].get("ManagedPolicyArns", [])
+            )
+        if resource["Type"] == "AWS::IAM::ManagedPolicy":
+            for role in resource["Properties"].get("Roles", []):
+                key = json.dumps(role)
+                per_role[key] = per_role.get(key, 0) + 1
+    return {
+        "resources": len(template["Resources"]),
+        "template_bytes": template_path.stat().st_size,
+        "outputs": len(template.get("Outputs", {})),
+        "managed_policies_per_role": max(per_role.values(), default=0),
+    }
+
+
+def synth_stacks(pipelines: int) -> tuple[float, dict[str, dict[str, int]]]:
+    """`cdk synth` (the real CLI, cdk-nag on) of `pipelines` generated mixed pipelines: wall time, figures per stack."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / f"bench-{pipelines}.yaml"
-        config.write_text(yaml.safe_dump(generated_config(pipelines)))
+        config.write_text(yaml.safe_dump(mixed_config(pipelines)))
         started = time.perf_counter()
         subprocess.run(
             [str(CDK), "synth", "--quiet", "-c", "env=bench", "-c", f"config_path={config}", "-o", f"{tmp}/out"],
@@ -57,8 +76,33 @@ def synth_seconds(pipelines: int) -> tuple[float, int]:
             stderr=subprocess.DEVNULL,
         )
         elapsed = time.perf_counter() - started
-        (template,) = Path(tmp, "out").glob("*.template.json")
-        return elapsed, len(json.loads(template.read_text())["Resources"])
+        figures = {
+            path.name.removesuffix(".template.json"): stack_figures(path)
+            for path in sorted(Path(tmp, "out").glob("*.template.json"))
+        }
+        return elapsed, figures
+
+
+def print_synth_figures() -> None:
+    """Synth time and per-stack figures for 1, 25, 100 and 300 pipelines; the largest stack's use of each limit."""
+    print("== cdk synth: generated mixed pipelines (real CLI, wall time; bench/pipelines.py) ==")
+    seconds: dict[int, float] = {}
+    for count in SYNTH_PIPELINES:
+        elapsed, stacks = synth_stacks(count)
+        seconds[count] = elapsed
+        largest = {key: max(f[key] for f in stacks.values()) for key in STACK_LIMITS}
+        print(f"  {count:>3} pipeline(s): {elapsed:6.1f} s, {len(stacks)} stacks")
+        for name, figures in stacks.items():
+            print(
+                f"      {name:<32} {figures['resources']:>4} resources {figures['template_bytes'] / 1000:>7.0f} KB "
+                f"{figures['outputs']:>3} outputs {figures['managed_policies_per_role']:>2} managed policies/role"
+            )
+        print(
+            "      largest stack, % of each limit: "
+            + ", ".join(f"{key} {100 * largest[key] / limit:.0f} %" for key, limit in STACK_LIMITS.items())
+        )
+    most, fewest = SYNTH_PIPELINES[-1], SYNTH_PIPELINES[0]
+    print(f"  synth({most})/synth({fewest}): {seconds[most] / seconds[fewest]:.2f}")
 
 
 def handler_environments() -> dict[str, dict[str, str]]:
@@ -110,10 +154,7 @@ def cold_import_section() -> None:
 
 
 def synth_section() -> None:
-    print("== cdk synth (real CLI, wall time) ==")
-    for count in (1, 25):
-        seconds, resources = synth_seconds(count)
-        print(f"  {count:>2} pipeline(s): {seconds:6.1f} s ({resources} resources; CloudFormation allows 500)")
+    print_synth_figures()
 
 
 def router_section() -> None:

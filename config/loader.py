@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +166,29 @@ def _cross_check(config: AppConfig, source: str, jobs_dir: Path, env: str) -> No
                 )
     problems.extend(dependency_problems(config, source))
     problems.extend(cap_problems(config, source))
+    problems.extend(stack_problems(config, source))
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def stack_problems(config: AppConfig, source: str) -> list[str]:
+    """A pipeline stack holding more than `stacks.naming.MAX_PIPELINES_PER_STACK` pipelines (CloudFormation's
+    template and resource limits), with the `pipeline_stacks` that would fit."""
+    full = {i: n for i, n in naming.pipeline_stacks(config).items() if len(n) > naming.MAX_PIPELINES_PER_STACK}
+    if not full:
+        return []
+    needed = config.pipeline_stacks
+    while any(
+        n > naming.MAX_PIPELINES_PER_STACK
+        for n in Counter(naming.pipeline_stack_index(p, needed) for p in config.pipelines).values()
+    ):
+        needed += 1
+    return [
+        f"{source}: pipeline_stacks: got {config.pipeline_stacks}; pipeline stack {i} would hold {len(names)} "
+        f"pipelines; expected at most {naming.MAX_PIPELINES_PER_STACK} per stack (CloudFormation's template and "
+        f"resource limits): set pipeline_stacks to {needed} or more (changing it moves pipelines between stacks)"
+        for i, names in sorted(full.items())
+    ]
 
 
 def dependency_problems(config: AppConfig, source: str) -> list[str]:
@@ -245,6 +267,7 @@ def pipeline_generated_names(deployment: str, name: str, pipeline: Pipeline) -> 
         ("state_machine", naming.state_machine_name(deployment, name)),
         ("log_group", naming.state_machine_log_group(deployment, name)),
         ("execution", f"{name}-{'0' * (naming.RUN_ID_SUFFIX_LENGTH - 1)}"),
+        ("role", naming.workflow_role_name(deployment, name)),
     ]
     if pipeline.trigger:
         names.append(("queue", naming.arrivals_queue_name(deployment, name)))

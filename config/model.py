@@ -477,6 +477,14 @@ class AppConfig(StrictModel):
     )
     guardrails: Guardrails = Field(default_factory=Guardrails)
     pipelines: dict[PipelineName, Pipeline] = Field(min_length=1, description="The pipelines, by name.")
+    pipeline_stacks: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="How many pipeline stacks (`<project>-<env>-pipelines-<n>`) share the pipelines; a pipeline's "
+        "stack is a stable hash of its name, so adding or removing a pipeline never moves another (changing this "
+        "number does). At most 25 pipelines per stack; config validation names the count that fits.",
+    )
 
     @model_validator(mode="after")
     def _no_reserved_tags(self) -> AppConfig:

@@ -106,6 +106,8 @@ class StackTemplate:
     rules: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     environment: str | None = None
+    artifact_id: str = ""
+    depends_on: tuple[str, ...] = ()  # artifact ids of the stacks it must follow (CDK's stack dependencies)
 
     def asset_for_code(self, resource: Resource) -> Asset:
         """The asset holding a resource's code or document: Lambda `Code`, layer `Content`, or a state
@@ -294,7 +296,25 @@ def read_assembly(
     stacks = list(_read_stacks(cdk_out.resolve(), account=account, region=region))
     if not stacks:
         raise AssemblyError(f"{cdk_out / 'manifest.json'}: no {STACK_ARTIFACT} artifact; {SYNTH_HINT}")
-    return stacks
+    return _dependency_order(stacks)
+
+
+def _dependency_order(stacks: list[StackTemplate]) -> list[StackTemplate]:
+    """Each stack after the stacks it depends on (as `cdk deploy --all` deploys them); ties keep manifest order."""
+    by_id = {s.artifact_id: s for s in stacks}
+    ordered: list[StackTemplate] = []
+    placed: set[str] = set()
+    pending = list(stacks)
+    while pending:
+        ready = [s for s in pending if all(d in placed or d not in by_id for d in s.depends_on)]
+        if not ready:
+            names = ", ".join(s.name for s in pending)
+            raise AssemblyError(f"stacks {names}: their dependencies form a cycle; CloudFormation cannot order them")
+        for stack in ready:
+            ordered.append(stack)
+            placed.add(stack.artifact_id)
+            pending.remove(stack)
+    return ordered
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -354,6 +374,8 @@ def _read_stack(directory: Path, artifact_id: str, artifact: dict[str, Any], ass
         rules=template.get("Rules", {}),
         tags=dict(properties.get("tags", {})),
         environment=artifact.get("environment"),
+        artifact_id=artifact_id,
+        depends_on=tuple(str(d) for d in artifact.get("dependencies", [])),
     )
 
 
@@ -426,8 +448,10 @@ class Resolver:
         partition: str = "aws",
         parameters: dict[str, str] | None = None,
         ssm_parameters: Mapping[str, str] | None = None,
+        exports: Mapping[str, Any] | None = None,
     ) -> None:
         self.stack = stack
+        self.exports: Mapping[str, Any] = exports if exports is not None else {}
         self.account = account
         self.region = region
         self.partition = partition
@@ -691,7 +715,25 @@ class Resolver:
             raise AssemblyError(f"{where}: Fn::FindInMap {keys}: no such entry in Mappings") from None
 
     def _import_value(self, arg: Any, where: str) -> Any:
-        raise AssemblyError(f"{where}: Fn::ImportValue {arg!r}: cross-stack exports are not modeled by the local twin")
+        """An earlier stack's export; CloudFormation refuses an import no deployed stack exports."""
+        name = self._resolve(arg, where)
+        if name not in self.exports:
+            raise AssemblyError(
+                f"{where}: Fn::ImportValue {name!r}: no deployed stack exports it (exports: "
+                f"{', '.join(sorted(self.exports)) or 'none'}); deploy the exporting stack first"
+            )
+        return self.exports[name]
+
+    def resolve_exports(self) -> dict[str, Any]:
+        """Export name -> value of this stack's exported outputs (after `resolve_outputs` can resolve them)."""
+        exports: dict[str, Any] = {}
+        for name, output in self.stack.outputs.items():
+            export = output.get("Export")
+            if export is None or ("Condition" in output and not self.condition(output["Condition"])):
+                continue
+            where = f"{self.stack.name}: Outputs.{name}.Export"
+            exports[str(self.resolve(export.get("Name"), where=where))] = self.resolve(output.get("Value"), where=where)
+        return exports
 
     def _string(self, value: Any, where: str, what: str) -> str:
         resolved = self._resolve(value, where)

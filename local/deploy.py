@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from local.assembly import Resolver, Resource, StackTemplate, read_assembly
+from local.assembly import AssemblyError, Resolver, Resource, StackTemplate, read_assembly
 from local.function_logs import LOG_FORMATS
 from local.lambda_runtime import LocalFunction
 
@@ -45,6 +45,7 @@ class DeployReport:
     recorded: dict[str, list[str]] = field(default_factory=dict)
     not_modelled: dict[str, list[str]] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, Any] = field(default_factory=dict)  # every deployed stack's exports, by export name
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -60,7 +61,8 @@ class DeployReport:
 
 
 def deploy_assembly(twin: Twin, cdk_out: Path) -> DeployReport:
-    """Deploy every stack of the assembly into the running twin."""
+    """Deploy every stack of the assembly into the running twin, each after the stacks it depends on; a stack's
+    `Fn::ImportValue` reads the exports of those deployed before it."""
     report = DeployReport()
     for stack in read_assembly(cdk_out, account=twin.account, region=twin.region):
         _Deployer(twin, stack, report).run()
@@ -73,7 +75,7 @@ class _Deployer:
         self.twin = twin
         self.stack = stack
         self.report = report
-        self.resolver = Resolver(stack, account=twin.account, region=twin.region)
+        self.resolver = Resolver(stack, account=twin.account, region=twin.region, exports=report.exports)
         self.layers: dict[str, Path] = {}
         self.handlers: dict[str, Callable[[Resource, dict[str, Any]], None]] = {
             "AWS::S3::Bucket": self._bucket,
@@ -120,7 +122,12 @@ class _Deployer:
             handler(resource, self.resolver.resolve_properties(resource))
             self.report.created.setdefault(resource.type, []).append(logical_id)
         outputs = self.resolver.resolve_outputs()
+        exports = self.resolver.resolve_exports()
+        taken = sorted(set(exports) & set(self.report.exports))
+        if taken:  # CloudFormation: an export name is unique in an account and region
+            raise AssemblyError(f"{self.stack.name}: exports {taken} are already exported by another stack")
         self.report.outputs.update(outputs)
+        self.report.exports.update(exports)
         self._register_stack(outputs)
 
     def _register_stack(self, outputs: dict[str, Any]) -> None:

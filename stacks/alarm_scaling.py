@@ -17,7 +17,7 @@ from constructs import Construct
 from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime, InstanceFleets
 from config.scaling import AlarmScaling, scaling_env_entry
-from stacks.arns import alarms_named, executions_of, ledger_statements
+from stacks.arns import alarms_named, bounded_prefixes, executions_of, ledger_statements
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT
 from stacks.platform import IDEMPOTENCY_ACTIONS
@@ -143,17 +143,26 @@ class AutopilotScaling(Construct):
         function.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["states:DescribeExecution"],
-                resources=executions_of(stack, (workflow.state_machine_name for workflow, _ in scaled.values())),
+                resources=executions_of(
+                    stack, bounded_prefixes([w.state_machine_name for w, _ in scaled.values()], f"{prefix}-*")
+                ),
             )
         )
-        for statement in ledger_statements(storage, [ledger_prefix(name) for name in scaled]):
+        # Past SHARED_ROLE_MAX_PREFIXES scaled pipelines, the deployment's executions, ledger and scaling alarms as a
+        # whole: this shared role's policy does not grow with the pipelines.
+        for statement in ledger_statements(
+            storage, bounded_prefixes([ledger_prefix(n) for n in scaled], ledger_prefix())
+        ):
             function.add_to_role_policy(statement)
         # After acting (or a skip that clears by itself) the scaler sets the alarm back to OK, so CloudWatch's
         # next evaluation fires it again while the condition lasts: one step per period, not per crossing.
         function.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["cloudwatch:SetAlarmState"],
-                resources=[alarms_named(stack, alarm_prefix(prefix, name)) for name in scaled],
+                resources=[
+                    alarms_named(stack, p)
+                    for p in bounded_prefixes([alarm_prefix(prefix, n) for n in scaled], f"{prefix}-scaling-")
+                ],
             )
         )
         platform.idempotency_table.grant(function, *IDEMPOTENCY_ACTIONS)
@@ -172,6 +181,7 @@ class AutopilotScaling(Construct):
                 "regex:/^Resource::arn:[^:]+:elasticmapreduce:.*:cluster\\/\\*$/g",
                 "regex:/^Resource::arn:[^:]+:states:.*:\\*$/g",
                 "regex:/^Resource::.*\\/_runs\\/.*\\/\\*$/g",
+                "regex:/^Resource::.*\\/_runs\\/\\*$/g",
                 "regex:/^Resource::arn:[^:]+:cloudwatch:.*:alarm:.*-scaling-.*\\*$/g",
             ],
         )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from constructs import Construct
 
+from stacks.arns import state_machine_arn
 from stacks.naming import METRICS_NAMESPACE, DeploymentNames
-from stacks.workflow import PipelineWorkflow
 
 PERIOD = Duration.minutes(5)
 COST_PERIOD = Duration.days(1)
@@ -45,24 +43,31 @@ class OperationsDashboard(Construct):
       after an abort/timeout, runs cancelled by someone else.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, prefix: str, pipelines: Mapping[str, PipelineWorkflow]):
+    def __init__(self, scope: Construct, construct_id: str, *, prefix: str):
         super().__init__(scope, construct_id)
-        machines = {name: w.state_machine for name, w in pipelines.items()}
-        clocked = [n for n, w in pipelines.items() if w.pipeline.trigger and w.pipeline.trigger.schedule]
-        expecting = [n for n, w in pipelines.items() if w.pipeline.trigger and w.pipeline.trigger.expect]
-        downstream = [n for n, w in pipelines.items() if w.pipeline.upstreams]
+        # One SEARCH per widget (a line per pipeline found at view time): the dashboard's size does not grow with
+        # the pipelines, and this (platform) stack never refers to the pipeline stacks' state machines.
+        # https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/search-expression-syntax.html
+        machines_arn = state_machine_arn(Stack.of(self), f"{prefix}-")
 
-        def router(name: str, label: str, of: list[str]) -> list[cloudwatch.IMetric]:
-            """The router's `name` (dimensions service + pipeline) for each pipeline of `of`."""
-            return [_app_metric("router", name, f"{p}: {label}", pipeline=p) for p in of]
+        def router(metric: str) -> cloudwatch.MathExpression:
+            """The router's `metric`, a line per pipeline that emits it (SEARCH: nothing listed per pipeline)."""
+            return cloudwatch.MathExpression(
+                expression=f'SEARCH(\'{{{METRICS_NAMESPACE},pipeline,service}} MetricName="{metric}" '
+                f'service="autopilot-router"\', \'Sum\', {int(PERIOD.to_seconds())})',
+                label="",
+                period=PERIOD,
+            )
 
-        def per_pipeline(title: str, kind: str) -> cloudwatch.GraphWidget:
-            """One line per pipeline of a Step Functions execution metric (`metric_<kind>`)."""
-            lines: list[cloudwatch.IMetric] = [
-                getattr(machine, f"metric_{kind}")(period=PERIOD, statistic="Sum", label=name)
-                for name, machine in machines.items()
-            ]
-            return cloudwatch.GraphWidget(title=title, left=lines, stacked=True, width=8)
+        def per_pipeline(title: str, metric: str) -> cloudwatch.GraphWidget:
+            """One line per pipeline of a Step Functions execution metric (AWS/States, by StateMachineArn)."""
+            search = cloudwatch.MathExpression(
+                expression=f'SEARCH(\'{{AWS/States,StateMachineArn}} MetricName="{metric}" '
+                f"StateMachineArn=\"{machines_arn}\"', 'Sum', 300)",
+                label="",
+                period=PERIOD,
+            )
+            return cloudwatch.GraphWidget(title=title, left=[search], stacked=True, width=8)
 
         self.dashboard = cloudwatch.Dashboard(
             self,
@@ -80,13 +85,13 @@ class OperationsDashboard(Construct):
                     )
                 ],
                 [
-                    per_pipeline("Runs started", "started"),
-                    per_pipeline("Runs succeeded", "succeeded"),
-                    per_pipeline("Runs failed", "failed"),
+                    per_pipeline("Runs started", "ExecutionsStarted"),
+                    per_pipeline("Runs succeeded", "ExecutionsSucceeded"),
+                    per_pipeline("Runs failed", "ExecutionsFailed"),
                 ],
                 [
-                    per_pipeline("Runs aborted", "aborted"),
-                    per_pipeline("Runs timed out", "timed_out"),
+                    per_pipeline("Runs aborted", "ExecutionsAborted"),
+                    per_pipeline("Runs timed out", "ExecutionsTimedOut"),
                     cloudwatch.GraphWidget(
                         title="Task-fleet scaling",
                         left=[
@@ -101,8 +106,12 @@ class OperationsDashboard(Construct):
                     cloudwatch.GraphWidget(
                         title="Run cost per pipeline per day (USD, list prices)",
                         left=[
-                            _app_metric("finalize", "RunCostUsd", name, period=COST_PERIOD, pipeline=name)
-                            for name in machines
+                            cloudwatch.MathExpression(
+                                expression=f'SEARCH(\'{{{METRICS_NAMESPACE},pipeline,service}} MetricName="RunCostUsd" '
+                                "service=\"autopilot-finalize\"', 'Sum', 86400)",
+                                label="",
+                                period=COST_PERIOD,
+                            )
                         ],
                         view=cloudwatch.GraphWidgetView.BAR,
                         stacked=True,
@@ -113,18 +122,17 @@ class OperationsDashboard(Construct):
                 [
                     cloudwatch.GraphWidget(
                         title="Schedule firings / empty partitions",
-                        left=router("ScheduleFirings", "fired", clocked) + router("EmptyPartitions", "empty", clocked),
+                        left=[router("ScheduleFirings"), router("EmptyPartitions")],
                         width=8,
                     ),
                     cloudwatch.GraphWidget(
                         title="Arrival deadlines missed",
-                        left=router("DeadlinesMissed", "MISSED", expecting),
+                        left=[router("DeadlinesMissed")],
                         width=8,
                     ),
                     cloudwatch.GraphWidget(
                         title="Upstream runs (pipelines run after others)",
-                        left=router("UpstreamRunsRecorded", "succeeded", downstream)
-                        + router("UpstreamFailures", "failed", downstream),
+                        left=[router("UpstreamRunsRecorded"), router("UpstreamFailures")],
                         width=8,
                     ),
                 ],

@@ -351,8 +351,10 @@ class Ec2Pipeline(PipelineWorkflow):
         finalize, prepare = self.platform.finalize, self.platform.prepare
         assert finalize is not None
         if self.runtime.existing_cluster is None:
+            # The deployment's tag (every transient cluster carries it): one statement for every transient pipeline,
+            # so the shared finalize role does not grow per pipeline.
             resource = cluster_arn(self.stack)
-            conditions: dict[str, Any] | None = {"StringEquals": {f"aws:ResourceTag/{TAG_PIPELINE}": name}}
+            conditions: dict[str, Any] | None = {"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": self.prefix}}
         else:
             resource, conditions = self.existing_cluster_scope()
             prepare.add_to_role_policy(iam.PolicyStatement(actions=["elasticmapreduce:ListClusters"], resources=["*"]))
@@ -376,16 +378,18 @@ class Ec2Pipeline(PipelineWorkflow):
         suppress(
             finalize.role or finalize,
             "AwsSolutions-IAM5",
-            "Cluster ids are known only at run time: reads are limited to clusters tagged with the pipeline "
+            "Cluster ids are known only at run time: reads are limited to clusters tagged with the deployment "
             "(or the long-running target); X-Ray and ec2:DescribeSpotPriceHistory support no resource-level "
             "permissions.",
             ["Resource::*", ANY_CLUSTER_ARN],
         )
 
-    def existing_cluster_scope(self) -> tuple[str, dict[str, Any] | None]:
-        """The long-running cluster's ARN, or every cluster carrying its tag (as an IAM condition)."""
+    def existing_cluster_scope(self, stack: Stack | None = None) -> tuple[str, dict[str, Any] | None]:
+        """The long-running cluster's ARN, or every cluster carrying its tag (as an IAM condition); ARNs formatted
+        by `stack` (default: this pipeline's), so another stack's policy does not refer to this one."""
         target = self.runtime.existing_cluster
         assert target is not None
+        stack = stack or self.stack
         if target.cluster_id is not None:
-            return cluster_arn(self.stack, target.cluster_id), None
-        return cluster_arn(self.stack), {"StringEquals": {f"aws:ResourceTag/{target.tag_key}": target.tag_value}}
+            return cluster_arn(stack, target.cluster_id), None
+        return cluster_arn(stack), {"StringEquals": {f"aws:ResourceTag/{target.tag_key}": target.tag_value}}

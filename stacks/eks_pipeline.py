@@ -11,6 +11,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from config.eks import EksRuntime
+from stacks.arns import virtual_cluster_arn
 from stacks.asl import compose
 from stacks.naming import JOBS_PREFIX, eks_job_role_name, virtual_cluster_name
 from stacks.workflow import PipelineProps, PipelineWorkflow, asl_string
@@ -28,42 +29,52 @@ def base36(text: str) -> str:
     return digits or "0"
 
 
+class EksVirtualCluster(Construct):
+    """Virtual cluster `<prefix>-<pipeline>` on the configured EKS cluster and namespace. It lives in the platform
+    stack (as EMR Serverless applications do): the deployment-wide guardrail needs its generated id."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, prefix: str, name: str, runtime: EksRuntime) -> None:
+        super().__init__(scope, construct_id)
+        assert runtime.eks_cluster_name is not None and runtime.namespace is not None
+        self.resource = emrc.CfnVirtualCluster(
+            self,
+            "VirtualCluster",
+            name=virtual_cluster_name(prefix, name),
+            container_provider=emrc.CfnVirtualCluster.ContainerProviderProperty(
+                id=runtime.eks_cluster_name,
+                type="EKS",
+                info=emrc.CfnVirtualCluster.ContainerInfoProperty(
+                    eks_info=emrc.CfnVirtualCluster.EksInfoProperty(namespace=runtime.namespace)
+                ),
+            ),
+        )
+        self.virtual_cluster_id = self.resource.attr_id
+
+
 class EksPipeline(PipelineWorkflow):
     """The workflow of one EMR-on-EKS pipeline.
 
-    - Virtual cluster `<prefix>-<pipeline>` on the configured EKS cluster and namespace (or an existing one).
+    - Runs on its `EksVirtualCluster` (platform stack) or an existing virtual cluster.
     - Job execution role: imported, or created trusting exactly the service accounts EMR on EKS creates for
       this role in the namespace (IRSA, what `aws emr-containers update-role-trust-policy` writes); reads and
       writes the same prefixes as the other runtimes' job roles.
     - State machine composed from `statemachines/fragments/emr_eks_job.json` (see `PipelineWorkflow`).
     """
 
-    def __init__(self, scope: Construct, construct_id: str, props: PipelineProps) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, props: PipelineProps, *, virtual_cluster_id: str | None = None
+    ) -> None:
+        """`virtual_cluster_id`: the one `EksVirtualCluster` created in the platform stack (else the configured one)."""
         super().__init__(scope, construct_id, props)
         name, prefix = props.name, props.prefix
         runtime = props.runtime_of(EksRuntime)
         self.runtime = runtime
         stack = Stack.of(self)
-        if runtime.virtual_cluster_id is None:
-            assert runtime.eks_cluster_name is not None and runtime.namespace is not None
-            cluster = emrc.CfnVirtualCluster(
-                self,
-                "VirtualCluster",
-                name=virtual_cluster_name(prefix, name),
-                container_provider=emrc.CfnVirtualCluster.ContainerProviderProperty(
-                    id=runtime.eks_cluster_name,
-                    type="EKS",
-                    info=emrc.CfnVirtualCluster.ContainerInfoProperty(
-                        eks_info=emrc.CfnVirtualCluster.EksInfoProperty(namespace=runtime.namespace)
-                    ),
-                ),
-            )
-            self.virtual_cluster_id = cluster.attr_id
-        else:
-            self.virtual_cluster_id = runtime.virtual_cluster_id
-        self.virtual_cluster_arn = stack.format_arn(
-            service="emr-containers", resource="/virtualclusters", resource_name=self.virtual_cluster_id
-        )
+        cluster_id = virtual_cluster_id or runtime.virtual_cluster_id
+        if cluster_id is None:
+            raise TypeError(f"pipeline {name}: no virtual cluster: expected an EksVirtualCluster's id")
+        self.virtual_cluster_id = cluster_id
+        self.virtual_cluster_arn = virtual_cluster_arn(stack, self.virtual_cluster_id)
         self.job_role_arn = self._job_role(prefix, name)
         self.build()
 

@@ -18,11 +18,20 @@ from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.model import AppConfig
-from stacks.arns import alarms_named, default_event_bus_arn, executions_of, ledger_statements
+from stacks.arns import (
+    SHARED_ROLE_MAX_PREFIXES,
+    alarms_named,
+    default_event_bus_arn,
+    deployment_executions,
+    ledger_statements,
+    role_arn,
+    state_machine_arn,
+    virtual_cluster_arn,
+)
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
-from stacks.naming import TAG_DEPLOYMENT, DeploymentNames
+from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, DeploymentNames, workflow_role_name
 from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.rules import api_call_rule, service_event_rule
 from stacks.serverless_pipeline import ServerlessPipeline
@@ -62,7 +71,7 @@ class AutopilotGuardrails(Construct):
             pipeline = workflow.pipeline
             runtime = pipeline.runtime
             ref: dict[str, object] = {
-                "state_machine_arn": workflow.state_machine.state_machine_arn,
+                "state_machine_arn": state_machine_arn(stack, workflow.state_machine_name),
                 "runtime": "emr-ec2"
                 if isinstance(runtime, Ec2Runtime)
                 else "emr-eks"
@@ -98,7 +107,8 @@ class AutopilotGuardrails(Construct):
         function = self.function
         assert function.role is not None
         # Calls by these roles are the app's own (the workflows, finalize, this function): never "someone else".
-        own_roles = [w.role.role_arn for w in pipelines.values()] + [function.role.role_arn]
+        # By name (stacks.naming.workflow_role_name): the workflows' roles live in the pipeline stacks.
+        own_roles = [role_arn(stack, workflow_role_name(prefix, n)) for n in pipelines] + [function.role.role_arn]
         if platform.finalize is not None and platform.finalize.role is not None:
             own_roles.append(platform.finalize.role.role_arn)
         function.add_environment("APP_ROLE_ARNS", stack.to_json_string(own_roles))
@@ -120,7 +130,8 @@ class AutopilotGuardrails(Construct):
             detail_type="Step Functions Execution Status Change",
             detail={
                 "status": ENDED_STATUSES,
-                "stateMachineArn": [w.state_machine.state_machine_arn for w in pipelines.values()],
+                # Every state machine of the deployment, by name prefix: one pattern for any number of pipelines.
+                "stateMachineArn": [{"prefix": state_machine_arn(stack, f"{prefix}-")}],
             },
             target=target,
         )
@@ -211,7 +222,7 @@ class AutopilotGuardrails(Construct):
             iam.PolicyStatement(actions=["states:SendTaskSuccess", "states:SendTaskFailure"], resources=["*"]),
             iam.PolicyStatement(
                 actions=["states:DescribeExecution"],
-                resources=executions_of(stack, (w.state_machine_name for w in pipelines.values())),
+                resources=deployment_executions(stack, prefix),
             ),
             *ledger_statements(storage, [ledger_prefix()]),
             # Finding and deleting only scaling alarms (metric alarms: DescribeAlarms needs `*` only for composites).
@@ -224,7 +235,7 @@ class AutopilotGuardrails(Construct):
             if isinstance(workflow, Ec2Pipeline) and workflow.runtime.existing_cluster is not None:
                 # A long-running cluster never carries this deployment's tag: cancelling an aborted run's steps
                 # there needs the cluster's own scope (its id, or its tag), as the pipeline's finalize has it.
-                resource, conditions = workflow.existing_cluster_scope()
+                resource, conditions = workflow.existing_cluster_scope(stack)
                 statements.append(
                     iam.PolicyStatement(
                         actions=["elasticmapreduce:ListSteps", "elasticmapreduce:CancelSteps"],
@@ -246,17 +257,7 @@ class AutopilotGuardrails(Construct):
                         resources=[app_arn, f"{app_arn}/jobruns/*"],
                     )
                 )
-            if isinstance(workflow, EksPipeline):
-                statements.append(
-                    iam.PolicyStatement(
-                        actions=[
-                            "emr-containers:ListJobRuns",
-                            "emr-containers:DescribeJobRun",
-                            "emr-containers:CancelJobRun",
-                        ],
-                        resources=[workflow.virtual_cluster_arn, f"{workflow.virtual_cluster_arn}/jobruns/*"],
-                    )
-                )
+        statements.extend(self._job_run_statements(stack, prefix, pipelines))
         for statement in statements:
             function.add_to_role_policy(statement)
         platform.topic.grant_publish(function)
@@ -266,7 +267,8 @@ class AutopilotGuardrails(Construct):
             "AwsSolutions-IAM5",
             "ListClusters supports no resource-level permissions; cluster ARNs are unknown until "
             "launch (terminate/cancel are conditioned on this deployment's tag); ledger keys and this deployment's "
-            "executions, job runs and scaling alarms are matched by prefix.",
+            "executions, job runs and scaling alarms are matched by prefix; past 10 EMR-on-EKS virtual clusters, "
+            "they are matched by the deployment's tag.",
             [
                 "Resource::*",
                 "regex:/^Resource::arn:[^:]+:elasticmapreduce:.*:cluster\\/\\*$/g",
@@ -274,8 +276,37 @@ class AutopilotGuardrails(Construct):
                 "regex:/^Resource::arn:[^:]+:cloudwatch:.*-scaling-\\*$/g",
                 "regex:/^Resource::.*\\/_runs\\/\\*$/g",
                 "regex:/^Resource::.*\\/jobruns\\/\\*$/g",
+                "regex:/^Resource::arn:[^:]+:emr-containers:.*:\\/virtualclusters\\/\\*$/g",
             ],
         )
+
+    @staticmethod
+    def _job_run_statements(
+        stack: Stack, prefix: str, pipelines: Mapping[str, PipelineWorkflow]
+    ) -> list[iam.PolicyStatement]:
+        """Listing and cancelling the EMR-on-EKS pipelines' job runs: each virtual cluster by its ARN while there are
+        at most SHARED_ROLE_MAX_PREFIXES; beyond, by tag (the virtual clusters carry the deployment's tag, the job
+        runs the pipeline's), so this role's policy does not grow with the pipelines. The Service Authorization
+        Reference lists aws:ResourceTag for the virtualCluster and jobRun resource types of these actions."""
+        actions = ["emr-containers:ListJobRuns", "emr-containers:DescribeJobRun", "emr-containers:CancelJobRun"]
+        clusters = sorted({w.virtual_cluster_id for w in pipelines.values() if isinstance(w, EksPipeline)}, key=str)
+        if len(clusters) <= SHARED_ROLE_MAX_PREFIXES:
+            return [
+                iam.PolicyStatement(actions=actions, resources=[arn, f"{arn}/jobruns/*"])
+                for arn in (virtual_cluster_arn(stack, c) for c in clusters)
+            ]
+        return [
+            iam.PolicyStatement(
+                actions=["emr-containers:ListJobRuns"],
+                resources=[virtual_cluster_arn(stack, "*")],
+                conditions={"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": prefix}},
+            ),
+            iam.PolicyStatement(
+                actions=["emr-containers:DescribeJobRun", "emr-containers:CancelJobRun"],
+                resources=[f"{virtual_cluster_arn(stack, '*')}/jobruns/*"],
+                conditions={"StringLike": {f"aws:ResourceTag/{TAG_PIPELINE}": "*"}},
+            ),
+        ]
 
     def _trail(self, prefix: str, config: AppConfig, storage: AutopilotStorage) -> cloudtrail.Trail:
         """A multi-region trail with management events, plus S3 data events of the landing bucket when a

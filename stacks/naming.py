@@ -3,13 +3,18 @@ infrastructure); tag keys, the ledger layout and the metrics namespace come from
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # The kernel's names, re-exported for the constructs: one home each (autopilot_common).
 from autopilot_common.observability import METRICS_NAMESPACE as METRICS_NAMESPACE
 from autopilot_common.tags import TAG_DEPLOYMENT as TAG_DEPLOYMENT
 from autopilot_common.tags import TAG_PIPELINE as TAG_PIPELINE
+
+if TYPE_CHECKING:
+    from config.model import AppConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS_DIR = REPO_ROOT / "lambdas"
@@ -28,6 +33,34 @@ POWERTOOLS_LAYER_NAME = "AWSLambdaPowertoolsPythonV3-python314-x86_64"
 def deployment_name(project: str, env: str) -> str:
     """`autopilot-dev`: prefix of every physical name and the stack name."""
     return f"{project}-{env}"
+
+
+# Pipeline stacks: `<deployment>-pipelines-<n>`, n in 1..`pipeline_stacks` (config), each a bounded share of the
+# pipelines.
+PIPELINE_STACK_INFIX = "pipelines"
+# Measured (tests/infra/test_stack_limits.py): a pipeline adds at most ~28 KB of template and ~14 resources; 25 per
+# stack keeps the largest pipeline stack under 80 % of CloudFormation's 1 MB template and 500 resources.
+MAX_PIPELINES_PER_STACK = 25
+
+
+def pipeline_stack_name(deployment: str, index: int) -> str:
+    """`autopilot-dev-pipelines-3`: the stack holding the pipelines hashed to bucket `index` (1-based)."""
+    return f"{deployment}-{PIPELINE_STACK_INFIX}-{index}"
+
+
+def pipeline_stack_index(pipeline: str, stacks: int) -> int:
+    """Which pipeline stack (1..`stacks`) holds `pipeline`: a stable hash of its name alone, so adding or removing
+    another pipeline never moves it (changing `stacks` does: that is a migration)."""
+    digest = hashlib.sha256(pipeline.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % stacks + 1
+
+
+def pipeline_stacks(config: AppConfig) -> dict[int, list[str]]:
+    """The pipeline stacks that hold pipelines: stack index -> its pipelines' names (config order)."""
+    stacks: dict[int, list[str]] = {}
+    for name in config.pipelines:
+        stacks.setdefault(pipeline_stack_index(name, config.pipeline_stacks), []).append(name)
+    return stacks
 
 
 def input_prefix(pipeline_name: str, trigger_prefix: str | None) -> str:
@@ -111,6 +144,11 @@ def state_machine_name(deployment: str, pipeline: str) -> str:
 
 def state_machine_log_group(deployment: str, pipeline: str) -> str:
     return f"/aws/vendedlogs/states/{state_machine_name(deployment, pipeline)}"
+
+
+def workflow_role_name(deployment: str, pipeline: str) -> str:
+    """The workflow's role: named, so the platform stack knows its ARN without a reference to the pipeline stack."""
+    return f"{deployment}-{pipeline}-workflow"
 
 
 def instance_profile_name(deployment: str, pipeline: str) -> str:

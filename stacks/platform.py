@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_iam as iam
@@ -22,6 +22,7 @@ from config.ec2 import Ec2Runtime
 from config.loader import output_prefix
 from config.model import AppConfig
 from stacks.admission import RunAdmission
+from stacks.arns import bounded_prefixes, deployment_arrival_queues, deployment_executions, deployment_state_machines
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
 from stacks.naming import MANIFESTS_PREFIX, DeploymentNames, input_prefix
@@ -107,12 +108,12 @@ class AutopilotPlatform(Construct):
             environment={},
             timeout=Duration.minutes(5),
         )
-        prefixes = sorted(
-            {input_prefix(name, p.trigger.prefix if p.trigger else None) for name, p in config.pipelines.items()}
+        prefixes = bounded_prefixes(
+            [input_prefix(name, p.trigger.prefix if p.trigger else None) for name, p in config.pipelines.items()]
         )
         # Pipelines run `after` others: console runs and reruns may name their upstreams' run outputs.
-        upstream_outputs = sorted(
-            {output_prefix(u, config.pipelines[u]) for p in config.pipelines.values() for u in p.upstreams}
+        upstream_outputs = bounded_prefixes(
+            [output_prefix(u, config.pipelines[u]) for p in config.pipelines.values() for u in p.upstreams], "*"
         )
         # Console inputs are HEAD-ed or listed only inside the pipelines' input prefixes.
         self.prepare.add_to_role_policy(
@@ -166,6 +167,30 @@ class AutopilotPlatform(Construct):
             },
             timeout=Duration.minutes(5),
         )
+        stack = Stack.of(self)
+        # Every pipeline's workflow and arrivals queue, by name pattern: one statement each, whatever the number of
+        # pipelines (and no reference from this stack to the pipeline stacks). The arrivals queues are SQS-managed
+        # SSE, so consuming them needs no KMS grant; the actions are those SqsEventSource grants (Lambda's SQS
+        # event source mapping: https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html#events-sqs-permissions).
+        self.router.add_to_role_policy(
+            iam.PolicyStatement(actions=["states:StartExecution"], resources=[deployment_state_machines(stack, prefix)])
+        )
+        # Whether a run an arrival rejoins has started (DescribeExecution of the deployment's executions only).
+        self.router.add_to_role_policy(
+            iam.PolicyStatement(actions=["states:DescribeExecution"], resources=deployment_executions(stack, prefix))
+        )
+        self.router.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "sqs:ReceiveMessage",
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:GetQueueUrl",
+                    "sqs:DeleteMessage",
+                    "sqs:GetQueueAttributes",
+                ],
+                resources=[deployment_arrival_queues(stack, prefix)],
+            )
+        )
         # Object claims: read in batches (which run owns each arrival), written and released conditionally.
         self.idempotency_table.grant(self.router, "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")
         # Marker mode lists the marker's folder; the router never reads object data.
@@ -179,7 +204,7 @@ class AutopilotPlatform(Construct):
                 resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")],
             )
         )
-        reads = sorted({p.arrivals.landing_prefix for p in config.pipelines.values() if p.arrivals})
+        reads = bounded_prefixes([p.arrivals.landing_prefix for p in config.pipelines.values() if p.arrivals])
         if reads:
             # HeadObject (s3:GetObject; with a version id s3:GetObjectVersion; ListBucket above makes a missing
             # object 404, not 403), only under the triggered input prefixes: pipelines with CloudTrail identify every
@@ -198,7 +223,10 @@ class AutopilotPlatform(Construct):
             self.router.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["s3:PutObject"],
-                    resources=[storage.outputs.arn_for_objects(f"{ledger_prefix(name)}*") for name in triggered],
+                    resources=[
+                        storage.outputs.arn_for_objects(f"{p}*")
+                        for p in bounded_prefixes([ledger_prefix(name) for name in triggered], ledger_prefix())
+                    ],
                 )
             )
         if upstream_outputs:
@@ -218,7 +246,10 @@ class AutopilotPlatform(Construct):
             self.router,
             "AwsSolutions-IAM5",
             "Writes (and reads back) input manifests under the manifests/ prefix only (one object per run, names "
-            "known at run time); DescribeExecution of the pipelines' own executions (run ids known at run time)"
+            "known at run time); StartExecution and DescribeExecution of the deployment's own state machines and "
+            "executions, and "
+            "consuming its arrivals queues, by their name pattern `<deployment>-*` (one statement for any number of "
+            "pipelines)"
             + (head_reason if reads else "")
             + (
                 "; writes SKIPPED and UPSTREAM_FAILED ledger entries under _runs/<pipeline>/ of triggered pipelines"
@@ -226,9 +257,16 @@ class AutopilotPlatform(Construct):
                 else ""
             )
             + ".",
-            ["regex:/^Resource::.*\\/manifests\\/\\*$/g", "regex:/^Resource::arn:[^:]+:states:.*:execution:.*:\\*$/g"]
+            [
+                "regex:/^Resource::.*\\/manifests\\/\\*$/g",
+                "regex:/^Resource::arn:[^:]+:states:.*:execution:.*:\\*$/g",
+                "regex:/^Resource::arn:[^:]+:states:.*:stateMachine:.*-\\*$/g",
+                "regex:/^Resource::arn:[^:]+:sqs:.*-\\*-arrivals$/g",
+            ]
             + [f"regex:/^Resource::.*\\/{re.escape(p).replace('/', chr(92) + '/')}\\*$/g" for p in reads]
-            + [f"regex:/^Resource::.*\\/_runs\\/{re.escape(n)}\\/\\*$/g" for n in triggered],
+            + [f"regex:/^Resource::.*\\/_runs\\/{re.escape(n)}\\/\\*$/g" for n in triggered]
+            # Past SHARED_ROLE_MAX_PREFIXES pipelines: the landing bucket's objects and the ledger as a whole.
+            + ["regex:/^Resource::.*\\/_runs\\/\\*$/g", "regex:/^Resource::<StorageLanding[0-9A-F]+\\.Arn>\\/\\*$/g"],
         )
 
         # Every run ends in it (all runtimes): the ledger update (cost, links), the notification text, RunCostUsd.

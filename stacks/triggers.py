@@ -18,7 +18,7 @@ from typing import Any
 from aws_cdk import Duration
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -195,13 +195,17 @@ class PipelineTrigger(Construct):
                 pattern=data_event_pattern(bucket_name, trigger),
                 message=message,
             )
-        self.event_source = sources.SqsEventSource(
-            self.queue,
+        # The mapping lives with its queue (this pipeline's stack), the router's consume grant in the platform
+        # stack by the queues' name pattern: the platform never refers to a pipeline stack.
+        self.event_source_mapping = lambda_.EventSourceMapping(
+            self,
+            "ArrivalsToRouter",
+            target=platform.router,
+            event_source_arn=self.queue.queue_arn,
             batch_size=batching.max_objects if isinstance(batching, WindowBatching) else 10,
             max_batching_window=Duration.seconds(window) if window else None,
             report_batch_item_failures=True,
         )
-        platform.router.add_event_source(self.event_source)
 
     def _rule(
         self, construct_id: str, *, rule_name: str, description: str, pattern: events.EventPattern, message: str

@@ -30,6 +30,7 @@ from stacks.naming import (
     input_prefix,
     state_machine_log_group,
     state_machine_name,
+    workflow_role_name,
 )
 from stacks.platform import AutopilotPlatform
 from stacks.storage import AutopilotStorage
@@ -120,6 +121,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
             assumed_by=iam.ServicePrincipal(
                 "states.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}}
             ),
+            role_name=workflow_role_name(prefix, name),  # named: the platform stack's guardrail knows its ARN
             description=f"EMR Autopilot workflow of pipeline {name}",
         )
 
@@ -255,7 +257,9 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         self.platform.admission.function.grant_invoke(role)
         finalize = self.platform.finalize
         finalize.grant_invoke(role)
-        logs_prefix = f"{self.pipeline.runtime.type}/{self.name}/"  # prepare's log_uri: <runtime>/<pipeline>/<run>/
+        # prepare's log_uri is <runtime>/<pipeline>/<run>/: the shared finalize role reads <runtime>/, one grant per
+        # runtime whatever the number of pipelines (identical statements merge), so it does not grow per pipeline.
+        logs_prefix = f"{self.pipeline.runtime.type}/"
         finalize.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["s3:ListBucket"],
@@ -269,7 +273,8 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         suppress(
             finalize.role or finalize,
             "AwsSolutions-IAM5",
-            "Finalize reads each pipeline's driver logs under its own log prefix (object names known at run time) "
+            "Finalize reads the pipelines' driver logs under their runtime's log prefix (object names known at run "
+            "time) "
             "and its job runs (ids known at run time).",
             ["regex:/^Resource::.*\\/\\*$/g"],
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aws_cdk import Stack
+
 from config.ec2 import Ec2Runtime
 from config.loader import load_config
 from stacks.alarm_scaling import alarm_scaling, alarm_specs
@@ -50,7 +52,7 @@ def test_the_transient_workflow_plans_one_alarm_per_rule_on_the_clusters_own_met
     assert put["Dimensions"] == [{"Name": "JobFlowId", "Value.$": "$.cluster_id"}]
     assert put["AlarmName.$"] == "States.Format('${ScalingAlarmPrefix}{}-{}', $.cluster_id, $.alarm.rule)"
     machine = synth.stack.pipelines[PIPELINE].state_machine.node.default_child
-    substitutions = synth.raw["Resources"][synth.stack.get_logical_id(machine)]["Properties"]
+    substitutions = synth.raw["Resources"][Stack.of(machine).get_logical_id(machine)]["Properties"]
     assert substitutions["DefinitionSubstitutions"]["ScalingAlarmPrefix"] == "autopilot-dev-scaling-sales-cluster-"
     # Both teardown paths look the alarms up by the cluster's prefix and delete them
     for tag in ("", "AfterFailure"):
@@ -127,8 +129,15 @@ def test_the_operations_dashboard_shows_runs_of_every_pipeline_scaling_and_guard
     (dashboard,) = synth.resources("AWS::CloudWatch::Dashboard").values()
     assert dashboard["Properties"]["DashboardName"] == "autopilot-dev-operations"
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
-    for metric in ["ExecutionsStarted", "ExecutionsSucceeded", "ExecutionsFailed", "ExecutionsAborted"]:
-        assert body.count(metric) == len(synth.stack.pipelines), metric
+    # One SEARCH per run widget over the deployment's state machines: a line per pipeline, whatever their number,
+    # and no pipeline named in the body (its size does not grow with the pipelines)
+    machines = "stateMachine:autopilot-dev-"
+    runs = ["ExecutionsStarted", "ExecutionsSucceeded", "ExecutionsFailed", "ExecutionsAborted", "ExecutionsTimedOut"]
+    for metric in runs:
+        assert body.count(f"SEARCH('{{AWS/States,StateMachineArn}} MetricName=\\\\\\\"{metric}") == 1, metric
+    assert body.count(machines) == len(runs)
+    assert not [name for name in synth.stack.pipelines if name in body]
+    assert "RunCostUsd" in body
     for metric in ["ScalingActions", "ScalingSkipped", "ActiveClusters", "OrphanClusters", "RunsCancelledExternally"]:
         assert metric in body, metric
     assert "autopilot-scaler" in body and "autopilot-guardrail" in body

@@ -45,10 +45,22 @@ def cdk_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(cdk_out: Path) -> StackTemplate:
+def stacks(cdk_out: Path) -> list[StackTemplate]:
+    """The platform stack first, then the pipeline stack(s) that import from it."""
     stacks = read_assembly(cdk_out)
-    assert [s.name for s in stacks] == [STACK]
+    assert [s.name for s in stacks] == [STACK, f"{STACK}-pipelines-1"]
+    return stacks
+
+
+@pytest.fixture(scope="module")
+def stack(stacks: list[StackTemplate]) -> StackTemplate:
+    """The platform stack."""
     return stacks[0]
+
+
+@pytest.fixture(scope="module")
+def pipelines_stack(stacks: list[StackTemplate]) -> StackTemplate:
+    return stacks[1]
 
 
 def fake_id(logical_id: str) -> str:
@@ -65,6 +77,17 @@ def filled(stack: StackTemplate) -> Resolver:
     resolver = Resolver(stack, account=ACCOUNT, region=REGION)
     resolver.physical_ids.update({logical_id: fake_id(logical_id) for logical_id in stack.resources})
     resolver.attributes.update({(lid, attr): fake_attribute(lid, attr) for lid, attr in stack.required_attributes()})
+    return resolver
+
+
+@pytest.fixture(scope="module")
+def pipelines_filled(pipelines_stack: StackTemplate, filled: Resolver) -> Resolver:
+    """The pipeline stack's resolver: fake ids for its own resources, the platform's (fake) exports to import."""
+    resolver = Resolver(pipelines_stack, account=ACCOUNT, region=REGION, exports=filled.resolve_exports())
+    resolver.physical_ids.update({logical_id: fake_id(logical_id) for logical_id in pipelines_stack.resources})
+    resolver.attributes.update(
+        {(lid, attr): fake_attribute(lid, attr) for lid, attr in pipelines_stack.required_attributes()}
+    )
     return resolver
 
 
@@ -163,7 +186,7 @@ def test_jobs_and_bootstrap_bucket_deployment_sources_hold_their_files(stack: St
         stack.bucket_deployment_sources(by_path(stack, "/Platform/RouterFunction/Resource"))
 
 
-def test_deployment_order_respects_every_dependency(stack: StackTemplate) -> None:
+def test_deployment_order_respects_every_dependency(stack: StackTemplate, pipelines_stack: StackTemplate) -> None:
     order = stack.deployment_order()
     assert sorted(order) == sorted(stack.resources)
     position = {logical_id: i for i, logical_id in enumerate(order)}
@@ -174,17 +197,21 @@ def test_deployment_order_respects_every_dependency(stack: StackTemplate) -> Non
         bucket = policy.properties["Bucket"]["Ref"]
         assert stack.resources[bucket].type == "AWS::S3::Bucket"
         assert position[bucket] < position[policy.logical_id]
-    machine = by_path(stack, "/Pipeline-sales-daily/Workflow/Resource")
-    for before in ("/Pipeline-sales-daily/WorkflowRole/Resource", "/Platform/PrepareFunction/Resource"):
-        assert position[by_path(stack, before).logical_id] < position[machine.logical_id], before
+    # The platform stack (prepare function) is deployed before the pipeline stack; in it, the role before the machine
+    assert by_path(stack, "/Platform/PrepareFunction/Resource")
+    order = pipelines_stack.deployment_order()
+    machine = by_path(pipelines_stack, "/Pipeline-sales-daily/Workflow/Resource")
+    role = by_path(pipelines_stack, "/Pipeline-sales-daily/WorkflowRole/Resource")
+    assert order.index(role.logical_id) < order.index(machine.logical_id)
 
 
 def test_state_machine_definition_is_the_asl_with_resolved_substitutions(
-    stack: StackTemplate, filled: Resolver
+    stack: StackTemplate, pipelines_stack: StackTemplate, pipelines_filled: Resolver
 ) -> None:
-    machine = by_path(stack, "/Pipeline-sales-daily/Workflow/Resource")
+    filled = pipelines_filled
+    machine = by_path(pipelines_stack, "/Pipeline-sales-daily/Workflow/Resource")
     # The S3 object is the ASL file plus the run timeout as its top-level TimeoutSeconds (120 minutes).
-    uploaded = json.loads(stack.asset_for_code(machine).path.read_text(encoding="utf-8"))
+    uploaded = json.loads(pipelines_stack.asset_for_code(machine).path.read_text(encoding="utf-8"))
     assert uploaded == {**json.loads(ASL.read_text(encoding="utf-8")), "TimeoutSeconds": 7200}
     substitutions = filled.resolve(machine.properties["DefinitionSubstitutions"])
     asl = ASL.read_text(encoding="utf-8")
@@ -212,10 +239,12 @@ def test_state_machine_definition_is_the_asl_with_resolved_substitutions(
     )
 
 
-def test_rule_input_template_carries_the_event_and_state_machine_arn(stack: StackTemplate, filled: Resolver) -> None:
-    rule = by_path(stack, "/Trigger-sales-daily/ObjectCreated/Resource")
-    machine = by_path(stack, "/Pipeline-sales-daily/Workflow/Resource")
-    template = filled.resolve(rule.properties["Targets"][0]["InputTransformer"]["InputTemplate"])
+def test_rule_input_template_carries_the_event_and_state_machine_arn(
+    pipelines_stack: StackTemplate, pipelines_filled: Resolver
+) -> None:
+    rule = by_path(pipelines_stack, "/Trigger-sales-daily/ObjectCreated/Resource")
+    machine = by_path(pipelines_stack, "/Pipeline-sales-daily/Workflow/Resource")
+    template = pipelines_filled.resolve(rule.properties["Targets"][0]["InputTransformer"]["InputTemplate"])
     assert isinstance(template, str)
     assert '"event": <aws.events.event.json>}' in template
     assert f'"state_machine_arn": "{fake_id(machine.logical_id)}"' in template
@@ -233,11 +262,21 @@ def test_every_resource_and_output_resolves_once_ids_are_filled(stack: StackTemp
     assert filled.resolve({"Ref": "BootstrapVersion"}) == "6"
 
 
-def test_product_template_fails_clearly_before_ids_are_known(stack: StackTemplate) -> None:
+def test_product_template_fails_clearly_before_ids_are_known(
+    stack: StackTemplate, pipelines_stack: StackTemplate, filled: Resolver
+) -> None:
     empty = Resolver(stack, account=ACCOUNT, region=REGION)
-    machine = by_path(stack, "/Pipeline-sales-daily/Workflow/Resource")
-    with pytest.raises(UnresolvedReference, match=rf"{machine.logical_id}.*Fn::GetAtt Platform\w+\.Arn"):
-        empty.resolve_properties(machine)
+    dead_letters = by_path(stack, "/Platform/DeadLettersAlarm/Resource")
+    with pytest.raises(UnresolvedReference, match=rf"{dead_letters.logical_id}.*Ref Platform\w+"):
+        empty.resolve_properties(dead_letters)
+    # The pipeline stack's machine, its own ids unknown, names its role; without the platform's exports, the import
+    importer = Resolver(pipelines_stack, account=ACCOUNT, region=REGION, exports=filled.resolve_exports())
+    machine = by_path(pipelines_stack, "/Pipeline-sales-daily/Workflow/Resource")
+    with pytest.raises(UnresolvedReference, match=rf"{machine.logical_id}.*Fn::GetAtt Pipeline\w+\.Arn"):
+        importer.resolve_properties(machine)
+    alone = Resolver(pipelines_stack, account=ACCOUNT, region=REGION)
+    with pytest.raises(AssemblyError, match=r"Fn::ImportValue 'autopilot-dev:ExportsOutput\w+': no deployed stack"):
+        alone.resolve_properties(machine)
 
 
 # --- intrinsics on small templates ------------------------------------------------------------------------------
@@ -467,7 +506,7 @@ def test_conditions(resolver: Resolver, demo: StackTemplate) -> None:
 def test_unsupported_and_unmodeled_intrinsics_are_named(resolver: Resolver) -> None:
     with pytest.raises(AssemblyError, match=r"R\.Props\.Value: unsupported intrinsic Fn::Frobnicate"):
         resolver.resolve({"Props": {"Value": {"Fn::Frobnicate": [1]}}}, where="R")
-    with pytest.raises(AssemblyError, match=r"Fn::ImportValue 'shared-vpc'.*not modeled"):
+    with pytest.raises(AssemblyError, match=r"Fn::ImportValue 'shared-vpc': no deployed stack exports it"):
         resolver.resolve({"Fn::ImportValue": "shared-vpc"})
 
 
@@ -540,6 +579,81 @@ def test_dependencies_reject_unknown_names(tmp_path: Path) -> None:
         stack.dependencies("A")
     with pytest.raises(AssemblyError, match=r"demo/B: reference to unknown logical id 'Nope'"):
         stack.dependencies("B")
+
+
+# --- multi-stack assemblies: dependency order and exports --------------------------------------------------------
+
+
+def write_stacks(directory: Path, templates: dict[str, tuple[dict[str, Any], list[str]]]) -> Path:
+    """A cloud assembly of several stacks: name -> (template, the stacks it depends on), in the given order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    artifacts: dict[str, Any] = {}
+    for name, (template, depends_on) in templates.items():
+        (directory / f"{name}.template.json").write_text(json.dumps(template))
+        artifacts[name] = {
+            "type": "aws:cloudformation:stack",
+            "environment": "aws://unknown-account/unknown-region",
+            "properties": {"templateFile": f"{name}.template.json"},
+            "dependencies": depends_on,
+        }
+    (directory / "manifest.json").write_text(json.dumps({"version": "55.0.0", "artifacts": artifacts}))
+    return directory
+
+
+PLATFORM = {
+    "Resources": {"Topic": {"Type": "AWS::SNS::Topic", "Properties": {}}},
+    "Outputs": {"TopicArn": {"Value": {"Ref": "Topic"}, "Export": {"Name": {"Fn::Sub": "${AWS::StackName}:Topic"}}}},
+}
+PIPELINES = {
+    "Resources": {"Queue": {"Type": "AWS::SQS::Queue", "Properties": {"Tag": {"Fn::ImportValue": "platform:Topic"}}}}
+}
+
+
+def test_stacks_are_read_in_dependency_order(tmp_path: Path) -> None:
+    # Given an assembly whose manifest lists the importing stack first
+    cdk_out = write_stacks(tmp_path, {"pipelines": (PIPELINES, ["platform"]), "platform": (PLATFORM, [])})
+    # Then the exporting stack comes first
+    assert [s.name for s in read_assembly(cdk_out)] == ["platform", "pipelines"]
+
+
+def test_stacks_that_depend_on_each_other_are_refused(tmp_path: Path) -> None:
+    cdk_out = write_stacks(tmp_path, {"a": (PLATFORM, ["b"]), "b": (PIPELINES, ["a"])})
+    with pytest.raises(AssemblyError, match=r"stacks a, b: their dependencies form a cycle"):
+        read_assembly(cdk_out)
+
+
+def test_import_value_reads_an_earlier_stacks_export_and_refuses_a_missing_one(tmp_path: Path) -> None:
+    platform, pipelines = read_assembly(
+        write_stacks(tmp_path, {"platform": (PLATFORM, []), "pipelines": (PIPELINES, ["platform"])})
+    )
+    # Given the platform stack deployed (its topic has a physical id)
+    exporter = Resolver(platform, account=ACCOUNT, region=REGION)
+    exporter.physical_ids["Topic"] = "arn:aws:sns:us-east-1:123456789012:platform-topic"
+    exports = exporter.resolve_exports()
+    assert exports == {"platform:Topic": "arn:aws:sns:us-east-1:123456789012:platform-topic"}
+    # When the pipelines stack resolves its import, Then it reads the export
+    importer = Resolver(pipelines, account=ACCOUNT, region=REGION, exports=exports)
+    assert importer.resolve_properties(pipelines.resources["Queue"]) == {"Tag": exports["platform:Topic"]}
+    # And without the export (the platform not deployed) it is refused, as CloudFormation refuses it
+    alone = Resolver(pipelines, account=ACCOUNT, region=REGION)
+    with pytest.raises(AssemblyError, match=r"Fn::ImportValue 'platform:Topic': no deployed stack exports it"):
+        alone.resolve_properties(pipelines.resources["Queue"])
+
+
+def test_the_products_pipeline_stacks_import_only_the_platforms_exports(
+    stack: StackTemplate, pipelines_stack: StackTemplate
+) -> None:
+    assert pipelines_stack.depends_on and stack.artifact_id in pipelines_stack.depends_on
+    filled = Resolver(stack, account=ACCOUNT, region=REGION)
+    filled.physical_ids.update({logical_id: fake_id(logical_id) for logical_id in stack.resources})
+    filled.attributes.update({(lid, attr): fake_attribute(lid, attr) for lid, attr in stack.required_attributes()})
+    importer = Resolver(pipelines_stack, account=ACCOUNT, region=REGION, exports=filled.resolve_exports())
+    importer.physical_ids.update({logical_id: fake_id(logical_id) for logical_id in pipelines_stack.resources})
+    importer.attributes.update(
+        {(lid, attr): fake_attribute(lid, attr) for lid, attr in pipelines_stack.required_attributes()}
+    )
+    for resource in pipelines_stack.resources.values():
+        assert no_intrinsics(importer.resolve_properties(resource)), resource.logical_id
 
 
 # --- reading assemblies and state machine definitions ----------------------------------------------------------

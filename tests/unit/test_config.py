@@ -399,3 +399,22 @@ def test_a_dependency_cycle_is_named_once_with_its_path() -> None:
         "config/dev.yaml: pipeline 'report': trigger.after: a cycle (report -> summary -> report, each running after "
         "the next); expected dependencies without a loop"
     ), message
+
+
+def test_too_many_pipelines_for_the_pipeline_stacks_names_the_count_that_fits() -> None:
+    # Given 30 copies of sales-east (no trigger, no overlap) in one pipeline stack (the default)
+    def crowd(raw: dict[str, Any]) -> None:
+        for i in range(30):
+            raw["pipelines"][f"east-{i:02d}"] = copy.deepcopy(raw["pipelines"]["sales-east"])
+
+    message = _error(crowd)
+    # Then one message names the field, the stack, the limit and the count that fits
+    assert "pipeline_stacks: got 1; pipeline stack 1 would hold 43 pipelines; expected at most 25 per stack" in message
+    assert "set pipeline_stacks to 2 or more" in message
+
+    def spread(raw: dict[str, Any]) -> None:
+        crowd(raw)
+        raw["pipeline_stacks"] = 4
+
+    config = dev_config(spread)
+    assert config.pipeline_stacks == 4

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from autopilot_cli import logs, watch
 from autopilot_cli.app import app
-from autopilot_cli.deployment import Deployment
+from autopilot_cli.deployment import Deployment, Target, find_deployment
 from autopilot_cli.ledger import RunRecord, failure_reason, parse_since
 from autopilot_cli.render import console_links, runs_table
 from autopilot_common.ledger import RUN_STATES, iso, ledger_key
@@ -154,6 +154,24 @@ def test_a_stack_that_is_not_there_is_named_with_its_region(account: dict[str, A
     result = CliRunner().invoke(app, ["runs"])  # the chain's region (us-east-1): the stack is in eu-west-1
     assert result.exit_code == 2
     assert result.stderr.startswith("emr-autopilot: error: stack autopilot-dev (--env dev) not found in us-east-1")
+
+
+def test_the_state_machines_are_found_in_the_pipeline_stacks(account: dict[str, Any]) -> None:
+    # Given a pipeline stack (config/dev.yaml: one) whose output is the state machine of sales-cluster
+    machine = f"arn:aws:states:{REGION}:123456789012:stateMachine:{STACK}-sales-cluster"
+    template = {
+        "Conditions": {"Never": {"Fn::Equals": ["a", "b"]}},
+        "Resources": {"R": {"Type": "AWS::CloudFormation::WaitConditionHandle", "Condition": "Never"}},
+        "Outputs": {"StateMachinesalescluster": {"Value": machine}},
+    }
+    cloudformation = boto3.client("cloudformation", region_name=REGION)
+    cloudformation.create_stack(StackName=f"{STACK}-pipelines-1", TemplateBody=json.dumps(template))
+    # When the CLI finds the deployment
+    deployment = find_deployment(Target(env="dev", region=REGION))
+    # Then it knows both the platform stack's outputs and the pipeline stack's state machines
+    assert deployment.outputs_bucket == OUTPUTS
+    assert deployment.state_machine("sales-cluster") == machine
+    assert deployment.state_machine("sales-daily").endswith(":stateMachine:autopilot-dev-sales-daily")
 
 
 def test_show_lays_out_a_failed_run_with_its_reason_and_console_links(account: dict[str, Any]) -> None:
