@@ -43,7 +43,7 @@ unit: install ## unit tests (moto, no network; includes one local Spark run)
 twin: install ## the twin's own tests: its models on moto, and its fidelity to AWS with the app deployed on it
 	$(BIN)/pytest tests/twin
 
-infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL validation
+infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL validation (and the slow 300-pipeline limits)
 	$(BIN)/pytest tests/infra
 
 e2e: install ## every end-to-end test on the local twin, the slow ones too (~12 min on 2 cores)
@@ -52,7 +52,7 @@ e2e: install ## every end-to-end test on the local twin, the slow ones too (~12 
 test: install lint typecheck ## everything CI runs: lint, types, unit, twin, infra, e2e without the `slow` ones (one real Spark run)
 	$(BIN)/pytest tests/unit
 	$(BIN)/pytest tests/twin
-	$(BIN)/pytest tests/infra
+	$(BIN)/pytest tests/infra -m "not slow"
 	$(BIN)/pytest tests/e2e -m "not slow"
 
 synth: install ## write cdk.out/ for ENV (default dev)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from local.assembly import AssemblyError, Resolver, Resource, StackTemplate, read_assembly
 from local.function_logs import LOG_FORMATS
-from local.lambda_runtime import LocalFunction
+from local.lambda_runtime import LocalFunction, environment_problem
 
 if TYPE_CHECKING:
     from local.twin import Twin
@@ -282,6 +282,10 @@ class _Deployer:
         log_format = logging_config.get("LogFormat", "Text")
         if log_format not in LOG_FORMATS:  # lambda LoggingConfig.LogFormat: an enum (botocore's lambda model)
             raise ValueError(f"{name}: LoggingConfig.LogFormat {log_format!r}; expected one of {LOG_FORMATS}")
+        environment = {k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()}
+        too_big = environment_problem(name, environment)
+        if too_big is not None:  # CloudFormation's CREATE_FAILED, as Lambda refuses it
+            raise ValueError(f"{resource.logical_id}: InvalidParameterValueException: {too_big}")
         self.twin.runtime.register(
             LocalFunction(
                 name=name,
@@ -289,7 +293,7 @@ class _Deployer:
                 handler=props.get("Handler", "index.handler"),
                 code_dir=asset.path,
                 layer_dirs=layer_dirs,
-                environment={k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()},
+                environment=environment,
                 timeout_seconds=int(props.get("Timeout", 3)),
                 memory_mb=int(props.get("MemorySize", 128)),
                 role_arn=props.get("Role"),

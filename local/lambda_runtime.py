@@ -108,6 +108,26 @@ class Invocation:
     error: str | None
 
 
+# Lambda's quota: "Function environment variables: 4 KB, for all environment variables associated with the function,
+# in aggregate" (Lambda Developer Guide, Lambda quotas). Lambda measures the variables as the JSON it reports in the
+# refusal ("... exceeded the 4KB limit. String measured: {...}").
+ENVIRONMENT_LIMIT_BYTES = 4096
+
+
+def environment_problem(name: str, variables: dict[str, str]) -> str | None:
+    """Lambda's refusal of a function whose environment exceeds 4 KB (CreateFunction, UpdateFunctionConfiguration,
+    and so CloudFormation), or None. Names the largest variables, so the fix is plain."""
+    measured = json.dumps(variables, separators=(",", ":"), ensure_ascii=False)
+    size = len(measured.encode("utf-8"))
+    if size <= ENVIRONMENT_LIMIT_BYTES:
+        return None
+    largest = ", ".join(f"{k} ({len(v)} chars)" for k, v in sorted(variables.items(), key=lambda kv: -len(kv[1]))[:3])
+    return (
+        f"{name}: Lambda was unable to configure your environment variables because the environment variables you "
+        f"have provided exceeded the 4KB limit ({size} bytes measured; largest: {largest})"
+    )
+
+
 @dataclass
 class LocalFunction:
     """A deployed function: code folder, layer folders, handler string, environment."""

@@ -52,6 +52,7 @@ from local.app_ui import APP_UI_ACTIONS
 from local.cloudtrail import access_key_id_from
 from local.faults import TwinClientError
 from local.iam import hooks as iam_hooks
+from local.lambda_runtime import environment_problem
 
 if TYPE_CHECKING:
     from local.lambda_runtime import LocalFunction
@@ -533,7 +534,12 @@ def _update_function_configuration(twin: Twin, response: Any) -> Any:
         body = json.dumps({"Type": "User", "message": message})
         return 400, {"Content-Type": "application/json", "x-amzn-ErrorType": "InvalidParameterValueException"}, body
     if "Environment" in params:
-        function.environment = {str(k): str(v) for k, v in (params["Environment"].get("Variables") or {}).items()}
+        variables = {str(k): str(v) for k, v in (params["Environment"].get("Variables") or {}).items()}
+        too_big = environment_problem(function.name, variables)
+        if too_big is not None:
+            body = json.dumps({"Type": "User", "message": too_big})
+            return 400, {"Content-Type": "application/json", "x-amzn-ErrorType": "InvalidParameterValueException"}, body
+        function.environment = variables
     if "Timeout" in params:
         function.timeout_seconds = int(params["Timeout"])
     if "MemorySize" in params:

@@ -54,7 +54,7 @@ class OperationsDashboard(Construct):
             """The router's `metric`, a line per pipeline that emits it (SEARCH: nothing listed per pipeline)."""
             return cloudwatch.MathExpression(
                 expression=f'SEARCH(\'{{{METRICS_NAMESPACE},pipeline,service}} MetricName="{metric}" '
-                f'service="autopilot-router"\', \'Sum\', {int(PERIOD.to_seconds())})',
+                f"service=\"autopilot-router\"', 'Sum', {int(PERIOD.to_seconds())})",
                 label="",
                 period=PERIOD,
             )

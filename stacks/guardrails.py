@@ -31,7 +31,7 @@ from stacks.arns import (
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
-from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, DeploymentNames, workflow_role_name
+from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, DeploymentNames
 from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.rules import api_call_rule, service_event_rule
 from stacks.serverless_pipeline import ServerlessPipeline
@@ -70,8 +70,9 @@ class AutopilotGuardrails(Construct):
         for name, workflow in pipelines.items():
             pipeline = workflow.pipeline
             runtime = pipeline.runtime
+            # Only what differs from PipelineRef's defaults: Lambda allows 4 KB of environment in all (the state
+            # machine's ARN is STATE_MACHINE_ARN_PREFIX + the pipeline's name).
             ref: dict[str, object] = {
-                "state_machine_arn": state_machine_arn(stack, workflow.state_machine_name),
                 "runtime": "emr-ec2"
                 if isinstance(runtime, Ec2Runtime)
                 else "emr-eks"
@@ -98,7 +99,8 @@ class AutopilotGuardrails(Construct):
                 "OUTPUTS_BUCKET": storage.outputs.bucket_name,
                 "TOPIC_ARN": platform.topic.topic_arn,
                 "CLAIMS_TABLE": platform.idempotency_table.table_name,
-                "PIPELINES": stack.to_json_string(refs),
+                "PIPELINES": json.dumps(refs, separators=(",", ":")),
+                "STATE_MACHINE_ARN_PREFIX": state_machine_arn(stack, f"{prefix}-"),
                 "UNMANAGED_CLUSTERS": json.dumps(guardrails.unmanaged_clusters.model_dump()),
                 "SERVERLESS_IDLE_STOP_MINUTES": str(guardrails.serverless_idle_stop_minutes),
             },
@@ -106,12 +108,11 @@ class AutopilotGuardrails(Construct):
         )
         function = self.function
         assert function.role is not None
-        # Calls by these roles are the app's own (the workflows, finalize, this function): never "someone else".
-        # By name (stacks.naming.workflow_role_name): the workflows' roles live in the pipeline stacks.
-        own_roles = [role_arn(stack, workflow_role_name(prefix, n)) for n in pipelines] + [function.role.role_arn]
-        if platform.finalize is not None and platform.finalize.role is not None:
-            own_roles.append(platform.finalize.role.role_arn)
-        function.add_environment("APP_ROLE_ARNS", stack.to_json_string(own_roles))
+        # Calls by the deployment's roles are the app's own (the workflows, finalize, this function): never "someone
+        # else". Every one of them is named `<deployment>-...`: the workflows' by stacks.naming.workflow_role_name,
+        # the functions' by CloudFormation (`<stack name>-<logical id>-<suffix>`, and every stack's name starts with
+        # the deployment's). One prefix, whatever the number of pipelines (Lambda allows 4 KB of environment).
+        function.add_environment("APP_ROLE_PREFIX", role_arn(stack, f"{prefix}-"))
         platform.admission.grant_release(function)
         self._grant(stack, prefix, storage, platform, pipelines)
         platform.fail_async_to_dead_letters(function)

@@ -137,7 +137,7 @@ def react_to_cloudtrail(
     who, role = principal_of(identity)
     if detail.get("errorCode"):
         return CloudTrailReaction(name, who, f"ignored: the call failed ({detail['errorCode']})")
-    if (role or who) in settings.app_role_arns or who in settings.app_role_arns:
+    if settings.is_app_role(role or who) or settings.is_app_role(who):
         return CloudTrailReaction(name, who, "ignored: made by this app")
     params = detail.get("requestParameters") or {}
     if name == "RunJobFlow":

@@ -40,8 +40,10 @@ class UnmanagedPolicy:
 @dataclass(frozen=True)
 class GuardrailSettings:
     """The function's environment: `DEPLOYMENT`, `OUTPUTS_BUCKET`, `TOPIC_ARN`, `CLAIMS_TABLE`,
-    `PIPELINES` (JSON: name -> PipelineRef fields), `APP_ROLE_ARNS` (JSON list: roles whose calls are
-    this app's own), `UNMANAGED_CLUSTERS` (JSON: UnmanagedPolicy fields), optional
+    `PIPELINES` (JSON: name -> PipelineRef fields; `state_machine_arn` may be left out and is then
+    `STATE_MACHINE_ARN_PREFIX` + name), `APP_ROLE_PREFIX` (the ARN prefix of the roles whose calls are this app's own:
+    `arn:...:role/<deployment>-`, which every role of the deployment's stacks starts with) and/or `APP_ROLE_ARNS` (JSON
+    list of such roles), `UNMANAGED_CLUSTERS` (JSON: UnmanagedPolicy fields), optional
     `SERVERLESS_IDLE_STOP_MINUTES` (default 60)."""
 
     deployment: str
@@ -50,6 +52,7 @@ class GuardrailSettings:
     claims_table: str
     pipelines: Mapping[str, PipelineRef]
     app_role_arns: frozenset[str]
+    app_role_prefix: str | None = None  # `APP_ROLE_PREFIX`: a role ARN starting with it is the app's own
     unmanaged: UnmanagedPolicy = field(default_factory=UnmanagedPolicy)
     serverless_idle_stop_minutes: int = 60
     admission_table: str | None = None  # `ADMISSION_TABLE`: run slots to release (see autopilot_common.admission)
@@ -65,11 +68,15 @@ class GuardrailSettings:
         topic_arn = read.required("TOPIC_ARN", "the notifications topic ARN")
         claims_table = read.required("CLAIMS_TABLE", "the DynamoDB table that records cancellations")
         pipelines_raw = read.json("PIPELINES", dict, expected="a dict")
+        machine_prefix = read.optional("STATE_MACHINE_ARN_PREFIX") or ""
         try:
-            pipelines = {name: PipelineRef(name=name, **spec) for name, spec in pipelines_raw.items()}
+            pipelines = {
+                name: PipelineRef(name=name, **{"state_machine_arn": machine_prefix + name, **spec})
+                for name, spec in pipelines_raw.items()
+            }
         except TypeError as exc:
             raise SettingsError(f"environment variable PIPELINES: {exc}; expected name -> PipelineRef fields") from None
-        roles = read.json("APP_ROLE_ARNS", list, expected="a list")
+        roles = read.json("APP_ROLE_ARNS", list, expected="a list") if read.optional("APP_ROLE_ARNS") else []
         unmanaged = (
             read.json("UNMANAGED_CLUSTERS", dict, expected="a dict") if read.optional("UNMANAGED_CLUSTERS") else {}
         )
@@ -80,12 +87,19 @@ class GuardrailSettings:
             claims_table=claims_table,
             pipelines=pipelines,
             app_role_arns=frozenset(str(r) for r in roles),
+            app_role_prefix=read.optional("APP_ROLE_PREFIX"),
             unmanaged=UnmanagedPolicy(**unmanaged),
             serverless_idle_stop_minutes=read.positive_int("SERVERLESS_IDLE_STOP_MINUTES", 60, "minutes"),
             admission_table=read.optional(TABLE_ENV),
             caps=Caps.from_env(env) if env.get(CAPS_ENV) else Caps(),
             region=read.optional("AWS_REGION"),
         )
+
+    def is_app_role(self, arn: str | None) -> bool:
+        """True for a role (or assumed-role session) ARN of this app's own roles."""
+        if not arn:
+            return False
+        return arn in self.app_role_arns or bool(self.app_role_prefix and arn.startswith(self.app_role_prefix))
 
     def pipeline_of_state_machine(self, arn: str) -> PipelineRef | None:
         return next((p for p in self.pipelines.values() if p.state_machine_arn == arn), None)

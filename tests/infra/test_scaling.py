@@ -9,7 +9,6 @@ from typing import Any
 from aws_cdk import Stack
 
 from config.ec2 import Ec2Runtime
-from config.loader import load_config
 from stacks.alarm_scaling import alarm_scaling, alarm_specs
 from tests.infra.conftest import Synthesized
 from tests.infra.test_workflow import definition_of
@@ -146,12 +145,7 @@ def test_the_operations_dashboard_shows_runs_of_every_pipeline_scaling_and_guard
 def test_the_dashboard_follows_schedules_deadlines_and_dependencies_per_pipeline(synth: Synthesized) -> None:
     (dashboard,) = synth.resources("AWS::CloudWatch::Dashboard").values()
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
-    config = load_config("dev").pipelines
-    scheduled = [n for n, p in config.items() if p.trigger and p.trigger.schedule]
-    expecting = [n for n, p in config.items() if p.trigger and p.trigger.expect]
-    downstream = [n for n, p in config.items() if p.upstreams]
-    assert scheduled and expecting and downstream  # config/dev.yaml has each kind
-    assert body.count("ScheduleFirings") == body.count("EmptyPartitions") == len(scheduled)
-    assert body.count("DeadlinesMissed") == len(expecting)
-    assert body.count("UpstreamRunsRecorded") == body.count("UpstreamFailures") == len(downstream)
-    assert "autopilot-router" in body
+    # One SEARCH per router metric: a line per pipeline that emits it, whatever the number of pipelines
+    for metric in ["ScheduleFirings", "EmptyPartitions", "DeadlinesMissed", "UpstreamRunsRecorded", "UpstreamFailures"]:
+        assert body.count(f'MetricName=\\\\\\"{metric}') == 1, metric
+    assert body.count("autopilot-router") == 5
