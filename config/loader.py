@@ -216,7 +216,32 @@ def dependency_problems(config: AppConfig, source: str) -> list[str]:
                 f"{source}: pipeline {cycle[0]!r}: trigger.after: a cycle ({path}, each running after the next); "
                 "expected dependencies without a loop"
             )
+    if problems:
+        return problems
+    for name, pipeline in sorted(config.pipelines.items()):
+        dated = {upstream: _dated(config, upstream) for upstream in pipeline.upstreams}
+        if len(set(dated.values())) > 1:
+            with_dates = ", ".join(repr(u) for u, d in dated.items() if d)
+            without = ", ".join(repr(u) for u, d in dated.items() if not d)
+            problems.append(
+                f"{source}: pipeline {name!r}: trigger.after: {with_dates} run(s) carry a logical date (their "
+                f"partition_template) and {without} run(s) do not, so no date group and no undated group would ever "
+                "hold a run of each and the pipeline would never start; expected upstreams that all have a "
+                "partition_template (one run per date) or none of them (the newest run of each)"
+            )
     return problems
+
+
+def _dated(config: AppConfig, name: str) -> bool:
+    """True when a pipeline's runs normally carry a logical date: an arrival or scheduled trigger with a
+    `partition_template`, or upstreams whose runs all do (a fan-in run takes its group's date). Console runs of a
+    pipeline without a trigger carry none (a backfill's may: that is the operator's choice, not the pipeline's)."""
+    pipeline = config.pipelines[name]
+    if pipeline.trigger is None:
+        return False
+    if pipeline.upstreams:
+        return all(_dated(config, upstream) for upstream in pipeline.upstreams)
+    return pipeline.trigger.partition_template is not None
 
 
 def _cycle_from(config: AppConfig, start: str) -> list[str] | None:

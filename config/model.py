@@ -203,9 +203,10 @@ class Trigger(StrictModel):
         "hidden, temporary and checksum files excluded; `suffixes` and `ignore_zero_byte` apply). Fan-in: with "
         "several upstreams, upstream runs that carry a logical date are grouped by it (one run per date); others "
         "form one open group that holds the newest SUCCEEDED run of each upstream not consumed yet, and the run "
-        "starts when the group is complete. A FAILED upstream run starts nothing and writes an UPSTREAM_FAILED "
-        "ledger entry naming it. A pipeline with `after` has no arrival trigger: `prefix`, `batching`, `sources` "
-        "and `partition_template` do not apply. Empty: an arrival trigger.",
+        "starts when the group is complete, so the upstreams must all have a `partition_template` or none of them "
+        "(a mix is refused at load: it would never start). A FAILED upstream run starts nothing and writes an "
+        "UPSTREAM_FAILED ledger entry naming it. A pipeline with `after` has no arrival trigger: `prefix`, "
+        "`batching`, `sources` and `partition_template` do not apply. Empty: an arrival trigger.",
     )
     suffixes: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
         default_factory=list, description="Only keys ending with one of these (e.g. `.csv`); empty means any."
@@ -318,6 +319,13 @@ class Trigger(StrictModel):
             raise ValueError(
                 "expect: is for pipelines that start on arrivals; a scheduled pipeline starts by the clock (its empty "
                 "partitions follow schedule.on_empty): remove expect or schedule"
+            )
+        clock_ignores = [name for name in ("sources", "batching") if name in self.model_fields_set]
+        if self.schedule is not None and clock_ignores:
+            raise ValueError(
+                f"{clock_ignores[0]}: a scheduled pipeline starts by the clock (no arrival rule is deployed), so "
+                f"{' and '.join(clock_ignores)} would have no effect; remove "
+                f"{'it' if len(clock_ignores) == 1 else 'them'} or the schedule"
             )
         if self.expect is not None and self.partition_template is not None:
             every = every_of(self.partition_template)

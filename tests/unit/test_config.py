@@ -335,9 +335,9 @@ def _downstream(after: list[str], **trigger: Any) -> Any:
 
 
 def test_a_pipeline_after_others_has_no_arrival_trigger_and_needs_no_prefix() -> None:
-    config = dev_config(_downstream(["sales-daily", "sales-eks"], suffixes=[".parquet"]))
+    config = dev_config(_downstream(["sales-daily", "sales-nightly"], suffixes=[".parquet"]))
     report = config.pipelines["report"]
-    assert report.upstreams == ["sales-daily", "sales-eks"]
+    assert report.upstreams == ["sales-daily", "sales-nightly"]
     assert report.arrivals is None and report.trigger is not None and report.trigger.prefix is None
     assert config.pipelines["sales-daily"].arrivals is config.pipelines["sales-daily"].trigger
 
@@ -399,6 +399,39 @@ def test_a_dependency_cycle_is_named_once_with_its_path() -> None:
         "config/dev.yaml: pipeline 'report': trigger.after: a cycle (report -> summary -> report, each running after "
         "the next); expected dependencies without a loop"
     ), message
+
+
+@pytest.mark.parametrize(("field", "value"), [("sources", ["cloudtrail"]), ("batching", {"mode": "per_object"})])
+def test_a_scheduled_pipeline_takes_no_arrival_fields(field: str, value: Any) -> None:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["pipelines"]["sales-nightly"]["trigger"][field] = value
+
+    assert _error(mutate) == (
+        f"config/dev.yaml: pipeline 'sales-nightly': trigger: {field}: a scheduled pipeline starts by the clock (no "
+        f"arrival rule is deployed), so {field} would have no effect; remove it or the schedule"
+    )
+
+
+def test_a_fan_in_of_dated_and_undated_upstreams_is_refused() -> None:
+    # sales-daily's runs carry the date of their partition; sales-east (console runs only) carries none
+    assert load_config("dev").pipelines["sales-daily"].trigger.partition_template  # type: ignore[union-attr]
+    message = _error(_downstream(["sales-daily", "sales-east"]))
+    assert message == (
+        "config/dev.yaml: pipeline 'report': trigger.after: 'sales-daily' run(s) carry a logical date (their "
+        "partition_template) and 'sales-east' run(s) do not, so no date group and no undated group would ever hold a "
+        "run of each and the pipeline would never start; expected upstreams that all have a partition_template (one "
+        "run per date) or none of them (the newest run of each)"
+    ), message
+
+
+def test_a_fan_in_after_a_dated_fan_in_is_dated_too() -> None:
+    # report runs after sales-daily (dated), so its runs carry dates: a fan-in of report and sales-daily is fine
+    def mutate(raw: dict[str, Any]) -> None:
+        _downstream(["sales-daily"])(raw)
+        raw["pipelines"]["both"] = copy.deepcopy(raw["pipelines"]["report"])
+        raw["pipelines"]["both"]["trigger"] = {"after": ["report", "sales-daily"]}
+
+    assert dev_config(mutate).pipelines["both"].upstreams == ["report", "sales-daily"]
 
 
 def test_too_many_pipelines_for_the_pipeline_stacks_names_the_count_that_fits() -> None:
