@@ -33,8 +33,9 @@ class OperationsDashboard(Construct):
     - Runs started / succeeded / failed / aborted / timed out per pipeline: Step Functions' own
       execution metrics (every runtime, including runs that failed before any Lambda ran).
     - Scaling actions out / in and skipped alarms (the scaler's metrics).
-    - Cost per pipeline per day: the sum of the finalize function's `RunCostUsd` (each run's `cost.usd`, list
-      prices; runs whose cost is unknown add nothing).
+    - Cost per pipeline per day: the sum of `RunCostUsd` (each run's `cost.usd`, list prices; runs whose cost is
+      unknown add nothing), from the finalize function and, for runs stopped from outside the workflow (aborted,
+      timed out, cancelled), from the guardrail's cleanup.
     - Schedules, deadlines and dependencies: the router's ScheduleFirings and EmptyPartitions (scheduled
       pipelines), DeadlinesMissed (pipelines with `trigger.expect`), UpstreamRunsRecorded and UpstreamFailures
       (pipelines run `after` others).
@@ -107,8 +108,10 @@ class OperationsDashboard(Construct):
                         title="Run cost per pipeline per day (USD, list prices)",
                         left=[
                             cloudwatch.MathExpression(
+                                # finalize's (runs that ended in the workflow) and the guardrail's (runs stopped
+                                # from outside: aborted, timed out, cancelled), one series each per pipeline.
                                 expression=f'SEARCH(\'{{{METRICS_NAMESPACE},pipeline,service}} MetricName="RunCostUsd" '
-                                "service=\"autopilot-finalize\"', 'Sum', 86400)",
+                                '(service="autopilot-finalize" OR service="autopilot-guardrail")\', \'Sum\', 86400)',
                                 label="",
                                 period=COST_PERIOD,
                             )

@@ -51,6 +51,7 @@ class CleanupResult:
     ledger_written: bool
     notified: bool
     teardown: Teardown
+    cost_usd: float | None = None  # priced here (the run never reached finalize): the dashboard's RunCostUsd
 
 
 def clean_up_execution(
@@ -110,8 +111,17 @@ def clean_up_execution(
             },
         )
         notified = True
+    priced = update.get("cost") if changed and "cost" in update else None
+    usd = priced.get("usd") if isinstance(priced, Mapping) else None
     return CleanupResult(
-        run.run_id, pipeline.name, status, entry.get("state"), changed or teardown.acted, notified, teardown
+        run.run_id,
+        pipeline.name,
+        status,
+        entry.get("state"),
+        changed or teardown.acted,
+        notified,
+        teardown,
+        float(usd) if usd is not None else None,
     )
 
 

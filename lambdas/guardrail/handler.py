@@ -11,19 +11,21 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+from aws_lambda_powertools import single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from autopilot_common.clients import Clients
-from autopilot_common.observability import observability
+from autopilot_common.observability import METRICS_NAMESPACE, observability
 from autopilot_common.step_notices import NoticeStore, notice_step_event
 from cloudtrail_reactions import react_to_cloudtrail
 from execution_cleanup import clean_up_execution
 from guardrail_settings import GuardrailEventError, GuardrailSettings
 from orphan_sweeper import sweep
 
-obs = observability("autopilot-guardrail")
+SERVICE = "autopilot-guardrail"
+obs = observability(SERVICE)
 logger, metrics = obs.logger, obs.metrics
 SETTINGS = GuardrailSettings.from_env(os.environ)  # fails the cold start naming the bad variable
 CLIENTS = Clients()
@@ -40,6 +42,17 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             logger.info("not a state machine of this deployment", extra={"arn": received.detail.get("stateMachineArn")})
             return {"handled": False}
         metrics.add_metric(name="RunsCleanedUp", unit=MetricUnit.Count, value=1 if result.teardown.acted else 0)
+        if result.cost_usd is not None:
+            # A run that never reached finalize (aborted, timed out, cancelled) is priced here: the dashboard's cost
+            # per pipeline counts it as it counts finalize's (dimensions service + pipeline, like finalize's).
+            with single_metric(
+                name="RunCostUsd",
+                unit=MetricUnit.NoUnit,
+                value=result.cost_usd,
+                namespace=METRICS_NAMESPACE,
+                default_dimensions={"service": SERVICE},
+            ) as metric:
+                metric.add_dimension(name="pipeline", value=result.pipeline)
         logger.info(
             "execution ended",
             extra={

@@ -137,6 +137,10 @@ def test_the_operations_dashboard_shows_runs_of_every_pipeline_scaling_and_guard
     assert body.count(machines) == len(runs)
     assert not [name for name in synth.stack.pipelines if name in body]
     assert "RunCostUsd" in body
+    # runs stopped from outside the workflow are priced by the guardrail's cleanup: the cost widget counts them too
+    quoted = '\\\\\\"'  # a double quote inside the SEARCH string inside the JSON body inside this JSON dump
+    cost = f"MetricName={quoted}RunCostUsd{quoted} (service={quoted}autopilot-finalize{quoted} OR service={quoted}"
+    assert f"{cost}autopilot-guardrail{quoted})" in body, body[body.find("RunCostUsd") - 60 :][:240]
     for metric in ["ScalingActions", "ScalingSkipped", "ActiveClusters", "OrphanClusters", "RunsCancelledExternally"]:
         assert metric in body, metric
     assert "autopilot-scaler" in body and "autopilot-guardrail" in body

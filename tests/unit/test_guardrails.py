@@ -460,13 +460,17 @@ def test_an_aborted_run_records_what_its_cluster_cost_up_to_the_cleanup(world: W
     world.put_ledger(run_id, state="STARTED")
     settings = replace(world.settings, region=REGION)
     # When the cleanup of its abort runs (the run never reached finalize)
-    clean_up_execution(_ended(run_id, "ABORTED"), settings, world.clients, NOW)
+    result = clean_up_execution(_ended(run_id, "ABORTED"), settings, world.clients, NOW)
     # Then the ledger has the cluster's cost, priced to the cleanup (the cluster is still terminating)
     entry = world.ledger(run_id)
     rates = shipped_prices().instance(REGION, "m5.xlarge")
     assert entry["cluster_id"] == "j-RUN0000001"
     assert entry["cost"]["usd"] == pytest.approx(2 * 0.5 * (rates["ec2_hour"] + rates["emr_hour"]), abs=1e-4)
     assert any("still terminating" in note for note in entry["cost"]["notes"])
+    # and the handler gets that cost for the dashboard's RunCostUsd, once: a redelivered event prices nothing more
+    assert result is not None and result.cost_usd == entry["cost"]["usd"]
+    again = clean_up_execution(_ended(run_id, "ABORTED"), settings, world.clients, NOW)
+    assert again is not None and again.cost_usd is None
     # and without a region (AWS_REGION unset) the cost says why it is unknown rather than guess
     other = "sales-cluster-ffffffffffffffffffffffff"
     _run_cluster(world, other, "j-RUN0000002")
