@@ -219,6 +219,8 @@ def _add_event_within_history_quota(self: Any, context: Any, event_type: Any, *a
 
 
 def _program_eval_body(self: Any, env: Any) -> None:
+    if not env.is_frame():
+        _aws_context_times(env.states.context_object.context_object_data)
     try:
         _ORIGINALS["program_eval_body"](self, env)
     except HistoryQuotaReached as reached:
@@ -232,6 +234,16 @@ def _program_eval_body(self: Any, env: Any) -> None:
                 executionFailedEventDetails=ExecutionFailedEventDetails(error="States.Runtime", cause=str(reached))
             ),
         )
+
+
+def _aws_context_times(context: dict[str, Any]) -> None:
+    """The context object's `Execution.StartTime` as AWS gives it, an ISO 8601 string in UTC with milliseconds
+    ("2019-03-26T20:14:13.192Z": Step Functions developer guide, "Accessing execution data from the Context object");
+    moto 5.2.5 leaves a datetime there, which no Lambda payload could carry."""
+    execution = context.get("Execution") or {}
+    started = execution.get("StartTime")
+    if isinstance(started, datetime):
+        execution["StartTime"] = started.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _callback_evaluate_with_timeout(self: Any, env: Any) -> None:

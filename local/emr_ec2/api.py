@@ -232,7 +232,7 @@ class EmrEc2Twin(StepRunner):
             return cluster_shape(self._cluster(cluster_id), self.region)
 
     def list_clusters(self, params: dict[str, Any]) -> dict[str, Any]:
-        """ListClusters: newest first, filtered by ClusterStates and CreatedAfter/CreatedBefore."""
+        """ListClusters: newest first, filtered by ClusterStates and CreatedAfter/CreatedBefore, 50 a page."""
         states = set(params.get("ClusterStates") or [])
         after, before = params.get("CreatedAfter"), params.get("CreatedBefore")
         with self._cond:
@@ -253,7 +253,8 @@ class EmrEc2Twin(StepRunner):
                 }
                 for c in found
             ]
-        return {"Clusters": summaries}
+        page, marker = list_page(summaries, params.get("Marker"))
+        return {"Clusters": page, **marker}
 
     def terminate_job_flows(self, params: dict[str, Any]) -> dict[str, Any]:
         """TerminateJobFlows: all or nothing; a protected cluster fails the call; ended clusters are no-ops."""
@@ -494,13 +495,16 @@ class EmrEc2Twin(StepRunner):
             return step_shape(self._step(self._cluster(cluster_id), step_id))
 
     def list_steps(self, params: dict[str, Any]) -> dict[str, Any]:
-        """ListSteps: newest first (as EMR lists them), filtered by StepStates and StepIds."""
+        """ListSteps: newest first (as EMR lists them), filtered by StepStates and StepIds (at most 10), 50 a page."""
         states = set(params.get("StepStates") or [])
         ids = set(params.get("StepIds") or [])
+        if len(params.get("StepIds") or []) > MAX_LISTED_STEP_IDS:
+            raise invalid(f"StepIds: at most {MAX_LISTED_STEP_IDS} step IDs may be given")
         with self._cond:
             c = self._cluster(params["ClusterId"])
             found = [s for s in reversed(c.steps) if (not states or s.state in states) and (not ids or s.id in ids)]
-            return {"Steps": [step_shape(s) for s in found]}
+            page, marker = list_page(found, params.get("Marker"))
+            return {"Steps": [step_shape(s) for s in page], **marker}
 
     def cancel_steps(self, params: dict[str, Any]) -> dict[str, Any]:
         """CancelSteps: a PENDING step is CANCELLED at once, a RUNNING one goes CANCEL_PENDING then CANCELLED."""
@@ -526,3 +530,21 @@ class EmrEc2Twin(StepRunner):
                     infos.append({"StepId": step_id, "Status": "FAILED", "Reason": reason})
             self._cond.notify_all()
         return {"CancelStepsInfoList": infos}
+
+
+# ListSteps and ListClusters return 50 items a page and a Marker for the next (EMR API reference, ListSteps: "the
+# CLI automatically paginates results to return a list greater than 50 steps"; ListClusters: "up to 50 clusters
+# per call"), and ListSteps takes at most 10 StepIds ("You can specify a maximum of 10 stepIDs"). A caller that
+# reads one page only sees at most 50 here, as on AWS.
+LIST_PAGE_SIZE = 50
+MAX_LISTED_STEP_IDS = 10
+
+
+def list_page(items: list[Any], marker: object) -> tuple[list[Any], dict[str, str]]:
+    """One page of `items` from `marker` (an offset this twin handed out), and the next page's Marker if any."""
+    try:
+        start = int(str(marker)) if marker is not None else 0
+    except ValueError:
+        raise invalid(f"Marker: {marker!r} is not a marker this API returned") from None
+    end = start + LIST_PAGE_SIZE
+    return items[start:end], ({"Marker": str(end)} if end < len(items) else {})

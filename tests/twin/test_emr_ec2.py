@@ -508,6 +508,20 @@ def test_list_steps_newest_first_with_filters(env: Env) -> None:
     assert [(s["Id"], s["Name"], s["Config"]["Jar"]) for s in by_id] == [(ids[1], "two", "command-runner.jar")]
 
 
+def test_list_steps_and_clusters_come_50_a_page_as_on_emr(env: Env) -> None:
+    cluster_id = env.ready_cluster()
+    ids = env.add_steps(cluster_id, *[step(f"s{n}") for n in range(55)])
+    first = env.emr.list_steps(ClusterId=cluster_id)
+    assert [s["Id"] for s in first["Steps"]] == ids[::-1][:50] and first["Marker"]
+    rest = env.emr.list_steps(ClusterId=cluster_id, Marker=first["Marker"])
+    assert [s["Id"] for s in rest["Steps"]] == ids[::-1][50:] and "Marker" not in rest
+    pages = env.emr.get_paginator("list_steps").paginate(ClusterId=cluster_id)
+    assert sum(len(p["Steps"]) for p in pages) == 55
+    with pytest.raises(ClientError, match="at most 10 step IDs"):
+        env.emr.list_steps(ClusterId=cluster_id, StepIds=ids[:11])
+    assert len(env.emr.list_clusters()["Clusters"]) <= 50
+
+
 def test_steps_of_a_cluster_without_keep_alive_then_all_steps_completed(env: Env) -> None:
     request = env.request(Steps=[step("only")])
     request["Instances"] = {**request["Instances"], "KeepJobFlowAliveWhenNoSteps": False}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,24 @@ def test_a_task_failure_carries_its_error_and_cause_to_the_execution(twin: Twin)
         "BudgetExceeded",
         "pipeline#p is over budget",
     )
+
+
+def test_the_context_objects_start_time_is_an_iso_string_as_on_aws(twin: Twin) -> None:
+    """`$$.Execution.StartTime` is "2019-03-26T20:14:13.192Z" on AWS (moto 5.2.5 leaves a datetime, which no payload
+    can carry: the execution failed to describe)."""
+    sfn = twin.client("stepfunctions")
+    role = twin.client("iam").create_role(RoleName="context", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    parameters = {"started.$": "$$.Execution.StartTime"}
+    states = {"Read": {"Type": "Pass", "Parameters": parameters, "End": True}}
+    definition = {"StartAt": "Read", "States": states}
+    machine = sfn.create_state_machine(name="context", definition=json.dumps(definition), roleArn=role)
+    execution = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], input="{}")["executionArn"]
+    ended = wait_for(lambda: _ended(sfn, execution), 10, "the execution to end")
+    output = json.loads(ended["output"])
+    started = ended["startDate"].astimezone(UTC)
+    assert output["started"] == started.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _ended(sfn: Any, execution: str) -> dict[str, Any] | None:
+    described: dict[str, Any] = sfn.describe_execution(executionArn=execution)
+    return described if described["status"] != "RUNNING" else None

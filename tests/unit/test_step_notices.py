@@ -5,6 +5,8 @@ finalize function derives from the steps (finalization.idle_windows)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -33,11 +35,13 @@ class FakeEmr:
     def __init__(self) -> None:
         self.steps: dict[str, dict[str, Any]] = {}
         self.added = 0
+        self.pages_read = 0
 
     def add_job_flow_steps(self, JobFlowId: str, Steps: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
         self.added += 1
         step_id = f"s-{len(self.steps) + 1}"
-        self.steps[step_id] = {"Id": step_id, "Name": Steps[0]["Name"], "Status": {"State": "PENDING"}}
+        status = {"State": "PENDING", "Timeline": {"CreationDateTime": datetime.now(UTC)}}
+        self.steps[step_id] = {"Id": step_id, "Name": Steps[0]["Name"], "Status": status}
         return {"StepIds": [step_id]}
 
     def get_paginator(self, operation: str) -> Any:
@@ -45,8 +49,11 @@ class FakeEmr:
         steps = self
 
         class Pages:
-            def paginate(self, ClusterId: str) -> list[dict[str, Any]]:  # noqa: N803
-                return [{"Steps": list(reversed(steps.steps.values()))}]  # newest first, as ListSteps answers
+            def paginate(self, ClusterId: str) -> Iterator[dict[str, Any]]:  # noqa: N803
+                newest_first = list(reversed(steps.steps.values()))  # as ListSteps answers, 50 a page
+                for start in range(0, len(newest_first), 50):
+                    steps.pages_read += 1
+                    yield {"Steps": newest_first[start : start + 50]}
 
         return Pages()
 
@@ -228,3 +235,29 @@ def test_idle_windows_are_the_gaps_between_steps_and_the_wait_for_termination() 
     assert len(windows["j-1"]) == 4
     # A long-running cluster (no termination): only the gaps count
     assert idle_windows(steps, "j-1", None)[2] is None
+
+
+def test_a_submission_on_a_busy_shared_cluster_reads_one_page_of_its_steps(store: NoticeStore) -> None:
+    # Given a long-running cluster with 1,000 steps of earlier runs (EMR keeps that many), all older than this run
+    emr, sfn = FakeEmr(), FakeSfn()
+    for n in range(1000):
+        emr.add_job_flow_steps("j-1", [{"Name": f"old-{n}: etl"}])
+    for step in emr.steps.values():
+        step["Status"]["Timeline"]["CreationDateTime"] -= timedelta(hours=2)
+    started = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    event = {"token": "t-1", "cluster_id": "j-1", "step": {**STEP, "Name": "run-9: etl"}, "timeout_seconds": 600}
+    # When this run submits its step (knowing when it started)
+    submit_step(StepSubmission.from_event({**event, "run_started_at": started}), emr, sfn, store)  # type: ignore[arg-type]
+    # Then one page told that no step of this run exists yet (the walk stopped at the first older step)
+    assert (emr.added, emr.pages_read) == (1001, 1)
+    # and without the start time the walk would have read every page
+    emr.pages_read = 0
+    submit_step(StepSubmission.from_event({**event, "step": {**STEP, "Name": "run-10: etl"}}), emr, sfn, store)  # type: ignore[arg-type]
+    assert emr.pages_read == 21
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2026-12-07T10:00:00"])
+def test_a_malformed_run_start_is_named(value: str) -> None:
+    event = {"token": "t", "cluster_id": "j-1", "step": STEP, "timeout_seconds": 60, "run_started_at": value}
+    with pytest.raises(StepNoticeError, match="run_started_at"):
+        StepSubmission.from_event(event)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -57,6 +58,7 @@ class StepSubmission:
     cluster_id: str
     step: dict[str, Any]
     timeout_seconds: int
+    run_started_at: datetime | None = None  # $$.Execution.StartTime: no step of the run is older
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> StepSubmission:
@@ -72,7 +74,20 @@ class StepSubmission:
         timeout = event.get("timeout_seconds")
         if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
             raise StepNoticeError(f"timeout_seconds: got {timeout!r}; expected a positive integer")
-        return cls(token=text("token"), cluster_id=text("cluster_id"), step=step, timeout_seconds=timeout)
+        started = event.get("run_started_at")
+        try:
+            run_started_at = datetime.fromisoformat(str(started)) if started is not None else None
+        except ValueError:
+            raise StepNoticeError(f"run_started_at: got {started!r}; expected an ISO 8601 timestamp") from None
+        if run_started_at is not None and run_started_at.tzinfo is None:
+            raise StepNoticeError(f"run_started_at: got {started!r}; expected a timestamp with its UTC offset")
+        return cls(
+            token=text("token"),
+            cluster_id=text("cluster_id"),
+            step=step,
+            timeout_seconds=timeout,
+            run_started_at=run_started_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -128,7 +143,7 @@ def submit_step(submission: StepSubmission, emr: EMRClient, sfn: SFNClient, stor
     """Add the step (ActionOnFailure as given: the workflow decides), store its token, and answer at once when the
     step already ended. Returns {step_id, state}."""
     cluster_id = submission.cluster_id
-    step_id = _submitted_already(emr, cluster_id, submission.step["Name"])
+    step_id = _submitted_already(emr, cluster_id, submission.step["Name"], submission.run_started_at)
     if step_id is None:
         step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[submission.step])["StepIds"][0]  # type: ignore[list-item]
     store.put(submission.cluster_id, step_id, submission.token, submission.timeout_seconds)
@@ -194,15 +209,26 @@ def notice_step_end(
     return outcome
 
 
-def _submitted_already(emr: EMRClient, cluster_id: str, name: str) -> str | None:
+def _submitted_already(emr: EMRClient, cluster_id: str, name: str, run_started_at: datetime | None) -> str | None:
     """The newest step of that name on the cluster when it is not a failed one (an invocation retried after it added
-    the step: wait on that one); None when there is none or it failed (a new attempt: add the step again)."""
+    the step: wait on that one); None when there is none or it failed (a new attempt: add the step again).
+
+    ListSteps answers 50 steps a page, newest first, and a long-running cluster keeps up to 1,000 (EMR management
+    guide, "Step" quotas): the walk stops at the first step created before the run started (less a clock-skew
+    allowance), since no step of this run is older, so a busy shared cluster costs one page, not twenty."""
+    oldest = run_started_at - CLOCK_SKEW if run_started_at is not None else None
     for page in emr.get_paginator("list_steps").paginate(ClusterId=cluster_id):  # newest first
         for step in page.get("Steps", []):
             if step.get("Name") == name:
                 state = step.get("Status", {}).get("State")
                 return str(step["Id"]) if state in ("PENDING", "RUNNING", "COMPLETED") else None
+            created = step.get("Status", {}).get("Timeline", {}).get("CreationDateTime")
+            if oldest is not None and isinstance(created, datetime) and created < oldest:
+                return None
     return None
+
+
+CLOCK_SKEW = timedelta(minutes=5)  # EMR's and Step Functions' clocks, as far apart as we allow
 
 
 def _step_state(emr: EMRClient, cluster_id: str, step_id: str) -> dict[str, Any]:
