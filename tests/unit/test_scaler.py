@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 
 from autopilot_common import scaling_state as state
 from config.loader import load_config
-from config.scaling import AlarmScaling, scaling_env_entry
+from config.scaling import AlarmScaling, scaling_section
 from fleet_scaling import (
     Clients,
     Decision,
@@ -48,7 +48,7 @@ NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 FLEET_POLICY = AlarmScaling(mode="alarms", step_units=2, min_units=0, max_units=8, cooldown_seconds=300)
 GROUP_POLICY = AlarmScaling(mode="alarms", step_units=2, min_units=1, max_units=6, cooldown_seconds=300)
 SCALING_ENV = json.dumps(
-    {FLEETS: scaling_env_entry(FLEET_POLICY, "fleets"), GROUPS: scaling_env_entry(GROUP_POLICY, "groups")}
+    {FLEETS: scaling_section(FLEET_POLICY, "fleets"), GROUPS: scaling_section(GROUP_POLICY, "groups")}
 )
 ENV = {"DEPLOYMENT": DEPLOYMENT, "OUTPUTS_BUCKET": BUCKET, "STATE_TABLE": TABLE, "SCALING": SCALING_ENV}
 
@@ -221,7 +221,7 @@ def test_settings_read_the_policies_the_config_dumps() -> None:
     runtime = load_config("dev").pipelines["sales-cluster"].runtime
     scaling = getattr(runtime, "scaling", None)
     assert isinstance(scaling, AlarmScaling)
-    dev = ScalingPolicy.from_json("sales-cluster", json.loads(json.dumps(scaling_env_entry(scaling, "fleets"))))
+    dev = ScalingPolicy.from_json("sales-cluster", json.loads(json.dumps(scaling_section(scaling, "fleets"))))
     assert (dev.step_units, dev.scale_in_step_units, dev.min_units, dev.max_units) == (2, 2, 0, 8)
 
 
