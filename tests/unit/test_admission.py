@@ -29,7 +29,7 @@ from autopilot_common.admission import (
     runs,
 )
 from tests.conftest import load_handler
-from tests.unit.conftest import create_table
+from tests.unit.conftest import create_table, put_pipeline_settings
 from tests.unit.fakes import lambda_context
 
 TABLE, LEDGER = "autopilot-test-admission", "outputs-bkt"
@@ -489,7 +489,7 @@ def test_concurrent_arrivals_and_releases_never_exceed_a_cap_and_leave_nothing_h
 
 def test_handler_release_and_bad_action(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADMISSION_TABLE", TABLE)
-    monkeypatch.setenv("ADMISSION_CAPS", Caps(pipelines={"p": Limit(runs=1)}).to_json())
+    put_pipeline_settings(monkeypatch, "p", {"caps": {"runs": 1}})
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     handler = load_handler("admission")
     context = lambda_context("autopilot-test-admission")
@@ -517,7 +517,7 @@ def test_handler_adds_the_pipeline_dimension_only_beside_its_metric(aws: Any, mo
     import warnings
 
     monkeypatch.setenv("ADMISSION_TABLE", TABLE)
-    monkeypatch.setenv("ADMISSION_CAPS", Caps(pipelines={"p": Limit(runs=1)}).to_json())
+    put_pipeline_settings(monkeypatch, "p", {"caps": {"runs": 1}})
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     handler = load_handler("admission")
     context = lambda_context("autopilot-test-admission")
