@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autopilot_common.admission import TABLE_ENV, Caps
-from autopilot_common.pipeline_settings import GUARDRAIL, PIPELINE_NAME, PipelineSection, PipelineSettingsCatalog
+from autopilot_common.pipeline_settings import GUARDRAIL, PipelineSection, PipelineSettingsCatalog
 from autopilot_common.settings import Environment
 
 
@@ -123,7 +123,7 @@ class GuardrailSettings:
     def pipeline_of_run_id(self, run_id: str) -> PipelineRef | None:
         """Run ids are `<pipeline>-<...>` (router, backfill and schedule ids alike): the longest deployed pipeline name
         that prefixes the id, tried from the longest `-`-separated prefix down (each a cached parameter read)."""
-        cuts = [i for i, char in enumerate(run_id) if char == "-" and PIPELINE_NAME.match(run_id[:i])]
+        cuts = [i for i, char in enumerate(run_id) if char == "-"]
         for cut in reversed(cuts):
             pipeline = self.pipelines.get(run_id[:cut])
             if pipeline is not None:

@@ -37,7 +37,7 @@ from botocore.exceptions import ClientError
 
 from autopilot_common.clients import Clients
 from autopilot_common.ledger import ledger_key
-from autopilot_common.pipeline_settings import PIPELINE_NAME, SCALING, PipelineSection, PipelineSettingsStore
+from autopilot_common.pipeline_settings import SCALING, PipelineSection, PipelineSettingsStore
 from autopilot_common.scaling_state import (
     APPLIED,
     claim_action,
@@ -275,7 +275,7 @@ def parse_alarm_name(name: str, deployment: str, pipelines: Container[str]) -> A
     rest = name[len(prefix) :]
     for cut in reversed([i for i, char in enumerate(rest) if char == "-"]):
         pipeline, match = rest[:cut], _CLUSTER_AND_REST.match(rest[cut + 1 :])
-        if match and PIPELINE_NAME.match(pipeline) and pipeline in pipelines:
+        if match and pipeline in pipelines:
             direction: Direction = "out" if match.group(2) == "out" else "in"
             return AlarmRef(name, pipeline, match.group(1), direction, match.group(3))
     return None

@@ -83,6 +83,8 @@ def test_a_missing_parameter_is_a_pipeline_not_deployed_and_is_cached_too(ssm: C
     assert ssm.calls == ["GetParameter"]
     caps = Caps.from_env({"ADMISSION_CAPS": json.dumps({"deployment": {"runs": 3}})}, store)
     assert caps.pipeline("gone") == Limit() and caps.deployment == Limit(runs=3)  # uncapped, as an unlisted one was
+    assert "" not in caps.pipelines and "Not/A name" not in caps.pipelines  # impossible names: SSM is not asked
+    assert ssm.calls == ["GetParameter"]
 
 
 def test_a_catalog_lists_every_pipeline_in_pages_of_ten_and_fills_the_cache(ssm: CountingSsm) -> None:

@@ -254,18 +254,18 @@ def test_settings_name_the_bad_variable(change: dict[str, str], message: str) ->
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"collection": "both"}, "p.collection: got 'both'; expected 'fleets' or 'groups'"),
-        ({"step_units": 0}, r"p.step_units: got 0; expected an integer in \[1, 10000\]"),
-        ({"min_units": 9}, "p.min_units: 9 exceeds max_units 8"),
+        ({"collection": "both"}, "px.collection: got 'both'; expected 'fleets' or 'groups'"),
+        ({"step_units": 0}, r"px.step_units: got 0; expected an integer in \[1, 10000\]"),
+        ({"min_units": 9}, "px.min_units: 9 exceeds max_units 8"),
     ],
 )  # fmt: skip
 def test_a_bad_policy_names_the_parameter_and_the_key(moto: str, change: dict[str, Any], message: str) -> None:
-    put_scaling("p", {**SECTIONS[FLEETS], **change})
+    put_scaling("px", {**SECTIONS[FLEETS], **change})
     settings = ScalerSettings.from_env(ENV)
-    with pytest.raises(PipelineSettingsError, match=f"SSM parameter /{DEPLOYMENT}/pipelines/p: section 'scaling': "):
-        settings.policies["p"]
+    with pytest.raises(PipelineSettingsError, match=f"SSM parameter /{DEPLOYMENT}/pipelines/px: section 'scaling': "):
+        settings.policies["px"]
     with pytest.raises(PipelineSettingsError, match=message):
-        settings.policies["p"]
+        settings.policies["px"]
 
 
 def test_an_alarm_of_a_pipeline_without_alarm_scaling_is_skipped(moto: str) -> None:

@@ -170,6 +170,8 @@ class PipelineSection(Mapping[str, T], Generic[T]):
         self._parse = parse
 
     def __getitem__(self, pipeline: str) -> T:
+        if not PIPELINE_NAME.match(pipeline):  # no such pipeline can exist: SSM is not asked (a name it would refuse)
+            raise KeyError(pipeline)
         sections = self.store.get(pipeline)
         if sections is None or sections.get(self.section) is None:
             raise KeyError(pipeline)
