@@ -293,6 +293,7 @@ def pipeline_generated_names(deployment: str, name: str, pipeline: Pipeline) -> 
         ("log_group", naming.state_machine_log_group(deployment, name)),
         ("execution", f"{name}-{'0' * (naming.RUN_ID_SUFFIX_LENGTH - 1)}"),
         ("role", naming.workflow_role_name(deployment, name)),
+        ("parameter", naming.settings_parameter_name(deployment, name)),
     ]
     if pipeline.trigger:
         names.append(("queue", naming.arrivals_queue_name(deployment, name)))

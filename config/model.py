@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag, model_validator
 
 from autopilot_common.logical_dates import every_of, template_problem
+from autopilot_common.pipeline_settings import PIPELINE_NAME
 from config.base import RELEASE_LABEL_PATTERN, StrictModel
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
@@ -20,8 +21,9 @@ from config.job_retry import SERVERLESS_RETRY_RELEASE, JobRunRetry, RetriedJobRu
 from config.schedules import Expectation, Schedule
 
 # Pipeline names end up in state machine names, execution names (80 chars max, together with a
-# 24-character hash), IAM role names and S3 prefixes: keep them short and DNS-like.
-PIPELINE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
+# 24-character hash), IAM role names, S3 prefixes and SSM parameter names: keep them short and DNS-like (the pattern
+# lives in the kernel, which finds pipelines by name: autopilot_common.pipeline_settings).
+PIPELINE_NAME_PATTERN = PIPELINE_NAME.pattern
 RESOURCE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 BUCKET_NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 

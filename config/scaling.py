@@ -243,6 +243,7 @@ def no_scaling() -> NoScaling:
     return NoScaling(mode="none")
 
 
-def scaling_env_entry(policy: AlarmScaling, collection: Literal["fleets", "groups"]) -> dict[str, Any]:
-    """One pipeline's entry of the scaler function's `SCALING` variable: the policy plus its collection."""
+def scaling_section(policy: AlarmScaling, collection: Literal["fleets", "groups"]) -> dict[str, Any]:
+    """The `scaling` section of a pipeline's settings parameter (autopilot_common.pipeline_settings), which the
+    scaler reads: the policy plus its collection."""
     return {**policy.model_dump(mode="json"), "collection": collection}

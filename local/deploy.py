@@ -100,6 +100,7 @@ class _Deployer:
             "AWS::EMRContainers::VirtualCluster": self._virtual_cluster,
             "AWS::EMR::SecurityConfiguration": self._security_configuration,
             "AWS::KMS::Key": self._kms_key,
+            "AWS::SSM::Parameter": self._ssm_parameter,
             "Custom::S3BucketNotifications": self._bucket_notifications,
             # Resource-based policies: evaluated by the twin's IAM (local.iam), not handed to moto (which would
             # apply bucket policies without knowing that the twin's loopback HTTP stands for AWS's TLS).
@@ -414,6 +415,19 @@ class _Deployer:
             SecurityConfiguration=configuration if isinstance(configuration, str) else json.dumps(configuration),
         )
         self._set(resource, name)
+
+    def _ssm_parameter(self, resource: Resource, props: dict[str, Any]) -> None:
+        """A parameter in moto's SSM (which refuses a Standard-tier value over 4,096 characters, as SSM does; a
+        parameter that already exists fails the create, as CloudFormation's does)."""
+        name = self._name(resource, props.get("Name"), 1011)
+        kwargs: dict[str, Any] = {"Name": name, "Value": props["Value"], "Type": props["Type"], "Overwrite": False}
+        for prop in ("Description", "Tier", "AllowedPattern", "DataType", "Policies"):
+            if prop in props:
+                kwargs[prop] = props[prop]
+        if props.get("Tags"):  # AWS::SSM::Parameter Tags: a JSON object of key -> value
+            kwargs["Tags"] = [{"Key": k, "Value": str(v)} for k, v in props["Tags"].items()]
+        self.twin.client("ssm").put_parameter(**kwargs)
+        self._set(resource, name, Type=props["Type"], Value=props["Value"])
 
     def _bucket_policy(self, resource: Resource, props: dict[str, Any]) -> None:
         bucket = props["Bucket"]

@@ -427,6 +427,13 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
         return _function_configuration(twin, response)
     if response.service_name == "awslambda" and action == "UpdateFunctionConfiguration":
         return _update_function_configuration(twin, response)
+    if response.service_name == "ssm" and action == "PutParameter":
+        params = iam_hooks.request_params(response, "PutParameter")
+        too_big = validation.parameter_value_problem(str(params.get("Value", "")), params.get("Tier"))
+        if too_big is not None:  # moto stores any size
+            body = json.dumps({"__type": "ValidationException", "message": too_big})
+            return 400, {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": "ValidationException"}, body
+        return None
     if response.service_name == "emr-containers":  # EMR on EKS: REST-JSON, ids in the path (parsed by moto)
         params = {**(response.uri_match or {}), **(getattr(response, "params", None) or {})}
         result = twin.emr_containers.handle_api(action, params)

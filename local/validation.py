@@ -13,6 +13,8 @@ Quotas (each enforced where the twin handles the call; see docs/twin/fidelity.md
   history events ("Step Functions service quotas").
 - SQS message, EventBridge PutEvents entries, Lambda asynchronous invocation payload: 1 MB since AWS raised all
   three from 256 KB on 2026-01-29 (AWS Compute Blog, "larger payloads for serverless"); DynamoDB item 400 KB.
+- SSM PutParameter: a Standard-tier value holds at most 4,096 characters, an Advanced one 8,192 (Systems Manager
+  endpoints and quotas, "Parameter value size"; moto accepts any size).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ STATES_PAYLOAD_BYTES = 256 * 1024
 STATES_HISTORY_EVENTS = 25_000
 EXECUTION_NAME_MAX = 80
 ASYNC_PAYLOAD_BYTES = 1024 * 1024  # SQS message, EventBridge entries, Lambda async invocation
+PARAMETER_VALUE_CHARS = {"Standard": 4096, "Advanced": 8192}  # SSM parameter values, by tier
 # Characters a Step Functions execution (or state machine) name may not contain (StartExecution `name`).
 _NAME_FORBIDDEN = frozenset(' \t\n\r<>{}[]?*"#%\\^|~`$&,;:/') | frozenset(
     chr(c) for c in (*range(0x00, 0x20), *range(0x7F, 0xA0))
@@ -170,3 +173,17 @@ def put_events_size(entries: Sequence[Mapping[str, Any]]) -> int:
             total += len(str(entry.get(key) or "").encode("utf-8"))
         total += sum(len(str(r).encode("utf-8")) for r in entry.get("Resources") or [])
     return total
+
+
+def parameter_value_problem(value: str, tier: str | None) -> str | None:
+    """Why SSM refuses `value` for a parameter of `tier` (default Standard; Intelligent-Tiering picks the tier the
+    value needs), or None. The message is SSM's ValidationException."""
+    limit = PARAMETER_VALUE_CHARS["Advanced" if tier == "Intelligent-Tiering" else tier or "Standard"]
+    if len(value) <= limit:
+        return None
+    if limit == PARAMETER_VALUE_CHARS["Standard"]:
+        return (
+            f"Standard tier parameters support a maximum parameter value of {limit} characters. To create a larger "
+            "parameter value, upgrade the parameter to use the advanced-parameter tier."
+        )
+    return f"Advanced tier parameters support a maximum parameter value of {limit} characters."

@@ -14,10 +14,11 @@ from constructs import Construct
 from autopilot_common.ledger import ledger_prefix
 from config.capacity import queue_timeout_seconds, run_reservation
 from config.guardrails import Limits, PipelineLimits
-from config.model import AppConfig
+from config.model import AppConfig, Pipeline
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
 from stacks.naming import DeploymentNames
+from stacks.pipeline_settings import DEPLOYMENT_ENV, grant_pipeline_settings
 from stacks.storage import AutopilotStorage, state_table
 
 # Environment contract of `autopilot_common.admission` (Caps.from_env and the admission handler).
@@ -46,13 +47,15 @@ def limit_json(limits: Limits) -> dict[str, int | float | str | None]:
 
 
 def caps_json(config: AppConfig) -> str:
-    """`ADMISSION_CAPS`: the deployment's caps and those of every pipeline that has any (or fails over budget)."""
-    listed = {name: p for name, p in config.pipelines.items() if p.limits.capped or p.limits.over_budget == "fail"}
-    body = {
-        "deployment": limit_json(config.guardrails.limits),
-        "pipelines": {name: limit_json(p.limits) for name, p in sorted(listed.items())},
-    }
-    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+    """`ADMISSION_CAPS`: the deployment's caps (each pipeline's are in its settings parameter: `caps_section`)."""
+    return json.dumps({"deployment": limit_json(config.guardrails.limits)}, separators=(",", ":"), sort_keys=True)
+
+
+def caps_section(pipeline: Pipeline) -> dict[str, int | float | str | None] | None:
+    """The `caps` section of a pipeline's settings parameter (autopilot_common.admission.Limit), or None for a
+    pipeline with no cap that waits over budget (uncapped: the default)."""
+    limits = pipeline.limits
+    return limit_json(limits) if limits.capped or limits.over_budget == "fail" else None
 
 
 class RunAdmission(Construct):
@@ -78,6 +81,7 @@ class RunAdmission(Construct):
         topic: sns.ITopic,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.prefix = prefix
         self.caps_json = caps_json(config)
         self.settings: dict[str, dict[str, Any]] = {
             name: {
@@ -123,6 +127,8 @@ class RunAdmission(Construct):
         """Environment and permissions to call `admission.release` (and the dispatch it triggers)."""
         function.add_environment(TABLE_ENV, self.table.table_name)
         function.add_environment(CAPS_ENV, self.caps_json)
+        function.add_environment(DEPLOYMENT_ENV, self.prefix)  # whose pipelines' parameters hold their caps
+        grant_pipeline_settings(function, self.prefix)
         # Transactions are authorized per item action; nothing scans or batches.
         self.table.grant(function, *TABLE_ACTIONS)
         # The task token authorizes the call: these actions support no resource-level permissions.

@@ -4,7 +4,6 @@ alarms`)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aws_cdk import Duration, Stack
@@ -16,10 +15,11 @@ from constructs import Construct
 
 from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime, InstanceFleets
-from config.scaling import AlarmScaling, scaling_env_entry
+from config.scaling import AlarmScaling, scaling_section
 from stacks.arns import alarms_named, bounded_prefixes, executions_of, ledger_statements
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT
+from stacks.pipeline_settings import grant_pipeline_settings
 from stacks.platform import IDEMPOTENCY_ACTIONS
 from stacks.rules import service_event_rule
 from stacks.workflow import DeploymentProps
@@ -73,6 +73,14 @@ def alarm_specs(pipeline: str, runtime: Ec2Runtime) -> list[dict[str, Any]]:
     return specs
 
 
+def scaling_settings(runtime: Ec2Runtime) -> dict[str, Any] | None:
+    """The `scaling` section of a pipeline's settings parameter, or None without alarm scaling."""
+    policy = alarm_scaling(runtime)
+    if policy is None:
+        return None
+    return scaling_section(policy, "fleets" if isinstance(runtime.instances, InstanceFleets) else "groups")
+
+
 def grant_alarm_lifecycle(role: iam.IRole, stack: Stack, deployment: str, pipeline: str) -> None:
     """What a transient workflow needs to create, find and delete its clusters' scaling alarms."""
     alarms = alarms_named(stack, alarm_prefix(deployment, pipeline))
@@ -112,13 +120,6 @@ class AutopilotScaling(Construct):
         if not scaled:
             return
         stack = Stack.of(self)
-        settings = {
-            name: scaling_env_entry(
-                policy,
-                "fleets" if isinstance(workflow.pipeline.runtime.instances, InstanceFleets) else "groups",  # type: ignore[union-attr]
-            )
-            for name, (workflow, policy) in scaled.items()
-        }
         function = platform.functions.function(
             self,
             "scaler",
@@ -127,11 +128,11 @@ class AutopilotScaling(Construct):
                 "DEPLOYMENT": prefix,
                 "OUTPUTS_BUCKET": storage.outputs.bucket_name,
                 "STATE_TABLE": platform.idempotency_table.table_name,
-                "SCALING": json.dumps(settings, separators=(",", ":")),
             },
             timeout=Duration.seconds(60),
         )
         self.function = function
+        grant_pipeline_settings(function, prefix)  # a pipeline's policy: the `scaling` section of its parameter
         platform.fail_async_to_dead_letters(function)
         function.add_to_role_policy(
             iam.PolicyStatement(

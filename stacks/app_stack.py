@@ -9,17 +9,20 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct, IConstruct
 
+from autopilot_common.pipeline_settings import CAPS, GUARDRAIL, SCALING
 from config.ec2 import Ec2Runtime
 from config.eks import EksRuntime
 from config.loader import output_prefix
 from config.model import AppConfig, ServerlessApplication, ServerlessRuntime
-from stacks.alarm_scaling import AutopilotScaling
+from stacks.admission import caps_section
+from stacks.alarm_scaling import AutopilotScaling, scaling_settings
 from stacks.dashboard import OperationsDashboard
 from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline, EksVirtualCluster
-from stacks.guardrails import AutopilotGuardrails
+from stacks.guardrails import AutopilotGuardrails, guardrail_section
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, deployment_name, serverless_application_name
+from stacks.pipeline_settings import PipelineSettingsParameter
 from stacks.platform import AutopilotPlatform
 from stacks.schedules import PipelineClock
 from stacks.serverless_pipeline import ServerlessApplicationConstruct, ServerlessPipeline
@@ -36,7 +39,8 @@ def _tag_deployment(stack: Stack, prefix: str, config: AppConfig) -> None:
 
 class PipelinesStack(Stack):
     """`<project>-<env>-pipelines-<n>`: the pipelines `stacks.naming.pipeline_stack_index` puts in bucket n, each
-    whole (workflow, roles, trigger queue and rules, schedules, its state machine's output). It refers only to the
+    whole (workflow, roles, trigger queue and rules, schedules, its state machine's output, and its settings
+    parameter, which the platform stack's shared functions read). It refers only to the
     platform stack (CloudFormation exports), so `cdk deploy` of it touches only its own pipelines."""
 
     def __init__(
@@ -76,6 +80,18 @@ class PipelinesStack(Stack):
             Tags.of(workflow).add(TAG_PIPELINE, name)
             self.pipelines[name] = workflow
             CfnOutput(self, f"StateMachine-{name}", value=workflow.state_machine.state_machine_arn)
+            settings = PipelineSettingsParameter(
+                self,
+                f"Settings-{name}",
+                prefix=prefix,
+                pipeline=name,
+                sections={
+                    GUARDRAIL: guardrail_section(workflow),
+                    CAPS: caps_section(pipeline),
+                    SCALING: scaling_settings(runtime) if isinstance(runtime, Ec2Runtime) else None,
+                },
+            )
+            Tags.of(settings).add(TAG_PIPELINE, name)
             if pipeline.trigger is None:
                 continue
             machine_arn = workflow.state_machine.state_machine_arn

@@ -99,3 +99,9 @@ def deployment_arrival_queues(stack: Stack, deployment: str) -> str:
 def virtual_cluster_arn(stack: Stack, virtual_cluster_id: str) -> str:
     """`arn:...:emr-containers:<region>:<account>:/virtualclusters/<id>`."""
     return stack.format_arn(service="emr-containers", resource="/virtualclusters", resource_name=virtual_cluster_id)
+
+
+def parameter_arn(stack: Stack, name: str) -> str:
+    """`arn:...:ssm:<region>:<account>:parameter/<name without its leading slash>` (Service Authorization Reference,
+    AWS Systems Manager: resource type `parameter`)."""
+    return stack.format_arn(service="ssm", resource="parameter", resource_name=name.lstrip("/"))

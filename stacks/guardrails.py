@@ -32,6 +32,7 @@ from stacks.ec2_pipeline import Ec2Pipeline
 from stacks.eks_pipeline import EksPipeline
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT, TAG_PIPELINE, DeploymentNames
+from stacks.pipeline_settings import grant_pipeline_settings
 from stacks.platform import IDEMPOTENCY_ACTIONS, AutopilotPlatform
 from stacks.rules import api_call_rule, service_event_rule
 from stacks.serverless_pipeline import ServerlessPipeline
@@ -44,6 +45,28 @@ ENDED_STEP_STATES = ["COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED"]
 CLOUDTRAIL_EMR_CALLS = ["RunJobFlow", "TerminateJobFlows", "CancelSteps"]
 # The sweeper's default for a pipeline without `limits.max_cluster_lifetime_minutes`.
 LIFETIME_GRACE_MINUTES = 15
+
+
+def guardrail_section(workflow: PipelineWorkflow) -> dict[str, object]:
+    """The `guardrail` section of a pipeline's settings parameter: PipelineRef's fields that differ from its
+    defaults or always matter (lambdas/guardrail/guardrail_settings.py; the state machine's ARN is
+    `STATE_MACHINE_ARN_PREFIX` + the pipeline's name). Application and virtual cluster ids are tokens of the
+    platform stack, imported by the pipeline's stack."""
+    pipeline = workflow.pipeline
+    runtime = pipeline.runtime
+    ref: dict[str, object] = {
+        "runtime": "emr-ec2" if isinstance(runtime, Ec2Runtime) else "emr-eks" if isinstance(runtime, EksRuntime)
+        else "emr-serverless",
+        "transient": not (isinstance(runtime, Ec2Runtime) and not runtime.transient),
+        "max_cluster_lifetime_minutes": pipeline.limits.max_cluster_lifetime_minutes
+        or pipeline.run_timeout_minutes + LIFETIME_GRACE_MINUTES,
+    }  # fmt: skip
+    if isinstance(workflow, ServerlessPipeline):
+        ref["application_id"] = workflow.application.application_id
+        ref["architecture"] = workflow.application.architecture
+    if isinstance(workflow, EksPipeline):
+        ref["virtual_cluster_id"] = workflow.virtual_cluster_id
+    return ref
 
 
 class AutopilotGuardrails(Construct):
@@ -66,29 +89,6 @@ class AutopilotGuardrails(Construct):
         platform, pipelines = props.platform, props.pipelines
         stack = Stack.of(self)
         guardrails = config.guardrails
-        refs: dict[str, dict[str, object]] = {}
-        for name, workflow in pipelines.items():
-            pipeline = workflow.pipeline
-            runtime = pipeline.runtime
-            # Only what differs from PipelineRef's defaults: Lambda allows 4 KB of environment in all (the state
-            # machine's ARN is STATE_MACHINE_ARN_PREFIX + the pipeline's name).
-            ref: dict[str, object] = {
-                "runtime": "emr-ec2"
-                if isinstance(runtime, Ec2Runtime)
-                else "emr-eks"
-                if isinstance(runtime, EksRuntime)
-                else "emr-serverless",
-                "transient": not (isinstance(runtime, Ec2Runtime) and not runtime.transient),
-                "max_cluster_lifetime_minutes": pipeline.limits.max_cluster_lifetime_minutes
-                or pipeline.run_timeout_minutes + LIFETIME_GRACE_MINUTES,
-            }
-            if isinstance(workflow, ServerlessPipeline):
-                ref["application_id"] = workflow.application.application_id
-                ref["architecture"] = workflow.application.architecture
-            if isinstance(workflow, EksPipeline):
-                ref["virtual_cluster_id"] = workflow.virtual_cluster_id
-            refs[name] = ref
-
         self.function = platform.functions.function(
             self,
             "guardrail",
@@ -99,7 +99,6 @@ class AutopilotGuardrails(Construct):
                 "OUTPUTS_BUCKET": storage.outputs.bucket_name,
                 "TOPIC_ARN": platform.topic.topic_arn,
                 "CLAIMS_TABLE": platform.idempotency_table.table_name,
-                "PIPELINES": json.dumps(refs, separators=(",", ":")),
                 "STATE_MACHINE_ARN_PREFIX": state_machine_arn(stack, f"{prefix}-"),
                 "UNMANAGED_CLUSTERS": json.dumps(guardrails.unmanaged_clusters.model_dump()),
                 "SERVERLESS_IDLE_STOP_MINUTES": str(guardrails.serverless_idle_stop_minutes),
@@ -114,6 +113,7 @@ class AutopilotGuardrails(Construct):
         # the deployment's). One prefix, whatever the number of pipelines (Lambda allows 4 KB of environment).
         function.add_environment("APP_ROLE_PREFIX", role_arn(stack, f"{prefix}-"))
         platform.admission.grant_release(function)
+        grant_pipeline_settings(function, prefix, list_all=True)  # the sweeper lists every pipeline
         self._grant(stack, prefix, storage, platform, pipelines)
         platform.fail_async_to_dead_letters(function)
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 # The kernel's names, re-exported for the constructs: one home each (autopilot_common).
 from autopilot_common.observability import METRICS_NAMESPACE as METRICS_NAMESPACE
+from autopilot_common.pipeline_settings import settings_parameter_name as settings_parameter_name
+from autopilot_common.pipeline_settings import settings_path as settings_path
 from autopilot_common.tags import TAG_DEPLOYMENT as TAG_DEPLOYMENT
 from autopilot_common.tags import TAG_PIPELINE as TAG_PIPELINE
 
@@ -104,6 +106,7 @@ LIMITS: dict[str, NameLimit] = {
     "dashboard": NameLimit("CloudWatch dashboard name", 255, "cloudwatch PutDashboard DashboardName (user guide)"),
     "trail": NameLimit("CloudTrail trail name", 128, "CloudTrail CreateTrail Name (3-128 characters)"),
     "schedule": NameLimit("EventBridge Scheduler schedule name", 64, "scheduler CreateSchedule Name"),
+    "parameter": NameLimit("SSM parameter name", 1011, "ssm PutParameter Name: 1011 for the fully qualified name"),
 }
 
 # The app's functions (FunctionFactory refuses another name, so this list and the template agree).

@@ -27,8 +27,9 @@ from orphan_sweeper import sweep
 SERVICE = "autopilot-guardrail"
 obs = observability(SERVICE)
 logger, metrics = obs.logger, obs.metrics
-SETTINGS = GuardrailSettings.from_env(os.environ)  # fails the cold start naming the bad variable
 CLIENTS = Clients()
+# Fails the cold start naming the bad variable; the pipelines' settings are read from SSM when needed.
+SETTINGS = GuardrailSettings.from_env(os.environ, lambda: CLIENTS.ssm)
 
 
 @obs.handler
@@ -38,7 +39,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     kind = received.detail_type
     if kind == "Step Functions Execution Status Change":
         result = clean_up_execution(received.detail, SETTINGS, CLIENTS, now)
-        if result is None:
+        if result is None:  # another deployment's, or a pipeline no longer deployed (no SSM parameter): left alone
+            metrics.add_metric(name="ExecutionsOfUnknownPipelines", unit=MetricUnit.Count, value=1)
             logger.info("not a state machine of this deployment", extra={"arn": received.detail.get("stateMachineArn")})
             return {"handled": False}
         metrics.add_metric(name="RunsCleanedUp", unit=MetricUnit.Count, value=1 if result.teardown.acted else 0)

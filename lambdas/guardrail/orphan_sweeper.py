@@ -130,6 +130,7 @@ def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: Swee
     slot held for good and every later run of the pipeline waiting behind it."""
     if settings.admission_table is None:
         return
+    caps = settings.caps.listed()  # every pipeline's caps from the sweep's one listing, not a read per pipeline
     for item in runs(clients.dynamodb, settings.admission_table):
         execution_arn = str(item.get("execution_arn") or "")
         if not execution_arn:
@@ -138,13 +139,13 @@ def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: Swee
         if status == "RUNNING":
             continue
         run_id = str(item["sk"])
-        if release(clients.dynamodb, clients.sfn, settings.admission_table, run_id, settings.caps):
+        if release(clients.dynamodb, clients.sfn, settings.admission_table, run_id, caps):
             report.slots_released.append(
                 {"run_id": run_id, "execution_arn": execution_arn, "reason": f"its execution is {status}"}
             )
-    if settings.caps.any_budget:  # runs waiting for a budget start when a new day (UTC) begins: wake them
+    if caps.any_budget:  # runs waiting for a budget start when a new day (UTC) begins: wake them
         notify = budget_notifier(clients.sns, settings.topic_arn)
-        dispatch(clients.dynamodb, clients.sfn, settings.admission_table, settings.caps, notify=notify)
+        dispatch(clients.dynamodb, clients.sfn, settings.admission_table, caps, notify=notify)
 
 
 def _sweep_clusters(settings: GuardrailSettings, clients: Clients, now: datetime, report: SweepReport) -> None:

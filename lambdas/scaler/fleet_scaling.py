@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +37,7 @@ from botocore.exceptions import ClientError
 
 from autopilot_common.clients import Clients
 from autopilot_common.ledger import ledger_key
+from autopilot_common.pipeline_settings import SCALING, PipelineSection, PipelineSettingsStore
 from autopilot_common.scaling_state import (
     APPLIED,
     claim_action,
@@ -47,7 +48,7 @@ from autopilot_common.scaling_state import (
     transition_id,
     transition_seen,
 )
-from autopilot_common.settings import Environment, SettingsError
+from autopilot_common.settings import Environment
 from autopilot_common.tags import TAG_DEPLOYMENT, TAG_EXECUTION, TAG_PIPELINE, TAG_RUN_ID
 
 if TYPE_CHECKING:
@@ -136,8 +137,10 @@ def _rule_names(pipeline: str, raw: Mapping[str, Any], key: str) -> frozenset[st
 
 @dataclass(frozen=True)
 class ScalerSettings:
-    """The function's environment: `DEPLOYMENT`, `OUTPUTS_BUCKET`, `STATE_TABLE` and `SCALING` (JSON: pipeline
-    name -> `AlarmScaling.model_dump(mode="json")` plus `"collection": "fleets" | "groups"`)."""
+    """The function's environment: `DEPLOYMENT`, `OUTPUTS_BUCKET`, `STATE_TABLE`, optional
+    `PIPELINE_SETTINGS_MAX_AGE_SECONDS`. `policies` maps a pipeline's name to its policy: the `scaling` section of
+    the pipeline's SSM parameter (`AlarmScaling.model_dump(mode="json")` plus `"collection": "fleets" | "groups"`,
+    autopilot_common.pipeline_settings), read when an alarm of that pipeline fires."""
 
     deployment: str
     outputs_bucket: str
@@ -145,19 +148,16 @@ class ScalerSettings:
     policies: Mapping[str, ScalingPolicy]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ScalerSettings:
-        """Read and validate the environment; RuntimeError names the first bad variable."""
+    def from_env(cls, env: Mapping[str, str], ssm: Callable[[], Any] | None = None) -> ScalerSettings:
+        """Read and validate the environment; RuntimeError names the first bad variable. `ssm` gives the SSM client
+        on first use (default: one of its own)."""
         read = Environment(env)
         deployment = read.required(
             "DEPLOYMENT", "the deployment name that prefixes the alarm names, e.g. autopilot-dev"
         )
         outputs_bucket = read.required("OUTPUTS_BUCKET", "the outputs bucket that holds the run ledger")
         state_table = read.required("STATE_TABLE", "the DynamoDB claims table (key id, TTL expiration)")
-        raw = read.json("SCALING", dict, expected="an object", meaning="an object of pipeline name -> policy")
-        try:
-            policies = {str(name): ScalingPolicy.from_json(str(name), spec) for name, spec in raw.items()}
-        except ValueError as exc:
-            raise SettingsError(f"environment variable SCALING: {exc}") from None
+        policies = PipelineSection(PipelineSettingsStore.from_env(env, ssm), SCALING, ScalingPolicy.from_json)
         return cls(deployment=deployment, outputs_bucket=outputs_bucket, state_table=state_table, policies=policies)
 
 
@@ -264,20 +264,18 @@ class AlarmRef:
     rule: str
 
 
-def parse_alarm_name(name: str, deployment: str, pipelines: Iterable[str]) -> AlarmRef | None:
+def parse_alarm_name(name: str, deployment: str, pipelines: Container[str]) -> AlarmRef | None:
     """`<deployment>-scaling-<pipeline>-<cluster id>-<out|in>-<rule>` against the known pipelines, or None.
 
-    Pipeline names may contain `-`; cluster ids are upper case (`j-…`) and pipeline names lower case, so
-    at most one known pipeline fits."""
+    Pipeline names may contain `-`; cluster ids are upper case (`j-…`) and pipeline names lower case, so at most
+    one split fits; `pipelines` is asked only about names that fit (each a parameter read for the scaler)."""
     prefix = f"{deployment}-scaling-"
     if not name.startswith(prefix):
         return None
     rest = name[len(prefix) :]
-    for pipeline in sorted(pipelines, key=len, reverse=True):
-        if not rest.startswith(f"{pipeline}-"):
-            continue
-        match = _CLUSTER_AND_REST.match(rest[len(pipeline) + 1 :])
-        if match:
+    for cut in reversed([i for i, char in enumerate(rest) if char == "-"]):
+        pipeline, match = rest[:cut], _CLUSTER_AND_REST.match(rest[cut + 1 :])
+        if match and pipeline in pipelines:
             direction: Direction = "out" if match.group(2) == "out" else "in"
             return AlarmRef(name, pipeline, match.group(1), direction, match.group(3))
     return None
@@ -342,7 +340,7 @@ def scale_on_alarm(
         return ScalingOutcome(
             "skipped",
             f"alarm name does not read as {settings.deployment}-scaling-<pipeline>-<cluster id>-<out|in>-<rule> "
-            f"for a pipeline with alarm scaling ({', '.join(sorted(settings.policies)) or 'none'})",
+            "for a deployed pipeline with alarm scaling",
             name,
         )
     outcome = ScalingOutcome("skipped", "", name, ref.direction, ref.pipeline, ref.cluster_id, ref.rule)

@@ -18,8 +18,9 @@ from fleet_scaling import ScalerSettings, alarm_of, scale_on_alarm
 
 obs = observability("autopilot-scaler")
 logger, metrics = obs.logger, obs.metrics
-SETTINGS = ScalerSettings.from_env(os.environ)  # fails the cold start naming the bad variable
 CLIENTS = Clients()
+# Fails the cold start naming the bad variable; a pipeline's policy is read from SSM when its alarm fires.
+SETTINGS = ScalerSettings.from_env(os.environ, lambda: CLIENTS.ssm)
 
 
 @obs.handler

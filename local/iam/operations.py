@@ -604,3 +604,25 @@ for _name in ("PutRule", "PutTargets", "DescribeRule"):
 @operation("sts", "GetCallerIdentity")
 def _sts_identity(_p: Mapping[str, Any], _: Lookups) -> list[Authorization]:
     return []  # no permission is required to call GetCallerIdentity (STS API reference)
+
+
+# ---------------------------------------------------------------------------------------------- SSM Parameter Store
+
+
+def _parameter(lookups: Lookups, name: str) -> str:
+    """`arn:aws:ssm:<region>:<account>:parameter/<name without its leading slash or selector>`."""
+    return _arn(lookups, "ssm", f"parameter/{name.lstrip('/').partition(':')[0]}")
+
+
+@operation("ssm", "GetParameter")
+def _ssm_get(p: Mapping[str, Any], lookups: Lookups) -> list[Authorization]:
+    name = str(p["Name"])  # a name (with an optional `:<version or label>` selector) or the parameter's ARN
+    return [Authorization("ssm:GetParameter", name if name.startswith("arn:") else _parameter(lookups, name))]
+
+
+@operation("ssm", "GetParametersByPath")
+def _ssm_by_path(p: Mapping[str, Any], lookups: Lookups) -> list[Authorization]:
+    # Authorized against the requested path, not the parameters returned (Systems Manager user guide, "How
+    # Parameter Store authorizes parameter retrieval"); ssm:Recursive is the request's condition key.
+    context: dict[str, ContextValue] = {"ssm:Recursive": "Recursive"} if p.get("Recursive") else {}
+    return [Authorization("ssm:GetParametersByPath", _parameter(lookups, str(p["Path"])), context)]

@@ -3,11 +3,13 @@
 runtime records no cost, keeps its estimate as its spend), so the next one, which reserves that much, waits for
 the budget (not a slot), says so in the ledger, and ends with QueueTimeout having launched nothing. Whether the
 runtime records a cost or not, two runs do not fit: the test holds either way (it reads which from the ledger).
-With `over_budget: fail` (the admission function redeployed with it), a run over budget fails with BudgetExceeded."""
+With `over_budget: fail` (the pipeline's settings parameter redeployed with it, seen by the warm admission function
+once its cached settings are older than their max age), a run over budget fails with BudgetExceeded."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from autopilot_common.admission import CAPS_ENV
+from autopilot_common.pipeline_settings import MAX_AGE_ENV, settings_parameter_name
 from tests.deployment import LEDGER_WRITES, Deployed, Notifications
 from tests.e2e.test_concurrency_caps import _with_queue_timeout
 
@@ -84,22 +88,35 @@ def test_a_run_over_the_daily_budget_waits_for_it_and_the_ledger_shows_reservati
 
 @contextmanager
 def _caps(env: Deployed, pipeline_caps: dict[str, Any]) -> Iterator[None]:
-    """Every function that reads ADMISSION_CAPS (admission, its sweeper) with `pipeline_caps` for PIPELINE, as a
-    deployment of the config with those limits would have them (UpdateFunctionConfiguration: the next invocation is
-    a cold start under the new environment); the deployed caps are restored after."""
-    lam = env.twin.client("lambda")
-    names = [n for n, f in env.twin.runtime.functions.items() if "ADMISSION_CAPS" in f.environment]
-    before = {n: lam.get_function_configuration(FunctionName=n)["Environment"]["Variables"] for n in names}
-    for name, variables in before.items():
-        caps = json.loads(variables["ADMISSION_CAPS"])
-        caps["pipelines"][PIPELINE] = {**caps["pipelines"][PIPELINE], **pipeline_caps}
-        changed = {**variables, "ADMISSION_CAPS": json.dumps(caps)}
-        lam.update_function_configuration(FunctionName=name, Environment={"Variables": changed})
+    """PIPELINE's settings parameter with `pipeline_caps` in its `caps` section, written as a deploy of its pipeline
+    stack with those limits writes it (CloudFormation updates the parameter; the platform stack is untouched).
+
+    The functions that read caps (admission, and the guardrail that releases slots) cache a pipeline's settings for
+    PIPELINE_SETTINGS_MAX_AGE_SECONDS (60 s deployed; 1 s here). The admission function first reads the old caps
+    (a release of no run), so the change reaches a warm container through the max age, not a cold start. The
+    deployed parameter and environments are restored after."""
+    lam, ssm = env.twin.client("lambda"), env.twin.client("ssm")
+    name = settings_parameter_name("autopilot-dev", PIPELINE)
+    deployed_value = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+    readers = [n for n, f in env.twin.runtime.functions.items() if CAPS_ENV in f.environment]
+    variables = {n: lam.get_function_configuration(FunctionName=n)["Environment"]["Variables"] for n in readers}
+    for function, before in variables.items():
+        lam.update_function_configuration(
+            FunctionName=function, Environment={"Variables": {**before, MAX_AGE_ENV: "1"}}
+        )
+    admission = next(n for n in readers if n.endswith("-admission"))
+    warm = {"action": "release", "run_id": "nobody", "pipeline": PIPELINE, "reservation": {"runs": 1}}
+    assert env.twin.runtime.invoke(admission, warm) == {"released": False}  # as the workflow's ReleaseRunSlot does
+    sections = json.loads(deployed_value)
+    sections["caps"] = {**sections["caps"], **pipeline_caps}
+    ssm.put_parameter(Name=name, Value=json.dumps(sections), Type="String", Overwrite=True)
+    time.sleep(1.5)  # past the max age: the next read of PIPELINE's settings asks SSM again
     try:
         yield
     finally:
-        for name, variables in before.items():
-            lam.update_function_configuration(FunctionName=name, Environment={"Variables": variables})
+        ssm.put_parameter(Name=name, Value=deployed_value, Type="String", Overwrite=True)
+        for function, before in variables.items():
+            lam.update_function_configuration(FunctionName=function, Environment={"Variables": before})
 
 
 def test_a_run_over_the_daily_budget_fails_with_budget_exceeded_when_configured_to(env: Deployed) -> None:

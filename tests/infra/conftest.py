@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,22 @@ class Synthesized:
 
     def resources(self, kind: str) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.raw["Resources"].items() if v["Type"] == kind}
+
+    def pipeline_settings(self) -> dict[str, dict[str, Any]]:
+        """Every pipeline's settings parameter (autopilot_common.pipeline_settings), by pipeline name: its sections,
+        each deploy-time token (`Ref`, `Fn::GetAtt`) read as the string "X"."""
+        return {
+            str(p["Properties"]["Name"]).rpartition("/")[2]: json.loads(joined(p["Properties"]["Value"]))
+            for p in self.resources("AWS::SSM::Parameter").values()
+        }
+
+
+def joined(value: Any) -> str:
+    """A template string value with each token (anything but a string in an `Fn::Join`) as "X"."""
+    if isinstance(value, str):
+        return value
+    separator, parts = value["Fn::Join"]
+    return str(separator).join(part if isinstance(part, str) else "X" for part in parts)
 
 
 @pytest.fixture(scope="session")

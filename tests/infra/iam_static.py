@@ -696,7 +696,7 @@ _SAMPLE_MEMBERS: dict[str, Any] = {
     "ClusterId": "j-1", "JobFlowId": "j-1", "JobFlowIds": ["j-1"], "StepId": "s-1", "ResourceId": "j-1",
     "applicationId": "app", "jobRunId": "run", "virtualClusterId": "vc", "id": "run",
     "executionRoleArn": f"arn:aws:iam::{ACCOUNT}:role/job", "AlarmName": "alarm", "AlarmNames": ["alarm"],
-    "AlarmNamePrefix": "alarm-", "Name": "rule", "Rule": "rule", "CopySource": "bucket/source",
+    "AlarmNamePrefix": "alarm-", "Name": "rule", "Rule": "rule", "CopySource": "bucket/source", "Path": "/path",
 }  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,12 @@ def _admission_function(synth: Synthesized) -> dict[str, Any]:
 
 def test_admission_function_gets_the_caps_from_config(synth: Synthesized) -> None:
     env = _admission_function(synth)["Environment"]["Variables"]
-    caps = Caps.from_env(env)
+    deployment_caps = Caps.from_env(env)
+    assert deployment_caps.pipelines == {}  # the environment holds the deployment's caps only, whatever the pipelines
+    parameters = synth.pipeline_settings()
+    caps = replace(
+        deployment_caps, pipelines={n: Limit.from_json(s["caps"]) for n, s in parameters.items() if "caps" in s}
+    )
     deployment = CONFIG.guardrails.limits
     assert caps.deployment == Limit(
         deployment.max_concurrent_runs,
@@ -126,6 +132,11 @@ def test_admission_function_gets_the_caps_from_config(synth: Synthesized) -> Non
     assert "sales-burst" in caps.pipelines and caps.pipelines["sales-burst"].runs == 2
     assert caps.pipelines["sales-budget"].usd == 0.0006  # a daily budget
     assert "ADMISSION_TABLE" in env and "LEDGER_BUCKET" in env and "TOPIC_ARN" in env
+    assert env["DEPLOYMENT"] == "autopilot-dev"
+    ssm = {a: s["Resource"] for s in _role_statements(synth, "PlatformAdmissionAdmissionFunction") for a in
+           _listed(s["Action"]) if a.startswith("ssm:")}  # fmt: skip
+    arn = "arn:aws:ssm:us-east-1:123456789012:parameter/autopilot-dev/pipelines/*"
+    assert ssm == {"ssm:GetParameter": arn}  # one pipeline's parameter by name; never a listing
 
 
 def test_admission_function_may_answer_tokens_and_write_only_ledger_entries(synth: Synthesized) -> None:

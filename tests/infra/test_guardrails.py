@@ -15,6 +15,8 @@ from app import build_app, cli_context
 from stacks.app_stack import AutopilotStack
 from tests.conftest import REPO
 from tests.infra.conftest import Synthesized
+from tests.infra.test_admission import _listed
+from tests.infra.test_workflow import _role_statements
 
 
 def _rules(synth: Synthesized) -> dict[str, dict[str, Any]]:
@@ -73,13 +75,22 @@ def test_five_rules_feed_the_guardrail_with_two_hours_of_retries_and_a_dead_lett
 def test_the_guardrail_knows_every_pipeline_and_the_apps_own_roles(synth: Synthesized) -> None:
     _, function = _guardrail_function(synth)
     env = function["Environment"]["Variables"]
-    pipelines = json.loads("".join(part if isinstance(part, str) else "X" for part in env["PIPELINES"]["Fn::Join"][1]))
+    pipelines = {name: sections["guardrail"] for name, sections in synth.pipeline_settings().items()}
     config = yaml.safe_load((REPO / "config" / "dev.yaml").read_text())
     assert set(pipelines) == set(config["pipelines"])
     assert {p["runtime"] for p in pipelines.values()} == {"emr-serverless", "emr-ec2", "emr-eks"}
     assert all(p["max_cluster_lifetime_minutes"] > 0 for p in pipelines.values())
+    assert "PIPELINES" not in env and env["DEPLOYMENT"] == "autopilot-dev"  # the pipelines are in SSM, not here
     assert env["SERVERLESS_IDLE_STOP_MINUTES"] == "60" and env["ADMISSION_TABLE"]
     assert json.loads(env["UNMANAGED_CLUSTERS"])["exempt_tag_key"] == "autopilot:long-running"
+
+
+def test_the_guardrail_reads_and_lists_only_this_deployments_pipeline_settings(synth: Synthesized) -> None:
+    function_id, function = _guardrail_function(synth)
+    statements = _role_statements(synth, function["Role"]["Fn::GetAtt"][0])
+    ssm = {a: s["Resource"] for s in statements for a in _listed(s["Action"]) if a.startswith("ssm:")}
+    arn = "arn:aws:ssm:us-east-1:123456789012:parameter/autopilot-dev/pipelines"
+    assert ssm == {"ssm:GetParameter": f"{arn}/*", "ssm:GetParametersByPath": arn}
 
 
 def test_the_guardrail_stops_compute_only_on_clusters_tagged_with_this_deployment(synth: Synthesized) -> None:

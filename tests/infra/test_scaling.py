@@ -86,7 +86,8 @@ def test_the_scaler_hears_only_this_deployments_scaling_alarms_going_to_alarm(sy
     (target,) = rule["Targets"]
     assert target["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}
     assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] == 600 and "DeadLetterConfig" in target
-    settings = json.loads(function["Environment"]["Variables"]["SCALING"])
+    assert "SCALING" not in function["Environment"]["Variables"]  # each pipeline's policy is in its parameter
+    settings = {name: s["scaling"] for name, s in synth.pipeline_settings().items() if "scaling" in s}
     assert list(settings) == [PIPELINE] and settings[PIPELINE]["collection"] == "fleets"
     assert (settings[PIPELINE]["min_units"], settings[PIPELINE]["max_units"]) == (0, 8)
 

@@ -1,7 +1,8 @@
 """The deployment scales by stacks: generated deployments of 50 and 300 mixed pipelines (bench/pipelines.py, config/
 dev.yaml's runtime mix) synthesize into a platform stack and pipeline stacks that each stay under 80 % of
-CloudFormation's and IAM's limits, refer only to the platform stack, and hold every pipeline whole; adding or
-removing a pipeline never moves another to a different stack."""
+CloudFormation's and IAM's limits, refer only to the platform stack, and hold every pipeline whole; every function's
+environment fits Lambda's 4 KB and every pipeline's settings parameter its SSM tier; adding or removing a pipeline
+never moves another to a different stack."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import pytest
 import yaml
 
 from app import build_app, cli_context
+from autopilot_common.pipeline_settings import STANDARD_TIER_MAX_CHARS
 from bench.pipelines import mixed_config
+from local.lambda_runtime import environment_problem
 from stacks.app_stack import AutopilotStack, PipelinesStack
 from stacks.naming import pipeline_stack_index
+from stacks.pipeline_settings import LONGEST_TOKEN_VALUE
 
 # CloudFormation quotas (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html)
 # and IAM's managed policies per role (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html).
@@ -42,6 +46,21 @@ def managed_policies_per_role(template: dict[str, Any]) -> Counter[str]:
             for role in resource["Properties"].get("Roles", []):
                 counts[json.dumps(role)] += 1
     return counts
+
+
+# A deploy-time value in an environment at its longest: an ARN or physical name (the longest the app's functions get,
+# an SNS topic or state-machine ARN prefix, stays under 128 characters).
+LONGEST_VARIABLE_TOKEN = 128
+
+
+def worst_case(value: Any, token_length: int = LONGEST_VARIABLE_TOKEN) -> str:
+    """A template string value with every token (`Ref`, `Fn::GetAtt`, `Fn::ImportValue`) at `token_length`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return str(separator).join(worst_case(part, token_length) for part in parts)
+    return "x" * token_length
 
 
 def imports(value: Any) -> list[str]:
@@ -84,6 +103,24 @@ def test_every_stack_stays_under_80_percent_of_each_limit(tmp_path: Path, pipeli
             assert imported == [], imported
         else:
             assert imported and all(i.startswith(f"{platform}:") for i in imported), name
+    # Every function's environment fits Lambda's 4 KB, and every pipeline's settings parameter its Standard tier
+    functions = {
+        f"{name}/{logical_id}": r["Properties"].get("Environment", {}).get("Variables", {})
+        for name, artifact in stacks.items()
+        for logical_id, r in artifact.template["Resources"].items()
+        if r["Type"] == "AWS::Lambda::Function"
+    }
+    assert functions
+    problems = [environment_problem(f, {k: worst_case(v) for k, v in env.items()}) for f, env in functions.items()]
+    assert not [p for p in problems if p], problems
+    parameters = {
+        r["Properties"]["Name"]: worst_case(r["Properties"]["Value"], LONGEST_TOKEN_VALUE)
+        for artifact in stacks.values()
+        for r in artifact.template["Resources"].values()
+        if r["Type"] == "AWS::SSM::Parameter"
+    }
+    assert sorted(parameters) == sorted(f"/autopilot-bench/pipelines/{p}" for p in config["pipelines"])
+    assert not {n: len(v) for n, v in parameters.items() if len(v) > STANDARD_TIER_MAX_CHARS}
     # Every pipeline whole in the stack its name hashes to: its workflow, trigger and clock under one stack
     machines = {
         r["Properties"]["StateMachineName"]: name

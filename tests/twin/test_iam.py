@@ -393,6 +393,8 @@ SAMPLE_PARAMS: dict[tuple[str, str], dict[str, Any]] = {
     ("lambda", "Invoke"): {"FunctionName": "fn", "Qualifier": "live"},
     ("lambda", "InvokeAsync"): {"FunctionName": f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:fn"},
     ("events", "PutEvents"): {"Entries": [{"Source": "autopilot", "DetailType": "Run", "Detail": "{}"}]},
+    ("ssm", "GetParameter"): {"Name": "/autopilot-dev/pipelines/sales:3"},
+    ("ssm", "GetParametersByPath"): {"Path": "/autopilot-dev/pipelines", "Recursive": True},
 }
 
 
@@ -448,6 +450,14 @@ def test_rows_that_need_more_than_their_namesake() -> None:
     listing = authorizations("s3", "ListObjectsV2", SAMPLE_PARAMS[("s3", "ListObjectsV2")], lookups)
     assert listing == [Authorization("s3:ListBucket", "arn:aws:s3:::b",
                                      {"s3:prefix": "p/", "s3:delimiter": "/", "s3:max-keys": "10"})]  # fmt: skip
+    # GetParameter: the parameter, without a version selector; GetParametersByPath: the requested path itself
+    parameter = authorizations("ssm", "GetParameter", SAMPLE_PARAMS[("ssm", "GetParameter")], lookups)
+    assert parameter == [
+        Authorization("ssm:GetParameter", f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/autopilot-dev/pipelines/sales")
+    ]
+    path = authorizations("ssm", "GetParametersByPath", SAMPLE_PARAMS[("ssm", "GetParametersByPath")], lookups)
+    assert path == [Authorization("ssm:GetParametersByPath", f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/autopilot-dev/"
+                                  "pipelines", {"ssm:Recursive": "Recursive"})]  # fmt: skip
 
 
 def test_the_accounts_first_cluster_also_needs_to_create_emrs_service_linked_role() -> None:

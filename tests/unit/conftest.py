@@ -1,16 +1,19 @@
 """What the unit tests share: the `moto` fixture (the twin tests use it too, through tests/twin/conftest.py), table
-and alarm setup, config/dev.yaml, and a one-pipeline emr-ec2 config."""
+and alarm setup, pipeline settings parameters, config/dev.yaml, and a one-pipeline emr-ec2 config."""
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from moto import mock_aws
 
+from autopilot_common.pipeline_settings import settings_parameter_name
 from config.ec2 import Ec2Runtime
 from config.loader import validate_config
 from config.model import AppConfig
@@ -88,3 +91,15 @@ def ec2_runtime(**runtime: Any) -> Ec2Runtime:
     result = validate_config(ec2_config(runtime)).pipelines["pipe"].runtime
     assert isinstance(result, Ec2Runtime)
     return result
+
+
+SETTINGS_DEPLOYMENT = "autopilot-test"
+
+
+def put_pipeline_settings(monkeypatch: pytest.MonkeyPatch, pipeline: str, sections: dict[str, Any]) -> None:
+    """`pipeline`'s settings parameter as its stack deploys it (stacks/pipeline_settings.py), in moto's SSM, and the
+    `DEPLOYMENT` a shared function reads it under."""
+    monkeypatch.setenv("DEPLOYMENT", SETTINGS_DEPLOYMENT)
+    boto3.client("ssm", region_name=MOTO_REGION).put_parameter(
+        Name=settings_parameter_name(SETTINGS_DEPLOYMENT, pipeline), Value=json.dumps(sections), Type="String"
+    )

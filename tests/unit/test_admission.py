@@ -28,8 +28,10 @@ from autopilot_common.admission import (
     release,
     runs,
 )
+from autopilot_common.clients import Clients
+from autopilot_common.pipeline_settings import settings_parameter_name
 from tests.conftest import load_handler
-from tests.unit.conftest import create_table
+from tests.unit.conftest import create_table, put_pipeline_settings
 from tests.unit.fakes import lambda_context
 
 TABLE, LEDGER = "autopilot-test-admission", "outputs-bkt"
@@ -489,7 +491,7 @@ def test_concurrent_arrivals_and_releases_never_exceed_a_cap_and_leave_nothing_h
 
 def test_handler_release_and_bad_action(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADMISSION_TABLE", TABLE)
-    monkeypatch.setenv("ADMISSION_CAPS", Caps(pipelines={"p": Limit(runs=1)}).to_json())
+    put_pipeline_settings(monkeypatch, "p", {"caps": {"runs": 1}})
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     handler = load_handler("admission")
     context = lambda_context("autopilot-test-admission")
@@ -511,13 +513,45 @@ def test_handler_release_and_bad_action(aws: Any, monkeypatch: pytest.MonkeyPatc
         handler.lambda_handler({"action": "grab"}, context)
 
 
+def test_handler_reads_a_pipeline_s_caps_from_its_settings_parameter(
+    aws: Any, sfn: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deployed admission function's caps: the deployment's from ADMISSION_CAPS, a pipeline's from its SSM
+    parameter, read when first needed; a pipeline-stack deploy raising the cap is seen after the max age."""
+    # Given a pipeline capped at one run by its parameter, and a 1 s max age
+    monkeypatch.setenv("ADMISSION_TABLE", TABLE)
+    monkeypatch.setenv("ADMISSION_CAPS", json.dumps({"deployment": {"runs": 10}}))
+    monkeypatch.setenv("PIPELINE_SETTINGS_MAX_AGE_SECONDS", "1")
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    put_pipeline_settings(monkeypatch, "capped", {"caps": {"runs": 1}})
+    handler = load_handler("admission")
+    monkeypatch.setattr(handler, "CLIENTS", Clients(dynamodb=aws[0], s3=aws[1], sfn=sfn))
+    context = lambda_context("autopilot-test-admission")
+
+    def ask(run_id: str, second: int) -> str:
+        request = _request(run_id, "capped", second)
+        event = {**request.__dict__, "action": "acquire", "reservation": request.reservation.as_dict()}
+        return str(handler.lambda_handler(event, context)["state"])
+
+    # When two runs ask: the second waits for the pipeline's one slot
+    assert [ask("c1", 0), ask("c2", 1)] == ["ADMITTED", "QUEUED"]
+    # When its stack is deployed with two runs, the third run (past the max age) is admitted beside the first
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name=settings_parameter_name("autopilot-test", "capped"), Value='{"caps":{"runs":3}}', Type="String",
+        Overwrite=True,
+    )  # fmt: skip
+    time.sleep(1.1)
+    assert ask("c3", 2) == "ADMITTED"
+    assert [token for token, _ in sfn.succeeded] == ["token-c1", "token-c2", "token-c3"]  # the waiting one first
+
+
 def test_handler_adds_the_pipeline_dimension_only_beside_its_metric(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Releases publish no metric: a dimension added there stayed for the next invocation, and Powertools warned
     "Dimension 'pipeline' has already been added" when that one added it again."""
     import warnings
 
     monkeypatch.setenv("ADMISSION_TABLE", TABLE)
-    monkeypatch.setenv("ADMISSION_CAPS", Caps(pipelines={"p": Limit(runs=1)}).to_json())
+    put_pipeline_settings(monkeypatch, "p", {"caps": {"runs": 1}})
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     handler = load_handler("admission")
     context = lambda_context("autopilot-test-admission")

@@ -29,9 +29,9 @@ from config.capacity import run_estimate_usd, run_reservation
 from config.guardrails import Limits
 from config.loader import ConfigError
 from config.model import AppConfig
-from stacks.admission import caps_json
+from stacks.admission import caps_json, caps_section
 from tests.conftest import load_handler
-from tests.unit.conftest import dev_config
+from tests.unit.conftest import dev_config, put_pipeline_settings
 from tests.unit.fakes import lambda_context
 from tests.unit.test_admission import LEDGER, TABLE, FakeStepFunctions, _request
 from tests.unit.test_admission import aws as aws  # noqa: F401 - the fixture
@@ -207,7 +207,7 @@ def test_concurrent_admissions_never_overspend_a_budget(aws: Any) -> None:
 
 def test_handler_spend_reads_cost_usd_of_the_final_ledger_update(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADMISSION_TABLE", TABLE)
-    monkeypatch.setenv("ADMISSION_CAPS", Caps(pipelines={"p": Limit(usd=5.0)}).to_json())
+    put_pipeline_settings(monkeypatch, "p", {"caps": {"usd": 5.0}})
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     handler = load_handler("admission")
     context = lambda_context("autopilot-test-admission")
@@ -246,9 +246,12 @@ def test_the_synth_estimate_is_the_application_maximum_for_the_job_timeout_at_th
     assert run_reservation(config, "sales-daily").usd == pytest.approx(expected, abs=1e-6)
     assert run_reservation(_config(), "sales-daily").usd is None  # no budget: no estimate, no spend step
     assert run_reservation(config, "sales-adhoc").usd == 0.0  # steps on an existing cluster add no cost
-    # the admission function gets the budget; a pipeline that fails over budget is listed for its over_budget
-    caps = json.loads(caps_json(_config(budget=1000.0, eks_estimate=1.0, over_budget="fail")))
-    assert caps["deployment"]["usd"] == 1000.0 and caps["pipelines"]["sales-daily"]["over_budget"] == "fail"
+    # the admission function gets the budget; a pipeline that fails over budget has caps for its over_budget
+    failing = _config(budget=1000.0, eks_estimate=1.0, over_budget="fail")
+    caps = json.loads(caps_json(failing))
+    assert caps == {"deployment": {**caps["deployment"], "usd": 1000.0}}  # the deployment's only
+    assert (caps_section(failing.pipelines["sales-daily"]) or {})["over_budget"] == "fail"
+    assert caps_section(_config().pipelines["sales-daily"]) is None  # uncapped, waits over budget: no section
 
 
 def test_budget_problems_are_one_line_each_naming_the_field() -> None:

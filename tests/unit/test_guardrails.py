@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from autopilot_common.admission import AcquireRequest, Caps, Limit, Reservation, acquire, counters, runs
 from autopilot_common.clients import Clients
+from autopilot_common.pipeline_settings import PipelineSettingsError, settings_parameter_name
 from autopilot_common.pricing import shipped_prices
 from cloudtrail_reactions import CANCELLATION_KEY_PREFIX, react_to_cloudtrail
 from execution_cleanup import clean_up_execution
@@ -268,18 +269,16 @@ def _ended(run_id: str, status: str, **extra: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- settings
 
 
+MACHINE_PREFIX = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{DEPLOYMENT}-"
+
+
 def _env(**overrides: str) -> dict[str, str]:
     env = {
         "DEPLOYMENT": DEPLOYMENT,
         "OUTPUTS_BUCKET": BUCKET,
         "TOPIC_ARN": f"arn:aws:sns:{REGION}:{ACCOUNT}:notes",
         "CLAIMS_TABLE": CLAIMS,
-        "PIPELINES": json.dumps(
-            {
-                "sales": {"state_machine_arn": SM_ARN + "-a", "runtime": "emr-serverless", "application_id": "00f1"},
-                "sales-cluster": {"state_machine_arn": SM_ARN, "runtime": "emr-ec2", "transient": True},
-            }
-        ),
+        "STATE_MACHINE_ARN_PREFIX": MACHINE_PREFIX,
         "APP_ROLE_ARNS": json.dumps([APP_ROLE]),
         "UNMANAGED_CLUSTERS": json.dumps({"idle_timeout_minutes": 30, "exempt_tag_key": "keep"}),
         "SERVERLESS_IDLE_STOP_MINUTES": "45",
@@ -287,17 +286,33 @@ def _env(**overrides: str) -> dict[str, str]:
     return env | overrides
 
 
-def test_settings_read_every_variable_and_find_pipelines_by_machine_and_by_longest_run_id_prefix() -> None:
+def _put_settings(pipeline: str, value: str) -> None:
+    """A pipeline's settings parameter, as its stack deploys it (stacks/pipeline_settings.py)."""
+    boto3.client("ssm", region_name=REGION).put_parameter(
+        Name=settings_parameter_name(DEPLOYMENT, pipeline), Value=value, Type="String", Overwrite=True
+    )
+
+
+def test_settings_read_every_variable_and_find_pipelines_by_machine_and_by_longest_run_id_prefix(moto: str) -> None:
+    _put_settings("sales", json.dumps({"guardrail": {"runtime": "emr-serverless", "application_id": "00f1"}}))
+    _put_settings("sales-cluster", json.dumps({"guardrail": {"runtime": "emr-ec2"}, "caps": {"runs": 1}}))
     settings = GuardrailSettings.from_env(_env())
     assert settings.unmanaged == UnmanagedPolicy(idle_timeout_minutes=30, exempt_tag_key="keep")
     assert settings.serverless_idle_stop_minutes == 45 and settings.admission_table is None
     assert settings.app_role_arns == frozenset({APP_ROLE})
-    assert settings.pipeline_of_state_machine(SM_ARN) == settings.pipelines["sales-cluster"]
-    assert settings.pipeline_of_state_machine(SM_ARN + "-other") is None
+    cluster = settings.pipelines["sales-cluster"]
+    assert cluster == PipelineRef("sales-cluster", f"{MACHINE_PREFIX}sales-cluster", "emr-ec2")
+    assert settings.pipeline_of_state_machine(f"{MACHINE_PREFIX}sales-cluster") == cluster
+    assert settings.pipeline_of_state_machine(f"{MACHINE_PREFIX}other") is None  # no parameter: not deployed
+    assert settings.pipeline_of_state_machine(SM_ARN.replace(DEPLOYMENT, "elsewhere")) is None
     # `sales-cluster-<hex>` starts with both `sales-` and `sales-cluster-`: the longer name wins
-    assert settings.pipeline_of_run_id("sales-cluster-0123456789abcdef01234567").name == "sales-cluster"  # type: ignore[union-attr]
-    assert settings.pipeline_of_run_id("sales-0123456789abcdef01234567").name == "sales"  # type: ignore[union-attr]
+    assert settings.pipeline_of_run_id("sales-cluster-0123456789abcdef01234567") == cluster
+    assert settings.pipeline_of_run_id("sales-20240601-3f2a9c1e").name == "sales"  # type: ignore[union-attr]
     assert settings.pipeline_of_run_id("other-0123") is None
+    assert settings.pipeline_of_run_id("Not a run: id-1") is None  # never asks SSM about an impossible name
+    # The sweeper lists every deployed pipeline, and every pipeline's caps in the same listing
+    assert sorted(settings.pipelines) == ["sales", "sales-cluster"]
+    assert settings.caps.listed().pipelines == {"sales-cluster": Limit(runs=1)}
 
 
 @pytest.mark.parametrize(
@@ -305,16 +320,43 @@ def test_settings_read_every_variable_and_find_pipelines_by_machine_and_by_longe
     [
         ({"DEPLOYMENT": " "}, "DEPLOYMENT is not set; expected the deployment name"),
         ({"CLAIMS_TABLE": ""}, "CLAIMS_TABLE is not set"),
-        ({"PIPELINES": "{nope"}, "PIPELINES is not valid JSON; expected a dict"),
-        ({"PIPELINES": "[]"}, "PIPELINES is a list; expected a dict"),
-        ({"PIPELINES": json.dumps({"p": {"state_machine_arn": "a", "runtime": "x", "color": 1}})}, "color"),
+        ({"STATE_MACHINE_ARN_PREFIX": ""}, "STATE_MACHINE_ARN_PREFIX is not set"),
         ({"APP_ROLE_ARNS": json.dumps({"a": 1})}, "APP_ROLE_ARNS is a dict; expected a list"),
         ({"SERVERLESS_IDLE_STOP_MINUTES": "soon"}, "SERVERLESS_IDLE_STOP_MINUTES is 'soon'; expected minutes"),
+        ({"PIPELINE_SETTINGS_MAX_AGE_SECONDS": "0"}, "PIPELINE_SETTINGS_MAX_AGE_SECONDS is '0'; expected seconds"),
+        ({"ADMISSION_CAPS": json.dumps({"pipelines": {"p": {"runs": 1}}})}, "ADMISSION_CAPS lists pipelines"),
     ],
 )
 def test_a_bad_environment_fails_the_cold_start_naming_the_variable(overrides: dict[str, str], message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         GuardrailSettings.from_env(_env(**overrides))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{nope", "sales-cluster is not valid JSON; expected an object of sections"),
+        ("[]", "sales-cluster is a list; expected an object"),
+        (json.dumps({"guardrail": {"runtime": "emr-ec2", "color": 1}}), "sales-cluster: section 'guardrail': .*color"),
+        (json.dumps({"guardrail": "emr-ec2"}), "sales-cluster: section 'guardrail': got str; expected an object"),
+    ],
+)
+def test_a_bad_pipeline_parameter_fails_naming_the_parameter(moto: str, value: str, message: str) -> None:
+    _put_settings("sales-cluster", value)
+    settings = GuardrailSettings.from_env(_env())
+    with pytest.raises(PipelineSettingsError, match=f"/{DEPLOYMENT}/pipelines/{message}"):
+        settings.pipeline_of_state_machine(f"{MACHINE_PREFIX}sales-cluster")
+
+
+def test_an_execution_of_a_pipeline_no_longer_deployed_is_left_alone(world: World) -> None:
+    """No parameter (its stack was deleted, or it belongs to no pipeline): the cleanup does nothing."""
+    _run_cluster(world, "sales-cluster-0123456789abcdef01234567")
+    settings = replace(world.settings, pipelines={}, state_machine_prefix=MACHINE_PREFIX)
+    detail = _ended(
+        "sales-cluster-0123456789abcdef01234567", "ABORTED", stateMachineArn=f"{MACHINE_PREFIX}sales-cluster"
+    )
+    assert clean_up_execution(detail, settings, world.clients, NOW) is None
+    assert world.emr.calls == []  # not even a look at its cluster
 
 
 # --------------------------------------------------------------------------- CloudTrail: RunJobFlow

@@ -21,8 +21,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from autopilot_common import scaling_state as state
+from autopilot_common.pipeline_settings import PipelineSettingsError, settings_parameter_name
 from config.loader import load_config
-from config.scaling import AlarmScaling, scaling_env_entry
+from config.scaling import AlarmScaling, scaling_section
 from fleet_scaling import (
     Clients,
     Decision,
@@ -47,10 +48,21 @@ FLEETS, GROUPS = "sales-cluster", "sales"  # "sales" prefixes "sales-cluster": n
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 FLEET_POLICY = AlarmScaling(mode="alarms", step_units=2, min_units=0, max_units=8, cooldown_seconds=300)
 GROUP_POLICY = AlarmScaling(mode="alarms", step_units=2, min_units=1, max_units=6, cooldown_seconds=300)
-SCALING_ENV = json.dumps(
-    {FLEETS: scaling_env_entry(FLEET_POLICY, "fleets"), GROUPS: scaling_env_entry(GROUP_POLICY, "groups")}
-)
-ENV = {"DEPLOYMENT": DEPLOYMENT, "OUTPUTS_BUCKET": BUCKET, "STATE_TABLE": TABLE, "SCALING": SCALING_ENV}
+SECTIONS = {FLEETS: scaling_section(FLEET_POLICY, "fleets"), GROUPS: scaling_section(GROUP_POLICY, "groups")}
+ENV = {"DEPLOYMENT": DEPLOYMENT, "OUTPUTS_BUCKET": BUCKET, "STATE_TABLE": TABLE}
+
+
+def put_scaling(pipeline: str, section: Any) -> None:
+    """The pipeline's settings parameter with its `scaling` section, as its stack deploys it."""
+    boto3.client("ssm", region_name=REGION).put_parameter(
+        Name=settings_parameter_name(DEPLOYMENT, pipeline), Value=json.dumps({"scaling": section}), Type="String"
+    )
+
+
+@pytest.fixture
+def policies(moto: str) -> None:
+    for pipeline, section in SECTIONS.items():
+        put_scaling(pipeline, section)
 
 
 def _api_error(code: str, operation: str, message: str = "") -> ClientError:
@@ -210,7 +222,7 @@ def test_alarm_of_names_what_is_missing(event: dict[str, Any], message: str) -> 
         alarm_of(event)
 
 
-def test_settings_read_the_policies_the_config_dumps() -> None:
+def test_settings_read_the_policies_the_config_dumps(policies: None) -> None:
     settings = ScalerSettings.from_env(ENV)
     assert settings.policies[FLEETS] == ScalingPolicy(
         collection="fleets", step_units=2, scale_in_step_units=2, min_units=0, max_units=8, spot_percent=100,
@@ -221,7 +233,7 @@ def test_settings_read_the_policies_the_config_dumps() -> None:
     runtime = load_config("dev").pipelines["sales-cluster"].runtime
     scaling = getattr(runtime, "scaling", None)
     assert isinstance(scaling, AlarmScaling)
-    dev = ScalingPolicy.from_json("sales-cluster", json.loads(json.dumps(scaling_env_entry(scaling, "fleets"))))
+    dev = ScalingPolicy.from_json("sales-cluster", json.loads(json.dumps(scaling_section(scaling, "fleets"))))
     assert (dev.step_units, dev.scale_in_step_units, dev.min_units, dev.max_units) == (2, 2, 0, 8)
 
 
@@ -231,19 +243,37 @@ def test_settings_read_the_policies_the_config_dumps() -> None:
         ({"DEPLOYMENT": ""}, "environment variable DEPLOYMENT is not set"),
         ({"OUTPUTS_BUCKET": " "}, "environment variable OUTPUTS_BUCKET is not set"),
         ({"STATE_TABLE": ""}, "environment variable STATE_TABLE is not set"),
-        ({"SCALING": "{nope"}, "environment variable SCALING is not valid JSON"),
-        ({"SCALING": "[]"}, "environment variable SCALING is a list; expected an object"),
-        ({"SCALING": json.dumps({"p": {**json.loads(SCALING_ENV)[FLEETS], "collection": "both"}})},
-         "environment variable SCALING: p.collection: got 'both'; expected 'fleets' or 'groups'"),
-        ({"SCALING": json.dumps({"p": {**json.loads(SCALING_ENV)[FLEETS], "step_units": 0}})},
-         r"SCALING: p.step_units: got 0; expected an integer in \[1, 10000\]"),
-        ({"SCALING": json.dumps({"p": {**json.loads(SCALING_ENV)[FLEETS], "min_units": 9}})},
-         "SCALING: p.min_units: 9 exceeds max_units 8"),
+        ({"PIPELINE_SETTINGS_MAX_AGE_SECONDS": "-1"}, "PIPELINE_SETTINGS_MAX_AGE_SECONDS is '-1'; expected seconds"),
     ],
 )  # fmt: skip
 def test_settings_name_the_bad_variable(change: dict[str, str], message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         ScalerSettings.from_env({**ENV, **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"collection": "both"}, "px.collection: got 'both'; expected 'fleets' or 'groups'"),
+        ({"step_units": 0}, r"px.step_units: got 0; expected an integer in \[1, 10000\]"),
+        ({"min_units": 9}, "px.min_units: 9 exceeds max_units 8"),
+    ],
+)  # fmt: skip
+def test_a_bad_policy_names_the_parameter_and_the_key(moto: str, change: dict[str, Any], message: str) -> None:
+    put_scaling("px", {**SECTIONS[FLEETS], **change})
+    settings = ScalerSettings.from_env(ENV)
+    with pytest.raises(PipelineSettingsError, match=f"SSM parameter /{DEPLOYMENT}/pipelines/px: section 'scaling': "):
+        settings.policies["px"]
+    with pytest.raises(PipelineSettingsError, match=message):
+        settings.policies["px"]
+
+
+def test_an_alarm_of_a_pipeline_without_alarm_scaling_is_skipped(moto: str) -> None:
+    """A pipeline whose parameter has no `scaling` section (or none at all) has no policy: its alarm is skipped."""
+    put_scaling(FLEETS, None)
+    settings = ScalerSettings.from_env(ENV)
+    assert FLEETS not in settings.policies and "absent" not in settings.policies
+    assert parse_alarm_name(alarm_name(FLEETS, "j-ABC", "out", "memory-low"), DEPLOYMENT, settings.policies) is None
 
 
 # --------------------------------------------------------------------------- 3. moto and the fleet fake
@@ -423,7 +453,7 @@ def alarm_event(name: str, value: str = "ALARM", at: datetime = NOW) -> dict[str
 
 
 @pytest.fixture
-def aws(moto: str) -> Aws:
+def aws(moto: str, policies: None) -> Aws:
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     create_table(dynamodb, TABLE, "id")
     s3 = boto3.client("s3", region_name=REGION)
@@ -586,7 +616,7 @@ def test_an_alarm_name_that_does_not_parse_is_a_logged_skip(aws: Aws, name: str)
     aws.fleet_cluster()
     outcome = aws.scale(alarm_event(name))
     assert outcome.result == "skipped" and "alarm name does not read as" in outcome.reason
-    assert "sales, sales-cluster" in outcome.reason and aws.emr.resizes == []
+    assert "for a deployed pipeline with alarm scaling" in outcome.reason and aws.emr.resizes == []
 
 
 def test_a_rule_the_pipeline_does_not_have_is_skipped(aws: Aws) -> None:
@@ -807,7 +837,7 @@ def test_handler_scales_skips_and_emits_metrics(
 
 
 def test_handler_cold_start_names_the_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {**ENV, "SCALING": "not json", "POWERTOOLS_TRACE_DISABLED": "true"}.items():
+    for name, value in {**ENV, "STATE_TABLE": "", "POWERTOOLS_TRACE_DISABLED": "true"}.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(RuntimeError, match="environment variable SCALING is not valid JSON"):
+    with pytest.raises(RuntimeError, match="environment variable STATE_TABLE is not set"):
         load_handler("scaler")

@@ -10,7 +10,7 @@ import pytest
 
 from config.ec2 import Ec2Runtime
 from config.loader import ConfigError, load_config, validate_config
-from config.scaling import AlarmRule, AlarmScaling, ManagedScaling, NoScaling, scaling_env_entry
+from config.scaling import AlarmRule, AlarmScaling, ManagedScaling, NoScaling, scaling_section
 from stacks.emr_ec2_spec import cluster_request
 from tests.unit.conftest import ec2_config, ec2_runtime
 
@@ -83,7 +83,7 @@ def test_dev_sales_cluster_scales_its_task_fleet_from_alarms() -> None:
 def test_env_entry_is_the_policy_dump_plus_the_collection() -> None:
     scaling = ec2_runtime(**_alarms(max_units=6, spot_percent=50)).scaling
     assert isinstance(scaling, AlarmScaling)
-    entry = scaling_env_entry(scaling, "fleets")
+    entry = scaling_section(scaling, "fleets")
     assert json.loads(json.dumps(entry)) == entry
     assert entry["collection"] == "fleets" and entry["mode"] == "alarms"
     assert (entry["max_units"], entry["spot_percent"], entry["scale_in_step_units"]) == (6, 50, None)

@@ -40,10 +40,15 @@ each conditioned on staying within the cap; turn its RUN item from QUEUED to ADM
 item (which must still exist). Then SendTaskSuccess(token). Release is one transaction too: delete the
 ADMITTED RUN item and subtract what it charged (so releasing twice frees once), then dispatch.
 
-Caps arrive as JSON in the environment (`ADMISSION_CAPS`, see `Caps.from_env`)::
+The deployment's caps arrive as JSON in the environment (`ADMISSION_CAPS`, see `Caps.from_env`); each pipeline's
+in the `caps` section of its SSM parameter (`autopilot_common.pipeline_settings`), looked up when a decision needs
+them, so the environment stays the same size whatever the number of pipelines::
 
-    {"deployment": {"runs": 10, "clusters": null, "vcpus": 512, "usd": 100.0},
-     "pipelines": {"sales-burst": {"runs": 2, "clusters": null, "vcpus": null, "usd": 5.0, "over_budget": "fail"}}}
+    ADMISSION_CAPS                      {"deployment": {"runs": 10, "clusters": null, "vcpus": 512, "usd": 100.0}}
+    /<deployment>/pipelines/sales-burst {"caps": {"runs": 2, "clusters": null, "vcpus": null, "usd": 5.0,
+                                                  "over_budget": "fail"}, ...}
+
+A pipeline without a parameter, or without a `caps` section, is uncapped (as a pipeline left out of the caps was).
 
 A run no cap applies to (none of its scopes caps a dimension it reserves, and no budget) is admitted at once
 without touching the table: it holds nothing, so releasing it is a no-op.
@@ -61,6 +66,7 @@ from botocore.exceptions import ClientError
 
 from autopilot_common.dynamo import TransactionCancelled, dump_item, dump_value, error_code, load_item, transact
 from autopilot_common.ledger import iso, write_entry
+from autopilot_common.pipeline_settings import CAPS, PipelineSection, PipelineSettingsStore
 from autopilot_common.settings import Environment
 
 if TYPE_CHECKING:
@@ -173,12 +179,22 @@ class Caps:
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Caps:
-        """From `ADMISSION_CAPS` (JSON, see the module docstring); missing means no caps at all."""
+    def from_env(cls, env: Mapping[str, str], store: PipelineSettingsStore | None = None) -> Caps:
+        """From `ADMISSION_CAPS` (JSON, see the module docstring); missing means no caps at all. With `store`, the
+        pipelines' caps are looked up in their parameters (`caps` sections), each when first needed."""
         try:
-            return cls.from_json(env.get(CAPS_ENV, "{}"))
+            caps = cls.from_json(env.get(CAPS_ENV, "{}"))
         except (ValueError, TypeError, AttributeError) as exc:
             raise RuntimeError(f"{CAPS_ENV} is not valid caps JSON: {exc}") from exc
+        if store is None:
+            return caps
+        if caps.pipelines:
+            raise RuntimeError(f"{CAPS_ENV} lists pipelines; expected the deployment's caps only (theirs are in SSM)")
+        return replace(caps, pipelines=PipelineSection(store, CAPS, lambda _name, raw: Limit.from_json(raw)))
+
+    def listed(self) -> Caps:
+        """These caps with every pipeline's read now (one listing of the parameters when they are looked up)."""
+        return replace(self, pipelines=dict(self.pipelines))
 
     def to_json(self) -> str:
         body = {DEPLOYMENT: asdict(self.deployment), "pipelines": {n: asdict(v) for n, v in self.pipelines.items()}}
@@ -197,8 +213,11 @@ class Caps:
 
     @property
     def any_budget(self) -> bool:
-        """True when any scope has a budget (then runs may wait for a new day: the sweeper's tick dispatches)."""
-        return self.deployment.usd is not None or any(v.usd is not None for v in self.pipelines.values())
+        """True when any scope has a budget (then runs may wait for a new day: the sweeper's tick dispatches). Caps
+        that look pipelines up one by one cannot know without listing them all: True (`listed()` knows)."""
+        if self.deployment.usd is not None or isinstance(self.pipelines, PipelineSection):
+            return True
+        return any(v.usd is not None for v in self.pipelines.values())
 
     def budgeted(self, pipeline: str) -> bool:
         """True when a budget (the pipeline's or the deployment's) applies to the pipeline's runs."""
@@ -210,8 +229,10 @@ class Caps:
 
 @dataclass(frozen=True)
 class AdmissionSettings:
-    """The admission function's environment: `ADMISSION_TABLE`, `ADMISSION_CAPS` (caps JSON) and optional
-    `LEDGER_BUCKET` (where QUEUED ledger entries go) and `TOPIC_ARN` (where budget holds are notified)."""
+    """The admission function's environment: `ADMISSION_TABLE`, `ADMISSION_CAPS` (the deployment's caps JSON),
+    `DEPLOYMENT` (whose pipelines' parameters hold their caps), optional `PIPELINE_SETTINGS_MAX_AGE_SECONDS` (see
+    autopilot_common.pipeline_settings), `LEDGER_BUCKET` (where QUEUED ledger entries go) and `TOPIC_ARN` (where
+    budget holds are notified)."""
 
     table: str
     caps: Caps
@@ -219,11 +240,12 @@ class AdmissionSettings:
     topic_arn: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AdmissionSettings:
+    def from_env(cls, env: Mapping[str, str], ssm: Callable[[], Any] | None = None) -> AdmissionSettings:
+        """`ssm` gives the SSM client on first use (default: a `Clients()` of its own)."""
         read = Environment(env)
         return cls(
             table=read.required(TABLE_ENV, "the DynamoDB table that holds run slots and the queue"),
-            caps=Caps.from_env(env),
+            caps=Caps.from_env(env, PipelineSettingsStore.from_env(env, ssm)),
             ledger_bucket=read.optional(LEDGER_BUCKET_ENV),
             topic_arn=read.optional(TOPIC_ENV),
         )

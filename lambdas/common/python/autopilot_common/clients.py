@@ -96,3 +96,9 @@ class Clients:
     @cached_property
     def cloudwatch(self) -> CloudWatchClient:
         return cast(CloudWatchClient, aws_client("cloudwatch"))
+
+    @cached_property
+    def ssm(
+        self,
+    ) -> Any:  # no mypy_boto3_ssm stubs pinned: its two calls are read in autopilot_common.pipeline_settings
+        return aws_client("ssm")
