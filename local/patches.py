@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from moto import backends as moto_backends
 from moto.core.responses import ActionResult, BaseResponse, EmptyResult
 from moto.emrserverless import models as serverless_models
 from moto.emrserverless import urls as emrserverless_urls
@@ -116,6 +118,10 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("program_eval_body", Program._eval_body)
     _ORIGINALS.setdefault("serverless_list_job_runs", serverless_models.EMRServerlessBackend.list_job_runs)
     serverless_models.EMRServerlessBackend.list_job_runs = _list_job_runs  # type: ignore[method-assign]
+    # moto's server lists its own package folder (os.listdir + an isdir per service) on every request, under the lock
+    # that picks the service's app: the twin's overhead, not AWS's. The folder does not change while the twin runs.
+    _ORIGINALS.setdefault("list_of_moto_modules", moto_backends.list_of_moto_modules)
+    moto_backends.list_of_moto_modules = _moto_modules
 
     sfn_models.StepFunctionsParserBackend.start_execution = _start_execution  # type: ignore[method-assign]
     # moto routes no GetDashboardForJobRun (botocore emr-serverless: GET .../jobruns/{jobRunId}/dashboard): the twin's
@@ -190,6 +196,12 @@ def install(twin: Twin) -> None:
         return result
 
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+
+@functools.cache
+def _moto_modules() -> tuple[str, ...]:
+    """`moto.backends.list_of_moto_modules()`, read once."""
+    return tuple(_ORIGINALS["list_of_moto_modules"]())
 
 
 def _list_job_runs(self: Any, application_id: str, *args: Any, **kwargs: Any) -> Any:
@@ -401,6 +413,7 @@ def uninstall() -> None:
     EventManager.add_event = _ORIGINALS["add_event"]  # type: ignore[method-assign]
     Program._eval_body = _ORIGINALS["program_eval_body"]  # type: ignore[method-assign]
     serverless_models.EMRServerlessBackend.list_job_runs = _ORIGINALS["serverless_list_job_runs"]  # type: ignore[method-assign]
+    moto_backends.list_of_moto_modules = _ORIGINALS["list_of_moto_modules"]
     emrserverless_urls.url_paths.pop(DASHBOARD_PATH, None)
     emrserverless_urls.url_paths.pop(ATTEMPTS_PATH, None)
 

@@ -426,9 +426,16 @@ def _twin_boto_client_for(region: str, service: str, state_credentials: Any = No
     if _TwinService.trail is not None and env is not None:
         execution_arn = env.states.context_object.context_object_data["Execution"]["Id"]
         access_key = _TwinService.trail.state_machine_access_key(env.aws_execution_details.role_arn, execution_arn)
-    kwargs: dict[str, Any] = {}
-    if not botocore_stubber.enabled:
-        kwargs["endpoint_url"] = f"http://localhost:{moto_server_port()}"
+    endpoint = None if botocore_stubber.enabled else f"http://localhost:{moto_server_port()}"
+    return _integration_client(region, service, access_key, endpoint)
+
+
+@functools.lru_cache(maxsize=256)
+def _integration_client(region: str, service: str, access_key: str, endpoint: str | None) -> Any:
+    """A client for an execution's integration calls, made once per (service, signer) and reused by the execution's
+    later tasks (boto3 clients are thread-safe; making one costs milliseconds of CPU, which a burst's executions
+    paid for every task)."""
+    kwargs: dict[str, Any] = {} if endpoint is None else {"endpoint_url": endpoint}
     return boto3.client(
         service_name=service,
         region_name=region,

@@ -172,11 +172,13 @@ class ClaimStore:
             labels.update(labelled)
             shared.append((run_id, keys))
         group: list[tuple[str, list[str]]] = []
+        size = 0
         for run in shared:
-            if sum(len(keys) for _, keys in group) + len(run[1]) > TRANSACT_LIMIT:
+            if size + len(run[1]) > TRANSACT_LIMIT:
                 lost.update(self._claim_group(group, labels))
-                group = []
+                group, size = [], 0
             group.append(run)
+            size += len(run[1])
         if group:
             lost.update(self._claim_group(group, labels))
         return lost
@@ -194,7 +196,8 @@ class ClaimStore:
             except TransactionCancelled as cancelled:
                 for i in sorted(cancelled.failed):
                     run_id, key = actions[i]
-                    lost.setdefault(run_id, {})[key] = _owner(cancelled.reasons[i].get("Item") or {}, now) or EARLIER_RUN
+                    owner = _owner(cancelled.reasons[i].get("Item") or {}, now) or EARLIER_RUN
+                    lost.setdefault(run_id, {})[key] = owner
                 group = [run for run in group if run[0] not in lost]
                 continue
             return lost

@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -273,7 +274,7 @@ class ObjectEvent:
     # Marker mode: written to its folder after the folder's marker (`late_objects` decides).
     late: bool = False
 
-    @property
+    @cached_property
     def identity(self) -> str:
         """Identity of this object version.
 
@@ -297,7 +298,7 @@ class ObjectEvent:
             last_modified=version.last_modified,
         )
 
-    @property
+    @cached_property
     def claim_key(self) -> str:
         """What is claimed in DynamoDB: the identity, scoped to the pipeline (pipelines may share objects)."""
         return f"{self.pipeline}\x00{self.identity}"
