@@ -141,7 +141,8 @@ class Twin:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._bus_clients: dict[str, Any] = {}
-        self._clients_lock = threading.Lock()
+        self._clients_lock = threading.RLock()
+        self._session = boto3.session.Session()
         self._queue_urls: dict[str, str] = {}
         self.runtime: LambdaRuntime
         self.emr_serverless: EmrServerlessTwin
@@ -308,16 +309,19 @@ class Twin:
 
     def client_with_key(self, service: str, access_key: str, **kwargs: Any) -> Any:
         """A boto3 client for the twin that signs with `access_key` (see `local.cloudtrail`: the key names who
-        calls), with the SDK's standard retries."""
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint,
-            region_name=self.region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key="twin",
-            config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
-            **kwargs,
-        )
+        calls), with the SDK's standard retries. Made from the twin's own session, which keeps the service models
+        it read (boto3's default session is reset around every function invocation, and a client made from a fresh
+        session reads its model from disk again: about 150 ms instead of 5)."""
+        with self._clients_lock:  # a boto3 session is not thread-safe; its clients are
+            return self._session.client(
+                service,
+                endpoint_url=self.endpoint,
+                region_name=self.region,
+                aws_access_key_id=access_key,
+                aws_secret_access_key="twin",
+                config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
+                **kwargs,
+            )
 
     def _role_s3(self, role_arn: str, session: str) -> Any:
         return self.role_client("s3", role_arn, session)
@@ -696,8 +700,9 @@ class Twin:
                     self._busy -= 1
 
     def _gather(self, sqs: Any, mapping: EventSourceMapping, window: float) -> list[dict[str, Any]]:
+        """A batch: up to BatchSize messages, gathered for up to the window from the first one received."""
         messages: list[dict[str, Any]] = []
-        deadline = time.monotonic() + window
+        deadline = 0.0
         while len(messages) < mapping.batch_size and not self._stop.is_set():
             response = sqs.receive_message(
                 QueueUrl=mapping.queue_url,
@@ -708,6 +713,8 @@ class Twin:
                 WaitTimeSeconds=0 if messages else 1,
             )
             got = response.get("Messages", [])
+            if got and not messages:
+                deadline = time.monotonic() + window
             messages.extend(got)
             if not messages:
                 return messages
