@@ -680,7 +680,7 @@ class Twin:
             if slot and not backlog.wait(0.5):
                 continue
             try:
-                messages = self._gather(sqs, mapping, mapping.window_seconds * self.time_scale)
+                messages = self._gather(sqs, mapping)
                 if messages and self._visible(sqs, mapping):
                     backlog.set()
             except Exception:
@@ -699,10 +699,11 @@ class Twin:
                 with self._busy_lock:
                     self._busy -= 1
 
-    def _gather(self, sqs: Any, mapping: EventSourceMapping, window: float) -> list[dict[str, Any]]:
-        """A batch: up to BatchSize messages, gathered for up to the window from the first one received."""
+    def _gather(self, sqs: Any, mapping: EventSourceMapping) -> list[dict[str, Any]]:
+        """A batch: up to BatchSize messages, gathered for up to the window (on the twin's clock as it is when the
+        first message comes) from the first one received."""
         messages: list[dict[str, Any]] = []
-        deadline = 0.0
+        window = deadline = 0.0
         while len(messages) < mapping.batch_size and not self._stop.is_set():
             response = sqs.receive_message(
                 QueueUrl=mapping.queue_url,
@@ -714,6 +715,7 @@ class Twin:
             )
             got = response.get("Messages", [])
             if got and not messages:
+                window = mapping.window_seconds * self.time_scale
                 deadline = time.monotonic() + window
             messages.extend(got)
             if not messages:
