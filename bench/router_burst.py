@@ -1,8 +1,10 @@
 """A 10,000-object S3 burst through the router's Lambda handler against moto.
 
 SQS delivers the burst to the router in batches of the pipeline's `max_objects` (the event source
-mapping's batch size), so the burst starts ceil(10,000 / max_objects) window runs. Prints events/s
-and the number of executions started.
+mapping's batch size), so the burst starts ceil(10,000 / max_objects) window runs (or one run per object in
+per_object mode). Prints, per mode: events/s end to end against moto; the AWS calls per event; and events/s of the
+router's own code, i.e. with the time spent inside AWS SDK calls (botocore and moto) left out, which is the part
+of an invocation that does not wait on AWS.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import json
 import os
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
@@ -83,17 +88,56 @@ def main(mode: str) -> None:
             record.update(messageId=f"m-{i:05d}", body=body)
             records.append(record)
         failures = 0
+        calls = SdkCalls()
         started = time.perf_counter()
-        for start in range(0, BURST, batch_size):
-            batch = {"Records": records[start : start + batch_size]}
-            with contextlib.redirect_stdout(io.StringIO()):  # EMF metric lines
-                response = handler.lambda_handler(batch, lambda_context("autopilot-bench-router"))
-            failures += len(response["batchItemFailures"])
+        with calls.timed():
+            for start in range(0, BURST, batch_size):
+                batch = {"Records": records[start : start + batch_size]}
+                with contextlib.redirect_stdout(io.StringIO()):  # EMF metric lines
+                    response = handler.lambda_handler(batch, lambda_context("autopilot-bench-router"))
+                failures += len(response["batchItemFailures"])
         elapsed = time.perf_counter() - started
         pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=arn)
         runs = sum(len(page["executions"]) for page in pages)
+        own = elapsed - calls.seconds
         print(f"  {mode:<10} {BURST} objects in batches of {batch_size}: {elapsed:.1f} s, "
-              f"{BURST / elapsed:,.0f} events/s, {runs} executions started, {failures} failed records")  # fmt: skip
+              f"{BURST / elapsed:,.0f} events/s against moto; {calls.count / BURST:.2f} AWS calls per event "
+              f"({calls.summary()}); router code alone {BURST / own:,.0f} events/s ({own:.1f} s outside SDK calls); "
+              f"{runs} executions started, {failures} failed records")  # fmt: skip
+
+
+class SdkCalls:
+    """Counts the AWS calls made through botocore (per operation) and the time spent inside them."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.count = 0
+        self.operations: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        from botocore.client import BaseClient
+
+        original = BaseClient._make_api_call
+        counter = self
+
+        def make_api_call(client: Any, operation_name: str, api_params: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return original(client, operation_name, api_params)
+            finally:
+                counter.seconds += time.perf_counter() - began
+                counter.count += 1
+                counter.operations[operation_name] += 1
+
+        BaseClient._make_api_call = make_api_call  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            BaseClient._make_api_call = original  # type: ignore[method-assign]
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {count}" for name, count in self.operations.most_common())
 
 
 if __name__ == "__main__":

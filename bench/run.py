@@ -7,8 +7,8 @@
   of each limit; synth(300)/synth(1);
 - imports: each handler's cold import next to a bare `import boto3` (paired fresh interpreters, medians, ratio),
   with the environment its synthesized stack gives it;
-- router: the router's events/s through its handler against moto for a 10,000-object burst, window and
-  per_object (bench/router_burst.py);
+- router: the router's events/s through its handler for a 10,000-object burst, window and per_object: against moto,
+  the AWS calls per event, and the router's own code with the time inside SDK calls left out (bench/router_burst.py);
 - twin: the app on the twin: a 2,500-object window burst (routed / finished after the last put), and 100- and
   1,000-object per-object bursts under a cap of 5 (wall time, admission items read per admitted run, peak memory)
   (bench/twin_burst.py).

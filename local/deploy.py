@@ -298,6 +298,7 @@ class _Deployer:
                 timeout_seconds=int(props.get("Timeout", 3)),
                 memory_mb=int(props.get("MemorySize", 128)),
                 role_arn=props.get("Role"),
+                reserved=None if (reserved := props.get("ReservedConcurrentExecutions")) is None else int(reserved),
                 log_group=logging_config.get("LogGroup"),
                 log_format=log_format,
             )
@@ -323,6 +324,7 @@ class _Deployer:
                 window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
                 report_batch_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
                 enabled=props.get("Enabled", True),
+                max_concurrency=(props.get("ScalingConfig") or {}).get("MaximumConcurrency"),
             )
         )
         self._set(resource, str(uuid.uuid4()))

@@ -146,6 +146,7 @@ class LocalFunction:
     async_retries: int = 2
     async_max_age_seconds: int = 21600
     on_failure_destination: str | None = None
+    reserved: int | None = None  # ReservedConcurrentExecutions: at most this many invocations at once
     # LoggingConfig: where Lambda sends what the function writes (None: /aws/lambda/<name>) and how (Text | JSON).
     log_group: str | None = None
     log_format: str = "Text"

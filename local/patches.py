@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from moto import backends as moto_backends
 from moto.core.responses import ActionResult, BaseResponse, EmptyResult
 from moto.emrserverless import models as serverless_models
 from moto.emrserverless import urls as emrserverless_urls
@@ -18,6 +21,7 @@ from moto.events import models as events_models
 from moto.events.exceptions import ValidationException as EventsValidationException
 from moto.s3 import notifications as s3_notifications
 from moto.s3.responses import S3Response
+from moto.sqs import models as sqs_models
 from moto.stepfunctions import exceptions as sfn_exceptions
 from moto.stepfunctions import responses as sfn_responses
 from moto.stepfunctions.parser import models as sfn_models
@@ -116,6 +120,12 @@ def install(twin: Twin) -> None:
     _ORIGINALS.setdefault("program_eval_body", Program._eval_body)
     _ORIGINALS.setdefault("serverless_list_job_runs", serverless_models.EMRServerlessBackend.list_job_runs)
     serverless_models.EMRServerlessBackend.list_job_runs = _list_job_runs  # type: ignore[method-assign]
+    # moto's server lists its own package folder (os.listdir + an isdir per service) on every request, under the lock
+    # that picks the service's app: the twin's overhead, not AWS's. The folder does not change while the twin runs.
+    _ORIGINALS.setdefault("list_of_moto_modules", moto_backends.list_of_moto_modules)
+    moto_backends.list_of_moto_modules = _moto_modules
+    _ORIGINALS.setdefault("receive_message", sqs_models.SQSBackend.receive_message)
+    sqs_models.SQSBackend.receive_message = _receive_message  # type: ignore[method-assign]
 
     sfn_models.StepFunctionsParserBackend.start_execution = _start_execution  # type: ignore[method-assign]
     # moto routes no GetDashboardForJobRun (botocore emr-serverless: GET .../jobruns/{jobRunId}/dashboard): the twin's
@@ -190,6 +200,31 @@ def install(twin: Twin) -> None:
         return result
 
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+
+_RECEIVING = threading.Lock()
+
+
+def _receive_message(
+    self: Any, queue_name: str, count: int, wait_seconds_timeout: int, *args: Any, **kwargs: Any
+) -> list[Any]:
+    """moto's ReceiveMessage, one at a time: moto marks messages received without a lock, so two concurrent receives
+    (Lambda's pollers read a queue five at a time) could both take one message, which SQS's visibility timeout
+    prevents. A long poll waits outside the lock."""
+    deadline = time.monotonic() + wait_seconds_timeout
+    while True:
+        with _RECEIVING:
+            received: list[Any] = _ORIGINALS["receive_message"](self, queue_name, count, 0, *args, **kwargs)
+        remaining = deadline - time.monotonic()
+        if received or remaining <= 0:
+            return received
+        self.get_queue(queue_name).wait_for_messages(min(remaining, 1.0))
+
+
+@functools.cache
+def _moto_modules() -> tuple[str, ...]:
+    """`moto.backends.list_of_moto_modules()`, read once."""
+    return tuple(_ORIGINALS["list_of_moto_modules"]())
 
 
 def _list_job_runs(self: Any, application_id: str, *args: Any, **kwargs: Any) -> Any:
@@ -413,6 +448,8 @@ def uninstall() -> None:
     EventManager.add_event = _ORIGINALS["add_event"]  # type: ignore[method-assign]
     Program._eval_body = _ORIGINALS["program_eval_body"]  # type: ignore[method-assign]
     serverless_models.EMRServerlessBackend.list_job_runs = _ORIGINALS["serverless_list_job_runs"]  # type: ignore[method-assign]
+    moto_backends.list_of_moto_modules = _ORIGINALS["list_of_moto_modules"]
+    sqs_models.SQSBackend.receive_message = _ORIGINALS["receive_message"]  # type: ignore[method-assign]
     emrserverless_urls.url_paths.pop(DASHBOARD_PATH, None)
     emrserverless_urls.url_paths.pop(ATTEMPTS_PATH, None)
 

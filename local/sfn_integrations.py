@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -426,22 +427,40 @@ def _twin_boto_client_for(region: str, service: str, state_credentials: Any = No
     if _TwinService.trail is not None and env is not None:
         execution_arn = env.states.context_object.context_object_data["Execution"]["Id"]
         access_key = _TwinService.trail.state_machine_access_key(env.aws_execution_details.role_arn, execution_arn)
-    kwargs: dict[str, Any] = {}
-    if not botocore_stubber.enabled:
-        kwargs["endpoint_url"] = f"http://localhost:{moto_server_port()}"
-    return boto3.client(
-        service_name=service,
-        region_name=region,
-        aws_access_key_id=access_key,
-        aws_secret_access_key="sk",
-        config=Config(
-            parameter_validation=True,  # AWS validates an aws-sdk integration's parameters against the API model
-            retries={"max_attempts": 0, "total_max_attempts": 1},
-            connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-            read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-        ),
-        **kwargs,
-    )
+    endpoint = None if botocore_stubber.enabled else f"http://localhost:{moto_server_port()}"
+    return _integration_client(region, service, access_key, endpoint)
+
+
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def _integration_session() -> boto3.session.Session:
+    """The integrations' own session: its loader keeps the service models it read (boto3's default session is reset
+    around every function invocation, `lambda_runtime`, so clients made from it read them from disk again)."""
+    return boto3.session.Session()
+
+
+@functools.lru_cache(maxsize=256)
+def _integration_client(region: str, service: str, access_key: str, endpoint: str | None) -> Any:
+    """A client for an execution's integration calls, made once per (service, signer) and reused by the execution's
+    later tasks (boto3 clients are thread-safe; making one costs milliseconds of CPU, which a burst's executions
+    paid for every task)."""
+    kwargs: dict[str, Any] = {} if endpoint is None else {"endpoint_url": endpoint}
+    with _SESSION_LOCK:  # a boto3 session is not thread-safe; its clients are
+        return _integration_session().client(
+            service_name=service,
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key="sk",
+            config=Config(
+                parameter_validation=True,  # AWS validates an aws-sdk integration's parameters against the API model
+                retries={"max_attempts": 0, "total_max_attempts": 1},
+                connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+                read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+            ),
+            **kwargs,
+        )
 
 
 def _boto_client_modules(current: Any) -> list[Any]:

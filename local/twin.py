@@ -49,6 +49,8 @@ _RATE_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 
 # Lambda's waits before the second and third attempt of a failed asynchronous event (about 1 and 2 minutes).
 ASYNC_RETRY_WAITS = (60.0, 120.0)
+# Batches an SQS event source mapping reads at once when messages are available (Lambda's start: `Twin._poll`).
+POLLERS_AT_START = 5
 
 _S3_REASONS = {
     "ObjectCreated:Put": "PutObject",
@@ -69,6 +71,7 @@ class EventSourceMapping:
     window_seconds: float = 0.0
     report_batch_item_failures: bool = False
     enabled: bool = True
+    max_concurrency: int | None = None  # ScalingConfig.MaximumConcurrency
 
 
 @dataclass
@@ -137,6 +140,10 @@ class Twin:
         self._sequencer = itertools.count(int(time.time() * 1000) << 8)
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self._bus_clients: dict[str, Any] = {}
+        self._clients_lock = threading.RLock()
+        self._session = boto3.session.Session()
+        self._queue_urls: dict[str, str] = {}
         self.runtime: LambdaRuntime
         self.emr_serverless: EmrServerlessTwin
         self.emr_ec2: EmrEc2Twin
@@ -302,16 +309,19 @@ class Twin:
 
     def client_with_key(self, service: str, access_key: str, **kwargs: Any) -> Any:
         """A boto3 client for the twin that signs with `access_key` (see `local.cloudtrail`: the key names who
-        calls), with the SDK's standard retries."""
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint,
-            region_name=self.region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key="twin",
-            config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
-            **kwargs,
-        )
+        calls), with the SDK's standard retries. Made from the twin's own session, which keeps the service models
+        it read (boto3's default session is reset around every function invocation, and a client made from a fresh
+        session reads its model from disk again: about 150 ms instead of 5)."""
+        with self._clients_lock:  # a boto3 session is not thread-safe; its clients are
+            return self._session.client(
+                service,
+                endpoint_url=self.endpoint,
+                region_name=self.region,
+                aws_access_key_id=access_key,
+                aws_secret_access_key="twin",
+                config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
+                **kwargs,
+            )
 
     def _role_s3(self, role_arn: str, session: str) -> Any:
         return self.role_client("s3", role_arn, session)
@@ -325,10 +335,20 @@ class Twin:
         """Create what the cloud assembly declares; returns the deploy report."""
         from local.deploy import deploy_assembly
 
+        known = len(self.mappings)
         report = deploy_assembly(self, cdk_out)
-        for mapping in self.mappings:
-            self._spawn(functools.partial(self._poll, mapping), f"esm-{mapping.function_name}")
+        for mapping in self.mappings[known:]:  # a later deploy polls its own mappings only
+            backlog = threading.Event()
+            for slot in range(self._pollers(mapping)):
+                poll = functools.partial(self._poll, mapping, slot, backlog)
+                self._spawn(poll, f"esm-{mapping.function_name}-{slot}")
         return report
+
+    def _pollers(self, mapping: EventSourceMapping) -> int:
+        """How many batches the mapping's pollers read at once: AWS's five, never more than the mapping's
+        ScalingConfig.MaximumConcurrency or the function's reserved concurrency allow (see `_poll`)."""
+        limits = [POLLERS_AT_START, mapping.max_concurrency, self.runtime.resolve(mapping.function_name).reserved]
+        return max(1, min(limit for limit in limits if limit is not None))
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -511,9 +531,8 @@ class Twin:
             service = target["Arn"].split(":")[2]
             self._authorize_delivery(rule, target, service)
             if service == "sqs":
-                queue_name = target["Arn"].split(":")[5]
-                sqs = self.client("sqs")
-                sqs.send_message(QueueUrl=sqs.get_queue_url(QueueName=queue_name)["QueueUrl"], MessageBody=body)
+                sqs = self._bus_client("sqs")
+                sqs.send_message(QueueUrl=self._queue_url(sqs, target["Arn"]), MessageBody=body)
             elif service == "lambda":
                 if len(body.encode("utf-8")) > ASYNC_PAYLOAD_BYTES:  # Lambda's asynchronous invocation quota
                     raise ValueError(f"RequestEntityTooLargeException: the event is over {ASYNC_PAYLOAD_BYTES} bytes")
@@ -525,6 +544,21 @@ class Twin:
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"
             LOG.warning("delivery of %s to %s failed: %s", event["detail-type"], target["Arn"], exc)
+
+    def _bus_client(self, service: str) -> Any:
+        """The bus's own client of a service, made once (a boto3 client is thread-safe; making one costs more than
+        a delivery)."""
+        with self._clients_lock:
+            if service not in self._bus_clients:
+                self._bus_clients[service] = self.client(service)
+            return self._bus_clients[service]
+
+    def _queue_url(self, sqs: Any, queue_arn: str) -> str:
+        """A queue's URL by its ARN, asked once (a URL names the queue: a queue deleted and made again has the
+        same)."""
+        if queue_arn not in self._queue_urls:
+            self._queue_urls[queue_arn] = sqs.get_queue_url(QueueName=queue_arn.split(":")[5])["QueueUrl"]
+        return self._queue_urls[queue_arn]
 
     def _authorize_delivery(self, rule: Any, target: dict[str, Any], service: str) -> None:
         """EventBridge may deliver only what the target allows: a queue's policy or a function's permissions must
@@ -629,20 +663,33 @@ class Twin:
 
     # ------------------------------------------------------------------ SQS -> Lambda
 
-    def _poll(self, mapping: EventSourceMapping) -> None:
+    def _poll(self, mapping: EventSourceMapping, slot: int, backlog: threading.Event) -> None:
+        """One of a mapping's pollers, as Lambda's ("Configuring scaling behavior for SQS event source mappings",
+        Lambda developer guide, https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-scaling.html): "Lambda
+        uses long polling to poll a queue until it becomes active. When messages are available, Lambda starts
+        processing five batches at a time"; each batch is up to BatchSize, gathered for up to
+        MaximumBatchingWindowInSeconds. Slot 0 long-polls the idle queue; the others read while messages are still
+        available after a batch was taken (`backlog`), so a quiet queue's few messages stay in one batch as before.
+        The twin stops at five readers: its invocations run one at a time (`lambda_runtime`), so more would only
+        compete for the machine's cores."""
         # Lambda's poller reads the queue with the function's execution role (it needs sqs:ReceiveMessage,
         # DeleteMessage, ChangeMessageVisibility, GetQueueAttributes on the queue).
         function = self.runtime.resolve(mapping.function_name)
         sqs = self.client_with_key("sqs", self._function_access_key(function))
         while not self._stop.is_set():
+            if slot and not backlog.wait(0.5):
+                continue
             try:
-                messages = self._gather(sqs, mapping, mapping.window_seconds * self.time_scale)
+                messages = self._gather(sqs, mapping)
+                if messages and self._visible(sqs, mapping):
+                    backlog.set()
             except Exception:
                 LOG.exception("polling %s failed", mapping.queue_url)
                 time.sleep(0.5)
                 continue
             if not messages:
-                time.sleep(0.05)
+                if slot:
+                    backlog.clear()  # the backlog is drained: back to one long-polling reader
                 continue
             with self._busy_lock:
                 self._busy += 1
@@ -652,17 +699,24 @@ class Twin:
                 with self._busy_lock:
                     self._busy -= 1
 
-    def _gather(self, sqs: Any, mapping: EventSourceMapping, window: float) -> list[dict[str, Any]]:
+    def _gather(self, sqs: Any, mapping: EventSourceMapping) -> list[dict[str, Any]]:
+        """A batch: up to BatchSize messages, gathered for up to the window (on the twin's clock as it is when the
+        first message comes) from the first one received."""
         messages: list[dict[str, Any]] = []
-        deadline = time.monotonic() + window
+        window = deadline = 0.0
         while len(messages) < mapping.batch_size and not self._stop.is_set():
             response = sqs.receive_message(
                 QueueUrl=mapping.queue_url,
                 MaxNumberOfMessages=min(10, mapping.batch_size - len(messages)),
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
+                # Long polling until the first message (1 s rather than AWS's 20, so that `stop()` is prompt).
+                WaitTimeSeconds=0 if messages else 1,
             )
             got = response.get("Messages", [])
+            if got and not messages:
+                window = mapping.window_seconds * self.time_scale
+                deadline = time.monotonic() + window
             messages.extend(got)
             if not messages:
                 return messages
@@ -673,6 +727,13 @@ class Twin:
             if not got:
                 time.sleep(0.05)
         return messages
+
+    @staticmethod
+    def _visible(sqs: Any, mapping: EventSourceMapping) -> bool:
+        """Whether messages are still available on the mapping's queue."""
+        visible = "ApproximateNumberOfMessages"
+        attributes = sqs.get_queue_attributes(QueueUrl=mapping.queue_url, AttributeNames=[visible])["Attributes"]
+        return int(attributes.get(visible, 0)) > 0
 
     def _invoke_batch(self, sqs: Any, mapping: EventSourceMapping, messages: list[dict[str, Any]]) -> None:
         records = [

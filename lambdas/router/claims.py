@@ -12,7 +12,8 @@ may still be in the table until TTL removes it). When two routers race for one o
 other releases what it claimed (a conditional delete of its own claims) and lets SQS bring its messages back.
 A run's claims go in TransactWriteItems of up to 100 (DynamoDB's limit per transaction:
 https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html), one call per 100
-objects instead of one PutItem each; IAM authorizes each Put of a transaction as dynamodb:PutItem
+objects instead of one PutItem each, and small runs of one batch share transactions (`claim_runs`: a batch of 1,000
+per-object runs claims in 10 calls); IAM authorizes each Put of a transaction as dynamodb:PutItem
 (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis-iam.html).
 Items written by the router's earlier claim format (powertools idempotency records, no `run_id`) count as owned by
 an unknown earlier run: the object is a duplicate.
@@ -137,15 +138,9 @@ class ClaimStore:
         pending = list(dict.fromkeys(key for key, _ in labelled))  # one action per item in a transaction
         labels = dict(labelled)
         won: list[str] = []
-        values = {":run": {"S": run_id}, ":now": {"N": str(now)}}
         for start in range(0, len(pending), TRANSACT_LIMIT):
             chunk = pending[start : start + TRANSACT_LIMIT]
-            puts = [
-                {"Put": {"TableName": self.table, "Item": self._item(key, run_id, labels[key], now),
-                         "ConditionExpression": _CLAIMED, "ExpressionAttributeValues": values,
-                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
-                for key in chunk
-            ]  # fmt: skip
+            puts = [self._conditional_put(key, run_id, labels[key], now) for key in chunk]
             try:
                 transact(self.dynamodb, puts)
             except TransactionCancelled as cancelled:
@@ -156,6 +151,69 @@ class ClaimStore:
                 return lost
             won.extend(chunk)
         return {}
+
+    def claim_runs(self, runs: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, dict[str, str]]:
+        """Claim the objects of several runs (`{run id: [(claim key, label), ...]}`, no key in two runs): runs of up to
+        100 objects share transactions (up to 100 actions each), so a batch of per-object runs takes one
+        TransactWriteItems per 100 objects instead of one per run; a larger run claims alone (`claim_all`). Returns
+        `{run id: {claim key: owner}}` for the runs that lost an object to another run (they hold none of their
+        objects); every other run owns all of its objects.
+
+        A cancelled transaction wrote nothing: its losing runs are dropped and it is sent again without them."""
+        lost: dict[str, dict[str, str]] = {}
+        shared: list[tuple[str, list[str]]] = []
+        labels: dict[str, str] = {}
+        for run_id, labelled in runs.items():
+            keys = list(dict.fromkeys(key for key, _ in labelled))
+            if len(keys) > TRANSACT_LIMIT:
+                if owners := self.claim_all(labelled, run_id):
+                    lost[run_id] = owners
+                continue
+            labels.update(labelled)
+            shared.append((run_id, keys))
+        group: list[tuple[str, list[str]]] = []
+        size = 0
+        for run in shared:
+            if size + len(run[1]) > TRANSACT_LIMIT:
+                lost.update(self._claim_group(group, labels))
+                group, size = [], 0
+            group.append(run)
+            size += len(run[1])
+        if group:
+            lost.update(self._claim_group(group, labels))
+        return lost
+
+    def _claim_group(self, group: list[tuple[str, list[str]]], labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        """One transaction over the claims of a few runs (together at most 100); a run that loses one is dropped and
+        the transaction sent again without it."""
+        lost: dict[str, dict[str, str]] = {}
+        now = int(self.clock())
+        while group:
+            actions = [(run_id, key) for run_id, keys in group for key in keys]
+            puts = [self._conditional_put(key, run_id, labels[key], now) for run_id, key in actions]
+            try:
+                transact(self.dynamodb, puts)
+            except TransactionCancelled as cancelled:
+                for i in sorted(cancelled.failed):
+                    run_id, key = actions[i]
+                    owner = _owner(cancelled.reasons[i].get("Item") or {}, now) or EARLIER_RUN
+                    lost.setdefault(run_id, {})[key] = owner
+                group = [run for run in group if run[0] not in lost]
+                continue
+            return lost
+        return lost
+
+    def _conditional_put(self, claim_key: str, run_id: str, label: str, now: int) -> dict[str, Any]:
+        """A transaction's Put of one claim: only if the object is unclaimed, claimed by `run_id`, or expired."""
+        return {
+            "Put": {
+                "TableName": self.table,
+                "Item": self._item(claim_key, run_id, label, now),
+                "ConditionExpression": _CLAIMED,
+                "ExpressionAttributeValues": {":run": {"S": run_id}, ":now": {"N": str(now)}},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
 
     def _item(self, claim_key: str, run_id: str, label: str, now: int) -> dict[str, Any]:
         return {

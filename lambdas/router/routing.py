@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -273,7 +274,7 @@ class ObjectEvent:
     # Marker mode: written to its folder after the folder's marker (`late_objects` decides).
     late: bool = False
 
-    @property
+    @cached_property
     def identity(self) -> str:
         """Identity of this object version.
 
@@ -297,7 +298,7 @@ class ObjectEvent:
             last_modified=version.last_modified,
         )
 
-    @property
+    @cached_property
     def claim_key(self) -> str:
         """What is claimed in DynamoDB: the identity, scoped to the pipeline (pipelines may share objects)."""
         return f"{self.pipeline}\x00{self.identity}"
@@ -607,6 +608,18 @@ class RunPlan:
         return [e.manifest_object() for e in newest.values()], superseded
 
 
+@dataclass(frozen=True)
+class _PreparedRun:
+    """A new run whose manifest is written: what claiming and starting it need."""
+
+    plan: RunPlan
+    manifest_uri: str
+    object_count: int
+    trigger: dict[str, Any]
+    dates: list[str]  # the logical dates of the partitions its objects lie in (`partition_dates`)
+    log: dict[str, object]
+
+
 def _is_newer(a: ObjectEvent, b: ObjectEvent) -> bool:
     if a.sequencer and b.sequencer:
         return newer_sequencer(a.sequencer, b.sequencer)
@@ -898,8 +911,7 @@ class Router:
         for run_id, items in rejoining.items():
             self._rejoin(run_id, items, batch.report)
         fresh = [item for key, item in batch.accepted.items() if key not in owners]
-        for plan in plan_runs(fresh):
-            self._run(plan, batch.report)
+        self._start_runs(plan_runs(fresh), batch.report)
         return batch.report
 
     def _handle_record(self, record: SQSRecord, batch: _Batch) -> str:
@@ -1066,8 +1078,63 @@ class Router:
         record_unstarted(self.s3, self.ledger_bucket, self.sns, self.topic_arn, entry, "arrival SKIPPED")
         report.count(Metric.ARRIVALS_SKIPPED, event.pipeline)
 
-    def _run(self, plan: RunPlan, report: BatchReport) -> None:
-        """A new run: its manifest (objects, claim keys, trigger), its claims, then StartExecution."""
+    def _start_runs(self, plans: Sequence[RunPlan], report: BatchReport) -> None:
+        """New runs, in three steps over the whole batch: each run's manifest (objects, claim keys, trigger); the
+        claims of every run together (`ClaimStore.claim_runs`: one transaction per 100 objects, whatever the runs);
+        then each run that owns all of its objects starts. One run's failure never stops the others."""
+        prepared = [p for p in (self._prepare(plan, report) for plan in plans) if p is not None]
+        if not prepared:
+            return
+        try:
+            lost = self.claims.claim_runs(
+                {p.plan.run_id: [(s.event.claim_key, f"{s.event.bucket}/{s.event.key}") for s in p.plan.sources]
+                 for p in prepared}
+            )  # fmt: skip
+        except Exception:
+            # Claims already written belong to runs whose records now return: the redelivery rejoins them.
+            logger.exception("claims not written; every new run's records return to the queue")
+            for run in prepared:
+                report.count(Metric.RUNS_FAILED, run.plan.pipeline)
+                report.fail(run.plan.message_ids)
+            return
+        dated: set[str] = set()  # date claims this batch made: a date's first run claims it, later ones would lose
+        for run in prepared:
+            plan, log = run.plan, run.log
+            if plan.run_id in lost:
+                owners = lost[plan.run_id]
+                logger.warning(
+                    "another run claimed some of the objects first; this run is not started and its records return "
+                    "to the queue (they join that run next time)",
+                    extra={**log, "claimed_by": sorted(set(owners.values()))},
+                )
+                report.count(Metric.CLAIM_CONFLICTS, plan.pipeline, len(owners))
+                report.fail(plan.message_ids)
+                continue
+            try:
+                for day in run.dates:  # what an arrival deadline looks for (`firings`): a run started for the date
+                    key = date_claim_key(plan.pipeline, day)
+                    if key not in dated:
+                        self.claims.claim(key, plan.run_id, label=f"{plan.pipeline} {day}")
+                        dated.add(key)
+                payload = execution_input(plan.pipeline, run.manifest_uri, run.object_count, run.trigger)
+                started = start_execution(self.sfn, plan.state_machine_arn, plan.run_id, payload)
+            except Exception:
+                self._not_started(plan, report, log)
+                continue
+            self._started(plan.pipeline, plan.run_id, started, run.object_count, report, {**log,
+                          "first_key": plan.trigger_event.key})  # fmt: skip
+
+    def _not_started(self, plan: RunPlan, report: BatchReport, log: Mapping[str, object]) -> None:
+        # One run's failure must not stop the others; SQS redelivers its records (which rejoin this run).
+        logger.exception(
+            "run not started; its records return to the queue", extra={**log, "message_ids": plan.message_ids}
+        )
+        report.count(Metric.RUNS_FAILED, plan.pipeline)
+        report.fail(plan.message_ids)
+
+    def _prepare(self, plan: RunPlan, report: BatchReport) -> _PreparedRun | None:
+        """A new run's manifest (objects, claim keys, trigger), written; None when the run starts nothing (an empty
+        marker folder: ledgered SKIPPED) or its manifest could not be written (its records return)."""
         log: dict[str, object] = {"pipeline": plan.pipeline, "run_id": plan.run_id, "mode": plan.mode}
         first = plan.trigger_event
         superseded: list[dict[str, Any]] = []
@@ -1084,7 +1151,7 @@ class Router:
                     logger.warning("marker folder holds no data; nothing started", extra={**log, "key": first.key})
                     report.count(Metric.EMPTY_MARKER_FOLDERS, plan.pipeline)
                     self._skip(first, reason, [], report, identity=f"empty\x00{first.identity}")
-                    return
+                    return None
             else:
                 objects, superseded = plan.objects()
                 if superseded:
@@ -1095,46 +1162,19 @@ class Router:
             dates = partition_dates(first.trigger.partition_template, [o.key for o in objects])
             if len(dates) == 1:
                 trigger["logical_date"] = dates[0]
-            claim_keys = [s.event.claim_key for s in plan.sources]
             manifest = InputManifest(
                 pipeline=plan.pipeline,
                 run_id=plan.run_id,
                 objects=sorted(objects),
-                claims=claim_keys,
+                claims=[s.event.claim_key for s in plan.sources],
                 trigger=trigger,
                 superseded=superseded,
             )
             manifest_uri = manifest.write(self.s3, self.manifest_bucket)
-            lost = self._claim_all(plan.run_id, [s.event for s in plan.sources])
-            if lost:
-                logger.warning(
-                    "another run claimed some of the objects first; this run is not started and its records return "
-                    "to the queue (they join that run next time)",
-                    extra={**log, "claimed_by": sorted(set(lost.values()))},
-                )
-                report.count(Metric.CLAIM_CONFLICTS, plan.pipeline, len(lost))
-                report.fail(plan.message_ids)
-                return
-            for day in dates:  # what an arrival deadline looks for (`firings`): a run started for the date
-                self.claims.claim(date_claim_key(plan.pipeline, day), plan.run_id, label=f"{plan.pipeline} {day}")
-            payload = execution_input(plan.pipeline, manifest_uri, manifest.object_count, trigger)
-            started = start_execution(self.sfn, plan.state_machine_arn, plan.run_id, payload)
         except Exception:
-            # One run's failure must not stop the others; SQS redelivers its records (which rejoin this run).
-            logger.exception(
-                "run not started; its records return to the queue", extra={**log, "message_ids": plan.message_ids}
-            )
-            report.count(Metric.RUNS_FAILED, plan.pipeline)
-            report.fail(plan.message_ids)
-            return
-        self._started(
-            plan.pipeline, plan.run_id, started, manifest.object_count, report, {**log, "first_key": first.key}
-        )
-
-    def _claim_all(self, run_id: str, events: Sequence[ObjectEvent]) -> dict[str, str]:
-        """Claim each object for `run_id` (`ClaimStore.claim_all`); {claim key: owner} of those lost (empty: the run
-        owns all of its objects; else it holds none of them)."""
-        return self.claims.claim_all([(e.claim_key, f"{e.bucket}/{e.key}") for e in events], run_id)
+            self._not_started(plan, report, log)
+            return None
+        return _PreparedRun(plan, manifest_uri, manifest.object_count, trigger, dates, log)
 
     def _rejoin(self, run_id: str, items: list[Accepted], report: BatchReport) -> None:
         """Arrivals whose objects `run_id` already claimed: nothing new starts. If that run never started (its

@@ -208,6 +208,68 @@ def test_a_failing_async_event_is_retried_twice_then_recorded_in_the_on_failure_
     assert record["responsePayload"]["errorMessage"] == "boom 7"
 
 
+# ------------------------------------------------------------------------------------------------ SQS -> Lambda
+
+
+def _polled_stack(function: str, queue: str, role: str, maximum_concurrency: int | None) -> dict[str, Any]:
+    mapping: dict[str, Any] = {"EventSourceArn": {"Fn::GetAtt": ["Queue", "Arn"]}, "FunctionName": function,
+                               "BatchSize": 10, "FunctionResponseTypes": ["ReportBatchItemFailures"]}  # fmt: skip
+    if maximum_concurrency is not None:
+        mapping["ScalingConfig"] = {"MaximumConcurrency": maximum_concurrency}
+    reads = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"]
+    return {
+        "Resources": {
+            "Queue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": queue}},
+            "Role": _role(role, {"Effect": "Allow", "Action": reads, "Resource": {"Fn::GetAtt": ["Queue", "Arn"]}}),
+            "Mapping": {"Type": "AWS::Lambda::EventSourceMapping", "Properties": mapping},
+        }
+    }
+
+
+@pytest.mark.parametrize(("maximum_concurrency", "reserved", "pollers"), [(None, None, 5), (2, None, 2), (None, 1, 1)])
+def test_a_backlog_is_read_by_concurrent_pollers_each_message_invoked_once(
+    twin: Twin, tmp_path: Path, maximum_concurrency: int | None, reserved: int | None, pollers: int
+) -> None:
+    """Lambda reads an SQS backlog five batches at a time, never more than the mapping's MaximumConcurrency or the
+    function's reserved concurrency; every message reaches the function once."""
+    from local.lambda_runtime import LocalFunction
+
+    name = f"fidelity-polled-{maximum_concurrency}-{reserved}"
+    out = tmp_path / "batches.jsonl"
+    (tmp_path / "index.py").write_text(
+        "import json, os, threading\n"
+        "def handler(event, context):\n"
+        "    batch = {'poller': threading.current_thread().name, 'bodies': [r['body'] for r in event['Records']]}\n"
+        "    with open(os.environ['OUT'], 'a') as out:\n"
+        "        out.write(json.dumps(batch) + '\\n')\n"
+        "    return {'batchItemFailures': []}\n"
+    )
+    arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+    function = LocalFunction(name, arn, "index.handler", tmp_path, [], {"OUT": str(out)},
+                             role_arn=_role_arn(f"{name}-role"), reserved=reserved)  # fmt: skip
+    twin.runtime.register(function)
+    stack = _polled_stack(name, name, f"{name}-role", maximum_concurrency)
+    twin.deploy(write_assembly(tmp_path / "cdk.out", name, stack))
+    [mapping] = [m for m in twin.mappings if m.function_name == name]
+    assert twin._pollers(mapping) == pollers
+
+    sqs, url = twin.client("sqs"), _queue_url(twin, name)
+    sent = [f"m-{i:03d}" for i in range(150)]
+    for start in range(0, len(sent), 10):
+        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": body}
+                                                      for i, body in enumerate(sent[start : start + 10])])  # fmt: skip
+
+    def delivered() -> list[dict[str, Any]]:
+        batches = [json.loads(line) for line in (out.read_text().splitlines() if out.exists() else [])]
+        return batches if sum(len(b["bodies"]) for b in batches) >= len(sent) else []
+
+    batches = wait_for(delivered, timeout=60, what="the backlog delivered")
+    assert sorted(body for batch in batches for body in batch["bodies"]) == sent  # each message once
+    readers = {batch["poller"] for batch in batches}
+    assert (len(readers) > 1 if pollers > 1 else len(readers) == 1) and len(readers) <= pollers
+    wait_for(lambda: not twin._visible(sqs, mapping), what="the queue drained")
+
+
 # --------------------------------------------------------------------------------------------- Step Functions + IAM
 
 

@@ -482,6 +482,51 @@ def test_per_object_starts_one_run_per_object_with_deterministic_names(aws: Aws,
     assert sorted(e["name"] for e in executions(aws, other)) == expected
 
 
+def test_a_batch_of_per_object_runs_claims_100_objects_a_transaction(
+    aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 250 per-object arrivals in one batch
+    bodies = [envelope(s3_event(f"sales/{i:03d}.csv"), aws.arn, mode="per_object") for i in range(250)]
+    sizes: list[int] = []
+    real = router.claims.dynamodb.transact_write_items
+
+    def counting(**kwargs: Any) -> Any:
+        sizes.append(len(kwargs["TransactItems"]))
+        return real(**kwargs)
+
+    monkeypatch.setattr(router.claims.dynamodb, "transact_write_items", counting)
+
+    # When
+    report = route(router, sqs_event(bodies))
+
+    # Then 250 runs start, their claims written in 3 transactions (DynamoDB's limit is 100 actions), not 250
+    assert len(report.runs_started) == 250 and failures(report) == []
+    assert sizes == [100, 100, 50]
+
+
+def test_a_run_losing_an_object_in_a_shared_transaction_leaves_the_others_started(
+    aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given another router claims b.csv for its run between our look-up and our claims
+    bodies = [envelope(s3_event(f"sales/{n}.csv"), aws.arn, mode="per_object") for n in ("a", "b", "c")]
+    router.claims.claim(parse_envelope(bodies[1]).claim_key, "sales-daily-other", label="b")
+    monkeypatch.setattr(router.claims, "owners", lambda keys: {})  # the look-up saw nothing yet
+
+    # When the batch's three per-object runs claim in one transaction
+    report = route(router, sqs_event(bodies, ["m-a", "m-b", "m-c"]))
+
+    # Then b's run does not start and its record returns; a's and c's runs start and own their objects
+    assert failures(report) == ["m-b"] and count(report, "ClaimConflicts") == 1
+    assert len(executions(aws)) == 2 and len(report.runs_started) == 2
+    monkeypatch.undo()
+    keys = [parse_envelope(b).claim_key for b in bodies]
+    assert router.claims.owners(keys) == {
+        keys[0]: run_id_for(PIPELINE, [parse_envelope(bodies[0]).identity]),
+        keys[1]: "sales-daily-other",
+        keys[2]: run_id_for(PIPELINE, [parse_envelope(bodies[2]).identity]),
+    }
+
+
 # --------------------------------------------------------------------------- marker mode
 
 

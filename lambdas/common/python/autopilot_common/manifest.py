@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,15 @@ class ManifestObject:
     @property
     def uri(self) -> str:
         return s3_uri(self.bucket, self.key)
+
+    def as_json(self) -> dict[str, Any]:
+        """The object as the manifest lists it (`key_form` only when set); `dataclasses.asdict` is several times
+        slower, which a manifest per object in a per-object burst pays 1,000 times a batch."""
+        listed: dict[str, Any] = {"bucket": self.bucket, "key": self.key, "size": self.size, "etag": self.etag,
+                                  "version_id": self.version_id}  # fmt: skip
+        if self.key_form:
+            listed["key_form"] = self.key_form
+        return listed
 
     def identity(self) -> str:
         """Stable identity of this version of the object (used for dedupe and execution names)."""
@@ -74,7 +83,7 @@ class InputManifest:
             "created_at": self.created_at,
             "object_count": self.object_count,
             "total_bytes": self.total_bytes,
-            "objects": [{k: v for k, v in asdict(o).items() if k != "key_form" or v} for o in self.objects],
+            "objects": [o.as_json() for o in self.objects],
         }
         if self.claims:
             body["claims"] = self.claims
