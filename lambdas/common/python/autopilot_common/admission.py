@@ -80,6 +80,7 @@ BUDGET_EXCEEDED = "BudgetExceeded"
 LINE, CAP_PREFIX, COUNT_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "COUNT#", "QUEUE#"  # CAP# < COUNT# < QUEUE#
 QUEUED_COUNT = "queued"  # the COUNT item's attribute
 _FIRST_PAGE, _LAST_PAGE = 1, 100  # queue items read per Query: doubling from the head while runs may start
+_LOOKAHEAD = 8  # queue items a newly queued run reads behind it to tell its place in line
 SPEND, ESTIMATE = "SPEND", "ESTIMATE"
 USD = "usd"  # the budget dimension (dollars of the day's spend), beside DIMENSIONS
 WAIT, FAIL = "wait", "fail"  # `limits.over_budget`
@@ -877,11 +878,12 @@ def remember_cost(ddb: DynamoDBClient, table: str, pipeline: str, cost: float) -
 
 
 def _later_in_line(ddb: DynamoDBClient, table: str, pipeline: str, sk: str) -> int:
-    """How many of the pipeline's waiting runs queue behind `sk`: the queue items after it (queue items sort last in
-    the partition). Runs mostly queue in arrival order, so this reads few items whatever the queue's length."""
-    pages = _line_pages(ddb, table, "sk > :mine", {":mine": sk, ":pipeline": pipeline},
-                        FilterExpression="pipeline = :pipeline", ProjectionExpression="sk")  # fmt: skip
-    return sum(len(page.get("Items", [])) for page in pages)
+    """How many of the pipeline's waiting runs queue behind `sk`, among the next `_LOOKAHEAD` queue items (queue
+    items sort last in the partition): one bounded Query whatever the queue's length. Runs mostly queue in arrival
+    order, so few or none are behind; for one that arrived before more than that many waiting runs, the position
+    this gives is an upper bound (it reads as the pipeline's waiting count minus the runs seen behind it)."""
+    pages = _line_pages(ddb, table, "sk > :mine", {":mine": sk}, Limit=_LOOKAHEAD, ProjectionExpression="pipeline")
+    return sum(1 for raw in next(pages).get("Items", []) if load_item(raw).get("pipeline") == pipeline)
 
 
 def write_queued_ledger(
