@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from autopilot_common.admission import budget_notifier, dispatch, release, runs
+from autopilot_common.admission import budget_notifier, dispatch, recount_waiting, release, runs
 from autopilot_common.clients import Clients
 from autopilot_common.ledger import FINAL_STATES, iso
 from autopilot_common.ledger import read_entry as read_ledger
@@ -58,6 +58,7 @@ class SweepReport:
     orphan_alarms: list[str] = field(default_factory=list)
     step_notices_recovered: list[str] = field(default_factory=list)  # <cluster>#<step> answered for a lost event
     active_clusters: int = 0  # this deployment's clusters still up after the tick (a dashboard gauge)
+    waiting_counts_corrected: int = 0  # pipelines whose count of waiting runs was recounted (after an upgrade)
 
     @property
     def findings(self) -> int:
@@ -130,6 +131,8 @@ def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: Swee
     slot held for good and every later run of the pipeline waiting behind it."""
     if settings.admission_table is None:
         return
+    # A table written before waiting counts were kept: count its queue once (then one GetItem per tick).
+    report.waiting_counts_corrected = recount_waiting(clients.dynamodb, settings.admission_table)
     for item in runs(clients.dynamodb, settings.admission_table):
         execution_arn = str(item.get("execution_arn") or "")
         if not execution_arn:
@@ -142,7 +145,8 @@ def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: Swee
             report.slots_released.append(
                 {"run_id": run_id, "execution_arn": execution_arn, "reason": f"its execution is {status}"}
             )
-    if settings.caps.any_budget:  # runs waiting for a budget start when a new day (UTC) begins: wake them
+    # Runs waiting for a budget start when a new day (UTC) begins, recounted runs when capacity is free: wake them.
+    if settings.caps.any_budget or report.waiting_counts_corrected:
         notify = budget_notifier(clients.sns, settings.topic_arn)
         dispatch(clients.dynamodb, clients.sfn, settings.admission_table, settings.caps, notify=notify)
 

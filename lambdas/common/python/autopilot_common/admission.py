@@ -78,7 +78,8 @@ TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 RESERVATION_EXCEEDS_CAP = "ReservationExceedsCap"
 BUDGET_EXCEEDED = "BudgetExceeded"
 LINE, CAP_PREFIX, COUNT_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "COUNT#", "QUEUE#"  # CAP# < COUNT# < QUEUE#
-QUEUED_COUNT = "queued"  # the COUNT item's attribute
+QUEUED_COUNT, COUNT_CHANGES = "queued", "changes"  # the COUNT item's attributes: waiting runs, changes made
+RECOUNTED = "RECOUNTED"  # pk of the item saying every count was recounted from the queue (`recount_waiting`)
 _FIRST_PAGE, _LAST_PAGE = 1, 100  # queue items read per Query: doubling from the head while runs may start
 _LOOKAHEAD = 8  # queue items a newly queued run reads behind it to tell its place in line
 SPEND, ESTIMATE = "SPEND", "ESTIMATE"
@@ -476,7 +477,7 @@ def acquire(
     position = done.positions.get(request.run_id)
     if position is None:  # beyond what the dispatch read
         sk = _queue_sk(request.arrival, request.run_id)
-        position = max(1, done.waiting.get(request.pipeline, 1) - _later_in_line(ddb, table, request.pipeline, sk))
+        position = _place_in_line(ddb, table, request.pipeline, sk, done.waiting.get(request.pipeline, 1))
     verdict = done.over_budget.get(request.run_id)
     if ledger_bucket and request.ledger_key and request.ledger is not None:
         write_queued_ledger(s3, ledger_bucket, request.ledger_key, request.ledger, now, position, verdict)
@@ -513,16 +514,86 @@ def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datet
 
 
 def _count(table: str, pipeline: str, delta: int) -> dict[str, Any]:
-    """A transaction item adding `delta` to the pipeline's count of waiting runs."""
+    """A transaction item adding `delta` to the pipeline's count of waiting runs (and 1 to its changes: what a
+    recount's condition checks, see `recount_waiting`)."""
     return {
         "Update": {
             "TableName": table,
             "Key": dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
-            "UpdateExpression": "ADD #queued :delta",
-            "ExpressionAttributeNames": {"#queued": QUEUED_COUNT},
-            "ExpressionAttributeValues": dump_item({":delta": delta}),
+            "UpdateExpression": "ADD #queued :delta, #changes :one",
+            "ExpressionAttributeNames": {"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
+            "ExpressionAttributeValues": dump_item({":delta": delta, ":one": 1}),
         }
     }
+
+
+def recount_waiting(ddb: DynamoDBClient, table: str, *, force: bool = False) -> int:
+    """Set each pipeline's count of waiting runs (COUNT item) to its runs in the queue; returns how many counts
+    it corrected.
+
+    What a table written by a version that kept no counts needs: its queued runs are in no count, and a dispatch
+    only reads the queue for pipelines whose count says runs wait. Reads the counts (with how many times each
+    changed), then the queue (paginated, the `pipeline` attribute only), then sets each wrong count on the
+    condition that it did not change meanwhile (every enqueue and dequeue changes it in the same transaction as
+    the queue item); a count that changed is left to the next recount. When every count is right, marks the
+    table recounted: then, unless `force`d, a recount is one GetItem (the sweeper's tick calls it). Idempotent.
+    """
+    if not force and _get(ddb, table, RECOUNTED, LINE) is not None:
+        return 0
+    counts = _waiting_counts(ddb, table)
+    queued = dict.fromkeys(counts, 0)
+    pages = _line_pages(
+        ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, ProjectionExpression="pipeline"
+    )
+    for page in pages:
+        for item in map(load_item, page.get("Items", [])):
+            queued[str(item["pipeline"])] = queued.get(str(item["pipeline"]), 0) + 1
+    wrong = {p: n for p, n in queued.items() if p not in counts or counts[p][0] != n}
+    corrected = sum(
+        _set_count(ddb, table, pipeline, actual, counts.get(pipeline)) for pipeline, actual in wrong.items()
+    )
+    if corrected == len(wrong) and (corrected or not force):  # every count is right (and was not just so)
+        ddb.put_item(TableName=table, Item=dump_item({"pk": RECOUNTED, "sk": LINE, "at": iso(utcnow())}))
+    return corrected
+
+
+def _waiting_counts(ddb: DynamoDBClient, table: str) -> dict[str, tuple[int, int | None]]:
+    """Each pipeline's COUNT item: (waiting runs, changes made; None for an item written before changes were kept)."""
+    counts: dict[str, tuple[int, int | None]] = {}
+    for page in _line_pages(ddb, table, "begins_with(sk, :count)", {":count": COUNT_PREFIX}):
+        for item in map(load_item, page.get("Items", [])):
+            changes = item.get(COUNT_CHANGES)
+            counts[item["sk"].removeprefix(COUNT_PREFIX)] = (
+                int(item.get(QUEUED_COUNT, 0)),
+                None if changes is None else int(changes),
+            )
+    return counts
+
+
+def _set_count(
+    ddb: DynamoDBClient, table: str, pipeline: str, actual: int, read: tuple[int, int | None] | None
+) -> bool:
+    """Set the pipeline's count to `actual` if it is still as `read` (False: a run joined or left that line since)."""
+    if read is None:
+        condition, values = "attribute_not_exists(pk)", {}
+    elif read[1] is None:  # no changes kept: the count itself is the fence
+        condition, values = "attribute_not_exists(#changes) AND #queued = :counted", {":counted": read[0]}
+    else:
+        condition, values = "#changes = :changes", {":changes": read[1]}
+    try:
+        ddb.update_item(
+            TableName=table,
+            Key=dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
+            UpdateExpression="SET #queued = :actual ADD #changes :one",
+            ConditionExpression=condition,
+            ExpressionAttributeNames={"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
+            ExpressionAttributeValues=dump_item({":actual": actual, ":one": 1, **values}),
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        return False
+    return True
 
 
 def dispatch(
@@ -626,7 +697,19 @@ def _line_pages(
 
 def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """What admitted runs hold per scope (CAP items) and how many runs wait per pipeline (COUNT items): one
-    Query of the items that sort before the queue. Prunes CAP items' spend of days older than `SPEND_TTL`."""
+    Query of the items that sort before the queue. Prunes CAP items' spend of days older than `SPEND_TTL`.
+
+    When no count says a run waits, also reads the queue's head (no item when it is empty): a run there joined
+    the line before counts were kept (an upgrade: the counts are recounted, then read again) or just now (then
+    the recount finds every count right, reading the few runs that wait)."""
+    held, waiting = _line_counters(ddb, table, today)
+    if not any(count > 0 for count in waiting.values()) and _queue_head(ddb, table) is not None:
+        if recount_waiting(ddb, table, force=True):
+            held, waiting = _line_counters(ddb, table, today)
+    return held, waiting
+
+
+def _line_counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     held: dict[str, dict[str, float]] = {}
     waiting: dict[str, int] = {}
     for page in _line_pages(ddb, table, "sk < :queue", {":queue": QUEUE_PREFIX}):
@@ -638,6 +721,14 @@ def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, d
             elif item["sk"].startswith(COUNT_PREFIX):
                 waiting[item["sk"].removeprefix(COUNT_PREFIX)] = int(item.get(QUEUED_COUNT, 0))
     return held, waiting
+
+
+def _queue_head(ddb: DynamoDBClient, table: str) -> str | None:
+    """The sort key of the first run in line, or None when the queue is empty (then the Query reads no item)."""
+    page = next(_line_pages(ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, Limit=1,
+                            ProjectionExpression="sk"))  # fmt: skip
+    items = page.get("Items", [])
+    return str(load_item(items[0])["sk"]) if items else None
 
 
 def _prune_spend(ddb: DynamoDBClient, table: str, item: Mapping[str, Any], today: date) -> None:
@@ -877,13 +968,25 @@ def remember_cost(ddb: DynamoDBClient, table: str, pipeline: str, cost: float) -
     raise RuntimeError(f"could not record a cost of pipeline {pipeline}: its estimate item kept changing")
 
 
-def _later_in_line(ddb: DynamoDBClient, table: str, pipeline: str, sk: str) -> int:
-    """How many of the pipeline's waiting runs queue behind `sk`, among the next `_LOOKAHEAD` queue items (queue
-    items sort last in the partition): one bounded Query whatever the queue's length. Runs mostly queue in arrival
-    order, so few or none are behind; for one that arrived before more than that many waiting runs, the position
-    this gives is an upper bound (it reads as the pipeline's waiting count minus the runs seen behind it)."""
-    pages = _line_pages(ddb, table, "sk > :mine", {":mine": sk}, Limit=_LOOKAHEAD, ProjectionExpression="pipeline")
-    return sum(1 for raw in next(pages).get("Items", []) if load_item(raw).get("pipeline") == pipeline)
+def _place_in_line(ddb: DynamoDBClient, table: str, pipeline: str, sk: str, waiting: int) -> int:
+    """The run's place among the pipeline's `waiting` runs (1-based), reading at most `_LOOKAHEAD` queue items
+    behind it (queue items sort last in the partition), then, when more are behind, as many before it: two bounded
+    Queries at most, whatever the queue's length. Runs mostly queue in arrival order (none or few behind); a run that
+    arrived before every waiting run is first. A run with more than that many runs on both sides gets an upper
+    bound (the pipeline's waiting runs less those seen behind it)."""
+
+    def of_pipeline(page: Mapping[str, Any]) -> int:
+        return sum(1 for raw in page.get("Items", []) if load_item(raw).get("pipeline") == pipeline)
+
+    own: dict[str, Any] = {"ProjectionExpression": "sk, pipeline"}
+    behind = next(_line_pages(ddb, table, "sk > :mine", {":mine": sk}, Limit=_LOOKAHEAD, **own))
+    if behind.get("LastEvaluatedKey"):  # more behind: count those before it instead (its own item included)
+        values = {":queue": QUEUE_PREFIX, ":mine": sk}
+        before = next(_line_pages(ddb, table, "sk BETWEEN :queue AND :mine", values, ScanIndexForward=False,
+                                  Limit=_LOOKAHEAD + 1, **own))  # fmt: skip
+        if not before.get("LastEvaluatedKey"):
+            return max(1, of_pipeline(before))
+    return max(1, waiting - of_pipeline(behind))
 
 
 def write_queued_ledger(
