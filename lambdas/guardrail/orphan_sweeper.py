@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from autopilot_common.admission import budget_notifier, dispatch, recount_waiting, release, runs
+from autopilot_common.admission import budget_notifier, dispatch, release, runs_to_sweep
 from autopilot_common.clients import Clients
 from autopilot_common.ledger import FINAL_STATES, iso
 from autopilot_common.ledger import read_entry as read_ledger
@@ -131,9 +131,10 @@ def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: Swee
     slot held for good and every later run of the pipeline waiting behind it."""
     if settings.admission_table is None:
         return
-    # A table written before waiting counts were kept: count its queue once (then one GetItem per tick).
-    report.waiting_counts_corrected = recount_waiting(clients.dynamodb, settings.admission_table)
-    for item in runs(clients.dynamodb, settings.admission_table):
+    # The runs holding slots (queued runs need no sweep: a dispatch that reaches one whose execution ended finds
+    # its task gone and drops it); every run once on a table an older version wrote, whose counts it recounts.
+    holders, report.waiting_counts_corrected = runs_to_sweep(clients.dynamodb, settings.admission_table)
+    for item in holders:
         execution_arn = str(item.get("execution_arn") or "")
         if not execution_arn:
             continue  # written by an older workflow version that did not pass its ARN: nothing to check

@@ -123,7 +123,12 @@ def _acquire(aws: tuple[Any, Any], sfn: FakeStepFunctions, caps: Caps, request: 
 
 
 def _table_is_empty(ddb: Any) -> bool:
-    return not runs(ddb, TABLE) and all(v == 0 for c in counters(ddb, TABLE).values() for v in c.values())
+    """No run queued or admitted, no slot held, every counter at 0."""
+    holders = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :held", ExpressionAttributeValues={
+        ":held": {"S": admission.HELD}})["Items"]  # fmt: skip
+    return (
+        not runs(ddb, TABLE) and not holders and all(v == 0 for c in counters(ddb, TABLE).values() for v in c.values())
+    )
 
 
 # --------------------------------------------------------------------------- caps, arrival keys
@@ -323,12 +328,13 @@ def test_decisions_read_at_most_10_items_per_admitted_run_with_10_or_1000_runs_w
 EXPECTED_READS: dict[str, int] = {}  # the first parametrization's reads: the second must read as many
 
 
-def _drop_counts(ddb: Any, *pipelines: str) -> None:
-    """The table as a version that kept no waiting counts left it: no COUNT items of `pipelines` (default: all), and
-    never recounted."""
+def _as_an_older_version_left_it(ddb: Any, *pipelines: str) -> None:
+    """The table as a version that kept no waiting counts and no HELD items left it: no COUNT items of `pipelines`
+    (default: all), no HELD items, never upgraded."""
     for item in ddb.scan(TableName=TABLE)["Items"]:
-        pipeline = item["sk"]["S"].removeprefix("COUNT#") if item["sk"]["S"].startswith("COUNT#") else None
-        if (pipeline is not None and pipeline in (pipelines or [pipeline])) or item["pk"]["S"] == admission.RECOUNTED:
+        pk, sk = item["pk"]["S"], item["sk"]["S"]
+        counted = sk.startswith("COUNT#") and sk.removeprefix("COUNT#") in (pipelines or [sk.removeprefix("COUNT#")])
+        if counted or pk in (admission.HELD, admission.UPGRADED):
             ddb.delete_item(TableName=TABLE, Key={"pk": item["pk"], "sk": item["sk"]})
 
 
@@ -339,7 +345,7 @@ def test_a_line_without_waiting_counts_is_recounted_and_drains_in_order(aws: Any
     line = [f"r{i}" for i in range(5)]
     for order, run_id in enumerate(line):
         _acquire(aws, sfn, caps, _arriving(run_id, order))
-    _drop_counts(ddb)
+    _as_an_older_version_left_it(ddb)
     # When the runs end one by one (no count says anyone waits: the first dispatch finds the line and recounts it)
     for run_id in line:
         assert release(ddb, sfn, TABLE, run_id, caps) is True
@@ -357,17 +363,20 @@ def test_the_sweepers_recount_frees_runs_a_counted_pipeline_hid(aws: Any, sfn: F
     caps = Caps(pipelines={"a": Limit(runs=1), "q": Limit(runs=1)})
     for order, (run_id, pipeline) in enumerate([("q0", "q"), ("q1", "q"), ("q2", "q"), ("a0", "a"), ("a1", "a")]):
         _acquire(aws, sfn, caps, _arriving(run_id, order, pipeline))
-    _drop_counts(ddb, "q")
+    _as_an_older_version_left_it(ddb, "q")
     ddb.delete_item(TableName=TABLE, Key={"pk": {"S": "RUN"}, "sk": {"S": "q0"}})  # q0 ended under the old version
     ddb.put_item(TableName=TABLE, Item={"pk": {"S": "LINE"}, "sk": {"S": "CAP#pipeline#q"}, "runs": {"N": "0"}})
     assert dispatch(ddb, sfn, TABLE, caps) == [] and sfn.admitted == ["q0", "a0"]
-    # When the sweeper's tick recounts (the table was never recounted), then dispatches
-    assert admission.recount_waiting(ddb, TABLE) == 1
+    # When the sweeper's tick finds the table never upgraded: it sweeps every run once, gives admitted runs their
+    # HELD item and recounts, then dispatches
+    holders, corrected = admission.runs_to_sweep(ddb, TABLE)
+    assert corrected == 1 and sorted(run["sk"] for run in holders) == ["a0", "a1", "q1", "q2"]
     assert dispatch(ddb, sfn, TABLE, caps) == ["q1"]
-    # Then q's runs start again; later ticks read one item and change nothing
+    # Then q's runs start again; later ticks read the marker and the runs holding slots only
     assert release(ddb, sfn, TABLE, "q1", caps) is True and sfn.admitted[-1] == "q2"
     counting = CountingReads(ddb)
-    assert admission.recount_waiting(counting, TABLE) == 0 and counting.items_read == 1
+    holders, corrected = admission.runs_to_sweep(counting, TABLE)
+    assert corrected == 0 and sorted(run["sk"] for run in holders) == ["a0", "q2"] and counting.items_read == 3
 
 
 def test_a_recount_never_overwrites_a_count_that_changed_while_it_read_the_line(
@@ -378,7 +387,7 @@ def test_a_recount_never_overwrites_a_count_that_changed_while_it_read_the_line(
     caps = Caps(pipelines={"p": Limit(runs=1)})
     for order, run_id in enumerate(["r0", "r1", "r2"]):
         _acquire(aws, sfn, caps, _arriving(run_id, order))
-    _drop_counts(ddb)
+    _as_an_older_version_left_it(ddb)
 
     class RunJoinsDuringTheRecount:
         def __init__(self, client: Any) -> None:
@@ -394,12 +403,12 @@ def test_a_recount_never_overwrites_a_count_that_changed_while_it_read_the_line(
             return self._client.update_item(**kwargs)
 
     # When a recount reads the line (2 waiting) while a third run joins it
-    assert admission.recount_waiting(RunJoinsDuringTheRecount(ddb), TABLE) == 0
-    # Then the count the join made stands (1, not 2 or 3), the table is not marked recounted, and the next
-    # recount sets it from the line
+    assert admission.recount_waiting(RunJoinsDuringTheRecount(ddb), TABLE) == (0, False)
+    # Then the count the join made stands (1, not 2 or 3) and the recount says it is not complete; the next one
+    # sets it from the line
     count = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}})["Item"]
     assert count["queued"] == {"N": "1"}
-    assert admission.recount_waiting(ddb, TABLE) == 1
+    assert admission.recount_waiting(ddb, TABLE) == (1, True)
     count = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}})["Item"]
     assert count["queued"] == {"N": "3"}
     del s3

@@ -79,7 +79,8 @@ RESERVATION_EXCEEDS_CAP = "ReservationExceedsCap"
 BUDGET_EXCEEDED = "BudgetExceeded"
 LINE, CAP_PREFIX, COUNT_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "COUNT#", "QUEUE#"  # CAP# < COUNT# < QUEUE#
 QUEUED_COUNT, COUNT_CHANGES = "queued", "changes"  # the COUNT item's attributes: waiting runs, changes made
-RECOUNTED = "RECOUNTED"  # pk of the item saying every count was recounted from the queue (`recount_waiting`)
+HELD = "HELD"  # pk of an admitted run's slot-holder item (sk run_id, execution_arn): what the sweeper checks
+UPGRADED = "UPGRADED"  # pk of the item saying the table has this version's counts and HELD items (`runs_to_sweep`)
 _FIRST_PAGE, _LAST_PAGE = 1, 100  # queue items read per Query: doubling from the head while runs may start
 _LOOKAHEAD = 8  # queue items a newly queued run reads behind it to tell its place in line
 SPEND, ESTIMATE = "SPEND", "ESTIMATE"
@@ -527,19 +528,16 @@ def _count(table: str, pipeline: str, delta: int) -> dict[str, Any]:
     }
 
 
-def recount_waiting(ddb: DynamoDBClient, table: str, *, force: bool = False) -> int:
-    """Set each pipeline's count of waiting runs (COUNT item) to its runs in the queue; returns how many counts
-    it corrected.
+def recount_waiting(ddb: DynamoDBClient, table: str) -> tuple[int, bool]:
+    """Set each pipeline's count of waiting runs (COUNT item) to its runs in the queue: how many counts it
+    corrected, and whether every count is now right.
 
     What a table written by a version that kept no counts needs: its queued runs are in no count, and a dispatch
     only reads the queue for pipelines whose count says runs wait. Reads the counts (with how many times each
     changed), then the queue (paginated, the `pipeline` attribute only), then sets each wrong count on the
     condition that it did not change meanwhile (every enqueue and dequeue changes it in the same transaction as
-    the queue item); a count that changed is left to the next recount. When every count is right, marks the
-    table recounted: then, unless `force`d, a recount is one GetItem (the sweeper's tick calls it). Idempotent.
+    the queue item); a count that changed is left to the next recount. Idempotent.
     """
-    if not force and _get(ddb, table, RECOUNTED, LINE) is not None:
-        return 0
     counts = _waiting_counts(ddb, table)
     queued = dict.fromkeys(counts, 0)
     pages = _line_pages(
@@ -552,9 +550,57 @@ def recount_waiting(ddb: DynamoDBClient, table: str, *, force: bool = False) -> 
     corrected = sum(
         _set_count(ddb, table, pipeline, actual, counts.get(pipeline)) for pipeline, actual in wrong.items()
     )
-    if corrected == len(wrong) and (corrected or not force):  # every count is right (and was not just so)
-        ddb.put_item(TableName=table, Item=dump_item({"pk": RECOUNTED, "sk": LINE, "at": iso(utcnow())}))
-    return corrected
+    return corrected, corrected == len(wrong)
+
+
+def runs_to_sweep(ddb: DynamoDBClient, table: str) -> tuple[list[dict[str, Any]], int]:
+    """What the sweeper's tick checks against executions: the runs holding slots (HELD items: at most as many as
+    the caps admit, whatever the queue's length), and how many waiting counts it corrected (0).
+
+    On a table an older version wrote (no UPGRADED item), once: every RUN item (queued ones too), a HELD item
+    for each admitted run without one, and the waiting counts recounted (`recount_waiting`); the table is marked
+    UPGRADED when that is complete, so later ticks read the HELD items only."""
+    if _get(ddb, table, UPGRADED, LINE) is not None:
+        holders: list[dict[str, Any]] = []
+        for page in _partition_pages(ddb, table, HELD):
+            holders += map(load_item, page.get("Items", []))
+        return holders, 0
+    every_run = runs(ddb, table)
+    for item in every_run:
+        if item["state"] == ADMITTED:
+            _hold_slot(ddb, table, item)
+    corrected, complete = recount_waiting(ddb, table)
+    if complete:
+        ddb.put_item(TableName=table, Item=dump_item({"pk": UPGRADED, "sk": LINE, "at": iso(utcnow())}))
+    return every_run, corrected
+
+
+def _hold_slot(ddb: DynamoDBClient, table: str, run: Mapping[str, Any]) -> None:
+    """Give an admitted run (admitted by an older version) its HELD item, if it still holds its slot."""
+    still_admitted = {
+        "Update": {
+            "TableName": table,
+            "Key": dump_item({"pk": "RUN", "sk": run["sk"]}),
+            "UpdateExpression": "SET held_since = :now",
+            "ConditionExpression": "#state = :admitted",
+            "ExpressionAttributeNames": {"#state": "state"},
+            "ExpressionAttributeValues": dump_item({":admitted": ADMITTED, ":now": iso(utcnow())}),
+        }
+    }
+    try:
+        transact(ddb, [still_admitted, _held(table, str(run["sk"]), str(run.get("execution_arn") or ""))])
+    except TransactionCancelled:
+        pass  # released meanwhile
+
+
+def _held(table: str, run_id: str, execution_arn: str) -> dict[str, Any]:
+    """A transaction item: the run holds a slot (written with its admission, deleted with its release)."""
+    item = {"pk": HELD, "sk": run_id, "run_id": run_id, "execution_arn": execution_arn}
+    return {"Put": {"TableName": table, "Item": dump_item(item)}}
+
+
+def _unheld(table: str, run_id: str) -> dict[str, Any]:
+    return {"Delete": {"TableName": table, "Key": dump_item({"pk": HELD, "sk": run_id})}}
 
 
 def _waiting_counts(ddb: DynamoDBClient, table: str) -> dict[str, tuple[int, int | None]]:
@@ -704,7 +750,7 @@ def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, d
     the recount finds every count right, reading the few runs that wait)."""
     held, waiting = _line_counters(ddb, table, today)
     if not any(count > 0 for count in waiting.values()) and _queue_head(ddb, table) is not None:
-        if recount_waiting(ddb, table, force=True):
+        if recount_waiting(ddb, table)[0]:
             held, waiting = _line_counters(ddb, table, today)
     return held, waiting
 
@@ -1024,22 +1070,26 @@ def counters(ddb: DynamoDBClient, table: str) -> dict[str, dict[str, int]]:
 
 
 def runs(ddb: DynamoDBClient, table: str, state: str | None = None) -> list[dict[str, Any]]:
-    """The RUN items (queued and admitted runs), e.g. for a sweeper reconciling against executions."""
-    items: list[dict[str, Any]] = []
+    """The RUN items (queued and admitted runs)."""
+    items = (load_item(raw) for page in _partition_pages(ddb, table, "RUN") for raw in page.get("Items", []))
+    return [item for item in items if state in (None, item["state"])]
+
+
+def _partition_pages(ddb: DynamoDBClient, table: str, pk: str) -> Iterator[dict[str, Any]]:
     start = None
     while True:
         kwargs: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
-        page = ddb.query(
+        page: dict[str, Any] = ddb.query(  # type: ignore[assignment]
             TableName=table,
-            KeyConditionExpression="pk = :run",
-            ExpressionAttributeValues=dump_item({":run": "RUN"}),
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues=dump_item({":pk": pk}),
             ConsistentRead=True,
             **kwargs,
         )
-        items += [item for item in (load_item(raw) for raw in page.get("Items", [])) if state in (None, item["state"])]
+        yield page
         start = page.get("LastEvaluatedKey")
         if not start:
-            return items
+            return
 
 
 # --------------------------------------------------------------------------- internals
@@ -1091,6 +1141,7 @@ def _admit(
         }
     )
     items.append(_count(table, entry.pipeline, -1))  # after the RUN update and queue delete (see `_why_not`)
+    items.append(_held(table, entry.run_id, entry.execution_arn))
     budget = _budget_record(scopes, entry.reservation, today)
     if budget is not None:  # what the run's end (`record_spend`) settles
         spend = {"pk": SPEND, "sk": entry.run_id, "pipeline": entry.pipeline, **budget}
@@ -1221,7 +1272,7 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
         )
         undo = [_uncharge(table, key, reservation) for key in charge.partition("|")[0].split(",")]
         try:
-            transact(ddb, [admitted_as_hinted, *undo])
+            transact(ddb, [admitted_as_hinted, *undo, _unheld(table, run_id)])
         except TransactionCancelled:
             pass  # queued, absent, or charged under other caps: read what it holds
         else:
@@ -1234,7 +1285,7 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
         delete_run = _delete_run_if(table, run_id, "#state = :state", {":state": state})
         if state == ADMITTED:
             reservation = Reservation.from_json(item.get("reservation"))
-            undo = [_uncharge(table, key, reservation) for key in item.get("charged", [])]
+            undo = [*(_uncharge(table, key, reservation) for key in item.get("charged", [])), _unheld(table, run_id)]
         else:
             undo = [
                 {"Delete": {"TableName": table, "Key": dump_item({"pk": LINE, "sk": item["queue_sk"]})}},
@@ -1308,6 +1359,7 @@ def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequen
     )
     items.append({"Put": {"TableName": table, "Item": dump_item(queue_item)}})
     items.append(_count(table, entry.pipeline, 1))
+    items.append(_unheld(table, entry.run_id))
     try:
         transact(ddb, items)
     except TransactionCancelled:
