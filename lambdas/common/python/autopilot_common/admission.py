@@ -9,10 +9,15 @@ DynamoDB transaction, never list-then-act.
 The table (`<prefix>-admission`, keys `pk`/`sk`, strings) holds three kinds of items::
 
     pk "LINE"  sk "CAP#deployment" | "CAP#pipeline#<name>"  runs, clusters, vcpus held by admitted runs
-    pk "LINE"  sk "COUNT#<pipeline>"                       queued: how many of the pipeline's runs wait
+    pk "LINE"  sk "COUNT#<pipeline>"                       queued: how many of the pipeline's runs wait; changes:
+                                                           how many times that changed (a recount's fence)
     pk "LINE"  sk "QUEUE#<arrival>\\x1f<key>\\x1f<run_id>" a waiting run: token, pipeline, reservation, queued_at
     pk "RUN"   sk "<run_id>"                               state QUEUED (queue_sk) or ADMITTED (the holder:
                                                            reservation and the counters it charged)
+    pk "HELD"  sk "<run_id>"                               an admitted run's slot (execution_arn): what the
+                                                           sweeper checks, never the queue
+    pk "UPGRADED" sk "LINE"                                the sweeper brought a table an older version wrote
+                                                           up to these items (counts, HELD; `runs_to_sweep`)
     pk "SPEND" sk "<run_id>"                               a budgeted run's reservation of the day's spend, from
                                                            admission until the run ends (`record_spend`)
     pk "ESTIMATE" sk "<pipeline>"                          the pipeline's recent recorded costs (the estimate)
@@ -30,7 +35,10 @@ in pages of 1, 2, 4.. items, and stops as soon as every pipeline that still has 
 (known from the counters, often before reading any queue item). So a decision reads a bounded number of items
 whatever the queue's length (`make bench` prints items read per admitted run). It attempts only the admissions
 that fit, and the conditions decide. The COUNT items change in the same transactions as the queue items (enqueue,
-admission, refusal, release of a queued run, an undone admission), so they never drift.
+admission, refusal, release of a queued run, an undone admission), so they never drift. A table written before
+counts were kept is recounted (`recount_waiting`): by a dispatch that finds runs in line while no count says any
+waits, and by the sweeper's first tick on it. A run that queues reads at most 8 queue items behind it (then 8
+before it) to tell its place in line.
 
 A CAP item's `usd@<day>` attributes older than `SPEND_TTL` are removed when a dispatch reads them, so CAP items
 (read by every decision) stay small.
