@@ -98,6 +98,11 @@ def router_queues_empty(twin: Any, sqs: Any) -> bool:
     return True
 
 
+def admission_seconds(twin: Any) -> float:
+    """The admission function's invocations' total duration (the twin runs one invocation at a time)."""
+    return sum(i.duration for i in twin.runtime.invocations if i.function_name.endswith("-admission"))
+
+
 def main(scenario: str, objects: int) -> None:
     from local.twin import Twin
 
@@ -139,7 +144,8 @@ def main(scenario: str, objects: int) -> None:
                 print(f"  twin, {objects} objects (per_object, cap {CAP}): {finished - started:.1f} s wall, "
                       f"{reads.items / max(1, done):.1f} admission items read per admitted run ("
                       + ", ".join(f"{f} {n / max(1, done):.1f}" for f, n in sorted(reads.by_function.items()))
-                      + f"), peak memory {peak_mb:.0f} MB, peak {peak_threads} threads")  # fmt: skip
+                      + f"), {admission_seconds(twin) / max(1, done):.2f} s of admission invocations per admitted run,"
+                      f" peak memory {peak_mb:.0f} MB, peak {peak_threads} threads")  # fmt: skip
         finally:
             twin.stop()
 
