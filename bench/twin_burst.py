@@ -3,8 +3,9 @@
     python bench/twin_burst.py window 2500      # sales-daily (window batches): seconds from the last put until
                                                 # every object is routed, and until every run finished
     python bench/twin_burst.py capped 1000      # sales-burst (one run per object) under max_concurrent_runs: 5:
-                                                # wall time, DynamoDB items the admission table served per admitted
-                                                # run, the process's peak memory (the twin runs in this process)
+                                                # wall time, DynamoDB items read from the admission table per
+                                                # admitted run (by calling function), the process's peak memory
+                                                # and threads (the twin runs in this process)
 
 Prints one line. The config is config/dev.yaml with sales-burst's cap set to 5.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,29 +31,41 @@ ADMISSION_TABLE = "autopilot-dev-admission"
 
 
 class ItemsRead:
-    """Counts the items moto's DynamoDB serves from one table (Query: items examined; GetItem: 1 when found)."""
+    """Counts the items the admission table's reads return to their callers, as DynamoDB charges them: a Query's
+    ScannedCount (items examined, before any filter), a GetItem's item, a BatchGetItem's items, per calling function
+    (`admission`, `guardrail`: the twin runs functions in this process). Counted at the client, after the call:
+    moto's backend looks items up for transactional writes too, which are writes, not reads."""
 
     def __init__(self, table: str) -> None:
-        from moto.dynamodb.models import DynamoDBBackend
+        from botocore.client import BaseClient
 
-        self.items = 0
-        query, get_item = DynamoDBBackend.query, DynamoDBBackend.get_item
+        from local import lambda_runtime
+
+        self.by_function: dict[str, int] = {}
+        original = BaseClient._make_api_call
         counter = self
 
-        def counted_query(backend: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
-            result = query(backend, table_name, *args, **kwargs)
-            if table_name == table:
-                counter.items += int(result[1])  # (items, scanned count, last key)
+        def counted(client: Any, operation: str, params: Any) -> Any:
+            result = original(client, operation, params)
+            if operation in ("Query", "Scan", "GetItem") and params.get("TableName") == table:
+                items = int(result.get("ScannedCount", 0)) if operation != "GetItem" else int("Item" in result)
+            elif operation == "BatchGetItem":
+                items = len(result.get("Responses", {}).get(table, []))
+            else:
+                return result
+            function = str(getattr(lambda_runtime._INVOKING, "function", None) or "twin")
+            role = function.rsplit("-", 1)[-1]
+            counter.by_function[role] = counter.by_function.get(role, 0) + items
             return result
 
-        def counted_get(backend: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
-            item = get_item(backend, table_name, *args, **kwargs)
-            if table_name == table and item is not None:
-                counter.items += 1
-            return item
+        BaseClient._make_api_call = counted  # type: ignore[method-assign]
 
-        DynamoDBBackend.query = counted_query  # type: ignore[method-assign,assignment]
-        DynamoDBBackend.get_item = counted_get  # type: ignore[method-assign,assignment]
+    @property
+    def items(self) -> int:
+        return sum(self.by_function.values())
+
+    def reset(self) -> None:
+        self.by_function.clear()
 
 
 def synthesized(out: Path) -> Path:
@@ -84,6 +98,11 @@ def router_queues_empty(twin: Any, sqs: Any) -> bool:
     return True
 
 
+def admission_seconds(twin: Any) -> float:
+    """The admission function's invocations' total duration (the twin runs one invocation at a time)."""
+    return sum(i.duration for i in twin.runtime.invocations if i.function_name.endswith("-admission"))
+
+
 def main(scenario: str, objects: int) -> None:
     from local.twin import Twin
 
@@ -98,13 +117,14 @@ def main(scenario: str, objects: int) -> None:
             pipeline, prefix = ("sales-daily", "sales/") if scenario == "window" else ("sales-burst", "burst/")
             machine = str(report.outputs[f"StateMachine{pipeline.replace('-', '')}"])
             sqs = twin.client("sqs")
-            reads.items = 0
+            reads.reset()
             started = time.monotonic()
             for i in range(objects):
                 s3.put_object(Bucket=landing, Key=f"{prefix}bench/part-{i:05d}.csv", Body=CSV)
             last_put = time.monotonic()
-            routed_at = None
+            routed_at, peak_threads = None, threading.active_count()
             while True:
+                peak_threads = max(peak_threads, threading.active_count())  # waiting executions hold one each
                 done = succeeded(sfn, machine)
                 if routed_at is None and router_queues_empty(twin, sqs):
                     routed_at = time.monotonic()
@@ -122,8 +142,10 @@ def main(scenario: str, objects: int) -> None:
                       f"{last_put - started:.1f} s")  # fmt: skip
             else:
                 print(f"  twin, {objects} objects (per_object, cap {CAP}): {finished - started:.1f} s wall, "
-                      f"{reads.items / max(1, done):.1f} admission items read per admitted run, "
-                      f"peak memory {peak_mb:.0f} MB")  # fmt: skip
+                      f"{reads.items / max(1, done):.1f} admission items read per admitted run ("
+                      + ", ".join(f"{f} {n / max(1, done):.1f}" for f, n in sorted(reads.by_function.items()))
+                      + f"), {admission_seconds(twin) / max(1, done):.2f} s of admission invocations per admitted run,"
+                      f" peak memory {peak_mb:.0f} MB, peak {peak_threads} threads")  # fmt: skip
         finally:
             twin.stop()
 

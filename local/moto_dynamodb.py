@@ -7,6 +7,10 @@ slowed down with the table's size, a cost DynamoDB does not have. This keeps mot
 cancellation reasons, ALL_OLD items, validation errors) and replaces only the backup: the touched items are
 copied before, and put back if the transaction is cancelled or refused.
 
+moto's Query of a table lists and sorts every item of the table, then keeps the partition's: each Query cost grew
+with the whole table (the admission line's RUN, HELD and queue items), whatever its `Limit`. A Query of the table
+(not an index) reads only its partition here; moto still sorts, pages and filters it.
+
 moto also parses a condition expression on every write (three times per transaction item: to validate the
 request, to evaluate it, to write): about 1 ms each. The parsed form depends only on the expression, its names and
 its values, so it is kept (bounded caches).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -129,6 +134,32 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
         raise
 
 
+_ORIGINAL_QUERY = Table.query
+_ORIGINAL_ALL_ITEMS = Table.all_items
+_QUERYING = threading.local()  # (table, the partition's items) while this thread's Query of that table runs
+
+
+def _all_items(self: Table) -> list[Any]:
+    """moto's `all_items`, or only the partition a Query on this thread reads."""
+    querying = getattr(_QUERYING, "partition", None)
+    if querying is not None and querying[0] is self:
+        return list(querying[1])
+    return _ORIGINAL_ALL_ITEMS(self)
+
+
+def query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+    """moto's Table.query; of the table's own keys (no index), over the partition's items only."""
+    index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+    if index_name or hash_key is None or not self.range_key_attr:
+        return _ORIGINAL_QUERY(self, hash_key, *args, **kwargs)
+    partition = self.items.get(hash_key)
+    _QUERYING.partition = (self, list(partition.values()) if partition else [])
+    try:
+        return _ORIGINAL_QUERY(self, hash_key, *args, **kwargs)
+    finally:
+        _QUERYING.partition = None
+
+
 def install() -> None:
     """Patch moto's DynamoDB backend (idempotent; every backend instance, so call it before or after mock_aws)."""
     setattr(dynamodb_models, "copy", _TablesNotCopied)  # noqa: B010 - the name moto's module looks up
@@ -136,3 +167,5 @@ def install() -> None:
     setattr(table_models, "get_filter_expression", _parsed_expression)  # noqa: B010
     setattr(dynamodb_responses, "create_condition_expression_parser", _validated_condition)  # noqa: B010
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    Table.query = query  # type: ignore[method-assign]
+    Table.all_items = _all_items  # type: ignore[method-assign]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from autopilot_common.admission import budget_notifier, dispatch, release, runs
+from autopilot_common.admission import budget_notifier, dispatch, release, runs_to_sweep
 from autopilot_common.clients import Clients
 from autopilot_common.ledger import FINAL_STATES, iso
 from autopilot_common.ledger import read_entry as read_ledger
@@ -58,6 +58,7 @@ class SweepReport:
     orphan_alarms: list[str] = field(default_factory=list)
     step_notices_recovered: list[str] = field(default_factory=list)  # <cluster>#<step> answered for a lost event
     active_clusters: int = 0  # this deployment's clusters still up after the tick (a dashboard gauge)
+    waiting_counts_corrected: int = 0  # pipelines whose count of waiting runs was recounted (after an upgrade)
 
     @property
     def findings(self) -> int:
@@ -131,7 +132,10 @@ def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: Swee
     if settings.admission_table is None:
         return
     caps = settings.caps.listed()  # every pipeline's caps from the sweep's one listing, not a read per pipeline
-    for item in runs(clients.dynamodb, settings.admission_table):
+    # The runs holding slots (queued runs need no sweep: a dispatch that reaches one whose execution ended finds
+    # its task gone and drops it); every run once on a table an older version wrote, whose counts it recounts.
+    holders, report.waiting_counts_corrected = runs_to_sweep(clients.dynamodb, settings.admission_table)
+    for item in holders:
         execution_arn = str(item.get("execution_arn") or "")
         if not execution_arn:
             continue  # written by an older workflow version that did not pass its ARN: nothing to check
@@ -143,7 +147,8 @@ def _sweep_run_slots(settings: GuardrailSettings, clients: Clients, report: Swee
             report.slots_released.append(
                 {"run_id": run_id, "execution_arn": execution_arn, "reason": f"its execution is {status}"}
             )
-    if caps.any_budget:  # runs waiting for a budget start when a new day (UTC) begins: wake them
+    # Runs waiting for a budget start when a new day (UTC) begins, recounted runs when capacity is free: wake them.
+    if caps.any_budget or report.waiting_counts_corrected:
         notify = budget_notifier(clients.sns, settings.topic_arn)
         dispatch(clients.dynamodb, clients.sfn, settings.admission_table, caps, notify=notify)
 

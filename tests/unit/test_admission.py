@@ -125,7 +125,12 @@ def _acquire(aws: tuple[Any, Any], sfn: FakeStepFunctions, caps: Caps, request: 
 
 
 def _table_is_empty(ddb: Any) -> bool:
-    return not runs(ddb, TABLE) and all(v == 0 for c in counters(ddb, TABLE).values() for v in c.values())
+    """No run queued or admitted, no slot held, every counter at 0."""
+    holders = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :held", ExpressionAttributeValues={
+        ":held": {"S": admission.HELD}})["Items"]  # fmt: skip
+    return (
+        not runs(ddb, TABLE) and not holders and all(v == 0 for c in counters(ddb, TABLE).values() for v in c.values())
+    )
 
 
 # --------------------------------------------------------------------------- caps, arrival keys
@@ -285,6 +290,130 @@ def test_each_admission_reads_a_bounded_number_of_items_whatever_the_queue_lengt
     assert _table_is_empty(ddb)
     count = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}})["Item"]
     assert count["queued"] == {"N": "0"}
+
+
+def _arriving(run_id: str, order: int, pipeline: str = "p") -> AcquireRequest:
+    """A run of a per-object burst: the `order`-th object's arrival (microseconds apart)."""
+    at = f"2024-06-01T12:{order // 60_000_000 % 60:02d}:{order // 1_000_000 % 60:02d}.{order % 1_000_000:06d}Z"
+    return replace(_request(run_id, pipeline), arrival={"at": at, "key": f"in/{run_id}"})
+
+
+def _positions(outcomes: list[Any]) -> list[int | None]:
+    return [outcome.position for outcome in outcomes]
+
+
+@pytest.mark.parametrize("waiting", [10, 1000])
+def test_decisions_read_at_most_10_items_per_admitted_run_with_10_or_1000_runs_waiting(
+    aws: Any, sfn: FakeStepFunctions, waiting: int
+) -> None:
+    # Given a pipeline capped at 5 runs: 5 running and `waiting` runs in line
+    ddb, s3 = aws
+    caps = Caps(pipelines={"p": Limit(runs=5)})
+    line = [f"r{i:04d}" for i in range(5 + waiting)]
+    for order, run_id in enumerate(line):
+        admission.enqueue(ddb, TABLE, _arriving(run_id, order + 1), NOW)
+    assert dispatch(ddb, sfn, TABLE, caps) == line[:5]
+    counting = CountingReads(ddb)
+    # When a run arrives last, one arrives before every waiting run, and 10 runs end (each admitting the next)
+    late = acquire(counting, sfn, s3, TABLE, caps, _arriving("zz-late", 10**6), ledger_bucket=LEDGER)
+    early = acquire(counting, sfn, s3, TABLE, caps, _arriving("aa-early", 0), ledger_bucket=LEDGER)
+    for run_id in line[:10]:
+        assert release(counting, sfn, TABLE, run_id, caps) is True
+    # Then the early run went first and the rest in arrival order; each knew its place in line
+    assert sfn.admitted == [*line[:5], "aa-early", *line[5:14]]
+    assert _positions([late, early]) == [waiting + 1, 1]
+    # And the 10 admissions read at most 10 items each (whatever the line's length: the same at 10 and 1,000)
+    assert counting.items_read <= 10 * 10, counting.items_read
+    assert counting.items_read == EXPECTED_READS.setdefault("decisions", counting.items_read)
+
+
+EXPECTED_READS: dict[str, int] = {}  # the first parametrization's reads: the second must read as many
+
+
+def _as_an_older_version_left_it(ddb: Any, *pipelines: str) -> None:
+    """The table as a version that kept no waiting counts and no HELD items left it: no COUNT items of `pipelines`
+    (default: all), no HELD items, never upgraded."""
+    for item in ddb.scan(TableName=TABLE)["Items"]:
+        pk, sk = item["pk"]["S"], item["sk"]["S"]
+        counted = sk.startswith("COUNT#") and sk.removeprefix("COUNT#") in (pipelines or [sk.removeprefix("COUNT#")])
+        if counted or pk in (admission.HELD, admission.UPGRADED):
+            ddb.delete_item(TableName=TABLE, Key={"pk": item["pk"], "sk": item["sk"]})
+
+
+def test_a_line_without_waiting_counts_is_recounted_and_drains_in_order(aws: Any, sfn: FakeStepFunctions) -> None:
+    # Given a line written by a version that kept no counts: one run holds p's only slot, four wait
+    ddb = aws[0]
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    line = [f"r{i}" for i in range(5)]
+    for order, run_id in enumerate(line):
+        _acquire(aws, sfn, caps, _arriving(run_id, order))
+    _as_an_older_version_left_it(ddb)
+    # When the runs end one by one (no count says anyone waits: the first dispatch finds the line and recounts it)
+    for run_id in line:
+        assert release(ddb, sfn, TABLE, run_id, caps) is True
+    # Then every run started, in arrival order, and the count ends at 0
+    assert sfn.admitted == line
+    assert _table_is_empty(ddb)
+    count = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}})["Item"]
+    assert count["queued"] == {"N": "0"}
+
+
+def test_the_sweepers_recount_frees_runs_a_counted_pipeline_hid(aws: Any, sfn: FakeStepFunctions) -> None:
+    # Given old runs of pipeline q waiting uncounted, q's slot freed, and a counted run of pipeline a waiting at
+    # a's cap: a dispatch sees only a's count, a is full, so it reads no further
+    ddb = aws[0]
+    caps = Caps(pipelines={"a": Limit(runs=1), "q": Limit(runs=1)})
+    for order, (run_id, pipeline) in enumerate([("q0", "q"), ("q1", "q"), ("q2", "q"), ("a0", "a"), ("a1", "a")]):
+        _acquire(aws, sfn, caps, _arriving(run_id, order, pipeline))
+    _as_an_older_version_left_it(ddb, "q")
+    ddb.delete_item(TableName=TABLE, Key={"pk": {"S": "RUN"}, "sk": {"S": "q0"}})  # q0 ended under the old version
+    ddb.put_item(TableName=TABLE, Item={"pk": {"S": "LINE"}, "sk": {"S": "CAP#pipeline#q"}, "runs": {"N": "0"}})
+    assert dispatch(ddb, sfn, TABLE, caps) == [] and sfn.admitted == ["q0", "a0"]
+    # When the sweeper's tick finds the table never upgraded: it sweeps every run once, gives admitted runs their
+    # HELD item and recounts, then dispatches
+    holders, corrected = admission.runs_to_sweep(ddb, TABLE)
+    assert corrected == 1 and sorted(run["sk"] for run in holders) == ["a0", "a1", "q1", "q2"]
+    assert dispatch(ddb, sfn, TABLE, caps) == ["q1"]
+    # Then q's runs start again; later ticks read the marker and the runs holding slots only
+    assert release(ddb, sfn, TABLE, "q1", caps) is True and sfn.admitted[-1] == "q2"
+    counting = CountingReads(ddb)
+    holders, corrected = admission.runs_to_sweep(counting, TABLE)
+    assert corrected == 0 and sorted(run["sk"] for run in holders) == ["a0", "q2"] and counting.items_read == 3
+
+
+def test_a_recount_never_overwrites_a_count_that_changed_while_it_read_the_line(
+    aws: Any, sfn: FakeStepFunctions
+) -> None:
+    # Given two uncounted waiting runs
+    ddb, s3 = aws
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    for order, run_id in enumerate(["r0", "r1", "r2"]):
+        _acquire(aws, sfn, caps, _arriving(run_id, order))
+    _as_an_older_version_left_it(ddb)
+
+    class RunJoinsDuringTheRecount:
+        def __init__(self, client: Any) -> None:
+            self._client, self.joined = client, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._client, name)
+
+        def update_item(self, **kwargs: Any) -> Any:
+            if not self.joined:  # between the recount's read of the line and its write: a run joins it
+                self.joined = True
+                admission.enqueue(self._client, TABLE, _arriving("r3", 3), NOW)
+            return self._client.update_item(**kwargs)
+
+    # When a recount reads the line (2 waiting) while a third run joins it
+    assert admission.recount_waiting(RunJoinsDuringTheRecount(ddb), TABLE) == (0, False)
+    # Then the count the join made stands (1, not 2 or 3) and the recount says it is not complete; the next one
+    # sets it from the line
+    count = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}})["Item"]
+    assert count["queued"] == {"N": "1"}
+    assert admission.recount_waiting(ddb, TABLE) == (1, True)
+    count = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}})["Item"]
+    assert count["queued"] == {"N": "3"}
+    del s3
 
 
 def test_a_dispatch_prunes_spend_of_days_older_than_the_spend_ttl(aws: Any, sfn: FakeStepFunctions) -> None:

@@ -9,10 +9,15 @@ DynamoDB transaction, never list-then-act.
 The table (`<prefix>-admission`, keys `pk`/`sk`, strings) holds three kinds of items::
 
     pk "LINE"  sk "CAP#deployment" | "CAP#pipeline#<name>"  runs, clusters, vcpus held by admitted runs
-    pk "LINE"  sk "COUNT#<pipeline>"                       queued: how many of the pipeline's runs wait
+    pk "LINE"  sk "COUNT#<pipeline>"                       queued: how many of the pipeline's runs wait; changes:
+                                                           how many times that changed (a recount's fence)
     pk "LINE"  sk "QUEUE#<arrival>\\x1f<key>\\x1f<run_id>" a waiting run: token, pipeline, reservation, queued_at
     pk "RUN"   sk "<run_id>"                               state QUEUED (queue_sk) or ADMITTED (the holder:
                                                            reservation and the counters it charged)
+    pk "HELD"  sk "<run_id>"                               an admitted run's slot (execution_arn): what the
+                                                           sweeper checks, never the queue
+    pk "UPGRADED" sk "LINE"                                the sweeper brought a table an older version wrote
+                                                           up to these items (counts, HELD; `runs_to_sweep`)
     pk "SPEND" sk "<run_id>"                               a budgeted run's reservation of the day's spend, from
                                                            admission until the run ends (`record_spend`)
     pk "ESTIMATE" sk "<pipeline>"                          the pipeline's recent recorded costs (the estimate)
@@ -30,7 +35,10 @@ in pages of 1, 2, 4.. items, and stops as soon as every pipeline that still has 
 (known from the counters, often before reading any queue item). So a decision reads a bounded number of items
 whatever the queue's length (`make bench` prints items read per admitted run). It attempts only the admissions
 that fit, and the conditions decide. The COUNT items change in the same transactions as the queue items (enqueue,
-admission, refusal, release of a queued run, an undone admission), so they never drift.
+admission, refusal, release of a queued run, an undone admission), so they never drift. A table written before
+counts were kept is recounted (`recount_waiting`): by a dispatch that finds runs in line while no count says any
+waits, and by the sweeper's first tick on it. A run that queues reads at most 8 queue items behind it (then 8
+before it) to tell its place in line.
 
 A CAP item's `usd@<day>` attributes older than `SPEND_TTL` are removed when a dispatch reads them, so CAP items
 (read by every decision) stay small.
@@ -84,8 +92,11 @@ TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 RESERVATION_EXCEEDS_CAP = "ReservationExceedsCap"
 BUDGET_EXCEEDED = "BudgetExceeded"
 LINE, CAP_PREFIX, COUNT_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "COUNT#", "QUEUE#"  # CAP# < COUNT# < QUEUE#
-QUEUED_COUNT = "queued"  # the COUNT item's attribute
+QUEUED_COUNT, COUNT_CHANGES = "queued", "changes"  # the COUNT item's attributes: waiting runs, changes made
+HELD = "HELD"  # pk of an admitted run's slot-holder item (sk run_id, execution_arn): what the sweeper checks
+UPGRADED = "UPGRADED"  # pk of the item saying the table has this version's counts and HELD items (`runs_to_sweep`)
 _FIRST_PAGE, _LAST_PAGE = 1, 100  # queue items read per Query: doubling from the head while runs may start
+_LOOKAHEAD = 8  # queue items a newly queued run reads behind it to tell its place in line
 SPEND, ESTIMATE = "SPEND", "ESTIMATE"
 USD = "usd"  # the budget dimension (dollars of the day's spend), beside DIMENSIONS
 WAIT, FAIL = "wait", "fail"  # `limits.over_budget`
@@ -497,7 +508,7 @@ def acquire(
     position = done.positions.get(request.run_id)
     if position is None:  # beyond what the dispatch read
         sk = _queue_sk(request.arrival, request.run_id)
-        position = max(1, done.waiting.get(request.pipeline, 1) - _later_in_line(ddb, table, request.pipeline, sk))
+        position = _place_in_line(ddb, table, request.pipeline, sk, done.waiting.get(request.pipeline, 1))
     verdict = done.over_budget.get(request.run_id)
     if ledger_bucket and request.ledger_key and request.ledger is not None:
         write_queued_ledger(s3, ledger_bucket, request.ledger_key, request.ledger, now, position, verdict)
@@ -534,16 +545,131 @@ def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datet
 
 
 def _count(table: str, pipeline: str, delta: int) -> dict[str, Any]:
-    """A transaction item adding `delta` to the pipeline's count of waiting runs."""
+    """A transaction item adding `delta` to the pipeline's count of waiting runs (and 1 to its changes: what a
+    recount's condition checks, see `recount_waiting`)."""
     return {
         "Update": {
             "TableName": table,
             "Key": dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
-            "UpdateExpression": "ADD #queued :delta",
-            "ExpressionAttributeNames": {"#queued": QUEUED_COUNT},
-            "ExpressionAttributeValues": dump_item({":delta": delta}),
+            "UpdateExpression": "ADD #queued :delta, #changes :one",
+            "ExpressionAttributeNames": {"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
+            "ExpressionAttributeValues": dump_item({":delta": delta, ":one": 1}),
         }
     }
+
+
+def recount_waiting(ddb: DynamoDBClient, table: str) -> tuple[int, bool]:
+    """Set each pipeline's count of waiting runs (COUNT item) to its runs in the queue: how many counts it
+    corrected, and whether every count is now right.
+
+    What a table written by a version that kept no counts needs: its queued runs are in no count, and a dispatch
+    only reads the queue for pipelines whose count says runs wait. Reads the counts (with how many times each
+    changed), then the queue (paginated, the `pipeline` attribute only), then sets each wrong count on the
+    condition that it did not change meanwhile (every enqueue and dequeue changes it in the same transaction as
+    the queue item); a count that changed is left to the next recount. Idempotent.
+    """
+    counts = _waiting_counts(ddb, table)
+    queued = dict.fromkeys(counts, 0)
+    pages = _line_pages(
+        ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, ProjectionExpression="pipeline"
+    )
+    for page in pages:
+        for item in map(load_item, page.get("Items", [])):
+            queued[str(item["pipeline"])] = queued.get(str(item["pipeline"]), 0) + 1
+    wrong = {p: n for p, n in queued.items() if p not in counts or counts[p][0] != n}
+    corrected = sum(
+        _set_count(ddb, table, pipeline, actual, counts.get(pipeline)) for pipeline, actual in wrong.items()
+    )
+    return corrected, corrected == len(wrong)
+
+
+def runs_to_sweep(ddb: DynamoDBClient, table: str) -> tuple[list[dict[str, Any]], int]:
+    """What the sweeper's tick checks against executions: the runs holding slots (HELD items: at most as many as
+    the caps admit, whatever the queue's length), and how many waiting counts it corrected (0).
+
+    On a table an older version wrote (no UPGRADED item), once: every RUN item (queued ones too), a HELD item
+    for each admitted run without one, and the waiting counts recounted (`recount_waiting`); the table is marked
+    UPGRADED when that is complete, so later ticks read the HELD items only."""
+    if _get(ddb, table, UPGRADED, LINE) is not None:
+        holders: list[dict[str, Any]] = []
+        for page in _partition_pages(ddb, table, HELD):
+            holders += map(load_item, page.get("Items", []))
+        return holders, 0
+    every_run = runs(ddb, table)
+    for item in every_run:
+        if item["state"] == ADMITTED:
+            _hold_slot(ddb, table, item)
+    corrected, complete = recount_waiting(ddb, table)
+    if complete:
+        ddb.put_item(TableName=table, Item=dump_item({"pk": UPGRADED, "sk": LINE, "at": iso(utcnow())}))
+    return every_run, corrected
+
+
+def _hold_slot(ddb: DynamoDBClient, table: str, run: Mapping[str, Any]) -> None:
+    """Give an admitted run (admitted by an older version) its HELD item, if it still holds its slot."""
+    still_admitted = {
+        "Update": {
+            "TableName": table,
+            "Key": dump_item({"pk": "RUN", "sk": run["sk"]}),
+            "UpdateExpression": "SET held_since = :now",
+            "ConditionExpression": "#state = :admitted",
+            "ExpressionAttributeNames": {"#state": "state"},
+            "ExpressionAttributeValues": dump_item({":admitted": ADMITTED, ":now": iso(utcnow())}),
+        }
+    }
+    try:
+        transact(ddb, [still_admitted, _held(table, str(run["sk"]), str(run.get("execution_arn") or ""))])
+    except TransactionCancelled:
+        pass  # released meanwhile
+
+
+def _held(table: str, run_id: str, execution_arn: str) -> dict[str, Any]:
+    """A transaction item: the run holds a slot (written with its admission, deleted with its release)."""
+    item = {"pk": HELD, "sk": run_id, "run_id": run_id, "execution_arn": execution_arn}
+    return {"Put": {"TableName": table, "Item": dump_item(item)}}
+
+
+def _unheld(table: str, run_id: str) -> dict[str, Any]:
+    return {"Delete": {"TableName": table, "Key": dump_item({"pk": HELD, "sk": run_id})}}
+
+
+def _waiting_counts(ddb: DynamoDBClient, table: str) -> dict[str, tuple[int, int | None]]:
+    """Each pipeline's COUNT item: (waiting runs, changes made; None for an item written before changes were kept)."""
+    counts: dict[str, tuple[int, int | None]] = {}
+    for page in _line_pages(ddb, table, "begins_with(sk, :count)", {":count": COUNT_PREFIX}):
+        for item in map(load_item, page.get("Items", [])):
+            changes = item.get(COUNT_CHANGES)
+            counts[item["sk"].removeprefix(COUNT_PREFIX)] = (
+                int(item.get(QUEUED_COUNT, 0)),
+                None if changes is None else int(changes),
+            )
+    return counts
+
+
+def _set_count(
+    ddb: DynamoDBClient, table: str, pipeline: str, actual: int, read: tuple[int, int | None] | None
+) -> bool:
+    """Set the pipeline's count to `actual` if it is still as `read` (False: a run joined or left that line since)."""
+    if read is None:
+        condition, values = "attribute_not_exists(pk)", {}
+    elif read[1] is None:  # no changes kept: the count itself is the fence
+        condition, values = "attribute_not_exists(#changes) AND #queued = :counted", {":counted": read[0]}
+    else:
+        condition, values = "#changes = :changes", {":changes": read[1]}
+    try:
+        ddb.update_item(
+            TableName=table,
+            Key=dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
+            UpdateExpression="SET #queued = :actual ADD #changes :one",
+            ConditionExpression=condition,
+            ExpressionAttributeNames={"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
+            ExpressionAttributeValues=dump_item({":actual": actual, ":one": 1, **values}),
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        return False
+    return True
 
 
 def dispatch(
@@ -647,7 +773,19 @@ def _line_pages(
 
 def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """What admitted runs hold per scope (CAP items) and how many runs wait per pipeline (COUNT items): one
-    Query of the items that sort before the queue. Prunes CAP items' spend of days older than `SPEND_TTL`."""
+    Query of the items that sort before the queue. Prunes CAP items' spend of days older than `SPEND_TTL`.
+
+    When no count says a run waits, also reads the queue's head (no item when it is empty): a run there joined
+    the line before counts were kept (an upgrade: the counts are recounted, then read again) or just now (then
+    the recount finds every count right, reading the few runs that wait)."""
+    held, waiting = _line_counters(ddb, table, today)
+    if not any(count > 0 for count in waiting.values()) and _queue_head(ddb, table) is not None:
+        if recount_waiting(ddb, table)[0]:
+            held, waiting = _line_counters(ddb, table, today)
+    return held, waiting
+
+
+def _line_counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     held: dict[str, dict[str, float]] = {}
     waiting: dict[str, int] = {}
     for page in _line_pages(ddb, table, "sk < :queue", {":queue": QUEUE_PREFIX}):
@@ -659,6 +797,14 @@ def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, d
             elif item["sk"].startswith(COUNT_PREFIX):
                 waiting[item["sk"].removeprefix(COUNT_PREFIX)] = int(item.get(QUEUED_COUNT, 0))
     return held, waiting
+
+
+def _queue_head(ddb: DynamoDBClient, table: str) -> str | None:
+    """The sort key of the first run in line, or None when the queue is empty (then the Query reads no item)."""
+    page = next(_line_pages(ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, Limit=1,
+                            ProjectionExpression="sk"))  # fmt: skip
+    items = page.get("Items", [])
+    return str(load_item(items[0])["sk"]) if items else None
 
 
 def _prune_spend(ddb: DynamoDBClient, table: str, item: Mapping[str, Any], today: date) -> None:
@@ -898,12 +1044,25 @@ def remember_cost(ddb: DynamoDBClient, table: str, pipeline: str, cost: float) -
     raise RuntimeError(f"could not record a cost of pipeline {pipeline}: its estimate item kept changing")
 
 
-def _later_in_line(ddb: DynamoDBClient, table: str, pipeline: str, sk: str) -> int:
-    """How many of the pipeline's waiting runs queue behind `sk`: the queue items after it (queue items sort last in
-    the partition). Runs mostly queue in arrival order, so this reads few items whatever the queue's length."""
-    pages = _line_pages(ddb, table, "sk > :mine", {":mine": sk, ":pipeline": pipeline},
-                        FilterExpression="pipeline = :pipeline", ProjectionExpression="sk")  # fmt: skip
-    return sum(len(page.get("Items", [])) for page in pages)
+def _place_in_line(ddb: DynamoDBClient, table: str, pipeline: str, sk: str, waiting: int) -> int:
+    """The run's place among the pipeline's `waiting` runs (1-based), reading at most `_LOOKAHEAD` queue items
+    behind it (queue items sort last in the partition), then, when more are behind, as many before it: two bounded
+    Queries at most, whatever the queue's length. Runs mostly queue in arrival order (none or few behind); a run that
+    arrived before every waiting run is first. A run with more than that many runs on both sides gets an upper
+    bound (the pipeline's waiting runs less those seen behind it)."""
+
+    def of_pipeline(page: Mapping[str, Any]) -> int:
+        return sum(1 for raw in page.get("Items", []) if load_item(raw).get("pipeline") == pipeline)
+
+    own: dict[str, Any] = {"ProjectionExpression": "sk, pipeline"}
+    behind = next(_line_pages(ddb, table, "sk > :mine", {":mine": sk}, Limit=_LOOKAHEAD, **own))
+    if behind.get("LastEvaluatedKey"):  # more behind: count those before it instead (its own item included)
+        values = {":queue": QUEUE_PREFIX, ":mine": sk}
+        before = next(_line_pages(ddb, table, "sk BETWEEN :queue AND :mine", values, ScanIndexForward=False,
+                                  Limit=_LOOKAHEAD + 1, **own))  # fmt: skip
+        if not before.get("LastEvaluatedKey"):
+            return max(1, of_pipeline(before))
+    return max(1, waiting - of_pipeline(behind))
 
 
 def write_queued_ledger(
@@ -941,22 +1100,26 @@ def counters(ddb: DynamoDBClient, table: str) -> dict[str, dict[str, int]]:
 
 
 def runs(ddb: DynamoDBClient, table: str, state: str | None = None) -> list[dict[str, Any]]:
-    """The RUN items (queued and admitted runs), e.g. for a sweeper reconciling against executions."""
-    items: list[dict[str, Any]] = []
+    """The RUN items (queued and admitted runs)."""
+    items = (load_item(raw) for page in _partition_pages(ddb, table, "RUN") for raw in page.get("Items", []))
+    return [item for item in items if state in (None, item["state"])]
+
+
+def _partition_pages(ddb: DynamoDBClient, table: str, pk: str) -> Iterator[dict[str, Any]]:
     start = None
     while True:
         kwargs: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
-        page = ddb.query(
+        page: dict[str, Any] = ddb.query(  # type: ignore[assignment]
             TableName=table,
-            KeyConditionExpression="pk = :run",
-            ExpressionAttributeValues=dump_item({":run": "RUN"}),
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues=dump_item({":pk": pk}),
             ConsistentRead=True,
             **kwargs,
         )
-        items += [item for item in (load_item(raw) for raw in page.get("Items", [])) if state in (None, item["state"])]
+        yield page
         start = page.get("LastEvaluatedKey")
         if not start:
-            return items
+            return
 
 
 # --------------------------------------------------------------------------- internals
@@ -1008,6 +1171,7 @@ def _admit(
         }
     )
     items.append(_count(table, entry.pipeline, -1))  # after the RUN update and queue delete (see `_why_not`)
+    items.append(_held(table, entry.run_id, entry.execution_arn))
     budget = _budget_record(scopes, entry.reservation, today)
     if budget is not None:  # what the run's end (`record_spend`) settles
         spend = {"pk": SPEND, "sk": entry.run_id, "pipeline": entry.pipeline, **budget}
@@ -1138,7 +1302,7 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
         )
         undo = [_uncharge(table, key, reservation) for key in charge.partition("|")[0].split(",")]
         try:
-            transact(ddb, [admitted_as_hinted, *undo])
+            transact(ddb, [admitted_as_hinted, *undo, _unheld(table, run_id)])
         except TransactionCancelled:
             pass  # queued, absent, or charged under other caps: read what it holds
         else:
@@ -1151,7 +1315,7 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
         delete_run = _delete_run_if(table, run_id, "#state = :state", {":state": state})
         if state == ADMITTED:
             reservation = Reservation.from_json(item.get("reservation"))
-            undo = [_uncharge(table, key, reservation) for key in item.get("charged", [])]
+            undo = [*(_uncharge(table, key, reservation) for key in item.get("charged", [])), _unheld(table, run_id)]
         else:
             undo = [
                 {"Delete": {"TableName": table, "Key": dump_item({"pk": LINE, "sk": item["queue_sk"]})}},
@@ -1225,6 +1389,7 @@ def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequen
     )
     items.append({"Put": {"TableName": table, "Item": dump_item(queue_item)}})
     items.append(_count(table, entry.pipeline, 1))
+    items.append(_unheld(table, entry.run_id))
     try:
         transact(ddb, items)
     except TransactionCancelled:

@@ -1,0 +1,46 @@
+"""The twin's DynamoDB at DynamoDB's cost (local/moto_dynamodb.py): a Query reads its partition, not the table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import pytest
+
+from local import moto_dynamodb
+from tests.unit.conftest import create_table
+
+TABLE = "line"
+
+
+def _keys(page: dict[str, Any]) -> list[str]:
+    return [item["sk"]["S"] for item in page["Items"]]
+
+
+def test_a_query_reads_only_its_partition_and_pages_as_dynamodb_does(
+    moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a table with a 30-item partition and a 500-item one
+    ddb = boto3.client("dynamodb", region_name=moto)
+    create_table(ddb, TABLE, "pk", "sk")
+    for pk, count in (("LINE", 30), ("RUN", 500)):
+        for i in range(count):
+            ddb.put_item(TableName=TABLE, Item={"pk": {"S": pk}, "sk": {"S": f"{pk}#{i:03d}"}})
+    listed: list[int] = []
+    original = moto_dynamodb._ORIGINAL_ALL_ITEMS
+    monkeypatch.setattr(moto_dynamodb, "_ORIGINAL_ALL_ITEMS", lambda table: listed.append(1) or original(table))
+    line = {":pk": {"S": "LINE"}}
+    # When the small partition is queried: in pages, backwards, within a key range
+    first = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk", ExpressionAttributeValues=line, Limit=4)
+    second = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk", ExpressionAttributeValues=line, Limit=4,
+                       ExclusiveStartKey=first["LastEvaluatedKey"])  # fmt: skip
+    before = {**line, ":before": {"S": "LINE#010"}}
+    backwards = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk AND sk < :before", Limit=3,
+                          ExpressionAttributeValues=before, ScanIndexForward=False)  # fmt: skip
+    # Then the answers are DynamoDB's, and the other partition was never listed
+    assert _keys(first) == [f"LINE#{i:03d}" for i in range(4)] and first["ScannedCount"] == 4
+    assert _keys(second) == [f"LINE#{i:03d}" for i in range(4, 8)]
+    assert _keys(backwards) == ["LINE#009", "LINE#008", "LINE#007"]
+    assert listed == []
+    # And a Scan still lists the whole table
+    assert ddb.scan(TableName=TABLE)["Count"] == 530 and listed
