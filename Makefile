@@ -43,7 +43,7 @@ unit: install ## unit tests (moto, no network; includes one local Spark run)
 twin: install ## the twin's own tests: its models on moto, and its fidelity to AWS with the app deployed on it
 	$(BIN)/pytest tests/twin
 
-infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL validation (and the slow 300-pipeline limits)
+infra: install ## synthesize once; CDK assertions, cdk-nag, cfn-lint, ASL validation, the 50- and 300-pipeline stack limits
 	$(BIN)/pytest tests/infra
 
 e2e: install ## every end-to-end test on the local twin, the slow ones too (~12 min on 2 cores)
