@@ -1201,12 +1201,13 @@ class Router:
                 logger.warning("claimed by a run without a manifest; released, records return", extra=log)
                 report.fail(message_ids)
                 return
-            missing = [k for k in manifest.claims if k not in self.claims.owners(manifest.claims)]
-            lost = {}
-            for key in missing:
-                owner = self.claims.claim(key, run_id, label=key.split("\x00", 2)[1] if "\x00" in key else key)
-                if owner != run_id:
-                    lost[key] = owner
+            # Read once: an object another run owns is lost to this run, not "claimed" (a run that claimed in several
+            # transactions and died between them may have lost the rest since); the unclaimed are claimed now.
+            owners = self.claims.owners(manifest.claims)
+            lost = {k: owners[k] for k in manifest.claims if owners.get(k, run_id) != run_id}
+            missing = [(k, k.split("\x00", 2)[1] if "\x00" in k else k) for k in manifest.claims if k not in owners]
+            if missing and not lost:
+                lost = self.claims.claim_all(missing, run_id)
             if lost:
                 for key in manifest.claims:
                     self.claims.release(key, run_id)

@@ -347,6 +347,52 @@ def test_a_run_claimed_but_never_started_is_started_by_the_redelivery(
     assert resumed.runs_started == [execution["name"]] and count(resumed, "ObjectsRejoined") == 1
 
 
+def test_an_unstarted_run_that_lost_one_of_its_objects_is_not_resumed(
+    aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a window run over [a, b] that claimed both and died before StartExecution, and whose claim of b another
+    # run holds since (a run claiming in several transactions that died between them: b was never its own)
+    a, b = (envelope(s3_event(f"sales/{n}.csv"), aws.arn) for n in "ab")
+    monkeypatch.setattr(router.sfn, "start_execution", throttled)
+    route(router, sqs_event([a, b], ["m-a", "m-b"]))
+    monkeypatch.undo()
+    run_id = run_id_for(PIPELINE, [parse_envelope(a).identity, parse_envelope(b).identity])
+    b_key = parse_envelope(b).claim_key
+    router.claims.release(b_key, run_id)
+    router.claims.claim(b_key, "sales-daily-other", label="b")
+
+    # When a's record comes back and rejoins the unstarted run
+    report = route(router, sqs_event([a], ["m-a"]))
+
+    # Then that run does not start (b would be in two runs): it gives a up and a's record returns
+    assert executions(aws) == [] and failures(report) == ["m-a"] and count(report, "ClaimConflicts") == 1
+    assert router.claims.owners([parse_envelope(a).claim_key, b_key]) == {b_key: "sales-daily-other"}
+
+
+def test_resuming_a_run_reads_its_claims_once(aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a window run over 150 objects that claimed them all and died before StartExecution
+    bodies = [envelope(s3_event(f"sales/{i:03d}.csv"), aws.arn) for i in range(150)]
+    monkeypatch.setattr(router.sfn, "start_execution", throttled)
+    route(router, sqs_event(bodies))
+    monkeypatch.undo()
+    reads: list[int] = []
+    real = router.claims.owners
+
+    def counting(keys: Any) -> dict[str, str]:
+        keys = list(keys)
+        reads.append(len(keys))
+        return real(keys)
+
+    monkeypatch.setattr(router.claims, "owners", counting)
+
+    # When one record comes back
+    report = route(router, sqs_event(bodies[:1], ["m-0"]))
+
+    # Then the run starts, its 150 claims read once (not once per claim: 150 reads of 150)
+    assert len(report.runs_started) == 1 and len(executions(aws)) == 1
+    assert reads == [1, 150]
+
+
 def test_an_object_another_run_claims_first_sends_this_runs_records_back(
     aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch
 ) -> None:
