@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -695,6 +695,9 @@ class Twin:
                 self._busy += 1
             try:
                 self._invoke_batch(sqs, mapping, messages)
+            except Exception:  # the poller lives on (a dead one stopped the queue for good); the batch comes back
+                LOG.exception("batch from %s not completed; its messages return after their visibility timeout",
+                              mapping.queue_url)  # fmt: skip
             finally:
                 with self._busy_lock:
                     self._busy -= 1
@@ -753,8 +756,8 @@ class Twin:
         failed: set[str] = set()
         try:
             response = self.runtime.invoke(mapping.function_name, {"Records": records})
-            if mapping.report_batch_item_failures and isinstance(response, dict):
-                failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+            if mapping.report_batch_item_failures:
+                failed = batch_item_failures(response, [m["MessageId"] for m in messages])
         except FunctionError:
             failed = {m["MessageId"] for m in messages}
         # Ten a call, as SQS's batch actions allow (IAM authorizes them as DeleteMessage/ChangeMessageVisibility).
@@ -814,6 +817,24 @@ class Twin:
                 return
             time.sleep(settle)
         raise TimeoutError(f"twin still busy after {timeout} s: executions {self.running_executions()}")
+
+
+def batch_item_failures(response: Any, message_ids: Sequence[str]) -> set[str]:
+    """The messages a function's partial batch response (`ReportBatchItemFailures`) sends back, as Lambda reads it
+    (Lambda developer guide, "Handling errors for an SQS event source in Lambda", success and failure conditions):
+    no response, an empty one, or a null or empty `batchItemFailures` is a complete success; an item without
+    `itemIdentifier`, with a null or empty one, or naming a message that is not in the batch is a complete failure
+    (every message returns), never a success that deletes them."""
+    failures = response.get("batchItemFailures") if isinstance(response, dict) else None
+    if not failures:
+        return set()
+    in_batch = set(message_ids)
+    if not isinstance(failures, list) or not all(
+        isinstance(f, dict) and f.get("itemIdentifier") in in_batch for f in failures
+    ):
+        LOG.warning("invalid partial batch response %.300r: the whole batch failed", failures)
+        return in_batch
+    return {str(f["itemIdentifier"]) for f in failures}
 
 
 def _load_aws_managed_policies(account: str) -> None:

@@ -270,6 +270,50 @@ def test_a_backlog_is_read_by_concurrent_pollers_each_message_invoked_once(
     wait_for(lambda: not twin._visible(sqs, mapping), what="the queue drained")
 
 
+@pytest.mark.parametrize(
+    ("case", "failures"),
+    [
+        ("unknown-id", "[{'itemIdentifier': 'not-a-message-of-this-batch'}]"),
+        ("bad-key", "[{'messageId': event['Records'][0]['messageId']}]"),
+        ("empty-id", "[{'itemIdentifier': ''}]"),
+    ],
+)
+def test_an_invalid_partial_batch_response_fails_the_whole_batch(
+    twin: Twin, tmp_path: Path, case: str, failures: str
+) -> None:
+    """Lambda reads a partial batch response naming no message of the batch, or an item without a (non-empty)
+    itemIdentifier, as a complete failure: every message returns (Lambda developer guide, "Handling errors for an
+    SQS event source in Lambda"), none is deleted as if it had succeeded, and the queue keeps being polled."""
+    from local.lambda_runtime import LocalFunction
+
+    name = f"fidelity-partial-{case}"
+    out = tmp_path / "bodies.jsonl"
+    (tmp_path / "index.py").write_text(
+        "import json, os\n"
+        "def handler(event, context):\n"
+        "    first = not os.path.exists(os.environ['OUT'])\n"
+        "    with open(os.environ['OUT'], 'a') as out:\n"
+        "        out.write(json.dumps([r['body'] for r in event['Records']]) + '\\n')\n"
+        f"    return {{'batchItemFailures': {failures} if first else []}}\n"
+    )
+    arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+    function = LocalFunction(name, arn, "index.handler", tmp_path, [], {"OUT": str(out)},
+                             role_arn=_role_arn(f"{name}-role"), reserved=1)  # fmt: skip
+    twin.runtime.register(function)
+    twin.deploy(write_assembly(tmp_path / "cdk.out", name, _polled_stack(name, name, f"{name}-role", None)))
+    [mapping] = [m for m in twin.mappings if m.function_name == name]
+    sqs, url = twin.client("sqs"), _queue_url(twin, name)
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m-{i}"} for i in range(3)])
+
+    def delivered() -> list[list[str]]:
+        batches = [json.loads(line) for line in (out.read_text().splitlines() if out.exists() else [])]
+        return batches if sorted(body for batch in batches[1:] for body in batch) == ["m-0", "m-1", "m-2"] else []
+
+    batches = wait_for(delivered, timeout=30, what="the whole first batch delivered again")
+    assert sorted(batches[0]) == ["m-0", "m-1", "m-2"]
+    wait_for(lambda: not twin._visible(sqs, mapping), what="the queue drained")
+
+
 # --------------------------------------------------------------------------------------------- Step Functions + IAM
 
 
