@@ -44,3 +44,28 @@ def test_a_query_reads_only_its_partition_and_pages_as_dynamodb_does(
     assert listed == []
     # And a Scan still lists the whole table
     assert ddb.scan(TableName=TABLE)["Count"] == 530 and listed
+
+
+def _put(key: str) -> dict[str, Any]:
+    return {"Put": {"TableName": TABLE, "Item": {"pk": {"S": key}, "sk": {"S": "claim"}},
+                    "ConditionExpression": "attribute_not_exists(pk)"}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (["a", "b", "a"], "multiple operations on one item"),
+        ([f"k{i}" for i in range(101)], "length less than or equal to 100"),
+    ],
+)
+def test_a_transaction_dynamodb_refuses_is_refused_and_writes_nothing(moto: str, keys: list[str], message: str) -> None:
+    """DynamoDB refuses a TransactWriteItems naming one item twice, or with more than 100 actions, as a
+    ValidationException (API reference, TransactWriteItems); the twin's cheaper backup keeps moto's refusal and
+    writes none of it (the router's claims and the admission line rely on both)."""
+    ddb = boto3.client("dynamodb", region_name=moto)
+    create_table(ddb, TABLE, "pk", "sk")
+    with pytest.raises(ddb.exceptions.ClientError) as refused:
+        ddb.transact_write_items(TransactItems=[_put(key) for key in keys])
+    assert refused.value.response["Error"]["Code"] == "ValidationException"
+    assert message in refused.value.response["Error"]["Message"]
+    assert ddb.scan(TableName=TABLE)["Count"] == 0
