@@ -681,12 +681,15 @@ class Twin:
                 continue
             try:
                 messages = self._gather(sqs, mapping)
-                if messages and self._visible(sqs, mapping):
-                    backlog.set()
             except Exception:
                 LOG.exception("polling %s failed", mapping.queue_url)
                 time.sleep(0.5)
                 continue
+            try:
+                if messages and self._visible(sqs, mapping):
+                    backlog.set()
+            except Exception:  # the batch in hand is invoked all the same (else it would wait out its visibility)
+                LOG.exception("reading the backlog of %s failed", mapping.queue_url)
             if not messages:
                 if slot:
                     backlog.clear()  # the backlog is drained: back to one long-polling reader

@@ -314,6 +314,42 @@ def test_an_invalid_partial_batch_response_fails_the_whole_batch(
     wait_for(lambda: not twin._visible(sqs, mapping), what="the queue drained")
 
 
+def test_a_batch_in_hand_is_invoked_when_the_backlog_cannot_be_read(
+    twin: Twin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poller that took a batch invokes it even when reading the queue's backlog fails (the batch would otherwise
+    wait out its visibility timeout, 30 s here, 30 minutes on the app's queues)."""
+    from local.lambda_runtime import LocalFunction
+
+    name = "fidelity-backlog-unread"
+    out = tmp_path / "bodies.jsonl"
+    (tmp_path / "index.py").write_text(
+        "import json, os\n"
+        "def handler(event, context):\n"
+        "    with open(os.environ['OUT'], 'a') as out:\n"
+        "        out.write(json.dumps([r['body'] for r in event['Records']]) + '\\n')\n"
+    )
+    arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+    function = LocalFunction(name, arn, "index.handler", tmp_path, [], {"OUT": str(out)},
+                             role_arn=_role_arn(f"{name}-role"), reserved=1)  # fmt: skip
+    twin.runtime.register(function)
+    twin.deploy(write_assembly(tmp_path / "cdk.out", name, _polled_stack(name, name, f"{name}-role", None)))
+
+    def unreadable(_sqs: Any, _mapping: Any) -> bool:
+        raise RuntimeError("GetQueueAttributes failed")
+
+    monkeypatch.setattr(Twin, "_visible", staticmethod(unreadable))
+    sqs = twin.client("sqs")
+    sqs.send_message_batch(QueueUrl=_queue_url(twin, name), Entries=[{"Id": str(i), "MessageBody": f"m-{i}"}
+                                                                     for i in range(3)])  # fmt: skip
+
+    def delivered() -> list[str]:
+        bodies = [b for line in (out.read_text().splitlines() if out.exists() else []) for b in json.loads(line)]
+        return bodies if len(bodies) >= 3 else []
+
+    assert sorted(wait_for(delivered, timeout=10, what="the batch invoked")) == ["m-0", "m-1", "m-2"]
+
+
 # --------------------------------------------------------------------------------------------- Step Functions + IAM
 
 
