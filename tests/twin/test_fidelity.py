@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from local import patches
 from local.emr_ec2.sfn import emr_poll_offsets
-from local.twin import Twin
+from local.twin import EventSourceMapping, Twin
 from local.validation import execution_name_problem, put_events_size, validation_errors
 from tests.twin.twin_helpers import deployed_twin, run_machine, wait_for, write_assembly
 
@@ -226,31 +226,41 @@ def _polled_stack(function: str, queue: str, role: str, maximum_concurrency: int
     }
 
 
+def _polled_function(
+    twin: Twin, tmp_path: Path, name: str, handler: str, *, reserved: int | None, maximum_concurrency: int | None = None
+) -> EventSourceMapping:
+    """A function (`handler`: the body of its `handler(event, context)`, which may write to the file in `OUT`, at
+    `tmp_path / "out.jsonl"`) polling its own queue (named like it) through an event source mapping."""
+    from local.lambda_runtime import LocalFunction
+
+    (tmp_path / "index.py").write_text("import json, os, threading\ndef handler(event, context):\n" + handler)
+    arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+    function = LocalFunction(name, arn, "index.handler", tmp_path, [], {"OUT": str(tmp_path / "out.jsonl")},
+                             role_arn=_role_arn(f"{name}-role"), reserved=reserved)  # fmt: skip
+    twin.runtime.register(function)
+    stack = _polled_stack(name, name, f"{name}-role", maximum_concurrency)
+    twin.deploy(write_assembly(tmp_path / "cdk.out", name, stack))
+    [mapping] = [m for m in twin.mappings if m.function_name == name]
+    return mapping
+
+
 @pytest.mark.parametrize(("maximum_concurrency", "reserved", "pollers"), [(None, None, 5), (2, None, 2), (None, 1, 1)])
 def test_a_backlog_is_read_by_concurrent_pollers_each_message_invoked_once(
     twin: Twin, tmp_path: Path, maximum_concurrency: int | None, reserved: int | None, pollers: int
 ) -> None:
     """Lambda reads an SQS backlog five batches at a time, never more than the mapping's MaximumConcurrency or the
     function's reserved concurrency; every message reaches the function once."""
-    from local.lambda_runtime import LocalFunction
-
     name = f"fidelity-polled-{maximum_concurrency}-{reserved}"
-    out = tmp_path / "batches.jsonl"
-    (tmp_path / "index.py").write_text(
-        "import json, os, threading\n"
-        "def handler(event, context):\n"
+    out = tmp_path / "out.jsonl"
+    handler = (
         "    batch = {'poller': threading.current_thread().name, 'bodies': [r['body'] for r in event['Records']]}\n"
         "    with open(os.environ['OUT'], 'a') as out:\n"
         "        out.write(json.dumps(batch) + '\\n')\n"
         "    return {'batchItemFailures': []}\n"
     )
-    arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
-    function = LocalFunction(name, arn, "index.handler", tmp_path, [], {"OUT": str(out)},
-                             role_arn=_role_arn(f"{name}-role"), reserved=reserved)  # fmt: skip
-    twin.runtime.register(function)
-    stack = _polled_stack(name, name, f"{name}-role", maximum_concurrency)
-    twin.deploy(write_assembly(tmp_path / "cdk.out", name, stack))
-    [mapping] = [m for m in twin.mappings if m.function_name == name]
+    mapping = _polled_function(
+        twin, tmp_path, name, handler, reserved=reserved, maximum_concurrency=maximum_concurrency
+    )
     assert twin._pollers(mapping) == pollers
 
     sqs, url = twin.client("sqs"), _queue_url(twin, name)
@@ -284,24 +294,15 @@ def test_an_invalid_partial_batch_response_fails_the_whole_batch(
     """Lambda reads a partial batch response naming no message of the batch, or an item without a (non-empty)
     itemIdentifier, as a complete failure: every message returns (Lambda developer guide, "Handling errors for an
     SQS event source in Lambda"), none is deleted as if it had succeeded, and the queue keeps being polled."""
-    from local.lambda_runtime import LocalFunction
-
-    name = f"fidelity-partial-{case}"
-    out = tmp_path / "bodies.jsonl"
-    (tmp_path / "index.py").write_text(
-        "import json, os\n"
-        "def handler(event, context):\n"
+    out = tmp_path / "out.jsonl"
+    handler = (
         "    first = not os.path.exists(os.environ['OUT'])\n"
         "    with open(os.environ['OUT'], 'a') as out:\n"
         "        out.write(json.dumps([r['body'] for r in event['Records']]) + '\\n')\n"
         f"    return {{'batchItemFailures': {failures} if first else []}}\n"
     )
-    arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
-    function = LocalFunction(name, arn, "index.handler", tmp_path, [], {"OUT": str(out)},
-                             role_arn=_role_arn(f"{name}-role"), reserved=1)  # fmt: skip
-    twin.runtime.register(function)
-    twin.deploy(write_assembly(tmp_path / "cdk.out", name, _polled_stack(name, name, f"{name}-role", None)))
-    [mapping] = [m for m in twin.mappings if m.function_name == name]
+    name = f"fidelity-partial-{case}"
+    mapping = _polled_function(twin, tmp_path, name, handler, reserved=1)
     sqs, url = twin.client("sqs"), _queue_url(twin, name)
     sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m-{i}"} for i in range(3)])
 
@@ -319,21 +320,12 @@ def test_a_batch_in_hand_is_invoked_when_the_backlog_cannot_be_read(
 ) -> None:
     """A poller that took a batch invokes it even when reading the queue's backlog fails (the batch would otherwise
     wait out its visibility timeout, 30 s here, 30 minutes on the app's queues)."""
-    from local.lambda_runtime import LocalFunction
-
-    name = "fidelity-backlog-unread"
-    out = tmp_path / "bodies.jsonl"
-    (tmp_path / "index.py").write_text(
-        "import json, os\n"
-        "def handler(event, context):\n"
+    name, out = "fidelity-backlog-unread", tmp_path / "out.jsonl"
+    handler = (
         "    with open(os.environ['OUT'], 'a') as out:\n"
         "        out.write(json.dumps([r['body'] for r in event['Records']]) + '\\n')\n"
     )
-    arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
-    function = LocalFunction(name, arn, "index.handler", tmp_path, [], {"OUT": str(out)},
-                             role_arn=_role_arn(f"{name}-role"), reserved=1)  # fmt: skip
-    twin.runtime.register(function)
-    twin.deploy(write_assembly(tmp_path / "cdk.out", name, _polled_stack(name, name, f"{name}-role", None)))
+    _polled_function(twin, tmp_path, name, handler, reserved=1)
 
     def unreadable(_sqs: Any, _mapping: Any) -> bool:
         raise RuntimeError("GetQueueAttributes failed")
