@@ -119,6 +119,8 @@ def main(scenario: str, objects: int) -> None:
             sqs = twin.client("sqs")
             reads.reset()
             started = time.monotonic()
+            at_start = resource.getrusage(resource.RUSAGE_SELF)
+            cpu_at_start = at_start.ru_utime + at_start.ru_stime
             for i in range(objects):
                 s3.put_object(Bucket=landing, Key=f"{prefix}bench/part-{i:05d}.csv", Body=CSV)
             last_put = time.monotonic()
@@ -134,7 +136,8 @@ def main(scenario: str, objects: int) -> None:
                     break
                 time.sleep(0.5)
             finished = time.monotonic()
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            peak_mb, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime - cpu_at_start
             assert routed_at is not None
             if scenario == "window":
                 print(f"  twin, {objects} objects (window): routed {routed_at - last_put:.1f} s after the last put, "
@@ -145,7 +148,8 @@ def main(scenario: str, objects: int) -> None:
                       f"{reads.items / max(1, done):.1f} admission items read per admitted run ("
                       + ", ".join(f"{f} {n / max(1, done):.1f}" for f, n in sorted(reads.by_function.items()))
                       + f"), {admission_seconds(twin) / max(1, done):.2f} s of admission invocations per admitted run,"
-                      f" peak memory {peak_mb:.0f} MB, peak {peak_threads} threads")  # fmt: skip
+                      f" {cpu / max(1, done):.2f} s of twin CPU per run, peak memory {peak_mb:.0f} MB, peak"
+                      f" {peak_threads} threads")  # fmt: skip
         finally:
             twin.stop()
 

@@ -51,7 +51,7 @@ from moto.stepfunctions.parser.asl.eval.event.event_manager import EventManager
 from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped, ProgramTimedOut
 from moto.stepfunctions.parser.backend import execution as sfn_execution
 
-from local import moto_dynamodb, validation
+from local import moto_dynamodb, moto_stepfunctions, validation
 from local.app_ui import APP_UI_ACTIONS
 from local.cloudtrail import access_key_id_from
 from local.faults import TwinClientError
@@ -99,6 +99,7 @@ def _event_details(**details: Any) -> Any:
 def install(twin: Twin) -> None:
     """Install every hook; reinstalling (a new twin in the same process) rebinds them to `twin`."""
     moto_dynamodb.install()
+    moto_stepfunctions.install()
     _ORIGINALS.setdefault("s3_eb", s3_notifications._send_event_bridge_message)
     _ORIGINALS.setdefault("put_events", events_models.EventsBackend.put_events)
     _ORIGINALS.setdefault("send_to_targets", events_models.Rule.send_to_targets)
@@ -428,6 +429,7 @@ def uninstall() -> None:
     """Restore moto as it was (tests that use plain moto after a twin ran in the same process)."""
     if not _ORIGINALS:
         return
+    moto_stepfunctions.uninstall()
     s3_notifications._send_event_bridge_message = _ORIGINALS["s3_eb"]
     events_models.Rule.send_to_targets = _ORIGINALS["send_to_targets"]  # type: ignore[method-assign]
     events_models.EventsBackend.put_events = _ORIGINALS["put_events"]  # type: ignore[method-assign]

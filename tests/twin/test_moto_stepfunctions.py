@@ -1,0 +1,110 @@
+"""Twin: moto's Step Functions interpreter with parses kept and one waiting thread fewer (local/moto_stepfunctions.py)
+still runs every execution on its own: its own input and output, a machine's `TimeoutSeconds` still enforced."""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local import moto_stepfunctions
+from local.twin import Twin
+from tests.twin.twin_helpers import wait_for
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
+    started = Twin(workdir=Path(tmp_path_factory.mktemp("sfn")), spark=False).start()
+    yield started
+    started.stop()
+
+
+def _machine(twin: Twin, name: str, definition: dict[str, Any], policy: dict[str, Any] | None = None) -> str:
+    sfn, iam = twin.client("stepfunctions"), twin.client("iam")
+    role = iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    if policy:
+        iam.put_role_policy(RoleName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
+    return str(sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=role)["stateMachineArn"])
+
+
+def _ended(sfn: Any, execution: str) -> dict[str, Any] | None:
+    described: dict[str, Any] = sfn.describe_execution(executionArn=execution)
+    return None if described["status"] == "RUNNING" else described
+
+
+def test_executions_of_one_definition_each_get_their_own_input_and_output(twin: Twin) -> None:
+    sfn = twin.client("stepfunctions")
+    definition = {
+        "StartAt": "Shape",
+        "States": {
+            "Shape": {
+                "Type": "Pass",
+                "Parameters": {"n.$": "$.n", "twice.$": "States.MathAdd($.n, $.n)"},
+                "ResultPath": "$.shaped",
+                "Next": "Pick",
+            },  # fmt: skip
+            "Pick": {"Type": "Pass", "InputPath": "$.shaped", "End": True},
+        },
+    }
+    machine = _machine(twin, "kept-parse", definition)
+    parsed_before = moto_stepfunctions._tree.cache_info()
+    executions = [sfn.start_execution(stateMachineArn=machine, input=json.dumps({"n": n}))["executionArn"]
+                  for n in range(8)]  # fmt: skip
+    outputs = [wait_for(functools.partial(_ended, sfn, e), 20, "the execution to end") for e in executions]
+    assert [o["status"] for o in outputs] == ["SUCCEEDED"] * 8
+    assert [json.loads(o["output"]) for o in outputs] == [{"n": n, "twice": 2 * n} for n in range(8)]
+    parsed_after = moto_stepfunctions._tree.cache_info()
+    assert parsed_after.hits - parsed_before.hits >= 8  # each start used the kept tree...
+    assert parsed_after.misses - parsed_before.misses <= 1  # ...parsed at most once (CreateStateMachine validates)
+
+
+def test_a_machine_timeout_still_times_the_execution_out(twin: Twin) -> None:
+    sfn = twin.client("stepfunctions")
+    definition = {"TimeoutSeconds": 1, "StartAt": "Long", "States": {"Long": {"Type": "Wait", "Seconds": 60,
+                                                                               "End": True}}}  # fmt: skip
+    machine = _machine(twin, "machine-timeout", definition)
+    execution = sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"]
+    ended = wait_for(lambda: _ended(sfn, execution), 20, "the machine's timeout")
+    assert ended["status"] == "TIMED_OUT"
+    history = sfn.get_execution_history(executionArn=execution)["events"]
+    assert [e["type"] for e in history] == ["ExecutionStarted", "WaitStateEntered", "ExecutionTimedOut"]
+
+
+def test_a_waiting_execution_holds_two_threads(twin: Twin) -> None:
+    """moto's execution worker and the task state's own thread; moto ran the program on a third, only joined."""
+    sfn, sqs = twin.client("stepfunctions"), twin.client("sqs")
+    url = sqs.create_queue(QueueName="tokens")["QueueUrl"]
+    queue_arn = f"arn:aws:sqs:{twin.region}:{twin.account}:tokens"
+    definition = {
+        "StartAt": "Wait",
+        "States": {
+            "Wait": {"Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+                     "Parameters": {"QueueUrl": url, "MessageBody": {"token.$": "$$.Task.Token"}}, "End": True},
+        },
+    }  # fmt: skip
+    send = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage",
+                                                    "Resource": queue_arn}]}  # fmt: skip
+    machine = _machine(twin, "waiting", definition, send)
+    before = threading.active_count()
+    count = 10
+    executions = [sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"] for _ in range(count)]
+    tokens: list[str] = []
+
+    def all_sent() -> bool:
+        for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            tokens.append(json.loads(message["Body"])["token"])
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return len(tokens) == count
+
+    wait_for(all_sent, 20, "every execution to wait on its token")
+    held = threading.active_count() - before
+    assert held <= 2 * count + 3, f"{held} threads for {count} waiting executions"
+    for token in tokens:
+        sfn.send_task_success(taskToken=token, output='{"ok": true}')
+    for execution in executions:
+        assert wait_for(functools.partial(_ended, sfn, execution), 20, "the execution to end")["status"] == "SUCCEEDED"
