@@ -11,18 +11,26 @@ Profiled on a 600-object capped burst (py-spy, GIL samples), the twin spent its 
   tree (`find`/`update` read it, they change the data), so it is kept per path string (so is ResultPath's,
   parsed by `jsonpath_ng.parse`).
 
-And one thread per execution did nothing but wait: `Program.eval` ran the program on a new thread and joined it with
-the state machine's `TimeoutSeconds` (each app workflow has one: the pipeline's run timeout). The program now runs on
-the execution's own thread, and one deadline thread for all executions times out those past their `TimeoutSeconds`
-as moto's join did: the program is marked timed out and the execution ends TIMED_OUT at once, while the state it was
-in unwinds (or, waiting on a token, stays parked) exactly as moto's abandoned program thread did. Map iterations and
-Parallel branches (frames) keep moto's own thread.
+And two threads per waiting execution did nothing but wait:
+- `Program.eval` ran the program on a new thread and joined it with the state machine's `TimeoutSeconds` (each app
+  workflow has one: the pipeline's run timeout). The program now runs on the execution's own thread, and one deadline
+  thread for all executions times out those past their `TimeoutSeconds` as moto's join did: the program is marked
+  timed out and the execution ends TIMED_OUT at once, while the state it was in unwinds (or, waiting on a token,
+  stays parked) as moto's abandoned program thread did. Map iterations, Parallel branches (frames) and synchronous
+  Express executions keep moto's thread.
+- `ExecutionState._evaluate_with_timeout` ran each state on a new thread and waited for it with the state's
+  `TimeoutSeconds`. A `.waitForTaskToken` task without `HeartbeatSeconds` (the app's `AcquireRunSlot`) now runs on
+  the execution's thread, and the deadline thread wakes its token's wait at the state's deadline
+  (`evaluate_waiting_task`). Other states keep moto's thread.
+So an execution waiting for its run slot holds one thread (moto's interpreter is recursive: parking it without one
+would need another interpreter).
 
 Both caches are bounded, and `install`/`uninstall` are idempotent like the other hooks.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import heapq
 import itertools
@@ -36,6 +44,7 @@ from antlr4 import CommonTokenStream, InputStream
 from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
 from moto.stepfunctions.parser.asl.antlr.runtime.ASLParser import ASLParser
 from moto.stepfunctions.parser.asl.component.common.path import result_path
+from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import EvalTimeoutError
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
 from moto.stepfunctions.parser.asl.component.program.program import Program
 from moto.stepfunctions.parser.asl.parse.asl_parser import (
@@ -157,6 +166,54 @@ def _program_eval(self: Program, env: Any) -> None:
     finally:
         if entry is not None:
             entry[0] = None
+
+
+def evaluate_waiting_task(state: Any, env: Any) -> None:
+    """`ExecutionState._evaluate_with_timeout` of a `.waitForTaskToken` task without `HeartbeatSeconds`, on the state's
+    own thread: moto ran the task on a second thread and waited for it with the state's `TimeoutSeconds`. Here the
+    shared deadline thread wakes the token's wait at the deadline (counted from the task's start, as AWS counts it),
+    so a waiting execution holds one thread, not two. Raises EvalTimeoutError at the deadline as moto's wait did (the
+    caller marks the token timed out); everything after the wait is moto's, line for line."""
+    state.timeout.eval(env=env)
+    timeout_seconds: int = env.stack.pop()
+    frame = env.open_frame()
+    frame.states.reset(input_value=env.states.get_input())
+    frame.stack = copy.deepcopy(env.stack)
+    token = (env.states.context_object.context_object_data.get("Task") or {}).get("Token")
+    endpoint = env.callback_pool_manager.get(token) if token else None
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        if endpoint is not None:
+            endpoint.interrupt_all()
+
+    entry = _DEADLINES.at(time.monotonic() + timeout_seconds, expire)
+    failure: Exception | None = None
+    try:
+        state._eval_execution(frame)
+    except Exception as error:
+        failure = error
+    finally:
+        entry[0] = None
+        frame.set_ended()
+        env.close_frame(frame)
+    if expired.is_set():
+        raise EvalTimeoutError()
+    if failure is not None:
+        raise failure
+    output = frame.stack[-1]
+    env.stack.append(output)
+    if not state._is_language_query_jsonpath():
+        env.states.set_result(output)
+    if state.assign_decl:
+        state.assign_decl.eval(env=env)
+    if state.result_selector:
+        state.result_selector.eval(env=env)
+    if state.result_path:
+        state.result_path.eval(env)
+    else:
+        env.states.reset(input_value=env.stack.pop())
 
 
 def install() -> None:

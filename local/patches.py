@@ -35,6 +35,7 @@ from moto.stepfunctions.parser.api import (
 )
 from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import EvalTimeoutError
 from moto.stepfunctions.parser.asl.component.program.program import Program
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import ResourceCondition
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
     StateTaskServiceCallback,
 )
@@ -289,7 +290,10 @@ def _callback_evaluate_with_timeout(self: Any, env: Any) -> None:
     moto never marks the token's callback endpoint, so SendTaskSuccess/Failure for it succeeded (silently
     dropped) while the execution went on, e.g. in the timeout's Catch path; and a retry reused the token."""
     try:
-        _ORIGINALS["callback_timeout"](self, env)
+        if self.resource.condition == ResourceCondition.WaitForTaskToken and self.heartbeat is None:
+            moto_stepfunctions.evaluate_waiting_task(self, env)  # one thread per waiting execution, not two
+        else:
+            _ORIGINALS["callback_timeout"](self, env)
     except EvalTimeoutError:
         context = env.states.context_object
         token = (context.context_object_data.get("Task") or {}).get("Token")
