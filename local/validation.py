@@ -13,6 +13,10 @@ Quotas (each enforced where the twin handles the call; see docs/twin/fidelity.md
   history events ("Step Functions service quotas").
 - SQS message, EventBridge PutEvents entries, Lambda asynchronous invocation payload: 1 MB since AWS raised all
   three from 256 KB on 2026-01-29 (AWS Compute Blog, "larger payloads for serverless"); DynamoDB item 400 KB.
+- Lambda synchronous invocation payload: 6 MB (6,291,456 bytes; Lambda quotas, "Invocation payload (request and
+  response)"). An SQS event source mapping invokes with fewer messages than its batch size when the batch would be
+  larger: "The payload size reaches 6 MB. You cannot modify this limit." (Lambda developer guide, "Lambda event
+  source mappings", batching behavior). The twin's pollers cut their batches there (`Twin._gather`).
 - SSM PutParameter: a Standard-tier value holds at most 4,096 characters, an Advanced one 8,192 (Systems Manager
   endpoints and quotas, "Parameter value size"; moto accepts any size).
 """
@@ -31,6 +35,7 @@ STATES_PAYLOAD_BYTES = 256 * 1024
 STATES_HISTORY_EVENTS = 25_000
 EXECUTION_NAME_MAX = 80
 ASYNC_PAYLOAD_BYTES = 1024 * 1024  # SQS message, EventBridge entries, Lambda async invocation
+SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda synchronous invocation (an event source mapping's batch)
 PARAMETER_VALUE_CHARS = {"Standard": 4096, "Advanced": 8192}  # SSM parameter values, by tier
 # Characters a Step Functions execution (or state machine) name may not contain (StartExecution `name`).
 _NAME_FORBIDDEN = frozenset(' \t\n\r<>{}[]?*"#%\\^|~`$&,;:/') | frozenset(
