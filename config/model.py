@@ -471,7 +471,11 @@ class Notifications(StrictModel):
 class AppConfig(StrictModel):
     """A whole deployment (`config/<env>.yaml`)."""
 
-    project: ResourceName = Field(default="autopilot", description="Prefix of every resource name.")
+    project: ResourceName = Field(
+        default="autopilot",
+        description="Prefix of every resource name. Not `aws...` or `ssm...`: SSM refuses parameter names that begin "
+        "with them, and each pipeline's settings parameter is `/<project>-<env>/pipelines/<pipeline>`.",
+    )
     account: Annotated[str, StringConstraints(pattern=r"^\d{12}$")] | None = Field(
         default=None, description="Target account; default: the CLI's (CDK_DEFAULT_ACCOUNT)."
     )
