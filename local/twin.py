@@ -792,7 +792,7 @@ class Twin:
         LOG.info("%s is throttled (reserved concurrency 0): %d messages return to %s",
                  mapping.function_name, len(messages), mapping.queue_url)  # fmt: skip
         self._return_messages(sqs, mapping, messages)
-        time.sleep(min(1.0, self.retry_delay_seconds))  # as Lambda's poller backs off a throttled function
+        time.sleep(min(1.0, self.retry_delay_seconds))  # so that a throttled mapping does not spin on the machine
 
     def _return_messages(self, sqs: Any, mapping: EventSourceMapping, messages: list[dict[str, Any]]) -> None:
         """Make messages visible again after `retry_delay_seconds` (ChangeMessageVisibilityBatch, ten a call)."""
