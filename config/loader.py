@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from autopilot_common.pipeline_settings import RESERVED_NAME_PREFIXES, reserved_name_prefix
 from config.base import RELEASE_LABEL_PATTERN
 from config.capacity import cap_problems
 from config.ec2 import Ec2Runtime, HiveStep, JarStep, SparkStep
@@ -272,6 +273,14 @@ def _name_problems(config: AppConfig, source: str, env: str) -> list[str]:
         for kind, name in naming.DeploymentNames(deployment).all()
         if (problem := naming.name_problems(kind, name))
     ]
+    settings = naming.settings_path(deployment)
+    if reserved := reserved_name_prefix(settings):
+        problems.append(
+            f"{source}: project: got {config.project!r}; the pipelines' settings parameters would be "
+            f"named {settings}/<pipeline>, and SSM refuses parameter names that begin with {reserved!r} in any case "
+            '(Systems Manager user guide, "Requirements and constraints for parameter names"); expected a project '
+            f"name that does not begin with {' or '.join(map(repr, RESERVED_NAME_PREFIXES))}"
+        )
     for app in sorted(config.serverless_applications):
         name = naming.serverless_application_name(deployment, app)
         if problem := naming.name_problems("serverless_application", name):

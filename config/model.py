@@ -157,8 +157,10 @@ class WindowBatching(StrictModel):
         default=1000,
         ge=1,
         le=4000,
-        description="Most objects in one run (the SQS batch size). Lambda's 6 MB invocation payload holds about "
-        "4,000 trigger messages, hence the ceiling; a bigger burst becomes several runs.",
+        description="Most objects in one run (the SQS batch size); a bigger burst becomes several runs. A run also "
+        "holds at most what one 6 MB Lambda invocation carries: Lambda invokes with fewer messages when the batch "
+        "would be larger, and the rest make the next run. That is about 3,200 arrivals with short keys, 2,100 with "
+        "1,024-byte keys (docs/operations/triggers.md).",
     )
 
 
@@ -469,7 +471,11 @@ class Notifications(StrictModel):
 class AppConfig(StrictModel):
     """A whole deployment (`config/<env>.yaml`)."""
 
-    project: ResourceName = Field(default="autopilot", description="Prefix of every resource name.")
+    project: ResourceName = Field(
+        default="autopilot",
+        description="Prefix of every resource name. Not `aws...` or `ssm...`: SSM refuses parameter names that begin "
+        "with them, and each pipeline's settings parameter is `/<project>-<env>/pipelines/<pipeline>`.",
+    )
     account: Annotated[str, StringConstraints(pattern=r"^\d{12}$")] | None = Field(
         default=None, description="Target account; default: the CLI's (CDK_DEFAULT_ACCOUNT)."
     )

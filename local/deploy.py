@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from local.assembly import AssemblyError, Resolver, Resource, StackTemplate, read_assembly
 from local.function_logs import LOG_FORMATS
 from local.lambda_runtime import LocalFunction, environment_problem
+from local.validation import parameter_name_problem
 
 if TYPE_CHECKING:
     from local.twin import Twin
@@ -419,9 +420,13 @@ class _Deployer:
         self._set(resource, name)
 
     def _ssm_parameter(self, resource: Resource, props: dict[str, Any]) -> None:
-        """A parameter in moto's SSM (which refuses a Standard-tier value over 4,096 characters, as SSM does; a
-        parameter that already exists fails the create, as CloudFormation's does)."""
+        """A parameter in moto's SSM (which refuses a Standard-tier value over 4,096 characters and a name prefixed
+        with "aws" or "ssm", as SSM does; a parameter that already exists fails the create, as CloudFormation's does).
+        A name too long or too deep for SSM fails the deploy (`parameter_name_problem`; moto takes it)."""
         name = self._name(resource, props.get("Name"), 1011)
+        refused = parameter_name_problem(name, self.twin.region, self.twin.account)
+        if refused is not None:  # CloudFormation's CREATE_FAILED, as SSM refuses it
+            raise ValueError(f"{resource.logical_id}: {refused}")
         kwargs: dict[str, Any] = {"Name": name, "Value": props["Value"], "Type": props["Type"], "Overwrite": False}
         for prop in ("Description", "Tier", "AllowedPattern", "DataType", "Policies"):
             if prop in props:

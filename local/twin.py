@@ -38,7 +38,7 @@ from local.lambda_runtime import FunctionError, LambdaRuntime, LocalFunction
 from local.scheduler import SchedulerTwin
 from local.spark_runner import SparkRunner
 from local.twin_log import TwinLog
-from local.validation import ASYNC_PAYLOAD_BYTES
+from local.validation import ASYNC_PAYLOAD_BYTES, SYNC_PAYLOAD_BYTES
 
 LOG = logging.getLogger("twin")
 ACCOUNT = "123456789012"
@@ -346,7 +346,8 @@ class Twin:
 
     def _pollers(self, mapping: EventSourceMapping) -> int:
         """How many batches the mapping's pollers read at once: AWS's five, never more than the mapping's
-        ScalingConfig.MaximumConcurrency or the function's reserved concurrency allow (see `_poll`)."""
+        ScalingConfig.MaximumConcurrency or the function's reserved concurrency allow (see `_poll`); one for a
+        function throttled to 0, whose batches are never invoked (see `_throttled`)."""
         limits = [POLLERS_AT_START, mapping.max_concurrency, self.runtime.resolve(mapping.function_name).reserved]
         return max(1, min(limit for limit in limits if limit is not None))
 
@@ -676,11 +677,12 @@ class Twin:
         # DeleteMessage, ChangeMessageVisibility, GetQueueAttributes on the queue).
         function = self.runtime.resolve(mapping.function_name)
         sqs = self.client_with_key("sqs", self._function_access_key(function))
+        carried: list[dict[str, Any]] = []  # read past the last batch's 6 MB cut: the next batch starts with them
         while not self._stop.is_set():
-            if slot and not backlog.wait(0.5):
+            if slot and not carried and not backlog.wait(0.5):
                 continue
             try:
-                messages = self._gather(sqs, mapping)
+                messages, carried = self._gather(sqs, mapping, carried)
             except Exception:
                 LOG.exception("polling %s failed", mapping.queue_url)
                 time.sleep(0.5)
@@ -697,7 +699,10 @@ class Twin:
             with self._busy_lock:
                 self._busy += 1
             try:
-                self._invoke_batch(sqs, mapping, messages)
+                if function.reserved == 0:
+                    self._throttled(sqs, mapping, messages)
+                else:
+                    self._invoke_batch(sqs, mapping, messages)
             except Exception:  # the poller lives on (a dead one stopped the queue for good); the batch comes back
                 LOG.exception("batch from %s not completed; its messages return after their visibility timeout",
                               mapping.queue_url)  # fmt: skip
@@ -705,12 +710,36 @@ class Twin:
                 with self._busy_lock:
                     self._busy -= 1
 
-    def _gather(self, sqs: Any, mapping: EventSourceMapping) -> list[dict[str, Any]]:
-        """A batch: up to BatchSize messages, gathered for up to the window (on the twin's clock as it is when the
-        first message comes) from the first one received."""
+    def _gather(
+        self, sqs: Any, mapping: EventSourceMapping, carried: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A batch and the messages read past it: up to BatchSize messages, gathered for up to the window (on the
+        twin's clock as it is when the first message comes) from the first one received, and never more than one
+        synchronous invocation carries: Lambda invokes when "the payload size reaches 6 MB" (Lambda developer guide,
+        "Lambda event source mappings", batching behavior), so a message that would take the event over 6 MB
+        (`SYNC_PAYLOAD_BYTES`, as `_invoke_batch` serializes it) and every message read with or after it are left
+        for the next batch (the poller keeps them in hand: returned to the queue they would count a receive more
+        towards the dead-letter queue). `carried` (the previous call's leftovers) starts the batch."""
         messages: list[dict[str, Any]] = []
+        over: list[dict[str, Any]] = []
+        size = len(json.dumps({"Records": []}))
         window = deadline = 0.0
-        while len(messages) < mapping.batch_size and not self._stop.is_set():
+
+        def take(got: list[dict[str, Any]]) -> None:
+            nonlocal size
+            for message in got:
+                record = len(json.dumps(self._record(mapping, message)).encode("utf-8")) + (2 if messages else 0)
+                if over or (messages and size + record > SYNC_PAYLOAD_BYTES) or len(messages) >= mapping.batch_size:
+                    over.append(message)
+                else:
+                    messages.append(message)
+                    size += record
+
+        take(carried)
+        if messages:
+            window = mapping.window_seconds * self.time_scale
+            deadline = time.monotonic() + window
+        while not over and len(messages) < mapping.batch_size and not self._stop.is_set():
             response = sqs.receive_message(
                 QueueUrl=mapping.queue_url,
                 MaxNumberOfMessages=min(10, mapping.batch_size - len(messages)),
@@ -723,16 +752,16 @@ class Twin:
             if got and not messages:
                 window = mapping.window_seconds * self.time_scale
                 deadline = time.monotonic() + window
-            messages.extend(got)
+            take(got)
             if not messages:
-                return messages
+                return messages, over
             if window <= 0 and not got:
                 break
             if time.monotonic() >= deadline:
                 break
             if not got:
                 time.sleep(0.05)
-        return messages
+        return messages, over
 
     @staticmethod
     def _visible(sqs: Any, mapping: EventSourceMapping) -> bool:
@@ -741,21 +770,41 @@ class Twin:
         attributes = sqs.get_queue_attributes(QueueUrl=mapping.queue_url, AttributeNames=[visible])["Attributes"]
         return int(attributes.get(visible, 0)) > 0
 
+    def _record(self, mapping: EventSourceMapping, message: dict[str, Any]) -> dict[str, Any]:
+        """One message as a record of the event Lambda invokes the function with."""
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message.get("Attributes", {}),
+            "messageAttributes": message.get("MessageAttributes", {}),
+            "md5OfBody": message["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": mapping.queue_arn,
+            "awsRegion": self.region,
+        }
+
+    def _throttled(self, sqs: Any, mapping: EventSourceMapping, messages: list[dict[str, Any]]) -> None:
+        """A batch for a function whose reserved concurrency is 0: Lambda never invokes it, and "if your function is
+        throttled, returns an error, or doesn't respond, the message becomes visible again" (Lambda developer guide,
+        "Using Lambda with Amazon SQS"), one receive more towards the queue's maxReceiveCount (then the dead-letter
+        queue). The twin returns it after `retry_delay_seconds`, as it returns a failed batch."""
+        LOG.info("%s is throttled (reserved concurrency 0): %d messages return to %s",
+                 mapping.function_name, len(messages), mapping.queue_url)  # fmt: skip
+        self._return_messages(sqs, mapping, messages)
+        time.sleep(min(1.0, self.retry_delay_seconds))  # so that a throttled mapping does not spin on the machine
+
+    def _return_messages(self, sqs: Any, mapping: EventSourceMapping, messages: list[dict[str, Any]]) -> None:
+        """Make messages visible again after `retry_delay_seconds` (ChangeMessageVisibilityBatch, ten a call)."""
+        delay = max(0, round(self.retry_delay_seconds))
+        for start in range(0, len(messages), 10):
+            chunk = messages[start : start + 10]
+            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": delay}
+                       for i, m in enumerate(chunk)]  # fmt: skip
+            sqs.change_message_visibility_batch(QueueUrl=mapping.queue_url, Entries=entries)
+
     def _invoke_batch(self, sqs: Any, mapping: EventSourceMapping, messages: list[dict[str, Any]]) -> None:
-        records = [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": m.get("Attributes", {}),
-                "messageAttributes": m.get("MessageAttributes", {}),
-                "md5OfBody": m["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": mapping.queue_arn,
-                "awsRegion": self.region,
-            }
-            for m in messages
-        ]
+        records = [self._record(mapping, m) for m in messages]
         failed: set[str] = set()
         try:
             response = self.runtime.invoke(mapping.function_name, {"Records": records})
@@ -765,17 +814,11 @@ class Twin:
             failed = {m["MessageId"] for m in messages}
         # Ten a call, as SQS's batch actions allow (IAM authorizes them as DeleteMessage/ChangeMessageVisibility).
         done = [m for m in messages if m["MessageId"] not in failed]
-        retry = [m for m in messages if m["MessageId"] in failed]
-        delay = max(0, round(self.retry_delay_seconds))
         for start in range(0, len(done), 10):
             chunk = done[start : start + 10]
             entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)]
             sqs.delete_message_batch(QueueUrl=mapping.queue_url, Entries=entries)
-        for start in range(0, len(retry), 10):
-            chunk = retry[start : start + 10]
-            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": delay}
-                       for i, m in enumerate(chunk)]  # fmt: skip
-            sqs.change_message_visibility_batch(QueueUrl=mapping.queue_url, Entries=entries)
+        self._return_messages(sqs, mapping, [m for m in messages if m["MessageId"] in failed])
 
     # ------------------------------------------------------------------ waiting
 

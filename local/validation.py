@@ -13,8 +13,14 @@ Quotas (each enforced where the twin handles the call; see docs/twin/fidelity.md
   history events ("Step Functions service quotas").
 - SQS message, EventBridge PutEvents entries, Lambda asynchronous invocation payload: 1 MB since AWS raised all
   three from 256 KB on 2026-01-29 (AWS Compute Blog, "larger payloads for serverless"); DynamoDB item 400 KB.
+- Lambda synchronous invocation payload: 6 MB (6,291,456 bytes; Lambda quotas, "Invocation payload (request and
+  response)"). An SQS event source mapping invokes with fewer messages than its batch size when the batch would be
+  larger: "The payload size reaches 6 MB. You cannot modify this limit." (Lambda developer guide, "Lambda event
+  source mappings", batching behavior). The twin's pollers cut their batches there (`Twin._gather`).
 - SSM PutParameter: a Standard-tier value holds at most 4,096 characters, an Advanced one 8,192 (Systems Manager
-  endpoints and quotas, "Parameter value size"; moto accepts any size).
+  endpoints and quotas, "Parameter value size"; moto accepts any size). A name holds at most 1,011 characters
+  counting the ARN before it, and at most 15 levels (Systems Manager user guide, "Requirements and constraints for
+  parameter names"; moto checks neither); moto refuses the reserved "aws" / "ssm" prefixes itself.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ STATES_PAYLOAD_BYTES = 256 * 1024
 STATES_HISTORY_EVENTS = 25_000
 EXECUTION_NAME_MAX = 80
 ASYNC_PAYLOAD_BYTES = 1024 * 1024  # SQS message, EventBridge entries, Lambda async invocation
+SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda synchronous invocation (an event source mapping's batch)
 PARAMETER_VALUE_CHARS = {"Standard": 4096, "Advanced": 8192}  # SSM parameter values, by tier
+PARAMETER_NAME_CHARS = 1011  # SSM parameter name, with the ARN before it ("arn:aws:ssm:<region>:<account>:parameter/")
+PARAMETER_LEVELS = 15  # SSM parameter hierarchy depth
 # Characters a Step Functions execution (or state machine) name may not contain (StartExecution `name`).
 _NAME_FORBIDDEN = frozenset(' \t\n\r<>{}[]?*"#%\\^|~`$&,;:/') | frozenset(
     chr(c) for c in (*range(0x00, 0x20), *range(0x7F, 0xA0))
@@ -187,3 +196,25 @@ def parameter_value_problem(value: str, tier: str | None) -> str | None:
             "parameter value, upgrade the parameter to use the advanced-parameter tier."
         )
     return f"Advanced tier parameters support a maximum parameter value of {limit} characters."
+
+
+def parameter_name_problem(name: str, region: str, account: str) -> str | None:
+    """Why SSM refuses `name` for a parameter of the twin's account and region, as `<error code>: <message>`, or
+    None (Systems Manager user guide, "Requirements and constraints for parameter names": "The maximum length for
+    the fully qualified parameter name ... is 1011 characters", a count that "includes the characters in the ARN that
+    precede the name"; "the hierarchy can have a maximum depth of fifteen levels"). The depth message is the one
+    botocore's model gives HierarchyLevelLimitExceededException; the length one is the twin's (AWS's is not
+    documented)."""
+    before = f"arn:aws:ssm:{region}:{account}:parameter/"
+    if len(before) + len(name) > PARAMETER_NAME_CHARS:
+        return (
+            f"ValidationException: Parameter name: {len(name)} characters, {len(before) + len(name)} with the ARN "
+            f"before it ({before}); the maximum is {PARAMETER_NAME_CHARS}."
+        )
+    levels = len(name.strip("/").split("/"))
+    if levels > PARAMETER_LEVELS:
+        return (
+            f"HierarchyLevelLimitExceededException: A hierarchy can have a maximum of {PARAMETER_LEVELS} levels "
+            f"({name!r} has {levels})."
+        )
+    return None

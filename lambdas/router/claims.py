@@ -9,7 +9,8 @@ instead of forming a new one.
 
 Claims are conditional writes: `attribute_not_exists(id) OR run_id = :mine OR expiration < :now` (an expired claim
 may still be in the table until TTL removes it). When two routers race for one object, exactly one run owns it; the
-other releases what it claimed (a conditional delete of its own claims) and lets SQS bring its messages back.
+other releases what it claimed (conditional deletes of its own claims, 100 a transaction) and lets SQS bring its
+messages back.
 A run's claims go in TransactWriteItems of up to 100 (DynamoDB's limit per transaction:
 https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html), one call per 100
 objects instead of one PutItem each, and small runs of one batch share transactions (`claim_runs`: a batch of 1,000
@@ -40,6 +41,7 @@ EARLIER_RUN = "an earlier run"  # owner of a claim in the router's previous (pow
 BATCH_GET_LIMIT = 100  # keys per BatchGetItem (DynamoDB quota)
 TRANSACT_LIMIT = 100  # actions per TransactWriteItems (DynamoDB quota)
 _CLAIMED = "attribute_not_exists(id) OR run_id = :run OR expiration < :now"
+_OWNED = "run_id = :run"  # what a release deletes: `run_id`'s own claim, never another run's
 _UNPROCESSED_ATTEMPTS = 8
 
 
@@ -146,8 +148,7 @@ class ClaimStore:
             except TransactionCancelled as cancelled:
                 lost = {chunk[i]: _owner(cancelled.reasons[i].get("Item") or {}, now) or EARLIER_RUN
                         for i in sorted(cancelled.failed)}  # fmt: skip
-                for key in won:
-                    self.release(key, run_id)
+                self.release_all(won, run_id)
                 return lost
             won.extend(chunk)
         return {}
@@ -224,13 +225,44 @@ class ClaimStore:
             "expiration": {"N": str(now + self.ttl_seconds)},
         }
 
+    def release_all(self, claim_keys: Iterable[str], run_id: str) -> None:
+        """Give up `run_id`'s claims of `claim_keys` (only its own: a claim another run holds, or none, is left
+        alone): conditional Deletes, 100 a TransactWriteItems (a window run of 4,000 objects gives up its claims in
+        40 calls, not 4,000 DeleteItem). A transaction is all or nothing: when some of its Deletes find the claim
+        another run's, it deleted nothing, and it is sent again without them (IAM authorizes each Delete of a
+        transaction as dynamodb:DeleteItem: https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/
+        transaction-apis-iam.html)."""
+        keys = list(dict.fromkeys(claim_keys))  # one action per item in a transaction
+        for start in range(0, len(keys), TRANSACT_LIMIT):
+            chunk = keys[start : start + TRANSACT_LIMIT]
+            while len(chunk) > 1:
+                try:
+                    transact(self.dynamodb, [self._conditional_delete(key, run_id) for key in chunk])
+                except TransactionCancelled as cancelled:
+                    chunk = [key for i, key in enumerate(chunk) if i not in cancelled.failed]
+                    continue
+                chunk = []
+            for key in chunk:  # one left: a DeleteItem, half a transaction's write capacity
+                self.release(key, run_id)
+
+    def _conditional_delete(self, claim_key: str, run_id: str) -> dict[str, Any]:
+        """A transaction's Delete of one claim, only if `run_id` holds it."""
+        return {
+            "Delete": {
+                "TableName": self.table,
+                "Key": {"id": {"S": claim_id(claim_key)}},
+                "ConditionExpression": _OWNED,
+                "ExpressionAttributeValues": {":run": {"S": run_id}},
+            }
+        }
+
     def release(self, claim_key: str, run_id: str) -> None:
         """Give up `run_id`'s claim (only its own: a claim another run holds is left alone)."""
         try:
             self.dynamodb.delete_item(
                 TableName=self.table,
                 Key={"id": {"S": claim_id(claim_key)}},
-                ConditionExpression="run_id = :run",
+                ConditionExpression=_OWNED,
                 ExpressionAttributeValues={":run": {"S": run_id}},
             )
         except ClientError as exc:

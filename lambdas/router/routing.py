@@ -1196,8 +1196,7 @@ class Router:
                 return
             manifest = self._manifest(pipeline, run_id)
             if manifest is None:  # a claim without its manifest (removed by hand): free the objects
-                for item in items:
-                    self.claims.release(item.event.claim_key, run_id)
+                self.claims.release_all((item.event.claim_key for item in items), run_id)
                 logger.warning("claimed by a run without a manifest; released, records return", extra=log)
                 report.fail(message_ids)
                 return
@@ -1209,8 +1208,7 @@ class Router:
             if missing and not lost:
                 lost = self.claims.claim_all(missing, run_id)
             if lost:
-                for key in manifest.claims:
-                    self.claims.release(key, run_id)
+                self.claims.release_all(manifest.claims, run_id)
                 logger.warning(
                     "an unstarted run lost objects to another run; released", extra={**log, "lost": len(lost)}
                 )

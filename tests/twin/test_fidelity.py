@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from botocore.exceptions import ClientError
 from local import patches
 from local.emr_ec2.sfn import emr_poll_offsets
 from local.twin import EventSourceMapping, Twin
-from local.validation import execution_name_problem, put_events_size, validation_errors
+from local.validation import SYNC_PAYLOAD_BYTES, execution_name_problem, put_events_size, validation_errors
 from tests.twin.twin_helpers import deployed_twin, run_machine, wait_for, write_assembly
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
@@ -211,23 +212,46 @@ def test_a_failing_async_event_is_retried_twice_then_recorded_in_the_on_failure_
 # ------------------------------------------------------------------------------------------------ SQS -> Lambda
 
 
-def _polled_stack(function: str, queue: str, role: str, maximum_concurrency: int | None) -> dict[str, Any]:
-    mapping: dict[str, Any] = {"EventSourceArn": {"Fn::GetAtt": ["Queue", "Arn"]}, "FunctionName": function,
-                               "BatchSize": 10, "FunctionResponseTypes": ["ReportBatchItemFailures"]}  # fmt: skip
-    if maximum_concurrency is not None:
-        mapping["ScalingConfig"] = {"MaximumConcurrency": maximum_concurrency}
-    reads = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"]
-    return {
-        "Resources": {
-            "Queue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": queue}},
-            "Role": _role(role, {"Effect": "Allow", "Action": reads, "Resource": {"Fn::GetAtt": ["Queue", "Arn"]}}),
-            "Mapping": {"Type": "AWS::Lambda::EventSourceMapping", "Properties": mapping},
-        }
+@dataclass(frozen=True)
+class Polling:
+    """How a test's event source mapping reads its queue (the mapping's BatchSize, MaximumBatchingWindowInSeconds,
+    ScalingConfig.MaximumConcurrency) and the queue's redrive to a dead-letter queue (`<queue>-dlq`) after
+    `max_receive_count` receives (None: no redrive)."""
+
+    batch_size: int = 10
+    window_seconds: int = 0
+    maximum_concurrency: int | None = None
+    max_receive_count: int | None = None
+
+
+def _polled_stack(function: str, queue: str, role: str, polling: Polling) -> dict[str, Any]:
+    mapping: dict[str, Any] = {
+        "EventSourceArn": {"Fn::GetAtt": ["Queue", "Arn"]},
+        "FunctionName": function,
+        "BatchSize": polling.batch_size,
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
     }
+    if polling.window_seconds:
+        mapping["MaximumBatchingWindowInSeconds"] = polling.window_seconds
+    if polling.maximum_concurrency is not None:
+        mapping["ScalingConfig"] = {"MaximumConcurrency": polling.maximum_concurrency}
+    reads = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"]
+    resources: dict[str, Any] = {
+        "Queue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": queue}},
+        "Role": _role(role, {"Effect": "Allow", "Action": reads, "Resource": {"Fn::GetAtt": ["Queue", "Arn"]}}),
+        "Mapping": {"Type": "AWS::Lambda::EventSourceMapping", "Properties": mapping},
+    }
+    if polling.max_receive_count is not None:
+        resources["DeadLetters"] = {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{queue}-dlq"}}
+        resources["Queue"]["Properties"]["RedrivePolicy"] = {
+            "deadLetterTargetArn": {"Fn::GetAtt": ["DeadLetters", "Arn"]},
+            "maxReceiveCount": polling.max_receive_count,
+        }
+    return {"Resources": resources}
 
 
 def _polled_function(
-    twin: Twin, tmp_path: Path, name: str, handler: str, *, reserved: int | None, maximum_concurrency: int | None = None
+    twin: Twin, tmp_path: Path, name: str, handler: str, *, reserved: int | None, polling: Polling = Polling()
 ) -> EventSourceMapping:
     """A function (`handler`: the body of its `handler(event, context)`, which may write to the file in `OUT`, at
     `tmp_path / "out.jsonl"`) polling its own queue (named like it) through an event source mapping."""
@@ -238,10 +262,15 @@ def _polled_function(
     function = LocalFunction(name, arn, "index.handler", tmp_path, [], {"OUT": str(tmp_path / "out.jsonl")},
                              role_arn=_role_arn(f"{name}-role"), reserved=reserved)  # fmt: skip
     twin.runtime.register(function)
-    stack = _polled_stack(name, name, f"{name}-role", maximum_concurrency)
+    stack = _polled_stack(name, name, f"{name}-role", polling)
     twin.deploy(write_assembly(tmp_path / "cdk.out", name, stack))
     [mapping] = [m for m in twin.mappings if m.function_name == name]
     return mapping
+
+
+def _written(out: Path) -> list[Any]:
+    """What a polled function wrote to its `OUT` file, a JSON value a line."""
+    return [json.loads(line) for line in (out.read_text().splitlines() if out.exists() else [])]
 
 
 @pytest.mark.parametrize(("maximum_concurrency", "reserved", "pollers"), [(None, None, 5), (2, None, 2), (None, 1, 1)])
@@ -258,9 +287,8 @@ def test_a_backlog_is_read_by_concurrent_pollers_each_message_invoked_once(
         "        out.write(json.dumps(batch) + '\\n')\n"
         "    return {'batchItemFailures': []}\n"
     )
-    mapping = _polled_function(
-        twin, tmp_path, name, handler, reserved=reserved, maximum_concurrency=maximum_concurrency
-    )
+    polling = Polling(maximum_concurrency=maximum_concurrency)
+    mapping = _polled_function(twin, tmp_path, name, handler, reserved=reserved, polling=polling)
     assert twin._pollers(mapping) == pollers
 
     sqs, url = twin.client("sqs"), _queue_url(twin, name)
@@ -270,7 +298,7 @@ def test_a_backlog_is_read_by_concurrent_pollers_each_message_invoked_once(
                                                       for i, body in enumerate(sent[start : start + 10])])  # fmt: skip
 
     def delivered() -> list[dict[str, Any]]:
-        batches = [json.loads(line) for line in (out.read_text().splitlines() if out.exists() else [])]
+        batches = _written(out)
         return batches if sum(len(b["bodies"]) for b in batches) >= len(sent) else []
 
     batches = wait_for(delivered, timeout=60, what="the backlog delivered")
@@ -307,7 +335,7 @@ def test_an_invalid_partial_batch_response_fails_the_whole_batch(
     sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m-{i}"} for i in range(3)])
 
     def delivered() -> list[list[str]]:
-        batches = [json.loads(line) for line in (out.read_text().splitlines() if out.exists() else [])]
+        batches = _written(out)
         return batches if sorted(body for batch in batches[1:] for body in batch) == ["m-0", "m-1", "m-2"] else []
 
     batches = wait_for(delivered, timeout=30, what="the whole first batch delivered again")
@@ -336,10 +364,61 @@ def test_a_batch_in_hand_is_invoked_when_the_backlog_cannot_be_read(
                                                                      for i in range(3)])  # fmt: skip
 
     def delivered() -> list[str]:
-        bodies = [b for line in (out.read_text().splitlines() if out.exists() else []) for b in json.loads(line)]
+        bodies = [body for batch in _written(out) for body in batch]
         return bodies if len(bodies) >= 3 else []
 
     assert sorted(wait_for(delivered, timeout=10, what="the batch invoked")) == ["m-0", "m-1", "m-2"]
+
+
+def test_a_batch_that_would_exceed_6_mb_is_cut_and_the_rest_is_the_next_batch(
+    twin: Twin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lambda invokes with fewer messages than the batch size when "the payload size reaches 6 MB" (Lambda developer
+    guide, "Lambda event source mappings", batching behavior): ten 700 KB messages that arrive within one window
+    make a batch of 8 (a ninth would take the event over 6 MB) and one of the other 2, each message once."""
+    name, out = "fidelity-six-mb", tmp_path / "out.jsonl"
+    handler = (
+        "    size = len(json.dumps(event).encode('utf-8'))\n"
+        "    with open(os.environ['OUT'], 'a') as out:\n"
+        "        out.write(json.dumps({'bytes': size, 'ids': [r['body'][:4] for r in event['Records']]}) + '\\n')\n"
+    )
+    monkeypatch.setattr(twin, "time_scale", 1.0)  # a 10 s window: all ten are in hand before it closes
+    _polled_function(twin, tmp_path, name, handler, reserved=1, polling=Polling(batch_size=10, window_seconds=10))
+    sqs, url = twin.client("sqs"), _queue_url(twin, name)
+    sent = [f"{i:03d}-" for i in range(10)]
+    for prefix in sent:  # one a call: SendMessageBatch carries at most 1 MB in all
+        sqs.send_message(QueueUrl=url, MessageBody=prefix.ljust(700_000, "x"))
+
+    def delivered() -> list[dict[str, Any]]:
+        batches = _written(out)
+        return batches if sum(len(b["ids"]) for b in batches) >= len(sent) else []
+
+    batches = wait_for(delivered, timeout=60, what="the ten messages invoked")
+    assert sorted(i for batch in batches for i in batch["ids"]) == [p[:4] for p in sent]  # each message once
+    assert all(batch["bytes"] <= SYNC_PAYLOAD_BYTES for batch in batches)
+    assert sorted(len(batch["ids"]) for batch in batches) == [2, 8]
+
+
+def test_a_function_throttled_to_0_is_never_invoked_and_its_messages_go_to_the_dead_letter_queue(
+    twin: Twin, tmp_path: Path
+) -> None:
+    """Reserved concurrency 0 throttles every invocation: Lambda never runs the function, and a throttled batch's
+    messages become visible again (Lambda developer guide, "Using Lambda with Amazon SQS"), each receive counting
+    towards the queue's maxReceiveCount, after which SQS moves them to the dead-letter queue."""
+    name, out = "fidelity-throttled", tmp_path / "out.jsonl"
+    handler = "    open(os.environ['OUT'], 'a').write('invoked\\n')\n"
+    _polled_function(twin, tmp_path, name, handler, reserved=0, polling=Polling(max_receive_count=2))
+    sqs = twin.client("sqs")
+    sqs.send_message_batch(QueueUrl=_queue_url(twin, name), Entries=[{"Id": str(i), "MessageBody": f"m-{i}"}
+                                                                     for i in range(3)])  # fmt: skip
+    dead_letters = _queue_url(twin, f"{name}-dlq")
+
+    def moved() -> list[str]:
+        attributes = sqs.get_queue_attributes(QueueUrl=dead_letters, AttributeNames=["ApproximateNumberOfMessages"])
+        return ["all"] if int(attributes["Attributes"]["ApproximateNumberOfMessages"]) == 3 else []
+
+    wait_for(moved, timeout=30, what="the three messages in the dead-letter queue")
+    assert not out.exists()  # never invoked
 
 
 # --------------------------------------------------------------------------------------------- Step Functions + IAM

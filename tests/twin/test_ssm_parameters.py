@@ -1,7 +1,7 @@
 """Twin fidelity for the pipelines' settings parameters: the deployer creates `AWS::SSM::Parameter` (tokens resolved)
-and refuses a value over its tier's size as SSM does; the twin's IAM authorizes GetParameter against the parameter and
-GetParametersByPath against the requested path (Systems Manager user guide, "How Parameter Store authorizes parameter
-retrieval")."""
+and refuses a value over its tier's size, and a name with a reserved prefix, too long or too deep, as SSM does; the
+twin's IAM authorizes GetParameter against the parameter and GetParametersByPath against the requested path (Systems
+Manager user guide, "How Parameter Store authorizes parameter retrieval")."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from local.twin import Twin
-from local.validation import parameter_value_problem
+from local.validation import PARAMETER_NAME_CHARS, parameter_name_problem, parameter_value_problem
 from tests.twin.twin_helpers import deployed_twin, write_assembly
 
 ACCOUNT = "123456789012"
@@ -106,5 +106,40 @@ def test_a_standard_parameter_over_4096_characters_fails_the_deployment(tmp_path
     try:
         with pytest.raises(ClientError, match="maximum parameter value of 4096 characters"):
             twin.deploy(write_assembly(tmp_path / "cdk.out", "big", {"Resources": {"Big": big}}))
+    finally:
+        twin.stop()
+
+
+ARN_BEFORE_NAME = f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/"  # counted in SSM's 1,011 characters of a name
+LONGEST_NAME = "/dep/" + "n" * (PARAMETER_NAME_CHARS - len(ARN_BEFORE_NAME) - len("/dep/"))
+DEEPEST_NAME = "/" + "/".join(f"l{i}" for i in range(1, 16))  # 15 levels
+
+
+def test_parameter_names_within_ssm_s_length_and_depth_are_accepted() -> None:
+    assert parameter_name_problem(LONGEST_NAME, "us-east-1", ACCOUNT) is None
+    assert parameter_name_problem(DEEPEST_NAME, "us-east-1", ACCOUNT) is None
+    assert parameter_name_problem("/autopilot-dev/pipelines/sales-daily", "us-east-1", ACCOUNT) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "refusal"),
+    [
+        ("/awsdata-dev/pipelines/sales", "AccessDeniedException"),  # a deployment (`<project>-<env>`) named aws...
+        ("/SSM-dev/pipelines/sales", "can't be prefixed with"),
+        ("awsTestParameter", "can't be prefixed with"),
+        (LONGEST_NAME + "n", "maximum is 1011"),
+        (DEEPEST_NAME + "/l16", "HierarchyLevelLimitExceededException"),
+    ],
+)
+def test_a_parameter_name_ssm_refuses_fails_the_deployment(tmp_path: Path, name: str, refusal: str) -> None:
+    """Systems Manager user guide, "Requirements and constraints for parameter names": no "aws" or "ssm" prefix (any
+    case, a leading "/" not counted: `/aws/testparam1` fails), at most 1,011 characters counting the ARN before the
+    name, at most 15 levels."""
+    parameter = {"Type": "AWS::SSM::Parameter", "Properties": {"Name": name, "Type": "String", "Value": "{}"}}
+    twin = Twin(workdir=tmp_path, spark=False).start()
+    try:
+        with pytest.raises((ClientError, ValueError), match=refusal):
+            twin.deploy(write_assembly(tmp_path / "cdk.out", "names", {"Resources": {"Settings": parameter}}))
+        assert twin.client("ssm").get_parameters(Names=[name])["InvalidParameters"] == [name]  # not created
     finally:
         twin.stop()

@@ -13,6 +13,7 @@ import botocore.session
 import pytest
 import yaml
 
+from autopilot_common.pipeline_settings import reserved_name_prefix
 from config.loader import ConfigError, validate_config
 from stacks import naming
 from tests.conftest import REPO
@@ -76,6 +77,33 @@ def test_a_long_environment_name_is_refused_on_the_deployment_s_own_names() -> N
         in line
         for line in lines
     ), lines
+
+
+@pytest.mark.parametrize("project", ["aws", "awsdata", "ssm-platform"])
+def test_a_project_whose_settings_parameters_ssm_would_refuse_is_refused_naming_the_field(project: str) -> None:
+    # SSM refuses parameter names prefixed with "aws" or "ssm" (any case, a leading "/" not counted), and every
+    # pipeline's settings parameter is `/<project>-<env>/pipelines/<pipeline>`
+    raw = copy.deepcopy(DEV_YAML)
+    raw["project"] = project
+    assert _problems(raw) == [
+        f"{SOURCE}: project: got {project!r}; the pipelines' settings parameters would be named "
+        f"/{project}-dev/pipelines/<pipeline>, and SSM refuses parameter names that begin with {project[:3]!r} in any "
+        'case (Systems Manager user guide, "Requirements and constraints for parameter names"); expected a project '
+        "name that does not begin with 'aws' or 'ssm'"
+    ]
+
+
+def test_ssm_s_reserved_prefixes_are_read_in_any_case_after_a_leading_slash() -> None:
+    assert [reserved_name_prefix(n) for n in ("/AWS-x/p", "SSM-test", "/aws/test", "/data-aws/p", "/dev/ssm")] == [
+        "aws",
+        "ssm",
+        "aws",
+        None,
+        None,
+    ]
+    raw = copy.deepcopy(DEV_YAML)
+    raw["project"] = "data-aws"  # only the first level counts
+    assert validate_config(raw, SOURCE).project == "data-aws"
 
 
 def test_cdk_synth_prints_one_clear_error_instead_of_a_jsii_traceback(tmp_path: Path) -> None:

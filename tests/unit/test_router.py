@@ -369,6 +369,39 @@ def test_an_unstarted_run_that_lost_one_of_its_objects_is_not_resumed(
     assert router.claims.owners([parse_envelope(a).claim_key, b_key]) == {b_key: "sales-daily-other"}
 
 
+def test_an_unstarted_run_that_lost_an_object_releases_its_claims_100_a_transaction(
+    aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a window run over 250 objects that claimed them all and died before StartExecution, and whose claim of
+    # object 7 another run holds since
+    bodies = [envelope(s3_event(f"sales/{i:03d}.csv"), aws.arn) for i in range(250)]
+    monkeypatch.setattr(router.sfn, "start_execution", throttled)
+    route(router, sqs_event(bodies))
+    monkeypatch.undo()
+    keys = [parse_envelope(body).claim_key for body in bodies]
+    run_id = run_id_for(PIPELINE, [parse_envelope(body).identity for body in bodies])
+    router.claims.release(keys[7], run_id)
+    router.claims.claim(keys[7], "sales-daily-other", label="7")
+    calls: list[str] = []
+    for operation in ("delete_item", "transact_write_items"):
+        real = getattr(router.claims.dynamodb, operation)
+
+        def counting(*args: Any, _real: Any = real, _operation: str = operation, **kwargs: Any) -> Any:
+            calls.append(_operation)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(router.claims.dynamodb, operation, counting)
+
+    # When one record comes back and the run gives up its objects
+    report = route(router, sqs_event(bodies[:1], ["m-0"]))
+
+    # Then its 249 claims go in conditional transactions of 100 (the first sent again without object 7's Delete,
+    # whose condition failed), not 250 DeleteItem; object 7 stays the other run's
+    assert failures(report) == ["m-0"] and count(report, "ClaimConflicts") == 1
+    assert calls == ["transact_write_items"] * 4
+    assert router.claims.owners(keys) == {keys[7]: "sales-daily-other"}
+
+
 def test_resuming_a_run_reads_its_claims_once(aws: Aws, router: Router, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a window run over 150 objects that claimed them all and died before StartExecution
     bodies = [envelope(s3_event(f"sales/{i:03d}.csv"), aws.arn) for i in range(150)]

@@ -43,6 +43,10 @@ GUARDRAIL, CAPS, SCALING = "guardrail", "caps", "scaling"  # the sections
 # What a pipeline may be called (config.model validates names with it; run ids start with one).
 PIPELINE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 _BY_PATH_PAGE = 10  # GetParametersByPath's MaxResults is at most 10 (botocore's ssm model)
+# SSM refuses a parameter name prefixed with "aws" or "ssm", in any case, a leading "/" not counted: "awsTestParameter",
+# "SSM-testparameter" and "/aws/testparam1" fail (Systems Manager user guide, "Requirements and constraints for
+# parameter names"). So the deployment name, the first level of every pipeline's parameter, may not begin with them.
+RESERVED_NAME_PREFIXES = ("aws", "ssm")
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -60,6 +64,12 @@ def settings_path(deployment: str) -> str:
 def settings_parameter_name(deployment: str, pipeline: str) -> str:
     """`/<deployment>/pipelines/<pipeline>`: the parameter holding what the shared functions know of `pipeline`."""
     return f"{settings_path(deployment)}/{pipeline}"
+
+
+def reserved_name_prefix(name: str) -> str | None:
+    """The prefix SSM reserves (`RESERVED_NAME_PREFIXES`) that parameter name `name` begins with, or None."""
+    head = name.lstrip("/").lower()
+    return next((prefix for prefix in RESERVED_NAME_PREFIXES if head.startswith(prefix)), None)
 
 
 def settings_value(sections: Mapping[str, Any]) -> str:
