@@ -72,7 +72,15 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from autopilot_common.dynamo import TransactionCancelled, dump_item, dump_value, error_code, load_item, transact
+from autopilot_common.dynamo import (
+    TransactionCancelled,
+    dump_item,
+    dump_value,
+    error_code,
+    get_items,
+    load_item,
+    transact,
+)
 from autopilot_common.ledger import iso, write_entry
 from autopilot_common.pipeline_settings import CAPS, PipelineSection, PipelineSettingsStore
 from autopilot_common.settings import Environment
@@ -92,7 +100,8 @@ TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 RESERVATION_EXCEEDS_CAP = "ReservationExceedsCap"
 BUDGET_EXCEEDED = "BudgetExceeded"
 LINE, CAP_PREFIX, COUNT_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "COUNT#", "QUEUE#"  # CAP# < COUNT# < QUEUE#
-QUEUED_COUNT, COUNT_CHANGES = "queued", "changes"  # the COUNT item's attributes: waiting runs, changes made
+QUEUED_COUNT = "queued"  # the COUNT item's attribute: the pipeline's waiting runs (the item exists while some wait)
+COUNTED, COUNT_CHANGES = "COUNTED", "changes"  # pk of a pipeline's fence item (sk <pipeline>): its count's changes
 HELD = "HELD"  # pk of an admitted run's slot-holder item (sk run_id, execution_arn): what the sweeper checks
 UPGRADED = "UPGRADED"  # pk of the item saying the table has this version's counts and HELD items (`runs_to_sweep`)
 _FIRST_PAGE, _LAST_PAGE = 1, 100  # queue items read per Query: doubling from the head while runs may start
@@ -531,7 +540,7 @@ def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datet
     put_queue = {"Put": {"TableName": table, "Item": dump_item(queue_item)}}
     try:  # a new run: it joins the line and its pipeline's count
         new = {**put_run, "ConditionExpression": "attribute_not_exists(pk)"}
-        transact(ddb, [{"Put": new}, put_queue, _count(table, request.pipeline, 1)])
+        transact(ddb, [{"Put": new}, put_queue, *_count(table, request.pipeline, 1)])
         return QUEUED
     except TransactionCancelled:
         pass
@@ -544,18 +553,46 @@ def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datet
     return QUEUED
 
 
-def _count(table: str, pipeline: str, delta: int) -> dict[str, Any]:
-    """A transaction item adding `delta` to the pipeline's count of waiting runs (and 1 to its changes: what a
-    recount's condition checks, see `recount_waiting`)."""
-    return {
-        "Update": {
-            "TableName": table,
-            "Key": dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
-            "UpdateExpression": "ADD #queued :delta, #changes :one",
-            "ExpressionAttributeNames": {"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
-            "ExpressionAttributeValues": dump_item({":delta": delta, ":one": 1}),
-        }
-    }
+def _count(table: str, pipeline: str, delta: int) -> list[dict[str, Any]]:
+    """Transaction items adding `delta` to the pipeline's count of waiting runs, and 1 to the changes of its COUNTED
+    item: what a recount's condition checks (see `recount_waiting`). The changes live apart from the count because
+    a count at 0 is deleted (`_drop_count_if_zero`), and a fence that is deleted could come back equal."""
+    return [
+        {
+            "Update": {
+                "TableName": table,
+                "Key": dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
+                "UpdateExpression": "ADD #queued :delta",
+                "ExpressionAttributeNames": {"#queued": QUEUED_COUNT},
+                "ExpressionAttributeValues": dump_item({":delta": delta}),
+            }
+        },
+        {
+            "Update": {
+                "TableName": table,
+                "Key": dump_item({"pk": COUNTED, "sk": pipeline}),
+                "UpdateExpression": "ADD #changes :one",
+                "ExpressionAttributeNames": {"#changes": COUNT_CHANGES},
+                "ExpressionAttributeValues": dump_item({":one": 1}),
+            }
+        },
+    ]
+
+
+def _drop_count_if_zero(ddb: DynamoDBClient, table: str, pipeline: str) -> None:
+    """Delete the pipeline's COUNT item if no run of it waits (absent means 0), so a decision reads the counts of
+    pipelines with waiting runs only. Conditional: a run that joined the line meanwhile keeps it."""
+    try:
+        ddb.delete_item(
+            TableName=table,
+            Key=dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
+            ConditionExpression="#queued = :zero",
+            ExpressionAttributeNames={"#queued": QUEUED_COUNT},
+            ExpressionAttributeValues=dump_item({":zero": 0}),
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
 
 
 def recount_waiting(ddb: DynamoDBClient, table: str) -> tuple[int, bool]:
@@ -563,12 +600,21 @@ def recount_waiting(ddb: DynamoDBClient, table: str) -> tuple[int, bool]:
     corrected, and whether every count is now right.
 
     What a table written by a version that kept no counts needs: its queued runs are in no count, and a dispatch
-    only reads the queue for pipelines whose count says runs wait. Reads the counts (with how many times each
-    changed), then the queue (paginated, the `pipeline` attribute only), then sets each wrong count on the
-    condition that it did not change meanwhile (every enqueue and dequeue changes it in the same transaction as
-    the queue item); a count that changed is left to the next recount. Idempotent.
+    only reads the queue for pipelines whose count says runs wait. Reads the COUNTED items (how many times each
+    count changed), then the counts, then the queue (paginated, the `pipeline` attribute only), then sets each wrong
+    count on the condition that neither it nor its changes moved meanwhile (every enqueue and dequeue changes both
+    in the same transaction as the queue item); a count that moved is left to the next recount. Idempotent.
     """
-    counts = _waiting_counts(ddb, table)
+    fences = {
+        str(item["sk"]): int(item.get(COUNT_CHANGES, 0))
+        for page in _partition_pages(ddb, table, COUNTED)
+        for item in map(load_item, page.get("Items", []))
+    }
+    counts = {
+        str(item["sk"]).removeprefix(COUNT_PREFIX): item
+        for page in _line_pages(ddb, table, "begins_with(sk, :count)", {":count": COUNT_PREFIX})
+        for item in map(load_item, page.get("Items", []))
+    }
     queued = dict.fromkeys(counts, 0)
     pages = _line_pages(
         ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, ProjectionExpression="pipeline"
@@ -576,11 +622,17 @@ def recount_waiting(ddb: DynamoDBClient, table: str) -> tuple[int, bool]:
     for page in pages:
         for item in map(load_item, page.get("Items", [])):
             queued[str(item["pipeline"])] = queued.get(str(item["pipeline"]), 0) + 1
-    wrong = {p: n for p, n in queued.items() if p not in counts or counts[p][0] != n}
+    wrong = {p: n for p, n in queued.items() if _queued(counts.get(p)) != n}
     corrected = sum(
-        _set_count(ddb, table, pipeline, actual, counts.get(pipeline)) for pipeline, actual in wrong.items()
+        _set_count(ddb, table, pipeline, actual, fences.get(pipeline), counts.get(pipeline))
+        for pipeline, actual in wrong.items()
     )
     return corrected, corrected == len(wrong)
+
+
+def _queued(count: Mapping[str, Any] | None) -> int:
+    """The waiting runs a COUNT item says (absent: none)."""
+    return int((count or {}).get(QUEUED_COUNT, 0))
 
 
 def runs_to_sweep(ddb: DynamoDBClient, table: str) -> tuple[list[dict[str, Any]], int]:
@@ -633,41 +685,46 @@ def _unheld(table: str, run_id: str) -> dict[str, Any]:
     return {"Delete": {"TableName": table, "Key": dump_item({"pk": HELD, "sk": run_id})}}
 
 
-def _waiting_counts(ddb: DynamoDBClient, table: str) -> dict[str, tuple[int, int | None]]:
-    """Each pipeline's COUNT item: (waiting runs, changes made; None for an item written before changes were kept)."""
-    counts: dict[str, tuple[int, int | None]] = {}
-    for page in _line_pages(ddb, table, "begins_with(sk, :count)", {":count": COUNT_PREFIX}):
-        for item in map(load_item, page.get("Items", [])):
-            changes = item.get(COUNT_CHANGES)
-            counts[item["sk"].removeprefix(COUNT_PREFIX)] = (
-                int(item.get(QUEUED_COUNT, 0)),
-                None if changes is None else int(changes),
-            )
-    return counts
-
-
 def _set_count(
-    ddb: DynamoDBClient, table: str, pipeline: str, actual: int, read: tuple[int, int | None] | None
+    ddb: DynamoDBClient,
+    table: str,
+    pipeline: str,
+    actual: int,
+    fence: int | None,
+    count: Mapping[str, Any] | None,
 ) -> bool:
-    """Set the pipeline's count to `actual` if it is still as `read` (False: a run joined or left that line since)."""
-    if read is None:
-        condition, values = "attribute_not_exists(pk)", {}
-    elif read[1] is None:  # no changes kept: the count itself is the fence
-        condition, values = "attribute_not_exists(#changes) AND #queued = :counted", {":counted": read[0]}
+    """Set the pipeline's count to `actual` (delete it at 0) if its changes are still `fence` and its COUNT item still
+    as read (False: a run joined or left that line since). The COUNT item's own `changes`, which a version that kept
+    the fence there wrote, must not have moved either."""
+    fenced = "attribute_not_exists(pk)" if fence is None else "#changes = :fence"
+    bump_fence = {
+        "TableName": table,
+        "Key": dump_item({"pk": COUNTED, "sk": pipeline}),
+        "UpdateExpression": "ADD #changes :one",
+        "ConditionExpression": fenced,
+        "ExpressionAttributeNames": {"#changes": COUNT_CHANGES},
+        "ExpressionAttributeValues": dump_item({":one": 1} | ({} if fence is None else {":fence": fence})),
+    }
+    if count is None:
+        as_read: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
     else:
-        condition, values = "#changes = :changes", {":changes": read[1]}
+        changes = count.get(COUNT_CHANGES)
+        as_read = {
+            "ConditionExpression": "#queued = :counted AND "
+            + ("attribute_not_exists(#changes)" if changes is None else "#changes = :changes"),
+            "ExpressionAttributeNames": {"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
+            "ExpressionAttributeValues": dump_item(
+                {":counted": _queued(count)} | ({} if changes is None else {":changes": int(changes)})
+            ),
+        }
+    key = {"pk": LINE, "sk": COUNT_PREFIX + pipeline}
+    if actual:
+        write = {"Put": {"TableName": table, "Item": dump_item({**key, QUEUED_COUNT: actual}), **as_read}}
+    else:
+        write = {"Delete": {"TableName": table, "Key": dump_item(key), **as_read}}
     try:
-        ddb.update_item(
-            TableName=table,
-            Key=dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
-            UpdateExpression="SET #queued = :actual ADD #changes :one",
-            ConditionExpression=condition,
-            ExpressionAttributeNames={"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
-            ExpressionAttributeValues=dump_item({":actual": actual, ":one": 1, **values}),
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
+        transact(ddb, [{"Update": bump_fence}, write])
+    except TransactionCancelled:
         return False
     return True
 
@@ -705,10 +762,10 @@ def _dispatch(
     """`dispatch`, also returning the place in line of each run it saw still waiting (per pipeline, 1-based),
     and the runs a budget holds or refused.
 
-    Reads counters and queue in one consistent Query and attempts only the admissions that fit what it read;
-    the transaction's conditions still decide (a stale read costs a failed attempt, or leaves the admission
-    to a later dispatch, never a cap). Every release dispatches after its own commit, so freed capacity is
-    never overlooked.
+    Reads the counters (`_counters`), then the queue from its head, consistently, and attempts only the admissions
+    that fit what it read; the transaction's conditions still decide (a stale read costs a failed attempt, or leaves
+    the admission to a later dispatch, never a cap). Every release dispatches after its own commit, so freed capacity
+    is never overlooked.
     """
     done = _Dispatched()
     today = clock().date()
@@ -722,15 +779,18 @@ def _dispatch(
     if not left or _all_blocked(caps, left, blocked_pipelines, blocked_dimensions):
         return done
     queue = _line_pages(ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, growing=True)
+    counted = dict(left)  # waiting runs per pipeline, less those this dispatch took out of line
     for page in queue:  # each page is read only when asked for: the loop's break saves the next Query
         for raw in page.get("Items", []):
             entry = _QueueEntry.from_item(load_item(raw))
             if entry.pipeline in left:
                 left[entry.pipeline] -= 1
+            _read_charges(ddb, table, held, [pipeline_scope(entry.pipeline)], today)  # a pipeline counted late
             result = _must_wait(entry, caps, held, blocked_pipelines, blocked_dimensions, today)
             if result is None:
                 result = _admit(ddb, sfn, table, caps, entry, clock, acquiring)
             result = _over_budget(ddb, sfn, table, caps, entry, result, done, notify)
+            _left_line(ddb, table, counted, entry.pipeline, result)
             if result == ADMITTED:
                 done.admitted.append(entry.run_id)
                 _hold(held, caps.scopes(entry.pipeline, entry.reservation), entry.reservation)
@@ -744,6 +804,15 @@ def _dispatch(
         if _all_blocked(caps, left, blocked_pipelines, blocked_dimensions):
             break
     return done
+
+
+def _left_line(ddb: DynamoDBClient, table: str, counted: dict[str, int], pipeline: str, result: object) -> None:
+    """When a run of `pipeline` left the line (`result` ADMITTED or GONE) and was the last of those its count said
+    waited (as far as this dispatch knows), delete the count at 0 now rather than have the next decision read it."""
+    if result in (ADMITTED, "GONE") and pipeline in counted:
+        counted[pipeline] -= 1
+        if counted[pipeline] == 0:
+            _drop_count_if_zero(ddb, table, pipeline)
 
 
 def _line_pages(
@@ -772,31 +841,51 @@ def _line_pages(
 
 
 def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """What admitted runs hold per scope (CAP items) and how many runs wait per pipeline (COUNT items): one
-    Query of the items that sort before the queue. Prunes CAP items' spend of days older than `SPEND_TTL`.
+    """What admitted runs hold per scope (CAP items) and how many runs wait per pipeline (COUNT items): one Query
+    of the counts, which exist only for pipelines with waiting runs, then one BatchGetItem of the deployment's CAP
+    item and theirs, so a decision reads what the pipelines with waiting runs need whatever the number of pipelines.
+    Prunes the CAP items' spend of days older than `SPEND_TTL`.
 
     When no count says a run waits, also reads the queue's head (no item when it is empty): a run there joined
-    the line before counts were kept (an upgrade: the counts are recounted, then read again) or just now (then
-    the recount finds every count right, reading the few runs that wait)."""
-    held, waiting = _line_counters(ddb, table, today)
+    the line since the counts were read (read again: now it is counted) or before counts were kept (an upgrade:
+    the counts are recounted, then read again)."""
+    waiting = _waiting(ddb, table)
     if not any(count > 0 for count in waiting.values()) and _queue_head(ddb, table) is not None:
-        if recount_waiting(ddb, table)[0]:
-            held, waiting = _line_counters(ddb, table, today)
-    return held, waiting
-
-
-def _line_counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+        waiting = _waiting(ddb, table)
+        if not any(count > 0 for count in waiting.values()) and recount_waiting(ddb, table)[0]:
+            waiting = _waiting(ddb, table)
     held: dict[str, dict[str, float]] = {}
-    waiting: dict[str, int] = {}
-    for page in _line_pages(ddb, table, "sk < :queue", {":queue": QUEUE_PREFIX}):
-        for raw in page.get("Items", []):
-            item = load_item(raw)
-            if item["sk"].startswith(CAP_PREFIX):
-                held[item["sk"].removeprefix(CAP_PREFIX)] = _held_of(item, today)
-                _prune_spend(ddb, table, item, today)
-            elif item["sk"].startswith(COUNT_PREFIX):
-                waiting[item["sk"].removeprefix(COUNT_PREFIX)] = int(item.get(QUEUED_COUNT, 0))
+    busy = [pipeline_scope(pipeline) for pipeline, count in waiting.items() if count > 0]
+    _read_charges(ddb, table, held, [DEPLOYMENT, *busy], today)
     return held, waiting
+
+
+def _waiting(ddb: DynamoDBClient, table: str) -> dict[str, int]:
+    """How many runs wait per pipeline (COUNT items); deletes a count found at 0 (its last run just left the line)."""
+    waiting: dict[str, int] = {}
+    for page in _line_pages(ddb, table, "begins_with(sk, :count)", {":count": COUNT_PREFIX}):
+        for item in map(load_item, page.get("Items", [])):
+            pipeline = str(item["sk"]).removeprefix(COUNT_PREFIX)
+            waiting[pipeline] = _queued(item)
+            if waiting[pipeline] == 0:
+                _drop_count_if_zero(ddb, table, pipeline)
+    return waiting
+
+
+def _read_charges(
+    ddb: DynamoDBClient, table: str, held: dict[str, dict[str, float]], scope_keys: Sequence[str], today: date
+) -> None:
+    """Add to `held` what admitted runs hold in each scope of `scope_keys` not in it yet (CAP items, one BatchGetItem;
+    a scope without an item holds nothing), pruning their spend of days older than `SPEND_TTL`."""
+    unread = [key for key in dict.fromkeys(scope_keys) if key not in held]
+    if not unread:
+        return
+    keys = [dump_item({"pk": LINE, "sk": CAP_PREFIX + key}) for key in unread]
+    for item in map(load_item, get_items(ddb, table, keys)):
+        held[str(item["sk"]).removeprefix(CAP_PREFIX)] = _held_of(item, today)
+        _prune_spend(ddb, table, item, today)
+    for key in unread:
+        held.setdefault(key, _held_of({}, today))
 
 
 def _queue_head(ddb: DynamoDBClient, table: str) -> str | None:
@@ -1170,7 +1259,7 @@ def _admit(
             }
         }
     )
-    items.append(_count(table, entry.pipeline, -1))  # after the RUN update and queue delete (see `_why_not`)
+    items.extend(_count(table, entry.pipeline, -1))  # after the RUN update and queue delete (see `_why_not`)
     items.append(_held(table, entry.run_id, entry.execution_arn))
     budget = _budget_record(scopes, entry.reservation, today)
     if budget is not None:  # what the run's end (`record_spend`) settles
@@ -1319,7 +1408,7 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
         else:
             undo = [
                 {"Delete": {"TableName": table, "Key": dump_item({"pk": LINE, "sk": item["queue_sk"]})}},
-                _count(table, str(item["pipeline"]), -1),
+                *_count(table, str(item["pipeline"]), -1),
             ]
         try:
             transact(ddb, [delete_run, *undo])
@@ -1355,7 +1444,7 @@ def _forget_queued(ddb: DynamoDBClient, table: str, entry: _QueueEntry) -> bool:
                     }
                 },
                 {"Delete": {"TableName": table, "Key": dump_item({"pk": "RUN", "sk": entry.run_id})}},
-                _count(table, entry.pipeline, -1),
+                *_count(table, entry.pipeline, -1),
             ],
         )
     except TransactionCancelled:
@@ -1388,7 +1477,7 @@ def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequen
         }
     )
     items.append({"Put": {"TableName": table, "Item": dump_item(queue_item)}})
-    items.append(_count(table, entry.pipeline, 1))
+    items.extend(_count(table, entry.pipeline, 1))
     items.append(_unheld(table, entry.run_id))
     try:
         transact(ddb, items)
