@@ -620,6 +620,45 @@ def test_a_run_whose_task_is_gone_gives_its_slot_to_the_next(aws: Any, sfn: Fake
     assert [(r["sk"], r["state"]) for r in runs(ddb, TABLE)] == [("r3", "ADMITTED")]
 
 
+def test_an_admission_whose_answer_failed_waits_again_and_keeps_its_execution_for_the_sweeper(
+    aws: Any, sfn: FakeStepFunctions
+) -> None:
+    # Given r2 waiting behind r1 (on a table the sweeper has seen: it reads the HELD items), and Step Functions
+    # throttling the first answer to r2
+    ddb = aws[0]
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    for second, run_id in enumerate(["r1", "r2"]):
+        _acquire(aws, sfn, caps, _request(run_id, second=second))
+    admission.runs_to_sweep(ddb, TABLE)
+    throttled: list[str] = []
+
+    def throttle_once(token: str) -> None:
+        if token == "token-r2" and not throttled:
+            throttled.append(token)
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "SendTaskSuccess")
+
+    sfn.on_success = throttle_once
+    # When r1 ends (r2's admission is undone: back in line) and a later dispatch admits r2
+    with pytest.raises(ClientError):
+        release(ddb, sfn, TABLE, "r1", caps)
+    assert [(r["sk"], r["state"]) for r in runs(ddb, TABLE)] == [("r2", "QUEUED")]
+    assert dispatch(ddb, sfn, TABLE, caps) == ["r2"]
+    # Then the slot r2 holds names its execution, which the sweeper checks
+    holders, _ = admission.runs_to_sweep(ddb, TABLE)
+    assert [(h["sk"], h["execution_arn"]) for h in holders] == [("r2", _request("r2").execution_arn)]
+
+
+def test_counters_lists_every_scope_however_many_pages_they_take(aws: Any) -> None:
+    # Given 300 capped pipelines whose counters take more than one 1 MB Query page
+    ddb = aws[0]
+    for i in range(300):
+        key = {"pk": {"S": "LINE"}, "sk": {"S": f"CAP#pipeline#p{i:03d}"}}
+        item = {**key, "runs": {"N": "1"}, "pad": {"S": "x" * 4000}}  # 4 KB: 300 take two pages
+        ddb.put_item(TableName=TABLE, Item=item)
+    # Then every scope is listed
+    assert len(counters(ddb, TABLE)) == 300
+
+
 def test_a_retried_acquire_refreshes_the_token_or_answers_at_once(aws: Any, sfn: FakeStepFunctions) -> None:
     ddb = aws[0]
     caps = Caps(pipelines={"p": Limit(runs=1)})

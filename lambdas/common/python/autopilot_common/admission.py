@@ -1174,17 +1174,11 @@ def write_queued_ledger(
 
 
 def counters(ddb: DynamoDBClient, table: str) -> dict[str, dict[str, int]]:
-    """What admitted runs hold, per scope (`deployment`, `pipeline#<name>`)."""
-    page = ddb.query(
-        TableName=table,
-        KeyConditionExpression="pk = :line AND begins_with(sk, :cap)",
-        ExpressionAttributeValues=dump_item({":line": LINE, ":cap": CAP_PREFIX}),
-        ConsistentRead=True,
-    )
+    """What admitted runs hold, per scope (`deployment`, `pipeline#<name>`): every CAP item, page by page."""
     out: dict[str, dict[str, int]] = {}
-    for raw in page.get("Items", []):
-        item = load_item(raw)
-        out[item["sk"].removeprefix(CAP_PREFIX)] = {d: int(item.get(d, 0)) for d in DIMENSIONS}
+    for page in _line_pages(ddb, table, "begins_with(sk, :cap)", {":cap": CAP_PREFIX}):
+        for item in map(load_item, page.get("Items", [])):
+            out[item["sk"].removeprefix(CAP_PREFIX)] = {d: int(item.get(d, 0)) for d in DIMENSIONS}
     return out
 
 
@@ -1462,6 +1456,7 @@ def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequen
         "token": entry.token,
         "reservation": entry.reservation.as_dict(),
         "queued_at": entry.queued_at,
+        "execution_arn": entry.execution_arn,  # what its HELD item names when admitted again (the sweeper checks it)
     }
     items = [_uncharge(table, scope.key, entry.reservation) for scope in scopes]
     items.append(
