@@ -9,8 +9,10 @@ DynamoDB transaction, never list-then-act.
 The table (`<prefix>-admission`, keys `pk`/`sk`, strings) holds three kinds of items::
 
     pk "LINE"  sk "CAP#deployment" | "CAP#pipeline#<name>"  runs, clusters, vcpus held by admitted runs
-    pk "LINE"  sk "COUNT#<pipeline>"                       queued: how many of the pipeline's runs wait; changes:
-                                                           how many times that changed (a recount's fence)
+    pk "LINE"  sk "COUNT#<pipeline>"                       queued: how many of the pipeline's runs wait; only while
+                                                           some do (deleted at 0: absent means none)
+    pk "COUNTED" sk "<pipeline>"                           changes: how many times that count changed (a recount's
+                                                           fence; never deleted, so it never comes back equal)
     pk "LINE"  sk "QUEUE#<arrival>\\x1f<key>\\x1f<run_id>" a waiting run: token, pipeline, reservation, queued_at
     pk "RUN"   sk "<run_id>"                               state QUEUED (queue_sk) or ADMITTED (the holder:
                                                            reservation and the counters it charged)
@@ -29,19 +31,23 @@ budget (or on nothing having been spent that day, so a run whose estimate alone 
 once a day rather than never); the run's end (`record_spend`) takes the estimate back and adds the recorded
 cost on the day the run ended, or keeps the estimate as spend when the cost is unknown.
 
-Counters and queue share a partition. A dispatcher reads the counters (CAP and COUNT items: one small Query,
-bounded by the number of pipelines, never by the queue's length), then the queue from its head in arrival order,
-in pages of 1, 2, 4.. items, and stops as soon as every pipeline that still has waiting runs is blocked by a full cap
-(known from the counters, often before reading any queue item). So a decision reads a bounded number of items
-whatever the queue's length (`make bench` prints items read per admitted run). It attempts only the admissions
-that fit, and the conditions decide. The COUNT items change in the same transactions as the queue items (enqueue,
-admission, refusal, release of a queued run, an undone admission), so they never drift. A table written before
-counts were kept is recounted (`recount_waiting`): by a dispatch that finds runs in line while no count says any
-waits, and by the sweeper's first tick on it. A run that queues reads at most 8 queue items behind it (then 8
-before it) to tell its place in line.
+Counters and queue share a partition. A dispatcher reads the counts (one Query of the COUNT items: those of the
+pipelines with waiting runs), then the CAP items of the deployment and of those pipelines (one BatchGetItem), then
+the queue from its head in arrival order, in pages of 1, 2, 4.. items, and stops as soon as every pipeline that
+still has waiting runs is blocked by a full cap (known from the counters, often before reading any queue item). So
+a decision reads what the pipelines with waiting runs need, whatever the queue's length and however many pipelines
+are idle (`make bench` prints items read per admitted run). It attempts only the admissions that fit, and the
+conditions decide. The COUNT items (and their COUNTED fences) change in the same transactions as the queue items
+(enqueue, admission, refusal, release of a queued run, an undone admission), so they never drift; a count at 0 is
+deleted conditionally (`_drop_count_if_zero`: by the dispatch that took the pipeline's last waiting run, else by the
+next decision that reads it). A table written before counts were kept is recounted (`recount_waiting`): by a
+dispatch that finds runs in line while no count says any waits, and by the sweeper's first tick on it. A table
+written by the version that kept every count (at 0 too, with its changes on the COUNT item) needs nothing: the first
+decision reads those counts once and deletes the ones at 0. A run that queues reads at most 8 queue items behind it
+(then 8 before it) to tell its place in line.
 
-A CAP item's `usd@<day>` attributes older than `SPEND_TTL` are removed when a dispatch reads them, so CAP items
-(read by every decision) stay small.
+A CAP item's `usd@<day>` attributes older than `SPEND_TTL` are removed when a dispatch reads them, so CAP items stay
+small: every run admitted under a cap passes through the queue, so its scopes' CAP items are read at its admission.
 
 Admission of a queued run is one transaction: add its reservation to every counter whose cap applies,
 each conditioned on staying within the cap; turn its RUN item from QUEUED to ADMITTED; delete its queue
