@@ -379,6 +379,26 @@ def test_a_decision_reads_as_many_items_with_1_or_300_capped_pipelines(aws: Any,
     assert many == one <= 10, (one, many)
 
 
+def test_an_arrival_at_a_full_cap_reads_its_own_counters_only_however_many_pipelines_wait(
+    aws: Any, sfn: FakeStepFunctions
+) -> None:
+    # Given 20 pipelines at their cap of 1 run, each with a run waiting
+    ddb, s3 = aws
+    pipelines = [f"p{i:02d}" for i in range(20)]
+    caps = Caps(deployment=Limit(runs=50), pipelines=dict.fromkeys(pipelines, Limit(runs=1)))
+    for order, pipeline in enumerate(pipelines * 2):
+        _acquire(aws, sfn, caps, _arriving(f"{pipeline}-r{order}", order, pipeline))
+    # When a third run of one of them arrives
+    counting = CountingReads(ddb)
+    late = acquire(counting, sfn, s3, TABLE, caps, _arriving("p07-late", 100, "p07"), ledger_bucket=LEDGER)
+    # Then it waits second in its pipeline's line, having read its pipeline's and the deployment's counters and its
+    # pipeline's count: 3 items, not the other pipelines' (an arrival frees nothing: no one else can start)
+    assert (late.state, late.position, counting.items_read) == ("QUEUED", 2, 3)
+    # And the line still drains in order when runs end
+    assert release(ddb, sfn, TABLE, "p07-r7", caps) is True and sfn.admitted[-1] == "p07-r27"
+    assert release(ddb, sfn, TABLE, "p07-r27", caps) is True and sfn.admitted[-1] == "p07-late"
+
+
 def test_counts_the_previous_version_left_at_0_are_deleted_by_the_first_decision_that_reads_them(
     aws: Any, sfn: FakeStepFunctions
 ) -> None:

@@ -34,17 +34,18 @@ cost on the day the run ended, or keeps the estimate as spend when the cost is u
 Counters and queue share a partition. A dispatcher reads the counts (one Query of the COUNT items: those of the
 pipelines with waiting runs), then the CAP items of the deployment and of those pipelines (one BatchGetItem), then
 the queue from its head in arrival order, in pages of 1, 2, 4.. items, and stops as soon as every pipeline that
-still has waiting runs is blocked by a full cap (known from the counters, often before reading any queue item). So
-a decision reads what the pipelines with waiting runs need, whatever the queue's length and however many pipelines
-are idle (`make bench` prints items read per admitted run). It attempts only the admissions that fit, and the
-conditions decide. The COUNT items (and their COUNTED fences) change in the same transactions as the queue items
-(enqueue, admission, refusal, release of a queued run, an undone admission), so they never drift; a count at 0 is
-deleted conditionally (`_drop_count_if_zero`: by the dispatch that took the pipeline's last waiting run, else by the
-next decision that reads it). A table written before counts were kept is recounted (`recount_waiting`): by a
-dispatch that finds runs in line while no count says any waits, and by the sweeper's first tick on it. A table
-written by the version that kept every count (at 0 too, with its changes on the COUNT item) needs nothing: the first
-decision reads those counts once and deletes the ones at 0. A run that queues reads at most 8 queue items behind it
-(then 8 before it) to tell its place in line.
+still has waiting runs is blocked by a full cap (known from the counters, often before reading any queue item). So a
+decision reads what the pipelines with waiting runs need, whatever the queue's length and however many pipelines are
+idle (`make bench` prints items read per admitted run). It attempts only the admissions that fit, and the conditions
+decide. An arrival frees nothing: when its pipeline's or the deployment's run slots are all held, its decision reads
+those two CAP items and its pipeline's count only (`_decide_arrival`). The COUNT items (and their COUNTED fences)
+change in the same transactions as the queue items (enqueue, admission, refusal, release of a queued run, an undone
+admission), so they never drift; a count at 0 is deleted conditionally (`_drop_count_if_zero`: by the dispatch that
+took the pipeline's last waiting run, else by the next decision that reads it). A table written before counts were
+kept is recounted (`recount_waiting`): by a dispatch that finds runs in line while no count says any waits, and by
+the sweeper's first tick on it. A table written by the version that kept every count (at 0 too, with its changes on
+the COUNT item) needs nothing: the first decision reads those counts once and deletes the ones at 0. A run that
+queues reads at most 8 queue items behind it (then 8 before it) to tell its place in line.
 
 A CAP item's `usd@<day>` attributes older than `SPEND_TTL` are removed when a dispatch reads them, so CAP items stay
 small: every run admitted under a cap passes through the queue, so its scopes' CAP items are read at its admission.
@@ -515,7 +516,7 @@ def acquire(
         queued_at = _parse_time(str(held.get("queued_at", ""))) or now
         _answer(sfn, request.token, queued_at=queued_at, admitted_at=now, waited=False, budget=held.get("budget"))
         return AcquireOutcome(ADMITTED)
-    done = _dispatch(ddb, sfn, table, caps, clock=clock, acquiring=request.run_id, notify=notify)
+    done = _decide_arrival(ddb, sfn, table, caps, request, clock=clock, notify=notify)
     if request.run_id in done.admitted:
         return AcquireOutcome(ADMITTED, admitted=tuple(done.admitted))
     if request.run_id in done.refused:
@@ -528,6 +529,30 @@ def acquire(
     if ledger_bucket and request.ledger_key and request.ledger is not None:
         write_queued_ledger(s3, ledger_bucket, request.ledger_key, request.ledger, now, position, verdict)
     return AcquireOutcome(QUEUED, position=position, admitted=tuple(done.admitted), over_budget=verdict)
+
+
+def _decide_arrival(
+    ddb: DynamoDBClient,
+    sfn: SFNClient,
+    table: str,
+    caps: Caps,
+    request: AcquireRequest,
+    *,
+    clock: Clock,
+    notify: Notify | None,
+) -> _Dispatched:
+    """The decision after the run joined the line. An arrival frees nothing, so when a full run cap (its pipeline's
+    or the deployment's: every run reserves a run slot) keeps the run waiting, no other run can start either: the
+    decision reads those two CAP items and the pipeline's count only (the release that frees the slot dispatches).
+    Else it is a dispatch, which reads no CAP item twice."""
+    held: dict[str, dict[str, float]] = {}
+    _read_charges(ddb, table, held, [DEPLOYMENT, pipeline_scope(request.pipeline)], clock().date())
+    blocked_pipelines: set[str] = set()
+    blocked_dimensions: set[str] = set()
+    _block_if_full(caps, request.pipeline, held, blocked_pipelines, blocked_dimensions)
+    if blocked_pipelines or "runs" in blocked_dimensions:
+        return _Dispatched(waiting={request.pipeline: _queued(_get(ddb, table, LINE, COUNT_PREFIX + request.pipeline))})
+    return _dispatch(ddb, sfn, table, caps, clock=clock, acquiring=request.run_id, notify=notify, held=held)
 
 
 def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datetime) -> str:
@@ -764,9 +789,10 @@ def _dispatch(
     clock: Clock,
     acquiring: str | None,
     notify: Notify | None = None,
+    held: dict[str, dict[str, float]] | None = None,
 ) -> _Dispatched:
     """`dispatch`, also returning the place in line of each run it saw still waiting (per pipeline, 1-based),
-    and the runs a budget holds or refused.
+    and the runs a budget holds or refused. `held`: CAP items the caller read since the change it decides on.
 
     Reads the counters (`_counters`), then the queue from its head, consistently, and attempts only the admissions
     that fit what it read; the transaction's conditions still decide (a stale read costs a failed attempt, or leaves
@@ -776,7 +802,7 @@ def _dispatch(
     done = _Dispatched()
     today = clock().date()
     waiting: dict[str, int] = {}
-    held, done.waiting = _counters(ddb, table, today)
+    held, done.waiting = _counters(ddb, table, today, {} if held is None else held)
     left = {pipeline: count for pipeline, count in done.waiting.items() if count > 0}  # waiting runs not yet read
     blocked_pipelines: set[str] = set()
     blocked_dimensions: set[str] = set()
@@ -846,7 +872,9 @@ def _line_pages(
             return
 
 
-def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+def _counters(
+    ddb: DynamoDBClient, table: str, today: date, held: dict[str, dict[str, float]]
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """What admitted runs hold per scope (CAP items) and how many runs wait per pipeline (COUNT items): one Query
     of the counts, which exist only for pipelines with waiting runs, then one BatchGetItem of the deployment's CAP
     item and theirs, so a decision reads what the pipelines with waiting runs need whatever the number of pipelines.
@@ -854,13 +882,13 @@ def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, d
 
     When no count says a run waits, also reads the queue's head (no item when it is empty): a run there joined
     the line since the counts were read (read again: now it is counted) or before counts were kept (an upgrade:
-    the counts are recounted, then read again)."""
+    the counts are recounted, then read again). `held`: CAP items already read (consistently, since the change that
+    called for this decision)."""
     waiting = _waiting(ddb, table)
     if not any(count > 0 for count in waiting.values()) and _queue_head(ddb, table) is not None:
         waiting = _waiting(ddb, table)
         if not any(count > 0 for count in waiting.values()) and recount_waiting(ddb, table)[0]:
             waiting = _waiting(ddb, table)
-    held: dict[str, dict[str, float]] = {}
     busy = [pipeline_scope(pipeline) for pipeline, count in waiting.items() if count > 0]
     _read_charges(ddb, table, held, [DEPLOYMENT, *busy], today)
     return held, waiting
