@@ -26,6 +26,7 @@ TABLE_ENV, CAPS_ENV, LEDGER_BUCKET_ENV, TOPIC_ENV = "ADMISSION_TABLE", "ADMISSIO
 TTL_ATTRIBUTE = "expires_at"  # autopilot_common.admission.EXPIRES_AT: a budgeted run's SPEND item
 TABLE_ACTIONS = (
     "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",  # a decision's counters (CAP items of the pipelines with waiting runs)
     "dynamodb:Query",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
@@ -129,7 +130,7 @@ class RunAdmission(Construct):
         function.add_environment(CAPS_ENV, self.caps_json)
         function.add_environment(DEPLOYMENT_ENV, self.prefix)  # whose pipelines' parameters hold their caps
         grant_pipeline_settings(function, self.prefix)
-        # Transactions are authorized per item action; nothing scans or batches.
+        # Transactions are authorized per item action; nothing scans or writes in batches.
         self.table.grant(function, *TABLE_ACTIONS)
         # The task token authorizes the call: these actions support no resource-level permissions.
         function.add_to_role_policy(

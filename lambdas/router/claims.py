@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from autopilot_common.dynamo import TransactionCancelled, transact
+from autopilot_common.dynamo import TransactionCancelled, get_items, transact
 
 if TYPE_CHECKING:
     from autopilot_common.clients import DynamoDBClient
@@ -38,11 +38,9 @@ if TYPE_CHECKING:
 # Stable DynamoDB key prefix, so refactoring this module never invalidates existing claims.
 CLAIM_KEY_PREFIX = "autopilot-router.object-claim"
 EARLIER_RUN = "an earlier run"  # owner of a claim in the router's previous (powertools) format
-BATCH_GET_LIMIT = 100  # keys per BatchGetItem (DynamoDB quota)
 TRANSACT_LIMIT = 100  # actions per TransactWriteItems (DynamoDB quota)
 _CLAIMED = "attribute_not_exists(id) OR run_id = :run OR expiration < :now"
 _OWNED = "run_id = :run"  # what a release deletes: `run_id`'s own claim, never another run's
-_UNPROCESSED_ATTEMPTS = 8
 
 
 def claim_id(claim_key: str) -> str:
@@ -90,27 +88,11 @@ class ClaimStore:
         """
         by_id = {claim_id(k): k for k in dict.fromkeys(claim_keys)}
         found: dict[str, str] = {}
-        ids = list(by_id)
         now = self.clock()
-        for start in range(0, len(ids), BATCH_GET_LIMIT):
-            request: dict[str, Any] = {
-                self.table: {
-                    "Keys": [{"id": {"S": i}} for i in ids[start : start + BATCH_GET_LIMIT]],
-                    "ConsistentRead": True,
-                }
-            }
-            for attempt in range(_UNPROCESSED_ATTEMPTS):
-                response = self.dynamodb.batch_get_item(RequestItems=request)
-                for item in response.get("Responses", {}).get(self.table, []):
-                    owner = _owner(item, now)
-                    if owner is not None:
-                        found[by_id[item["id"]["S"]]] = owner
-                request = response.get("UnprocessedKeys") or {}
-                if not request:
-                    break
-                self.sleep(min(2.0, 0.05 * 2**attempt))
-            else:
-                raise RuntimeError(f"DynamoDB left {len(request[self.table]['Keys'])} claim reads unprocessed")
+        for item in get_items(self.dynamodb, self.table, [{"id": {"S": i}} for i in by_id], sleep=self.sleep):
+            owner = _owner(item, now)
+            if owner is not None:
+                found[by_id[item["id"]["S"]]] = owner
         return found
 
     def claim(self, claim_key: str, run_id: str, *, label: str) -> str:

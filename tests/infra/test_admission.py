@@ -146,9 +146,11 @@ def test_admission_function_may_answer_tokens_and_write_only_ledger_entries(synt
     assert actions["states:SendTaskSuccess"] == actions["states:SendTaskFailure"] == "*"
     assert {a for a in actions if a.startswith("states:")} == {"states:SendTaskSuccess", "states:SendTaskFailure"}
     assert json.dumps(actions["s3:PutObject"]).endswith('/_runs/*"]]}')
-    # Exactly what conditional transactions, reads and queries need: no scans, no batches.
+    # Exactly what conditional transactions, reads, the counters' batch read and queries need: no scans, no batch
+    # writes.
     assert {a for a in actions if a.startswith("dynamodb:")} == {
         "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
         "dynamodb:Query",
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",

@@ -288,8 +288,14 @@ def test_each_admission_reads_a_bounded_number_of_items_whatever_the_queue_lengt
     assert sfn.admitted == burst
     assert ddb.items_read / queued <= 10, f"{ddb.items_read} items read for {queued} admissions"
     assert _table_is_empty(ddb)
-    count = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}})["Item"]
-    assert count["queued"] == {"N": "0"}
+    assert _count_item(ddb, "p") is None  # no run waits: no count to read
+
+
+def _count_item(ddb: Any, pipeline: str) -> dict[str, Any] | None:
+    """The pipeline's COUNT item (None: absent, no run of it waits)."""
+    key = {"pk": {"S": "LINE"}, "sk": {"S": f"COUNT#{pipeline}"}}
+    item: dict[str, Any] | None = ddb.get_item(TableName=TABLE, Key=key, ConsistentRead=True).get("Item")
+    return item
 
 
 def _arriving(run_id: str, order: int, pipeline: str = "p") -> AcquireRequest:
@@ -330,13 +336,98 @@ def test_decisions_read_at_most_10_items_per_admitted_run_with_10_or_1000_runs_w
 EXPECTED_READS: dict[str, int] = {}  # the first parametrization's reads: the second must read as many
 
 
+def _reads_per_admitted_run(aws: Any, sfn: FakeStepFunctions, capped: int, busy: int) -> float:
+    """Items read per admitted run by a burst of `busy` pipelines (10 runs each, 2 at a time, under a deployment cap of
+    50 runs) in a deployment of `capped` capped pipelines that have each run once before (the rest idle)."""
+    ddb, s3 = aws
+    pipelines = [f"p{i:03d}" for i in range(capped)]
+    caps = Caps(deployment=Limit(runs=50), pipelines=dict.fromkeys(pipelines, Limit(runs=2)))
+    for order, pipeline in enumerate(pipelines):  # every pipeline ran once: it has its CAP item
+        acquire(ddb, sfn, s3, TABLE, caps, _arriving(f"old-{pipeline}", order, pipeline), ledger_bucket=LEDGER)
+        assert release(ddb, sfn, TABLE, f"old-{pipeline}", caps) is True
+    burst = [(f"{pipeline}-r{i:02d}", pipeline) for i in range(10) for pipeline in pipelines[-busy:]]
+    counting = CountingReads(ddb)
+    before = len(sfn.admitted)
+    for order, (run_id, pipeline) in enumerate(burst):
+        acquire(counting, sfn, s3, TABLE, caps, _arriving(run_id, 10_000 + order, pipeline), ledger_bucket=LEDGER)
+    released = before
+    while released < len(sfn.admitted):
+        assert release(counting, sfn, TABLE, sfn.admitted[released], caps) is True
+        released += 1
+    for busy_pipeline in pipelines[-busy:]:  # each pipeline's runs in arrival order
+        line = [run_id for run_id, pipeline in burst if pipeline == busy_pipeline]
+        assert [run_id for run_id in sfn.admitted[before:] if run_id in line] == line
+    assert _table_is_empty(ddb) and not _count_items(ddb)
+    return counting.items_read / len(burst)
+
+
+def _count_items(ddb: Any) -> list[str]:
+    """The pipelines with a COUNT item."""
+    query = {"KeyConditionExpression": "pk = :line AND begins_with(sk, :count)", "ConsistentRead": True}
+    values = {":line": {"S": "LINE"}, ":count": {"S": "COUNT#"}}
+    items = ddb.query(TableName=TABLE, ExpressionAttributeValues=values, **query)["Items"]
+    return [item["sk"]["S"].removeprefix("COUNT#") for item in items]
+
+
+def test_a_decision_reads_as_many_items_with_1_or_300_capped_pipelines(aws: Any, sfn: FakeStepFunctions) -> None:
+    # Given a deployment of 1 capped pipeline and one of 300 (299 idle), each with one busy pipeline
+    one = _reads_per_admitted_run(aws, sfn, capped=1, busy=1)
+    for item in aws[0].scan(TableName=TABLE)["Items"]:  # a fresh table for the second deployment
+        aws[0].delete_item(TableName=TABLE, Key={"pk": item["pk"], "sk": item["sk"]})
+    many = _reads_per_admitted_run(aws, sfn, capped=300, busy=1)
+    # Then admission reads as many items per admitted run in both (at most 10): what the busy pipeline needs
+    assert many == one <= 10, (one, many)
+
+
+def test_an_arrival_at_a_full_cap_reads_its_own_counters_only_however_many_pipelines_wait(
+    aws: Any, sfn: FakeStepFunctions
+) -> None:
+    # Given 20 pipelines at their cap of 1 run, each with a run waiting
+    ddb, s3 = aws
+    pipelines = [f"p{i:02d}" for i in range(20)]
+    caps = Caps(deployment=Limit(runs=50), pipelines=dict.fromkeys(pipelines, Limit(runs=1)))
+    for order, pipeline in enumerate(pipelines * 2):
+        _acquire(aws, sfn, caps, _arriving(f"{pipeline}-r{order}", order, pipeline))
+    # When a third run of one of them arrives
+    counting = CountingReads(ddb)
+    late = acquire(counting, sfn, s3, TABLE, caps, _arriving("p07-late", 100, "p07"), ledger_bucket=LEDGER)
+    # Then it waits second in its pipeline's line, having read its pipeline's and the deployment's counters and its
+    # pipeline's count: 3 items, not the other pipelines' (an arrival frees nothing: no one else can start)
+    assert (late.state, late.position, counting.items_read) == ("QUEUED", 2, 3)
+    # And the line still drains in order when runs end
+    assert release(ddb, sfn, TABLE, "p07-r7", caps) is True and sfn.admitted[-1] == "p07-r27"
+    assert release(ddb, sfn, TABLE, "p07-r27", caps) is True and sfn.admitted[-1] == "p07-late"
+
+
+def test_counts_the_previous_version_left_at_0_are_deleted_by_the_first_decision_that_reads_them(
+    aws: Any, sfn: FakeStepFunctions
+) -> None:
+    # Given a table the previous version wrote: a COUNT item at 0 (with its changes) for each of 300 pipelines that
+    # ever queued, and a run of p waiting at p's cap
+    ddb = aws[0]
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    for order, run_id in enumerate(["r0", "r1"]):
+        _acquire(aws, sfn, caps, _arriving(run_id, order))
+    for i in range(300):
+        item = {"pk": {"S": "LINE"}, "sk": {"S": f"COUNT#old{i:03d}"}, "queued": {"N": "0"}, "changes": {"N": "4"}}
+        ddb.put_item(TableName=TABLE, Item=item)
+    # When two decisions run
+    counting = CountingReads(ddb)
+    assert dispatch(counting, sfn, TABLE, caps) == []
+    first = counting.items_read
+    assert dispatch(counting, sfn, TABLE, caps) == []
+    # Then the first read the 300 counts once and deleted them; the second reads p's count and counter only
+    assert first == 302 and counting.items_read - first == 2 and _count_items(ddb) == ["p"]
+
+
 def _as_an_older_version_left_it(ddb: Any, *pipelines: str) -> None:
     """The table as a version that kept no waiting counts and no HELD items left it: no COUNT items of `pipelines`
     (default: all), no HELD items, never upgraded."""
     for item in ddb.scan(TableName=TABLE)["Items"]:
         pk, sk = item["pk"]["S"], item["sk"]["S"]
         counted = sk.startswith("COUNT#") and sk.removeprefix("COUNT#") in (pipelines or [sk.removeprefix("COUNT#")])
-        if counted or pk in (admission.HELD, admission.UPGRADED):
+        fence = pk == admission.COUNTED and sk in (pipelines or [sk])
+        if counted or fence or pk in (admission.HELD, admission.UPGRADED):
             ddb.delete_item(TableName=TABLE, Key={"pk": item["pk"], "sk": item["sk"]})
 
 
@@ -353,9 +444,7 @@ def test_a_line_without_waiting_counts_is_recounted_and_drains_in_order(aws: Any
         assert release(ddb, sfn, TABLE, run_id, caps) is True
     # Then every run started, in arrival order, and the count ends at 0
     assert sfn.admitted == line
-    assert _table_is_empty(ddb)
-    count = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}})["Item"]
-    assert count["queued"] == {"N": "0"}
+    assert _table_is_empty(ddb) and _count_item(ddb, "p") is None
 
 
 def test_the_sweepers_recount_frees_runs_a_counted_pipeline_hid(aws: Any, sfn: FakeStepFunctions) -> None:
@@ -398,11 +487,11 @@ def test_a_recount_never_overwrites_a_count_that_changed_while_it_read_the_line(
         def __getattr__(self, name: str) -> Any:
             return getattr(self._client, name)
 
-        def update_item(self, **kwargs: Any) -> Any:
+        def transact_write_items(self, **kwargs: Any) -> Any:
             if not self.joined:  # between the recount's read of the line and its write: a run joins it
                 self.joined = True
                 admission.enqueue(self._client, TABLE, _arriving("r3", 3), NOW)
-            return self._client.update_item(**kwargs)
+            return self._client.transact_write_items(**kwargs)
 
     # When a recount reads the line (2 waiting) while a third run joins it
     assert admission.recount_waiting(RunJoinsDuringTheRecount(ddb), TABLE) == (0, False)
@@ -416,13 +505,49 @@ def test_a_recount_never_overwrites_a_count_that_changed_while_it_read_the_line(
     del s3
 
 
+def test_a_recount_never_counts_a_run_that_joined_and_left_while_it_read_the_line(aws: Any) -> None:
+    # Given a pipeline that ran before and has no run waiting: no COUNT item (deleted at 0), its COUNTED fence stays
+    ddb = aws[0]
+    admission.enqueue(ddb, TABLE, _arriving("r0", 0), NOW)
+    assert admission._release_run(ddb, TABLE, "r0") is True
+    admission._drop_count_if_zero(ddb, TABLE, "p")
+    assert _count_item(ddb, "p") is None
+
+    class RunJoinsAndLeavesAsTheLineIsRead:
+        def __init__(self, client: Any) -> None:
+            self._client, self.joined = client, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._client, name)
+
+        def query(self, **kwargs: Any) -> Any:
+            reads_the_line = kwargs.get("ProjectionExpression") == "pipeline"
+            if reads_the_line and not self.joined:  # r1 joins before the recount reads the line, leaves after
+                self.joined = True
+                admission.enqueue(self._client, TABLE, _arriving("r1", 1), NOW)
+                page = self._client.query(**kwargs)
+                assert admission._release_run(self._client, TABLE, "r1") is True
+                admission._drop_count_if_zero(self._client, TABLE, "p")
+                return page
+            return self._client.query(**kwargs)
+
+    # When a recount reads no count for p, then r1 in the line, while r1 joins and leaves (its count created, deleted)
+    assert admission.recount_waiting(RunJoinsAndLeavesAsTheLineIsRead(ddb), TABLE) == (0, False)
+    # Then the fence saw the change: no count says a run of p waits, and the next recount finds every count right
+    assert _count_item(ddb, "p") is None
+    assert admission.recount_waiting(ddb, TABLE) == (0, True)
+
+
 def test_a_dispatch_prunes_spend_of_days_older_than_the_spend_ttl(aws: Any, sfn: FakeStepFunctions) -> None:
+    # Given a pipeline at its cap with spend of old days, and a run of it waiting
     ddb = aws[0]
     key = {"pk": {"S": "LINE"}, "sk": {"S": "CAP#pipeline#p"}}
-    ddb.put_item(TableName=TABLE, Item={**key, "runs": {"N": "0"}, "usd@2024-01-01": {"N": "3"},
+    ddb.put_item(TableName=TABLE, Item={**key, "runs": {"N": "1"}, "usd@2024-01-01": {"N": "3"},
                                         "usd@2024-05-20": {"N": "2"}, "usd@2024-06-01": {"N": "1"}})  # fmt: skip
-    ddb.put_item(TableName=TABLE, Item={"pk": {"S": "LINE"}, "sk": {"S": "COUNT#p"}, "queued": {"N": "0"}})
-    dispatch(ddb, sfn, TABLE, Caps(pipelines={"p": Limit(runs=1, usd=5.0)}), clock=lambda: NOW)
+    admission.enqueue(ddb, TABLE, _arriving("r1", 1), NOW)
+    # When a dispatch reads the pipeline's counter (a run of it waits)
+    assert dispatch(ddb, sfn, TABLE, Caps(pipelines={"p": Limit(runs=1, usd=5.0)}), clock=lambda: NOW) == []
+    # Then the spend of days older than 35 days is gone, the rest stays
     item = ddb.get_item(TableName=TABLE, Key=key, ConsistentRead=True)["Item"]
     assert sorted(k for k in item if k.startswith("usd@")) == ["usd@2024-05-20", "usd@2024-06-01"]
 
@@ -513,6 +638,45 @@ def test_a_run_whose_task_is_gone_gives_its_slot_to_the_next(aws: Any, sfn: Fake
     assert sfn.admitted == ["r1", "r3"]
     assert counters(ddb, TABLE)["pipeline#p"]["runs"] == 1
     assert [(r["sk"], r["state"]) for r in runs(ddb, TABLE)] == [("r3", "ADMITTED")]
+
+
+def test_an_admission_whose_answer_failed_waits_again_and_keeps_its_execution_for_the_sweeper(
+    aws: Any, sfn: FakeStepFunctions
+) -> None:
+    # Given r2 waiting behind r1 (on a table the sweeper has seen: it reads the HELD items), and Step Functions
+    # throttling the first answer to r2
+    ddb = aws[0]
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    for second, run_id in enumerate(["r1", "r2"]):
+        _acquire(aws, sfn, caps, _request(run_id, second=second))
+    admission.runs_to_sweep(ddb, TABLE)
+    throttled: list[str] = []
+
+    def throttle_once(token: str) -> None:
+        if token == "token-r2" and not throttled:
+            throttled.append(token)
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "SendTaskSuccess")
+
+    sfn.on_success = throttle_once
+    # When r1 ends (r2's admission is undone: back in line) and a later dispatch admits r2
+    with pytest.raises(ClientError):
+        release(ddb, sfn, TABLE, "r1", caps)
+    assert [(r["sk"], r["state"]) for r in runs(ddb, TABLE)] == [("r2", "QUEUED")]
+    assert dispatch(ddb, sfn, TABLE, caps) == ["r2"]
+    # Then the slot r2 holds names its execution, which the sweeper checks
+    holders, _ = admission.runs_to_sweep(ddb, TABLE)
+    assert [(h["sk"], h["execution_arn"]) for h in holders] == [("r2", _request("r2").execution_arn)]
+
+
+def test_counters_lists_every_scope_however_many_pages_they_take(aws: Any) -> None:
+    # Given 300 capped pipelines whose counters take more than one 1 MB Query page
+    ddb = aws[0]
+    for i in range(300):
+        key = {"pk": {"S": "LINE"}, "sk": {"S": f"CAP#pipeline#p{i:03d}"}}
+        item = {**key, "runs": {"N": "1"}, "pad": {"S": "x" * 4000}}  # 4 KB: 300 take two pages
+        ddb.put_item(TableName=TABLE, Item=item)
+    # Then every scope is listed
+    assert len(counters(ddb, TABLE)) == 300
 
 
 def test_a_retried_acquire_refreshes_the_token_or_answers_at_once(aws: Any, sfn: FakeStepFunctions) -> None:

@@ -9,8 +9,10 @@ DynamoDB transaction, never list-then-act.
 The table (`<prefix>-admission`, keys `pk`/`sk`, strings) holds three kinds of items::
 
     pk "LINE"  sk "CAP#deployment" | "CAP#pipeline#<name>"  runs, clusters, vcpus held by admitted runs
-    pk "LINE"  sk "COUNT#<pipeline>"                       queued: how many of the pipeline's runs wait; changes:
-                                                           how many times that changed (a recount's fence)
+    pk "LINE"  sk "COUNT#<pipeline>"                       queued: how many of the pipeline's runs wait; only while
+                                                           some do (deleted at 0: absent means none)
+    pk "COUNTED" sk "<pipeline>"                           changes: how many times that count changed (a recount's
+                                                           fence; never deleted, so it never comes back equal)
     pk "LINE"  sk "QUEUE#<arrival>\\x1f<key>\\x1f<run_id>" a waiting run: token, pipeline, reservation, queued_at
     pk "RUN"   sk "<run_id>"                               state QUEUED (queue_sk) or ADMITTED (the holder:
                                                            reservation and the counters it charged)
@@ -29,19 +31,24 @@ budget (or on nothing having been spent that day, so a run whose estimate alone 
 once a day rather than never); the run's end (`record_spend`) takes the estimate back and adds the recorded
 cost on the day the run ended, or keeps the estimate as spend when the cost is unknown.
 
-Counters and queue share a partition. A dispatcher reads the counters (CAP and COUNT items: one small Query,
-bounded by the number of pipelines, never by the queue's length), then the queue from its head in arrival order,
-in pages of 1, 2, 4.. items, and stops as soon as every pipeline that still has waiting runs is blocked by a full cap
-(known from the counters, often before reading any queue item). So a decision reads a bounded number of items
-whatever the queue's length (`make bench` prints items read per admitted run). It attempts only the admissions
-that fit, and the conditions decide. The COUNT items change in the same transactions as the queue items (enqueue,
-admission, refusal, release of a queued run, an undone admission), so they never drift. A table written before
-counts were kept is recounted (`recount_waiting`): by a dispatch that finds runs in line while no count says any
-waits, and by the sweeper's first tick on it. A run that queues reads at most 8 queue items behind it (then 8
-before it) to tell its place in line.
+Counters and queue share a partition. A dispatcher reads the counts (one Query of the COUNT items: those of the
+pipelines with waiting runs), then the CAP items of the deployment and of those pipelines (one BatchGetItem), then
+the queue from its head in arrival order, in pages of 1, 2, 4.. items, and stops as soon as every pipeline that
+still has waiting runs is blocked by a full cap (known from the counters, often before reading any queue item). So a
+decision reads what the pipelines with waiting runs need, whatever the queue's length and however many pipelines are
+idle (`make bench` prints items read per admitted run). It attempts only the admissions that fit, and the conditions
+decide. An arrival frees nothing: when its pipeline's or the deployment's run slots are all held, its decision reads
+those two CAP items and its pipeline's count only (`_decide_arrival`). The COUNT items (and their COUNTED fences)
+change in the same transactions as the queue items (enqueue, admission, refusal, release of a queued run, an undone
+admission), so they never drift; a count at 0 is deleted conditionally (`_drop_count_if_zero`: by the dispatch that
+took the pipeline's last waiting run, else by the next decision that reads it). A table written before counts were
+kept is recounted (`recount_waiting`): by a dispatch that finds runs in line while no count says any waits, and by
+the sweeper's first tick on it. A table written by the version that kept every count (at 0 too, with its changes on
+the COUNT item) needs nothing: the first decision reads those counts once and deletes the ones at 0. A run that
+queues reads at most 8 queue items behind it (then 8 before it) to tell its place in line.
 
-A CAP item's `usd@<day>` attributes older than `SPEND_TTL` are removed when a dispatch reads them, so CAP items
-(read by every decision) stay small.
+A CAP item's `usd@<day>` attributes older than `SPEND_TTL` are removed when a dispatch reads them, so CAP items stay
+small: every run admitted under a cap passes through the queue, so its scopes' CAP items are read at its admission.
 
 Admission of a queued run is one transaction: add its reservation to every counter whose cap applies,
 each conditioned on staying within the cap; turn its RUN item from QUEUED to ADMITTED; delete its queue
@@ -72,7 +79,15 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from autopilot_common.dynamo import TransactionCancelled, dump_item, dump_value, error_code, load_item, transact
+from autopilot_common.dynamo import (
+    TransactionCancelled,
+    dump_item,
+    dump_value,
+    error_code,
+    get_items,
+    load_item,
+    transact,
+)
 from autopilot_common.ledger import iso, write_entry
 from autopilot_common.pipeline_settings import CAPS, PipelineSection, PipelineSettingsStore
 from autopilot_common.settings import Environment
@@ -92,7 +107,8 @@ TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 RESERVATION_EXCEEDS_CAP = "ReservationExceedsCap"
 BUDGET_EXCEEDED = "BudgetExceeded"
 LINE, CAP_PREFIX, COUNT_PREFIX, QUEUE_PREFIX = "LINE", "CAP#", "COUNT#", "QUEUE#"  # CAP# < COUNT# < QUEUE#
-QUEUED_COUNT, COUNT_CHANGES = "queued", "changes"  # the COUNT item's attributes: waiting runs, changes made
+QUEUED_COUNT = "queued"  # the COUNT item's attribute: the pipeline's waiting runs (the item exists while some wait)
+COUNTED, COUNT_CHANGES = "COUNTED", "changes"  # pk of a pipeline's fence item (sk <pipeline>): its count's changes
 HELD = "HELD"  # pk of an admitted run's slot-holder item (sk run_id, execution_arn): what the sweeper checks
 UPGRADED = "UPGRADED"  # pk of the item saying the table has this version's counts and HELD items (`runs_to_sweep`)
 _FIRST_PAGE, _LAST_PAGE = 1, 100  # queue items read per Query: doubling from the head while runs may start
@@ -500,7 +516,7 @@ def acquire(
         queued_at = _parse_time(str(held.get("queued_at", ""))) or now
         _answer(sfn, request.token, queued_at=queued_at, admitted_at=now, waited=False, budget=held.get("budget"))
         return AcquireOutcome(ADMITTED)
-    done = _dispatch(ddb, sfn, table, caps, clock=clock, acquiring=request.run_id, notify=notify)
+    done = _decide_arrival(ddb, sfn, table, caps, request, clock=clock, notify=notify)
     if request.run_id in done.admitted:
         return AcquireOutcome(ADMITTED, admitted=tuple(done.admitted))
     if request.run_id in done.refused:
@@ -513,6 +529,30 @@ def acquire(
     if ledger_bucket and request.ledger_key and request.ledger is not None:
         write_queued_ledger(s3, ledger_bucket, request.ledger_key, request.ledger, now, position, verdict)
     return AcquireOutcome(QUEUED, position=position, admitted=tuple(done.admitted), over_budget=verdict)
+
+
+def _decide_arrival(
+    ddb: DynamoDBClient,
+    sfn: SFNClient,
+    table: str,
+    caps: Caps,
+    request: AcquireRequest,
+    *,
+    clock: Clock,
+    notify: Notify | None,
+) -> _Dispatched:
+    """The decision after the run joined the line. An arrival frees nothing, so when a full run cap (its pipeline's
+    or the deployment's: every run reserves a run slot) keeps the run waiting, no other run can start either: the
+    decision reads those two CAP items and the pipeline's count only (the release that frees the slot dispatches).
+    Else it is a dispatch, which reads no CAP item twice."""
+    held: dict[str, dict[str, float]] = {}
+    _read_charges(ddb, table, held, [DEPLOYMENT, pipeline_scope(request.pipeline)], clock().date())
+    blocked_pipelines: set[str] = set()
+    blocked_dimensions: set[str] = set()
+    _block_if_full(caps, request.pipeline, held, blocked_pipelines, blocked_dimensions)
+    if blocked_pipelines or "runs" in blocked_dimensions:
+        return _Dispatched(waiting={request.pipeline: _queued(_get(ddb, table, LINE, COUNT_PREFIX + request.pipeline))})
+    return _dispatch(ddb, sfn, table, caps, clock=clock, acquiring=request.run_id, notify=notify, held=held)
 
 
 def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datetime) -> str:
@@ -531,7 +571,7 @@ def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datet
     put_queue = {"Put": {"TableName": table, "Item": dump_item(queue_item)}}
     try:  # a new run: it joins the line and its pipeline's count
         new = {**put_run, "ConditionExpression": "attribute_not_exists(pk)"}
-        transact(ddb, [{"Put": new}, put_queue, _count(table, request.pipeline, 1)])
+        transact(ddb, [{"Put": new}, put_queue, *_count(table, request.pipeline, 1)])
         return QUEUED
     except TransactionCancelled:
         pass
@@ -544,18 +584,46 @@ def enqueue(ddb: DynamoDBClient, table: str, request: AcquireRequest, now: datet
     return QUEUED
 
 
-def _count(table: str, pipeline: str, delta: int) -> dict[str, Any]:
-    """A transaction item adding `delta` to the pipeline's count of waiting runs (and 1 to its changes: what a
-    recount's condition checks, see `recount_waiting`)."""
-    return {
-        "Update": {
-            "TableName": table,
-            "Key": dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
-            "UpdateExpression": "ADD #queued :delta, #changes :one",
-            "ExpressionAttributeNames": {"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
-            "ExpressionAttributeValues": dump_item({":delta": delta, ":one": 1}),
-        }
-    }
+def _count(table: str, pipeline: str, delta: int) -> list[dict[str, Any]]:
+    """Transaction items adding `delta` to the pipeline's count of waiting runs, and 1 to the changes of its COUNTED
+    item: what a recount's condition checks (see `recount_waiting`). The changes live apart from the count because
+    a count at 0 is deleted (`_drop_count_if_zero`), and a fence that is deleted could come back equal."""
+    return [
+        {
+            "Update": {
+                "TableName": table,
+                "Key": dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
+                "UpdateExpression": "ADD #queued :delta",
+                "ExpressionAttributeNames": {"#queued": QUEUED_COUNT},
+                "ExpressionAttributeValues": dump_item({":delta": delta}),
+            }
+        },
+        {
+            "Update": {
+                "TableName": table,
+                "Key": dump_item({"pk": COUNTED, "sk": pipeline}),
+                "UpdateExpression": "ADD #changes :one",
+                "ExpressionAttributeNames": {"#changes": COUNT_CHANGES},
+                "ExpressionAttributeValues": dump_item({":one": 1}),
+            }
+        },
+    ]
+
+
+def _drop_count_if_zero(ddb: DynamoDBClient, table: str, pipeline: str) -> None:
+    """Delete the pipeline's COUNT item if no run of it waits (absent means 0), so a decision reads the counts of
+    pipelines with waiting runs only. Conditional: a run that joined the line meanwhile keeps it."""
+    try:
+        ddb.delete_item(
+            TableName=table,
+            Key=dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
+            ConditionExpression="#queued = :zero",
+            ExpressionAttributeNames={"#queued": QUEUED_COUNT},
+            ExpressionAttributeValues=dump_item({":zero": 0}),
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
 
 
 def recount_waiting(ddb: DynamoDBClient, table: str) -> tuple[int, bool]:
@@ -563,12 +631,21 @@ def recount_waiting(ddb: DynamoDBClient, table: str) -> tuple[int, bool]:
     corrected, and whether every count is now right.
 
     What a table written by a version that kept no counts needs: its queued runs are in no count, and a dispatch
-    only reads the queue for pipelines whose count says runs wait. Reads the counts (with how many times each
-    changed), then the queue (paginated, the `pipeline` attribute only), then sets each wrong count on the
-    condition that it did not change meanwhile (every enqueue and dequeue changes it in the same transaction as
-    the queue item); a count that changed is left to the next recount. Idempotent.
+    only reads the queue for pipelines whose count says runs wait. Reads the COUNTED items (how many times each
+    count changed), then the counts, then the queue (paginated, the `pipeline` attribute only), then sets each wrong
+    count on the condition that neither it nor its changes moved meanwhile (every enqueue and dequeue changes both
+    in the same transaction as the queue item); a count that moved is left to the next recount. Idempotent.
     """
-    counts = _waiting_counts(ddb, table)
+    fences = {
+        str(item["sk"]): int(item.get(COUNT_CHANGES, 0))
+        for page in _partition_pages(ddb, table, COUNTED)
+        for item in map(load_item, page.get("Items", []))
+    }
+    counts = {
+        str(item["sk"]).removeprefix(COUNT_PREFIX): item
+        for page in _line_pages(ddb, table, "begins_with(sk, :count)", {":count": COUNT_PREFIX})
+        for item in map(load_item, page.get("Items", []))
+    }
     queued = dict.fromkeys(counts, 0)
     pages = _line_pages(
         ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, ProjectionExpression="pipeline"
@@ -576,11 +653,17 @@ def recount_waiting(ddb: DynamoDBClient, table: str) -> tuple[int, bool]:
     for page in pages:
         for item in map(load_item, page.get("Items", [])):
             queued[str(item["pipeline"])] = queued.get(str(item["pipeline"]), 0) + 1
-    wrong = {p: n for p, n in queued.items() if p not in counts or counts[p][0] != n}
+    wrong = {p: n for p, n in queued.items() if _queued(counts.get(p)) != n}
     corrected = sum(
-        _set_count(ddb, table, pipeline, actual, counts.get(pipeline)) for pipeline, actual in wrong.items()
+        _set_count(ddb, table, pipeline, actual, fences.get(pipeline), counts.get(pipeline))
+        for pipeline, actual in wrong.items()
     )
     return corrected, corrected == len(wrong)
+
+
+def _queued(count: Mapping[str, Any] | None) -> int:
+    """The waiting runs a COUNT item says (absent: none)."""
+    return int((count or {}).get(QUEUED_COUNT, 0))
 
 
 def runs_to_sweep(ddb: DynamoDBClient, table: str) -> tuple[list[dict[str, Any]], int]:
@@ -633,41 +716,46 @@ def _unheld(table: str, run_id: str) -> dict[str, Any]:
     return {"Delete": {"TableName": table, "Key": dump_item({"pk": HELD, "sk": run_id})}}
 
 
-def _waiting_counts(ddb: DynamoDBClient, table: str) -> dict[str, tuple[int, int | None]]:
-    """Each pipeline's COUNT item: (waiting runs, changes made; None for an item written before changes were kept)."""
-    counts: dict[str, tuple[int, int | None]] = {}
-    for page in _line_pages(ddb, table, "begins_with(sk, :count)", {":count": COUNT_PREFIX}):
-        for item in map(load_item, page.get("Items", [])):
-            changes = item.get(COUNT_CHANGES)
-            counts[item["sk"].removeprefix(COUNT_PREFIX)] = (
-                int(item.get(QUEUED_COUNT, 0)),
-                None if changes is None else int(changes),
-            )
-    return counts
-
-
 def _set_count(
-    ddb: DynamoDBClient, table: str, pipeline: str, actual: int, read: tuple[int, int | None] | None
+    ddb: DynamoDBClient,
+    table: str,
+    pipeline: str,
+    actual: int,
+    fence: int | None,
+    count: Mapping[str, Any] | None,
 ) -> bool:
-    """Set the pipeline's count to `actual` if it is still as `read` (False: a run joined or left that line since)."""
-    if read is None:
-        condition, values = "attribute_not_exists(pk)", {}
-    elif read[1] is None:  # no changes kept: the count itself is the fence
-        condition, values = "attribute_not_exists(#changes) AND #queued = :counted", {":counted": read[0]}
+    """Set the pipeline's count to `actual` (delete it at 0) if its changes are still `fence` and its COUNT item still
+    as read (False: a run joined or left that line since). The COUNT item's own `changes`, which a version that kept
+    the fence there wrote, must not have moved either."""
+    fenced = "attribute_not_exists(pk)" if fence is None else "#changes = :fence"
+    bump_fence = {
+        "TableName": table,
+        "Key": dump_item({"pk": COUNTED, "sk": pipeline}),
+        "UpdateExpression": "ADD #changes :one",
+        "ConditionExpression": fenced,
+        "ExpressionAttributeNames": {"#changes": COUNT_CHANGES},
+        "ExpressionAttributeValues": dump_item({":one": 1} | ({} if fence is None else {":fence": fence})),
+    }
+    if count is None:
+        as_read: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
     else:
-        condition, values = "#changes = :changes", {":changes": read[1]}
+        changes = count.get(COUNT_CHANGES)
+        as_read = {
+            "ConditionExpression": "#queued = :counted AND "
+            + ("attribute_not_exists(#changes)" if changes is None else "#changes = :changes"),
+            "ExpressionAttributeNames": {"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
+            "ExpressionAttributeValues": dump_item(
+                {":counted": _queued(count)} | ({} if changes is None else {":changes": int(changes)})
+            ),
+        }
+    key = {"pk": LINE, "sk": COUNT_PREFIX + pipeline}
+    if actual:
+        write = {"Put": {"TableName": table, "Item": dump_item({**key, QUEUED_COUNT: actual}), **as_read}}
+    else:
+        write = {"Delete": {"TableName": table, "Key": dump_item(key), **as_read}}
     try:
-        ddb.update_item(
-            TableName=table,
-            Key=dump_item({"pk": LINE, "sk": COUNT_PREFIX + pipeline}),
-            UpdateExpression="SET #queued = :actual ADD #changes :one",
-            ConditionExpression=condition,
-            ExpressionAttributeNames={"#queued": QUEUED_COUNT, "#changes": COUNT_CHANGES},
-            ExpressionAttributeValues=dump_item({":actual": actual, ":one": 1, **values}),
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
+        transact(ddb, [{"Update": bump_fence}, write])
+    except TransactionCancelled:
         return False
     return True
 
@@ -701,19 +789,20 @@ def _dispatch(
     clock: Clock,
     acquiring: str | None,
     notify: Notify | None = None,
+    held: dict[str, dict[str, float]] | None = None,
 ) -> _Dispatched:
     """`dispatch`, also returning the place in line of each run it saw still waiting (per pipeline, 1-based),
-    and the runs a budget holds or refused.
+    and the runs a budget holds or refused. `held`: CAP items the caller read since the change it decides on.
 
-    Reads counters and queue in one consistent Query and attempts only the admissions that fit what it read;
-    the transaction's conditions still decide (a stale read costs a failed attempt, or leaves the admission
-    to a later dispatch, never a cap). Every release dispatches after its own commit, so freed capacity is
-    never overlooked.
+    Reads the counters (`_counters`), then the queue from its head, consistently, and attempts only the admissions
+    that fit what it read; the transaction's conditions still decide (a stale read costs a failed attempt, or leaves
+    the admission to a later dispatch, never a cap). Every release dispatches after its own commit, so freed capacity
+    is never overlooked.
     """
     done = _Dispatched()
     today = clock().date()
     waiting: dict[str, int] = {}
-    held, done.waiting = _counters(ddb, table, today)
+    held, done.waiting = _counters(ddb, table, today, {} if held is None else held)
     left = {pipeline: count for pipeline, count in done.waiting.items() if count > 0}  # waiting runs not yet read
     blocked_pipelines: set[str] = set()
     blocked_dimensions: set[str] = set()
@@ -722,15 +811,18 @@ def _dispatch(
     if not left or _all_blocked(caps, left, blocked_pipelines, blocked_dimensions):
         return done
     queue = _line_pages(ddb, table, "begins_with(sk, :queue)", {":queue": QUEUE_PREFIX}, growing=True)
+    counted = dict(left)  # waiting runs per pipeline, less those this dispatch took out of line
     for page in queue:  # each page is read only when asked for: the loop's break saves the next Query
         for raw in page.get("Items", []):
             entry = _QueueEntry.from_item(load_item(raw))
             if entry.pipeline in left:
                 left[entry.pipeline] -= 1
+            _read_charges(ddb, table, held, [pipeline_scope(entry.pipeline)], today)  # a pipeline counted late
             result = _must_wait(entry, caps, held, blocked_pipelines, blocked_dimensions, today)
             if result is None:
                 result = _admit(ddb, sfn, table, caps, entry, clock, acquiring)
             result = _over_budget(ddb, sfn, table, caps, entry, result, done, notify)
+            _left_line(ddb, table, counted, entry.pipeline, result)
             if result == ADMITTED:
                 done.admitted.append(entry.run_id)
                 _hold(held, caps.scopes(entry.pipeline, entry.reservation), entry.reservation)
@@ -744,6 +836,15 @@ def _dispatch(
         if _all_blocked(caps, left, blocked_pipelines, blocked_dimensions):
             break
     return done
+
+
+def _left_line(ddb: DynamoDBClient, table: str, counted: dict[str, int], pipeline: str, result: object) -> None:
+    """When a run of `pipeline` left the line (`result` ADMITTED or GONE) and was the last of those its count said
+    waited (as far as this dispatch knows), delete the count at 0 now rather than have the next decision read it."""
+    if result in (ADMITTED, "GONE") and pipeline in counted:
+        counted[pipeline] -= 1
+        if counted[pipeline] == 0:
+            _drop_count_if_zero(ddb, table, pipeline)
 
 
 def _line_pages(
@@ -771,32 +872,54 @@ def _line_pages(
             return
 
 
-def _counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """What admitted runs hold per scope (CAP items) and how many runs wait per pipeline (COUNT items): one
-    Query of the items that sort before the queue. Prunes CAP items' spend of days older than `SPEND_TTL`.
+def _counters(
+    ddb: DynamoDBClient, table: str, today: date, held: dict[str, dict[str, float]]
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """What admitted runs hold per scope (CAP items) and how many runs wait per pipeline (COUNT items): one Query
+    of the counts, which exist only for pipelines with waiting runs, then one BatchGetItem of the deployment's CAP
+    item and theirs, so a decision reads what the pipelines with waiting runs need whatever the number of pipelines.
+    Prunes the CAP items' spend of days older than `SPEND_TTL`.
 
     When no count says a run waits, also reads the queue's head (no item when it is empty): a run there joined
-    the line before counts were kept (an upgrade: the counts are recounted, then read again) or just now (then
-    the recount finds every count right, reading the few runs that wait)."""
-    held, waiting = _line_counters(ddb, table, today)
+    the line since the counts were read (read again: now it is counted) or before counts were kept (an upgrade:
+    the counts are recounted, then read again). `held`: CAP items already read (consistently, since the change that
+    called for this decision)."""
+    waiting = _waiting(ddb, table)
     if not any(count > 0 for count in waiting.values()) and _queue_head(ddb, table) is not None:
-        if recount_waiting(ddb, table)[0]:
-            held, waiting = _line_counters(ddb, table, today)
+        waiting = _waiting(ddb, table)
+        if not any(count > 0 for count in waiting.values()) and recount_waiting(ddb, table)[0]:
+            waiting = _waiting(ddb, table)
+    busy = [pipeline_scope(pipeline) for pipeline, count in waiting.items() if count > 0]
+    _read_charges(ddb, table, held, [DEPLOYMENT, *busy], today)
     return held, waiting
 
 
-def _line_counters(ddb: DynamoDBClient, table: str, today: date) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    held: dict[str, dict[str, float]] = {}
+def _waiting(ddb: DynamoDBClient, table: str) -> dict[str, int]:
+    """How many runs wait per pipeline (COUNT items); deletes a count found at 0 (its last run just left the line)."""
     waiting: dict[str, int] = {}
-    for page in _line_pages(ddb, table, "sk < :queue", {":queue": QUEUE_PREFIX}):
-        for raw in page.get("Items", []):
-            item = load_item(raw)
-            if item["sk"].startswith(CAP_PREFIX):
-                held[item["sk"].removeprefix(CAP_PREFIX)] = _held_of(item, today)
-                _prune_spend(ddb, table, item, today)
-            elif item["sk"].startswith(COUNT_PREFIX):
-                waiting[item["sk"].removeprefix(COUNT_PREFIX)] = int(item.get(QUEUED_COUNT, 0))
-    return held, waiting
+    for page in _line_pages(ddb, table, "begins_with(sk, :count)", {":count": COUNT_PREFIX}):
+        for item in map(load_item, page.get("Items", [])):
+            pipeline = str(item["sk"]).removeprefix(COUNT_PREFIX)
+            waiting[pipeline] = _queued(item)
+            if waiting[pipeline] == 0:
+                _drop_count_if_zero(ddb, table, pipeline)
+    return waiting
+
+
+def _read_charges(
+    ddb: DynamoDBClient, table: str, held: dict[str, dict[str, float]], scope_keys: Sequence[str], today: date
+) -> None:
+    """Add to `held` what admitted runs hold in each scope of `scope_keys` not in it yet (CAP items, one BatchGetItem;
+    a scope without an item holds nothing), pruning their spend of days older than `SPEND_TTL`."""
+    unread = [key for key in dict.fromkeys(scope_keys) if key not in held]
+    if not unread:
+        return
+    keys = [dump_item({"pk": LINE, "sk": CAP_PREFIX + key}) for key in unread]
+    for item in map(load_item, get_items(ddb, table, keys)):
+        held[str(item["sk"]).removeprefix(CAP_PREFIX)] = _held_of(item, today)
+        _prune_spend(ddb, table, item, today)
+    for key in unread:
+        held.setdefault(key, _held_of({}, today))
 
 
 def _queue_head(ddb: DynamoDBClient, table: str) -> str | None:
@@ -1085,17 +1208,11 @@ def write_queued_ledger(
 
 
 def counters(ddb: DynamoDBClient, table: str) -> dict[str, dict[str, int]]:
-    """What admitted runs hold, per scope (`deployment`, `pipeline#<name>`)."""
-    page = ddb.query(
-        TableName=table,
-        KeyConditionExpression="pk = :line AND begins_with(sk, :cap)",
-        ExpressionAttributeValues=dump_item({":line": LINE, ":cap": CAP_PREFIX}),
-        ConsistentRead=True,
-    )
+    """What admitted runs hold, per scope (`deployment`, `pipeline#<name>`): every CAP item, page by page."""
     out: dict[str, dict[str, int]] = {}
-    for raw in page.get("Items", []):
-        item = load_item(raw)
-        out[item["sk"].removeprefix(CAP_PREFIX)] = {d: int(item.get(d, 0)) for d in DIMENSIONS}
+    for page in _line_pages(ddb, table, "begins_with(sk, :cap)", {":cap": CAP_PREFIX}):
+        for item in map(load_item, page.get("Items", [])):
+            out[item["sk"].removeprefix(CAP_PREFIX)] = {d: int(item.get(d, 0)) for d in DIMENSIONS}
     return out
 
 
@@ -1170,7 +1287,7 @@ def _admit(
             }
         }
     )
-    items.append(_count(table, entry.pipeline, -1))  # after the RUN update and queue delete (see `_why_not`)
+    items.extend(_count(table, entry.pipeline, -1))  # after the RUN update and queue delete (see `_why_not`)
     items.append(_held(table, entry.run_id, entry.execution_arn))
     budget = _budget_record(scopes, entry.reservation, today)
     if budget is not None:  # what the run's end (`record_spend`) settles
@@ -1319,7 +1436,7 @@ def _release_run(ddb: DynamoDBClient, table: str, run_id: str, hint: tuple[str, 
         else:
             undo = [
                 {"Delete": {"TableName": table, "Key": dump_item({"pk": LINE, "sk": item["queue_sk"]})}},
-                _count(table, str(item["pipeline"]), -1),
+                *_count(table, str(item["pipeline"]), -1),
             ]
         try:
             transact(ddb, [delete_run, *undo])
@@ -1355,7 +1472,7 @@ def _forget_queued(ddb: DynamoDBClient, table: str, entry: _QueueEntry) -> bool:
                     }
                 },
                 {"Delete": {"TableName": table, "Key": dump_item({"pk": "RUN", "sk": entry.run_id})}},
-                _count(table, entry.pipeline, -1),
+                *_count(table, entry.pipeline, -1),
             ],
         )
     except TransactionCancelled:
@@ -1373,6 +1490,7 @@ def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequen
         "token": entry.token,
         "reservation": entry.reservation.as_dict(),
         "queued_at": entry.queued_at,
+        "execution_arn": entry.execution_arn,  # what its HELD item names when admitted again (the sweeper checks it)
     }
     items = [_uncharge(table, scope.key, entry.reservation) for scope in scopes]
     items.append(
@@ -1388,7 +1506,7 @@ def _unadmit(ddb: DynamoDBClient, table: str, entry: _QueueEntry, scopes: Sequen
         }
     )
     items.append({"Put": {"TableName": table, "Item": dump_item(queue_item)}})
-    items.append(_count(table, entry.pipeline, 1))
+    items.extend(_count(table, entry.pipeline, 1))
     items.append(_unheld(table, entry.run_id))
     try:
         transact(ddb, items)

@@ -4,13 +4,14 @@
 - `transact` runs TransactWriteItems, retries transaction conflicts with jittered backoff, and raises
   `TransactionCancelled` (with each item's cancellation reason and the old item where DynamoDB returned one)
   when a condition failed: the caller decides what a failed condition means.
+- `get_items` reads items by key, strongly consistent, with BatchGetItem (100 keys a call, unprocessed keys again).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ else:
     DynamoDBClient = Any
 
 TRANSACTION_CANCELED = "TransactionCanceledException"
+BATCH_GET_LIMIT = 100  # keys per BatchGetItem (DynamoDB quota)
+_UNPROCESSED_ATTEMPTS = 8
 CONDITION_FAILED = "ConditionalCheckFailed"
 _SERIALIZER, _DESERIALIZER = TypeSerializer(), TypeDeserializer()
 
@@ -69,6 +72,31 @@ def transact(dynamodb: DynamoDBClient, items: list[dict[str, Any]], *, attempts:
                 raise
             time.sleep(random.uniform(0, 0.02 * 2 ** min(attempt, 5)))  # a conflicting transaction: back off
     raise AssertionError("unreachable")
+
+
+def get_items(
+    dynamodb: DynamoDBClient,
+    table: str,
+    keys: Sequence[Mapping[str, Any]],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[dict[str, Any]]:
+    """The items of `table` at `keys` (distinct, as attribute values) that exist, as attribute values, strongly
+    consistent: BatchGetItem, 100 keys a call; keys DynamoDB leaves unprocessed are asked again with a backoff
+    (https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchGetItem.html)."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(keys), BATCH_GET_LIMIT):
+        request: dict[str, Any] = {table: {"Keys": list(keys[start : start + BATCH_GET_LIMIT]), "ConsistentRead": True}}
+        for attempt in range(_UNPROCESSED_ATTEMPTS):
+            response = dynamodb.batch_get_item(RequestItems=request)
+            found += response.get("Responses", {}).get(table, [])
+            request = dict(response.get("UnprocessedKeys") or {})
+            if not request:
+                break
+            sleep(min(2.0, 0.05 * 2**attempt))
+        else:
+            raise RuntimeError(f"DynamoDB left {len(request[table]['Keys'])} reads of table {table} unprocessed")
+    return found
 
 
 def dump_item(item: Mapping[str, Any]) -> dict[str, Any]:
