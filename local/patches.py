@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from moto import backends as moto_backends
 from moto.core.responses import ActionResult, BaseResponse, EmptyResult
+from moto.core.utils import unix_time as moto_unix_time
 from moto.emrserverless import models as serverless_models
 from moto.emrserverless import urls as emrserverless_urls
 from moto.emrserverless.responses import EMRServerlessResponse
@@ -22,6 +23,7 @@ from moto.events.exceptions import ValidationException as EventsValidationExcept
 from moto.s3 import notifications as s3_notifications
 from moto.s3.responses import S3Response
 from moto.sqs import models as sqs_models
+from moto.sqs.exceptions import InvalidAttributeName
 from moto.stepfunctions import exceptions as sfn_exceptions
 from moto.stepfunctions import responses as sfn_responses
 from moto.stepfunctions.parser import models as sfn_models
@@ -128,6 +130,10 @@ def install(twin: Twin) -> None:
     moto_backends.list_of_moto_modules = _moto_modules
     _ORIGINALS.setdefault("receive_message", sqs_models.SQSBackend.receive_message)
     sqs_models.SQSBackend.receive_message = _receive_message  # type: ignore[method-assign]
+    _ORIGINALS.setdefault("retained", sqs_models.SQSBackend.is_message_valid_based_on_retention_period)
+    sqs_models.SQSBackend.is_message_valid_based_on_retention_period = _retained  # type: ignore[method-assign]
+    _ORIGINALS.setdefault("get_queue_attributes", sqs_models.SQSBackend.get_queue_attributes)
+    sqs_models.SQSBackend.get_queue_attributes = _queue_attributes  # type: ignore[method-assign]
 
     sfn_models.StepFunctionsParserBackend.start_execution = _start_execution  # type: ignore[method-assign]
     # moto routes no GetDashboardForJobRun (botocore emr-serverless: GET .../jobruns/{jobRunId}/dashboard): the twin's
@@ -221,6 +227,31 @@ def _receive_message(
         if received or remaining <= 0:
             return received
         self.get_queue(queue_name).wait_for_messages(min(remaining, 1.0))
+
+
+def _retained(self: Any, queue_name: str, message: Any) -> bool:
+    """moto's retention check of one message, reading the queue's retention period only: moto built every attribute
+    of the queue for it (three times), counting all its messages each time, for every message a receive looked at,
+    so a receive from a queue holding n messages cost n² (a 1,000-object burst's queues). SQS keeps a message for the
+    queue's `MessageRetentionPeriod` seconds from when it was sent."""
+    retention = int(self.get_queue(queue_name).message_retention_period)
+    return bool(retention + message.sent_timestamp / 1000 > moto_unix_time())
+
+
+def _queue_attributes(self: Any, queue_name: str, attribute_names: list[str]) -> dict[str, Any]:
+    """moto's GetQueueAttributes (same validation, same answer) with the queue's attributes built once per call: moto
+    built them once per name asked for plus once more, each time counting every message of the queue."""
+    queue = self.get_queue(queue_name)
+    if not attribute_names:
+        return {}
+    valid = ["All", *queue.BASE_ATTRIBUTES, *queue.FIFO_ATTRIBUTES, *queue.KMS_ATTRIBUTES]
+    invalid = next((name for name in attribute_names if name not in valid), None)
+    if invalid is not None:
+        raise InvalidAttributeName(invalid)
+    attributes: dict[str, Any] = queue.attributes
+    if "All" in attribute_names:
+        return attributes
+    return {name: attributes[name] for name in attribute_names if attributes.get(name) is not None}
 
 
 @functools.cache
@@ -456,6 +487,8 @@ def uninstall() -> None:
     serverless_models.EMRServerlessBackend.list_job_runs = _ORIGINALS["serverless_list_job_runs"]  # type: ignore[method-assign]
     moto_backends.list_of_moto_modules = _ORIGINALS["list_of_moto_modules"]
     sqs_models.SQSBackend.receive_message = _ORIGINALS["receive_message"]  # type: ignore[method-assign]
+    sqs_models.SQSBackend.is_message_valid_based_on_retention_period = _ORIGINALS["retained"]  # type: ignore[method-assign]
+    sqs_models.SQSBackend.get_queue_attributes = _ORIGINALS["get_queue_attributes"]  # type: ignore[method-assign]
     emrserverless_urls.url_paths.pop(DASHBOARD_PATH, None)
     emrserverless_urls.url_paths.pop(ATTEMPTS_PATH, None)
 

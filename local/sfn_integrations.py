@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import boto3
 from botocore.config import Config
+from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import ClientError
 from moto.core.models import botocore_stubber
 from moto.settings import moto_server_port
@@ -421,17 +422,33 @@ def _calling_environment() -> Environment | None:
 
 
 def _twin_boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
-    """moto's `boto_client_for`, signing as the execution's state machine role session (moto: a fixed "ak")."""
+    """moto's `boto_client_for`, signing as the execution's state machine role session (moto: a fixed "ak").
+
+    The client is shared by every execution (`_integration_client`); what it signs with is the access key this call
+    leaves on the calling thread: the thread running the execution's state, which makes its calls right after."""
     access_key = "ak"
     env = _calling_environment()
     if _TwinService.trail is not None and env is not None:
         execution_arn = env.states.context_object.context_object_data["Execution"]["Id"]
         access_key = _TwinService.trail.state_machine_access_key(env.aws_execution_details.role_arn, execution_arn)
+    _SIGNING.access_key = access_key
     endpoint = None if botocore_stubber.enabled else f"http://localhost:{moto_server_port()}"
-    return _integration_client(region, service, access_key, endpoint)
+    return _integration_client(region, service, endpoint)
 
 
 _SESSION_LOCK = threading.Lock()
+_SIGNING = threading.local()  # the access key the integration calls made on this thread sign with
+
+
+class _StateCredentials(Credentials):  # type: ignore[misc]
+    """The credentials of the execution whose state runs on the calling thread (`_twin_boto_client_for`): botocore
+    freezes a client's credentials at every request it signs (RequestSigner.get_auth_instance)."""
+
+    def __init__(self) -> None:
+        super().__init__("ak", "sk")
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        return ReadOnlyCredentials(getattr(_SIGNING, "access_key", "ak"), "sk", None)
 
 
 @functools.cache
@@ -441,17 +458,17 @@ def _integration_session() -> boto3.session.Session:
     return boto3.session.Session()
 
 
-@functools.lru_cache(maxsize=256)
-def _integration_client(region: str, service: str, access_key: str, endpoint: str | None) -> Any:
-    """A client for an execution's integration calls, made once per (service, signer) and reused by the execution's
-    later tasks (boto3 clients are thread-safe; making one costs milliseconds of CPU, which a burst's executions
-    paid for every task)."""
+@functools.lru_cache(maxsize=64)
+def _integration_client(region: str, service: str, endpoint: str | None) -> Any:
+    """The integrations' client of `service`, made once and shared by every execution (boto3 clients are thread-safe;
+    making one costs milliseconds of CPU, which each execution of a burst paid for each service it called). It signs
+    each request as the execution on the calling thread (`_StateCredentials`)."""
     kwargs: dict[str, Any] = {} if endpoint is None else {"endpoint_url": endpoint}
     with _SESSION_LOCK:  # a boto3 session is not thread-safe; its clients are
-        return _integration_session().client(
+        client = _integration_session().client(
             service_name=service,
             region_name=region,
-            aws_access_key_id=access_key,
+            aws_access_key_id="ak",
             aws_secret_access_key="sk",
             config=Config(
                 parameter_validation=True,  # AWS validates an aws-sdk integration's parameters against the API model
@@ -461,6 +478,8 @@ def _integration_client(region: str, service: str, access_key: str, endpoint: st
             ),
             **kwargs,
         )
+    client._request_signer._credentials = _StateCredentials()
+    return client
 
 
 def _boto_client_modules(current: Any) -> list[Any]:

@@ -6,6 +6,7 @@ from typing import Any
 
 import boto3
 import pytest
+from moto.dynamodb.models.dynamo_type import Item
 
 from local import moto_dynamodb
 from tests.unit.conftest import create_table
@@ -44,6 +45,39 @@ def test_a_query_reads_only_its_partition_and_pages_as_dynamodb_does(
     assert listed == []
     # And a Scan still lists the whole table
     assert ddb.scan(TableName=TABLE)["Count"] == 530 and listed
+
+
+def test_a_query_sizes_only_the_items_its_sort_key_condition_selects(
+    moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a partition of 5 counters and 400 queued items after them
+    ddb = boto3.client("dynamodb", region_name=moto)
+    create_table(ddb, TABLE, "pk", "sk")
+    keys = [f"COUNT#{i}" for i in range(5)] + [f"QUEUE#{i:03d}" for i in range(400)]
+    for key in keys:
+        ddb.put_item(TableName=TABLE, Item={"pk": {"S": "LINE"}, "sk": {"S": key}, "n": {"N": "1"}})
+    sized: list[int] = []
+    original = Item.size
+
+    def size(item: Item) -> int:
+        sized.append(1)
+        return original(item)
+
+    monkeypatch.setattr(Item, "size", size)
+    line = {":pk": {"S": "LINE"}, ":queue": {"S": "QUEUE#"}}
+    # When the counters, then the queue's head, then a page of it are read
+    counters = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk AND sk < :queue",
+                         ExpressionAttributeValues=line, ConsistentRead=True)  # fmt: skip
+    head = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk AND begins_with(sk, :queue)", Limit=1,
+                     ExpressionAttributeValues=line)  # fmt: skip
+    page = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk AND begins_with(sk, :queue)", Limit=3,
+                     ExpressionAttributeValues=line, ExclusiveStartKey=head["LastEvaluatedKey"])  # fmt: skip
+    # Then the answers are DynamoDB's...
+    assert _keys(counters) == keys[:5] and counters["ScannedCount"] == 5 and "LastEvaluatedKey" not in counters
+    assert _keys(head) == ["QUEUE#000"] and head["ScannedCount"] == 1
+    assert _keys(page) == ["QUEUE#001", "QUEUE#002", "QUEUE#003"]
+    # ...and reading the 5 counters did not size the 400 queued items (moto sized all 405 for each Query)
+    assert len(sized) < 100
 
 
 def _put(key: str) -> dict[str, Any]:
