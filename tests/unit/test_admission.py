@@ -854,3 +854,30 @@ def test_handler_adds_the_pipeline_dimension_only_beside_its_metric(aws: Any, mo
             handler.lambda_handler({"action": "release", "run_id": "r1", "pipeline": "p"}, context)
     assert not [w for w in caught if "has already been added" in str(w.message)]
     assert handler.metrics.dimension_set == {}
+
+
+@pytest.mark.parametrize(("behind", "exact"), [(3, True), (20, False)])
+def test_a_run_that_reaches_the_line_out_of_order_reads_at_most_5_items_to_tell_its_place(
+    aws: Any, sfn: FakeStepFunctions, behind: int, exact: bool
+) -> None:
+    # Given a pipeline at its cap of 1 with 10 runs waiting that arrived before it and `behind` that arrived after it
+    # but reached the line first (a router batch's executions reach AcquireRunSlot in any order)
+    ddb, s3 = aws
+    caps = Caps(pipelines={"p": Limit(runs=1)})
+    _acquire(aws, sfn, caps, _arriving("running", 0))
+    for order in [*range(1, 11), *range(100, 100 + behind)]:
+        _acquire(aws, sfn, caps, _arriving(f"r{order:03d}", order))
+    # When it reaches the line
+    counting = CountingReads(ddb)
+    late = acquire(counting, sfn, s3, TABLE, caps, _arriving("r050", 50), ledger_bucket=LEDGER)
+    # Then it is 11th in line (exact with at most 4 runs behind it; an upper bound with more), having read at most its
+    # pipeline's counters and count (3), 4 runs behind it and the line's head
+    assert late.state == "QUEUED" and counting.items_read <= 3 + 4 + 1, counting.items_read
+    if exact:
+        assert late.position == 11
+    else:
+        assert late.position is not None and 11 < late.position <= 11 + behind - 4
+    # And it is admitted 11th all the same
+    for _ in range(11):
+        assert release(ddb, sfn, TABLE, sfn.admitted[-1], caps) is True
+    assert sfn.admitted[-1] == "r050"

@@ -45,7 +45,7 @@ took the pipeline's last waiting run, else by the next decision that reads it). 
 kept is recounted (`recount_waiting`): by a dispatch that finds runs in line while no count says any waits, and by
 the sweeper's first tick on it. A table written by the version that kept every count (at 0 too, with its changes on
 the COUNT item) needs nothing: the first decision reads those counts once and deletes the ones at 0. A run that
-queues reads at most 8 queue items behind it (then 8 before it) to tell its place in line.
+queues reads at most 4 queue items behind it (then the line's head) to tell its place in line.
 
 A CAP item's `usd@<day>` attributes older than `SPEND_TTL` are removed when a dispatch reads them, so CAP items stay
 small: every run admitted under a cap passes through the queue, so its scopes' CAP items are read at its admission.
@@ -112,7 +112,7 @@ COUNTED, COUNT_CHANGES = "COUNTED", "changes"  # pk of a pipeline's fence item (
 HELD = "HELD"  # pk of an admitted run's slot-holder item (sk run_id, execution_arn): what the sweeper checks
 UPGRADED = "UPGRADED"  # pk of the item saying the table has this version's counts and HELD items (`runs_to_sweep`)
 _FIRST_PAGE, _LAST_PAGE = 1, 100  # queue items read per Query: doubling from the head while runs may start
-_LOOKAHEAD = 8  # queue items a newly queued run reads behind it to tell its place in line
+_LOOKAHEAD = 4  # queue items a newly queued run reads behind it to tell its place in line
 SPEND, ESTIMATE = "SPEND", "ESTIMATE"
 USD = "usd"  # the budget dimension (dollars of the day's spend), beside DIMENSIONS
 WAIT, FAIL = "wait", "fail"  # `limits.over_budget`
@@ -1169,22 +1169,21 @@ def remember_cost(ddb: DynamoDBClient, table: str, pipeline: str, cost: float) -
 
 def _place_in_line(ddb: DynamoDBClient, table: str, pipeline: str, sk: str, waiting: int) -> int:
     """The run's place among the pipeline's `waiting` runs (1-based), reading at most `_LOOKAHEAD` queue items
-    behind it (queue items sort last in the partition), then, when more are behind, as many before it: two bounded
-    Queries at most, whatever the queue's length. Runs mostly queue in arrival order (none or few behind); a run that
-    arrived before every waiting run is first. A run with more than that many runs on both sides gets an upper
-    bound (the pipeline's waiting runs less those seen behind it)."""
+    behind it (queue items sort last in the partition) and, when more are behind, the line's head (1 item): at most
+    5 items, whatever the queue's length. Runs mostly queue in arrival order (none or few behind: the place is
+    exact); a run that arrived before every waiting run is first. A run with more than that many behind it and not at
+    the head gets an upper bound (the pipeline's waiting runs less those seen behind it).
+
+    Reading further to be exact cost the runs of a burst (whose executions reach the line in any order within a
+    router batch) 4 items per admitted run on average, half of a decision's reads."""
 
     def of_pipeline(page: Mapping[str, Any]) -> int:
         return sum(1 for raw in page.get("Items", []) if load_item(raw).get("pipeline") == pipeline)
 
-    own: dict[str, Any] = {"ProjectionExpression": "sk, pipeline"}
-    behind = next(_line_pages(ddb, table, "sk > :mine", {":mine": sk}, Limit=_LOOKAHEAD, **own))
-    if behind.get("LastEvaluatedKey"):  # more behind: count those before it instead (its own item included)
-        values = {":queue": QUEUE_PREFIX, ":mine": sk}
-        before = next(_line_pages(ddb, table, "sk BETWEEN :queue AND :mine", values, ScanIndexForward=False,
-                                  Limit=_LOOKAHEAD + 1, **own))  # fmt: skip
-        if not before.get("LastEvaluatedKey"):
-            return max(1, of_pipeline(before))
+    behind = next(_line_pages(ddb, table, "sk > :mine", {":mine": sk}, Limit=_LOOKAHEAD,
+                              ProjectionExpression="sk, pipeline"))  # fmt: skip
+    if behind.get("LastEvaluatedKey") and _queue_head(ddb, table) == sk:
+        return 1
     return max(1, waiting - of_pipeline(behind))
 
 
