@@ -21,6 +21,7 @@ its values, so it is kept (bounded caches).
 from __future__ import annotations
 
 import copy
+import heapq
 import json
 import threading
 from collections import OrderedDict
@@ -162,6 +163,15 @@ def query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
         # moto sizes every item of the partition (for the 1 MB page) before it tests the sort key condition: the
         # items the condition excludes are dropped first here, with the same test moto then applies again.
         items = [i for i in items if i.range_key is not None and i.range_key.compare(range_comparison, range_objs)]
+        limit = args[2] if len(args) > 2 else kwargs.get("limit")
+        start = args[3] if len(args) > 3 else kwargs.get("exclusive_start_key")
+        forward = args[4] if len(args) > 4 else kwargs.get("scan_index_forward", True)
+        if limit and not start and len(items) > limit + 1:
+            # A first page of `limit` items (moto sorts them all, then reads `limit` and one more to know there are
+            # more): the `limit` + 1 first in the Query's order, found without sorting the rest. A filter applies
+            # after the limit, in DynamoDB as in moto, so it reads these same items.
+            pick = heapq.nsmallest if forward is not False else heapq.nlargest
+            items = pick(limit + 1, items, key=lambda item: item.range_key)
     _QUERYING.partition = (self, items)
     try:
         return _ORIGINAL_QUERY(self, hash_key, *args, **kwargs)

@@ -72,7 +72,14 @@ def test_a_query_sizes_only_the_items_its_sort_key_condition_selects(
                      ExpressionAttributeValues=line)  # fmt: skip
     page = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk AND begins_with(sk, :queue)", Limit=3,
                      ExpressionAttributeValues=line, ExclusiveStartKey=head["LastEvaluatedKey"])  # fmt: skip
-    # Then the answers are DynamoDB's...
+    last = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk AND begins_with(sk, :queue)", Limit=2,
+                     ExpressionAttributeValues=line, ScanIndexForward=False)  # fmt: skip
+    two = {**line, ":two": {"N": "2"}}
+    filtered = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk AND begins_with(sk, :queue)", Limit=3,
+                         FilterExpression="n = :two", ExpressionAttributeValues=two)  # fmt: skip
+    # Then the answers are DynamoDB's (a filter applies after the limit)...
+    assert _keys(last) == ["QUEUE#399", "QUEUE#398"] and "LastEvaluatedKey" in last
+    assert filtered["Items"] == [] and filtered["ScannedCount"] == 3 and "LastEvaluatedKey" in filtered
     assert _keys(counters) == keys[:5] and counters["ScannedCount"] == 5 and "LastEvaluatedKey" not in counters
     assert _keys(head) == ["QUEUE#000"] and head["ScannedCount"] == 1
     assert _keys(page) == ["QUEUE#001", "QUEUE#002", "QUEUE#003"]
