@@ -4,7 +4,8 @@
   events (`bench/zero_idle.py`);
 - synth: `cdk synth` wall time (the real CLI) for 1, 25, 100 and 300 generated mixed pipelines (bench/pipelines.py),
   with each stack's resources, template bytes, outputs and managed policies per role, and the largest stack's share
-  of each limit; synth(300)/synth(1);
+  of each limit; synth(300)/synth(1), of wall time and of CPU time (user + system of the CLI and the app: on a
+  machine other work shares, the CPU ratio moves less than the wall one);
 - imports: each handler's cold import next to a bare `import boto3` (paired fresh interpreters, medians, ratio),
   with the environment its synthesized stack gives it;
 - router: the router's events/s through its handler for a 10,000-object burst, window and per_object: against moto,
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from resource import RUSAGE_CHILDREN, getrusage
 
 import yaml
 
@@ -62,11 +64,19 @@ def stack_figures(template_path: Path) -> dict[str, int]:
     }
 
 
-def synth_stacks(pipelines: int) -> tuple[float, dict[str, dict[str, int]]]:
-    """`cdk synth` (the real CLI, cdk-nag on) of `pipelines` generated mixed pipelines: wall time, figures per stack."""
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's finished children (and theirs)."""
+    usage = getrusage(RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def synth_stacks(pipelines: int) -> tuple[float, float, dict[str, dict[str, int]]]:
+    """`cdk synth` (the real CLI, cdk-nag on) of `pipelines` generated mixed pipelines: wall time, CPU time, figures
+    per stack."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / f"bench-{pipelines}.yaml"
         config.write_text(yaml.safe_dump(mixed_config(pipelines)))
+        cpu_before = children_cpu_seconds()
         started = time.perf_counter()
         subprocess.run(
             [str(CDK), "synth", "--quiet", "-c", "env=bench", "-c", f"config_path={config}", "-o", f"{tmp}/out"],
@@ -76,22 +86,24 @@ def synth_stacks(pipelines: int) -> tuple[float, dict[str, dict[str, int]]]:
             stderr=subprocess.DEVNULL,
         )
         elapsed = time.perf_counter() - started
+        cpu = children_cpu_seconds() - cpu_before
         figures = {
             path.name.removesuffix(".template.json"): stack_figures(path)
             for path in sorted(Path(tmp, "out").glob("*.template.json"))
         }
-        return elapsed, figures
+        return elapsed, cpu, figures
 
 
 def print_synth_figures() -> None:
     """Synth time and per-stack figures for 1, 25, 100 and 300 pipelines; the largest stack's use of each limit."""
     print("== cdk synth: generated mixed pipelines (real CLI, wall time; bench/pipelines.py) ==")
     seconds: dict[int, float] = {}
+    cpu_seconds: dict[int, float] = {}
     for count in SYNTH_PIPELINES:
-        elapsed, stacks = synth_stacks(count)
-        seconds[count] = elapsed
+        elapsed, cpu, stacks = synth_stacks(count)
+        seconds[count], cpu_seconds[count] = elapsed, cpu
         largest = {key: max(f[key] for f in stacks.values()) for key in STACK_LIMITS}
-        print(f"  {count:>3} pipeline(s): {elapsed:6.1f} s, {len(stacks)} stacks")
+        print(f"  {count:>3} pipeline(s): {elapsed:6.1f} s (CPU {cpu:5.1f} s), {len(stacks)} stacks")
         for name, figures in stacks.items():
             print(
                 f"      {name:<32} {figures['resources']:>4} resources {figures['template_bytes'] / 1000:>7.0f} KB "
@@ -102,7 +114,10 @@ def print_synth_figures() -> None:
             + ", ".join(f"{key} {100 * largest[key] / limit:.0f} %" for key, limit in STACK_LIMITS.items())
         )
     most, fewest = SYNTH_PIPELINES[-1], SYNTH_PIPELINES[0]
-    print(f"  synth({most})/synth({fewest}): {seconds[most] / seconds[fewest]:.2f}")
+    print(
+        f"  synth({most})/synth({fewest}): {seconds[most] / seconds[fewest]:.2f} "
+        f"(CPU time: {cpu_seconds[most] / cpu_seconds[fewest]:.2f})"
+    )
 
 
 def handler_environments() -> dict[str, dict[str, str]]:

@@ -66,8 +66,10 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message says where and how to fix it."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses duplicate keys (PyYAML would silently keep the last one)."""
+class _UniqueKeyLoader(yaml.CSafeLoader):
+    """A safe YAML loader that refuses duplicate keys (PyYAML would silently keep the last one). It parses with
+    libyaml (PyYAML's wheels bundle it), several times faster than the pure-Python parser on a deployment of hundreds
+    of pipelines."""
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -16,7 +16,7 @@ from constructs import Construct
 from autopilot_common.ledger import ledger_prefix
 from config.ec2 import Ec2Runtime, InstanceFleets
 from config.scaling import AlarmScaling, scaling_section
-from stacks.arns import alarms_named, bounded_prefixes, executions_of, ledger_statements
+from stacks.arns import alarms_named, bounded_prefixes, executions_of, format_arn, ledger_statements
 from stacks.nag import suppress
 from stacks.naming import TAG_DEPLOYMENT
 from stacks.pipeline_settings import grant_pipeline_settings
@@ -81,11 +81,11 @@ def scaling_settings(runtime: Ec2Runtime) -> dict[str, Any] | None:
     return scaling_section(policy, "fleets" if isinstance(runtime.instances, InstanceFleets) else "groups")
 
 
-def grant_alarm_lifecycle(role: iam.IRole, stack: Stack, deployment: str, pipeline: str) -> None:
+def grant_alarm_lifecycle(role: iam.Role, stack: Stack, deployment: str, pipeline: str) -> None:
     """What a transient workflow needs to create, find and delete its clusters' scaling alarms."""
     alarms = alarms_named(stack, alarm_prefix(deployment, pipeline))
     # DescribeAlarms scoped to alarm ARNs returns metric alarms only (composite ones need `*`): all we make.
-    role.add_to_principal_policy(
+    role.add_to_policy(
         iam.PolicyStatement(
             sid="ScalingAlarms",
             actions=[
@@ -126,7 +126,7 @@ class AutopilotScaling(Construct):
             description="EMR Autopilot: one bounded task-fleet step per scaling alarm (cooldown, no resize overlap)",
             environment={
                 "DEPLOYMENT": prefix,
-                "OUTPUTS_BUCKET": storage.outputs.bucket_name,
+                "OUTPUTS_BUCKET": storage.outputs_ref.name,
                 "STATE_TABLE": platform.idempotency_table.table_name,
             },
             timeout=Duration.seconds(60),
@@ -137,7 +137,7 @@ class AutopilotScaling(Construct):
         function.add_to_role_policy(
             iam.PolicyStatement(
                 actions=SCALER_EMR_ACTIONS,
-                resources=[stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")],
+                resources=[format_arn(stack, service="elasticmapreduce", resource="cluster", resource_name="*")],
                 conditions={"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": prefix}},
             )
         )

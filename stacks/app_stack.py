@@ -79,7 +79,8 @@ class PipelinesStack(Stack):
                 )
             Tags.of(workflow).add(TAG_PIPELINE, name)
             self.pipelines[name] = workflow
-            CfnOutput(self, f"StateMachine-{name}", value=workflow.state_machine.state_machine_arn)
+            machine_arn = workflow.state_machine.state_machine_arn
+            CfnOutput(self, f"StateMachine-{name}", value=machine_arn)
             settings = PipelineSettingsParameter(
                 self,
                 f"Settings-{name}",
@@ -94,7 +95,6 @@ class PipelinesStack(Stack):
             Tags.of(settings).add(TAG_PIPELINE, name)
             if pipeline.trigger is None:
                 continue
-            machine_arn = workflow.state_machine.state_machine_arn
             trigger = PipelineTrigger(
                 self,
                 f"Trigger-{name}",
@@ -117,12 +117,13 @@ class PipelinesStack(Stack):
                     trigger=pipeline.trigger,
                     state_machine_arn=machine_arn,
                     queue=trigger.queue,
-                    landing_bucket=storage.landing.bucket_name,
+                    landing_bucket=storage.landing_ref.name,
                     platform=platform,
                 )
                 Tags.of(clock).add(TAG_PIPELINE, name)
                 self.clocks[name] = clock
-        suppress_cdk_singletons(self)
+        # No `suppress_cdk_singletons` here: CDK's singletons come with buckets and bucket deployments, which live in
+        # the platform stack only (and looking for them reads every child's id through the jsii bridge).
 
 
 class AutopilotStack(Stack):
@@ -172,10 +173,10 @@ class AutopilotStack(Stack):
             "This is the dead-letter queue of the trigger queues.",
         )
         for key, value in {
-            "LandingBucket": self.storage.landing.bucket_name,
-            "OutputsBucket": self.storage.outputs.bucket_name,
-            "ArtifactsBucket": self.storage.artifacts.bucket_name,
-            "LogsBucket": self.storage.logs.bucket_name,
+            "LandingBucket": self.storage.landing_ref.name,
+            "OutputsBucket": self.storage.outputs_ref.name,
+            "ArtifactsBucket": self.storage.artifacts_ref.name,
+            "LogsBucket": self.storage.logs_ref.name,
             "NotificationTopic": self.platform.topic.topic_arn,
         }.items():
             CfnOutput(self, key, value=value)

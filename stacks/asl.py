@@ -199,6 +199,18 @@ def compose(workflow: str, params: Params | None = None) -> dict[str, Any]:
     return result
 
 
+def compose_once(workflow: str, params: Params | None = None) -> dict[str, Any]:
+    """`compose(workflow, params)`, composed once per process (the pipelines of a runtime share their workflow's
+    composition); each call returns a new copy, which the caller may fill in."""
+    result: dict[str, Any] = json.loads(_composition(workflow, json.dumps(params or {})))
+    return result
+
+
+@cache
+def _composition(workflow: str, params_json: str) -> str:
+    return json.dumps(compose(workflow, json.loads(params_json)))
+
+
 def render(definition: dict[str, Any]) -> str:
     """The text a definition is deployed and reviewed as."""
     return json.dumps(definition, indent=2) + "\n"

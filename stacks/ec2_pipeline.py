@@ -4,9 +4,10 @@ configuration, KMS key) or steps on a long-running cluster; and its workflow."""
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any
 
-from aws_cdk import Aws, Stack
+from aws_cdk import Stack
 from aws_cdk import aws_emr as emr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -14,7 +15,8 @@ from constructs import Construct
 
 from config.ec2 import Ec2Runtime
 from stacks.alarm_scaling import alarm_prefix, alarm_specs, grant_alarm_lifecycle
-from stacks.asl import compose
+from stacks.arns import Allow, format_arn, grant, service_principal
+from stacks.asl import compose_once
 from stacks.emr_ec2_spec import cluster_request, launch_settings, managed_tags, step_templates
 from stacks.nag import suppress
 from stacks.naming import (
@@ -70,8 +72,15 @@ GLUE_ACTIONS = [
 ]
 
 
+@cache
+def _service_policy() -> iam.IManagedPolicy:
+    """AmazonEMRServicePolicy_v2 (an imported managed policy is a value: every transient pipeline's service role shares
+    it rather than import it through the jsii bridge again)."""
+    return iam.ManagedPolicy.from_aws_managed_policy_name(SERVICE_POLICY)
+
+
 def cluster_arn(stack: Stack, cluster_id: str = "*") -> str:
-    return stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name=cluster_id)
+    return format_arn(stack, service="elasticmapreduce", resource="cluster", resource_name=cluster_id)
 
 
 class Ec2Pipeline(PipelineWorkflow):
@@ -95,7 +104,6 @@ class Ec2Pipeline(PipelineWorkflow):
         runtime = props.runtime_of(Ec2Runtime)
         assert platform.finalize is not None
         self.runtime = runtime
-        self.stack = Stack.of(self)
         self.prefix = prefix
         self.cluster_tags = {**extra_tags, TAG_DEPLOYMENT: prefix, TAG_PIPELINE: name, **managed_tags()}
         self.cluster_substitutions: dict[str, str] = {}
@@ -105,8 +113,8 @@ class Ec2Pipeline(PipelineWorkflow):
 
     def runtime_definition(self) -> dict[str, Any]:
         if self.runtime.existing_cluster is not None:
-            return compose("emr_ec2_existing")
-        definition = compose("emr_ec2_transient")
+            return compose_once("emr_ec2_existing")
+        definition = compose_once("emr_ec2_transient")
         definition["States"]["CreateCluster"]["Parameters"].update(cluster_request(self.runtime))
         definition["States"]["PlanScalingAlarms"]["Result"] = alarm_specs(self.name, self.runtime)
         return definition
@@ -116,7 +124,7 @@ class Ec2Pipeline(PipelineWorkflow):
         assert self.platform.finalize is not None
         substitutions = {
             "Transient": "true" if runtime.transient else "false",
-            "StepsJson": asl_string(json.dumps(step_templates(runtime, self.storage.artifacts.bucket_name))),
+            "StepsJson": asl_string(json.dumps(step_templates(runtime, self.storage.artifacts_ref.name))),
             "ClusterTagsJson": asl_string(json.dumps(self.cluster_tags)),
             "LaunchJson": asl_string(json.dumps(launch_settings(runtime))),
         }
@@ -153,20 +161,18 @@ class Ec2Pipeline(PipelineWorkflow):
         self.service_role = iam.Role(
             self,
             "ServiceRole",
-            assumed_by=iam.ServicePrincipal(
-                "elasticmapreduce.amazonaws.com",
-                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
-            ),
-            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(SERVICE_POLICY)],
+            assumed_by=service_principal("elasticmapreduce.amazonaws.com", this_account=True),
+            managed_policies=[_service_policy()],
             description=f"EMR Autopilot: EMR service role of pipeline {name}",
         )
         # The managed v2 policy may pass only roles named EMR_EC2_DefaultRole; ours needs its own grant.
-        self.service_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["iam:PassRole"],
-                resources=[self.instance_role.role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
-            )
+        grant(
+            self.service_role,
+            Allow(
+                ["iam:PassRole"],
+                [self.instance_role.role_arn],
+                {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            ),
         )
         suppress(
             self.service_role,
@@ -240,23 +246,23 @@ class Ec2Pipeline(PipelineWorkflow):
         }
 
     def _instance_role(self, name: str) -> iam.Role:
-        glue: list[iam.PolicyStatement] = []
+        glue: list[Allow] = []
         if self.runtime.glue_catalog:
             stack = self.stack
             glue.append(
-                iam.PolicyStatement(
-                    actions=GLUE_ACTIONS,
-                    resources=[
-                        stack.format_arn(service="glue", resource="catalog"),
-                        stack.format_arn(service="glue", resource="database", resource_name="*"),
-                        stack.format_arn(service="glue", resource="table", resource_name="*/*"),
-                        stack.format_arn(service="glue", resource="userDefinedFunction", resource_name="*/*"),
+                Allow(
+                    GLUE_ACTIONS,
+                    [
+                        format_arn(stack, service="glue", resource="catalog"),
+                        format_arn(stack, service="glue", resource="database", resource_name="*"),
+                        format_arn(stack, service="glue", resource="table", resource_name="*/*"),
+                        format_arn(stack, service="glue", resource="userDefinedFunction", resource_name="*/*"),
                     ],
                 )
             )
         return self.job_data_role(
             "InstanceRole",
-            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            assumed_by=service_principal("ec2.amazonaws.com"),
             description=f"EMR Autopilot: EC2 instance role of pipeline {name}'s clusters",
             logs_prefix=f"emr-ec2/{name}/",
             code_prefixes=(JOBS_PREFIX, BOOTSTRAP_PREFIX),
@@ -277,7 +283,7 @@ class Ec2Pipeline(PipelineWorkflow):
             created_with_tag = {"StringEquals": {f"aws:RequestTag/{TAG_PIPELINE}": name}}
             # RunJobFlow has no resource type (Service Authorization Reference): only "*" can allow it; the
             # request-tag condition still limits the role to clusters tagged with this pipeline.
-            role.add_to_principal_policy(
+            role.add_to_policy(
                 iam.PolicyStatement(
                     sid="CreateTaggedCluster",
                     actions=["elasticmapreduce:RunJobFlow"],
@@ -287,12 +293,13 @@ class Ec2Pipeline(PipelineWorkflow):
             )
             # An account's first cluster makes EMR create its service-linked role AWSServiceRoleForEMRCleanup,
             # which the caller must be allowed to (EMR management guide, "service-linked roles for cleanup").
-            role.add_to_principal_policy(
+            role.add_to_policy(
                 iam.PolicyStatement(
                     sid="CreateEmrServiceLinkedRole",
                     actions=["iam:CreateServiceLinkedRole"],
                     resources=[
-                        stack.format_arn(
+                        format_arn(
+                            stack,
                             service="iam",
                             region="",
                             resource="role",
@@ -302,7 +309,7 @@ class Ec2Pipeline(PipelineWorkflow):
                     conditions={"StringLike": {"iam:AWSServiceName": "elasticmapreduce.amazonaws.com*"}},
                 )
             )
-            role.add_to_principal_policy(
+            role.add_to_policy(
                 iam.PolicyStatement(
                     sid="TagOwnClusters",
                     actions=["elasticmapreduce:AddTags"],
@@ -310,7 +317,7 @@ class Ec2Pipeline(PipelineWorkflow):
                     conditions=created_with_tag,
                 )
             )
-            role.add_to_principal_policy(
+            role.add_to_policy(
                 iam.PolicyStatement(
                     sid="ManageOwnClusters",
                     # terminateCluster(.sync): TerminateJobFlows, then DescribeCluster until it is gone (steps are
@@ -320,7 +327,7 @@ class Ec2Pipeline(PipelineWorkflow):
                     conditions=own,
                 )
             )
-            role.add_to_principal_policy(
+            role.add_to_policy(
                 iam.PolicyStatement(
                     sid="PassClusterRoles",
                     actions=["iam:PassRole"],
@@ -333,11 +340,11 @@ class Ec2Pipeline(PipelineWorkflow):
         asl = json.dumps(self.definition)
         rules = sorted({rule for api, rule in EMR_SYNC_RULES.items() if f"states:::elasticmapreduce:{api}" in asl})
         if rules:
-            role.add_to_principal_policy(
+            role.add_to_policy(
                 iam.PolicyStatement(
                     sid="SyncRules",
                     actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                    resources=[stack.format_arn(service="events", resource="rule", resource_name=r) for r in rules],
+                    resources=[format_arn(stack, service="events", resource="rule", resource_name=r) for r in rules],
                 )
             )
         self._grant_functions(name)
@@ -348,7 +355,8 @@ class Ec2Pipeline(PipelineWorkflow):
 
     def _grant_functions(self, name: str) -> None:
         """Finalize reads (and on failure cancels steps of) this pipeline's clusters; prepare resolves a target."""
-        finalize, prepare = self.platform.finalize, self.platform.prepare
+        platform = self.platform
+        finalize, prepare = platform.finalize, platform.prepare
         assert finalize is not None
         if self.runtime.existing_cluster is None:
             # The deployment's tag (every transient cluster carries it): one statement for every transient pipeline,
@@ -357,26 +365,18 @@ class Ec2Pipeline(PipelineWorkflow):
             conditions: dict[str, Any] | None = {"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": self.prefix}}
         else:
             resource, conditions = self.existing_cluster_scope()
-            prepare.add_to_role_policy(iam.PolicyStatement(actions=["elasticmapreduce:ListClusters"], resources=["*"]))
-            prepare.add_to_role_policy(
-                iam.PolicyStatement(
-                    actions=["elasticmapreduce:DescribeCluster"], resources=[resource], conditions=conditions
-                )
-            )
-            suppress(
-                prepare.role or prepare,
+            platform.grant_shared(prepare, Allow(["elasticmapreduce:ListClusters"], ["*"]))
+            platform.grant_shared(prepare, Allow(["elasticmapreduce:DescribeCluster"], [resource], conditions))
+            platform.suppress_shared(
+                prepare,
                 "AwsSolutions-IAM5",
                 "ListClusters supports no resource-level permissions (it finds the long-running cluster by tag); "
                 "DescribeCluster is limited to clusters carrying that tag.",
                 ["Resource::*", ANY_CLUSTER_ARN],
             )
-        finalize.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=FINALIZE_ACTIONS + SUBMIT_STEP_ACTIONS, resources=[resource], conditions=conditions
-            )
-        )
-        suppress(
-            finalize.role or finalize,
+        platform.grant_shared(finalize, Allow(FINALIZE_ACTIONS + SUBMIT_STEP_ACTIONS, [resource], conditions))
+        platform.suppress_shared(
+            finalize,
             "AwsSolutions-IAM5",
             "Cluster ids are known only at run time: reads are limited to clusters tagged with the deployment "
             "(or the long-running target); X-Ray and ec2:DescribeSpotPriceHistory support no resource-level "

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_cdk import Aws, Stack
 from aws_cdk import aws_emrcontainers as emrc
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from config.eks import EksRuntime
-from stacks.arns import virtual_cluster_arn
-from stacks.asl import compose
+from stacks.arns import ACCOUNT_ID, PARTITION, Allow, virtual_cluster_arn
+from stacks.asl import compose_once
 from stacks.naming import JOBS_PREFIX, eks_job_role_name, virtual_cluster_name
 from stacks.workflow import PipelineProps, PipelineWorkflow, asl_string
 
@@ -69,12 +68,11 @@ class EksPipeline(PipelineWorkflow):
         name, prefix = props.name, props.prefix
         runtime = props.runtime_of(EksRuntime)
         self.runtime = runtime
-        stack = Stack.of(self)
         cluster_id = virtual_cluster_id or runtime.virtual_cluster_id
         if cluster_id is None:
             raise TypeError(f"pipeline {name}: no virtual cluster: expected an EksVirtualCluster's id")
         self.virtual_cluster_id = cluster_id
-        self.virtual_cluster_arn = virtual_cluster_arn(stack, self.virtual_cluster_id)
+        self.virtual_cluster_arn = virtual_cluster_arn(self.stack, self.virtual_cluster_id)
         self.job_role_arn = self._job_role(prefix, name)
         self.build()
 
@@ -83,10 +81,10 @@ class EksPipeline(PipelineWorkflow):
         # service's default, so a pipeline without retries deploys the reviewed snapshot unchanged.
         retry = self.runtime.retry
         policy = {"RetryPolicyConfiguration": {"MaxAttempts": retry.max_attempts}}
-        return compose("emr_eks_job", {"JobRunRetry": policy} if retry.retries else None)
+        return compose_once("emr_eks_job", {"JobRunRetry": policy} if retry.retries else None)
 
     def runtime_substitutions(self) -> dict[str, str]:
-        runtime, artifacts = self.runtime, self.storage.artifacts.bucket_name
+        runtime, artifacts = self.runtime, self.storage.artifacts_ref.name
         return {
             "EntryPoint": f"s3://{artifacts}/{JOBS_PREFIX}{runtime.entry_point}",
             "JobArgumentsJson": asl_string(json.dumps(runtime.arguments)),
@@ -108,8 +106,8 @@ class EksPipeline(PipelineWorkflow):
         role_name = eks_job_role_name(prefix, name)  # config validation keeps it within 64
         namespace = self.runtime.namespace or "*"
         issuer = spec.oidc_issuer
-        provider = f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:oidc-provider/{issuer}"
-        subject = f"system:serviceaccount:{namespace}:emr-containers-sa-*-*-{Aws.ACCOUNT_ID}-{base36(role_name)}"
+        provider = f"arn:{PARTITION}:iam::{ACCOUNT_ID}:oidc-provider/{issuer}"
+        subject = f"system:serviceaccount:{namespace}:emr-containers-sa-*-*-{ACCOUNT_ID}-{base36(role_name)}"
         role = self.job_data_role(
             "JobRole",
             role_name=role_name,
@@ -123,7 +121,7 @@ class EksPipeline(PipelineWorkflow):
 
     def grant_runtime(self) -> None:
         role = self.role
-        role.add_to_principal_policy(
+        role.add_to_policy(
             iam.PolicyStatement(
                 sid="StartJobRun",
                 actions=["emr-containers:StartJobRun"],
@@ -132,7 +130,7 @@ class EksPipeline(PipelineWorkflow):
                 conditions={"StringEquals": {"emr-containers:ExecutionRoleArn": self.job_role_arn}},
             )
         )
-        role.add_to_principal_policy(
+        role.add_to_policy(
             iam.PolicyStatement(
                 sid="ManageJobRuns",
                 actions=["emr-containers:DescribeJobRun", "emr-containers:CancelJobRun"],
@@ -140,8 +138,6 @@ class EksPipeline(PipelineWorkflow):
             )
         )
         # The finalize function reads the run's job run: state, timings and the job's requested resources (its cost).
-        self.platform.finalize.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["emr-containers:DescribeJobRun"], resources=[f"{self.virtual_cluster_arn}/jobruns/*"]
-            )
+        self.platform.grant_shared(
+            self.platform.finalize, Allow(["emr-containers:DescribeJobRun"], [f"{self.virtual_cluster_arn}/jobruns/*"])
         )

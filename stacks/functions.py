@@ -11,6 +11,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from config.model import LambdaSettings
+from stacks.arns import service_principal
 from stacks.nag import suppress
 from stacks.naming import LAMBDAS_DIR, METRICS_NAMESPACE, POWERTOOLS_LAYER_ACCOUNT, POWERTOOLS_LAYER_NAME, function_name
 
@@ -86,7 +87,7 @@ class FunctionFactory(Construct):
         role = iam.Role(
             scope,
             f"{name.title()}FunctionRole",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            assumed_by=service_principal("lambda.amazonaws.com"),
             description=f"EMR Autopilot {name} function",
         )
         log_group.grant_write(role)

@@ -23,6 +23,7 @@ from stacks.arns import (
     alarms_named,
     default_event_bus_arn,
     deployment_executions,
+    format_arn,
     ledger_statements,
     role_arn,
     state_machine_arn,
@@ -96,7 +97,7 @@ class AutopilotGuardrails(Construct):
             "reactions",
             environment={
                 "DEPLOYMENT": prefix,
-                "OUTPUTS_BUCKET": storage.outputs.bucket_name,
+                "OUTPUTS_BUCKET": storage.outputs_ref.name,
                 "TOPIC_ARN": platform.topic.topic_arn,
                 "CLAIMS_TABLE": platform.idempotency_table.table_name,
                 "STATE_MACHINE_ARN_PREFIX": state_machine_arn(stack, f"{prefix}-"),
@@ -184,7 +185,7 @@ class AutopilotGuardrails(Construct):
         pipelines: Mapping[str, PipelineWorkflow],
     ) -> None:
         function = self.function
-        any_cluster = stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")
+        any_cluster = format_arn(stack, service="elasticmapreduce", resource="cluster", resource_name="*")
         statements = [
             # ListClusters supports no resource-level permissions.
             iam.PolicyStatement(actions=["elasticmapreduce:ListClusters"], resources=["*"]),
@@ -232,20 +233,25 @@ class AutopilotGuardrails(Construct):
                 resources=[alarms_named(stack, f"{prefix}-scaling-")],
             ),
         ]
+        scopes: set[str] = set()  # pipelines sharing a cluster or application share its statement: build it once
         for workflow in pipelines.values():
             if isinstance(workflow, Ec2Pipeline) and workflow.runtime.existing_cluster is not None:
                 # A long-running cluster never carries this deployment's tag: cancelling an aborted run's steps
                 # there needs the cluster's own scope (its id, or its tag), as the pipeline's finalize has it.
                 resource, conditions = workflow.existing_cluster_scope(stack)
-                statements.append(
-                    iam.PolicyStatement(
-                        actions=["elasticmapreduce:ListSteps", "elasticmapreduce:CancelSteps"],
-                        resources=[resource],
-                        conditions=conditions,
+                scope = json.dumps([resource, conditions])
+                if scope not in scopes:
+                    scopes.add(scope)
+                    statements.append(
+                        iam.PolicyStatement(
+                            actions=["elasticmapreduce:ListSteps", "elasticmapreduce:CancelSteps"],
+                            resources=[resource],
+                            conditions=conditions,
+                        )
                     )
-                )
-            if isinstance(workflow, ServerlessPipeline):
+            if isinstance(workflow, ServerlessPipeline) and workflow.application.arn not in scopes:
                 app_arn = workflow.application.arn
+                scopes.add(app_arn)
                 statements.append(
                     iam.PolicyStatement(
                         actions=[

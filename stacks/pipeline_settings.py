@@ -30,11 +30,24 @@ class SettingsTooLarge(ValueError):
     """A pipeline's settings would not fit a Standard-tier parameter."""
 
 
+def _may_be_token(value: Any) -> bool:
+    """Whether a JSON value has a shape `Token.is_unresolved` can be true of (aws-cdk-lib `unresolved`: a string
+    holding `Token[`, a number, a one-string list): only those are asked of CDK, each ask a jsii round trip. JSON
+    integers are never tokens (a number token is a float far beyond any integer a config holds)."""
+    if isinstance(value, str):
+        return "Token[" in value
+    if isinstance(value, float):
+        return True
+    return isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and "Token[" in value[0]
+
+
 def worst_case_length(sections: Mapping[str, Any]) -> int:
     """The parameter value's length with every unresolved token at its longest resolution."""
     concrete = json.loads(
         json.dumps(sections),
-        object_hook=lambda o: {k: "x" * LONGEST_TOKEN_VALUE if Token.is_unresolved(v) else v for k, v in o.items()},
+        object_hook=lambda o: {
+            k: "x" * LONGEST_TOKEN_VALUE if _may_be_token(v) and Token.is_unresolved(v) else v for k, v in o.items()
+        },
     )
     return len(settings_value(concrete))
 

@@ -3,7 +3,10 @@ idempotency table and the trigger dead-letter queue."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -22,7 +25,14 @@ from config.ec2 import Ec2Runtime
 from config.loader import output_prefix
 from config.model import AppConfig
 from stacks.admission import RunAdmission
-from stacks.arns import bounded_prefixes, deployment_arrival_queues, deployment_executions, deployment_state_machines
+from stacks.arns import (
+    Allow,
+    bounded_prefixes,
+    deployment_arrival_queues,
+    deployment_executions,
+    deployment_state_machines,
+    grant,
+)
 from stacks.functions import FunctionFactory
 from stacks.nag import suppress
 from stacks.naming import MANIFESTS_PREFIX, DeploymentNames, input_prefix
@@ -32,6 +42,18 @@ from stacks.storage import AutopilotStorage, state_table
 # scaler store there are item reads and writes (CDK's grant_read_write_data would add stream actions, which the
 # Service Authorization Reference allows only on streams, and batch/scan actions nothing calls).
 IDEMPOTENCY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+
+
+@dataclass(frozen=True)
+class SharedArns:
+    """The ARNs every pipeline's workflow substitutes or grants, read from CDK once (deploy-time tokens that resolve in
+    whichever stack uses them) instead of through the jsii bridge per pipeline."""
+
+    prepare: str
+    admission: str
+    finalize: str
+    topic: str
+    dead_letters: str
 
 
 class AutopilotPlatform(Construct):
@@ -46,7 +68,8 @@ class AutopilotPlatform(Construct):
       AcquireRunSlot / ReleaseRunSlot.
     - `finalize`: the end of every run: reads its cluster (fleets, steps) or job run for its ledger entry and
       cost, and its driver log for the notification text. Each pipeline grants it reads of its own clusters or
-      job runs and of its own log prefix.
+      job runs and of its own log prefix (`grant_shared`, `suppress_shared`).
+    - `arns`: the ARNs above as `SharedArns`.
     """
 
     def __init__(
@@ -118,13 +141,13 @@ class AutopilotPlatform(Construct):
         # Console inputs are HEAD-ed or listed only inside the pipelines' input prefixes.
         self.prepare.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["s3:GetObject"], resources=[storage.landing.arn_for_objects(f"{p}*") for p in prefixes]
+                actions=["s3:GetObject"], resources=[storage.landing_ref.objects(f"{p}*") for p in prefixes]
             )
         )
         self.prepare.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["s3:ListBucket"],
-                resources=[storage.landing.bucket_arn],
+                resources=[storage.landing_ref.arn],
                 conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
             )
         )
@@ -132,19 +155,19 @@ class AutopilotPlatform(Construct):
             self.prepare.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["s3:GetObject"],
-                    resources=[storage.outputs.arn_for_objects(f"{p}/*") for p in upstream_outputs],
+                    resources=[storage.outputs_ref.objects(f"{p}/*") for p in upstream_outputs],
                 )
             )
             self.prepare.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["s3:ListBucket"],
-                    resources=[storage.outputs.bucket_arn],
+                    resources=[storage.outputs_ref.arn],
                     conditions={"StringLike": {"s3:prefix": [f"{p}/*" for p in upstream_outputs]}},
                 )
             )
         self.prepare.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["s3:PutObject"], resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
+                actions=["s3:PutObject"], resources=[storage.artifacts_ref.objects(f"{MANIFESTS_PREFIX}*")]
             )
         )
         suppress(
@@ -160,9 +183,9 @@ class AutopilotPlatform(Construct):
             "router",
             description="EMR Autopilot: S3 arrivals (via SQS) -> deterministic StartExecution",
             environment={
-                "MANIFEST_BUCKET": storage.artifacts.bucket_name,
+                "MANIFEST_BUCKET": storage.artifacts_ref.name,
                 "IDEMPOTENCY_TABLE": self.idempotency_table.table_name,
-                "LEDGER_BUCKET": storage.outputs.bucket_name,
+                "LEDGER_BUCKET": storage.outputs_ref.name,
                 "TOPIC_ARN": self.topic.topic_arn,
             },
             timeout=Duration.minutes(5),
@@ -195,13 +218,13 @@ class AutopilotPlatform(Construct):
         self.idempotency_table.grant(self.router, "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")
         # Marker mode lists the marker's folder; the router never reads object data.
         self.router.add_to_role_policy(
-            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.landing.bucket_arn])
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.landing_ref.arn])
         )
         # Writes each run's manifest, and reads it back to resume a run whose invocation died before starting it.
         self.router.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["s3:PutObject", "s3:GetObject"],
-                resources=[storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}*")],
+                resources=[storage.artifacts_ref.objects(f"{MANIFESTS_PREFIX}*")],
             )
         )
         reads = bounded_prefixes([p.arrivals.landing_prefix for p in config.pipelines.values() if p.arrivals])
@@ -213,7 +236,7 @@ class AutopilotPlatform(Construct):
             self.router.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["s3:GetObject", "s3:GetObjectVersion"],
-                    resources=[storage.landing.arn_for_objects(f"{p}*") for p in reads],
+                    resources=[storage.landing_ref.objects(f"{p}*") for p in reads],
                 )
             )
         triggered = sorted(name for name, p in config.pipelines.items() if p.trigger)
@@ -224,7 +247,7 @@ class AutopilotPlatform(Construct):
                 iam.PolicyStatement(
                     actions=["s3:PutObject"],
                     resources=[
-                        storage.outputs.arn_for_objects(f"{p}*")
+                        storage.outputs_ref.objects(f"{p}*")
                         for p in bounded_prefixes([ledger_prefix(name) for name in triggered], ledger_prefix())
                     ],
                 )
@@ -236,7 +259,7 @@ class AutopilotPlatform(Construct):
             self.router.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["s3:ListBucket"],
-                    resources=[storage.outputs.bucket_arn],
+                    resources=[storage.outputs_ref.arn],
                     conditions={"StringLike": {"s3:prefix": [f"{p}/run_id=*" for p in upstream_outputs]}},
                 )
             )
@@ -291,6 +314,32 @@ class AutopilotPlatform(Construct):
             self.finalize.add_to_role_policy(
                 iam.PolicyStatement(actions=["ec2:DescribeSpotPriceHistory"], resources=["*"])
             )
+
+        self.arns = SharedArns(
+            prepare=self.prepare.function_arn,
+            admission=self.admission.function.function_arn,
+            finalize=self.finalize.function_arn,
+            topic=self.topic.topic_arn,
+            dead_letters=self.dead_letters.queue_arn,
+        )
+        self._shared: set[str] = set()
+
+    def grant_shared(self, function: lambda_.Function, allow: Allow) -> None:
+        """Allow a shared function (prepare, finalize) what one pipeline needs of it. Pipelines that need the same
+        (their runtime's log prefix, a shared application's job runs, the deployment's clusters) grant it once: CDK
+        would merge the copies at synth, after building each through the jsii bridge."""
+        key = json.dumps([id(function), list(allow.actions), list(allow.resources), allow.conditions])
+        if key not in self._shared:
+            self._shared.add(key)
+            grant(function, allow)
+
+    def suppress_shared(self, function: lambda_.Function, rule: str, reason: str, applies_to: Sequence[str]) -> None:
+        """`stacks.nag.suppress` on a shared function's role, once however many pipelines give the same reason
+        (cdk-nag keeps one copy of identical suppressions)."""
+        key = json.dumps([id(function), rule, reason, list(applies_to)])
+        if key not in self._shared:
+            self._shared.add(key)
+            suppress(function.role or function, rule, reason, applies_to)
 
     def fail_async_to_dead_letters(self, function: lambda_.IFunction) -> None:
         """An asynchronously invoked function (EventBridge targets) retries a failed event twice, as Lambda does,

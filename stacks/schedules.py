@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_sqs as sqs
@@ -18,6 +17,7 @@ from constructs import Construct
 
 from config.model import Trigger
 from config.schedules import Expectation, Schedule
+from stacks.arns import stack_of
 from stacks.naming import schedule_name
 from stacks.platform import AutopilotPlatform
 from stacks.triggers import routing_block
@@ -70,7 +70,7 @@ class PipelineClock(Construct):
         platform: AutopilotPlatform,
     ) -> None:
         super().__init__(scope, construct_id)
-        stack = Stack.of(self)
+        stack, queue_arn, dead_letters_arn = stack_of(scope), queue.queue_arn, platform.arns.dead_letters
         # Scheduler assumes the role for this account's schedules only (the confused-deputy condition the Scheduler
         # user guide recommends: "Setting up the execution role").
         self.role = iam.Role(
@@ -84,15 +84,14 @@ class PipelineClock(Construct):
         # The target action, and the DLQ's: Scheduler sends dead-letter events with the execution role
         # ("Configuring a schedule's dead-letter queue": sqs:SendMessage). Both queues use SSE-SQS: no KMS grant.
         self.role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["sqs:SendMessage"], resources=[queue.queue_arn, platform.dead_letters.queue_arn]
-            )
+            iam.PolicyStatement(actions=["sqs:SendMessage"], resources=[queue_arn, dead_letters_arn])
         )
         clocks: dict[str, tuple[str, Schedule | Expectation | None, str]] = {
             "scheduled": ("Schedule", trigger.schedule, f"EMR Autopilot: runs of {name} by the clock"),
             "deadline": ("Deadline", trigger.expect, f"EMR Autopilot: arrival deadline of {name}"),
         }
         self.schedules: dict[str, scheduler.CfnSchedule] = {}
+        role_arn = self.role.role_arn
         for kind, (construct_name, clock, description) in clocks.items():
             if clock is None:
                 continue
@@ -110,15 +109,13 @@ class PipelineClock(Construct):
                 ),
                 state="ENABLED",
                 target=scheduler.CfnSchedule.TargetProperty(
-                    arn=queue.queue_arn,
-                    role_arn=self.role.role_arn,
+                    arn=queue_arn,
+                    role_arn=role_arn,
                     input=stack.to_json_string(message),
                     retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
                         maximum_retry_attempts=MAXIMUM_RETRY_ATTEMPTS,
                         maximum_event_age_in_seconds=MAXIMUM_EVENT_AGE_SECONDS,
                     ),
-                    dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(
-                        arn=platform.dead_letters.queue_arn
-                    ),
+                    dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(arn=dead_letters_arn),
                 ),
             )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_cdk import Aws, Stack
 from aws_cdk import aws_emrserverless as emrs
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from config.model import ServerlessApplication, ServerlessRuntime
-from stacks.asl import compose
+from stacks.arns import Allow, format_arn, service_principal
+from stacks.asl import compose_once
 from stacks.naming import JOBS_PREFIX
 from stacks.workflow import PipelineProps, PipelineWorkflow, asl_string
 
@@ -82,12 +82,11 @@ class ServerlessPipeline(PipelineWorkflow):
         self.application = application
         self.job_role = self.job_data_role(
             "JobRole",
-            assumed_by=iam.ServicePrincipal(
-                "emr-serverless.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}}
-            ),
+            assumed_by=service_principal("emr-serverless.amazonaws.com", this_account=True),
             description=f"EMR Autopilot job execution role of pipeline {name}",
             logs_prefix=f"emr-serverless/{name}/",
         )
+        self.job_role_arn = self.job_role.role_arn
         self.build()
 
     def runtime_definition(self) -> dict[str, Any]:
@@ -95,12 +94,12 @@ class ServerlessPipeline(PipelineWorkflow):
         # service's default, so a pipeline without retries deploys the reviewed snapshot unchanged.
         retry = self.runtime.retry
         policy = {"RetryPolicy": {"MaxAttempts": retry.max_attempts}}
-        return compose("emr_serverless_job", {"JobRunRetry": policy} if retry.retries else None)
+        return compose_once("emr_serverless_job", {"JobRunRetry": policy} if retry.retries else None)
 
     def runtime_substitutions(self) -> dict[str, str]:
         runtime = self.runtime
         return {
-            "EntryPoint": f"s3://{self.storage.artifacts.bucket_name}/{JOBS_PREFIX}{runtime.entry_point}",
+            "EntryPoint": f"s3://{self.storage.artifacts_ref.name}/{JOBS_PREFIX}{runtime.entry_point}",
             "JobArgumentsJson": asl_string(json.dumps(runtime.arguments)),
             "SparkSubmitParameters": asl_string(runtime.spark_submit_parameters),
             "ExecutionTimeoutMinutes": str(runtime.execution_timeout_minutes),
@@ -109,19 +108,19 @@ class ServerlessPipeline(PipelineWorkflow):
             # The application's architecture prices its usage: the app creates the application from this config,
             # so finalize needs no GetApplication call (nor its grant) to learn it.
             "Architecture": self.application.architecture,
-            "JobRoleArn": self.job_role.role_arn,
+            "JobRoleArn": self.job_role_arn,
         }
 
     def runtime_wildcards(self) -> tuple[str, list[str]]:
         return "job runs of its application (ids are unknown until run time).", []
 
     def grant_runtime(self) -> None:
-        role, stack = self.role, Stack.of(self)
+        role, stack = self.role, self.stack
         app_arn = self.application.arn
-        role.add_to_principal_policy(
+        role.add_to_policy(
             iam.PolicyStatement(sid="StartJobRun", actions=["emr-serverless:StartJobRun"], resources=[app_arn])
         )
-        role.add_to_principal_policy(
+        role.add_to_policy(
             iam.PolicyStatement(
                 sid="ManageJobRuns",
                 actions=["emr-serverless:GetJobRun", "emr-serverless:CancelJobRun", "emr-serverless:TagResource"],
@@ -129,21 +128,21 @@ class ServerlessPipeline(PipelineWorkflow):
             )
         )
         # The finalize function reads the run's job run: state, timings and billedResourceUtilization (its cost).
-        self.platform.finalize.add_to_role_policy(
-            iam.PolicyStatement(actions=["emr-serverless:GetJobRun"], resources=[f"{app_arn}/jobruns/*"])
+        self.platform.grant_shared(
+            self.platform.finalize, Allow(["emr-serverless:GetJobRun"], [f"{app_arn}/jobruns/*"])
         )
-        role.add_to_principal_policy(
+        role.add_to_policy(
             iam.PolicyStatement(
                 sid="PassJobRole",
                 actions=["iam:PassRole"],
-                resources=[self.job_role.role_arn],
+                resources=[self.job_role_arn],
                 conditions={"StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}},
             )
         )
-        role.add_to_principal_policy(
+        role.add_to_policy(
             iam.PolicyStatement(
                 sid="SyncRule",
                 actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[stack.format_arn(service="events", resource="rule", resource_name=SERVERLESS_SYNC_RULE)],
+                resources=[format_arn(stack, service="events", resource="rule", resource_name=SERVERLESS_SYNC_RULE)],
             )
         )

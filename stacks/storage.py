@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
@@ -11,6 +13,23 @@ from constructs import Construct
 from config.model import BucketSpec, Storage
 from stacks.nag import suppress
 from stacks.naming import BOOTSTRAP_DIR, BOOTSTRAP_PREFIX, JOBS_DIR, JOBS_PREFIX
+
+
+@dataclass(frozen=True)
+class BucketRef:
+    """A bucket's name and ARN as read from CDK once: the same deploy-time tokens the bucket would give each time
+    (they resolve in whichever stack uses them), without a jsii round trip per pipeline that uses them."""
+
+    name: str
+    arn: str
+
+    @classmethod
+    def of(cls, bucket: s3.IBucket) -> BucketRef:
+        return cls(bucket.bucket_name, bucket.bucket_arn)
+
+    def objects(self, key_pattern: str) -> str:
+        """`<bucket ARN>/<key_pattern>`, as `IBucket.arn_for_objects` builds it."""
+        return f"{self.arn}/{key_pattern}"
 
 
 class AutopilotStorage(Construct):
@@ -23,7 +42,8 @@ class AutopilotStorage(Construct):
     lifecycle (STANDARD_IA after `infrequent_access_after_days`, expiry after `expiration_days`).
     The landing bucket sends EventBridge notifications. Job code from `jobs/` is uploaded to
     `s3://<artifacts>/jobs/` on deploy, and bootstrap scripts from `bootstrap/` to
-    `s3://<artifacts>/bootstrap/`.
+    `s3://<artifacts>/bootstrap/`. `landing_ref`, `outputs_ref`, `artifacts_ref` and `logs_ref` are their names and
+    ARNs (`BucketRef`).
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, storage: Storage) -> None:
@@ -38,6 +58,8 @@ class AutopilotStorage(Construct):
         )
         self.outputs = self._bucket("Outputs", storage.outputs, versioned=True)
         self.artifacts = self._bucket("Artifacts", storage.artifacts)
+        self.landing_ref, self.outputs_ref = BucketRef.of(self.landing), BucketRef.of(self.outputs)
+        self.artifacts_ref, self.logs_ref = BucketRef.of(self.artifacts), BucketRef.of(self.logs)
 
         self.jobs_deployment = s3deploy.BucketDeployment(
             self,

@@ -13,6 +13,7 @@ envelope (`lambdas/router/upstream.py`) to the same kind of queue.
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any
 
 from aws_cdk import Duration
@@ -31,9 +32,18 @@ from stacks.storage import AutopilotStorage
 MAX_RECEIVE_COUNT = 5
 # Lambda needs the queue's visibility timeout >= the function timeout; AWS advises 6x plus the window.
 VISIBILITY_TIMEOUT = Duration.minutes(30)
+RETENTION_PERIOD = Duration.days(4)
 DEFAULT_SOURCES = ["eventbridge"]
 # The S3 data events that create an object (UploadPartCopy/UploadPart only add parts).
 OBJECT_WRITES = ["PutObject", "CopyObject", "CompleteMultipartUpload"]
+
+
+@cache
+def _window(seconds: int) -> tuple[Duration, Duration]:
+    """A window's queue visibility timeout and batching window (Durations are values: pipelines with the same window
+    share them rather than build them through the jsii bridge each)."""
+    window = Duration.seconds(seconds)
+    return VISIBILITY_TIMEOUT.plus(window), window
 
 
 def key_filters(trigger: Trigger) -> list[dict[str, str]]:
@@ -153,17 +163,18 @@ class PipelineTrigger(Construct):
         super().__init__(scope, construct_id)
         batching = trigger.batching
         window = batching.window_seconds if isinstance(batching, WindowBatching) else 0
+        visibility_timeout, batching_window = _window(window)
         self.queue = sqs.Queue(
             self,
             "Arrivals",
             queue_name=arrivals_queue_name(prefix, name),
-            visibility_timeout=VISIBILITY_TIMEOUT.plus(Duration.seconds(window)),
-            retention_period=Duration.days(4),
+            visibility_timeout=visibility_timeout,
+            retention_period=RETENTION_PERIOD,
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
             dead_letter_queue=sqs.DeadLetterQueue(queue=platform.dead_letters, max_receive_count=MAX_RECEIVE_COUNT),
         )
-        bucket_name = storage.landing.bucket_name
+        bucket_name = storage.landing_ref.name
         # `rule` is the Object Created rule (None when the trigger uses CloudTrail only, or runs `after` others).
         self.rule: events.Rule | None = None
         self.data_event_rule: events.Rule | None = None
@@ -203,7 +214,7 @@ class PipelineTrigger(Construct):
             target=platform.router,
             event_source_arn=self.queue.queue_arn,
             batch_size=batching.max_objects if isinstance(batching, WindowBatching) else 10,
-            max_batching_window=Duration.seconds(window) if window else None,
+            max_batching_window=batching_window if window else None,
             report_batch_item_failures=True,
         )
 
@@ -211,8 +222,14 @@ class PipelineTrigger(Construct):
         self, construct_id: str, *, rule_name: str, description: str, pattern: events.EventPattern, message: str
     ) -> events.Rule:
         """A rule that sends `message` (the envelope around the matched event) to this trigger's queue."""
-        rule = events.Rule(self, construct_id, rule_name=rule_name, description=description, event_pattern=pattern)
-        rule.add_target(targets.SqsQueue(self.queue))
+        rule = events.Rule(
+            self,
+            construct_id,
+            rule_name=rule_name,
+            description=description,
+            event_pattern=pattern,
+            targets=[targets.SqsQueue(self.queue)],
+        )
         cfn_rule = rule.node.default_child
         assert isinstance(cfn_rule, events.CfnRule)
         cfn_rule.add_property_override("Targets.0.InputTransformer", {"InputTemplate": message})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aws_cdk import Aws, RemovalPolicy
+from aws_cdk import RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
@@ -22,7 +22,7 @@ from jsii import JSIIMeta
 from autopilot_common.ledger import ledger_prefix
 from config.loader import output_prefix
 from config.model import AppConfig, Pipeline
-from stacks.arns import default_event_bus_arn
+from stacks.arns import PARTITION, Allow, default_event_bus_arn, grant, service_principal, stack_of
 from stacks.nag import suppress
 from stacks.naming import (
     JOBS_PREFIX,
@@ -111,6 +111,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         self.pipeline = pipeline
         self.storage = storage
         self.platform = platform
+        self.stack = stack_of(scope)
         self.input_prefix = input_prefix(name, pipeline.trigger.prefix if pipeline.trigger else None)
         self.output_prefix = output_prefix(name, pipeline)
         self.state_machine_name = state_machine_name(prefix, name)
@@ -118,9 +119,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         self.role = iam.Role(
             self,
             "WorkflowRole",
-            assumed_by=iam.ServicePrincipal(
-                "states.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}}
-            ),
+            assumed_by=service_principal("states.amazonaws.com", this_account=True),
             role_name=workflow_role_name(prefix, name),  # named: the platform stack's guardrail knows its ARN
             description=f"EMR Autopilot workflow of pipeline {name}",
         )
@@ -129,7 +128,7 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
 
     @abstractmethod
     def runtime_definition(self) -> dict[str, Any]:
-        """The workflow's ASL before substitutions: `stacks.asl.compose(<its workflow>)`, filled from config."""
+        """The workflow's ASL before substitutions: `stacks.asl.compose_once(<its workflow>)`, filled from config."""
 
     @abstractmethod
     def runtime_substitutions(self) -> dict[str, str]:
@@ -165,13 +164,13 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
         logs_prefix: str,
         code_prefixes: Sequence[str] = (JOBS_PREFIX,),
         role_name: str | None = None,
-        extra_statements: Sequence[iam.PolicyStatement] = (),
+        extra_statements: Sequence[Allow] = (),
         wildcards: tuple[str, list[str]] = (JOB_ROLE_WILDCARDS, ["regex:/^Resource::.*\\/\\*$/g"]),
     ) -> iam.Role:
         """The role a job's compute runs as: `job_data_statements` (plus `extra_statements`), its wildcards
         suppressed with `wildcards` (reason, `appliesTo`)."""
         role = iam.Role(self, construct_id, role_name=role_name, assumed_by=assumed_by, description=description)
-        for statement in job_data_statements(
+        statements = job_data_statements(
             self.storage,
             self.name,
             self.input_prefix,
@@ -179,33 +178,31 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
             logs_prefix,
             list(code_prefixes),
             upstream_outputs=self.upstream_outputs,
-        ):
-            role.add_to_policy(statement)
-        for statement in extra_statements:
-            role.add_to_policy(statement)
+        )
+        grant(role, *statements, *extra_statements)
         reason, applies_to = wildcards
         suppress(role, "AwsSolutions-IAM5", reason, applies_to)
         return role
 
     def common_substitutions(self) -> dict[str, str]:
         """Substitutions every workflow's ASL uses."""
-        storage = self.storage
+        storage, arns = self.storage, self.platform.arns
         return {
-            "Partition": Aws.PARTITION,
+            "Partition": PARTITION,
             "PipelineName": self.name,
             "Deployment": self.deployment,
             "UpstreamOutputsJson": asl_string(json.dumps(list(self.upstream_outputs))),
-            "PrepareFunctionArn": self.platform.prepare.function_arn,
-            "AdmissionFunctionArn": self.platform.admission.function.function_arn,
+            "PrepareFunctionArn": arns.prepare,
+            "AdmissionFunctionArn": arns.admission,
             "AdmissionJson": asl_string(self.platform.admission.settings_json(self.name)),
-            "LandingBucket": storage.landing.bucket_name,
+            "LandingBucket": storage.landing_ref.name,
             "InputPrefix": asl_string(self.input_prefix),
-            "ArtifactsBucket": storage.artifacts.bucket_name,
-            "OutputsBucket": storage.outputs.bucket_name,
+            "ArtifactsBucket": storage.artifacts_ref.name,
+            "OutputsBucket": storage.outputs_ref.name,
             "OutputPrefix": asl_string(self.output_prefix),
-            "LogsBucket": storage.logs.bucket_name,
-            "NotificationTopicArn": self.platform.topic.topic_arn,
-            "FinalizeFunctionArn": self.platform.finalize.function_arn,
+            "LogsBucket": storage.logs_ref.name,
+            "NotificationTopicArn": arns.topic,
+            "FinalizeFunctionArn": arns.finalize,
         }
 
     def definition_body(self, definition: dict[str, Any]) -> sfn.DefinitionBody:
@@ -252,54 +249,51 @@ class PipelineWorkflow(Construct, metaclass=_AbstractConstructMeta):
     def grant_run_bookkeeping(self) -> None:
         """Prepare, the run slot (admission), finalize, the ledger, `_SUCCESS`, `_metrics.json` and the
         notifications; finalize reads the pipeline's driver logs (a failed run's notification has their tail)."""
-        storage, role = self.storage, self.role
-        self.platform.prepare.grant_invoke(role)
-        self.platform.admission.function.grant_invoke(role)
-        finalize = self.platform.finalize
-        finalize.grant_invoke(role)
+        storage, role, platform = self.storage, self.role, self.platform
+        # What `grant_invoke` of each function grants (the function and its versions), in one statement.
+        functions = (platform.arns.prepare, platform.arns.admission, platform.arns.finalize)
+        grant(role, Allow(["lambda:InvokeFunction"], [arn for f in functions for arn in (f, f"{f}:*")]))
+        finalize = platform.finalize
         # prepare's log_uri is <runtime>/<pipeline>/<run>/: the shared finalize role reads <runtime>/, one grant per
-        # runtime whatever the number of pipelines (identical statements merge), so it does not grow per pipeline.
+        # runtime whatever the number of pipelines, so it does not grow per pipeline.
         logs_prefix = f"{self.pipeline.runtime.type}/"
-        finalize.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[storage.logs.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{logs_prefix}*"]}},
-            )
+        platform.grant_shared(
+            finalize,
+            Allow(["s3:ListBucket"], [storage.logs_ref.arn], {"StringLike": {"s3:prefix": [f"{logs_prefix}*"]}}),
         )
-        finalize.add_to_role_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[storage.logs.arn_for_objects(f"{logs_prefix}*")])
-        )
-        suppress(
-            finalize.role or finalize,
+        platform.grant_shared(finalize, Allow(["s3:GetObject"], [storage.logs_ref.objects(f"{logs_prefix}*")]))
+        platform.suppress_shared(
+            finalize,
             "AwsSolutions-IAM5",
             "Finalize reads the pipelines' driver logs under their runtime's log prefix (object names known at run "
             "time) "
             "and its job runs (ids known at run time).",
             ["regex:/^Resource::.*\\/\\*$/g"],
         )
-        role.add_to_principal_policy(
+        role.add_to_policy(
             iam.PolicyStatement(
                 sid="Ledger",
                 actions=["s3:PutObject"],
                 resources=[
-                    storage.outputs.arn_for_objects(f"{ledger_prefix(self.name)}*"),
-                    storage.outputs.arn_for_objects(f"{self.output_prefix}/run_id=*/_SUCCESS"),
+                    storage.outputs_ref.objects(f"{ledger_prefix(self.name)}*"),
+                    storage.outputs_ref.objects(f"{self.output_prefix}/run_id=*/_SUCCESS"),
                 ],
             )
         )
-        role.add_to_principal_policy(
+        role.add_to_policy(
             iam.PolicyStatement(
                 sid="JobMetrics",
                 actions=["s3:GetObject"],
-                resources=[storage.outputs.arn_for_objects(f"{self.output_prefix}/run_id=*/_metrics.json")],
+                resources=[storage.outputs_ref.objects(f"{self.output_prefix}/run_id=*/_metrics.json")],
             )
         )
         self.platform.topic.grant_publish(role)
         # The run's event (PublishRunSucceeded / PublishRunFailed): PutEvents on the default bus only, its resource
         # type `event-bus` (Service Authorization Reference, Amazon EventBridge: PutEvents, resource event-bus*).
-        role.add_to_principal_policy(
-            iam.PolicyStatement(sid="RunEvents", actions=["events:PutEvents"], resources=[default_event_bus_arn(self)])
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="RunEvents", actions=["events:PutEvents"], resources=[default_event_bus_arn(self.stack)]
+            )
         )
 
     def suppress_workflow_wildcards(self, extra_reason: str, extra: list[str]) -> None:
@@ -327,34 +321,27 @@ def job_data_statements(
     jobs_prefixes: list[str],
     *,
     upstream_outputs: Sequence[str] = (),
-) -> list[iam.PolicyStatement]:
+) -> list[Allow]:
     """What a job's compute role may touch: read its inputs (a pipeline run `after` others: its upstreams' run
     outputs), code and manifests; write its outputs and logs."""
     read = [
-        storage.landing.arn_for_objects(f"{input_prefix}*"),
-        *[storage.artifacts.arn_for_objects(f"{p}*") for p in jobs_prefixes],
-        storage.artifacts.arn_for_objects(f"{MANIFESTS_PREFIX}{name}/*"),
-        *[storage.outputs.arn_for_objects(f"{p}/*") for p in upstream_outputs],
+        storage.landing_ref.objects(f"{input_prefix}*"),
+        *[storage.artifacts_ref.objects(f"{p}*") for p in jobs_prefixes],
+        storage.artifacts_ref.objects(f"{MANIFESTS_PREFIX}{name}/*"),
+        *[storage.outputs_ref.objects(f"{p}/*") for p in upstream_outputs],
     ]
-    statements = [iam.PolicyStatement(actions=["s3:GetObject"], resources=read)]
-    for bucket, prefixes in (
-        (storage.landing, [f"{input_prefix}*"]),
-        (storage.outputs, [f"{output_prefix}/*", output_prefix]),
-    ):
-        statements.append(
-            iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": prefixes}},
+    return [
+        Allow(["s3:GetObject"], read),
+        *[
+            Allow(["s3:ListBucket"], [bucket.arn], {"StringLike": {"s3:prefix": prefixes}})
+            for bucket, prefixes in (
+                (storage.landing_ref, [f"{input_prefix}*"]),
+                (storage.outputs_ref, [f"{output_prefix}/*", output_prefix]),
             )
-        )
-    statements.append(
-        iam.PolicyStatement(
-            actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-            resources=[storage.outputs.arn_for_objects(f"{output_prefix}/*")],
-        )
-    )
-    statements.append(
-        iam.PolicyStatement(actions=["s3:PutObject"], resources=[storage.logs.arn_for_objects(f"{logs_prefix}*")])
-    )
-    return statements
+        ],
+        Allow(
+            ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+            [storage.outputs_ref.objects(f"{output_prefix}/*")],
+        ),
+        Allow(["s3:PutObject"], [storage.logs_ref.objects(f"{logs_prefix}*")]),
+    ]
