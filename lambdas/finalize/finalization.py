@@ -29,6 +29,7 @@ from autopilot_common.run_costs import (
 )
 from autopilot_common.scaling_state import actions as scaling_actions
 from autopilot_common.step_failures import classify, cluster_failure_of
+from autopilot_common.step_notices import steps_since
 
 if TYPE_CHECKING:
     from mypy_boto3_emr.literals import StepStateType
@@ -59,6 +60,8 @@ class FinalizeRequest:
     earlier: list[dict[str, Any]] = field(default_factory=list)
     # when the workflow asked EMR to terminate the run's cluster (TerminateCluster entered), ISO 8601
     terminate_requested_at: str | None = None
+    # when the run's execution started (its ledger entry's `started_at`): no step of the run is older
+    run_started_at: datetime | None = None
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> FinalizeRequest:
@@ -82,6 +85,7 @@ class FinalizeRequest:
             },
             earlier=[dict(e) for e in (event.get("launch") or {}).get("earlier") or [] if isinstance(e, dict)],
             terminate_requested_at=_termination_requested(event.get("cluster")),
+            run_started_at=_run_started_at(event.get("ledger")),
         )
 
 
@@ -131,7 +135,10 @@ def finalize_run(
             if request.transient
             else None
         )
-        update["steps"] = _steps(emr, [c["Id"] for c in launched], request.step_names, request.noticed, instances)
+        since = None if request.transient else request.run_started_at  # a transient cluster holds the run's steps only
+        update["steps"] = _steps(
+            emr, [c["Id"] for c in launched], request.step_names, request.noticed, instances, since
+        )
         windows, between, after = idle_windows(update["steps"], cluster["Id"], request.terminate_requested_at)
         update["idle_cluster_seconds"] = round(between + (after or 0.0), 3)
         update["idle"] = {
@@ -293,15 +300,18 @@ def _steps(
     names: list[str],
     noticed: dict[str, str],
     instances: dict[str, list[dict[str, Any]]] | None,
+    since: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """One record per step of the run, in order: its last submission, with `attempts` listing every submission
     (runtime.retry re-submits a failed step under the same name, and a replaced cluster's steps run again on the
     next), each with its cluster and the class of its failure (`instances`: each cluster's, read here when None and
-    a submission failed)."""
+    a submission failed). With `since` (the run's start, on a shared cluster), the cluster's steps are read newest
+    first down to the run's start only (`steps_since`): a busy shared cluster keeps up to 1,000 steps."""
     wanted = set(names)
     found: list[tuple[str, dict[str, Any]]] = []
     for cluster_id in cluster_ids:
-        steps = [s for s in list_pages(emr, "list_steps", "Steps", cluster_id) if not wanted or s.get("Name") in wanted]
+        listed = steps_since(emr, cluster_id, since) if since else list_pages(emr, "list_steps", "Steps", cluster_id)
+        steps = [s for s in listed if not wanted or s.get("Name") in wanted]
         steps.sort(key=lambda s: timestamp(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")))
         if instances is None and any(s.get("Status", {}).get("State") == "FAILED" for s in steps):
             instances = {cluster_id: list_pages(emr, "list_instances", "Instances", cluster_id)}
@@ -393,6 +403,17 @@ def idle_windows(
     return windows, between, after
 
 
+def _run_started_at(ledger: Any) -> datetime | None:
+    """The ledger entry's `started_at` ($$.Execution.StartTime, ISO 8601), or None when absent or unreadable (then a
+    shared cluster's steps are all read, as before)."""
+    started = ledger.get("started_at") if isinstance(ledger, dict) else None
+    try:
+        when = datetime.fromisoformat(str(started).replace("Z", "+00:00")) if started else None
+    except ValueError:
+        return None
+    return when if when is None or when.tzinfo is not None else None
+
+
 def _termination_requested(cluster: Any) -> str | None:
     """TerminateCluster's (or TerminateAfterFailure's) `requested_at` under the workflow's cluster: its ResultSelector
     reads `$$.State.EnteredTime` (JSONPath states may read the Context object from ResultSelector: Step Functions
@@ -403,6 +424,8 @@ def _termination_requested(cluster: Any) -> str | None:
 
 
 def _cancel_active_steps(emr: EMRClient, cluster_id: str, names: list[str]) -> list[str]:
+    """Cancel the run's pending and running steps on a shared cluster. Reads the cluster's active steps only (EMR
+    allows 256 PENDING and RUNNING steps a cluster: at most 6 pages, however many steps the cluster ran)."""
     wanted = set(names)
     active = [
         s["Id"]

@@ -495,14 +495,18 @@ class EmrEc2Twin(StepRunner):
             return step_shape(self._step(self._cluster(cluster_id), step_id))
 
     def list_steps(self, params: dict[str, Any]) -> dict[str, Any]:
-        """ListSteps: newest first (as EMR lists them), filtered by StepStates and StepIds (at most 10), 50 a page."""
+        """ListSteps: newest first, filtered by StepStates and StepIds (at most 10), 50 a page. EMR promises newest
+        first only without a filter ("in reverse order unless you specify stepIds with the request or filter by
+        StepStates", API reference, ListSteps): a filtered list comes oldest first here, so no caller can lean on an
+        order AWS does not give."""
         states = set(params.get("StepStates") or [])
         ids = set(params.get("StepIds") or [])
         if len(params.get("StepIds") or []) > MAX_LISTED_STEP_IDS:
             raise invalid(f"StepIds: at most {MAX_LISTED_STEP_IDS} step IDs may be given")
         with self._cond:
             c = self._cluster(params["ClusterId"])
-            found = [s for s in reversed(c.steps) if (not states or s.state in states) and (not ids or s.id in ids)]
+            ordered = c.steps if states or ids else list(reversed(c.steps))
+            found = [s for s in ordered if (not states or s.state in states) and (not ids or s.id in ids)]
             page, marker = list_page(found, params.get("Marker"))
             return {"Steps": [step_shape(s) for s in page], **marker}
 

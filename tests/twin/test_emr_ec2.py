@@ -497,7 +497,7 @@ def test_termination_protection_and_interrupted_steps(env: Env) -> None:
     env.emr.terminate_job_flows(JobFlowIds=[cluster_id])  # terminating a terminated cluster is a no-op
 
 
-def test_list_steps_newest_first_with_filters(env: Env) -> None:
+def test_list_steps_newest_first_unless_filtered(env: Env) -> None:
     env.twin.faults.fail_next_job()
     cluster_id = env.ready_cluster()
     ids = env.add_steps(cluster_id, step("one"), step("two"), step("three"))
@@ -506,6 +506,9 @@ def test_list_steps_newest_first_with_filters(env: Env) -> None:
     assert [s["Id"] for s in env.emr.list_steps(ClusterId=cluster_id, StepStates=["FAILED"])["Steps"]] == [ids[0]]
     by_id = env.emr.list_steps(ClusterId=cluster_id, StepIds=[ids[1]], StepStates=["COMPLETED"])["Steps"]
     assert [(s["Id"], s["Name"], s["Config"]["Jar"]) for s in by_id] == [(ids[1], "two", "command-runner.jar")]
+    # EMR lists newest first only without a filter: filtered, the twin lists oldest first (an order AWS may give)
+    assert [s["Id"] for s in env.emr.list_steps(ClusterId=cluster_id, StepIds=ids)["Steps"]] == ids
+    assert [s["Id"] for s in env.emr.list_steps(ClusterId=cluster_id, StepStates=["COMPLETED"])["Steps"]] == ids[1:]
 
 
 def test_list_steps_and_clusters_come_50_a_page_as_on_emr(env: Env) -> None:

@@ -363,3 +363,50 @@ def _od_instance(iid: str, minutes: float) -> dict[str, Any]:
     timeline = {"CreationDateTime": T0, "EndDateTime": T0 + timedelta(minutes=minutes)}
     return {"Id": iid, "Ec2InstanceId": f"i-{iid}", "Market": "ON_DEMAND", "InstanceType": "m5.xlarge",
             "Status": {"State": "TERMINATED", "Timeline": timeline}}  # fmt: skip
+
+
+class PagingEmr(FakeEmr):
+    """ListSteps as EMR answers it: 50 steps a page, newest first; counts the pages read."""
+
+    def __init__(self, clusters: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
+        super().__init__(clusters, steps)
+        self.step_pages = 0
+        self.newest_first = sorted(steps, key=lambda s: s["Status"]["Timeline"]["CreationDateTime"], reverse=True)
+
+    def get_paginator(self, operation: str) -> Any:
+        if operation != "list_steps":
+            return super().get_paginator(operation)
+        emr = self
+
+        class Pages:
+            def paginate(self, **kwargs: Any) -> Any:
+                assert set(kwargs) == {"ClusterId"}, kwargs  # newest first only without a filter
+                for start in range(0, len(emr.newest_first), 50):
+                    emr.step_pages += 1
+                    yield {"Steps": emr.newest_first[start : start + 50]}
+
+        return Pages()
+
+
+def test_a_run_on_a_busy_shared_cluster_reads_its_steps_down_to_its_start_only() -> None:
+    # Given a shared cluster that ran 300 steps of other runs before this run started 2 hours after them, then this
+    # run's 2 steps
+    cluster = _cluster("j-S", "WAITING", {})
+    others = [{**_step(f"s-old-{i}", "COMPLETED", i), "Name": f"other-{i}: etl"} for i in range(300)]
+    started = T0 + timedelta(hours=2)
+    mine = [_step("s-1", "COMPLETED", 7300), {**_step("s-2", "COMPLETED", 7400), "Name": "run-9: load"}]
+    emr = PagingEmr([cluster], others + mine)
+    event = {"outcome": "SUCCEEDED", "transient": "false", "run_id": "run-9", "pipeline": "p", "cluster_id": "j-S",
+             "step_names": ["run-9: etl", "run-9: load"], "ledger": {"started_at": started.isoformat()}}  # fmt: skip
+    # When it is finalized
+    update = finalize_run(FinalizeRequest.from_event(event), emr, started + timedelta(hours=1))
+    # Then its steps are recorded, from the first page of ListSteps (not the 7 the cluster's steps take)
+    assert [(s["id"], s["state"]) for s in update["steps"]] == [("s-1", "COMPLETED"), ("s-2", "COMPLETED")]
+    assert emr.step_pages == 1
+    # And without the run's start (an entry from an older version) every page is read, with the same record
+    del event["ledger"]
+    emr = PagingEmr([cluster], others + mine)
+    assert (
+        finalize_run(FinalizeRequest.from_event(event), emr, started + timedelta(hours=1))["steps"] == update["steps"]
+    )
+    assert emr.step_pages == 7

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -211,21 +212,29 @@ def notice_step_end(
 
 def _submitted_already(emr: EMRClient, cluster_id: str, name: str, run_started_at: datetime | None) -> str | None:
     """The newest step of that name on the cluster when it is not a failed one (an invocation retried after it added
-    the step: wait on that one); None when there is none or it failed (a new attempt: add the step again).
+    the step: wait on that one); None when there is none or it failed (a new attempt: add the step again)."""
+    for step in steps_since(emr, cluster_id, run_started_at):
+        if step.get("Name") == name:
+            state = step.get("Status", {}).get("State")
+            return str(step["Id"]) if state in ("PENDING", "RUNNING", "COMPLETED") else None
+    return None
+
+
+def steps_since(emr: EMRClient, cluster_id: str, run_started_at: datetime | None) -> Iterator[dict[str, Any]]:
+    """The cluster's steps, newest first, down to the first created before the run started (less `CLOCK_SKEW`): no
+    step of the run is older. Every step when `run_started_at` is None.
 
     ListSteps answers 50 steps a page, newest first, and a long-running cluster keeps up to 1,000 (EMR management
-    guide, "Step" quotas): the walk stops at the first step created before the run started (less a clock-skew
-    allowance), since no step of this run is older, so a busy shared cluster costs one page, not twenty."""
+    guide, "Step" quotas), so a busy shared cluster costs one page, not twenty. Newest first holds only without a
+    `StepStates` or `StepIds` filter ("in reverse order unless you specify stepIds with the request or filter by
+    StepStates", EMR API reference, ListSteps): callers filter states themselves."""
     oldest = run_started_at - CLOCK_SKEW if run_started_at is not None else None
     for page in emr.get_paginator("list_steps").paginate(ClusterId=cluster_id):  # newest first
         for step in page.get("Steps", []):
-            if step.get("Name") == name:
-                state = step.get("Status", {}).get("State")
-                return str(step["Id"]) if state in ("PENDING", "RUNNING", "COMPLETED") else None
             created = step.get("Status", {}).get("Timeline", {}).get("CreationDateTime")
             if oldest is not None and isinstance(created, datetime) and created < oldest:
-                return None
-    return None
+                return
+            yield step
 
 
 CLOCK_SKEW = timedelta(minutes=5)  # EMR's and Step Functions' clocks, as far apart as we allow
