@@ -505,6 +505,11 @@ def _serve_twin_model(twin: Twin, response: Any, action: str) -> Any:
         return _update_function_configuration(twin, response)
     if response.service_name == "ssm" and action == "PutParameter":
         params = iam_hooks.request_params(response, "PutParameter")
+        named = validation.parameter_name_problem(str(params.get("Name", "")), twin.region, twin.account)
+        if named is not None:  # moto takes any length and depth (the deploy checks the same: local/deploy.py)
+            code, _, message = named.partition(": ")
+            body = json.dumps({"__type": code, "message": message})
+            return 400, {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": code}, body
         too_big = validation.parameter_value_problem(str(params.get("Value", "")), params.get("Tier"))
         if too_big is not None:  # moto stores any size
             body = json.dumps({"__type": "ValidationException", "message": too_big})

@@ -143,3 +143,18 @@ def test_a_parameter_name_ssm_refuses_fails_the_deployment(tmp_path: Path, name:
         assert twin.client("ssm").get_parameters(Names=[name])["InvalidParameters"] == [name]  # not created
     finally:
         twin.stop()
+
+
+def test_a_put_parameter_ssm_would_refuse_is_refused(twin: tuple[Twin, dict[str, Any]]) -> None:
+    ssm = twin[0].client("ssm")
+    deep = "/" + "/".join(f"l{i}" for i in range(16))
+    with pytest.raises(ClientError) as refused:
+        ssm.put_parameter(Name=deep, Value="v", Type="String")
+    assert refused.value.response["Error"]["Code"] == "HierarchyLevelLimitExceededException"
+    with pytest.raises(ClientError) as refused:
+        ssm.put_parameter(Name="/" + "n" * 1000, Value="v", Type="String")
+    assert refused.value.response["Error"]["Code"] == "ValidationException"
+    with pytest.raises(ClientError) as refused:
+        ssm.put_parameter(Name="/big", Value="v" * 4097, Type="String")
+    assert "4096 characters" in refused.value.response["Error"]["Message"]
+    ssm.put_parameter(Name="/" + "/".join(f"l{i}" for i in range(15)), Value="v", Type="String")
