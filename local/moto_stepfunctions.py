@@ -128,11 +128,29 @@ class _Deadlines:
 
 
 _DEADLINES = _Deadlines()
+
+
+class ExecutionEnded(BaseException):
+    """Unwinds an execution's own thread from the token it waited on once the execution ended (stopped, timed out): a
+    BaseException, so no state's Retry or Catch handles it and no state event follows; the program then writes the
+    execution's end event (`local.patches._program_eval_body`)."""
+
+
+def wake_waiting(env: Any) -> None:
+    """Wake the task token wait of the execution `env` (if its thread waits on one), after the execution ended: its
+    thread unwinds and ends, where moto's stayed parked for the state's `TimeoutSeconds` (a year by default)."""
+    waiting = getattr(env, "_twin_waiting", None)
+    if waiting is not None:
+        waiting.interrupt_all()
+
+
 _RUNNING = threading.local()  # the ExecutionWorker whose `_execution_logic` runs on this thread
 
 
 def _execution_logic(self: ExecutionWorker) -> None:
     _RUNNING.worker = self
+    # named after its execution (py-spy dumps, logs): the thread runs the execution's program, waits included
+    threading.current_thread().name = f"sfn-execution {self._evaluation_details.execution_details.name}"
     try:
         _ORIGINALS["execution_logic"](self)
     finally:
@@ -147,6 +165,7 @@ def _time_out(worker: ExecutionWorker, env: Any) -> None:
             return
         env.set_timed_out()
     worker._execution_communication.terminated()
+    wake_waiting(env)
 
 
 def _program_eval(self: Program, env: Any) -> None:
@@ -163,6 +182,8 @@ def _program_eval(self: Program, env: Any) -> None:
     try:
         env.next_state_name = self.start_at.start_at_name
         EvalComponent.eval(self, env)
+    except ExecutionEnded:
+        pass  # the execution ended while a task waited on its token: reported already (`_time_out`, StopExecution)
     finally:
         if entry is not None:
             entry[0] = None
@@ -189,6 +210,11 @@ def evaluate_waiting_task(state: Any, env: Any) -> None:
             endpoint.interrupt_all()
 
     entry = _DEADLINES.at(time.monotonic() + timeout_seconds, expire)
+    own_thread = not env.is_frame() and endpoint is not None  # the execution's thread (a Map iteration's is moto's)
+    if own_thread:
+        env._twin_waiting = endpoint  # what `wake_waiting` interrupts when the execution ends
+        if not env.is_running():  # it ended before the line above: no one will wake the wait
+            endpoint.interrupt_all()  # type: ignore[union-attr]
     failure: Exception | None = None
     try:
         state._eval_execution(frame)
@@ -196,13 +222,21 @@ def evaluate_waiting_task(state: Any, env: Any) -> None:
         failure = error
     finally:
         entry[0] = None
+        if own_thread:
+            env._twin_waiting = None
         frame.set_ended()
         env.close_frame(frame)
+    if own_thread and not env.is_running():
+        raise ExecutionEnded()
     if expired.is_set():
         raise EvalTimeoutError()
     if failure is not None:
         raise failure
-    output = frame.stack[-1]
+    _state_output(state, env, frame.stack[-1])
+
+
+def _state_output(state: Any, env: Any, output: Any) -> None:
+    """What moto's `_evaluate_with_timeout` does with the task's output, line for line."""
     env.stack.append(output)
     if not state._is_language_query_jsonpath():
         env.states.set_result(output)

@@ -291,6 +291,10 @@ def _program_eval_body(self: Any, env: Any) -> None:
         _aws_context_times(env.states.context_object.context_object_data)
     try:
         _ORIGINALS["program_eval_body"](self, env)
+    except moto_stepfunctions.ExecutionEnded:
+        # it ended (stopped, timed out) while a task waited on its token: moto's body, run again with the program
+        # no longer running, skips its loop and writes the execution's end event (ExecutionAborted, ExecutionTimedOut)
+        _ORIGINALS["program_eval_body"](self, env)
     except HistoryQuotaReached as reached:
         if env.is_frame():
             raise  # a Map iteration or Parallel branch: the execution's own program ends it
@@ -414,6 +418,7 @@ def _install_executions(twin: Twin) -> None:
         env = getattr(worker, "env", None)
         if env is not None and isinstance(env.program_state(), ProgramStopped):
             worker._execution_communication.terminated()
+            moto_stepfunctions.wake_waiting(env)  # a task waiting on its token: its thread unwinds and ends
 
     sfn_execution.Execution.stop = stop  # type: ignore[method-assign]
 

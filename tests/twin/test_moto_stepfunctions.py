@@ -108,3 +108,41 @@ def test_a_waiting_execution_holds_one_thread(twin: Twin) -> None:
         sfn.send_task_success(taskToken=token, output='{"ok": true}')
     for execution in executions:
         assert wait_for(functools.partial(_ended, sfn, execution), 20, "the execution to end")["status"] == "SUCCEEDED"
+
+
+def test_a_stopped_execution_waiting_on_its_token_frees_its_thread(twin: Twin) -> None:
+    """moto left the thread waiting on the token for the state's TimeoutSeconds (a year by default)."""
+    sfn, sqs = twin.client("stepfunctions"), twin.client("sqs")
+    url = sqs.create_queue(QueueName="stopped")["QueueUrl"]
+    queue_arn = f"arn:aws:sqs:{twin.region}:{twin.account}:stopped"
+    definition = {
+        "StartAt": "Wait",
+        "States": {
+            "Wait": {"Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+                     "Parameters": {"QueueUrl": url, "MessageBody": {"token.$": "$$.Task.Token"}}, "End": True},
+        },
+    }  # fmt: skip
+    send = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage",
+                                                    "Resource": queue_arn}]}  # fmt: skip
+    machine = _machine(twin, "stopped", definition, send)
+    executions = [sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"] for _ in range(5)]
+
+    def waiting() -> int:
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+        return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+    wait_for(lambda: waiting() == 5, 20, "every execution to wait on its token")
+    assert _execution_threads(executions) == 5
+    for execution in executions:
+        sfn.stop_execution(executionArn=execution, error="Stopped", cause="by the test")
+    wait_for(lambda: _execution_threads(executions) == 0, 20, "the stopped executions' threads to end")
+    for execution in executions:
+        assert sfn.describe_execution(executionArn=execution)["status"] == "ABORTED"
+        history = [e["type"] for e in sfn.get_execution_history(executionArn=execution)["events"]]
+        assert history[-1] == "ExecutionAborted", history
+
+
+def _execution_threads(executions: list[str]) -> int:
+    """Live threads running one of `executions` (each runs on its own, named after it)."""
+    names = {f"sfn-execution {arn.rsplit(':', 1)[-1]}" for arn in executions}
+    return sum(1 for thread in threading.enumerate() if thread.name in names)
