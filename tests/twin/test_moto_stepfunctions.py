@@ -32,6 +32,22 @@ def _machine(twin: Twin, name: str, definition: dict[str, Any], policy: dict[str
     return str(sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=role)["stateMachineArn"])
 
 
+def _token_machine(twin: Twin, name: str) -> tuple[str, str]:
+    """A machine whose one task sends its token to a queue of its own and waits for it: (machine ARN, queue URL)."""
+    url = str(twin.client("sqs").create_queue(QueueName=name)["QueueUrl"])
+    queue_arn = f"arn:aws:sqs:{twin.region}:{twin.account}:{name}"
+    definition = {
+        "StartAt": "Wait",
+        "States": {
+            "Wait": {"Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+                     "Parameters": {"QueueUrl": url, "MessageBody": {"token.$": "$$.Task.Token"}}, "End": True},
+        },
+    }  # fmt: skip
+    send = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage",
+                                                    "Resource": queue_arn}]}  # fmt: skip
+    return _machine(twin, name, definition, send), url
+
+
 def _ended(sfn: Any, execution: str) -> dict[str, Any] | None:
     described: dict[str, Any] = sfn.describe_execution(executionArn=execution)
     return None if described["status"] == "RUNNING" else described
@@ -78,18 +94,7 @@ def test_a_machine_timeout_still_times_the_execution_out(twin: Twin) -> None:
 def test_a_waiting_execution_holds_one_thread(twin: Twin) -> None:
     """moto's execution worker, running the program and the waiting task; moto had two more, each only joined."""
     sfn, sqs = twin.client("stepfunctions"), twin.client("sqs")
-    url = sqs.create_queue(QueueName="tokens")["QueueUrl"]
-    queue_arn = f"arn:aws:sqs:{twin.region}:{twin.account}:tokens"
-    definition = {
-        "StartAt": "Wait",
-        "States": {
-            "Wait": {"Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
-                     "Parameters": {"QueueUrl": url, "MessageBody": {"token.$": "$$.Task.Token"}}, "End": True},
-        },
-    }  # fmt: skip
-    send = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage",
-                                                    "Resource": queue_arn}]}  # fmt: skip
-    machine = _machine(twin, "waiting", definition, send)
+    machine, url = _token_machine(twin, "waiting")
     before = threading.active_count()
     count = 10
     executions = [sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"] for _ in range(count)]
@@ -113,18 +118,7 @@ def test_a_waiting_execution_holds_one_thread(twin: Twin) -> None:
 def test_a_stopped_execution_waiting_on_its_token_frees_its_thread(twin: Twin) -> None:
     """moto left the thread waiting on the token for the state's TimeoutSeconds (a year by default)."""
     sfn, sqs = twin.client("stepfunctions"), twin.client("sqs")
-    url = sqs.create_queue(QueueName="stopped")["QueueUrl"]
-    queue_arn = f"arn:aws:sqs:{twin.region}:{twin.account}:stopped"
-    definition = {
-        "StartAt": "Wait",
-        "States": {
-            "Wait": {"Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
-                     "Parameters": {"QueueUrl": url, "MessageBody": {"token.$": "$$.Task.Token"}}, "End": True},
-        },
-    }  # fmt: skip
-    send = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage",
-                                                    "Resource": queue_arn}]}  # fmt: skip
-    machine = _machine(twin, "stopped", definition, send)
+    machine, url = _token_machine(twin, "stopped")
     executions = [sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"] for _ in range(5)]
 
     def waiting() -> int:
