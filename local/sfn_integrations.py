@@ -458,26 +458,39 @@ def _integration_session() -> boto3.session.Session:
     return boto3.session.Session()
 
 
-@functools.lru_cache(maxsize=64)
+_CLIENTS: dict[tuple[str, str, str | None], Any] = {}
+
+
 def _integration_client(region: str, service: str, endpoint: str | None) -> Any:
     """The integrations' client of `service`, made once and shared by every execution (boto3 clients are thread-safe;
-    making one costs milliseconds of CPU, which each execution of a burst paid for each service it called). It signs
-    each request as the execution on the calling thread (`_StateCredentials`)."""
+    making one costs milliseconds of CPU, which each execution of a burst paid for each service it called), made
+    under the session's lock so a burst's first executions do not each make one. It signs each request as the
+    execution on the calling thread (`_StateCredentials`)."""
+    key = (region, service, endpoint)
+    client = _CLIENTS.get(key)
+    if client is None:
+        with _SESSION_LOCK:  # a boto3 session is not thread-safe; its clients are
+            client = _CLIENTS.get(key)
+            if client is None:
+                client = _CLIENTS[key] = _new_client(region, service, endpoint)
+    return client
+
+
+def _new_client(region: str, service: str, endpoint: str | None) -> Any:
     kwargs: dict[str, Any] = {} if endpoint is None else {"endpoint_url": endpoint}
-    with _SESSION_LOCK:  # a boto3 session is not thread-safe; its clients are
-        client = _integration_session().client(
-            service_name=service,
-            region_name=region,
-            aws_access_key_id="ak",
-            aws_secret_access_key="sk",
-            config=Config(
-                parameter_validation=True,  # AWS validates an aws-sdk integration's parameters against the API model
-                retries={"max_attempts": 0, "total_max_attempts": 1},
-                connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-                read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-            ),
-            **kwargs,
-        )
+    client = _integration_session().client(
+        service_name=service,
+        region_name=region,
+        aws_access_key_id="ak",
+        aws_secret_access_key="sk",
+        config=Config(
+            parameter_validation=True,  # AWS validates an aws-sdk integration's parameters against the API model
+            retries={"max_attempts": 0, "total_max_attempts": 1},
+            connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+            read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+        ),
+        **kwargs,
+    )
     client._request_signer._credentials = _StateCredentials()
     return client
 

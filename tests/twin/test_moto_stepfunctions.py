@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from local import moto_stepfunctions
+from local import moto_stepfunctions, sfn_integrations
 from local.twin import Twin
 from tests.twin.twin_helpers import wait_for
 
@@ -68,7 +68,7 @@ def test_executions_of_one_definition_each_get_their_own_input_and_output(twin: 
         },
     }
     machine = _machine(twin, "kept-parse", definition)
-    parsed_before = moto_stepfunctions._tree.cache_info()
+    parsed_before, paths_before = moto_stepfunctions._tree.cache_info(), moto_stepfunctions._json_path.cache_info()
     executions = [sfn.start_execution(stateMachineArn=machine, input=json.dumps({"n": n}))["executionArn"]
                   for n in range(8)]  # fmt: skip
     outputs = [wait_for(functools.partial(_ended, sfn, e), 20, "the execution to end") for e in executions]
@@ -77,6 +77,9 @@ def test_executions_of_one_definition_each_get_their_own_input_and_output(twin: 
     parsed_after = moto_stepfunctions._tree.cache_info()
     assert parsed_after.hits - parsed_before.hits >= 8  # each start used the kept tree...
     assert parsed_after.misses - parsed_before.misses <= 1  # ...parsed at most once (CreateStateMachine validates)
+    paths_after = moto_stepfunctions._json_path.cache_info()
+    assert paths_after.misses - paths_before.misses <= 3  # $.n, $.shaped (and $): each parsed once, not per execution
+    assert paths_after.hits - paths_before.hits >= 8
 
 
 def test_a_machine_timeout_still_times_the_execution_out(twin: Twin) -> None:
@@ -91,10 +94,19 @@ def test_a_machine_timeout_still_times_the_execution_out(twin: Twin) -> None:
     assert [e["type"] for e in history] == ["ExecutionStarted", "WaitStateEntered", "ExecutionTimedOut"]
 
 
-def test_a_waiting_execution_holds_one_thread(twin: Twin) -> None:
+def test_a_waiting_execution_holds_one_thread(twin: Twin, monkeypatch: pytest.MonkeyPatch) -> None:
     """moto's execution worker, running the program and the waiting task; moto had two more, each only joined."""
     sfn, sqs = twin.client("stepfunctions"), twin.client("sqs")
     machine, url = _token_machine(twin, "waiting")
+    made: list[str] = []
+    new_client = sfn_integrations._new_client
+
+    def counted(region: str, service: str, endpoint: str | None) -> Any:
+        made.append(service)
+        return new_client(region, service, endpoint)
+
+    monkeypatch.setattr(sfn_integrations, "_CLIENTS", {})
+    monkeypatch.setattr(sfn_integrations, "_new_client", counted)
     before = threading.active_count()
     count = 10
     executions = [sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"] for _ in range(count)]
@@ -108,6 +120,8 @@ def test_a_waiting_execution_holds_one_thread(twin: Twin) -> None:
 
     wait_for(all_sent, 20, "every execution to wait on its token")
     held = threading.active_count() - before
+    # and the 10 executions' SendMessage calls shared one client, made once (each request signed as its execution)
+    assert made == ["sqs"]
     assert held <= count + 3, f"{held} threads for {count} waiting executions"
     for token in tokens:
         sfn.send_task_success(taskToken=token, output='{"ok": true}')
